@@ -1,0 +1,202 @@
+//! Map keys, values and constants shared by netpath's kernel programs and its loader.
+//!
+//! Everything here is `#[repr(C)]` with explicit padding, so the layout the
+//! eBPF side writes is the layout userspace reads. Maps are pinned by name and
+//! survive upgrades: a map's key and value layout may only grow by adding new
+//! maps or new counter kinds, never by changing an existing struct (a newer
+//! build that needs a different layout must use a new map name).
+//!
+//! Addresses are stored in network byte order, as they appear in packets
+//! (`u32::from_ne_bytes(addr.octets())` in userspace), so the datapath
+//! compares them without conversion.
+#![no_std]
+
+/// Names of the pinned maps (the `#[map]` item names in `netpath-ebpf`).
+pub mod map_names {
+    /// ifindex -> [`IfaceInfo`](crate::IfaceInfo): every interface netpath manages.
+    pub const IFACES: &str = "NP_IFACES";
+    /// network id -> [`NetworkInfo`](crate::NetworkInfo).
+    pub const NETWORKS: &str = "NP_NETWORKS";
+    /// [`CounterKey`](crate::CounterKey) -> [`Counter`](crate::Counter), per CPU.
+    pub const COUNTERS: &str = "NP_COUNTERS";
+    /// All pinned map names, for tooling that walks the pin directory.
+    pub const ALL: [&str; 3] = [IFACES, NETWORKS, COUNTERS];
+}
+
+/// Maximum number of managed networks (bridges) per network namespace.
+pub const MAX_NETWORKS: u32 = 4096;
+/// Maximum number of interfaces netpath attaches to per network namespace.
+pub const MAX_IFACES: u32 = 16384;
+/// Maximum number of counter entries (interfaces and networks, all kinds).
+pub const MAX_COUNTERS: u32 = 65536;
+
+/// Length of an interface name including the terminating NUL (`IFNAMSIZ`).
+pub const IFNAMSIZ: usize = 16;
+
+/// What an interface is to netpath. Stored as `u32` in [`IfaceInfo::role`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IfaceRole {
+    /// A managed bridge (`docker0`, `br-…`); ingress is traffic from the
+    /// bridge towards the host stack.
+    Bridge = 1,
+    /// A port of a managed bridge (the host end of a container's veth);
+    /// ingress is traffic *from* the container.
+    Port = 2,
+    /// An uplink: where traffic leaves the host.
+    Uplink = 3,
+}
+
+impl IfaceRole {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Bridge),
+            2 => Some(Self::Port),
+            3 => Some(Self::Uplink),
+            _ => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Bridge => "bridge",
+            Self::Port => "port",
+            Self::Uplink => "uplink",
+        }
+    }
+}
+
+/// Value of the `NP_IFACES` map, keyed by ifindex (`u32`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct IfaceInfo {
+    /// An [`IfaceRole`] as `u32`.
+    pub role: u32,
+    /// The network this interface belongs to; 0 for uplinks (shared by all).
+    pub net_id: u32,
+    /// Bit set of [`iface_flags`].
+    pub flags: u32,
+    /// Uplink: its primary IPv4 address (the masquerade source). Port: the
+    /// container's assigned address when known. 0 when unknown.
+    pub ipv4_be: u32,
+    /// Port: the container's MAC when known; zero otherwise.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Interface flags in [`IfaceInfo::flags`].
+pub mod iface_flags {
+    /// The uplink was named with `--uplink` (not chosen by the default rule).
+    pub const EXPLICIT_UPLINK: u32 = 1 << 0;
+}
+
+/// Network flags in [`NetworkInfo::flags`].
+pub mod net_flags {
+    /// netpath created the bridge (so `down` deletes it).
+    pub const CREATED_BRIDGE: u32 = 1 << 0;
+    /// netpath added the gateway address to the bridge (so `down` removes it).
+    pub const ADDED_GATEWAY: u32 = 1 << 1;
+}
+
+/// Value of the `NP_NETWORKS` map, keyed by network id (`u32`, from 1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct NetworkInfo {
+    /// Subnet address, network byte order.
+    pub subnet_be: u32,
+    /// Subnet mask, network byte order.
+    pub mask_be: u32,
+    /// Gateway (the bridge's address), network byte order.
+    pub gateway_be: u32,
+    /// ifindex of the bridge.
+    pub bridge_ifindex: u32,
+    /// Bit set of [`net_flags`].
+    pub flags: u32,
+    /// Prefix length of the subnet.
+    pub prefix_len: u8,
+    pub _pad: [u8; 3],
+    /// Bridge name, NUL-padded.
+    pub bridge_name: [u8; IFNAMSIZ],
+}
+
+impl NetworkInfo {
+    /// Whether `addr_be` (network byte order) lies in this network's subnet.
+    #[inline(always)]
+    pub const fn contains_be(&self, addr_be: u32) -> bool {
+        addr_be & self.mask_be == self.subnet_be
+    }
+}
+
+/// Scope of a counter: which id space [`CounterKey::id`] is in.
+pub mod counter_scope {
+    /// `id` is an ifindex.
+    pub const IFACE: u16 = 1;
+    /// `id` is a network id.
+    pub const NETWORK: u16 = 2;
+}
+
+/// Kinds of counters. New kinds may be added; existing values never change.
+pub mod counter_kind {
+    /// Interface: packets seen at TC ingress.
+    pub const IF_INGRESS: u16 = 1;
+    /// Interface: packets seen at TC egress.
+    pub const IF_EGRESS: u16 = 2;
+    /// Network: packets sent by containers (ingress on a port).
+    pub const NET_FROM_CONTAINERS: u16 = 16;
+    /// Network: packets delivered to containers (egress on a port).
+    pub const NET_TO_CONTAINERS: u16 = 17;
+
+    pub const fn name(kind: u16) -> &'static str {
+        match kind {
+            IF_INGRESS => "ingress",
+            IF_EGRESS => "egress",
+            NET_FROM_CONTAINERS => "from_containers",
+            NET_TO_CONTAINERS => "to_containers",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Key of the per-CPU `NP_COUNTERS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct CounterKey {
+    /// ifindex or network id, see `scope`.
+    pub id: u32,
+    /// One of [`counter_scope`].
+    pub scope: u16,
+    /// One of [`counter_kind`].
+    pub kind: u16,
+}
+
+/// Value of the per-CPU `NP_COUNTERS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Counter {
+    pub const fn add(self, other: Self) -> Self {
+        Self {
+            packets: self.packets + other.packets,
+            bytes: self.bytes + other.bytes,
+        }
+    }
+}
+
+// SAFETY: each type is `#[repr(C)]`, `Copy`, has explicit padding and no
+// invalid bit patterns (bytemuck's derive checks the same at compile time).
+#[cfg(feature = "user")]
+mod user {
+    use super::{Counter, CounterKey, IfaceInfo, NetworkInfo};
+    unsafe impl aya::Pod for IfaceInfo {}
+    unsafe impl aya::Pod for NetworkInfo {}
+    unsafe impl aya::Pod for CounterKey {}
+    unsafe impl aya::Pod for Counter {}
+}

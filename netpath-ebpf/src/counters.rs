@@ -1,0 +1,30 @@
+//! Per-CPU packet and byte counters keyed by (scope, id, kind).
+
+use aya_ebpf::bindings::BPF_NOEXIST;
+use netpath_common::{Counter, CounterKey};
+
+use crate::maps::NP_COUNTERS;
+
+/// Adds one packet of `bytes` to the counter `(scope, id, kind)`, creating it
+/// on first use. A full counter map loses the update; it never drops traffic.
+#[inline(always)]
+pub fn count(scope: u16, id: u32, kind: u16, bytes: u32) {
+    let key = CounterKey { id, scope, kind };
+    let ptr = match NP_COUNTERS.get_ptr_mut(&key) {
+        Some(ptr) => ptr,
+        None => {
+            // Another CPU may win the insert: NOEXIST failing is fine, the
+            // lookup below then finds its (per-CPU, so still ours) slot.
+            let _ = NP_COUNTERS.insert(&key, &Counter::default(), BPF_NOEXIST as u64);
+            match NP_COUNTERS.get_ptr_mut(&key) {
+                Some(ptr) => ptr,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: per-CPU value, only this CPU writes it while this program runs.
+    unsafe {
+        (*ptr).packets += 1;
+        (*ptr).bytes += u64::from(bytes);
+    }
+}

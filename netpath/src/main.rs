@@ -1,0 +1,110 @@
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::Parser as _;
+use netpath::{
+    attach::Attach,
+    cli::{Cli, Command},
+    demo, netns, ops,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line: the whole context chain.
+            eprintln!("netpath: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn attach_word(a: Attach) -> &'static str {
+    match a {
+        Attach::Created => "attached",
+        Attach::Updated => "replaced by this build",
+        Attach::Unchanged => "unchanged",
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("must run as root (needs CAP_NET_ADMIN, CAP_BPF and CAP_SYS_ADMIN)");
+    }
+    if let Command::Demo = cli.command {
+        return demo::run();
+    }
+    // Enter the namespace before any thread or socket exists: every thread
+    // the runtime starts inherits it.
+    if let Some(name) = &cli.netns {
+        netns::enter(name)?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Up(up) => {
+                let args = ops::UpArgs {
+                    bridge: up.bridge,
+                    subnet: up.subnet,
+                    gateway: up.gateway,
+                    uplinks: up.uplinks,
+                };
+                let r = ops::up(&args).await?;
+                let verb = if r.already_up { "already up" } else { "up" };
+                println!(
+                    "network {} {verb} (id {}{}{})",
+                    args.bridge,
+                    r.net_id,
+                    if r.created_bridge { ", bridge created" } else { "" },
+                    if r.added_gateway { ", gateway address added" } else { "" },
+                );
+                for c in r.changes.iter().filter(|c| c.changed()) {
+                    let was = match c.previous {
+                        Some(p) if p != c.role => format!(" (was {})", p.as_str()),
+                        _ => String::new(),
+                    };
+                    println!(
+                        "  {}: {}{was}, ingress {}, egress {}",
+                        c.name,
+                        c.role.as_str(),
+                        attach_word(c.ingress),
+                        attach_word(c.egress)
+                    );
+                }
+                if !r.detached.is_empty() {
+                    println!("  detached from {} interface(s) no longer managed", r.detached.len());
+                }
+                Ok(())
+            }
+            Command::Down(down) => {
+                let target = match down.bridge {
+                    Some(b) => ops::DownTarget::Bridge(b),
+                    None => ops::DownTarget::All,
+                };
+                let r = ops::down(&target).await?;
+                for b in &r.removed {
+                    println!("network {b} down");
+                }
+                for b in &r.deleted_bridges {
+                    println!("  bridge {b} deleted");
+                }
+                if r.unpinned_all {
+                    println!("  no networks left: programs detached, state unpinned");
+                }
+                Ok(())
+            }
+            Command::Status { json } => {
+                let s = ops::status().await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&s)?);
+                } else {
+                    print!("{}", s.render());
+                }
+                Ok(())
+            }
+            Command::Demo => unreachable!("handled above"),
+        }
+    })
+}

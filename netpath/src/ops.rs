@@ -1,0 +1,554 @@
+//! `up`, `down` and `status`: validate everything first, then apply; undo
+//! what was applied when a later step fails; tear down collecting every error.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, Result, bail};
+use netpath_common::{IfaceInfo, IfaceRole, counter_kind, counter_scope, iface_flags, net_flags};
+use serde::Serialize;
+
+use crate::{
+    attach::{Attach, Datapath, attached_program_ids},
+    netns,
+    plan::{self, NetworkSpec, Uplinks},
+    plumbing::{self, Netlink},
+    state::{Dir, Maps, StateDir},
+    sys,
+};
+
+/// Arguments of `netpath up`.
+#[derive(Clone, Debug, Default)]
+pub struct UpArgs {
+    pub bridge: String,
+    pub subnet: String,
+    pub gateway: Option<String>,
+    pub uplinks: Vec<String>,
+}
+
+/// What `up` did, for the user.
+#[derive(Debug, Default)]
+pub struct UpReport {
+    pub net_id: u32,
+    pub created_bridge: bool,
+    pub added_gateway: bool,
+    pub already_up: bool,
+    pub changes: Vec<IfaceChange>,
+    pub detached: Vec<u32>,
+}
+
+/// How one interface ended up after a reconcile.
+#[derive(Debug, Clone)]
+pub struct IfaceChange {
+    pub name: String,
+    pub role: IfaceRole,
+    /// Its role before, when it was managed already.
+    pub previous: Option<IfaceRole>,
+    pub ingress: Attach,
+    pub egress: Attach,
+}
+
+impl IfaceChange {
+    /// Whether anything about this interface changed.
+    pub fn changed(&self) -> bool {
+        self.previous != Some(self.role) || self.ingress != Attach::Unchanged || self.egress != Attach::Unchanged
+    }
+}
+
+/// The uplink choice in force: explicit uplinks recorded earlier stay until
+/// another `--uplink` replaces them.
+fn uplink_choice(requested: &[String], current: &BTreeMap<u32, IfaceInfo>, names: &BTreeMap<u32, String>) -> Uplinks {
+    if !requested.is_empty() {
+        return Uplinks::Explicit(requested.to_vec());
+    }
+    let explicit: Vec<String> = current
+        .iter()
+        .filter(|(_, i)| i.flags & iface_flags::EXPLICIT_UPLINK != 0)
+        .filter_map(|(idx, _)| names.get(idx).cloned())
+        .collect();
+    if explicit.is_empty() { Uplinks::Auto } else { Uplinks::Explicit(explicit) }
+}
+
+fn specs(maps: &Maps) -> Result<BTreeMap<u32, NetworkSpec>> {
+    Ok(maps.networks()?.iter().map(|(id, info)| (*id, NetworkSpec::from_info(info))).collect())
+}
+
+pub async fn up(args: &UpArgs) -> Result<UpReport> {
+    let spec = plan::network_spec(&args.bridge, &args.subnet, args.gateway.as_deref())?;
+    for u in &args.uplinks {
+        plan::validate_ifname(u)?;
+    }
+    let nl = Netlink::new()?;
+    let state = StateDir::current()?;
+    let had_state = state.exists();
+    let (existing, current_ifaces) = if had_state {
+        let maps = Maps::open(&state)?;
+        (specs(&maps)?, maps.ifaces()?)
+    } else {
+        (BTreeMap::new(), BTreeMap::new())
+    };
+    let same_id = plan::check_against_existing(&spec, &existing)?;
+    let links = nl.link_facts().await?;
+    let bridge = links.iter().find(|l| l.name == spec.bridge);
+    if let Some(b) = bridge
+        && !b.is_bridge
+    {
+        bail!("{} exists and is not a bridge", spec.bridge);
+    }
+    let names: BTreeMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
+    let uplinks = uplink_choice(&args.uplinks, &current_ifaces, &names);
+    // Dry-run the role plan with the new bridge in place, so a bad uplink is
+    // reported before anything changes.
+    {
+        let mut nets: BTreeMap<u32, u32> = existing
+            .values()
+            .filter_map(|s| links.iter().find(|l| l.name == s.bridge).map(|l| (l.index, 1)))
+            .collect();
+        nets.insert(bridge.map_or(u32::MAX, |b| b.index), 1);
+        plan::plan_roles(&links, &nets, &uplinks)?;
+    }
+
+    netns::ensure_bpffs()?;
+    let mut report = UpReport { already_up: same_id.is_some(), ..Default::default() };
+    let result = apply_up(&nl, &state, &spec, bridge.map(|b| b.index), same_id, &existing, &uplinks, &mut report).await;
+    if let Err(err) = result {
+        if same_id.is_none() {
+            rollback_up(&nl, &state, &spec, &report, had_state).await;
+        }
+        return Err(err);
+    }
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn apply_up(
+    nl: &Netlink,
+    state: &StateDir,
+    spec: &NetworkSpec,
+    bridge_index: Option<u32>,
+    same_id: Option<u32>,
+    existing: &BTreeMap<u32, NetworkSpec>,
+    uplinks: &Uplinks,
+    report: &mut UpReport,
+) -> Result<()> {
+    let index = match bridge_index {
+        Some(i) => i,
+        None => {
+            let i = nl.create_bridge(&spec.bridge).await?;
+            report.created_bridge = true;
+            i
+        }
+    };
+    nl.set_up(index).await?;
+    let prefix = spec.subnet.prefix_len();
+    if !nl.has_addr(index, spec.gateway, prefix).await? {
+        nl.add_addr(index, spec.gateway, prefix).await?;
+        report.added_gateway = true;
+    }
+    if !plumbing::ip_forward()? {
+        plumbing::enable_ip_forward()?;
+    }
+    state.create()?;
+    let mut dp = Datapath::load(state)?;
+    let (net_id, flags) = match same_id {
+        Some(id) => {
+            let old = dp.maps.networks.get(&id, 0).context("reading the existing network")?;
+            (id, old.flags)
+        }
+        None => {
+            let id = plan::next_network_id(existing.keys().copied(), netpath_common::MAX_NETWORKS)?;
+            let mut f = 0;
+            if report.created_bridge {
+                f |= net_flags::CREATED_BRIDGE;
+            }
+            if report.added_gateway {
+                f |= net_flags::ADDED_GATEWAY;
+            }
+            (id, f)
+        }
+    };
+    report.net_id = net_id;
+    dp.maps
+        .networks
+        .insert(net_id, spec.to_info(index, flags), 0)
+        .context("recording the network")?;
+    let (changes, detached) = reconcile(nl, state, &mut dp, uplinks).await?;
+    report.changes = changes;
+    report.detached = detached;
+    Ok(())
+}
+
+/// Undoes a failed `up` of a new network, reporting (not returning) errors.
+async fn rollback_up(nl: &Netlink, state: &StateDir, spec: &NetworkSpec, report: &UpReport, had_state: bool) {
+    let mut errors = Vec::new();
+    if state.exists() {
+        match Maps::open(state) {
+            Ok(mut maps) => {
+                if report.net_id != 0 {
+                    let _ = maps.networks.remove(&report.net_id);
+                }
+                let remaining = maps.networks().map(|n| n.len()).unwrap_or(0);
+                if !had_state || remaining == 0 {
+                    errors.extend(teardown_all_links(state, &mut maps));
+                    drop(maps);
+                    if let Err(e) = state.remove() {
+                        errors.push(e);
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if let Ok(Some(l)) = nl.link_by_name(&spec.bridge).await {
+        if report.created_bridge {
+            if let Err(e) = nl.delete_link(l.index).await {
+                errors.push(e);
+            }
+        } else if report.added_gateway
+            && let Err(e) = nl.del_addr(l.index, spec.gateway, spec.subnet.prefix_len()).await
+        {
+            errors.push(e);
+        }
+    }
+    for e in errors {
+        eprintln!("netpath: while undoing the failed up: {e:#}");
+    }
+}
+
+/// Brings attachments in line with the recorded networks: every managed
+/// bridge, its ports and the uplinks run this build's programs; everything
+/// else netpath attached earlier is detached. Returns what changed.
+pub async fn reconcile(
+    nl: &Netlink,
+    state: &StateDir,
+    dp: &mut Datapath,
+    uplinks: &Uplinks,
+) -> Result<(Vec<IfaceChange>, Vec<u32>)> {
+    let links = nl.link_facts().await?;
+    // A bridge recreated under the same name gets a new ifindex: follow the name.
+    let mut nets = BTreeMap::new();
+    for (id, mut info) in dp.maps.networks()? {
+        let name = plan::ifname_from_bytes(&info.bridge_name);
+        if let Some(l) = links.iter().find(|l| l.name == name) {
+            if l.index != info.bridge_ifindex {
+                info.bridge_ifindex = l.index;
+                dp.maps.networks.insert(id, info, 0)?;
+            }
+            nets.insert(l.index, id);
+        }
+    }
+    let planned = plan::plan_roles(&links, &nets, uplinks)?;
+    let current = dp.maps.ifaces()?;
+    let mut changes = Vec::new();
+    for (&ifindex, p) in &planned {
+        dp.maps.ifaces.insert(ifindex, p.info, 0).context("recording an interface")?;
+        changes.push(IfaceChange {
+            name: p.name.clone(),
+            role: IfaceRole::from_u32(p.info.role).context("planned role")?,
+            previous: current.get(&ifindex).and_then(|i| IfaceRole::from_u32(i.role)),
+            ingress: dp.ensure_attached(state, ifindex, &p.name, Dir::Ingress)?,
+            egress: dp.ensure_attached(state, ifindex, &p.name, Dir::Egress)?,
+        });
+    }
+    let mut detached = Vec::new();
+    for &ifindex in current.keys().filter(|i| !planned.contains_key(i)) {
+        detach_iface(state, &mut dp.maps, ifindex)?;
+        detached.push(ifindex);
+    }
+    // Pins of interfaces that are neither planned nor recorded (left by an
+    // interrupted run).
+    for (ifindex, _, path) in state.pinned_links()? {
+        if !planned.contains_key(&ifindex) && path.exists() {
+            sys::detach_pinned_link(&path)?;
+        }
+    }
+    Ok((changes, detached))
+}
+
+fn detach_iface(state: &StateDir, maps: &mut Maps, ifindex: u32) -> Result<()> {
+    for dir in Dir::BOTH {
+        let pin = state.link_pin(ifindex, dir);
+        if pin.exists() {
+            sys::detach_pinned_link(&pin)?;
+        }
+    }
+    match maps.ifaces.remove(&ifindex) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+        Err(e) => return Err(e).context("forgetting an interface"),
+    }
+    maps.remove_counters(counter_scope::IFACE, ifindex)
+}
+
+/// Detaches every link and forgets every interface, carrying on past errors.
+fn teardown_all_links(state: &StateDir, maps: &mut Maps) -> Vec<anyhow::Error> {
+    let mut errors = Vec::new();
+    let mut ifindexes: Vec<u32> = maps.ifaces().map(|m| m.into_keys().collect()).unwrap_or_default();
+    if let Ok(pins) = state.pinned_links() {
+        ifindexes.extend(pins.into_iter().map(|(i, _, _)| i));
+    }
+    ifindexes.sort_unstable();
+    ifindexes.dedup();
+    for i in ifindexes {
+        if let Err(e) = detach_iface(state, maps, i) {
+            errors.push(e);
+        }
+    }
+    errors
+}
+
+/// Which networks `down` takes down.
+#[derive(Clone, Debug)]
+pub enum DownTarget {
+    Bridge(String),
+    All,
+}
+
+/// What `down` did.
+#[derive(Debug, Default)]
+pub struct DownReport {
+    pub removed: Vec<String>,
+    pub deleted_bridges: Vec<String>,
+    pub unpinned_all: bool,
+}
+
+pub async fn down(target: &DownTarget) -> Result<DownReport> {
+    let nl = Netlink::new()?;
+    let state = StateDir::current()?;
+    let mut report = DownReport::default();
+    if !state.exists() {
+        return match target {
+            DownTarget::Bridge(b) => bail!("no network on bridge {b}: nothing is up in this network namespace"),
+            DownTarget::All => {
+                // Links left by an interrupted run still go.
+                if state.root.exists() {
+                    for (_, _, path) in state.pinned_links()? {
+                        sys::detach_pinned_link(&path)?;
+                    }
+                    state.remove()?;
+                    report.unpinned_all = true;
+                }
+                Ok(report)
+            }
+        };
+    }
+    let mut maps = Maps::open(&state)?;
+    let networks = maps.networks()?;
+    let victims: Vec<(u32, netpath_common::NetworkInfo)> = match target {
+        DownTarget::Bridge(b) => {
+            let found = networks
+                .iter()
+                .find(|(_, i)| plan::ifname_from_bytes(&i.bridge_name) == *b)
+                .with_context(|| format!("no network on bridge {b}"))?;
+            vec![(*found.0, *found.1)]
+        }
+        DownTarget::All => networks.iter().map(|(k, v)| (*k, *v)).collect(),
+    };
+    let mut errors: Vec<anyhow::Error> = Vec::new();
+    for (id, _) in &victims {
+        if let Err(e) = maps.networks.remove(id) {
+            errors.push(anyhow::Error::new(e).context("forgetting the network"));
+        }
+        if let Err(e) = maps.remove_counters(counter_scope::NETWORK, *id) {
+            errors.push(e);
+        }
+    }
+    let remaining = networks.len() - victims.len();
+    if remaining == 0 {
+        errors.extend(teardown_all_links(&state, &mut maps));
+        drop(maps);
+        match state.remove() {
+            Ok(()) => report.unpinned_all = true,
+            Err(e) => errors.push(e),
+        }
+    } else {
+        // Other networks stay: re-plan (the downed bridge's ports lose their
+        // role, a kept bridge may become an uplink by the default rule).
+        let current = maps.ifaces()?;
+        drop(maps);
+        let names = nl.links().await?.into_iter().map(|l| (l.index, l.name)).collect();
+        let uplinks = uplink_choice(&[], &current, &names);
+        match Datapath::load(&state) {
+            Ok(mut dp) => {
+                if let Err(e) = reconcile(&nl, &state, &mut dp, &uplinks).await {
+                    errors.push(e);
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    for (_, info) in &victims {
+        let spec = NetworkSpec::from_info(info);
+        report.removed.push(spec.bridge.clone());
+        let link = match nl.link_by_name(&spec.bridge).await {
+            Ok(Some(l)) => l,
+            Ok(None) => continue,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let res = if info.flags & net_flags::CREATED_BRIDGE != 0 {
+            report.deleted_bridges.push(spec.bridge.clone());
+            nl.delete_link(link.index).await
+        } else if info.flags & net_flags::ADDED_GATEWAY != 0 {
+            nl.del_addr(link.index, spec.gateway, spec.subnet.prefix_len()).await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = res {
+            errors.push(e);
+        }
+    }
+    combine(errors)?;
+    Ok(report)
+}
+
+/// One error carrying every message, or Ok when there were none.
+pub fn combine(errors: Vec<anyhow::Error>) -> Result<()> {
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.into_iter().next().expect("one error")),
+        n => bail!(
+            "{n} errors: {}",
+            errors.iter().map(|e| format!("{e:#}")).collect::<Vec<_>>().join("; ")
+        ),
+    }
+}
+
+/// Packets and bytes.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl From<netpath_common::Counter> for Traffic {
+    fn from(c: netpath_common::Counter) -> Self {
+        Self { packets: c.packets, bytes: c.bytes }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct NetworkStatus {
+    pub id: u32,
+    pub bridge: String,
+    pub bridge_ifindex: u32,
+    pub subnet: String,
+    pub gateway: String,
+    pub created_bridge: bool,
+    pub from_containers: Traffic,
+    pub to_containers: Traffic,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IfaceStatus {
+    pub ifindex: u32,
+    /// Current name; `None` when the interface no longer exists.
+    pub name: Option<String>,
+    pub role: String,
+    /// Bridge name of the interface's network (bridges and ports).
+    pub network: Option<String>,
+    pub ingress_prog_ids: Vec<u32>,
+    pub egress_prog_ids: Vec<u32>,
+    pub ingress: Traffic,
+    pub egress: Traffic,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub netns_cookie: u64,
+    pub state_dir: String,
+    pub networks: Vec<NetworkStatus>,
+    pub interfaces: Vec<IfaceStatus>,
+}
+
+pub async fn status() -> Result<Status> {
+    let state = StateDir::current()?;
+    let mut out = Status {
+        netns_cookie: netns::cookie()?,
+        state_dir: state.root.display().to_string(),
+        networks: Vec::new(),
+        interfaces: Vec::new(),
+    };
+    if !state.exists() {
+        return Ok(out);
+    }
+    let nl = Netlink::new()?;
+    let names: BTreeMap<u32, String> = nl.links().await?.into_iter().map(|l| (l.index, l.name)).collect();
+    let maps = Maps::open(&state)?;
+    let networks = maps.networks()?;
+    let traffic = |scope, id, kind| -> Result<Traffic> {
+        Ok(maps.counter(netpath_common::CounterKey { id, scope, kind })?.into())
+    };
+    for (id, info) in &networks {
+        let spec = NetworkSpec::from_info(info);
+        out.networks.push(NetworkStatus {
+            id: *id,
+            bridge: spec.bridge,
+            bridge_ifindex: info.bridge_ifindex,
+            subnet: spec.subnet.to_string(),
+            gateway: spec.gateway.to_string(),
+            created_bridge: info.flags & net_flags::CREATED_BRIDGE != 0,
+            from_containers: traffic(counter_scope::NETWORK, *id, counter_kind::NET_FROM_CONTAINERS)?,
+            to_containers: traffic(counter_scope::NETWORK, *id, counter_kind::NET_TO_CONTAINERS)?,
+        });
+    }
+    for (ifindex, info) in maps.ifaces()? {
+        let name = names.get(&ifindex).cloned();
+        let progs = |dir| name.as_deref().map(|n| attached_program_ids(n, dir).unwrap_or_default()).unwrap_or_default();
+        out.interfaces.push(IfaceStatus {
+            ifindex,
+            role: IfaceRole::from_u32(info.role).map_or("unknown", |r| r.as_str()).to_owned(),
+            network: networks.get(&info.net_id).map(|n| plan::ifname_from_bytes(&n.bridge_name)),
+            ingress_prog_ids: progs(Dir::Ingress),
+            egress_prog_ids: progs(Dir::Egress),
+            ingress: traffic(counter_scope::IFACE, ifindex, counter_kind::IF_INGRESS)?,
+            egress: traffic(counter_scope::IFACE, ifindex, counter_kind::IF_EGRESS)?,
+            name,
+        });
+    }
+    Ok(out)
+}
+
+impl Status {
+    /// The human-readable form of `netpath status`.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        if self.networks.is_empty() {
+            let _ = writeln!(s, "no networks are up in this network namespace");
+            return s;
+        }
+        let _ = writeln!(s, "state: {}", self.state_dir);
+        let _ = writeln!(s, "NETWORK          SUBNET              GATEWAY          FROM-CONTAINERS          TO-CONTAINERS");
+        for n in &self.networks {
+            let _ = writeln!(
+                s,
+                "{:<16} {:<19} {:<16} {:<24} {}",
+                n.bridge,
+                n.subnet,
+                n.gateway,
+                fmt_traffic(n.from_containers),
+                fmt_traffic(n.to_containers)
+            );
+        }
+        let _ = writeln!(s, "\nINTERFACE        ROLE    NETWORK          PROG(IN/EG)    INGRESS                  EGRESS");
+        for i in &self.interfaces {
+            let ids = |v: &[u32]| if v.is_empty() { "-".to_owned() } else { v.iter().map(u32::to_string).collect::<Vec<_>>().join(",") };
+            let _ = writeln!(
+                s,
+                "{:<16} {:<7} {:<16} {:<14} {:<24} {}",
+                i.name.as_deref().unwrap_or("(gone)"),
+                i.role,
+                i.network.as_deref().unwrap_or("-"),
+                format!("{}/{}", ids(&i.ingress_prog_ids), ids(&i.egress_prog_ids)),
+                fmt_traffic(i.ingress),
+                fmt_traffic(i.egress)
+            );
+        }
+        s
+    }
+}
+
+fn fmt_traffic(t: Traffic) -> String {
+    format!("{} pkts {} B", t.packets, t.bytes)
+}

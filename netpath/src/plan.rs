@@ -1,0 +1,352 @@
+//! Pure decisions, no I/O: validating a network request and working out which
+//! interface gets which role. Everything here is unit-tested on the host.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use anyhow::{Result, bail};
+use ipnet::Ipv4Net;
+use netpath_common::{IFNAMSIZ, IfaceInfo, IfaceRole, NetworkInfo, iface_flags};
+
+/// A network as the user asked for it, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkSpec {
+    pub bridge: String,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+}
+
+/// Checks an interface name the way the kernel does (`dev_valid_name`).
+pub fn validate_ifname(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() >= IFNAMSIZ {
+        bail!("invalid interface name {name:?}: must be 1 to {} bytes", IFNAMSIZ - 1);
+    }
+    if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+        bail!("invalid interface name {name:?}");
+    }
+    Ok(())
+}
+
+/// Parses a subnet in CIDR notation; host bits must be zero.
+pub fn parse_subnet(s: &str) -> Result<Ipv4Net> {
+    let net: Ipv4Net = s
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid subnet {s:?}: expected IPv4 CIDR such as 172.17.0.0/16"))?;
+    if net.addr() != net.network() {
+        bail!("invalid subnet {s}: host bits are set (did you mean {}?)", net.trunc());
+    }
+    if net.prefix_len() > 30 {
+        bail!("invalid subnet {s}: prefix longer than /30 leaves no room for a gateway and a container");
+    }
+    Ok(net)
+}
+
+/// Builds a [`NetworkSpec`], defaulting the gateway to the first host address.
+pub fn network_spec(bridge: &str, subnet: &str, gateway: Option<&str>) -> Result<NetworkSpec> {
+    validate_ifname(bridge)?;
+    let subnet = parse_subnet(subnet)?;
+    let gateway = match gateway {
+        None => subnet.hosts().next().expect("a /30 or larger subnet has hosts"),
+        Some(g) => {
+            let g: Ipv4Addr = g
+                .parse()
+                .map_err(|_| anyhow::anyhow!("invalid gateway {g:?}: expected an IPv4 address"))?;
+            if !subnet.contains(&g) {
+                bail!("gateway {g} is outside subnet {subnet}");
+            }
+            if g == subnet.network() || g == subnet.broadcast() {
+                bail!("gateway {g} is the network or broadcast address of {subnet}");
+            }
+            g
+        }
+    };
+    Ok(NetworkSpec {
+        bridge: bridge.to_owned(),
+        subnet,
+        gateway,
+    })
+}
+
+/// IPv4 address in network byte order, as the datapath stores it.
+pub fn be(addr: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(addr.octets())
+}
+
+/// The inverse of [`be`].
+pub fn from_be(v: u32) -> Ipv4Addr {
+    Ipv4Addr::from(v.to_ne_bytes())
+}
+
+/// Decodes a NUL-padded interface name.
+pub fn ifname_from_bytes(b: &[u8; IFNAMSIZ]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(IFNAMSIZ);
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+impl NetworkSpec {
+    /// The record kept in `NP_NETWORKS`.
+    pub fn to_info(&self, bridge_ifindex: u32, flags: u32) -> NetworkInfo {
+        let mut bridge_name = [0u8; IFNAMSIZ];
+        bridge_name[..self.bridge.len()].copy_from_slice(self.bridge.as_bytes());
+        NetworkInfo {
+            subnet_be: be(self.subnet.network()),
+            mask_be: be(self.subnet.netmask()),
+            gateway_be: be(self.gateway),
+            bridge_ifindex,
+            flags,
+            prefix_len: self.subnet.prefix_len(),
+            _pad: [0; 3],
+            bridge_name,
+        }
+    }
+
+    /// Reads a record back.
+    pub fn from_info(info: &NetworkInfo) -> Self {
+        Self {
+            bridge: ifname_from_bytes(&info.bridge_name),
+            subnet: Ipv4Net::new(from_be(info.subnet_be), info.prefix_len)
+                .expect("stored prefix length is valid"),
+            gateway: from_be(info.gateway_be),
+        }
+    }
+}
+
+/// Rejects a request that clashes with the networks already managed
+/// (`existing`: network id -> spec). Returns the id of the same network when
+/// the request repeats one exactly (an idempotent `up`).
+pub fn check_against_existing(
+    spec: &NetworkSpec,
+    existing: &BTreeMap<u32, NetworkSpec>,
+) -> Result<Option<u32>> {
+    let mut same = None;
+    for (&id, other) in existing {
+        if other.bridge == spec.bridge {
+            if other.subnet != spec.subnet || other.gateway != spec.gateway {
+                bail!(
+                    "network {} is already up with subnet {} gateway {}; run `netpath down --bridge {}` first",
+                    other.bridge,
+                    other.subnet,
+                    other.gateway,
+                    other.bridge
+                );
+            }
+            same = Some(id);
+        } else if other.subnet.contains(&spec.subnet.network())
+            || spec.subnet.contains(&other.subnet.network())
+        {
+            bail!(
+                "subnet {} overlaps network {} ({})",
+                spec.subnet,
+                other.bridge,
+                other.subnet
+            );
+        }
+    }
+    Ok(same)
+}
+
+/// Lowest network id not in use (ids start at 1; 0 means "no network").
+pub fn next_network_id(used: impl IntoIterator<Item = u32>, max: u32) -> Result<u32> {
+    let used: std::collections::BTreeSet<u32> = used.into_iter().collect();
+    (1..=max)
+        .find(|id| !used.contains(id))
+        .ok_or_else(|| anyhow::anyhow!("too many networks (at most {max})"))
+}
+
+/// What netpath needs to know about an interface to plan roles.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkFacts {
+    pub index: u32,
+    pub name: String,
+    pub is_bridge: bool,
+    pub is_loopback: bool,
+    /// ifindex of the bridge (or other master) this is enslaved to.
+    pub master: Option<u32>,
+    /// Primary IPv4 address, if any.
+    pub ipv4: Option<Ipv4Addr>,
+}
+
+/// Which interfaces are uplinks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Uplinks {
+    /// Every interface that is not a managed bridge, a port of one, or loopback.
+    Auto,
+    /// Exactly these names (set with `--uplink`).
+    Explicit(Vec<String>),
+}
+
+/// An interface with the role netpath gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Planned {
+    pub name: String,
+    pub info: IfaceInfo,
+}
+
+/// Assigns roles: managed bridges, their ports, then uplinks. `networks` maps
+/// each managed bridge's ifindex to its network id. Fails when an explicit
+/// uplink is missing or is itself a managed bridge or port.
+pub fn plan_roles(
+    links: &[LinkFacts],
+    networks: &BTreeMap<u32, u32>,
+    uplinks: &Uplinks,
+) -> Result<BTreeMap<u32, Planned>> {
+    let mut out = BTreeMap::new();
+    for l in links {
+        let (role, net_id) = if let Some(&net_id) = networks.get(&l.index) {
+            (IfaceRole::Bridge, net_id)
+        } else if let Some(&net_id) = l.master.and_then(|m| networks.get(&m)) {
+            (IfaceRole::Port, net_id)
+        } else {
+            continue;
+        };
+        out.insert(l.index, planned(l, role, net_id, 0));
+    }
+    match uplinks {
+        Uplinks::Auto => {
+            for l in links {
+                if !l.is_loopback && !out.contains_key(&l.index) {
+                    out.insert(l.index, planned(l, IfaceRole::Uplink, 0, 0));
+                }
+            }
+        }
+        Uplinks::Explicit(names) => {
+            for name in names {
+                let Some(l) = links.iter().find(|l| &l.name == name) else {
+                    bail!("uplink {name} does not exist");
+                };
+                if let Some(p) = out.get(&l.index) {
+                    bail!(
+                        "uplink {name} is a managed {}",
+                        IfaceRole::from_u32(p.info.role).map_or("interface", IfaceRole::as_str)
+                    );
+                }
+                if l.is_loopback {
+                    bail!("uplink {name} is the loopback interface");
+                }
+                out.insert(l.index, planned(l, IfaceRole::Uplink, 0, iface_flags::EXPLICIT_UPLINK));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn planned(l: &LinkFacts, role: IfaceRole, net_id: u32, flags: u32) -> Planned {
+    Planned {
+        name: l.name.clone(),
+        info: IfaceInfo {
+            role: role as u32,
+            net_id,
+            flags,
+            ipv4_be: l.ipv4.map_or(0, be),
+            mac: [0; 6],
+            _pad: [0; 2],
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(index: u32, name: &str, master: Option<u32>) -> LinkFacts {
+        LinkFacts {
+            index,
+            name: name.into(),
+            is_bridge: false,
+            is_loopback: index == 1,
+            master,
+            ipv4: None,
+        }
+    }
+
+    #[test]
+    fn spec_defaults_gateway_to_first_host() {
+        let s = network_spec("docker0", "172.17.0.0/16", None).unwrap();
+        assert_eq!(s.gateway, Ipv4Addr::new(172, 17, 0, 1));
+        let s = network_spec("br-x", "10.9.0.0/24", Some("10.9.0.254")).unwrap();
+        assert_eq!(s.gateway, Ipv4Addr::new(10, 9, 0, 254));
+    }
+
+    #[test]
+    fn spec_rejects_bad_input() {
+        let err = |b, s, g| network_spec(b, s, g).unwrap_err().to_string();
+        assert!(err("d0", "172.17.0.0/33", None).contains("invalid subnet"));
+        assert!(err("d0", "nonsense", None).contains("invalid subnet"));
+        assert!(err("d0", "172.17.0.1/16", None).contains("host bits"));
+        assert!(err("d0", "10.0.0.0/31", None).contains("/30"));
+        assert!(err("d0", "172.17.0.0/16", Some("172.18.0.1")).contains("outside"));
+        assert!(err("d0", "172.17.0.0/16", Some("172.17.0.0")).contains("network or broadcast"));
+        assert!(err("d0", "172.17.0.0/16", Some("172.17.255.255")).contains("broadcast"));
+        assert!(err("d0", "172.17.0.0/16", Some("x")).contains("invalid gateway"));
+        assert!(err("", "172.17.0.0/16", None).contains("interface name"));
+        assert!(err("averyveryverylongname", "172.17.0.0/16", None).contains("interface name"));
+        assert!(err("a/b", "172.17.0.0/16", None).contains("interface name"));
+    }
+
+    #[test]
+    fn info_round_trips() {
+        let s = network_spec("br-abc", "172.18.0.0/16", None).unwrap();
+        let info = s.to_info(7, 3);
+        assert_eq!(NetworkSpec::from_info(&info), s);
+        assert!(info.contains_be(be(Ipv4Addr::new(172, 18, 3, 4))));
+        assert!(!info.contains_be(be(Ipv4Addr::new(172, 19, 0, 1))));
+        assert_eq!(info.bridge_ifindex, 7);
+    }
+
+    #[test]
+    fn existing_networks_idempotent_conflict_overlap() {
+        let mut existing = BTreeMap::new();
+        existing.insert(1, network_spec("docker0", "172.17.0.0/16", None).unwrap());
+        let same = network_spec("docker0", "172.17.0.0/16", None).unwrap();
+        assert_eq!(check_against_existing(&same, &existing).unwrap(), Some(1));
+        let other = network_spec("br-a", "172.18.0.0/16", None).unwrap();
+        assert_eq!(check_against_existing(&other, &existing).unwrap(), None);
+        let changed = network_spec("docker0", "172.17.0.0/24", None).unwrap();
+        assert!(check_against_existing(&changed, &existing).unwrap_err().to_string().contains("already up"));
+        let inner = network_spec("br-b", "172.17.5.0/24", None).unwrap();
+        assert!(check_against_existing(&inner, &existing).unwrap_err().to_string().contains("overlaps"));
+        let outer = network_spec("br-c", "172.16.0.0/12", None).unwrap();
+        assert!(check_against_existing(&outer, &existing).unwrap_err().to_string().contains("overlaps"));
+    }
+
+    #[test]
+    fn network_ids_fill_gaps() {
+        assert_eq!(next_network_id([], 4).unwrap(), 1);
+        assert_eq!(next_network_id([1, 2, 4], 4).unwrap(), 3);
+        assert!(next_network_id([1, 2, 3, 4], 4).is_err());
+    }
+
+    #[test]
+    fn roles_auto_uplinks() {
+        let links = vec![
+            link(1, "lo", None),
+            link(2, "eth0", None),
+            link(3, "docker0", None),
+            link(4, "veth1", Some(3)),
+            link(5, "br-x", None),
+            link(6, "veth2", Some(5)),
+        ];
+        let nets = BTreeMap::from([(3, 1)]);
+        let plan = plan_roles(&links, &nets, &Uplinks::Auto).unwrap();
+        let role = |i: u32| plan.get(&i).map(|p| (p.info.role, p.info.net_id));
+        assert_eq!(role(1), None, "loopback is never attached");
+        assert_eq!(role(2), Some((IfaceRole::Uplink as u32, 0)));
+        assert_eq!(role(3), Some((IfaceRole::Bridge as u32, 1)));
+        assert_eq!(role(4), Some((IfaceRole::Port as u32, 1)));
+        // An unmanaged bridge and its ports are uplinks by the default rule.
+        assert_eq!(role(5), Some((IfaceRole::Uplink as u32, 0)));
+        assert_eq!(role(6), Some((IfaceRole::Uplink as u32, 0)));
+    }
+
+    #[test]
+    fn roles_explicit_uplinks() {
+        let links = vec![link(1, "lo", None), link(2, "eth0", None), link(3, "eth1", None), link(4, "docker0", None)];
+        let nets = BTreeMap::from([(4, 1)]);
+        let plan = plan_roles(&links, &nets, &Uplinks::Explicit(vec!["eth1".into()])).unwrap();
+        assert!(!plan.contains_key(&2));
+        assert_eq!(plan[&3].info.flags & iface_flags::EXPLICIT_UPLINK, iface_flags::EXPLICIT_UPLINK);
+        let e = |n: &str| plan_roles(&links, &nets, &Uplinks::Explicit(vec![n.into()])).unwrap_err().to_string();
+        assert!(e("eth9").contains("does not exist"));
+        assert!(e("docker0").contains("managed bridge"));
+        assert!(e("lo").contains("loopback"));
+    }
+}

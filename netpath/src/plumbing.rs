@@ -1,0 +1,235 @@
+//! Netlink plumbing (rtnetlink): links, bridges, addresses, forwarding.
+//! Acts on the network namespace the process was in when [`Netlink::new`]
+//! opened its socket.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{Context as _, Result};
+use futures::TryStreamExt as _;
+use rtnetlink::{
+    Handle, LinkBridge, LinkUnspec,
+    packet_route::{
+        AddressFamily,
+        address::{AddressAttribute, AddressMessage},
+        link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    },
+};
+
+use crate::plan::LinkFacts;
+
+/// An rtnetlink connection, driven on the current tokio runtime.
+pub struct Netlink {
+    handle: Handle,
+}
+
+/// A link as netlink reports it.
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub kind: Option<String>,
+    pub master: Option<u32>,
+    pub flags: LinkFlags,
+}
+
+impl Link {
+    fn from_message(msg: &LinkMessage) -> Self {
+        let mut link = Self {
+            index: msg.header.index,
+            name: String::new(),
+            kind: None,
+            master: None,
+            flags: msg.header.flags,
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => link.name.clone_from(n),
+                LinkAttribute::Controller(m) => link.master = Some(*m),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Kind(kind) = info {
+                            link.kind = Some(kind.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+
+    pub fn is_bridge(&self) -> bool {
+        self.kind.as_deref() == Some(&InfoKind::Bridge.to_string())
+    }
+
+    pub fn is_loopback(&self) -> bool {
+        self.flags.contains(LinkFlags::Loopback)
+    }
+}
+
+/// An IPv4 address on a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Addr4 {
+    pub index: u32,
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Netlink {
+    /// Opens a connection in the current network namespace. Needs a tokio runtime.
+    pub fn new() -> Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink socket")?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .context("listing links")?;
+        Ok(msgs.iter().map(Link::from_message).collect())
+    }
+
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
+        Ok(self.links().await?.into_iter().find(|l| l.name == name))
+    }
+
+    pub async fn ipv4_addrs(&self) -> Result<Vec<Addr4>> {
+        let msgs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .context("listing addresses")?;
+        let mut out = Vec::new();
+        for m in msgs {
+            if m.header.family != AddressFamily::Inet {
+                continue;
+            }
+            // IFA_LOCAL is the interface's own address (IFA_ADDRESS is the
+            // peer on point-to-point links); prefer it when present.
+            let mut addr = None;
+            for a in &m.attributes {
+                match a {
+                    AddressAttribute::Local(IpAddr::V4(v4)) => addr = Some(*v4),
+                    AddressAttribute::Address(IpAddr::V4(v4)) if addr.is_none() => addr = Some(*v4),
+                    _ => {}
+                }
+            }
+            if let Some(addr) = addr {
+                out.push(Addr4 { index: m.header.index, addr, prefix_len: m.header.prefix_len });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every link with what role planning needs, including its primary
+    /// (first listed) IPv4 address.
+    pub async fn link_facts(&self) -> Result<Vec<LinkFacts>> {
+        let addrs = self.ipv4_addrs().await?;
+        Ok(self
+            .links()
+            .await?
+            .into_iter()
+            .map(|l| LinkFacts {
+                index: l.index,
+                is_bridge: l.is_bridge(),
+                is_loopback: l.is_loopback(),
+                master: l.master,
+                ipv4: addrs.iter().find(|a| a.index == l.index).map(|a| a.addr),
+                name: l.name,
+            })
+            .collect())
+    }
+
+    /// Creates a bridge (set up) and returns its ifindex.
+    pub async fn create_bridge(&self, name: &str) -> Result<u32> {
+        self.handle
+            .link()
+            .add(LinkBridge::new(name).build())
+            .execute()
+            .await
+            .with_context(|| format!("creating bridge {name}"))?;
+        self.link_by_name(name)
+            .await?
+            .map(|l| l.index)
+            .with_context(|| format!("bridge {name} vanished after creation"))
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .with_context(|| format!("setting link {index} up"))
+    }
+
+    pub async fn delete_link(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .with_context(|| format!("deleting link {index}"))
+    }
+
+    pub async fn has_addr(&self, index: u32, addr: Ipv4Addr, prefix_len: u8) -> Result<bool> {
+        let want = Addr4 { index, addr, prefix_len };
+        Ok(self.ipv4_addrs().await?.contains(&want))
+    }
+
+    pub async fn add_addr(&self, index: u32, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
+        self.handle
+            .address()
+            .add(index, IpAddr::V4(addr), prefix_len)
+            .execute()
+            .await
+            .with_context(|| format!("adding {addr}/{prefix_len} to link {index}"))
+    }
+
+    pub async fn del_addr(&self, index: u32, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
+        let msgs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .context("listing addresses")?;
+        for m in msgs {
+            let matches = m.header.prefix_len == prefix_len
+                && m.attributes.iter().any(|a| matches!(a, AddressAttribute::Local(IpAddr::V4(v)) if *v == addr));
+            if matches {
+                self.handle
+                    .address()
+                    .del(m)
+                    .execute()
+                    .await
+                    .with_context(|| format!("removing {addr}/{prefix_len} from link {index}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// Whether IPv4 forwarding is on in the current network namespace.
+pub fn ip_forward() -> Result<bool> {
+    let v = std::fs::read_to_string(IP_FORWARD).context("reading net.ipv4.ip_forward")?;
+    Ok(v.trim() == "1")
+}
+
+/// Turns IPv4 forwarding on in the current network namespace.
+pub fn enable_ip_forward() -> Result<()> {
+    std::fs::write(IP_FORWARD, "1").context("enabling net.ipv4.ip_forward")
+}

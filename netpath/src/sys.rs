@@ -1,0 +1,48 @@
+//! The two bpf(2) commands aya does not expose for pinned links: open a pin
+//! (`BPF_OBJ_GET`) and detach a link at once (`BPF_LINK_DETACH`), so `down`
+//! is synchronous instead of waiting for the kernel's deferred link release.
+
+use std::{
+    ffi::CString,
+    os::fd::{FromRawFd as _, OwnedFd, AsRawFd as _},
+    path::Path,
+};
+
+use anyhow::{Context as _, Result};
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_DETACH: libc::c_long = 34;
+
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> std::io::Result<libc::c_long> {
+    // SAFETY: `attr` is a zeroed, 8-byte aligned bpf_attr prefix of the size we pass.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr))
+    };
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(rc) }
+}
+
+/// Opens a pinned BPF object.
+pub fn obj_get(path: &Path) -> std::io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut attr = [0u64; 8];
+    attr[0] = c.as_ptr() as u64; // pathname; bpf_fd and file_flags stay 0
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: the kernel returned a new fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Detaches the link pinned at `path` and removes the pin. A pin whose link
+/// is already defunct (its interface is gone) is just removed.
+pub fn detach_pinned_link(path: &Path) -> Result<()> {
+    let fd = obj_get(path).with_context(|| format!("opening pinned link {}", path.display()))?;
+    let mut attr = [0u64; 8];
+    attr[0] = u64::from(fd.as_raw_fd() as u32); // link_detach.link_fd
+    match bpf(BPF_LINK_DETACH, &mut attr) {
+        // ENOLINK: already detached (defunct), nothing left to do.
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {}
+        Err(e) => return Err(e).with_context(|| format!("detaching link {}", path.display())),
+    }
+    std::fs::remove_file(path).with_context(|| format!("removing pin {}", path.display()))
+}

@@ -1,0 +1,261 @@
+//! Throw-away topologies in network namespaces, for the demo and the tests:
+//! uniquely named namespaces that are removed on drop (even on panic), veth
+//! pairs created directly in them, and real TCP/UDP/ICMP traffic between them.
+//! Nothing here touches the root namespace.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    path::PathBuf,
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::netns;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command and fails with its stderr when it exits non-zero.
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}
+
+/// A network namespace that exists for the lifetime of this value.
+pub struct Netns {
+    pub name: String,
+    /// When set, `<netpath> --netns NAME down --all` runs before the
+    /// namespace is deleted, so no pinned state outlives it.
+    netpath: Option<PathBuf>,
+}
+
+impl Netns {
+    /// Creates `np-<tag>-<pid>-<n>` with loopback up.
+    pub fn new(tag: &str) -> Result<Self> {
+        let name = format!("np-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = Self { name, netpath: None };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Makes drop run `netpath down --all` in this namespace first.
+    pub fn cleanup_with(mut self, netpath: impl Into<PathBuf>) -> Self {
+        self.netpath = Some(netpath.into());
+        self
+    }
+
+    /// `ip -n NAME ARGS…`, returning stdout.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let out = run(Command::new("ip").arg("-n").arg(&self.name).args(args))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A command run inside the namespace with `ip netns exec`.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// A sysctl inside this namespace (never the root one).
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let value = value.to_owned();
+        netns::run_in(&self.name, move || std::fs::write(path, value))?
+            .with_context(|| format!("sysctl {key} in {}", self.name))
+    }
+
+    /// Runs `f` on a thread inside this namespace and waits for it.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        netns::run_in(&self.name, f)
+    }
+
+    /// Starts `f` on a thread inside this namespace.
+    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> JoinHandle<Result<T>> {
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            netns::enter(&name)?;
+            f()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Some(bin) = &self.netpath {
+            let _ = Command::new(bin).args(["--netns", &self.name, "down", "--all"]).output();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// Creates a veth pair with one end in each namespace, both up.
+pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
+    a.ip(&["link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name])?;
+    a.ip(&["link", "set", a_if, "up"])?;
+    b.ip(&["link", "set", b_if, "up"])?;
+    Ok(())
+}
+
+const IO_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn join<T>(h: JoinHandle<Result<T>>, what: &str) -> Result<T> {
+    h.join().map_err(|_| anyhow::anyhow!("{what} thread panicked"))?
+}
+
+/// One TCP connection from `client_ns` to `server_ns`: the server (bound to
+/// `listen`) echoes what it reads. Returns the client address the server saw.
+pub fn tcp_echo(server_ns: &Netns, listen: SocketAddrV4, client_ns: &Netns, dial: SocketAddrV4, payload: &[u8]) -> Result<SocketAddrV4> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = server_ns.spawn(move || -> Result<SocketAddrV4> {
+        let l = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
+        l.set_nonblocking(true)?;
+        let _ = ready_tx.send(());
+        let deadline = Instant::now() + IO_TIMEOUT;
+        let (mut s, peer) = loop {
+            match l.accept() {
+                Ok(x) => break x,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(e).context("accept"),
+            }
+        };
+        s.set_nonblocking(false)?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        let mut buf = vec![0u8; 65536];
+        let n = s.read(&mut buf).context("server read")?;
+        s.write_all(&buf[..n]).context("server write")?;
+        match peer {
+            std::net::SocketAddr::V4(p) => Ok(p),
+            std::net::SocketAddr::V6(p) => bail!("unexpected IPv6 peer {p}"),
+        }
+    });
+    ready_rx.recv_timeout(IO_TIMEOUT).context("server did not start")?;
+    let payload = payload.to_vec();
+    let client = client_ns.spawn(move || -> Result<()> {
+        let mut s = TcpStream::connect_timeout(&dial.into(), IO_TIMEOUT).with_context(|| format!("connect {dial}"))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.write_all(&payload)?;
+        let mut got = vec![0u8; payload.len()];
+        s.read_exact(&mut got).context("client read echo")?;
+        if got != payload {
+            bail!("echo mismatch");
+        }
+        Ok(())
+    });
+    let c = join(client, "client");
+    let s = join(server, "server");
+    c.with_context(|| format!("TCP {dial} from {}", client_ns.name))?;
+    s.with_context(|| format!("TCP server {listen} in {}", server_ns.name))
+}
+
+/// One UDP datagram from `client_ns` to `server_ns` and its echo. Returns the
+/// client address the server saw.
+pub fn udp_echo(server_ns: &Netns, listen: SocketAddrV4, client_ns: &Netns, dial: SocketAddrV4, payload: &[u8]) -> Result<SocketAddrV4> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = server_ns.spawn(move || -> Result<SocketAddrV4> {
+        let s = UdpSocket::bind(listen).with_context(|| format!("bind udp {listen}"))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        let _ = ready_tx.send(());
+        let mut buf = vec![0u8; 65536];
+        let (n, peer) = s.recv_from(&mut buf).context("udp server recv")?;
+        s.send_to(&buf[..n], peer)?;
+        match peer {
+            std::net::SocketAddr::V4(p) => Ok(p),
+            std::net::SocketAddr::V6(p) => bail!("unexpected IPv6 peer {p}"),
+        }
+    });
+    ready_rx.recv_timeout(IO_TIMEOUT).context("udp server did not start")?;
+    let payload = payload.to_vec();
+    let client = client_ns.spawn(move || -> Result<()> {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.send_to(&payload, dial)?;
+        let mut buf = vec![0u8; 65536];
+        let (n, _) = s.recv_from(&mut buf).context("udp client recv echo")?;
+        if buf[..n] != payload[..] {
+            bail!("udp echo mismatch");
+        }
+        Ok(())
+    });
+    let c = join(client, "udp client");
+    let s = join(server, "udp server");
+    c.with_context(|| format!("UDP {dial} from {}", client_ns.name))?;
+    s.with_context(|| format!("UDP server {listen} in {}", server_ns.name))
+}
+
+/// `ping -c 1` from inside `ns`; Ok when a reply came back.
+pub fn ping(ns: &Netns, dst: &str) -> Result<()> {
+    run(ns.command("ping").args(["-c", "1", "-W", "2", dst]))
+        .with_context(|| format!("ping {dst} from {}", ns.name))?;
+    Ok(())
+}
+
+/// The demo's and tests' standard Docker-like topology:
+///
+/// ```text
+///  ext: eth0 198.18.0.2/24 ── host: uplink0 198.18.0.1/24
+///                              host: bridge (netpath up) 172.30.0.0/24, gateway .1
+///  c1: eth0 172.30.0.2/24 ──── host: c1h (port)
+///  c2: eth0 172.30.0.3/24 ──── host: c2h (port)
+/// ```
+/// The external namespace routes the subnet back via the host (until
+/// masquerading exists there is no NAT); containers default-route via the gateway.
+pub struct Lab {
+    pub ext: Netns,
+    pub host: Netns,
+    pub c1: Netns,
+    pub c2: Netns,
+}
+
+impl Lab {
+    pub const BRIDGE: &'static str = "np0";
+    pub const SUBNET: &'static str = "172.30.0.0/24";
+    pub const GATEWAY: &'static str = "172.30.0.1";
+    pub const C1: &'static str = "172.30.0.2";
+    pub const C2: &'static str = "172.30.0.3";
+    pub const EXT: &'static str = "198.18.0.2";
+    pub const UPLINK: &'static str = "198.18.0.1";
+
+    /// Builds everything except the bridge, which `netpath up` creates;
+    /// `netpath` is the binary that cleans up pinned state on drop.
+    pub fn new(netpath: impl Into<PathBuf>) -> Result<Self> {
+        let lab = Self {
+            ext: Netns::new("ext")?,
+            host: Netns::new("host")?.cleanup_with(netpath),
+            c1: Netns::new("c1")?,
+            c2: Netns::new("c2")?,
+        };
+        veth(&lab.host, "uplink0", &lab.ext, "eth0")?;
+        lab.host.ip(&["addr", "add", "198.18.0.1/24", "dev", "uplink0"])?;
+        lab.ext.ip(&["addr", "add", "198.18.0.2/24", "dev", "eth0"])?;
+        lab.ext.ip(&["route", "add", Self::SUBNET, "via", Self::UPLINK])?;
+        for (c, host_if, addr) in [(&lab.c1, "c1h", Self::C1), (&lab.c2, "c2h", Self::C2)] {
+            veth(&lab.host, host_if, c, "eth0")?;
+            c.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            c.ip(&["route", "add", "default", "via", Self::GATEWAY])?;
+        }
+        Ok(lab)
+    }
+
+    /// Enslaves the container ports to the bridge (after `up` created it).
+    pub fn plug_ports(&self) -> Result<()> {
+        for p in ["c1h", "c2h"] {
+            self.host.ip(&["link", "set", p, "master", Self::BRIDGE])?;
+        }
+        Ok(())
+    }
+}
