@@ -20,5 +20,4 @@ pub static NP_NETWORKS: HashMap<u32, NetworkInfo> = HashMap::pinned(MAX_NETWORKS
 
 /// Per-CPU packet/byte counters for interfaces and networks.
 #[map]
-pub static NP_COUNTERS: PerCpuHashMap<CounterKey, Counter> =
-    PerCpuHashMap::pinned(MAX_COUNTERS, 0);
+pub static NP_COUNTERS: PerCpuHashMap<CounterKey, Counter> = PerCpuHashMap::pinned(MAX_COUNTERS, 0);

@@ -70,10 +70,12 @@ impl Datapath {
                 .program_mut(dir.program())
                 .with_context(|| format!("program {} missing from the object", dir.program()))?
                 .try_into()?;
-            prog.load().with_context(|| format!("verifying program {}", dir.program()))?;
+            prog.load()
+                .with_context(|| format!("verifying program {}", dir.program()))?;
         }
         let take = |ebpf: &mut Ebpf, name: &str| {
-            ebpf.take_map(name).with_context(|| format!("map {name} missing from the object"))
+            ebpf.take_map(name)
+                .with_context(|| format!("map {name} missing from the object"))
         };
         let maps = Maps::from_maps(
             take(&mut ebpf, map_names::IFACES)?,
@@ -94,23 +96,34 @@ impl Datapath {
 
     /// Makes sure `ifname` (`ifindex`) runs this build's program in `dir`,
     /// through a TCX link pinned in `state`.
-    pub fn ensure_attached(&mut self, state: &StateDir, ifindex: u32, ifname: &str, dir: Dir) -> Result<Attach> {
+    pub fn ensure_attached(
+        &mut self,
+        state: &StateDir,
+        ifindex: u32,
+        ifname: &str,
+        dir: Dir,
+    ) -> Result<Attach> {
         let pin = state.link_pin(ifindex, dir);
         let prog = self.program(dir)?;
         let tag = prog.info()?.tag();
         match PinnedLink::from_pin(&pin) {
             Ok(pinned) => {
                 let link = FdLink::from(pinned);
-                let running = link.info().context("reading pinned link info")?.program_id();
-                let (_, attached) = SchedClassifier::query_tcx(ifname, dir.tc())
-                    .with_context(|| format!("querying TCX {} programs on {ifname}", dir.as_str()))?;
+                let running = link
+                    .info()
+                    .context("reading pinned link info")?
+                    .program_id();
+                let (_, attached) =
+                    SchedClassifier::query_tcx(ifname, dir.tc()).with_context(|| {
+                        format!("querying TCX {} programs on {ifname}", dir.as_str())
+                    })?;
                 match attached.iter().find(|p| p.id() == running) {
                     Some(p) if p.tag() == tag => Ok(Attach::Unchanged),
                     Some(_) => {
                         let link = SchedClassifierLink::try_from(link)?;
-                        let id = prog
-                            .attach_to_link(link)
-                            .with_context(|| format!("replacing the {} program on {ifname}", dir.as_str()))?;
+                        let id = prog.attach_to_link(link).with_context(|| {
+                            format!("replacing the {} program on {ifname}", dir.as_str())
+                        })?;
                         // The pin keeps the link; our fd can go.
                         drop(prog.take_link(id)?);
                         Ok(Attach::Updated)
@@ -134,12 +147,22 @@ impl Datapath {
     }
 }
 
-fn attach_new(prog: &mut SchedClassifier, pin: &std::path::Path, ifname: &str, dir: Dir) -> Result<Attach> {
+fn attach_new(
+    prog: &mut SchedClassifier,
+    pin: &std::path::Path,
+    ifname: &str,
+    dir: Dir,
+) -> Result<Attach> {
     let id = prog
-        .attach_with_options(ifname, dir.tc(), TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .attach_with_options(
+            ifname,
+            dir.tc(),
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
         .with_context(|| format!("attaching TCX {} program to {ifname}", dir.as_str()))?;
     let link: FdLink = prog.take_link(id)?.try_into()?;
-    link.pin(pin).with_context(|| format!("pinning link at {}", pin.display()))?;
+    link.pin(pin)
+        .with_context(|| format!("pinning link at {}", pin.display()))?;
     Ok(Attach::Created)
 }
 

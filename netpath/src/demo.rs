@@ -14,7 +14,11 @@ use crate::topology::{self, Lab};
 
 fn netpath(lab: &Lab, args: &[&str]) -> Result<String> {
     let exe = std::env::current_exe().context("locating the netpath binary")?;
-    let out = topology::run(Command::new(exe).args(["--netns", &lab.host.name]).args(args))?;
+    let out = topology::run(
+        Command::new(exe)
+            .args(["--netns", &lab.host.name])
+            .args(args),
+    )?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -23,7 +27,10 @@ fn step(title: &str) {
 }
 
 fn addr(ip: &str, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip.parse::<Ipv4Addr>().expect("demo addresses are valid"), port)
+    SocketAddrV4::new(
+        ip.parse::<Ipv4Addr>().expect("demo addresses are valid"),
+        port,
+    )
 }
 
 pub fn run() -> Result<()> {
@@ -42,18 +49,54 @@ pub fn run() -> Result<()> {
         Lab::C2
     );
 
-    step(&format!("netpath up --bridge {} --subnet {}", Lab::BRIDGE, Lab::SUBNET));
-    print!("{}", netpath(&lab, &["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET])?);
-    step("plugging the containers into the bridge and re-running up (idempotent; attaches new ports)");
+    step(&format!(
+        "netpath up --bridge {} --subnet {}",
+        Lab::BRIDGE,
+        Lab::SUBNET
+    ));
+    print!(
+        "{}",
+        netpath(
+            &lab,
+            &["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET]
+        )?
+    );
+    step(
+        "plugging the containers into the bridge and re-running up (the enslaved veths become ports)",
+    );
     lab.plug_ports()?;
-    print!("{}", netpath(&lab, &["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET])?);
+    print!(
+        "{}",
+        netpath(
+            &lab,
+            &["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET]
+        )?
+    );
 
     step("traffic through the datapath");
-    let seen = topology::tcp_echo(&lab.c2, addr("0.0.0.0", 8080), &lab.c1, addr(Lab::C2, 8080), b"hello over the bridge")?;
+    let seen = topology::tcp_echo(
+        &lab.c2,
+        addr("0.0.0.0", 8080),
+        &lab.c1,
+        addr(Lab::C2, 8080),
+        b"hello over the bridge",
+    )?;
     println!("  TCP  c1 -> c2:8080        ok (c2 saw {seen})");
-    let seen = topology::tcp_echo(&lab.ext, addr("0.0.0.0", 80), &lab.c1, addr(Lab::EXT, 80), b"hello external")?;
+    let seen = topology::tcp_echo(
+        &lab.ext,
+        addr("0.0.0.0", 80),
+        &lab.c1,
+        addr(Lab::EXT, 80),
+        b"hello external",
+    )?;
     println!("  TCP  c1 -> external:80    ok (external saw {seen})");
-    let seen = topology::udp_echo(&lab.ext, addr("0.0.0.0", 5353), &lab.c2, addr(Lab::EXT, 5353), b"udp hello")?;
+    let seen = topology::udp_echo(
+        &lab.ext,
+        addr("0.0.0.0", 5353),
+        &lab.c2,
+        addr(Lab::EXT, 5353),
+        b"udp hello",
+    )?;
     println!("  UDP  c2 -> external:5353  ok (external saw {seen})");
     match topology::ping(&lab.c1, Lab::GATEWAY) {
         Ok(()) => println!("  ICMP c1 -> gateway         ok"),
@@ -64,7 +107,9 @@ pub fn run() -> Result<()> {
     let status = netpath(&lab, &["status"])?;
     print!("{status}");
     let json: serde_json::Value = serde_json::from_str(&netpath(&lab, &["status", "--json"])?)?;
-    let from = json["networks"][0]["from_containers"]["packets"].as_u64().unwrap_or(0);
+    let from = json["networks"][0]["from_containers"]["packets"]
+        .as_u64()
+        .unwrap_or(0);
     if from == 0 {
         bail!("the datapath counted no packets from containers: programs are not in the path");
     }

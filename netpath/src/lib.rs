@@ -15,4 +15,5 @@ pub mod sys;
 pub mod topology;
 
 /// The kernel programs, built from `netpath-ebpf` by build.rs.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netpath-ebpf"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netpath-ebpf"));

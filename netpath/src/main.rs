@@ -41,7 +41,9 @@ fn run(cli: Cli) -> Result<()> {
     if let Some(name) = &cli.netns {
         netns::enter(name)?;
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cli.command {
             Command::Up(up) => {
@@ -57,8 +59,16 @@ fn run(cli: Cli) -> Result<()> {
                     "network {} {verb} (id {}{}{})",
                     args.bridge,
                     r.net_id,
-                    if r.created_bridge { ", bridge created" } else { "" },
-                    if r.added_gateway { ", gateway address added" } else { "" },
+                    if r.created_bridge {
+                        ", bridge created"
+                    } else {
+                        ""
+                    },
+                    if r.added_gateway {
+                        ", gateway address added"
+                    } else {
+                        ""
+                    },
                 );
                 for c in r.changes.iter().filter(|c| c.changed()) {
                     let was = match c.previous {
@@ -74,7 +84,10 @@ fn run(cli: Cli) -> Result<()> {
                     );
                 }
                 if !r.detached.is_empty() {
-                    println!("  detached from {} interface(s) no longer managed", r.detached.len());
+                    println!(
+                        "  detached from {} interface(s) no longer managed",
+                        r.detached.len()
+                    );
                 }
                 Ok(())
             }

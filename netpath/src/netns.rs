@@ -30,7 +30,8 @@ pub fn enter(name: &str) -> Result<()> {
         bail!("invalid network namespace name {name:?}");
     }
     let path = path_of(name);
-    let file = File::open(&path).with_context(|| format!("network namespace {name} not found ({})", path.display()))?;
+    let file = File::open(&path)
+        .with_context(|| format!("network namespace {name} not found ({})", path.display()))?;
     // SAFETY: setns on a valid fd; affects only the calling thread.
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(std::io::Error::last_os_error()).with_context(|| format!("setns into {name}"));
@@ -82,7 +83,8 @@ fn is_bpffs(path: &Path) -> Result<bool> {
     // SAFETY: statfs into a zeroed struct with a valid C string.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("statfs {}", path.display()));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statfs {}", path.display()));
     }
     Ok(st.f_type as i64 == BPF_FS_MAGIC)
 }
@@ -101,7 +103,13 @@ pub fn ensure_bpffs() -> Result<()> {
     let fstype = CString::new("bpf")?;
     // SAFETY: mount(2) with valid C strings and no data.
     let rc = unsafe {
-        libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).context("mounting bpffs at /sys/fs/bpf");

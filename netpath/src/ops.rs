@@ -50,13 +50,19 @@ pub struct IfaceChange {
 impl IfaceChange {
     /// Whether anything about this interface changed.
     pub fn changed(&self) -> bool {
-        self.previous != Some(self.role) || self.ingress != Attach::Unchanged || self.egress != Attach::Unchanged
+        self.previous != Some(self.role)
+            || self.ingress != Attach::Unchanged
+            || self.egress != Attach::Unchanged
     }
 }
 
 /// The uplink choice in force: explicit uplinks recorded earlier stay until
 /// another `--uplink` replaces them.
-fn uplink_choice(requested: &[String], current: &BTreeMap<u32, IfaceInfo>, names: &BTreeMap<u32, String>) -> Uplinks {
+fn uplink_choice(
+    requested: &[String],
+    current: &BTreeMap<u32, IfaceInfo>,
+    names: &BTreeMap<u32, String>,
+) -> Uplinks {
     if !requested.is_empty() {
         return Uplinks::Explicit(requested.to_vec());
     }
@@ -65,11 +71,19 @@ fn uplink_choice(requested: &[String], current: &BTreeMap<u32, IfaceInfo>, names
         .filter(|(_, i)| i.flags & iface_flags::EXPLICIT_UPLINK != 0)
         .filter_map(|(idx, _)| names.get(idx).cloned())
         .collect();
-    if explicit.is_empty() { Uplinks::Auto } else { Uplinks::Explicit(explicit) }
+    if explicit.is_empty() {
+        Uplinks::Auto
+    } else {
+        Uplinks::Explicit(explicit)
+    }
 }
 
 fn specs(maps: &Maps) -> Result<BTreeMap<u32, NetworkSpec>> {
-    Ok(maps.networks()?.iter().map(|(id, info)| (*id, NetworkSpec::from_info(info))).collect())
+    Ok(maps
+        .networks()?
+        .iter()
+        .map(|(id, info)| (*id, NetworkSpec::from_info(info)))
+        .collect())
 }
 
 pub async fn up(args: &UpArgs) -> Result<UpReport> {
@@ -101,15 +115,33 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
     {
         let mut nets: BTreeMap<u32, u32> = existing
             .values()
-            .filter_map(|s| links.iter().find(|l| l.name == s.bridge).map(|l| (l.index, 1)))
+            .filter_map(|s| {
+                links
+                    .iter()
+                    .find(|l| l.name == s.bridge)
+                    .map(|l| (l.index, 1))
+            })
             .collect();
         nets.insert(bridge.map_or(u32::MAX, |b| b.index), 1);
         plan::plan_roles(&links, &nets, &uplinks)?;
     }
 
     netns::ensure_bpffs()?;
-    let mut report = UpReport { already_up: same_id.is_some(), ..Default::default() };
-    let result = apply_up(&nl, &state, &spec, bridge.map(|b| b.index), same_id, &existing, &uplinks, &mut report).await;
+    let mut report = UpReport {
+        already_up: same_id.is_some(),
+        ..Default::default()
+    };
+    let result = apply_up(
+        &nl,
+        &state,
+        &spec,
+        bridge.map(|b| b.index),
+        same_id,
+        &existing,
+        &uplinks,
+        &mut report,
+    )
+    .await;
     if let Err(err) = result {
         if same_id.is_none() {
             rollback_up(&nl, &state, &spec, &report, had_state).await;
@@ -151,7 +183,11 @@ async fn apply_up(
     let mut dp = Datapath::load(state)?;
     let (net_id, flags) = match same_id {
         Some(id) => {
-            let old = dp.maps.networks.get(&id, 0).context("reading the existing network")?;
+            let old = dp
+                .maps
+                .networks
+                .get(&id, 0)
+                .context("reading the existing network")?;
             (id, old.flags)
         }
         None => {
@@ -178,7 +214,13 @@ async fn apply_up(
 }
 
 /// Undoes a failed `up` of a new network, reporting (not returning) errors.
-async fn rollback_up(nl: &Netlink, state: &StateDir, spec: &NetworkSpec, report: &UpReport, had_state: bool) {
+async fn rollback_up(
+    nl: &Netlink,
+    state: &StateDir,
+    spec: &NetworkSpec,
+    report: &UpReport,
+    had_state: bool,
+) {
     let mut errors = Vec::new();
     if state.exists() {
         match Maps::open(state) {
@@ -204,7 +246,9 @@ async fn rollback_up(nl: &Netlink, state: &StateDir, spec: &NetworkSpec, report:
                 errors.push(e);
             }
         } else if report.added_gateway
-            && let Err(e) = nl.del_addr(l.index, spec.gateway, spec.subnet.prefix_len()).await
+            && let Err(e) = nl
+                .del_addr(l.index, spec.gateway, spec.subnet.prefix_len())
+                .await
         {
             errors.push(e);
         }
@@ -240,11 +284,16 @@ pub async fn reconcile(
     let current = dp.maps.ifaces()?;
     let mut changes = Vec::new();
     for (&ifindex, p) in &planned {
-        dp.maps.ifaces.insert(ifindex, p.info, 0).context("recording an interface")?;
+        dp.maps
+            .ifaces
+            .insert(ifindex, p.info, 0)
+            .context("recording an interface")?;
         changes.push(IfaceChange {
             name: p.name.clone(),
             role: IfaceRole::from_u32(p.info.role).context("planned role")?,
-            previous: current.get(&ifindex).and_then(|i| IfaceRole::from_u32(i.role)),
+            previous: current
+                .get(&ifindex)
+                .and_then(|i| IfaceRole::from_u32(i.role)),
             ingress: dp.ensure_attached(state, ifindex, &p.name, Dir::Ingress)?,
             egress: dp.ensure_attached(state, ifindex, &p.name, Dir::Egress)?,
         });
@@ -281,7 +330,10 @@ fn detach_iface(state: &StateDir, maps: &mut Maps, ifindex: u32) -> Result<()> {
 /// Detaches every link and forgets every interface, carrying on past errors.
 fn teardown_all_links(state: &StateDir, maps: &mut Maps) -> Vec<anyhow::Error> {
     let mut errors = Vec::new();
-    let mut ifindexes: Vec<u32> = maps.ifaces().map(|m| m.into_keys().collect()).unwrap_or_default();
+    let mut ifindexes: Vec<u32> = maps
+        .ifaces()
+        .map(|m| m.into_keys().collect())
+        .unwrap_or_default();
     if let Ok(pins) = state.pinned_links() {
         ifindexes.extend(pins.into_iter().map(|(i, _, _)| i));
     }
@@ -316,7 +368,9 @@ pub async fn down(target: &DownTarget) -> Result<DownReport> {
     let mut report = DownReport::default();
     if !state.exists() {
         return match target {
-            DownTarget::Bridge(b) => bail!("no network on bridge {b}: nothing is up in this network namespace"),
+            DownTarget::Bridge(b) => {
+                bail!("no network on bridge {b}: nothing is up in this network namespace")
+            }
             DownTarget::All => {
                 // Links left by an interrupted run still go.
                 if state.root.exists() {
@@ -364,7 +418,12 @@ pub async fn down(target: &DownTarget) -> Result<DownReport> {
         // role, a kept bridge may become an uplink by the default rule).
         let current = maps.ifaces()?;
         drop(maps);
-        let names = nl.links().await?.into_iter().map(|l| (l.index, l.name)).collect();
+        let names = nl
+            .links()
+            .await?
+            .into_iter()
+            .map(|l| (l.index, l.name))
+            .collect();
         let uplinks = uplink_choice(&[], &current, &names);
         match Datapath::load(&state) {
             Ok(mut dp) => {
@@ -390,7 +449,8 @@ pub async fn down(target: &DownTarget) -> Result<DownReport> {
             report.deleted_bridges.push(spec.bridge.clone());
             nl.delete_link(link.index).await
         } else if info.flags & net_flags::ADDED_GATEWAY != 0 {
-            nl.del_addr(link.index, spec.gateway, spec.subnet.prefix_len()).await
+            nl.del_addr(link.index, spec.gateway, spec.subnet.prefix_len())
+                .await
         } else {
             Ok(())
         };
@@ -409,7 +469,11 @@ pub fn combine(errors: Vec<anyhow::Error>) -> Result<()> {
         1 => Err(errors.into_iter().next().expect("one error")),
         n => bail!(
             "{n} errors: {}",
-            errors.iter().map(|e| format!("{e:#}")).collect::<Vec<_>>().join("; ")
+            errors
+                .iter()
+                .map(|e| format!("{e:#}"))
+                .collect::<Vec<_>>()
+                .join("; ")
         ),
     }
 }
@@ -423,7 +487,10 @@ pub struct Traffic {
 
 impl From<netpath_common::Counter> for Traffic {
     fn from(c: netpath_common::Counter) -> Self {
-        Self { packets: c.packets, bytes: c.bytes }
+        Self {
+            packets: c.packets,
+            bytes: c.bytes,
+        }
     }
 }
 
@@ -473,11 +540,18 @@ pub async fn status() -> Result<Status> {
         return Ok(out);
     }
     let nl = Netlink::new()?;
-    let names: BTreeMap<u32, String> = nl.links().await?.into_iter().map(|l| (l.index, l.name)).collect();
+    let names: BTreeMap<u32, String> = nl
+        .links()
+        .await?
+        .into_iter()
+        .map(|l| (l.index, l.name))
+        .collect();
     let maps = Maps::open(&state)?;
     let networks = maps.networks()?;
     let traffic = |scope, id, kind| -> Result<Traffic> {
-        Ok(maps.counter(netpath_common::CounterKey { id, scope, kind })?.into())
+        Ok(maps
+            .counter(netpath_common::CounterKey { id, scope, kind })?
+            .into())
     };
     for (id, info) in &networks {
         let spec = NetworkSpec::from_info(info);
@@ -488,17 +562,29 @@ pub async fn status() -> Result<Status> {
             subnet: spec.subnet.to_string(),
             gateway: spec.gateway.to_string(),
             created_bridge: info.flags & net_flags::CREATED_BRIDGE != 0,
-            from_containers: traffic(counter_scope::NETWORK, *id, counter_kind::NET_FROM_CONTAINERS)?,
+            from_containers: traffic(
+                counter_scope::NETWORK,
+                *id,
+                counter_kind::NET_FROM_CONTAINERS,
+            )?,
             to_containers: traffic(counter_scope::NETWORK, *id, counter_kind::NET_TO_CONTAINERS)?,
         });
     }
     for (ifindex, info) in maps.ifaces()? {
         let name = names.get(&ifindex).cloned();
-        let progs = |dir| name.as_deref().map(|n| attached_program_ids(n, dir).unwrap_or_default()).unwrap_or_default();
+        let progs = |dir| {
+            name.as_deref()
+                .map(|n| attached_program_ids(n, dir).unwrap_or_default())
+                .unwrap_or_default()
+        };
         out.interfaces.push(IfaceStatus {
             ifindex,
-            role: IfaceRole::from_u32(info.role).map_or("unknown", |r| r.as_str()).to_owned(),
-            network: networks.get(&info.net_id).map(|n| plan::ifname_from_bytes(&n.bridge_name)),
+            role: IfaceRole::from_u32(info.role)
+                .map_or("unknown", |r| r.as_str())
+                .to_owned(),
+            network: networks
+                .get(&info.net_id)
+                .map(|n| plan::ifname_from_bytes(&n.bridge_name)),
             ingress_prog_ids: progs(Dir::Ingress),
             egress_prog_ids: progs(Dir::Egress),
             ingress: traffic(counter_scope::IFACE, ifindex, counter_kind::IF_INGRESS)?,
@@ -519,7 +605,10 @@ impl Status {
             return s;
         }
         let _ = writeln!(s, "state: {}", self.state_dir);
-        let _ = writeln!(s, "NETWORK          SUBNET              GATEWAY          FROM-CONTAINERS          TO-CONTAINERS");
+        let _ = writeln!(
+            s,
+            "NETWORK          SUBNET              GATEWAY          FROM-CONTAINERS          TO-CONTAINERS"
+        );
         for n in &self.networks {
             let _ = writeln!(
                 s,
@@ -531,9 +620,18 @@ impl Status {
                 fmt_traffic(n.to_containers)
             );
         }
-        let _ = writeln!(s, "\nINTERFACE        ROLE    NETWORK          PROG(IN/EG)    INGRESS                  EGRESS");
+        let _ = writeln!(
+            s,
+            "\nINTERFACE        ROLE    NETWORK          PROG(IN/EG)    INGRESS                  EGRESS"
+        );
         for i in &self.interfaces {
-            let ids = |v: &[u32]| if v.is_empty() { "-".to_owned() } else { v.iter().map(u32::to_string).collect::<Vec<_>>().join(",") };
+            let ids = |v: &[u32]| {
+                if v.is_empty() {
+                    "-".to_owned()
+                } else {
+                    v.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+                }
+            };
             let _ = writeln!(
                 s,
                 "{:<16} {:<7} {:<16} {:<14} {:<24} {}",

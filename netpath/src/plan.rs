@@ -18,9 +18,17 @@ pub struct NetworkSpec {
 /// Checks an interface name the way the kernel does (`dev_valid_name`).
 pub fn validate_ifname(name: &str) -> Result<()> {
     if name.is_empty() || name.len() >= IFNAMSIZ {
-        bail!("invalid interface name {name:?}: must be 1 to {} bytes", IFNAMSIZ - 1);
+        bail!(
+            "invalid interface name {name:?}: must be 1 to {} bytes",
+            IFNAMSIZ - 1
+        );
     }
-    if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
         bail!("invalid interface name {name:?}");
     }
     Ok(())
@@ -28,14 +36,19 @@ pub fn validate_ifname(name: &str) -> Result<()> {
 
 /// Parses a subnet in CIDR notation; host bits must be zero.
 pub fn parse_subnet(s: &str) -> Result<Ipv4Net> {
-    let net: Ipv4Net = s
-        .parse()
-        .map_err(|_| anyhow::anyhow!("invalid subnet {s:?}: expected IPv4 CIDR such as 172.17.0.0/16"))?;
+    let net: Ipv4Net = s.parse().map_err(|_| {
+        anyhow::anyhow!("invalid subnet {s:?}: expected IPv4 CIDR such as 172.17.0.0/16")
+    })?;
     if net.addr() != net.network() {
-        bail!("invalid subnet {s}: host bits are set (did you mean {}?)", net.trunc());
+        bail!(
+            "invalid subnet {s}: host bits are set (did you mean {}?)",
+            net.trunc()
+        );
     }
     if net.prefix_len() > 30 {
-        bail!("invalid subnet {s}: prefix longer than /30 leaves no room for a gateway and a container");
+        bail!(
+            "invalid subnet {s}: prefix longer than /30 leaves no room for a gateway and a container"
+        );
     }
     Ok(net)
 }
@@ -45,7 +58,10 @@ pub fn network_spec(bridge: &str, subnet: &str, gateway: Option<&str>) -> Result
     validate_ifname(bridge)?;
     let subnet = parse_subnet(subnet)?;
     let gateway = match gateway {
-        None => subnet.hosts().next().expect("a /30 or larger subnet has hosts"),
+        None => subnet
+            .hosts()
+            .next()
+            .expect("a /30 or larger subnet has hosts"),
         Some(g) => {
             let g: Ipv4Addr = g
                 .parse()
@@ -222,7 +238,10 @@ pub fn plan_roles(
                 if l.is_loopback {
                     bail!("uplink {name} is the loopback interface");
                 }
-                out.insert(l.index, planned(l, IfaceRole::Uplink, 0, iface_flags::EXPLICIT_UPLINK));
+                out.insert(
+                    l.index,
+                    planned(l, IfaceRole::Uplink, 0, iface_flags::EXPLICIT_UPLINK),
+                );
             }
         }
     }
@@ -301,11 +320,26 @@ mod tests {
         let other = network_spec("br-a", "172.18.0.0/16", None).unwrap();
         assert_eq!(check_against_existing(&other, &existing).unwrap(), None);
         let changed = network_spec("docker0", "172.17.0.0/24", None).unwrap();
-        assert!(check_against_existing(&changed, &existing).unwrap_err().to_string().contains("already up"));
+        assert!(
+            check_against_existing(&changed, &existing)
+                .unwrap_err()
+                .to_string()
+                .contains("already up")
+        );
         let inner = network_spec("br-b", "172.17.5.0/24", None).unwrap();
-        assert!(check_against_existing(&inner, &existing).unwrap_err().to_string().contains("overlaps"));
+        assert!(
+            check_against_existing(&inner, &existing)
+                .unwrap_err()
+                .to_string()
+                .contains("overlaps")
+        );
         let outer = network_spec("br-c", "172.16.0.0/12", None).unwrap();
-        assert!(check_against_existing(&outer, &existing).unwrap_err().to_string().contains("overlaps"));
+        assert!(
+            check_against_existing(&outer, &existing)
+                .unwrap_err()
+                .to_string()
+                .contains("overlaps")
+        );
     }
 
     #[test]
@@ -339,12 +373,24 @@ mod tests {
 
     #[test]
     fn roles_explicit_uplinks() {
-        let links = vec![link(1, "lo", None), link(2, "eth0", None), link(3, "eth1", None), link(4, "docker0", None)];
+        let links = vec![
+            link(1, "lo", None),
+            link(2, "eth0", None),
+            link(3, "eth1", None),
+            link(4, "docker0", None),
+        ];
         let nets = BTreeMap::from([(4, 1)]);
         let plan = plan_roles(&links, &nets, &Uplinks::Explicit(vec!["eth1".into()])).unwrap();
         assert!(!plan.contains_key(&2));
-        assert_eq!(plan[&3].info.flags & iface_flags::EXPLICIT_UPLINK, iface_flags::EXPLICIT_UPLINK);
-        let e = |n: &str| plan_roles(&links, &nets, &Uplinks::Explicit(vec![n.into()])).unwrap_err().to_string();
+        assert_eq!(
+            plan[&3].info.flags & iface_flags::EXPLICIT_UPLINK,
+            iface_flags::EXPLICIT_UPLINK
+        );
+        let e = |n: &str| {
+            plan_roles(&links, &nets, &Uplinks::Explicit(vec![n.into()]))
+                .unwrap_err()
+                .to_string()
+        };
         assert!(e("eth9").contains("does not exist"));
         assert!(e("docker0").contains("managed bridge"));
         assert!(e("lo").contains("loopback"));

@@ -124,7 +124,11 @@ impl Netlink {
                 }
             }
             if let Some(addr) = addr {
-                out.push(Addr4 { index: m.header.index, addr, prefix_len: m.header.prefix_len });
+                out.push(Addr4 {
+                    index: m.header.index,
+                    addr,
+                    prefix_len: m.header.prefix_len,
+                });
             }
         }
         Ok(out)
@@ -182,7 +186,11 @@ impl Netlink {
     }
 
     pub async fn has_addr(&self, index: u32, addr: Ipv4Addr, prefix_len: u8) -> Result<bool> {
-        let want = Addr4 { index, addr, prefix_len };
+        let want = Addr4 {
+            index,
+            addr,
+            prefix_len,
+        };
         Ok(self.ipv4_addrs().await?.contains(&want))
     }
 
@@ -207,7 +215,9 @@ impl Netlink {
             .context("listing addresses")?;
         for m in msgs {
             let matches = m.header.prefix_len == prefix_len
-                && m.attributes.iter().any(|a| matches!(a, AddressAttribute::Local(IpAddr::V4(v)) if *v == addr));
+                && m.attributes
+                    .iter()
+                    .any(|a| matches!(a, AddressAttribute::Local(IpAddr::V4(v)) if *v == addr));
             if matches {
                 self.handle
                     .address()

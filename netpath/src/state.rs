@@ -54,7 +54,9 @@ impl StateDir {
 
     /// The state directory of the namespace this thread is in.
     pub fn current() -> Result<Self> {
-        Ok(Self { root: Self::base().join(netns::cookie()?.to_string()) })
+        Ok(Self {
+            root: Self::base().join(netns::cookie()?.to_string()),
+        })
     }
 
     pub fn maps_dir(&self) -> PathBuf {
@@ -108,7 +110,8 @@ impl StateDir {
 
     /// Removes the whole directory (after every link and map pin is gone).
     pub fn remove(&self) -> Result<()> {
-        std::fs::remove_dir_all(&self.root).with_context(|| format!("removing {}", self.root.display()))?;
+        std::fs::remove_dir_all(&self.root)
+            .with_context(|| format!("removing {}", self.root.display()))?;
         // The base directory goes too when no other namespace uses it.
         let _ = std::fs::remove_dir(Self::base());
         Ok(())
@@ -124,7 +127,8 @@ pub struct Maps {
 
 fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
     let path = dir.join(name);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
     Map::from_map_data(data).with_context(|| format!("map {name} has an unexpected type"))
 }
 
@@ -149,11 +153,17 @@ impl Maps {
     }
 
     pub fn networks(&self) -> Result<BTreeMap<u32, NetworkInfo>> {
-        self.networks.iter().map(|r| r.context("reading NP_NETWORKS")).collect()
+        self.networks
+            .iter()
+            .map(|r| r.context("reading NP_NETWORKS"))
+            .collect()
     }
 
     pub fn ifaces(&self) -> Result<BTreeMap<u32, IfaceInfo>> {
-        self.ifaces.iter().map(|r| r.context("reading NP_IFACES")).collect()
+        self.ifaces
+            .iter()
+            .map(|r| r.context("reading NP_IFACES"))
+            .collect()
     }
 
     /// Sum over CPUs of one counter; zero when it was never hit.

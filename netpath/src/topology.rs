@@ -43,9 +43,16 @@ pub struct Netns {
 impl Netns {
     /// Creates `np-<tag>-<pid>-<n>` with loopback up.
     pub fn new(tag: &str) -> Result<Self> {
-        let name = format!("np-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "np-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
         run(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = Self { name, netpath: None };
+        let ns = Self {
+            name,
+            netpath: None,
+        };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -83,7 +90,10 @@ impl Netns {
     }
 
     /// Starts `f` on a thread inside this namespace.
-    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> JoinHandle<Result<T>> {
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> JoinHandle<Result<T>> {
         let name = self.name.clone();
         std::thread::spawn(move || {
             netns::enter(&name)?;
@@ -95,15 +105,21 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         if let Some(bin) = &self.netpath {
-            let _ = Command::new(bin).args(["--netns", &self.name, "down", "--all"]).output();
+            let _ = Command::new(bin)
+                .args(["--netns", &self.name, "down", "--all"])
+                .output();
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
 /// Creates a veth pair with one end in each namespace, both up.
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
-    a.ip(&["link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name])?;
+    a.ip(&[
+        "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+    ])?;
     a.ip(&["link", "set", a_if, "up"])?;
     b.ip(&["link", "set", b_if, "up"])?;
     Ok(())
@@ -112,12 +128,19 @@ pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn join<T>(h: JoinHandle<Result<T>>, what: &str) -> Result<T> {
-    h.join().map_err(|_| anyhow::anyhow!("{what} thread panicked"))?
+    h.join()
+        .map_err(|_| anyhow::anyhow!("{what} thread panicked"))?
 }
 
 /// One TCP connection from `client_ns` to `server_ns`: the server (bound to
 /// `listen`) echoes what it reads. Returns the client address the server saw.
-pub fn tcp_echo(server_ns: &Netns, listen: SocketAddrV4, client_ns: &Netns, dial: SocketAddrV4, payload: &[u8]) -> Result<SocketAddrV4> {
+pub fn tcp_echo(
+    server_ns: &Netns,
+    listen: SocketAddrV4,
+    client_ns: &Netns,
+    dial: SocketAddrV4,
+    payload: &[u8],
+) -> Result<SocketAddrV4> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server = server_ns.spawn(move || -> Result<SocketAddrV4> {
         let l = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
@@ -127,7 +150,9 @@ pub fn tcp_echo(server_ns: &Netns, listen: SocketAddrV4, client_ns: &Netns, dial
         let (mut s, peer) = loop {
             match l.accept() {
                 Ok(x) => break x,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
+                {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 Err(e) => return Err(e).context("accept"),
@@ -143,10 +168,13 @@ pub fn tcp_echo(server_ns: &Netns, listen: SocketAddrV4, client_ns: &Netns, dial
             std::net::SocketAddr::V6(p) => bail!("unexpected IPv6 peer {p}"),
         }
     });
-    ready_rx.recv_timeout(IO_TIMEOUT).context("server did not start")?;
+    ready_rx
+        .recv_timeout(IO_TIMEOUT)
+        .context("server did not start")?;
     let payload = payload.to_vec();
     let client = client_ns.spawn(move || -> Result<()> {
-        let mut s = TcpStream::connect_timeout(&dial.into(), IO_TIMEOUT).with_context(|| format!("connect {dial}"))?;
+        let mut s = TcpStream::connect_timeout(&dial.into(), IO_TIMEOUT)
+            .with_context(|| format!("connect {dial}"))?;
         s.set_read_timeout(Some(IO_TIMEOUT))?;
         s.write_all(&payload)?;
         let mut got = vec![0u8; payload.len()];
@@ -164,7 +192,13 @@ pub fn tcp_echo(server_ns: &Netns, listen: SocketAddrV4, client_ns: &Netns, dial
 
 /// One UDP datagram from `client_ns` to `server_ns` and its echo. Returns the
 /// client address the server saw.
-pub fn udp_echo(server_ns: &Netns, listen: SocketAddrV4, client_ns: &Netns, dial: SocketAddrV4, payload: &[u8]) -> Result<SocketAddrV4> {
+pub fn udp_echo(
+    server_ns: &Netns,
+    listen: SocketAddrV4,
+    client_ns: &Netns,
+    dial: SocketAddrV4,
+    payload: &[u8],
+) -> Result<SocketAddrV4> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server = server_ns.spawn(move || -> Result<SocketAddrV4> {
         let s = UdpSocket::bind(listen).with_context(|| format!("bind udp {listen}"))?;
@@ -178,7 +212,9 @@ pub fn udp_echo(server_ns: &Netns, listen: SocketAddrV4, client_ns: &Netns, dial
             std::net::SocketAddr::V6(p) => bail!("unexpected IPv6 peer {p}"),
         }
     });
-    ready_rx.recv_timeout(IO_TIMEOUT).context("udp server did not start")?;
+    ready_rx
+        .recv_timeout(IO_TIMEOUT)
+        .context("udp server did not start")?;
     let payload = payload.to_vec();
     let client = client_ns.spawn(move || -> Result<()> {
         let s = UdpSocket::bind("0.0.0.0:0")?;
@@ -240,9 +276,12 @@ impl Lab {
             c2: Netns::new("c2")?,
         };
         veth(&lab.host, "uplink0", &lab.ext, "eth0")?;
-        lab.host.ip(&["addr", "add", "198.18.0.1/24", "dev", "uplink0"])?;
-        lab.ext.ip(&["addr", "add", "198.18.0.2/24", "dev", "eth0"])?;
-        lab.ext.ip(&["route", "add", Self::SUBNET, "via", Self::UPLINK])?;
+        lab.host
+            .ip(&["addr", "add", "198.18.0.1/24", "dev", "uplink0"])?;
+        lab.ext
+            .ip(&["addr", "add", "198.18.0.2/24", "dev", "eth0"])?;
+        lab.ext
+            .ip(&["route", "add", Self::SUBNET, "via", Self::UPLINK])?;
         for (c, host_if, addr) in [(&lab.c1, "c1h", Self::C1), (&lab.c2, "c2h", Self::C2)] {
             veth(&lab.host, host_if, c, "eth0")?;
             c.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;

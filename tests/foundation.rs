@@ -1,0 +1,520 @@
+//! Foundation: `netpath up/down/status` against real namespaces and traffic.
+
+mod harness;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use harness::{
+    Lab, NETPATH, Netns, iface, netpath, netpath_ok, snapshot, status, tcx_programs, topology,
+};
+
+fn addr(ip: &str, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip.parse::<Ipv4Addr>().unwrap(), port)
+}
+
+/// Lab with netpath up and the container ports plugged in.
+fn lab_up() -> Lab {
+    let lab = Lab::new(NETPATH).expect("building the lab");
+    netpath_ok(
+        &lab.host,
+        &["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET],
+    );
+    lab.plug_ports().expect("plugging ports");
+    netpath_ok(
+        &lab.host,
+        &["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET],
+    );
+    lab
+}
+
+fn assert_netpath_attached(ns: &Netns, ifname: &str) {
+    for (ingress, want) in [(true, "netpath_ingress"), (false, "netpath_egress")] {
+        let progs = tcx_programs(ns, ifname, ingress);
+        let ours: Vec<_> = progs.iter().filter(|(_, n)| n == want).collect();
+        assert_eq!(
+            ours.len(),
+            1,
+            "{ifname} {}: expected one {want}, kernel reports {progs:?}",
+            if ingress { "ingress" } else { "egress" }
+        );
+    }
+}
+
+#[test]
+fn up_attaches_to_bridge_ports_and_uplinks() {
+    require_root!();
+    let lab = lab_up();
+    for ifname in [Lab::BRIDGE, "c1h", "c2h", "uplink0"] {
+        assert_netpath_attached(&lab.host, ifname);
+    }
+    assert!(
+        tcx_programs(&lab.host, "lo", true).is_empty(),
+        "loopback must not be attached"
+    );
+    let s = status(&lab.host);
+    assert_eq!(iface(&s, Lab::BRIDGE)["role"], "bridge");
+    assert_eq!(iface(&s, "c1h")["role"], "port");
+    assert_eq!(iface(&s, "c1h")["network"], Lab::BRIDGE);
+    assert_eq!(iface(&s, "uplink0")["role"], "uplink");
+    // status reports the ids the kernel reports.
+    let kernel_id = tcx_programs(&lab.host, "c1h", true)[0].0;
+    assert_eq!(iface(&s, "c1h")["ingress_prog_ids"][0], kernel_id);
+    let net = &s["networks"][0];
+    assert_eq!(net["bridge"], Lab::BRIDGE);
+    assert_eq!(net["subnet"], Lab::SUBNET);
+    assert_eq!(net["gateway"], Lab::GATEWAY);
+    assert_eq!(net["created_bridge"], true);
+    // The bridge got its gateway and forwarding is on, in the lab only.
+    assert!(
+        lab.host
+            .ip(&["-o", "-4", "addr", "show", "dev", Lab::BRIDGE])
+            .unwrap()
+            .contains("172.30.0.1/24")
+    );
+    assert_eq!(snapshot(&lab.host).forwarding.trim(), "1");
+}
+
+#[test]
+fn counters_move_with_real_traffic() {
+    require_root!();
+    let lab = lab_up();
+    let before = status(&lab.host);
+    let seen = topology::tcp_echo(
+        &lab.ext,
+        addr("0.0.0.0", 8000),
+        &lab.c1,
+        addr(Lab::EXT, 8000),
+        &[7u8; 3000],
+    )
+    .unwrap();
+    assert_eq!(
+        seen.ip().to_string(),
+        Lab::C1,
+        "routed, not translated, in the foundation"
+    );
+    topology::udp_echo(
+        &lab.c2,
+        addr("0.0.0.0", 9000),
+        &lab.c1,
+        addr(Lab::C2, 9000),
+        b"ping over the bridge",
+    )
+    .unwrap();
+    let after = status(&lab.host);
+    let pk = |s: &serde_json::Value, name: &str, dir: &str| {
+        iface(s, name)[dir]["packets"].as_u64().unwrap()
+    };
+    let by = |s: &serde_json::Value, name: &str, dir: &str| {
+        iface(s, name)[dir]["bytes"].as_u64().unwrap()
+    };
+    // c1 sent a SYN, 3000 bytes of data and more: at least 3 packets and the payload.
+    assert!(pk(&after, "c1h", "ingress") >= pk(&before, "c1h", "ingress") + 3);
+    assert!(by(&after, "c1h", "ingress") >= by(&before, "c1h", "ingress") + 3000);
+    // ... which left through the uplink, and the UDP datagram reached c2.
+    assert!(pk(&after, "uplink0", "egress") >= pk(&before, "uplink0", "egress") + 3);
+    assert!(pk(&after, "c2h", "egress") > pk(&before, "c2h", "egress"));
+    let net = |s: &serde_json::Value, k: &str| s["networks"][0][k]["packets"].as_u64().unwrap();
+    assert!(net(&after, "from_containers") >= net(&before, "from_containers") + 4);
+    assert!(net(&after, "to_containers") >= net(&before, "to_containers") + 4);
+    topology::ping(&lab.c1, Lab::GATEWAY).unwrap();
+}
+
+#[test]
+fn up_twice_changes_nothing() {
+    require_root!();
+    let lab = lab_up();
+    let first = snapshot(&lab.host);
+    let out = netpath_ok(
+        &lab.host,
+        &["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET],
+    );
+    assert!(out.contains("already up"), "{out}");
+    assert_eq!(
+        out.lines().count(),
+        1,
+        "a repeated up reports no changes: {out}"
+    );
+    assert_eq!(snapshot(&lab.host), first);
+}
+
+#[test]
+fn down_leaves_no_attachment_or_pin() {
+    require_root!();
+    let lab = lab_up();
+    let dir = harness::state_dir(&lab.host);
+    assert!(std::path::Path::new(&dir).join("maps/NP_NETWORKS").exists());
+    let out = netpath_ok(&lab.host, &["down", "--bridge", Lab::BRIDGE]);
+    assert!(out.contains("bridge np0 deleted"), "{out}");
+    assert!(
+        !std::path::Path::new(&dir).exists(),
+        "{dir} still exists after the last down"
+    );
+    for ifname in harness::ifnames(&lab.host) {
+        assert!(
+            tcx_programs(&lab.host, &ifname, true).is_empty(),
+            "{ifname} ingress still attached"
+        );
+        assert!(
+            tcx_programs(&lab.host, &ifname, false).is_empty(),
+            "{ifname} egress still attached"
+        );
+    }
+    assert!(
+        !harness::ifnames(&lab.host).contains(&Lab::BRIDGE.to_owned()),
+        "netpath created np0, down deletes it"
+    );
+    let r = netpath(&lab.host, &["down", "--bridge", Lab::BRIDGE]);
+    assert_ne!(r.code, 0, "second down must fail: nothing is up");
+}
+
+#[test]
+fn down_keeps_a_bridge_that_existed_and_other_networks() {
+    require_root!();
+    let host = Netns::new("keep").unwrap().cleanup_with(NETPATH);
+    host.ip(&["link", "add", "br-old", "type", "bridge"])
+        .unwrap();
+    netpath_ok(
+        &host,
+        &["up", "--bridge", "br-old", "--subnet", "10.31.0.0/16"],
+    );
+    netpath_ok(
+        &host,
+        &[
+            "up",
+            "--bridge",
+            "br-new",
+            "--subnet",
+            "10.32.0.0/16",
+            "--gateway",
+            "10.32.0.254",
+        ],
+    );
+    let s = status(&host);
+    assert_eq!(s["networks"].as_array().unwrap().len(), 2);
+    assert_netpath_attached(&host, "br-old");
+    assert_netpath_attached(&host, "br-new");
+
+    netpath_ok(&host, &["down", "--bridge", "br-old"]);
+    let names = harness::ifnames(&host);
+    assert!(
+        names.contains(&"br-old".to_owned()),
+        "a bridge that existed before up stays"
+    );
+    let addrs = host
+        .ip(&["-o", "-4", "addr", "show", "dev", "br-old"])
+        .unwrap();
+    assert!(
+        !addrs.contains("10.31.0.1"),
+        "the gateway address netpath added is removed: {addrs}"
+    );
+    // The other network is untouched and still enforced.
+    assert_netpath_attached(&host, "br-new");
+    let s = status(&host);
+    assert_eq!(s["networks"].as_array().unwrap().len(), 1);
+    assert_eq!(s["networks"][0]["gateway"], "10.32.0.254");
+
+    netpath_ok(&host, &["down", "--bridge", "br-new"]);
+    assert!(!harness::ifnames(&host).contains(&"br-new".to_owned()));
+    for ifname in harness::ifnames(&host) {
+        assert!(
+            tcx_programs(&host, &ifname, true).is_empty(),
+            "{ifname} still attached"
+        );
+    }
+}
+
+#[test]
+fn two_namespaces_do_not_interfere() {
+    require_root!();
+    let a = Netns::new("twa").unwrap().cleanup_with(NETPATH);
+    let b = Netns::new("twb").unwrap().cleanup_with(NETPATH);
+    // Same bridge name and subnet in both: only the namespace tells them apart.
+    for ns in [&a, &b] {
+        netpath_ok(
+            ns,
+            &["up", "--bridge", "docker0", "--subnet", "172.17.0.0/16"],
+        );
+    }
+    let (da, db) = (harness::state_dir(&a), harness::state_dir(&b));
+    assert_ne!(da, db, "each namespace has its own state");
+    let b_before = snapshot(&b);
+    netpath_ok(&a, &["down", "--bridge", "docker0"]);
+    assert!(!std::path::Path::new(&da).exists());
+    assert_eq!(
+        snapshot(&b),
+        b_before,
+        "down in one namespace changed the other"
+    );
+    assert_netpath_attached(&b, "docker0");
+}
+
+#[test]
+fn works_when_started_with_nsenter() {
+    require_root!();
+    let ns = Netns::new("nse").unwrap().cleanup_with(NETPATH);
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", ns.name))
+        .args([
+            NETPATH,
+            "up",
+            "--bridge",
+            "br-nse",
+            "--subnet",
+            "10.77.0.0/24",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // --netns sees what nsenter created: same namespace, same state.
+    let s = status(&ns);
+    assert_eq!(s["networks"][0]["bridge"], "br-nse");
+    assert_netpath_attached(&ns, "br-nse");
+}
+
+/// Every bad input: exit 1, exactly one `netpath: error:` line, and the
+/// namespace exactly as it was.
+#[test]
+fn bad_input_is_one_error_line_and_changes_nothing() {
+    require_root!();
+    let ns = Netns::new("bad").unwrap().cleanup_with(NETPATH);
+    ns.ip(&[
+        "link", "add", "vbad0", "type", "veth", "peer", "name", "vbad1",
+    ])
+    .unwrap();
+    netpath_ok(
+        &ns,
+        &["up", "--bridge", "br-ok", "--subnet", "10.40.0.0/16"],
+    );
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["up", "--bridge", "br-x", "--subnet", "10.50.0.0/33"],
+            "invalid subnet",
+        ),
+        (
+            &["up", "--bridge", "br-x", "--subnet", "not-a-cidr"],
+            "invalid subnet",
+        ),
+        (
+            &[
+                "up",
+                "--bridge",
+                "br-x",
+                "--subnet",
+                "10.50.0.0/16",
+                "--gateway",
+                "10.51.0.1",
+            ],
+            "outside subnet",
+        ),
+        (
+            &["up", "--bridge", "br-x", "--subnet", "10.40.128.0/17"],
+            "overlaps network br-ok",
+        ),
+        (
+            &["up", "--bridge", "br-ok", "--subnet", "10.41.0.0/16"],
+            "already up",
+        ),
+        (
+            &["up", "--bridge", "vbad0", "--subnet", "10.60.0.0/16"],
+            "not a bridge",
+        ),
+        (
+            &[
+                "up",
+                "--bridge",
+                "br-x",
+                "--subnet",
+                "10.60.0.0/16",
+                "--uplink",
+                "nosuch0",
+            ],
+            "does not exist",
+        ),
+        (
+            &[
+                "up",
+                "--bridge",
+                "this-name-is-too-long",
+                "--subnet",
+                "10.60.0.0/16",
+            ],
+            "interface name",
+        ),
+        (
+            &["down", "--bridge", "br-none"],
+            "no network on bridge br-none",
+        ),
+    ];
+    for (args, want) in cases {
+        let before = snapshot(&ns);
+        let r = netpath(&ns, args);
+        assert_eq!(r.code, 1, "{args:?} should fail: {r:?}");
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "{args:?}: expected one error line, got {:?}",
+            r.stderr
+        );
+        assert!(
+            lines[0].starts_with("netpath: error: ") && lines[0].contains(want),
+            "{args:?}: {:?} lacks {want:?}",
+            lines[0]
+        );
+        assert!(r.stdout.is_empty(), "{args:?} printed {:?}", r.stdout);
+        assert_eq!(snapshot(&ns), before, "{args:?} changed state");
+    }
+    // Not root: refused before touching anything.
+    let before = snapshot(&ns);
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            NETPATH,
+            "--netns",
+            &ns.name,
+        ])
+        .args(["up", "--bridge", "br-y", "--subnet", "10.70.0.0/16"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("must run as root"), "{err}");
+    assert_eq!(snapshot(&ns), before);
+    // Namespace that does not exist.
+    let r = std::process::Command::new(NETPATH)
+        .args(["--netns", "np-no-such-ns", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("network namespace np-no-such-ns not found")
+    );
+}
+
+/// A newer build's `up` swaps the program on the existing pinned link
+/// (BPF_LINK_UPDATE) and keeps the pinned maps with their contents. To get
+/// "another build's" program onto a link, the test puts the egress program on
+/// the ingress link of c1h; `up` must put netpath_ingress back on the same
+/// link, and counters must survive.
+#[test]
+fn up_replaces_programs_in_place_and_keeps_maps() {
+    use aya::programs::{
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+    };
+    use netpath::{
+        attach::Datapath,
+        state::{Dir, StateDir},
+    };
+
+    require_root!();
+    let lab = lab_up();
+    topology::tcp_echo(
+        &lab.ext,
+        addr("0.0.0.0", 8001),
+        &lab.c1,
+        addr(Lab::EXT, 8001),
+        b"before upgrade",
+    )
+    .unwrap();
+    let before = status(&lab.host);
+    let (link_id_before, maps_before) = lab
+        .host
+        .run(|| {
+            let state = StateDir::current().unwrap();
+            let link = FdLink::from(
+                PinnedLink::from_pin(state.link_pin(c1h_index(), Dir::Ingress)).unwrap(),
+            );
+            let link_id = link.info().unwrap().id();
+            let mut dp = Datapath::load(&state).unwrap();
+            let maps = map_ids(&state);
+            // Put "another build's" program on the ingress link.
+            let prog = dp.program(Dir::Egress).unwrap();
+            let id = prog
+                .attach_to_link(SchedClassifierLink::try_from(link).unwrap())
+                .unwrap();
+            drop(prog.take_link(id).unwrap());
+            (link_id, maps)
+        })
+        .unwrap();
+    assert_eq!(
+        tcx_programs(&lab.host, "c1h", true)[0].1,
+        "netpath_egress",
+        "test setup: foreign program in place"
+    );
+
+    let out = netpath_ok(
+        &lab.host,
+        &["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET],
+    );
+    assert!(
+        out.contains("c1h: port, ingress replaced by this build, egress unchanged"),
+        "{out}"
+    );
+    let progs = tcx_programs(&lab.host, "c1h", true);
+    assert_eq!(progs.len(), 1);
+    assert_eq!(progs[0].1, "netpath_ingress");
+    let (link_id_after, maps_after) = lab
+        .host
+        .run(|| {
+            let state = StateDir::current().unwrap();
+            let link = FdLink::from(
+                PinnedLink::from_pin(state.link_pin(c1h_index(), Dir::Ingress)).unwrap(),
+            );
+            (link.info().unwrap().id(), map_ids(&state))
+        })
+        .unwrap();
+    assert_eq!(
+        link_id_before, link_id_after,
+        "the same link was updated, not recreated"
+    );
+    assert_eq!(maps_before, maps_after, "the pinned maps were reused");
+    let after = status(&lab.host);
+    assert!(
+        iface(&after, "c1h")["ingress"]["packets"].as_u64()
+            >= iface(&before, "c1h")["ingress"]["packets"].as_u64(),
+        "counters survived the upgrade"
+    );
+    assert_eq!(
+        records(&after),
+        records(&before),
+        "network records survived"
+    );
+}
+
+fn c1h_index() -> u32 {
+    let name = std::ffi::CString::new("c1h").unwrap();
+    // SAFETY: valid C string.
+    unsafe { libc::if_nametoindex(name.as_ptr()) }
+}
+
+fn map_ids(state: &netpath::state::StateDir) -> Vec<u32> {
+    netpath_common::map_names::ALL
+        .iter()
+        .map(|n| {
+            aya::maps::MapData::from_pin(state.maps_dir().join(n))
+                .unwrap()
+                .info()
+                .unwrap()
+                .id()
+        })
+        .collect()
+}
+
+/// Network records without their (moving) counters.
+fn records(status: &serde_json::Value) -> serde_json::Value {
+    let mut nets = status["networks"].clone();
+    for n in nets.as_array_mut().expect("networks array") {
+        let obj = n.as_object_mut().expect("network object");
+        obj.remove("from_containers");
+        obj.remove("to_containers");
+    }
+    nets
+}

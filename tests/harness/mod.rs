@@ -1,0 +1,180 @@
+//! Shared namespace harness for netpath's integration tests: runs the real
+//! `netpath` binary against throw-away namespaces (see `netpath::topology`,
+//! which removes them on drop, also when a test panics), queries TCX
+//! attachments independently of netpath's own status, and snapshots a
+//! namespace so a test can assert that nothing changed.
+#![allow(dead_code, unused_imports)]
+
+use std::{collections::BTreeMap, process::Command};
+
+use aya::programs::{SchedClassifier, TcAttachType};
+pub use netpath::topology::{self, Lab, Netns};
+
+/// The binary under test.
+pub const NETPATH: &str = env!("CARGO_BIN_EXE_netpath");
+
+/// Returns false (after printing why) when the tests cannot run here.
+pub fn can_run() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: netpath integration tests need root (namespaces, BPF)");
+        return false;
+    }
+    true
+}
+
+/// Skips the calling test (with a printed reason) when it cannot run here.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !harness::can_run() {
+            return;
+        }
+    };
+}
+
+/// Result of one `netpath` invocation.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `netpath --netns NS ARGS…`.
+pub fn netpath(ns: &Netns, args: &[&str]) -> Run {
+    let out = Command::new(NETPATH)
+        .args(["--netns", &ns.name])
+        .args(args)
+        .output()
+        .expect("spawning netpath");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs netpath and panics with its output unless it succeeds.
+pub fn netpath_ok(ns: &Netns, args: &[&str]) -> String {
+    let r = netpath(ns, args);
+    assert_eq!(
+        r.code, 0,
+        "netpath {args:?} in {} failed:\n{}{}",
+        ns.name, r.stdout, r.stderr
+    );
+    r.stdout
+}
+
+/// `netpath status --json`, parsed.
+pub fn status(ns: &Netns) -> serde_json::Value {
+    let out = netpath_ok(ns, &["status", "--json"]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {out}"))
+}
+
+/// The status entry of interface `name`.
+pub fn iface<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["interfaces"]
+        .as_array()
+        .expect("interfaces array")
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in status: {status:#}"))
+}
+
+/// (id, name) of every TCX program on `ifname` in `dir`, asked of the kernel
+/// from inside `ns` (not through netpath).
+pub fn tcx_programs(ns: &Netns, ifname: &str, ingress: bool) -> Vec<(u32, String)> {
+    let ifname = ifname.to_owned();
+    let dir = if ingress {
+        TcAttachType::Ingress
+    } else {
+        TcAttachType::Egress
+    };
+    ns.run(move || {
+        let (_, progs) = SchedClassifier::query_tcx(&ifname, dir)
+            .unwrap_or_else(|e| panic!("query_tcx {ifname}: {e}"));
+        progs
+            .iter()
+            .map(|p| (p.id(), p.name_as_str().unwrap_or("").to_owned()))
+            .collect()
+    })
+    .expect("query thread")
+}
+
+/// Interface names in `ns`.
+pub fn ifnames(ns: &Netns) -> Vec<String> {
+    ns.ip(&["-o", "link", "show"])
+        .expect("ip link")
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+        .collect()
+}
+
+/// TCX programs (id, name) of one interface: (ingress, egress).
+pub type TcxPair = (Vec<(u32, String)>, Vec<(u32, String)>);
+
+/// Everything netpath could change in a namespace: links (with flags and
+/// masters), addresses, routes, forwarding, TCX programs per interface, and
+/// its pinned state.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub links: String,
+    pub addrs: String,
+    pub routes: String,
+    pub forwarding: String,
+    pub tcx: BTreeMap<String, TcxPair>,
+    pub pins: Vec<String>,
+}
+
+pub fn snapshot(ns: &Netns) -> Snapshot {
+    let forwarding = {
+        let name = ns.name.clone();
+        ns.run(move || {
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+                .map_err(|e| format!("{name}: {e}"))
+        })
+        .expect("thread")
+        .expect("read ip_forward")
+    };
+    let state_dir = state_dir(ns);
+    let mut pins: Vec<String> = walk(std::path::Path::new(&state_dir));
+    pins.sort();
+    Snapshot {
+        links: ns.ip(&["-o", "link", "show"]).expect("ip link"),
+        addrs: ns.ip(&["-o", "-4", "addr", "show"]).expect("ip addr"),
+        routes: ns.ip(&["-4", "route", "show"]).expect("ip route"),
+        forwarding,
+        tcx: ifnames(ns)
+            .into_iter()
+            .map(|n| {
+                let v = (tcx_programs(ns, &n, true), tcx_programs(ns, &n, false));
+                (n, v)
+            })
+            .collect(),
+        pins,
+    }
+}
+
+/// The state directory netpath uses for `ns` (reported by status).
+pub fn state_dir(ns: &Netns) -> String {
+    status(ns)["state_dir"]
+        .as_str()
+        .expect("state_dir")
+        .to_owned()
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            out.push(p.display().to_string());
+            if p.is_dir() {
+                out.extend(walk(&p));
+            }
+        }
+    }
+    out
+}
