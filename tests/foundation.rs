@@ -518,3 +518,90 @@ fn records(status: &serde_json::Value) -> serde_json::Value {
     }
     nets
 }
+
+/// State can be re-applied: when the bridge disappears behind netpath's back,
+/// the next `up` recreates it, with its gateway and attachments, and owns it.
+#[test]
+fn up_reapplies_after_the_bridge_was_deleted() {
+    require_root!();
+    let ns = Netns::new("reap").unwrap().cleanup_with(NETPATH);
+    ns.ip(&["link", "add", "br-pre", "type", "bridge"]).unwrap();
+    netpath_ok(
+        &ns,
+        &["up", "--bridge", "br-pre", "--subnet", "10.88.0.0/24"],
+    );
+    ns.ip(&["link", "del", "br-pre"]).unwrap();
+    let out = netpath_ok(
+        &ns,
+        &["up", "--bridge", "br-pre", "--subnet", "10.88.0.0/24"],
+    );
+    assert!(
+        out.contains("already up") && out.contains("bridge created"),
+        "{out}"
+    );
+    assert_netpath_attached(&ns, "br-pre");
+    assert!(
+        ns.ip(&["-o", "-4", "addr", "show", "dev", "br-pre"])
+            .unwrap()
+            .contains("10.88.0.1/24")
+    );
+    let s = status(&ns);
+    assert_eq!(s["networks"][0]["created_bridge"], true);
+    // The record follows the new ifindex.
+    assert_eq!(
+        s["networks"][0]["bridge_ifindex"],
+        iface(&s, "br-pre")["ifindex"]
+    );
+    netpath_ok(&ns, &["down", "--bridge", "br-pre"]);
+    assert!(
+        !harness::ifnames(&ns).contains(&"br-pre".to_owned()),
+        "netpath created it the second time, down deletes it"
+    );
+}
+
+/// Concurrent invocations in one namespace are serialized: every `up`
+/// lands, with its own network id, and every bridge is attached.
+#[test]
+fn parallel_ups_in_one_namespace_all_land() {
+    require_root!();
+    let ns = Netns::new("par").unwrap().cleanup_with(NETPATH);
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            let name = ns.name.clone();
+            std::thread::spawn(move || {
+                std::process::Command::new(NETPATH)
+                    .args([
+                        "--netns",
+                        &name,
+                        "up",
+                        "--bridge",
+                        &format!("br-p{i}"),
+                        "--subnet",
+                        &format!("10.90.{i}.0/24"),
+                    ])
+                    .output()
+                    .unwrap()
+            })
+        })
+        .collect();
+    for h in handles {
+        let out = h.join().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let s = status(&ns);
+    let mut ids: Vec<u64> = s["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_u64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![1, 2, 3, 4, 5, 6]);
+    for i in 0..6 {
+        assert_netpath_attached(&ns, &format!("br-p{i}"));
+    }
+}

@@ -12,7 +12,7 @@ use crate::{
     netns,
     plan::{self, NetworkSpec, Uplinks},
     plumbing::{self, Netlink},
-    state::{Dir, Maps, StateDir},
+    state::{self, Dir, Maps, StateDir},
     sys,
 };
 
@@ -31,6 +31,7 @@ pub struct UpReport {
     pub net_id: u32,
     pub created_bridge: bool,
     pub added_gateway: bool,
+    pub enabled_forwarding: bool,
     pub already_up: bool,
     pub changes: Vec<IfaceChange>,
     pub detached: Vec<u32>,
@@ -87,6 +88,8 @@ fn specs(maps: &Maps) -> Result<BTreeMap<u32, NetworkSpec>> {
 }
 
 pub async fn up(args: &UpArgs) -> Result<UpReport> {
+    // Held from here on whenever state can exist (bpffs mounted).
+    let mut lock = state::lock(false)?;
     let spec = plan::network_spec(&args.bridge, &args.subnet, args.gateway.as_deref())?;
     for u in &args.uplinks {
         plan::validate_ifname(u)?;
@@ -126,7 +129,11 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
         plan::plan_roles(&links, &nets, &uplinks)?;
     }
 
-    netns::ensure_bpffs()?;
+    if lock.is_none() {
+        // First use on this machine: mount bpffs now that the input is valid.
+        lock = state::lock(true)?;
+    }
+    let _lock = lock;
     let mut report = UpReport {
         already_up: same_id.is_some(),
         ..Default::default()
@@ -177,30 +184,31 @@ async fn apply_up(
         report.added_gateway = true;
     }
     if !plumbing::ip_forward()? {
-        plumbing::enable_ip_forward()?;
+        plumbing::set_ip_forward(true)?;
+        report.enabled_forwarding = true;
     }
     state.create()?;
     let mut dp = Datapath::load(state)?;
-    let (net_id, flags) = match same_id {
+    // What this run created is netpath's to remove; an idempotent `up` that
+    // had to re-create the bridge or the address adds to what it owned.
+    let mut flags = 0;
+    if report.created_bridge {
+        flags |= net_flags::CREATED_BRIDGE;
+    }
+    if report.added_gateway {
+        flags |= net_flags::ADDED_GATEWAY;
+    }
+    let net_id = match same_id {
         Some(id) => {
             let old = dp
                 .maps
                 .networks
                 .get(&id, 0)
                 .context("reading the existing network")?;
-            (id, old.flags)
+            flags |= old.flags;
+            id
         }
-        None => {
-            let id = plan::next_network_id(existing.keys().copied(), netpath_common::MAX_NETWORKS)?;
-            let mut f = 0;
-            if report.created_bridge {
-                f |= net_flags::CREATED_BRIDGE;
-            }
-            if report.added_gateway {
-                f |= net_flags::ADDED_GATEWAY;
-            }
-            (id, f)
-        }
+        None => plan::next_network_id(existing.keys().copied(), netpath_common::MAX_NETWORKS)?,
     };
     report.net_id = net_id;
     dp.maps
@@ -252,6 +260,11 @@ async fn rollback_up(
         {
             errors.push(e);
         }
+    }
+    if report.enabled_forwarding
+        && let Err(e) = plumbing::set_ip_forward(false)
+    {
+        errors.push(e);
     }
     for e in errors {
         eprintln!("netpath: while undoing the failed up: {e:#}");
@@ -363,6 +376,7 @@ pub struct DownReport {
 }
 
 pub async fn down(target: &DownTarget) -> Result<DownReport> {
+    let _lock = state::lock(false)?;
     let nl = Netlink::new()?;
     let state = StateDir::current()?;
     let mut report = DownReport::default();
@@ -529,6 +543,7 @@ pub struct Status {
 }
 
 pub async fn status() -> Result<Status> {
+    let _lock = state::lock(false)?;
     let state = StateDir::current()?;
     let mut out = Status {
         netns_cookie: netns::cookie()?,

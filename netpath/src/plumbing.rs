@@ -239,7 +239,7 @@ pub fn ip_forward() -> Result<bool> {
     Ok(v.trim() == "1")
 }
 
-/// Turns IPv4 forwarding on in the current network namespace.
-pub fn enable_ip_forward() -> Result<()> {
-    std::fs::write(IP_FORWARD, "1").context("enabling net.ipv4.ip_forward")
+/// Turns IPv4 forwarding on or off in the current network namespace.
+pub fn set_ip_forward(on: bool) -> Result<()> {
+    std::fs::write(IP_FORWARD, if on { "1" } else { "0" }).context("setting net.ipv4.ip_forward")
 }

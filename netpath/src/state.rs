@@ -109,13 +109,33 @@ impl StateDir {
     }
 
     /// Removes the whole directory (after every link and map pin is gone).
+    /// The base directory stays: it carries the lock.
     pub fn remove(&self) -> Result<()> {
         std::fs::remove_dir_all(&self.root)
-            .with_context(|| format!("removing {}", self.root.display()))?;
-        // The base directory goes too when no other namespace uses it.
-        let _ = std::fs::remove_dir(Self::base());
-        Ok(())
+            .with_context(|| format!("removing {}", self.root.display()))
     }
+}
+
+/// An exclusive lock over netpath's state on this machine, held while one
+/// command reads or changes it (an flock on the base directory on bpffs).
+pub struct Lock(#[allow(dead_code)] std::fs::File);
+
+/// Takes the lock. `mount`: mount bpffs if needed (commands that create
+/// state); otherwise, without bpffs there is no state and no lock is needed.
+pub fn lock(mount: bool) -> Result<Option<Lock>> {
+    if mount {
+        netns::ensure_bpffs()?;
+    } else if !netns::bpffs_mounted() {
+        return Ok(None);
+    }
+    let base = StateDir::base();
+    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+    let dir = std::fs::File::open(&base).with_context(|| format!("opening {}", base.display()))?;
+    // SAFETY: flock on a valid fd; released when the file is closed.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("locking netpath state");
+    }
+    Ok(Some(Lock(dir)))
 }
 
 /// Typed handles on the pinned maps.
