@@ -132,6 +132,36 @@ fn join<T>(h: JoinHandle<Result<T>>, what: &str) -> Result<T> {
         .map_err(|_| anyhow::anyhow!("{what} thread panicked"))?
 }
 
+fn v4(peer: std::net::SocketAddr) -> Result<SocketAddrV4> {
+    match peer {
+        std::net::SocketAddr::V4(p) => Ok(p),
+        std::net::SocketAddr::V6(p) => bail!("unexpected IPv6 peer {p}"),
+    }
+}
+
+/// Starts `server` in `server_ns` and waits until it says it is ready
+/// (listening), then runs `client` in `client_ns`. Returns the server's result.
+fn exchange<T: Send + 'static>(
+    what: &str,
+    server_ns: &Netns,
+    client_ns: &Netns,
+    server: impl FnOnce(std::sync::mpsc::Sender<()>) -> Result<T> + Send + 'static,
+    client: impl FnOnce() -> Result<()> + Send + 'static,
+) -> Result<T> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = server_ns.spawn(move || server(ready_tx));
+    if ready_rx.recv_timeout(IO_TIMEOUT).is_err() {
+        return Err(join(server, "server")
+            .err()
+            .unwrap_or_else(|| anyhow::anyhow!("server did not start")))
+        .with_context(|| format!("{what} server in {}", server_ns.name));
+    }
+    let c = join(client_ns.spawn(client), "client");
+    let s = join(server, "server");
+    c.with_context(|| format!("{what} client in {}", client_ns.name))?;
+    s.with_context(|| format!("{what} server in {}", server_ns.name))
+}
+
 /// One TCP connection from `client_ns` to `server_ns`: the server (bound to
 /// `listen`) echoes what it reads. Returns the client address the server saw.
 pub fn tcp_echo(
@@ -141,11 +171,11 @@ pub fn tcp_echo(
     dial: SocketAddrV4,
     payload: &[u8],
 ) -> Result<SocketAddrV4> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let server = server_ns.spawn(move || -> Result<SocketAddrV4> {
+    let payload = payload.to_vec();
+    let server = move |ready: std::sync::mpsc::Sender<()>| -> Result<SocketAddrV4> {
         let l = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
         l.set_nonblocking(true)?;
-        let _ = ready_tx.send(());
+        let _ = ready.send(());
         let deadline = Instant::now() + IO_TIMEOUT;
         let (mut s, peer) = loop {
             match l.accept() {
@@ -163,16 +193,9 @@ pub fn tcp_echo(
         let mut buf = vec![0u8; 65536];
         let n = s.read(&mut buf).context("server read")?;
         s.write_all(&buf[..n]).context("server write")?;
-        match peer {
-            std::net::SocketAddr::V4(p) => Ok(p),
-            std::net::SocketAddr::V6(p) => bail!("unexpected IPv6 peer {p}"),
-        }
-    });
-    ready_rx
-        .recv_timeout(IO_TIMEOUT)
-        .context("server did not start")?;
-    let payload = payload.to_vec();
-    let client = client_ns.spawn(move || -> Result<()> {
+        v4(peer)
+    };
+    let client = move || -> Result<()> {
         let mut s = TcpStream::connect_timeout(&dial.into(), IO_TIMEOUT)
             .with_context(|| format!("connect {dial}"))?;
         s.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -183,11 +206,8 @@ pub fn tcp_echo(
             bail!("echo mismatch");
         }
         Ok(())
-    });
-    let c = join(client, "client");
-    let s = join(server, "server");
-    c.with_context(|| format!("TCP {dial} from {}", client_ns.name))?;
-    s.with_context(|| format!("TCP server {listen} in {}", server_ns.name))
+    };
+    exchange(&format!("TCP {dial}"), server_ns, client_ns, server, client)
 }
 
 /// One UDP datagram from `client_ns` to `server_ns` and its echo. Returns the
@@ -199,24 +219,17 @@ pub fn udp_echo(
     dial: SocketAddrV4,
     payload: &[u8],
 ) -> Result<SocketAddrV4> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let server = server_ns.spawn(move || -> Result<SocketAddrV4> {
+    let payload = payload.to_vec();
+    let server = move |ready: std::sync::mpsc::Sender<()>| -> Result<SocketAddrV4> {
         let s = UdpSocket::bind(listen).with_context(|| format!("bind udp {listen}"))?;
         s.set_read_timeout(Some(IO_TIMEOUT))?;
-        let _ = ready_tx.send(());
+        let _ = ready.send(());
         let mut buf = vec![0u8; 65536];
         let (n, peer) = s.recv_from(&mut buf).context("udp server recv")?;
         s.send_to(&buf[..n], peer)?;
-        match peer {
-            std::net::SocketAddr::V4(p) => Ok(p),
-            std::net::SocketAddr::V6(p) => bail!("unexpected IPv6 peer {p}"),
-        }
-    });
-    ready_rx
-        .recv_timeout(IO_TIMEOUT)
-        .context("udp server did not start")?;
-    let payload = payload.to_vec();
-    let client = client_ns.spawn(move || -> Result<()> {
+        v4(peer)
+    };
+    let client = move || -> Result<()> {
         let s = UdpSocket::bind("0.0.0.0:0")?;
         s.set_read_timeout(Some(IO_TIMEOUT))?;
         s.send_to(&payload, dial)?;
@@ -226,11 +239,8 @@ pub fn udp_echo(
             bail!("udp echo mismatch");
         }
         Ok(())
-    });
-    let c = join(client, "udp client");
-    let s = join(server, "udp server");
-    c.with_context(|| format!("UDP {dial} from {}", client_ns.name))?;
-    s.with_context(|| format!("UDP server {listen} in {}", server_ns.name))
+    };
+    exchange(&format!("UDP {dial}"), server_ns, client_ns, server, client)
 }
 
 /// `ping -c 1` from inside `ns`; Ok when a reply came back.

@@ -59,10 +59,7 @@ fn main() -> Result<()> {
         }
         Task::Test { args } => {
             setup()?;
-            run(Command::new("cargo")
-                .arg("test")
-                .args(&args)
-                .current_dir(root()))
+            cargo_test(&args)
         }
     }
 }
@@ -79,6 +76,46 @@ fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and closes with one total line
+/// over every test binary (cargo's own last line is a doc-test run's).
+fn cargo_test(args: &[String]) -> Result<()> {
+    use std::io::BufRead as _;
+    let mut cmd = Command::new("cargo");
+    cmd.arg("test")
+        .args(args)
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped());
+    eprintln!("xtask: running {cmd:?}");
+    let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in std::io::BufReader::new(child.stdout.take().expect("piped stdout")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(['.', ';']) {
+                let mut words = part.split_whitespace();
+                if let (Some(n), Some(what)) = (
+                    words.next().and_then(|n| n.parse::<u64>().ok()),
+                    words.next(),
+                ) {
+                    match what {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        "ignored" => ignored += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("summary: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
     }
     Ok(())
 }
