@@ -368,6 +368,19 @@ fn bad_input_is_one_error_line_and_changes_nothing() {
         assert!(r.stdout.is_empty(), "{args:?} printed {:?}", r.stdout);
         assert_eq!(snapshot(&ns), before, "{args:?} changed state");
     }
+    // Usage errors: one line as well (exit 2, clap's convention).
+    for args in [&["up", "--bridge", "br-x"][..], &["down"], &["frobnicate"]] {
+        let before = snapshot(&ns);
+        let r = netpath(&ns, args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert_eq!(r.stderr.lines().count(), 1, "{args:?}: {:?}", r.stderr);
+        assert!(
+            r.stderr.starts_with("netpath: error: "),
+            "{args:?}: {:?}",
+            r.stderr
+        );
+        assert_eq!(snapshot(&ns), before, "{args:?} changed state");
+    }
     // Not root: refused before touching anything.
     let before = snapshot(&ns);
     let out = std::process::Command::new("setpriv")
