@@ -432,12 +432,7 @@ pub async fn down(target: &DownTarget) -> Result<DownReport> {
         // role, a kept bridge may become an uplink by the default rule).
         let current = maps.ifaces()?;
         drop(maps);
-        let names = nl
-            .links()
-            .await?
-            .into_iter()
-            .map(|l| (l.index, l.name))
-            .collect();
+        let names = nl.names().await?;
         let uplinks = uplink_choice(&[], &current, &names);
         match Datapath::load(&state) {
             Ok(mut dp) => {
@@ -555,12 +550,7 @@ pub async fn status() -> Result<Status> {
         return Ok(out);
     }
     let nl = Netlink::new()?;
-    let names: BTreeMap<u32, String> = nl
-        .links()
-        .await?
-        .into_iter()
-        .map(|l| (l.index, l.name))
-        .collect();
+    let names = nl.names().await?;
     let maps = Maps::open(&state)?;
     let networks = maps.networks()?;
     let traffic = |scope, id, kind| -> Result<Traffic> {

@@ -95,6 +95,16 @@ impl Netlink {
         Ok(msgs.iter().map(Link::from_message).collect())
     }
 
+    /// ifindex -> name of every link.
+    pub async fn names(&self) -> Result<std::collections::BTreeMap<u32, String>> {
+        Ok(self
+            .links()
+            .await?
+            .into_iter()
+            .map(|l| (l.index, l.name))
+            .collect())
+    }
+
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
         Ok(self.links().await?.into_iter().find(|l| l.name == name))
     }
