@@ -11,6 +11,9 @@
 //! compares them without conversion.
 #![no_std]
 
+pub mod csum;
+pub mod ct;
+
 /// Names of the pinned maps (the `#[map]` item names in `netpath-ebpf`).
 pub mod map_names {
     /// ifindex -> [`IfaceInfo`](crate::IfaceInfo): every interface netpath manages.
@@ -19,8 +22,18 @@ pub mod map_names {
     pub const NETWORKS: &str = "NP_NETWORKS";
     /// [`CounterKey`](crate::CounterKey) -> [`Counter`](crate::Counter), per CPU.
     pub const COUNTERS: &str = "NP_COUNTERS";
+    /// [`CtKey4`](crate::ct::CtKey4) -> [`CtEntry4`](crate::ct::CtEntry4):
+    /// the IPv4 conntrack table, one entry per direction (LRU).
+    pub const CT4: &str = "NP_CT4";
+    /// [`FragKey4`](crate::ct::FragKey4) -> [`FragPorts`](crate::ct::FragPorts):
+    /// the ports of fragmented datagrams, learnt from their first fragment (LRU).
+    pub const FRAG4: &str = "NP_FRAG4";
+    /// Longest-prefix-match trie: managed subnet -> network id.
+    pub const SUBNETS4: &str = "NP_SUBNETS4";
+    /// Array of one [`Config`](crate::Config): NAT port range and conntrack timeouts.
+    pub const CONFIG: &str = "NP_CONFIG";
     /// All pinned map names, for tooling that walks the pin directory.
-    pub const ALL: [&str; 3] = [IFACES, NETWORKS, COUNTERS];
+    pub const ALL: [&str; 7] = [IFACES, NETWORKS, COUNTERS, CT4, FRAG4, SUBNETS4, CONFIG];
 }
 
 /// Maximum number of managed networks (bridges) per network namespace.
@@ -97,6 +110,9 @@ pub mod net_flags {
     pub const CREATED_BRIDGE: u32 = 1 << 0;
     /// netpath added the gateway address to the bridge (so `down` removes it).
     pub const ADDED_GATEWAY: u32 = 1 << 1;
+    /// Leave source addresses alone on the way out (Docker's
+    /// `com.docker.network.bridge.enable_ip_masquerade=false`).
+    pub const NO_MASQUERADE: u32 = 1 << 2;
 }
 
 /// Value of the `NP_NETWORKS` map, keyed by network id (`u32`, from 1).
@@ -147,6 +163,15 @@ pub mod counter_kind {
     pub const NET_FROM_CONTAINERS: u16 = 16;
     /// Network: packets delivered to containers (egress on a port).
     pub const NET_TO_CONTAINERS: u16 = 17;
+    /// Network: packets of its containers source-translated on the way out.
+    pub const NET_SNAT: u16 = 18;
+    /// Network: replies (and ICMP errors) translated back to its containers.
+    pub const NET_REV_SNAT: u16 = 19;
+    /// Network: conntrack flows created.
+    pub const NET_CT_NEW: u16 = 20;
+    /// Network: packets dropped, one kind per [`DropReason`](crate::DropReason)
+    /// (`DROP_BASE + reason`).
+    pub const DROP_BASE: u16 = 256;
 
     pub const fn name(kind: u16) -> &'static str {
         match kind {
@@ -154,8 +179,137 @@ pub mod counter_kind {
             IF_EGRESS => "egress",
             NET_FROM_CONTAINERS => "from_containers",
             NET_TO_CONTAINERS => "to_containers",
+            NET_SNAT => "snat",
+            NET_REV_SNAT => "rev_snat",
+            NET_CT_NEW => "ct_new",
+            k if k > DROP_BASE => match crate::DropReason::from_u16(k - DROP_BASE) {
+                Some(r) => r.as_str(),
+                None => "drop_unknown",
+            },
             _ => "unknown",
         }
+    }
+}
+
+/// Why the datapath dropped a packet. Counted per network under the counter
+/// kind `counter_kind::DROP_BASE + reason`; values never change.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// A container packet must be masqueraded but the uplink has no IPv4 address.
+    NatNoAddress = 1,
+    /// Every candidate source port for the external tuple was taken.
+    NatPortsExhausted = 2,
+    /// A container packet that must be masqueraded could not be parsed
+    /// (truncated or malformed headers); sending it untranslated would leak
+    /// the container address.
+    Malformed = 3,
+    /// The conntrack entry could not be written (map error other than a race).
+    CtInsertFailed = 4,
+}
+
+impl DropReason {
+    pub const ALL: [Self; 4] = [
+        Self::NatNoAddress,
+        Self::NatPortsExhausted,
+        Self::Malformed,
+        Self::CtInsertFailed,
+    ];
+
+    pub const fn from_u16(v: u16) -> Option<Self> {
+        match v {
+            1 => Some(Self::NatNoAddress),
+            2 => Some(Self::NatPortsExhausted),
+            3 => Some(Self::Malformed),
+            4 => Some(Self::CtInsertFailed),
+            _ => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NatNoAddress => "drop_nat_no_address",
+            Self::NatPortsExhausted => "drop_nat_ports_exhausted",
+            Self::Malformed => "drop_malformed",
+            Self::CtInsertFailed => "drop_ct_insert_failed",
+        }
+    }
+
+    pub const fn counter_kind(self) -> u16 {
+        counter_kind::DROP_BASE + self as u16
+    }
+}
+
+/// Conntrack timeout classes, indexes into [`Config::timeouts_s`].
+pub mod timeout {
+    pub const TCP_SYN_SENT: usize = 0;
+    pub const TCP_SYN_RECV: usize = 1;
+    pub const TCP_ESTABLISHED: usize = 2;
+    pub const TCP_FIN_WAIT: usize = 3;
+    pub const TCP_TIME_WAIT: usize = 4;
+    pub const TCP_CLOSE: usize = 5;
+    pub const UDP: usize = 6;
+    pub const UDP_STREAM: usize = 7;
+    pub const ICMP: usize = 8;
+    pub const OTHER: usize = 9;
+    /// Number of classes in use (the array has room for more).
+    pub const COUNT: usize = 10;
+    /// Names as `netpath conntrack config` spells them.
+    pub const NAMES: [&str; COUNT] = [
+        "tcp-syn-sent",
+        "tcp-syn-recv",
+        "tcp-established",
+        "tcp-fin-wait",
+        "tcp-time-wait",
+        "tcp-close",
+        "udp",
+        "udp-stream",
+        "icmp",
+        "other",
+    ];
+    /// nf_conntrack's defaults, in seconds (`net.netfilter.nf_conntrack_*_timeout*`).
+    pub const DEFAULTS: [u32; COUNT] = [120, 60, 432_000, 120, 120, 10, 30, 120, 30, 600];
+}
+
+/// Value of the one-element `NP_CONFIG` array: settings the datapath and the
+/// sweeper share. All-zero means "not written yet" (the loader writes defaults).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Config {
+    /// Source ports masquerade may pick when the container's own port is
+    /// taken, inclusive, host byte order.
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+    pub flags: u32,
+    /// Conntrack timeouts in seconds, indexed by [`timeout`] class; unused
+    /// slots are zero.
+    pub timeouts_s: [u32; 16],
+}
+
+impl Config {
+    /// Like Linux's MASQUERADE for unprivileged source ports.
+    pub const DEFAULT_PORT_MIN: u16 = 1024;
+    pub const DEFAULT_PORT_MAX: u16 = 65535;
+
+    pub const fn defaults() -> Self {
+        let mut timeouts_s = [0u32; 16];
+        let mut i = 0;
+        while i < timeout::COUNT {
+            timeouts_s[i] = timeout::DEFAULTS[i];
+            i += 1;
+        }
+        Self {
+            nat_port_min: Self::DEFAULT_PORT_MIN,
+            nat_port_max: Self::DEFAULT_PORT_MAX,
+            flags: 0,
+            timeouts_s,
+        }
+    }
+
+    /// Whether this is the zero value of a freshly created map.
+    pub const fn is_unset(&self) -> bool {
+        self.nat_port_min == 0 && self.nat_port_max == 0
     }
 }
 
@@ -194,7 +348,15 @@ impl Counter {
 // invalid bit patterns (bytemuck's derive checks the same at compile time).
 #[cfg(feature = "user")]
 mod user {
-    use super::{Counter, CounterKey, IfaceInfo, NetworkInfo};
+    use super::{
+        Config, Counter, CounterKey, IfaceInfo, NetworkInfo,
+        ct::{CtEntry4, CtKey4, FragKey4, FragPorts},
+    };
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for CtKey4 {}
+    unsafe impl aya::Pod for CtEntry4 {}
+    unsafe impl aya::Pod for FragKey4 {}
+    unsafe impl aya::Pod for FragPorts {}
     unsafe impl aya::Pod for IfaceInfo {}
     unsafe impl aya::Pod for NetworkInfo {}
     unsafe impl aya::Pod for CounterKey {}

@@ -4,9 +4,13 @@
 //! One concern per module; this file only dispatches.
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
 mod counters;
+mod ct;
 mod maps;
+mod nat;
+mod parse;
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
 use netpath_common::{IfaceInfo, IfaceRole, counter_kind, counter_scope};
@@ -14,7 +18,7 @@ use netpath_common::{IfaceInfo, IfaceRole, counter_kind, counter_scope};
 use crate::{counters::count, maps::NP_IFACES};
 
 /// TCX_NEXT: let the next program in the chain (or the stack) decide.
-const TCX_NEXT: i32 = TC_ACT_UNSPEC;
+pub const TCX_NEXT: i32 = TC_ACT_UNSPEC;
 
 /// Direction a program is attached in.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -47,6 +51,12 @@ fn handle(ctx: &TcContext, dir: Dir) -> Result<i32, i32> {
         return Ok(TCX_NEXT);
     };
     account(ctx, dir, ifindex, &iface);
+    if iface.role == IfaceRole::Uplink as u32 {
+        return Ok(match dir {
+            Dir::Egress => nat::snat4_egress(ctx, &iface),
+            Dir::Ingress => nat::rev_snat4_ingress(ctx),
+        });
+    }
     Ok(TCX_NEXT)
 }
 

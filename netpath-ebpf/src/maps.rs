@@ -4,10 +4,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap},
 };
 use netpath_common::{
-    Counter, CounterKey, IfaceInfo, MAX_COUNTERS, MAX_IFACES, MAX_NETWORKS, NetworkInfo,
+    Config, Counter, CounterKey, IfaceInfo, MAX_COUNTERS, MAX_IFACES, MAX_NETWORKS, NetworkInfo,
+    ct::{CtEntry4, CtKey4, FragKey4, FragPorts, MAX_CT4, MAX_FRAG4},
 };
 
 /// ifindex -> role and network of every interface netpath attached to.
@@ -21,3 +22,22 @@ pub static NP_NETWORKS: HashMap<u32, NetworkInfo> = HashMap::pinned(MAX_NETWORKS
 /// Per-CPU packet/byte counters for interfaces and networks.
 #[map]
 pub static NP_COUNTERS: PerCpuHashMap<CounterKey, Counter> = PerCpuHashMap::pinned(MAX_COUNTERS, 0);
+
+/// The IPv4 conntrack table: one entry per flow direction. LRU, so a full
+/// table evicts the coldest flows instead of refusing new ones; busy flows
+/// keep both entries warm (each direction looks its partner up every second).
+#[map]
+pub static NP_CT4: LruHashMap<CtKey4, CtEntry4> = LruHashMap::pinned(MAX_CT4, 0);
+
+/// Ports of fragmented datagrams, learnt from the first fragment so later
+/// fragments (which carry no ports) find their flow.
+#[map]
+pub static NP_FRAG4: LruHashMap<FragKey4, FragPorts> = LruHashMap::pinned(MAX_FRAG4, 0);
+
+/// Managed subnets -> network id, for "is this source one of our containers?".
+#[map]
+pub static NP_SUBNETS4: LpmTrie<u32, u32> = LpmTrie::pinned(MAX_NETWORKS, 0);
+
+/// One [`Config`] at index 0.
+#[map]
+pub static NP_CONFIG: Array<Config> = Array::pinned(1, 0);

@@ -17,7 +17,6 @@ use aya::{
     },
     sys::SyscallError,
 };
-use netpath_common::map_names;
 
 use crate::{
     EBPF_OBJECT,
@@ -77,11 +76,8 @@ impl Datapath {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from the object"))
         };
-        let maps = Maps::from_maps(
-            take(&mut ebpf, map_names::IFACES)?,
-            take(&mut ebpf, map_names::NETWORKS)?,
-            take(&mut ebpf, map_names::COUNTERS)?,
-        )?;
+        let mut maps = Maps::from_source(|name| take(&mut ebpf, name))?;
+        maps.config()?;
         Ok(Self { ebpf, maps })
     }
 

@@ -34,6 +34,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show or flush the conntrack table, or set its timeouts and NAT port range.
+    #[command(subcommand)]
+    Conntrack(ConntrackCmd),
+    /// Run this namespace's daemon in the foreground: sweeps expired conntrack
+    /// flows every second and re-applies the networks when links or addresses
+    /// change. `up` starts it in the background (log and pid file in
+    /// /run/netpath/); the last `down` stops it.
+    Daemon {
+        /// Sweep and check interval in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+        interval_ms: u64,
+    },
     /// Run the demo: build a Docker-like topology in fresh network namespaces,
     /// bring netpath up in it, send traffic and show the counters; then remove it all.
     Demo,
@@ -54,6 +66,57 @@ pub struct UpCmd {
     /// [default: every interface that is not a managed bridge, a port of one, or loopback].
     #[arg(long = "uplink", value_name = "IFACE")]
     pub uplinks: Vec<String>,
+    /// Masquerade traffic from this network that leaves through an uplink
+    /// (Docker's enable_ip_masquerade); `--masquerade=false` keeps container
+    /// source addresses.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub masquerade: bool,
+    /// Do not start the background daemon (conntrack sweeping, new ports,
+    /// address changes).
+    #[arg(long)]
+    pub no_daemon: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConntrackCmd {
+    /// List flows like `conntrack -L`: protocol, seconds left, TCP state,
+    /// original and reply tuples with packets and bytes.
+    #[command(alias = "ls")]
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove flows (both directions); filters combine, none removes all.
+    Flush(FlushCmd),
+    /// Show the NAT port range and conntrack timeouts, or change them.
+    Config {
+        /// Set a timeout, e.g. `--timeout udp=30` (tcp-syn-sent, tcp-syn-recv,
+        /// tcp-established, tcp-fin-wait, tcp-time-wait, tcp-close, udp,
+        /// udp-stream, icmp, other). Repeatable.
+        #[arg(long = "timeout", value_name = "NAME=SECONDS")]
+        timeouts: Vec<String>,
+        /// Ports masquerade picks from when a container's own source port is
+        /// taken [default: 1024-65535].
+        #[arg(long, value_name = "MIN-MAX")]
+        nat_ports: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct FlushCmd {
+    /// Original source address (the container).
+    #[arg(long, value_name = "IP")]
+    pub src: Option<std::net::Ipv4Addr>,
+    /// Original destination address.
+    #[arg(long, value_name = "IP")]
+    pub dst: Option<std::net::Ipv4Addr>,
+    /// tcp, udp, icmp or a protocol number.
+    #[arg(long, value_name = "PROTO")]
+    pub proto: Option<String>,
+    /// Any port of the flow (original or translated, source or destination).
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
 }
 
 #[derive(Debug, Args)]

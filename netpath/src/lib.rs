@@ -5,6 +5,8 @@
 
 pub mod attach;
 pub mod cli;
+pub mod conntrack;
+pub mod daemon;
 pub mod demo;
 pub mod netns;
 pub mod ops;

@@ -4,8 +4,9 @@ use anyhow::{Result, bail};
 use clap::Parser as _;
 use netpath::{
     attach::Attach,
-    cli::{Cli, Command},
-    demo, netns, ops,
+    cli::{Cli, Command, ConntrackCmd},
+    conntrack, daemon, demo, netns, ops,
+    state::{self, Maps, StateDir},
 };
 
 fn main() -> ExitCode {
@@ -55,6 +56,7 @@ fn run(cli: Cli) -> Result<()> {
     if let Some(name) = &cli.netns {
         netns::enter(name)?;
     }
+    let netns_name = cli.netns.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -66,6 +68,7 @@ fn run(cli: Cli) -> Result<()> {
                     subnet: up.subnet,
                     gateway: up.gateway,
                     uplinks: up.uplinks,
+                    masquerade: up.masquerade,
                 };
                 let r = ops::up(&args).await?;
                 let verb = if r.already_up { "already up" } else { "up" };
@@ -103,6 +106,17 @@ fn run(cli: Cli) -> Result<()> {
                         r.detached.len()
                     );
                 }
+                if !up.no_daemon {
+                    match daemon::ensure_running(netns_name.as_deref())
+                        .map_err(|e| e.context("the network is up, but"))?
+                    {
+                        daemon::Start::AlreadyRunning(_) => {}
+                        daemon::Start::Started(pid) => println!("  daemon started (pid {pid})"),
+                        daemon::Start::Replaced(pid) => {
+                            println!("  daemon of another build replaced (pid {pid})")
+                        }
+                    }
+                }
                 Ok(())
             }
             Command::Down(down) => {
@@ -119,6 +133,9 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 if r.unpinned_all {
                     println!("  no networks left: programs detached, state unpinned");
+                    if let Some(pid) = daemon::stop()? {
+                        println!("  daemon stopped (pid {pid})");
+                    }
                 }
                 Ok(())
             }
@@ -131,7 +148,64 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 Ok(())
             }
+            Command::Conntrack(cmd) => conntrack_cmd(cmd),
+            Command::Daemon { interval_ms } => {
+                daemon::run(daemon::Options {
+                    netns: netns_name,
+                    interval: std::time::Duration::from_millis(interval_ms),
+                })
+                .await
+            }
             Command::Demo => unreachable!("handled above"),
         }
     })
+}
+
+fn open_maps() -> Result<Maps> {
+    let state = StateDir::current()?;
+    if !netns::bpffs_mounted() || !state.exists() {
+        bail!("nothing is up in this network namespace");
+    }
+    Maps::open(&state)
+}
+
+fn conntrack_cmd(cmd: ConntrackCmd) -> Result<()> {
+    match cmd {
+        ConntrackCmd::List { json } => {
+            let mut maps = open_maps()?;
+            let cfg = maps.config()?;
+            let flows = conntrack::flows(&maps, &cfg, conntrack::monotonic_ns())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&flows)?);
+            } else {
+                print!("{}", conntrack::render(&flows));
+            }
+        }
+        ConntrackCmd::Flush(f) => {
+            let filter = conntrack::Filter {
+                src: f.src,
+                dst: f.dst,
+                proto: f.proto.as_deref().map(conntrack::parse_proto).transpose()?,
+                port: f.port,
+                network: None,
+            };
+            let mut maps = open_maps()?;
+            let n = conntrack::flush(&mut maps, &filter)?;
+            println!("netpath conntrack: {n} flow entries have been deleted.");
+        }
+        ConntrackCmd::Config {
+            timeouts,
+            nat_ports,
+        } => {
+            let _lock = state::lock(false)?;
+            let mut maps = open_maps()?;
+            let mut cfg = maps.config()?;
+            if !timeouts.is_empty() || nat_ports.is_some() {
+                conntrack::apply_settings(&mut cfg, &timeouts, nat_ports.as_deref())?;
+                maps.set_config(&cfg)?;
+            }
+            print!("{}", conntrack::render_config(&cfg));
+        }
+    }
+    Ok(())
 }

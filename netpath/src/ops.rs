@@ -17,12 +17,14 @@ use crate::{
 };
 
 /// Arguments of `netpath up`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct UpArgs {
     pub bridge: String,
     pub subnet: String,
     pub gateway: Option<String>,
     pub uplinks: Vec<String>,
+    /// Masquerade traffic of this network leaving through an uplink.
+    pub masquerade: bool,
 }
 
 /// What `up` did, for the user.
@@ -146,6 +148,7 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
         same_id,
         &existing,
         &uplinks,
+        args.masquerade,
         &mut report,
     )
     .await;
@@ -167,6 +170,7 @@ async fn apply_up(
     same_id: Option<u32>,
     existing: &BTreeMap<u32, NetworkSpec>,
     uplinks: &Uplinks,
+    args_masquerade: bool,
     report: &mut UpReport,
 ) -> Result<()> {
     let index = match bridge_index {
@@ -205,16 +209,20 @@ async fn apply_up(
                 .networks
                 .get(&id, 0)
                 .context("reading the existing network")?;
-            flags |= old.flags;
+            flags |= old.flags & !net_flags::NO_MASQUERADE;
             id
         }
         None => plan::next_network_id(existing.keys().copied(), netpath_common::MAX_NETWORKS)?,
     };
+    if !args_masquerade {
+        flags |= net_flags::NO_MASQUERADE;
+    }
     report.net_id = net_id;
     dp.maps
         .networks
         .insert(net_id, spec.to_info(index, flags), 0)
         .context("recording the network")?;
+    dp.maps.add_subnet(spec.subnet, net_id)?;
     let (changes, detached) = reconcile(nl, state, &mut dp, uplinks).await?;
     report.changes = changes;
     report.detached = detached;
@@ -235,6 +243,7 @@ async fn rollback_up(
             Ok(mut maps) => {
                 if report.net_id != 0 {
                     let _ = maps.networks.remove(&report.net_id);
+                    let _ = maps.remove_subnet(spec.subnet);
                 }
                 let remaining = maps.networks().map(|n| n.len()).unwrap_or(0);
                 if !had_state || remaining == 0 {
@@ -326,6 +335,36 @@ pub async fn reconcile(
     Ok((changes, detached))
 }
 
+/// Re-applies the recorded networks with the uplink choice in force.
+async fn reapply(nl: &Netlink, state: &StateDir) -> Result<(Vec<IfaceChange>, Vec<u32>)> {
+    let current = Maps::open(state)?.ifaces()?;
+    let names = nl.names().await?;
+    let uplinks = uplink_choice(&[], &current, &names);
+    let mut dp = Datapath::load(state)?;
+    reconcile(nl, state, &mut dp, &uplinks).await
+}
+
+/// What [`refresh`] changed.
+#[derive(Debug, Default)]
+pub struct RefreshReport {
+    pub changes: Vec<IfaceChange>,
+    pub detached: Vec<u32>,
+}
+
+/// The daemon's re-apply after links or addresses changed: `Ok(None)` when
+/// another command holds the lock (try again later).
+pub async fn refresh(nl: &Netlink) -> Result<Option<RefreshReport>> {
+    let Some(Some(_lock)) = state::try_lock()? else {
+        return Ok(None);
+    };
+    let state = StateDir::current()?;
+    if !state.exists() {
+        return Ok(Some(RefreshReport::default()));
+    }
+    let (changes, detached) = reapply(nl, &state).await?;
+    Ok(Some(RefreshReport { changes, detached }))
+}
+
 fn detach_iface(state: &StateDir, maps: &mut Maps, ifindex: u32) -> Result<()> {
     for dir in Dir::BOTH {
         let pin = state.link_pin(ifindex, dir);
@@ -411,9 +450,16 @@ pub async fn down(target: &DownTarget) -> Result<DownReport> {
         DownTarget::All => networks.iter().map(|(k, v)| (*k, *v)).collect(),
     };
     let mut errors: Vec<anyhow::Error> = Vec::new();
-    for (id, _) in &victims {
+    for (id, info) in &victims {
         if let Err(e) = maps.networks.remove(id) {
             errors.push(anyhow::Error::new(e).context("forgetting the network"));
+        }
+        if let Err(e) = maps.remove_subnet(NetworkSpec::from_info(info).subnet) {
+            errors.push(e);
+        }
+        if let Err(e) = crate::conntrack::flush(&mut maps, &crate::conntrack::Filter::network(*id))
+        {
+            errors.push(e);
         }
         if let Err(e) = maps.remove_counters(counter_scope::NETWORK, *id) {
             errors.push(e);
@@ -430,17 +476,9 @@ pub async fn down(target: &DownTarget) -> Result<DownReport> {
     } else {
         // Other networks stay: re-plan (the downed bridge's ports lose their
         // role, a kept bridge may become an uplink by the default rule).
-        let current = maps.ifaces()?;
         drop(maps);
-        let names = nl.names().await?;
-        let uplinks = uplink_choice(&[], &current, &names);
-        match Datapath::load(&state) {
-            Ok(mut dp) => {
-                if let Err(e) = reconcile(&nl, &state, &mut dp, &uplinks).await {
-                    errors.push(e);
-                }
-            }
-            Err(e) => errors.push(e),
+        if let Err(e) = reapply(&nl, &state).await {
+            errors.push(e);
         }
     }
     for (_, info) in &victims {

@@ -184,7 +184,8 @@ pub struct LinkFacts {
 /// Which interfaces are uplinks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Uplinks {
-    /// Every interface that is not a managed bridge, a port of one, or loopback.
+    /// Every interface that is not a managed bridge, loopback, or enslaved
+    /// (a port of any bridge).
     Auto,
     /// Exactly these names (set with `--uplink`).
     Explicit(Vec<String>),
@@ -219,7 +220,10 @@ pub fn plan_roles(
     match uplinks {
         Uplinks::Auto => {
             for l in links {
-                if !l.is_loopback && !out.contains_key(&l.index) {
+                // An interface enslaved to anything (an unmanaged bridge's
+                // port, a bond member) is not where IP traffic leaves: its
+                // master is. Counting both would translate a packet twice.
+                if !l.is_loopback && l.master.is_none() && !out.contains_key(&l.index) {
                     out.insert(l.index, planned(l, IfaceRole::Uplink, 0, 0));
                 }
             }
@@ -366,9 +370,9 @@ mod tests {
         assert_eq!(role(2), Some((IfaceRole::Uplink as u32, 0)));
         assert_eq!(role(3), Some((IfaceRole::Bridge as u32, 1)));
         assert_eq!(role(4), Some((IfaceRole::Port as u32, 1)));
-        // An unmanaged bridge and its ports are uplinks by the default rule.
+        // An unmanaged bridge is an uplink by the default rule; its ports are not.
         assert_eq!(role(5), Some((IfaceRole::Uplink as u32, 0)));
-        assert_eq!(role(6), Some((IfaceRole::Uplink as u32, 0)));
+        assert_eq!(role(6), None);
     }
 
     #[test]

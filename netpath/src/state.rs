@@ -9,8 +9,16 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuHashMap};
-use netpath_common::{Counter, CounterKey, IfaceInfo, NetworkInfo, map_names};
+use aya::maps::{
+    Array, HashMap, Map, MapData, MapError, PerCpuHashMap,
+    lpm_trie::{Key, LpmTrie},
+};
+use ipnet::Ipv4Net;
+use netpath_common::{
+    Config, Counter, CounterKey, IfaceInfo, NetworkInfo,
+    ct::{CtEntry4, CtKey4},
+    map_names,
+};
 
 use crate::netns;
 
@@ -123,6 +131,16 @@ pub struct Lock(#[allow(dead_code)] std::fs::File);
 /// Takes the lock. `mount`: mount bpffs if needed (commands that create
 /// state); otherwise, without bpffs there is no state and no lock is needed.
 pub fn lock(mount: bool) -> Result<Option<Lock>> {
+    lock_with(mount, libc::LOCK_EX).map(|l| l.map(|l| l.expect("blocking lock")))
+}
+
+/// Takes the lock when it is free: `Ok(Some(None))` when another command
+/// holds it (the daemon retries later instead of blocking).
+pub fn try_lock() -> Result<Option<Option<Lock>>> {
+    lock_with(false, libc::LOCK_EX | libc::LOCK_NB)
+}
+
+fn lock_with(mount: bool, op: libc::c_int) -> Result<Option<Option<Lock>>> {
     if mount {
         netns::ensure_bpffs()?;
     } else if !netns::bpffs_mounted() {
@@ -132,10 +150,14 @@ pub fn lock(mount: bool) -> Result<Option<Lock>> {
     std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
     let dir = std::fs::File::open(&base).with_context(|| format!("opening {}", base.display()))?;
     // SAFETY: flock on a valid fd; released when the file is closed.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), libc::LOCK_EX) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("locking netpath state");
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), op) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(Some(None));
+        }
+        return Err(err).context("locking netpath state");
     }
-    Ok(Some(Lock(dir)))
+    Ok(Some(Some(Lock(dir))))
 }
 
 /// Typed handles on the pinned maps.
@@ -143,6 +165,9 @@ pub struct Maps {
     pub ifaces: HashMap<MapData, u32, IfaceInfo>,
     pub networks: HashMap<MapData, u32, NetworkInfo>,
     pub counters: PerCpuHashMap<MapData, CounterKey, Counter>,
+    pub ct4: HashMap<MapData, CtKey4, CtEntry4>,
+    pub subnets4: LpmTrie<MapData, u32, u32>,
+    pub config: Array<MapData, Config>,
 }
 
 fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
@@ -156,20 +181,83 @@ impl Maps {
     /// Opens the maps an earlier `up` pinned.
     pub fn open(state: &StateDir) -> Result<Self> {
         let dir = state.maps_dir();
-        Self::from_maps(
-            open_pinned(&dir, map_names::IFACES)?,
-            open_pinned(&dir, map_names::NETWORKS)?,
-            open_pinned(&dir, map_names::COUNTERS)?,
-        )
+        Self::from_source(|name| open_pinned(&dir, name))
     }
 
-    /// Wraps the maps taken from a freshly loaded object.
-    pub fn from_maps(ifaces: Map, networks: Map, counters: Map) -> Result<Self> {
+    /// Wraps maps by name, from the pins or from a freshly loaded object.
+    pub fn from_source(mut take: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
+        let layout = |name: &str| format!("{name} layout");
         Ok(Self {
-            ifaces: HashMap::try_from(ifaces).context("NP_IFACES layout")?,
-            networks: HashMap::try_from(networks).context("NP_NETWORKS layout")?,
-            counters: PerCpuHashMap::try_from(counters).context("NP_COUNTERS layout")?,
+            ifaces: HashMap::try_from(take(map_names::IFACES)?)
+                .context(layout(map_names::IFACES))?,
+            networks: HashMap::try_from(take(map_names::NETWORKS)?)
+                .context(layout(map_names::NETWORKS))?,
+            counters: PerCpuHashMap::try_from(take(map_names::COUNTERS)?)
+                .context(layout(map_names::COUNTERS))?,
+            ct4: HashMap::try_from(take(map_names::CT4)?).context(layout(map_names::CT4))?,
+            subnets4: LpmTrie::try_from(take(map_names::SUBNETS4)?)
+                .context(layout(map_names::SUBNETS4))?,
+            config: Array::try_from(take(map_names::CONFIG)?).context(layout(map_names::CONFIG))?,
         })
+    }
+
+    /// The shared configuration, written with defaults on first use.
+    pub fn config(&mut self) -> Result<Config> {
+        let c = self.config.get(&0, 0).context("reading NP_CONFIG")?;
+        if c.is_unset() {
+            let d = Config::defaults();
+            self.set_config(&d)?;
+            return Ok(d);
+        }
+        Ok(c)
+    }
+
+    pub fn set_config(&mut self, c: &Config) -> Result<()> {
+        self.config.set(0, c, 0).context("writing NP_CONFIG")
+    }
+
+    /// Records `subnet` as network `net_id` for the datapath's source lookup.
+    pub fn add_subnet(&mut self, subnet: Ipv4Net, net_id: u32) -> Result<()> {
+        let key = Key::new(
+            u32::from(subnet.prefix_len()),
+            u32::from_ne_bytes(subnet.network().octets()),
+        );
+        self.subnets4
+            .insert(&key, net_id, 0)
+            .context("recording the subnet")
+    }
+
+    pub fn remove_subnet(&mut self, subnet: Ipv4Net) -> Result<()> {
+        let key = Key::new(
+            u32::from(subnet.prefix_len()),
+            u32::from_ne_bytes(subnet.network().octets()),
+        );
+        match self.subnets4.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).context("removing the subnet"),
+        }
+    }
+
+    /// Every conntrack entry (both directions).
+    pub fn ct_entries(&self) -> Result<Vec<(CtKey4, CtEntry4)>> {
+        let mut out = Vec::new();
+        for r in self.ct4.iter() {
+            match r {
+                Ok(kv) => out.push(kv),
+                // An entry deleted while we walk: skip it.
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("reading NP_CT4"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes one conntrack entry; a missing one is fine.
+    pub fn remove_ct(&mut self, key: &CtKey4) -> Result<()> {
+        match self.ct4.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).context("removing a conntrack entry"),
+        }
     }
 
     pub fn networks(&self) -> Result<BTreeMap<u32, NetworkInfo>> {

@@ -1,0 +1,257 @@
+//! The BPF conntrack table: lookups, flow creation with a claimed external
+//! tuple, per-direction accounting and the TCP state machine.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+};
+use netpath_common::{
+    Config, DropReason,
+    ct::{CtEntry4, CtKey4, TOUCH_NS, TcpState, ct_dir, ct_flags, proto, tcp_transition},
+};
+
+use crate::maps::{NP_CONFIG, NP_CT4};
+
+const EEXIST: i32 = -17;
+/// Candidate external ports tried before a flow counts as exhausted (the
+/// container's own port, then ports from a random start in the range).
+const PORT_TRIES: u32 = 32;
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The shared configuration; defaults until the loader has written it.
+#[inline(always)]
+pub fn config() -> Config {
+    match NP_CONFIG.get(0) {
+        Some(c) if !c.is_unset() => *c,
+        _ => Config::defaults(),
+    }
+}
+
+#[inline(always)]
+pub fn ct_lookup4(key: &CtKey4) -> Option<*mut CtEntry4> {
+    NP_CT4.get_ptr_mut(key)
+}
+
+/// `*ptr += v` as one BPF atomic add (the bpfel target has no Rust atomics).
+#[inline(always)]
+unsafe fn atomic_add(ptr: *mut u64, v: u64) {
+    // SAFETY: the caller passes a valid, 8-byte aligned map value field.
+    unsafe {
+        core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) ptr, in(reg) v);
+    }
+}
+
+/// Counts a packet of `len` bytes on the entry; returns true when its
+/// `last_seen_ns` was refreshed (at most once per [`TOUCH_NS`]), which is
+/// when callers check the partner entry.
+#[inline(always)]
+pub fn ct_touch4(e: *mut CtEntry4, len: u32, now: u64) -> bool {
+    // SAFETY: `e` points into a map value that stays valid while the program
+    // runs; counters are updated atomically since several CPUs may share a flow.
+    unsafe {
+        atomic_add(&raw mut (*e).packets, 1);
+        atomic_add(&raw mut (*e).bytes, u64::from(len));
+        if now.wrapping_sub((*e).last_seen_ns) >= TOUCH_NS {
+            (*e).last_seen_ns = now;
+            return true;
+        }
+    }
+    false
+}
+
+/// Applies a TCP packet's flags to the flow's state, kept on the ORIGINAL
+/// entry.
+#[inline(always)]
+pub fn ct_tcp_update4(orig: *mut CtEntry4, reply: bool, flags: u8) {
+    // SAFETY: see `ct_touch4`; concurrent updates race benignly (last wins).
+    unsafe {
+        let (state, f) = tcp_transition(
+            TcpState::from_u8((*orig).state),
+            (*orig).flags,
+            reply,
+            flags,
+        );
+        if state as u8 != (*orig).state {
+            (*orig).state = state as u8;
+        }
+        if f != (*orig).flags {
+            (*orig).flags = f;
+        }
+    }
+}
+
+/// Field-wise tuple comparison (a derived `==` becomes a `bcmp` call).
+#[inline(always)]
+pub fn same_key(a: &CtKey4, b: &CtKey4) -> bool {
+    a.saddr_be == b.saddr_be
+        && a.daddr_be == b.daddr_be
+        && a.sport_be == b.sport_be
+        && a.dport_be == b.dport_be
+        && a.proto == b.proto
+}
+
+/// The REPLY entry matching an ORIGINAL entry keyed by `orig`.
+#[inline(always)]
+fn reply_entry(orig: &CtKey4, e: &CtEntry4) -> CtEntry4 {
+    CtEntry4 {
+        peer: *orig,
+        nat_addr_be: orig.saddr_be,
+        nat_port_be: orig.sport_be,
+        dir: ct_dir::REPLY,
+        state: 0,
+        flags: e.flags,
+        net_id: e.net_id,
+        created_ns: e.created_ns,
+        last_seen_ns: e.last_seen_ns,
+        packets: 0,
+        bytes: 0,
+    }
+}
+
+/// The ORIGINAL entry matching a REPLY entry keyed by `reply`.
+#[inline(always)]
+fn original_entry(reply: &CtKey4, e: &CtEntry4) -> CtEntry4 {
+    CtEntry4 {
+        peer: *reply,
+        nat_addr_be: reply.daddr_be,
+        nat_port_be: reply.dport_be,
+        dir: ct_dir::ORIGINAL,
+        // A flow seen in both directions; the next packets refine this.
+        state: if reply.proto == proto::TCP {
+            TcpState::Established as u8
+        } else {
+            0
+        },
+        flags: e.flags,
+        net_id: e.net_id,
+        created_ns: e.created_ns,
+        last_seen_ns: e.last_seen_ns,
+        packets: 0,
+        bytes: 0,
+    }
+}
+
+/// Makes sure the partner of an entry exists (LRU may have evicted it).
+/// Returns false when the partner's key now belongs to another flow, in which
+/// case this entry is removed and the caller starts over.
+#[inline(always)]
+pub fn ct_keep_partner4(key: &CtKey4, e: *mut CtEntry4) -> bool {
+    // SAFETY: see `ct_touch4`.
+    let e = unsafe { *e };
+    if let Some(p) = ct_lookup4(&e.peer) {
+        // SAFETY: as above.
+        if same_key(unsafe { &(*p).peer }, key) {
+            return true;
+        }
+    } else {
+        let partner = if e.dir == ct_dir::ORIGINAL {
+            reply_entry(key, &e)
+        } else {
+            original_entry(key, &e)
+        };
+        match NP_CT4.insert(&e.peer, &partner, BPF_NOEXIST as u64) {
+            Ok(()) => return true,
+            Err(err) if err == EEXIST => {}
+            // Could not write it now: try again on the next refresh.
+            Err(_) => return true,
+        }
+    }
+    let _ = NP_CT4.remove(key);
+    false
+}
+
+/// Creates a masquerade flow for the container tuple `orig`, leaving as
+/// `addr`: claims an external tuple (the container's own port when free,
+/// otherwise one from the configured range) by inserting the REPLY entry
+/// first, then inserts the ORIGINAL entry, rolling the REPLY entry back when
+/// another CPU created the same flow meanwhile (and using that one).
+#[inline(always)]
+pub fn ct_create_snat4(
+    orig: &CtKey4,
+    addr: u32,
+    net_id: u32,
+    now: u64,
+) -> Result<*mut CtEntry4, DropReason> {
+    let has_ports = match orig.proto {
+        proto::TCP | proto::UDP => true,
+        proto::ICMP => orig.sport_be != 0,
+        _ => false,
+    };
+    let mut reply = CtKey4 {
+        saddr_be: orig.daddr_be,
+        daddr_be: addr,
+        sport_be: orig.dport_be,
+        dport_be: orig.sport_be,
+        proto: orig.proto,
+        _pad: [0; 3],
+    };
+    let mut oentry = CtEntry4 {
+        peer: reply,
+        nat_addr_be: addr,
+        nat_port_be: orig.sport_be,
+        dir: ct_dir::ORIGINAL,
+        state: 0,
+        flags: ct_flags::SNAT,
+        net_id,
+        created_ns: now,
+        last_seen_ns: now,
+        packets: 0,
+        bytes: 0,
+    };
+    let cfg = config();
+    let (min, max) = if cfg.nat_port_min <= cfg.nat_port_max {
+        (u32::from(cfg.nat_port_min), u32::from(cfg.nat_port_max))
+    } else {
+        (u32::from(cfg.nat_port_max), u32::from(cfg.nat_port_min))
+    };
+    let span = max - min + 1;
+    if span == 0 {
+        // Unreachable (min <= max); tells the compiler `%` cannot trap.
+        return Err(DropReason::NatPortsExhausted);
+    }
+    // SAFETY: no preconditions.
+    let start = unsafe { bpf_get_prandom_u32() } % span;
+    let mut claimed = false;
+    let mut i: u32 = 0;
+    while i < PORT_TRIES {
+        if i > 0 {
+            if !has_ports {
+                break;
+            }
+            let port = min + (start + i) % span;
+            reply.dport_be = (port as u16).to_be();
+        }
+        let rentry = CtEntry4 {
+            peer: *orig,
+            nat_addr_be: orig.saddr_be,
+            nat_port_be: orig.sport_be,
+            dir: ct_dir::REPLY,
+            ..oentry
+        };
+        match NP_CT4.insert(&reply, &rentry, BPF_NOEXIST as u64) {
+            Ok(()) => {
+                claimed = true;
+                break;
+            }
+            Err(err) if err == EEXIST => {}
+            Err(_) => return Err(DropReason::CtInsertFailed),
+        }
+        i += 1;
+    }
+    if !claimed {
+        return Err(DropReason::NatPortsExhausted);
+    }
+    oentry.peer = reply;
+    oentry.nat_port_be = reply.dport_be;
+    if NP_CT4.insert(orig, &oentry, BPF_NOEXIST as u64).is_err() {
+        // Lost a race with another CPU creating the same flow: give our
+        // external tuple back and use the winner's entry.
+        let _ = NP_CT4.remove(&reply);
+    }
+    ct_lookup4(orig).ok_or(DropReason::CtInsertFailed)
+}

@@ -1,0 +1,337 @@
+//! Reading, flushing and sweeping the BPF conntrack table (`NP_CT4`): flows
+//! are put back together from their two entries, shown the way `conntrack -L`
+//! shows them, and removed both entries at a time.
+
+use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
+
+use anyhow::{Result, bail};
+use netpath_common::{
+    Config,
+    ct::{CtEntry4, CtKey4, TcpState, ct_dir, ct_flags, proto, timeout_class},
+};
+use serde::Serialize;
+
+use crate::{plan::from_be, state::Maps};
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub fn proto_name(p: u8) -> String {
+    match p {
+        proto::TCP => "tcp".into(),
+        proto::UDP => "udp".into(),
+        proto::ICMP => "icmp".into(),
+        n => n.to_string(),
+    }
+}
+
+/// Parses `tcp`, `udp`, `icmp` or a protocol number.
+pub fn parse_proto(s: &str) -> Result<u8> {
+    match s.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(proto::TCP),
+        "udp" => Ok(proto::UDP),
+        "icmp" => Ok(proto::ICMP),
+        n => n.parse::<u8>().map_err(|_| {
+            anyhow::anyhow!("invalid protocol {s:?}: expected tcp, udp, icmp or 0-255")
+        }),
+    }
+}
+
+/// One direction's tuple and counters, for display.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Tuple {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// Ports (ICMP echo: the identifier in the direction it travels).
+    pub sport: u16,
+    pub dport: u16,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Tuple {
+    fn of(k: &CtKey4, e: Option<&CtEntry4>) -> Self {
+        Self {
+            src: from_be(k.saddr_be),
+            dst: from_be(k.daddr_be),
+            sport: u16::from_be(k.sport_be),
+            dport: u16::from_be(k.dport_be),
+            packets: e.map_or(0, |e| e.packets),
+            bytes: e.map_or(0, |e| e.bytes),
+        }
+    }
+}
+
+/// A flow: its original and reply tuples.
+#[derive(Clone, Debug, Serialize)]
+pub struct Flow {
+    pub proto: String,
+    pub proto_nr: u8,
+    /// TCP state, `conntrack -L` spelling; absent for other protocols.
+    pub state: Option<String>,
+    /// Seconds left before the sweeper removes the flow.
+    pub timeout_s: u64,
+    pub original: Tuple,
+    pub reply: Tuple,
+    /// A reply has been seen (`conntrack -L` prints `[UNREPLIED]` otherwise).
+    pub seen_reply: bool,
+    pub network: u32,
+    #[serde(skip)]
+    keys: (CtKey4, CtKey4),
+    #[serde(skip)]
+    expired: bool,
+}
+
+/// Puts the flows together. An entry whose partner is missing (evicted, or
+/// being created right now) still shows, with the partner's tuple derived
+/// from its `peer`.
+pub fn flows(maps: &Maps, cfg: &Config, now_ns: u64) -> Result<Vec<Flow>> {
+    let entries: BTreeMap<CtKeyOrd, CtEntry4> = maps
+        .ct_entries()?
+        .into_iter()
+        .map(|(k, e)| (CtKeyOrd(k), e))
+        .collect();
+    let mut out = Vec::new();
+    for (k, e) in &entries {
+        let k = &k.0;
+        let (orig_key, orig, reply_key, reply) = if e.dir == ct_dir::ORIGINAL {
+            let r = entries.get(&CtKeyOrd(e.peer)).filter(|r| r.peer == *k);
+            (*k, Some(e), e.peer, r)
+        } else {
+            // Shown once, from the ORIGINAL side, unless that one is gone.
+            if entries
+                .get(&CtKeyOrd(e.peer))
+                .is_some_and(|o| o.peer == *k && o.dir == ct_dir::ORIGINAL)
+            {
+                continue;
+            }
+            (e.peer, None, *k, Some(e))
+        };
+        let last = orig
+            .map_or(0, |o| o.last_seen_ns)
+            .max(reply.map_or(0, |r| r.last_seen_ns));
+        let (state, flags) = match orig {
+            Some(o) => (o.state, o.flags),
+            // Orphaned reply entry: judge it as a live flow would be.
+            None => (TcpState::Established as u8, e.flags),
+        };
+        let class = timeout_class(orig_key.proto, state, flags);
+        let timeout_ns = u64::from(cfg.timeouts_s[class]) * 1_000_000_000;
+        let age = now_ns.saturating_sub(last);
+        out.push(Flow {
+            proto: proto_name(orig_key.proto),
+            proto_nr: orig_key.proto,
+            state: (orig_key.proto == proto::TCP)
+                .then(|| TcpState::from_u8(state).as_str().to_owned()),
+            timeout_s: timeout_ns.saturating_sub(age).div_ceil(1_000_000_000),
+            original: Tuple::of(&orig_key, orig),
+            reply: Tuple::of(&reply_key, reply),
+            seen_reply: flags & ct_flags::SEEN_REPLY != 0,
+            network: e.net_id,
+            keys: (orig_key, reply_key),
+            expired: age > timeout_ns,
+        });
+    }
+    Ok(out)
+}
+
+/// `CtKey4` ordered by its bytes, for a map keyed by tuple.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct CtKeyOrd(CtKey4);
+
+impl PartialOrd for CtKeyOrd {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for CtKeyOrd {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        bytemuck::bytes_of(&self.0).cmp(bytemuck::bytes_of(&other.0))
+    }
+}
+
+/// Which flows `conntrack flush` removes. Every set field must match.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// The original source (the container).
+    pub src: Option<Ipv4Addr>,
+    /// The original destination.
+    pub dst: Option<Ipv4Addr>,
+    pub proto: Option<u8>,
+    /// Any port of the flow: original or reply, source or destination.
+    pub port: Option<u16>,
+    pub network: Option<u32>,
+}
+
+impl Filter {
+    pub fn network(id: u32) -> Self {
+        Self {
+            network: Some(id),
+            ..Self::default()
+        }
+    }
+
+    pub fn matches(&self, f: &Flow) -> bool {
+        self.src.is_none_or(|a| f.original.src == a)
+            && self.dst.is_none_or(|a| f.original.dst == a)
+            && self.proto.is_none_or(|p| f.proto_nr == p)
+            && self.port.is_none_or(|p| {
+                [
+                    f.original.sport,
+                    f.original.dport,
+                    f.reply.sport,
+                    f.reply.dport,
+                ]
+                .contains(&p)
+            })
+            && self.network.is_none_or(|n| f.network == n)
+    }
+}
+
+fn remove_flow(maps: &mut Maps, f: &Flow) -> Result<()> {
+    // The ORIGINAL entry first: a container packet racing this finds no flow
+    // and creates a new one (its old external tuple is still claimed, so it
+    // gets a fresh one) instead of using a half-removed flow.
+    maps.remove_ct(&f.keys.0)?;
+    maps.remove_ct(&f.keys.1)
+}
+
+/// Removes the flows `filter` matches; returns how many.
+pub fn flush(maps: &mut Maps, filter: &Filter) -> Result<usize> {
+    let cfg = maps.config()?;
+    let victims: Vec<Flow> = flows(maps, &cfg, monotonic_ns())?
+        .into_iter()
+        .filter(|f| filter.matches(f))
+        .collect();
+    for f in &victims {
+        remove_flow(maps, f)?;
+    }
+    Ok(victims.len())
+}
+
+/// Removes flows idle for longer than their state's timeout; returns how many.
+pub fn sweep(maps: &mut Maps) -> Result<usize> {
+    let cfg = maps.config()?;
+    let expired: Vec<Flow> = flows(maps, &cfg, monotonic_ns())?
+        .into_iter()
+        .filter(|f| f.expired)
+        .collect();
+    for f in &expired {
+        remove_flow(maps, f)?;
+    }
+    Ok(expired.len())
+}
+
+/// `conntrack -L` style lines.
+pub fn render(flows: &[Flow]) -> String {
+    let mut s = String::new();
+    for f in flows {
+        let t = |t: &Tuple| {
+            format!(
+                "src={} dst={} sport={} dport={} packets={} bytes={}",
+                t.src, t.dst, t.sport, t.dport, t.packets, t.bytes
+            )
+        };
+        let _ = writeln!(
+            s,
+            "{:<8} {:<3} {} {}{} {}{} net={}",
+            f.proto,
+            f.proto_nr,
+            f.timeout_s,
+            f.state
+                .as_deref()
+                .map(|st| format!("{st} "))
+                .unwrap_or_default(),
+            t(&f.original),
+            if f.seen_reply { "" } else { "[UNREPLIED] " },
+            t(&f.reply),
+            f.network,
+        );
+    }
+    let _ = writeln!(s, "netpath conntrack: {} flow entries listed.", flows.len());
+    s
+}
+
+/// Applies `NAME=SECONDS` timeout settings and a `MIN-MAX` port range.
+pub fn apply_settings(cfg: &mut Config, timeouts: &[String], ports: Option<&str>) -> Result<()> {
+    use netpath_common::timeout::NAMES;
+    for t in timeouts {
+        let Some((name, secs)) = t.split_once('=') else {
+            bail!(
+                "invalid timeout {t:?}: expected NAME=SECONDS, NAME one of {}",
+                NAMES.join(", ")
+            );
+        };
+        let Some(i) = NAMES.iter().position(|n| *n == name) else {
+            bail!(
+                "unknown timeout {name:?}: expected one of {}",
+                NAMES.join(", ")
+            );
+        };
+        let secs: u32 = secs.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
+            anyhow::anyhow!("invalid timeout {t:?}: seconds must be a positive integer")
+        })?;
+        cfg.timeouts_s[i] = secs;
+    }
+    if let Some(r) = ports {
+        let bad = || anyhow::anyhow!("invalid port range {r:?}: expected MIN-MAX within 1-65535");
+        let (a, b) = r.split_once('-').ok_or_else(bad)?;
+        let (a, b): (u16, u16) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+        if a == 0 || a > b {
+            return Err(bad());
+        }
+        cfg.nat_port_min = a;
+        cfg.nat_port_max = b;
+    }
+    Ok(())
+}
+
+/// The configuration as `NAME=VALUE` lines.
+pub fn render_config(cfg: &Config) -> String {
+    let mut s = format!("nat-ports={}-{}\n", cfg.nat_port_min, cfg.nat_port_max);
+    for (i, n) in netpath_common::timeout::NAMES.iter().enumerate() {
+        let _ = writeln!(s, "timeout {n}={}", cfg.timeouts_s[i]);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_parse_and_reject() {
+        let mut c = Config::defaults();
+        apply_settings(
+            &mut c,
+            &["udp=5".into(), "tcp-established=60".into()],
+            Some("40000-40010"),
+        )
+        .unwrap();
+        assert_eq!(c.timeouts_s[netpath_common::timeout::UDP], 5);
+        assert_eq!(c.timeouts_s[netpath_common::timeout::TCP_ESTABLISHED], 60);
+        assert_eq!((c.nat_port_min, c.nat_port_max), (40000, 40010));
+        for (t, p) in [
+            (vec!["udp".to_string()], None),
+            (vec!["nope=3".to_string()], None),
+            (vec!["udp=0".to_string()], None),
+            (vec![], Some("10-5")),
+            (vec![], Some("0-5")),
+            (vec![], Some("1-70000")),
+        ] {
+            assert!(apply_settings(&mut c, &t, p).is_err(), "{t:?} {p:?}");
+        }
+        assert_eq!(parse_proto("TCP").unwrap(), 6);
+        assert_eq!(parse_proto("47").unwrap(), 47);
+        assert!(parse_proto("tcpx").is_err());
+    }
+}

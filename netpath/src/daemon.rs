@@ -1,0 +1,266 @@
+//! `netpath daemon`: one per network namespace. Every second it removes
+//! expired conntrack flows, and when links or IPv4 addresses change it
+//! re-applies the recorded networks (new ports get the programs, an uplink's
+//! new address becomes its masquerade source).
+//!
+//! It holds an flock on `/run/netpath/daemon-<netns cookie>.pid` for as long
+//! as it runs; `netpath up` starts it when that lock is free (or when the
+//! running one is another build) and the last `netpath down` stops it. It
+//! also exits by itself when the namespace's state is gone.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{Read as _, Seek as _, Write as _},
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{EBPF_OBJECT, conntrack, netns, ops, plan::LinkFacts, plumbing::Netlink, state};
+
+/// Where daemons keep their pid files and logs.
+pub const RUN_DIR: &str = "/run/netpath";
+
+fn pid_path(cookie: u64) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(format!("daemon-{cookie}.pid"))
+}
+
+/// The daemon's log for the namespace with `cookie`.
+pub fn log_path(cookie: u64) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(format!("daemon-{cookie}.log"))
+}
+
+/// Identifies this build (version and embedded programs), so `up` can tell
+/// a daemon of another build and replace it.
+pub fn build_id() -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in EBPF_OBJECT
+        .iter()
+        .chain(env!("CARGO_PKG_VERSION").as_bytes())
+    {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{}-{h:016x}", env!("CARGO_PKG_VERSION"))
+}
+
+/// A running daemon, from its pid file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    pub pid: i32,
+    pub build: String,
+}
+
+fn try_flock(f: &File) -> Result<bool> {
+    // SAFETY: flock on a valid fd.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Ok(false);
+    }
+    Err(err).context("locking the daemon pid file")
+}
+
+/// The daemon of the current namespace, if one runs (its lock is held).
+pub fn running() -> Result<Option<Running>> {
+    let path = pid_path(netns::cookie()?);
+    let Ok(mut f) = File::open(&path) else {
+        return Ok(None);
+    };
+    if try_flock(&f)? {
+        // Nobody holds it: a stale file.
+        return Ok(None);
+    }
+    let mut s = String::new();
+    f.read_to_string(&mut s)?;
+    let mut words = s.split_whitespace();
+    let pid = words
+        .next()
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("{} holds no pid", path.display()))?;
+    Ok(Some(Running {
+        pid,
+        build: words.next().unwrap_or_default().to_owned(),
+    }))
+}
+
+/// What [`ensure_running`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    AlreadyRunning(i32),
+    Started(i32),
+    /// A daemon of another build was stopped and this build's started.
+    Replaced(i32),
+}
+
+/// Starts this namespace's daemon unless this build's already runs. The
+/// daemon inherits the calling thread's namespace; `netns` is its name, which
+/// the daemon watches so it ends when the namespace is deleted.
+pub fn ensure_running(netns_name: Option<&str>) -> Result<Start> {
+    let mut replaced = false;
+    if let Some(r) = running()? {
+        if r.build == build_id() {
+            return Ok(Start::AlreadyRunning(r.pid));
+        }
+        stop()?;
+        replaced = true;
+    }
+    let cookie = netns::cookie()?;
+    std::fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(cookie))
+        .context("opening the daemon log")?;
+    let mut cmd = Command::new(std::env::current_exe().context("locating the netpath binary")?);
+    if let Some(n) = netns_name {
+        cmd.args(["--netns", n]);
+    }
+    cmd.arg("daemon")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: a Ctrl-C meant for `up` does not reach it.
+        .process_group(0);
+    let child = cmd.spawn().context("starting netpath daemon")?;
+    let pid = child.id() as i32;
+    // Detached: it is reaped by init once this process exits.
+    drop(child);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Some(r) = running()? {
+            return Ok(if replaced {
+                Start::Replaced(r.pid)
+            } else {
+                Start::Started(r.pid)
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!(
+        "netpath daemon (pid {pid}) did not start; see {}",
+        log_path(cookie).display()
+    )
+}
+
+/// Stops this namespace's daemon (SIGTERM, then SIGKILL after 5 s); returns
+/// its pid when one ran.
+pub fn stop() -> Result<Option<i32>> {
+    let Some(r) = running()? else {
+        return Ok(None);
+    };
+    // SAFETY: signalling the pid the daemon wrote while holding its lock.
+    unsafe { libc::kill(r.pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if running()?.is_none() {
+            return Ok(Some(r.pid));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(r.pid, libc::SIGKILL) };
+    Ok(Some(r.pid))
+}
+
+/// Options of `netpath daemon`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub netns: Option<String>,
+    pub interval: Duration,
+}
+
+fn log(msg: std::fmt::Arguments<'_>) {
+    let t = conntrack::monotonic_ns() / 1_000_000;
+    println!("[{}.{:03}] {msg}", t / 1000, t % 1000);
+}
+
+/// Runs the daemon until SIGTERM/SIGINT, the namespace's state goes away, or
+/// the named namespace is deleted.
+pub async fn run(opts: Options) -> Result<()> {
+    let cookie = netns::cookie()?;
+    std::fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
+    let mut pidfile = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(pid_path(cookie))
+        .context("opening the daemon pid file")?;
+    if !try_flock(&pidfile)? {
+        println!("netpath daemon already runs for this network namespace");
+        return Ok(());
+    }
+    pidfile.set_len(0)?;
+    pidfile.rewind()?;
+    writeln!(pidfile, "{} {}", std::process::id(), build_id())?;
+    pidfile.flush()?;
+    log(format_args!(
+        "netpath daemon {} started (pid {}, netns cookie {cookie})",
+        build_id(),
+        std::process::id()
+    ));
+
+    let state = state::StateDir::current()?;
+    let nl = Netlink::new()?;
+    let mut last_links: Option<Vec<LinkFacts>> = None;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(opts.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let reason = loop {
+        tokio::select! {
+            _ = term.recv() => break "SIGTERM",
+            _ = tokio::signal::ctrl_c() => break "SIGINT",
+            _ = tick.tick() => {}
+        }
+        if !state.exists() {
+            break "no networks left in this namespace";
+        }
+        if let Some(name) = &opts.netns {
+            let n = name.clone();
+            match netns::run_in(&n, netns::cookie) {
+                Ok(Ok(c)) if c == cookie => {}
+                _ => break "its network namespace is gone",
+            }
+        }
+        match state::Maps::open(&state).and_then(|mut m| conntrack::sweep(&mut m)) {
+            Ok(0) => {}
+            Ok(n) => log(format_args!("swept {n} expired flow(s)")),
+            Err(e) => log(format_args!("sweep failed: {e:#}")),
+        }
+        let links = match nl.link_facts().await {
+            Ok(l) => l,
+            Err(e) => {
+                log(format_args!("listing links failed: {e:#}"));
+                continue;
+            }
+        };
+        if last_links.as_ref() == Some(&links) {
+            continue;
+        }
+        match ops::refresh(&nl).await {
+            Ok(Some(r)) => {
+                for c in r.changes.iter().filter(|c| c.changed()) {
+                    log(format_args!("{}: {}", c.name, c.role.as_str()));
+                }
+                if !r.detached.is_empty() {
+                    log(format_args!("detached {} interface(s)", r.detached.len()));
+                }
+                last_links = Some(links);
+            }
+            // Another command holds the lock: try again next tick.
+            Ok(None) => {}
+            Err(e) => {
+                log(format_args!("re-applying networks failed: {e:#}"));
+                last_links = Some(links);
+            }
+        }
+    };
+    log(format_args!("netpath daemon exits: {reason}"));
+    Ok(())
+}
