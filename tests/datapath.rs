@@ -5,38 +5,12 @@
 
 mod harness;
 
-use std::path::PathBuf;
-
-use aya::programs::{TestRun as _, TestRunOptions};
-use harness::Netns;
+use harness::{
+    Netns,
+    testrun::{LO, PinDir, TCX_NEXT, counter, run},
+};
 use netpath::{attach::Datapath, state::Dir};
-use netpath_common::{CounterKey, IfaceInfo, IfaceRole, counter_kind, counter_scope};
-
-/// TCX_NEXT (-1) as the u32 BPF_PROG_TEST_RUN reports.
-const TCX_NEXT: u32 = u32::MAX;
-const LO: u32 = 1;
-
-/// A private pin directory on bpffs, removed on drop.
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new(tag: &str) -> Self {
-        netpath::netns::ensure_bpffs().expect("bpffs");
-        let p = PathBuf::from(format!(
-            "/sys/fs/bpf/netpath-test-{tag}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("creating pin dir");
-        Self(p)
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use netpath_common::{IfaceInfo, IfaceRole, counter_kind, counter_scope};
 
 /// Ethernet + IPv4 + UDP, 64 bytes on the wire (without FCS).
 fn udp_frame() -> Vec<u8> {
@@ -62,30 +36,6 @@ fn udp_frame() -> Vec<u8> {
     f.extend_from_slice(&[0, 0]); // no UDP checksum
     f.extend_from_slice(&payload);
     f
-}
-
-fn counter(dp: &Datapath, scope: u16, id: u32, kind: u16) -> (u64, u64) {
-    let c = dp
-        .maps
-        .counter(CounterKey { id, scope, kind })
-        .expect("reading counter");
-    (c.packets, c.bytes)
-}
-
-/// Runs `dir`'s program on `frame` `repeat` times; returns (verdict, output bytes).
-fn run(dp: &mut Datapath, dir: Dir, frame: &[u8], repeat: u32) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; frame.len() + 256];
-    let prog = dp.program(dir).expect("program");
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            repeat,
-            ..Default::default()
-        })
-        .expect("BPF_PROG_TEST_RUN");
-    out.truncate(r.data_size_out as usize);
-    (r.return_value, out)
 }
 
 #[test]

@@ -2,43 +2,10 @@
 
 mod harness;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
-
 use harness::{
-    Lab, NETPATH, Netns, iface, netpath, netpath_ok, snapshot, status, tcx_programs, topology,
+    Lab, NETPATH, Netns, addr, iface, lab_up, netpath, netpath_ok, snapshot, status, tcx_programs,
+    topology,
 };
-
-fn addr(ip: &str, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip.parse::<Ipv4Addr>().unwrap(), port)
-}
-
-/// Lab with netpath up and the container ports plugged in.
-fn lab_up() -> Lab {
-    let lab = Lab::new(NETPATH).expect("building the lab");
-    netpath_ok(
-        &lab.host,
-        &["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET],
-    );
-    lab.plug_ports().expect("plugging ports");
-    netpath_ok(
-        &lab.host,
-        &["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET],
-    );
-    lab
-}
-
-fn assert_netpath_attached(ns: &Netns, ifname: &str) {
-    for (ingress, want) in [(true, "netpath_ingress"), (false, "netpath_egress")] {
-        let progs = tcx_programs(ns, ifname, ingress);
-        let ours: Vec<_> = progs.iter().filter(|(_, n)| n == want).collect();
-        assert_eq!(
-            ours.len(),
-            1,
-            "{ifname} {}: expected one {want}, kernel reports {progs:?}",
-            if ingress { "ingress" } else { "egress" }
-        );
-    }
-}
 
 #[test]
 fn up_attaches_to_bridge_ports_and_uplinks() {
@@ -89,8 +56,8 @@ fn counters_move_with_real_traffic() {
     .unwrap();
     assert_eq!(
         seen.ip().to_string(),
-        Lab::C1,
-        "routed, not translated, in the foundation"
+        Lab::UPLINK,
+        "masqueraded: the external side has no route to the subnet"
     );
     topology::udp_echo(
         &lab.c2,

@@ -396,7 +396,11 @@ fn icmp_error_translate4(ctx: &TcContext, ip: &Ip4, outer: Side) -> Option<u32> 
         // Quoted: the reply the container got: its destination.
         Side::Src => (
             inner_off + ip4_off::DADDR,
-            if icmp_port { inner_l4 + 4 } else { inner_l4 + 2 },
+            if icmp_port {
+                inner_l4 + 4
+            } else {
+                inner_l4 + 2
+            },
             idport,
         ),
     };

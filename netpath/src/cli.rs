@@ -63,7 +63,7 @@ pub struct UpCmd {
     #[arg(long, value_name = "IP")]
     pub gateway: Option<String>,
     /// Uplink interface (repeatable). Replaces the uplink set of this namespace
-    /// [default: every interface that is not a managed bridge, a port of one, or loopback].
+    /// [default: every interface with an IPv4 address that is not a managed bridge, enslaved, or loopback].
     #[arg(long = "uplink", value_name = "IFACE")]
     pub uplinks: Vec<String>,
     /// Masquerade traffic from this network that leaves through an uplink

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result, bail};
-use netpath_common::{IfaceInfo, IfaceRole, counter_kind, counter_scope, iface_flags, net_flags};
+use netpath_common::{
+    DropReason, IfaceInfo, IfaceRole, counter_kind, counter_scope, iface_flags, net_flags,
+};
 use serde::Serialize;
 
 use crate::{
@@ -549,8 +551,17 @@ pub struct NetworkStatus {
     pub subnet: String,
     pub gateway: String,
     pub created_bridge: bool,
+    pub masquerade: bool,
     pub from_containers: Traffic,
     pub to_containers: Traffic,
+    /// Packets source-translated on the way out (incl. ICMP errors).
+    pub snat: Traffic,
+    /// Replies, later fragments and ICMP errors translated back.
+    pub rev_snat: Traffic,
+    /// Conntrack flows created.
+    pub ct_new: u64,
+    /// Dropped packets by reason (every reason listed, zero or not).
+    pub drops: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -605,6 +616,17 @@ pub async fn status() -> Result<Status> {
             subnet: spec.subnet.to_string(),
             gateway: spec.gateway.to_string(),
             created_bridge: info.flags & net_flags::CREATED_BRIDGE != 0,
+            masquerade: info.flags & net_flags::NO_MASQUERADE == 0,
+            snat: traffic(counter_scope::NETWORK, *id, counter_kind::NET_SNAT)?,
+            rev_snat: traffic(counter_scope::NETWORK, *id, counter_kind::NET_REV_SNAT)?,
+            ct_new: traffic(counter_scope::NETWORK, *id, counter_kind::NET_CT_NEW)?.packets,
+            drops: DropReason::ALL
+                .iter()
+                .map(|r| {
+                    let t = traffic(counter_scope::NETWORK, *id, r.counter_kind())?;
+                    Ok((r.as_str().to_owned(), t.packets))
+                })
+                .collect::<Result<_>>()?,
             from_containers: traffic(
                 counter_scope::NETWORK,
                 *id,
@@ -661,6 +683,32 @@ impl Status {
                 n.gateway,
                 fmt_traffic(n.from_containers),
                 fmt_traffic(n.to_containers)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nNETWORK          MASQ  SNAT                     REV-SNAT                 FLOWS    DROPS"
+        );
+        for n in &self.networks {
+            let drops: Vec<String> = n
+                .drops
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| format!("{}={v}", k.trim_start_matches("drop_")))
+                .collect();
+            let _ = writeln!(
+                s,
+                "{:<16} {:<5} {:<24} {:<24} {:<8} {}",
+                n.bridge,
+                if n.masquerade { "on" } else { "off" },
+                fmt_traffic(n.snat),
+                fmt_traffic(n.rev_snat),
+                n.ct_new,
+                if drops.is_empty() {
+                    "-".to_owned()
+                } else {
+                    drops.join(" ")
+                }
             );
         }
         let _ = writeln!(

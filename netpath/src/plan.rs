@@ -184,8 +184,8 @@ pub struct LinkFacts {
 /// Which interfaces are uplinks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Uplinks {
-    /// Every interface that is not a managed bridge, loopback, or enslaved
-    /// (a port of any bridge).
+    /// Every interface with an IPv4 address that is not a managed bridge,
+    /// loopback, or enslaved (a port of any bridge).
     Auto,
     /// Exactly these names (set with `--uplink`).
     Explicit(Vec<String>),
@@ -223,7 +223,14 @@ pub fn plan_roles(
                 // An interface enslaved to anything (an unmanaged bridge's
                 // port, a bond member) is not where IP traffic leaves: its
                 // master is. Counting both would translate a packet twice.
-                if !l.is_loopback && l.master.is_none() && !out.contains_key(&l.index) {
+                // Without an IPv4 address it cannot be a masquerade source
+                // (a veth not yet enslaved, say); the daemon re-plans when
+                // one is added.
+                if !l.is_loopback
+                    && l.master.is_none()
+                    && l.ipv4.is_some()
+                    && !out.contains_key(&l.index)
+                {
                     out.insert(l.index, planned(l, IfaceRole::Uplink, 0, 0));
                 }
             }
@@ -277,7 +284,7 @@ mod tests {
             is_bridge: false,
             is_loopback: index == 1,
             master,
-            ipv4: None,
+            ipv4: Some(Ipv4Addr::new(10, 0, 0, index as u8)),
         }
     }
 
@@ -373,6 +380,11 @@ mod tests {
         // An unmanaged bridge is an uplink by the default rule; its ports are not.
         assert_eq!(role(5), Some((IfaceRole::Uplink as u32, 0)));
         assert_eq!(role(6), None);
+        // Neither is an interface without an IPv4 address.
+        let mut bare = links.clone();
+        bare[1].ipv4 = None;
+        let plan = plan_roles(&bare, &nets, &Uplinks::Auto).unwrap();
+        assert!(!plan.contains_key(&2));
     }
 
     #[test]

@@ -253,18 +253,22 @@ pub fn ping(ns: &Netns, dst: &str) -> Result<()> {
 /// The demo's and tests' standard Docker-like topology:
 ///
 /// ```text
+///  far: eth0 198.19.0.2/24 ── ext: far0 198.19.0.1/24   (only with Lab::with_far)
 ///  ext: eth0 198.18.0.2/24 ── host: uplink0 198.18.0.1/24
 ///                              host: bridge (netpath up) 172.30.0.0/24, gateway .1
 ///  c1: eth0 172.30.0.2/24 ──── host: c1h (port)
 ///  c2: eth0 172.30.0.3/24 ──── host: c2h (port)
 /// ```
-/// The external namespace routes the subnet back via the host (until
-/// masquerading exists there is no NAT); containers default-route via the gateway.
+/// The external side has no route to the containers' subnet, as on a real
+/// network: containers reach it only through masquerading. Containers
+/// default-route via the gateway. `far` sits one router (ext) further out,
+/// behind a link whose MTU the test chooses.
 pub struct Lab {
     pub ext: Netns,
     pub host: Netns,
     pub c1: Netns,
     pub c2: Netns,
+    pub far: Option<Netns>,
 }
 
 impl Lab {
@@ -275,6 +279,8 @@ impl Lab {
     pub const C2: &'static str = "172.30.0.3";
     pub const EXT: &'static str = "198.18.0.2";
     pub const UPLINK: &'static str = "198.18.0.1";
+    pub const FAR: &'static str = "198.19.0.2";
+    pub const FAR_ROUTER: &'static str = "198.19.0.1";
 
     /// Builds everything except the bridge, which `netpath up` creates;
     /// `netpath` is the binary that cleans up pinned state on drop.
@@ -284,20 +290,44 @@ impl Lab {
             host: Netns::new("host")?.cleanup_with(netpath),
             c1: Netns::new("c1")?,
             c2: Netns::new("c2")?,
+            far: None,
         };
         veth(&lab.host, "uplink0", &lab.ext, "eth0")?;
         lab.host
             .ip(&["addr", "add", "198.18.0.1/24", "dev", "uplink0"])?;
         lab.ext
             .ip(&["addr", "add", "198.18.0.2/24", "dev", "eth0"])?;
-        lab.ext
-            .ip(&["route", "add", Self::SUBNET, "via", Self::UPLINK])?;
         for (c, host_if, addr) in [(&lab.c1, "c1h", Self::C1), (&lab.c2, "c2h", Self::C2)] {
             veth(&lab.host, host_if, c, "eth0")?;
             c.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
             c.ip(&["route", "add", "default", "via", Self::GATEWAY])?;
         }
         Ok(lab)
+    }
+
+    /// Like [`Lab::new`] plus `far`, reached through ext over a link with
+    /// `mtu` on both ends (ext routes; it still knows nothing of 172.30/24).
+    pub fn with_far(netpath: impl Into<PathBuf>, mtu: u32) -> Result<Self> {
+        let mut lab = Self::new(netpath)?;
+        let far = Netns::new("far")?;
+        veth(&lab.ext, "far0", &far, "eth0")?;
+        let mtu = mtu.to_string();
+        lab.ext.ip(&["link", "set", "far0", "mtu", &mtu])?;
+        far.ip(&["link", "set", "eth0", "mtu", &mtu])?;
+        lab.ext
+            .ip(&["addr", "add", "198.19.0.1/24", "dev", "far0"])?;
+        far.ip(&["addr", "add", "198.19.0.2/24", "dev", "eth0"])?;
+        far.ip(&["route", "add", "default", "via", Self::FAR_ROUTER])?;
+        lab.ext.sysctl("net.ipv4.ip_forward", "1")?;
+        lab.host
+            .ip(&["route", "add", "198.19.0.0/24", "via", Self::EXT])?;
+        lab.far = Some(far);
+        Ok(lab)
+    }
+
+    /// The far namespace (built by [`Lab::with_far`]).
+    pub fn far(&self) -> &Netns {
+        self.far.as_ref().expect("lab built with_far")
     }
 
     /// Enslaves the container ports to the bridge (after `up` created it).

@@ -5,7 +5,14 @@
 //! namespace so a test can assert that nothing changed.
 #![allow(dead_code, unused_imports)]
 
-use std::{collections::BTreeMap, process::Command};
+pub mod packet;
+pub mod testrun;
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+    process::Command,
+};
 
 use aya::programs::{SchedClassifier, TcAttachType};
 pub use netpath::topology::{self, Lab, Netns};
@@ -31,6 +38,32 @@ macro_rules! require_root {
             return;
         }
     };
+}
+
+pub fn addr(ip: &str, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip.parse::<Ipv4Addr>().unwrap(), port)
+}
+
+/// The lab with `netpath up` (plus `extra` arguments) run, the container
+/// ports plugged in, and `up` run again so they become ports.
+pub fn lab_up_with(lab: Lab, extra: &[&str]) -> Lab {
+    let mut args = vec!["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET];
+    args.extend_from_slice(extra);
+    netpath_ok(&lab.host, &args);
+    lab.plug_ports().expect("plugging ports");
+    netpath_ok(&lab.host, &args);
+    lab
+}
+
+/// [`lab_up_with`] on a plain lab with default options.
+pub fn lab_up() -> Lab {
+    lab_up_with(Lab::new(NETPATH).expect("building the lab"), &[])
+}
+
+/// `netpath conntrack list --json`, parsed.
+pub fn flows(ns: &Netns) -> Vec<serde_json::Value> {
+    let out = netpath_ok(ns, &["conntrack", "list", "--json"]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("conntrack list --json ({e}): {out}"))
 }
 
 /// Result of one `netpath` invocation.

@@ -1,0 +1,505 @@
+//! Masquerade on crafted packets (BPF_PROG_TEST_RUN): rewritten bytes,
+//! checksums recomputed from scratch, conntrack map contents, ICMP errors
+//! with their quoted headers, fragments, and malformed input that must be
+//! neither mis-translated nor crash anything.
+//!
+//! Loopback (ifindex 1 in the test's fresh namespace, BPF_PROG_TEST_RUN's
+//! skb->dev) plays the uplink with address U; network 1 is 172.30.0.0/24.
+
+mod harness;
+
+use std::net::Ipv4Addr;
+
+use harness::{
+    Netns,
+    packet::{self, ETH, ICMP, TCP, UDP, assert_checksums, be16, echo, frame, icmp, ip_of, parse},
+    testrun::{LO, PinDir, SHOT, TCX_NEXT, counter, run},
+};
+use netpath::{attach::Datapath, plan, state::Dir};
+use netpath_common::{
+    DropReason, IfaceInfo, IfaceRole, counter_kind, counter_scope,
+    ct::{CtEntry4, CtKey4, TcpState, ct_dir, ct_flags},
+};
+
+const U: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const R: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+const C1: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
+const C2: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 3);
+const OTHER: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 3);
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+fn be(a: Ipv4Addr) -> u32 {
+    plan::be(a)
+}
+
+/// Loads the datapath with loopback as an uplink with address `uplink`
+/// (0.0.0.0: none) and network 1.
+fn nat_datapath(pins: &std::path::Path, uplink: Ipv4Addr) -> Datapath {
+    let mut dp = Datapath::load_with_pins(pins).expect("loading");
+    let info = IfaceInfo {
+        role: IfaceRole::Uplink as u32,
+        ipv4_be: be(uplink),
+        ..Default::default()
+    };
+    dp.maps.ifaces.insert(LO, info, 0).unwrap();
+    let spec = plan::network_spec("np0", "172.30.0.0/24", None).unwrap();
+    dp.maps.networks.insert(1, spec.to_info(99, 0), 0).unwrap();
+    dp.maps.add_subnet(spec.subnet, 1).unwrap();
+    dp
+}
+
+fn key(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> CtKey4 {
+    CtKey4 {
+        saddr_be: be(src),
+        daddr_be: be(dst),
+        sport_be: sport.to_be(),
+        dport_be: dport.to_be(),
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+fn entry(dp: &Datapath, k: &CtKey4) -> CtEntry4 {
+    dp.maps
+        .ct4
+        .get(k, 0)
+        .unwrap_or_else(|e| panic!("no conntrack entry {k:?}: {e}"))
+}
+
+fn drops(dp: &Datapath, r: DropReason) -> u64 {
+    counter(dp, counter_scope::NETWORK, 1, r.counter_kind()).0
+}
+
+/// Runs a test body inside a fresh namespace with its own pins.
+fn in_netns(tag: &'static str, f: impl FnOnce(&std::path::Path) + Send + 'static) {
+    let ns = Netns::new("nat").unwrap();
+    let pins = PinDir::new(tag);
+    let dir = pins.0.clone();
+    ns.run(move || f(&dir)).expect("test thread in namespace");
+}
+
+#[test]
+fn tcp_masquerade_keeps_the_port_when_free_and_translates_replies_back() {
+    require_root!();
+    in_netns("tcp", |pins| {
+        let mut dp = nat_datapath(pins, U);
+        // C1:40000 -> R:80 keeps its port.
+        let syn1 = frame(TCP, C1, R, &packet::tcp(C1, R, 40000, 80, SYN, b""), 1, 0);
+        let (v, out) = run(&mut dp, Dir::Egress, &syn1, 1);
+        assert_eq!(v, TCX_NEXT);
+        assert_eq!(
+            parse(&out),
+            packet::Parsed {
+                src: U,
+                dst: R,
+                sport: 40000,
+                dport: 80
+            }
+        );
+        assert_checksums(&out, false);
+        let o1 = entry(&dp, &key(C1, R, 40000, 80, TCP));
+        assert_eq!(
+            (o1.dir, o1.nat_addr_be, u16::from_be(o1.nat_port_be)),
+            (ct_dir::ORIGINAL, be(U), 40000)
+        );
+        assert_eq!(o1.state, TcpState::SynSent as u8);
+        assert_eq!(o1.peer, key(R, U, 80, 40000, TCP));
+        let r1 = entry(&dp, &o1.peer);
+        assert_eq!(
+            (r1.dir, r1.nat_addr_be, r1.peer),
+            (ct_dir::REPLY, be(C1), key(C1, R, 40000, 80, TCP))
+        );
+
+        // C2 with the same source port to the same remote gets another port.
+        let syn2 = frame(
+            TCP,
+            C2,
+            R,
+            &packet::tcp(C2, R, 40000, 80, SYN, b"data"),
+            2,
+            0,
+        );
+        let (v, out) = run(&mut dp, Dir::Egress, &syn2, 1);
+        assert_eq!(v, TCX_NEXT);
+        let p = parse(&out);
+        assert_eq!((p.src, p.dst, p.dport), (U, R, 80));
+        assert_ne!(p.sport, 40000, "the external tuple U:40000->R:80 is taken");
+        assert!(
+            p.sport >= 1024,
+            "port {} outside the default range",
+            p.sport
+        );
+        assert_checksums(&out, false);
+        assert_eq!(dp.maps.ct_entries().unwrap().len(), 4);
+
+        // The SYN-ACK to C2's external port goes back to C2:40000.
+        let synack = frame(
+            TCP,
+            R,
+            U,
+            &packet::tcp(R, U, 80, p.sport, SYN | ACK, b""),
+            3,
+            0,
+        );
+        let (v, out) = run(&mut dp, Dir::Ingress, &synack, 1);
+        assert_eq!(v, TCX_NEXT);
+        assert_eq!(
+            parse(&out),
+            packet::Parsed {
+                src: R,
+                dst: C2,
+                sport: 80,
+                dport: 40000
+            }
+        );
+        assert_checksums(&out, false);
+        let o2 = entry(&dp, &key(C2, R, 40000, 80, TCP));
+        assert_eq!(o2.state, TcpState::SynRecv as u8);
+        assert_ne!(o2.flags & ct_flags::SEEN_REPLY, 0);
+        // ... and the final ACK makes it ESTABLISHED.
+        let ack = frame(TCP, C2, R, &packet::tcp(C2, R, 40000, 80, ACK, b""), 4, 0);
+        run(&mut dp, Dir::Egress, &ack, 1);
+        assert_eq!(
+            entry(&dp, &key(C2, R, 40000, 80, TCP)).state,
+            TcpState::Established as u8
+        );
+        assert_eq!(entry(&dp, &key(C2, R, 40000, 80, TCP)).packets, 2);
+
+        // A packet to U that belongs to no flow is the host's: untouched.
+        let stray = frame(
+            TCP,
+            R,
+            U,
+            &packet::tcp(R, U, 80, 5555, SYN | ACK, b""),
+            5,
+            0,
+        );
+        let (v, out) = run(&mut dp, Dir::Ingress, &stray, 1);
+        assert_eq!((v, out), (TCX_NEXT, stray));
+        // So is traffic from outside the managed subnets.
+        let host = frame(
+            TCP,
+            OTHER,
+            R,
+            &packet::tcp(OTHER, R, 1234, 80, SYN, b""),
+            6,
+            0,
+        );
+        let (v, out) = run(&mut dp, Dir::Egress, &host, 1);
+        assert_eq!((v, out), (TCX_NEXT, host));
+        assert_eq!(
+            counter(&dp, counter_scope::NETWORK, 1, counter_kind::NET_CT_NEW).0,
+            2
+        );
+    });
+}
+
+#[test]
+fn a_claimed_external_tuple_is_never_reused_and_a_lost_partner_comes_back() {
+    require_root!();
+    in_netns("claim", |pins| {
+        let mut dp = nat_datapath(pins, U);
+        // Someone else's flow holds U:7000 <- R:53.
+        let foreign = CtEntry4 {
+            peer: key(C2, R, 9, 53, UDP),
+            nat_addr_be: be(C2),
+            nat_port_be: 9u16.to_be(),
+            dir: ct_dir::REPLY,
+            ..Default::default()
+        };
+        dp.maps
+            .ct4
+            .insert(key(R, U, 53, 7000, UDP), foreign, 0)
+            .unwrap();
+        let q = frame(
+            UDP,
+            C1,
+            R,
+            &packet::udp(C1, R, 7000, 53, b"query", true),
+            1,
+            0,
+        );
+        let (_, out) = run(&mut dp, Dir::Egress, &q, 1);
+        assert_ne!(parse(&out).sport, 7000);
+        assert_eq!(
+            entry(&dp, &key(R, U, 53, 7000, UDP)),
+            foreign,
+            "the claim stands"
+        );
+
+        // Lose the reply entry (LRU eviction), make the flow look a second
+        // old: the next packet puts the partner back with the same port.
+        let o = entry(&dp, &key(C1, R, 7000, 53, UDP));
+        dp.maps.ct4.remove(&o.peer).unwrap();
+        let mut aged = o;
+        aged.last_seen_ns = 0;
+        dp.maps
+            .ct4
+            .insert(key(C1, R, 7000, 53, UDP), aged, 0)
+            .unwrap();
+        let (_, out2) = run(&mut dp, Dir::Egress, &q, 1);
+        assert_eq!(parse(&out2).sport, parse(&out).sport);
+        let back = entry(&dp, &o.peer);
+        assert_eq!((back.dir, back.nat_addr_be), (ct_dir::REPLY, be(C1)));
+    });
+}
+
+#[test]
+fn udp_checksums_stay_right_and_a_zero_checksum_stays_zero() {
+    require_root!();
+    in_netns("udp", |pins| {
+        let mut dp = nat_datapath(pins, U);
+        for (sport, with_csum) in [(5000u16, true), (5001, false)] {
+            let f = frame(
+                UDP,
+                C1,
+                R,
+                &packet::udp(C1, R, sport, 53, b"dns?", with_csum),
+                1,
+                0,
+            );
+            let (v, out) = run(&mut dp, Dir::Egress, &f, 1);
+            assert_eq!(v, TCX_NEXT);
+            assert_eq!(parse(&out).src, U);
+            assert_eq!(
+                be16(&out, ETH + 20 + 6) == 0,
+                !with_csum,
+                "zero stays zero, non-zero stays non-zero"
+            );
+            assert_checksums(&out, !with_csum);
+            let reply = frame(
+                UDP,
+                R,
+                U,
+                &packet::udp(R, U, 53, sport, b"dns!", with_csum),
+                2,
+                0,
+            );
+            let (_, back) = run(&mut dp, Dir::Ingress, &reply, 1);
+            assert_eq!(
+                parse(&back),
+                packet::Parsed {
+                    src: R,
+                    dst: C1,
+                    sport: 53,
+                    dport: sport
+                }
+            );
+            assert_checksums(&back, !with_csum);
+        }
+    });
+}
+
+#[test]
+fn icmp_echo_and_errors_are_translated_with_their_quoted_headers() {
+    require_root!();
+    in_netns("icmp", |pins| {
+        let mut dp = nat_datapath(pins, U);
+        // Echo: the identifier is the port.
+        let req = frame(ICMP, C1, R, &echo(8, 0x1234), 1, 0);
+        let (_, out) = run(&mut dp, Dir::Egress, &req, 1);
+        assert_eq!((parse(&out).src, parse(&out).sport), (U, 0x1234));
+        assert_checksums(&out, false);
+        let rep = frame(ICMP, R, U, &echo(0, 0x1234), 2, 0);
+        let (_, back) = run(&mut dp, Dir::Ingress, &rep, 1);
+        assert_eq!((parse(&back).dst, parse(&back).dport), (C1, 0x1234));
+        assert_checksums(&back, false);
+
+        // Two UDP flows on one source port: C2's gets another external port.
+        for c in [C1, C2] {
+            let f = frame(UDP, c, R, &packet::udp(c, R, 5000, 53, b"q", true), 3, 0);
+            run(&mut dp, Dir::Egress, &f, 1);
+        }
+        let p2 = u16::from_be(entry(&dp, &key(C2, R, 5000, 53, UDP)).nat_port_be);
+        assert_ne!(p2, 5000);
+
+        // A router says "fragmentation needed" about C2's translated packet.
+        let quoted = {
+            let u = packet::udp(U, R, p2, 53, b"q", true);
+            let mut q = packet::ipv4_header(UDP, U, R, u.len(), 3, 0x4000);
+            q.extend_from_slice(&u[..8]);
+            q
+        };
+        let err = icmp(3, 4, [0, 0, 0x05, 0x00], &quoted);
+        let f = frame(ICMP, ROUTER, U, &err, 4, 0);
+        let (v, out) = run(&mut dp, Dir::Ingress, &f, 1);
+        assert_eq!(v, TCX_NEXT);
+        assert_eq!(ip_of(&out, ETH + 16), C2, "outer destination");
+        let inner = ETH + 20 + 8;
+        assert_eq!(ip_of(&out, inner + 12), C2, "quoted source");
+        assert_eq!(ip_of(&out, inner + 16), R, "quoted destination");
+        assert_eq!(be16(&out, inner + 20), 5000, "quoted source port");
+        assert!(
+            packet::valid(&out[inner..inner + 20]),
+            "quoted header checksum"
+        );
+        assert_checksums(&out, false);
+        assert_eq!(be16(&out, ETH + 20 + 6), 0x0500, "the MTU is kept");
+
+        // Time exceeded about C1's echo request (traceroute with ping).
+        let quoted = {
+            let e = echo(8, 0x1234);
+            let mut q = packet::ipv4_header(ICMP, U, R, e.len(), 9, 0);
+            q.extend_from_slice(&e[..8]);
+            q
+        };
+        let f = frame(ICMP, ROUTER, U, &icmp(11, 0, [0; 4], &quoted), 5, 0);
+        let (_, out) = run(&mut dp, Dir::Ingress, &f, 1);
+        assert_eq!(ip_of(&out, ETH + 16), C1);
+        assert_eq!(ip_of(&out, inner + 12), C1);
+        assert!(packet::valid(&out[inner..inner + 20]));
+        assert_checksums(&out, false);
+
+        // C2 answers a reply with port unreachable: the error leaves as U, quoting U:p2.
+        let quoted = {
+            let u = packet::udp(R, C2, 53, 5000, b"a", true);
+            let mut q = packet::ipv4_header(UDP, R, C2, u.len(), 7, 0);
+            q.extend_from_slice(&u[..8]);
+            q
+        };
+        let f = frame(ICMP, C2, R, &icmp(3, 3, [0; 4], &quoted), 6, 0);
+        let (v, out) = run(&mut dp, Dir::Egress, &f, 1);
+        assert_eq!(v, TCX_NEXT);
+        assert_eq!(ip_of(&out, ETH + 12), U, "outer source");
+        assert_eq!(ip_of(&out, inner + 16), U, "quoted destination");
+        assert_eq!(be16(&out, inner + 22), p2, "quoted destination port");
+        assert!(packet::valid(&out[inner..inner + 20]));
+        assert_checksums(&out, false);
+
+        // An error about a flow netpath does not know is the host's business.
+        let quoted = {
+            let u = packet::udp(U, R, 999, 53, b"q", true);
+            let mut q = packet::ipv4_header(UDP, U, R, u.len(), 3, 0);
+            q.extend_from_slice(&u[..8]);
+            q
+        };
+        let f = frame(ICMP, ROUTER, U, &icmp(3, 4, [0; 4], &quoted), 7, 0);
+        let (v, out) = run(&mut dp, Dir::Ingress, &f, 1);
+        assert_eq!((v, out), (TCX_NEXT, f));
+    });
+}
+
+#[test]
+fn fragments_follow_their_first_fragment() {
+    require_root!();
+    in_netns("frag", |pins| {
+        let mut dp = nat_datapath(pins, U);
+        // C1 opens the flow; a later fragment of its next datagram only
+        // needs the source address.
+        let first = frame(UDP, C1, R, &packet::udp(C1, R, 6000, 7, b"x", true), 1, 0);
+        run(&mut dp, Dir::Egress, &first, 1);
+        let later = frame(UDP, C1, R, &[0xaa; 64], 42, 185);
+        let (v, out) = run(&mut dp, Dir::Egress, &later, 1);
+        assert_eq!(v, TCX_NEXT);
+        assert_eq!(ip_of(&out, ETH + 12), U);
+        assert!(packet::valid(&out[ETH..ETH + 20]));
+        assert_eq!(out[ETH + 20..], later[ETH + 20..], "payload untouched");
+
+        // The reply comes back in two fragments: first (MF, with ports), then the rest.
+        let mut udp = packet::udp(R, U, 7, 6000, &[0x55; 48], true);
+        let rest = udp.split_off(24);
+        let f1 = frame(UDP, R, U, &udp, 77, 0x2000);
+        let f2 = frame(UDP, R, U, &rest, 77, 3);
+        let (_, o1) = run(&mut dp, Dir::Ingress, &f1, 1);
+        assert_eq!(
+            parse(&o1),
+            packet::Parsed {
+                src: R,
+                dst: C1,
+                sport: 7,
+                dport: 6000
+            }
+        );
+        assert!(packet::valid(&o1[ETH..ETH + 20]));
+        let (_, o2) = run(&mut dp, Dir::Ingress, &f2, 1);
+        assert_eq!(ip_of(&o2, ETH + 16), C1);
+        assert!(packet::valid(&o2[ETH..ETH + 20]));
+        // The reassembled datagram's checksum still holds.
+        let mut whole = o1[ETH + 20..].to_vec();
+        whole.extend_from_slice(&o2[ETH + 20..]);
+        let re = frame(UDP, R, C1, &whole, 1, 0);
+        assert_checksums(&re, false);
+
+        // A later fragment of a datagram whose first fragment was never seen: untouched.
+        let orphan = frame(UDP, R, U, &rest, 78, 3);
+        let (v, out) = run(&mut dp, Dir::Ingress, &orphan, 1);
+        assert_eq!((v, out), (TCX_NEXT, orphan));
+    });
+}
+
+#[test]
+fn malformed_and_untranslatable_packets_are_never_mistranslated() {
+    require_root!();
+    in_netns("bad", |pins| {
+        let mut dp = nat_datapath(pins, U);
+        // A container TCP segment cut inside its header: dropped, not leaked.
+        let full = frame(TCP, C1, R, &packet::tcp(C1, R, 40000, 80, SYN, b""), 1, 0);
+        let mut cut = full[..ETH + 20 + 10].to_vec();
+        cut[ETH + 2..ETH + 4].copy_from_slice(&30u16.to_be_bytes());
+        let (v, _) = run(&mut dp, Dir::Egress, &cut, 1);
+        assert_eq!(v, SHOT);
+        assert_eq!(drops(&dp, DropReason::Malformed), 1);
+        assert!(
+            dp.maps.ct_entries().unwrap().is_empty(),
+            "no flow from a bad packet"
+        );
+
+        // The same coming in is left to the host.
+        let cut_in = {
+            let f = frame(TCP, R, U, &packet::tcp(R, U, 80, 40000, SYN, b""), 1, 0);
+            f[..ETH + 20 + 10].to_vec()
+        };
+        let (v, out) = run(&mut dp, Dir::Ingress, &cut_in, 1);
+        assert_eq!((v, out), (TCX_NEXT, cut_in));
+
+        // An IPv4 header with a bad length field passes untouched both ways.
+        let mut bad_ihl = frame(UDP, C1, R, &packet::udp(C1, R, 1, 2, b"x", true), 1, 0);
+        bad_ihl[ETH] = 0x44;
+        for dir in [Dir::Egress, Dir::Ingress] {
+            let (v, out) = run(&mut dp, dir, &bad_ihl, 1);
+            assert_eq!((v, &out), (TCX_NEXT, &bad_ihl));
+        }
+
+        // An ICMP error whose quoted header is cut short: untouched coming
+        // in, dropped (it cannot be placed) going out.
+        let short = icmp(3, 4, [0; 4], &[0x45, 0, 0, 40, 0, 0]);
+        let f = frame(ICMP, ROUTER, U, &short, 2, 0);
+        let (v, out) = run(&mut dp, Dir::Ingress, &f, 1);
+        assert_eq!((v, out), (TCX_NEXT, f));
+        let f = frame(ICMP, C1, R, &short, 2, 0);
+        let (v, _) = run(&mut dp, Dir::Egress, &f, 1);
+        assert_eq!(v, SHOT);
+        assert_eq!(drops(&dp, DropReason::Malformed), 2);
+    });
+}
+
+#[test]
+fn an_uplink_without_address_and_an_exhausted_range_drop_with_reasons() {
+    require_root!();
+    in_netns("drops", |pins| {
+        let mut dp = nat_datapath(pins, Ipv4Addr::UNSPECIFIED);
+        let f = frame(UDP, C1, R, &packet::udp(C1, R, 5000, 53, b"q", true), 1, 0);
+        let (v, _) = run(&mut dp, Dir::Egress, &f, 1);
+        assert_eq!(v, SHOT);
+        assert_eq!(drops(&dp, DropReason::NatNoAddress), 1);
+
+        let mut dp = nat_datapath(pins, U);
+        let mut cfg = dp.maps.config().unwrap();
+        cfg.nat_port_min = 61000;
+        cfg.nat_port_max = 61000;
+        dp.maps.set_config(&cfg).unwrap();
+        let c3 = Ipv4Addr::new(172, 30, 0, 4);
+        let mut verdicts = Vec::new();
+        for c in [C1, C2, c3] {
+            let f = frame(UDP, c, R, &packet::udp(c, R, 5000, 53, b"q", true), 1, 0);
+            let (v, out) = run(&mut dp, Dir::Egress, &f, 1);
+            verdicts.push((v, parse(&out).sport));
+        }
+        assert_eq!(verdicts[0], (TCX_NEXT, 5000));
+        assert_eq!(verdicts[1], (TCX_NEXT, 61000));
+        assert_eq!(verdicts[2].0, SHOT, "no free external port left");
+        assert_eq!(drops(&dp, DropReason::NatPortsExhausted), 1);
+    });
+}
