@@ -7,6 +7,19 @@ use harness::{
     topology,
 };
 
+fn assert_netpath_attached(ns: &Netns, ifname: &str) {
+    for (ingress, want) in [(true, "netpath_ingress"), (false, "netpath_egress")] {
+        let progs = tcx_programs(ns, ifname, ingress);
+        let ours: Vec<_> = progs.iter().filter(|(_, n)| n == want).collect();
+        assert_eq!(
+            ours.len(),
+            1,
+            "{ifname} {}: expected one {want}, kernel reports {progs:?}",
+            if ingress { "ingress" } else { "egress" }
+        );
+    }
+}
+
 #[test]
 fn up_attaches_to_bridge_ports_and_uplinks() {
     require_root!();

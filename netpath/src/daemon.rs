@@ -4,7 +4,8 @@
 //! new address becomes its masquerade source).
 //!
 //! It holds an flock on `/run/netpath/daemon-<netns cookie>.pid` for as long
-//! as it runs; `netpath up` starts it when that lock is free (or when the
+//! as it runs and logs to `daemon-<cookie>.log` next to it (both removed when
+//! it exits cleanly); `netpath up` starts it when that lock is free (or when the
 //! running one is another build) and the last `netpath down` stops it. It
 //! also exits by itself when the namespace's state is gone.
 
@@ -262,5 +263,8 @@ pub async fn run(opts: Options) -> Result<()> {
         }
     };
     log(format_args!("netpath daemon exits: {reason}"));
+    // A clean exit leaves nothing behind in /run (a crash leaves the log).
+    let _ = std::fs::remove_file(log_path(cookie));
+    let _ = std::fs::remove_file(pid_path(cookie));
     Ok(())
 }

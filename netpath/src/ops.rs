@@ -572,6 +572,8 @@ pub struct IfaceStatus {
     pub role: String,
     /// Bridge name of the interface's network (bridges and ports).
     pub network: Option<String>,
+    /// Uplinks: the primary IPv4 address, the masquerade source.
+    pub address: Option<String>,
     pub ingress_prog_ids: Vec<u32>,
     pub egress_prog_ids: Vec<u32>,
     pub ingress: Traffic,
@@ -650,6 +652,7 @@ pub async fn status() -> Result<Status> {
             network: networks
                 .get(&info.net_id)
                 .map(|n| plan::ifname_from_bytes(&n.bridge_name)),
+            address: (info.ipv4_be != 0).then(|| plan::from_be(info.ipv4_be).to_string()),
             ingress_prog_ids: progs(Dir::Ingress),
             egress_prog_ids: progs(Dir::Egress),
             ingress: traffic(counter_scope::IFACE, ifindex, counter_kind::IF_INGRESS)?,

@@ -162,6 +162,25 @@ fn exchange<T: Send + 'static>(
     s.with_context(|| format!("{what} server in {}", server_ns.name))
 }
 
+/// Accepts one connection, giving up after `timeout` (so a server never
+/// outlives a client that failed to connect).
+fn accept_within(l: &TcpListener, timeout: Duration) -> Result<(TcpStream, std::net::SocketAddr)> {
+    l.set_nonblocking(true)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match l.accept() {
+            Ok((s, peer)) => {
+                s.set_nonblocking(false)?;
+                return Ok((s, peer));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e).context("accept"),
+        }
+    }
+}
+
 /// One TCP connection from `client_ns` to `server_ns`: the server (bound to
 /// `listen`) echoes what it reads. Returns the client address the server saw.
 pub fn tcp_echo(
@@ -174,21 +193,8 @@ pub fn tcp_echo(
     let payload = payload.to_vec();
     let server = move |ready: std::sync::mpsc::Sender<()>| -> Result<SocketAddrV4> {
         let l = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
-        l.set_nonblocking(true)?;
         let _ = ready.send(());
-        let deadline = Instant::now() + IO_TIMEOUT;
-        let (mut s, peer) = loop {
-            match l.accept() {
-                Ok(x) => break x,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => return Err(e).context("accept"),
-            }
-        };
-        s.set_nonblocking(false)?;
+        let (mut s, peer) = accept_within(&l, IO_TIMEOUT)?;
         s.set_read_timeout(Some(IO_TIMEOUT))?;
         let mut buf = vec![0u8; 65536];
         let n = s.read(&mut buf).context("server read")?;
@@ -208,6 +214,65 @@ pub fn tcp_echo(
         Ok(())
     };
     exchange(&format!("TCP {dial}"), server_ns, client_ns, server, client)
+}
+
+/// A bulk TCP transfer: the client sends `bytes` bytes and half-closes; the
+/// server counts them and answers with the count. Returns the client address
+/// the server saw. Fails on a stall longer than `timeout`.
+pub fn tcp_bulk(
+    server_ns: &Netns,
+    listen: SocketAddrV4,
+    client_ns: &Netns,
+    dial: SocketAddrV4,
+    bytes: usize,
+    timeout: Duration,
+) -> Result<SocketAddrV4> {
+    let server = move |ready: std::sync::mpsc::Sender<()>| -> Result<SocketAddrV4> {
+        let l = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
+        let _ = ready.send(());
+        let (mut s, peer) = accept_within(&l, IO_TIMEOUT)?;
+        s.set_read_timeout(Some(timeout))?;
+        let mut buf = vec![0u8; 65536];
+        let mut total: u64 = 0;
+        loop {
+            match s.read(&mut buf).context("server read")? {
+                0 => break,
+                n => total += n as u64,
+            }
+        }
+        s.write_all(&total.to_be_bytes())?;
+        v4(peer)
+    };
+    let client = move || -> Result<()> {
+        let mut s = TcpStream::connect_timeout(&dial.into(), IO_TIMEOUT)
+            .with_context(|| format!("connect {dial}"))?;
+        s.set_write_timeout(Some(timeout))?;
+        s.set_read_timeout(Some(timeout))?;
+        let chunk = vec![0x5au8; 65536];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            s.write_all(&chunk[..n]).context("client write")?;
+            left -= n;
+        }
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut got = [0u8; 8];
+        s.read_exact(&mut got).context("client read count")?;
+        if u64::from_be_bytes(got) != bytes as u64 {
+            bail!(
+                "server counted {} of {bytes} bytes",
+                u64::from_be_bytes(got)
+            );
+        }
+        Ok(())
+    };
+    exchange(
+        &format!("TCP bulk {dial}"),
+        server_ns,
+        client_ns,
+        server,
+        client,
+    )
 }
 
 /// One UDP datagram from `client_ns` to `server_ns` and its echo. Returns the
@@ -253,7 +318,7 @@ pub fn ping(ns: &Netns, dst: &str) -> Result<()> {
 /// The demo's and tests' standard Docker-like topology:
 ///
 /// ```text
-///  far: eth0 198.19.0.2/24 ── ext: far0 198.19.0.1/24   (only with Lab::with_far)
+///  far: eth0 198.19.0.2/24 ── ext: far0 198.19.0.1/24 (small MTU; only with Lab::with_far)
 ///  ext: eth0 198.18.0.2/24 ── host: uplink0 198.18.0.1/24
 ///                              host: bridge (netpath up) 172.30.0.0/24, gateway .1
 ///  c1: eth0 172.30.0.2/24 ──── host: c1h (port)
@@ -305,19 +370,31 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Like [`Lab::new`] plus `far`, reached through ext over a link with
-    /// `mtu` on both ends (ext routes; it still knows nothing of 172.30/24).
+    /// Like [`Lab::new`] plus `far`, reached through ext over a link whose
+    /// MTU towards far is `mtu` (ext routes; it still knows nothing of 172.30/24).
     pub fn with_far(netpath: impl Into<PathBuf>, mtu: u32) -> Result<Self> {
         let mut lab = Self::new(netpath)?;
         let far = Netns::new("far")?;
         veth(&lab.ext, "far0", &far, "eth0")?;
+        // ext's side of the link has the small MTU. far keeps 1500 on its
+        // device; its route caps what it sends itself but still advertises a
+        // full-size TCP MSS, so the path MTU must be discovered.
         let mtu = mtu.to_string();
         lab.ext.ip(&["link", "set", "far0", "mtu", &mtu])?;
-        far.ip(&["link", "set", "eth0", "mtu", &mtu])?;
         lab.ext
             .ip(&["addr", "add", "198.19.0.1/24", "dev", "far0"])?;
         far.ip(&["addr", "add", "198.19.0.2/24", "dev", "eth0"])?;
-        far.ip(&["route", "add", "default", "via", Self::FAR_ROUTER])?;
+        far.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            Self::FAR_ROUTER,
+            "mtu",
+            &mtu,
+            "advmss",
+            "1460",
+        ])?;
         lab.ext.sysctl("net.ipv4.ip_forward", "1")?;
         lab.host
             .ip(&["route", "add", "198.19.0.0/24", "via", Self::EXT])?;

@@ -42,6 +42,7 @@ const APT: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("nsenter", "util-linux"),
     ("setpriv", "util-linux"),
+    ("iptables", "iptables"),
 ];
 
 /// bpf-linker release known to work with the pinned aya versions.
