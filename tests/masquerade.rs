@@ -462,3 +462,54 @@ fn a_new_uplink_address_becomes_the_masquerade_source() {
     assert_eq!(peers.first().unwrap().ip().to_string(), Lab::UPLINK);
     assert_eq!(peers.last().unwrap().ip().to_string(), "198.18.0.7");
 }
+
+#[test]
+fn checksums_of_offloaded_packets_hold_where_software_checks_them() {
+    require_root!();
+    let lab = lab_up_with(Lab::with_far(NETPATH, 1500).unwrap(), &[]);
+    let far = lab.far();
+    let ethtool = |ns: &Netns, args: &[&str]| {
+        topology::run(ns.command("ethtool").args(args))
+            .unwrap_or_else(|e| panic!("ethtool {args:?}: {e:#}"));
+    };
+    // c1 keeps TSO and checksum offload, so its packets cross the NAT as
+    // 64 KB GSO packets with partial checksums. ext must finish them in
+    // software when forwarding to far, and far checks every checksum in
+    // software; the same for replies towards c1.
+    ethtool(&lab.ext, &["-K", "far0", "tx", "off"]);
+    ethtool(far, &["-K", "eth0", "rx", "off"]);
+    ethtool(&lab.host, &["-K", "c1h", "tx", "off"]);
+    ethtool(&lab.c1, &["-K", "eth0", "rx", "off"]);
+    let seen = topology::tcp_bulk(
+        far,
+        addr("0.0.0.0", 9700),
+        &lab.c1,
+        addr(Lab::FAR, 9700),
+        8 << 20,
+        Duration::from_secs(5),
+    )
+    .expect("bulk TCP with software-checked checksums");
+    assert_eq!(seen.ip().to_string(), Lab::UPLINK);
+    let seen = topology::udp_echo(
+        far,
+        addr("0.0.0.0", 9701),
+        &lab.c1,
+        addr(Lab::FAR, 9701),
+        &[1u8; 1200],
+    )
+    .expect("UDP with software-checked checksums");
+    assert_eq!(seen.ip().to_string(), Lab::UPLINK);
+    // Nothing was dropped for a bad checksum on the way.
+    let snmp = far
+        .run(|| std::fs::read_to_string("/proc/net/snmp"))
+        .unwrap()
+        .unwrap();
+    let csum_errors = |proto: &str| -> u64 {
+        let mut lines = snmp.lines().filter(|l| l.starts_with(proto));
+        let names: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        let values: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        let i = names.iter().position(|n| *n == "InCsumErrors").unwrap();
+        values[i].parse().unwrap()
+    };
+    assert_eq!((csum_errors("Tcp:"), csum_errors("Udp:")), (0, 0), "{snmp}");
+}

@@ -503,3 +503,51 @@ fn an_uplink_without_address_and_an_exhausted_range_drop_with_reasons() {
         assert_eq!(drops(&dp, DropReason::NatPortsExhausted), 1);
     });
 }
+
+#[test]
+fn a_full_table_evicts_idle_entries_not_a_busy_flow() {
+    require_root!();
+    in_netns("lru", |pins| {
+        let mut dp = nat_datapath(pins, U);
+        let out_pkt = frame(UDP, C1, R, &packet::udp(C1, R, 5353, 53, b"q", true), 1, 0);
+        let in_pkt = frame(UDP, R, U, &packet::udp(R, U, 53, 5353, b"a", true), 2, 0);
+        run(&mut dp, Dir::Egress, &out_pkt, 1);
+        // A flood of other flows, well past the table's capacity, while the
+        // busy flow keeps passing packets both ways.
+        let cap = netpath_common::ct::MAX_CT4;
+        let mut n: u32 = 0;
+        while n < cap + cap / 2 {
+            for _ in 0..8192 {
+                let k = CtKey4 {
+                    saddr_be: 0x0a00_0000u32.wrapping_add(n).to_be(),
+                    daddr_be: be(R),
+                    sport_be: (n as u16).to_be(),
+                    dport_be: 80u16.to_be(),
+                    proto: TCP,
+                    _pad: [0; 3],
+                };
+                dp.maps.ct4.insert(k, CtEntry4::default(), 0).unwrap();
+                n += 1;
+            }
+            let (v, o) = run(&mut dp, Dir::Egress, &out_pkt, 1);
+            assert_eq!(
+                (v, parse(&o).src, parse(&o).sport),
+                (TCX_NEXT, U, 5353),
+                "after {n} inserts"
+            );
+            let (v, o) = run(&mut dp, Dir::Ingress, &in_pkt, 1);
+            assert_eq!(
+                (v, parse(&o).dst, parse(&o).dport),
+                (TCX_NEXT, C1, 5353),
+                "after {n} inserts"
+            );
+        }
+        let entries = dp.maps.ct_entries().unwrap();
+        assert!(entries.len() <= cap as usize, "the table stays bounded");
+        assert_eq!(
+            counter(&dp, counter_scope::NETWORK, 1, counter_kind::NET_CT_NEW).0,
+            1,
+            "never re-created"
+        );
+    });
+}

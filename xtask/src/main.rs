@@ -43,6 +43,7 @@ const APT: &[(&str, &str)] = &[
     ("nsenter", "util-linux"),
     ("setpriv", "util-linux"),
     ("iptables", "iptables"),
+    ("ethtool", "ethtool"),
 ];
 
 /// bpf-linker release known to work with the pinned aya versions.
