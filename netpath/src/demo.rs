@@ -89,7 +89,10 @@ pub fn run() -> Result<()> {
         addr(Lab::EXT, 80),
         b"hello external",
     )?;
-    println!("  TCP  c1 -> external:80    ok (external saw {seen})");
+    println!("  TCP  c1 -> external:80    ok (external saw {seen}: masqueraded)");
+    if seen.ip().to_string() != Lab::UPLINK {
+        bail!("the external side saw {seen}, not the uplink address: no masquerade");
+    }
     let seen = topology::udp_echo(
         &lab.ext,
         addr("0.0.0.0", 5353),
@@ -97,11 +100,16 @@ pub fn run() -> Result<()> {
         addr(Lab::EXT, 5353),
         b"udp hello",
     )?;
-    println!("  UDP  c2 -> external:5353  ok (external saw {seen})");
-    match topology::ping(&lab.c1, Lab::GATEWAY) {
-        Ok(()) => println!("  ICMP c1 -> gateway         ok"),
-        Err(e) => println!("  ICMP c1 -> gateway         skipped: {e:#}"),
+    println!("  UDP  c2 -> external:5353  ok (external saw {seen}: masqueraded)");
+    for (what, dst) in [("gateway ", Lab::GATEWAY), ("external", Lab::EXT)] {
+        match topology::ping(&lab.c1, dst) {
+            Ok(()) => println!("  ICMP c1 -> {what}        ok"),
+            Err(e) => println!("  ICMP c1 -> {what}        skipped: {e:#}"),
+        }
     }
+
+    step("netpath conntrack list (the BPF conntrack table behind the masquerade)");
+    print!("{}", netpath(&lab, &["conntrack", "list"])?);
 
     step("netpath status");
     let status = netpath(&lab, &["status"])?;
