@@ -77,17 +77,21 @@ pub fn running() -> Result<Option<Running>> {
         // Nobody holds it: a stale file.
         return Ok(None);
     }
-    let mut s = String::new();
-    f.read_to_string(&mut s)?;
-    let mut words = s.split_whitespace();
-    let pid = words
-        .next()
-        .and_then(|p| p.parse().ok())
-        .with_context(|| format!("{} holds no pid", path.display()))?;
-    Ok(Some(Running {
-        pid,
-        build: words.next().unwrap_or_default().to_owned(),
-    }))
+    // A daemon writes its pid right after taking the lock: give it a moment.
+    for _ in 0..100 {
+        let mut s = String::new();
+        f.rewind()?;
+        f.read_to_string(&mut s)?;
+        let mut words = s.split_whitespace();
+        if let (Some(Ok(pid)), Some(build)) = (words.next().map(str::parse), words.next()) {
+            return Ok(Some(Running {
+                pid,
+                build: build.to_owned(),
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    bail!("{} is locked but holds no pid", path.display())
 }
 
 /// What [`ensure_running`] did.
@@ -197,10 +201,10 @@ pub async fn run(opts: Options) -> Result<()> {
         println!("netpath daemon already runs for this network namespace");
         return Ok(());
     }
+    // One write, so a reader sees all of it or nothing.
     pidfile.set_len(0)?;
     pidfile.rewind()?;
-    writeln!(pidfile, "{} {}", std::process::id(), build_id())?;
-    pidfile.flush()?;
+    pidfile.write_all(format!("{} {}\n", std::process::id(), build_id()).as_bytes())?;
     log(format_args!(
         "netpath daemon {} started (pid {}, netns cookie {cookie})",
         build_id(),

@@ -87,7 +87,8 @@ fn run(cmd: &mut Command) -> Result<()> {
 fn cargo_test(args: &[String]) -> Result<()> {
     use std::io::BufRead as _;
     let mut cmd = Command::new("cargo");
-    cmd.arg("test")
+    // Every test binary runs even after one fails, so the summary is complete.
+    cmd.args(["test", "--no-fail-fast"])
         .args(args)
         .current_dir(root())
         .stdout(std::process::Stdio::piped());
