@@ -51,14 +51,7 @@ fn nat_datapath(pins: &std::path::Path, uplink: Ipv4Addr) -> Datapath {
 }
 
 fn key(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> CtKey4 {
-    CtKey4 {
-        saddr_be: be(src),
-        daddr_be: be(dst),
-        sport_be: sport.to_be(),
-        dport_be: dport.to_be(),
-        proto,
-        _pad: [0; 3],
-    }
+    CtKey4::new(be(src), be(dst), sport.to_be(), dport.to_be(), proto)
 }
 
 fn entry(dp: &Datapath, k: &CtKey4) -> CtEntry4 {
@@ -518,14 +511,13 @@ fn a_full_table_evicts_idle_entries_not_a_busy_flow() {
         let mut n: u32 = 0;
         while n < cap + cap / 2 {
             for _ in 0..8192 {
-                let k = CtKey4 {
-                    saddr_be: 0x0a00_0000u32.wrapping_add(n).to_be(),
-                    daddr_be: be(R),
-                    sport_be: (n as u16).to_be(),
-                    dport_be: 80u16.to_be(),
-                    proto: TCP,
-                    _pad: [0; 3],
-                };
+                let k = CtKey4::new(
+                    0x0a00_0000u32.wrapping_add(n).to_be(),
+                    be(R),
+                    (n as u16).to_be(),
+                    80u16.to_be(),
+                    TCP,
+                );
                 dp.maps.ct4.insert(k, CtEntry4::default(), 0).unwrap();
                 n += 1;
             }

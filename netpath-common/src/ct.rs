@@ -37,17 +37,35 @@ pub struct CtKey4 {
 }
 
 impl CtKey4 {
+    /// A tuple from a packet's addresses, ports (network byte order) and protocol.
+    #[inline(always)]
+    pub const fn new(
+        saddr_be: u32,
+        daddr_be: u32,
+        sport_be: u16,
+        dport_be: u16,
+        proto: u8,
+    ) -> Self {
+        Self {
+            saddr_be,
+            daddr_be,
+            sport_be,
+            dport_be,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+
     /// The tuple of a packet travelling the other way.
     #[inline(always)]
     pub const fn reversed(&self) -> Self {
-        Self {
-            saddr_be: self.daddr_be,
-            daddr_be: self.saddr_be,
-            sport_be: self.dport_be,
-            dport_be: self.sport_be,
-            proto: self.proto,
-            _pad: [0; 3],
-        }
+        Self::new(
+            self.daddr_be,
+            self.saddr_be,
+            self.dport_be,
+            self.sport_be,
+            self.proto,
+        )
     }
 }
 

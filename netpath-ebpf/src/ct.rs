@@ -95,34 +95,25 @@ pub fn same_key(a: &CtKey4, b: &CtKey4) -> bool {
         && a.proto == b.proto
 }
 
-/// The REPLY entry matching an ORIGINAL entry keyed by `orig`.
+/// The entry for the other direction of the flow whose entry `e` is keyed
+/// by `key`: an ORIGINAL entry (keyed `C:cport -> R:rport`) has a REPLY
+/// partner that writes `C:cport`; a REPLY entry (keyed `R:rport -> U:nport`)
+/// has an ORIGINAL partner that writes `U:nport`.
 #[inline(always)]
-fn reply_entry(orig: &CtKey4, e: &CtEntry4) -> CtEntry4 {
+fn partner_entry(key: &CtKey4, e: &CtEntry4) -> CtEntry4 {
+    let to_reply = e.dir == ct_dir::ORIGINAL;
     CtEntry4 {
-        peer: *orig,
-        nat_addr_be: orig.saddr_be,
-        nat_port_be: orig.sport_be,
-        dir: ct_dir::REPLY,
-        state: 0,
-        flags: e.flags,
-        net_id: e.net_id,
-        created_ns: e.created_ns,
-        last_seen_ns: e.last_seen_ns,
-        packets: 0,
-        bytes: 0,
-    }
-}
-
-/// The ORIGINAL entry matching a REPLY entry keyed by `reply`.
-#[inline(always)]
-fn original_entry(reply: &CtKey4, e: &CtEntry4) -> CtEntry4 {
-    CtEntry4 {
-        peer: *reply,
-        nat_addr_be: reply.daddr_be,
-        nat_port_be: reply.dport_be,
-        dir: ct_dir::ORIGINAL,
-        // A flow seen in both directions; the next packets refine this.
-        state: if reply.proto == proto::TCP {
+        peer: *key,
+        nat_addr_be: if to_reply { key.saddr_be } else { key.daddr_be },
+        nat_port_be: if to_reply { key.sport_be } else { key.dport_be },
+        dir: if to_reply {
+            ct_dir::REPLY
+        } else {
+            ct_dir::ORIGINAL
+        },
+        // A re-created ORIGINAL entry belongs to a flow seen both ways; the
+        // next packets refine its state.
+        state: if !to_reply && key.proto == proto::TCP {
             TcpState::Established as u8
         } else {
             0
@@ -149,12 +140,7 @@ pub fn ct_keep_partner4(key: &CtKey4, e: *mut CtEntry4) -> bool {
             return true;
         }
     } else {
-        let partner = if e.dir == ct_dir::ORIGINAL {
-            reply_entry(key, &e)
-        } else {
-            original_entry(key, &e)
-        };
-        match NP_CT4.insert(&e.peer, &partner, BPF_NOEXIST as u64) {
+        match NP_CT4.insert(&e.peer, &partner_entry(key, &e), BPF_NOEXIST as u64) {
             Ok(()) => return true,
             Err(err) if err == EEXIST => {}
             // Could not write it now: try again on the next refresh.
@@ -182,14 +168,13 @@ pub fn ct_create_snat4(
         proto::ICMP => orig.sport_be != 0,
         _ => false,
     };
-    let mut reply = CtKey4 {
-        saddr_be: orig.daddr_be,
-        daddr_be: addr,
-        sport_be: orig.dport_be,
-        dport_be: orig.sport_be,
-        proto: orig.proto,
-        _pad: [0; 3],
-    };
+    let mut reply = CtKey4::new(
+        orig.daddr_be,
+        addr,
+        orig.dport_be,
+        orig.sport_be,
+        orig.proto,
+    );
     let mut oentry = CtEntry4 {
         peer: reply,
         nat_addr_be: addr,
@@ -226,14 +211,7 @@ pub fn ct_create_snat4(
             let port = min + (start + i) % span;
             reply.dport_be = (port as u16).to_be();
         }
-        let rentry = CtEntry4 {
-            peer: *orig,
-            nat_addr_be: orig.saddr_be,
-            nat_port_be: orig.sport_be,
-            dir: ct_dir::REPLY,
-            ..oentry
-        };
-        match NP_CT4.insert(&reply, &rentry, BPF_NOEXIST as u64) {
+        match NP_CT4.insert(&reply, &partner_entry(orig, &oentry), BPF_NOEXIST as u64) {
             Ok(()) => {
                 claimed = true;
                 break;

@@ -154,14 +154,7 @@ pub fn snat4_egress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
     if l4.kind == L4Kind::IcmpError {
         return icmp_error4(ctx, &ip, Side::Src, net_id, len);
     }
-    let orig = CtKey4 {
-        saddr_be: ip.saddr,
-        daddr_be: ip.daddr,
-        sport_be: l4.sport_be,
-        dport_be: l4.dport_be,
-        proto: ip.proto,
-        _pad: [0; 3],
-    };
+    let orig = CtKey4::new(ip.saddr, ip.daddr, l4.sport_be, l4.dport_be, ip.proto);
     let t = now();
     let mut entry = None;
     if let Some(e) = ct_lookup4(&orig) {
@@ -229,14 +222,7 @@ pub fn rev_snat4_ingress(ctx: &TcContext) -> i32 {
         };
         // SAFETY: map value pointer, valid during the program.
         let ports = unsafe { *ports };
-        let key = CtKey4 {
-            saddr_be: ip.saddr,
-            daddr_be: ip.daddr,
-            sport_be: ports.sport_be,
-            dport_be: ports.dport_be,
-            proto: ip.proto,
-            _pad: [0; 3],
-        };
+        let key = CtKey4::new(ip.saddr, ip.daddr, ports.sport_be, ports.dport_be, ip.proto);
         let Some(e) = ct_lookup4(&key) else {
             return TCX_NEXT;
         };
@@ -261,14 +247,7 @@ pub fn rev_snat4_ingress(ctx: &TcContext) -> i32 {
     if l4.kind == L4Kind::IcmpError {
         return icmp_error4(ctx, &ip, Side::Dst, 0, len);
     }
-    let key = CtKey4 {
-        saddr_be: ip.saddr,
-        daddr_be: ip.daddr,
-        sport_be: l4.sport_be,
-        dport_be: l4.dport_be,
-        proto: ip.proto,
-        _pad: [0; 3],
-    };
+    let key = CtKey4::new(ip.saddr, ip.daddr, l4.sport_be, l4.dport_be, ip.proto);
     let Some(e) = ct_lookup4(&key) else {
         return TCX_NEXT;
     };
@@ -361,14 +340,7 @@ fn icmp_error_translate4(ctx: &TcContext, ip: &Ip4, outer: Side) -> Option<u32> 
     let (isport, idport) = parse::quoted_ports(ctx, &inner, inner_l4)?;
     // The quoted packet travelled the other way: its reverse is the tuple of
     // the packets this error travels with.
-    let key = CtKey4 {
-        saddr_be: inner.daddr,
-        daddr_be: inner.saddr,
-        sport_be: idport,
-        dport_be: isport,
-        proto: inner.proto,
-        _pad: [0; 3],
-    };
+    let key = CtKey4::new(inner.daddr, inner.saddr, idport, isport, inner.proto);
     let e = ct_lookup4(&key)?;
     // SAFETY: map value pointer, valid during the program.
     let e: CtEntry4 = unsafe { *e };
