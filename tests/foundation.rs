@@ -408,7 +408,9 @@ fn up_replaces_programs_in_place_and_keeps_maps() {
     };
 
     require_root!();
-    let lab = lab_up();
+    // Without the daemon: it would repair the swapped program first (which
+    // is fine, but this test is about what `up` does).
+    let lab = harness::lab_up_with(Lab::new(NETPATH).unwrap(), &["--no-daemon"]);
     topology::tcp_echo(
         &lab.ext,
         addr("0.0.0.0", 8001),

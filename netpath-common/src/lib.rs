@@ -32,8 +32,13 @@ pub mod map_names {
     pub const SUBNETS4: &str = "NP_SUBNETS4";
     /// Array of one [`Config`](crate::Config): NAT port range and conntrack timeouts.
     pub const CONFIG: &str = "NP_CONFIG";
+    /// [`LeaseKey`](crate::LeaseKey) -> [`Lease`](crate::Lease): addresses
+    /// `netpath connect` handed out (only userspace reads it).
+    pub const LEASES4: &str = "NP_LEASES4";
     /// All pinned map names, for tooling that walks the pin directory.
-    pub const ALL: [&str; 7] = [IFACES, NETWORKS, COUNTERS, CT4, FRAG4, SUBNETS4, CONFIG];
+    pub const ALL: [&str; 8] = [
+        IFACES, NETWORKS, COUNTERS, CT4, FRAG4, SUBNETS4, CONFIG, LEASES4,
+    ];
 }
 
 /// Maximum number of managed networks (bridges) per network namespace.
@@ -102,6 +107,11 @@ pub struct IfaceInfo {
 pub mod iface_flags {
     /// The uplink was named with `--uplink` (not chosen by the default rule).
     pub const EXPLICIT_UPLINK: u32 = 1 << 0;
+    /// Port: `ipv4_be` and `mac` were assigned by `netpath connect`.
+    pub const BOUND: u32 = 1 << 1;
+    /// Port: `ipv4_be` and `mac` were learnt from the container's first
+    /// packet (ARP or IPv4 from an address of its subnet).
+    pub const LEARNED: u32 = 1 << 2;
 }
 
 /// Network flags in [`NetworkInfo::flags`].
@@ -113,6 +123,10 @@ pub mod net_flags {
     /// Leave source addresses alone on the way out (Docker's
     /// `com.docker.network.bridge.enable_ip_masquerade=false`).
     pub const NO_MASQUERADE: u32 = 1 << 2;
+    /// Containers on this bridge may not talk to each other (`--icc=false`).
+    pub const NO_ICC: u32 = 1 << 3;
+    /// No traffic to or from outside the subnet (Docker's `--internal`).
+    pub const INTERNAL: u32 = 1 << 4;
 }
 
 /// Value of the `NP_NETWORKS` map, keyed by network id (`u32`, from 1).
@@ -144,6 +158,36 @@ impl NetworkInfo {
         addr_be & self.mask_be == self.subnet_be
     }
 }
+
+/// Key of `NP_LEASES4`: one address of one network.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct LeaseKey {
+    pub net_id: u32,
+    pub addr_be: u32,
+}
+
+/// Value of `NP_LEASES4`: who holds the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Lease {
+    /// Cookie of the container's network namespace.
+    pub netns_cookie: u64,
+    /// ifindex of the host end of the veth `connect` created.
+    pub host_ifindex: u32,
+    pub flags: u32,
+    /// The container's MAC.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+    /// Name of the namespace as given to `connect`, NUL-padded (cut at 32
+    /// bytes; for display, the cookie is what identifies it).
+    pub netns_name: [u8; 32],
+}
+
+/// Maximum addresses `connect` hands out per namespace.
+pub const MAX_LEASES: u32 = 65536;
 
 /// Scope of a counter: which id space [`CounterKey::id`] is in.
 pub mod counter_scope {
@@ -206,14 +250,29 @@ pub enum DropReason {
     Malformed = 3,
     /// The conntrack entry could not be written (map error other than a race).
     CtInsertFailed = 4,
+    /// A container addressed a container of another managed network.
+    Isolation = 5,
+    /// A container addressed a container of its own network with ICC off.
+    Icc = 6,
+    /// Traffic of an internal network to or from outside its subnet.
+    Internal = 7,
+    /// A container sent with an IPv4 source (or ARP sender) not its own.
+    SpoofedSource = 8,
+    /// A container sent with a MAC source (or ARP sender) not its own.
+    SpoofedMac = 9,
 }
 
 impl DropReason {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 9] = [
         Self::NatNoAddress,
         Self::NatPortsExhausted,
         Self::Malformed,
         Self::CtInsertFailed,
+        Self::Isolation,
+        Self::Icc,
+        Self::Internal,
+        Self::SpoofedSource,
+        Self::SpoofedMac,
     ];
 
     pub const fn from_u16(v: u16) -> Option<Self> {
@@ -222,6 +281,11 @@ impl DropReason {
             2 => Some(Self::NatPortsExhausted),
             3 => Some(Self::Malformed),
             4 => Some(Self::CtInsertFailed),
+            5 => Some(Self::Isolation),
+            6 => Some(Self::Icc),
+            7 => Some(Self::Internal),
+            8 => Some(Self::SpoofedSource),
+            9 => Some(Self::SpoofedMac),
             _ => None,
         }
     }
@@ -232,6 +296,11 @@ impl DropReason {
             Self::NatPortsExhausted => "drop_nat_ports_exhausted",
             Self::Malformed => "drop_malformed",
             Self::CtInsertFailed => "drop_ct_insert_failed",
+            Self::Isolation => "drop_isolation",
+            Self::Icc => "drop_icc",
+            Self::Internal => "drop_internal",
+            Self::SpoofedSource => "drop_spoofed_source",
+            Self::SpoofedMac => "drop_spoofed_mac",
         }
     }
 
@@ -349,10 +418,12 @@ impl Counter {
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        Config, Counter, CounterKey, IfaceInfo, NetworkInfo,
+        Config, Counter, CounterKey, IfaceInfo, Lease, LeaseKey, NetworkInfo,
         ct::{CtEntry4, CtKey4, FragKey4, FragPorts},
     };
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Lease {}
+    unsafe impl aya::Pod for LeaseKey {}
     unsafe impl aya::Pod for CtKey4 {}
     unsafe impl aya::Pod for CtEntry4 {}
     unsafe impl aya::Pod for FragKey4 {}

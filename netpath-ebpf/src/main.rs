@@ -8,6 +8,7 @@
 
 mod counters;
 mod ct;
+mod isolate;
 mod maps;
 mod nat;
 mod parse;
@@ -51,13 +52,13 @@ fn handle(ctx: &TcContext, dir: Dir) -> Result<i32, i32> {
         return Ok(TCX_NEXT);
     };
     account(ctx, dir, ifindex, &iface);
-    if iface.role == IfaceRole::Uplink as u32 {
-        return Ok(match dir {
-            Dir::Egress => nat::snat4_egress(ctx, &iface),
-            Dir::Ingress => nat::rev_snat4_ingress(ctx),
-        });
-    }
-    Ok(TCX_NEXT)
+    Ok(match (IfaceRole::from_u32(iface.role), dir) {
+        (Some(IfaceRole::Uplink), Dir::Egress) => nat::snat4_egress(ctx, &iface),
+        (Some(IfaceRole::Uplink), Dir::Ingress) => nat::rev_snat4_ingress(ctx),
+        (Some(IfaceRole::Port), Dir::Ingress) => isolate::port_ingress(ctx, ifindex, &iface),
+        (Some(IfaceRole::Port), Dir::Egress) => isolate::port_egress(ctx, &iface),
+        _ => TCX_NEXT,
+    })
 }
 
 /// Interface counters everywhere; network counters on container ports, where

@@ -7,7 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap},
 };
 use netpath_common::{
-    Config, Counter, CounterKey, IfaceInfo, MAX_COUNTERS, MAX_IFACES, MAX_NETWORKS, NetworkInfo,
+    Config, Counter, CounterKey, IfaceInfo, Lease, LeaseKey, MAX_COUNTERS, MAX_IFACES, MAX_LEASES,
+    MAX_NETWORKS, NetworkInfo,
     ct::{CtEntry4, CtKey4, FragKey4, FragPorts, MAX_CT4, MAX_FRAG4},
 };
 
@@ -41,3 +42,8 @@ pub static NP_SUBNETS4: LpmTrie<u32, u32> = LpmTrie::pinned(MAX_NETWORKS, 0);
 /// One [`Config`] at index 0.
 #[map]
 pub static NP_CONFIG: Array<Config> = Array::pinned(1, 0);
+
+/// Addresses handed out by `netpath connect`. Only userspace uses it; it is
+/// declared here so it is created and pinned with the others.
+#[map]
+pub static NP_LEASES4: HashMap<LeaseKey, Lease> = HashMap::pinned(MAX_LEASES, 0);

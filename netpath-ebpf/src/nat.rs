@@ -131,7 +131,7 @@ pub fn snat4_egress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
     let Some(net) = (unsafe { NP_NETWORKS.get(&net_id) }).copied() else {
         return TCX_NEXT;
     };
-    if net.flags & net_flags::NO_MASQUERADE != 0 {
+    if net.flags & (net_flags::NO_MASQUERADE | net_flags::INTERNAL) != 0 {
         return TCX_NEXT;
     }
     let len = ctx.len();

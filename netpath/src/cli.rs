@@ -34,6 +34,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Plug a network namespace (a container) into a network: a veth pair,
+    /// the next free address (or --ip), a default route via the gateway, and
+    /// the port bound to that address and MAC.
+    Connect(ConnectCmd),
+    /// Unplug a network namespace from a network and free its address.
+    Disconnect {
+        /// The container's network namespace (/run/netns/NAME).
+        #[arg(id = "container_netns", value_name = "NETNS")]
+        netns: String,
+        /// Bridge of the network.
+        #[arg(long, value_name = "NAME")]
+        bridge: String,
+    },
+    /// Change a network's options at runtime.
+    #[command(subcommand)]
+    Network(NetworkCmd),
     /// Show or flush the conntrack table, or set its timeouts and NAT port range.
     #[command(subcommand)]
     Conntrack(ConntrackCmd),
@@ -71,6 +87,13 @@ pub struct UpCmd {
     /// source addresses.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub masquerade: bool,
+    /// Let containers on this bridge talk to each other (Docker's
+    /// enable_icc); `--icc=false` blocks it (ARP still works).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub icc: bool,
+    /// Internal network: no traffic to or from outside the subnet, no masquerade.
+    #[arg(long)]
+    pub internal: bool,
     /// Do not start the background daemon (conntrack sweeping, new ports,
     /// address changes).
     #[arg(long)]
@@ -128,4 +151,32 @@ pub struct DownCmd {
     /// Take every network in this namespace down and unpin everything.
     #[arg(long)]
     pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectCmd {
+    /// The container's network namespace (/run/netns/NAME).
+    #[arg(id = "container_netns", value_name = "NETNS")]
+    pub netns: String,
+    /// Bridge of the network.
+    #[arg(long, value_name = "NAME")]
+    pub bridge: String,
+    /// Address to give [default: the next free one].
+    #[arg(long, value_name = "ADDR")]
+    pub ip: Option<String>,
+    /// Interface name inside the namespace.
+    #[arg(long, value_name = "NAME", default_value = "eth0")]
+    pub ifname: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkCmd {
+    /// Set options of the network on BRIDGE; running containers follow at once.
+    Set {
+        /// Bridge of the network.
+        bridge: String,
+        /// Inter-container communication on this bridge.
+        #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+        icc: Option<bool>,
+    },
 }

@@ -1,7 +1,8 @@
-//! `netpath daemon`: one per network namespace. Every second it removes
-//! expired conntrack flows, and when links or IPv4 addresses change it
-//! re-applies the recorded networks (new ports get the programs, an uplink's
-//! new address becomes its masquerade source).
+//! `netpath daemon`: one per network namespace. It listens to rtnetlink link
+//! and IPv4 address events and re-applies the recorded networks when they
+//! come (new ports get the programs within milliseconds, an uplink's new
+//! address becomes its masquerade source), and every second it removes
+//! expired conntrack flows.
 //!
 //! It holds an flock on `/run/netpath/daemon-<netns cookie>.pid` for as long
 //! as it runs and logs to `daemon-<cookie>.log` next to it (both removed when
@@ -20,7 +21,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{EBPF_OBJECT, conntrack, netns, ops, plan::LinkFacts, plumbing::Netlink, state};
+use futures::StreamExt as _;
+
+use crate::{EBPF_OBJECT, conntrack, netns, ops, plumbing::Netlink, state};
 
 /// Where daemons keep their pid files and logs.
 pub const RUN_DIR: &str = "/run/netpath";
@@ -213,39 +216,51 @@ pub async fn run(opts: Options) -> Result<()> {
 
     let state = state::StateDir::current()?;
     let nl = Netlink::new()?;
-    let mut last_links: Option<Vec<LinkFacts>> = None;
+    // Link and IPv4 address events: new ports, enslaving, address changes.
+    let (conn, _, mut events) = rtnetlink::new_multicast_connection(&[
+        rtnetlink::MulticastGroup::Link,
+        rtnetlink::MulticastGroup::Ipv4Ifaddr,
+    ])
+    .context("subscribing to link and address events")?;
+    tokio::spawn(conn);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(opts.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Re-apply once at start: things may have changed while no daemon ran.
+    let mut dirty = true;
     let reason = loop {
         tokio::select! {
             _ = term.recv() => break "SIGTERM",
             _ = tokio::signal::ctrl_c() => break "SIGINT",
-            _ = tick.tick() => {}
-        }
-        if !state.exists() {
-            break "no networks left in this namespace";
-        }
-        if let Some(name) = &opts.netns {
-            let n = name.clone();
-            match netns::run_in(&n, netns::cookie) {
-                Ok(Ok(c)) if c == cookie => {}
-                _ => break "its network namespace is gone",
+            ev = events.next() => {
+                if ev.is_none() {
+                    break "the netlink event stream ended";
+                }
+                // Changes come in bursts (a veth pair, its addresses): let
+                // the burst finish, then re-apply once.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                while events.try_recv().is_ok() {}
+                dirty = true;
+            }
+            _ = tick.tick() => {
+                if !state.exists() {
+                    break "no networks left in this namespace";
+                }
+                if let Some(name) = &opts.netns {
+                    let n = name.clone();
+                    match netns::run_in(&n, netns::cookie) {
+                        Ok(Ok(c)) if c == cookie => {}
+                        _ => break "its network namespace is gone",
+                    }
+                }
+                match state::Maps::open(&state).and_then(|mut m| conntrack::sweep(&mut m)) {
+                    Ok(0) => {}
+                    Ok(n) => log(format_args!("swept {n} expired flow(s)")),
+                    Err(e) => log(format_args!("sweep failed: {e:#}")),
+                }
             }
         }
-        match state::Maps::open(&state).and_then(|mut m| conntrack::sweep(&mut m)) {
-            Ok(0) => {}
-            Ok(n) => log(format_args!("swept {n} expired flow(s)")),
-            Err(e) => log(format_args!("sweep failed: {e:#}")),
-        }
-        let links = match nl.link_facts().await {
-            Ok(l) => l,
-            Err(e) => {
-                log(format_args!("listing links failed: {e:#}"));
-                continue;
-            }
-        };
-        if last_links.as_ref() == Some(&links) {
+        if !dirty || !state.exists() {
             continue;
         }
         match ops::refresh(&nl).await {
@@ -256,13 +271,13 @@ pub async fn run(opts: Options) -> Result<()> {
                 if !r.detached.is_empty() {
                     log(format_args!("detached {} interface(s)", r.detached.len()));
                 }
-                last_links = Some(links);
+                dirty = false;
             }
-            // Another command holds the lock: try again next tick.
+            // Another command holds the lock: try again on the next tick.
             Ok(None) => {}
             Err(e) => {
                 log(format_args!("re-applying networks failed: {e:#}"));
-                last_links = Some(links);
+                dirty = false;
             }
         }
     };

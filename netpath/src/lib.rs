@@ -8,6 +8,7 @@ pub mod cli;
 pub mod conntrack;
 pub mod daemon;
 pub mod demo;
+pub mod endpoint;
 pub mod netns;
 pub mod ops;
 pub mod plan;

@@ -4,8 +4,8 @@ use anyhow::{Result, bail};
 use clap::Parser as _;
 use netpath::{
     attach::Attach,
-    cli::{Cli, Command, ConntrackCmd},
-    conntrack, daemon, demo, netns, ops,
+    cli::{Cli, Command, ConntrackCmd, NetworkCmd},
+    conntrack, daemon, demo, endpoint, netns, ops,
     state::{self, Maps, StateDir},
 };
 
@@ -69,6 +69,8 @@ fn run(cli: Cli) -> Result<()> {
                     gateway: up.gateway,
                     uplinks: up.uplinks,
                     masquerade: up.masquerade,
+                    icc: up.icc,
+                    internal: up.internal,
                 };
                 let r = ops::up(&args).await?;
                 let verb = if r.already_up { "already up" } else { "up" };
@@ -149,6 +151,43 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
             Command::Conntrack(cmd) => conntrack_cmd(cmd),
+            Command::Connect(c) => {
+                let args = endpoint::ConnectArgs {
+                    netns: c.netns,
+                    bridge: c.bridge,
+                    ip: c.ip,
+                    ifname: c.ifname,
+                };
+                let r = endpoint::connect(&args).await?;
+                let mac: Vec<String> = r.mac.iter().map(|b| format!("{b:02x}")).collect();
+                println!(
+                    "{} connected to {}: {} {}/{} mac {} via {} (host end {})",
+                    args.netns,
+                    args.bridge,
+                    args.ifname,
+                    r.addr,
+                    r.prefix_len,
+                    mac.join(":"),
+                    r.gateway,
+                    r.host_ifname
+                );
+                Ok(())
+            }
+            Command::Disconnect { netns, bridge } => {
+                let addr = endpoint::disconnect(&netns, &bridge).await?;
+                println!("{netns} disconnected from {bridge} ({addr} is free)");
+                Ok(())
+            }
+            Command::Network(NetworkCmd::Set { bridge, icc }) => {
+                if icc.is_none() {
+                    bail!("nothing to set: give --icc=true or --icc=false");
+                }
+                ops::network_set(&bridge, icc)?;
+                if let Some(icc) = icc {
+                    println!("network {bridge}: icc {}", if icc { "on" } else { "off" });
+                }
+                Ok(())
+            }
             Command::Daemon { interval_ms } => {
                 daemon::run(daemon::Options {
                     netns: netns_name,

@@ -27,7 +27,32 @@ pub struct UpArgs {
     pub uplinks: Vec<String>,
     /// Masquerade traffic of this network leaving through an uplink.
     pub masquerade: bool,
+    /// Containers of this network may talk to each other.
+    pub icc: bool,
+    /// No traffic to or from outside the subnet.
+    pub internal: bool,
 }
+
+impl UpArgs {
+    /// The network flags these options set (the rest come from what
+    /// netpath created).
+    fn option_flags(&self) -> u32 {
+        let mut f = 0;
+        if !self.masquerade {
+            f |= net_flags::NO_MASQUERADE;
+        }
+        if !self.icc {
+            f |= net_flags::NO_ICC;
+        }
+        if self.internal {
+            f |= net_flags::INTERNAL;
+        }
+        f
+    }
+}
+
+/// Network flags that `up` options (and `network set`) control.
+const OPTION_FLAGS: u32 = net_flags::NO_MASQUERADE | net_flags::NO_ICC | net_flags::INTERNAL;
 
 /// What `up` did, for the user.
 #[derive(Debug, Default)]
@@ -150,7 +175,7 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
         same_id,
         &existing,
         &uplinks,
-        args.masquerade,
+        args.option_flags(),
         &mut report,
     )
     .await;
@@ -172,7 +197,7 @@ async fn apply_up(
     same_id: Option<u32>,
     existing: &BTreeMap<u32, NetworkSpec>,
     uplinks: &Uplinks,
-    args_masquerade: bool,
+    option_flags: u32,
     report: &mut UpReport,
 ) -> Result<()> {
     let index = match bridge_index {
@@ -211,14 +236,12 @@ async fn apply_up(
                 .networks
                 .get(&id, 0)
                 .context("reading the existing network")?;
-            flags |= old.flags & !net_flags::NO_MASQUERADE;
+            flags |= old.flags & !OPTION_FLAGS;
             id
         }
         None => plan::next_network_id(existing.keys().copied(), netpath_common::MAX_NETWORKS)?,
     };
-    if !args_masquerade {
-        flags |= net_flags::NO_MASQUERADE;
-    }
+    flags |= option_flags;
     report.net_id = net_id;
     dp.maps
         .networks
@@ -306,12 +329,22 @@ pub async fn reconcile(
     }
     let planned = plan::plan_roles(&links, &nets, uplinks)?;
     let current = dp.maps.ifaces()?;
+    // Ports `connect` made are bound to the address and MAC it gave out.
+    let leased: BTreeMap<u32, (u32, [u8; 6])> = dp
+        .maps
+        .leases()?
+        .into_iter()
+        .map(|(k, l)| (l.host_ifindex, (k.addr_be, l.mac)))
+        .collect();
     let mut changes = Vec::new();
     for (&ifindex, p) in &planned {
-        dp.maps
-            .ifaces
-            .insert(ifindex, p.info, 0)
-            .context("recording an interface")?;
+        let info = port_binding(p.info, current.get(&ifindex), leased.get(&ifindex));
+        if current.get(&ifindex) != Some(&info) {
+            dp.maps
+                .ifaces
+                .insert(ifindex, info, 0)
+                .context("recording an interface")?;
+        }
         changes.push(IfaceChange {
             name: p.name.clone(),
             role: IfaceRole::from_u32(p.info.role).context("planned role")?,
@@ -338,12 +371,40 @@ pub async fn reconcile(
 }
 
 /// Re-applies the recorded networks with the uplink choice in force.
-async fn reapply(nl: &Netlink, state: &StateDir) -> Result<(Vec<IfaceChange>, Vec<u32>)> {
+pub(crate) async fn reapply(
+    nl: &Netlink,
+    state: &StateDir,
+) -> Result<(Vec<IfaceChange>, Vec<u32>)> {
     let current = Maps::open(state)?.ifaces()?;
     let names = nl.names().await?;
     let uplinks = uplink_choice(&[], &current, &names);
     let mut dp = Datapath::load(state)?;
     reconcile(nl, state, &mut dp, &uplinks).await
+}
+
+/// `network set BRIDGE --icc=…`: changes a network's options in place; the
+/// datapath reads them per packet, so live containers follow at once.
+pub fn network_set(bridge: &str, icc: Option<bool>) -> Result<NetworkSpec> {
+    let _lock = state::lock(false)?;
+    let state = StateDir::current()?;
+    if !state.exists() {
+        bail!("no network on bridge {bridge}: nothing is up in this network namespace");
+    }
+    let mut maps = Maps::open(&state)?;
+    let (id, mut info) = maps
+        .network_by_bridge(bridge)?
+        .with_context(|| format!("no network on bridge {bridge}"))?;
+    if let Some(icc) = icc {
+        if icc {
+            info.flags &= !net_flags::NO_ICC;
+        } else {
+            info.flags |= net_flags::NO_ICC;
+        }
+    }
+    maps.networks
+        .insert(id, info, 0)
+        .context("updating the network")?;
+    Ok(NetworkSpec::from_info(&info))
 }
 
 /// What [`refresh`] changed.
@@ -354,10 +415,20 @@ pub struct RefreshReport {
 }
 
 /// The daemon's re-apply after links or addresses changed: `Ok(None)` when
-/// another command holds the lock (try again later).
+/// another command held the lock for two seconds (try again later).
 pub async fn refresh(nl: &Netlink) -> Result<Option<RefreshReport>> {
-    let Some(Some(_lock)) = state::try_lock()? else {
-        return Ok(None);
+    // Commands hold the lock for milliseconds: poll for it rather than
+    // block, so the daemon keeps answering signals.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    let _lock = loop {
+        match state::try_lock()? {
+            None => return Ok(None),
+            Some(Some(l)) => break l,
+            Some(None) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            Some(None) => return Ok(None),
+        }
     };
     let state = StateDir::current()?;
     if !state.exists() {
@@ -365,6 +436,32 @@ pub async fn refresh(nl: &Netlink) -> Result<Option<RefreshReport>> {
     }
     let (changes, detached) = reapply(nl, &state).await?;
     Ok(Some(RefreshReport { changes, detached }))
+}
+
+/// A port keeps what it is bound to: the lease `connect` made, or what the
+/// datapath learnt while it stays a port of the same network.
+fn port_binding(
+    mut info: IfaceInfo,
+    current: Option<&IfaceInfo>,
+    lease: Option<&(u32, [u8; 6])>,
+) -> IfaceInfo {
+    if info.role != IfaceRole::Port as u32 {
+        return info;
+    }
+    if let Some(&(addr, mac)) = lease {
+        info.ipv4_be = addr;
+        info.mac = mac;
+        info.flags |= iface_flags::BOUND;
+    } else if let Some(cur) = current
+        && cur.role == info.role
+        && cur.net_id == info.net_id
+        && cur.flags & iface_flags::LEARNED != 0
+    {
+        info.ipv4_be = cur.ipv4_be;
+        info.mac = cur.mac;
+        info.flags |= iface_flags::LEARNED;
+    }
+    info
 }
 
 fn detach_iface(state: &StateDir, maps: &mut Maps, ifindex: u32) -> Result<()> {
@@ -452,6 +549,24 @@ pub async fn down(target: &DownTarget) -> Result<DownReport> {
         DownTarget::All => networks.iter().map(|(k, v)| (*k, *v)).collect(),
     };
     let mut errors: Vec<anyhow::Error> = Vec::new();
+    // Containers `connect` plugged into these networks are unplugged (their
+    // veths are netpath's); the namespaces themselves stay.
+    let victim_ids: Vec<u32> = victims.iter().map(|(id, _)| *id).collect();
+    for (key, lease) in maps.leases().unwrap_or_default() {
+        if victim_ids.contains(&key.net_id) {
+            if let Err(e) = nl.delete_link(lease.host_ifindex).await
+                && nl
+                    .names()
+                    .await
+                    .is_ok_and(|n| n.contains_key(&lease.host_ifindex))
+            {
+                errors.push(e);
+            }
+            if let Err(e) = maps.leases4.remove(&key) {
+                errors.push(anyhow::Error::new(e).context("forgetting a lease"));
+            }
+        }
+    }
     for (id, info) in &victims {
         if let Err(e) = maps.networks.remove(id) {
             errors.push(anyhow::Error::new(e).context("forgetting the network"));
@@ -552,6 +667,8 @@ pub struct NetworkStatus {
     pub gateway: String,
     pub created_bridge: bool,
     pub masquerade: bool,
+    pub icc: bool,
+    pub internal: bool,
     pub from_containers: Traffic,
     pub to_containers: Traffic,
     /// Packets source-translated on the way out (incl. ICMP errors).
@@ -572,8 +689,13 @@ pub struct IfaceStatus {
     pub role: String,
     /// Bridge name of the interface's network (bridges and ports).
     pub network: Option<String>,
-    /// Uplinks: the primary IPv4 address, the masquerade source.
+    /// Uplinks: the primary IPv4 address, the masquerade source. Ports: the
+    /// container's address once bound (anti-spoofing).
     pub address: Option<String>,
+    /// Ports: the container's MAC once bound.
+    pub mac: Option<String>,
+    /// Ports: "connect" (assigned) or "learned" (first packet); none yet otherwise.
+    pub binding: Option<String>,
     pub ingress_prog_ids: Vec<u32>,
     pub egress_prog_ids: Vec<u32>,
     pub ingress: Traffic,
@@ -619,6 +741,8 @@ pub async fn status() -> Result<Status> {
             gateway: spec.gateway.to_string(),
             created_bridge: info.flags & net_flags::CREATED_BRIDGE != 0,
             masquerade: info.flags & net_flags::NO_MASQUERADE == 0,
+            icc: info.flags & net_flags::NO_ICC == 0,
+            internal: info.flags & net_flags::INTERNAL != 0,
             snat: traffic(counter_scope::NETWORK, *id, counter_kind::NET_SNAT)?,
             rev_snat: traffic(counter_scope::NETWORK, *id, counter_kind::NET_REV_SNAT)?,
             ct_new: traffic(counter_scope::NETWORK, *id, counter_kind::NET_CT_NEW)?.packets,
@@ -653,6 +777,20 @@ pub async fn status() -> Result<Status> {
                 .get(&info.net_id)
                 .map(|n| plan::ifname_from_bytes(&n.bridge_name)),
             address: (info.ipv4_be != 0).then(|| plan::from_be(info.ipv4_be).to_string()),
+            mac: (info.mac != [0; 6]).then(|| {
+                info.mac
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":")
+            }),
+            binding: if info.flags & iface_flags::BOUND != 0 {
+                Some("connect".to_owned())
+            } else if info.flags & iface_flags::LEARNED != 0 {
+                Some("learned".to_owned())
+            } else {
+                None
+            },
             ingress_prog_ids: progs(Dir::Ingress),
             egress_prog_ids: progs(Dir::Egress),
             ingress: traffic(counter_scope::IFACE, ifindex, counter_kind::IF_INGRESS)?,
@@ -690,7 +828,7 @@ impl Status {
         }
         let _ = writeln!(
             s,
-            "\nNETWORK          MASQ  SNAT                     REV-SNAT                 FLOWS    DROPS"
+            "\nNETWORK          MASQ  ICC   INTERNAL  SNAT                     REV-SNAT                 FLOWS    DROPS"
         );
         for n in &self.networks {
             let drops: Vec<String> = n
@@ -701,9 +839,11 @@ impl Status {
                 .collect();
             let _ = writeln!(
                 s,
-                "{:<16} {:<5} {:<24} {:<24} {:<8} {}",
+                "{:<16} {:<5} {:<5} {:<9} {:<24} {:<24} {:<8} {}",
                 n.bridge,
                 if n.masquerade { "on" } else { "off" },
+                if n.icc { "on" } else { "off" },
+                if n.internal { "yes" } else { "no" },
                 fmt_traffic(n.snat),
                 fmt_traffic(n.rev_snat),
                 n.ct_new,
@@ -716,7 +856,7 @@ impl Status {
         }
         let _ = writeln!(
             s,
-            "\nINTERFACE        ROLE    NETWORK          PROG(IN/EG)    INGRESS                  EGRESS"
+            "\nINTERFACE        ROLE    NETWORK          ADDRESS          PROG(IN/EG)    INGRESS                  EGRESS"
         );
         for i in &self.interfaces {
             let ids = |v: &[u32]| {
@@ -728,10 +868,11 @@ impl Status {
             };
             let _ = writeln!(
                 s,
-                "{:<16} {:<7} {:<16} {:<14} {:<24} {}",
+                "{:<16} {:<7} {:<16} {:<16} {:<14} {:<24} {}",
                 i.name.as_deref().unwrap_or("(gone)"),
                 i.role,
                 i.network.as_deref().unwrap_or("-"),
+                i.address.as_deref().unwrap_or("-"),
                 format!("{}/{}", ids(&i.ingress_prog_ids), ids(&i.egress_prog_ids)),
                 fmt_traffic(i.ingress),
                 fmt_traffic(i.egress)

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use ipnet::Ipv4Net;
 use netpath_common::{IFNAMSIZ, IfaceInfo, IfaceRole, NetworkInfo, iface_flags};
 
@@ -273,6 +273,60 @@ fn planned(l: &LinkFacts, role: IfaceRole, net_id: u32, flags: u32) -> Planned {
     }
 }
 
+/// The address `connect` gives a container: `requested` after checking it,
+/// otherwise the first host address of the subnet that is neither the
+/// gateway nor in `used`.
+pub fn choose_address(
+    spec: &NetworkSpec,
+    requested: Option<&str>,
+    used: &std::collections::BTreeSet<Ipv4Addr>,
+) -> Result<Ipv4Addr> {
+    let net = spec.subnet;
+    if let Some(r) = requested {
+        let a: Ipv4Addr = r
+            .parse()
+            .map_err(|_| anyhow::anyhow!("invalid address {r:?}: expected an IPv4 address"))?;
+        if !net.contains(&a) {
+            bail!("address {a} is outside {} ({net})", spec.bridge);
+        }
+        if a == net.network() || a == net.broadcast() {
+            bail!("address {a} is the network or broadcast address of {net}");
+        }
+        if a == spec.gateway {
+            bail!("address {a} is the gateway of {}", spec.bridge);
+        }
+        if used.contains(&a) {
+            bail!("address {a} is already in use on {}", spec.bridge);
+        }
+        return Ok(a);
+    }
+    net.hosts()
+        .find(|a| *a != spec.gateway && !used.contains(a))
+        .with_context(|| format!("no free address left in {net}"))
+}
+
+/// A container's MAC, derived from its address the way Docker does
+/// (`02:42:` + the four address bytes): locally administered, unicast, stable.
+pub fn container_mac(addr: Ipv4Addr) -> [u8; 6] {
+    let o = addr.octets();
+    [0x02, 0x42, o[0], o[1], o[2], o[3]]
+}
+
+/// Host-side veth name for a container namespace on a network: stable for
+/// the pair, 12 bytes, so `disconnect` and humans can find it.
+pub fn host_veth_name(netns_cookie: u64, net_id: u32) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in netns_cookie
+        .to_le_bytes()
+        .iter()
+        .chain(&net_id.to_le_bytes())
+    {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("np{:010x}", h & 0xff_ffff_ffff)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,5 +464,44 @@ mod tests {
         assert!(e("eth9").contains("does not exist"));
         assert!(e("docker0").contains("managed bridge"));
         assert!(e("lo").contains("loopback"));
+    }
+
+    #[test]
+    fn addresses_skip_the_gateway_and_used_ones() {
+        let spec = network_spec("np0", "10.9.0.0/29", None).unwrap();
+        let mut used = std::collections::BTreeSet::new();
+        let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(choose_address(&spec, None, &used).unwrap(), a("10.9.0.2"));
+        used.insert(a("10.9.0.2"));
+        used.insert(a("10.9.0.4"));
+        assert_eq!(choose_address(&spec, None, &used).unwrap(), a("10.9.0.3"));
+        assert_eq!(
+            choose_address(&spec, Some("10.9.0.6"), &used).unwrap(),
+            a("10.9.0.6")
+        );
+        let err = |r: &str| {
+            choose_address(&spec, Some(r), &used)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err("10.9.0.4").contains("in use"));
+        assert!(err("10.9.0.1").contains("gateway"));
+        assert!(err("10.9.0.7").contains("broadcast"));
+        assert!(err("10.9.1.2").contains("outside"));
+        assert!(err("nope").contains("invalid address"));
+        for h in 3..=6 {
+            used.insert(Ipv4Addr::new(10, 9, 0, h));
+        }
+        assert!(
+            choose_address(&spec, None, &used)
+                .unwrap_err()
+                .to_string()
+                .contains("no free address")
+        );
+        assert_eq!(container_mac(a("172.17.0.2")), [2, 0x42, 172, 17, 0, 2]);
+        let n = host_veth_name(12345, 1);
+        assert_eq!(n.len(), 12);
+        assert_eq!(n, host_veth_name(12345, 1));
+        assert_ne!(n, host_veth_name(12345, 2));
     }
 }

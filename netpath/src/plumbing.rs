@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use anyhow::{Context as _, Result};
 use futures::TryStreamExt as _;
 use rtnetlink::{
-    Handle, LinkBridge, LinkUnspec,
+    Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         AddressFamily,
         address::{AddressAttribute, AddressMessage},
@@ -184,6 +184,89 @@ impl Netlink {
             .execute()
             .await
             .with_context(|| format!("setting link {index} up"))
+    }
+
+    /// Creates a veth pair, `host` here and `peer` (with MAC `peer_mac`)
+    /// moved into the namespace open as `netns_fd`. Returns the host end's ifindex.
+    pub async fn create_veth_into(
+        &self,
+        host: &str,
+        peer: &str,
+        peer_mac: [u8; 6],
+        netns_fd: std::os::fd::RawFd,
+    ) -> Result<u32> {
+        self.handle
+            .link()
+            .add(LinkVeth::new(host, peer).build())
+            .execute()
+            .await
+            .with_context(|| format!("creating veth pair {host}/{peer}"))?;
+        let index = self
+            .link_by_name(host)
+            .await?
+            .map(|l| l.index)
+            .with_context(|| format!("veth {host} vanished after creation"))?;
+        let peer_index = self
+            .link_by_name(peer)
+            .await?
+            .map(|l| l.index)
+            .with_context(|| format!("veth {peer} vanished after creation"))?;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(peer_index)
+                    .address(peer_mac.to_vec())
+                    .setns_by_fd(netns_fd)
+                    .build(),
+            )
+            .execute()
+            .await
+            .with_context(|| format!("moving {peer} into the container's namespace"))?;
+        Ok(index)
+    }
+
+    /// Enslaves `index` to the bridge `master` and sets it up.
+    pub async fn enslave_up(&self, index: u32, master: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .controller(master)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .with_context(|| format!("enslaving link {index} to {master}"))
+    }
+
+    /// Renames `index` to `name` and sets it up.
+    pub async fn rename_up(&self, index: u32, name: &str) -> Result<()> {
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .name(name.to_owned())
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .with_context(|| format!("renaming link {index} to {name}"))
+    }
+
+    /// Adds a default route via `gateway`.
+    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
+        self.handle
+            .route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(gateway)
+                    .build(),
+            )
+            .execute()
+            .await
+            .with_context(|| format!("adding a default route via {gateway}"))
     }
 
     pub async fn delete_link(&self, index: u32) -> Result<()> {

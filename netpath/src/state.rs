@@ -15,7 +15,7 @@ use aya::maps::{
 };
 use ipnet::Ipv4Net;
 use netpath_common::{
-    Config, Counter, CounterKey, IfaceInfo, NetworkInfo,
+    Config, Counter, CounterKey, IfaceInfo, Lease, LeaseKey, NetworkInfo,
     ct::{CtEntry4, CtKey4},
     map_names,
 };
@@ -168,6 +168,7 @@ pub struct Maps {
     pub ct4: HashMap<MapData, CtKey4, CtEntry4>,
     pub subnets4: LpmTrie<MapData, u32, u32>,
     pub config: Array<MapData, Config>,
+    pub leases4: HashMap<MapData, LeaseKey, Lease>,
 }
 
 fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
@@ -198,6 +199,8 @@ impl Maps {
             subnets4: LpmTrie::try_from(take(map_names::SUBNETS4)?)
                 .context(layout(map_names::SUBNETS4))?,
             config: Array::try_from(take(map_names::CONFIG)?).context(layout(map_names::CONFIG))?,
+            leases4: HashMap::try_from(take(map_names::LEASES4)?)
+                .context(layout(map_names::LEASES4))?,
         })
     }
 
@@ -236,6 +239,22 @@ impl Maps {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e).context("removing the subnet"),
         }
+    }
+
+    /// Every address `connect` handed out.
+    pub fn leases(&self) -> Result<Vec<(LeaseKey, Lease)>> {
+        self.leases4
+            .iter()
+            .map(|r| r.context("reading NP_LEASES4"))
+            .collect()
+    }
+
+    /// The network recorded for bridge `name`.
+    pub fn network_by_bridge(&self, name: &str) -> Result<Option<(u32, NetworkInfo)>> {
+        Ok(self
+            .networks()?
+            .into_iter()
+            .find(|(_, i)| crate::plan::ifname_from_bytes(&i.bridge_name) == name))
     }
 
     /// Every conntrack entry (both directions).

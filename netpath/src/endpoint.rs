@@ -1,0 +1,234 @@
+//! `connect` / `disconnect`: plugging a network namespace (a container) into
+//! a managed network with a veth pair, an address from the network's
+//! allocator (`NP_LEASES4`, which also skips addresses that containers
+//! plugged in by others were seen using), a default route via the gateway,
+//! and the port bound to that address and MAC for anti-spoofing.
+
+use std::{collections::BTreeSet, fs::File, net::Ipv4Addr, os::fd::AsRawFd as _};
+
+use anyhow::{Context as _, Result, bail};
+use netpath_common::{IFNAMSIZ, IfaceRole, Lease, LeaseKey};
+
+use crate::{
+    netns, ops,
+    plan::{self, NetworkSpec},
+    plumbing::Netlink,
+    state::{self, Maps, StateDir},
+};
+
+/// Arguments of `netpath connect`.
+#[derive(Clone, Debug)]
+pub struct ConnectArgs {
+    pub netns: String,
+    pub bridge: String,
+    pub ip: Option<String>,
+    pub ifname: String,
+}
+
+/// What `connect` set up.
+#[derive(Clone, Debug)]
+pub struct Connected {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+    pub mac: [u8; 6],
+    pub gateway: Ipv4Addr,
+    pub host_ifname: String,
+}
+
+fn lease_name(name: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let n = name.len().min(out.len());
+    out[..n].copy_from_slice(&name.as_bytes()[..n]);
+    out
+}
+
+/// The state, the maps and the network on `bridge`, or a clear error.
+fn open_network(bridge: &str) -> Result<(StateDir, Maps, u32, NetworkSpec)> {
+    let state = StateDir::current()?;
+    if !netns::bpffs_mounted() || !state.exists() {
+        bail!("no network on bridge {bridge}: nothing is up in this network namespace");
+    }
+    let maps = Maps::open(&state)?;
+    let (id, info) = maps
+        .network_by_bridge(bridge)?
+        .with_context(|| format!("no network on bridge {bridge}"))?;
+    Ok((state, maps, id, NetworkSpec::from_info(&info)))
+}
+
+/// The cookie of the named namespace (which must exist).
+fn netns_cookie(name: &str) -> Result<u64> {
+    if name.is_empty() || name.contains('/') {
+        bail!("invalid network namespace name {name:?}");
+    }
+    if !netns::path_of(name).exists() {
+        bail!("network namespace {name} not found");
+    }
+    netns::run_in(name, netns::cookie)?
+}
+
+/// Configures the container end inside its namespace: the name, the
+/// address, up, and a default route via the gateway unless one exists.
+fn configure_inside(
+    ns: &str,
+    tmp_name: String,
+    ifname: String,
+    addr: Ipv4Addr,
+    prefix_len: u8,
+    gateway: Ipv4Addr,
+) -> Result<()> {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || -> Result<()> {
+        netns::enter(&ns)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let nl = Netlink::new()?;
+            if nl.link_by_name(&ifname).await?.is_some() {
+                bail!("{ifname} already exists in network namespace {ns}");
+            }
+            let index = nl
+                .link_by_name(&tmp_name)
+                .await?
+                .map(|l| l.index)
+                .with_context(|| format!("{tmp_name} did not arrive in {ns}"))?;
+            nl.rename_up(index, &ifname).await?;
+            nl.add_addr(index, addr, prefix_len).await?;
+            if let Some(lo) = nl.links().await?.into_iter().find(|l| l.is_loopback()) {
+                nl.set_up(lo.index).await?;
+            }
+            match nl.add_default_route(gateway).await {
+                Ok(()) => Ok(()),
+                // Connected to another network first: its default route stays (as in Docker).
+                Err(e) if format!("{e:#}").contains("File exists") => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("configuring {} panicked", "the container end"))?
+}
+
+pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
+    plan::validate_ifname(&args.ifname)?;
+    let _lock = state::lock(false)?;
+    let (state, mut maps, net_id, spec) = open_network(&args.bridge)?;
+    let cookie = netns_cookie(&args.netns)?;
+    if cookie == netns::cookie()? {
+        bail!(
+            "network namespace {} is the one netpath manages, not a container",
+            args.netns
+        );
+    }
+    let leases = maps.leases()?;
+    if let Some((k, _)) = leases
+        .iter()
+        .find(|(k, l)| k.net_id == net_id && l.netns_cookie == cookie)
+    {
+        bail!(
+            "network namespace {} is already connected to {} ({})",
+            args.netns,
+            args.bridge,
+            plan::from_be(k.addr_be)
+        );
+    }
+    // Taken: what connect handed out, and what containers plugged in by
+    // others were seen to use (their ports' learnt addresses).
+    let mut used: BTreeSet<Ipv4Addr> = leases
+        .iter()
+        .filter(|(k, _)| k.net_id == net_id)
+        .map(|(k, _)| plan::from_be(k.addr_be))
+        .collect();
+    used.extend(
+        maps.ifaces()?
+            .values()
+            .filter(|i| i.role == IfaceRole::Port as u32 && i.net_id == net_id && i.ipv4_be != 0)
+            .map(|i| plan::from_be(i.ipv4_be)),
+    );
+    let addr = plan::choose_address(&spec, args.ip.as_deref(), &used)?;
+    let mac = plan::container_mac(addr);
+    let host = plan::host_veth_name(cookie, net_id);
+    let tmp = format!("npt{}", &host[2..]);
+    debug_assert!(tmp.len() < IFNAMSIZ);
+    let nl = Netlink::new()?;
+    let bridge = nl
+        .link_by_name(&spec.bridge)
+        .await?
+        .with_context(|| format!("bridge {} is missing (run `netpath up` again)", spec.bridge))?;
+    if nl.link_by_name(&host).await?.is_some() {
+        bail!("{host} already exists in this namespace");
+    }
+    let ns_file = File::open(netns::path_of(&args.netns))
+        .with_context(|| format!("network namespace {} not found", args.netns))?;
+
+    let key = LeaseKey {
+        net_id,
+        addr_be: plan::be(addr),
+    };
+    let mut host_index = None;
+    let result: Result<()> = async {
+        let index = nl
+            .create_veth_into(&host, &tmp, mac, ns_file.as_raw_fd())
+            .await?;
+        host_index = Some(index);
+        configure_inside(
+            &args.netns,
+            tmp.clone(),
+            args.ifname.clone(),
+            addr,
+            spec.subnet.prefix_len(),
+            spec.gateway,
+        )?;
+        let lease = Lease {
+            netns_cookie: cookie,
+            host_ifindex: index,
+            flags: 0,
+            mac,
+            _pad: [0; 2],
+            netns_name: lease_name(&args.netns),
+        };
+        maps.leases4
+            .insert(key, lease, 0)
+            .context("recording the lease")?;
+        nl.enslave_up(index, bridge.index).await?;
+        ops::reapply(&nl, &state).await?;
+        Ok(())
+    }
+    .await;
+    if let Err(err) = result {
+        // Deleting the host end takes the container end with it.
+        if let Some(i) = host_index {
+            let _ = nl.delete_link(i).await;
+        }
+        let _ = maps.leases4.remove(&key);
+        let _ = ops::reapply(&nl, &state).await;
+        return Err(err);
+    }
+    Ok(Connected {
+        addr,
+        prefix_len: spec.subnet.prefix_len(),
+        mac,
+        gateway: spec.gateway,
+        host_ifname: host,
+    })
+}
+
+/// Undoes `connect`: the veth pair goes, the address is free again.
+/// Returns the address that was freed.
+pub async fn disconnect(netns_name: &str, bridge: &str) -> Result<Ipv4Addr> {
+    let _lock = state::lock(false)?;
+    let (state, mut maps, net_id, _) = open_network(bridge)?;
+    let cookie = netns_cookie(netns_name)?;
+    let (key, lease) = maps
+        .leases()?
+        .into_iter()
+        .find(|(k, l)| k.net_id == net_id && l.netns_cookie == cookie)
+        .with_context(|| format!("network namespace {netns_name} is not connected to {bridge}"))?;
+    let nl = Netlink::new()?;
+    if nl.names().await?.contains_key(&lease.host_ifindex) {
+        nl.delete_link(lease.host_ifindex).await?;
+    }
+    maps.leases4.remove(&key).context("forgetting the lease")?;
+    ops::reapply(&nl, &state).await?;
+    Ok(plan::from_be(key.addr_be))
+}
