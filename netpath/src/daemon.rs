@@ -1,6 +1,6 @@
 //! `netpath daemon`: one per network namespace. It listens to rtnetlink link
 //! and IPv4 address events and re-applies the recorded networks when they
-//! come (new ports get the programs within milliseconds, an uplink's new
+//! come (new ports get the programs within about 100 ms, an uplink's new
 //! address becomes its masquerade source), and every second it removes
 //! expired conntrack flows.
 //!
@@ -228,6 +228,9 @@ pub async fn run(opts: Options) -> Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Re-apply once at start: things may have changed while no daemon ran.
     let mut dirty = true;
+    // Programs and maps stay loaded between re-applies (the state directory
+    // cannot change under a running daemon: it exits when the state goes).
+    let mut loaded = None;
     let reason = loop {
         tokio::select! {
             _ = term.recv() => break "SIGTERM",
@@ -263,7 +266,7 @@ pub async fn run(opts: Options) -> Result<()> {
         if !dirty || !state.exists() {
             continue;
         }
-        match ops::refresh(&nl).await {
+        match ops::refresh(&nl, &mut loaded).await {
             Ok(Some(r)) => {
                 for c in r.changes.iter().filter(|c| c.changed()) {
                     log(format_args!("{}: {}", c.name, c.role.as_str()));

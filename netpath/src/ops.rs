@@ -375,11 +375,21 @@ pub(crate) async fn reapply(
     nl: &Netlink,
     state: &StateDir,
 ) -> Result<(Vec<IfaceChange>, Vec<u32>)> {
-    let current = Maps::open(state)?.ifaces()?;
+    let mut dp = Datapath::load(state)?;
+    reapply_with(nl, state, &mut dp).await
+}
+
+/// [`reapply`] with programs already loaded (the daemon keeps them loaded,
+/// which spares it the verifier on every event).
+async fn reapply_with(
+    nl: &Netlink,
+    state: &StateDir,
+    dp: &mut Datapath,
+) -> Result<(Vec<IfaceChange>, Vec<u32>)> {
+    let current = dp.maps.ifaces()?;
     let names = nl.names().await?;
     let uplinks = uplink_choice(&[], &current, &names);
-    let mut dp = Datapath::load(state)?;
-    reconcile(nl, state, &mut dp, &uplinks).await
+    reconcile(nl, state, dp, &uplinks).await
 }
 
 /// `network set BRIDGE --icc=…`: changes a network's options in place; the
@@ -416,7 +426,7 @@ pub struct RefreshReport {
 
 /// The daemon's re-apply after links or addresses changed: `Ok(None)` when
 /// another command held the lock for two seconds (try again later).
-pub async fn refresh(nl: &Netlink) -> Result<Option<RefreshReport>> {
+pub async fn refresh(nl: &Netlink, loaded: &mut Option<Datapath>) -> Result<Option<RefreshReport>> {
     // Commands hold the lock for milliseconds: poll for it rather than
     // block, so the daemon keeps answering signals.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
@@ -434,7 +444,11 @@ pub async fn refresh(nl: &Netlink) -> Result<Option<RefreshReport>> {
     if !state.exists() {
         return Ok(Some(RefreshReport::default()));
     }
-    let (changes, detached) = reapply(nl, &state).await?;
+    let dp = match loaded {
+        Some(dp) => dp,
+        None => loaded.insert(Datapath::load(&state)?),
+    };
+    let (changes, detached) = reapply_with(nl, &state, dp).await?;
     Ok(Some(RefreshReport { changes, detached }))
 }
 
