@@ -86,6 +86,8 @@ pub mod ct_flags {
     pub const FIN_REPLY: u32 = 1 << 2;
     /// Source NAT (masquerade) flow.
     pub const SNAT: u32 = 1 << 3;
+    /// Destination NAT flow (a published port).
+    pub const DNAT: u32 = 1 << 4;
 }
 
 /// TCP connection states, [`CtEntry4::state`] (0 for other protocols).

@@ -186,6 +186,71 @@ pub struct Lease {
     pub netns_name: [u8; 32],
 }
 
+/// Key of `NP_PUBLISH4`: a published host port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PubKey4 {
+    /// The host address it is bound to; 0 for every host address.
+    pub addr_be: u32,
+    pub port_be: u16,
+    /// 6 (TCP) or 17 (UDP).
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of `NP_PUBLISH4`: where a published port leads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PubVal4 {
+    pub target_be: u32,
+    pub target_port_be: u16,
+    pub _pad: u16,
+    /// The target's network.
+    pub net_id: u32,
+    /// Counter id of this mapping (scope `counter_scope::PUBLISH`).
+    pub id: u32,
+}
+
+/// Maximum published ports (each port of a range counts) per namespace.
+pub const MAX_PUBLISH: u32 = 65536 * 2;
+/// Maximum IPv4 addresses of the namespace netpath tracks.
+pub const MAX_HOSTADDRS: u32 = 4096;
+
+/// Value of the one-element `NP_HOST` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct HostInfo {
+    /// Cookie of the network namespace netpath manages: the socket hooks
+    /// act only on sockets of this namespace.
+    pub netns_cookie: u64,
+    /// Inode of the cgroup the socket hooks are attached to (0: none).
+    pub cgroup_id: u64,
+}
+
+/// Key of `NP_SOCK_REVNAT4`: a socket and the address it was redirected to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SockRevKey {
+    pub sock_cookie: u64,
+    pub target_be: u32,
+    pub target_port_be: u16,
+    pub _pad: u16,
+}
+
+/// Value of `NP_SOCK_REVNAT4`: the address the socket dialled.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SockRevVal {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub _pad: u16,
+}
+
 /// Maximum addresses `connect` hands out per namespace.
 pub const MAX_LEASES: u32 = 65536;
 
@@ -195,6 +260,8 @@ pub mod counter_scope {
     pub const IFACE: u16 = 1;
     /// `id` is a network id.
     pub const NETWORK: u16 = 2;
+    /// `id` is a published port's [`PubVal4::id`](crate::PubVal4).
+    pub const PUBLISH: u16 = 3;
 }
 
 /// Kinds of counters. New kinds may be added; existing values never change.
@@ -213,6 +280,12 @@ pub mod counter_kind {
     pub const NET_REV_SNAT: u16 = 19;
     /// Network: conntrack flows created.
     pub const NET_CT_NEW: u16 = 20;
+    /// Network: packets destination-translated to a published port of one of its containers.
+    pub const NET_DNAT: u16 = 21;
+    /// Published port: packets to the container.
+    pub const PUB_IN: u16 = 32;
+    /// Published port: packets back from the container.
+    pub const PUB_OUT: u16 = 33;
     /// Network: packets dropped, one kind per [`DropReason`](crate::DropReason)
     /// (`DROP_BASE + reason`).
     pub const DROP_BASE: u16 = 256;
@@ -226,6 +299,9 @@ pub mod counter_kind {
             NET_SNAT => "snat",
             NET_REV_SNAT => "rev_snat",
             NET_CT_NEW => "ct_new",
+            NET_DNAT => "dnat",
+            PUB_IN => "in",
+            PUB_OUT => "out",
             k if k > DROP_BASE => match crate::DropReason::from_u16(k - DROP_BASE) {
                 Some(r) => r.as_str(),
                 None => "drop_unknown",
@@ -418,10 +494,16 @@ impl Counter {
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        Config, Counter, CounterKey, IfaceInfo, Lease, LeaseKey, NetworkInfo,
+        Config, Counter, CounterKey, HostInfo, IfaceInfo, Lease, LeaseKey, NetworkInfo, PubKey4,
+        PubVal4, SockRevKey, SockRevVal,
         ct::{CtEntry4, CtKey4, FragKey4, FragPorts},
     };
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for HostInfo {}
+    unsafe impl aya::Pod for PubKey4 {}
+    unsafe impl aya::Pod for PubVal4 {}
+    unsafe impl aya::Pod for SockRevKey {}
+    unsafe impl aya::Pod for SockRevVal {}
     unsafe impl aya::Pod for Lease {}
     unsafe impl aya::Pod for LeaseKey {}
     unsafe impl aya::Pod for CtKey4 {}

@@ -96,16 +96,24 @@ pub fn same_key(a: &CtKey4, b: &CtKey4) -> bool {
 }
 
 /// The entry for the other direction of the flow whose entry `e` is keyed
-/// by `key`: an ORIGINAL entry (keyed `C:cport -> R:rport`) has a REPLY
-/// partner that writes `C:cport`; a REPLY entry (keyed `R:rport -> U:nport`)
-/// has an ORIGINAL partner that writes `U:nport`.
+/// by `key`. `nat_addr_be`/`nat_port_be` say what each direction writes on
+/// the side its NAT type changes: source NAT flows write the source going
+/// out (`U:nport`) and the destination coming back (`C:cport`); destination
+/// NAT flows write the destination going in (`T:tport`) and the source
+/// coming back (`H:hport`). (The full translated tuple is always the
+/// partner's key reversed.)
 #[inline(always)]
 fn partner_entry(key: &CtKey4, e: &CtEntry4) -> CtEntry4 {
     let to_reply = e.dir == ct_dir::ORIGINAL;
+    let dnat = e.flags & ct_flags::DNAT != 0;
+    // Which end of `key` the partner writes: for source NAT the partner of
+    // ORIGINAL restores the key's source, the partner of REPLY writes the
+    // key's destination; destination NAT the other way round.
+    let key_src = to_reply != dnat;
     CtEntry4 {
         peer: *key,
-        nat_addr_be: if to_reply { key.saddr_be } else { key.daddr_be },
-        nat_port_be: if to_reply { key.sport_be } else { key.dport_be },
+        nat_addr_be: if key_src { key.saddr_be } else { key.daddr_be },
+        nat_port_be: if key_src { key.sport_be } else { key.dport_be },
         dir: if to_reply {
             ct_dir::REPLY
         } else {
@@ -151,37 +159,45 @@ pub fn ct_keep_partner4(key: &CtKey4, e: *mut CtEntry4) -> bool {
     false
 }
 
-/// Creates a masquerade flow for the container tuple `orig`, leaving as
-/// `addr`: claims an external tuple (the container's own port when free,
-/// otherwise one from the configured range) by inserting the REPLY entry
-/// first, then inserts the ORIGINAL entry, rolling the REPLY entry back when
-/// another CPU created the same flow meanwhile (and using that one).
+/// Creates a flow whose ORIGINAL packets (`orig`, as they arrive) leave as
+/// `translated`. Its REPLY key, `translated` reversed, is inserted first
+/// with `BPF_NOEXIST`: that claims the tuple replies will carry. With
+/// `vary_sport` (source NAT) the translated source port may change: the
+/// original port first, then 31 ports from a random start in the configured
+/// range. Then the ORIGINAL entry is inserted; when another CPU created the
+/// same flow meanwhile, the REPLY entry is removed again and the winner's
+/// flow is used.
 #[inline(always)]
-pub fn ct_create_snat4(
+pub fn ct_create4(
     orig: &CtKey4,
-    addr: u32,
+    translated: &CtKey4,
+    vary_sport: bool,
+    flags: u32,
     net_id: u32,
     now: u64,
 ) -> Result<*mut CtEntry4, DropReason> {
     let has_ports = match orig.proto {
         proto::TCP | proto::UDP => true,
-        proto::ICMP => orig.sport_be != 0,
+        proto::ICMP => translated.sport_be != 0,
         _ => false,
     };
-    let mut reply = CtKey4::new(
-        orig.daddr_be,
-        addr,
-        orig.dport_be,
-        orig.sport_be,
-        orig.proto,
-    );
+    let mut reply = translated.reversed();
+    let dnat = flags & ct_flags::DNAT != 0;
     let mut oentry = CtEntry4 {
         peer: reply,
-        nat_addr_be: addr,
-        nat_port_be: orig.sport_be,
+        nat_addr_be: if dnat {
+            translated.daddr_be
+        } else {
+            translated.saddr_be
+        },
+        nat_port_be: if dnat {
+            translated.dport_be
+        } else {
+            translated.sport_be
+        },
         dir: ct_dir::ORIGINAL,
         state: 0,
-        flags: ct_flags::SNAT,
+        flags,
         net_id,
         created_ns: now,
         last_seen_ns: now,
@@ -201,13 +217,15 @@ pub fn ct_create_snat4(
     }
     // SAFETY: no preconditions.
     let start = unsafe { bpf_get_prandom_u32() } % span;
+    let tries = if vary_sport && has_ports {
+        PORT_TRIES
+    } else {
+        1
+    };
     let mut claimed = false;
     let mut i: u32 = 0;
-    while i < PORT_TRIES {
+    while i < tries {
         if i > 0 {
-            if !has_ports {
-                break;
-            }
             let port = min + (start + i) % span;
             reply.dport_be = (port as u16).to_be();
         }
@@ -225,10 +243,12 @@ pub fn ct_create_snat4(
         return Err(DropReason::NatPortsExhausted);
     }
     oentry.peer = reply;
-    oentry.nat_port_be = reply.dport_be;
+    if !dnat {
+        oentry.nat_port_be = reply.dport_be;
+    }
     if NP_CT4.insert(orig, &oentry, BPF_NOEXIST as u64).is_err() {
         // Lost a race with another CPU creating the same flow: give our
-        // external tuple back and use the winner's entry.
+        // claimed tuple back and use the winner's entry.
         let _ = NP_CT4.remove(&reply);
     }
     ct_lookup4(orig).ok_or(DropReason::CtInsertFailed)

@@ -10,6 +10,11 @@
 //!   own gateway always; own subnet unless ICC is off; another managed
 //!   subnet never (its gateway, a host address, is fine); outside the
 //!   managed subnets unless the network is internal.
+//!   Before the destination policy, published-port flows are translated
+//!   (see `nat::port4_ingress`): a container reaching a published port and a
+//!   container answering through one are allowed whatever the networks,
+//!   because the flow was allowed when it was created (Docker's DNAT happens
+//!   before its isolation chains too).
 //! - Egress on a port (delivered to a container): an internal network only
 //!   receives from its own subnet.
 
@@ -23,7 +28,7 @@ use crate::{
     TCX_NEXT,
     counters::count,
     maps::{NP_IFACES, NP_NETWORKS},
-    nat::network_of,
+    nat::{self, network_of},
     parse::{self, ETH_HLEN, L3},
 };
 
@@ -120,6 +125,13 @@ pub fn port_ingress(ctx: &TcContext, ifindex: u32, iface: &IfaceInfo) -> i32 {
             } else if ip.saddr != 0 {
                 // Not an address this network hands out (0.0.0.0 is DHCP).
                 return drop(net_id, DropReason::SpoofedSource, len);
+            }
+            // Published ports and their replies pass whatever the policy:
+            // the flow was allowed when it was created.
+            match nat::port4_ingress(ctx, &ip, net_id, &net) {
+                nat::PortNat::Translated => return TCX_NEXT,
+                nat::PortNat::Verdict(v) => return v,
+                nat::PortNat::None => {}
             }
             match destination(&net, net_id, ip.daddr) {
                 Ok(()) => TCX_NEXT,

@@ -7,8 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap},
 };
 use netpath_common::{
-    Config, Counter, CounterKey, IfaceInfo, Lease, LeaseKey, MAX_COUNTERS, MAX_IFACES, MAX_LEASES,
-    MAX_NETWORKS, NetworkInfo,
+    Config, Counter, CounterKey, HostInfo, IfaceInfo, Lease, LeaseKey, MAX_COUNTERS, MAX_HOSTADDRS,
+    MAX_IFACES, MAX_LEASES, MAX_NETWORKS, MAX_PUBLISH, NetworkInfo, PubKey4, PubVal4, SockRevKey,
+    SockRevVal,
     ct::{CtEntry4, CtKey4, FragKey4, FragPorts, MAX_CT4, MAX_FRAG4},
 };
 
@@ -47,3 +48,20 @@ pub static NP_CONFIG: Array<Config> = Array::pinned(1, 0);
 /// declared here so it is created and pinned with the others.
 #[map]
 pub static NP_LEASES4: HashMap<LeaseKey, Lease> = HashMap::pinned(MAX_LEASES, 0);
+
+/// Published ports: (host address or 0, port, protocol) -> container.
+#[map]
+pub static NP_PUBLISH4: HashMap<PubKey4, PubVal4> = HashMap::pinned(MAX_PUBLISH, 0);
+
+/// The namespace's own IPv4 addresses ("addrtype LOCAL"), kept by the loader.
+#[map]
+pub static NP_HOSTADDRS4: HashMap<u32, u32> = HashMap::pinned(MAX_HOSTADDRS, 0);
+
+/// One [`HostInfo`]: the managed namespace's cookie, for the socket hooks.
+#[map]
+pub static NP_HOST: Array<HostInfo> = Array::pinned(1, 0);
+
+/// What a host socket dialled before the socket hooks redirected it to a
+/// container, for `getpeername` and UDP `recvmsg`.
+#[map]
+pub static NP_SOCK_REVNAT4: LruHashMap<SockRevKey, SockRevVal> = LruHashMap::pinned(65536, 0);
