@@ -73,6 +73,11 @@ impl CtKey4 {
 pub mod ct_dir {
     pub const ORIGINAL: u8 = 0;
     pub const REPLY: u8 = 1;
+    /// A packet half-way through a flow that rewrites both ends (a
+    /// container reaching its own published port): the destination was
+    /// rewritten at ingress, the source is rewritten at egress, found by this
+    /// intermediate tuple. `peer` is the key whose reverse gives the source.
+    pub const MID: u8 = 2;
 }
 
 /// Flags in [`CtEntry4::flags`] (kept on the ORIGINAL entry unless noted).

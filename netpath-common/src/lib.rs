@@ -35,9 +35,29 @@ pub mod map_names {
     /// [`LeaseKey`](crate::LeaseKey) -> [`Lease`](crate::Lease): addresses
     /// `netpath connect` handed out (only userspace reads it).
     pub const LEASES4: &str = "NP_LEASES4";
+    /// [`PubKey4`](crate::PubKey4) -> [`PubVal4`](crate::PubVal4): published ports.
+    pub const PUBLISH4: &str = "NP_PUBLISH4";
+    /// IPv4 address -> ifindex: the namespace's own addresses ("addrtype LOCAL").
+    pub const HOSTADDRS4: &str = "NP_HOSTADDRS4";
+    /// Array of one [`HostInfo`](crate::HostInfo): the managed namespace's cookie.
+    pub const HOST: &str = "NP_HOST";
+    /// [`SockRevKey`](crate::SockRevKey) -> [`SockRevVal`](crate::SockRevVal):
+    /// what a host socket dialled before the socket hooks redirected it (LRU).
+    pub const SOCK_REVNAT4: &str = "NP_SOCK_REVNAT4";
     /// All pinned map names, for tooling that walks the pin directory.
-    pub const ALL: [&str; 8] = [
-        IFACES, NETWORKS, COUNTERS, CT4, FRAG4, SUBNETS4, CONFIG, LEASES4,
+    pub const ALL: [&str; 12] = [
+        IFACES,
+        NETWORKS,
+        COUNTERS,
+        CT4,
+        FRAG4,
+        SUBNETS4,
+        CONFIG,
+        LEASES4,
+        PUBLISH4,
+        HOSTADDRS4,
+        HOST,
+        SOCK_REVNAT4,
     ];
 }
 
@@ -282,6 +302,8 @@ pub mod counter_kind {
     pub const NET_CT_NEW: u16 = 20;
     /// Network: packets destination-translated to a published port of one of its containers.
     pub const NET_DNAT: u16 = 21;
+    /// Network: its containers' answers from published ports, source-translated back.
+    pub const NET_REV_DNAT: u16 = 22;
     /// Published port: packets to the container.
     pub const PUB_IN: u16 = 32;
     /// Published port: packets back from the container.
@@ -300,6 +322,7 @@ pub mod counter_kind {
             NET_REV_SNAT => "rev_snat",
             NET_CT_NEW => "ct_new",
             NET_DNAT => "dnat",
+            NET_REV_DNAT => "rev_dnat",
             PUB_IN => "in",
             PUB_OUT => "out",
             k if k > DROP_BASE => match crate::DropReason::from_u16(k - DROP_BASE) {

@@ -129,7 +129,7 @@ pub fn port_ingress(ctx: &TcContext, ifindex: u32, iface: &IfaceInfo) -> i32 {
             // Published ports and their replies pass whatever the policy:
             // the flow was allowed when it was created.
             match nat::port4_ingress(ctx, &ip, net_id, &net) {
-                nat::PortNat::Translated => return TCX_NEXT,
+                nat::PortNat::Published => return TCX_NEXT,
                 nat::PortNat::Verdict(v) => return v,
                 nat::PortNat::None => {}
             }
@@ -167,24 +167,22 @@ fn destination(net: &NetworkInfo, net_id: u32, daddr: u32) -> Result<(), DropRea
     }
 }
 
-/// A packet about to be delivered to a container.
+/// A packet about to be delivered to a container: the source half of
+/// published-port flows, then the internal network's check.
 #[inline(always)]
 pub fn port_egress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
     if !parse::is_ipv4(ctx) {
         return TCX_NEXT;
     }
-    let Some(net) = network(iface.net_id) else {
-        return TCX_NEXT;
-    };
-    if net.flags & net_flags::INTERNAL == 0 {
-        return TCX_NEXT;
-    }
     let Some(ip) = parse::ipv4_at(ctx, L3) else {
         return TCX_NEXT;
     };
-    if net.contains_be(ip.saddr) {
-        TCX_NEXT
-    } else {
-        drop(iface.net_id, DropReason::Internal, ctx.len())
+    let Some(net) = network(iface.net_id) else {
+        return TCX_NEXT;
+    };
+    if net.flags & net_flags::INTERNAL != 0 && !net.contains_be(ip.saddr) {
+        return drop(iface.net_id, DropReason::Internal, ctx.len());
     }
+    nat::port4_egress(ctx, &ip);
+    TCX_NEXT
 }

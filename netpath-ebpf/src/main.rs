@@ -53,7 +53,7 @@ fn handle(ctx: &TcContext, dir: Dir) -> Result<i32, i32> {
     };
     account(ctx, dir, ifindex, &iface);
     Ok(match (IfaceRole::from_u32(iface.role), dir) {
-        (Some(IfaceRole::Uplink), Dir::Egress) => nat::snat4_egress(ctx, &iface),
+        (Some(IfaceRole::Uplink), Dir::Egress) => nat::nat4_egress(ctx, &iface),
         (Some(IfaceRole::Uplink), Dir::Ingress) => nat::nat4_ingress(ctx),
         (Some(IfaceRole::Port), Dir::Ingress) => isolate::port_ingress(ctx, ifindex, &iface),
         (Some(IfaceRole::Port), Dir::Egress) => isolate::port_egress(ctx, &iface),

@@ -112,27 +112,51 @@ fn set_port(ctx: &TcContext, ip: &Ip4, l4: &L4, side: Side, old: u16, new: u16) 
         .map_err(|_| ())
 }
 
-/// Rewrites the packet into the tuple `to`: addresses always, ports when
-/// the packet carries a transport header (`l4`).
+/// Where a rewrite happens. Destinations are rewritten at ingress (before
+/// the host routes the packet), sources at egress (after): a packet never
+/// enters the host's routing with one of the host's own addresses as its
+/// source, which the kernel would drop as a martian.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Ingress,
+    Egress,
+}
+
+/// Rewrites the packet's destination (ingress) or source (egress) to what
+/// the tuple `to` has: the address always, the port when the packet carries
+/// a transport header (`l4`). Returns whether anything changed.
 #[inline(always)]
-fn translate4(ctx: &TcContext, ip: &Ip4, l4: Option<&L4>, to: &CtKey4) -> Result<(), ()> {
-    if to.saddr_be != ip.saddr {
-        set_addr(ctx, l4, Side::Src, ip.saddr, to.saddr_be)?;
-    }
-    if to.daddr_be != ip.daddr {
-        set_addr(ctx, l4, Side::Dst, ip.daddr, to.daddr_be)?;
+fn translate4(
+    ctx: &TcContext,
+    ip: &Ip4,
+    l4: Option<&L4>,
+    to: &CtKey4,
+    phase: Phase,
+) -> Result<bool, ()> {
+    let (side, old_addr, new_addr) = match phase {
+        Phase::Ingress => (Side::Dst, ip.daddr, to.daddr_be),
+        Phase::Egress => (Side::Src, ip.saddr, to.saddr_be),
+    };
+    let mut changed = false;
+    if old_addr != new_addr {
+        set_addr(ctx, l4, side, old_addr, new_addr)?;
+        changed = true;
     }
     if let Some(l4) = l4
         && l4.kind == L4Kind::Ports
     {
-        if to.sport_be != l4.sport_be {
-            set_port(ctx, ip, l4, Side::Src, l4.sport_be, to.sport_be)?;
-        }
-        if to.dport_be != l4.dport_be {
-            set_port(ctx, ip, l4, Side::Dst, l4.dport_be, to.dport_be)?;
+        let (old, new) = match phase {
+            Phase::Ingress => (l4.dport_be, to.dport_be),
+            Phase::Egress => (l4.sport_be, to.sport_be),
+        };
+        // An echo carries its identifier once (request: as sport, reply: as
+        // dport); the other "port" is 0 on both sides.
+        if old != new {
+            set_port(ctx, ip, l4, side, old, new)?;
+            changed = true;
         }
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// Counts a packet of a published port's flow on its mapping, found from
@@ -158,25 +182,18 @@ fn count_published(addr: u32, port: u16, proto_nr: u8, kind: u16, len: u32) {
     }
 }
 
-/// A packet of the flow entry `e` (keyed `key`): accounting, TCP state, the
-/// partner check, then the rewrite. `Err` when the entry turned out stale
-/// (its partner's key now belongs to another flow; it was removed).
+/// Per-packet conntrack bookkeeping, once per packet (at its first hook):
+/// counters, TCP state, the partner check. `Err` when the entry turned out
+/// stale (its partner's key now belongs to another flow; it was removed).
 #[inline(always)]
-fn apply4(
-    ctx: &TcContext,
-    ip: &Ip4,
-    l4: Option<&L4>,
-    key: &CtKey4,
-    e: *mut CtEntry4,
-    len: u32,
-) -> Result<(), ()> {
+fn account4(ip: &Ip4, l4: Option<&L4>, key: &CtKey4, e: *mut CtEntry4, len: u32) -> Result<(), ()> {
     let t = now();
     let refreshed = ct_touch4(e, len, t);
     if refreshed && !ct_keep_partner4(key, e) {
         return Err(());
     }
     // SAFETY: map value pointer, valid during the program.
-    let (dir, flags, peer, net_id) = unsafe { ((*e).dir, (*e).flags, (*e).peer, (*e).net_id) };
+    let (dir, flags, peer) = unsafe { ((*e).dir, (*e).flags, (*e).peer) };
     let tcp = match l4 {
         Some(l4) if ip.proto == proto::TCP => l4.tcp_flags,
         _ => 0,
@@ -185,30 +202,58 @@ fn apply4(
         if ip.proto == proto::TCP && l4.is_some() {
             ct_tcp_update4(e, false, tcp);
         }
-    } else if flags & ct_flags::SEEN_REPLY == 0
-        || tcp & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0
+    } else if dir == ct_dir::REPLY
+        && (flags & ct_flags::SEEN_REPLY == 0
+            || tcp & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0)
+        && let Some(o) = ct_lookup4(&peer)
     {
-        if let Some(o) = ct_lookup4(&peer) {
-            // SAFETY: as above.
-            unsafe {
-                if (*o).flags & ct_flags::SEEN_REPLY == 0 {
-                    (*o).flags |= ct_flags::SEEN_REPLY;
-                }
-                if (*e).flags & ct_flags::SEEN_REPLY == 0 {
-                    (*e).flags |= ct_flags::SEEN_REPLY;
-                }
+        // SAFETY: as above.
+        unsafe {
+            if (*o).flags & ct_flags::SEEN_REPLY == 0 {
+                (*o).flags |= ct_flags::SEEN_REPLY;
             }
-            if ip.proto == proto::TCP && l4.is_some() {
-                ct_tcp_update4(o, true, tcp);
+            if (*e).flags & ct_flags::SEEN_REPLY == 0 {
+                (*e).flags |= ct_flags::SEEN_REPLY;
             }
         }
+        if ip.proto == proto::TCP && l4.is_some() {
+            ct_tcp_update4(o, true, tcp);
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites a packet of flow entry `e` (keyed `key`) for `phase`: it leaves
+/// as the entry's partner key reversed. Counts what was translated.
+#[inline(always)]
+fn apply4(
+    ctx: &TcContext,
+    ip: &Ip4,
+    l4: Option<&L4>,
+    key: &CtKey4,
+    e: *mut CtEntry4,
+    len: u32,
+    phase: Phase,
+) -> Result<(), ()> {
+    // SAFETY: map value pointer, valid during the program.
+    let (dir, flags, peer, net_id) = unsafe { ((*e).dir, (*e).flags, (*e).peer, (*e).net_id) };
+    // Bookkeeping happens once per packet, at the hook that translates the
+    // entry's direction (every packet of a flow passes it).
+    let translating = match dir {
+        ct_dir::ORIGINAL => (flags & ct_flags::DNAT != 0) == (phase == Phase::Ingress),
+        ct_dir::REPLY => (flags & ct_flags::DNAT != 0) == (phase == Phase::Egress),
+        _ => false,
+    };
+    if translating {
+        account4(ip, l4, key, e, len)?;
     }
     let to = peer.reversed();
-    translate4(ctx, ip, l4, &to)?;
-    let kind = match (flags & ct_flags::DNAT != 0, dir == ct_dir::ORIGINAL) {
-        (false, true) => counter_kind::NET_SNAT,
-        (false, false) => counter_kind::NET_REV_SNAT,
-        (true, true) => {
+    if !translate4(ctx, ip, l4, &to, phase)? {
+        return Ok(());
+    }
+    let dnat = flags & ct_flags::DNAT != 0;
+    let kind = match (phase, dir) {
+        (Phase::Ingress, ct_dir::ORIGINAL) if dnat => {
             count_published(
                 key.daddr_be,
                 key.dport_be,
@@ -218,7 +263,7 @@ fn apply4(
             );
             counter_kind::NET_DNAT
         }
-        (true, false) => {
+        (Phase::Egress, ct_dir::REPLY) if dnat => {
             count_published(
                 to.saddr_be,
                 to.sport_be,
@@ -226,8 +271,12 @@ fn apply4(
                 counter_kind::PUB_OUT,
                 len,
             );
-            counter_kind::NET_REV_SNAT
+            counter_kind::NET_REV_DNAT
         }
+        (Phase::Egress, ct_dir::ORIGINAL) => counter_kind::NET_SNAT,
+        (Phase::Ingress, ct_dir::REPLY) => counter_kind::NET_REV_SNAT,
+        // The source half of a flow that rewrites both ends.
+        _ => counter_kind::NET_SNAT,
     };
     count(counter_scope::NETWORK, net_id, kind, len);
     Ok(())
@@ -236,8 +285,10 @@ fn apply4(
 /// A later fragment (no transport header): the ports come from its first
 /// fragment, recorded in `NP_FRAG4`; the addresses are rewritten like the
 /// first fragment's. Fragments that overtook their first one are left alone.
+/// Returns `None` when the fragment belongs to no known flow, otherwise
+/// whether the flow is a published port's.
 #[inline(always)]
-fn later_fragment4(ctx: &TcContext, ip: &Ip4) -> bool {
+fn later_fragment4(ctx: &TcContext, ip: &Ip4, phase: Phase) -> Option<bool> {
     let fk = FragKey4 {
         saddr_be: ip.saddr,
         daddr_be: ip.daddr,
@@ -245,79 +296,120 @@ fn later_fragment4(ctx: &TcContext, ip: &Ip4) -> bool {
         proto: ip.proto,
         _pad: 0,
     };
-    let Some(ports) = NP_FRAG4.get_ptr(&fk) else {
-        return false;
-    };
     // SAFETY: map value pointer, valid during the program.
-    let ports = unsafe { *ports };
+    let ports = unsafe { *NP_FRAG4.get_ptr(&fk)? };
     let key = CtKey4::new(ip.saddr, ip.daddr, ports.sport_be, ports.dport_be, ip.proto);
-    let Some(e) = ct_lookup4(&key) else {
-        return false;
-    };
+    let e = ct_lookup4(&key)?;
     // SAFETY: as above.
-    let to = unsafe { (*e).peer }.reversed();
-    translate4(ctx, ip, None, &to).is_ok()
-}
-
-/// Records the ports of a first fragment for its later fragments.
-#[inline(always)]
-fn first_fragment4(ip: &Ip4, l4: &L4) {
-    if ip.is_fragment() {
-        let fk = FragKey4 {
-            saddr_be: ip.saddr,
-            daddr_be: ip.daddr,
-            id_be: ip.id_be,
-            proto: ip.proto,
-            _pad: 0,
+    let (to, flags) = unsafe { ((*e).peer.reversed(), (*e).flags) };
+    let _ = translate4(ctx, ip, None, &to, phase);
+    // The fragment's new addresses, for the next hook (the other phase).
+    if phase == Phase::Ingress {
+        let moved = FragKey4 {
+            daddr_be: to.daddr_be,
+            ..fk
         };
         let ports = FragPorts {
-            sport_be: l4.sport_be,
-            dport_be: l4.dport_be,
+            sport_be: ports.sport_be,
+            dport_be: to.dport_be,
         };
-        let _ = NP_FRAG4.insert(&fk, &ports, 0);
+        if moved.daddr_be != fk.daddr_be || ports.dport_be != key.dport_be {
+            let _ = NP_FRAG4.insert(&moved, &ports, 0);
+        }
+    }
+    Some(flags & ct_flags::DNAT != 0)
+}
+
+/// Records the ports of a first fragment for its later fragments, as they
+/// will look at the next hook too (after this hook's rewrite).
+#[inline(always)]
+fn first_fragment4(ip: &Ip4, l4: &L4, e: *mut CtEntry4, phase: Phase) {
+    if !ip.is_fragment() {
+        return;
+    }
+    let fk = FragKey4 {
+        saddr_be: ip.saddr,
+        daddr_be: ip.daddr,
+        id_be: ip.id_be,
+        proto: ip.proto,
+        _pad: 0,
+    };
+    let ports = FragPorts {
+        sport_be: l4.sport_be,
+        dport_be: l4.dport_be,
+    };
+    let _ = NP_FRAG4.insert(&fk, &ports, 0);
+    if phase == Phase::Ingress {
+        // SAFETY: map value pointer, valid during the program.
+        let to = unsafe { (*e).peer }.reversed();
+        if to.daddr_be != ip.daddr || to.dport_be != l4.dport_be {
+            let moved = FragKey4 {
+                daddr_be: to.daddr_be,
+                ..fk
+            };
+            let ports = FragPorts {
+                sport_be: l4.sport_be,
+                dport_be: to.dport_be,
+            };
+            let _ = NP_FRAG4.insert(&moved, &ports, 0);
+        }
     }
 }
 
-/// Uplink egress: masquerade packets from managed subnets.
+/// The masquerade source and network of a packet leaving through an uplink:
+/// `Some` when it comes from a managed subnet that masquerades.
 #[inline(always)]
-pub fn snat4_egress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
+fn masquerading(ip: &Ip4) -> Option<u32> {
+    let net_id = network_of(ip.saddr)?;
+    let net = network(net_id)?;
+    if net.flags & (net_flags::NO_MASQUERADE | net_flags::INTERNAL) != 0 {
+        return None;
+    }
+    Some(net_id)
+}
+
+/// Uplink egress: the source half of every flow (masquerade, answers from
+/// published ports), and new masquerade flows from managed subnets.
+#[inline(always)]
+pub fn nat4_egress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
     if !parse::is_ipv4(ctx) {
         return TCX_NEXT;
     }
     let Some(ip) = parse::ipv4_at(ctx, L3) else {
         return TCX_NEXT;
     };
-    let Some(net_id) = network_of(ip.saddr) else {
-        return TCX_NEXT;
-    };
-    let Some(net) = network(net_id) else {
-        return TCX_NEXT;
-    };
-    if net.flags & (net_flags::NO_MASQUERADE | net_flags::INTERNAL) != 0 {
-        return TCX_NEXT;
-    }
     let len = ctx.len();
+    let masq = masquerading(&ip);
     let addr = iface.ipv4_be;
-    if addr == 0 {
-        return drop(net_id, DropReason::NatNoAddress, len);
-    }
     if ip.is_later_fragment() {
+        if later_fragment4(ctx, &ip, Phase::Egress).is_some() {
+            return TCX_NEXT;
+        }
+        let Some(net_id) = masq else {
+            return TCX_NEXT;
+        };
+        if addr == 0 {
+            return drop(net_id, DropReason::NatNoAddress, len);
+        }
         // No ports here: the source address is all there is, and it is the
         // same for every flow of this network leaving through this uplink.
-        if set_addr(ctx, None, Side::Src, ip.saddr, addr).is_err() {
+        if ip.saddr != addr && set_addr(ctx, None, Side::Src, ip.saddr, addr).is_err() {
             return drop(net_id, DropReason::Malformed, len);
         }
         count(counter_scope::NETWORK, net_id, counter_kind::NET_SNAT, len);
         return TCX_NEXT;
     }
     let Ok(l4) = parse::l4(ctx, &ip) else {
-        return drop(net_id, DropReason::Malformed, len);
+        return match masq {
+            Some(net_id) => drop(net_id, DropReason::Malformed, len),
+            None => TCX_NEXT,
+        };
     };
     if l4.kind == L4Kind::IcmpError {
-        return match icmp_error4(ctx, &ip) {
-            Some(_) => TCX_NEXT,
+        return match (icmp_error4(ctx, &ip, Phase::Egress), masq) {
+            (Some(_), _) | (None, None) => TCX_NEXT,
             // A container's error we cannot place would leak its address.
-            None => drop(net_id, DropReason::Malformed, len),
+            (None, Some(net_id)) => drop(net_id, DropReason::Malformed, len),
         };
     }
     let key = packet_key(&ip, &l4);
@@ -325,11 +417,13 @@ pub fn snat4_egress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
         // SAFETY: map value pointer, valid during the program.
         let (dir, flags, nat_addr, peer) =
             unsafe { ((*e).dir, (*e).flags, (*e).nat_addr_be, (*e).peer) };
-        let current = flags & ct_flags::DNAT != 0 || (dir == ct_dir::ORIGINAL && nat_addr == addr);
-        if current {
-            if apply4(ctx, &ip, Some(&l4), &key, e, len).is_ok() {
+        let masquerade_flow = flags & ct_flags::DNAT == 0 && dir == ct_dir::ORIGINAL;
+        if !masquerade_flow || nat_addr == addr {
+            first_fragment4(&ip, &l4, e, Phase::Egress);
+            if apply4(ctx, &ip, Some(&l4), &key, e, len, Phase::Egress).is_ok() {
                 return TCX_NEXT;
             }
+            // A stale entry (removed by the partner check): start over below.
         } else {
             // The uplink's address changed (or the route moved to another
             // uplink): like MASQUERADE, the old mapping is gone.
@@ -337,11 +431,18 @@ pub fn snat4_egress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
             let _ = NP_CT4.remove(&key);
         }
     }
+    let Some(net_id) = masq else {
+        return TCX_NEXT;
+    };
+    if addr == 0 {
+        return drop(net_id, DropReason::NatNoAddress, len);
+    }
     let translated = CtKey4::new(addr, ip.daddr, l4.sport_be, l4.dport_be, ip.proto);
     match ct_create4(&key, &translated, true, ct_flags::SNAT, net_id, now()) {
         Ok(e) => {
             count(counter_scope::NETWORK, net_id, counter_kind::NET_CT_NEW, 0);
-            if apply4(ctx, &ip, Some(&l4), &key, e, len).is_err() {
+            first_fragment4(&ip, &l4, e, Phase::Egress);
+            if apply4(ctx, &ip, Some(&l4), &key, e, len, Phase::Egress).is_err() {
                 return drop(net_id, DropReason::Malformed, len);
             }
             TCX_NEXT
@@ -351,9 +452,9 @@ pub fn snat4_egress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
 }
 
 /// A new flow to a published port, if `key` (a packet's tuple) addresses
-/// one: DNAT to the container, plus source NAT to the target network's
-/// gateway when the client is in that network (so the reply comes back
-/// through the translator, as Docker's hairpin MASQUERADE does).
+/// one: DNAT to the container. A container reaching its own published port
+/// is also source-translated to its gateway (Docker's hairpin MASQUERADE),
+/// which takes two extra `MID` entries for the egress half.
 #[inline(always)]
 fn publish4(key: &CtKey4) -> Option<Result<(*mut CtEntry4, u32), DropReason>> {
     if key.proto != proto::TCP && key.proto != proto::UDP {
@@ -376,12 +477,9 @@ fn publish4(key: &CtKey4) -> Option<Result<(*mut CtEntry4, u32), DropReason>> {
             *unsafe { NP_PUBLISH4.get(&pk) }?
         }
     };
-    let hairpin = network_of(key.saddr_be) == Some(target.net_id);
-    let src = if hairpin {
-        match network(target.net_id) {
-            Some(n) => n.gateway_be,
-            None => return None,
-        }
+    let to_self = key.saddr_be == target.target_be;
+    let src = if to_self {
+        network(target.net_id)?.gateway_be
     } else {
         key.saddr_be
     };
@@ -392,16 +490,37 @@ fn publish4(key: &CtKey4) -> Option<Result<(*mut CtEntry4, u32), DropReason>> {
         target.target_port_be,
         key.proto,
     );
-    let flags = ct_flags::DNAT | if hairpin { ct_flags::SNAT } else { 0 };
-    Some(
-        ct_create4(key, &translated, hairpin, flags, target.net_id, now())
-            .map(|e| (e, target.net_id)),
-    )
+    let flags = ct_flags::DNAT | if to_self { ct_flags::SNAT } else { 0 };
+    let e = match ct_create4(key, &translated, to_self, flags, target.net_id, now()) {
+        Ok(e) => e,
+        Err(r) => return Some(Err(r)),
+    };
+    if to_self {
+        // SAFETY: map value pointer, valid during the program.
+        let reply = unsafe { (*e).peer };
+        let mid = CtKey4::new(
+            key.saddr_be,
+            target.target_be,
+            key.sport_be,
+            target.target_port_be,
+            key.proto,
+        );
+        let half = |peer: CtKey4| CtEntry4 {
+            peer,
+            dir: ct_dir::MID,
+            flags,
+            net_id: target.net_id,
+            ..CtEntry4::default()
+        };
+        let _ = NP_CT4.insert(&mid, &half(reply), 0);
+        let _ = NP_CT4.insert(&mid.reversed(), &half(*key), 0);
+    }
+    Some(Ok((e, target.net_id)))
 }
 
-/// Uplink ingress: replies to masqueraded flows go back to their container,
-/// packets to published ports go to theirs. Anything else (the host's own
-/// traffic) passes untouched.
+/// Uplink ingress: the destination half of every flow (answers to
+/// masquerade, packets to published ports), and new flows to published
+/// ports. Anything else (the host's own traffic) passes untouched.
 #[inline(always)]
 pub fn nat4_ingress(ctx: &TcContext) -> i32 {
     if !parse::is_ipv4(ctx) {
@@ -411,14 +530,14 @@ pub fn nat4_ingress(ctx: &TcContext) -> i32 {
         return TCX_NEXT;
     };
     if ip.is_later_fragment() {
-        later_fragment4(ctx, &ip);
+        later_fragment4(ctx, &ip, Phase::Ingress);
         return TCX_NEXT;
     }
     let Ok(l4) = parse::l4(ctx, &ip) else {
         return TCX_NEXT;
     };
     if l4.kind == L4Kind::IcmpError {
-        icmp_error4(ctx, &ip);
+        icmp_error4(ctx, &ip, Phase::Ingress);
         return TCX_NEXT;
     }
     let len = ctx.len();
@@ -434,8 +553,8 @@ pub fn nat4_ingress(ctx: &TcContext) -> i32 {
             Some(Err(reason)) => return drop(0, reason, len),
         },
     };
-    first_fragment4(&ip, &l4);
-    let _ = apply4(ctx, &ip, Some(&l4), &key, e, len);
+    first_fragment4(&ip, &l4, e, Phase::Ingress);
+    let _ = apply4(ctx, &ip, Some(&l4), &key, e, len, Phase::Ingress);
     TCX_NEXT
 }
 
@@ -443,70 +562,103 @@ pub fn nat4_ingress(ctx: &TcContext) -> i32 {
 pub enum PortNat {
     /// Not a published-port flow: the port's policy decides.
     None,
-    /// Translated (a published port, or a reply from one): allowed.
-    Translated,
+    /// A published port, or an answer from one: allowed, the flow was
+    /// allowed when it was created.
+    Published,
     /// Dropped with this verdict.
     Verdict(i32),
 }
 
-/// Container port ingress: a container reaching a published port through a
-/// host address (DNAT, with hairpin source NAT inside its own network), and
-/// a container answering through its published port (reverse DNAT).
-/// Masquerade flows are left to the uplink.
+/// Container port ingress: the conntrack bookkeeping of every container
+/// packet, the destination half of flows (a container reaching a published
+/// port through a host address; the answer of a container reaching its own),
+/// and new flows to published ports.
 #[inline(always)]
 pub fn port4_ingress(ctx: &TcContext, ip: &Ip4, net_id: u32, net: &NetworkInfo) -> PortNat {
     if ip.is_later_fragment() {
-        return if later_fragment4(ctx, ip) {
-            PortNat::Translated
-        } else {
-            PortNat::None
+        return match later_fragment4(ctx, ip, Phase::Ingress) {
+            Some(true) => PortNat::Published,
+            _ => PortNat::None,
         };
     }
     let Ok(l4) = parse::l4(ctx, ip) else {
         return PortNat::None;
     };
     if l4.kind == L4Kind::IcmpError {
-        return match icmp_error4(ctx, ip) {
-            Some(_) => PortNat::Translated,
-            None => PortNat::None,
+        return match icmp_error4(ctx, ip, Phase::Ingress) {
+            Some(true) => PortNat::Published,
+            _ => PortNat::None,
         };
     }
     let len = ctx.len();
     let key = packet_key(ip, &l4);
     let e = match ct_lookup4(&key) {
-        // SAFETY: map value pointer, valid during the program.
-        Some(e) if unsafe { (*e).flags } & ct_flags::DNAT != 0 => e,
-        Some(_) => return PortNat::None,
+        Some(e) => e,
         None => {
             if net.flags & net_flags::INTERNAL != 0 {
                 return PortNat::None;
             }
             match publish4(&key) {
                 None => return PortNat::None,
-                Some(Ok((e, net_id))) => {
-                    count(counter_scope::NETWORK, net_id, counter_kind::NET_CT_NEW, 0);
+                Some(Ok((e, id))) => {
+                    count(counter_scope::NETWORK, id, counter_kind::NET_CT_NEW, 0);
                     e
                 }
                 Some(Err(reason)) => return PortNat::Verdict(drop(net_id, reason, len)),
             }
         }
     };
-    first_fragment4(ip, &l4);
-    match apply4(ctx, ip, Some(&l4), &key, e, len) {
-        Ok(()) => PortNat::Translated,
-        Err(()) => PortNat::None,
+    // SAFETY: map value pointer, valid during the program.
+    let dnat = unsafe { (*e).flags } & ct_flags::DNAT != 0;
+    first_fragment4(ip, &l4, e, Phase::Ingress);
+    if apply4(ctx, ip, Some(&l4), &key, e, len, Phase::Ingress).is_err() {
+        return PortNat::Verdict(drop(net_id, DropReason::Malformed, len));
+    }
+    if dnat {
+        PortNat::Published
+    } else {
+        PortNat::None
+    }
+}
+
+/// Container port egress: the source half of flows delivered to a container
+/// (answers from a published port to a container client; a container
+/// reaching its own published port).
+#[inline(always)]
+pub fn port4_egress(ctx: &TcContext, ip: &Ip4) {
+    if ip.is_later_fragment() {
+        later_fragment4(ctx, ip, Phase::Egress);
+        return;
+    }
+    let Ok(l4) = parse::l4(ctx, ip) else {
+        return;
+    };
+    if l4.kind == L4Kind::IcmpError {
+        icmp_error4(ctx, ip, Phase::Egress);
+        return;
+    }
+    let key = packet_key(ip, &l4);
+    if let Some(e) = ct_lookup4(&key) {
+        // SAFETY: map value pointer, valid during the program.
+        let (flags, dir) = unsafe { ((*e).flags, (*e).dir) };
+        // Masquerade flows have nothing to do here (their reply's source is
+        // the remote's own).
+        if flags & ct_flags::DNAT != 0 || dir == ct_dir::MID {
+            first_fragment4(ip, &l4, e, Phase::Egress);
+            let _ = apply4(ctx, ip, Some(&l4), &key, e, ctx.len(), Phase::Egress);
+        }
     }
 }
 
 /// An ICMP error about a translated flow, found through the packet it
 /// quotes: the quoted packet went the other way, so its reverse is the key
-/// of the direction the error travels. The quoted packet becomes its
-/// untranslated self (the entry's partner key); the outer addresses that are
-/// the flow's endpoints are translated like the flow's packets; the quoted
-/// IPv4 header's checksum and the ICMP checksum follow. Returns the flow's
-/// network, or `None` when the error is about no translated flow.
+/// of the direction the error travels. At ingress the outer destination and
+/// the quoted source are translated, at egress the outer source and the
+/// quoted destination (each like the flow's own packets); the quoted IPv4
+/// header's checksum and the ICMP checksum follow. Returns whether the flow
+/// is a published port's, or `None` when the error is about no known flow.
 #[inline(always)]
-fn icmp_error4(ctx: &TcContext, ip: &Ip4) -> Option<u32> {
+fn icmp_error4(ctx: &TcContext, ip: &Ip4, phase: Phase) -> Option<bool> {
     let icmp_off = ip.l4();
     let inner_off = icmp_off + 8;
     let inner = parse::ipv4_at(ctx, inner_off)?;
@@ -521,90 +673,69 @@ fn icmp_error4(ctx: &TcContext, ip: &Ip4) -> Option<u32> {
     // SAFETY: map value pointer, valid during the program.
     let e: CtEntry4 = unsafe { *e };
     let to = e.peer.reversed();
-    // The outer addresses that are the flow's endpoints.
-    let outer = CtKey4::new(
-        if ip.saddr == key.saddr_be {
-            to.saddr_be
-        } else {
-            ip.saddr
-        },
-        if ip.daddr == key.daddr_be {
-            to.daddr_be
-        } else {
-            ip.daddr
-        },
-        0,
-        0,
-        ip.proto,
-    );
-    if outer.saddr_be == ip.saddr && outer.daddr_be == ip.daddr {
-        // The error is not addressed to or from an endpoint of this flow.
-        return None;
+    // MID entries: the quoted packet's untranslated self is not their peer.
+    if e.dir == ct_dir::MID {
+        return Some(e.flags & ct_flags::DNAT != 0);
     }
-    translate4(ctx, ip, None, &outer).ok()?;
-    // The quoted packet: addresses (with its header checksum) and ports,
-    // every change folded into the ICMP checksum.
-    let icmp_csum = icmp_off + 2;
     let want = e.peer;
-    let mut check: u16 = ctx.load(inner_off + ip4_off::CHECK).ok()?;
-    let old_check = check;
-    let mut i = 0;
-    while i < 2 {
-        let (off, old, new) = if i == 0 {
-            (inner_off + ip4_off::SADDR, quoted.saddr_be, want.saddr_be)
-        } else {
-            (inner_off + ip4_off::DADDR, quoted.daddr_be, want.daddr_be)
-        };
-        if old != new {
-            ctx.store(off, &new, 0).ok()?;
-            ctx.l4_csum_replace(icmp_csum, u64::from(old), u64::from(new), 4)
-                .ok()?;
-            check = csum::replace4(check, old, new);
-        }
-        i += 1;
+    let icmp_csum = icmp_off + 2;
+    // The outer address on this phase's side, when it is the flow's endpoint.
+    let (outer_side, outer_old, outer_key, outer_new) = match phase {
+        Phase::Ingress => (Side::Dst, ip.daddr, key.daddr_be, to.daddr_be),
+        Phase::Egress => (Side::Src, ip.saddr, key.saddr_be, to.saddr_be),
+    };
+    if outer_old == outer_key && outer_new != outer_old {
+        set_addr(ctx, None, outer_side, outer_old, outer_new).ok()?;
     }
-    if check != old_check {
+    // The quoted packet travelled the other way: its source side is this
+    // phase's destination side, and the other way round.
+    let (addr_off, old_addr, new_addr, old_port, new_port) = match phase {
+        Phase::Ingress => (
+            inner_off + ip4_off::SADDR,
+            quoted.saddr_be,
+            want.saddr_be,
+            quoted.sport_be,
+            want.sport_be,
+        ),
+        Phase::Egress => (
+            inner_off + ip4_off::DADDR,
+            quoted.daddr_be,
+            want.daddr_be,
+            quoted.dport_be,
+            want.dport_be,
+        ),
+    };
+    if old_addr != new_addr {
+        let old_check: u16 = ctx.load(inner_off + ip4_off::CHECK).ok()?;
+        let check = csum::replace4(old_check, old_addr, new_addr);
+        ctx.store(addr_off, &new_addr, 0).ok()?;
+        ctx.l4_csum_replace(icmp_csum, u64::from(old_addr), u64::from(new_addr), 4)
+            .ok()?;
         ctx.store(inner_off + ip4_off::CHECK, &check, 0).ok()?;
         ctx.l4_csum_replace(icmp_csum, u64::from(old_check), u64::from(check), 2)
             .ok()?;
     }
-    let has_ports = match inner.proto {
+    let icmp_id = inner.proto == proto::ICMP;
+    let has_port = match inner.proto {
         proto::TCP | proto::UDP => true,
-        proto::ICMP => true,
+        // An echo carries its identifier once, in sport (request) or dport (reply).
+        proto::ICMP => old_port != 0,
         _ => false,
     };
-    if has_ports {
-        let icmp_id = inner.proto == proto::ICMP;
-        let mut j = 0;
-        while j < 2 {
-            let (off, old, new) = if j == 0 {
-                (
-                    if icmp_id { inner_l4 + 4 } else { inner_l4 },
-                    quoted.sport_be,
-                    want.sport_be,
-                )
-            } else {
-                (
-                    if icmp_id { inner_l4 + 4 } else { inner_l4 + 2 },
-                    quoted.dport_be,
-                    want.dport_be,
-                )
-            };
-            // An echo carries its identifier once: in sport (request) or dport (reply).
-            let present = !icmp_id || old != 0;
-            if present && old != new {
-                ctx.store(off, &new, 0).ok()?;
-                ctx.l4_csum_replace(icmp_csum, u64::from(old), u64::from(new), 2)
-                    .ok()?;
-            }
-            j += 1;
-        }
+    if has_port && old_port != new_port {
+        let off = match (icmp_id, phase) {
+            (true, _) => inner_l4 + 4,
+            (false, Phase::Ingress) => inner_l4,
+            (false, Phase::Egress) => inner_l4 + 2,
+        };
+        ctx.store(off, &new_port, 0).ok()?;
+        ctx.l4_csum_replace(icmp_csum, u64::from(old_port), u64::from(new_port), 2)
+            .ok()?;
     }
-    let kind = if e.dir == ct_dir::ORIGINAL {
-        counter_kind::NET_SNAT
-    } else {
-        counter_kind::NET_REV_SNAT
+    let kind = match phase {
+        Phase::Ingress => counter_kind::NET_REV_SNAT,
+        Phase::Egress => counter_kind::NET_SNAT,
     };
     count(counter_scope::NETWORK, e.net_id, kind, ctx.len());
-    Some(e.net_id)
+    Some(e.flags & ct_flags::DNAT != 0)
 }

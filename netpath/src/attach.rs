@@ -9,7 +9,7 @@ use std::io;
 
 use anyhow::{Context as _, Result};
 use aya::{
-    Ebpf, EbpfLoader,
+    EbpfLoader,
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, LinkError, PinnedLink},
@@ -44,50 +44,86 @@ pub enum Attach {
     Unchanged,
 }
 
+/// Identifies this build (version and embedded programs). Loaded programs
+/// are pinned under `progs/<build id>/` so later commands of the same build
+/// reuse them instead of running the verifier again; a daemon of another
+/// build is replaced by `up`.
+pub fn build_id() -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in EBPF_OBJECT
+        .iter()
+        .chain(env!("CARGO_PKG_VERSION").as_bytes())
+    {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{}-{h:016x}", env!("CARGO_PKG_VERSION"))
+}
+
 /// The loaded programs and their (pinned) maps.
 pub struct Datapath {
-    ebpf: Ebpf,
+    ingress: SchedClassifier,
+    egress: SchedClassifier,
     pub maps: Maps,
 }
 
 impl Datapath {
-    /// Loads the embedded object with its maps pinned under `state`
-    /// (created there on first use, reused afterwards) and loads both programs.
+    /// This build's programs for `state`: the pinned ones when an earlier
+    /// command of this build loaded them, otherwise the embedded object is
+    /// loaded (maps pinned under `state`, created on first use and reused
+    /// afterwards), verified, and its programs pinned.
     pub fn load(state: &StateDir) -> Result<Self> {
-        Self::load_with_pins(&state.maps_dir())
+        Self::load_at(&state.maps_dir(), &state.root.join("progs"))
     }
 
-    /// Like [`Datapath::load`] with an explicit map pin directory (tests use
-    /// a private one).
+    /// Like [`Datapath::load`] with explicit pin directories (tests use
+    /// private ones).
     pub fn load_with_pins(maps_dir: &std::path::Path) -> Result<Self> {
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(maps_dir)
-            .load(EBPF_OBJECT)
-            .context("loading netpath's eBPF object (pinned maps from an incompatible build? run `netpath down --all`)")?;
-        for dir in Dir::BOTH {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(dir.program())
-                .with_context(|| format!("program {} missing from the object", dir.program()))?
-                .try_into()?;
-            prog.load()
-                .with_context(|| format!("verifying program {}", dir.program()))?;
+        Self::load_at(maps_dir, &maps_dir.join("progs"))
+    }
+
+    fn load_at(maps_dir: &std::path::Path, progs_root: &std::path::Path) -> Result<Self> {
+        // bpffs refuses dots in names.
+        let dir = progs_root.join(build_id().replace('.', "_"));
+        let pinned = |d: Dir| dir.join(d.program());
+        if !Dir::BOTH.iter().all(|d| pinned(*d).exists()) {
+            let mut ebpf = EbpfLoader::new()
+                .default_map_pin_directory(maps_dir)
+                .load(EBPF_OBJECT)
+                .context("loading netpath's eBPF object (pinned maps from an incompatible build? run `netpath down --all`)")?;
+            // Programs of other builds stay alive while links use them.
+            let _ = std::fs::remove_dir_all(progs_root);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            for d in Dir::BOTH {
+                let prog: &mut SchedClassifier = ebpf
+                    .program_mut(d.program())
+                    .with_context(|| format!("program {} missing from the object", d.program()))?
+                    .try_into()?;
+                prog.load()
+                    .with_context(|| format!("verifying program {}", d.program()))?;
+                prog.pin(pinned(d))
+                    .with_context(|| format!("pinning program {}", d.program()))?;
+            }
         }
-        let take = |ebpf: &mut Ebpf, name: &str| {
-            ebpf.take_map(name)
-                .with_context(|| format!("map {name} missing from the object"))
+        let open = |d: Dir| {
+            SchedClassifier::from_pin(pinned(d))
+                .with_context(|| format!("opening pinned program {}", pinned(d).display()))
         };
-        let mut maps = Maps::from_source(|name| take(&mut ebpf, name))?;
+        let mut maps = Maps::from_source(|name| crate::state::open_pinned(maps_dir, name))?;
         maps.config()?;
-        Ok(Self { ebpf, maps })
+        Ok(Self {
+            ingress: open(Dir::Ingress)?,
+            egress: open(Dir::Egress)?,
+            maps,
+        })
     }
 
     /// The program for one direction (loaded).
     pub fn program(&mut self, dir: Dir) -> Result<&mut SchedClassifier> {
-        Ok(self
-            .ebpf
-            .program_mut(dir.program())
-            .with_context(|| format!("program {} missing", dir.program()))?
-            .try_into()?)
+        Ok(match dir {
+            Dir::Ingress => &mut self.ingress,
+            Dir::Egress => &mut self.egress,
+        })
     }
 
     /// Makes sure `ifname` (`ifindex`) runs this build's program in `dir`,

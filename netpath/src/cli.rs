@@ -50,6 +50,26 @@ pub enum Command {
     /// Change a network's options at runtime.
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// Publish host ports to a container, like `docker run -p`:
+    /// `netpath publish 8081 172.18.0.2:80`, `netpath publish 127.0.0.1:5353/udp 172.18.0.3:53`,
+    /// `netpath publish 9000-9099 172.18.0.4:9000-9099`.
+    Publish {
+        /// [HOST_IP:]HOST_PORT[-END][/tcp|/udp]; every host address and tcp by default.
+        host: String,
+        /// CONTAINER_IP:PORT[-END] (a range as long as the host range).
+        container: String,
+    },
+    /// Stop publishing host ports; their conntrack flows go too.
+    Unpublish {
+        /// [HOST_IP:]HOST_PORT[-END][/tcp|/udp], as published.
+        host: String,
+    },
+    /// List published ports with packet and byte counters.
+    Ports {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show or flush the conntrack table, or set its timeouts and NAT port range.
     #[command(subcommand)]
     Conntrack(ConntrackCmd),

@@ -84,6 +84,9 @@ pub struct Flow {
     /// A reply has been seen (`conntrack -L` prints `[UNREPLIED]` otherwise).
     pub seen_reply: bool,
     pub network: u32,
+    /// "snat" (masquerade), "dnat" (a published port) or "dnat+snat" (a
+    /// published port reached from its own network).
+    pub nat: String,
     #[serde(skip)]
     keys: (CtKey4, CtKey4),
     #[serde(skip)]
@@ -136,6 +139,12 @@ pub fn flows(maps: &Maps, cfg: &Config, now_ns: u64) -> Result<Vec<Flow>> {
             reply: Tuple::of(&reply_key, reply),
             seen_reply: flags & ct_flags::SEEN_REPLY != 0,
             network: e.net_id,
+            nat: match (e.flags & ct_flags::DNAT != 0, e.flags & ct_flags::SNAT != 0) {
+                (true, true) => "dnat+snat",
+                (true, false) => "dnat",
+                _ => "snat",
+            }
+            .to_owned(),
             keys: (orig_key, reply_key),
             expired: age > timeout_ns,
         });
@@ -170,6 +179,8 @@ pub struct Filter {
     /// Any port of the flow: original or reply, source or destination.
     pub port: Option<u16>,
     pub network: Option<u32>,
+    /// Flows of a published port: (host address or unspecified for all, port, protocol).
+    pub published: Option<(Ipv4Addr, u16, u8)>,
 }
 
 impl Filter {
@@ -194,6 +205,12 @@ impl Filter {
                 .contains(&p)
             })
             && self.network.is_none_or(|n| f.network == n)
+            && self.published.is_none_or(|(a, p, pr)| {
+                f.nat.starts_with("dnat")
+                    && f.proto_nr == pr
+                    && f.original.dport == p
+                    && (a.is_unspecified() || f.original.dst == a)
+            })
     }
 }
 
@@ -243,7 +260,7 @@ pub fn render(flows: &[Flow]) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<8} {:<3} {} {}{} {}{} net={}",
+            "{:<8} {:<3} {} {}{} {}{} net={} nat={}",
             f.proto,
             f.proto_nr,
             f.timeout_s,
@@ -255,6 +272,7 @@ pub fn render(flows: &[Flow]) -> String {
             if f.seen_reply { "" } else { "[UNREPLIED] " },
             t(&f.reply),
             f.network,
+            f.nat,
         );
     }
     let _ = writeln!(s, "netpath conntrack: {} flow entries listed.", flows.len());

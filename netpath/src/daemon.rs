@@ -23,7 +23,7 @@ use anyhow::{Context as _, Result, bail};
 
 use futures::StreamExt as _;
 
-use crate::{EBPF_OBJECT, conntrack, netns, ops, plumbing::Netlink, state};
+use crate::{conntrack, netns, ops, plumbing::Netlink, state};
 
 /// Where daemons keep their pid files and logs.
 pub const RUN_DIR: &str = "/run/netpath";
@@ -37,19 +37,7 @@ pub fn log_path(cookie: u64) -> PathBuf {
     PathBuf::from(RUN_DIR).join(format!("daemon-{cookie}.log"))
 }
 
-/// Identifies this build (version and embedded programs), so `up` can tell
-/// a daemon of another build and replace it.
-pub fn build_id() -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in EBPF_OBJECT
-        .iter()
-        .chain(env!("CARGO_PKG_VERSION").as_bytes())
-    {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{}-{h:016x}", env!("CARGO_PKG_VERSION"))
-}
+pub use crate::attach::build_id;
 
 /// A running daemon, from its pid file.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,6 +13,7 @@ pub mod netns;
 pub mod ops;
 pub mod plan;
 pub mod plumbing;
+pub mod publish;
 pub mod state;
 pub mod sys;
 pub mod topology;

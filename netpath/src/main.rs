@@ -5,7 +5,7 @@ use clap::Parser as _;
 use netpath::{
     attach::Attach,
     cli::{Cli, Command, ConntrackCmd, NetworkCmd},
-    conntrack, daemon, demo, endpoint, netns, ops,
+    conntrack, daemon, demo, endpoint, netns, ops, publish,
     state::{self, Maps, StateDir},
 };
 
@@ -151,6 +151,34 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
             Command::Conntrack(cmd) => conntrack_cmd(cmd),
+            Command::Publish { host, container } => {
+                let n = publish::publish(&host, &container)?;
+                println!(
+                    "published {host} -> {container} ({n} port{})",
+                    if n == 1 { "" } else { "s" }
+                );
+                Ok(())
+            }
+            Command::Unpublish { host } => {
+                let r = publish::unpublish(&host)?;
+                println!(
+                    "unpublished {host} ({} port{}, {} conntrack flow{} removed)",
+                    r.ports,
+                    if r.ports == 1 { "" } else { "s" },
+                    r.flows,
+                    if r.flows == 1 { "" } else { "s" }
+                );
+                Ok(())
+            }
+            Command::Ports { json } => {
+                let m = publish::list()?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&m)?);
+                } else {
+                    print!("{}", publish::render(&m));
+                }
+                Ok(())
+            }
             Command::Connect(c) => {
                 let args = endpoint::ConnectArgs {
                     netns: c.netns,
@@ -227,6 +255,7 @@ fn conntrack_cmd(cmd: ConntrackCmd) -> Result<()> {
                 proto: f.proto.as_deref().map(conntrack::parse_proto).transpose()?,
                 port: f.port,
                 network: None,
+                published: None,
             };
             let mut maps = open_maps()?;
             let n = conntrack::flush(&mut maps, &filter)?;

@@ -328,6 +328,7 @@ pub async fn reconcile(
         }
     }
     let planned = plan::plan_roles(&links, &nets, uplinks)?;
+    sync_host_addrs(nl, &mut dp.maps).await?;
     let current = dp.maps.ifaces()?;
     // Ports `connect` made are bound to the address and MAC it gave out.
     let leased: BTreeMap<u32, (u32, [u8; 6])> = dp
@@ -450,6 +451,40 @@ pub async fn refresh(nl: &Netlink, loaded: &mut Option<Datapath>) -> Result<Opti
     };
     let (changes, detached) = reapply_with(nl, &state, dp).await?;
     Ok(Some(RefreshReport { changes, detached }))
+}
+
+/// Mirrors the namespace's IPv4 addresses into `NP_HOSTADDRS4` (what a
+/// published port on "every host address" answers to) and records the
+/// namespace's cookie for the socket hooks.
+async fn sync_host_addrs(nl: &Netlink, maps: &mut Maps) -> Result<()> {
+    let want: BTreeMap<u32, u32> = nl
+        .ipv4_addrs()
+        .await?
+        .into_iter()
+        .map(|a| (plan::be(a.addr), a.index))
+        .collect();
+    let have: BTreeMap<u32, u32> = maps
+        .hostaddrs4
+        .iter()
+        .filter_map(std::result::Result::ok)
+        .collect();
+    for addr in have.keys().filter(|a| !want.contains_key(a)) {
+        let _ = maps.hostaddrs4.remove(addr);
+    }
+    for (addr, index) in &want {
+        if have.get(addr) != Some(index) {
+            maps.hostaddrs4
+                .insert(addr, index, 0)
+                .context("recording a host address")?;
+        }
+    }
+    let cookie = netns::cookie()?;
+    let mut host = maps.host.get(&0, 0).context("reading NP_HOST")?;
+    if host.netns_cookie != cookie {
+        host.netns_cookie = cookie;
+        maps.host.set(0, host, 0).context("writing NP_HOST")?;
+    }
+    Ok(())
 }
 
 /// A port keeps what it is bound to: the lease `connect` made, or what the
@@ -586,6 +621,9 @@ pub async fn down(target: &DownTarget) -> Result<DownReport> {
             errors.push(anyhow::Error::new(e).context("forgetting the network"));
         }
         if let Err(e) = maps.remove_subnet(NetworkSpec::from_info(info).subnet) {
+            errors.push(e);
+        }
+        if let Err(e) = crate::publish::remove_network(&mut maps, *id) {
             errors.push(e);
         }
         if let Err(e) = crate::conntrack::flush(&mut maps, &crate::conntrack::Filter::network(*id))

@@ -327,6 +327,93 @@ pub fn host_veth_name(netns_cookie: u64, net_id: u32) -> String {
     format!("np{:010x}", h & 0xff_ffff_ffff)
 }
 
+/// One side of `netpath publish`: `[IP:]PORT[-END][/PROTO]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortSpec {
+    /// `None`: every host address.
+    pub addr: Option<Ipv4Addr>,
+    pub first: u16,
+    pub last: u16,
+    /// 6 or 17; `None` when not given (tcp by default).
+    pub proto: Option<u8>,
+}
+
+impl PortSpec {
+    pub fn len(&self) -> u32 {
+        u32::from(self.last) - u32::from(self.first) + 1
+    }
+
+    pub fn proto_or_tcp(&self) -> u8 {
+        self.proto.unwrap_or(6)
+    }
+}
+
+fn parse_port(s: &str, what: &str) -> Result<u16> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid {what} {s:?}: expected a number from 1 to 65535"))?;
+    if n == 0 || n > 65535 {
+        bail!("invalid {what} {n}: ports go from 1 to 65535");
+    }
+    Ok(n as u16)
+}
+
+/// Parses `[IP:]PORT[-END][/tcp|/udp]`. `need_addr`: the address is
+/// mandatory (the container side); `allow_proto`: a protocol may follow.
+pub fn parse_port_spec(s: &str, need_addr: bool, allow_proto: bool) -> Result<PortSpec> {
+    let (rest, proto) = match s.rsplit_once('/') {
+        Some((r, p)) if allow_proto => {
+            let p = match p.to_ascii_lowercase().as_str() {
+                "tcp" => 6,
+                "udp" => 17,
+                _ => bail!("invalid protocol {p:?} in {s:?}: expected tcp or udp"),
+            };
+            (r, Some(p))
+        }
+        Some(_) => bail!("invalid {s:?}: the protocol goes with the host port"),
+        None => (s, None),
+    };
+    let (addr, ports) = match rest.rsplit_once(':') {
+        Some((a, p)) => {
+            let a: Ipv4Addr = a
+                .parse()
+                .map_err(|_| anyhow::anyhow!("invalid address {a:?} in {s:?}"))?;
+            (Some(a), p)
+        }
+        None if need_addr => bail!("invalid {s:?}: expected CONTAINER_IP:PORT[-END]"),
+        None => (None, rest),
+    };
+    let (first, last) = match ports.split_once('-') {
+        Some((a, b)) => (parse_port(a, "port")?, parse_port(b, "port")?),
+        None => {
+            let p = parse_port(ports, "port")?;
+            (p, p)
+        }
+    };
+    if last < first {
+        bail!("invalid port range {first}-{last} in {s:?}: the end is below the start");
+    }
+    Ok(PortSpec {
+        addr: addr.filter(|a| !a.is_unspecified()),
+        first,
+        last,
+        proto,
+    })
+}
+
+/// Checks `publish HOST CONTAINER`: equal range lengths. (Conflicts and the
+/// container's network need the current state; see `publish`.)
+pub fn check_publish(host: &PortSpec, target: &PortSpec) -> Result<()> {
+    if host.len() != target.len() {
+        bail!(
+            "the host range has {} ports and the container range {}: they must be the same length",
+            host.len(),
+            target.len()
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,5 +590,45 @@ mod tests {
         assert_eq!(n.len(), 12);
         assert_eq!(n, host_veth_name(12345, 1));
         assert_ne!(n, host_veth_name(12345, 2));
+    }
+
+    #[test]
+    fn port_specs_parse_and_reject() {
+        let p = parse_port_spec("8081", false, true).unwrap();
+        assert_eq!(
+            (p.addr, p.first, p.last, p.proto_or_tcp()),
+            (None, 8081, 8081, 6)
+        );
+        let p = parse_port_spec("127.0.0.1:8080-8090/udp", false, true).unwrap();
+        assert_eq!(
+            (p.addr, p.first, p.last, p.proto),
+            (Some(Ipv4Addr::LOCALHOST), 8080, 8090, Some(17))
+        );
+        assert_eq!(p.len(), 11);
+        let t = parse_port_spec("172.18.0.2:80", true, false).unwrap();
+        assert_eq!((t.addr, t.first), (Some(Ipv4Addr::new(172, 18, 0, 2)), 80));
+        assert_eq!(
+            parse_port_spec("0.0.0.0:53/udp", false, true).unwrap().addr,
+            None
+        );
+        let err = |s: &str, need: bool, proto: bool| {
+            parse_port_spec(s, need, proto).unwrap_err().to_string()
+        };
+        assert!(err("0", false, true).contains("1 to 65535"));
+        assert!(err("65536", false, true).contains("1 to 65535"));
+        assert!(err("x", false, true).contains("invalid port"));
+        assert!(err("80/sctp", false, true).contains("tcp or udp"));
+        assert!(err("90-80", false, true).contains("below"));
+        assert!(err("80", true, false).contains("CONTAINER_IP:PORT"));
+        assert!(err("172.18.0.2:80/tcp", true, false).contains("host port"));
+        assert!(err("1.2.3:80", false, true).contains("invalid address"));
+        let h = parse_port_spec("8000-8009", false, true).unwrap();
+        let t = parse_port_spec("172.18.0.2:80-88", true, false).unwrap();
+        assert!(
+            check_publish(&h, &t)
+                .unwrap_err()
+                .to_string()
+                .contains("same length")
+        );
     }
 }

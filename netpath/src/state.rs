@@ -15,7 +15,8 @@ use aya::maps::{
 };
 use ipnet::Ipv4Net;
 use netpath_common::{
-    Config, Counter, CounterKey, IfaceInfo, Lease, LeaseKey, NetworkInfo,
+    Config, Counter, CounterKey, HostInfo, IfaceInfo, Lease, LeaseKey, NetworkInfo, PubKey4,
+    PubVal4,
     ct::{CtEntry4, CtKey4},
     map_names,
 };
@@ -169,9 +170,12 @@ pub struct Maps {
     pub subnets4: LpmTrie<MapData, u32, u32>,
     pub config: Array<MapData, Config>,
     pub leases4: HashMap<MapData, LeaseKey, Lease>,
+    pub publish4: HashMap<MapData, PubKey4, PubVal4>,
+    pub hostaddrs4: HashMap<MapData, u32, u32>,
+    pub host: Array<MapData, HostInfo>,
 }
 
-fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
+pub(crate) fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
     let path = dir.join(name);
     let data = MapData::from_pin(&path)
         .with_context(|| format!("opening pinned map {}", path.display()))?;
@@ -201,6 +205,11 @@ impl Maps {
             config: Array::try_from(take(map_names::CONFIG)?).context(layout(map_names::CONFIG))?,
             leases4: HashMap::try_from(take(map_names::LEASES4)?)
                 .context(layout(map_names::LEASES4))?,
+            publish4: HashMap::try_from(take(map_names::PUBLISH4)?)
+                .context(layout(map_names::PUBLISH4))?,
+            hostaddrs4: HashMap::try_from(take(map_names::HOSTADDRS4)?)
+                .context(layout(map_names::HOSTADDRS4))?,
+            host: Array::try_from(take(map_names::HOST)?).context(layout(map_names::HOST))?,
         })
     }
 
@@ -239,6 +248,14 @@ impl Maps {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e).context("removing the subnet"),
         }
+    }
+
+    /// Every published port.
+    pub fn published(&self) -> Result<Vec<(PubKey4, PubVal4)>> {
+        self.publish4
+            .iter()
+            .map(|r| r.context("reading NP_PUBLISH4"))
+            .collect()
     }
 
     /// Every address `connect` handed out.

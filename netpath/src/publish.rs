@@ -1,0 +1,251 @@
+//! `publish` / `unpublish` / `ports`: published ports live in the pinned
+//! `NP_PUBLISH4` map, one entry per host port, looked up in O(1) by the
+//! datapath (exact host address first, then "every host address").
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use anyhow::{Context as _, Result, bail};
+use netpath_common::{CounterKey, PubKey4, PubVal4, counter_kind, counter_scope};
+use serde::Serialize;
+
+use crate::{
+    conntrack,
+    ops::Traffic,
+    plan,
+    state::{self, Maps, StateDir},
+};
+
+/// One published port, for `ports`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Mapping {
+    /// The host address it is bound to; absent for every host address.
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub proto: String,
+    pub container_ip: Ipv4Addr,
+    pub container_port: u16,
+    /// Bridge of the container's network.
+    pub network: String,
+    /// Packets to the container and back.
+    pub to_container: Traffic,
+    pub from_container: Traffic,
+}
+
+impl Mapping {
+    pub fn host(&self) -> String {
+        format!(
+            "{}:{}/{}",
+            self.host_ip.map_or("0.0.0.0".to_owned(), |a| a.to_string()),
+            self.host_port,
+            self.proto
+        )
+    }
+}
+
+fn open() -> Result<(StateDir, Maps)> {
+    let state = StateDir::current()?;
+    if !crate::netns::bpffs_mounted() || !state.exists() {
+        bail!("nothing is up in this network namespace");
+    }
+    let maps = Maps::open(&state)?;
+    Ok((state, maps))
+}
+
+fn proto_name(p: u8) -> &'static str {
+    if p == 17 { "udp" } else { "tcp" }
+}
+
+fn key(addr: Option<Ipv4Addr>, port: u16, proto: u8) -> PubKey4 {
+    PubKey4 {
+        addr_be: addr.map_or(0, plan::be),
+        port_be: port.to_be(),
+        proto,
+        _pad: 0,
+    }
+}
+
+/// `publish [HOST_IP:]HOST_PORT[-END][/PROTO] CONTAINER_IP:PORT[-END]`:
+/// checks everything, then inserts one entry per port. Returns how many.
+pub fn publish(host: &str, target: &str) -> Result<u32> {
+    let h = plan::parse_port_spec(host, false, true)?;
+    let t = plan::parse_port_spec(target, true, false)?;
+    plan::check_publish(&h, &t)?;
+    let _lock = state::lock(false)?;
+    let (_, mut maps) = open()?;
+    let container = t.addr.context("a container address is required")?;
+    let (net_id, info) = maps
+        .networks()?
+        .into_iter()
+        .find(|(_, i)| i.contains_be(plan::be(container)))
+        .with_context(|| {
+            format!("container address {container} is outside every managed subnet")
+        })?;
+    let spec = plan::NetworkSpec::from_info(&info);
+    if container == spec.gateway {
+        bail!(
+            "{container} is the gateway of {}, not a container",
+            spec.bridge
+        );
+    }
+    let proto = h.proto_or_tcp();
+    let existing = maps.published()?;
+    // Per (port, protocol): a port published on every address conflicts
+    // with any address, and the other way round.
+    let by_port: BTreeMap<(u16, u8), Vec<(PubKey4, PubVal4)>> =
+        existing.iter().fold(BTreeMap::new(), |mut m, (k, v)| {
+            m.entry((u16::from_be(k.port_be), k.proto))
+                .or_default()
+                .push((*k, *v));
+            m
+        });
+    for port in h.first..=h.last {
+        if let Some(taken) = by_port.get(&(port, proto)) {
+            for (k, v) in taken {
+                let addr = (k.addr_be != 0).then(|| plan::from_be(k.addr_be));
+                if addr.is_none() || h.addr.is_none() || addr == h.addr {
+                    bail!(
+                        "host port {}{port}/{} is already published (to {}:{})",
+                        addr.map_or(String::new(), |a| format!("{a}:")),
+                        proto_name(proto),
+                        plan::from_be(v.target_be),
+                        u16::from_be(v.target_port_be)
+                    );
+                }
+            }
+        }
+    }
+    let mut next_id = existing.iter().map(|(_, v)| v.id).max().unwrap_or(0) + 1;
+    let mut inserted: Vec<PubKey4> = Vec::new();
+    for (i, port) in (h.first..=h.last).enumerate() {
+        let k = key(h.addr, port, proto);
+        let v = PubVal4 {
+            target_be: plan::be(container),
+            target_port_be: (t.first + i as u16).to_be(),
+            _pad: 0,
+            net_id,
+            id: next_id,
+        };
+        next_id += 1;
+        if let Err(e) = maps.publish4.insert(k, v, 0) {
+            // No half-applied state: take back what this command added.
+            for k in &inserted {
+                let _ = maps.publish4.remove(k);
+            }
+            return Err(e).context("recording the published port");
+        }
+        inserted.push(k);
+    }
+    Ok(h.len())
+}
+
+/// What `unpublish` removed.
+#[derive(Debug, Default)]
+pub struct Unpublished {
+    pub ports: u32,
+    pub flows: usize,
+}
+
+/// Removes published ports and their mappings' conntrack flows.
+fn remove(maps: &mut Maps, keys: &[(PubKey4, PubVal4)]) -> Result<Unpublished> {
+    let mut out = Unpublished::default();
+    for (k, v) in keys {
+        maps.publish4
+            .remove(k)
+            .context("removing a published port")?;
+        maps.remove_counters(counter_scope::PUBLISH, v.id)?;
+        out.ports += 1;
+        // Its flows go too, so a client that keeps sending reaches whatever
+        // is published next (moby#53384: Docker leaves UDP entries behind).
+        let filter = conntrack::Filter {
+            published: Some((plan::from_be(k.addr_be), u16::from_be(k.port_be), k.proto)),
+            ..Default::default()
+        };
+        out.flows += conntrack::flush(maps, &filter)?;
+    }
+    Ok(out)
+}
+
+/// `unpublish [HOST_IP:]HOST_PORT[-END][/PROTO]`.
+pub fn unpublish(host: &str) -> Result<Unpublished> {
+    let h = plan::parse_port_spec(host, false, true)?;
+    let _lock = state::lock(false)?;
+    let (_, mut maps) = open()?;
+    let proto = h.proto_or_tcp();
+    let mut victims = Vec::new();
+    for port in h.first..=h.last {
+        let k = key(h.addr, port, proto);
+        match maps.publish4.get(&k, 0) {
+            Ok(v) => victims.push((k, v)),
+            Err(_) => bail!(
+                "host port {}{port}/{} is not published",
+                h.addr.map_or(String::new(), |a| format!("{a}:")),
+                proto_name(proto)
+            ),
+        }
+    }
+    remove(&mut maps, &victims)
+}
+
+/// Removes every published port leading into network `net_id` (its `down`).
+pub fn remove_network(maps: &mut Maps, net_id: u32) -> Result<Unpublished> {
+    let victims: Vec<(PubKey4, PubVal4)> = maps
+        .published()?
+        .into_iter()
+        .filter(|(_, v)| v.net_id == net_id)
+        .collect();
+    remove(maps, &victims)
+}
+
+/// Every published port with its counters, ordered by host port.
+pub fn list() -> Result<Vec<Mapping>> {
+    let (_, maps) = open()?;
+    let networks = maps.networks()?;
+    let mut out: Vec<Mapping> = Vec::new();
+    for (k, v) in maps.published()? {
+        let traffic = |kind| -> Result<Traffic> {
+            Ok(maps
+                .counter(CounterKey {
+                    id: v.id,
+                    scope: counter_scope::PUBLISH,
+                    kind,
+                })?
+                .into())
+        };
+        out.push(Mapping {
+            host_ip: (k.addr_be != 0).then(|| plan::from_be(k.addr_be)),
+            host_port: u16::from_be(k.port_be),
+            proto: proto_name(k.proto).to_owned(),
+            container_ip: plan::from_be(v.target_be),
+            container_port: u16::from_be(v.target_port_be),
+            network: networks
+                .get(&v.net_id)
+                .map(|n| plan::ifname_from_bytes(&n.bridge_name))
+                .unwrap_or_default(),
+            to_container: traffic(counter_kind::PUB_IN)?,
+            from_container: traffic(counter_kind::PUB_OUT)?,
+        });
+    }
+    out.sort_by_key(|m| (m.host_port, m.proto.clone(), m.host_ip));
+    Ok(out)
+}
+
+/// `ports` as a table.
+pub fn render(maps: &[Mapping]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::from(
+        "HOST                     CONTAINER              NETWORK          TO-CONTAINER             FROM-CONTAINER\n",
+    );
+    for m in maps {
+        let _ = writeln!(
+            s,
+            "{:<24} {:<22} {:<16} {:<24} {} pkts {} B",
+            m.host(),
+            format!("{}:{}", m.container_ip, m.container_port),
+            m.network,
+            format!("{} pkts {} B", m.to_container.packets, m.to_container.bytes),
+            m.from_container.packets,
+            m.from_container.bytes
+        );
+    }
+    s
+}
