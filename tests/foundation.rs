@@ -233,6 +233,7 @@ fn works_when_started_with_nsenter() {
     require_root!();
     let ns = Netns::new("nse").unwrap().cleanup_with(NETPATH);
     let out = std::process::Command::new("nsenter")
+        .env("NETPATH_CGROUP", ns.cgroup.as_ref().expect("test cgroup"))
         .arg(format!("--net=/run/netns/{}", ns.name))
         .args([
             NETPATH,
@@ -563,8 +564,10 @@ fn parallel_ups_in_one_namespace_all_land() {
     let handles: Vec<_> = (0..6)
         .map(|i| {
             let name = ns.name.clone();
+            let cgroup = ns.cgroup.clone().expect("test cgroup");
             std::thread::spawn(move || {
                 std::process::Command::new(NETPATH)
+                    .env("NETPATH_CGROUP", &cgroup)
                     .args([
                         "--netns",
                         &name,

@@ -12,8 +12,13 @@ mod isolate;
 mod maps;
 mod nat;
 mod parse;
+mod sock;
 
-use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::TC_ACT_UNSPEC,
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
 use netpath_common::{IfaceInfo, IfaceRole, counter_kind, counter_scope};
 
 use crate::{counters::count, maps::NP_IFACES};
@@ -40,6 +45,26 @@ pub fn netpath_egress(ctx: TcContext) -> i32 {
     match handle(&ctx, Dir::Egress) {
         Ok(ret) | Err(ret) => ret,
     }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn netpath_connect4(ctx: SockAddrContext) -> i32 {
+    sock::redirect4(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn netpath_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::redirect4(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn netpath_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse4(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn netpath_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::reverse4(&ctx)
 }
 
 #[inline(always)]

@@ -11,7 +11,8 @@ use anyhow::{Context as _, Result};
 use aya::{
     EbpfLoader,
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
+        cgroup_sock_addr::CgroupSockAddrAttachType,
         links::{FdLink, LinkError, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
     },
@@ -60,10 +61,43 @@ pub fn build_id() -> String {
     format!("{}-{h:016x}", env!("CARGO_PKG_VERSION"))
 }
 
+/// The cgroup socket hooks for host processes reaching published ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockHook {
+    Connect4,
+    Sendmsg4,
+    Recvmsg4,
+    Getpeername4,
+}
+
+impl SockHook {
+    pub const ALL: [Self; 4] = [Self::Connect4, Self::Sendmsg4, Self::Recvmsg4, Self::Getpeername4];
+
+    pub const fn program(self) -> &'static str {
+        match self {
+            Self::Connect4 => "netpath_connect4",
+            Self::Sendmsg4 => "netpath_sendmsg4",
+            Self::Recvmsg4 => "netpath_recvmsg4",
+            Self::Getpeername4 => "netpath_getpeername4",
+        }
+    }
+
+    pub const fn attach_type(self) -> CgroupSockAddrAttachType {
+        match self {
+            Self::Connect4 => CgroupSockAddrAttachType::Connect4,
+            Self::Sendmsg4 => CgroupSockAddrAttachType::UDPSendMsg4,
+            Self::Recvmsg4 => CgroupSockAddrAttachType::UDPRecvMsg4,
+            Self::Getpeername4 => CgroupSockAddrAttachType::GetPeerName4,
+        }
+    }
+}
+
 /// The loaded programs and their (pinned) maps.
 pub struct Datapath {
     ingress: SchedClassifier,
     egress: SchedClassifier,
+    /// In [`SockHook::ALL`] order.
+    pub sock: Vec<CgroupSockAddr>,
     pub maps: Maps,
 }
 
@@ -86,7 +120,10 @@ impl Datapath {
         // bpffs refuses dots in names.
         let dir = progs_root.join(build_id().replace('.', "_"));
         let pinned = |d: Dir| dir.join(d.program());
-        if !Dir::BOTH.iter().all(|d| pinned(*d).exists()) {
+        let sock_pinned = |h: SockHook| dir.join(h.program());
+        let complete = Dir::BOTH.iter().all(|d| pinned(*d).exists())
+            && SockHook::ALL.iter().all(|h| sock_pinned(*h).exists());
+        if !complete {
             let mut ebpf = EbpfLoader::new()
                 .default_map_pin_directory(maps_dir)
                 .load(EBPF_OBJECT)
@@ -104,7 +141,25 @@ impl Datapath {
                 prog.pin(pinned(d))
                     .with_context(|| format!("pinning program {}", d.program()))?;
             }
+            for h in SockHook::ALL {
+                let prog: &mut CgroupSockAddr = ebpf
+                    .program_mut(h.program())
+                    .with_context(|| format!("program {} missing from the object", h.program()))?
+                    .try_into()?;
+                prog.load()
+                    .with_context(|| format!("verifying program {}", h.program()))?;
+                prog.pin(sock_pinned(h))
+                    .with_context(|| format!("pinning program {}", h.program()))?;
+            }
         }
+        let sock = SockHook::ALL
+            .iter()
+            .map(|h| {
+                CgroupSockAddr::from_pin(sock_pinned(*h), h.attach_type()).with_context(|| {
+                    format!("opening pinned program {}", sock_pinned(*h).display())
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let open = |d: Dir| {
             SchedClassifier::from_pin(pinned(d))
                 .with_context(|| format!("opening pinned program {}", pinned(d).display()))
@@ -114,6 +169,7 @@ impl Datapath {
         Ok(Self {
             ingress: open(Dir::Ingress)?,
             egress: open(Dir::Egress)?,
+            sock,
             maps,
         })
     }

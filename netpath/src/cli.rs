@@ -114,6 +114,11 @@ pub struct UpCmd {
     /// Internal network: no traffic to or from outside the subnet, no masquerade.
     #[arg(long)]
     pub internal: bool,
+    /// cgroup v2 directory the socket hooks attach to (host processes reaching
+    /// published ports); they act only on sockets of this network namespace
+    /// [default: the cgroup v2 root].
+    #[arg(long, value_name = "PATH", env = "NETPATH_CGROUP")]
+    pub cgroup: Option<std::path::PathBuf>,
     /// Do not start the background daemon (conntrack sweeping, new ports,
     /// address changes).
     #[arg(long)]

@@ -3,10 +3,7 @@
 //! with this very binary, sends real traffic through the programs and shows
 //! the counters moving; everything is removed at the end, even on failure.
 
-use std::{
-    net::{Ipv4Addr, SocketAddrV4},
-    process::Command,
-};
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -14,11 +11,8 @@ use crate::topology::{self, Lab};
 
 fn netpath(lab: &Lab, args: &[&str]) -> Result<String> {
     let exe = std::env::current_exe().context("locating the netpath binary")?;
-    let out = topology::run(
-        Command::new(exe)
-            .args(["--netns", &lab.host.name])
-            .args(args),
-    )?;
+    // The host namespace's own cgroup for the socket hooks, never the root.
+    let out = topology::run(lab.host.netpath(exe).args(args))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 

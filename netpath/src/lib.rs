@@ -14,6 +14,7 @@ pub mod ops;
 pub mod plan;
 pub mod plumbing;
 pub mod publish;
+pub mod sockhooks;
 pub mod state;
 pub mod sys;
 pub mod topology;

@@ -71,6 +71,7 @@ fn run(cli: Cli) -> Result<()> {
                     masquerade: up.masquerade,
                     icc: up.icc,
                     internal: up.internal,
+                    cgroup: up.cgroup,
                 };
                 let r = ops::up(&args).await?;
                 let verb = if r.already_up { "already up" } else { "up" };
@@ -106,6 +107,14 @@ fn run(cli: Cli) -> Result<()> {
                     println!(
                         "  detached from {} interface(s) no longer managed",
                         r.detached.len()
+                    );
+                }
+                if r.socket_hooks == Some(netpath::sockhooks::Hooks::Attached) {
+                    println!(
+                        "  socket hooks attached to cgroup {}",
+                        args.cgroup
+                            .as_ref()
+                            .map_or_else(|| "v2 root".to_owned(), |p| p.display().to_string())
                     );
                 }
                 if !up.no_daemon {

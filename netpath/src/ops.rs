@@ -31,6 +31,8 @@ pub struct UpArgs {
     pub icc: bool,
     /// No traffic to or from outside the subnet.
     pub internal: bool,
+    /// cgroup v2 directory for the socket hooks; `None`: the cgroup v2 root.
+    pub cgroup: Option<std::path::PathBuf>,
 }
 
 impl UpArgs {
@@ -64,6 +66,7 @@ pub struct UpReport {
     pub already_up: bool,
     pub changes: Vec<IfaceChange>,
     pub detached: Vec<u32>,
+    pub socket_hooks: Option<crate::sockhooks::Hooks>,
 }
 
 /// How one interface ended up after a reconcile.
@@ -133,6 +136,11 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
         (BTreeMap::new(), BTreeMap::new())
     };
     let same_id = plan::check_against_existing(&spec, &existing)?;
+    let cgroup = match &args.cgroup {
+        Some(p) => p.clone(),
+        None => crate::sockhooks::cgroup2_root()?,
+    };
+    crate::sockhooks::check_cgroup(&cgroup)?;
     let links = nl.link_facts().await?;
     let bridge = links.iter().find(|l| l.name == spec.bridge);
     if let Some(b) = bridge
@@ -176,6 +184,7 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
         &existing,
         &uplinks,
         args.option_flags(),
+        &cgroup,
         &mut report,
     )
     .await;
@@ -198,6 +207,7 @@ async fn apply_up(
     existing: &BTreeMap<u32, NetworkSpec>,
     uplinks: &Uplinks,
     option_flags: u32,
+    cgroup: &std::path::Path,
     report: &mut UpReport,
 ) -> Result<()> {
     let index = match bridge_index {
@@ -251,6 +261,7 @@ async fn apply_up(
     let (changes, detached) = reconcile(nl, state, &mut dp, uplinks).await?;
     report.changes = changes;
     report.detached = detached;
+    report.socket_hooks = Some(crate::sockhooks::ensure(state, &mut dp, cgroup)?);
     Ok(())
 }
 
@@ -529,7 +540,7 @@ fn detach_iface(state: &StateDir, maps: &mut Maps, ifindex: u32) -> Result<()> {
 
 /// Detaches every link and forgets every interface, carrying on past errors.
 fn teardown_all_links(state: &StateDir, maps: &mut Maps) -> Vec<anyhow::Error> {
-    let mut errors = Vec::new();
+    let mut errors = crate::sockhooks::detach_all(state);
     let mut ifindexes: Vec<u32> = maps
         .ifaces()
         .map(|m| m.into_keys().collect())

@@ -38,6 +38,10 @@ pub struct Netns {
     /// When set, `<netpath> --netns NAME down --all` runs before the
     /// namespace is deleted, so no pinned state outlives it.
     netpath: Option<PathBuf>,
+    /// A cgroup v2 directory of its own for netpath's socket hooks (made by
+    /// [`Netns::cleanup_with`], removed on drop): tests and the demo never
+    /// attach them to the root cgroup. Pass it as `NETPATH_CGROUP`.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Netns {
@@ -52,15 +56,34 @@ impl Netns {
         let ns = Self {
             name,
             netpath: None,
+            cgroup: None,
         };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
 
-    /// Makes drop run `netpath down --all` in this namespace first.
+    /// Makes drop run `netpath down --all` in this namespace first, and
+    /// gives the namespace a cgroup for netpath's socket hooks.
     pub fn cleanup_with(mut self, netpath: impl Into<PathBuf>) -> Self {
         self.netpath = Some(netpath.into());
+        if let Ok(root) = crate::sockhooks::cgroup2_root() {
+            let cg = root.join(format!("netpath-test-{}", self.name));
+            if std::fs::create_dir(&cg).is_ok() {
+                self.cgroup = Some(cg);
+            }
+        }
         self
+    }
+
+    /// `netpath --netns NAME` with `NETPATH_CGROUP` set to this namespace's
+    /// cgroup (when it has one).
+    pub fn netpath(&self, bin: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(bin);
+        cmd.args(["--netns", &self.name]);
+        if let Some(cg) = &self.cgroup {
+            cmd.env("NETPATH_CGROUP", cg);
+        }
+        cmd
     }
 
     /// `ip -n NAME ARGS…`, returning stdout.
@@ -108,6 +131,9 @@ impl Drop for Netns {
             let _ = Command::new(bin)
                 .args(["--netns", &self.name, "down", "--all"])
                 .output();
+        }
+        if let Some(cg) = &self.cgroup {
+            let _ = std::fs::remove_dir(cg);
         }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])

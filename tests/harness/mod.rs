@@ -76,8 +76,14 @@ pub struct Run {
 
 /// Runs `netpath --netns NS ARGS…`.
 pub fn netpath(ns: &Netns, args: &[&str]) -> Run {
-    let out = Command::new(NETPATH)
-        .args(["--netns", &ns.name])
+    // Safety rule: socket hooks never go on the root cgroup in tests.
+    assert!(
+        args.first() != Some(&"up") || ns.cgroup.is_some(),
+        "`netpath up` in {} needs a namespace made with cleanup_with (its own cgroup)",
+        ns.name
+    );
+    let out = ns
+        .netpath(NETPATH)
         .args(args)
         .output()
         .expect("spawning netpath");

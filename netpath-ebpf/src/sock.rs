@@ -1,0 +1,114 @@
+//! Published ports for processes on the host itself, at the socket level
+//! (cgroup sock_addr hooks) instead of docker-proxy: `connect()` and UDP
+//! `sendmsg()` to a published host address:port (or to any loopback
+//! address for ports published on every address) go straight to the
+//! container; `getpeername()` and UDP `recvmsg()` show the address that was
+//! dialled. Only sockets of the namespace netpath manages are touched (its
+//! netns cookie is in `NP_HOST`); every other socket passes as it is.
+
+use aya_ebpf::{
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    programs::SockAddrContext,
+};
+use netpath_common::{PubKey4, PubVal4, SockRevKey, SockRevVal, ct::proto};
+
+use crate::maps::{NP_HOST, NP_HOSTADDRS4, NP_PUBLISH4, NP_SOCK_REVNAT4};
+
+/// Let the call proceed (the hooks never refuse one).
+pub const ALLOW: i32 = 1;
+
+/// Whether the socket lives in the managed namespace.
+#[inline(always)]
+fn managed(ctx: &SockAddrContext) -> bool {
+    let Some(host) = NP_HOST.get(0) else {
+        return false;
+    };
+    // SAFETY: the helper takes the program's context.
+    let cookie = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    host.netns_cookie != 0 && cookie == host.netns_cookie
+}
+
+/// The published port `addr:port` (network byte order) leads to, if any.
+#[inline(always)]
+fn published(addr: u32, port: u16, proto_nr: u8) -> Option<PubVal4> {
+    let mut key = PubKey4 {
+        addr_be: addr,
+        port_be: port,
+        proto: proto_nr,
+        _pad: 0,
+    };
+    // SAFETY: values are Copy and read at once.
+    if let Some(v) = unsafe { NP_PUBLISH4.get(&key) } {
+        return Some(*v);
+    }
+    let loopback = u32::from_be(addr) >> 24 == 127;
+    if !loopback && NP_HOSTADDRS4.get_ptr(&addr).is_none() {
+        return None;
+    }
+    key.addr_be = 0;
+    unsafe { NP_PUBLISH4.get(&key) }.copied()
+}
+
+/// `connect4` and `sendmsg4`: redirect a published destination.
+#[inline(always)]
+pub fn redirect4(ctx: &SockAddrContext) -> i32 {
+    if !managed(ctx) {
+        return ALLOW;
+    }
+    let sa = ctx.sock_addr;
+    // SAFETY: the context's bpf_sock_addr is valid for the program's run.
+    let (addr, port, proto_nr) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol as u8) };
+    if proto_nr != proto::TCP && proto_nr != proto::UDP {
+        return ALLOW;
+    }
+    let Some(target) = published(addr, port, proto_nr) else {
+        return ALLOW;
+    };
+    // SAFETY: as above.
+    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
+    let key = SockRevKey {
+        sock_cookie: cookie,
+        target_be: target.target_be,
+        target_port_be: target.target_port_be,
+        _pad: 0,
+    };
+    let val = SockRevVal {
+        addr_be: addr,
+        port_be: port,
+        _pad: 0,
+    };
+    let _ = NP_SOCK_REVNAT4.insert(&key, &val, 0);
+    // SAFETY: user_ip4 and user_port are writable in these hooks.
+    unsafe {
+        (*sa).user_ip4 = target.target_be;
+        (*sa).user_port = u32::from(target.target_port_be);
+    }
+    ALLOW
+}
+
+/// `getpeername4` and `recvmsg4`: show the address the socket dialled.
+#[inline(always)]
+pub fn reverse4(ctx: &SockAddrContext) -> i32 {
+    if !managed(ctx) {
+        return ALLOW;
+    }
+    let sa = ctx.sock_addr;
+    // SAFETY: as in `redirect4`.
+    let (addr, port, cookie) =
+        unsafe { ((*sa).user_ip4, (*sa).user_port as u16, bpf_get_socket_cookie(sa.cast())) };
+    let key = SockRevKey {
+        sock_cookie: cookie,
+        target_be: addr,
+        target_port_be: port,
+        _pad: 0,
+    };
+    // SAFETY: value is Copy and read at once.
+    if let Some(orig) = unsafe { NP_SOCK_REVNAT4.get(&key) }.copied() {
+        // SAFETY: writable in these hooks.
+        unsafe {
+            (*sa).user_ip4 = orig.addr_be;
+            (*sa).user_port = u32::from(orig.port_be);
+        }
+    }
+    ALLOW
+}

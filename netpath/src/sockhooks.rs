@@ -1,0 +1,121 @@
+//! Attaching the socket hooks (see `netpath-ebpf/src/sock.rs`) to a cgroup
+//! v2 directory: the root by default, `--cgroup PATH` (or `NETPATH_CGROUP`)
+//! to choose one. One link per hook, pinned as
+//! `links/cgroup-<hook>-<build>` so later commands (and newer builds) find
+//! them; the hooks act only on sockets of the managed namespace.
+
+use std::{
+    fs::File,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::programs::{CgroupAttachMode, links::FdLink};
+
+use crate::{
+    attach::{Datapath, SockHook, build_id},
+    state::StateDir,
+    sys,
+};
+
+/// Where cgroup v2 is mounted (the first `cgroup2` mount).
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
+    for line in mounts.lines() {
+        // ... mount-point ... - fstype source options
+        let mut halves = line.splitn(2, " - ");
+        let (Some(left), Some(right)) = (halves.next(), halves.next()) else {
+            continue;
+        };
+        if right.split_whitespace().next() == Some("cgroup2")
+            && let Some(point) = left.split_whitespace().nth(4)
+        {
+            return Ok(PathBuf::from(point));
+        }
+    }
+    bail!("no cgroup v2 hierarchy is mounted")
+}
+
+fn pin_name(hook: SockHook) -> String {
+    format!("cgroup-{}-{}", hook.program(), build_id().replace('.', "_"))
+}
+
+/// Pinned socket-hook links of any build.
+fn pinned(state: &StateDir) -> Vec<PathBuf> {
+    std::fs::read_dir(state.links_dir())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("cgroup-"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Detaches every socket hook netpath attached in this namespace.
+pub fn detach_all(state: &StateDir) -> Vec<anyhow::Error> {
+    pinned(state)
+        .into_iter()
+        .filter_map(|p| sys::detach_pinned_link(&p).err())
+        .collect()
+}
+
+/// What [`ensure`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hooks {
+    Attached,
+    Unchanged,
+}
+
+/// Makes sure this build's socket hooks are attached to `cgroup` (and only
+/// there): a different cgroup or another build's hooks are replaced.
+pub fn ensure(state: &StateDir, dp: &mut Datapath, cgroup: &Path) -> Result<Hooks> {
+    let dir = File::open(cgroup)
+        .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+    let id = dir.metadata()?.ino();
+    let mut host = dp.maps.host.get(&0, 0).context("reading NP_HOST")?;
+    let ours = SockHook::ALL
+        .iter()
+        .all(|h| state.links_dir().join(pin_name(*h)).exists());
+    if ours && host.cgroup_id == id {
+        return Ok(Hooks::Unchanged);
+    }
+    for e in detach_all(state) {
+        return Err(e);
+    }
+    for (hook, prog) in SockHook::ALL.iter().zip(dp.sock.iter_mut()) {
+        // A bpf_link attachment (kernel 5.7+) coexists with other programs on
+        // the cgroup whatever the mode; link_create takes no mode flags.
+        let link_id = prog
+            .attach(&dir, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {} to {}", hook.program(), cgroup.display()))?;
+        let link: FdLink = prog.take_link(link_id)?.try_into()?;
+        let pin = state.links_dir().join(pin_name(*hook));
+        link.pin(&pin)
+            .with_context(|| format!("pinning link at {}", pin.display()))?;
+    }
+    host.cgroup_id = id;
+    dp.maps.host.set(0, host, 0).context("writing NP_HOST")?;
+    Ok(Hooks::Attached)
+}
+
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// Checks that `path` is a cgroup v2 directory.
+pub fn check_cgroup(path: &Path) -> Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statfs into a zeroed struct with a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 || !path.is_dir() {
+        bail!("cgroup {} does not exist", path.display());
+    }
+    if st.f_type as i64 != CGROUP2_SUPER_MAGIC {
+        bail!("{} is not a cgroup v2 directory", path.display());
+    }
+    Ok(())
+}
