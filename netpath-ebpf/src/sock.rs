@@ -57,7 +57,8 @@ pub fn redirect4(ctx: &SockAddrContext) -> i32 {
     }
     let sa = ctx.sock_addr;
     // SAFETY: the context's bpf_sock_addr is valid for the program's run.
-    let (addr, port, proto_nr) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol as u8) };
+    let (addr, port, proto_nr) =
+        unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol as u8) };
     if proto_nr != proto::TCP && proto_nr != proto::UDP {
         return ALLOW;
     }
@@ -94,8 +95,13 @@ pub fn reverse4(ctx: &SockAddrContext) -> i32 {
     }
     let sa = ctx.sock_addr;
     // SAFETY: as in `redirect4`.
-    let (addr, port, cookie) =
-        unsafe { ((*sa).user_ip4, (*sa).user_port as u16, bpf_get_socket_cookie(sa.cast())) };
+    let (addr, port, cookie) = unsafe {
+        (
+            (*sa).user_ip4,
+            (*sa).user_port as u16,
+            bpf_get_socket_cookie(sa.cast()),
+        )
+    };
     let key = SockRevKey {
         sock_cookie: cookie,
         target_be: addr,

@@ -71,7 +71,12 @@ pub enum SockHook {
 }
 
 impl SockHook {
-    pub const ALL: [Self; 4] = [Self::Connect4, Self::Sendmsg4, Self::Recvmsg4, Self::Getpeername4];
+    pub const ALL: [Self; 4] = [
+        Self::Connect4,
+        Self::Sendmsg4,
+        Self::Recvmsg4,
+        Self::Getpeername4,
+    ];
 
     pub const fn program(self) -> &'static str {
         match self {

@@ -75,8 +75,7 @@ pub enum Hooks {
 /// Makes sure this build's socket hooks are attached to `cgroup` (and only
 /// there): a different cgroup or another build's hooks are replaced.
 pub fn ensure(state: &StateDir, dp: &mut Datapath, cgroup: &Path) -> Result<Hooks> {
-    let dir = File::open(cgroup)
-        .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+    let dir = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
     let id = dir.metadata()?.ino();
     let mut host = dp.maps.host.get(&0, 0).context("reading NP_HOST")?;
     let ours = SockHook::ALL

@@ -44,6 +44,7 @@ const APT: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("iptables", "iptables"),
     ("ethtool", "ethtool"),
+    ("python3", "python3-minimal"),
 ];
 
 /// bpf-linker release known to work with the pinned aya versions.
