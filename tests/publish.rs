@@ -189,6 +189,44 @@ fn containers_reach_published_ports_from_other_networks_the_same_network_and_the
     );
     // Isolation still holds for the containers' own addresses.
     assert!(topology::ping(&c3, Lab::C1).is_err());
+    // The flows expire with every entry they made, the hairpin's two
+    // half-way (MID) entries included.
+    let raw_entries = |lab: &Lab| {
+        lab.host
+            .run(|| {
+                let state = netpath::state::StateDir::current().unwrap();
+                netpath::state::Maps::open(&state)
+                    .unwrap()
+                    .ct_entries()
+                    .unwrap()
+                    .len()
+            })
+            .unwrap()
+    };
+    assert!(
+        raw_entries(&lab) >= 10,
+        "4 flows (8 entries) and 2 MID entries"
+    );
+    netpath_ok(
+        &lab.host,
+        &[
+            "conntrack",
+            "config",
+            "--timeout",
+            "tcp-time-wait=1",
+            "--timeout",
+            "tcp-close=1",
+            "--timeout",
+            "tcp-fin-wait=1",
+            "--timeout",
+            "icmp=1",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while raw_entries(&lab) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(raw_entries(&lab), 0, "{:#?}", flows(&lab.host));
 }
 
 #[test]

@@ -105,6 +105,10 @@ pub fn flows(maps: &Maps, cfg: &Config, now_ns: u64) -> Result<Vec<Flow>> {
     let mut out = Vec::new();
     for (k, e) in &entries {
         let k = &k.0;
+        if e.dir == ct_dir::MID {
+            // Half-way tuples of a flow, not a flow of their own.
+            continue;
+        }
         let (orig_key, orig, reply_key, reply) = if e.dir == ct_dir::ORIGINAL {
             let r = entries.get(&CtKeyOrd(e.peer)).filter(|r| r.peer == *k);
             (*k, Some(e), e.peer, r)
@@ -244,6 +248,15 @@ pub fn sweep(maps: &mut Maps) -> Result<usize> {
         .collect();
     for f in &expired {
         remove_flow(maps, f)?;
+    }
+    // MID entries go with their flow: once the entry they name is gone.
+    let entries = maps.ct_entries()?;
+    let live: std::collections::BTreeSet<CtKeyOrd> =
+        entries.iter().map(|(k, _)| CtKeyOrd(*k)).collect();
+    for (k, e) in &entries {
+        if e.dir == ct_dir::MID && !live.contains(&CtKeyOrd(e.peer)) {
+            maps.remove_ct(k)?;
+        }
     }
     Ok(expired.len())
 }
