@@ -82,6 +82,20 @@ pub enum Command {
         #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
         interval_ms: u64,
     },
+    /// Benchmark netpath against Docker's iptables path and bare routing on
+    /// identical namespace topologies, arms interleaved; prints a markdown
+    /// table and writes bench.json (every sample), bench.md and bench.svg.
+    Bench {
+        /// One scale point and short runs (well under a minute), for CI.
+        #[arg(long)]
+        quick: bool,
+        /// Repetitions per point (at least 5).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(5..=100))]
+        reps: u64,
+        /// Where to write the results.
+        #[arg(long, value_name = "DIR", default_value = "bench-results")]
+        out: std::path::PathBuf,
+    },
     /// Run the demo: build a Docker-like topology in fresh network namespaces,
     /// bring netpath up in it, send traffic and show the counters; then remove it all.
     Demo,

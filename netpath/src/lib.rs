@@ -4,6 +4,7 @@
 //! helpers.
 
 pub mod attach;
+pub mod bench;
 pub mod cli;
 pub mod conntrack;
 pub mod daemon;

@@ -51,6 +51,19 @@ fn run(cli: Cli) -> Result<()> {
     if let Command::Demo = cli.command {
         return demo::run();
     }
+    if let Command::Bench { quick, reps, out } = &cli.command {
+        let res = netpath::bench::run(&netpath::bench::Options {
+            quick: *quick,
+            reps: *reps as usize,
+            out: out.clone(),
+        })?;
+        print!("{}", netpath::bench::table(&res));
+        println!(
+            "\nwrote {0}/bench.json, {0}/bench.md, {0}/bench.svg",
+            out.display()
+        );
+        return Ok(());
+    }
     // Enter the namespace before any thread or socket exists: every thread
     // the runtime starts inherits it.
     if let Some(name) = &cli.netns {
@@ -232,7 +245,7 @@ fn run(cli: Cli) -> Result<()> {
                 })
                 .await
             }
-            Command::Demo => unreachable!("handled above"),
+            Command::Demo | Command::Bench { .. } => unreachable!("handled above"),
         }
     })
 }

@@ -1,0 +1,404 @@
+//! The three arms, each its own copy of the same namespace topology
+//! ([`Lab`]): **netpath**; **iptables**, Docker 20.10's ruleset for the same
+//! networks and published ports (see `../shared/reference/docker-iptables.md`:
+//! nat DOCKER chain with addrtype LOCAL, MASQUERADE per subnet, hairpin
+//! MASQUERADE, filter FORWARD with DOCKER-USER, DOCKER-ISOLATION-STAGE-1/2
+//! and conntrack RELATED,ESTABLISHED), loaded with `iptables-restore`; and
+//! **bare**, plain routing with no NAT and no filtering (the external side
+//! routes to the containers' subnet), the physical limit here.
+
+use std::{
+    fmt::Write as _,
+    io::Write as _,
+    net::SocketAddrV4,
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::Serialize;
+
+use crate::topology::{self, Lab};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arm {
+    Iptables,
+    Netpath,
+    Bare,
+}
+
+impl Arm {
+    pub const ALL: [Self; 3] = [Self::Iptables, Self::Netpath, Self::Bare];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Iptables => "iptables",
+            Self::Netpath => "netpath",
+            Self::Bare => "bare",
+        }
+    }
+}
+
+/// The published port every workload measures (TCP and UDP), last in
+/// iptables' chains.
+pub const PORT: u16 = 5001;
+/// The external server's port for the egress (masquerade) workloads.
+pub const EXT_PORT: u16 = 6001;
+/// First dummy published port (scale points).
+const DUMMY_BASE: u16 = 20000;
+
+/// One arm's topology and how it is configured now.
+pub struct ArmLab {
+    pub arm: Arm,
+    pub lab: Lab,
+    exe: std::path::PathBuf,
+    ports: u32,
+    networks: u32,
+}
+
+fn extra_net(i: u32) -> (String, String) {
+    (format!("nb{i}"), format!("10.200.{i}.0/24"))
+}
+
+impl ArmLab {
+    pub fn build(arm: Arm, exe: &Path) -> Result<Self> {
+        let lab = Lab::new(exe)?;
+        let me = Self {
+            arm,
+            lab,
+            exe: exe.to_owned(),
+            ports: 0,
+            networks: 1,
+        };
+        match arm {
+            Arm::Netpath => {
+                let up = ["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET];
+                me.netpath(&up)?;
+                me.lab.plug_ports()?;
+                me.netpath(&up)?;
+            }
+            Arm::Iptables | Arm::Bare => {
+                me.plain_bridge(Lab::BRIDGE, "172.30.0.1/24")?;
+                me.lab.plug_ports()?;
+                me.lab.host.sysctl("net.ipv4.ip_forward", "1")?;
+                if arm == Arm::Bare {
+                    me.lab
+                        .ext
+                        .ip(&["route", "add", Lab::SUBNET, "via", Lab::UPLINK])?;
+                }
+            }
+        }
+        Ok(me)
+    }
+
+    fn plain_bridge(&self, name: &str, addr: &str) -> Result<()> {
+        self.lab.host.ip(&["link", "add", name, "type", "bridge"])?;
+        self.lab.host.ip(&["addr", "add", addr, "dev", name])?;
+        self.lab.host.ip(&["link", "set", name, "up"])?;
+        Ok(())
+    }
+
+    pub fn netpath(&self, args: &[&str]) -> Result<String> {
+        let out = topology::run(self.lab.host.netpath(&self.exe).args(args))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// What the external client dials to reach the container's `PORT`.
+    pub fn published(&self) -> SocketAddrV4 {
+        let ip = match self.arm {
+            Arm::Bare => Lab::C1,
+            _ => Lab::UPLINK,
+        };
+        SocketAddrV4::new(ip.parse().expect("address"), PORT)
+    }
+
+    /// Publishes `PORT` (tcp and udp) plus `n - 1` other ports before it.
+    /// Returns how long the control plane took.
+    pub fn set_ports(&mut self, n: u32) -> Result<Duration> {
+        let t = Instant::now();
+        match self.arm {
+            Arm::Netpath => {
+                if self.ports > 0 {
+                    self.netpath(&["unpublish", &format!("{PORT}/tcp")])?;
+                    self.netpath(&["unpublish", &format!("{PORT}/udp")])?;
+                    if self.ports > 1 {
+                        let last = DUMMY_BASE + (self.ports - 2) as u16;
+                        self.netpath(&["unpublish", &format!("{DUMMY_BASE}-{last}")])?;
+                    }
+                }
+                if n > 1 {
+                    let last = DUMMY_BASE + (n - 2) as u16;
+                    self.netpath(&[
+                        "publish",
+                        &format!("{DUMMY_BASE}-{last}"),
+                        &format!("{}:{DUMMY_BASE}-{last}", Lab::C1),
+                    ])?;
+                }
+                for p in ["tcp", "udp"] {
+                    self.netpath(&[
+                        "publish",
+                        &format!("{PORT}/{p}"),
+                        &format!("{}:{PORT}", Lab::C1),
+                    ])?;
+                }
+            }
+            Arm::Iptables => {
+                self.ports = n;
+                self.restore()?;
+            }
+            Arm::Bare => {}
+        }
+        self.ports = n;
+        Ok(t.elapsed())
+    }
+
+    /// Adds managed networks until there are `m` (the measured one, np0,
+    /// is the oldest: last in iptables' chains). Returns the time taken.
+    pub fn set_networks(&mut self, m: u32) -> Result<Duration> {
+        let t = Instant::now();
+        for i in self.networks..m {
+            let (bridge, subnet) = extra_net(i);
+            match self.arm {
+                Arm::Netpath => {
+                    self.netpath(&["up", "--bridge", &bridge, "--subnet", &subnet])?;
+                }
+                Arm::Iptables | Arm::Bare => {
+                    let gw = subnet.replace(".0/24", ".1/24");
+                    self.plain_bridge(&bridge, &gw)?;
+                }
+            }
+        }
+        self.networks = self.networks.max(m);
+        if self.arm == Arm::Iptables {
+            self.restore()?;
+        }
+        Ok(t.elapsed())
+    }
+
+    /// Loads Docker's ruleset for the current networks and ports.
+    fn restore(&self) -> Result<()> {
+        let rules = docker_ruleset(self.networks, self.ports);
+        iptables_restore(&self.lab.host, &rules, false)
+    }
+
+    /// Proof the arm took its path: (what was checked, packets seen).
+    pub fn path_evidence(&self) -> Result<Vec<(String, u64)>> {
+        Ok(match self.arm {
+            Arm::Netpath => {
+                let ports: serde_json::Value =
+                    serde_json::from_str(&self.netpath(&["ports", "--json"])?)?;
+                let status: serde_json::Value =
+                    serde_json::from_str(&self.netpath(&["status", "--json"])?)?;
+                let measured = ports
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|m| m["host_port"] == PORT)
+                    .map(|m| m["to_container"]["packets"].as_u64().unwrap_or(0))
+                    .sum();
+                let snat = status["networks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|n| n["bridge"] == Lab::BRIDGE)
+                    .map_or(0, |n| n["snat"]["packets"].as_u64().unwrap_or(0));
+                vec![
+                    (
+                        format!("netpath published {PORT} packets to container"),
+                        measured,
+                    ),
+                    ("netpath masquerade (snat) packets".to_owned(), snat),
+                ]
+            }
+            Arm::Iptables => {
+                let out = topology::run(
+                    self.lab
+                        .host
+                        .command("iptables")
+                        .args(["-t", "nat", "-L", "-v", "-x", "-n"]),
+                )?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                let count = |want: &dyn Fn(&str) -> bool| -> u64 {
+                    text.lines()
+                        .filter(|l| want(l))
+                        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+                        .sum()
+                };
+                vec![
+                    (
+                        format!("iptables DNAT rule for {PORT} packets"),
+                        count(&|l: &str| l.contains("DNAT") && l.contains(&format!("dpt:{PORT} "))),
+                    ),
+                    (
+                        "iptables MASQUERADE for the subnet packets".to_owned(),
+                        count(&|l: &str| l.contains("MASQUERADE") && l.contains(Lab::SUBNET)),
+                    ),
+                ]
+            }
+            Arm::Bare => {
+                let out =
+                    topology::run(self.lab.host.command("iptables").args(["-t", "nat", "-S"]))?;
+                let rules = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| l.starts_with("-A"))
+                    .count();
+                vec![("bare: nat rules (must be 0)".to_owned(), rules as u64)]
+            }
+        })
+    }
+
+    /// The uplink's offload settings (recorded with the results).
+    pub fn offloads(&self) -> String {
+        topology::run(self.lab.host.command("ethtool").args(["-k", "uplink0"]))
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| {
+                        !l.contains("[fixed]")
+                            && (l.contains("segmentation")
+                                || l.contains("checksumming")
+                                || l.contains("receive-offload"))
+                    })
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_else(|e| format!("unavailable: {e:#}"))
+    }
+}
+
+/// Feeds `rules` to `iptables-restore` inside `ns`.
+pub fn iptables_restore(ns: &topology::Netns, rules: &str, noflush: bool) -> Result<()> {
+    let mut cmd = ns.command("iptables-restore");
+    if noflush {
+        cmd.arg("--noflush");
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running iptables-restore")?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(rules.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "iptables-restore: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Docker 20.10's rules for `networks` bridges (np0, then nb1, nb2, …,
+/// newest first as Docker inserts them) and `ports` published ports to c1
+/// (the measured `PORT`, tcp and udp, last).
+pub fn docker_ruleset(networks: u32, ports: u32) -> String {
+    let mut nets: Vec<(String, String)> = (1..networks).rev().map(extra_net).collect();
+    nets.push((Lab::BRIDGE.to_owned(), Lab::SUBNET.to_owned()));
+    let c1 = Lab::C1;
+    let mut published: Vec<(u16, &str)> = (0..ports.saturating_sub(1))
+        .map(|i| (DUMMY_BASE + i as u16, "tcp"))
+        .collect();
+    if ports > 0 {
+        published.push((PORT, "tcp"));
+        published.push((PORT, "udp"));
+    }
+    let br = Lab::BRIDGE;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:DOCKER - [0:0]"
+    );
+    let _ = writeln!(s, "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER");
+    let _ = writeln!(
+        s,
+        "-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER"
+    );
+    for (b, sub) in &nets {
+        let _ = writeln!(s, "-A POSTROUTING -s {sub} ! -o {b} -j MASQUERADE");
+    }
+    for (p, proto) in &published {
+        let _ = writeln!(
+            s,
+            "-A POSTROUTING -s {c1}/32 -d {c1}/32 -p {proto} -m {proto} --dport {p} -j MASQUERADE"
+        );
+    }
+    for (b, _) in &nets {
+        let _ = writeln!(s, "-A DOCKER -i {b} -j RETURN");
+    }
+    for (p, proto) in &published {
+        let _ = writeln!(
+            s,
+            "-A DOCKER ! -i {br} -p {proto} -m {proto} --dport {p} -j DNAT --to-destination {c1}:{p}"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "COMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n:DOCKER - [0:0]\n:DOCKER-ISOLATION-STAGE-1 - [0:0]\n:DOCKER-ISOLATION-STAGE-2 - [0:0]\n:DOCKER-USER - [0:0]"
+    );
+    let _ = writeln!(
+        s,
+        "-A FORWARD -j DOCKER-USER\n-A FORWARD -j DOCKER-ISOLATION-STAGE-1"
+    );
+    for (b, _) in &nets {
+        let _ = writeln!(
+            s,
+            "-A FORWARD -o {b} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+        );
+        let _ = writeln!(s, "-A FORWARD -o {b} -j DOCKER");
+        let _ = writeln!(s, "-A FORWARD -i {b} ! -o {b} -j ACCEPT");
+        let _ = writeln!(s, "-A FORWARD -i {b} -o {b} -j ACCEPT");
+    }
+    for (p, proto) in &published {
+        let _ = writeln!(
+            s,
+            "-A DOCKER -d {c1}/32 ! -i {br} -o {br} -p {proto} -m {proto} --dport {p} -j ACCEPT"
+        );
+    }
+    for (b, _) in &nets {
+        let _ = writeln!(
+            s,
+            "-A DOCKER-ISOLATION-STAGE-1 -i {b} ! -o {b} -j DOCKER-ISOLATION-STAGE-2"
+        );
+    }
+    let _ = writeln!(s, "-A DOCKER-ISOLATION-STAGE-1 -j RETURN");
+    for (b, _) in &nets {
+        let _ = writeln!(s, "-A DOCKER-ISOLATION-STAGE-2 -o {b} -j DROP");
+    }
+    let _ = writeln!(
+        s,
+        "-A DOCKER-ISOLATION-STAGE-2 -j RETURN\n-A DOCKER-USER -j RETURN\nCOMMIT"
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ruleset_mirrors_docker_and_puts_the_measured_port_last() {
+        let r = docker_ruleset(2, 3);
+        assert!(r.contains("-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER"));
+        assert!(r.contains("-A POSTROUTING -s 172.30.0.0/24 ! -o np0 -j MASQUERADE"));
+        assert!(r.contains("-A POSTROUTING -s 10.200.1.0/24 ! -o nb1 -j MASQUERADE"));
+        assert!(r.contains("-A DOCKER-ISOLATION-STAGE-2 -o nb1 -j DROP"));
+        let dnat: Vec<&str> = r.lines().filter(|l| l.contains("DNAT")).collect();
+        assert_eq!(dnat.len(), 4, "2 dummies + the measured port, tcp and udp");
+        assert!(dnat[2].contains("--dport 5001") && dnat[3].contains("-p udp"));
+        // The measured network is the oldest: its rules come last.
+        let fw: Vec<&str> = r
+            .lines()
+            .filter(|l| l.starts_with("-A FORWARD -o"))
+            .collect();
+        assert!(fw.last().unwrap().contains("np0"));
+        assert_eq!(r.matches("COMMIT").count(), 2);
+    }
+}
