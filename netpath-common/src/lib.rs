@@ -44,8 +44,12 @@ pub mod map_names {
     /// [`SockRevKey`](crate::SockRevKey) -> [`SockRevVal`](crate::SockRevVal):
     /// what a host socket dialled before the socket hooks redirected it (LRU).
     pub const SOCK_REVNAT4: &str = "NP_SOCK_REVNAT4";
+    /// Container IPv4 address -> [`Endpoint`](crate::Endpoint): where the
+    /// fast path delivers a container's packets.
+    pub const ENDPOINTS4: &str = "NP_ENDPOINTS4";
     /// All pinned map names, for tooling that walks the pin directory.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
+        ENDPOINTS4,
         IFACES,
         NETWORKS,
         COUNTERS,
@@ -248,6 +252,20 @@ pub struct HostInfo {
     pub netns_cookie: u64,
     /// Inode of the cgroup the socket hooks are attached to (0: none).
     pub cgroup_id: u64,
+}
+
+/// Value of `NP_ENDPOINTS4`: a container's port, for delivering its
+/// packets straight to its veth (`bpf_redirect_peer`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Endpoint {
+    /// The host end of the container's veth (the bridge port).
+    pub ifindex: u32,
+    pub net_id: u32,
+    /// The container's MAC.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// Key of `NP_SOCK_REVNAT4`: a socket and the address it was redirected to.
@@ -517,11 +535,12 @@ impl Counter {
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        Config, Counter, CounterKey, HostInfo, IfaceInfo, Lease, LeaseKey, NetworkInfo, PubKey4,
-        PubVal4, SockRevKey, SockRevVal,
+        Config, Counter, CounterKey, Endpoint, HostInfo, IfaceInfo, Lease, LeaseKey, NetworkInfo,
+        PubKey4, PubVal4, SockRevKey, SockRevVal,
         ct::{CtEntry4, CtKey4, FragKey4, FragPorts},
     };
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for HostInfo {}
     unsafe impl aya::Pod for PubKey4 {}
     unsafe impl aya::Pod for PubVal4 {}

@@ -22,12 +22,15 @@ use aya_ebpf::{
     bindings::{BPF_EXIST, TC_ACT_SHOT},
     programs::TcContext,
 };
-use netpath_common::{DropReason, IfaceInfo, NetworkInfo, counter_scope, iface_flags, net_flags};
+use netpath_common::{
+    DropReason, Endpoint, IfaceInfo, NetworkInfo, counter_scope, iface_flags, net_flags,
+};
 
 use crate::{
     TCX_NEXT,
     counters::count,
-    maps::{NP_IFACES, NP_NETWORKS},
+    fastpath,
+    maps::{NP_ENDPOINTS4, NP_IFACES, NP_NETWORKS},
     nat::{self, network_of},
     parse::{self, ETH_HLEN, L3},
 };
@@ -72,7 +75,15 @@ fn learn(ifindex: u32, iface: &IfaceInfo, addr: u32, mac: [u8; 6]) {
         ..*iface
     };
     // Only while the port is still managed (BPF_EXIST).
-    let _ = NP_IFACES.insert(&ifindex, &info, BPF_EXIST as u64);
+    if NP_IFACES.insert(&ifindex, &info, BPF_EXIST as u64).is_ok() {
+        let ep = Endpoint {
+            ifindex,
+            net_id: iface.net_id,
+            mac,
+            _pad: [0; 2],
+        };
+        let _ = NP_ENDPOINTS4.insert(&addr, &ep, 0);
+    }
 }
 
 /// A container's packet entering the host at its port.
@@ -129,17 +140,31 @@ pub fn port_ingress(ctx: &TcContext, ifindex: u32, iface: &IfaceInfo) -> i32 {
             // Published ports and their replies pass whatever the policy:
             // the flow was allowed when it was created.
             match nat::port4_ingress(ctx, &ip, net_id, &net) {
-                nat::PortNat::Published => return TCX_NEXT,
+                nat::PortNat::Published => return fast_out(ctx, &net),
                 nat::PortNat::Verdict(v) => return v,
                 nat::PortNat::None => {}
             }
             match destination(&net, net_id, ip.daddr) {
-                Ok(()) => TCX_NEXT,
+                Ok(()) => fast_out(ctx, &net),
                 Err(reason) => drop(net_id, reason, len),
             }
         }
         _ => TCX_NEXT,
     }
+}
+
+/// An allowed container packet: the fast path out of an uplink when it is
+/// headed outside the managed networks, else on to the bridge.
+#[inline(always)]
+fn fast_out(ctx: &TcContext, net: &NetworkInfo) -> i32 {
+    // The header as it is now (a published flow may have rewritten it).
+    let Some(ip) = parse::ipv4_at(ctx, L3) else {
+        return TCX_NEXT;
+    };
+    if network_of(ip.daddr).is_some() {
+        return TCX_NEXT;
+    }
+    fastpath::to_uplink4(ctx, &ip, net.bridge_ifindex, ip.tot_len).unwrap_or(TCX_NEXT)
 }
 
 /// Whether a container of `net` may send to `daddr`.

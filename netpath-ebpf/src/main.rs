@@ -8,6 +8,7 @@
 
 mod counters;
 mod ct;
+mod fastpath;
 mod isolate;
 mod maps;
 mod nat;

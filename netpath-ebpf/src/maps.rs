@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap},
 };
 use netpath_common::{
-    Config, Counter, CounterKey, HostInfo, IfaceInfo, Lease, LeaseKey, MAX_COUNTERS, MAX_HOSTADDRS,
-    MAX_IFACES, MAX_LEASES, MAX_NETWORKS, MAX_PUBLISH, NetworkInfo, PubKey4, PubVal4, SockRevKey,
-    SockRevVal,
+    Config, Counter, CounterKey, Endpoint, HostInfo, IfaceInfo, Lease, LeaseKey, MAX_COUNTERS,
+    MAX_HOSTADDRS, MAX_IFACES, MAX_LEASES, MAX_NETWORKS, MAX_PUBLISH, NetworkInfo, PubKey4,
+    PubVal4, SockRevKey, SockRevVal,
     ct::{CtEntry4, CtKey4, FragKey4, FragPorts, MAX_CT4, MAX_FRAG4},
 };
 
@@ -65,3 +65,8 @@ pub static NP_HOST: Array<HostInfo> = Array::pinned(1, 0);
 /// container, for `getpeername` and UDP `recvmsg`.
 #[map]
 pub static NP_SOCK_REVNAT4: LruHashMap<SockRevKey, SockRevVal> = LruHashMap::pinned(65536, 0);
+
+/// Container address -> its port, for the fast path (kept by port learning,
+/// `connect` and reconcile).
+#[map]
+pub static NP_ENDPOINTS4: HashMap<u32, Endpoint> = HashMap::pinned(MAX_IFACES, 0);

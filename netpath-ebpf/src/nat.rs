@@ -25,6 +25,7 @@ use crate::{
     TCX_NEXT,
     counters::count,
     ct::{ct_create4, ct_keep_partner4, ct_lookup4, ct_tcp_update4, ct_touch4, now},
+    fastpath,
     maps::{NP_CT4, NP_FRAG4, NP_HOSTADDRS4, NP_NETWORKS, NP_PUBLISH4, NP_SUBNETS4},
     parse::{self, Ip4, L3, L4, L4Kind, ip4_off},
 };
@@ -554,7 +555,13 @@ pub fn nat4_ingress(ctx: &TcContext) -> i32 {
         },
     };
     first_fragment4(&ip, &l4, e, Phase::Ingress);
-    let _ = apply4(ctx, &ip, Some(&l4), &key, e, len, Phase::Ingress);
+    if apply4(ctx, &ip, Some(&l4), &key, e, len, Phase::Ingress).is_ok() {
+        // SAFETY: map value pointer, valid during the program.
+        let to = unsafe { (*e).peer }.reversed();
+        if let Some(verdict) = fastpath::to_container4(ctx, &ip, to.daddr_be) {
+            return verdict;
+        }
+    }
     TCX_NEXT
 }
 

@@ -33,6 +33,8 @@ pub struct Ip4 {
     pub id_be: u16,
     /// Flags and fragment offset, host byte order.
     pub frag: u16,
+    /// Total length, host byte order.
+    pub tot_len: u16,
 }
 
 impl Ip4 {
@@ -95,6 +97,7 @@ pub fn ipv4_at(ctx: &TcContext, off: usize) -> Option<Ip4> {
         daddr: raw.daddr,
         id_be: raw.id,
         frag: u16::from_be(raw.frag),
+        tot_len: u16::from_be(raw.tot_len),
     })
 }
 

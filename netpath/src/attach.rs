@@ -169,7 +169,7 @@ impl Datapath {
             SchedClassifier::from_pin(pinned(d))
                 .with_context(|| format!("opening pinned program {}", pinned(d).display()))
         };
-        let mut maps = Maps::from_source(|name| crate::state::open_pinned(maps_dir, name))?;
+        let mut maps = Maps::open_dir(maps_dir)?;
         maps.config()?;
         Ok(Self {
             ingress: open(Dir::Ingress)?,

@@ -367,6 +367,7 @@ pub async fn reconcile(
             egress: dp.ensure_attached(state, ifindex, &p.name, Dir::Egress)?,
         });
     }
+    sync_endpoints(&mut dp.maps, &planned)?;
     let mut detached = Vec::new();
     for &ifindex in current.keys().filter(|i| !planned.contains_key(i)) {
         detach_iface(state, &mut dp.maps, ifindex)?;
@@ -494,6 +495,49 @@ async fn sync_host_addrs(nl: &Netlink, maps: &mut Maps) -> Result<()> {
     if host.netns_cookie != cookie {
         host.netns_cookie = cookie;
         maps.host.set(0, host, 0).context("writing NP_HOST")?;
+    }
+    Ok(())
+}
+
+/// Keeps `NP_ENDPOINTS4` (container address -> port, for the fast path) in
+/// line with the ports' bindings. The datapath adds entries as ports learn;
+/// this adds `connect`'s and removes those of ports that are gone or moved.
+fn sync_endpoints(maps: &mut Maps, planned: &BTreeMap<u32, plan::Planned>) -> Result<()> {
+    let ports = maps.ifaces()?;
+    let bound = |i: &IfaceInfo| {
+        i.role == IfaceRole::Port as u32
+            && i.ipv4_be != 0
+            && i.flags & (iface_flags::BOUND | iface_flags::LEARNED) != 0
+    };
+    let have: Vec<(u32, netpath_common::Endpoint)> = maps
+        .endpoints4
+        .iter()
+        .filter_map(std::result::Result::ok)
+        .collect();
+    for (addr, ep) in &have {
+        let keep = planned.contains_key(&ep.ifindex)
+            && ports
+                .get(&ep.ifindex)
+                .is_some_and(|i| i.ipv4_be == 0 || i.ipv4_be == *addr);
+        if !keep {
+            let _ = maps.endpoints4.remove(addr);
+        }
+    }
+    for (ifindex, info) in ports
+        .iter()
+        .filter(|(i, info)| planned.contains_key(i) && bound(info))
+    {
+        let ep = netpath_common::Endpoint {
+            ifindex: *ifindex,
+            net_id: info.net_id,
+            mac: info.mac,
+            _pad: [0; 2],
+        };
+        if !have.contains(&(info.ipv4_be, ep)) {
+            maps.endpoints4
+                .insert(info.ipv4_be, ep, 0)
+                .context("recording an endpoint")?;
+        }
     }
     Ok(())
 }

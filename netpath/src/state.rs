@@ -15,8 +15,8 @@ use aya::maps::{
 };
 use ipnet::Ipv4Net;
 use netpath_common::{
-    Config, Counter, CounterKey, HostInfo, IfaceInfo, Lease, LeaseKey, NetworkInfo, PubKey4,
-    PubVal4,
+    Config, Counter, CounterKey, Endpoint, HostInfo, IfaceInfo, Lease, LeaseKey, NetworkInfo,
+    PubKey4, PubVal4,
     ct::{CtEntry4, CtKey4},
     map_names,
 };
@@ -173,6 +173,7 @@ pub struct Maps {
     pub publish4: HashMap<MapData, PubKey4, PubVal4>,
     pub hostaddrs4: HashMap<MapData, u32, u32>,
     pub host: Array<MapData, HostInfo>,
+    pub endpoints4: HashMap<MapData, u32, Endpoint>,
 }
 
 pub(crate) fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
@@ -185,8 +186,25 @@ pub(crate) fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
 impl Maps {
     /// Opens the maps an earlier `up` pinned.
     pub fn open(state: &StateDir) -> Result<Self> {
-        let dir = state.maps_dir();
-        Self::from_source(|name| open_pinned(&dir, name))
+        Self::open_dir(&state.maps_dir())
+    }
+
+    /// Opens the maps pinned in `dir`. A map this build has and the pins do
+    /// not (state left by an older build) is created and pinned, so every
+    /// command works on older state; no program is loaded.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let missing = map_names::ALL.iter().any(|n| !dir.join(n).exists());
+        if !missing {
+            return Self::from_source(|name| open_pinned(dir, name));
+        }
+        let mut ebpf = aya::EbpfLoader::new()
+            .default_map_pin_directory(dir)
+            .load(crate::EBPF_OBJECT)
+            .context("opening netpath's maps (pinned maps from an incompatible build? run `netpath down --all`)")?;
+        Self::from_source(|name| {
+            ebpf.take_map(name)
+                .with_context(|| format!("map {name} missing from the object"))
+        })
     }
 
     /// Wraps maps by name, from the pins or from a freshly loaded object.
@@ -210,6 +228,8 @@ impl Maps {
             hostaddrs4: HashMap::try_from(take(map_names::HOSTADDRS4)?)
                 .context(layout(map_names::HOSTADDRS4))?,
             host: Array::try_from(take(map_names::HOST)?).context(layout(map_names::HOST))?,
+            endpoints4: HashMap::try_from(take(map_names::ENDPOINTS4)?)
+                .context(layout(map_names::ENDPOINTS4))?,
         })
     }
 

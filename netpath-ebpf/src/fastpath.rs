@@ -1,0 +1,120 @@
+//! The fast path: packets between an uplink and a container skip the bridge
+//! and the host's IP forwarding. After its destination was translated at an
+//! uplink, a packet for a container is handed straight to the container's
+//! veth peer (`bpf_redirect_peer`); a container's packet for the outside is
+//! routed with `bpf_fib_lookup` and sent out of the uplink
+//! (`bpf_redirect`), whose egress program then does the source half of the
+//! translation as usual. Both decrement the TTL as forwarding would.
+//! Anything unusual (fragments, a TTL about to expire, an internal network,
+//! an unresolved neighbour, a route that does not leave through an uplink)
+//! takes the normal path.
+
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_peer},
+    programs::TcContext,
+};
+use netpath_common::{IfaceRole, counter_kind, counter_scope, net_flags};
+
+use crate::{
+    counters::count,
+    maps::{NP_ENDPOINTS4, NP_IFACES, NP_NETWORKS},
+    parse::{Ip4, L3},
+};
+
+const AF_INET: u8 = 2;
+
+/// Decrements the TTL (fixing the header checksum); `None` when it would
+/// expire here (the kernel then sends the ICMP error).
+#[inline(always)]
+fn forward_ttl(ctx: &TcContext) -> Option<()> {
+    // TTL and protocol share one 16-bit word at offset 8.
+    let word: [u8; 2] = ctx.load(L3 + 8).ok()?;
+    if word[0] <= 1 {
+        return None;
+    }
+    let old = u16::from_ne_bytes(word);
+    let new = u16::from_ne_bytes([word[0] - 1, word[1]]);
+    ctx.store(L3 + 8, &new, 0).ok()?;
+    ctx.l3_csum_replace(L3 + 10, u64::from(old), u64::from(new), 2)
+        .ok()
+}
+
+/// A packet whose destination is now container `daddr`: straight to its
+/// veth peer. `None`: take the normal path.
+#[inline(always)]
+pub fn to_container4(ctx: &TcContext, ip: &Ip4, daddr: u32) -> Option<i32> {
+    if ip.is_fragment() {
+        return None;
+    }
+    // SAFETY: values are Copy and read at once.
+    let ep = unsafe { NP_ENDPOINTS4.get(&daddr) }.copied()?;
+    let net = unsafe { NP_NETWORKS.get(&ep.net_id) }.copied()?;
+    if net.flags & net_flags::INTERNAL != 0 {
+        return None;
+    }
+    let eth: [u8; 6] = ctx.load(0).ok()?;
+    forward_ttl(ctx)?;
+    // New destination MAC; the old one (the uplink's) becomes the source.
+    let mut hdr = [0u8; 12];
+    hdr[..6].copy_from_slice(&ep.mac);
+    hdr[6..].copy_from_slice(&eth);
+    ctx.store(0, &hdr, 0).ok()?;
+    let len = ctx.len();
+    count(
+        counter_scope::NETWORK,
+        ep.net_id,
+        counter_kind::NET_TO_CONTAINERS,
+        len,
+    );
+    count(
+        counter_scope::IFACE,
+        ep.ifindex,
+        counter_kind::IF_EGRESS,
+        len,
+    );
+    // SAFETY: no preconditions beyond a valid ifindex (checked by the helper).
+    Some(unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32)
+}
+
+/// A container's packet for outside the managed networks and the host:
+/// routed here and sent out of its uplink. `None`: the normal path.
+#[inline(always)]
+pub fn to_uplink4(ctx: &TcContext, ip: &Ip4, bridge_ifindex: u32, tot_len: u16) -> Option<i32> {
+    if ip.is_fragment() {
+        return None;
+    }
+    // SAFETY: an all-zero bpf_fib_lookup is a valid starting point.
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.l4_protocol = ip.proto;
+    p.ifindex = bridge_ifindex;
+    p.__bindgen_anon_1.tot_len = tot_len;
+    p.__bindgen_anon_3.ipv4_src = ip.saddr;
+    p.__bindgen_anon_4.ipv4_dst = ip.daddr;
+    // SAFETY: the helper takes the skb context and a struct of its size.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.skb.skb.cast(),
+            &raw mut p,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return None;
+    }
+    // Only through an uplink, where the egress program translates.
+    // SAFETY: value is Copy and read at once.
+    let out = unsafe { NP_IFACES.get(&p.ifindex) }.copied()?;
+    if out.role != IfaceRole::Uplink as u32 {
+        return None;
+    }
+    forward_ttl(ctx)?;
+    let mut hdr = [0u8; 12];
+    hdr[..6].copy_from_slice(&p.dmac);
+    hdr[6..].copy_from_slice(&p.smac);
+    ctx.store(0, &hdr, 0).ok()?;
+    // SAFETY: as above.
+    Some(unsafe { bpf_redirect(p.ifindex, 0) } as i32)
+}

@@ -1,0 +1,62 @@
+//! `netpath bench --quick`: every arm runs every workload at least five
+//! times, takes its own path (counters prove it), and the table and JSON
+//! come out. (Performance is measured by the benchmark, never asserted here.)
+
+mod harness;
+
+use harness::NETPATH;
+
+#[test]
+fn quick_bench_runs_every_arm_and_proves_its_path() {
+    require_root!();
+    let out = std::env::temp_dir().join(format!("netpath-bench-test-{}", std::process::id()));
+    let r = std::process::Command::new(NETPATH)
+        .args(["bench", "--quick", "--out"])
+        .arg(&out)
+        .output()
+        .expect("running netpath bench");
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        r.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    for want in [
+        "| dnat conn/s |",
+        "| snat tcp stream |",
+        "| dnat rr | p99",
+        "netpath/iptables",
+        "publish 1000 ports",
+    ] {
+        assert!(stdout.contains(want), "{want:?} missing from:\n{stdout}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("bench.json")).unwrap()).unwrap();
+    let evidence = json["evidence"].as_array().unwrap();
+    for arm in ["iptables", "netpath"] {
+        let seen: Vec<u64> = evidence
+            .iter()
+            .filter(|e| e[0] == arm)
+            .map(|e| e[3].as_u64().unwrap())
+            .collect();
+        assert!(
+            !seen.is_empty() && seen.iter().all(|p| *p > 0),
+            "{arm}: {evidence:?}"
+        );
+    }
+    assert!(evidence.iter().any(|e| e[0] == "bare" && e[3] == 0));
+    let samples = json["samples"].as_array().unwrap();
+    for arm in ["iptables", "netpath", "bare"] {
+        let n = samples
+            .iter()
+            .filter(|s| s["arm"] == arm && s["workload"] == "dnat conn/s")
+            .count();
+        assert!(n >= 5, "{arm}: {n} samples");
+    }
+    assert!(
+        std::fs::read_to_string(out.join("bench.svg"))
+            .unwrap()
+            .starts_with("<svg")
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
