@@ -576,7 +576,8 @@ fn detach_iface(state: &StateDir, maps: &mut Maps, ifindex: u32) -> Result<()> {
         }
     }
     match maps.ifaces.remove(&ifindex) {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+        Ok(()) => {}
+        Err(e) if state::is_missing(&e) => {}
         Err(e) => return Err(e).context("forgetting an interface"),
     }
     maps.remove_counters(counter_scope::IFACE, ifindex)

@@ -161,6 +161,19 @@ fn lock_with(mount: bool, op: libc::c_int) -> Result<Option<Option<Lock>>> {
     Ok(Some(Some(Lock(dir))))
 }
 
+/// Whether a map error means "no such key". Deleting a key someone else
+/// (the datapath, the daemon's sweeper) removed meanwhile reports ENOENT
+/// from the syscall rather than `KeyNotFound`.
+pub fn is_missing(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(aya::sys::SyscallError { io_error, .. }) => {
+            io_error.raw_os_error() == Some(libc::ENOENT)
+        }
+        _ => false,
+    }
+}
+
 /// Typed handles on the pinned maps.
 pub struct Maps {
     pub ifaces: HashMap<MapData, u32, IfaceInfo>,
@@ -265,7 +278,8 @@ impl Maps {
             u32::from_ne_bytes(subnet.network().octets()),
         );
         match self.subnets4.remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if is_missing(&e) => Ok(()),
             Err(e) => Err(e).context("removing the subnet"),
         }
     }
@@ -301,7 +315,7 @@ impl Maps {
             match r {
                 Ok(kv) => out.push(kv),
                 // An entry deleted while we walk: skip it.
-                Err(MapError::KeyNotFound) => {}
+                Err(e) if is_missing(&e) => {}
                 Err(e) => return Err(e).context("reading NP_CT4"),
             }
         }
@@ -311,7 +325,8 @@ impl Maps {
     /// Removes one conntrack entry; a missing one is fine.
     pub fn remove_ct(&mut self, key: &CtKey4) -> Result<()> {
         match self.ct4.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if is_missing(&e) => Ok(()),
             Err(e) => Err(e).context("removing a conntrack entry"),
         }
     }
@@ -334,7 +349,7 @@ impl Maps {
     pub fn counter(&self, key: CounterKey) -> Result<Counter> {
         match self.counters.get(&key, 0) {
             Ok(per_cpu) => Ok(per_cpu.iter().fold(Counter::default(), |a, c| a.add(*c))),
-            Err(MapError::KeyNotFound) => Ok(Counter::default()),
+            Err(e) if is_missing(&e) => Ok(Counter::default()),
             Err(e) => Err(e).context("reading NP_COUNTERS"),
         }
     }
@@ -349,7 +364,8 @@ impl Maps {
             .collect();
         for k in keys {
             match self.counters.remove(&k) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                Err(e) if is_missing(&e) => {}
                 Err(e) => return Err(e).context("removing a counter"),
             }
         }
