@@ -304,21 +304,28 @@ fn later_fragment4(ctx: &TcContext, ip: &Ip4, phase: Phase) -> Option<bool> {
     // SAFETY: as above.
     let (to, flags) = unsafe { ((*e).peer.reversed(), (*e).flags) };
     let _ = translate4(ctx, ip, None, &to, phase);
-    // The fragment's new addresses, for the next hook (the other phase).
     if phase == Phase::Ingress {
-        let moved = FragKey4 {
-            daddr_be: to.daddr_be,
-            ..fk
-        };
-        let ports = FragPorts {
-            sport_be: ports.sport_be,
-            dport_be: to.dport_be,
-        };
-        if moved.daddr_be != fk.daddr_be || ports.dport_be != key.dport_be {
-            let _ = NP_FRAG4.insert(&moved, &ports, 0);
-        }
+        follow_fragments(&fk, ports.sport_be, ports.dport_be, &to);
     }
     Some(flags & ct_flags::DNAT != 0)
+}
+
+/// After an ingress rewrite to `to`, the datagram's later fragments carry
+/// its new destination: record their ports under that key too, for the
+/// egress hook.
+#[inline(always)]
+fn follow_fragments(fk: &FragKey4, sport_be: u16, dport_be: u16, to: &CtKey4) {
+    if to.daddr_be != fk.daddr_be || to.dport_be != dport_be {
+        let moved = FragKey4 {
+            daddr_be: to.daddr_be,
+            ..*fk
+        };
+        let ports = FragPorts {
+            sport_be,
+            dport_be: to.dport_be,
+        };
+        let _ = NP_FRAG4.insert(&moved, &ports, 0);
+    }
 }
 
 /// Records the ports of a first fragment for its later fragments, as they
@@ -343,17 +350,7 @@ fn first_fragment4(ip: &Ip4, l4: &L4, e: *mut CtEntry4, phase: Phase) {
     if phase == Phase::Ingress {
         // SAFETY: map value pointer, valid during the program.
         let to = unsafe { (*e).peer }.reversed();
-        if to.daddr_be != ip.daddr || to.dport_be != l4.dport_be {
-            let moved = FragKey4 {
-                daddr_be: to.daddr_be,
-                ..fk
-            };
-            let ports = FragPorts {
-                sport_be: l4.sport_be,
-                dport_be: to.dport_be,
-            };
-            let _ = NP_FRAG4.insert(&moved, &ports, 0);
-        }
+        follow_fragments(&fk, l4.sport_be, l4.dport_be, &to);
     }
 }
 
