@@ -102,7 +102,31 @@ pub fn run() -> Result<()> {
         }
     }
 
-    step("netpath conntrack list (the BPF conntrack table behind the masquerade)");
+    step(&format!(
+        "netpath publish 8080 {}:80 (like docker run -p 8080:80)",
+        Lab::C1
+    ));
+    print!(
+        "{}",
+        netpath(&lab, &["publish", "8080", &format!("{}:80", Lab::C1)])?
+    );
+    let seen = topology::tcp_echo(
+        &lab.c1,
+        addr("0.0.0.0", 80),
+        &lab.ext,
+        addr(Lab::UPLINK, 8080),
+        b"hello published port",
+    )?;
+    println!(
+        "  TCP  external -> {}:8080   ok (c1 saw {seen}: the real client, no proxy)",
+        Lab::UPLINK
+    );
+    if seen.ip().to_string() != Lab::EXT {
+        bail!("c1 saw {seen}, not the external client: the published port is not DNAT-only");
+    }
+    print!("{}", netpath(&lab, &["ports"])?);
+
+    step("netpath conntrack list (the BPF conntrack table behind masquerade and published ports)");
     print!("{}", netpath(&lab, &["conntrack", "list"])?);
 
     step("netpath status");
