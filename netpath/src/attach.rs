@@ -198,7 +198,8 @@ impl Datapath {
     ) -> Result<Attach> {
         let pin = state.link_pin(ifindex, dir);
         let prog = self.program(dir)?;
-        let tag = prog.info()?.tag();
+        let info = prog.info()?;
+        let (tag, ours) = (info.tag(), info.id());
         match PinnedLink::from_pin(&pin) {
             Ok(pinned) => {
                 let link = FdLink::from(pinned);
@@ -206,6 +207,11 @@ impl Datapath {
                     .info()
                     .context("reading pinned link info")?
                     .program_id();
+                // The very program this build pinned: nothing to ask the
+                // interface (this keeps `up` cheap with many interfaces).
+                if running == ours {
+                    return Ok(Attach::Unchanged);
+                }
                 let (_, attached) =
                     SchedClassifier::query_tcx(ifname, dir.tc()).with_context(|| {
                         format!("querying TCX {} programs on {ifname}", dir.as_str())
