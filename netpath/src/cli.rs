@@ -23,7 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Bring a network up (idempotent): create the bridge if absent, give it the
     /// gateway address, enable IPv4 forwarding, load and pin the programs and
-    /// attach them to the bridge, its ports and the uplinks.
+    /// attach them to the bridge, its ports and the uplinks, attach the socket
+    /// hooks to a cgroup, and start the daemon.
     Up(UpCmd),
     /// Take a network down: detach, forget it, and delete what netpath created
     /// for it (a bridge that existed before `up` stays). The last `down` unpins everything.
@@ -97,7 +98,8 @@ pub enum Command {
         out: std::path::PathBuf,
     },
     /// Run the demo: build a Docker-like topology in fresh network namespaces,
-    /// bring netpath up in it, send traffic and show the counters; then remove it all.
+    /// bring netpath up in it, send traffic through masquerade and a published
+    /// port, show the conntrack table and the counters; then remove it all.
     Demo,
 }
 

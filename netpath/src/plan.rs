@@ -339,7 +339,8 @@ pub struct PortSpec {
 }
 
 impl PortSpec {
-    pub fn len(&self) -> u32 {
+    /// Number of ports (a spec always has at least one).
+    pub fn count(&self) -> u32 {
         u32::from(self.last) - u32::from(self.first) + 1
     }
 
@@ -404,11 +405,11 @@ pub fn parse_port_spec(s: &str, need_addr: bool, allow_proto: bool) -> Result<Po
 /// Checks `publish HOST CONTAINER`: equal range lengths. (Conflicts and the
 /// container's network need the current state; see `publish`.)
 pub fn check_publish(host: &PortSpec, target: &PortSpec) -> Result<()> {
-    if host.len() != target.len() {
+    if host.count() != target.count() {
         bail!(
             "the host range has {} ports and the container range {}: they must be the same length",
-            host.len(),
-            target.len()
+            host.count(),
+            target.count()
         );
     }
     Ok(())
@@ -604,7 +605,7 @@ mod tests {
             (p.addr, p.first, p.last, p.proto),
             (Some(Ipv4Addr::LOCALHOST), 8080, 8090, Some(17))
         );
-        assert_eq!(p.len(), 11);
+        assert_eq!(p.count(), 11);
         let t = parse_port_spec("172.18.0.2:80", true, false).unwrap();
         assert_eq!((t.addr, t.first), (Some(Ipv4Addr::new(172, 18, 0, 2)), 80));
         assert_eq!(

@@ -114,18 +114,18 @@ pub fn publish(host: &str, target: &str) -> Result<u32> {
             }
         }
     }
-    let mut next_id = existing.iter().map(|(_, v)| v.id).max().unwrap_or(0) + 1;
+    let first_id = existing.iter().map(|(_, v)| v.id).max().unwrap_or(0) + 1;
     let mut inserted: Vec<PubKey4> = Vec::new();
     for (i, port) in (h.first..=h.last).enumerate() {
+        let id = first_id + i as u32;
         let k = key(h.addr, port, proto);
         let v = PubVal4 {
             target_be: plan::be(container),
             target_port_be: (t.first + i as u16).to_be(),
             _pad: 0,
             net_id,
-            id: next_id,
+            id,
         };
-        next_id += 1;
         if let Err(e) = maps.publish4.insert(k, v, 0) {
             // No half-applied state: take back what this command added.
             for k in &inserted {
@@ -135,7 +135,7 @@ pub fn publish(host: &str, target: &str) -> Result<u32> {
         }
         inserted.push(k);
     }
-    Ok(h.len())
+    Ok(h.count())
 }
 
 /// What `unpublish` removed.

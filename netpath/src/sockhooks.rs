@@ -84,7 +84,7 @@ pub fn ensure(state: &StateDir, dp: &mut Datapath, cgroup: &Path) -> Result<Hook
     if ours && host.cgroup_id == id {
         return Ok(Hooks::Unchanged);
     }
-    for e in detach_all(state) {
+    if let Some(e) = detach_all(state).into_iter().next() {
         return Err(e);
     }
     for (hook, prog) in SockHook::ALL.iter().zip(dp.sock.iter_mut()) {
