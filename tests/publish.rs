@@ -495,3 +495,55 @@ fn ten_thousand_published_ports_and_the_last_one_works() {
     .unwrap();
     assert_eq!(seen.ip().to_string(), Lab::EXT);
 }
+
+#[test]
+fn uplink_traffic_to_a_container_skips_the_bridge() {
+    require_root!();
+    let lab = lab_up();
+    netpath_ok(&lab.host, &["publish", "8090", &format!("{}:80", Lab::C1)]);
+    // A first exchange teaches c1's port its address and MAC (the fast
+    // path's endpoint); the next ones can use it.
+    topology::tcp_echo(
+        &lab.c1,
+        addr("0.0.0.0", 80),
+        &lab.ext,
+        addr(Lab::UPLINK, 8090),
+        b"warm",
+    )
+    .unwrap();
+    let bridge = |lab: &Lab| {
+        let s = harness::status(&lab.host);
+        let i = harness::iface(&s, Lab::BRIDGE);
+        i["ingress"]["packets"].as_u64().unwrap() + i["egress"]["packets"].as_u64().unwrap()
+    };
+    let port = |lab: &Lab| {
+        harness::iface(&harness::status(&lab.host), "c1h")["egress"]["packets"]
+            .as_u64()
+            .unwrap()
+    };
+    let (bridge_before, port_before) = (bridge(&lab), port(&lab));
+    for i in 0..5 {
+        let seen = topology::tcp_echo(
+            &lab.c1,
+            addr("0.0.0.0", 80),
+            &lab.ext,
+            addr(Lab::UPLINK, 8090),
+            &[i; 100],
+        )
+        .unwrap();
+        assert_eq!(seen.ip().to_string(), Lab::EXT);
+    }
+    let (bridge_after, port_after) = (bridge(&lab), port(&lab));
+    // Five connections are at least 25 packets each way; through the
+    // bridge, np0 would have counted them.
+    assert!(
+        port_after >= port_before + 25,
+        "c1h delivered {}",
+        port_after - port_before
+    );
+    assert!(
+        bridge_after - bridge_before < 5,
+        "the bridge saw {} packets of uplink <-> container traffic",
+        bridge_after - bridge_before
+    );
+}
