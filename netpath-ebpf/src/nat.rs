@@ -290,13 +290,7 @@ fn apply4(
 /// whether the flow is a published port's.
 #[inline(always)]
 fn later_fragment4(ctx: &TcContext, ip: &Ip4, phase: Phase) -> Option<bool> {
-    let fk = FragKey4 {
-        saddr_be: ip.saddr,
-        daddr_be: ip.daddr,
-        id_be: ip.id_be,
-        proto: ip.proto,
-        _pad: 0,
-    };
+    let fk = frag_key(ip);
     // SAFETY: map value pointer, valid during the program.
     let ports = unsafe { *NP_FRAG4.get_ptr(&fk)? };
     let key = CtKey4::new(ip.saddr, ip.daddr, ports.sport_be, ports.dport_be, ip.proto);
@@ -308,6 +302,18 @@ fn later_fragment4(ctx: &TcContext, ip: &Ip4, phase: Phase) -> Option<bool> {
         follow_fragments(&fk, ports.sport_be, ports.dport_be, &to);
     }
     Some(flags & ct_flags::DNAT != 0)
+}
+
+/// The datagram a fragment belongs to.
+#[inline(always)]
+fn frag_key(ip: &Ip4) -> FragKey4 {
+    FragKey4 {
+        saddr_be: ip.saddr,
+        daddr_be: ip.daddr,
+        id_be: ip.id_be,
+        proto: ip.proto,
+        _pad: 0,
+    }
 }
 
 /// After an ingress rewrite to `to`, the datagram's later fragments carry
@@ -335,13 +341,7 @@ fn first_fragment4(ip: &Ip4, l4: &L4, e: *mut CtEntry4, phase: Phase) {
     if !ip.is_fragment() {
         return;
     }
-    let fk = FragKey4 {
-        saddr_be: ip.saddr,
-        daddr_be: ip.daddr,
-        id_be: ip.id_be,
-        proto: ip.proto,
-        _pad: 0,
-    };
+    let fk = frag_key(ip);
     let ports = FragPorts {
         sport_be: l4.sport_be,
         dport_be: l4.dport_be,
