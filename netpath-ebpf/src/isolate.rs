@@ -18,37 +18,18 @@
 //! - Egress on a port (delivered to a container): an internal network only
 //!   receives from its own subnet.
 
-use aya_ebpf::{
-    bindings::{BPF_EXIST, TC_ACT_SHOT},
-    programs::TcContext,
-};
-use netpath_common::{
-    DropReason, Endpoint, IfaceInfo, NetworkInfo, counter_scope, iface_flags, net_flags,
-};
+use aya_ebpf::{bindings::BPF_EXIST, programs::TcContext};
+use netpath_common::{DropReason, Endpoint, IfaceInfo, NetworkInfo, iface_flags, net_flags};
 
 use crate::{
-    TCX_NEXT,
-    counters::count,
-    fastpath,
-    maps::{NP_ENDPOINTS4, NP_IFACES, NP_NETWORKS},
-    nat::{self, network_of},
+    TCX_NEXT, fastpath,
+    maps::{NP_ENDPOINTS4, NP_IFACES},
+    nat::{self, drop, network, network_of},
     parse::{self, ETH_HLEN, L3},
 };
 
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IP: u16 = 0x0800;
-
-#[inline(always)]
-fn drop(net_id: u32, reason: DropReason, len: u32) -> i32 {
-    count(counter_scope::NETWORK, net_id, reason.counter_kind(), len);
-    TC_ACT_SHOT
-}
-
-#[inline(always)]
-fn network(id: u32) -> Option<NetworkInfo> {
-    // SAFETY: the value is Copy and read at once.
-    unsafe { NP_NETWORKS.get(&id) }.copied()
-}
 
 #[inline(always)]
 fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {

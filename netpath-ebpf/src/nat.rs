@@ -51,8 +51,9 @@ pub fn network_of(addr_be: u32) -> Option<u32> {
     NP_SUBNETS4.get(&key).copied()
 }
 
+/// A managed network by id.
 #[inline(always)]
-fn network(id: u32) -> Option<NetworkInfo> {
+pub fn network(id: u32) -> Option<NetworkInfo> {
     // SAFETY: the value is Copy and read at once.
     unsafe { NP_NETWORKS.get(&id) }.copied()
 }

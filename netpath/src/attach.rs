@@ -50,14 +50,12 @@ pub enum Attach {
 /// reuse them instead of running the verifier again; a daemon of another
 /// build is replaced by `up`.
 pub fn build_id() -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in EBPF_OBJECT
-        .iter()
-        .chain(env!("CARGO_PKG_VERSION").as_bytes())
-    {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = crate::plan::fnv1a(
+        EBPF_OBJECT
+            .iter()
+            .chain(env!("CARGO_PKG_VERSION").as_bytes())
+            .copied(),
+    );
     format!("{}-{h:016x}", env!("CARGO_PKG_VERSION"))
 }
 

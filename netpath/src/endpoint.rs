@@ -44,11 +44,8 @@ fn lease_name(name: &str) -> [u8; 32] {
 
 /// The state, the maps and the network on `bridge`, or a clear error.
 fn open_network(bridge: &str) -> Result<(StateDir, Maps, u32, NetworkSpec)> {
-    let state = StateDir::current()?;
-    if !netns::bpffs_mounted() || !state.exists() {
-        bail!("no network on bridge {bridge}: nothing is up in this network namespace");
-    }
-    let maps = Maps::open(&state)?;
+    let (state, maps) =
+        Maps::open_current().map_err(|e| e.context(format!("no network on bridge {bridge}")))?;
     let (id, info) = maps
         .network_by_bridge(bridge)?
         .with_context(|| format!("no network on bridge {bridge}"))?;

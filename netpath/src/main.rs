@@ -6,7 +6,7 @@ use netpath::{
     attach::Attach,
     cli::{Cli, Command, ConntrackCmd, NetworkCmd},
     conntrack, daemon, demo, endpoint, netns, ops, publish,
-    state::{self, Maps, StateDir},
+    state::{self, Maps},
 };
 
 fn main() -> ExitCode {
@@ -250,18 +250,10 @@ fn run(cli: Cli) -> Result<()> {
     })
 }
 
-fn open_maps() -> Result<Maps> {
-    let state = StateDir::current()?;
-    if !netns::bpffs_mounted() || !state.exists() {
-        bail!("nothing is up in this network namespace");
-    }
-    Maps::open(&state)
-}
-
 fn conntrack_cmd(cmd: ConntrackCmd) -> Result<()> {
     match cmd {
         ConntrackCmd::List { json } => {
-            let mut maps = open_maps()?;
+            let mut maps = Maps::open_current()?.1;
             let cfg = maps.config()?;
             let flows = conntrack::flows(&maps, &cfg, conntrack::monotonic_ns())?;
             if json {
@@ -279,7 +271,7 @@ fn conntrack_cmd(cmd: ConntrackCmd) -> Result<()> {
                 network: None,
                 published: None,
             };
-            let mut maps = open_maps()?;
+            let mut maps = Maps::open_current()?.1;
             let n = conntrack::flush(&mut maps, &filter)?;
             println!("netpath conntrack: {n} flow entries have been deleted.");
         }
@@ -288,7 +280,7 @@ fn conntrack_cmd(cmd: ConntrackCmd) -> Result<()> {
             nat_ports,
         } => {
             let _lock = state::lock(false)?;
-            let mut maps = open_maps()?;
+            let mut maps = Maps::open_current()?.1;
             let mut cfg = maps.config()?;
             if !timeouts.is_empty() || nat_ports.is_some() {
                 conntrack::apply_settings(&mut cfg, &timeouts, nat_ports.as_deref())?;

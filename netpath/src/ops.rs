@@ -409,11 +409,8 @@ async fn reapply_with(
 /// datapath reads them per packet, so live containers follow at once.
 pub fn network_set(bridge: &str, icc: Option<bool>) -> Result<NetworkSpec> {
     let _lock = state::lock(false)?;
-    let state = StateDir::current()?;
-    if !state.exists() {
-        bail!("no network on bridge {bridge}: nothing is up in this network namespace");
-    }
-    let mut maps = Maps::open(&state)?;
+    let (_, mut maps) =
+        Maps::open_current().map_err(|e| e.context(format!("no network on bridge {bridge}")))?;
     let (id, mut info) = maps
         .network_by_bridge(bridge)?
         .with_context(|| format!("no network on bridge {bridge}"))?;

@@ -312,18 +312,23 @@ pub fn container_mac(addr: Ipv4Addr) -> [u8; 6] {
     [0x02, 0x42, o[0], o[1], o[2], o[3]]
 }
 
+/// 64-bit FNV-1a of `bytes`: a stable, dependency-free fingerprint.
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// Host-side veth name for a container namespace on a network: stable for
 /// the pair, 12 bytes, so `disconnect` and humans can find it.
 pub fn host_veth_name(netns_cookie: u64, net_id: u32) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in netns_cookie
-        .to_le_bytes()
-        .iter()
-        .chain(&net_id.to_le_bytes())
-    {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = fnv1a(
+        netns_cookie
+            .to_le_bytes()
+            .iter()
+            .chain(&net_id.to_le_bytes())
+            .copied(),
+    );
     format!("np{:010x}", h & 0xff_ffff_ffff)
 }
 

@@ -12,7 +12,7 @@ use crate::{
     conntrack,
     ops::Traffic,
     plan,
-    state::{self, Maps, StateDir},
+    state::{self, Maps},
 };
 
 /// One published port, for `ports`.
@@ -42,18 +42,7 @@ impl Mapping {
     }
 }
 
-fn open() -> Result<(StateDir, Maps)> {
-    let state = StateDir::current()?;
-    if !crate::netns::bpffs_mounted() || !state.exists() {
-        bail!("nothing is up in this network namespace");
-    }
-    let maps = Maps::open(&state)?;
-    Ok((state, maps))
-}
-
-fn proto_name(p: u8) -> &'static str {
-    if p == 17 { "udp" } else { "tcp" }
-}
+use crate::conntrack::proto_name;
 
 fn key(addr: Option<Ipv4Addr>, port: u16, proto: u8) -> PubKey4 {
     PubKey4 {
@@ -71,7 +60,7 @@ pub fn publish(host: &str, target: &str) -> Result<u32> {
     let t = plan::parse_port_spec(target, true, false)?;
     plan::check_publish(&h, &t)?;
     let _lock = state::lock(false)?;
-    let (_, mut maps) = open()?;
+    let (_, mut maps) = Maps::open_current()?;
     let container = t.addr.context("a container address is required")?;
     let (net_id, info) = maps
         .networks()?
@@ -169,7 +158,7 @@ fn remove(maps: &mut Maps, keys: &[(PubKey4, PubVal4)]) -> Result<Unpublished> {
 pub fn unpublish(host: &str) -> Result<Unpublished> {
     let h = plan::parse_port_spec(host, false, true)?;
     let _lock = state::lock(false)?;
-    let (_, mut maps) = open()?;
+    let (_, mut maps) = Maps::open_current()?;
     let proto = h.proto_or_tcp();
     let mut victims = Vec::new();
     for port in h.first..=h.last {
@@ -198,7 +187,7 @@ pub fn remove_network(maps: &mut Maps, net_id: u32) -> Result<Unpublished> {
 
 /// Every published port with its counters, ordered by host port.
 pub fn list() -> Result<Vec<Mapping>> {
-    let (_, maps) = open()?;
+    let (_, maps) = Maps::open_current()?;
     let networks = maps.networks()?;
     let mut out: Vec<Mapping> = Vec::new();
     for (k, v) in maps.published()? {
@@ -214,7 +203,7 @@ pub fn list() -> Result<Vec<Mapping>> {
         out.push(Mapping {
             host_ip: (k.addr_be != 0).then(|| plan::from_be(k.addr_be)),
             host_port: u16::from_be(k.port_be),
-            proto: proto_name(k.proto).to_owned(),
+            proto: proto_name(k.proto),
             container_ip: plan::from_be(v.target_be),
             container_port: u16::from_be(v.target_port_be),
             network: networks

@@ -197,6 +197,16 @@ pub(crate) fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
 }
 
 impl Maps {
+    /// The current namespace's state and maps; an error when nothing is up.
+    pub fn open_current() -> Result<(StateDir, Self)> {
+        let state = StateDir::current()?;
+        if !netns::bpffs_mounted() || !state.exists() {
+            anyhow::bail!("nothing is up in this network namespace");
+        }
+        let maps = Self::open(&state)?;
+        Ok((state, maps))
+    }
+
     /// Opens the maps an earlier `up` pinned.
     pub fn open(state: &StateDir) -> Result<Self> {
         Self::open_dir(&state.maps_dir())
