@@ -11,9 +11,8 @@ mod harness;
 use std::net::Ipv4Addr;
 
 use harness::{
-    Netns,
     packet::{self, ETH, ICMP, TCP, UDP, assert_checksums, be16, echo, frame, icmp, ip_of, parse},
-    testrun::{LO, PinDir, SHOT, TCX_NEXT, counter, run},
+    testrun::{LO, SHOT, TCX_NEXT, counter, drops, in_netns, run},
 };
 use netpath::{attach::Datapath, plan, state::Dir};
 use netpath_common::{
@@ -59,18 +58,6 @@ fn entry(dp: &Datapath, k: &CtKey4) -> CtEntry4 {
         .ct4
         .get(k, 0)
         .unwrap_or_else(|e| panic!("no conntrack entry {k:?}: {e}"))
-}
-
-fn drops(dp: &Datapath, r: DropReason) -> u64 {
-    counter(dp, counter_scope::NETWORK, 1, r.counter_kind()).0
-}
-
-/// Runs a test body inside a fresh namespace with its own pins.
-fn in_netns(tag: &'static str, f: impl FnOnce(&std::path::Path) + Send + 'static) {
-    let ns = Netns::new("nat").unwrap();
-    let pins = PinDir::new(tag);
-    let dir = pins.0.clone();
-    ns.run(move || f(&dir)).expect("test thread in namespace");
 }
 
 #[test]
@@ -433,7 +420,7 @@ fn malformed_and_untranslatable_packets_are_never_mistranslated() {
         cut[ETH + 2..ETH + 4].copy_from_slice(&30u16.to_be_bytes());
         let (v, _) = run(&mut dp, Dir::Egress, &cut, 1);
         assert_eq!(v, SHOT);
-        assert_eq!(drops(&dp, DropReason::Malformed), 1);
+        assert_eq!(drops(&dp, 1, DropReason::Malformed), 1);
         assert!(
             dp.maps.ct_entries().unwrap().is_empty(),
             "no flow from a bad packet"
@@ -464,7 +451,7 @@ fn malformed_and_untranslatable_packets_are_never_mistranslated() {
         let f = frame(ICMP, C1, R, &short, 2, 0);
         let (v, _) = run(&mut dp, Dir::Egress, &f, 1);
         assert_eq!(v, SHOT);
-        assert_eq!(drops(&dp, DropReason::Malformed), 2);
+        assert_eq!(drops(&dp, 1, DropReason::Malformed), 2);
     });
 }
 
@@ -476,7 +463,7 @@ fn an_uplink_without_address_and_an_exhausted_range_drop_with_reasons() {
         let f = frame(UDP, C1, R, &packet::udp(C1, R, 5000, 53, b"q", true), 1, 0);
         let (v, _) = run(&mut dp, Dir::Egress, &f, 1);
         assert_eq!(v, SHOT);
-        assert_eq!(drops(&dp, DropReason::NatNoAddress), 1);
+        assert_eq!(drops(&dp, 1, DropReason::NatNoAddress), 1);
 
         let mut dp = nat_datapath(pins, U);
         let mut cfg = dp.maps.config().unwrap();
@@ -493,7 +480,7 @@ fn an_uplink_without_address_and_an_exhausted_range_drop_with_reasons() {
         assert_eq!(verdicts[0], (TCX_NEXT, 5000));
         assert_eq!(verdicts[1], (TCX_NEXT, 61000));
         assert_eq!(verdicts[2].0, SHOT, "no free external port left");
-        assert_eq!(drops(&dp, DropReason::NatPortsExhausted), 1);
+        assert_eq!(drops(&dp, 1, DropReason::NatPortsExhausted), 1);
     });
 }
 

@@ -10,12 +10,11 @@ mod harness;
 use std::net::Ipv4Addr;
 
 use harness::{
-    Netns,
     packet::{self, UDP, frame},
-    testrun::{LO, PinDir, SHOT, TCX_NEXT, counter, run},
+    testrun::{LO, SHOT, TCX_NEXT, drops, in_netns, run},
 };
 use netpath::{attach::Datapath, plan, state::Dir};
-use netpath_common::{DropReason, IfaceInfo, IfaceRole, counter_scope, iface_flags, net_flags};
+use netpath_common::{DropReason, IfaceInfo, IfaceRole, iface_flags, net_flags};
 
 const C1: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
 const C2: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 3);
@@ -74,17 +73,6 @@ fn arp(sha: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
     f
 }
 
-fn drops(dp: &Datapath, r: DropReason) -> u64 {
-    counter(dp, counter_scope::NETWORK, 1, r.counter_kind()).0
-}
-
-fn in_netns(tag: &'static str, f: impl FnOnce(&std::path::Path) + Send + 'static) {
-    let ns = Netns::new("pol").unwrap();
-    let pins = PinDir::new(tag);
-    let dir = pins.0.clone();
-    ns.run(move || f(&dir)).expect("test thread in namespace");
-}
-
 #[test]
 fn a_port_learns_its_binding_then_drops_spoofed_sources_and_macs() {
     require_root!();
@@ -92,7 +80,7 @@ fn a_port_learns_its_binding_then_drops_spoofed_sources_and_macs() {
         let mut dp = datapath(pins, 0);
         // Unbound: a source outside the subnet is not one this network gives out.
         assert_eq!(run(&mut dp, Dir::Ingress, &udp_to(EXT, GW1), 1).0, SHOT);
-        assert_eq!(drops(&dp, DropReason::SpoofedSource), 1);
+        assert_eq!(drops(&dp, 1, DropReason::SpoofedSource), 1);
         let port = dp.maps.ifaces.get(&LO, 0).unwrap();
         assert_eq!(
             port.flags & iface_flags::LEARNED,
@@ -108,7 +96,7 @@ fn a_port_learns_its_binding_then_drops_spoofed_sources_and_macs() {
 
         // Then: another source, another MAC, a lying ARP sender.
         assert_eq!(run(&mut dp, Dir::Ingress, &udp_to(C2, GW1), 1).0, SHOT);
-        assert_eq!(drops(&dp, DropReason::SpoofedSource), 2);
+        assert_eq!(drops(&dp, 1, DropReason::SpoofedSource), 2);
         let other_mac = [0x02, 0, 0, 0, 0, 0x99];
         assert_eq!(
             run(
@@ -120,9 +108,9 @@ fn a_port_learns_its_binding_then_drops_spoofed_sources_and_macs() {
             .0,
             SHOT
         );
-        assert_eq!(drops(&dp, DropReason::SpoofedMac), 1);
+        assert_eq!(drops(&dp, 1, DropReason::SpoofedMac), 1);
         assert_eq!(run(&mut dp, Dir::Ingress, &arp(MAC, C2, GW1), 1).0, SHOT);
-        assert_eq!(drops(&dp, DropReason::SpoofedSource), 3);
+        assert_eq!(drops(&dp, 1, DropReason::SpoofedSource), 3);
         assert_eq!(
             run(&mut dp, Dir::Ingress, &arp(MAC, C1, GW1), 1).0,
             TCX_NEXT
@@ -146,7 +134,7 @@ fn a_port_learns_its_binding_then_drops_spoofed_sources_and_macs() {
             run(&mut dp, Dir::Ingress, &with_src_mac(other, other_mac), 1).0,
             SHOT
         );
-        assert_eq!(drops(&dp, DropReason::SpoofedMac), 2);
+        assert_eq!(drops(&dp, 1, DropReason::SpoofedMac), 2);
     });
 }
 
@@ -165,14 +153,14 @@ fn destinations_decide_isolation_icc_and_internal() {
             "another bridge's gateway is a host address"
         );
         assert_eq!(verdict(&mut dp, C3), SHOT, "another network");
-        assert_eq!(drops(&dp, DropReason::Isolation), 1);
+        assert_eq!(drops(&dp, 1, DropReason::Isolation), 1);
 
         // ICC off, flipped in the map as `network set` does.
         let mut net = dp.maps.networks.get(&1, 0).unwrap();
         net.flags |= net_flags::NO_ICC;
         dp.maps.networks.insert(1, net, 0).unwrap();
         assert_eq!(verdict(&mut dp, C2), SHOT);
-        assert_eq!(drops(&dp, DropReason::Icc), 1);
+        assert_eq!(drops(&dp, 1, DropReason::Icc), 1);
         assert_eq!(verdict(&mut dp, GW1), TCX_NEXT);
         assert_eq!(verdict(&mut dp, EXT), TCX_NEXT);
 
@@ -183,13 +171,13 @@ fn destinations_decide_isolation_icc_and_internal() {
         assert_eq!(verdict(&mut dp, GW2), SHOT);
         assert_eq!(verdict(&mut dp, C2), TCX_NEXT);
         assert_eq!(verdict(&mut dp, GW1), TCX_NEXT);
-        assert_eq!(drops(&dp, DropReason::Internal), 2);
+        assert_eq!(drops(&dp, 1, DropReason::Internal), 2);
         assert_eq!(
             run(&mut dp, Dir::Egress, &udp_to(EXT, C1), 1).0,
             SHOT,
             "delivery from outside"
         );
         assert_eq!(run(&mut dp, Dir::Egress, &udp_to(GW1, C1), 1).0, TCX_NEXT);
-        assert_eq!(drops(&dp, DropReason::Internal), 3);
+        assert_eq!(drops(&dp, 1, DropReason::Internal), 3);
     });
 }

@@ -59,3 +59,23 @@ pub fn run(dp: &mut Datapath, dir: Dir, frame: &[u8], repeat: u32) -> (u32, Vec<
     out.truncate(r.data_size_out as usize);
     (r.return_value, out)
 }
+
+/// Drops of network `net_id` counted for `reason`.
+pub fn drops(dp: &Datapath, net_id: u32, reason: netpath_common::DropReason) -> u64 {
+    counter(
+        dp,
+        netpath_common::counter_scope::NETWORK,
+        net_id,
+        reason.counter_kind(),
+    )
+    .0
+}
+
+/// Runs a test body on a thread inside a fresh namespace (so loopback is
+/// ifindex 1) with a private pin directory `tag`.
+pub fn in_netns(tag: &'static str, f: impl FnOnce(&std::path::Path) + Send + 'static) {
+    let ns = crate::harness::Netns::new("tr").unwrap();
+    let pins = PinDir::new(tag);
+    let dir = pins.0.clone();
+    ns.run(move || f(&dir)).expect("test thread in namespace");
+}
