@@ -209,7 +209,6 @@ fn run(cli: Cli) -> Result<()> {
                     ifname: c.ifname,
                 };
                 let r = endpoint::connect(&args).await?;
-                let mac: Vec<String> = r.mac.iter().map(|b| format!("{b:02x}")).collect();
                 println!(
                     "{} connected to {}: {} {}/{} mac {} via {} (host end {})",
                     args.netns,
@@ -217,7 +216,7 @@ fn run(cli: Cli) -> Result<()> {
                     args.ifname,
                     r.addr,
                     r.prefix_len,
-                    mac.join(":"),
+                    netpath::plan::fmt_mac(&r.mac),
                     r.gateway,
                     r.host_ifname
                 );

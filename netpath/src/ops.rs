@@ -882,13 +882,7 @@ pub async fn status() -> Result<Status> {
                 .get(&info.net_id)
                 .map(|n| plan::ifname_from_bytes(&n.bridge_name)),
             address: (info.ipv4_be != 0).then(|| plan::from_be(info.ipv4_be).to_string()),
-            mac: (info.mac != [0; 6]).then(|| {
-                info.mac
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<Vec<_>>()
-                    .join(":")
-            }),
+            mac: (info.mac != [0; 6]).then(|| plan::fmt_mac(&info.mac)),
             binding: if info.flags & iface_flags::BOUND != 0 {
                 Some("connect".to_owned())
             } else if info.flags & iface_flags::LEARNED != 0 {

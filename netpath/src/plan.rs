@@ -312,6 +312,14 @@ pub fn container_mac(addr: Ipv4Addr) -> [u8; 6] {
     [0x02, 0x42, o[0], o[1], o[2], o[3]]
 }
 
+/// A MAC as `ip link` prints it (`02:42:ac:11:00:02`).
+pub fn fmt_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// 64-bit FNV-1a of `bytes`: a stable, dependency-free fingerprint.
 pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
     bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -592,6 +600,10 @@ mod tests {
                 .contains("no free address")
         );
         assert_eq!(container_mac(a("172.17.0.2")), [2, 0x42, 172, 17, 0, 2]);
+        assert_eq!(
+            fmt_mac(&container_mac(a("172.17.0.2"))),
+            "02:42:ac:11:00:02"
+        );
         let n = host_veth_name(12345, 1);
         assert_eq!(n.len(), 12);
         assert_eq!(n, host_veth_name(12345, 1));
