@@ -151,6 +151,19 @@ pub mod net_flags {
     pub const NO_ICC: u32 = 1 << 3;
     /// No traffic to or from outside the subnet (Docker's `--internal`).
     pub const INTERNAL: u32 = 1 << 4;
+    /// Brought up by `netpath docker` from a dockerd network (so it goes
+    /// when that network goes).
+    pub const DOCKER: u32 = 1 << 5;
+}
+
+/// Who made an entry of `NP_PUBLISH4` (`PubVal4::owner`) or `NP_LEASES4`
+/// (`Lease::flags`).
+pub mod owner {
+    /// `netpath publish` / `netpath connect`.
+    pub const USER: u16 = 0;
+    /// `netpath docker`, from a container's port bindings or endpoint
+    /// (dockerd owns the veth; `down` leaves it alone).
+    pub const DOCKER: u16 = 1;
 }
 
 /// Value of the `NP_NETWORKS` map, keyed by network id (`u32`, from 1).
@@ -230,7 +243,8 @@ pub struct PubKey4 {
 pub struct PubVal4 {
     pub target_be: u32,
     pub target_port_be: u16,
-    pub _pad: u16,
+    /// Who published it (`owner::*`); the datapath ignores it.
+    pub owner: u16,
     /// The target's network.
     pub net_id: u32,
     /// Counter id of this mapping (scope `counter_scope::PUBLISH`).

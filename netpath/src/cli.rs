@@ -83,6 +83,15 @@ pub enum Command {
         #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
         interval_ms: u64,
     },
+    /// Replace dockerd's iptables path: follow the Docker Engine API and
+    /// mirror every bridge network (subnet, gateway, enable_icc,
+    /// enable_ip_masquerade, internal), every running container's `-p`
+    /// bindings and its endpoints' address and MAC (anti-spoofing) into
+    /// netpath; remove them, with their conntrack flows, when containers
+    /// stop or networks go. Reconciles at start, on every container/network
+    /// event and every --resync seconds. Run dockerd with
+    /// `--iptables=false --userland-proxy=false`.
+    Docker(DockerCmd),
     /// Benchmark netpath against Docker's iptables path and bare routing on
     /// identical namespace topologies, arms interleaved; prints a markdown
     /// table and writes bench.json (every sample), bench.md and bench.svg.
@@ -139,6 +148,34 @@ pub struct UpCmd {
     /// address changes).
     #[arg(long)]
     pub no_daemon: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DockerCmd {
+    /// dockerd's API socket.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock"
+    )]
+    pub host: String,
+    /// cgroup v2 directory for the socket hooks, as for `up`.
+    #[arg(long, value_name = "PATH", env = "NETPATH_CGROUP")]
+    pub cgroup: Option<std::path::PathBuf>,
+    /// Uplink interface (repeatable), as for `up` [default: chosen as by `up`].
+    #[arg(long = "uplink", value_name = "IFACE")]
+    pub uplinks: Vec<String>,
+    /// Masquerade dockerd's default bridge, like dockerd's own `--ip-masq`
+    /// (dockerd reports false for it whenever `--iptables=false`).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ip_masq: bool,
+    /// Reconcile once and exit (non-zero when dockerd cannot be reached).
+    #[arg(long)]
+    pub once: bool,
+    /// Full reconcile at least this often, in seconds, besides events.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub resync: u64,
 }
 
 #[derive(Debug, Subcommand)]

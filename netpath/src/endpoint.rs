@@ -4,7 +4,13 @@
 //! plugged in by others were seen using), a default route via the gateway,
 //! and the port bound to that address and MAC for anti-spoofing.
 
-use std::{collections::BTreeSet, fs::File, net::Ipv4Addr, os::fd::AsRawFd as _};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs::File,
+    net::Ipv4Addr,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, bail};
 use netpath_common::{IFNAMSIZ, IfaceRole, Lease, LeaseKey};
@@ -15,6 +21,9 @@ use crate::{
     plumbing::Netlink,
     state::{self, Maps, StateDir},
 };
+
+/// `bpf_map_update_elem` flag: only insert a new key.
+const BPF_NOEXIST: u64 = 1;
 
 /// Arguments of `netpath connect`.
 #[derive(Clone, Debug)]
@@ -228,4 +237,141 @@ pub async fn disconnect(netns_name: &str, bridge: &str) -> Result<Ipv4Addr> {
     maps.leases4.remove(&key).context("forgetting the lease")?;
     ops::reapply(&nl, &state).await?;
     Ok(plan::from_be(key.addr_be))
+}
+
+/// A container endpoint that another runtime plugged in (dockerd): its
+/// address and MAC on the network of `bridge`, and the file of its network
+/// namespace (Docker's `SandboxKey`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Foreign {
+    pub bridge: String,
+    pub addr: Ipv4Addr,
+    pub mac: [u8; 6],
+    pub sandbox: PathBuf,
+    /// For `status` (the lease's name).
+    pub name: String,
+}
+
+/// What [`bind_owned`] changed.
+#[derive(Debug, Default)]
+pub struct Bound {
+    pub bound: Vec<(String, Ipv4Addr)>,
+    pub released: usize,
+    pub failed: Vec<(String, String)>,
+}
+
+/// The host end of the veth whose container end has `mac`, found from
+/// inside the namespace at `sandbox`, and that namespace's cookie.
+fn host_end(sandbox: &Path, mac: [u8; 6]) -> Result<(u32, u64)> {
+    let sandbox = sandbox.to_owned();
+    std::thread::spawn(move || -> Result<(u32, u64)> {
+        netns::enter_path(&sandbox)?;
+        let cookie = netns::cookie()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let links = rt.block_on(async { Netlink::new()?.links().await })?;
+        let link = links
+            .iter()
+            .find(|l| l.mac == Some(mac))
+            .with_context(|| format!("no interface with MAC {} inside", plan::fmt_mac(&mac)))?;
+        let peer = link
+            .peer
+            .filter(|p| *p != link.index)
+            .with_context(|| format!("{} inside is not a veth", link.name))?;
+        Ok((peer, cookie))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("looking inside a sandbox panicked"))?
+}
+
+/// Binds the ports of `want`'s endpoints to their address and MAC with
+/// leases of `owner` (so anti-spoofing holds from their first packet),
+/// releases `owner`'s leases that are no longer wanted or whose veth is
+/// gone, and re-applies when anything changed. The veths stay the other
+/// runtime's: nothing here creates or deletes links.
+pub async fn bind_owned(owner: u16, want: &[Foreign]) -> Result<Bound> {
+    let _lock = state::lock(false)?;
+    let (state, mut maps) = Maps::open_current()?;
+    let nl = Netlink::new()?;
+    let links = nl.links().await?;
+    let bridges: BTreeMap<u32, (String, Option<u32>)> = maps
+        .networks()?
+        .into_iter()
+        .map(|(id, info)| {
+            let name = plan::ifname_from_bytes(&info.bridge_name);
+            let index = links.iter().find(|l| l.name == name).map(|l| l.index);
+            (id, (name, index))
+        })
+        .collect();
+    let net_of = |bridge: &str| {
+        bridges
+            .iter()
+            .find(|(_, (name, _))| name == bridge)
+            .map(|(id, (_, index))| (*id, *index))
+    };
+    // A port still plugged into the network's bridge.
+    let plugged = |ifindex: u32, bridge_index: Option<u32>| {
+        links
+            .iter()
+            .any(|l| l.index == ifindex && l.master.is_some() && l.master == bridge_index)
+    };
+    let mut out = Bound::default();
+    let mut kept = BTreeSet::new();
+    for (key, lease) in maps.leases()? {
+        if lease.flags != u32::from(owner) {
+            continue;
+        }
+        let index = bridges.get(&key.net_id).and_then(|(_, i)| *i);
+        let still = want.iter().any(|w| {
+            net_of(&w.bridge).map(|(id, _)| id) == Some(key.net_id)
+                && plan::be(w.addr) == key.addr_be
+                && w.mac == lease.mac
+        }) && plugged(lease.host_ifindex, index);
+        if still {
+            kept.insert((key.net_id, key.addr_be));
+        } else {
+            maps.leases4.remove(&key).context("releasing a lease")?;
+            out.released += 1;
+        }
+    }
+    for w in want {
+        let Some((net_id, index)) = net_of(&w.bridge) else {
+            out.failed
+                .push((w.name.clone(), format!("no network on bridge {}", w.bridge)));
+            continue;
+        };
+        if kept.contains(&(net_id, plan::be(w.addr))) {
+            continue;
+        }
+        let key = LeaseKey {
+            net_id,
+            addr_be: plan::be(w.addr),
+        };
+        let found = host_end(&w.sandbox, w.mac).and_then(|(ifindex, cookie)| {
+            if !plugged(ifindex, index) {
+                bail!("its veth is not a port of {}", w.bridge);
+            }
+            let lease = Lease {
+                netns_cookie: cookie,
+                host_ifindex: ifindex,
+                flags: u32::from(owner),
+                mac: w.mac,
+                _pad: [0; 2],
+                netns_name: lease_name(&w.name),
+            };
+            // Never over another owner's lease (`connect`'s address).
+            maps.leases4
+                .insert(key, lease, BPF_NOEXIST)
+                .with_context(|| format!("{} is leased already", w.addr))
+        });
+        match found {
+            Ok(()) => out.bound.push((w.name.clone(), w.addr)),
+            Err(e) => out.failed.push((w.name.clone(), format!("{e:#}"))),
+        }
+    }
+    if out.released > 0 || !out.bound.is_empty() {
+        ops::reapply(&nl, &state).await?;
+    }
+    Ok(out)
 }

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod conntrack;
 pub mod daemon;
 pub mod demo;
+pub mod docker;
 pub mod endpoint;
 pub mod netns;
 pub mod ops;

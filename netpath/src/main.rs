@@ -85,6 +85,7 @@ fn run(cli: Cli) -> Result<()> {
                     icc: up.icc,
                     internal: up.internal,
                     cgroup: up.cgroup,
+                    docker: false,
                 };
                 let r = ops::up(&args).await?;
                 let verb = if r.already_up { "already up" } else { "up" };
@@ -142,6 +143,18 @@ fn run(cli: Cli) -> Result<()> {
                     }
                 }
                 Ok(())
+            }
+            Command::Docker(d) => {
+                netpath::docker::run(netpath::docker::Options {
+                    host: d.host,
+                    cgroup: d.cgroup,
+                    uplinks: d.uplinks,
+                    once: d.once,
+                    resync: std::time::Duration::from_secs(d.resync),
+                    ip_masq: d.ip_masq,
+                    netns: netns_name,
+                })
+                .await
             }
             Command::Down(down) => {
                 let target = match down.bridge {

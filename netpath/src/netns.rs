@@ -30,11 +30,20 @@ pub fn enter(name: &str) -> Result<()> {
         bail!("invalid network namespace name {name:?}");
     }
     let path = path_of(name);
-    let file = File::open(&path)
-        .with_context(|| format!("network namespace {name} not found ({})", path.display()))?;
+    if !path.exists() {
+        bail!("network namespace {name} not found ({})", path.display());
+    }
+    enter_path(&path)
+}
+
+/// Moves the calling thread into the network namespace at `path` (a
+/// `/run/netns` entry, a container runtime's sandbox file, `/proc/PID/ns/net`).
+pub fn enter_path(path: &Path) -> Result<()> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: setns on a valid fd; affects only the calling thread.
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("setns into {name}"));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("setns into {}", path.display()));
     }
     Ok(())
 }

@@ -33,6 +33,9 @@ pub struct UpArgs {
     pub internal: bool,
     /// cgroup v2 directory for the socket hooks; `None`: the cgroup v2 root.
     pub cgroup: Option<std::path::PathBuf>,
+    /// Mirrors a dockerd network (`netpath docker`), which takes it down
+    /// again when dockerd's network goes.
+    pub docker: bool,
 }
 
 impl UpArgs {
@@ -49,12 +52,30 @@ impl UpArgs {
         if self.internal {
             f |= net_flags::INTERNAL;
         }
+        if self.docker {
+            f |= net_flags::DOCKER;
+        }
         f
+    }
+
+    /// Whether the network is up exactly like this already (bridge, subnet,
+    /// gateway and options), so `up` would change nothing but attachments.
+    pub fn is_recorded(&self, maps: &Maps) -> Result<bool> {
+        let want = plan::network_spec(&self.bridge, &self.subnet, self.gateway.as_deref())?;
+        Ok(maps
+            .network_by_bridge(&self.bridge)?
+            .is_some_and(|(_, info)| {
+                let have = NetworkSpec::from_info(&info);
+                have.subnet == want.subnet
+                    && have.gateway == want.gateway
+                    && info.flags & OPTION_FLAGS == self.option_flags()
+            }))
     }
 }
 
 /// Network flags that `up` options (and `network set`) control.
-const OPTION_FLAGS: u32 = net_flags::NO_MASQUERADE | net_flags::NO_ICC | net_flags::INTERNAL;
+const OPTION_FLAGS: u32 =
+    net_flags::NO_MASQUERADE | net_flags::NO_ICC | net_flags::INTERNAL | net_flags::DOCKER;
 
 /// What `up` did, for the user.
 #[derive(Debug, Default)]
@@ -652,11 +673,14 @@ pub async fn down(target: &DownTarget) -> Result<DownReport> {
     };
     let mut errors: Vec<anyhow::Error> = Vec::new();
     // Containers `connect` plugged into these networks are unplugged (their
-    // veths are netpath's); the namespaces themselves stay.
+    // veths are netpath's); the namespaces themselves stay. Every lease goes.
     let victim_ids: Vec<u32> = victims.iter().map(|(id, _)| *id).collect();
     for (key, lease) in maps.leases().unwrap_or_default() {
         if victim_ids.contains(&key.net_id) {
-            if let Err(e) = nl.delete_link(lease.host_ifindex).await
+            // dockerd's veths (leases of `netpath docker`) stay dockerd's.
+            let ours = lease.flags == u32::from(netpath_common::owner::USER);
+            if ours
+                && let Err(e) = nl.delete_link(lease.host_ifindex).await
                 && nl
                     .names()
                     .await
@@ -799,7 +823,8 @@ pub struct IfaceStatus {
     pub address: Option<String>,
     /// Ports: the container's MAC once bound.
     pub mac: Option<String>,
-    /// Ports: "connect" (assigned) or "learned" (first packet); none yet otherwise.
+    /// Ports: "connect" (assigned), "docker" (from dockerd's endpoint, by
+    /// `netpath docker`) or "learned" (first packet); none yet otherwise.
     pub binding: Option<String>,
     pub ingress_prog_ids: Vec<u32>,
     pub egress_prog_ids: Vec<u32>,
@@ -866,6 +891,11 @@ pub async fn status() -> Result<Status> {
             to_containers: traffic(counter_scope::NETWORK, *id, counter_kind::NET_TO_CONTAINERS)?,
         });
     }
+    let lease_owner: BTreeMap<u32, u32> = maps
+        .leases()?
+        .iter()
+        .map(|(_, l)| (l.host_ifindex, l.flags))
+        .collect();
     for (ifindex, info) in maps.ifaces()? {
         let name = names.get(&ifindex).cloned();
         let progs = |dir| {
@@ -884,7 +914,15 @@ pub async fn status() -> Result<Status> {
             address: (info.ipv4_be != 0).then(|| plan::from_be(info.ipv4_be).to_string()),
             mac: (info.mac != [0; 6]).then(|| plan::fmt_mac(&info.mac)),
             binding: if info.flags & iface_flags::BOUND != 0 {
-                Some("connect".to_owned())
+                let docker = u32::from(netpath_common::owner::DOCKER);
+                Some(
+                    if lease_owner.get(&ifindex) == Some(&docker) {
+                        "docker"
+                    } else {
+                        "connect"
+                    }
+                    .to_owned(),
+                )
             } else if info.flags & iface_flags::LEARNED != 0 {
                 Some("learned".to_owned())
             } else {

@@ -30,6 +30,10 @@ pub struct Link {
     pub kind: Option<String>,
     pub master: Option<u32>,
     pub flags: LinkFlags,
+    /// Hardware address (Ethernet links).
+    pub mac: Option<[u8; 6]>,
+    /// IFLA_LINK: for a veth, the peer's ifindex (in the peer's namespace).
+    pub peer: Option<u32>,
 }
 
 impl Link {
@@ -40,11 +44,15 @@ impl Link {
             kind: None,
             master: None,
             flags: msg.header.flags,
+            mac: None,
+            peer: None,
         };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => link.name.clone_from(n),
                 LinkAttribute::Controller(m) => link.master = Some(*m),
+                LinkAttribute::Address(a) => link.mac = a.as_slice().try_into().ok(),
+                LinkAttribute::Link(p) => link.peer = Some(*p),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         if let LinkInfo::Kind(kind) = info {

@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::{Context as _, Result, bail};
-use netpath_common::{CounterKey, PubKey4, PubVal4, counter_kind, counter_scope};
+use netpath_common::{CounterKey, PubKey4, PubVal4, counter_kind, counter_scope, owner};
 use serde::Serialize;
 
 use crate::{
@@ -62,6 +62,51 @@ pub fn publish(host: &str, target: &str) -> Result<u32> {
     let _lock = state::lock(false)?;
     let (_, mut maps) = Maps::open_current()?;
     let container = t.addr.context("a container address is required")?;
+    let ports = Ports {
+        host_addr: h.addr,
+        host_first: h.first,
+        host_last: h.last,
+        proto: h.proto_or_tcp(),
+        target: container,
+        target_first: t.first,
+    };
+    insert(&mut maps, &ports, owner::USER)
+}
+
+/// Host ports `host_first..=host_last` leading to `target` from `target_first` on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ports {
+    pub host_addr: Option<Ipv4Addr>,
+    pub host_first: u16,
+    pub host_last: u16,
+    pub proto: u8,
+    pub target: Ipv4Addr,
+    pub target_first: u16,
+}
+
+impl std::fmt::Display for Ports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(a) = self.host_addr {
+            write!(f, "{a}:")?;
+        }
+        write!(f, "{}", self.host_first)?;
+        if self.host_last != self.host_first {
+            write!(f, "-{}", self.host_last)?;
+        }
+        write!(
+            f,
+            "/{} -> {}:{}",
+            proto_name(self.proto),
+            self.target,
+            self.target_first
+        )
+    }
+}
+
+/// Checks a mapping against the networks and what is published, then
+/// inserts it, or nothing of it. Returns how many ports it took.
+fn insert(maps: &mut Maps, p: &Ports, owner: u16) -> Result<u32> {
+    let container = p.target;
     let (net_id, info) = maps
         .networks()?
         .into_iter()
@@ -76,7 +121,7 @@ pub fn publish(host: &str, target: &str) -> Result<u32> {
             spec.bridge
         );
     }
-    let proto = h.proto_or_tcp();
+    let proto = p.proto;
     let existing = maps.published()?;
     // Per (port, protocol): a port published on every address conflicts
     // with any address, and the other way round.
@@ -87,11 +132,11 @@ pub fn publish(host: &str, target: &str) -> Result<u32> {
                 .push((*k, *v));
             m
         });
-    for port in h.first..=h.last {
+    for port in p.host_first..=p.host_last {
         if let Some(taken) = by_port.get(&(port, proto)) {
             for (k, v) in taken {
                 let addr = (k.addr_be != 0).then(|| plan::from_be(k.addr_be));
-                if addr.is_none() || h.addr.is_none() || addr == h.addr {
+                if addr.is_none() || p.host_addr.is_none() || addr == p.host_addr {
                     bail!(
                         "host port {}{port}/{} is already published (to {}:{})",
                         addr.map_or(String::new(), |a| format!("{a}:")),
@@ -105,13 +150,13 @@ pub fn publish(host: &str, target: &str) -> Result<u32> {
     }
     let first_id = existing.iter().map(|(_, v)| v.id).max().unwrap_or(0) + 1;
     let mut inserted: Vec<PubKey4> = Vec::new();
-    for (i, port) in (h.first..=h.last).enumerate() {
+    for (i, port) in (p.host_first..=p.host_last).enumerate() {
         let id = first_id + i as u32;
-        let k = key(h.addr, port, proto);
+        let k = key(p.host_addr, port, proto);
         let v = PubVal4 {
             target_be: plan::be(container),
-            target_port_be: (t.first + i as u16).to_be(),
-            _pad: 0,
+            target_port_be: (p.target_first + i as u16).to_be(),
+            owner,
             net_id,
             id,
         };
@@ -124,7 +169,63 @@ pub fn publish(host: &str, target: &str) -> Result<u32> {
         }
         inserted.push(k);
     }
-    Ok(h.count())
+    Ok(u32::from(p.host_last - p.host_first) + 1)
+}
+
+/// What [`sync_owned`] changed.
+#[derive(Debug, Default)]
+pub struct Synced {
+    pub added: Vec<Ports>,
+    pub removed: Unpublished,
+    /// Mappings that could not be published, with why (a conflict, a
+    /// target outside every managed network).
+    pub failed: Vec<(Ports, String)>,
+}
+
+/// Makes the single-port mappings `owner` made equal to `want`: removes the
+/// ones not wanted (with their flows), then publishes the missing ones,
+/// each on its own (one that fails does not stop the others). Mappings of
+/// other owners are left alone and win conflicts.
+pub fn sync_owned(owner: u16, want: &[Ports]) -> Result<Synced> {
+    let _lock = state::lock(false)?;
+    let (_, mut maps) = Maps::open_current()?;
+    let have: BTreeMap<PubKey4, PubVal4> = maps
+        .published()?
+        .into_iter()
+        .filter(|(_, v)| v.owner == owner)
+        .collect();
+    let mut wanted: BTreeMap<PubKey4, (u32, u16)> = BTreeMap::new();
+    for p in want {
+        for (i, port) in (p.host_first..=p.host_last).enumerate() {
+            wanted.insert(
+                key(p.host_addr, port, p.proto),
+                (plan::be(p.target), p.target_first + i as u16),
+            );
+        }
+    }
+    let stale: Vec<(PubKey4, PubVal4)> = have
+        .iter()
+        .filter(|(k, v)| wanted.get(k) != Some(&(v.target_be, u16::from_be(v.target_port_be))))
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    let mut out = Synced {
+        removed: remove(&mut maps, &stale)?,
+        ..Default::default()
+    };
+    for p in want {
+        let all_there = (p.host_first..=p.host_last).all(|port| {
+            let k = key(p.host_addr, port, p.proto);
+            have.contains_key(&k) && !stale.iter().any(|(s, _)| *s == k)
+        });
+        if all_there {
+            continue;
+        }
+        match insert(&mut maps, p, owner) {
+            Ok(_) => out.added.push(*p),
+            Err(e) => out.failed.push((*p, format!("{e:#}"))),
+        }
+    }
+    Ok(out)
 }
 
 /// What `unpublish` removed.

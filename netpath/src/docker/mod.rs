@@ -1,0 +1,402 @@
+//! `netpath docker`: the drop-in for dockerd's iptables path. Follows the
+//! Docker Engine API (bollard) and keeps netpath's networks, published
+//! ports and port bindings equal to dockerd's bridge networks and running
+//! containers: at start (whatever happened while it was not running), after
+//! every container/network event, and every `--resync` interval as a
+//! safety net. What it made is marked as dockerd's (`net_flags::DOCKER`,
+//! `owner::DOCKER`), so what users set up by hand is never touched.
+
+pub mod model;
+
+use std::{collections::HashMap, path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use bollard::{
+    Docker,
+    query_parameters::{EventsOptions, ListContainersOptions, ListNetworksOptions},
+};
+use futures::StreamExt as _;
+use netpath_common::{net_flags, owner};
+
+use crate::{daemon, endpoint, ops, plan, publish, state::Maps};
+
+/// Options of `netpath docker`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// unix:///var/run/docker.sock or a plain socket path.
+    pub host: String,
+    pub cgroup: Option<PathBuf>,
+    pub uplinks: Vec<String>,
+    /// Reconcile once and exit.
+    pub once: bool,
+    pub resync: Duration,
+    /// Masquerade dockerd's default bridge (dockerd's `--ip-masq`).
+    pub ip_masq: bool,
+    /// The namespace netpath acts in (for the daemon it starts).
+    pub netns: Option<String>,
+}
+
+/// The socket path of a `--host` value.
+pub fn socket_path(host: &str) -> Result<PathBuf> {
+    let path = match host.split_once("://") {
+        Some(("unix", p)) => p,
+        Some((scheme, _)) => {
+            bail!("--host {host}: only unix:// sockets are supported, not {scheme}://")
+        }
+        None => host,
+    };
+    if !path.starts_with('/') {
+        bail!("--host {host}: the socket path must be absolute");
+    }
+    Ok(PathBuf::from(path))
+}
+
+async fn connect(host: &str) -> Result<Docker> {
+    let path = socket_path(host)?;
+    let docker =
+        Docker::connect_with_unix(&path.to_string_lossy(), 30, bollard::API_DEFAULT_VERSION)
+            .with_context(|| format!("connecting to dockerd at {}", path.display()))?;
+    // Speak the engine's API version (dockerd 20.10 is API 1.41).
+    docker
+        .negotiate_version()
+        .await
+        .with_context(|| format!("asking dockerd at {} for its API version", path.display()))
+}
+
+/// What one reconcile saw and changed, for the log.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub networks_up: Vec<String>,
+    pub networks_down: Vec<String>,
+    pub published: Vec<String>,
+    pub unpublished: u32,
+    pub purged_flows: usize,
+    pub bound: Vec<String>,
+    pub released: usize,
+    /// Problems that did not stop the rest (one line each).
+    pub problems: Vec<String>,
+}
+
+impl Report {
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut say = |what: &str, items: &[String]| {
+            if !items.is_empty() {
+                out.push(format!("{what}: {}", items.join(", ")));
+            }
+        };
+        say("network up", &self.networks_up);
+        say("network down", &self.networks_down);
+        say("published", &self.published);
+        say("bound", &self.bound);
+        if self.unpublished > 0 {
+            out.push(format!(
+                "unpublished {} port(s), {} flow(s) purged",
+                self.unpublished, self.purged_flows
+            ));
+        }
+        if self.released > 0 {
+            out.push(format!("released {} binding(s)", self.released));
+        }
+        out.extend(self.problems.iter().map(|p| format!("problem: {p}")));
+        out
+    }
+}
+
+/// Reads dockerd's bridge networks and running containers.
+async fn observe(
+    docker: &Docker,
+    ip_masq: bool,
+) -> Result<(Vec<model::Net>, Vec<model::Container>, Vec<String>)> {
+    let mut problems = Vec::new();
+    let mut nets = Vec::new();
+    for n in docker
+        .list_networks(None::<ListNetworksOptions>)
+        .await
+        .context("listing dockerd's networks")?
+    {
+        match model::net_from_api(&n, ip_masq) {
+            Ok(Some(net)) => nets.push(net),
+            Ok(None) => {}
+            Err(why) => problems.push(why),
+        }
+    }
+    let mut containers = Vec::new();
+    let running = docker
+        .list_containers(None::<ListContainersOptions>)
+        .await
+        .context("listing dockerd's containers")?;
+    for c in running {
+        let Some(id) = c.id else { continue };
+        match docker.inspect_container(&id, None).await {
+            Ok(info) => containers.push(model::container_from_api(&info)),
+            // Gone between the list and the inspect: its event follows.
+            Err(e) => problems.push(format!("inspecting container {id}: {e}")),
+        }
+    }
+    Ok((nets, containers, problems))
+}
+
+/// dockerd leaves the gateway out of its default bridge's IPAM data: it is
+/// the address dockerd put on the bridge (`--bip`).
+async fn bridge_gateways(nets: &mut [model::Net]) -> Result<()> {
+    if nets.iter().all(|n| n.gateway.is_some()) {
+        return Ok(());
+    }
+    let nl = crate::plumbing::Netlink::new()?;
+    let links = nl.links().await?;
+    let addrs = nl.ipv4_addrs().await?;
+    for n in nets.iter_mut().filter(|n| n.gateway.is_none()) {
+        let Some(bridge) = links.iter().find(|l| l.name == n.bridge) else {
+            continue;
+        };
+        n.gateway = addrs
+            .iter()
+            .find(|a| a.index == bridge.index && n.subnet.contains(&a.addr))
+            .map(|a| a.addr);
+    }
+    Ok(())
+}
+
+/// Makes netpath's state equal to dockerd's, carrying on past problems of
+/// one network or container.
+pub async fn reconcile(docker: &Docker, opts: &Options) -> Result<Report> {
+    let (mut nets, containers, problems) = observe(docker, opts.ip_masq).await?;
+    bridge_gateways(&mut nets).await?;
+    let want = model::desired(nets, &containers);
+    let mut report = Report {
+        problems,
+        ..Default::default()
+    };
+    report.problems.extend(want.skipped.iter().cloned());
+    let args: Vec<ops::UpArgs> = want
+        .nets
+        .iter()
+        .map(|n| ops::UpArgs {
+            bridge: n.bridge.clone(),
+            subnet: n.subnet.to_string(),
+            gateway: n.gateway.map(|g| g.to_string()),
+            uplinks: opts.uplinks.clone(),
+            masquerade: n.masquerade,
+            icc: n.icc,
+            internal: n.internal,
+            cgroup: opts.cgroup.clone(),
+            docker: true,
+        })
+        .collect();
+
+    // Networks: dockerd's that went (or changed) go down first, so a
+    // re-created network may take the subnet back.
+    let current = Maps::open_current().ok().map(|(_, m)| m);
+    if let Some(maps) = &current {
+        for (_, info) in maps.networks()? {
+            if info.flags & net_flags::DOCKER == 0 {
+                continue;
+            }
+            let bridge = plan::ifname_from_bytes(&info.bridge_name);
+            let keep = match args.iter().find(|a| a.bridge == bridge) {
+                Some(a) => a.is_recorded(maps).unwrap_or(false),
+                None => false,
+            };
+            if !keep {
+                match ops::down(&ops::DownTarget::Bridge(bridge.clone())).await {
+                    Ok(_) => report.networks_down.push(bridge),
+                    Err(e) => report.problems.push(format!("down {bridge}: {e:#}")),
+                }
+            }
+        }
+    }
+    let current = Maps::open_current().ok().map(|(_, m)| m);
+    let mut any_up = current.is_some();
+    for a in &args {
+        let recorded = match &current {
+            Some(m) => a.is_recorded(m).unwrap_or(false),
+            None => false,
+        };
+        if recorded {
+            continue;
+        }
+        match ops::up(a).await {
+            Ok(_) => {
+                any_up = true;
+                report.networks_up.push(a.bridge.clone());
+            }
+            Err(e) => report.problems.push(format!("up {}: {e:#}", a.bridge)),
+        }
+    }
+    drop(current);
+    if !any_up {
+        // No bridge network netpath could take: nothing to publish or bind.
+        return Ok(report);
+    }
+    if !report.networks_up.is_empty() {
+        match daemon::ensure_running(opts.netns.as_deref()) {
+            Ok(_) => {}
+            Err(e) => report.problems.push(format!("starting the daemon: {e:#}")),
+        }
+    }
+
+    let synced = publish::sync_owned(owner::DOCKER, &want.ports)?;
+    report.published = synced.added.iter().map(ToString::to_string).collect();
+    report.unpublished = synced.removed.ports;
+    report.purged_flows = synced.removed.flows;
+    report.problems.extend(
+        synced
+            .failed
+            .iter()
+            .map(|(p, why)| format!("publish {p}: {why}")),
+    );
+
+    let bound = endpoint::bind_owned(owner::DOCKER, &want.endpoints).await?;
+    report.bound = bound
+        .bound
+        .iter()
+        .map(|(name, addr)| format!("{name} {addr}"))
+        .collect();
+    report.released = bound.released;
+    report.problems.extend(
+        bound
+            .failed
+            .iter()
+            .map(|(name, why)| format!("bind {name}: {why}")),
+    );
+    Ok(report)
+}
+
+fn log(msg: std::fmt::Arguments<'_>) {
+    let t = crate::conntrack::monotonic_ns() / 1_000_000;
+    println!("[{}.{:03}] {msg}", t / 1000, t % 1000);
+}
+
+/// Events after which dockerd's networking may differ.
+fn relevant(ev: &bollard::models::EventMessage) -> bool {
+    use bollard::models::EventMessageTypeEnum as T;
+    let action = ev.action.as_deref().unwrap_or("");
+    match ev.typ {
+        Some(T::NETWORK) => true,
+        Some(T::CONTAINER) => matches!(action, "start" | "die" | "destroy" | "pause" | "unpause"),
+        _ => false,
+    }
+}
+
+async fn reconcile_and_log(docker: &Docker, opts: &Options, why: &str) -> Result<()> {
+    let started = std::time::Instant::now();
+    let r = reconcile(docker, opts).await?;
+    let lines = r.lines();
+    if !lines.is_empty() || opts.once {
+        log(format_args!(
+            "reconciled ({why}) in {} ms",
+            started.elapsed().as_millis()
+        ));
+    }
+    for l in lines {
+        println!("  {l}");
+    }
+    Ok(())
+}
+
+/// Runs until SIGTERM/SIGINT (or once with `--once`). dockerd may start
+/// later or restart: the client reconnects every second and reconciles
+/// each time it gets through.
+pub async fn run(opts: Options) -> Result<()> {
+    socket_path(&opts.host)?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut waiting_said = false;
+    loop {
+        let docker = match connect(&opts.host).await {
+            Ok(d) => d,
+            Err(e) if opts.once => return Err(e),
+            Err(e) => {
+                if !waiting_said {
+                    log(format_args!("waiting for dockerd: {e:#}"));
+                    waiting_said = true;
+                }
+                tokio::select! {
+                    _ = term.recv() => return Ok(()),
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        waiting_said = false;
+        // Subscribe before reading the state, so nothing in between is lost.
+        let filters: HashMap<String, Vec<String>> = [(
+            "type".to_owned(),
+            vec!["container".to_owned(), "network".to_owned()],
+        )]
+        .into();
+        let mut events = docker.events(Some(EventsOptions {
+            filters: Some(filters),
+            ..Default::default()
+        }));
+        if opts.once {
+            return reconcile_and_log(&docker, &opts, "once").await;
+        }
+        if let Err(e) = reconcile_and_log(&docker, &opts, "start").await {
+            log(format_args!("reconcile failed: {e:#}"));
+        }
+        let mut resync = tokio::time::interval(opts.resync);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        resync.tick().await;
+        loop {
+            let why = tokio::select! {
+                _ = term.recv() => return Ok(()),
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = resync.tick() => "resync".to_owned(),
+                ev = events.next() => match ev {
+                    Some(Ok(ev)) if relevant(&ev) => {
+                        let first = format!(
+                            "{} {}",
+                            ev.action.as_deref().unwrap_or("?"),
+                            ev.actor
+                                .as_ref()
+                                .and_then(|a| a.attributes.as_ref())
+                                .and_then(|a| a.get("name"))
+                                .map_or("", String::as_str)
+                        );
+                        // Events come in bursts (connect, start…): let the
+                        // burst end, then reconcile once.
+                        while let Ok(Some(Ok(_))) =
+                            tokio::time::timeout(Duration::from_millis(50), events.next()).await
+                        {}
+                        first
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => {
+                        log(format_args!("dockerd's event stream failed: {e}"));
+                        break;
+                    }
+                    None => {
+                        log(format_args!("dockerd's event stream ended"));
+                        break;
+                    }
+                },
+            };
+            if let Err(e) = reconcile_and_log(&docker, &opts, &why).await {
+                log(format_args!("reconcile failed: {e:#}"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_values() {
+        assert_eq!(
+            socket_path("unix:///var/run/docker.sock").unwrap(),
+            PathBuf::from("/var/run/docker.sock")
+        );
+        assert_eq!(
+            socket_path("/run/d.sock").unwrap(),
+            PathBuf::from("/run/d.sock")
+        );
+        assert!(
+            format!("{:#}", socket_path("tcp://127.0.0.1:2375").unwrap_err())
+                .contains("only unix://")
+        );
+        assert!(socket_path("unix://relative").is_err());
+    }
+}

@@ -1,0 +1,533 @@
+//! What dockerd has, reduced to what netpath acts on, and what netpath
+//! should then have (pure: no I/O, unit-tested).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+    path::PathBuf,
+};
+
+use bollard::models::{ContainerInspectResponse, Network, PortMap};
+use ipnet::Ipv4Net;
+
+use crate::{endpoint::Foreign, publish::Ports};
+
+/// Docker's options of a bridge network (`docker network create -o …`).
+pub const OPT_BRIDGE_NAME: &str = "com.docker.network.bridge.name";
+pub const OPT_ICC: &str = "com.docker.network.bridge.enable_icc";
+pub const OPT_MASQUERADE: &str = "com.docker.network.bridge.enable_ip_masquerade";
+pub const OPT_DEFAULT_BRIDGE: &str = "com.docker.network.bridge.default_bridge";
+
+/// A dockerd bridge network, as `netpath up` takes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Net {
+    pub name: String,
+    pub bridge: String,
+    pub subnet: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    pub icc: bool,
+    pub masquerade: bool,
+    pub internal: bool,
+}
+
+/// A boolean network option: Docker's default is true, and only a value
+/// that parses as false turns it off.
+fn opt_true(opts: &HashMap<String, String>, key: &str) -> bool {
+    opts.get(key)
+        .is_none_or(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "false" | "0"))
+}
+
+/// The network netpath manages for `n`: `Ok(None)` for other drivers
+/// (host, none, overlay, macvlan…), an error for a bridge network netpath
+/// cannot take (no IPv4 subnet).
+///
+/// dockerd started with `--iptables=false` reports
+/// `enable_ip_masquerade=false` for its default bridge whatever its
+/// `--ip-masq` says (it cannot masquerade without iptables), so for that
+/// network `default_masq` (netpath's own `--ip-masq`) decides.
+pub fn net_from_api(n: &Network, default_masq: bool) -> Result<Option<Net>, String> {
+    if n.driver.as_deref() != Some("bridge") {
+        return Ok(None);
+    }
+    let name = n.name.clone().unwrap_or_default();
+    let id = n.id.clone().unwrap_or_default();
+    let empty = HashMap::new();
+    let opts = n.options.as_ref().unwrap_or(&empty);
+    // Docker names a user-defined network's bridge br-<first 12 of its id>.
+    let bridge = match opts.get(OPT_BRIDGE_NAME) {
+        Some(b) if !b.is_empty() => b.clone(),
+        _ if id.len() >= 12 => format!("br-{}", &id[..12]),
+        _ => return Err(format!("network {name}: no bridge name and no id")),
+    };
+    let configs = n
+        .ipam
+        .as_ref()
+        .and_then(|i| i.config.as_deref())
+        .unwrap_or_default();
+    let v4 = configs.iter().find_map(|c| {
+        let subnet: Ipv4Net = c.subnet.as_deref()?.parse().ok()?;
+        let gateway = c.gateway.as_deref().and_then(|g| g.parse().ok());
+        Some((subnet, gateway))
+    });
+    let Some((subnet, gateway)) = v4 else {
+        return Err(format!("network {name}: no IPv4 subnet"));
+    };
+    Ok(Some(Net {
+        name,
+        bridge,
+        subnet,
+        gateway,
+        icc: opt_true(opts, OPT_ICC),
+        masquerade: if opts.get(OPT_DEFAULT_BRIDGE).is_some_and(|v| v == "true") {
+            default_masq
+        } else {
+            opt_true(opts, OPT_MASQUERADE)
+        },
+        internal: n.internal.unwrap_or(false),
+    }))
+}
+
+/// A container's address on one network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub network: String,
+    pub addr: Ipv4Addr,
+    pub mac: Option<[u8; 6]>,
+    pub gw_priority: i64,
+}
+
+/// A running container's port bindings (`-p`) and endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Container {
+    pub name: String,
+    pub sandbox: Option<PathBuf>,
+    pub endpoints: Vec<Endpoint>,
+    pub bindings: Vec<Binding>,
+}
+
+/// One `-p` binding as dockerd resolved it (IPv4 host addresses only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Binding {
+    /// None: every host address (0.0.0.0).
+    pub host_addr: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub proto: u8,
+    pub container_port: u16,
+}
+
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// Bindings from Docker's `NetworkSettings.Ports` (`"80/tcp": [{HostIp,
+/// HostPort}]`). IPv6 host addresses and other protocols are skipped:
+/// netpath publishes IPv4 TCP and UDP.
+pub fn bindings_from_api(ports: &PortMap) -> Vec<Binding> {
+    let mut out = Vec::new();
+    for (spec, hosts) in ports {
+        let Some((port, proto)) = spec.split_once('/') else {
+            continue;
+        };
+        let proto = match proto {
+            "tcp" => libc::IPPROTO_TCP as u8,
+            "udp" => libc::IPPROTO_UDP as u8,
+            _ => continue,
+        };
+        let Ok(container_port) = port.parse::<u16>() else {
+            continue;
+        };
+        for h in hosts.iter().flatten() {
+            let Some(host_port) = h.host_port.as_deref().and_then(|p| p.parse::<u16>().ok()) else {
+                continue;
+            };
+            let host_addr = match h.host_ip.as_deref().unwrap_or("") {
+                "" | "0.0.0.0" => None,
+                ip => match ip.parse::<Ipv4Addr>() {
+                    Ok(a) => Some(a),
+                    Err(_) => continue,
+                },
+            };
+            out.push(Binding {
+                host_addr,
+                host_port,
+                proto,
+                container_port,
+            });
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+pub fn container_from_api(c: &ContainerInspectResponse) -> Container {
+    let ns = c.network_settings.as_ref();
+    let mut endpoints: Vec<Endpoint> = ns
+        .and_then(|s| s.networks.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|(net, ep)| {
+            Some(Endpoint {
+                network: net.clone(),
+                addr: ep.ip_address.as_deref()?.parse().ok()?,
+                mac: ep.mac_address.as_deref().and_then(parse_mac),
+                gw_priority: ep.gw_priority.unwrap_or(0),
+            })
+        })
+        .collect();
+    endpoints.sort_by(|a, b| a.network.cmp(&b.network));
+    Container {
+        name: c
+            .name
+            .as_deref()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_owned(),
+        sandbox: ns
+            .and_then(|s| s.sandbox_key.as_deref())
+            .filter(|k| !k.is_empty())
+            .map(PathBuf::from),
+        endpoints,
+        bindings: ns
+            .and_then(|s| s.ports.as_ref())
+            .map(bindings_from_api)
+            .unwrap_or_default(),
+    }
+}
+
+/// What netpath should have for dockerd's networks and running containers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub nets: Vec<Net>,
+    pub ports: Vec<Ports>,
+    pub endpoints: Vec<Foreign>,
+    /// Why something of dockerd's is not mirrored.
+    pub skipped: Vec<String>,
+}
+
+/// The container's endpoint that its published ports lead to: Docker
+/// programs port mappings on the endpoint that gives the container its
+/// default gateway, which is never on an internal network; among the rest
+/// the highest gateway priority wins, then the network name.
+fn published_endpoint<'a>(c: &'a Container, nets: &BTreeMap<&str, &Net>) -> Option<&'a Endpoint> {
+    c.endpoints
+        .iter()
+        .filter(|e| nets.get(e.network.as_str()).is_some_and(|n| !n.internal))
+        .min_by(|a, b| {
+            b.gw_priority
+                .cmp(&a.gw_priority)
+                .then_with(|| a.network.cmp(&b.network))
+        })
+}
+
+pub fn desired(nets: Vec<Net>, containers: &[Container]) -> Desired {
+    let by_name: BTreeMap<&str, &Net> = nets.iter().map(|n| (n.name.as_str(), n)).collect();
+    let mut out = Desired::default();
+    for c in containers {
+        for e in &c.endpoints {
+            let Some(net) = by_name.get(e.network.as_str()) else {
+                continue;
+            };
+            match (e.mac, &c.sandbox) {
+                (Some(mac), Some(sandbox)) => out.endpoints.push(Foreign {
+                    bridge: net.bridge.clone(),
+                    addr: e.addr,
+                    mac,
+                    sandbox: sandbox.clone(),
+                    name: c.name.clone(),
+                }),
+                _ => out.skipped.push(format!(
+                    "{} on {}: no MAC or sandbox to bind its port to",
+                    c.name, e.network
+                )),
+            }
+        }
+        if c.bindings.is_empty() {
+            continue;
+        }
+        let Some(target) = published_endpoint(c, &by_name) else {
+            out.skipped.push(format!(
+                "{}: published ports but no endpoint on a non-internal bridge network",
+                c.name
+            ));
+            continue;
+        };
+        out.ports.extend(c.bindings.iter().map(|b| Ports {
+            host_addr: b.host_addr,
+            host_first: b.host_port,
+            host_last: b.host_port,
+            proto: b.proto,
+            target: target.addr,
+            target_first: b.container_port,
+        }));
+    }
+    out.ports.sort();
+    out.ports.dedup();
+    out.nets = nets;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use bollard::models::{EndpointSettings, Ipam, IpamConfig, NetworkSettings, PortBinding};
+
+    use super::*;
+
+    fn network(
+        name: &str,
+        id: &str,
+        subnet: &str,
+        opts: &[(&str, &str)],
+        internal: bool,
+    ) -> Network {
+        Network {
+            name: Some(name.into()),
+            id: Some(id.into()),
+            driver: Some("bridge".into()),
+            internal: Some(internal),
+            ipam: Some(Ipam {
+                config: Some(vec![IpamConfig {
+                    subnet: Some(subnet.into()),
+                    gateway: Some(
+                        subnet
+                            .replace(".0/", ".1/")
+                            .split('/')
+                            .next()
+                            .unwrap()
+                            .into(),
+                    ),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            options: Some(
+                opts.iter()
+                    .map(|(k, v)| ((*k).into(), (*v).into()))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn networks_map_docker_options() {
+        let default = network(
+            "bridge",
+            "f00",
+            "172.17.0.0/16",
+            &[
+                (OPT_BRIDGE_NAME, "docker0"),
+                (OPT_ICC, "true"),
+                (OPT_MASQUERADE, "true"),
+            ],
+            false,
+        );
+        let n = net_from_api(&default, true).unwrap().unwrap();
+        assert_eq!(n.bridge, "docker0");
+        assert_eq!(n.gateway, Some("172.17.0.1".parse().unwrap()));
+        assert!(n.icc && n.masquerade && !n.internal);
+
+        // dockerd --iptables=false says false for its default bridge: --ip-masq decides.
+        let mut quiet = default.clone();
+        quiet
+            .options
+            .as_mut()
+            .unwrap()
+            .insert(OPT_MASQUERADE.into(), "false".into());
+        quiet
+            .options
+            .as_mut()
+            .unwrap()
+            .insert(OPT_DEFAULT_BRIDGE.into(), "true".into());
+        assert!(net_from_api(&quiet, true).unwrap().unwrap().masquerade);
+        assert!(!net_from_api(&quiet, false).unwrap().unwrap().masquerade);
+
+        let user = network(
+            "a",
+            "0123456789abcdef",
+            "10.5.0.0/24",
+            &[(OPT_ICC, "false")],
+            true,
+        );
+        let n = net_from_api(&user, true).unwrap().unwrap();
+        assert_eq!(n.bridge, "br-0123456789ab");
+        assert!(!n.icc && n.masquerade && n.internal);
+        let n = net_from_api(
+            &network(
+                "m",
+                "0123456789abcdef",
+                "10.6.0.0/24",
+                &[(OPT_MASQUERADE, "False")],
+                false,
+            ),
+            true,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!n.masquerade);
+
+        let mut host = default.clone();
+        host.driver = Some("host".into());
+        assert_eq!(net_from_api(&host, true), Ok(None));
+        let mut v6 = user.clone();
+        v6.ipam.as_mut().unwrap().config.as_mut().unwrap()[0].subnet = Some("fd00::/64".into());
+        assert!(
+            net_from_api(&v6, true)
+                .unwrap_err()
+                .contains("no IPv4 subnet")
+        );
+    }
+
+    #[test]
+    fn port_bindings_keep_ipv4_tcp_udp() {
+        let b = |ip: &str, port: &str| PortBinding {
+            host_ip: Some(ip.into()),
+            host_port: Some(port.into()),
+        };
+        let ports: PortMap = [
+            (
+                "80/tcp".to_owned(),
+                Some(vec![b("0.0.0.0", "8080"), b("::", "8080")]),
+            ),
+            ("53/udp".to_owned(), Some(vec![b("127.0.0.1", "5353")])),
+            ("9/sctp".to_owned(), Some(vec![b("0.0.0.0", "9")])),
+            ("443/tcp".to_owned(), None),
+        ]
+        .into_iter()
+        .collect();
+        let got = bindings_from_api(&ports);
+        assert_eq!(
+            got,
+            vec![
+                Binding {
+                    host_addr: None,
+                    host_port: 8080,
+                    proto: 6,
+                    container_port: 80
+                },
+                Binding {
+                    host_addr: Some("127.0.0.1".parse().unwrap()),
+                    host_port: 5353,
+                    proto: 17,
+                    container_port: 53
+                },
+            ]
+        );
+    }
+
+    fn container(
+        name: &str,
+        eps: &[(&str, &str, i64)],
+        ports: &[(&str, &str)],
+    ) -> ContainerInspectResponse {
+        ContainerInspectResponse {
+            name: Some(format!("/{name}")),
+            network_settings: Some(NetworkSettings {
+                sandbox_key: Some(format!("/var/run/docker/netns/{name}")),
+                networks: Some(
+                    eps.iter()
+                        .map(|(net, ip, prio)| {
+                            (
+                                (*net).to_owned(),
+                                EndpointSettings {
+                                    ip_address: Some((*ip).into()),
+                                    mac_address: Some("02:42:0a:05:00:02".into()),
+                                    gw_priority: Some(*prio),
+                                    ..Default::default()
+                                },
+                            )
+                        })
+                        .collect(),
+                ),
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|(c, h)| {
+                            (
+                                (*c).to_owned(),
+                                Some(vec![PortBinding {
+                                    host_ip: Some("0.0.0.0".into()),
+                                    host_port: Some((*h).into()),
+                                }]),
+                            )
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn desired_publishes_on_the_gateway_endpoint_and_binds_every_endpoint() {
+        let nets: Vec<Net> = [
+            network("a", "aaaaaaaaaaaaaaaa", "10.5.0.0/24", &[], false),
+            network("b", "bbbbbbbbbbbbbbbb", "10.6.0.0/24", &[], false),
+            network("i", "iiiiiiiiiiiiiiii", "10.7.0.0/24", &[], true),
+        ]
+        .iter()
+        .map(|n| net_from_api(n, true).unwrap().unwrap())
+        .collect();
+        let cs: Vec<Container> = [
+            // On a, b and internal i: the internal network never gets the
+            // ports; a and b tie on priority, so the name decides.
+            container(
+                "web",
+                &[
+                    ("i", "10.7.0.2", 9),
+                    ("b", "10.6.0.2", 0),
+                    ("a", "10.5.0.2", 0),
+                ],
+                &[("80/tcp", "8080")],
+            ),
+            // A higher gateway priority wins over the name.
+            container(
+                "api",
+                &[("a", "10.5.0.3", 0), ("b", "10.6.0.3", 5)],
+                &[("81/tcp", "8081")],
+            ),
+            // Only internal: nothing published, said why.
+            container("db", &[("i", "10.7.0.4", 0)], &[("5432/tcp", "5432")]),
+            // A network netpath does not manage (host, overlay…) is ignored.
+            container("h", &[("host", "192.0.2.1", 0)], &[]),
+        ]
+        .iter()
+        .map(container_from_api)
+        .collect();
+        let d = desired(nets, &cs);
+        let targets: Vec<(u16, Ipv4Addr)> =
+            d.ports.iter().map(|p| (p.host_first, p.target)).collect();
+        assert_eq!(
+            targets,
+            vec![
+                (8080, "10.5.0.2".parse().unwrap()),
+                (8081, "10.6.0.3".parse().unwrap())
+            ]
+        );
+        assert_eq!(d.endpoints.len(), 6, "{:?}", d.endpoints);
+        assert!(
+            d.endpoints
+                .iter()
+                .any(|e| e.name == "web" && e.bridge == "br-iiiiiiiiiiii")
+        );
+        assert_eq!(d.skipped.len(), 1, "{:?}", d.skipped);
+        assert!(d.skipped[0].starts_with("db:"));
+    }
+
+    #[test]
+    fn macs_parse_strictly() {
+        assert_eq!(
+            parse_mac("02:42:ac:11:00:02"),
+            Some([2, 0x42, 0xac, 0x11, 0, 2])
+        );
+        assert_eq!(parse_mac("02:42:ac:11:00"), None);
+        assert_eq!(parse_mac("02:42:ac:11:00:02:03"), None);
+        assert_eq!(parse_mac(""), None);
+    }
+}
