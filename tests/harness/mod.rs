@@ -5,6 +5,7 @@
 //! namespace so a test can assert that nothing changed.
 #![allow(dead_code, unused_imports)]
 
+pub mod dockerd;
 pub mod packet;
 pub mod testrun;
 

@@ -45,7 +45,24 @@ const APT: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("ethtool", "ethtool"),
     ("python3", "python3-minimal"),
+    // The dockerd end-to-end tests (a Docker CLI alone, as in
+    // /usr/local/bin on some machines, is not enough).
+    ("dockerd", "docker.io"),
+    ("containerd", "docker.io"),
+    ("runc", "docker.io"),
 ];
+
+/// Packages needed as such (not for a command): the e2e image copies
+/// busybox-static's /bin/busybox.
+const APT_PACKAGES: &[&str] = &["busybox-static"];
+
+/// Whether dpkg has `pkg` installed.
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
 
 /// bpf-linker release known to work with the pinned aya versions.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -154,7 +171,9 @@ fn apt_packages() -> Result<()> {
         .iter()
         .filter(|(cmd, _)| !have(cmd))
         .map(|(_, pkg)| *pkg)
+        .chain(APT_PACKAGES.iter().copied().filter(|p| !installed(p)))
         .collect();
+    missing.sort_unstable();
     missing.dedup();
     if missing.is_empty() {
         return Ok(());

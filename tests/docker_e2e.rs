@@ -1,0 +1,694 @@
+//! End to end under an unmodified dockerd (Debian's docker.io): one
+//! scenario matrix run twice, first with dockerd's own iptables path
+//! (`--iptables=true`, userland proxy on, as shipped), then with
+//! `--iptables=false --userland-proxy=false` and `netpath docker`. Every
+//! cell must give the same outcome in both, except the cells where netpath
+//! is better on purpose (the client's address kept, spoofing blocked, stale
+//! UDP state purged): those assert netpath's behaviour and print dockerd's.
+//!
+//! Topology per run: a host namespace (dockerd, uplink 198.18.0.1) and an
+//! external namespace (198.18.0.2, no route back to any container subnet).
+
+mod harness;
+
+use std::{
+    collections::BTreeMap,
+    net::UdpSocket,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use harness::{NETPATH, Netns, dockerd::Dockerd, netpath, status, topology};
+
+const HOST_IP: &str = "198.18.0.1";
+const EXT_IP: &str = "198.18.0.2";
+/// The external namespace's TCP/UDP echo port.
+const EXT_PORT: u16 = 7001;
+
+/// A TCP/UDP server answering "NAME PEER_ADDRESS" (run inside containers
+/// with the host's /usr mounted, and in the external namespace).
+const SERVER: &str = r#"
+import os, socket, sys, threading
+name = os.environ.get("NAME", "?")
+def tcp(port):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(64)
+    while True:
+        c, peer = s.accept()
+        try:
+            c.settimeout(2); c.recv(64); c.sendall(("%s %s" % (name, peer[0])).encode())
+        except OSError:
+            pass
+        c.close()
+def udp(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port))
+    while True:
+        d, peer = s.recvfrom(64); s.sendto(("%s %s" % (name, peer[0])).encode(), peer)
+for p in sys.argv[1:]:
+    proto, port = p.split(":")
+    threading.Thread(target=tcp if proto == "tcp" else udp, args=(int(port),), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"#;
+
+/// A client: `client.py tcp|udp IP PORT [SOURCE_IP]`; prints the answer, or
+/// "blocked" and exits 1.
+const CLIENT: &str = r#"
+import socket, sys
+proto, ip, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+s.settimeout(2)
+if len(sys.argv) > 4:
+    s.bind((sys.argv[4], 0))
+try:
+    s.connect((ip, port)); s.send(b"hello"); print(s.recv(64).decode())
+except OSError:
+    print("blocked"); sys.exit(1)
+"#;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Iptables,
+    Netpath,
+}
+
+/// One run's environment. Fields drop in order: the `netpath docker`
+/// follower, the external server, dockerd, then the namespaces.
+struct Stack {
+    follower: Option<Child>,
+    ext_server: Child,
+    d: Dockerd,
+    scripts: Scripts,
+    host: Netns,
+    ext: Netns,
+    mode: Mode,
+}
+
+/// The scripts containers mount at /np, removed after dockerd stopped.
+struct Scripts(std::path::PathBuf);
+
+impl Drop for Scripts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl std::ops::Deref for Scripts {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+fn kill_child(c: &mut Child) {
+    // SAFETY: signalling a process this test started.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(f) = &mut self.follower {
+            kill_child(f);
+        }
+        kill_child(&mut self.ext_server);
+    }
+}
+
+impl Stack {
+    fn new(mode: Mode) -> Self {
+        let host = Netns::new("dk")
+            .expect("host namespace")
+            .cleanup_with(NETPATH);
+        let ext = Netns::new("dx").expect("external namespace");
+        topology::veth(&host, "up0", &ext, "eth0").expect("uplink veth");
+        host.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", "up0"])
+            .unwrap();
+        ext.ip(&["addr", "add", &format!("{EXT_IP}/24"), "dev", "eth0"])
+            .unwrap();
+        let scripts = Scripts(std::env::temp_dir().join(format!("np-e2e-scripts-{}", host.name)));
+        std::fs::create_dir_all(&*scripts).unwrap();
+        std::fs::write(scripts.join("server.py"), SERVER).unwrap();
+        std::fs::write(scripts.join("client.py"), CLIENT).unwrap();
+        let mut ext_server = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ext.name))
+            .args(["python3", "-u"])
+            .arg(scripts.join("server.py"))
+            .args([format!("tcp:{EXT_PORT}"), format!("udp:{EXT_PORT}")])
+            .env("NAME", "ext")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("external server");
+        {
+            use std::io::BufRead as _;
+            let mut line = String::new();
+            std::io::BufReader::new(ext_server.stdout.as_mut().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert_eq!(line.trim(), "ready", "external server did not start");
+        }
+        let flags: &[&str] = match mode {
+            Mode::Iptables => &["--iptables=true"],
+            Mode::Netpath => &["--iptables=false", "--userland-proxy=false"],
+        };
+        let d = Dockerd::start(&host, flags);
+        d.import_image();
+        Stack {
+            follower: None,
+            ext_server,
+            d,
+            host,
+            ext,
+            scripts,
+            mode,
+        }
+    }
+
+    /// `docker run -d` of a server container NAME answering on tcp:80 and
+    /// udp:9999, with `extra` options.
+    fn run(&self, name: &str, extra: &[&str]) {
+        let usr = "/usr:/usr:ro".to_owned();
+        let np = format!("{}:/np:ro", self.scripts.display());
+        let env = format!("NAME={name}");
+        let mut args = vec![
+            "run", "-d", "--name", name, "-e", &env, "-v", &usr, "-v", &np,
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[
+            "npbox:1",
+            "python3",
+            "-u",
+            "/np/server.py",
+            "tcp:80",
+            "udp:9999",
+        ]);
+        self.d.docker(&args);
+        // Its server is up once it printed "ready".
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.d.docker(&["logs", name]).contains("ready") {
+            assert!(Instant::now() < deadline, "{name} did not start its server");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn ip_of(&self, name: &str) -> String {
+        self.d.docker(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            name,
+        ])
+    }
+
+    /// The client in container `name`; its answer or "blocked".
+    fn from_container(&self, name: &str, args: &[&str]) -> String {
+        let mut a = vec!["exec", name, "python3", "/np/client.py"];
+        a.extend_from_slice(args);
+        let out = self.d.docker_try(&a);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn ping(&self, name: &str, dst: &str) -> String {
+        let ok = self
+            .d
+            .docker_try(&["exec", name, "ping", "-c", "1", "-W", "2", dst])
+            .status
+            .success();
+        if ok { "ok" } else { "blocked" }.to_owned()
+    }
+
+    /// The client in the external namespace.
+    fn from_ext(&self, proto: &str, ip: &str, port: u16) -> String {
+        self.client_in(&self.ext, None, proto, ip, port)
+    }
+
+    /// The client on the host (dockerd's namespace), inside the socket
+    /// hooks' cgroup as every process under netpath's cgroup would be.
+    /// Only who answered counts: the address a host connection comes from
+    /// is a host address either way (dockerd's OUTPUT DNAT keeps the
+    /// uplink address, netpath's socket hook routes from the gateway).
+    fn from_host(&self, proto: &str, ip: &str, port: u16) -> String {
+        let answer = self.client_in(&self.host, self.host.cgroup.as_deref(), proto, ip, port);
+        answer.split(' ').next().unwrap_or_default().to_owned()
+    }
+
+    fn client_in(
+        &self,
+        ns: &Netns,
+        cgroup: Option<&std::path::Path>,
+        proto: &str,
+        ip: &str,
+        port: u16,
+    ) -> String {
+        let join = cgroup.map_or(String::new(), |c| {
+            format!("echo $$ > {}/cgroup.procs && ", c.display())
+        });
+        let script = format!(
+            "{join}exec nsenter --net=/run/netns/{} python3 {} {proto} {ip} {port}",
+            ns.name,
+            self.scripts.join("client.py").display()
+        );
+        let out = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .output()
+            .expect("client");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// In netpath mode: waits until `netpath docker` bound `bound` ports
+    /// and published `ports` host ports.
+    fn settle(&self, bound: usize, ports: usize) {
+        if self.mode != Mode::Netpath || self.follower.is_none() {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let json = |args: &[&str]| {
+            let r = netpath(&self.host, args);
+            // Nothing is up until its first reconcile.
+            (r.code == 0).then(|| serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap())
+        };
+        loop {
+            let b = json(&["status", "--json"]).map_or(0, |st| {
+                st["interfaces"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|i| i["binding"] == "docker")
+                    .count()
+            });
+            let p = json(&["ports", "--json"]).map_or(0, |p| p.as_array().unwrap().len());
+            if b == bound && p == ports {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "netpath docker did not settle ({b}/{bound} bound, {p}/{ports} ports):\n{}",
+                self.follower_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn follower_log(&self) -> String {
+        std::fs::read_to_string(self.scripts.join("follower.log")).unwrap_or_default()
+    }
+
+    fn start_follower(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.scripts.join("follower.log"))
+            .unwrap();
+        let child = self
+            .host
+            .netpath(NETPATH)
+            .args(["docker", "--host", &self.d.host()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("netpath docker");
+        self.follower = Some(child);
+    }
+
+    fn stop_follower(&mut self) {
+        if let Some(mut f) = self.follower.take() {
+            kill_child(&mut f);
+        }
+    }
+}
+
+/// A UDP client in the external namespace that keeps sending to
+/// HOST_IP:9999 from one source port, recording every answer.
+struct Sender {
+    stop: Arc<AtomicBool>,
+    answers: Arc<Mutex<Vec<(Instant, String)>>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Sender {
+    fn start(ext: &Netns) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let (s, a) = (stop.clone(), answers.clone());
+        let thread = ext.spawn(move || {
+            let sock = UdpSocket::bind("0.0.0.0:0")?;
+            sock.connect((HOST_IP, 9999))?;
+            sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+            let mut buf = [0u8; 128];
+            while !s.load(Ordering::Relaxed) {
+                let _ = sock.send(b"x");
+                if let Ok(n) = sock.recv(&mut buf) {
+                    a.lock().unwrap().push((
+                        Instant::now(),
+                        String::from_utf8_lossy(&buf[..n]).into_owned(),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(())
+        });
+        Sender {
+            stop,
+            answers,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits up to `within` for an answer from `name` after `since`.
+    fn heard(&self, name: &str, since: Instant, within: Duration) -> Option<Duration> {
+        let deadline = since + within;
+        while Instant::now() < deadline {
+            if let Some((t, _)) = self
+                .answers
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(t, a)| *t >= since && a.starts_with(name))
+            {
+                return Some(*t - since);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs the whole matrix in one mode; cell name -> outcome.
+fn matrix(mode: Mode) -> BTreeMap<&'static str, String> {
+    let mut s = Stack::new(mode);
+    let mut cells = BTreeMap::new();
+    s.d.docker(&["network", "create", "--subnet", "172.30.1.0/24", "neta"]);
+    s.d.docker(&["network", "create", "--subnet", "172.30.2.0/24", "netb"]);
+    s.d.docker(&[
+        "network",
+        "create",
+        "--subnet",
+        "172.30.3.0/24",
+        "-o",
+        "com.docker.network.bridge.enable_icc=false",
+        "noicc",
+    ]);
+    s.d.docker(&[
+        "network",
+        "create",
+        "--internal",
+        "--subnet",
+        "172.30.4.0/24",
+        "intnet",
+    ]);
+    s.d.docker(&["network", "create", "--subnet", "172.30.5.0/24", "netu"]);
+    // Before netpath docker runs: its start reconciles all of this.
+    s.run("web", &["-p", "8080:80"]);
+    s.run("c1", &[]);
+    s.run("a1", &["--network", "neta"]);
+    s.run("b1", &["--network", "netb"]);
+    if mode == Mode::Netpath {
+        s.start_follower();
+    }
+    s.settle(4, 1);
+    // While it runs: events.
+    s.run("n1", &["--network", "noicc"]);
+    s.run("n2", &["--network", "noicc"]);
+    s.run("i1", &["--network", "intnet"]);
+    s.run("i2", &["--network", "intnet"]);
+    s.run("spoofer", &["--cap-add", "NET_ADMIN"]);
+    s.run(
+        "u_old",
+        &[
+            "--network",
+            "netu",
+            "--ip",
+            "172.30.5.10",
+            "-p",
+            "9999:9999/udp",
+        ],
+    );
+    s.settle(10, 2);
+
+    // Egress (masquerade): the external side sees the uplink address.
+    cells.insert(
+        "egress tcp",
+        s.from_container("c1", &["tcp", EXT_IP, "7001"]),
+    );
+    cells.insert(
+        "egress udp",
+        s.from_container("c1", &["udp", EXT_IP, "7001"]),
+    );
+    cells.insert("egress ping", s.ping("c1", EXT_IP));
+    // Published port 8080 -> web:80.
+    cells.insert("published from external", s.from_ext("tcp", HOST_IP, 8080));
+    cells.insert(
+        "published from other network",
+        s.from_container("b1", &["tcp", HOST_IP, "8080"]),
+    );
+    cells.insert(
+        "published from same network",
+        s.from_container("c1", &["tcp", HOST_IP, "8080"]),
+    );
+    cells.insert(
+        "published from itself",
+        s.from_container("web", &["tcp", HOST_IP, "8080"]),
+    );
+    cells.insert(
+        "published from host 127.0.0.1",
+        s.from_host("tcp", "127.0.0.1", 8080),
+    );
+    cells.insert(
+        "published from host uplink address",
+        s.from_host("tcp", HOST_IP, 8080),
+    );
+    // Isolation between user-defined networks, both ways.
+    let b1 = s.ip_of("b1");
+    let a1 = s.ip_of("a1");
+    cells.insert(
+        "isolation a->b tcp",
+        s.from_container("a1", &["tcp", &b1, "80"]),
+    );
+    cells.insert(
+        "isolation b->a udp",
+        s.from_container("b1", &["udp", &a1, "9999"]),
+    );
+    cells.insert("isolation a->b ping", s.ping("a1", &b1));
+    cells.insert(
+        "egress from user network",
+        s.from_container("a1", &["tcp", EXT_IP, "7001"]),
+    );
+    // enable_icc=false.
+    let n2 = s.ip_of("n2");
+    cells.insert("icc=false tcp", s.from_container("n1", &["tcp", &n2, "80"]));
+    cells.insert("icc=false ping", s.ping("n1", &n2));
+    cells.insert(
+        "icc=false egress",
+        s.from_container("n1", &["tcp", EXT_IP, "7001"]),
+    );
+    // --internal.
+    let i2 = s.ip_of("i2");
+    cells.insert(
+        "internal egress tcp",
+        s.from_container("i1", &["tcp", EXT_IP, "7001"]),
+    );
+    cells.insert("internal egress ping", s.ping("i1", EXT_IP));
+    cells.insert(
+        "internal same network",
+        s.from_container("i1", &["tcp", &i2, "80"]),
+    );
+    // A container sending from an address of its subnet that is not its own.
+    let spoof = "172.17.0.200";
+    s.d.docker(&[
+        "exec",
+        "spoofer",
+        "ip",
+        "addr",
+        "add",
+        &format!("{spoof}/16"),
+        "dev",
+        "eth0",
+    ]);
+    cells.insert(
+        "spoofed source",
+        s.from_container("spoofer", &["tcp", EXT_IP, "7001", spoof]),
+    );
+
+    // A published UDP port whose container is replaced by one with a new
+    // address while a client keeps sending from the same port.
+    let sender = Sender::start(&s.ext);
+    let old = sender.heard("u_old", Instant::now(), Duration::from_secs(5));
+    cells.insert(
+        "udp before restart",
+        if old.is_some() {
+            "u_old answers"
+        } else {
+            "no answer"
+        }
+        .to_owned(),
+    );
+    s.d.docker(&["rm", "-f", "u_old"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let since = Instant::now();
+    s.run(
+        "u_new",
+        &[
+            "--network",
+            "netu",
+            "--ip",
+            "172.30.5.11",
+            "-p",
+            "9999:9999/udp",
+        ],
+    );
+    let new = sender.heard("u_new", since, Duration::from_secs(8));
+    drop(sender);
+    cells.insert(
+        "udp after restart",
+        match new {
+            Some(_) => "u_new answers".to_owned(),
+            None => "no answer from u_new in 8 s (stale state)".to_owned(),
+        },
+    );
+
+    if mode == Mode::Netpath {
+        // What happens while netpath docker is not running is reconciled
+        // when it starts again.
+        s.stop_follower();
+        s.d.docker(&["rm", "-f", "web"]);
+        // The filler takes web's address, so web2's port leads elsewhere.
+        s.run("filler", &[]);
+        s.run("web2", &["-p", "8080:80"]);
+        assert_ne!(s.ip_of("web2"), "172.17.0.2");
+        s.start_follower();
+        s.settle(11, 2);
+        cells.insert(
+            "restart: published from external",
+            s.from_ext("tcp", HOST_IP, 8080),
+        );
+        let st = status(&s.host);
+        let drops: u64 = st["networks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["drops"]["drop_spoofed_source"].as_u64().unwrap_or(0))
+            .sum();
+        cells.insert("spoofed source counted", format!("{}", drops > 0));
+        eprintln!("netpath docker log:\n{}", s.follower_log());
+    }
+    // Print here, before the stack goes, to have both sides in the output.
+    eprintln!("{mode:?}: {cells:#?}");
+    cells
+}
+
+#[test]
+fn dockerd_matrix_iptables_vs_netpath() {
+    require_root!();
+    if !harness::dockerd::available() {
+        return;
+    }
+    let ipt = matrix(Mode::Iptables);
+    let np = matrix(Mode::Netpath);
+
+    // (cell, what Docker's own path gives, what netpath gives when it is
+    // better on purpose; None: the same).
+    let ext_seen_uplink = format!("ext {HOST_IP}");
+    let expect: &[(&str, &str, Option<&str>)] = &[
+        ("egress tcp", &ext_seen_uplink, None),
+        ("egress udp", &ext_seen_uplink, None),
+        ("egress ping", "ok", None),
+        ("published from external", "web 198.18.0.2", None),
+        // Docker masquerades the other network's client to the target
+        // bridge's gateway; netpath keeps the client's address.
+        (
+            "published from other network",
+            "web 172.17.0.1",
+            Some("web 172.30.2.2"),
+        ),
+        // Docker's userland proxy answers hairpin traffic, so the target
+        // sees the gateway; netpath keeps the client's address.
+        (
+            "published from same network",
+            "web 172.17.0.1",
+            Some("web 172.17.0.3"),
+        ),
+        ("published from itself", "web 172.17.0.1", None),
+        ("published from host 127.0.0.1", "web", None),
+        ("published from host uplink address", "web", None),
+        ("isolation a->b tcp", "blocked", None),
+        ("isolation b->a udp", "blocked", None),
+        ("isolation a->b ping", "blocked", None),
+        ("egress from user network", &ext_seen_uplink, None),
+        ("icc=false tcp", "blocked", None),
+        ("icc=false ping", "blocked", None),
+        ("icc=false egress", &ext_seen_uplink, None),
+        ("internal egress tcp", "blocked", None),
+        ("internal egress ping", "blocked", None),
+        ("internal same network", "i2 172.30.4.2", None),
+        // Docker masquerades whatever source of the subnet a container uses;
+        // netpath binds each port to the container's address and MAC.
+        ("spoofed source", &ext_seen_uplink, Some("blocked")),
+        ("udp before restart", "u_old answers", None),
+        // netpath purges a mapping's flows when it goes (moby#53384);
+        // dockerd 20.10 recovers here too.
+        ("udp after restart", "u_new answers", None),
+    ];
+    let mut table = String::from("| cell | dockerd iptables | netpath | |\n|---|---|---|---|\n");
+    let mut failures = Vec::new();
+    for (cell, docker, better) in expect {
+        let (a, b) = (&ipt[cell], &np[cell]);
+        let verdict = match better {
+            None if a == b && a == docker => "same",
+            None => {
+                failures.push(format!(
+                    "{cell}: iptables {a:?}, netpath {b:?}, expected {docker:?} in both"
+                ));
+                "DIFFERENT"
+            }
+            Some(want) if b == want => "netpath better",
+            Some(want) => {
+                failures.push(format!(
+                    "{cell}: netpath {b:?}, expected {want:?} (iptables gave {a:?})"
+                ));
+                "WRONG"
+            }
+        };
+        if better.is_some() && !docker.is_empty() && a != docker {
+            eprintln!(
+                "note: {cell}: dockerd's iptables path gave {a:?}, not the {docker:?} documented"
+            );
+        }
+        table.push_str(&format!("| {cell} | {a} | {b} | {verdict} |\n"));
+    }
+    for (cell, want) in [
+        ("restart: published from external", "web2 198.18.0.2"),
+        ("spoofed source counted", "true"),
+    ] {
+        let got = &np[cell];
+        table.push_str(&format!("| {cell} | - | {got} | netpath only |\n"));
+        if got != want {
+            failures.push(format!("{cell}: netpath {got:?}, expected {want:?}"));
+        }
+    }
+    eprintln!("{table}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
