@@ -214,7 +214,7 @@ impl Stack {
     }
 
     /// The client in container `name`; its answer or "blocked".
-    fn from_container(&self, name: &str, args: &[&str]) -> String {
+    fn client_in_container(&self, name: &str, args: &[&str]) -> String {
         let mut a = vec!["exec", name, "python3", "/np/client.py"];
         a.extend_from_slice(args);
         let out = self.d.docker_try(&a);
@@ -231,7 +231,7 @@ impl Stack {
     }
 
     /// The client in the external namespace.
-    fn from_ext(&self, proto: &str, ip: &str, port: u16) -> String {
+    fn client_in_ext(&self, proto: &str, ip: &str, port: u16) -> String {
         self.client_in(&self.ext, None, proto, ip, port)
     }
 
@@ -240,7 +240,7 @@ impl Stack {
     /// Only who answered counts: the address a host connection comes from
     /// is a host address either way (dockerd's OUTPUT DNAT keeps the
     /// uplink address, netpath's socket hook routes from the gateway).
-    fn from_host(&self, proto: &str, ip: &str, port: u16) -> String {
+    fn client_on_host(&self, proto: &str, ip: &str, port: u16) -> String {
         let answer = self.client_in(&self.host, self.host.cgroup.as_deref(), proto, ip, port);
         answer.split(' ').next().unwrap_or_default().to_owned()
     }
@@ -452,69 +452,75 @@ fn matrix(mode: Mode) -> BTreeMap<&'static str, String> {
     // Egress (masquerade): the external side sees the uplink address.
     cells.insert(
         "egress tcp",
-        s.from_container("c1", &["tcp", EXT_IP, "7001"]),
+        s.client_in_container("c1", &["tcp", EXT_IP, "7001"]),
     );
     cells.insert(
         "egress udp",
-        s.from_container("c1", &["udp", EXT_IP, "7001"]),
+        s.client_in_container("c1", &["udp", EXT_IP, "7001"]),
     );
     cells.insert("egress ping", s.ping("c1", EXT_IP));
     // Published port 8080 -> web:80.
-    cells.insert("published from external", s.from_ext("tcp", HOST_IP, 8080));
+    cells.insert(
+        "published from external",
+        s.client_in_ext("tcp", HOST_IP, 8080),
+    );
     cells.insert(
         "published from other network",
-        s.from_container("b1", &["tcp", HOST_IP, "8080"]),
+        s.client_in_container("b1", &["tcp", HOST_IP, "8080"]),
     );
     cells.insert(
         "published from same network",
-        s.from_container("c1", &["tcp", HOST_IP, "8080"]),
+        s.client_in_container("c1", &["tcp", HOST_IP, "8080"]),
     );
     cells.insert(
         "published from itself",
-        s.from_container("web", &["tcp", HOST_IP, "8080"]),
+        s.client_in_container("web", &["tcp", HOST_IP, "8080"]),
     );
     cells.insert(
         "published from host 127.0.0.1",
-        s.from_host("tcp", "127.0.0.1", 8080),
+        s.client_on_host("tcp", "127.0.0.1", 8080),
     );
     cells.insert(
         "published from host uplink address",
-        s.from_host("tcp", HOST_IP, 8080),
+        s.client_on_host("tcp", HOST_IP, 8080),
     );
     // Isolation between user-defined networks, both ways.
     let b1 = s.ip_of("b1");
     let a1 = s.ip_of("a1");
     cells.insert(
         "isolation a->b tcp",
-        s.from_container("a1", &["tcp", &b1, "80"]),
+        s.client_in_container("a1", &["tcp", &b1, "80"]),
     );
     cells.insert(
         "isolation b->a udp",
-        s.from_container("b1", &["udp", &a1, "9999"]),
+        s.client_in_container("b1", &["udp", &a1, "9999"]),
     );
     cells.insert("isolation a->b ping", s.ping("a1", &b1));
     cells.insert(
         "egress from user network",
-        s.from_container("a1", &["tcp", EXT_IP, "7001"]),
+        s.client_in_container("a1", &["tcp", EXT_IP, "7001"]),
     );
     // enable_icc=false.
     let n2 = s.ip_of("n2");
-    cells.insert("icc=false tcp", s.from_container("n1", &["tcp", &n2, "80"]));
+    cells.insert(
+        "icc=false tcp",
+        s.client_in_container("n1", &["tcp", &n2, "80"]),
+    );
     cells.insert("icc=false ping", s.ping("n1", &n2));
     cells.insert(
         "icc=false egress",
-        s.from_container("n1", &["tcp", EXT_IP, "7001"]),
+        s.client_in_container("n1", &["tcp", EXT_IP, "7001"]),
     );
     // --internal.
     let i2 = s.ip_of("i2");
     cells.insert(
         "internal egress tcp",
-        s.from_container("i1", &["tcp", EXT_IP, "7001"]),
+        s.client_in_container("i1", &["tcp", EXT_IP, "7001"]),
     );
     cells.insert("internal egress ping", s.ping("i1", EXT_IP));
     cells.insert(
         "internal same network",
-        s.from_container("i1", &["tcp", &i2, "80"]),
+        s.client_in_container("i1", &["tcp", &i2, "80"]),
     );
     // A container sending from an address of its subnet that is not its own.
     let spoof = "172.17.0.200";
@@ -530,7 +536,7 @@ fn matrix(mode: Mode) -> BTreeMap<&'static str, String> {
     ]);
     cells.insert(
         "spoofed source",
-        s.from_container("spoofer", &["tcp", EXT_IP, "7001", spoof]),
+        s.client_in_container("spoofer", &["tcp", EXT_IP, "7001", spoof]),
     );
 
     // A published UDP port whose container is replaced by one with a new
@@ -583,7 +589,7 @@ fn matrix(mode: Mode) -> BTreeMap<&'static str, String> {
         s.settle(11, 2);
         cells.insert(
             "restart: published from external",
-            s.from_ext("tcp", HOST_IP, 8080),
+            s.client_in_ext("tcp", HOST_IP, 8080),
         );
         let st = status(&s.host);
         let drops: u64 = st["networks"]
