@@ -179,11 +179,31 @@ fn apt_packages() -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing {}", missing.join(" "));
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    // Installing docker.io must not start a dockerd in the machine's own
+    // namespace (it would rewrite the host's firewall): where no
+    // policy-rc.d exists, one that refuses service starts is in place for
+    // the install only.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let guard = !policy.exists();
+    if guard {
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# xtask: no service starts while installing\nexit 101\n",
+        )
+        .context("writing /usr/sbin/policy-rc.d")?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let result = run(Command::new("apt-get").args(["update", "-qq"])).and_then(|_| {
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    });
+    if guard {
+        let _ = std::fs::remove_file(policy);
+    }
+    result
 }
 
 fn nightly_rust_src() -> Result<()> {
