@@ -319,13 +319,21 @@ pub async fn run(opts: Options) -> Result<()> {
             }
         };
         waiting_said = false;
-        // Subscribe before reading the state, so nothing in between is lost.
+        // The event stream only connects when first polled, after the
+        // reconcile below: it asks for events since just before that
+        // reconcile read dockerd's state, so none in between is lost
+        // (replays only cause a reconcile that changes nothing).
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_sub(Duration::from_secs(1));
         let filters: HashMap<String, Vec<String>> = [(
             "type".to_owned(),
             vec!["container".to_owned(), "network".to_owned()],
         )]
         .into();
         let mut events = docker.events(Some(EventsOptions {
+            since: Some(format!("{}.{:09}", since.as_secs(), since.subsec_nanos())),
             filters: Some(filters),
             ..Default::default()
         }));
