@@ -14,7 +14,7 @@ mod harness;
 use std::{
     collections::BTreeMap,
     net::UdpSocket,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -22,7 +22,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use harness::{NETPATH, Netns, dockerd::Dockerd, netpath, status, topology};
+use harness::{
+    NETPATH, Netns,
+    dockerd::{Dockerd, IMAGE},
+    netpath, status,
+    topology::{self, Process},
+};
 
 const HOST_IP: &str = "198.18.0.1";
 const EXT_IP: &str = "198.18.0.2";
@@ -79,8 +84,9 @@ enum Mode {
 /// One run's environment. Fields drop in order: the `netpath docker`
 /// follower, the external server, dockerd, then the namespaces.
 struct Stack {
-    follower: Option<Child>,
-    ext_server: Child,
+    follower: Option<Process>,
+    /// Held for its drop (which stops it).
+    _ext_server: Process,
     d: Dockerd,
     scripts: Scripts,
     host: Netns,
@@ -104,29 +110,6 @@ impl std::ops::Deref for Scripts {
     }
 }
 
-fn kill_child(c: &mut Child) {
-    // SAFETY: signalling a process this test started.
-    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = c.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = c.kill();
-    let _ = c.wait();
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        if let Some(f) = &mut self.follower {
-            kill_child(f);
-        }
-        kill_child(&mut self.ext_server);
-    }
-}
-
 impl Stack {
     fn new(mode: Mode) -> Self {
         let host = Netns::new("dk")
@@ -142,20 +125,22 @@ impl Stack {
         std::fs::create_dir_all(&*scripts).unwrap();
         std::fs::write(scripts.join("server.py"), SERVER).unwrap();
         std::fs::write(scripts.join("client.py"), CLIENT).unwrap();
-        let mut ext_server = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", ext.name))
-            .args(["python3", "-u"])
-            .arg(scripts.join("server.py"))
-            .args([format!("tcp:{EXT_PORT}"), format!("udp:{EXT_PORT}")])
-            .env("NAME", "ext")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("external server");
+        let mut ext_server = Process(
+            Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", ext.name))
+                .args(["python3", "-u"])
+                .arg(scripts.join("server.py"))
+                .args([format!("tcp:{EXT_PORT}"), format!("udp:{EXT_PORT}")])
+                .env("NAME", "ext")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("external server"),
+        );
         {
             use std::io::BufRead as _;
             let mut line = String::new();
-            std::io::BufReader::new(ext_server.stdout.as_mut().unwrap())
+            std::io::BufReader::new(ext_server.0.stdout.as_mut().unwrap())
                 .read_line(&mut line)
                 .unwrap();
             assert_eq!(line.trim(), "ready", "external server did not start");
@@ -164,17 +149,22 @@ impl Stack {
             Mode::Iptables => &["--iptables=true"],
             Mode::Netpath => &["--iptables=false", "--userland-proxy=false"],
         };
-        let d = Dockerd::start(&host, flags);
-        d.import_image();
+        let d = Dockerd::start(&host, flags).unwrap_or_else(|e| panic!("{e:#}"));
+        d.import_image().unwrap_or_else(|e| panic!("{e:#}"));
         Stack {
             follower: None,
-            ext_server,
+            _ext_server: ext_server,
             d,
             host,
             ext,
             scripts,
             mode,
         }
+    }
+
+    /// `docker ARGS…`, panicking with its output unless it succeeds.
+    fn docker(&self, args: &[&str]) -> String {
+        harness::dockerd::docker(&self.d, args)
     }
 
     /// `docker run -d` of a server container NAME answering on tcp:80 and
@@ -188,24 +178,24 @@ impl Stack {
         ];
         args.extend_from_slice(extra);
         args.extend_from_slice(&[
-            "npbox:1",
+            IMAGE,
             "python3",
             "-u",
             "/np/server.py",
             "tcp:80",
             "udp:9999",
         ]);
-        self.d.docker(&args);
+        self.docker(&args);
         // Its server is up once it printed "ready".
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.d.docker(&["logs", name]).contains("ready") {
+        while !self.docker(&["logs", name]).contains("ready") {
             assert!(Instant::now() < deadline, "{name} did not start its server");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     fn ip_of(&self, name: &str) -> String {
-        self.d.docker(&[
+        self.docker(&[
             "inspect",
             "-f",
             "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
@@ -217,7 +207,7 @@ impl Stack {
     fn client_in_container(&self, name: &str, args: &[&str]) -> String {
         let mut a = vec!["exec", name, "python3", "/np/client.py"];
         a.extend_from_slice(args);
-        let out = self.d.docker_try(&a);
+        let out = self.d.docker_try(&a).expect("docker exec");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
@@ -225,6 +215,7 @@ impl Stack {
         let ok = self
             .d
             .docker_try(&["exec", name, "ping", "-c", "1", "-W", "2", dst])
+            .expect("docker exec")
             .status
             .success();
         if ok { "ok" } else { "blocked" }.to_owned()
@@ -322,13 +313,12 @@ impl Stack {
             .stderr(log)
             .spawn()
             .expect("netpath docker");
-        self.follower = Some(child);
+        self.follower = Some(Process(child));
     }
 
     fn stop_follower(&mut self) {
-        if let Some(mut f) = self.follower.take() {
-            kill_child(&mut f);
-        }
+        // Dropping it stops it.
+        self.follower = None;
     }
 }
 
@@ -401,9 +391,9 @@ impl Drop for Sender {
 fn matrix(mode: Mode) -> BTreeMap<&'static str, String> {
     let mut s = Stack::new(mode);
     let mut cells = BTreeMap::new();
-    s.d.docker(&["network", "create", "--subnet", "172.30.1.0/24", "neta"]);
-    s.d.docker(&["network", "create", "--subnet", "172.30.2.0/24", "netb"]);
-    s.d.docker(&[
+    s.docker(&["network", "create", "--subnet", "172.30.1.0/24", "neta"]);
+    s.docker(&["network", "create", "--subnet", "172.30.2.0/24", "netb"]);
+    s.docker(&[
         "network",
         "create",
         "--subnet",
@@ -412,7 +402,7 @@ fn matrix(mode: Mode) -> BTreeMap<&'static str, String> {
         "com.docker.network.bridge.enable_icc=false",
         "noicc",
     ]);
-    s.d.docker(&[
+    s.docker(&[
         "network",
         "create",
         "--internal",
@@ -420,7 +410,7 @@ fn matrix(mode: Mode) -> BTreeMap<&'static str, String> {
         "172.30.4.0/24",
         "intnet",
     ]);
-    s.d.docker(&["network", "create", "--subnet", "172.30.5.0/24", "netu"]);
+    s.docker(&["network", "create", "--subnet", "172.30.5.0/24", "netu"]);
     // Before netpath docker runs: its start reconciles all of this.
     s.run("web", &["-p", "8080:80"]);
     s.run("c1", &[]);
@@ -524,7 +514,7 @@ fn matrix(mode: Mode) -> BTreeMap<&'static str, String> {
     );
     // A container sending from an address of its subnet that is not its own.
     let spoof = "172.17.0.200";
-    s.d.docker(&[
+    s.docker(&[
         "exec",
         "spoofer",
         "ip",
@@ -552,9 +542,9 @@ fn matrix(mode: Mode) -> BTreeMap<&'static str, String> {
         }
         .to_owned(),
     );
-    s.d.docker(&["stop", "-t", "1", "udpsrv"]);
-    s.d.docker(&["network", "disconnect", "netu", "udpsrv"]);
-    s.d.docker(&[
+    s.docker(&["stop", "-t", "1", "udpsrv"]);
+    s.docker(&["network", "disconnect", "netu", "udpsrv"]);
+    s.docker(&[
         "network",
         "connect",
         "--ip",
@@ -564,7 +554,7 @@ fn matrix(mode: Mode) -> BTreeMap<&'static str, String> {
     ]);
     std::thread::sleep(Duration::from_millis(500));
     let since = Instant::now();
-    s.d.docker(&["start", "udpsrv"]);
+    s.docker(&["start", "udpsrv"]);
     assert_eq!(s.ip_of("udpsrv"), "172.30.5.11");
     let after = sender.heard("udpsrv", since, Duration::from_secs(8));
     drop(sender);
@@ -580,8 +570,8 @@ fn matrix(mode: Mode) -> BTreeMap<&'static str, String> {
         // What happens while netpath docker is not running is reconciled
         // when it starts again.
         s.stop_follower();
-        s.d.docker(&["rm", "-f", "web", "b1"]);
-        s.d.docker(&["network", "rm", "netb"]);
+        s.docker(&["rm", "-f", "web", "b1"]);
+        s.docker(&["network", "rm", "netb"]);
         // The filler takes web's address, so web2's port leads elsewhere.
         s.run("filler", &[]);
         s.run("web2", &["-p", "8080:80"]);

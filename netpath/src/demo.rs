@@ -3,11 +3,19 @@
 //! with this very binary, sends real traffic through the programs and shows
 //! the counters moving; everything is removed at the end, even on failure.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::topology::{self, Lab};
+use crate::{
+    dockerlab::{self, Dockerd},
+    topology::{self, Lab, Netns, Process},
+};
 
 fn netpath(lab: &Lab, args: &[&str]) -> Result<String> {
     let exe = std::env::current_exe().context("locating the netpath binary")?;
@@ -143,6 +151,143 @@ pub fn run() -> Result<()> {
     step(&format!("netpath down --bridge {}", Lab::BRIDGE));
     print!("{}", netpath(&lab, &["down", "--bridge", Lab::BRIDGE])?);
     drop(lab);
+    docker(&exe)?;
     println!("\ndemo done: namespaces removed");
+    Ok(())
+}
+
+/// `netpath --netns NS ARGS…` (with the namespace's own cgroup).
+fn netpath_in(exe: &Path, ns: &Netns, args: &[&str]) -> Result<String> {
+    let out = topology::run(ns.netpath(exe).args(args))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Waits up to 10 s for `netpath ports --json` in `ns` to list `n` ports.
+fn wait_ports(exe: &Path, ns: &Netns, n: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(out) = netpath_in(exe, ns, &["ports", "--json"])
+            && serde_json::from_str::<Vec<serde_json::Value>>(&out).is_ok_and(|p| p.len() == n)
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("netpath docker did not publish/unpublish within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The drop-in: a real dockerd without its iptables path, `netpath docker`
+/// following it, and `docker run -p` reached from outside. Skipped (said
+/// why) when docker.io is not installed.
+fn docker(exe: &Path) -> Result<()> {
+    step("dockerd --iptables=false --userland-proxy=false, followed by netpath docker");
+    if let Some(bin) = dockerlab::missing() {
+        println!("  skipped: {bin} is not installed (cargo xtask setup installs docker.io)");
+        return Ok(());
+    }
+    let host = Netns::new("demo-dk")?.cleanup_with(exe);
+    let ext = Netns::new("demo-dx")?;
+    topology::veth(&host, "uplink0", &ext, "eth0")?;
+    host.ip(&[
+        "addr",
+        "add",
+        &format!("{}/24", Lab::UPLINK),
+        "dev",
+        "uplink0",
+    ])?;
+    ext.ip(&["addr", "add", &format!("{}/24", Lab::EXT), "dev", "eth0"])?;
+    let d = Dockerd::start(&host, &["--iptables=false", "--userland-proxy=false"])?;
+    d.import_image()?;
+    let log_path = d.dir.join("netpath-docker.log");
+    let log = std::fs::File::create(&log_path)?;
+    let follower = Process(
+        host.netpath(exe)
+            .args(["docker", "--host", &d.host()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting netpath docker")?,
+    );
+    println!(
+        "  dockerd {} in {} (uplink0 {}), netpath docker pid {}",
+        d.docker(&["version", "--format", "{{.Server.Version}}"])?,
+        host.name,
+        Lab::UPLINK,
+        follower.0.id()
+    );
+    println!(
+        "  $ docker run -d --name web -p 8080:80 {} httpd -f -p 80 -h /www",
+        dockerlab::IMAGE
+    );
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        "8080:80",
+        dockerlab::IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ])?;
+    let follower_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    wait_ports(exe, &host, 1)
+        .with_context(|| format!("netpath docker's log:\n{}", follower_log()))?;
+    print!("{}", netpath_in(exe, &host, &["ports"])?);
+    let page = ext.run(|| -> Result<String> {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect_timeout(
+            &addr(Lab::UPLINK, 8080).into(),
+            Duration::from_secs(3),
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    })??;
+    let status = page.lines().next().unwrap_or_default();
+    let body = page.lines().last().unwrap_or_default();
+    println!(
+        "  HTTP external -> {}:8080   {status}: {body:?}",
+        Lab::UPLINK
+    );
+    if !page.contains("hello from a container") {
+        bail!("the published port did not serve web's page: {page:?}");
+    }
+    let pinged = d
+        .docker_try(&["exec", "web", "ping", "-c", "1", "-W", "2", Lab::EXT])?
+        .status
+        .success();
+    println!(
+        "  ICMP web -> external          {}",
+        if pinged {
+            "ok (masqueraded by netpath)"
+        } else {
+            "FAILED"
+        }
+    );
+    if !pinged {
+        bail!("the container could not reach the external host");
+    }
+    println!("  $ docker rm -f web");
+    d.docker(&["rm", "-f", "web"])?;
+    wait_ports(exe, &host, 0)
+        .with_context(|| format!("netpath docker's log:\n{}", follower_log()))?;
+    println!("  netpath docker's log:");
+    for l in follower_log().lines() {
+        println!("    {l}");
+    }
+    // Stopped in this order: netpath docker, dockerd, then the namespaces
+    // (the host's `netpath down --all` first).
+    drop(follower);
+    drop(d);
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod conntrack;
 pub mod daemon;
 pub mod demo;
 pub mod docker;
+pub mod dockerlab;
 pub mod endpoint;
 pub mod netns;
 pub mod ops;
