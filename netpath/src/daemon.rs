@@ -171,7 +171,9 @@ pub struct Options {
     pub interval: Duration,
 }
 
-fn log(msg: std::fmt::Arguments<'_>) {
+/// A log line stamped with seconds of monotonic time (the daemon's and
+/// `netpath docker`'s logs).
+pub(crate) fn log(msg: std::fmt::Arguments<'_>) {
     let t = conntrack::monotonic_ns() / 1_000_000;
     println!("[{}.{:03}] {msg}", t / 1000, t % 1000);
 }

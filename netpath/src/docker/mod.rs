@@ -18,7 +18,11 @@ use bollard::{
 use futures::StreamExt as _;
 use netpath_common::{net_flags, owner};
 
-use crate::{daemon, endpoint, ops, plan, publish, state::Maps};
+use crate::{
+    daemon::{self, log},
+    endpoint, ops, plan, publish,
+    state::Maps,
+};
 
 /// Options of `netpath docker`.
 #[derive(Clone, Debug)]
@@ -261,11 +265,6 @@ pub async fn reconcile(docker: &Docker, opts: &Options) -> Result<Report> {
             .map(|(name, why)| format!("bind {name}: {why}")),
     );
     Ok(report)
-}
-
-fn log(msg: std::fmt::Arguments<'_>) {
-    let t = crate::conntrack::monotonic_ns() / 1_000_000;
-    println!("[{}.{:03}] {msg}", t / 1000, t % 1000);
 }
 
 /// Events after which dockerd's networking may differ.
