@@ -263,9 +263,7 @@ pub struct Bound {
 /// The host end of the veth whose container end has `mac`, found from
 /// inside the namespace at `sandbox`, and that namespace's cookie.
 fn host_end(sandbox: &Path, mac: [u8; 6]) -> Result<(u32, u64)> {
-    let sandbox = sandbox.to_owned();
-    std::thread::spawn(move || -> Result<(u32, u64)> {
-        netns::enter_path(&sandbox)?;
+    netns::run_in_path(sandbox, move || -> Result<(u32, u64)> {
         let cookie = netns::cookie()?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -280,9 +278,7 @@ fn host_end(sandbox: &Path, mac: [u8; 6]) -> Result<(u32, u64)> {
             .filter(|p| *p != link.index)
             .with_context(|| format!("{} inside is not a veth", link.name))?;
         Ok((peer, cookie))
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("looking inside a sandbox panicked"))?
+    })?
 }
 
 /// Binds the ports of `want`'s endpoints to their address and MAC with

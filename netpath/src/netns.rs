@@ -52,8 +52,24 @@ pub fn enter_path(path: &Path) -> Result<()> {
 /// The calling thread's namespace is untouched.
 pub fn run_in<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     let name = name.to_owned();
+    run_on_thread(move || enter(&name), f)
+}
+
+/// [`run_in`] for the namespace at `path` (see [`enter_path`]).
+pub fn run_in_path<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    let path = path.to_owned();
+    run_on_thread(move || enter_path(&path), f)
+}
+
+fn run_on_thread<T: Send + 'static>(
+    enter: impl FnOnce() -> Result<()> + Send + 'static,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
     std::thread::spawn(move || -> Result<T> {
-        enter(&name)?;
+        enter()?;
         Ok(f())
     })
     .join()
