@@ -7,7 +7,8 @@
 //! UDP state purged): those assert netpath's behaviour and print dockerd's.
 //!
 //! Topology per run: a host namespace (dockerd, uplink 198.18.0.1) and an
-//! external namespace (198.18.0.2, no route back to any container subnet).
+//! external namespace (198.18.0.2, no route back to any container subnet,
+//! except for the direct-routing cells, which add one).
 
 mod harness;
 
@@ -512,6 +513,23 @@ fn matrix(mode: Mode) -> BTreeMap<&'static str, String> {
         "internal same network",
         s.client_in_container("i1", &["tcp", &i2, "80"]),
     );
+    // Direct routing: the external side routes the default bridge's subnet
+    // through the host and dials containers at their own addresses.
+    s.ext
+        .ip(&["route", "add", "172.17.0.0/16", "via", HOST_IP])
+        .unwrap();
+    let (c1, web) = (s.ip_of("c1"), s.ip_of("web"));
+    cells.insert(
+        "direct routing to an unpublished port",
+        s.client_in_ext("tcp", &c1, 80),
+    );
+    cells.insert(
+        "direct routing to a published container port",
+        s.client_in_ext("tcp", &web, 80),
+    );
+    s.ext
+        .ip(&["route", "del", "172.17.0.0/16", "via", HOST_IP])
+        .unwrap();
     // A container sending from an address of its subnet that is not its own.
     let spoof = "172.17.0.200";
     s.docker(&[
@@ -650,6 +668,15 @@ fn dockerd_matrix_iptables_vs_netpath() {
         ("internal egress tcp", "blocked", None),
         ("internal egress ping", "blocked", None),
         ("internal same network", "i2 172.30.4.2", None),
+        // Docker 20.10 accepts a published container port reached at the
+        // container's own address (its filter DOCKER chain); netpath's
+        // default gateway mode (nat) refuses it, as Docker 28 does.
+        ("direct routing to an unpublished port", "blocked", None),
+        (
+            "direct routing to a published container port",
+            "web 198.18.0.2",
+            Some("blocked"),
+        ),
         // Docker masquerades whatever source of the subnet a container uses;
         // netpath binds each port to the container's address and MAC.
         ("spoofed source", &ext_seen_uplink, Some("blocked")),

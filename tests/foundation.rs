@@ -509,8 +509,9 @@ fn records(status: &serde_json::Value) -> serde_json::Value {
     let mut nets = status["networks"].clone();
     for n in nets.as_array_mut().expect("networks array") {
         let obj = n.as_object_mut().expect("network object");
-        obj.remove("from_containers");
-        obj.remove("to_containers");
+        for moving in ["from_containers", "to_containers", "drops"] {
+            obj.remove(moving);
+        }
     }
     nets
 }

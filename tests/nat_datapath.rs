@@ -426,21 +426,38 @@ fn malformed_and_untranslatable_packets_are_never_mistranslated() {
             "no flow from a bad packet"
         );
 
-        // The same coming in is left to the host.
+        // The same coming in from outside is dropped, counted on the uplink.
         let cut_in = {
-            let f = frame(TCP, R, U, &packet::tcp(R, U, 80, 40000, SYN, b""), 1, 0);
-            f[..ETH + 20 + 10].to_vec()
+            let mut f = frame(TCP, R, U, &packet::tcp(R, U, 80, 40000, SYN, b""), 1, 0);
+            f.truncate(ETH + 20 + 10);
+            f[ETH + 2..ETH + 4].copy_from_slice(&30u16.to_be_bytes());
+            f
         };
-        let (v, out) = run(&mut dp, Dir::Ingress, &cut_in, 1);
-        assert_eq!((v, out), (TCX_NEXT, cut_in));
+        assert_eq!(run(&mut dp, Dir::Ingress, &cut_in, 1).0, SHOT);
+        let uplink_drops = |dp: &Datapath| {
+            counter(
+                dp,
+                counter_scope::IFACE,
+                LO,
+                DropReason::Malformed.counter_kind(),
+            )
+            .0
+        };
+        assert_eq!(uplink_drops(&dp), 2, "counted on the uplink too");
 
-        // An IPv4 header with a bad length field passes untouched both ways.
+        // An IPv4 header with a bad length field, or a total length beyond
+        // the frame: the host's own going out passes untouched (the kernel
+        // judges it), from outside it is dropped.
         let mut bad_ihl = frame(UDP, C1, R, &packet::udp(C1, R, 1, 2, b"x", true), 1, 0);
         bad_ihl[ETH] = 0x44;
-        for dir in [Dir::Egress, Dir::Ingress] {
-            let (v, out) = run(&mut dp, dir, &bad_ihl, 1);
-            assert_eq!((v, &out), (TCX_NEXT, &bad_ihl));
+        let mut too_long = frame(UDP, R, U, &packet::udp(R, U, 1, 2, b"x", true), 1, 0);
+        too_long[ETH + 2..ETH + 4].copy_from_slice(&1000u16.to_be_bytes());
+        for f in [&bad_ihl, &too_long] {
+            let (v, out) = run(&mut dp, Dir::Egress, f, 1);
+            assert_eq!((v, &out), (TCX_NEXT, f));
+            assert_eq!(run(&mut dp, Dir::Ingress, f, 1).0, SHOT);
         }
+        assert_eq!(uplink_drops(&dp), 4);
 
         // An ICMP error whose quoted header is cut short: untouched coming
         // in, dropped (it cannot be placed) going out.

@@ -10,11 +10,15 @@ mod harness;
 use std::net::Ipv4Addr;
 
 use harness::{
-    packet::{self, UDP, frame},
-    testrun::{LO, SHOT, TCX_NEXT, drops, in_netns, run},
+    packet::{self, TCP, UDP, frame},
+    testrun::{LO, SHOT, TCX_NEXT, counter, drops, in_netns, run, run_from},
 };
 use netpath::{attach::Datapath, plan, state::Dir};
-use netpath_common::{DropReason, IfaceInfo, IfaceRole, iface_flags, net_flags};
+use netpath_common::{
+    DropReason, Endpoint, GatewayMode, IfaceInfo, IfaceRole, TargetKey4, counter_scope,
+    ct::{CtKey4, ct_flags},
+    iface_flags, net_flags,
+};
 
 const C1: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
 const C2: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 3);
@@ -126,14 +130,10 @@ fn a_port_learns_its_binding_then_drops_spoofed_sources_and_macs() {
             TCX_NEXT,
             "ARP probe"
         );
-        // Other frames with the right MAC pass, with another MAC they do not.
-        let mut other = udp_to(C1, GW1);
-        other[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
-        assert_eq!(run(&mut dp, Dir::Ingress, &other, 1).0, TCX_NEXT);
-        assert_eq!(
-            run(&mut dp, Dir::Ingress, &with_src_mac(other, other_mac), 1).0,
-            SHOT
-        );
+        // An ARP sender MAC that is not the frame's.
+        let mut lying = arp(MAC, C1, GW1);
+        lying[22..28].copy_from_slice(&other_mac);
+        assert_eq!(run(&mut dp, Dir::Ingress, &lying, 1).0, SHOT);
         assert_eq!(drops(&dp, 1, DropReason::SpoofedMac), 2);
     });
 }
@@ -179,5 +179,236 @@ fn destinations_decide_isolation_icc_and_internal() {
         );
         assert_eq!(run(&mut dp, Dir::Egress, &udp_to(GW1, C1), 1).0, TCX_NEXT);
         assert_eq!(drops(&dp, 1, DropReason::Internal), 3);
+    });
+}
+
+/// `frame` with a VLAN tag of ethertype `tpid` inserted after the MACs.
+fn tagged(f: &[u8], tpid: u16) -> Vec<u8> {
+    let mut t = f[..12].to_vec();
+    t.extend_from_slice(&tpid.to_be_bytes());
+    t.extend_from_slice(&[0, 7]);
+    t.extend_from_slice(&f[12..]);
+    t
+}
+
+/// An IPv6 UDP datagram between link-local addresses.
+fn ipv6() -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x86, 0xdd];
+    f.extend_from_slice(&[0x60, 0, 0, 0, 0, 9, 17, 64]);
+    for last in [1u8, 2] {
+        f.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, last]);
+    }
+    f.extend_from_slice(&[0x03, 0xe8, 0x07, 0xd0, 0, 9, 0, 0, b'x']);
+    f
+}
+
+fn with_ethertype(mut f: Vec<u8>, t: u16) -> Vec<u8> {
+    f[12..14].copy_from_slice(&t.to_be_bytes());
+    f
+}
+
+#[test]
+fn container_ports_carry_untagged_ipv4_and_arp_only() {
+    require_root!();
+    in_netns("frames", |pins| {
+        let mut dp = datapath(pins, 0);
+        let ok = udp_to(C1, GW1);
+        let single = tagged(&ok, 0x8100);
+        let double = tagged(&single, 0x88a8);
+        let cases = [
+            (single.clone(), DropReason::Vlan),
+            (tagged(&ok, 0x88a8), DropReason::Vlan),
+            (double, DropReason::Vlan),
+            (ipv6(), DropReason::Ipv6),
+            (with_ethertype(ok.clone(), 0x88b5), DropReason::Ethertype),
+            (with_ethertype(ok.clone(), 0x88cc), DropReason::Ethertype),
+        ];
+        for dir in [Dir::Ingress, Dir::Egress] {
+            for (f, why) in &cases {
+                let before = drops(&dp, 1, *why);
+                assert_eq!(run(&mut dp, dir, f, 1).0, SHOT, "{why:?} at {dir:?}");
+                assert_eq!(
+                    drops(&dp, 1, *why),
+                    before + 1,
+                    "{why:?} counted on the network"
+                );
+            }
+        }
+        assert_eq!(
+            counter(
+                &dp,
+                counter_scope::IFACE,
+                LO,
+                DropReason::Vlan.counter_kind()
+            )
+            .0,
+            6,
+            "and on the port"
+        );
+        // IPv4 and ARP pass both ways.
+        assert_eq!(run(&mut dp, Dir::Ingress, &ok, 1).0, TCX_NEXT);
+        assert_eq!(
+            run(&mut dp, Dir::Ingress, &arp(MAC, C1, GW1), 1).0,
+            TCX_NEXT
+        );
+        assert_eq!(run(&mut dp, Dir::Egress, &udp_to(GW1, C1), 1).0, TCX_NEXT);
+        // An IPv4 packet longer than its frame is dropped, not passed on.
+        let mut cut = ok.clone();
+        cut[16..18].copy_from_slice(&1000u16.to_be_bytes());
+        assert_eq!(run(&mut dp, Dir::Ingress, &cut, 1).0, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::Malformed), 1);
+    });
+}
+
+#[test]
+fn no_port_claims_the_gateway_or_another_ports_address() {
+    require_root!();
+    in_netns("claims", |pins| {
+        let mut dp = datapath(pins, 0);
+        // Another port (ifindex 42) learnt C2.
+        let other = Endpoint {
+            ifindex: 42,
+            net_id: 1,
+            mac: [2, 0, 0, 0, 0, 0x42],
+            _pad: [0; 2],
+        };
+        dp.maps.endpoints4.insert(plan::be(C2), other, 0).unwrap();
+        let unbound =
+            |dp: &Datapath| dp.maps.ifaces.get(&LO, 0).unwrap().flags & iface_flags::LEARNED == 0;
+        for (f, what) in [
+            (arp(MAC, GW1, C2), "ARP claiming the gateway"),
+            (arp(MAC, C2, GW1), "ARP claiming another port's address"),
+            (udp_to(GW1, C2), "IPv4 from the gateway"),
+            (udp_to(C2, GW1), "IPv4 from another port's address"),
+        ] {
+            assert_eq!(run(&mut dp, Dir::Ingress, &f, 1).0, SHOT, "{what}");
+            assert!(unbound(&dp), "{what}: nothing learnt");
+        }
+        assert_eq!(drops(&dp, 1, DropReason::SpoofedSource), 4);
+        // The ARP sender MAC must be the frame's even before learning.
+        let mut lying = arp(MAC, C1, GW1);
+        lying[22..28].copy_from_slice(&[2, 0, 0, 0, 0, 0x99]);
+        assert_eq!(run(&mut dp, Dir::Ingress, &lying, 1).0, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::SpoofedMac), 1);
+        // A probe is no claim; its own address it learns.
+        assert_eq!(
+            run(
+                &mut dp,
+                Dir::Ingress,
+                &arp(MAC, Ipv4Addr::UNSPECIFIED, GW1),
+                1
+            )
+            .0,
+            TCX_NEXT
+        );
+        assert!(unbound(&dp));
+        assert_eq!(
+            run(&mut dp, Dir::Ingress, &arp(MAC, C1, GW1), 1).0,
+            TCX_NEXT
+        );
+        assert!(!unbound(&dp));
+        assert_eq!(
+            dp.maps.endpoints4.get(&plan::be(C1), 0).unwrap().ifindex,
+            LO
+        );
+    });
+}
+
+fn syn(src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    frame(
+        TCP,
+        src,
+        dst,
+        &packet::tcp(src, dst, 40000, dport, 0x02, b""),
+        1,
+        0,
+    )
+}
+
+fn set_mode(dp: &mut Datapath, m: GatewayMode) {
+    let mut net = dp.maps.networks.get(&1, 0).unwrap();
+    net.flags = net.flags & !GatewayMode::MASK | m.flags();
+    dp.maps.networks.insert(1, net, 0).unwrap();
+}
+
+/// What reaches a container through an interface netpath does not manage
+/// (ingress ifindex 77) is judged like traffic from outside; the host
+/// (no ingress interface) and managed interfaces are trusted (they were
+/// checked where the packet came in).
+#[test]
+fn deliveries_from_unmanaged_interfaces_follow_the_gateway_mode() {
+    require_root!();
+    const UNMANAGED: u32 = 77;
+    const UPLINK: u32 = 5;
+    in_netns("deliver", |pins| {
+        let mut dp = datapath(pins, 0);
+        let uplink = IfaceInfo {
+            role: IfaceRole::Uplink as u32,
+            ..Default::default()
+        };
+        dp.maps.ifaces.insert(UPLINK, uplink, 0).unwrap();
+        let to_c1 = syn(EXT, C1, 22);
+        assert_eq!(
+            run_from(&mut dp, Dir::Egress, &to_c1, 0).0,
+            TCX_NEXT,
+            "the host"
+        );
+        assert_eq!(
+            run_from(&mut dp, Dir::Egress, &to_c1, UPLINK).0,
+            TCX_NEXT,
+            "an uplink"
+        );
+        // nat: nothing new from elsewhere.
+        assert_eq!(run_from(&mut dp, Dir::Egress, &to_c1, UNMANAGED).0, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::DirectRouting), 1);
+        // A managed subnet's source there: a port nobody attached.
+        assert_eq!(
+            run_from(&mut dp, Dir::Egress, &syn(C2, C1, 22), UNMANAGED).0,
+            SHOT
+        );
+        assert_eq!(
+            run_from(&mut dp, Dir::Egress, &arp(MAC, C2, C1), UNMANAGED).0,
+            SHOT
+        );
+        assert_eq!(drops(&dp, 1, DropReason::UnmanagedPort), 2);
+
+        // routed: a published container port (and only that) gets a flow.
+        set_mode(&mut dp, GatewayMode::Routed);
+        let target = TargetKey4 {
+            addr_be: plan::be(C1),
+            port_be: 80u16.to_be(),
+            proto: TCP,
+            _pad: 0,
+        };
+        dp.maps.targets4.insert(target, 1, 0).unwrap();
+        assert_eq!(run_from(&mut dp, Dir::Egress, &to_c1, UNMANAGED).0, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::NotPublished), 1);
+        let to_80 = syn(EXT, C1, 80);
+        assert_eq!(
+            run_from(&mut dp, Dir::Egress, &to_80, UNMANAGED).0,
+            TCX_NEXT
+        );
+        let k = CtKey4::new(
+            plan::be(EXT),
+            plan::be(C1),
+            40000u16.to_be(),
+            80u16.to_be(),
+            TCP,
+        );
+        let e = dp.maps.ct4.get(&k, 0).expect("an INBOUND flow");
+        assert_eq!(e.flags & ct_flags::INBOUND, ct_flags::INBOUND);
+        assert_eq!(e.peer, k.reversed(), "tracked, not translated");
+
+        // nat-unprotected: Docker's old behaviour.
+        set_mode(&mut dp, GatewayMode::NatUnprotected);
+        assert_eq!(
+            run_from(&mut dp, Dir::Egress, &to_c1, UNMANAGED).0,
+            TCX_NEXT
+        );
+        // Internal networks take nothing from outside in any mode.
+        let mut net = dp.maps.networks.get(&1, 0).unwrap();
+        net.flags |= net_flags::INTERNAL;
+        dp.maps.networks.insert(1, net, 0).unwrap();
+        assert_eq!(run_from(&mut dp, Dir::Egress, &to_c1, UNMANAGED).0, SHOT);
     });
 }

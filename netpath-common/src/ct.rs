@@ -93,6 +93,18 @@ pub mod ct_flags {
     pub const SNAT: u32 = 1 << 3;
     /// Destination NAT flow (a published port).
     pub const DNAT: u32 = 1 << 4;
+    /// Started from outside the host straight at a container's address
+    /// (a routed network's published container port, ICMP echo): tracked,
+    /// not translated.
+    pub const INBOUND: u32 = 1 << 5;
+
+    /// Whether the flow's first packet came towards a container (a
+    /// published port, or [`INBOUND`]): its ORIGINAL direction is handled
+    /// at ingress hooks, its REPLY direction at egress hooks.
+    #[inline(always)]
+    pub const fn inbound(flags: u32) -> bool {
+        flags & (DNAT | INBOUND) != 0
+    }
 }
 
 /// TCP connection states, [`CtEntry4::state`] (0 for other protocols).

@@ -13,6 +13,10 @@
 
 pub mod csum;
 pub mod ct;
+pub mod drop;
+pub mod filter;
+
+pub use drop::DropReason;
 
 /// Names of the pinned maps (the `#[map]` item names in `netpath-ebpf`).
 pub mod map_names {
@@ -47,8 +51,18 @@ pub mod map_names {
     /// Container IPv4 address -> [`Endpoint`](crate::Endpoint): where the
     /// fast path delivers a container's packets.
     pub const ENDPOINTS4: &str = "NP_ENDPOINTS4";
+    /// LPM trie: [`FilterKey4`](crate::filter::FilterKey4) ->
+    /// [`FilterRule`](crate::filter::FilterRule): the filter rules (`netpath filter`).
+    pub const FILTER4: &str = "NP_FILTER4";
+    /// Array of one [`FilterInfo`](crate::filter::FilterInfo): which rule groups exist.
+    pub const FILTER_INFO: &str = "NP_FILTER_INFO";
+    /// [`TargetKey4`](crate::TargetKey4) -> number of mappings: the container
+    /// ports some published port leads to (what routed mode lets in directly).
+    pub const TARGETS4: &str = "NP_TARGETS4";
+    /// [`VlanKey`](crate::VlanKey) -> 1: VLANs the host terminates on an uplink.
+    pub const VLANS: &str = "NP_VLANS";
     /// All pinned map names, for tooling that walks the pin directory.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 17] = [
         ENDPOINTS4,
         IFACES,
         NETWORKS,
@@ -62,6 +76,10 @@ pub mod map_names {
         HOSTADDRS4,
         HOST,
         SOCK_REVNAT4,
+        FILTER4,
+        FILTER_INFO,
+        TARGETS4,
+        VLANS,
     ];
 }
 
@@ -154,6 +172,61 @@ pub mod net_flags {
     /// Brought up by `netpath docker` from a dockerd network (so it goes
     /// when that network goes).
     pub const DOCKER: u32 = 1 << 5;
+    /// Gateway mode `routed` (see [`GatewayMode`](crate::GatewayMode)).
+    pub const GW_ROUTED: u32 = 1 << 6;
+    /// Gateway mode `nat-unprotected` (see [`GatewayMode`](crate::GatewayMode)).
+    pub const GW_UNPROTECTED: u32 = 1 << 7;
+}
+
+/// What a network lets in from outside the host (Docker 28's
+/// `com.docker.network.bridge.gateway_mode_ipv4`), kept as
+/// [`net_flags`] bits. In every mode the host itself reaches its
+/// containers, and containers of other networks come in only through
+/// published ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GatewayMode {
+    /// Replies to the containers' own flows and published ports reached
+    /// through a host address; nothing else.
+    Nat,
+    /// Docker's old behaviour: anything routed to a container reaches it.
+    NatUnprotected,
+    /// No masquerade. Also: published container ports reached at the
+    /// container's own address, and ICMP echo.
+    Routed,
+}
+
+impl GatewayMode {
+    pub const ALL: [Self; 3] = [Self::Nat, Self::NatUnprotected, Self::Routed];
+    /// The [`net_flags`] bits that encode the mode.
+    pub const MASK: u32 = net_flags::GW_ROUTED | net_flags::GW_UNPROTECTED;
+
+    #[inline(always)]
+    pub const fn from_flags(flags: u32) -> Self {
+        if flags & net_flags::GW_ROUTED != 0 {
+            Self::Routed
+        } else if flags & net_flags::GW_UNPROTECTED != 0 {
+            Self::NatUnprotected
+        } else {
+            Self::Nat
+        }
+    }
+
+    pub const fn flags(self) -> u32 {
+        match self {
+            Self::Nat => 0,
+            Self::NatUnprotected => net_flags::GW_UNPROTECTED,
+            Self::Routed => net_flags::GW_ROUTED,
+        }
+    }
+
+    /// Spelled as Docker spells it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Nat => "nat",
+            Self::NatUnprotected => "nat-unprotected",
+            Self::Routed => "routed",
+        }
+    }
 }
 
 /// Who made an entry of `NP_PUBLISH4` (`PubVal4::owner`) or `NP_LEASES4`
@@ -251,6 +324,32 @@ pub struct PubVal4 {
     pub id: u32,
 }
 
+/// Key of `NP_TARGETS4`: a container port that a published port leads to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct TargetKey4 {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Key of `NP_VLANS`: a VLAN id on an uplink that has a VLAN device.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct VlanKey {
+    /// The uplink (the VLAN device's lower device).
+    pub ifindex: u32,
+    /// The VLAN id (12 bits), host byte order.
+    pub vid: u16,
+    pub _pad: u16,
+}
+
+/// Maximum VLAN devices on uplinks netpath follows.
+pub const MAX_VLANS: u32 = 4096;
+
 /// Maximum published ports (each port of a range counts) per namespace.
 pub const MAX_PUBLISH: u32 = 65536 * 2;
 /// Maximum IPv4 addresses of the namespace netpath tracks.
@@ -314,6 +413,8 @@ pub mod counter_scope {
     pub const NETWORK: u16 = 2;
     /// `id` is a published port's [`PubVal4::id`](crate::PubVal4).
     pub const PUBLISH: u16 = 3;
+    /// `id` is a filter rule's [`FilterRule::id`](crate::filter::FilterRule).
+    pub const FILTER: u16 = 4;
 }
 
 /// Kinds of counters. New kinds may be added; existing values never change.
@@ -340,6 +441,8 @@ pub mod counter_kind {
     pub const PUB_IN: u16 = 32;
     /// Published port: packets back from the container.
     pub const PUB_OUT: u16 = 33;
+    /// Filter rule: new flows it decided.
+    pub const FILTER_HITS: u16 = 48;
     /// Network: packets dropped, one kind per [`DropReason`](crate::DropReason)
     /// (`DROP_BASE + reason`).
     pub const DROP_BASE: u16 = 256;
@@ -357,86 +460,13 @@ pub mod counter_kind {
             NET_REV_DNAT => "rev_dnat",
             PUB_IN => "in",
             PUB_OUT => "out",
+            FILTER_HITS => "hits",
             k if k > DROP_BASE => match crate::DropReason::from_u16(k - DROP_BASE) {
                 Some(r) => r.as_str(),
                 None => "drop_unknown",
             },
             _ => "unknown",
         }
-    }
-}
-
-/// Why the datapath dropped a packet. Counted per network under the counter
-/// kind `counter_kind::DROP_BASE + reason`; values never change.
-#[repr(u16)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropReason {
-    /// A container packet must be masqueraded but the uplink has no IPv4 address.
-    NatNoAddress = 1,
-    /// Every candidate source port for the external tuple was taken.
-    NatPortsExhausted = 2,
-    /// A container packet that must be masqueraded could not be parsed
-    /// (truncated or malformed headers); sending it untranslated would leak
-    /// the container address.
-    Malformed = 3,
-    /// The conntrack entry could not be written (map error other than a race).
-    CtInsertFailed = 4,
-    /// A container addressed a container of another managed network.
-    Isolation = 5,
-    /// A container addressed a container of its own network with ICC off.
-    Icc = 6,
-    /// Traffic of an internal network to or from outside its subnet.
-    Internal = 7,
-    /// A container sent with an IPv4 source (or ARP sender) not its own.
-    SpoofedSource = 8,
-    /// A container sent with a MAC source (or ARP sender) not its own.
-    SpoofedMac = 9,
-}
-
-impl DropReason {
-    pub const ALL: [Self; 9] = [
-        Self::NatNoAddress,
-        Self::NatPortsExhausted,
-        Self::Malformed,
-        Self::CtInsertFailed,
-        Self::Isolation,
-        Self::Icc,
-        Self::Internal,
-        Self::SpoofedSource,
-        Self::SpoofedMac,
-    ];
-
-    pub const fn from_u16(v: u16) -> Option<Self> {
-        match v {
-            1 => Some(Self::NatNoAddress),
-            2 => Some(Self::NatPortsExhausted),
-            3 => Some(Self::Malformed),
-            4 => Some(Self::CtInsertFailed),
-            5 => Some(Self::Isolation),
-            6 => Some(Self::Icc),
-            7 => Some(Self::Internal),
-            8 => Some(Self::SpoofedSource),
-            9 => Some(Self::SpoofedMac),
-            _ => None,
-        }
-    }
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::NatNoAddress => "drop_nat_no_address",
-            Self::NatPortsExhausted => "drop_nat_ports_exhausted",
-            Self::Malformed => "drop_malformed",
-            Self::CtInsertFailed => "drop_ct_insert_failed",
-            Self::Isolation => "drop_isolation",
-            Self::Icc => "drop_icc",
-            Self::Internal => "drop_internal",
-            Self::SpoofedSource => "drop_spoofed_source",
-            Self::SpoofedMac => "drop_spoofed_mac",
-        }
-    }
-
-    pub const fn counter_kind(self) -> u16 {
-        counter_kind::DROP_BASE + self as u16
     }
 }
 
@@ -550,9 +580,15 @@ impl Counter {
 mod user {
     use super::{
         Config, Counter, CounterKey, Endpoint, HostInfo, IfaceInfo, Lease, LeaseKey, NetworkInfo,
-        PubKey4, PubVal4, SockRevKey, SockRevVal,
+        PubKey4, PubVal4, SockRevKey, SockRevVal, TargetKey4, VlanKey,
         ct::{CtEntry4, CtKey4, FragKey4, FragPorts},
+        filter::{FilterData, FilterInfo, FilterRule},
     };
+    unsafe impl aya::Pod for TargetKey4 {}
+    unsafe impl aya::Pod for VlanKey {}
+    unsafe impl aya::Pod for FilterData {}
+    unsafe impl aya::Pod for FilterInfo {}
+    unsafe impl aya::Pod for FilterRule {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for HostInfo {}

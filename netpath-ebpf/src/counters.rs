@@ -10,13 +10,13 @@ use crate::maps::NP_COUNTERS;
 #[inline(always)]
 pub fn count(scope: u16, id: u32, kind: u16, bytes: u32) {
     let key = CounterKey { id, scope, kind };
-    let ptr = match NP_COUNTERS.get_ptr_mut(&key) {
+    let ptr = match NP_COUNTERS.get_ptr_mut(key) {
         Some(ptr) => ptr,
         None => {
             // Another CPU may win the insert: NOEXIST failing is fine, the
             // lookup below then finds its (per-CPU, so still ours) slot.
-            let _ = NP_COUNTERS.insert(&key, &Counter::default(), BPF_NOEXIST as u64);
-            match NP_COUNTERS.get_ptr_mut(&key) {
+            let _ = NP_COUNTERS.insert(key, Counter::default(), BPF_NOEXIST as u64);
+            match NP_COUNTERS.get_ptr_mut(key) {
                 Some(ptr) => ptr,
                 None => return,
             }

@@ -148,7 +148,7 @@ pub fn ct_keep_partner4(key: &CtKey4, e: *mut CtEntry4) -> bool {
             return true;
         }
     } else {
-        match NP_CT4.insert(&e.peer, &partner_entry(key, &e), BPF_NOEXIST as u64) {
+        match NP_CT4.insert(e.peer, partner_entry(key, &e), BPF_NOEXIST as u64) {
             Ok(()) => return true,
             Err(err) if err == EEXIST => {}
             // Could not write it now: try again on the next refresh.
@@ -229,7 +229,7 @@ pub fn ct_create4(
             let port = min + (start + i) % span;
             reply.dport_be = (port as u16).to_be();
         }
-        match NP_CT4.insert(&reply, &partner_entry(orig, &oentry), BPF_NOEXIST as u64) {
+        match NP_CT4.insert(reply, partner_entry(orig, &oentry), BPF_NOEXIST as u64) {
             Ok(()) => {
                 claimed = true;
                 break;
@@ -246,10 +246,10 @@ pub fn ct_create4(
     if !dnat {
         oentry.nat_port_be = reply.dport_be;
     }
-    if NP_CT4.insert(orig, &oentry, BPF_NOEXIST as u64).is_err() {
+    if NP_CT4.insert(orig, oentry, BPF_NOEXIST as u64).is_err() {
         // Lost a race with another CPU creating the same flow: give our
         // claimed tuple back and use the winner's entry.
-        let _ = NP_CT4.remove(&reply);
+        let _ = NP_CT4.remove(reply);
     }
     ct_lookup4(orig).ok_or(DropReason::CtInsertFailed)
 }

@@ -18,8 +18,9 @@ use netpath_common::{IfaceRole, counter_kind, counter_scope, net_flags};
 
 use crate::{
     counters::count,
-    maps::{NP_ENDPOINTS4, NP_IFACES, NP_NETWORKS},
-    parse::{Ip4, L3},
+    lookup::{iface, network},
+    maps::NP_ENDPOINTS4,
+    parse::{Ip4, L3, ip4_off},
 };
 
 const AF_INET: u8 = 2;
@@ -28,15 +29,15 @@ const AF_INET: u8 = 2;
 /// expire here (the kernel then sends the ICMP error).
 #[inline(always)]
 fn forward_ttl(ctx: &TcContext) -> Option<()> {
-    // TTL and protocol share one 16-bit word at offset 8.
-    let word: [u8; 2] = ctx.load(L3 + 8).ok()?;
+    // TTL and protocol share one 16-bit word.
+    let word: [u8; 2] = ctx.load(L3 + ip4_off::TTL).ok()?;
     if word[0] <= 1 {
         return None;
     }
     let old = u16::from_ne_bytes(word);
     let new = u16::from_ne_bytes([word[0] - 1, word[1]]);
-    ctx.store(L3 + 8, &new, 0).ok()?;
-    ctx.l3_csum_replace(L3 + 10, u64::from(old), u64::from(new), 2)
+    ctx.store(L3 + ip4_off::TTL, &new, 0).ok()?;
+    ctx.l3_csum_replace(L3 + ip4_off::CHECK, u64::from(old), u64::from(new), 2)
         .ok()
 }
 
@@ -47,9 +48,9 @@ pub fn to_container4(ctx: &TcContext, ip: &Ip4, daddr: u32) -> Option<i32> {
     if ip.is_fragment() {
         return None;
     }
-    // SAFETY: values are Copy and read at once.
-    let ep = unsafe { NP_ENDPOINTS4.get(&daddr) }.copied()?;
-    let net = unsafe { NP_NETWORKS.get(&ep.net_id) }.copied()?;
+    // SAFETY: the value is Copy and read at once.
+    let ep = unsafe { NP_ENDPOINTS4.get(daddr) }.copied()?;
+    let net = network(ep.net_id)?;
     if net.flags & net_flags::INTERNAL != 0 {
         return None;
     }
@@ -80,7 +81,7 @@ pub fn to_container4(ctx: &TcContext, ip: &Ip4, daddr: u32) -> Option<i32> {
 /// A container's packet for outside the managed networks and the host:
 /// routed here and sent out of its uplink. `None`: the normal path.
 #[inline(always)]
-pub fn to_uplink4(ctx: &TcContext, ip: &Ip4, bridge_ifindex: u32, tot_len: u16) -> Option<i32> {
+pub fn to_uplink4(ctx: &TcContext, ip: &Ip4, bridge_ifindex: u32) -> Option<i32> {
     if ip.is_fragment() {
         return None;
     }
@@ -89,7 +90,7 @@ pub fn to_uplink4(ctx: &TcContext, ip: &Ip4, bridge_ifindex: u32, tot_len: u16) 
     p.family = AF_INET;
     p.l4_protocol = ip.proto;
     p.ifindex = bridge_ifindex;
-    p.__bindgen_anon_1.tot_len = tot_len;
+    p.__bindgen_anon_1.tot_len = ip.tot_len;
     p.__bindgen_anon_3.ipv4_src = ip.saddr;
     p.__bindgen_anon_4.ipv4_dst = ip.daddr;
     // SAFETY: the helper takes the skb context and a struct of its size.
@@ -105,8 +106,7 @@ pub fn to_uplink4(ctx: &TcContext, ip: &Ip4, bridge_ifindex: u32, tot_len: u16) 
         return None;
     }
     // Only through an uplink, where the egress program translates.
-    // SAFETY: value is Copy and read at once.
-    let out = unsafe { NP_IFACES.get(&p.ifindex) }.copied()?;
+    let out = iface(p.ifindex)?;
     if out.role != IfaceRole::Uplink as u32 {
         return None;
     }

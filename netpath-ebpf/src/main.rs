@@ -9,11 +9,23 @@
 mod counters;
 mod ct;
 mod fastpath;
+mod filter;
+mod flow;
+mod frag;
+mod guard;
+mod icmp;
+mod inbound;
 mod isolate;
+mod lookup;
 mod maps;
 mod nat;
 mod parse;
+mod port;
+mod publish;
+mod rewrite;
 mod sock;
+mod spoof;
+mod uplink;
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
@@ -74,15 +86,15 @@ fn handle(ctx: &TcContext, dir: Dir) -> Result<i32, i32> {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // An interface netpath does not (or no longer) manage: not ours to judge.
     // SAFETY: the value is Copy and read at once.
-    let Some(iface) = (unsafe { NP_IFACES.get(&ifindex) }).copied() else {
+    let Some(iface) = (unsafe { NP_IFACES.get(ifindex) }).copied() else {
         return Ok(TCX_NEXT);
     };
     account(ctx, dir, ifindex, &iface);
     Ok(match (IfaceRole::from_u32(iface.role), dir) {
-        (Some(IfaceRole::Uplink), Dir::Egress) => nat::nat4_egress(ctx, &iface),
-        (Some(IfaceRole::Uplink), Dir::Ingress) => nat::nat4_ingress(ctx),
-        (Some(IfaceRole::Port), Dir::Ingress) => isolate::port_ingress(ctx, ifindex, &iface),
-        (Some(IfaceRole::Port), Dir::Egress) => isolate::port_egress(ctx, &iface),
+        (Some(IfaceRole::Uplink), Dir::Egress) => nat::egress(ctx, &iface),
+        (Some(IfaceRole::Uplink), Dir::Ingress) => uplink::ingress(ctx, ifindex),
+        (Some(IfaceRole::Port), Dir::Ingress) => port::ingress(ctx, ifindex, &iface),
+        (Some(IfaceRole::Port), Dir::Egress) => port::egress(ctx, &iface),
         _ => TCX_NEXT,
     })
 }

@@ -8,9 +8,10 @@ use aya_ebpf::{
 };
 use netpath_common::{
     Config, Counter, CounterKey, Endpoint, HostInfo, IfaceInfo, Lease, LeaseKey, MAX_COUNTERS,
-    MAX_HOSTADDRS, MAX_IFACES, MAX_LEASES, MAX_NETWORKS, MAX_PUBLISH, NetworkInfo, PubKey4,
-    PubVal4, SockRevKey, SockRevVal,
+    MAX_HOSTADDRS, MAX_IFACES, MAX_LEASES, MAX_NETWORKS, MAX_PUBLISH, MAX_VLANS, NetworkInfo,
+    PubKey4, PubVal4, SockRevKey, SockRevVal, TargetKey4, VlanKey,
     ct::{CtEntry4, CtKey4, FragKey4, FragPorts, MAX_CT4, MAX_FRAG4},
+    filter::{FilterData, FilterInfo, FilterRule, MAX_FILTERS},
 };
 
 /// ifindex -> role and network of every interface netpath attached to.
@@ -70,3 +71,21 @@ pub static NP_SOCK_REVNAT4: LruHashMap<SockRevKey, SockRevVal> = LruHashMap::pin
 /// `connect` and reconcile).
 #[map]
 pub static NP_ENDPOINTS4: HashMap<u32, Endpoint> = HashMap::pinned(MAX_IFACES, 0);
+
+/// Filter rules: (group, selectors, client prefix) -> verdict (`netpath filter`).
+#[map]
+pub static NP_FILTER4: LpmTrie<FilterData, FilterRule> = LpmTrie::pinned(MAX_FILTERS, 0);
+
+/// One [`FilterInfo`]: which rule groups have rules (kept by the loader).
+#[map]
+pub static NP_FILTER_INFO: Array<FilterInfo> = Array::pinned(1, 0);
+
+/// Container ports some published port leads to -> number of mappings
+/// (kept by the loader): what a routed network lets in directly.
+#[map]
+pub static NP_TARGETS4: HashMap<TargetKey4, u32> = HashMap::pinned(MAX_PUBLISH, 0);
+
+/// VLANs the host terminates on an uplink (a VLAN device on it), kept by
+/// the loader: tagged frames of any other VLAN are dropped at the uplink.
+#[map]
+pub static NP_VLANS: HashMap<VlanKey, u32> = HashMap::pinned(MAX_VLANS, 0);

@@ -10,13 +10,58 @@ use netpath_common::ct::proto;
 pub const ETH_HLEN: usize = 14;
 /// Offset of the IPv4 header.
 pub const L3: usize = ETH_HLEN;
-const ETH_P_IP_BE: u32 = 0x0800u16.to_be() as u32;
+
+/// Ethertypes netpath tells apart.
+pub mod eth_p {
+    pub const IP: u16 = 0x0800;
+    pub const ARP: u16 = 0x0806;
+    pub const IPV6: u16 = 0x86dd;
+    /// 802.1Q, 802.1ad and the old pre-standard QinQ tag.
+    pub const VLAN: [u16; 3] = [0x8100, 0x88a8, 0x9100];
+}
+
+/// Ethernet header field offsets.
+pub mod eth_off {
+    pub const SRC: usize = 6;
+    pub const PROTO: usize = 12;
+}
 
 /// IPv4 header field offsets (from the start of the IP header).
 pub mod ip4_off {
+    /// TTL, then the protocol: one 16-bit word.
+    pub const TTL: usize = 8;
     pub const CHECK: usize = 10;
     pub const SADDR: usize = 12;
     pub const DADDR: usize = 16;
+}
+
+/// The ethertype in the frame itself (after any tag the kernel took off).
+#[inline(always)]
+pub fn ethertype(ctx: &TcContext) -> Option<u16> {
+    ctx.load::<u16>(eth_off::PROTO).ok().map(u16::from_be)
+}
+
+/// Whether the frame is an untagged IPv4 frame: no tag the kernel took off
+/// (a packet of a VLAN device on this one carries its tag that way on the
+/// way out) and IPv4 in the frame itself.
+#[inline(always)]
+pub fn is_plain_ipv4(ctx: &TcContext) -> bool {
+    stripped_vlan(ctx).is_none() && ethertype(ctx) == Some(eth_p::IP)
+}
+
+/// Whether `t` is a VLAN tag's ethertype.
+#[inline(always)]
+pub fn is_vlan(t: u16) -> bool {
+    t == eth_p::VLAN[0] || t == eth_p::VLAN[1] || t == eth_p::VLAN[2]
+}
+
+/// The VLAN id of the tag the kernel took off the frame on receive
+/// (`skb->vlan_present`), if it had one.
+#[inline(always)]
+pub fn stripped_vlan(ctx: &TcContext) -> Option<u16> {
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    let (present, tci) = unsafe { ((*ctx.skb.skb).vlan_present, (*ctx.skb.skb).vlan_tci) };
+    (present != 0).then_some(tci as u16 & 0x0fff)
 }
 
 const IP_MF: u16 = 0x2000;
@@ -70,16 +115,21 @@ struct RawIp4 {
     daddr: u32,
 }
 
-/// Whether the frame is IPv4 (by the skb's protocol, so VLAN-offloaded frames
-/// count too).
+/// Parses the packet's own IPv4 header (at [`L3`]): `None` when it is cut
+/// short or inconsistent, or when its total length is below its header's
+/// or beyond the frame (the kernel's `ip_rcv` drops those too).
 #[inline(always)]
-pub fn is_ipv4(ctx: &TcContext) -> bool {
-    // SAFETY: the context pointer is valid for the program's lifetime.
-    unsafe { (*ctx.skb.skb).protocol == ETH_P_IP_BE }
+pub fn ipv4(ctx: &TcContext) -> Option<Ip4> {
+    let ip = ipv4_at(ctx, L3)?;
+    if usize::from(ip.tot_len) > (ctx.len() as usize).saturating_sub(L3) {
+        return None;
+    }
+    Some(ip)
 }
 
-/// Parses the IPv4 header at `off` (the outer one at [`L3`], or one quoted in
-/// an ICMP error). `None` when it is cut short or inconsistent.
+/// Parses an IPv4 header at `off` (the packet's own, see [`ipv4`], or one
+/// quoted in an ICMP error, which is cut short by design). `None` when it
+/// is cut short or inconsistent.
 #[inline(always)]
 pub fn ipv4_at(ctx: &TcContext, off: usize) -> Option<Ip4> {
     let raw: RawIp4 = ctx.load(off).ok()?;

@@ -3,19 +3,28 @@
 //! `sendmsg()` to a published host address:port (or to any loopback
 //! address for ports published on every address) go straight to the
 //! container; `getpeername()` and UDP `recvmsg()` show the address that was
-//! dialled. Only sockets of the namespace netpath manages are touched (its
-//! netns cookie is in `NP_HOST`); every other socket passes as it is.
+//! dialled. The filter rules apply (a refused `connect()` or `sendmsg()`
+//! fails with EPERM). Only sockets of the namespace netpath manages are
+//! touched (its netns cookie is in `NP_HOST`); every other socket passes as
+//! it is.
 
 use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockAddrContext,
 };
-use netpath_common::{PubKey4, PubVal4, SockRevKey, SockRevVal, ct::proto};
+use netpath_common::{SockRevKey, SockRevVal, counter_scope, ct::proto};
 
-use crate::maps::{NP_HOST, NP_HOSTADDRS4, NP_PUBLISH4, NP_SOCK_REVNAT4};
+use crate::{
+    counters::count,
+    filter::{self, Flow},
+    lookup::published,
+    maps::{NP_HOST, NP_SOCK_REVNAT4},
+};
 
-/// Let the call proceed (the hooks never refuse one).
+/// Let the call proceed.
 pub const ALLOW: i32 = 1;
+/// Refuse it (EPERM).
+pub const REFUSE: i32 = 0;
 
 /// Whether the socket lives in the managed namespace.
 #[inline(always)]
@@ -28,25 +37,14 @@ fn managed(ctx: &SockAddrContext) -> bool {
     host.netns_cookie != 0 && cookie == host.netns_cookie
 }
 
-/// The published port `addr:port` (network byte order) leads to, if any.
+/// The client address of a host socket, for the filter rules: the one it
+/// is bound to, else the one it dialled (a host or loopback address, which
+/// the kernel picks as the source for those).
 #[inline(always)]
-fn published(addr: u32, port: u16, proto_nr: u8) -> Option<PubVal4> {
-    let mut key = PubKey4 {
-        addr_be: addr,
-        port_be: port,
-        proto: proto_nr,
-        _pad: 0,
-    };
-    // SAFETY: values are Copy and read at once.
-    if let Some(v) = unsafe { NP_PUBLISH4.get(&key) } {
-        return Some(*v);
-    }
-    let loopback = u32::from_be(addr) >> 24 == 127;
-    if !loopback && NP_HOSTADDRS4.get_ptr(&addr).is_none() {
-        return None;
-    }
-    key.addr_be = 0;
-    unsafe { NP_PUBLISH4.get(&key) }.copied()
+fn client_addr(ctx: &SockAddrContext, dialled: u32) -> u32 {
+    // SAFETY: `sk` is the (non-null) socket of the call, readable in these hooks.
+    let bound = unsafe { (*(*ctx.sock_addr).__bindgen_anon_1.sk).src_ip4 };
+    if bound != 0 { bound } else { dialled }
 }
 
 /// `connect4` and `sendmsg4`: redirect a published destination.
@@ -62,9 +60,21 @@ pub fn redirect4(ctx: &SockAddrContext) -> i32 {
     if proto_nr != proto::TCP && proto_nr != proto::UDP {
         return ALLOW;
     }
-    let Some(target) = published(addr, port, proto_nr) else {
+    let Some(target) = published(addr, port, proto_nr, true) else {
         return ALLOW;
     };
+    let flow = Flow {
+        src_be: client_addr(ctx, addr),
+        net_id: target.net_id,
+        proto: proto_nr,
+        host_port_be: port,
+        to_be: target.target_be,
+        to_port_be: target.target_port_be,
+    };
+    if let Err(r) = filter::admit(&flow) {
+        count(counter_scope::NETWORK, target.net_id, r.counter_kind(), 0);
+        return REFUSE;
+    }
     // SAFETY: as above.
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
     let key = SockRevKey {
@@ -78,7 +88,7 @@ pub fn redirect4(ctx: &SockAddrContext) -> i32 {
         port_be: port,
         _pad: 0,
     };
-    let _ = NP_SOCK_REVNAT4.insert(&key, &val, 0);
+    let _ = NP_SOCK_REVNAT4.insert(key, val, 0);
     // SAFETY: user_ip4 and user_port are writable in these hooks.
     unsafe {
         (*sa).user_ip4 = target.target_be;
@@ -109,7 +119,7 @@ pub fn reverse4(ctx: &SockAddrContext) -> i32 {
         _pad: 0,
     };
     // SAFETY: value is Copy and read at once.
-    if let Some(orig) = unsafe { NP_SOCK_REVNAT4.get(&key) }.copied() {
+    if let Some(orig) = unsafe { NP_SOCK_REVNAT4.get(key) }.copied() {
         // SAFETY: writable in these hooks.
         unsafe {
             (*sa).user_ip4 = orig.addr_be;

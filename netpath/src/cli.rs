@@ -1,6 +1,17 @@
 //! The command line: `netpath [--netns NAME] COMMAND …`.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, builder::TypedValueParser as _};
+use netpath_common::GatewayMode;
+
+/// `--gateway-mode`: Docker's spellings, listed in `--help`.
+fn gateway_mode() -> impl clap::builder::TypedValueParser<Value = GatewayMode> {
+    clap::builder::PossibleValuesParser::new(GatewayMode::ALL.map(GatewayMode::as_str)).map(|s| {
+        GatewayMode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .unwrap_or(GatewayMode::Nat)
+    })
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -74,6 +85,14 @@ pub enum Command {
     /// Show or flush the conntrack table, or set its timeouts and NAT port range.
     #[command(subcommand)]
     Conntrack(ConntrackCmd),
+    /// Filter rules (netpath's DOCKER-USER): allow or deny new inbound flows
+    /// to published ports (from outside, from containers, from host
+    /// processes) and to routed networks' container ports, by client
+    /// address, host port, container and network. The most specific rule
+    /// wins: the longest --from prefix, then a rule naming the container
+    /// address, its port, the host port, the network. No match allows.
+    #[command(subcommand)]
+    Filter(FilterCmd),
     /// Run this namespace's daemon in the foreground: sweeps expired conntrack
     /// flows every second and re-applies the networks when links or addresses
     /// change. `up` starts it in the background (log and pid file in
@@ -139,6 +158,12 @@ pub struct UpCmd {
     /// Internal network: no traffic to or from outside the subnet, no masquerade.
     #[arg(long)]
     pub internal: bool,
+    /// What reaches containers from outside the host (Docker's
+    /// gateway_mode_ipv4): nat (replies and published ports through a host
+    /// address only), routed (no masquerade; published container ports and
+    /// ping also at the container's address), nat-unprotected (everything).
+    #[arg(long, value_name = "MODE", default_value = "nat", value_parser = gateway_mode())]
+    pub gateway_mode: GatewayMode,
     /// cgroup v2 directory the socket hooks attach to (host processes reaching
     /// published ports); they act only on sockets of this network namespace
     /// [default: the cgroup v2 root].
@@ -256,5 +281,59 @@ pub enum NetworkCmd {
         /// Inter-container communication on this bridge.
         #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
         icc: Option<bool>,
+        /// What reaches containers from outside the host (see `up`).
+        #[arg(long, value_name = "MODE", value_parser = gateway_mode())]
+        gateway_mode: Option<GatewayMode>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FilterCmd {
+    /// Add a rule.
+    Add {
+        #[command(flatten)]
+        sel: SelectorArgs,
+        /// allow or deny.
+        verdict: crate::filter::Verdict,
+    },
+    /// Delete the rule with exactly these selectors.
+    Del {
+        #[command(flatten)]
+        sel: SelectorArgs,
+    },
+    /// List the rules, most specific first, with the flows each decided.
+    #[command(alias = "ls")]
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What a filter rule selects new flows by; unset selectors match all.
+#[derive(Debug, Args)]
+pub struct SelectorArgs {
+    /// The network (its bridge) the flow goes to.
+    #[arg(long, value_name = "NAME")]
+    pub network: Option<String>,
+    /// The client's address (a CIDR or one address).
+    #[arg(long, value_name = "CIDR", value_parser = crate::filter::parse_cidr)]
+    pub from: Option<ipnet::Ipv4Net>,
+    /// The published host port the flow comes through (tcp by default).
+    #[arg(long, value_name = "HOSTPORT[/PROTO]", value_parser = crate::filter::parse_host_port)]
+    pub port: Option<crate::filter::HostPort>,
+    /// The container (and its port) the flow goes to.
+    #[arg(long, value_name = "CONTAINER_IP[:PORT]", value_parser = crate::filter::parse_target)]
+    pub to: Option<crate::filter::Target>,
+}
+
+impl SelectorArgs {
+    pub fn selectors(self) -> crate::filter::Selectors {
+        crate::filter::Selectors {
+            network: self.network,
+            from: self.from,
+            port: self.port,
+            to: self.to,
+        }
+    }
 }

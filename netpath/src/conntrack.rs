@@ -84,9 +84,12 @@ pub struct Flow {
     /// A reply has been seen (`conntrack -L` prints `[UNREPLIED]` otherwise).
     pub seen_reply: bool,
     pub network: u32,
-    /// "snat" (masquerade), "dnat" (a published port) or "dnat+snat" (a
-    /// published port reached from its own network).
+    /// "snat" (masquerade), "dnat" (a published port), "dnat+snat" (a
+    /// published port reached from its own network) or "none" (tracked,
+    /// not translated).
     pub nat: String,
+    #[serde(skip)]
+    flags: u32,
     #[serde(skip)]
     keys: (CtKey4, CtKey4),
     #[serde(skip)]
@@ -146,9 +149,13 @@ pub fn flows(maps: &Maps, cfg: &Config, now_ns: u64) -> Result<Vec<Flow>> {
             nat: match (e.flags & ct_flags::DNAT != 0, e.flags & ct_flags::SNAT != 0) {
                 (true, true) => "dnat+snat",
                 (true, false) => "dnat",
-                _ => "snat",
+                (false, true) => "snat",
+                // Tracked only (a network that keeps its addresses, a
+                // routed network's inbound flow).
+                (false, false) => "none",
             }
             .to_owned(),
+            flags: e.flags,
             keys: (orig_key, reply_key),
             expired: age > timeout_ns,
         });
@@ -210,7 +217,7 @@ impl Filter {
             })
             && self.network.is_none_or(|n| f.network == n)
             && self.published.is_none_or(|(a, p, pr)| {
-                f.nat.starts_with("dnat")
+                f.flags & ct_flags::DNAT != 0
                     && f.proto_nr == pr
                     && f.original.dport == p
                     && (a.is_unspecified() || f.original.dst == a)

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod docker;
 pub mod dockerlab;
 pub mod endpoint;
+pub mod filter;
 pub mod netns;
 pub mod ops;
 pub mod plan;
@@ -19,7 +20,9 @@ pub mod plumbing;
 pub mod publish;
 pub mod sockhooks;
 pub mod state;
+pub mod status;
 pub mod sys;
+pub mod table;
 pub mod topology;
 
 /// The kernel programs, built from `netpath-ebpf` by build.rs.

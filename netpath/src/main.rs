@@ -4,9 +4,10 @@ use anyhow::{Result, bail};
 use clap::Parser as _;
 use netpath::{
     attach::Attach,
-    cli::{Cli, Command, ConntrackCmd, NetworkCmd},
-    conntrack, daemon, demo, endpoint, netns, ops, publish,
+    cli::{Cli, Command, ConntrackCmd, FilterCmd, NetworkCmd},
+    conntrack, daemon, demo, endpoint, filter, netns, ops, publish,
     state::{self, Maps},
+    status,
 };
 
 fn main() -> ExitCode {
@@ -22,7 +23,13 @@ fn main() -> ExitCode {
                 .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
                 .collect();
             eprintln!("netpath: {} (see `netpath --help`)", problem.join(" "));
-            return ExitCode::from(2);
+            // A bad value is bad input (1, like every other refusal); a
+            // command line that does not parse is a usage error (2).
+            let bad_value = matches!(
+                e.kind(),
+                clap::error::ErrorKind::InvalidValue | clap::error::ErrorKind::ValueValidation
+            );
+            return ExitCode::from(if bad_value { 1 } else { 2 });
         }
     };
     match run(cli) {
@@ -84,6 +91,7 @@ fn run(cli: Cli) -> Result<()> {
                     masquerade: up.masquerade,
                     icc: up.icc,
                     internal: up.internal,
+                    gateway_mode: up.gateway_mode,
                     cgroup: up.cgroup,
                     docker: false,
                 };
@@ -177,7 +185,7 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
             Command::Status { json } => {
-                let s = ops::status().await?;
+                let s = status::status().await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&s)?);
                 } else {
@@ -240,16 +248,24 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{netns} disconnected from {bridge} ({addr} is free)");
                 Ok(())
             }
-            Command::Network(NetworkCmd::Set { bridge, icc }) => {
-                if icc.is_none() {
-                    bail!("nothing to set: give --icc=true or --icc=false");
+            Command::Network(NetworkCmd::Set {
+                bridge,
+                icc,
+                gateway_mode,
+            }) => {
+                if icc.is_none() && gateway_mode.is_none() {
+                    bail!("nothing to set: give --icc=BOOL or --gateway-mode=MODE");
                 }
-                ops::network_set(&bridge, icc)?;
+                ops::network_set(&bridge, icc, gateway_mode)?;
                 if let Some(icc) = icc {
                     println!("network {bridge}: icc {}", if icc { "on" } else { "off" });
                 }
+                if let Some(m) = gateway_mode {
+                    println!("network {bridge}: gateway mode {}", m.as_str());
+                }
                 Ok(())
             }
+            Command::Filter(cmd) => filter_cmd(cmd),
             Command::Daemon { interval_ms } => {
                 daemon::run(daemon::Options {
                     netns: netns_name,
@@ -260,6 +276,28 @@ fn run(cli: Cli) -> Result<()> {
             Command::Demo | Command::Bench { .. } => unreachable!("handled above"),
         }
     })
+}
+
+fn filter_cmd(cmd: FilterCmd) -> Result<()> {
+    match cmd {
+        FilterCmd::Add { sel, verdict } => match filter::add(&sel.selectors(), verdict)? {
+            filter::Added::New(id) => println!("filter rule {id} added"),
+            filter::Added::Present(id) => println!("filter rule {id} is already there"),
+        },
+        FilterCmd::Del { sel } => {
+            let id = filter::del(&sel.selectors())?;
+            println!("filter rule {id} deleted");
+        }
+        FilterCmd::List { json } => {
+            let rules = filter::list()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rules)?);
+            } else {
+                print!("{}", filter::render(&rules));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn conntrack_cmd(cmd: ConntrackCmd) -> Result<()> {

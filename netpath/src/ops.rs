@@ -4,13 +4,10 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result, bail};
-use netpath_common::{
-    DropReason, IfaceInfo, IfaceRole, counter_kind, counter_scope, iface_flags, net_flags,
-};
-use serde::Serialize;
+use netpath_common::{GatewayMode, IfaceInfo, IfaceRole, counter_scope, iface_flags, net_flags};
 
 use crate::{
-    attach::{Attach, Datapath, attached_program_ids},
+    attach::{Attach, Datapath},
     netns,
     plan::{self, NetworkSpec, Uplinks},
     plumbing::{self, Netlink},
@@ -31,6 +28,8 @@ pub struct UpArgs {
     pub icc: bool,
     /// No traffic to or from outside the subnet.
     pub internal: bool,
+    /// What reaches containers from outside the host.
+    pub gateway_mode: GatewayMode,
     /// cgroup v2 directory for the socket hooks; `None`: the cgroup v2 root.
     pub cgroup: Option<std::path::PathBuf>,
     /// Mirrors a dockerd network (`netpath docker`), which takes it down
@@ -55,7 +54,7 @@ impl UpArgs {
         if self.docker {
             f |= net_flags::DOCKER;
         }
-        f
+        f | self.gateway_mode.flags()
     }
 
     /// Whether the network is up exactly like this already (bridge, subnet,
@@ -74,8 +73,11 @@ impl UpArgs {
 }
 
 /// Network flags that `up` options (and `network set`) control.
-const OPTION_FLAGS: u32 =
-    net_flags::NO_MASQUERADE | net_flags::NO_ICC | net_flags::INTERNAL | net_flags::DOCKER;
+const OPTION_FLAGS: u32 = net_flags::NO_MASQUERADE
+    | net_flags::NO_ICC
+    | net_flags::INTERNAL
+    | net_flags::DOCKER
+    | GatewayMode::MASK;
 
 /// What `up` did, for the user.
 #[derive(Debug, Default)]
@@ -389,6 +391,7 @@ pub async fn reconcile(
         });
     }
     sync_endpoints(&mut dp.maps, &planned)?;
+    sync_vlans(nl, &mut dp.maps, &planned).await?;
     let mut detached = Vec::new();
     for &ifindex in current.keys().filter(|i| !planned.contains_key(i)) {
         detach_iface(state, &mut dp.maps, ifindex)?;
@@ -426,9 +429,14 @@ async fn reapply_with(
     reconcile(nl, state, dp, &uplinks).await
 }
 
-/// `network set BRIDGE --icc=…`: changes a network's options in place; the
-/// datapath reads them per packet, so live containers follow at once.
-pub fn network_set(bridge: &str, icc: Option<bool>) -> Result<NetworkSpec> {
+/// `network set BRIDGE --icc=… --gateway-mode=…`: changes a network's
+/// options in place; the datapath reads them per packet, so live containers
+/// follow at once (flows already admitted stay).
+pub fn network_set(
+    bridge: &str,
+    icc: Option<bool>,
+    gateway_mode: Option<GatewayMode>,
+) -> Result<NetworkSpec> {
     let _lock = state::lock(false)?;
     let (_, mut maps) =
         Maps::open_current().map_err(|e| e.context(format!("no network on bridge {bridge}")))?;
@@ -441,6 +449,9 @@ pub fn network_set(bridge: &str, icc: Option<bool>) -> Result<NetworkSpec> {
         } else {
             info.flags |= net_flags::NO_ICC;
         }
+    }
+    if let Some(m) = gateway_mode {
+        info.flags = info.flags & !GatewayMode::MASK | m.flags();
     }
     maps.networks
         .insert(id, info, 0)
@@ -556,6 +567,45 @@ fn sync_endpoints(maps: &mut Maps, planned: &BTreeMap<u32, plan::Planned>) -> Re
                 .insert(info.ipv4_be, ep, 0)
                 .context("recording an endpoint")?;
         }
+    }
+    Ok(())
+}
+
+/// Keeps `NP_VLANS` equal to the VLAN devices on uplinks: tagged frames
+/// of those VLANs are the host's; an uplink drops every other tag.
+async fn sync_vlans(
+    nl: &Netlink,
+    maps: &mut Maps,
+    planned: &BTreeMap<u32, plan::Planned>,
+) -> Result<()> {
+    let uplink = |i: u32| {
+        planned
+            .get(&i)
+            .is_some_and(|p| p.info.role == IfaceRole::Uplink as u32)
+    };
+    let want: std::collections::BTreeSet<netpath_common::VlanKey> = nl
+        .links()
+        .await?
+        .iter()
+        .filter_map(|l| {
+            let (lower, vid) = (l.peer?, l.vlan_id?);
+            uplink(lower).then_some(netpath_common::VlanKey {
+                ifindex: lower,
+                vid,
+                _pad: 0,
+            })
+        })
+        .collect();
+    let have: Vec<netpath_common::VlanKey> = maps
+        .vlans
+        .keys()
+        .filter_map(std::result::Result::ok)
+        .collect();
+    for k in have.iter().filter(|k| !want.contains(k)) {
+        let _ = maps.vlans.remove(k);
+    }
+    for k in want.iter().filter(|k| !have.contains(k)) {
+        maps.vlans.insert(k, 1, 0).context("recording a VLAN")?;
     }
     Ok(())
 }
@@ -703,6 +753,9 @@ pub async fn down(target: &DownTarget) -> Result<DownReport> {
         if let Err(e) = crate::publish::remove_network(&mut maps, *id) {
             errors.push(e);
         }
+        if let Err(e) = crate::filter::remove_network(&mut maps, *id) {
+            errors.push(e);
+        }
         if let Err(e) = crate::conntrack::flush(&mut maps, &crate::conntrack::Filter::network(*id))
         {
             errors.push(e);
@@ -769,256 +822,4 @@ pub fn combine(errors: Vec<anyhow::Error>) -> Result<()> {
                 .join("; ")
         ),
     }
-}
-
-/// Packets and bytes.
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct Traffic {
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-impl From<netpath_common::Counter> for Traffic {
-    fn from(c: netpath_common::Counter) -> Self {
-        Self {
-            packets: c.packets,
-            bytes: c.bytes,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct NetworkStatus {
-    pub id: u32,
-    pub bridge: String,
-    pub bridge_ifindex: u32,
-    pub subnet: String,
-    pub gateway: String,
-    pub created_bridge: bool,
-    pub masquerade: bool,
-    pub icc: bool,
-    pub internal: bool,
-    pub from_containers: Traffic,
-    pub to_containers: Traffic,
-    /// Packets source-translated on the way out (incl. ICMP errors).
-    pub snat: Traffic,
-    /// Replies, later fragments and ICMP errors translated back.
-    pub rev_snat: Traffic,
-    /// Conntrack flows created.
-    pub ct_new: u64,
-    /// Dropped packets by reason (every reason listed, zero or not).
-    pub drops: BTreeMap<String, u64>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct IfaceStatus {
-    pub ifindex: u32,
-    /// Current name; `None` when the interface no longer exists.
-    pub name: Option<String>,
-    pub role: String,
-    /// Bridge name of the interface's network (bridges and ports).
-    pub network: Option<String>,
-    /// Uplinks: the primary IPv4 address, the masquerade source. Ports: the
-    /// container's address once bound (anti-spoofing).
-    pub address: Option<String>,
-    /// Ports: the container's MAC once bound.
-    pub mac: Option<String>,
-    /// Ports: "connect" (assigned), "docker" (from dockerd's endpoint, by
-    /// `netpath docker`) or "learned" (first packet); none yet otherwise.
-    pub binding: Option<String>,
-    pub ingress_prog_ids: Vec<u32>,
-    pub egress_prog_ids: Vec<u32>,
-    pub ingress: Traffic,
-    pub egress: Traffic,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Status {
-    pub netns_cookie: u64,
-    pub state_dir: String,
-    pub networks: Vec<NetworkStatus>,
-    pub interfaces: Vec<IfaceStatus>,
-}
-
-pub async fn status() -> Result<Status> {
-    let _lock = state::lock(false)?;
-    let state = StateDir::current()?;
-    let mut out = Status {
-        netns_cookie: netns::cookie()?,
-        state_dir: state.root.display().to_string(),
-        networks: Vec::new(),
-        interfaces: Vec::new(),
-    };
-    if !state.exists() {
-        return Ok(out);
-    }
-    let nl = Netlink::new()?;
-    let names = nl.names().await?;
-    let maps = Maps::open(&state)?;
-    let networks = maps.networks()?;
-    let traffic = |scope, id, kind| -> Result<Traffic> {
-        Ok(maps
-            .counter(netpath_common::CounterKey { id, scope, kind })?
-            .into())
-    };
-    for (id, info) in &networks {
-        let spec = NetworkSpec::from_info(info);
-        out.networks.push(NetworkStatus {
-            id: *id,
-            bridge: spec.bridge,
-            bridge_ifindex: info.bridge_ifindex,
-            subnet: spec.subnet.to_string(),
-            gateway: spec.gateway.to_string(),
-            created_bridge: info.flags & net_flags::CREATED_BRIDGE != 0,
-            masquerade: info.flags & net_flags::NO_MASQUERADE == 0,
-            icc: info.flags & net_flags::NO_ICC == 0,
-            internal: info.flags & net_flags::INTERNAL != 0,
-            snat: traffic(counter_scope::NETWORK, *id, counter_kind::NET_SNAT)?,
-            rev_snat: traffic(counter_scope::NETWORK, *id, counter_kind::NET_REV_SNAT)?,
-            ct_new: traffic(counter_scope::NETWORK, *id, counter_kind::NET_CT_NEW)?.packets,
-            drops: DropReason::ALL
-                .iter()
-                .map(|r| {
-                    let t = traffic(counter_scope::NETWORK, *id, r.counter_kind())?;
-                    Ok((r.as_str().to_owned(), t.packets))
-                })
-                .collect::<Result<_>>()?,
-            from_containers: traffic(
-                counter_scope::NETWORK,
-                *id,
-                counter_kind::NET_FROM_CONTAINERS,
-            )?,
-            to_containers: traffic(counter_scope::NETWORK, *id, counter_kind::NET_TO_CONTAINERS)?,
-        });
-    }
-    let lease_owner: BTreeMap<u32, u32> = maps
-        .leases()?
-        .iter()
-        .map(|(_, l)| (l.host_ifindex, l.flags))
-        .collect();
-    for (ifindex, info) in maps.ifaces()? {
-        let name = names.get(&ifindex).cloned();
-        let progs = |dir| {
-            name.as_deref()
-                .map(|n| attached_program_ids(n, dir).unwrap_or_default())
-                .unwrap_or_default()
-        };
-        out.interfaces.push(IfaceStatus {
-            ifindex,
-            role: IfaceRole::from_u32(info.role)
-                .map_or("unknown", |r| r.as_str())
-                .to_owned(),
-            network: networks
-                .get(&info.net_id)
-                .map(|n| plan::ifname_from_bytes(&n.bridge_name)),
-            address: (info.ipv4_be != 0).then(|| plan::from_be(info.ipv4_be).to_string()),
-            mac: (info.mac != [0; 6]).then(|| plan::fmt_mac(&info.mac)),
-            binding: if info.flags & iface_flags::BOUND != 0 {
-                let docker = u32::from(netpath_common::owner::DOCKER);
-                Some(
-                    if lease_owner.get(&ifindex) == Some(&docker) {
-                        "docker"
-                    } else {
-                        "connect"
-                    }
-                    .to_owned(),
-                )
-            } else if info.flags & iface_flags::LEARNED != 0 {
-                Some("learned".to_owned())
-            } else {
-                None
-            },
-            ingress_prog_ids: progs(Dir::Ingress),
-            egress_prog_ids: progs(Dir::Egress),
-            ingress: traffic(counter_scope::IFACE, ifindex, counter_kind::IF_INGRESS)?,
-            egress: traffic(counter_scope::IFACE, ifindex, counter_kind::IF_EGRESS)?,
-            name,
-        });
-    }
-    Ok(out)
-}
-
-impl Status {
-    /// The human-readable form of `netpath status`.
-    pub fn render(&self) -> String {
-        use std::fmt::Write as _;
-        let mut s = String::new();
-        if self.networks.is_empty() {
-            let _ = writeln!(s, "no networks are up in this network namespace");
-            return s;
-        }
-        let _ = writeln!(s, "state: {}", self.state_dir);
-        let _ = writeln!(
-            s,
-            "NETWORK          SUBNET              GATEWAY          FROM-CONTAINERS          TO-CONTAINERS"
-        );
-        for n in &self.networks {
-            let _ = writeln!(
-                s,
-                "{:<16} {:<19} {:<16} {:<24} {}",
-                n.bridge,
-                n.subnet,
-                n.gateway,
-                fmt_traffic(n.from_containers),
-                fmt_traffic(n.to_containers)
-            );
-        }
-        let _ = writeln!(
-            s,
-            "\nNETWORK          MASQ  ICC   INTERNAL  SNAT                     REV-SNAT                 FLOWS    DROPS"
-        );
-        for n in &self.networks {
-            let drops: Vec<String> = n
-                .drops
-                .iter()
-                .filter(|(_, v)| **v > 0)
-                .map(|(k, v)| format!("{}={v}", k.trim_start_matches("drop_")))
-                .collect();
-            let _ = writeln!(
-                s,
-                "{:<16} {:<5} {:<5} {:<9} {:<24} {:<24} {:<8} {}",
-                n.bridge,
-                if n.masquerade { "on" } else { "off" },
-                if n.icc { "on" } else { "off" },
-                if n.internal { "yes" } else { "no" },
-                fmt_traffic(n.snat),
-                fmt_traffic(n.rev_snat),
-                n.ct_new,
-                if drops.is_empty() {
-                    "-".to_owned()
-                } else {
-                    drops.join(" ")
-                }
-            );
-        }
-        let _ = writeln!(
-            s,
-            "\nINTERFACE        ROLE    NETWORK          ADDRESS          PROG(IN/EG)    INGRESS                  EGRESS"
-        );
-        for i in &self.interfaces {
-            let ids = |v: &[u32]| {
-                if v.is_empty() {
-                    "-".to_owned()
-                } else {
-                    v.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
-                }
-            };
-            let _ = writeln!(
-                s,
-                "{:<16} {:<7} {:<16} {:<16} {:<14} {:<24} {}",
-                i.name.as_deref().unwrap_or("(gone)"),
-                i.role,
-                i.network.as_deref().unwrap_or("-"),
-                i.address.as_deref().unwrap_or("-"),
-                format!("{}/{}", ids(&i.ingress_prog_ids), ids(&i.egress_prog_ids)),
-                fmt_traffic(i.ingress),
-                fmt_traffic(i.egress)
-            );
-        }
-        s
-    }
-}
-
-fn fmt_traffic(t: Traffic) -> String {
-    format!("{} pkts {} B", t.packets, t.bytes)
 }

@@ -11,7 +11,7 @@ use rtnetlink::{
     packet_route::{
         AddressFamily,
         address::{AddressAttribute, AddressMessage},
-        link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+        link::{InfoData, InfoKind, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     },
 };
 
@@ -32,8 +32,11 @@ pub struct Link {
     pub flags: LinkFlags,
     /// Hardware address (Ethernet links).
     pub mac: Option<[u8; 6]>,
-    /// IFLA_LINK: for a veth, the peer's ifindex (in the peer's namespace).
+    /// IFLA_LINK: for a veth, the peer's ifindex (in the peer's namespace);
+    /// for a VLAN device, its lower device.
     pub peer: Option<u32>,
+    /// A VLAN device's VLAN id.
+    pub vlan_id: Option<u16>,
 }
 
 impl Link {
@@ -46,6 +49,7 @@ impl Link {
             flags: msg.header.flags,
             mac: None,
             peer: None,
+            vlan_id: None,
         };
         for attr in &msg.attributes {
             match attr {
@@ -55,8 +59,15 @@ impl Link {
                 LinkAttribute::Link(p) => link.peer = Some(*p),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
-                        if let LinkInfo::Kind(kind) = info {
-                            link.kind = Some(kind.to_string());
+                        match info {
+                            LinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
+                            LinkInfo::Data(InfoData::Vlan(v)) => {
+                                link.vlan_id = v.iter().find_map(|a| match a {
+                                    InfoVlan::Id(id) => Some(*id),
+                                    _ => None,
+                                });
+                            }
+                            _ => {}
                         }
                     }
                 }

@@ -5,14 +5,12 @@
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::{Context as _, Result, bail};
-use netpath_common::{CounterKey, PubKey4, PubVal4, counter_kind, counter_scope, owner};
+use netpath_common::{PubKey4, PubVal4, TargetKey4, counter_kind, counter_scope, owner};
 use serde::Serialize;
 
 use crate::{
-    conntrack,
-    ops::Traffic,
-    plan,
-    state::{self, Maps},
+    conntrack, plan,
+    state::{self, Maps, Traffic},
 };
 
 /// One published port, for `ports`.
@@ -105,7 +103,7 @@ impl std::fmt::Display for Ports {
 
 /// Checks a mapping against the networks and what is published, then
 /// inserts it, or nothing of it. Returns how many ports it took.
-fn insert(maps: &mut Maps, p: &Ports, owner: u16) -> Result<u32> {
+pub fn insert(maps: &mut Maps, p: &Ports, owner: u16) -> Result<u32> {
     let container = p.target;
     let (net_id, info) = maps
         .networks()?
@@ -149,7 +147,7 @@ fn insert(maps: &mut Maps, p: &Ports, owner: u16) -> Result<u32> {
         }
     }
     let first_id = existing.iter().map(|(_, v)| v.id).max().unwrap_or(0) + 1;
-    let mut inserted: Vec<PubKey4> = Vec::new();
+    let mut inserted: Vec<(PubKey4, PubVal4)> = Vec::new();
     for (i, port) in (p.host_first..=p.host_last).enumerate() {
         let id = first_id + i as u32;
         let k = key(p.host_addr, port, proto);
@@ -160,16 +158,50 @@ fn insert(maps: &mut Maps, p: &Ports, owner: u16) -> Result<u32> {
             net_id,
             id,
         };
-        if let Err(e) = maps.publish4.insert(k, v, 0) {
+        let added = maps
+            .publish4
+            .insert(k, v, 0)
+            .context("recording the published port")
+            .and_then(|()| target_count(maps, &v, proto, 1));
+        if let Err(e) = added {
             // No half-applied state: take back what this command added.
-            for k in &inserted {
+            for (k, v) in &inserted {
                 let _ = maps.publish4.remove(k);
+                let _ = target_count(maps, v, proto, -1);
             }
-            return Err(e).context("recording the published port");
+            let _ = maps.publish4.remove(&k);
+            return Err(e);
         }
-        inserted.push(k);
+        inserted.push((k, v));
     }
     Ok(u32::from(p.host_last - p.host_first) + 1)
+}
+
+/// Counts a mapping in (`delta` 1) or out (-1) of `NP_TARGETS4`, which
+/// tells the datapath which container ports some published port leads to
+/// (what a routed network lets in at the container's own address).
+fn target_count(maps: &mut Maps, v: &PubVal4, proto: u8, delta: i32) -> Result<()> {
+    let key = TargetKey4 {
+        addr_be: v.target_be,
+        port_be: v.target_port_be,
+        proto,
+        _pad: 0,
+    };
+    let n = match maps.targets4.get(&key, 0) {
+        Ok(n) => n,
+        Err(e) if state::is_missing(&e) => 0,
+        Err(e) => return Err(e).context("reading NP_TARGETS4"),
+    };
+    let n = n.saturating_add_signed(delta);
+    let res = if n == 0 {
+        match maps.targets4.remove(&key) {
+            Err(e) if state::is_missing(&e) => Ok(()),
+            r => r,
+        }
+    } else {
+        maps.targets4.insert(key, n, 0)
+    };
+    res.context("updating NP_TARGETS4")
 }
 
 /// What [`sync_owned`] changed.
@@ -242,6 +274,7 @@ fn remove(maps: &mut Maps, keys: &[(PubKey4, PubVal4)]) -> Result<Unpublished> {
         maps.publish4
             .remove(k)
             .context("removing a published port")?;
+        target_count(maps, v, k.proto, -1)?;
         maps.remove_counters(counter_scope::PUBLISH, v.id)?;
         out.ports += 1;
         // Its flows go too, so a client that keeps sending reaches whatever
@@ -292,15 +325,7 @@ pub fn list() -> Result<Vec<Mapping>> {
     let networks = maps.networks()?;
     let mut out: Vec<Mapping> = Vec::new();
     for (k, v) in maps.published()? {
-        let traffic = |kind| -> Result<Traffic> {
-            Ok(maps
-                .counter(CounterKey {
-                    id: v.id,
-                    scope: counter_scope::PUBLISH,
-                    kind,
-                })?
-                .into())
-        };
+        let traffic = |kind| maps.traffic(counter_scope::PUBLISH, v.id, kind);
         out.push(Mapping {
             host_ip: (k.addr_be != 0).then(|| plan::from_be(k.addr_be)),
             host_port: u16::from_be(k.port_be),

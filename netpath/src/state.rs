@@ -16,12 +16,29 @@ use aya::maps::{
 use ipnet::Ipv4Net;
 use netpath_common::{
     Config, Counter, CounterKey, Endpoint, HostInfo, IfaceInfo, Lease, LeaseKey, NetworkInfo,
-    PubKey4, PubVal4,
+    PubKey4, PubVal4, TargetKey4, VlanKey,
     ct::{CtEntry4, CtKey4},
+    filter::{FilterData, FilterInfo, FilterRule},
     map_names,
 };
 
 use crate::netns;
+
+/// Packets and bytes of one counter, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl From<Counter> for Traffic {
+    fn from(c: Counter) -> Self {
+        Self {
+            packets: c.packets,
+            bytes: c.bytes,
+        }
+    }
+}
 
 /// Direction of a TCX attachment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -187,6 +204,10 @@ pub struct Maps {
     pub hostaddrs4: HashMap<MapData, u32, u32>,
     pub host: Array<MapData, HostInfo>,
     pub endpoints4: HashMap<MapData, u32, Endpoint>,
+    pub filter4: LpmTrie<MapData, FilterData, FilterRule>,
+    pub filter_info: Array<MapData, FilterInfo>,
+    pub targets4: HashMap<MapData, TargetKey4, u32>,
+    pub vlans: HashMap<MapData, VlanKey, u32>,
 }
 
 pub(crate) fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
@@ -253,6 +274,13 @@ impl Maps {
             host: Array::try_from(take(map_names::HOST)?).context(layout(map_names::HOST))?,
             endpoints4: HashMap::try_from(take(map_names::ENDPOINTS4)?)
                 .context(layout(map_names::ENDPOINTS4))?,
+            filter4: LpmTrie::try_from(take(map_names::FILTER4)?)
+                .context(layout(map_names::FILTER4))?,
+            filter_info: Array::try_from(take(map_names::FILTER_INFO)?)
+                .context(layout(map_names::FILTER_INFO))?,
+            targets4: HashMap::try_from(take(map_names::TARGETS4)?)
+                .context(layout(map_names::TARGETS4))?,
+            vlans: HashMap::try_from(take(map_names::VLANS)?).context(layout(map_names::VLANS))?,
         })
     }
 
@@ -362,6 +390,11 @@ impl Maps {
             Err(e) if is_missing(&e) => Ok(Counter::default()),
             Err(e) => Err(e).context("reading NP_COUNTERS"),
         }
+    }
+
+    /// One counter as [`Traffic`].
+    pub fn traffic(&self, scope: u16, id: u32, kind: u16) -> Result<Traffic> {
+        Ok(self.counter(CounterKey { id, scope, kind })?.into())
     }
 
     /// Removes every counter of `scope` with id `id`.

@@ -237,16 +237,6 @@ pub fn tcp_echo(
     payload: &[u8],
 ) -> Result<SocketAddrV4> {
     let payload = payload.to_vec();
-    let server = move |ready: std::sync::mpsc::Sender<()>| -> Result<SocketAddrV4> {
-        let l = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
-        let _ = ready.send(());
-        let (mut s, peer) = accept_within(&l, IO_TIMEOUT)?;
-        s.set_read_timeout(Some(IO_TIMEOUT))?;
-        let mut buf = vec![0u8; 65536];
-        let n = s.read(&mut buf).context("server read")?;
-        s.write_all(&buf[..n]).context("server write")?;
-        v4(peer)
-    };
     let client = move || -> Result<()> {
         let mut s = TcpStream::connect_timeout(&dial.into(), IO_TIMEOUT)
             .with_context(|| format!("connect {dial}"))?;
@@ -259,7 +249,105 @@ pub fn tcp_echo(
         }
         Ok(())
     };
-    exchange(&format!("TCP {dial}"), server_ns, client_ns, server, client)
+    exchange(
+        &format!("TCP {dial}"),
+        server_ns,
+        client_ns,
+        echo_server(listen),
+        client,
+    )
+}
+
+/// A TCP server that accepts one connection on `listen`, echoes what it
+/// reads and returns the client's address.
+fn echo_server(
+    listen: SocketAddrV4,
+) -> impl FnOnce(std::sync::mpsc::Sender<()>) -> Result<SocketAddrV4> + Send + 'static {
+    move |ready| {
+        let l = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
+        let _ = ready.send(());
+        let (mut s, peer) = accept_within(&l, IO_TIMEOUT)?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        let mut buf = vec![0u8; 65536];
+        let n = s.read(&mut buf).context("server read")?;
+        s.write_all(&buf[..n]).context("server write")?;
+        v4(peer)
+    }
+}
+
+/// A TCP connection from a socket bound to `bind` (an address of the
+/// calling thread's namespace) to `dial`.
+fn connect_from(bind: std::net::Ipv4Addr, dial: SocketAddrV4) -> Result<TcpStream> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let sin = |a: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    // SAFETY: socket/bind/connect with valid arguments on a socket we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("socket");
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let local = sin(bind, 0);
+        if libc::bind(fd.as_raw_fd(), (&raw const local).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("bind {bind}"));
+        }
+        // Bounded like connect_timeout: a send timeout limits connect().
+        let tv = libc::timeval {
+            tv_sec: IO_TIMEOUT.as_secs() as i64,
+            tv_usec: 0,
+        };
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+        let remote = sin(*dial.ip(), dial.port());
+        if libc::connect(fd.as_raw_fd(), (&raw const remote).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("connect {dial}"));
+        }
+        Ok(TcpStream::from(fd))
+    }
+}
+
+/// [`tcp_echo`] with the client's socket bound to `bind` (an address of
+/// `client_ns`).
+pub fn tcp_echo_from(
+    server_ns: &Netns,
+    listen: SocketAddrV4,
+    client_ns: &Netns,
+    bind: std::net::Ipv4Addr,
+    dial: SocketAddrV4,
+    payload: &[u8],
+) -> Result<SocketAddrV4> {
+    let payload = payload.to_vec();
+    let client = move || -> Result<()> {
+        let mut s = connect_from(bind, dial)?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.write_all(&payload)?;
+        let mut got = vec![0u8; payload.len()];
+        s.read_exact(&mut got).context("client read echo")?;
+        if got != payload {
+            bail!("echo mismatch");
+        }
+        Ok(())
+    };
+    exchange(
+        &format!("TCP {bind} -> {dial}"),
+        server_ns,
+        client_ns,
+        echo_server(listen),
+        client,
+    )
 }
 
 /// A bulk TCP transfer: the client sends `bytes` bytes and half-closes; the

@@ -46,12 +46,35 @@ pub fn counter(dp: &Datapath, scope: u16, id: u32, kind: u16) -> (u64, u64) {
 
 /// Runs `dir`'s program on `frame` `repeat` times; returns (verdict, output bytes).
 pub fn run(dp: &mut Datapath, dir: Dir, frame: &[u8], repeat: u32) -> (u32, Vec<u8>) {
+    run_with(dp, dir, frame, repeat, None)
+}
+
+/// [`run`] with the packet having come into the host through interface
+/// `iif` (`skb->skb_iif`; 0: sent by the host itself).
+pub fn run_from(dp: &mut Datapath, dir: Dir, frame: &[u8], iif: u32) -> (u32, Vec<u8>) {
+    run_with(dp, dir, frame, 1, Some(iif))
+}
+
+fn run_with(
+    dp: &mut Datapath,
+    dir: Dir,
+    frame: &[u8],
+    repeat: u32,
+    iif: Option<u32>,
+) -> (u32, Vec<u8>) {
     let mut out = vec![0u8; frame.len() + 256];
+    // The head of a `struct __sk_buff` up to `ingress_ifindex` (offset 36):
+    // the kernel takes a shorter context and zero-fills the rest.
+    let mut ctx = [0u8; 40];
+    if let Some(i) = iif {
+        ctx[36..40].copy_from_slice(&i.to_ne_bytes());
+    }
     let prog = dp.program(dir).expect("program");
     let r = prog
         .test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
+            ctx_in: iif.map(|_| &ctx[..]),
             repeat,
             ..Default::default()
         })

@@ -120,7 +120,10 @@ async fn observe(
         .context("listing dockerd's networks")?
     {
         match model::net_from_api(&n, ip_masq) {
-            Ok(Some(net)) => nets.push(net),
+            Ok(Some(net)) => {
+                problems.extend(net.note.clone());
+                nets.push(net);
+            }
             Ok(None) => {}
             Err(why) => problems.push(why),
         }
@@ -184,6 +187,7 @@ pub async fn reconcile(docker: &Docker, opts: &Options) -> Result<Report> {
             masquerade: n.masquerade,
             icc: n.icc,
             internal: n.internal,
+            gateway_mode: n.gateway_mode,
             cgroup: opts.cgroup.clone(),
             docker: true,
         })

@@ -9,6 +9,7 @@ use std::{
 
 use bollard::models::{ContainerInspectResponse, Network, PortMap};
 use ipnet::Ipv4Net;
+use netpath_common::GatewayMode;
 
 use crate::{endpoint::Foreign, publish::Ports};
 
@@ -17,6 +18,8 @@ pub const OPT_BRIDGE_NAME: &str = "com.docker.network.bridge.name";
 pub const OPT_ICC: &str = "com.docker.network.bridge.enable_icc";
 pub const OPT_MASQUERADE: &str = "com.docker.network.bridge.enable_ip_masquerade";
 pub const OPT_DEFAULT_BRIDGE: &str = "com.docker.network.bridge.default_bridge";
+/// Docker 28's gateway mode (nat, nat-unprotected, routed, isolated).
+pub const OPT_GATEWAY_MODE: &str = "com.docker.network.bridge.gateway_mode_ipv4";
 
 /// A dockerd bridge network, as `netpath up` takes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +31,9 @@ pub struct Net {
     pub icc: bool,
     pub masquerade: bool,
     pub internal: bool,
+    pub gateway_mode: GatewayMode,
+    /// A problem worth a log line (an option netpath cannot honour).
+    pub note: Option<String>,
 }
 
 /// A boolean network option: Docker's default is true, and only a value
@@ -72,6 +78,19 @@ pub fn net_from_api(n: &Network, default_masq: bool) -> Result<Option<Net>, Stri
     let Some((subnet, gateway)) = v4 else {
         return Err(format!("network {name}: no IPv4 subnet"));
     };
+    // Engines before 28 do not report a mode: Docker's default is nat.
+    let (gateway_mode, note) = match opts.get(OPT_GATEWAY_MODE).map(|v| v.trim()) {
+        None | Some("") => (GatewayMode::Nat, None),
+        Some(v) => match GatewayMode::ALL.into_iter().find(|m| m.as_str() == v) {
+            Some(m) => (m, None),
+            None => (
+                GatewayMode::Nat,
+                Some(format!(
+                    "network {name}: gateway mode {v:?} is not supported, using nat"
+                )),
+            ),
+        },
+    };
     Ok(Some(Net {
         name,
         bridge,
@@ -84,6 +103,8 @@ pub fn net_from_api(n: &Network, default_masq: bool) -> Result<Option<Net>, Stri
             opt_true(opts, OPT_MASQUERADE)
         },
         internal: n.internal.unwrap_or(false),
+        gateway_mode,
+        note,
     }))
 }
 

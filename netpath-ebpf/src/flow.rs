@@ -1,0 +1,129 @@
+//! A packet of a known conntrack flow: its bookkeeping (counters, TCP
+//! state, the partner check) and its rewrite. One rule does every
+//! rewrite: a flow entry's packet leaves as the entry's partner key
+//! reversed (`ORIGINAL C:c->R:r` leaves as the reverse of `REPLY
+//! R:r->U:n`, i.e. `U:n->R:r`).
+
+use aya_ebpf::programs::TcContext;
+use netpath_common::{
+    counter_kind, counter_scope,
+    ct::{CtEntry4, CtKey4, ct_dir, ct_flags, proto, tcp_flags},
+};
+
+use crate::{
+    counters::count,
+    ct::{ct_keep_partner4, ct_lookup4, ct_tcp_update4, ct_touch4, now},
+    parse::{Ip4, L4},
+    publish::count_published,
+    rewrite::{Phase, translate4},
+};
+
+/// The tuple of a packet (ports only when it has them).
+#[inline(always)]
+pub fn packet_key(ip: &Ip4, l4: &L4) -> CtKey4 {
+    CtKey4::new(ip.saddr, ip.daddr, l4.sport_be, l4.dport_be, ip.proto)
+}
+
+/// Per-packet conntrack bookkeeping, once per packet (at its first hook):
+/// counters, TCP state, the partner check. `Err` when the entry turned out
+/// stale (its partner's key now belongs to another flow; it was removed).
+#[inline(always)]
+fn account4(ip: &Ip4, l4: Option<&L4>, key: &CtKey4, e: *mut CtEntry4, len: u32) -> Result<(), ()> {
+    let t = now();
+    let refreshed = ct_touch4(e, len, t);
+    if refreshed && !ct_keep_partner4(key, e) {
+        return Err(());
+    }
+    // SAFETY: map value pointer, valid during the program.
+    let (dir, flags, peer) = unsafe { ((*e).dir, (*e).flags, (*e).peer) };
+    let tcp = match l4 {
+        Some(l4) if ip.proto == proto::TCP => l4.tcp_flags,
+        _ => 0,
+    };
+    if dir == ct_dir::ORIGINAL {
+        if ip.proto == proto::TCP && l4.is_some() {
+            ct_tcp_update4(e, false, tcp);
+        }
+    } else if dir == ct_dir::REPLY
+        && (flags & ct_flags::SEEN_REPLY == 0
+            || tcp & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0)
+        && let Some(o) = ct_lookup4(&peer)
+    {
+        // SAFETY: as above.
+        unsafe {
+            if (*o).flags & ct_flags::SEEN_REPLY == 0 {
+                (*o).flags |= ct_flags::SEEN_REPLY;
+            }
+            if (*e).flags & ct_flags::SEEN_REPLY == 0 {
+                (*e).flags |= ct_flags::SEEN_REPLY;
+            }
+        }
+        if ip.proto == proto::TCP && l4.is_some() {
+            ct_tcp_update4(o, true, tcp);
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites a packet of flow entry `e` (keyed `key`) for `phase`: it leaves
+/// as the entry's partner key reversed. Counts what was translated. `Err`:
+/// a stale entry (removed) or a rewrite that failed.
+#[inline(always)]
+pub fn apply4(
+    ctx: &TcContext,
+    ip: &Ip4,
+    l4: Option<&L4>,
+    key: &CtKey4,
+    e: *mut CtEntry4,
+    phase: Phase,
+) -> Result<(), ()> {
+    let len = ctx.len();
+    // SAFETY: map value pointer, valid during the program.
+    let (dir, flags, peer, net_id) = unsafe { ((*e).dir, (*e).flags, (*e).peer, (*e).net_id) };
+    // Bookkeeping happens once per packet, at the hook that translates the
+    // entry's direction (every packet of a flow passes it): ingress for the
+    // first direction of flows started towards a container, egress for the
+    // first direction of flows a container started.
+    let inbound = ct_flags::inbound(flags);
+    let translating = match dir {
+        ct_dir::ORIGINAL => inbound == (phase == Phase::Ingress),
+        ct_dir::REPLY => inbound == (phase == Phase::Egress),
+        _ => false,
+    };
+    if translating {
+        account4(ip, l4, key, e, len)?;
+    }
+    let to = peer.reversed();
+    if !translate4(ctx, ip, l4, &to, phase)? {
+        return Ok(());
+    }
+    let dnat = flags & ct_flags::DNAT != 0;
+    let kind = match (phase, dir) {
+        (Phase::Ingress, ct_dir::ORIGINAL) if dnat => {
+            count_published(
+                key.daddr_be,
+                key.dport_be,
+                key.proto,
+                counter_kind::PUB_IN,
+                len,
+            );
+            counter_kind::NET_DNAT
+        }
+        (Phase::Egress, ct_dir::REPLY) if dnat => {
+            count_published(
+                to.saddr_be,
+                to.sport_be,
+                to.proto,
+                counter_kind::PUB_OUT,
+                len,
+            );
+            counter_kind::NET_REV_DNAT
+        }
+        (Phase::Egress, ct_dir::ORIGINAL) => counter_kind::NET_SNAT,
+        (Phase::Ingress, ct_dir::REPLY) => counter_kind::NET_REV_SNAT,
+        // The source half of a flow that rewrites both ends.
+        _ => counter_kind::NET_SNAT,
+    };
+    count(counter_scope::NETWORK, net_id, kind, len);
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! Sanity checks before any policy or translation: which frames a
+//! container port carries, and which packets an uplink lets in at all.
+//! Together they restore what the kernel's martian and rp_filter checks
+//! did for the traffic the fast path now takes, and close the VLAN and
+//! ethertype side doors.
+
+use aya_ebpf::programs::TcContext;
+use netpath_common::{DropReason, VlanKey};
+
+use crate::{
+    lookup::{drop, is_local, network_of},
+    maps::NP_VLANS,
+    parse::{self, eth_p},
+};
+
+/// What a container port carries: IPv4 and ARP, untagged. `Ok` with the
+/// ethertype, or the drop verdict (counted on `net_id`): a VLAN tag at any
+/// depth (also one the kernel already took off), IPv6 (no network has an
+/// IPv6 subnet yet), any other ethertype.
+#[inline(always)]
+pub fn port_frame(ctx: &TcContext, net_id: u32) -> Result<u16, i32> {
+    if parse::stripped_vlan(ctx).is_some() {
+        return Err(drop(ctx, net_id, DropReason::Vlan));
+    }
+    match parse::ethertype(ctx) {
+        Some(t @ (eth_p::IP | eth_p::ARP)) => Ok(t),
+        Some(t) if parse::is_vlan(t) => Err(drop(ctx, net_id, DropReason::Vlan)),
+        Some(eth_p::IPV6) => Err(drop(ctx, net_id, DropReason::Ipv6)),
+        Some(_) => Err(drop(ctx, net_id, DropReason::Ethertype)),
+        None => Err(drop(ctx, net_id, DropReason::Malformed)),
+    }
+}
+
+/// What an uplink does with a frame coming in.
+pub enum UplinkFrame {
+    /// Untagged IPv4: netpath's to inspect.
+    Ipv4,
+    /// Not netpath's (ARP, IPv6 for the host, a VLAN the host terminates on
+    /// a VLAN device, whose own hooks see it next).
+    Host,
+    /// Dropped with this verdict.
+    Verdict(i32),
+}
+
+/// Tagged frames only pass for a VLAN the host has a device for on this
+/// uplink (`NP_VLANS`); priority tags (VLAN 0) count as untagged, as the
+/// kernel treats them.
+#[inline(always)]
+pub fn uplink_frame(ctx: &TcContext, ifindex: u32) -> UplinkFrame {
+    if let Some(vid) = parse::stripped_vlan(ctx)
+        && vid != 0
+    {
+        let key = VlanKey {
+            ifindex,
+            vid,
+            _pad: 0,
+        };
+        return if NP_VLANS.get_ptr(key).is_some() {
+            UplinkFrame::Host
+        } else {
+            UplinkFrame::Verdict(drop(ctx, 0, DropReason::Vlan))
+        };
+    }
+    match parse::ethertype(ctx) {
+        Some(eth_p::IP) => UplinkFrame::Ipv4,
+        // A tag inside the one taken off, or one the kernel left on.
+        Some(t) if parse::is_vlan(t) => UplinkFrame::Verdict(drop(ctx, 0, DropReason::Vlan)),
+        _ => UplinkFrame::Host,
+    }
+}
+
+const LIMITED_BROADCAST: u32 = 0xffff_ffff;
+
+/// A source no packet from outside may carry: `Ok` for a plausible one,
+/// otherwise the drop verdict (counted on the uplink, and on the network a
+/// spoofed container source claims). 0.0.0.0 is fine only towards the
+/// limited broadcast (DHCP, as the kernel allows it).
+#[inline(always)]
+pub fn outside_source(ctx: &TcContext, saddr_be: u32, daddr_be: u32) -> Result<(), i32> {
+    let s = u32::from_be(saddr_be);
+    let martian = match s >> 24 {
+        0 => !(s == 0 && u32::from_be(daddr_be) == LIMITED_BROADCAST),
+        127 => true,
+        // 224.0.0.0/4 (multicast) and 240.0.0.0/4 (reserved, broadcast).
+        top => top >= 224,
+    };
+    if martian {
+        return Err(drop(ctx, 0, DropReason::MartianSource));
+    }
+    if let Some(net_id) = network_of(saddr_be) {
+        return Err(drop(ctx, net_id, DropReason::LocalSource));
+    }
+    if is_local(saddr_be) {
+        return Err(drop(ctx, 0, DropReason::LocalSource));
+    }
+    Ok(())
+}

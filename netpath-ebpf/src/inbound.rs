@@ -1,0 +1,82 @@
+//! What reaches a container from outside the host at the container's own
+//! address (direct routing, no host address in between), for a packet
+//! that belongs to no flow yet. The network's gateway mode decides
+//! (Docker 28's `gateway_mode_ipv4`):
+//!
+//! - `nat`: nothing (replies to the containers' own flows have a flow;
+//!   published ports are reached through a host address);
+//! - `routed`: new flows to published container ports, and ICMP echo,
+//!   tracked as `INBOUND` flows (after the filter rules);
+//! - `nat-unprotected`: everything (Docker's old behaviour), tracked too.
+//!
+//! Internal networks take nothing from outside in any mode.
+
+use netpath_common::{
+    DropReason, GatewayMode, NetworkInfo,
+    ct::{CtEntry4, ct_flags, proto},
+    net_flags,
+};
+
+use crate::{
+    ct::{ct_create4, now},
+    filter::{self, Flow},
+    flow::packet_key,
+    lookup::is_target,
+    parse::{Ip4, L4, L4Kind},
+};
+
+/// A packet from outside to a container of `net` that can start no flow
+/// (a later fragment or an ICMP error about no known flow, a stale entry's
+/// packet): why it is dropped, or `Ok` to pass it (`nat-unprotected`).
+#[inline(always)]
+pub fn untracked(net: &NetworkInfo) -> Result<(), DropReason> {
+    if net.flags & net_flags::INTERNAL != 0 {
+        return Err(DropReason::Internal);
+    }
+    match GatewayMode::from_flags(net.flags) {
+        GatewayMode::NatUnprotected => Ok(()),
+        GatewayMode::Nat => Err(DropReason::DirectRouting),
+        GatewayMode::Routed => Err(DropReason::NotPublished),
+    }
+}
+
+/// A new packet from outside to container `ip.daddr` of network `net_id`:
+/// `Ok` with the `INBOUND` flow it starts, or why it is dropped.
+#[inline(always)]
+pub fn direct4(
+    ip: &Ip4,
+    l4: &L4,
+    net_id: u32,
+    net: &NetworkInfo,
+) -> Result<*mut CtEntry4, DropReason> {
+    if net.flags & net_flags::INTERNAL != 0 {
+        return Err(DropReason::Internal);
+    }
+    match GatewayMode::from_flags(net.flags) {
+        GatewayMode::Nat => return Err(DropReason::DirectRouting),
+        // Everything, but tracked: the container's answers must not be
+        // masqueraded as if they started flows of their own.
+        GatewayMode::NatUnprotected => {}
+        GatewayMode::Routed => {
+            let allowed = match ip.proto {
+                // An echo request carries its identifier as the source "port".
+                proto::ICMP => l4.kind == L4Kind::Ports && l4.sport_be != 0,
+                proto::TCP | proto::UDP => is_target(ip.daddr, l4.dport_be, ip.proto),
+                _ => false,
+            };
+            if !allowed {
+                return Err(DropReason::NotPublished);
+            }
+        }
+    }
+    filter::admit(&Flow {
+        src_be: ip.saddr,
+        net_id,
+        proto: ip.proto,
+        host_port_be: 0,
+        to_be: ip.daddr,
+        to_port_be: l4.dport_be,
+    })?;
+    let key = packet_key(ip, l4);
+    ct_create4(&key, &key, false, ct_flags::INBOUND, net_id, now())
+}

@@ -1,0 +1,96 @@
+//! The lookups every program shares, each written once: managed networks
+//! by id and by address, managed interfaces, the host's own addresses,
+//! published ports, and the drop helper that counts why.
+
+use aya_ebpf::{bindings::TC_ACT_SHOT, maps::lpm_trie::Key, programs::TcContext};
+use netpath_common::{
+    DropReason, IfaceInfo, NetworkInfo, PubKey4, PubVal4, TargetKey4, counter_scope,
+};
+
+use crate::{
+    counters::count,
+    maps::{NP_HOSTADDRS4, NP_IFACES, NP_NETWORKS, NP_PUBLISH4, NP_SUBNETS4, NP_TARGETS4},
+};
+
+/// A managed network by id.
+#[inline(always)]
+pub fn network(id: u32) -> Option<NetworkInfo> {
+    // SAFETY: the value is Copy and read at once.
+    unsafe { NP_NETWORKS.get(id) }.copied()
+}
+
+/// The managed network whose subnet holds `addr_be`.
+#[inline(always)]
+pub fn network_of(addr_be: u32) -> Option<u32> {
+    NP_SUBNETS4.get(Key::new(32, addr_be)).copied()
+}
+
+/// A managed interface by ifindex.
+#[inline(always)]
+pub fn iface(ifindex: u32) -> Option<IfaceInfo> {
+    // SAFETY: the value is Copy and read at once.
+    unsafe { NP_IFACES.get(ifindex) }.copied()
+}
+
+/// Whether `addr_be` is one of the namespace's own addresses ("addrtype LOCAL").
+#[inline(always)]
+pub fn is_local(addr_be: u32) -> bool {
+    NP_HOSTADDRS4.get_ptr(addr_be).is_some()
+}
+
+/// Whether `addr_be` is in 127.0.0.0/8.
+#[inline(always)]
+pub fn is_loopback(addr_be: u32) -> bool {
+    u32::from_be(addr_be) >> 24 == 127
+}
+
+/// Where a published host `addr:port` leads: a mapping bound to exactly
+/// that address, else one on every host address when `addr` is a host
+/// address (or, with `loopback`, any 127/8 address: only host processes
+/// reach those, through the socket hooks).
+#[inline(always)]
+pub fn published(addr_be: u32, port_be: u16, proto: u8, loopback: bool) -> Option<PubVal4> {
+    let mut key = PubKey4 {
+        addr_be,
+        port_be,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: values are Copy and read at once.
+    if let Some(v) = unsafe { NP_PUBLISH4.get(key) } {
+        return Some(*v);
+    }
+    if !(is_local(addr_be) || loopback && is_loopback(addr_be)) {
+        return None;
+    }
+    key.addr_be = 0;
+    // SAFETY: as above.
+    unsafe { NP_PUBLISH4.get(key) }.copied()
+}
+
+/// Whether some published port leads to container port `addr:port`.
+#[inline(always)]
+pub fn is_target(addr_be: u32, port_be: u16, proto: u8) -> bool {
+    let key = TargetKey4 {
+        addr_be,
+        port_be,
+        proto,
+        _pad: 0,
+    };
+    NP_TARGETS4.get_ptr(key).is_some()
+}
+
+/// Counts a drop for `reason` on the interface the program runs on and,
+/// when the packet belongs to one (`net_id` != 0), on its network; returns
+/// the verdict.
+#[inline(always)]
+pub fn drop(ctx: &TcContext, net_id: u32, reason: DropReason) -> i32 {
+    let len = ctx.len();
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    count(counter_scope::IFACE, ifindex, reason.counter_kind(), len);
+    if net_id != 0 {
+        count(counter_scope::NETWORK, net_id, reason.counter_kind(), len);
+    }
+    TC_ACT_SHOT
+}

@@ -1,0 +1,253 @@
+//! The container ports (the host ends of the containers' veths).
+//!
+//! - Ingress (a container sends): only untagged IPv4 and ARP; the sender's
+//!   MAC, IPv4 source and ARP fields must be its own (`spoof`); then the
+//!   flows at the port: published-port flows are translated and allowed
+//!   whatever the networks (the flow was allowed when it was created;
+//!   Docker's DNAT happens before its isolation chains too); then the
+//!   destination policy (`isolate`); allowed packets for the outside take
+//!   the fast path.
+//! - Egress (delivered to a container): the same frame policy; an internal
+//!   network only receives from its own subnet; what comes in through an
+//!   interface netpath does not manage is judged like traffic from outside
+//!   (`inbound`); then the source half of published-port flows.
+
+use aya_ebpf::programs::TcContext;
+use netpath_common::{
+    DropReason, IfaceInfo, NetworkInfo, counter_kind, counter_scope,
+    ct::{ct_dir, ct_flags},
+    net_flags,
+};
+
+use crate::{
+    TCX_NEXT,
+    counters::count,
+    ct::ct_lookup4,
+    fastpath,
+    flow::{apply4, packet_key},
+    frag::{first_fragment4, later_fragment4},
+    guard,
+    icmp::icmp_error4,
+    inbound, isolate,
+    lookup::{drop, iface, network, network_of},
+    parse::{self, Ip4, L4Kind, eth_off, eth_p},
+    publish::publish4,
+    rewrite::Phase,
+    spoof::Sender,
+};
+
+/// What a container's packet at its port turned out to be.
+enum PortNat {
+    /// Not a published-port flow: the port's policy decides.
+    None,
+    /// A published port, or an answer from one: allowed.
+    Published,
+    /// Dropped with this verdict.
+    Verdict(i32),
+}
+
+/// A container's packet entering the host at its port.
+#[inline(always)]
+pub fn ingress(ctx: &TcContext, ifindex: u32, iface: &IfaceInfo) -> i32 {
+    let net_id = iface.net_id;
+    let Some(net) = network(net_id) else {
+        // The port of a network being taken down.
+        return TCX_NEXT;
+    };
+    let ty = match guard::port_frame(ctx, net_id) {
+        Ok(t) => t,
+        Err(v) => return v,
+    };
+    let Ok(mac) = ctx.load::<[u8; 6]>(eth_off::SRC) else {
+        return drop(ctx, net_id, DropReason::Malformed);
+    };
+    let sender = Sender {
+        ifindex,
+        iface,
+        net: &net,
+        mac,
+    };
+    if ty == eth_p::ARP {
+        return sender.check_arp(ctx);
+    }
+    let Some(ip) = parse::ipv4(ctx) else {
+        return drop(ctx, net_id, DropReason::Malformed);
+    };
+    if let Err(v) = sender.check_ipv4(ctx, ip.saddr) {
+        return v;
+    }
+    match flows_in(ctx, &ip, net_id, &net) {
+        PortNat::Published => return fast_out(ctx, &net),
+        PortNat::Verdict(v) => return v,
+        PortNat::None => {}
+    }
+    match isolate::destination(&net, net_id, ip.daddr) {
+        Ok(()) => fast_out(ctx, &net),
+        Err(reason) => drop(ctx, net_id, reason),
+    }
+}
+
+/// An allowed container packet: the fast path out of an uplink when it is
+/// headed outside the managed networks, else on to the bridge.
+#[inline(always)]
+fn fast_out(ctx: &TcContext, net: &NetworkInfo) -> i32 {
+    // The header as it is now (a published flow may have rewritten it).
+    let Some(ip) = parse::ipv4(ctx) else {
+        return TCX_NEXT;
+    };
+    if network_of(ip.daddr).is_some() {
+        return TCX_NEXT;
+    }
+    fastpath::to_uplink4(ctx, &ip, net.bridge_ifindex).unwrap_or(TCX_NEXT)
+}
+
+/// The conntrack bookkeeping of every container packet, the destination
+/// half of flows (a container reaching a published port through a host
+/// address; the answer of a container reaching its own), and new flows to
+/// published ports.
+#[inline(always)]
+fn flows_in(ctx: &TcContext, ip: &Ip4, net_id: u32, net: &NetworkInfo) -> PortNat {
+    if ip.is_later_fragment() {
+        return match later_fragment4(ctx, ip, Phase::Ingress) {
+            Some(true) => PortNat::Published,
+            _ => PortNat::None,
+        };
+    }
+    let Ok(l4) = parse::l4(ctx, ip) else {
+        return PortNat::None;
+    };
+    if l4.kind == L4Kind::IcmpError {
+        return match icmp_error4(ctx, ip, Phase::Ingress) {
+            Some(true) => PortNat::Published,
+            _ => PortNat::None,
+        };
+    }
+    let key = packet_key(ip, &l4);
+    let e = match ct_lookup4(&key) {
+        Some(e) => e,
+        None => {
+            if net.flags & net_flags::INTERNAL != 0 {
+                return PortNat::None;
+            }
+            match publish4(&key) {
+                None => return PortNat::None,
+                Some(Ok((e, id))) => {
+                    count(counter_scope::NETWORK, id, counter_kind::NET_CT_NEW, 0);
+                    e
+                }
+                Some(Err((_, reason))) => return PortNat::Verdict(drop(ctx, net_id, reason)),
+            }
+        }
+    };
+    // SAFETY: map value pointer, valid during the program.
+    let dnat = unsafe { (*e).flags } & ct_flags::DNAT != 0;
+    first_fragment4(ip, &l4, e, Phase::Ingress);
+    if apply4(ctx, ip, Some(&l4), &key, e, Phase::Ingress).is_err() {
+        return PortNat::Verdict(drop(ctx, net_id, DropReason::Malformed));
+    }
+    if dnat {
+        PortNat::Published
+    } else {
+        PortNat::None
+    }
+}
+
+/// A packet about to be delivered to a container.
+#[inline(always)]
+pub fn egress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
+    let net_id = iface.net_id;
+    let Some(net) = network(net_id) else {
+        return TCX_NEXT;
+    };
+    let ty = match guard::port_frame(ctx, net_id) {
+        Ok(t) => t,
+        Err(v) => return v,
+    };
+    let managed_source = came_from_managed(ctx);
+    if ty == eth_p::ARP {
+        // ARP only from the host, the bridge or ports netpath checks.
+        return if managed_source {
+            TCX_NEXT
+        } else {
+            drop(ctx, net_id, DropReason::UnmanagedPort)
+        };
+    }
+    let Some(ip) = parse::ipv4(ctx) else {
+        return drop(ctx, net_id, DropReason::Malformed);
+    };
+    if let Err(r) = isolate::source(&net, ip.saddr) {
+        return drop(ctx, net_id, r);
+    }
+    // A managed subnet's source coming in elsewhere is a port nobody
+    // attached yet (or a spoofer).
+    if !managed_source && network_of(ip.saddr).is_some() {
+        return drop(ctx, net_id, DropReason::UnmanagedPort);
+    }
+    let known = flows_out(ctx, &ip);
+    if !managed_source
+        && !known
+        && let Err(r) = from_outside(ctx, &ip, net_id, &net)
+    {
+        return drop(ctx, net_id, r);
+    }
+    TCX_NEXT
+}
+
+/// Whether the packet came into the host where netpath checks what enters:
+/// the host itself (no ingress interface), a managed port, bridge or uplink.
+#[inline(always)]
+fn came_from_managed(ctx: &TcContext) -> bool {
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    let iif = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    iif == 0 || iface(iif).is_some()
+}
+
+/// A packet of no known flow that came in through an interface netpath
+/// does not manage: judged like traffic from outside at an uplink.
+#[inline(always)]
+fn from_outside(
+    ctx: &TcContext,
+    ip: &Ip4,
+    net_id: u32,
+    net: &NetworkInfo,
+) -> Result<(), DropReason> {
+    if ip.is_later_fragment() {
+        return inbound::untracked(net);
+    }
+    match parse::l4(ctx, ip) {
+        Ok(l4) if l4.kind != L4Kind::IcmpError => {
+            inbound::direct4(ip, &l4, net_id, net).map(|_| ())
+        }
+        Ok(_) => inbound::untracked(net),
+        Err(()) => Err(DropReason::Malformed),
+    }
+}
+
+/// The source half of flows delivered to a container (answers from a
+/// published port to a container client; a container reaching its own
+/// published port). Returns whether the packet belongs to a known flow.
+#[inline(always)]
+fn flows_out(ctx: &TcContext, ip: &Ip4) -> bool {
+    if ip.is_later_fragment() {
+        return later_fragment4(ctx, ip, Phase::Egress).is_some();
+    }
+    let Ok(l4) = parse::l4(ctx, ip) else {
+        return false;
+    };
+    if l4.kind == L4Kind::IcmpError {
+        return icmp_error4(ctx, ip, Phase::Egress).is_some();
+    }
+    let key = packet_key(ip, &l4);
+    let Some(e) = ct_lookup4(&key) else {
+        return false;
+    };
+    // SAFETY: map value pointer, valid during the program.
+    let (flags, dir) = unsafe { ((*e).flags, (*e).dir) };
+    // Masquerade flows have nothing to do here (their reply's source is
+    // the remote's own).
+    if flags & ct_flags::DNAT != 0 || dir == ct_dir::MID {
+        first_fragment4(ip, &l4, e, Phase::Egress);
+        let _ = apply4(ctx, ip, Some(&l4), &key, e, Phase::Egress);
+    }
+    true
+}

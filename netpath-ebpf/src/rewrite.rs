@@ -1,0 +1,132 @@
+//! The L3/L4 rewrite primitives: addresses and ports written with
+//! `bpf_skb_store_bytes` and the kernel's checksum helpers, which keep
+//! GSO/TSO packets, partial checksums (the pseudo-header sum) and UDP's
+//! "no checksum" zero right.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::TcContext,
+};
+use netpath_common::ct::CtKey4;
+
+use crate::parse::{Ip4, L3, L4, L4Kind, ip4_off};
+
+/// Which address (and port) of a packet a rewrite writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Src,
+    Dst,
+}
+
+/// Where a rewrite happens. Destinations are rewritten at ingress (before
+/// the host routes the packet), sources at egress (after): a packet never
+/// enters the host's routing with one of the host's own addresses as its
+/// source, which the kernel would drop as a martian.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Ingress,
+    Egress,
+}
+
+/// `BPF_F_MARK_MANGLED_0` for UDP: a zero checksum means "none" and stays zero.
+#[inline(always)]
+const fn mangled0(l4: &L4) -> u64 {
+    if l4.udp {
+        BPF_F_MARK_MANGLED_0 as u64
+    } else {
+        0
+    }
+}
+
+/// Writes the packet's source or destination address, with the IPv4
+/// header checksum and, when `l4` has one, the transport checksum over the
+/// pseudo-header.
+#[inline(always)]
+pub fn set_addr(
+    ctx: &TcContext,
+    l4: Option<&L4>,
+    side: Side,
+    old: u32,
+    new: u32,
+) -> Result<(), ()> {
+    let off = match side {
+        Side::Src => L3 + ip4_off::SADDR,
+        Side::Dst => L3 + ip4_off::DADDR,
+    };
+    ctx.store(off, &new, 0).map_err(|_| ())?;
+    ctx.l3_csum_replace(L3 + ip4_off::CHECK, u64::from(old), u64::from(new), 4)
+        .map_err(|_| ())?;
+    if let Some(l4) = l4
+        && l4.pseudo
+    {
+        ctx.l4_csum_replace(
+            l4.csum_off,
+            u64::from(old),
+            u64::from(new),
+            4 | mangled0(l4) | u64::from(BPF_F_PSEUDO_HDR),
+        )
+        .map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+/// Writes the packet's source or destination port (ICMP echo: its identifier).
+#[inline(always)]
+pub fn set_port(
+    ctx: &TcContext,
+    ip: &Ip4,
+    l4: &L4,
+    side: Side,
+    old: u16,
+    new: u16,
+) -> Result<(), ()> {
+    let off = match side {
+        Side::Src => l4.sport_off(ip.l4(), ip.proto),
+        Side::Dst => l4.dport_off(ip.l4(), ip.proto),
+    };
+    ctx.store(off, &new, 0).map_err(|_| ())?;
+    ctx.l4_csum_replace(
+        l4.csum_off,
+        u64::from(old),
+        u64::from(new),
+        2 | mangled0(l4),
+    )
+    .map_err(|_| ())
+}
+
+/// Rewrites the packet's destination (ingress) or source (egress) to what
+/// the tuple `to` has: the address always, the port when the packet carries
+/// a transport header (`l4`). Returns whether anything changed.
+#[inline(always)]
+pub fn translate4(
+    ctx: &TcContext,
+    ip: &Ip4,
+    l4: Option<&L4>,
+    to: &CtKey4,
+    phase: Phase,
+) -> Result<bool, ()> {
+    let (side, old_addr, new_addr) = match phase {
+        Phase::Ingress => (Side::Dst, ip.daddr, to.daddr_be),
+        Phase::Egress => (Side::Src, ip.saddr, to.saddr_be),
+    };
+    let mut changed = false;
+    if old_addr != new_addr {
+        set_addr(ctx, l4, side, old_addr, new_addr)?;
+        changed = true;
+    }
+    if let Some(l4) = l4
+        && l4.kind == L4Kind::Ports
+    {
+        let (old, new) = match phase {
+            Phase::Ingress => (l4.dport_be, to.dport_be),
+            Phase::Egress => (l4.sport_be, to.sport_be),
+        };
+        // An echo carries its identifier once (request: as sport, reply: as
+        // dport); the other "port" is 0 on both sides.
+        if old != new {
+            set_port(ctx, ip, l4, side, old, new)?;
+            changed = true;
+        }
+    }
+    Ok(changed)
+}

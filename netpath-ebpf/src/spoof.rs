@@ -1,0 +1,139 @@
+//! Anti-spoofing at container ports (Docker has none): a port only lets its
+//! container send with its own MAC, its own IPv4 source and matching ARP
+//! sender fields. A port that is not bound yet learns them from its
+//! container's first ARP or IPv4 packet from an address of its subnet
+//! (trust on first use), but never the gateway, the network or broadcast
+//! address, or an address another port is bound to or learned.
+
+use aya_ebpf::{bindings::BPF_EXIST, programs::TcContext};
+use netpath_common::{DropReason, Endpoint, IfaceInfo, NetworkInfo, iface_flags};
+
+use crate::{
+    TCX_NEXT,
+    lookup::drop,
+    maps::{NP_ENDPOINTS4, NP_IFACES},
+    parse::ETH_HLEN,
+};
+
+#[inline(always)]
+fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5]
+}
+
+/// Whether a port (`ifindex`) that is not bound yet may take `addr` for its
+/// container: in the subnet, not the gateway, the network or the broadcast
+/// address, and not bound to or learned by another port.
+#[inline(always)]
+fn claimable(net: &NetworkInfo, ifindex: u32, addr: u32) -> bool {
+    if !net.contains_be(addr)
+        || addr == net.gateway_be
+        || addr == net.subnet_be
+        || addr == (net.subnet_be | !net.mask_be)
+    {
+        return false;
+    }
+    // SAFETY: the value is read at once.
+    match unsafe { NP_ENDPOINTS4.get(addr) } {
+        Some(ep) => ep.ifindex == ifindex,
+        None => true,
+    }
+}
+
+/// Records what an unbound port's container uses (trust on first use).
+#[inline(always)]
+fn learn(ifindex: u32, iface: &IfaceInfo, addr: u32, mac: [u8; 6]) {
+    let info = IfaceInfo {
+        ipv4_be: addr,
+        mac,
+        flags: iface.flags | iface_flags::LEARNED,
+        ..*iface
+    };
+    // Only while the port is still managed (BPF_EXIST).
+    if NP_IFACES.insert(ifindex, info, BPF_EXIST as u64).is_ok() {
+        let ep = Endpoint {
+            ifindex,
+            net_id: iface.net_id,
+            mac,
+            _pad: [0; 2],
+        };
+        let _ = NP_ENDPOINTS4.insert(addr, ep, 0);
+    }
+}
+
+/// The sender of a frame at a container port.
+pub struct Sender<'a> {
+    pub ifindex: u32,
+    pub iface: &'a IfaceInfo,
+    pub net: &'a NetworkInfo,
+    /// The frame's source MAC.
+    pub mac: [u8; 6],
+}
+
+impl Sender<'_> {
+    #[inline(always)]
+    fn bound(&self) -> bool {
+        self.iface.flags & (iface_flags::BOUND | iface_flags::LEARNED) != 0
+    }
+
+    /// A bound port's frames carry its MAC.
+    #[inline(always)]
+    pub fn check_mac(&self, ctx: &TcContext) -> Result<(), i32> {
+        if self.bound() && !same_mac(&self.mac, &self.iface.mac) {
+            return Err(drop(ctx, self.iface.net_id, DropReason::SpoofedMac));
+        }
+        Ok(())
+    }
+
+    /// An IPv4 packet's source: the port's own address, or (unbound) one it
+    /// may claim, which it learns; 0.0.0.0 (DHCP) passes unlearnt.
+    #[inline(always)]
+    pub fn check_ipv4(&self, ctx: &TcContext, saddr: u32) -> Result<(), i32> {
+        self.check_mac(ctx)?;
+        let ok = if self.bound() {
+            saddr == self.iface.ipv4_be
+        } else if claimable(self.net, self.ifindex, saddr) {
+            learn(self.ifindex, self.iface, saddr, self.mac);
+            true
+        } else {
+            saddr == 0
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(drop(ctx, self.iface.net_id, DropReason::SpoofedSource))
+        }
+    }
+
+    /// An Ethernet/IPv4 ARP packet: the sender MAC is the frame's (and the
+    /// port's), the sender address the port's own or one it may claim
+    /// (learnt); 0.0.0.0 is an address probe (RFC 5227), not a claim.
+    #[inline(always)]
+    pub fn check_arp(&self, ctx: &TcContext) -> i32 {
+        if let Err(v) = self.check_mac(ctx) {
+            return v;
+        }
+        let net_id = self.iface.net_id;
+        // Sender MAC at 8, sender IP at 14.
+        let Ok(arp) = ctx.load::<[u8; 28]>(ETH_HLEN) else {
+            return drop(ctx, net_id, DropReason::Malformed);
+        };
+        let sha = [arp[8], arp[9], arp[10], arp[11], arp[12], arp[13]];
+        let spa = u32::from_ne_bytes([arp[14], arp[15], arp[16], arp[17]]);
+        if !same_mac(&sha, &self.mac) {
+            return drop(ctx, net_id, DropReason::SpoofedMac);
+        }
+        if spa == 0 {
+            return TCX_NEXT;
+        }
+        if self.bound() {
+            if spa != self.iface.ipv4_be {
+                return drop(ctx, net_id, DropReason::SpoofedSource);
+            }
+        } else if claimable(self.net, self.ifindex, spa) {
+            learn(self.ifindex, self.iface, spa, self.mac);
+        } else {
+            return drop(ctx, net_id, DropReason::SpoofedSource);
+        }
+        TCX_NEXT
+    }
+}

@@ -1,0 +1,108 @@
+//! Uplink ingress: what comes into the host from outside. First the
+//! sanity checks (VLANs the host does not terminate, martian and local
+//! sources), before any translation or fast-path decision; then the
+//! destination half of every flow (answers to masquerade, packets to
+//! published ports, replies to tracked container flows), new flows to
+//! published ports, and what the gateway mode lets through straight to a
+//! container. Anything else (the host's own traffic) passes untouched.
+
+use aya_ebpf::programs::TcContext;
+use netpath_common::{DropReason, NetworkInfo, counter_kind, counter_scope};
+
+use crate::{
+    TCX_NEXT,
+    counters::count,
+    ct::ct_lookup4,
+    fastpath,
+    flow::{apply4, packet_key},
+    frag::{first_fragment4, later_fragment4},
+    guard::{self, UplinkFrame},
+    icmp::icmp_error4,
+    inbound,
+    lookup::{drop, network, network_of},
+    parse::{self, L4Kind},
+    publish::publish4,
+    rewrite::Phase,
+};
+
+/// The container network a packet is addressed to straight at a
+/// container (not its gateway, which is a host address).
+#[inline(always)]
+fn direct_to(daddr: u32) -> Option<(u32, NetworkInfo)> {
+    let id = network_of(daddr)?;
+    let net = network(id)?;
+    (net.gateway_be != daddr).then_some((id, net))
+}
+
+/// Drops a packet to a container that can start no flow, unless the
+/// network's gateway mode passes those.
+#[inline(always)]
+fn untracked(ctx: &TcContext, direct: Option<(u32, NetworkInfo)>) -> i32 {
+    match direct {
+        Some((id, net)) => match inbound::untracked(&net) {
+            Ok(()) => TCX_NEXT,
+            Err(r) => drop(ctx, id, r),
+        },
+        None => TCX_NEXT,
+    }
+}
+
+#[inline(always)]
+pub fn ingress(ctx: &TcContext, ifindex: u32) -> i32 {
+    match guard::uplink_frame(ctx, ifindex) {
+        UplinkFrame::Ipv4 => {}
+        UplinkFrame::Host => return TCX_NEXT,
+        UplinkFrame::Verdict(v) => return v,
+    }
+    let Some(ip) = parse::ipv4(ctx) else {
+        return drop(ctx, 0, DropReason::Malformed);
+    };
+    if let Err(v) = guard::outside_source(ctx, ip.saddr, ip.daddr) {
+        return v;
+    }
+    let direct = direct_to(ip.daddr);
+    if ip.is_later_fragment() {
+        return match later_fragment4(ctx, &ip, Phase::Ingress) {
+            Some(_) => TCX_NEXT,
+            None => untracked(ctx, direct),
+        };
+    }
+    let Ok(l4) = parse::l4(ctx, &ip) else {
+        return drop(ctx, direct.map_or(0, |(id, _)| id), DropReason::Malformed);
+    };
+    if l4.kind == L4Kind::IcmpError {
+        return match icmp_error4(ctx, &ip, Phase::Ingress) {
+            Some(_) => TCX_NEXT,
+            None => untracked(ctx, direct),
+        };
+    }
+    let key = packet_key(&ip, &l4);
+    let e = match ct_lookup4(&key) {
+        Some(e) => e,
+        None => {
+            let created = match (publish4(&key), direct) {
+                (Some(r), _) => r,
+                // The host's own traffic.
+                (None, None) => return TCX_NEXT,
+                (None, Some((id, net))) => inbound::direct4(&ip, &l4, id, &net)
+                    .map(|e| (e, id))
+                    .map_err(|r| (id, r)),
+            };
+            match created {
+                Ok((e, net_id)) => {
+                    count(counter_scope::NETWORK, net_id, counter_kind::NET_CT_NEW, 0);
+                    e
+                }
+                Err((net_id, r)) => return drop(ctx, net_id, r),
+            }
+        }
+    };
+    first_fragment4(&ip, &l4, e, Phase::Ingress);
+    if apply4(ctx, &ip, Some(&l4), &key, e, Phase::Ingress).is_err() {
+        // A stale entry (removed): what is left is a packet without a flow.
+        return untracked(ctx, direct);
+    }
+    // SAFETY: map value pointer, valid during the program.
+    let to = unsafe { (*e).peer }.reversed();
+    fastpath::to_container4(ctx, &ip, to.daddr_be).unwrap_or(TCX_NEXT)
+}
