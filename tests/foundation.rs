@@ -7,10 +7,12 @@ use harness::{
     topology,
 };
 
-fn assert_netpath_attached(ns: &Netns, ifname: &str) {
-    for (ingress, want) in [(true, "netpath_ingress"), (false, "netpath_egress")] {
+/// `ifname` runs exactly one netpath program each way: the one for `role`.
+fn assert_netpath_attached(ns: &Netns, ifname: &str, role: &str) {
+    for (ingress, dir) in [(true, "in"), (false, "eg")] {
+        let want = format!("netpath_{role}_{dir}");
         let progs = tcx_programs(ns, ifname, ingress);
-        let ours: Vec<_> = progs.iter().filter(|(_, n)| n == want).collect();
+        let ours: Vec<_> = progs.iter().filter(|(_, n)| *n == want).collect();
         assert_eq!(
             ours.len(),
             1,
@@ -24,8 +26,13 @@ fn assert_netpath_attached(ns: &Netns, ifname: &str) {
 fn up_attaches_to_bridge_ports_and_uplinks() {
     require_root!();
     let lab = lab_up();
-    for ifname in [Lab::BRIDGE, "c1h", "c2h", "uplink0"] {
-        assert_netpath_attached(&lab.host, ifname);
+    for (ifname, role) in [
+        (Lab::BRIDGE, "br"),
+        ("c1h", "port"),
+        ("c2h", "port"),
+        ("uplink0", "up"),
+    ] {
+        assert_netpath_attached(&lab.host, ifname, role);
     }
     assert!(
         tcx_programs(&lab.host, "lo", true).is_empty(),
@@ -171,8 +178,8 @@ fn down_keeps_a_bridge_that_existed_and_other_networks() {
     );
     let s = status(&host);
     assert_eq!(s["networks"].as_array().unwrap().len(), 2);
-    assert_netpath_attached(&host, "br-old");
-    assert_netpath_attached(&host, "br-new");
+    assert_netpath_attached(&host, "br-old", "br");
+    assert_netpath_attached(&host, "br-new", "br");
 
     netpath_ok(&host, &["down", "--bridge", "br-old"]);
     let names = harness::ifnames(&host);
@@ -188,7 +195,7 @@ fn down_keeps_a_bridge_that_existed_and_other_networks() {
         "the gateway address netpath added is removed: {addrs}"
     );
     // The other network is untouched and still enforced.
-    assert_netpath_attached(&host, "br-new");
+    assert_netpath_attached(&host, "br-new", "br");
     let s = status(&host);
     assert_eq!(s["networks"].as_array().unwrap().len(), 1);
     assert_eq!(s["networks"][0]["gateway"], "10.32.0.254");
@@ -225,7 +232,7 @@ fn two_namespaces_do_not_interfere() {
         b_before,
         "down in one namespace changed the other"
     );
-    assert_netpath_attached(&b, "docker0");
+    assert_netpath_attached(&b, "docker0", "br");
 }
 
 #[test]
@@ -253,7 +260,7 @@ fn works_when_started_with_nsenter() {
     // --netns sees what nsenter created: same namespace, same state.
     let s = status(&ns);
     assert_eq!(s["networks"][0]["bridge"], "br-nse");
-    assert_netpath_attached(&ns, "br-nse");
+    assert_netpath_attached(&ns, "br-nse", "br");
 }
 
 /// Every bad input: exit 1, exactly one `netpath: error:` line, and the
@@ -395,7 +402,7 @@ fn bad_input_is_one_error_line_and_changes_nothing() {
 /// A newer build's `up` swaps the program on the existing pinned link
 /// (BPF_LINK_UPDATE) and keeps the pinned maps with their contents. To get
 /// "another build's" program onto a link, the test puts the egress program on
-/// the ingress link of c1h; `up` must put netpath_ingress back on the same
+/// the ingress link of c1h; `up` must put netpath_port_in back on the same
 /// link, and counters must survive.
 #[test]
 fn up_replaces_programs_in_place_and_keeps_maps() {
@@ -432,7 +439,9 @@ fn up_replaces_programs_in_place_and_keeps_maps() {
             let mut dp = Datapath::load(&state).unwrap();
             let maps = map_ids(&state);
             // Put "another build's" program on the ingress link.
-            let prog = dp.program(Dir::Egress).unwrap();
+            let prog = dp
+                .program(netpath_common::IfaceRole::Port, Dir::Egress)
+                .unwrap();
             let id = prog
                 .attach_to_link(SchedClassifierLink::try_from(link).unwrap())
                 .unwrap();
@@ -442,7 +451,7 @@ fn up_replaces_programs_in_place_and_keeps_maps() {
         .unwrap();
     assert_eq!(
         tcx_programs(&lab.host, "c1h", true)[0].1,
-        "netpath_egress",
+        "netpath_port_eg",
         "test setup: foreign program in place"
     );
 
@@ -456,7 +465,7 @@ fn up_replaces_programs_in_place_and_keeps_maps() {
     );
     let progs = tcx_programs(&lab.host, "c1h", true);
     assert_eq!(progs.len(), 1);
-    assert_eq!(progs[0].1, "netpath_ingress");
+    assert_eq!(progs[0].1, "netpath_port_in");
     let (link_id_after, maps_after) = lab
         .host
         .run(|| {
@@ -536,7 +545,7 @@ fn up_reapplies_after_the_bridge_was_deleted() {
         out.contains("already up") && out.contains("bridge created"),
         "{out}"
     );
-    assert_netpath_attached(&ns, "br-pre");
+    assert_netpath_attached(&ns, "br-pre", "br");
     assert!(
         ns.ip(&["-o", "-4", "addr", "show", "dev", "br-pre"])
             .unwrap()
@@ -601,6 +610,6 @@ fn parallel_ups_in_one_namespace_all_land() {
     ids.sort_unstable();
     assert_eq!(ids, vec![1, 2, 3, 4, 5, 6]);
     for i in 0..6 {
-        assert_netpath_attached(&ns, &format!("br-p{i}"));
+        assert_netpath_attached(&ns, &format!("br-p{i}"), "br");
     }
 }

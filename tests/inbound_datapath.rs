@@ -212,6 +212,17 @@ fn direct_routing_to_containers_follows_each_networks_gateway_mode() {
         );
 
         // routed: published container ports and ping, tracked untranslated.
+        // (A port published on loopback only is for host processes: it
+        // opens nothing.)
+        let lo_only = Ports {
+            host_addr: Some(Ipv4Addr::LOCALHOST),
+            host_first: 7070,
+            host_last: 7070,
+            proto: TCP,
+            target: C3,
+            target_first: 22,
+        };
+        publish::insert(&mut dp.maps, &lo_only, owner::USER).unwrap();
         assert_eq!(
             run(&mut dp, Dir::Ingress, &tcp(R, C3, 1234, 22, SYN), 1).0,
             SHOT

@@ -547,3 +547,209 @@ fn a_full_table_evicts_idle_entries_not_a_busy_flow() {
         );
     });
 }
+
+/// A socket of the host (here: of the test's namespace, where the program
+/// runs) keeps its tuples: a container's flow never takes a source port
+/// that a host socket holds towards that remote, nor a published host
+/// port; a host flow that meets a container's claim gets another port.
+#[test]
+fn host_sockets_and_published_ports_keep_their_tuples_in_both_orders() {
+    require_root!();
+    in_netns("sockets", |pins| {
+        let mut dp = nat_datapath(pins, U);
+        let _udp = std::net::UdpSocket::bind("0.0.0.0:40000").unwrap();
+        let _tcp = std::net::TcpListener::bind("0.0.0.0:40001").unwrap();
+        let p = netpath::publish::Ports {
+            host_addr: None,
+            host_first: 8080,
+            host_last: 8080,
+            proto: UDP,
+            target: C2,
+            target_first: 80,
+        };
+        netpath::publish::insert(&mut dp.maps, &p, netpath_common::owner::USER).unwrap();
+        dp.maps.hostaddrs4.insert(be(U), LO, 0).unwrap();
+        let sport_out = |dp: &mut Datapath, proto: u8, sport: u16| {
+            let l4 = if proto == UDP {
+                packet::udp(C1, R, sport, 53, b"q", true)
+            } else {
+                packet::tcp(C1, R, sport, 53, SYN, b"")
+            };
+            let (v, out) = run(dp, Dir::Egress, &frame(proto, C1, R, &l4, 1, 0), 1);
+            assert_eq!(v, TCX_NEXT);
+            parse(&out).sport
+        };
+        assert_ne!(sport_out(&mut dp, UDP, 40000), 40000, "a bound UDP socket");
+        assert_ne!(sport_out(&mut dp, TCP, 40001), 40001, "a TCP listener");
+        assert_ne!(sport_out(&mut dp, UDP, 8080), 8080, "a published host port");
+        assert_eq!(sport_out(&mut dp, UDP, 40002), 40002, "a free port is kept");
+
+        // The other order: the container's flow holds U:45000 <- R:9000
+        // first; the host's own connection from 45000 gets another port,
+        // and its replies come back to 45000.
+        assert_eq!(sport_out(&mut dp, TCP, 45000), 45000);
+        let host_syn = frame(TCP, U, R, &packet::tcp(U, R, 45000, 53, SYN, b""), 3, 0);
+        let (v, out) = run(&mut dp, Dir::Egress, &host_syn, 1);
+        assert_eq!(v, TCX_NEXT);
+        let moved = parse(&out).sport;
+        assert_ne!(moved, 45000);
+        assert_checksums(&out, false);
+        let e = entry(&dp, &key(U, R, 45000, 53, TCP));
+        assert_eq!(e.flags & ct_flags::HOST, ct_flags::HOST);
+        let reply = frame(
+            TCP,
+            R,
+            U,
+            &packet::tcp(R, U, 53, moved, SYN | ACK, b""),
+            4,
+            0,
+        );
+        let (v, out) = run(&mut dp, Dir::Ingress, &reply, 1);
+        assert_eq!(v, TCX_NEXT);
+        assert_eq!((parse(&out).dst, parse(&out).dport), (U, 45000));
+        // The container's own replies still reach it.
+        let to_c1 = frame(
+            TCP,
+            R,
+            U,
+            &packet::tcp(R, U, 53, 45000, SYN | ACK, b""),
+            5,
+            0,
+        );
+        let (_, out) = run(&mut dp, Dir::Ingress, &to_c1, 1);
+        assert_eq!((parse(&out).dst, parse(&out).dport), (C1, 45000));
+        // A host packet that clashes with nothing is left alone.
+        let plain = frame(TCP, U, R, &packet::tcp(U, R, 45001, 53, SYN, b""), 6, 0);
+        let (v, out) = run(&mut dp, Dir::Egress, &plain, 1);
+        assert_eq!((v, &out), (TCX_NEXT, &plain));
+        assert!(dp.maps.ct4.get(&key(U, R, 45001, 53, TCP), 0).is_err());
+    });
+}
+
+/// An ICMP error is a flow's only when it goes back to whoever sent the
+/// packet it quotes (and, leaving for the far end, comes from the flow's own
+/// endpoint): quoting a flow opens nothing else.
+#[test]
+fn icmp_errors_belong_to_a_flow_only_at_its_own_ends() {
+    require_root!();
+    in_netns("icmpends", |pins| {
+        let mut dp = nat_datapath(pins, U);
+        let q = frame(UDP, C1, R, &packet::udp(C1, R, 6000, 53, b"q", true), 1, 0);
+        let (_, out) = run(&mut dp, Dir::Egress, &q, 1);
+        let n = parse(&out).sport;
+        // The packet as it left, quoted by an error.
+        let mut quoted = packet::ipv4_header(UDP, U, R, 8 + 1, 1, 0);
+        quoted.extend_from_slice(&packet::udp(U, R, n, 53, b"q", true));
+        let real = frame(ICMP, ROUTER, U, &icmp(3, 3, [0; 4], &quoted), 7, 0);
+        let (v, out) = run(&mut dp, Dir::Ingress, &real, 1);
+        assert_eq!(
+            (v, parse(&out).dst),
+            (TCX_NEXT, C1),
+            "the real one is translated"
+        );
+        // The same quote sent to another container: not this flow's error.
+        let forged = frame(ICMP, ROUTER, C2, &icmp(3, 3, [0; 4], &quoted), 8, 0);
+        assert_eq!(run(&mut dp, Dir::Ingress, &forged, 1).0, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::DirectRouting), 1);
+        // A container's error about another container's flow would leave
+        // with its private address: dropped.
+        let mut got = packet::ipv4_header(UDP, R, C1, 8 + 1, 1, 0);
+        got.extend_from_slice(&packet::udp(R, C1, 53, 6000, b"a", true));
+        let from_c2 = frame(ICMP, C2, R, &icmp(3, 3, [0; 4], &got), 9, 0);
+        assert_eq!(run(&mut dp, Dir::Egress, &from_c2, 1).0, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::Malformed), 1);
+    });
+}
+
+/// The in-kernel sweep pass: expiry by state and timeout (embryonic flows
+/// first under pressure), flushing by filter, live counts per network, and
+/// insert/remove counters that account for every entry.
+#[test]
+fn the_sweep_pass_expires_flushes_and_counts_in_one_walk() {
+    use netpath::conntrack::{self, Filter, Published};
+    require_root!();
+    in_netns("sweep", |pins| {
+        let mut dp = nat_datapath(pins, U);
+        let mut cfg = dp.maps.config().unwrap();
+        cfg.timeouts_s[netpath_common::timeout::UDP_STREAM] = 1;
+        dp.maps.set_config(&cfg).unwrap();
+        let udp_out = |c: Ipv4Addr, sport: u16| {
+            frame(UDP, c, R, &packet::udp(c, R, sport, 53, b"q", true), 1, 0)
+        };
+        // An answered UDP flow (1 s timeout), an unanswered one (30 s), a
+        // TCP flow in SYN_SENT (120 s), and C2's UDP flow.
+        run(&mut dp, Dir::Egress, &udp_out(C1, 7001), 1);
+        let a = frame(UDP, R, U, &packet::udp(R, U, 53, 7001, b"a", true), 2, 0);
+        run(&mut dp, Dir::Ingress, &a, 1);
+        run(&mut dp, Dir::Egress, &udp_out(C1, 7002), 1);
+        let syn = frame(TCP, C1, R, &packet::tcp(C1, R, 7003, 80, SYN, b""), 3, 0);
+        run(&mut dp, Dir::Egress, &syn, 1);
+        run(&mut dp, Dir::Egress, &udp_out(C2, 7004), 1);
+
+        let found = conntrack::count(&mut dp).unwrap();
+        assert_eq!((found.entries, found.flows, found.embryonic), (8, 4, 3));
+        assert_eq!(found.removed_flows, 0);
+        assert_eq!(
+            dp.maps.ct_networks.get(&1, 0).unwrap(),
+            4,
+            "live flows per network"
+        );
+        // Nothing has timed out yet.
+        assert_eq!(conntrack::sweep(&mut dp, None).unwrap().removed_flows, 0);
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        // The answered UDP flow has; under pressure, unreplied flows idle
+        // for a second go too.
+        let swept = conntrack::sweep(&mut dp, None).unwrap();
+        assert_eq!(
+            (swept.removed_flows, swept.removed_entries, swept.flows),
+            (1, 2, 3)
+        );
+        assert!(dp.maps.ct4.get(&key(C1, R, 7001, 53, UDP), 0).is_err());
+        let swept = conntrack::sweep(&mut dp, Some(5000)).unwrap();
+        assert_eq!(
+            (swept.removed_flows, swept.flows),
+            (0, 3),
+            "idle for less than 5 s"
+        );
+        let swept = conntrack::sweep(&mut dp, Some(1000)).unwrap();
+        assert_eq!((swept.removed_flows, swept.flows), (3, 0));
+
+        // Flushing by filter, one pass each.
+        for sport in [7010u16, 7011, 7012] {
+            run(&mut dp, Dir::Egress, &udp_out(C1, sport), 1);
+        }
+        run(&mut dp, Dir::Egress, &udp_out(C2, 7013), 1);
+        let by_src = Filter {
+            src: Some(C2),
+            ..Filter::default()
+        };
+        assert_eq!(conntrack::flush(&mut dp, &by_src).unwrap(), 1);
+        let by_port = Filter {
+            port: Some(7011),
+            ..Filter::default()
+        };
+        assert_eq!(conntrack::flush(&mut dp, &by_port).unwrap(), 1);
+        let published = Filter {
+            published: Some(Published {
+                addr: Ipv4Addr::UNSPECIFIED,
+                first: 1,
+                last: 65535,
+                proto: UDP,
+            }),
+            ..Filter::default()
+        };
+        assert_eq!(
+            conntrack::flush(&mut dp, &published).unwrap(),
+            0,
+            "no DNAT flow"
+        );
+        assert_eq!(conntrack::flush(&mut dp, &Filter::network(1)).unwrap(), 2);
+        assert!(dp.maps.ct_entries().unwrap().is_empty());
+
+        // Every entry the datapath inserted was removed by someone: nothing
+        // was evicted.
+        let ct = |kind| counter(&dp, counter_scope::CONNTRACK, 0, kind).0;
+        assert_eq!(ct(counter_kind::CT_INSERTS), 16);
+        assert_eq!(ct(counter_kind::CT_REMOVES), 16);
+    });
+}

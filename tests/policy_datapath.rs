@@ -412,3 +412,47 @@ fn deliveries_from_unmanaged_interfaces_follow_the_gateway_mode() {
         assert_eq!(run_from(&mut dp, Dir::Egress, &to_c1, UNMANAGED).0, SHOT);
     });
 }
+
+/// Before its port learned anything, a container may not borrow another
+/// port's or a bridge's MAC (the bridge would move that MAC to it), and
+/// may send from 0.0.0.0 only to the limited broadcast (DHCP).
+#[test]
+fn an_unbound_port_borrows_no_mac_and_sends_from_nowhere_only_to_broadcast() {
+    require_root!();
+    in_netns("borrow", |pins| {
+        let mut dp = datapath(pins, 0);
+        let theirs = [0x02, 0, 0, 0, 0, 0xc1];
+        let key = netpath_common::MacKey {
+            mac: theirs,
+            _pad: [0; 2],
+        };
+        dp.maps.macs.insert(key, 42, 0).unwrap();
+        let probe = with_src_mac(arp(theirs, Ipv4Addr::UNSPECIFIED, C2), theirs);
+        assert_eq!(
+            run(&mut dp, Dir::Ingress, &probe, 1).0,
+            SHOT,
+            "an ARP probe"
+        );
+        let ip = with_src_mac(udp_to(C2, GW1), theirs);
+        assert_eq!(run(&mut dp, Dir::Ingress, &ip, 1).0, SHOT, "IPv4");
+        assert_eq!(drops(&dp, 1, DropReason::SpoofedMac), 2);
+        let port = dp.maps.ifaces.get(&LO, 0).unwrap();
+        assert_eq!(port.flags & iface_flags::LEARNED, 0, "nothing learnt");
+
+        let from_nowhere = |dst| udp_to(Ipv4Addr::UNSPECIFIED, dst);
+        assert_eq!(run(&mut dp, Dir::Ingress, &from_nowhere(EXT), 1).0, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::SpoofedSource), 1);
+        assert_eq!(
+            run(&mut dp, Dir::Ingress, &from_nowhere(Ipv4Addr::BROADCAST), 1).0,
+            TCX_NEXT,
+            "DHCP"
+        );
+        // Its own MAC learns, and is then its own.
+        assert_eq!(run(&mut dp, Dir::Ingress, &udp_to(C1, GW1), 1).0, TCX_NEXT);
+        let own = netpath_common::MacKey {
+            mac: MAC,
+            _pad: [0; 2],
+        };
+        assert_eq!(dp.maps.macs.get(&own, 0).unwrap(), LO);
+    });
+}

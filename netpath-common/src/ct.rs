@@ -97,6 +97,10 @@ pub mod ct_flags {
     /// (a routed network's published container port, ICMP echo): tracked,
     /// not translated.
     pub const INBOUND: u32 = 1 << 5;
+    /// A flow of the host itself whose source port was changed because a
+    /// container's translated flow holds its tuple (as netfilter's NAT
+    /// remaps the later of two clashing connections).
+    pub const HOST: u32 = 1 << 6;
 
     /// Whether the flow's first packet came towards a container (a
     /// published port, or [`INBOUND`]): its ORIGINAL direction is handled

@@ -15,6 +15,7 @@ pub mod csum;
 pub mod ct;
 pub mod drop;
 pub mod filter;
+pub mod sweep;
 
 pub use drop::DropReason;
 
@@ -61,8 +62,14 @@ pub mod map_names {
     pub const TARGETS4: &str = "NP_TARGETS4";
     /// [`VlanKey`](crate::VlanKey) -> 1: VLANs the host terminates on an uplink.
     pub const VLANS: &str = "NP_VLANS";
+    /// Array: network id -> live flows, written by a sweep pass with
+    /// `sweep::mode::PER_NETWORK`.
+    pub const CT_NETWORKS: &str = "NP_CT_NETWORKS";
+    /// [`MacKey`](crate::MacKey) -> ifindex: the MACs of bound or learned
+    /// ports and of managed bridges, which no other port may send from.
+    pub const MACS: &str = "NP_MACS";
     /// All pinned map names, for tooling that walks the pin directory.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 19] = [
         ENDPOINTS4,
         IFACES,
         NETWORKS,
@@ -80,6 +87,8 @@ pub mod map_names {
         FILTER_INFO,
         TARGETS4,
         VLANS,
+        CT_NETWORKS,
+        MACS,
     ];
 }
 
@@ -347,6 +356,15 @@ pub struct VlanKey {
     pub _pad: u16,
 }
 
+/// Key of `NP_MACS`: a MAC address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct MacKey {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
 /// Maximum VLAN devices on uplinks netpath follows.
 pub const MAX_VLANS: u32 = 4096;
 
@@ -415,6 +433,8 @@ pub mod counter_scope {
     pub const PUBLISH: u16 = 3;
     /// `id` is a filter rule's [`FilterRule::id`](crate::filter::FilterRule).
     pub const FILTER: u16 = 4;
+    /// The conntrack table as a whole (`id` 0).
+    pub const CONNTRACK: u16 = 5;
 }
 
 /// Kinds of counters. New kinds may be added; existing values never change.
@@ -443,6 +463,13 @@ pub mod counter_kind {
     pub const PUB_OUT: u16 = 33;
     /// Filter rule: new flows it decided.
     pub const FILTER_HITS: u16 = 48;
+    /// Conntrack: entries inserted (by the datapath).
+    pub const CT_INSERTS: u16 = 64;
+    /// Conntrack: entries removed (by the datapath or a sweep pass).
+    pub const CT_REMOVES: u16 = 65;
+    /// Conntrack: new flows that could not be inserted (no free tuple, a
+    /// map error).
+    pub const CT_INSERT_FAILED: u16 = 66;
     /// Network: packets dropped, one kind per [`DropReason`](crate::DropReason)
     /// (`DROP_BASE + reason`).
     pub const DROP_BASE: u16 = 256;
@@ -461,6 +488,9 @@ pub mod counter_kind {
             PUB_IN => "in",
             PUB_OUT => "out",
             FILTER_HITS => "hits",
+            CT_INSERTS => "inserts",
+            CT_REMOVES => "removes",
+            CT_INSERT_FAILED => "insert_failed",
             k if k > DROP_BASE => match crate::DropReason::from_u16(k - DROP_BASE) {
                 Some(r) => r.as_str(),
                 None => "drop_unknown",
@@ -579,12 +609,15 @@ impl Counter {
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        Config, Counter, CounterKey, Endpoint, HostInfo, IfaceInfo, Lease, LeaseKey, NetworkInfo,
-        PubKey4, PubVal4, SockRevKey, SockRevVal, TargetKey4, VlanKey,
+        Config, Counter, CounterKey, Endpoint, HostInfo, IfaceInfo, Lease, LeaseKey, MacKey,
+        NetworkInfo, PubKey4, PubVal4, SockRevKey, SockRevVal, TargetKey4, VlanKey,
         ct::{CtEntry4, CtKey4, FragKey4, FragPorts},
         filter::{FilterData, FilterInfo, FilterRule},
+        sweep::SweepArgs,
     };
+    unsafe impl aya::Pod for SweepArgs {}
     unsafe impl aya::Pod for TargetKey4 {}
+    unsafe impl aya::Pod for MacKey {}
     unsafe impl aya::Pod for VlanKey {}
     unsafe impl aya::Pod for FilterData {}
     unsafe impl aya::Pod for FilterInfo {}

@@ -7,7 +7,9 @@ use crate::maps::NP_COUNTERS;
 
 /// Adds one packet of `bytes` to the counter `(scope, id, kind)`, creating it
 /// on first use. A full counter map loses the update; it never drops traffic.
-#[inline(always)]
+// A BPF function of its own, not inlined: called from dozens of places, its
+// key and zero value would otherwise take stack slots at each.
+#[inline(never)]
 pub fn count(scope: u16, id: u32, kind: u16, bytes: u32) {
     let key = CounterKey { id, scope, kind };
     let ptr = match NP_COUNTERS.get_ptr_mut(key) {

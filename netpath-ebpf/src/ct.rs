@@ -1,16 +1,31 @@
 //! The BPF conntrack table: lookups, flow creation with a claimed external
-//! tuple, per-direction accounting and the TCP state machine.
+//! tuple, per-direction accounting and the TCP state machine. Every entry
+//! inserted and removed is counted (`counter_scope::CONNTRACK`), so the
+//! loader can tell how many the LRU evicted.
+
+use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    bindings::{
+        BPF_F_CURRENT_NETNS, BPF_NOEXIST, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+    },
+    helpers::{
+        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop, bpf_sk_lookup_udp, bpf_sk_release,
+        bpf_skc_lookup_tcp,
+    },
+    programs::TcContext,
 };
 use netpath_common::{
-    Config, DropReason,
+    Config, DropReason, counter_kind, counter_scope,
     ct::{CtEntry4, CtKey4, TOUCH_NS, TcpState, ct_dir, ct_flags, proto, tcp_transition},
 };
 
-use crate::maps::{NP_CONFIG, NP_CT4};
+use crate::{
+    counters::count,
+    lookup::published,
+    maps::{NP_CONFIG, NP_CT_SCRATCH, NP_CT4},
+};
 
 const EEXIST: i32 = -17;
 /// Candidate external ports tried before a flow counts as exhausted (the
@@ -23,18 +38,40 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// The shared configuration; defaults until the loader has written it.
-#[inline(always)]
-pub fn config() -> Config {
-    match NP_CONFIG.get(0) {
-        Some(c) if !c.is_unset() => *c,
-        _ => Config::defaults(),
-    }
-}
-
 #[inline(always)]
 pub fn ct_lookup4(key: &CtKey4) -> Option<*mut CtEntry4> {
     NP_CT4.get_ptr_mut(key)
+}
+
+#[inline(always)]
+fn count_ct(kind: u16) {
+    count(counter_scope::CONNTRACK, 0, kind, 0);
+}
+
+/// Inserts an entry that must be new (`BPF_NOEXIST`), counting it.
+#[inline(always)]
+fn ct_insert_new4(key: &CtKey4, e: &CtEntry4) -> Result<(), i32> {
+    NP_CT4.insert(key, e, BPF_NOEXIST as u64)?;
+    count_ct(counter_kind::CT_INSERTS);
+    Ok(())
+}
+
+/// Removes an entry, counting it when it was there; returns whether it was.
+#[inline(always)]
+pub fn ct_remove4(key: &CtKey4) -> bool {
+    let removed = NP_CT4.remove(key).is_ok();
+    if removed {
+        count_ct(counter_kind::CT_REMOVES);
+    }
+    removed
+}
+
+/// Records a half-way (`MID`) entry: new, or replacing the one there.
+#[inline(always)]
+pub fn ct_put_mid4(key: &CtKey4, e: &CtEntry4) {
+    if ct_insert_new4(key, e).is_err() {
+        let _ = NP_CT4.insert(key, e, 0);
+    }
 }
 
 /// `*ptr += v` as one BPF atomic add (the bpfel target has no Rust atomics).
@@ -104,35 +141,42 @@ pub fn same_key(a: &CtKey4, b: &CtKey4) -> bool {
 /// partner's key reversed.)
 #[inline(always)]
 fn partner_entry(key: &CtKey4, e: &CtEntry4) -> CtEntry4 {
+    let mut p = CtEntry4::default();
+    fill_partner(&mut p, key, e);
+    p
+}
+
+/// Writes into `p` the entry for the other direction of the flow whose
+/// entry `e` is keyed by `key` (see [`partner_entry`]), in place.
+#[inline(always)]
+fn fill_partner(p: &mut CtEntry4, key: &CtKey4, e: &CtEntry4) {
     let to_reply = e.dir == ct_dir::ORIGINAL;
-    let dnat = e.flags & ct_flags::DNAT != 0;
-    // Which end of `key` the partner writes: for source NAT the partner of
-    // ORIGINAL restores the key's source, the partner of REPLY writes the
-    // key's destination; destination NAT the other way round.
-    let key_src = to_reply != dnat;
-    CtEntry4 {
-        peer: *key,
-        nat_addr_be: if key_src { key.saddr_be } else { key.daddr_be },
-        nat_port_be: if key_src { key.sport_be } else { key.dport_be },
-        dir: if to_reply {
-            ct_dir::REPLY
-        } else {
-            ct_dir::ORIGINAL
-        },
-        // A re-created ORIGINAL entry belongs to a flow seen both ways; the
-        // next packets refine its state.
-        state: if !to_reply && key.proto == proto::TCP {
-            TcpState::Established as u8
-        } else {
-            0
-        },
-        flags: e.flags,
-        net_id: e.net_id,
-        created_ns: e.created_ns,
-        last_seen_ns: e.last_seen_ns,
-        packets: 0,
-        bytes: 0,
-    }
+    // Which end of `key` the partner writes: for flows a container started
+    // the partner of ORIGINAL restores the key's source, the partner of
+    // REPLY writes the key's destination; for flows towards a container
+    // (destination NAT) the other way round.
+    let key_src = to_reply != ct_flags::inbound(e.flags);
+    p.peer = *key;
+    p.nat_addr_be = if key_src { key.saddr_be } else { key.daddr_be };
+    p.nat_port_be = if key_src { key.sport_be } else { key.dport_be };
+    p.dir = if to_reply {
+        ct_dir::REPLY
+    } else {
+        ct_dir::ORIGINAL
+    };
+    // A re-created ORIGINAL entry belongs to a flow seen both ways; the
+    // next packets refine its state.
+    p.state = if !to_reply && key.proto == proto::TCP {
+        TcpState::Established as u8
+    } else {
+        0
+    };
+    p.flags = e.flags;
+    p.net_id = e.net_id;
+    p.created_ns = e.created_ns;
+    p.last_seen_ns = e.last_seen_ns;
+    p.packets = 0;
+    p.bytes = 0;
 }
 
 /// Makes sure the partner of an entry exists (LRU may have evicted it).
@@ -148,30 +192,82 @@ pub fn ct_keep_partner4(key: &CtKey4, e: *mut CtEntry4) -> bool {
             return true;
         }
     } else {
-        match NP_CT4.insert(e.peer, partner_entry(key, &e), BPF_NOEXIST as u64) {
+        match ct_insert_new4(&e.peer, &partner_entry(key, &e)) {
             Ok(()) => return true,
             Err(err) if err == EEXIST => {}
             // Could not write it now: try again on the next refresh.
             Err(_) => return true,
         }
     }
-    let _ = NP_CT4.remove(key);
+    ct_remove4(key);
     false
+}
+
+/// Whether a socket of the host would take a packet with tuple `reply`
+/// (a TCP connection, time-wait or listener; a bound UDP socket): then the
+/// tuple is the host's, and a translated flow must not claim it.
+// A BPF function of its own: the tuple gets its own stack frame.
+#[inline(never)]
+fn host_socket(skb: *mut c_void, reply: &CtKey4) -> bool {
+    // Only the IPv4 part is set (and read: `size`); zeroing the rest would
+    // cost a byte loop the verifier walks at every call.
+    let mut t = bpf_sock_tuple {
+        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+            ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                saddr: reply.saddr_be,
+                daddr: reply.daddr_be,
+                sport: reply.sport_be,
+                dport: reply.dport_be,
+            },
+        },
+    };
+    let size = 12; // sizeof(bpf_sock_tuple.ipv4)
+    let netns = BPF_F_CURRENT_NETNS as u64;
+    // SAFETY: the helpers take the program's skb and a tuple of `size`
+    // bytes; a socket they return is released before returning.
+    unsafe {
+        let sk = match reply.proto {
+            proto::TCP => bpf_skc_lookup_tcp(skb, &raw mut t, size, netns, 0),
+            proto::UDP => bpf_sk_lookup_udp(skb, &raw mut t, size, netns, 0),
+            _ => return false,
+        };
+        if sk.is_null() {
+            return false;
+        }
+        bpf_sk_release(sk.cast());
+    }
+    true
 }
 
 /// Creates a flow whose ORIGINAL packets (`orig`, as they arrive) leave as
 /// `translated`. Its REPLY key, `translated` reversed, is inserted first
 /// with `BPF_NOEXIST`: that claims the tuple replies will carry. With
-/// `vary_sport` (source NAT) the translated source port may change: the
-/// original port first, then 31 ports from a random start in the configured
-/// range. Then the ORIGINAL entry is inserted; when another CPU created the
-/// same flow meanwhile, the REPLY entry is removed again and the winner's
-/// flow is used.
+/// `vary` (source NAT; the context names the namespace whose sockets
+/// count) the translated source port may change: the original port first,
+/// then 31 ports from a random start in the configured range, skipping
+/// tuples a host socket holds. Then the ORIGINAL entry is inserted; when
+/// another CPU created the same flow meanwhile, the REPLY entry is removed
+/// again and the winner's flow is used.
 #[inline(always)]
 pub fn ct_create4(
     orig: &CtKey4,
     translated: &CtKey4,
-    vary_sport: bool,
+    vary: Option<&TcContext>,
+    flags: u32,
+    net_id: u32,
+) -> Result<*mut CtEntry4, DropReason> {
+    let r = create4(orig, translated, vary, flags, net_id, now());
+    if r.is_err() {
+        count_ct(counter_kind::CT_INSERT_FAILED);
+    }
+    r
+}
+
+#[inline(always)]
+fn create4(
+    orig: &CtKey4,
+    translated: &CtKey4,
+    vary: Option<&TcContext>,
     flags: u32,
     net_id: u32,
     now: u64,
@@ -181,75 +277,137 @@ pub fn ct_create4(
         proto::ICMP => translated.sport_be != 0,
         _ => false,
     };
-    let mut reply = translated.reversed();
-    let dnat = flags & ct_flags::DNAT != 0;
-    let mut oentry = CtEntry4 {
-        peer: reply,
-        nat_addr_be: if dnat {
-            translated.daddr_be
-        } else {
-            translated.saddr_be
-        },
-        nat_port_be: if dnat {
-            translated.dport_be
-        } else {
-            translated.sport_be
-        },
-        dir: ct_dir::ORIGINAL,
-        state: 0,
-        flags,
-        net_id,
-        created_ns: now,
-        last_seen_ns: now,
-        packets: 0,
-        bytes: 0,
-    };
-    let cfg = config();
-    let (min, max) = if cfg.nat_port_min <= cfg.nat_port_max {
-        (u32::from(cfg.nat_port_min), u32::from(cfg.nat_port_max))
+    let dst_side = ct_flags::inbound(flags);
+    // The two entries are built in per-CPU scratch space, not on the stack.
+    let sc = NP_CT_SCRATCH
+        .get_ptr_mut(0)
+        .ok_or(DropReason::CtInsertFailed)?;
+    // SAFETY: this CPU's slot, used by nothing else while the program runs.
+    let (oentry, partner) = unsafe { (&mut (*sc)[0], &mut (*sc)[1]) };
+    oentry.peer = translated.reversed();
+    oentry.nat_addr_be = if dst_side {
+        translated.daddr_be
     } else {
-        (u32::from(cfg.nat_port_max), u32::from(cfg.nat_port_min))
+        translated.saddr_be
     };
-    let span = max - min + 1;
-    if span == 0 {
-        // Unreachable (min <= max); tells the compiler `%` cannot trap.
-        return Err(DropReason::NatPortsExhausted);
-    }
-    // SAFETY: no preconditions.
-    let start = unsafe { bpf_get_prandom_u32() } % span;
-    let tries = if vary_sport && has_ports {
+    oentry.nat_port_be = if dst_side {
+        translated.dport_be
+    } else {
+        translated.sport_be
+    };
+    oentry.dir = ct_dir::ORIGINAL;
+    oentry.state = 0;
+    oentry.flags = flags;
+    oentry.net_id = net_id;
+    oentry.created_ns = now;
+    oentry.last_seen_ns = now;
+    oentry.packets = 0;
+    oentry.bytes = 0;
+    fill_partner(partner, orig, oentry);
+    let (min, max) = nat_ports();
+    let mut s = PortSearch {
+        skb: match vary {
+            Some(ctx) => ctx.skb.skb.cast(),
+            None => core::ptr::null_mut(),
+        },
+        partner,
+        reply: translated.reversed(),
+        min,
+        span: max - min + 1,
+        // SAFETY: no preconditions.
+        start: unsafe { bpf_get_prandom_u32() },
+        result: 0,
+    };
+    let tries = if vary.is_some() && has_ports {
         PORT_TRIES
     } else {
         1
     };
-    let mut claimed = false;
-    let mut i: u32 = 0;
-    while i < tries {
-        if i > 0 {
-            let port = min + (start + i) % span;
-            reply.dport_be = (port as u16).to_be();
-        }
-        match NP_CT4.insert(reply, partner_entry(orig, &oentry), BPF_NOEXIST as u64) {
-            Ok(()) => {
-                claimed = true;
-                break;
-            }
-            Err(err) if err == EEXIST => {}
-            Err(_) => return Err(DropReason::CtInsertFailed),
-        }
-        i += 1;
+    // One callback verified once, rather than the verifier walking every
+    // candidate port's branches.
+    // SAFETY: the callback has the signature the helper expects and `s`
+    // outlives the call.
+    unsafe {
+        bpf_loop(tries, try_port as *mut c_void, (&raw mut s).cast(), 0);
     }
-    if !claimed {
-        return Err(DropReason::NatPortsExhausted);
+    match s.result {
+        CLAIMED => {}
+        FAILED => return Err(DropReason::CtInsertFailed),
+        _ => return Err(DropReason::NatPortsExhausted),
     }
+    let reply = s.reply;
     oentry.peer = reply;
-    if !dnat {
+    if !dst_side {
         oentry.nat_port_be = reply.dport_be;
     }
-    if NP_CT4.insert(orig, oentry, BPF_NOEXIST as u64).is_err() {
+    if ct_insert_new4(orig, oentry).is_err() {
         // Lost a race with another CPU creating the same flow: give our
         // claimed tuple back and use the winner's entry.
-        let _ = NP_CT4.remove(reply);
+        ct_remove4(&reply);
     }
     ct_lookup4(orig).ok_or(DropReason::CtInsertFailed)
+}
+
+/// The NAT port range, inclusive, lowest first.
+#[inline(always)]
+fn nat_ports() -> (u32, u32) {
+    let (a, b) = match NP_CONFIG.get(0) {
+        Some(c) if !c.is_unset() => (c.nat_port_min, c.nat_port_max),
+        _ => (Config::DEFAULT_PORT_MIN, Config::DEFAULT_PORT_MAX),
+    };
+    (u32::from(a.min(b)), u32::from(a.max(b)))
+}
+
+const CLAIMED: i32 = 1;
+const FAILED: i32 = -1;
+
+/// The search for a free translated tuple: the REPLY key being tried and
+/// the REPLY entry to claim it with.
+#[repr(C)]
+struct PortSearch {
+    /// The packet's skb for host socket lookups; null when the port is kept.
+    skb: *mut c_void,
+    /// The REPLY entry (in the scratch map).
+    partner: *const CtEntry4,
+    reply: CtKey4,
+    min: u32,
+    span: u32,
+    start: u32,
+    /// 0 searching, [`CLAIMED`], [`FAILED`].
+    result: i32,
+}
+
+/// `bpf_loop`'s callback: candidate `i` (0: the original port, then ports
+/// from a random start in the range). Returns 1 when done.
+#[inline(never)]
+unsafe extern "C" fn try_port(i: u64, s: *mut c_void) -> i64 {
+    // SAFETY: the helper passes our `PortSearch`.
+    let s = unsafe { &mut *(s as *mut PortSearch) };
+    if i > 0 {
+        if s.span == 0 {
+            return 1;
+        }
+        let port = s.min + s.start.wrapping_add(i as u32) % s.span;
+        s.reply.dport_be = (port as u16).to_be();
+    }
+    // A tuple a host socket holds, or a published host port (its clients'
+    // new flows would look like replies), is not ours to take.
+    if !s.skb.is_null()
+        && (host_socket(s.skb, &s.reply)
+            || published(s.reply.daddr_be, s.reply.dport_be, s.reply.proto, false).is_some())
+    {
+        return 0;
+    }
+    // SAFETY: the scratch entry `create4` filled, valid while the program runs.
+    match ct_insert_new4(&s.reply, unsafe { &*s.partner }) {
+        Ok(()) => {
+            s.result = CLAIMED;
+            1
+        }
+        Err(err) if err == EEXIST => 0,
+        Err(_) => {
+            s.result = FAILED;
+            1
+        }
+    }
 }

@@ -5,7 +5,9 @@
 //! [`GROUPS`]), whatever the number of rules; the most specific match
 //! decides ([`specificity`]), no match allows.
 
-use aya_ebpf::maps::lpm_trie::Key;
+use core::ffi::c_void;
+
+use aya_ebpf::{helpers::bpf_loop, maps::lpm_trie::Key};
 use netpath_common::{
     DropReason, counter_kind, counter_scope,
     filter::{EXACT_BITS, FilterData, FilterRule, GROUPS, sel, specificity, verdict},
@@ -17,6 +19,7 @@ use crate::{
 };
 
 /// What a filter rule can select a new inbound flow by.
+#[derive(Clone, Copy)]
 pub struct Flow {
     /// The client's address.
     pub src_be: u32,
@@ -58,6 +61,16 @@ fn key(flow: &Flow, group: u8) -> Key<FilterData> {
     )
 }
 
+/// The search over the rule groups: the flow, the groups in use, and the
+/// best match so far.
+#[repr(C)]
+struct Search {
+    flow: Flow,
+    groups: u32,
+    best_rank: u32,
+    best: FilterRule,
+}
+
 /// Whether the rules let `flow` in; a denied flow counts on its rule.
 #[inline(always)]
 pub fn admit(flow: &Flow) -> Result<(), DropReason> {
@@ -65,32 +78,58 @@ pub fn admit(flow: &Flow) -> Result<(), DropReason> {
         Some(info) if info.groups != 0 => info.groups,
         _ => return Ok(()),
     };
-    let mut best: Option<FilterRule> = None;
-    let mut best_rank = 0u32;
-    let mut g = 0usize;
-    while g < GROUPS {
-        let group = g as u8;
-        // A flow without a host port cannot match a rule that names one.
-        if groups & (1 << g) != 0
-            && !(group & sel::HOST_PORT != 0 && flow.host_port_be == 0)
-            && let Some(r) = NP_FILTER4.get(key(flow, group))
-        {
-            // +1: a rank of 0 means "nothing matched yet".
-            let rank = specificity(r.src_prefix, group) + 1;
-            if rank > best_rank {
-                best_rank = rank;
-                best = Some(*r);
-            }
-        }
-        g += 1;
-    }
-    let Some(rule) = best else {
-        return Ok(());
+    let mut s = Search {
+        flow: *flow,
+        groups,
+        // 0: nothing matched yet (ranks start at 1).
+        best_rank: 0,
+        best: FilterRule::default(),
     };
-    count(counter_scope::FILTER, rule.id, counter_kind::FILTER_HITS, 0);
-    if rule.verdict == verdict::DENY {
+    // One callback verified once, rather than the verifier walking every
+    // combination of matches across the groups.
+    // SAFETY: the callback has the signature the helper expects and `s`
+    // outlives the call.
+    unsafe {
+        bpf_loop(
+            GROUPS as u32,
+            visit_group as *mut c_void,
+            (&raw mut s).cast(),
+            0,
+        );
+    }
+    if s.best_rank == 0 {
+        return Ok(());
+    }
+    count(
+        counter_scope::FILTER,
+        s.best.id,
+        counter_kind::FILTER_HITS,
+        0,
+    );
+    if s.best.verdict == verdict::DENY {
         Err(DropReason::Filter)
     } else {
         Ok(())
     }
+}
+
+/// `bpf_loop`'s callback: group `i`. Returns 0 (go on).
+#[inline(never)]
+unsafe extern "C" fn visit_group(i: u64, s: *mut c_void) -> i64 {
+    // SAFETY: the helper passes our `Search`.
+    let s = unsafe { &mut *(s as *mut Search) };
+    let group = (i & (GROUPS as u64 - 1)) as u8;
+    // A flow without a host port cannot match a rule that names one.
+    if s.groups & (1u32 << group) == 0 || (group & sel::HOST_PORT != 0 && s.flow.host_port_be == 0)
+    {
+        return 0;
+    }
+    if let Some(r) = NP_FILTER4.get(key(&s.flow, group)) {
+        let rank = specificity(r.src_prefix, group) + 1;
+        if rank > s.best_rank {
+            s.best_rank = rank;
+            s.best = *r;
+        }
+    }
+    0
 }

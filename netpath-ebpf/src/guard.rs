@@ -4,7 +4,7 @@
 //! did for the traffic the fast path now takes, and close the VLAN and
 //! ethertype side doors.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{helpers::bpf_skb_vlan_pop, programs::TcContext};
 use netpath_common::{DropReason, VlanKey};
 
 use crate::{
@@ -43,23 +43,33 @@ pub enum UplinkFrame {
 }
 
 /// Tagged frames only pass for a VLAN the host has a device for on this
-/// uplink (`NP_VLANS`); priority tags (VLAN 0) count as untagged, as the
-/// kernel treats them.
+/// uplink (`NP_VLANS`); a priority tag (VLAN 0) is taken off and the frame
+/// judged as untagged, as the kernel treats it.
 #[inline(always)]
 pub fn uplink_frame(ctx: &TcContext, ifindex: u32) -> UplinkFrame {
-    if let Some(vid) = parse::stripped_vlan(ctx)
-        && vid != 0
-    {
-        let key = VlanKey {
-            ifindex,
-            vid,
-            _pad: 0,
-        };
-        return if NP_VLANS.get_ptr(key).is_some() {
-            UplinkFrame::Host
-        } else {
-            UplinkFrame::Verdict(drop(ctx, 0, DropReason::Vlan))
-        };
+    match parse::stripped_vlan(ctx) {
+        None => {}
+        // A priority tag: the kernel treats the frame as untagged, and so
+        // does netpath, without the tag (the fast path would hand it to a
+        // container as it is).
+        // SAFETY: the helper takes the program's skb.
+        Some(0) => {
+            if unsafe { bpf_skb_vlan_pop(ctx.skb.skb.cast()) } != 0 {
+                return UplinkFrame::Verdict(drop(ctx, 0, DropReason::Malformed));
+            }
+        }
+        Some(vid) => {
+            let key = VlanKey {
+                ifindex,
+                vid,
+                _pad: 0,
+            };
+            return if NP_VLANS.get_ptr(key).is_some() {
+                UplinkFrame::Host
+            } else {
+                UplinkFrame::Verdict(drop(ctx, 0, DropReason::Vlan))
+            };
+        }
     }
     match parse::ethertype(ctx) {
         Some(eth_p::IP) => UplinkFrame::Ipv4,

@@ -6,7 +6,7 @@
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
     counter_kind, counter_scope, csum,
-    ct::{CtEntry4, CtKey4, ct_dir, ct_flags, proto},
+    ct::{CtKey4, ct_dir, ct_flags, proto},
 };
 
 use crate::{
@@ -31,19 +31,24 @@ pub fn icmp_error4(ctx: &TcContext, ip: &Ip4, phase: Phase) -> Option<bool> {
     if inner.is_later_fragment() {
         return None;
     }
+    // An error goes back to whoever sent the packet it quotes, and one
+    // leaving for the flow's far end comes from the flow's own endpoint:
+    // anything else is not this flow's error, whatever it quotes.
+    if ip.daddr != inner.saddr || (phase == Phase::Egress && ip.saddr != inner.daddr) {
+        return None;
+    }
     let inner_l4 = inner_off + inner.hlen;
     let (isport, idport) = parse::quoted_ports(ctx, &inner, inner_l4)?;
     let quoted = CtKey4::new(inner.saddr, inner.daddr, isport, idport, inner.proto);
     let key = quoted.reversed();
     let e = ct_lookup4(&key)?;
-    // SAFETY: map value pointer, valid during the program.
-    let e: CtEntry4 = unsafe { *e };
-    let to = e.peer.reversed();
+    // SAFETY: map value pointer, valid during the program; fields read at once.
+    let (dir, flags, net_id, want) = unsafe { ((*e).dir, (*e).flags, (*e).net_id, (*e).peer) };
+    let to = want.reversed();
     // MID entries: the quoted packet's untranslated self is not their peer.
-    if e.dir == ct_dir::MID {
-        return Some(e.flags & ct_flags::DNAT != 0);
+    if dir == ct_dir::MID {
+        return Some(flags & ct_flags::DNAT != 0);
     }
-    let want = e.peer;
     let icmp_csum = icmp_off + 2;
     // The outer address on this phase's side, when it is the flow's endpoint.
     let (outer_side, outer_old, outer_key, outer_new) = match phase {
@@ -102,6 +107,6 @@ pub fn icmp_error4(ctx: &TcContext, ip: &Ip4, phase: Phase) -> Option<bool> {
         Phase::Ingress => counter_kind::NET_REV_SNAT,
         Phase::Egress => counter_kind::NET_SNAT,
     };
-    count(counter_scope::NETWORK, e.net_id, kind, ctx.len());
-    Some(e.flags & ct_flags::DNAT != 0)
+    count(counter_scope::NETWORK, net_id, kind, ctx.len());
+    Some(flags & ct_flags::DNAT != 0)
 }

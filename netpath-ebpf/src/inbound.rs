@@ -18,7 +18,7 @@ use netpath_common::{
 };
 
 use crate::{
-    ct::{ct_create4, now},
+    ct::ct_create4,
     filter::{self, Flow},
     flow::packet_key,
     lookup::is_target,
@@ -78,5 +78,5 @@ pub fn direct4(
         to_port_be: l4.dport_be,
     })?;
     let key = packet_key(ip, l4);
-    ct_create4(&key, &key, false, ct_flags::INBOUND, net_id, now())
+    ct_create4(&key, &key, None, ct_flags::INBOUND, net_id)
 }

@@ -94,3 +94,9 @@ pub fn drop(ctx: &TcContext, net_id: u32, reason: DropReason) -> i32 {
     }
     TC_ACT_SHOT
 }
+
+/// Byte-wise MAC comparison (a derived `==` becomes a `bcmp` call).
+#[inline(always)]
+pub fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5]
+}

@@ -1,11 +1,14 @@
 //! netpath's kernel programs: TC/TCX classifiers attached at ingress and
-//! egress of every managed bridge, its ports and the uplinks.
+//! egress of every managed bridge, its ports and the uplinks (one program
+//! per role and direction), the cgroup socket hooks, and the conntrack
+//! sweep.
 //!
 //! One concern per module; this file only dispatches.
 #![no_std]
 #![no_main]
 #![feature(asm_experimental_arch)]
 
+mod bridge;
 mod counters;
 mod ct;
 mod fastpath;
@@ -25,6 +28,7 @@ mod publish;
 mod rewrite;
 mod sock;
 mod spoof;
+mod sweep;
 mod uplink;
 
 use aya_ebpf::{
@@ -34,7 +38,11 @@ use aya_ebpf::{
 };
 use netpath_common::{IfaceInfo, IfaceRole, counter_kind, counter_scope};
 
-use crate::{counters::count, maps::NP_IFACES};
+use crate::counters::count;
+
+/// A build with `NETPATH_EBPF_VARIANT` set has (slightly) different
+/// programs that behave the same: the upgrade test switches to it in place.
+const VARIANT: bool = option_env!("NETPATH_EBPF_VARIANT").is_some();
 
 /// TCX_NEXT: let the next program in the chain (or the stack) decide.
 pub const TCX_NEXT: i32 = TC_ACT_UNSPEC;
@@ -46,18 +54,76 @@ enum Dir {
     Egress,
 }
 
+// One program per interface role and direction, so each verifies (and
+// gets its stack) on its own; the loader attaches the one that fits.
+
 #[classifier]
-pub fn netpath_ingress(ctx: TcContext) -> i32 {
-    match handle(&ctx, Dir::Ingress) {
-        Ok(ret) | Err(ret) => ret,
-    }
+pub fn netpath_up_in(ctx: TcContext) -> i32 {
+    hook(&ctx, IfaceRole::Uplink, Dir::Ingress, |ctx, ifindex, _| {
+        uplink::ingress(ctx, ifindex)
+    })
 }
 
 #[classifier]
-pub fn netpath_egress(ctx: TcContext) -> i32 {
-    match handle(&ctx, Dir::Egress) {
-        Ok(ret) | Err(ret) => ret,
+pub fn netpath_up_eg(ctx: TcContext) -> i32 {
+    hook(&ctx, IfaceRole::Uplink, Dir::Egress, |ctx, _, iface| {
+        nat::egress(ctx, iface)
+    })
+}
+
+#[classifier]
+pub fn netpath_port_in(ctx: TcContext) -> i32 {
+    hook(&ctx, IfaceRole::Port, Dir::Ingress, port::ingress)
+}
+
+#[classifier]
+pub fn netpath_port_eg(ctx: TcContext) -> i32 {
+    hook(&ctx, IfaceRole::Port, Dir::Egress, |ctx, _, iface| {
+        port::egress(ctx, iface)
+    })
+}
+
+#[classifier]
+pub fn netpath_br_in(ctx: TcContext) -> i32 {
+    hook(&ctx, IfaceRole::Bridge, Dir::Ingress, |ctx, _, iface| {
+        bridge::ingress(ctx, iface)
+    })
+}
+
+#[classifier]
+pub fn netpath_br_eg(ctx: TcContext) -> i32 {
+    hook(&ctx, IfaceRole::Bridge, Dir::Egress, |_, _, _| TCX_NEXT)
+}
+
+/// The conntrack sweep (run by the loader with BPF_PROG_TEST_RUN, never
+/// attached).
+#[classifier]
+pub fn netpath_sweep(ctx: TcContext) -> i32 {
+    sweep::run(&ctx)
+}
+
+/// Accounts a packet on the interface it is on and hands it to `f`, if
+/// the interface is managed in the role the program was attached for (a
+/// role that just changed is left alone until the loader swaps the
+/// program).
+#[inline(always)]
+fn hook(
+    ctx: &TcContext,
+    role: IfaceRole,
+    dir: Dir,
+    f: impl FnOnce(&TcContext, u32, &IfaceInfo) -> i32,
+) -> i32 {
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // An interface netpath does not (or no longer) manage: not ours to judge.
+    let Some(iface) = lookup::iface(ifindex) else {
+        return TCX_NEXT;
+    };
+    if iface.role != role as u32 || VARIANT && iface.flags == u32::MAX {
+        return TCX_NEXT;
     }
+    account(ctx, dir, ifindex, &iface);
+    f(ctx, ifindex, &iface)
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -78,25 +144,6 @@ pub fn netpath_recvmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername4)]
 pub fn netpath_getpeername4(ctx: SockAddrContext) -> i32 {
     sock::reverse4(&ctx)
-}
-
-#[inline(always)]
-fn handle(ctx: &TcContext, dir: Dir) -> Result<i32, i32> {
-    // SAFETY: the context pointer is valid for the program's lifetime.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // An interface netpath does not (or no longer) manage: not ours to judge.
-    // SAFETY: the value is Copy and read at once.
-    let Some(iface) = (unsafe { NP_IFACES.get(ifindex) }).copied() else {
-        return Ok(TCX_NEXT);
-    };
-    account(ctx, dir, ifindex, &iface);
-    Ok(match (IfaceRole::from_u32(iface.role), dir) {
-        (Some(IfaceRole::Uplink), Dir::Egress) => nat::egress(ctx, &iface),
-        (Some(IfaceRole::Uplink), Dir::Ingress) => uplink::ingress(ctx, ifindex),
-        (Some(IfaceRole::Port), Dir::Ingress) => port::ingress(ctx, ifindex, &iface),
-        (Some(IfaceRole::Port), Dir::Egress) => port::egress(ctx, &iface),
-        _ => TCX_NEXT,
-    })
 }
 
 /// Interface counters everywhere; network counters on container ports, where

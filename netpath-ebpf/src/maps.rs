@@ -4,12 +4,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use netpath_common::{
     Config, Counter, CounterKey, Endpoint, HostInfo, IfaceInfo, Lease, LeaseKey, MAX_COUNTERS,
-    MAX_HOSTADDRS, MAX_IFACES, MAX_LEASES, MAX_NETWORKS, MAX_PUBLISH, MAX_VLANS, NetworkInfo,
-    PubKey4, PubVal4, SockRevKey, SockRevVal, TargetKey4, VlanKey,
+    MAX_HOSTADDRS, MAX_IFACES, MAX_LEASES, MAX_NETWORKS, MAX_PUBLISH, MAX_VLANS, MacKey,
+    NetworkInfo, PubKey4, PubVal4, SockRevKey, SockRevVal, TargetKey4, VlanKey,
     ct::{CtEntry4, CtKey4, FragKey4, FragPorts, MAX_CT4, MAX_FRAG4},
     filter::{FilterData, FilterInfo, FilterRule, MAX_FILTERS},
 };
@@ -89,3 +89,18 @@ pub static NP_TARGETS4: HashMap<TargetKey4, u32> = HashMap::pinned(MAX_PUBLISH, 
 /// the loader: tagged frames of any other VLAN are dropped at the uplink.
 #[map]
 pub static NP_VLANS: HashMap<VlanKey, u32> = HashMap::pinned(MAX_VLANS, 0);
+
+/// Network id -> live flows, written by a sweep pass that counts per
+/// network (`netpath status`).
+#[map]
+pub static NP_CT_NETWORKS: Array<u32> = Array::pinned(MAX_NETWORKS + 1, 0);
+
+/// Per-CPU room to build a new flow's two entries in (they would not fit
+/// the BPF stack next to the hooks' own locals). Not pinned: nothing to keep.
+#[map]
+pub static NP_CT_SCRATCH: PerCpuArray<[CtEntry4; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// MACs of bound or learned ports and of managed bridges -> whose: no
+/// other port may send from them (kept by the loader and port learning).
+#[map]
+pub static NP_MACS: HashMap<MacKey, u32> = HashMap::pinned(MAX_IFACES, 0);

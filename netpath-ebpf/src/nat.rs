@@ -7,20 +7,19 @@
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
     DropReason, GatewayMode, IfaceInfo, counter_kind, counter_scope,
-    ct::{CtKey4, ct_dir, ct_flags},
+    ct::{CtKey4, ct_dir, ct_flags, proto, tcp_flags},
     net_flags,
 };
 
 use crate::{
     TCX_NEXT,
     counters::count,
-    ct::{ct_create4, ct_lookup4, now},
+    ct::{ct_create4, ct_lookup4, ct_remove4},
     flow::{apply4, packet_key},
     frag::{first_fragment4, later_fragment4},
     icmp::icmp_error4,
     lookup::{drop, network, network_of},
-    maps::NP_CT4,
-    parse::{self, L4Kind},
+    parse::{self, Ip4, L4, L4Kind},
     rewrite::{Phase, Side, set_addr},
 };
 
@@ -55,6 +54,21 @@ fn source(saddr: u32) -> Result<Source, u32> {
     } else {
         Source::Masquerade(net_id)
     })
+}
+
+/// Whether a new host flow's tuple (its first packet: a TCP SYN, a UDP
+/// datagram, an echo request) is what replies of a translated flow carry,
+/// i.e. another flow's REPLY key.
+#[inline(always)]
+fn held_by_a_flow(ip: &Ip4, l4: &L4, key: &CtKey4) -> bool {
+    let first = match ip.proto {
+        proto::TCP => l4.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN,
+        proto::UDP => true,
+        proto::ICMP => l4.kind == L4Kind::Ports && l4.sport_be != 0,
+        _ => false,
+    };
+    // SAFETY: map value pointer, read at once.
+    first && ct_lookup4(&key.reversed()).is_some_and(|e| unsafe { (*e).dir } == ct_dir::REPLY)
 }
 
 /// Uplink egress: the source half of every flow, and new flows of the
@@ -125,11 +139,16 @@ pub fn egress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
         } else {
             // The uplink's address changed (or the route moved to another
             // uplink): like MASQUERADE, the old mapping is gone.
-            let _ = NP_CT4.remove(peer);
-            let _ = NP_CT4.remove(key);
+            ct_remove4(&peer);
+            ct_remove4(&key);
         }
     }
     let (net_id, translated, flags) = match src {
+        // The host's own packet: untouched, unless a translated flow holds
+        // its tuple already (a container's flow got there first): then the
+        // host's flow gets another source port, as netfilter's NAT does with
+        // the later of two clashing connections.
+        Source::Host if held_by_a_flow(&ip, &l4, &key) => (0, key, ct_flags::SNAT | ct_flags::HOST),
         Source::Host => return TCX_NEXT,
         Source::Track(net_id) => (net_id, key, 0),
         Source::Masquerade(net_id) => {
@@ -140,8 +159,8 @@ pub fn egress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
             (net_id, t, ct_flags::SNAT)
         }
     };
-    let vary_sport = flags & ct_flags::SNAT != 0;
-    match ct_create4(&key, &translated, vary_sport, flags, net_id, now()) {
+    let vary = (flags & ct_flags::SNAT != 0).then_some(ctx);
+    match ct_create4(&key, &translated, vary, flags, net_id) {
         Ok(e) => {
             count(counter_scope::NETWORK, net_id, counter_kind::NET_CT_NEW, 0);
             first_fragment4(&ip, &l4, e, Phase::Egress);

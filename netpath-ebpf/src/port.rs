@@ -73,7 +73,7 @@ pub fn ingress(ctx: &TcContext, ifindex: u32, iface: &IfaceInfo) -> i32 {
     let Some(ip) = parse::ipv4(ctx) else {
         return drop(ctx, net_id, DropReason::Malformed);
     };
-    if let Err(v) = sender.check_ipv4(ctx, ip.saddr) {
+    if let Err(v) = sender.check_ipv4(ctx, ip.saddr, ip.daddr) {
         return v;
     }
     match flows_in(ctx, &ip, net_id, &net) {
@@ -129,7 +129,7 @@ fn flows_in(ctx: &TcContext, ip: &Ip4, net_id: u32, net: &NetworkInfo) -> PortNa
             if net.flags & net_flags::INTERNAL != 0 {
                 return PortNat::None;
             }
-            match publish4(&key) {
+            match publish4(ctx, &key) {
                 None => return PortNat::None,
                 Some(Ok((e, id))) => {
                     count(counter_scope::NETWORK, id, counter_kind::NET_CT_NEW, 0);

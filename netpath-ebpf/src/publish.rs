@@ -4,6 +4,7 @@
 //! to its container; a container reaching its own published port is also
 //! source-NATed to its gateway.
 
+use aya_ebpf::programs::TcContext;
 use netpath_common::{
     DropReason, counter_scope,
     ct::{CtEntry4, CtKey4, ct_dir, ct_flags, proto},
@@ -11,10 +12,9 @@ use netpath_common::{
 
 use crate::{
     counters::count,
-    ct::{ct_create4, now},
+    ct::{ct_create4, ct_put_mid4},
     filter::{self, Flow},
     lookup::{network, published},
-    maps::NP_CT4,
 };
 
 /// Counts a packet of a published port's flow on its mapping, found from
@@ -35,7 +35,7 @@ pub type NewFlow = Result<(*mut CtEntry4, u32), (u32, DropReason)>;
 /// also source-translated to its gateway (Docker's hairpin MASQUERADE),
 /// which takes two extra `MID` entries for the egress half.
 #[inline(always)]
-pub fn publish4(key: &CtKey4) -> Option<NewFlow> {
+pub fn publish4(ctx: &TcContext, key: &CtKey4) -> Option<NewFlow> {
     if key.proto != proto::TCP && key.proto != proto::UDP {
         return None;
     }
@@ -66,7 +66,7 @@ pub fn publish4(key: &CtKey4) -> Option<NewFlow> {
         key.proto,
     );
     let flags = ct_flags::DNAT | if to_self { ct_flags::SNAT } else { 0 };
-    let e = match ct_create4(key, &translated, to_self, flags, net_id, now()) {
+    let e = match ct_create4(key, &translated, to_self.then_some(ctx), flags, net_id) {
         Ok(e) => e,
         Err(r) => return Some(Err((net_id, r))),
     };
@@ -87,8 +87,8 @@ pub fn publish4(key: &CtKey4) -> Option<NewFlow> {
             net_id,
             ..CtEntry4::default()
         };
-        let _ = NP_CT4.insert(mid, half(reply), 0);
-        let _ = NP_CT4.insert(mid.reversed(), half(*key), 0);
+        ct_put_mid4(&mid, &half(reply));
+        ct_put_mid4(&mid.reversed(), &half(*key));
     }
     Some(Ok((e, net_id)))
 }

@@ -3,22 +3,19 @@
 //! sender fields. A port that is not bound yet learns them from its
 //! container's first ARP or IPv4 packet from an address of its subnet
 //! (trust on first use), but never the gateway, the network or broadcast
-//! address, or an address another port is bound to or learned.
+//! address, or an address another port is bound to or learned; and before
+//! that it may not send from another port's (or a bridge's) MAC, which
+//! would move that MAC to it in the bridge's forwarding table.
 
 use aya_ebpf::{bindings::BPF_EXIST, programs::TcContext};
-use netpath_common::{DropReason, Endpoint, IfaceInfo, NetworkInfo, iface_flags};
+use netpath_common::{DropReason, Endpoint, IfaceInfo, MacKey, NetworkInfo, iface_flags};
 
 use crate::{
     TCX_NEXT,
-    lookup::drop,
-    maps::{NP_ENDPOINTS4, NP_IFACES},
+    lookup::{drop, same_mac},
+    maps::{NP_ENDPOINTS4, NP_IFACES, NP_MACS},
     parse::ETH_HLEN,
 };
-
-#[inline(always)]
-fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
-    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5]
-}
 
 /// Whether a port (`ifindex`) that is not bound yet may take `addr` for its
 /// container: in the subnet, not the gateway, the network or the broadcast
@@ -39,6 +36,17 @@ fn claimable(net: &NetworkInfo, ifindex: u32, addr: u32) -> bool {
     }
 }
 
+/// Whether `mac` belongs to another port or to a bridge.
+#[inline(always)]
+fn mac_of_another(ifindex: u32, mac: &[u8; 6]) -> bool {
+    let key = MacKey {
+        mac: *mac,
+        _pad: [0; 2],
+    };
+    // SAFETY: the value is read at once.
+    unsafe { NP_MACS.get(key) }.is_some_and(|owner| *owner != ifindex)
+}
+
 /// Records what an unbound port's container uses (trust on first use).
 #[inline(always)]
 fn learn(ifindex: u32, iface: &IfaceInfo, addr: u32, mac: [u8; 6]) {
@@ -57,6 +65,7 @@ fn learn(ifindex: u32, iface: &IfaceInfo, addr: u32, mac: [u8; 6]) {
             _pad: [0; 2],
         };
         let _ = NP_ENDPOINTS4.insert(addr, ep, 0);
+        let _ = NP_MACS.insert(MacKey { mac, _pad: [0; 2] }, ifindex, 0);
     }
 }
 
@@ -75,19 +84,27 @@ impl Sender<'_> {
         self.iface.flags & (iface_flags::BOUND | iface_flags::LEARNED) != 0
     }
 
-    /// A bound port's frames carry its MAC.
+    /// A bound port's frames carry its MAC; an unbound port's no MAC of
+    /// another port or a bridge.
     #[inline(always)]
     pub fn check_mac(&self, ctx: &TcContext) -> Result<(), i32> {
-        if self.bound() && !same_mac(&self.mac, &self.iface.mac) {
-            return Err(drop(ctx, self.iface.net_id, DropReason::SpoofedMac));
+        let ok = if self.bound() {
+            same_mac(&self.mac, &self.iface.mac)
+        } else {
+            !mac_of_another(self.ifindex, &self.mac)
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(drop(ctx, self.iface.net_id, DropReason::SpoofedMac))
         }
-        Ok(())
     }
 
     /// An IPv4 packet's source: the port's own address, or (unbound) one it
-    /// may claim, which it learns; 0.0.0.0 (DHCP) passes unlearnt.
+    /// may claim, which it learns; 0.0.0.0 passes unlearnt towards the
+    /// limited broadcast only (DHCP).
     #[inline(always)]
-    pub fn check_ipv4(&self, ctx: &TcContext, saddr: u32) -> Result<(), i32> {
+    pub fn check_ipv4(&self, ctx: &TcContext, saddr: u32, daddr: u32) -> Result<(), i32> {
         self.check_mac(ctx)?;
         let ok = if self.bound() {
             saddr == self.iface.ipv4_be
@@ -95,7 +112,7 @@ impl Sender<'_> {
             learn(self.ifindex, self.iface, saddr, self.mac);
             true
         } else {
-            saddr == 0
+            saddr == 0 && daddr == 0xffff_ffff
         };
         if ok {
             Ok(())

@@ -19,9 +19,10 @@ use aya::{
     sys::SyscallError,
 };
 
+use netpath_common::IfaceRole;
+
 use crate::{
-    EBPF_OBJECT,
-    state::{Dir, Maps, StateDir},
+    state::{Dir, Maps, SWEEP_PROGRAM, StateDir, TC_PROGRAMS, tc_program},
     sys,
 };
 
@@ -51,12 +52,30 @@ pub enum Attach {
 /// build is replaced by `up`.
 pub fn build_id() -> String {
     let h = crate::plan::fnv1a(
-        EBPF_OBJECT
+        crate::ebpf_object()
             .iter()
             .chain(env!("CARGO_PKG_VERSION").as_bytes())
             .copied(),
     );
     format!("{}-{h:016x}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Where every build's programs are pinned, one directory per build.
+fn progs_root(state: &StateDir) -> std::path::PathBuf {
+    state.root.join("progs")
+}
+
+/// This build's directory under `root` (bpffs refuses dots in names).
+fn build_dir(root: &std::path::Path) -> std::path::PathBuf {
+    root.join(build_id().replace('.', "_"))
+}
+
+/// The classifiers' names, the sweeper's included.
+fn tc_names() -> impl Iterator<Item = &'static str> {
+    TC_PROGRAMS
+        .iter()
+        .map(|(r, d)| tc_program(*r, *d))
+        .chain([SWEEP_PROGRAM])
 }
 
 /// The cgroup socket hooks for host processes reaching published ports.
@@ -97,8 +116,10 @@ impl SockHook {
 
 /// The loaded programs and their (pinned) maps.
 pub struct Datapath {
-    ingress: SchedClassifier,
-    egress: SchedClassifier,
+    /// In [`TC_PROGRAMS`] order.
+    tc: Vec<SchedClassifier>,
+    /// The conntrack sweep, run with BPF_PROG_TEST_RUN.
+    pub sweeper: SchedClassifier,
     /// In [`SockHook::ALL`] order.
     pub sock: Vec<CgroupSockAddr>,
     pub maps: Maps,
@@ -108,96 +129,232 @@ impl Datapath {
     /// This build's programs for `state`: the pinned ones when an earlier
     /// command of this build loaded them, otherwise the embedded object is
     /// loaded (maps pinned under `state`, created on first use and reused
-    /// afterwards), verified, and its programs pinned.
+    /// afterwards), verified, and its programs pinned. The caller holds the
+    /// state lock: loading may create maps, and a resize moves `NP_CT4`
+    /// aside for a moment.
     pub fn load(state: &StateDir) -> Result<Self> {
-        Self::load_at(&state.maps_dir(), &state.root.join("progs"))
+        Self::load_at(&state.maps_dir(), &progs_root(state), None)
+    }
+
+    /// This build's pinned programs, `None` when they are not pinned (then
+    /// [`Datapath::load`] under the lock). Never loads or creates anything,
+    /// so lock-free readers (`status`, the daemon's sweep) use it.
+    pub fn open(state: &StateDir) -> Result<Option<Self>> {
+        Self::open_at(&state.maps_dir(), &build_dir(&progs_root(state)))
+    }
+
+    /// [`Datapath::open`], or [`Datapath::load`] under the state lock when
+    /// this build's programs are not pinned yet.
+    pub fn open_or_load(state: &StateDir) -> Result<Self> {
+        if let Some(dp) = Self::open(state)? {
+            return Ok(dp);
+        }
+        let _lock = crate::state::lock(false)?;
+        Self::load(state)
+    }
+
+    /// Programs kept loaded between uses (the daemon's), opened again when
+    /// this build's pinned ones changed (a conntrack resize pins new ones).
+    /// Only a caller holding the state lock (`locked`) may load them when
+    /// they are not pinned; any other gets `None` if the lock is busy (try
+    /// again later).
+    pub fn current<'a>(
+        state: &StateDir,
+        loaded: &'a mut Option<Self>,
+        locked: bool,
+    ) -> Result<Option<&'a mut Self>> {
+        if let Some(dp) = loaded
+            && !dp.is_current(state)
+        {
+            *loaded = None;
+        }
+        if loaded.is_none() {
+            *loaded = match Self::open(state)? {
+                Some(dp) => Some(dp),
+                None if locked => Some(Self::load(state)?),
+                None => match crate::state::try_lock()? {
+                    Some(Some(_lock)) => Some(Self::load(state)?),
+                    _ => None,
+                },
+            };
+        }
+        Ok(loaded.as_mut())
+    }
+
+    /// The current namespace's state and this build's programs for it; an
+    /// error when nothing is up. The caller holds the state lock.
+    pub fn open_current() -> Result<(StateDir, Self)> {
+        let (state, _) = Maps::open_current()?;
+        let dp = Self::load(&state)?;
+        Ok((state, dp))
     }
 
     /// Like [`Datapath::load`] with explicit pin directories (tests use
     /// private ones).
     pub fn load_with_pins(maps_dir: &std::path::Path) -> Result<Self> {
-        Self::load_at(maps_dir, &maps_dir.join("progs"))
+        Self::load_at(maps_dir, &maps_dir.join("progs"), None)
     }
 
-    fn load_at(maps_dir: &std::path::Path, progs_root: &std::path::Path) -> Result<Self> {
-        // bpffs refuses dots in names.
-        let dir = progs_root.join(build_id().replace('.', "_"));
-        let pinned = |d: Dir| dir.join(d.program());
-        let sock_pinned = |h: SockHook| dir.join(h.program());
-        let complete = Dir::BOTH.iter().all(|d| pinned(*d).exists())
-            && SockHook::ALL.iter().all(|h| sock_pinned(*h).exists());
+    /// Loads the object afresh whatever is pinned, creating `NP_CT4` with
+    /// `ct_max` entries when it is not pinned (a resize moved the old one
+    /// aside), and pins this build's programs again. The caller holds the
+    /// state lock.
+    pub fn load_fresh(state: &StateDir, ct_max: u32) -> Result<Self> {
+        let root = progs_root(state);
+        let dir = build_dir(&root);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        Self::load_at(&state.maps_dir(), &root, Some(ct_max))
+    }
+
+    /// Removes the pinned programs of every other build (links keep the
+    /// ones still attached alive); `up` does it once this build's daemon
+    /// runs, so a daemon of another build never finds its pins gone.
+    pub fn prune_other_builds(state: &StateDir) -> Result<usize> {
+        let root = progs_root(state);
+        let mine = build_dir(&root);
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            return Ok(0);
+        };
+        let mut pruned = 0;
+        for e in entries {
+            let path = e?.path();
+            if path != mine {
+                std::fs::remove_dir_all(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+                pruned += 1;
+            }
+        }
+        Ok(pruned)
+    }
+
+    fn load_at(
+        maps_dir: &std::path::Path,
+        progs_root: &std::path::Path,
+        ct_max: Option<u32>,
+    ) -> Result<Self> {
+        let dir = build_dir(progs_root);
+        if let Some(dp) = Self::open_at(maps_dir, &dir)? {
+            return Ok(dp);
+        }
+        // Pinned in a scratch directory first and renamed into place, so a
+        // build's directory is complete or absent: a crash halfway leaves
+        // only scratch behind, removed here next time.
+        let scratch = progs_root.join(format!("loading-{}", std::process::id()));
+        for stale in [&dir, &scratch] {
+            if stale.exists() {
+                std::fs::remove_dir_all(stale)
+                    .with_context(|| format!("removing {}", stale.display()))?;
+            }
+        }
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(maps_dir);
+        if let Some(n) = ct_max {
+            loader.map_max_entries(netpath_common::map_names::CT4, n);
+        }
+        let mut ebpf = loader
+            .load(crate::ebpf_object())
+            .context("loading netpath's eBPF object (pinned maps from an incompatible build? run `netpath down --all`)")?;
+        std::fs::create_dir_all(&scratch)
+            .with_context(|| format!("creating {}", scratch.display()))?;
+        for name in tc_names() {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("verifying program {name}"))?;
+            prog.pin(scratch.join(name))
+                .with_context(|| format!("pinning program {name}"))?;
+        }
+        for h in SockHook::ALL {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(h.program())
+                .with_context(|| format!("program {} missing from the object", h.program()))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("verifying program {}", h.program()))?;
+            prog.pin(scratch.join(h.program()))
+                .with_context(|| format!("pinning program {}", h.program()))?;
+        }
+        std::fs::rename(&scratch, &dir)
+            .with_context(|| format!("renaming {} to {}", scratch.display(), dir.display()))?;
+        Self::open_at(maps_dir, &dir)?
+            .with_context(|| format!("{} vanished right after pinning", dir.display()))
+    }
+
+    /// The programs pinned in `dir`, `None` unless all of them are.
+    fn open_at(maps_dir: &std::path::Path, dir: &std::path::Path) -> Result<Option<Self>> {
+        let pinned = |name: &str| dir.join(name);
+        let complete = tc_names().all(|n| pinned(n).exists())
+            && SockHook::ALL.iter().all(|h| pinned(h.program()).exists());
         if !complete {
-            let mut ebpf = EbpfLoader::new()
-                .default_map_pin_directory(maps_dir)
-                .load(EBPF_OBJECT)
-                .context("loading netpath's eBPF object (pinned maps from an incompatible build? run `netpath down --all`)")?;
-            // Programs of other builds stay alive while links use them.
-            let _ = std::fs::remove_dir_all(progs_root);
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            for d in Dir::BOTH {
-                let prog: &mut SchedClassifier = ebpf
-                    .program_mut(d.program())
-                    .with_context(|| format!("program {} missing from the object", d.program()))?
-                    .try_into()?;
-                prog.load()
-                    .with_context(|| format!("verifying program {}", d.program()))?;
-                prog.pin(pinned(d))
-                    .with_context(|| format!("pinning program {}", d.program()))?;
-            }
-            for h in SockHook::ALL {
-                let prog: &mut CgroupSockAddr = ebpf
-                    .program_mut(h.program())
-                    .with_context(|| format!("program {} missing from the object", h.program()))?
-                    .try_into()?;
-                prog.load()
-                    .with_context(|| format!("verifying program {}", h.program()))?;
-                prog.pin(sock_pinned(h))
-                    .with_context(|| format!("pinning program {}", h.program()))?;
-            }
+            return Ok(None);
         }
         let sock = SockHook::ALL
             .iter()
             .map(|h| {
-                CgroupSockAddr::from_pin(sock_pinned(*h), h.attach_type()).with_context(|| {
-                    format!("opening pinned program {}", sock_pinned(*h).display())
-                })
+                let p = pinned(h.program());
+                CgroupSockAddr::from_pin(&p, h.attach_type())
+                    .with_context(|| format!("opening pinned program {}", p.display()))
             })
             .collect::<Result<Vec<_>>>()?;
-        let open = |d: Dir| {
-            SchedClassifier::from_pin(pinned(d))
-                .with_context(|| format!("opening pinned program {}", pinned(d).display()))
+        let open = |name: &str| {
+            SchedClassifier::from_pin(pinned(name))
+                .with_context(|| format!("opening pinned program {}", pinned(name).display()))
         };
+        let tc = TC_PROGRAMS
+            .iter()
+            .map(|(r, d)| open(tc_program(*r, *d)))
+            .collect::<Result<Vec<_>>>()?;
         let mut maps = Maps::open_dir(maps_dir)?;
         maps.config()?;
-        Ok(Self {
-            ingress: open(Dir::Ingress)?,
-            egress: open(Dir::Egress)?,
+        Ok(Some(Self {
+            tc,
+            sweeper: open(SWEEP_PROGRAM)?,
             sock,
             maps,
-        })
+        }))
     }
 
-    /// The program for one direction (loaded).
-    pub fn program(&mut self, dir: Dir) -> Result<&mut SchedClassifier> {
-        Ok(match dir {
-            Dir::Ingress => &mut self.ingress,
-            Dir::Egress => &mut self.egress,
-        })
+    /// The program an interface of `role` runs in `dir` (loaded).
+    pub fn program(&mut self, role: IfaceRole, dir: Dir) -> Result<&mut SchedClassifier> {
+        let i = TC_PROGRAMS
+            .iter()
+            .position(|p| *p == (role, dir))
+            .context("no program for this role")?;
+        Ok(&mut self.tc[i])
     }
 
-    /// Makes sure `ifname` (`ifindex`) runs this build's program in `dir`,
-    /// through a TCX link pinned in `state`.
+    /// Whether this build's pinned programs are still the ones loaded here
+    /// (a resize of the conntrack table pins new ones; the daemon, which
+    /// keeps its programs loaded, then loads them again).
+    pub fn is_current(&mut self, state: &StateDir) -> bool {
+        let dir = build_dir(&progs_root(state));
+        let Ok(pinned) = SchedClassifier::from_pin(dir.join(SWEEP_PROGRAM)) else {
+            return false;
+        };
+        match (pinned.info(), self.sweeper.info()) {
+            (Ok(a), Ok(b)) => a.id() == b.id(),
+            _ => false,
+        }
+    }
+
+    /// Makes sure `ifname` (`ifindex`) runs this build's program for `role`
+    /// in `dir`, through a TCX link pinned in `state`.
     pub fn ensure_attached(
         &mut self,
         state: &StateDir,
         ifindex: u32,
         ifname: &str,
+        role: IfaceRole,
         dir: Dir,
     ) -> Result<Attach> {
         let pin = state.link_pin(ifindex, dir);
-        let prog = self.program(dir)?;
+        let prog = self.program(role, dir)?;
         let info = prog.info()?;
-        let (tag, ours) = (info.tag(), info.id());
+        let (tag, ours, maps) = (info.tag(), info.id(), info.map_ids()?);
         match PinnedLink::from_pin(&pin) {
             Ok(pinned) => {
                 let link = FdLink::from(pinned);
@@ -215,7 +372,9 @@ impl Datapath {
                         format!("querying TCX {} programs on {ifname}", dir.as_str())
                     })?;
                 match attached.iter().find(|p| p.id() == running) {
-                    Some(p) if p.tag() == tag => Ok(Attach::Unchanged),
+                    // The same code on the same maps (loaded again by another
+                    // command of this build).
+                    Some(p) if p.tag() == tag && p.map_ids()? == maps => Ok(Attach::Unchanged),
                     Some(_) => {
                         let link = SchedClassifierLink::try_from(link)?;
                         let id = prog.attach_to_link(link).with_context(|| {
@@ -268,7 +427,11 @@ pub fn attached_program_ids(ifname: &str, dir: Dir) -> Result<Vec<u32>> {
     let (_, progs) = SchedClassifier::query_tcx(ifname, dir.tc())?;
     Ok(progs
         .iter()
-        .filter(|p| p.name_as_str() == Some(&dir.program()[..dir.program().len().min(15)]))
+        .filter(|p| {
+            TC_PROGRAMS
+                .iter()
+                .any(|(r, d)| p.name_as_str() == Some(tc_program(*r, *d)))
+        })
         .map(|p| p.id())
         .collect())
 }

@@ -226,6 +226,12 @@ pub enum ConntrackCmd {
         /// taken [default: 1024-65535].
         #[arg(long, value_name = "MIN-MAX")]
         nat_ports: Option<String>,
+        /// Size the table for this many flows (two entries each). Live
+        /// flows are kept: they are copied into the new table and every
+        /// interface switches to it at once; shrinking below the flows
+        /// alive keeps the most recently active.
+        #[arg(long, value_name = "FLOWS", value_parser = clap::value_parser!(u32).range(1024..=8_388_608))]
+        max: Option<u32>,
     },
 }
 

@@ -4,14 +4,15 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use netpath_common::{
     Config,
     ct::{CtEntry4, CtKey4, TcpState, ct_dir, ct_flags, proto, timeout_class},
+    sweep::{self, SweepArgs},
 };
 use serde::Serialize;
 
-use crate::{plan::from_be, state::Maps};
+use crate::{attach::Datapath, plan::from_be, state::Maps};
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
@@ -88,12 +89,6 @@ pub struct Flow {
     /// published port reached from its own network) or "none" (tracked,
     /// not translated).
     pub nat: String,
-    #[serde(skip)]
-    flags: u32,
-    #[serde(skip)]
-    keys: (CtKey4, CtKey4),
-    #[serde(skip)]
-    expired: bool,
 }
 
 /// Puts the flows together. An entry whose partner is missing (evicted, or
@@ -149,15 +144,14 @@ pub fn flows(maps: &Maps, cfg: &Config, now_ns: u64) -> Result<Vec<Flow>> {
             nat: match (e.flags & ct_flags::DNAT != 0, e.flags & ct_flags::SNAT != 0) {
                 (true, true) => "dnat+snat",
                 (true, false) => "dnat",
+                // The host's own flow, moved off a container's tuple.
+                (false, true) if e.flags & ct_flags::HOST != 0 => "host-snat",
                 (false, true) => "snat",
                 // Tracked only (a network that keeps its addresses, a
                 // routed network's inbound flow).
                 (false, false) => "none",
             }
             .to_owned(),
-            flags: e.flags,
-            keys: (orig_key, reply_key),
-            expired: age > timeout_ns,
         });
     }
     Ok(out)
@@ -190,8 +184,18 @@ pub struct Filter {
     /// Any port of the flow: original or reply, source or destination.
     pub port: Option<u16>,
     pub network: Option<u32>,
-    /// Flows of a published port: (host address or unspecified for all, port, protocol).
-    pub published: Option<(Ipv4Addr, u16, u8)>,
+    /// Flows of published ports (see [`Published`]).
+    pub published: Option<Published>,
+}
+
+/// Published host ports `first..=last` of one protocol, on one host
+/// address (unspecified: every address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    pub addr: Ipv4Addr,
+    pub first: u16,
+    pub last: u16,
+    pub proto: u8,
 }
 
 impl Filter {
@@ -202,70 +206,87 @@ impl Filter {
         }
     }
 
-    pub fn matches(&self, f: &Flow) -> bool {
-        self.src.is_none_or(|a| f.original.src == a)
-            && self.dst.is_none_or(|a| f.original.dst == a)
-            && self.proto.is_none_or(|p| f.proto_nr == p)
-            && self.port.is_none_or(|p| {
-                [
-                    f.original.sport,
-                    f.original.dport,
-                    f.reply.sport,
-                    f.reply.dport,
-                ]
-                .contains(&p)
-            })
-            && self.network.is_none_or(|n| f.network == n)
-            && self.published.is_none_or(|(a, p, pr)| {
-                f.flags & ct_flags::DNAT != 0
-                    && f.proto_nr == pr
-                    && f.original.dport == p
-                    && (a.is_unspecified() || f.original.dst == a)
-            })
-    }
-}
-
-fn remove_flow(maps: &mut Maps, f: &Flow) -> Result<()> {
-    // The ORIGINAL entry first: a container packet racing this finds no flow
-    // and creates a new one (its old external tuple is still claimed, so it
-    // gets a fresh one) instead of using a half-removed flow.
-    maps.remove_ct(&f.keys.0)?;
-    maps.remove_ct(&f.keys.1)
-}
-
-/// Removes the flows `filter` matches; returns how many.
-pub fn flush(maps: &mut Maps, filter: &Filter) -> Result<usize> {
-    let cfg = maps.config()?;
-    let victims: Vec<Flow> = flows(maps, &cfg, monotonic_ns())?
-        .into_iter()
-        .filter(|f| filter.matches(f))
-        .collect();
-    for f in &victims {
-        remove_flow(maps, f)?;
-    }
-    Ok(victims.len())
-}
-
-/// Removes flows idle for longer than their state's timeout; returns how many.
-pub fn sweep(maps: &mut Maps) -> Result<usize> {
-    let cfg = maps.config()?;
-    let expired: Vec<Flow> = flows(maps, &cfg, monotonic_ns())?
-        .into_iter()
-        .filter(|f| f.expired)
-        .collect();
-    for f in &expired {
-        remove_flow(maps, f)?;
-    }
-    // MID entries go with their flow: once the entry they name is gone.
-    let entries = maps.ct_entries()?;
-    let live: std::collections::BTreeSet<CtKeyOrd> =
-        entries.iter().map(|(k, _)| CtKeyOrd(*k)).collect();
-    for (k, e) in &entries {
-        if e.dir == ct_dir::MID && !live.contains(&CtKeyOrd(e.peer)) {
-            maps.remove_ct(k)?;
+    /// The filter as the in-kernel pass takes it.
+    fn args(&self, mode: u32) -> SweepArgs {
+        let be = |a: Option<Ipv4Addr>| a.map_or(0, from_addr);
+        let mut a = SweepArgs {
+            mode,
+            net_id: self.network.unwrap_or(0),
+            src_be: be(self.src),
+            dst_be: be(self.dst),
+            port_be: self.port.unwrap_or(0).to_be(),
+            proto: self.proto.unwrap_or(0),
+            ..SweepArgs::default()
+        };
+        if let Some(p) = self.published {
+            a.pub_addr_be = from_addr(p.addr);
+            a.pub_first = p.first;
+            a.pub_last = p.last;
+            a.pub_proto = p.proto;
         }
+        a
     }
-    Ok(expired.len())
+}
+
+fn from_addr(a: Ipv4Addr) -> u32 {
+    crate::plan::be(a)
+}
+
+/// One pass of the sweep program over the conntrack table (see
+/// `netpath_common::sweep`): what it found and removed.
+pub fn pass(dp: &mut Datapath, args: &SweepArgs) -> Result<SweepArgs> {
+    use aya::programs::{TestRun as _, TestRunOptions};
+    let n = std::mem::size_of::<SweepArgs>();
+    let mut frame = vec![0u8; ETH_HLEN + n];
+    frame[12..14].copy_from_slice(&sweep::ETHERTYPE.to_be_bytes());
+    frame[ETH_HLEN..].copy_from_slice(bytemuck::bytes_of(args));
+    let mut out = vec![0u8; frame.len() + 64];
+    let r = dp
+        .sweeper
+        .test_run(TestRunOptions {
+            data_in: Some(&frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })
+        .context("running the conntrack sweep")?;
+    if r.return_value != 0 || (r.data_size_out as usize) < ETH_HLEN + n {
+        bail!("the conntrack sweep failed ({})", r.return_value);
+    }
+    Ok(bytemuck::pod_read_unaligned(&out[ETH_HLEN..ETH_HLEN + n]))
+}
+
+const ETH_HLEN: usize = 14;
+
+/// Removes the flows `filter` matches, in one pass; returns how many.
+pub fn flush(dp: &mut Datapath, filter: &Filter) -> Result<usize> {
+    Ok(pass(dp, &filter.args(sweep::mode::FLUSH))?.removed_flows as usize)
+}
+
+/// Removes flows idle for longer than their state's timeout (under
+/// `pressure`, unreplied ones idle for longer than `pressure_timeout_ms`
+/// too), in one pass; returns what the pass found.
+pub fn sweep(dp: &mut Datapath, pressure: Option<u32>) -> Result<SweepArgs> {
+    let mut args = SweepArgs {
+        mode: sweep::mode::EXPIRE,
+        ..SweepArgs::default()
+    };
+    if let Some(t) = pressure {
+        args.mode |= sweep::mode::PRESSURE;
+        args.pressure_timeout_ms = t;
+    }
+    pass(dp, &args)
+}
+
+/// Counts the live flows (and per network, into `NP_CT_NETWORKS`), removing
+/// nothing.
+pub fn count(dp: &mut Datapath) -> Result<SweepArgs> {
+    pass(
+        dp,
+        &SweepArgs {
+            mode: sweep::mode::PER_NETWORK,
+            ..SweepArgs::default()
+        },
+    )
 }
 
 /// `conntrack -L` style lines.

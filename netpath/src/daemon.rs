@@ -23,13 +23,18 @@ use anyhow::{Context as _, Result, bail};
 
 use futures::StreamExt as _;
 
-use crate::{conntrack, netns, ops, plumbing::Netlink, state};
+use crate::{attach::Datapath, conntrack, netns, ops, plumbing::Netlink, state};
 
 /// Where daemons keep their pid files and logs.
 pub const RUN_DIR: &str = "/run/netpath";
 
 fn pid_path(cookie: u64) -> PathBuf {
     PathBuf::from(RUN_DIR).join(format!("daemon-{cookie}.pid"))
+}
+
+/// What the daemon of the namespace with `cookie` last did (`status`).
+pub fn report_path(cookie: u64) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(format!("daemon-{cookie}.json"))
 }
 
 /// The daemon's log for the namespace with `cookie`.
@@ -171,6 +176,164 @@ pub struct Options {
     pub interval: Duration,
 }
 
+/// What the daemon did, written after each sweep to `daemon-<cookie>.json`
+/// (for `status`).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Report {
+    pub pid: u32,
+    pub build: String,
+    pub sweeps: u64,
+    /// Flows the sweeps removed since the daemon started.
+    pub swept_flows: u64,
+    pub last_sweep: Option<Sweep>,
+}
+
+/// One sweep pass.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct Sweep {
+    /// Wall clock, milliseconds since the epoch.
+    pub at_unix_ms: u64,
+    /// How long the pass took in the kernel and around it.
+    pub took_us: u64,
+    /// Entries and flows left, unreplied flows among them.
+    pub entries: u32,
+    pub flows: u32,
+    pub embryonic: u32,
+    pub removed_flows: u32,
+    /// Whether unreplied flows had only the pressure timeout.
+    pub pressure: bool,
+}
+
+/// Reads the daemon's report, if it wrote one.
+pub fn report(cookie: u64) -> Option<Report> {
+    let text = std::fs::read_to_string(report_path(cookie)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// When the table is this full, unreplied flows (a SYN flood's, a UDP
+/// scan's) go after [`PRESSURE_TIMEOUT_MS`] instead of their usual timeout,
+/// so the LRU never has to evict established flows to make room.
+const PRESSURE_FILL: f64 = 0.5;
+/// When unreplied flows left after a sweep fill this much of the table, a
+/// flood is on: they go after [`PRESSURE_TIMEOUT_MS`] too, and the sweeps
+/// come every [`FLOOD_INTERVAL`] until it ends, so a flood of 60,000 new
+/// flows a second peaks near half the default table instead of filling it.
+const FLOOD_FILL: f64 = 0.1;
+/// Pressure lasts until the unreplied flows left fill less than this.
+const LEFTOVER_FILL: f64 = 0.01;
+/// The sweep interval during a flood (the daemon's own, when shorter).
+const FLOOD_INTERVAL: Duration = Duration::from_millis(250);
+/// The timeout of unreplied flows under pressure: a handshake takes a
+/// round trip, and a client whose handshake is cut retransmits its SYN
+/// (a new flow) a second later, as after a lost SYN.
+const PRESSURE_TIMEOUT_MS: u32 = 500;
+
+/// The daemon's sweeping: one in-kernel pass per tick, under pressure when
+/// the last pass found the table at least [`PRESSURE_FILL`] full or a
+/// flood on ([`FLOOD_FILL`]).
+struct Sweeper {
+    report: Report,
+    pressure: bool,
+    flood: bool,
+}
+
+impl Sweeper {
+    /// How long until the next sweep.
+    fn interval(&self, normal: Duration) -> Duration {
+        if self.flood {
+            normal.min(FLOOD_INTERVAL)
+        } else {
+            normal
+        }
+    }
+
+    fn tick(&mut self, state: &state::StateDir, loaded: &mut Option<Datapath>) -> Result<()> {
+        let Some(dp) = Datapath::current(state, loaded, false)? else {
+            // A command is loading programs: sweep on the next tick.
+            return Ok(());
+        };
+        let capacity = f64::from(state::Maps::ct_capacity(&state.maps_dir())?);
+        let t = Instant::now();
+        let found = conntrack::sweep(dp, self.pressure.then_some(PRESSURE_TIMEOUT_MS))?;
+        let took_us = t.elapsed().as_micros() as u64;
+        let sweep = Sweep {
+            at_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            took_us,
+            entries: found.entries - found.removed_entries.min(found.entries),
+            flows: found.flows,
+            embryonic: found.embryonic,
+            removed_flows: found.removed_flows,
+            pressure: self.pressure,
+        };
+        // A flood's log is one line when it starts and one when it ends,
+        // not one per sweep.
+        if found.removed_flows > 0 && !self.flood {
+            log(format_args!(
+                "swept {} expired flow(s){}",
+                found.removed_flows,
+                if self.pressure {
+                    " (under pressure)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        // An unreplied flow has two entries.
+        let flood = f64::from(found.embryonic) * 2.0 >= FLOOD_FILL * capacity;
+        let full = f64::from(sweep.entries) >= PRESSURE_FILL * capacity;
+        if flood != self.flood {
+            log(format_args!(
+                "{} ({} unreplied flows, {} of {capacity} entries)",
+                if flood {
+                    "unreplied flows flood the conntrack table: sweeping every 250 ms"
+                } else {
+                    "the flood of unreplied flows is over"
+                },
+                found.embryonic,
+                sweep.entries,
+            ));
+            self.flood = flood;
+        }
+        // Pressure ends once the flood's leftovers are gone too (and the
+        // table is well below half full), not as soon as it ebbs.
+        let pressure = if self.pressure {
+            f64::from(sweep.entries) >= PRESSURE_FILL * 0.8 * capacity
+                || f64::from(found.embryonic) * 2.0 >= LEFTOVER_FILL * capacity
+        } else {
+            full || flood
+        };
+        if pressure != self.pressure {
+            log(format_args!(
+                "conntrack table {} pressure ({} of {capacity} entries): unreplied flows {}",
+                if pressure { "under" } else { "no longer under" },
+                sweep.entries,
+                if pressure {
+                    format!("go after {PRESSURE_TIMEOUT_MS} ms")
+                } else {
+                    "keep their timeouts".to_owned()
+                }
+            ));
+            self.pressure = pressure;
+        }
+        self.report.sweeps += 1;
+        self.report.swept_flows += u64::from(found.removed_flows);
+        self.report.last_sweep = Some(sweep);
+        Ok(())
+    }
+
+    /// Writes the report where `status` reads it (atomically: a new file
+    /// renamed over the old one).
+    fn write(&self, cookie: u64) -> Result<()> {
+        let path = report_path(cookie);
+        let tmp = path.with_extension("json.new");
+        std::fs::write(&tmp, serde_json::to_vec(&self.report)?)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+}
+
 /// A log line stamped with seconds of monotonic time (the daemon's and
 /// `netpath docker`'s logs).
 pub(crate) fn log(msg: std::fmt::Arguments<'_>) {
@@ -214,13 +377,25 @@ pub async fn run(opts: Options) -> Result<()> {
     .context("subscribing to link and address events")?;
     tokio::spawn(conn);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut tick = tokio::time::interval(opts.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick at once, then after each sweep the sweeper's interval.
+    let mut next_tick = tokio::time::Instant::now();
     // Re-apply once at start: things may have changed while no daemon ran.
     let mut dirty = true;
-    // Programs and maps stay loaded between re-applies (the state directory
-    // cannot change under a running daemon: it exits when the state goes).
+    // Programs and maps stay loaded between sweeps and re-applies (the
+    // state directory cannot change under a running daemon: it exits when
+    // the state goes).
     let mut loaded = None;
+    // Address overlaps already logged.
+    let mut conflicts: Vec<String> = Vec::new();
+    let mut sweeper = Sweeper {
+        report: Report {
+            pid: std::process::id(),
+            build: build_id(),
+            ..Report::default()
+        },
+        pressure: false,
+        flood: false,
+    };
     let reason = loop {
         tokio::select! {
             _ = term.recv() => break "SIGTERM",
@@ -235,7 +410,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 while events.try_recv().is_ok() {}
                 dirty = true;
             }
-            _ = tick.tick() => {
+            () = tokio::time::sleep_until(next_tick) => {
                 if !state.exists() {
                     break "no networks left in this namespace";
                 }
@@ -246,11 +421,11 @@ pub async fn run(opts: Options) -> Result<()> {
                         _ => break "its network namespace is gone",
                     }
                 }
-                match state::Maps::open(&state).and_then(|mut m| conntrack::sweep(&mut m)) {
-                    Ok(0) => {}
-                    Ok(n) => log(format_args!("swept {n} expired flow(s)")),
+                match sweeper.tick(&state, &mut loaded).and_then(|()| sweeper.write(cookie)) {
+                    Ok(()) => {}
                     Err(e) => log(format_args!("sweep failed: {e:#}")),
                 }
+                next_tick = tokio::time::Instant::now() + sweeper.interval(opts.interval);
             }
         }
         if !dirty || !state.exists() {
@@ -263,6 +438,12 @@ pub async fn run(opts: Options) -> Result<()> {
                 }
                 if !r.detached.is_empty() {
                     log(format_args!("detached {} interface(s)", r.detached.len()));
+                }
+                if r.conflicts != conflicts {
+                    for c in &r.conflicts {
+                        log(format_args!("WARNING: {c}: egress to it breaks"));
+                    }
+                    conflicts = r.conflicts;
                 }
                 dirty = false;
             }
@@ -277,6 +458,7 @@ pub async fn run(opts: Options) -> Result<()> {
     log(format_args!("netpath daemon exits: {reason}"));
     // A clean exit leaves nothing behind in /run (a crash leaves the log).
     let _ = std::fs::remove_file(log_path(cookie));
+    let _ = std::fs::remove_file(report_path(cookie));
     let _ = std::fs::remove_file(pid_path(cookie));
     Ok(())
 }

@@ -26,5 +26,34 @@ pub mod table;
 pub mod topology;
 
 /// The kernel programs, built from `netpath-ebpf` by build.rs.
-pub static EBPF_OBJECT: &[u8] =
+static EMBEDDED_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netpath-ebpf"));
+
+/// The eBPF object this process loads: the embedded one, or the file named
+/// by `NETPATH_EBPF_OBJECT` (a developer's knob: another build of
+/// `netpath-ebpf` without rebuilding the CLI; the upgrade test uses it).
+pub fn ebpf_object() -> &'static [u8] {
+    static OBJECT: std::sync::OnceLock<&'static [u8]> = std::sync::OnceLock::new();
+    OBJECT.get_or_init(|| {
+        let Some(path) = std::env::var_os("NETPATH_EBPF_OBJECT") else {
+            return EMBEDDED_OBJECT;
+        };
+        match std::fs::read(&path) {
+            // The ELF parser wants 8-byte alignment: copy into u64 words.
+            Ok(bytes) => {
+                let mut words = vec![0u64; bytes.len().div_ceil(8)];
+                bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()]
+                    .copy_from_slice(&bytes);
+                let all: &'static [u8] = bytemuck::cast_slice(Vec::leak(words));
+                &all[..bytes.len()]
+            }
+            Err(e) => {
+                eprintln!(
+                    "netpath: NETPATH_EBPF_OBJECT={}: {e}; using the embedded programs",
+                    std::path::Path::new(&path).display()
+                );
+                EMBEDDED_OBJECT
+            }
+        }
+    })
+}

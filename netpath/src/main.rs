@@ -32,6 +32,16 @@ fn main() -> ExitCode {
             return ExitCode::from(if bad_value { 1 } else { 2 });
         }
     };
+    // A one-shot command whose output goes into a closed pipe (`| head`)
+    // ends quietly, as other tools do; the long-running ones keep Rust's
+    // default (a write error they handle) for their sockets.
+    if !matches!(
+        cli.command,
+        Command::Daemon { .. } | Command::Docker(_) | Command::Bench { .. } | Command::Demo
+    ) {
+        // SAFETY: setting a signal disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -149,6 +159,8 @@ fn run(cli: Cli) -> Result<()> {
                             println!("  daemon of another build replaced (pid {pid})")
                         }
                     }
+                    // No daemon of another build needs its pins any more.
+                    ops::prune_other_builds()?;
                 }
                 Ok(())
             }
@@ -193,7 +205,35 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 Ok(())
             }
-            Command::Conntrack(cmd) => conntrack_cmd(cmd),
+            Command::Conntrack(ConntrackCmd::Config {
+                timeouts,
+                nat_ports,
+                max,
+            }) => {
+                // Settings first (they change nothing but numbers), then the size.
+                conntrack_config(&timeouts, nat_ports.as_deref(), max.is_none())?;
+                if let Some(flows) = max {
+                    let r = ops::resize_conntrack(flows).await?;
+                    if r.from == r.to {
+                        println!("max-flows={} (unchanged)", r.to);
+                    } else {
+                        println!(
+                            "max-flows={} (was {}): {} entries kept{}",
+                            r.to,
+                            r.from,
+                            r.copied,
+                            if r.left_out > 0 {
+                                format!(", {} did not fit", r.left_out)
+                            } else {
+                                String::new()
+                            }
+                        );
+                    }
+                }
+                Ok(())
+            }
+            Command::Conntrack(ConntrackCmd::List { json }) => conntrack_list(json),
+            Command::Conntrack(ConntrackCmd::Flush(f)) => conntrack_flush(&f),
             Command::Publish { host, container } => {
                 let n = publish::publish(&host, &container)?;
                 println!(
@@ -300,44 +340,47 @@ fn filter_cmd(cmd: FilterCmd) -> Result<()> {
     Ok(())
 }
 
-fn conntrack_cmd(cmd: ConntrackCmd) -> Result<()> {
-    match cmd {
-        ConntrackCmd::List { json } => {
-            let mut maps = Maps::open_current()?.1;
-            let cfg = maps.config()?;
-            let flows = conntrack::flows(&maps, &cfg, conntrack::monotonic_ns())?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&flows)?);
-            } else {
-                print!("{}", conntrack::render(&flows));
-            }
-        }
-        ConntrackCmd::Flush(f) => {
-            let filter = conntrack::Filter {
-                src: f.src,
-                dst: f.dst,
-                proto: f.proto.as_deref().map(conntrack::parse_proto).transpose()?,
-                port: f.port,
-                network: None,
-                published: None,
-            };
-            let mut maps = Maps::open_current()?.1;
-            let n = conntrack::flush(&mut maps, &filter)?;
-            println!("netpath conntrack: {n} flow entries have been deleted.");
-        }
-        ConntrackCmd::Config {
-            timeouts,
-            nat_ports,
-        } => {
-            let _lock = state::lock(false)?;
-            let mut maps = Maps::open_current()?.1;
-            let mut cfg = maps.config()?;
-            if !timeouts.is_empty() || nat_ports.is_some() {
-                conntrack::apply_settings(&mut cfg, &timeouts, nat_ports.as_deref())?;
-                maps.set_config(&cfg)?;
-            }
-            print!("{}", conntrack::render_config(&cfg));
-        }
+/// `conntrack config`: applies the settings given and shows them all
+/// (with the table's size unless a resize follows and says it).
+fn conntrack_config(timeouts: &[String], nat_ports: Option<&str>, show_size: bool) -> Result<()> {
+    let _lock = state::lock(false)?;
+    let (state, mut maps) = Maps::open_current()?;
+    let mut cfg = maps.config()?;
+    if !timeouts.is_empty() || nat_ports.is_some() {
+        conntrack::apply_settings(&mut cfg, timeouts, nat_ports)?;
+        maps.set_config(&cfg)?;
     }
+    print!("{}", conntrack::render_config(&cfg));
+    if show_size {
+        println!("max-flows={}", Maps::ct_capacity(&state.maps_dir())? / 2);
+    }
+    Ok(())
+}
+
+fn conntrack_list(json: bool) -> Result<()> {
+    let mut maps = Maps::open_current()?.1;
+    let cfg = maps.config()?;
+    let flows = conntrack::flows(&maps, &cfg, conntrack::monotonic_ns())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&flows)?);
+    } else {
+        print!("{}", conntrack::render(&flows));
+    }
+    Ok(())
+}
+
+fn conntrack_flush(f: &netpath::cli::FlushCmd) -> Result<()> {
+    let filter = conntrack::Filter {
+        src: f.src,
+        dst: f.dst,
+        proto: f.proto.as_deref().map(conntrack::parse_proto).transpose()?,
+        port: f.port,
+        network: None,
+        published: None,
+    };
+    let _lock = netpath::state::lock(false)?;
+    let mut dp = netpath::attach::Datapath::open_current()?.1;
+    let n = conntrack::flush(&mut dp, &filter)?;
+    println!("netpath conntrack: {n} flow entries have been deleted.");
     Ok(())
 }

@@ -172,6 +172,22 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
         bail!("{} exists and is not a bridge", spec.bridge);
     }
     let names: BTreeMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
+    // A subnet that overlaps an address the host has elsewhere would cut
+    // the host off from that address's neighbours.
+    let bridges: std::collections::BTreeSet<String> = existing
+        .values()
+        .map(|s| s.bridge.clone())
+        .chain([spec.bridge.clone()])
+        .collect();
+    if let Some(c) = plan::address_conflicts(
+        std::slice::from_ref(&spec),
+        &nl.host_addrs().await?,
+        &bridges,
+    )
+    .first()
+    {
+        bail!("{c}");
+    }
     let uplinks = uplink_choice(&args.uplinks, &current_ifaces, &names);
     // Dry-run the role plan with the new bridge in place, so a bad uplink is
     // reported before anything changes.
@@ -374,6 +390,7 @@ pub async fn reconcile(
     let mut changes = Vec::new();
     for (&ifindex, p) in &planned {
         let info = port_binding(p.info, current.get(&ifindex), leased.get(&ifindex));
+        let role = IfaceRole::from_u32(p.info.role).context("planned role")?;
         if current.get(&ifindex) != Some(&info) {
             dp.maps
                 .ifaces
@@ -382,16 +399,18 @@ pub async fn reconcile(
         }
         changes.push(IfaceChange {
             name: p.name.clone(),
-            role: IfaceRole::from_u32(p.info.role).context("planned role")?,
+            role,
             previous: current
                 .get(&ifindex)
                 .and_then(|i| IfaceRole::from_u32(i.role)),
-            ingress: dp.ensure_attached(state, ifindex, &p.name, Dir::Ingress)?,
-            egress: dp.ensure_attached(state, ifindex, &p.name, Dir::Egress)?,
+            ingress: dp.ensure_attached(state, ifindex, &p.name, role, Dir::Ingress)?,
+            egress: dp.ensure_attached(state, ifindex, &p.name, role, Dir::Egress)?,
         });
     }
     sync_endpoints(&mut dp.maps, &planned)?;
-    sync_vlans(nl, &mut dp.maps, &planned).await?;
+    let all = nl.links().await?;
+    sync_vlans(&all, &mut dp.maps, &planned)?;
+    sync_macs(&all, &mut dp.maps, &planned)?;
     let mut detached = Vec::new();
     for &ifindex in current.keys().filter(|i| !planned.contains_key(i)) {
         detach_iface(state, &mut dp.maps, ifindex)?;
@@ -429,6 +448,90 @@ async fn reapply_with(
     reconcile(nl, state, dp, &uplinks).await
 }
 
+/// What [`resize_conntrack`] did.
+#[derive(Debug, Default)]
+pub struct Resized {
+    /// Flows the table held at most before and after.
+    pub from: u32,
+    pub to: u32,
+    /// Entries copied into the new table, and those that did not fit.
+    pub copied: usize,
+    pub left_out: usize,
+}
+
+/// Where a resize keeps the old conntrack table until its flows are copied.
+const OLD_CT4: &str = "NP_CT4_old";
+
+/// `conntrack config --max FLOWS`: a new conntrack table of that size with
+/// the live flows in it. The pinned table is moved aside, this build's
+/// programs are loaded against a new one and pinned, the flows are copied
+/// (most recently active last, so a smaller table keeps those), every link
+/// switches to the new programs (`BPF_LINK_UPDATE`, no gap), what the old
+/// table got meanwhile is copied too, and the old table goes.
+pub async fn resize_conntrack(flows: u32) -> Result<Resized> {
+    let _lock = state::lock(false)?;
+    let (state, _) = Maps::open_current()?;
+    let maps_dir = state.maps_dir();
+    let from = Maps::ct_capacity(&maps_dir)?;
+    let mut out = Resized {
+        from: from / 2,
+        to: flows,
+        ..Resized::default()
+    };
+    if from == flows * 2 {
+        return Ok(out);
+    }
+    let pin = maps_dir.join(netpath_common::map_names::CT4);
+    // bpffs refuses dots in names.
+    let aside = maps_dir.join(OLD_CT4);
+    std::fs::rename(&pin, &aside).context("moving the conntrack table aside")?;
+    let mut dp = match Datapath::load_fresh(&state, flows * 2) {
+        Ok(dp) => dp,
+        Err(e) => {
+            // Nothing changed yet: the old table goes back.
+            let _ = std::fs::remove_file(&pin);
+            let _ = std::fs::rename(&aside, &pin);
+            return Err(e);
+        }
+    };
+    let old: aya::maps::HashMap<_, netpath_common::ct::CtKey4, netpath_common::ct::CtEntry4> =
+        aya::maps::HashMap::try_from(state::open_pinned(&maps_dir, OLD_CT4)?)?;
+    let (copied, left_out) = copy_flows(&old, &mut dp)?;
+    out.copied = copied;
+    out.left_out = left_out;
+    let nl = Netlink::new()?;
+    reapply_with(&nl, &state, &mut dp).await?;
+    // What the old table got until the last link switched.
+    let (late, _) = copy_flows(&old, &mut dp)?;
+    out.copied += late;
+    drop(old);
+    std::fs::remove_file(&aside).context("removing the old conntrack table")?;
+    Ok(out)
+}
+
+/// Copies the entries of `old` that the new table lacks, oldest activity
+/// first (an LRU table that fills up then keeps the most recent).
+fn copy_flows(
+    old: &aya::maps::HashMap<
+        aya::maps::MapData,
+        netpath_common::ct::CtKey4,
+        netpath_common::ct::CtEntry4,
+    >,
+    dp: &mut Datapath,
+) -> Result<(usize, usize)> {
+    let mut entries: Vec<_> = old.iter().filter_map(std::result::Result::ok).collect();
+    entries.sort_by_key(|(_, e)| e.last_seen_ns);
+    let (mut copied, mut left_out) = (0, 0);
+    for (k, e) in &entries {
+        // BPF_NOEXIST: what the new table has (newer) wins.
+        match dp.maps.ct4.insert(k, e, 1) {
+            Ok(()) => copied += 1,
+            Err(_) => left_out += 1,
+        }
+    }
+    Ok((copied, left_out))
+}
+
 /// `network set BRIDGE --icc=… --gateway-mode=…`: changes a network's
 /// options in place; the datapath reads them per packet, so live containers
 /// follow at once (flows already admitted stay).
@@ -464,6 +567,31 @@ pub fn network_set(
 pub struct RefreshReport {
     pub changes: Vec<IfaceChange>,
     pub detached: Vec<u32>,
+    /// Host addresses that now overlap a managed subnet.
+    pub conflicts: Vec<String>,
+}
+
+/// Host addresses (outside the managed bridges) whose subnet overlaps a
+/// managed network, one line each.
+pub async fn address_conflicts(nl: &Netlink, maps: &Maps) -> Result<Vec<String>> {
+    let nets: Vec<NetworkSpec> = specs(maps)?.into_values().collect();
+    let bridges = nets.iter().map(|n| n.bridge.clone()).collect();
+    Ok(plan::address_conflicts(
+        &nets,
+        &nl.host_addrs().await?,
+        &bridges,
+    ))
+}
+
+/// Removes other builds' pinned programs (see
+/// [`Datapath::prune_other_builds`]), under the state lock.
+pub fn prune_other_builds() -> Result<usize> {
+    let _lock = state::lock(false)?;
+    let state = StateDir::current()?;
+    if !state.exists() {
+        return Ok(0);
+    }
+    Datapath::prune_other_builds(&state)
 }
 
 /// The daemon's re-apply after links or addresses changed: `Ok(None)` when
@@ -486,12 +614,15 @@ pub async fn refresh(nl: &Netlink, loaded: &mut Option<Datapath>) -> Result<Opti
     if !state.exists() {
         return Ok(Some(RefreshReport::default()));
     }
-    let dp = match loaded {
-        Some(dp) => dp,
-        None => loaded.insert(Datapath::load(&state)?),
-    };
+    let dp = Datapath::current(&state, loaded, true)?
+        .context("this build's programs could not be loaded")?;
     let (changes, detached) = reapply_with(nl, &state, dp).await?;
-    Ok(Some(RefreshReport { changes, detached }))
+    let conflicts = address_conflicts(nl, &dp.maps).await?;
+    Ok(Some(RefreshReport {
+        changes,
+        detached,
+        conflicts,
+    }))
 }
 
 /// Mirrors the namespace's IPv4 addresses into `NP_HOSTADDRS4` (what a
@@ -573,8 +704,8 @@ fn sync_endpoints(maps: &mut Maps, planned: &BTreeMap<u32, plan::Planned>) -> Re
 
 /// Keeps `NP_VLANS` equal to the VLAN devices on uplinks: tagged frames
 /// of those VLANs are the host's; an uplink drops every other tag.
-async fn sync_vlans(
-    nl: &Netlink,
+fn sync_vlans(
+    links: &[plumbing::Link],
     maps: &mut Maps,
     planned: &BTreeMap<u32, plan::Planned>,
 ) -> Result<()> {
@@ -583,9 +714,7 @@ async fn sync_vlans(
             .get(&i)
             .is_some_and(|p| p.info.role == IfaceRole::Uplink as u32)
     };
-    let want: std::collections::BTreeSet<netpath_common::VlanKey> = nl
-        .links()
-        .await?
+    let want: std::collections::BTreeSet<netpath_common::VlanKey> = links
         .iter()
         .filter_map(|l| {
             let (lower, vid) = (l.peer?, l.vlan_id?);
@@ -606,6 +735,45 @@ async fn sync_vlans(
     }
     for k in want.iter().filter(|k| !have.contains(k)) {
         maps.vlans.insert(k, 1, 0).context("recording a VLAN")?;
+    }
+    Ok(())
+}
+
+/// Keeps `NP_MACS` equal to the MACs no port may borrow: bound or learned
+/// ports' and managed bridges'.
+fn sync_macs(
+    links: &[plumbing::Link],
+    maps: &mut Maps,
+    planned: &BTreeMap<u32, plan::Planned>,
+) -> Result<()> {
+    let key = |mac: [u8; 6]| netpath_common::MacKey { mac, _pad: [0; 2] };
+    let mut want: BTreeMap<netpath_common::MacKey, u32> = BTreeMap::new();
+    for (ifindex, info) in maps.ifaces()? {
+        let bound = info.flags & (iface_flags::BOUND | iface_flags::LEARNED) != 0;
+        if info.role == IfaceRole::Port as u32 && bound && planned.contains_key(&ifindex) {
+            want.insert(key(info.mac), ifindex);
+        }
+    }
+    for l in links {
+        let bridge = planned
+            .get(&l.index)
+            .is_some_and(|p| p.info.role == IfaceRole::Bridge as u32);
+        if let (true, Some(mac)) = (bridge, l.mac) {
+            want.insert(key(mac), l.index);
+        }
+    }
+    let have: BTreeMap<netpath_common::MacKey, u32> = maps
+        .macs
+        .iter()
+        .filter_map(std::result::Result::ok)
+        .collect();
+    for k in have.keys().filter(|k| !want.contains_key(k)) {
+        let _ = maps.macs.remove(k);
+    }
+    for (k, v) in &want {
+        if have.get(k) != Some(v) {
+            maps.macs.insert(k, v, 0).context("recording a MAC")?;
+        }
     }
     Ok(())
 }
@@ -756,15 +924,24 @@ pub async fn down(target: &DownTarget) -> Result<DownReport> {
         if let Err(e) = crate::filter::remove_network(&mut maps, *id) {
             errors.push(e);
         }
-        if let Err(e) = crate::conntrack::flush(&mut maps, &crate::conntrack::Filter::network(*id))
-        {
-            errors.push(e);
-        }
         if let Err(e) = maps.remove_counters(counter_scope::NETWORK, *id) {
             errors.push(e);
         }
     }
     let remaining = networks.len() - victims.len();
+    if remaining > 0 {
+        // The networks' flows go, one pass over the table each (with the
+        // last network the whole table goes anyway).
+        let flushed = Datapath::load(&state).and_then(|mut dp| {
+            for (id, _) in &victims {
+                crate::conntrack::flush(&mut dp, &crate::conntrack::Filter::network(*id))?;
+            }
+            Ok(())
+        });
+        if let Err(e) = flushed {
+            errors.push(e.context("removing the network's conntrack flows"));
+        }
+    }
     if remaining == 0 {
         errors.extend(teardown_all_links(&state, &mut maps));
         drop(maps);

@@ -50,7 +50,63 @@ pub fn parse_subnet(s: &str) -> Result<Ipv4Net> {
             "invalid subnet {s}: prefix longer than /30 leaves no room for a gateway and a container"
         );
     }
+    for (block, what) in RESERVED {
+        let block: Ipv4Net = block.parse().expect("a valid block");
+        if overlaps(&net, &block) {
+            bail!("invalid subnet {s}: it overlaps {block} ({what})");
+        }
+    }
     Ok(net)
+}
+
+/// Address blocks no container network may use.
+const RESERVED: [(&str, &str); 4] = [
+    ("0.0.0.0/8", "\"this network\""),
+    ("127.0.0.0/8", "loopback"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved, with the limited broadcast"),
+];
+
+/// Whether two subnets share an address.
+pub fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// An IPv4 address the host has on an interface, with its prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostAddr {
+    pub ifname: String,
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl HostAddr {
+    /// The subnet the address routes (its prefix).
+    pub fn subnet(&self) -> Ipv4Net {
+        Ipv4Net::new(self.addr, self.prefix_len)
+            .map_or_else(|_| Ipv4Net::from(self.addr), |n| n.trunc())
+    }
+}
+
+/// Host addresses (on interfaces other than managed bridges, `bridges`)
+/// whose subnet overlaps one of `networks`: with one, egress from that
+/// network to that interface's neighbours breaks, and their packets look
+/// like spoofed container sources. One line each.
+pub fn address_conflicts(
+    networks: &[NetworkSpec],
+    addrs: &[HostAddr],
+    bridges: &std::collections::BTreeSet<String>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for a in addrs.iter().filter(|a| !bridges.contains(&a.ifname)) {
+        for n in networks.iter().filter(|n| overlaps(&n.subnet, &a.subnet())) {
+            out.push(format!(
+                "subnet {} of {} overlaps {}'s address {}/{}",
+                n.subnet, n.bridge, a.ifname, a.addr, a.prefix_len
+            ));
+        }
+    }
+    out
 }
 
 /// Builds a [`NetworkSpec`], defaulting the gateway to the first host address.
@@ -465,6 +521,41 @@ mod tests {
         assert!(err("", "172.17.0.0/16", None).contains("interface name"));
         assert!(err("averyveryverylongname", "172.17.0.0/16", None).contains("interface name"));
         assert!(err("a/b", "172.17.0.0/16", None).contains("interface name"));
+    }
+
+    #[test]
+    fn reserved_blocks_and_host_address_overlaps_are_refused() {
+        for bad in [
+            "0.0.0.0/0",
+            "0.0.0.0/24",
+            "127.0.0.0/8",
+            "127.1.0.0/16",
+            "224.0.0.0/24",
+            "239.1.0.0/16",
+            "240.0.0.0/24",
+            "255.255.255.0/24",
+        ] {
+            let e = parse_subnet(bad).unwrap_err().to_string();
+            assert!(e.contains("overlaps"), "{bad}: {e}");
+        }
+        assert!(parse_subnet("172.16.0.0/12").is_ok());
+        let nets = vec![network_spec("np0", "198.18.0.0/16", None).unwrap()];
+        let addr = |ifname: &str, a: &str, p| HostAddr {
+            ifname: ifname.into(),
+            addr: a.parse().unwrap(),
+            prefix_len: p,
+        };
+        let addrs = vec![
+            addr("uplink0", "198.18.0.1", 24),
+            addr("np0", "198.18.0.1", 16),
+            addr("eth1", "10.0.0.1", 8),
+        ];
+        let bridges = std::collections::BTreeSet::from(["np0".to_owned()]);
+        let c = address_conflicts(&nets, &addrs, &bridges);
+        assert_eq!(
+            c,
+            vec!["subnet 198.18.0.0/16 of np0 overlaps uplink0's address 198.18.0.1/24"]
+        );
     }
 
     #[test]

@@ -163,6 +163,21 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Every IPv4 address of the namespace with its interface's name.
+    pub async fn host_addrs(&self) -> Result<Vec<crate::plan::HostAddr>> {
+        let names = self.names().await?;
+        Ok(self
+            .ipv4_addrs()
+            .await?
+            .into_iter()
+            .map(|a| crate::plan::HostAddr {
+                ifname: names.get(&a.index).cloned().unwrap_or_default(),
+                addr: a.addr,
+                prefix_len: a.prefix_len,
+            })
+            .collect())
+    }
+
     /// Every link with what role planning needs, including its primary
     /// (first listed) IPv4 address.
     pub async fn link_facts(&self) -> Result<Vec<LinkFacts>> {

@@ -9,6 +9,7 @@ use netpath_common::{PubKey4, PubVal4, TargetKey4, counter_kind, counter_scope, 
 use serde::Serialize;
 
 use crate::{
+    attach::Datapath,
     conntrack, plan,
     state::{self, Maps, Traffic},
 };
@@ -119,6 +120,15 @@ pub fn insert(maps: &mut Maps, p: &Ports, owner: u16) -> Result<u32> {
             spec.bridge
         );
     }
+    if container == spec.subnet.network() || container == spec.subnet.broadcast() {
+        bail!(
+            "{container} is the network or broadcast address of {}, not a container",
+            spec.subnet
+        );
+    }
+    if let Some(a) = p.host_addr {
+        check_host_addr(maps, a)?;
+    }
     let proto = p.proto;
     let existing = maps.published()?;
     // Per (port, protocol): a port published on every address conflicts
@@ -162,12 +172,12 @@ pub fn insert(maps: &mut Maps, p: &Ports, owner: u16) -> Result<u32> {
             .publish4
             .insert(k, v, 0)
             .context("recording the published port")
-            .and_then(|()| target_count(maps, &v, proto, 1));
+            .and_then(|()| target_count(maps, &k, &v, 1));
         if let Err(e) = added {
             // No half-applied state: take back what this command added.
             for (k, v) in &inserted {
                 let _ = maps.publish4.remove(k);
-                let _ = target_count(maps, v, proto, -1);
+                let _ = target_count(maps, k, v, -1);
             }
             let _ = maps.publish4.remove(&k);
             return Err(e);
@@ -179,8 +189,14 @@ pub fn insert(maps: &mut Maps, p: &Ports, owner: u16) -> Result<u32> {
 
 /// Counts a mapping in (`delta` 1) or out (-1) of `NP_TARGETS4`, which
 /// tells the datapath which container ports some published port leads to
-/// (what a routed network lets in at the container's own address).
-fn target_count(maps: &mut Maps, v: &PubVal4, proto: u8, delta: i32) -> Result<()> {
+/// (what a routed network lets in at the container's own address). A
+/// mapping on a loopback address only is for the host's own processes,
+/// and opens nothing to the outside.
+fn target_count(maps: &mut Maps, k: &PubKey4, v: &PubVal4, delta: i32) -> Result<()> {
+    if plan::from_be(k.addr_be).is_loopback() {
+        return Ok(());
+    }
+    let proto = k.proto;
     let key = TargetKey4 {
         addr_be: v.target_be,
         port_be: v.target_port_be,
@@ -204,6 +220,33 @@ fn target_count(maps: &mut Maps, v: &PubVal4, proto: u8, delta: i32) -> Result<(
     res.context("updating NP_TARGETS4")
 }
 
+/// A host address to publish on: one of the host's own (any loopback
+/// address too), not a broadcast, multicast or container address.
+fn check_host_addr(maps: &Maps, a: Ipv4Addr) -> Result<()> {
+    if a.is_broadcast() || a.is_multicast() {
+        bail!("{a} is not a unicast address: publish on an address of the host");
+    }
+    if a.is_loopback() {
+        return Ok(());
+    }
+    let networks = maps.networks()?;
+    if let Some((_, n)) = networks.iter().find(|(_, n)| n.contains_be(plan::be(a))) {
+        let spec = plan::NetworkSpec::from_info(n);
+        if a != spec.gateway {
+            bail!(
+                "{a} is in {}'s subnet {}, not an address of the host",
+                spec.bridge,
+                spec.subnet
+            );
+        }
+    }
+    match maps.hostaddrs4.get(&plan::be(a), 0) {
+        Ok(_) => Ok(()),
+        Err(e) if state::is_missing(&e) => bail!("the host has no address {a}"),
+        Err(e) => Err(e).context("reading NP_HOSTADDRS4"),
+    }
+}
+
 /// What [`sync_owned`] changed.
 #[derive(Debug, Default)]
 pub struct Synced {
@@ -220,8 +263,9 @@ pub struct Synced {
 /// other owners are left alone and win conflicts.
 pub fn sync_owned(owner: u16, want: &[Ports]) -> Result<Synced> {
     let _lock = state::lock(false)?;
-    let (_, mut maps) = Maps::open_current()?;
-    let have: BTreeMap<PubKey4, PubVal4> = maps
+    let (_, mut dp) = Datapath::open_current()?;
+    let have: BTreeMap<PubKey4, PubVal4> = dp
+        .maps
         .published()?
         .into_iter()
         .filter(|(_, v)| v.owner == owner)
@@ -241,7 +285,7 @@ pub fn sync_owned(owner: u16, want: &[Ports]) -> Result<Synced> {
         .map(|(k, v)| (*k, *v))
         .collect();
     let mut out = Synced {
-        removed: remove(&mut maps, &stale)?,
+        removed: remove(&mut dp, &stale)?,
         ..Default::default()
     };
     for p in want {
@@ -252,7 +296,7 @@ pub fn sync_owned(owner: u16, want: &[Ports]) -> Result<Synced> {
         if all_there {
             continue;
         }
-        match insert(&mut maps, p, owner) {
+        match insert(&mut dp.maps, p, owner) {
             Ok(_) => out.added.push(*p),
             Err(e) => out.failed.push((*p, format!("{e:#}"))),
         }
@@ -268,36 +312,74 @@ pub struct Unpublished {
 }
 
 /// Removes published ports and their mappings' conntrack flows.
-fn remove(maps: &mut Maps, keys: &[(PubKey4, PubVal4)]) -> Result<Unpublished> {
-    let mut out = Unpublished::default();
+fn remove(dp: &mut Datapath, keys: &[(PubKey4, PubVal4)]) -> Result<Unpublished> {
+    let ports = unmap(&mut dp.maps, keys)?;
+    // Their flows go too, so a client that keeps sending reaches whatever
+    // is published next (moby#53384: Docker leaves UDP entries behind):
+    // one pass over the table per run of consecutive ports.
+    let mut flows = 0;
+    for run in runs(keys) {
+        let filter = conntrack::Filter {
+            published: Some(run),
+            ..Default::default()
+        };
+        flows += conntrack::flush(dp, &filter)?;
+    }
+    Ok(Unpublished { ports, flows })
+}
+
+/// Removes the mappings (with their counters); returns how many.
+fn unmap(maps: &mut Maps, keys: &[(PubKey4, PubVal4)]) -> Result<u32> {
     for (k, v) in keys {
         maps.publish4
             .remove(k)
             .context("removing a published port")?;
-        target_count(maps, v, k.proto, -1)?;
+        target_count(maps, k, v, -1)?;
         maps.remove_counters(counter_scope::PUBLISH, v.id)?;
-        out.ports += 1;
-        // Its flows go too, so a client that keeps sending reaches whatever
-        // is published next (moby#53384: Docker leaves UDP entries behind).
-        let filter = conntrack::Filter {
-            published: Some((plan::from_be(k.addr_be), u16::from_be(k.port_be), k.proto)),
-            ..Default::default()
-        };
-        out.flows += conntrack::flush(maps, &filter)?;
     }
-    Ok(out)
+    Ok(keys.len() as u32)
+}
+
+/// The mappings as runs of consecutive host ports (same address and
+/// protocol).
+fn runs(keys: &[(PubKey4, PubVal4)]) -> Vec<conntrack::Published> {
+    let mut sorted: Vec<(u32, u8, u16)> = keys
+        .iter()
+        .map(|(k, _)| (k.addr_be, k.proto, u16::from_be(k.port_be)))
+        .collect();
+    sorted.sort_unstable();
+    let mut out: Vec<conntrack::Published> = Vec::new();
+    for (addr_be, proto, port) in sorted {
+        let addr = plan::from_be(addr_be);
+        match out.last_mut() {
+            Some(r)
+                if r.addr == addr
+                    && r.proto == proto
+                    && u32::from(r.last) + 1 == u32::from(port) =>
+            {
+                r.last = port;
+            }
+            _ => out.push(conntrack::Published {
+                addr,
+                first: port,
+                last: port,
+                proto,
+            }),
+        }
+    }
+    out
 }
 
 /// `unpublish [HOST_IP:]HOST_PORT[-END][/PROTO]`.
 pub fn unpublish(host: &str) -> Result<Unpublished> {
     let h = plan::parse_port_spec(host, false, true)?;
     let _lock = state::lock(false)?;
-    let (_, mut maps) = Maps::open_current()?;
+    let (_, mut dp) = Datapath::open_current()?;
     let proto = h.proto_or_tcp();
     let mut victims = Vec::new();
     for port in h.first..=h.last {
         let k = key(h.addr, port, proto);
-        match maps.publish4.get(&k, 0) {
+        match dp.maps.publish4.get(&k, 0) {
             Ok(v) => victims.push((k, v)),
             Err(_) => bail!(
                 "host port {}{port}/{} is not published",
@@ -306,17 +388,18 @@ pub fn unpublish(host: &str) -> Result<Unpublished> {
             ),
         }
     }
-    remove(&mut maps, &victims)
+    remove(&mut dp, &victims)
 }
 
-/// Removes every published port leading into network `net_id` (its `down`).
-pub fn remove_network(maps: &mut Maps, net_id: u32) -> Result<Unpublished> {
+/// Removes every published port leading into network `net_id` (its
+/// `down`, which flushes the network's flows itself). Returns how many.
+pub fn remove_network(maps: &mut Maps, net_id: u32) -> Result<u32> {
     let victims: Vec<(PubKey4, PubVal4)> = maps
         .published()?
         .into_iter()
         .filter(|(_, v)| v.net_id == net_id)
         .collect();
-    remove(maps, &victims)
+    unmap(maps, &victims)
 }
 
 /// Every published port with its counters, ordered by host port.

@@ -15,8 +15,8 @@ use aya::maps::{
 };
 use ipnet::Ipv4Net;
 use netpath_common::{
-    Config, Counter, CounterKey, Endpoint, HostInfo, IfaceInfo, Lease, LeaseKey, NetworkInfo,
-    PubKey4, PubVal4, TargetKey4, VlanKey,
+    Config, Counter, CounterKey, Endpoint, HostInfo, IfaceInfo, Lease, LeaseKey, MacKey,
+    NetworkInfo, PubKey4, PubVal4, TargetKey4, VlanKey,
     ct::{CtEntry4, CtKey4},
     filter::{FilterData, FilterInfo, FilterRule},
     map_names,
@@ -56,15 +56,37 @@ impl Dir {
             Self::Egress => "egress",
         }
     }
+}
 
-    /// The program attached in this direction.
-    pub const fn program(self) -> &'static str {
-        match self {
-            Self::Ingress => "netpath_ingress",
-            Self::Egress => "netpath_egress",
-        }
+/// The program an interface of `role` runs in `dir` (the function names in
+/// `netpath-ebpf/src/main.rs`; at most 15 bytes, the kernel's name length).
+pub const fn tc_program(role: netpath_common::IfaceRole, dir: Dir) -> &'static str {
+    use netpath_common::IfaceRole as R;
+    match (role, dir) {
+        (R::Uplink, Dir::Ingress) => "netpath_up_in",
+        (R::Uplink, Dir::Egress) => "netpath_up_eg",
+        (R::Port, Dir::Ingress) => "netpath_port_in",
+        (R::Port, Dir::Egress) => "netpath_port_eg",
+        (R::Bridge, Dir::Ingress) => "netpath_br_in",
+        (R::Bridge, Dir::Egress) => "netpath_br_eg",
     }
 }
+
+/// Every TC program, in the order `Datapath` keeps them.
+pub const TC_PROGRAMS: [(netpath_common::IfaceRole, Dir); 6] = {
+    use netpath_common::IfaceRole as R;
+    [
+        (R::Uplink, Dir::Ingress),
+        (R::Uplink, Dir::Egress),
+        (R::Port, Dir::Ingress),
+        (R::Port, Dir::Egress),
+        (R::Bridge, Dir::Ingress),
+        (R::Bridge, Dir::Egress),
+    ]
+};
+
+/// The conntrack sweep program (run with BPF_PROG_TEST_RUN, never attached).
+pub const SWEEP_PROGRAM: &str = "netpath_sweep";
 
 /// The state directory of one network namespace.
 #[derive(Clone, Debug)]
@@ -208,6 +230,9 @@ pub struct Maps {
     pub filter_info: Array<MapData, FilterInfo>,
     pub targets4: HashMap<MapData, TargetKey4, u32>,
     pub vlans: HashMap<MapData, VlanKey, u32>,
+    pub macs: HashMap<MapData, MacKey, u32>,
+    /// Live flows per network, as the last counting sweep pass found them.
+    pub ct_networks: Array<MapData, u32>,
 }
 
 pub(crate) fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
@@ -243,7 +268,7 @@ impl Maps {
         }
         let mut ebpf = aya::EbpfLoader::new()
             .default_map_pin_directory(dir)
-            .load(crate::EBPF_OBJECT)
+            .load(crate::ebpf_object())
             .context("opening netpath's maps (pinned maps from an incompatible build? run `netpath down --all`)")?;
         Self::from_source(|name| {
             ebpf.take_map(name)
@@ -281,6 +306,9 @@ impl Maps {
             targets4: HashMap::try_from(take(map_names::TARGETS4)?)
                 .context(layout(map_names::TARGETS4))?,
             vlans: HashMap::try_from(take(map_names::VLANS)?).context(layout(map_names::VLANS))?,
+            macs: HashMap::try_from(take(map_names::MACS)?).context(layout(map_names::MACS))?,
+            ct_networks: Array::try_from(take(map_names::CT_NETWORKS)?)
+                .context(layout(map_names::CT_NETWORKS))?,
         })
     }
 
@@ -358,6 +386,14 @@ impl Maps {
             }
         }
         Ok(out)
+    }
+
+    /// How many entries the conntrack table holds at most (two per flow).
+    pub fn ct_capacity(dir: &Path) -> Result<u32> {
+        let path = dir.join(map_names::CT4);
+        Ok(aya::maps::MapInfo::from_pin(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .max_entries())
     }
 
     /// Removes one conntrack entry; a missing one is fine.

@@ -2,7 +2,7 @@
 //! the program ids the kernel reports), and their counters and drops, as
 //! tables or JSON.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use anyhow::Result;
 use netpath_common::{
@@ -11,11 +11,11 @@ use netpath_common::{
 use serde::Serialize;
 
 use crate::{
-    attach::attached_program_ids,
+    attach::{Datapath, attached_program_ids},
     netns,
     plan::{self, NetworkSpec},
     plumbing::Netlink,
-    state::{self, Dir, Maps, StateDir, Traffic},
+    state::{Dir, Maps, StateDir, Traffic},
     table,
 };
 
@@ -38,8 +38,10 @@ pub struct NetworkStatus {
     pub snat: Traffic,
     /// Replies, later fragments and ICMP errors translated back.
     pub rev_snat: Traffic,
-    /// Conntrack flows created.
+    /// Conntrack flows created since the network came up.
     pub ct_new: u64,
+    /// Conntrack flows alive now.
+    pub flows: u32,
     /// Dropped packets by reason (every reason listed, zero or not).
     pub drops: BTreeMap<String, u64>,
 }
@@ -68,10 +70,48 @@ pub struct IfaceStatus {
     pub drops: BTreeMap<String, u64>,
 }
 
+/// The conntrack table.
+#[derive(Debug, Serialize)]
+pub struct ConntrackStatus {
+    /// Entries the table holds at most (two per flow).
+    pub capacity: u32,
+    /// Entries and flows now, and the flows that saw no reply yet.
+    pub entries: u32,
+    pub flows: u32,
+    pub embryonic: u32,
+    /// `entries` as a percentage of `capacity`.
+    pub fill_pct: f64,
+    /// Entries the datapath inserted and removed, and those the table
+    /// evicted to make room (inserted − removed − present).
+    pub inserted: u64,
+    pub removed: u64,
+    pub evicted: u64,
+    /// New flows that got no entry (no free tuple, a map error).
+    pub failed_inserts: u64,
+}
+
+/// The namespace's daemon.
+#[derive(Debug, Serialize)]
+pub struct DaemonStatus {
+    pub running: bool,
+    pub pid: Option<i32>,
+    pub build: Option<String>,
+    /// Its last sweep: how long ago (seconds), what it found.
+    pub last_sweep_s_ago: Option<f64>,
+    pub last_sweep: Option<crate::daemon::Sweep>,
+    pub sweeps: u64,
+    pub swept_flows: u64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub netns_cookie: u64,
     pub state_dir: String,
+    pub daemon: Option<DaemonStatus>,
+    pub conntrack: Option<ConntrackStatus>,
+    /// Problems worth an operator's attention (host addresses inside a
+    /// managed subnet).
+    pub warnings: Vec<String>,
     pub networks: Vec<NetworkStatus>,
     pub interfaces: Vec<IfaceStatus>,
 }
@@ -87,12 +127,18 @@ fn drops(maps: &Maps, scope: u16, id: u32) -> Result<BTreeMap<String, u64>> {
         .collect()
 }
 
+/// Reads the state without netpath's lock: it changes nothing that other
+/// commands keep (the per-network flow counts it writes are its own), and
+/// a monitoring loop calling it must not keep the daemon from the lock.
 pub async fn status() -> Result<Status> {
-    let _lock = state::lock(false)?;
     let state = StateDir::current()?;
+    let cookie = netns::cookie()?;
     let mut out = Status {
-        netns_cookie: netns::cookie()?,
+        netns_cookie: cookie,
         state_dir: state.root.display().to_string(),
+        daemon: None,
+        conntrack: None,
+        warnings: Vec::new(),
         networks: Vec::new(),
         interfaces: Vec::new(),
     };
@@ -101,7 +147,15 @@ pub async fn status() -> Result<Status> {
     }
     let nl = Netlink::new()?;
     let names = nl.names().await?;
-    let maps = Maps::open(&state)?;
+    let mut dp = Datapath::open_or_load(&state)?;
+    out.conntrack = Some(conntrack_status(&state, &mut dp)?);
+    out.daemon = Some(daemon_status(cookie)?);
+    out.warnings = crate::ops::address_conflicts(&nl, &dp.maps)
+        .await?
+        .into_iter()
+        .map(|c| format!("{c}: egress to it breaks"))
+        .collect();
+    let maps = &dp.maps;
     let networks = maps.networks()?;
     for (&id, info) in &networks {
         let spec = NetworkSpec::from_info(info);
@@ -121,7 +175,8 @@ pub async fn status() -> Result<Status> {
             snat: net(counter_kind::NET_SNAT)?,
             rev_snat: net(counter_kind::NET_REV_SNAT)?,
             ct_new: net(counter_kind::NET_CT_NEW)?.packets,
-            drops: drops(&maps, counter_scope::NETWORK, id)?,
+            flows: maps.ct_networks.get(&id, 0).unwrap_or(0),
+            drops: drops(maps, counter_scope::NETWORK, id)?,
             from_containers: net(counter_kind::NET_FROM_CONTAINERS)?,
             to_containers: net(counter_kind::NET_TO_CONTAINERS)?,
         });
@@ -161,11 +216,53 @@ pub async fn status() -> Result<Status> {
             egress_prog_ids: progs(Dir::Egress),
             ingress: maps.traffic(counter_scope::IFACE, ifindex, counter_kind::IF_INGRESS)?,
             egress: maps.traffic(counter_scope::IFACE, ifindex, counter_kind::IF_EGRESS)?,
-            drops: drops(&maps, counter_scope::IFACE, ifindex)?,
+            drops: drops(maps, counter_scope::IFACE, ifindex)?,
             name,
         });
     }
     Ok(out)
+}
+
+/// The table, from a counting pass (which also fills the per-network
+/// counts) and the insert/remove counters.
+fn conntrack_status(state: &StateDir, dp: &mut Datapath) -> Result<ConntrackStatus> {
+    let found = crate::conntrack::count(dp)?;
+    let capacity = Maps::ct_capacity(&state.maps_dir())?;
+    let ct = |kind| {
+        dp.maps
+            .traffic(counter_scope::CONNTRACK, 0, kind)
+            .map(|t| t.packets)
+    };
+    let (inserted, removed) = (ct(counter_kind::CT_INSERTS)?, ct(counter_kind::CT_REMOVES)?);
+    Ok(ConntrackStatus {
+        capacity,
+        entries: found.entries,
+        flows: found.flows,
+        embryonic: found.embryonic,
+        fill_pct: f64::from(found.entries) * 100.0 / f64::from(capacity.max(1)),
+        inserted,
+        removed,
+        evicted: inserted.saturating_sub(removed + u64::from(found.entries)),
+        failed_inserts: ct(counter_kind::CT_INSERT_FAILED)?,
+    })
+}
+
+fn daemon_status(cookie: u64) -> Result<DaemonStatus> {
+    let running = crate::daemon::running()?;
+    let report = running.as_ref().and_then(|_| crate::daemon::report(cookie));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let last = report.as_ref().and_then(|r| r.last_sweep);
+    Ok(DaemonStatus {
+        running: running.is_some(),
+        pid: running.as_ref().map(|r| r.pid),
+        build: running.map(|r| r.build),
+        last_sweep_s_ago: last.map(|l| now_ms.saturating_sub(l.at_unix_ms) as f64 / 1000.0),
+        last_sweep: last,
+        sweeps: report.as_ref().map_or(0, |r| r.sweeps),
+        swept_flows: report.as_ref().map_or(0, |r| r.swept_flows),
+    })
 }
 
 fn fmt_traffic(t: Traffic) -> String {
@@ -218,7 +315,7 @@ impl Status {
                     if n.internal { "yes" } else { "no" }.to_owned(),
                     fmt_traffic(n.snat),
                     fmt_traffic(n.rev_snat),
-                    n.ct_new.to_string(),
+                    n.flows.to_string(),
                     fmt_drops(&n.drops),
                 ]
             })
@@ -246,9 +343,45 @@ impl Status {
                 ]
             })
             .collect();
+        let mut head = format!("state: {}\n", self.state_dir);
+        match &self.daemon {
+            Some(d) if d.running => {
+                let _ = writeln!(
+                    head,
+                    "daemon: pid {} ({}){}",
+                    d.pid.unwrap_or(0),
+                    d.build.as_deref().unwrap_or("?"),
+                    d.last_sweep_s_ago.map_or(String::new(), |s| format!(
+                        ", last sweep {s:.1} s ago, {} sweeps, {} flows swept",
+                        d.sweeps, d.swept_flows
+                    ))
+                );
+            }
+            Some(_) => head.push_str(
+                "WARNING: no netpath daemon runs for this namespace: expired flows are not swept \
+                 and ports plugged in now stay unmanaged (their traffic is dropped) until \
+                 `netpath up` or `netpath daemon` runs\n",
+            ),
+            None => {}
+        }
+        for w in &self.warnings {
+            let _ = writeln!(head, "WARNING: {w}");
+        }
+        if let Some(c) = &self.conntrack {
+            let _ = writeln!(
+                head,
+                "conntrack: {} flows ({} unreplied), {} of {} entries ({:.1} %), {} evicted, {} failed inserts",
+                c.flows,
+                c.embryonic,
+                c.entries,
+                c.capacity,
+                c.fill_pct,
+                c.evicted,
+                c.failed_inserts
+            );
+        }
         format!(
-            "state: {}\n{}\n{}\n{}",
-            self.state_dir,
+            "{head}{}\n{}\n{}",
             table::render(
                 &[
                     "NETWORK",

@@ -7,6 +7,7 @@
 
 pub mod dockerd;
 pub mod packet;
+pub mod probe;
 pub mod raw;
 pub mod testrun;
 

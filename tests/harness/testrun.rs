@@ -69,7 +69,16 @@ fn run_with(
     if let Some(i) = iif {
         ctx[36..40].copy_from_slice(&i.to_ne_bytes());
     }
-    let prog = dp.program(dir).expect("program");
+    // The program of the role the test gave loopback (a port's when none:
+    // every program passes what it does not manage).
+    let role = dp
+        .maps
+        .ifaces
+        .get(&LO, 0)
+        .ok()
+        .and_then(|i| netpath_common::IfaceRole::from_u32(i.role))
+        .unwrap_or(netpath_common::IfaceRole::Port);
+    let prog = dp.program(role, dir).expect("program");
     let r = prog
         .test_run(TestRunOptions {
             data_in: Some(frame),

@@ -79,7 +79,8 @@ fn main() -> Result<()> {
         }
         Task::Test { args } => {
             setup()?;
-            cargo_test(&args)
+            let variant = variant_ebpf()?;
+            cargo_test(&args, &variant)
         }
     }
 }
@@ -100,11 +101,45 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Builds the eBPF object a second time with `NETPATH_EBPF_VARIANT` set,
+/// into its own target directory, and returns its path: the upgrade test
+/// runs `netpath up` with it (`NETPATH_EBPF_OBJECT`) to replace the
+/// programs in place, as a new release would. The flags are aya-build's.
+fn variant_ebpf() -> Result<PathBuf> {
+    let target_dir = root().join("target/ebpf-variant");
+    let arch = std::env::consts::ARCH;
+    let rustflags = [
+        format!("--cfg=bpf_target_arch=\"{arch}\""),
+        "-Cdebuginfo=2".to_owned(),
+        "-Clink-arg=--btf".to_owned(),
+    ]
+    .join("\x1f");
+    run(Command::new("cargo")
+        .args([
+            "+nightly",
+            "build",
+            "--package",
+            "netpath-ebpf",
+            "--bins",
+            "--release",
+        ])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        .env("NETPATH_EBPF_VARIANT", "1")
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .current_dir(root().join("netpath-ebpf")))?;
+    Ok(target_dir.join("bpfel-unknown-none/release/netpath-ebpf"))
+}
+
 /// Runs `cargo test`, echoing its output, and closes with one total line
 /// over every test binary (cargo's own last line is a doc-test run's).
-fn cargo_test(args: &[String]) -> Result<()> {
+fn cargo_test(args: &[String], variant: &Path) -> Result<()> {
     use std::io::BufRead as _;
     let mut cmd = Command::new("cargo");
+    cmd.env("NETPATH_TEST_VARIANT_OBJECT", variant);
     // Every test binary runs even after one fails, so the summary is complete.
     cmd.args(["test", "--no-fail-fast"])
         .args(args)

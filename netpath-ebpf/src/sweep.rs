@@ -1,0 +1,291 @@
+//! One pass over the conntrack table, inside the kernel (see
+//! `netpath_common::sweep`): the loader runs `netpath_sweep` with
+//! BPF_PROG_TEST_RUN on a frame carrying a [`SweepArgs`]; the program
+//! walks `NP_CT4` with `bpf_for_each_map_elem`, judges each flow once
+//! (from its ORIGINAL entry, or its REPLY entry when the ORIGINAL is gone),
+//! removes what the arguments say and writes what it found back into the
+//! frame. The daemon sweeps this way every second; `conntrack flush`,
+//! `unpublish` and `down` flush this way in one pass.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_for_each_map_elem,
+    programs::TcContext,
+};
+use netpath_common::{
+    Config, MAX_NETWORKS,
+    ct::{CtEntry4, CtKey4, TcpState, ct_dir, ct_flags, proto, timeout_class},
+    sweep::{SweepArgs, mode},
+};
+
+use crate::{
+    ct::{ct_lookup4, ct_remove4, now, same_key},
+    maps::{NP_CONFIG, NP_CT_NETWORKS, NP_CT4},
+    parse::ETH_HLEN,
+};
+
+/// The timeouts before the loader wrote any.
+static DEFAULT_TIMEOUTS: [u32; 16] = Config::defaults().timeouts_s;
+
+/// What the callback works with: the arguments (and results) and the
+/// time of the pass.
+#[repr(C)]
+struct Pass {
+    args: SweepArgs,
+    now: u64,
+}
+
+pub fn run(ctx: &TcContext) -> i32 {
+    let Ok(args) = ctx.load::<SweepArgs>(ETH_HLEN) else {
+        return TC_ACT_SHOT;
+    };
+    let mut pass = Pass { args, now: now() };
+    pass.args.entries = 0;
+    pass.args.flows = 0;
+    pass.args.embryonic = 0;
+    pass.args.removed_flows = 0;
+    pass.args.removed_entries = 0;
+    if pass.args.mode & mode::PER_NETWORK != 0 {
+        let mut id = 0;
+        while id <= MAX_NETWORKS {
+            if let Some(n) = NP_CT_NETWORKS.get_ptr_mut(id) {
+                // SAFETY: an array slot, valid while the program runs.
+                unsafe { *n = 0 };
+            }
+            id += 1;
+        }
+    }
+    // SAFETY: the map pointer is the map's definition (relocated by the
+    // loader), the callback has the signature the helper expects and the
+    // context is this frame's `pass`, which outlives the call.
+    unsafe {
+        bpf_for_each_map_elem(
+            (&raw const NP_CT4).cast_mut().cast(),
+            visit as *mut c_void,
+            (&raw mut pass).cast(),
+            0,
+        );
+    }
+    if ctx.store(ETH_HLEN, &pass.args, 0).is_err() {
+        return TC_ACT_SHOT;
+    }
+    TC_ACT_OK
+}
+
+/// `bpf_for_each_map_elem`'s callback: one entry of `NP_CT4`. Returns 0
+/// (go on).
+///
+/// The walk itself costs about 90 ns an entry; what makes a pass cheap is
+/// doing nothing more for most entries. An entry that saw a packet within
+/// its flow's timeout keeps its flow alive whatever its partner does, so
+/// only stale entries look their partner up; under pressure an unreplied
+/// entry goes on its own age (both entries of an unreplied flow are
+/// unreplied and equally old). Counting passes look every partner up, to
+/// count each flow once.
+#[inline(never)]
+unsafe extern "C" fn visit(
+    _map: *mut c_void,
+    key: *mut c_void,
+    value: *mut c_void,
+    pass: *mut c_void,
+) -> i64 {
+    // SAFETY: the helper passes this entry's key and value (valid for the
+    // call) and our `Pass`.
+    let (key, e, pass) = unsafe {
+        (
+            &*(key as *const CtKey4),
+            &*(value as *const CtEntry4),
+            &mut *(pass as *mut Pass),
+        )
+    };
+    pass.args.entries += 1;
+    let mode = pass.args.mode;
+    let (dir, flags, last) = (e.dir, e.flags, e.last_seen_ns);
+    if dir == ct_dir::MID {
+        // Half-way entries go with their flow, once the entry they name is
+        // gone.
+        if ct_lookup4(&e.peer).is_none() {
+            remove(pass, key);
+        }
+        return 0;
+    }
+    let idle = pass.now.saturating_sub(last);
+    let counting = mode & (mode::PER_NETWORK | mode::FLUSH) != 0;
+    if mode & mode::PRESSURE != 0 && idle > u64::from(pass.args.pressure_timeout_ms) * 1_000_000 {
+        // An embryonic flow's entries go on their own age; a REPLY entry
+        // asks its ORIGINAL (which has the TCP state), and goes with it
+        // when that one is gone.
+        let go = if dir == ct_dir::ORIGINAL {
+            embryonic(key.proto, e)
+        } else {
+            // SAFETY: a map value pointer, valid while the program runs.
+            partner(key, e).is_none_or(|o| embryonic(key.proto, unsafe { &*o }))
+        };
+        if go {
+            remove(pass, key);
+            if dir == ct_dir::ORIGINAL {
+                pass.args.removed_flows += 1;
+            }
+            return 0;
+        }
+    }
+    let unreplied = dir == ct_dir::ORIGINAL && embryonic(key.proto, e);
+    // The state is on the ORIGINAL entry; a REPLY entry's flow is judged
+    // as established until its ORIGINAL says more.
+    let state = if dir == ct_dir::ORIGINAL {
+        e.state
+    } else {
+        TcpState::Established as u8
+    };
+    let fresh = idle <= timeout_s(key.proto, state, flags) * NS;
+    if fresh && !counting {
+        // Alive whatever the partner says; counted once, from the ORIGINAL.
+        if dir == ct_dir::ORIGINAL {
+            pass.args.flows += 1;
+            if unreplied {
+                pass.args.embryonic += 1;
+            }
+        }
+        return 0;
+    }
+    let partner = partner(key, e);
+    if dir == ct_dir::ORIGINAL {
+        // SAFETY: a map value pointer, valid while the program runs.
+        judge(pass, key, Some(e), &e.peer, partner.map(|p| unsafe { &*p }));
+        return 0;
+    }
+    // Judged with its ORIGINAL, unless that one is gone (evicted).
+    if let Some(o) = partner
+        // SAFETY: as above.
+        && unsafe { (*o).dir } == ct_dir::ORIGINAL
+    {
+        return 0;
+    }
+    judge(pass, &e.peer, None, key, Some(e));
+    0
+}
+
+const NS: u64 = 1_000_000_000;
+
+/// A flow not established yet (nf_conntrack's "not assured"): TCP before
+/// its handshake completed, anything else without a reply. For a REPLY
+/// entry of a TCP flow only its ORIGINAL knows.
+#[inline(always)]
+fn embryonic(proto_nr: u8, e: &CtEntry4) -> bool {
+    if proto_nr == proto::TCP && e.dir == ct_dir::ORIGINAL {
+        matches!(
+            TcpState::from_u8(e.state),
+            TcpState::None | TcpState::SynSent | TcpState::SynRecv
+        )
+    } else {
+        e.flags & ct_flags::SEEN_REPLY == 0
+    }
+}
+
+/// The timeout, in seconds, of a flow in this state.
+#[inline(always)]
+fn timeout_s(proto: u8, state: u8, flags: u32) -> u64 {
+    let class = timeout_class(proto, state, flags);
+    // The compiler knows the class is below 16 and would drop the bound
+    // check; the verifier does not, and needs it.
+    // SAFETY: reading a local.
+    let class = unsafe { core::ptr::read_volatile(&class) };
+    // Read from the map (a variable index into the stack is not allowed).
+    let timeouts = match NP_CONFIG.get(0) {
+        Some(c) if !c.is_unset() => &c.timeouts_s,
+        _ => &DEFAULT_TIMEOUTS,
+    };
+    u64::from(timeouts.get(class).copied().unwrap_or(0))
+}
+
+/// The other entry of `e`'s flow, if it is there and names `key` back.
+#[inline(always)]
+fn partner(key: &CtKey4, e: &CtEntry4) -> Option<*const CtEntry4> {
+    let p = ct_lookup4(&e.peer)?;
+    // SAFETY: map value pointer, valid while the program runs.
+    same_key(unsafe { &(*p).peer }, key).then_some(p.cast_const())
+}
+
+#[inline(always)]
+fn remove(pass: &mut Pass, key: &CtKey4) {
+    if ct_remove4(key) {
+        pass.args.removed_entries += 1;
+    }
+}
+
+/// One flow: its ORIGINAL key and entry (absent when evicted), its REPLY
+/// key and entry (absent when evicted or taken by another flow).
+#[inline(always)]
+fn judge(
+    pass: &mut Pass,
+    okey: &CtKey4,
+    orig: Option<&CtEntry4>,
+    rkey: &CtKey4,
+    reply: Option<&CtEntry4>,
+) {
+    let (first, flags, state, net_id) = match (orig, reply) {
+        (Some(o), _) => (o, o.flags, o.state, o.net_id),
+        // Orphaned reply entry: judged as a live flow would be.
+        (None, Some(r)) => (r, r.flags, TcpState::Established as u8, r.net_id),
+        (None, None) => return,
+    };
+    let last = match reply {
+        Some(r) if r.last_seen_ns > first.last_seen_ns => r.last_seen_ns,
+        _ => first.last_seen_ns,
+    };
+    let expired = pass.now.saturating_sub(last) > timeout_s(okey.proto, state, flags) * NS;
+    let a = &pass.args;
+    let go = (a.mode & mode::EXPIRE != 0 && expired)
+        || (a.mode & mode::FLUSH != 0 && matches(a, okey, rkey, flags, net_id));
+    if go {
+        // The ORIGINAL entry first: a container packet racing this finds no
+        // flow and creates a new one (its old external tuple is still
+        // claimed, so it gets a fresh one) instead of using a half-removed
+        // flow.
+        if orig.is_some() {
+            remove(pass, okey);
+        }
+        if reply.is_some() {
+            remove(pass, rkey);
+        }
+        pass.args.removed_flows += 1;
+        return;
+    }
+    pass.args.flows += 1;
+    if embryonic(okey.proto, first) {
+        pass.args.embryonic += 1;
+    }
+    if pass.args.mode & mode::PER_NETWORK != 0
+        && let Some(n) = NP_CT_NETWORKS.get_ptr_mut(net_id)
+    {
+        // SAFETY: an array slot, valid while the program runs; only this
+        // pass writes it.
+        unsafe { *n += 1 };
+    }
+}
+
+/// Whether a flow matches the flush filter (every set field must).
+#[inline(always)]
+fn matches(a: &SweepArgs, okey: &CtKey4, rkey: &CtKey4, flags: u32, net_id: u32) -> bool {
+    let port = a.port_be;
+    let published = a.pub_last == 0 || {
+        let p = u16::from_be(okey.dport_be);
+        flags & ct_flags::DNAT != 0
+            && okey.proto == a.pub_proto
+            && p >= a.pub_first
+            && p <= a.pub_last
+            && (a.pub_addr_be == 0 || okey.daddr_be == a.pub_addr_be)
+    };
+    (a.net_id == 0 || net_id == a.net_id)
+        && (a.src_be == 0 || okey.saddr_be == a.src_be)
+        && (a.dst_be == 0 || okey.daddr_be == a.dst_be)
+        && (a.proto == 0 || okey.proto == a.proto)
+        && (port == 0
+            || okey.sport_be == port
+            || okey.dport_be == port
+            || rkey.sport_be == port
+            || rkey.dport_be == port)
+        && published
+}
