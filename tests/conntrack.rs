@@ -218,15 +218,22 @@ fn daemon_pid(lab: &Lab) -> i64 {
         .expect("a daemon runs")
 }
 
-/// A random-source SYN flood at a published port (bounded: 6 s): the
-/// table stays bounded, the daemon keeps up at a modest cost (the real
-/// target is measured by `netpath bench`), and flows that are in use keep
-/// working during and after.
+/// A random-source flood at published ports (bounded: 6 s) of SYNs to a
+/// listening port, SYNs to a closed one (reset by the container) and bare
+/// ACKs (flows picked up mid-stream): none of them is ever established, so
+/// the sweeper takes them first; the table never evicts, the daemon keeps
+/// up at a modest cost (the real target is measured by `netpath bench`),
+/// and flows in use, or idle, keep working during and after.
 #[test]
 fn a_syn_flood_is_swept_cheaply_while_established_flows_carry_on() {
     require_root!();
     let lab = lab_up();
     netpath_ok(&lab.host, &["publish", "8080", &format!("{}:80", Lab::C1)]);
+    netpath_ok(&lab.host, &["publish", "8081", &format!("{}:81", Lab::C1)]);
+    // An idle connection, used again after the flood.
+    let server = who_server(&lab.ext, 9200, 1);
+    let mut idle = connect_from(&lab.c2, Lab::C2, 42000, addr(Lab::EXT, 9200));
+    assert_eq!(ask(&mut idle).unwrap(), "198.18.0.1:42000");
     let probe = Probe::start(&lab, 8080);
     let pid = daemon_pid(&lab);
     let cpu0 = cpu_time(pid);
@@ -234,7 +241,7 @@ fn a_syn_flood_is_swept_cheaply_while_established_flows_carry_on() {
     let uplink_mac = raw::mac_of(&lab.host, "uplink0");
     let ext_mac = raw::mac_of(&lab.ext, "eth0");
     let flood = lab.ext.spawn(move || {
-        // SYNs from 11.0.0.0/8 with varying ports: every one a new flow.
+        // From 11.0.0.0/8 with varying ports: every one a new flow.
         let mut frames = Vec::with_capacity(4096);
         let deadline = Instant::now() + Duration::from_secs(6);
         let mut n: u32 = 0;
@@ -245,11 +252,13 @@ fn a_syn_flood_is_swept_cheaply_while_established_flows_carry_on() {
                 let src = Ipv4Addr::from(0x0b00_0000 + (n.wrapping_mul(2_654_435_761) >> 8));
                 let uplink: Ipv4Addr = Lab::UPLINK.parse().unwrap();
                 let sport = 1024 + (n % 60000) as u16;
+                // SYN to 8080, SYN to 8081 (closed: reset), ACK to 8080.
+                let (dport, flags) = [(8080, 0x02), (8081, 0x02), (8080, 0x10)][n as usize % 3];
                 let syn = frame(
                     TCP,
                     src,
                     uplink,
-                    &packet::tcp(src, uplink, sport, 8080, 0x02, b""),
+                    &packet::tcp(src, uplink, sport, dport, flags, b""),
                     1,
                     0,
                 );
@@ -292,6 +301,65 @@ fn a_syn_flood_is_swept_cheaply_while_established_flows_carry_on() {
         s["conntrack"]
     );
     assert!(s["daemon"]["swept_flows"].as_u64().unwrap() > 1000);
+    assert_eq!(s["conntrack"]["evicted"], 0, "no flow was evicted");
+    assert_eq!(
+        ask(&mut idle).unwrap(),
+        "198.18.0.1:42000",
+        "the idle flow lives"
+    );
+    drop(idle);
+    server.join().unwrap().unwrap();
+}
+
+/// A table at its limit refuses new flows (counted) rather than evicting
+/// an established one, and admits them again once the sweeper removed the
+/// embryonic ones.
+#[test]
+fn a_full_table_refuses_new_flows_and_evicts_nothing() {
+    require_root!();
+    let lab = lab_up();
+    netpath_ok(&lab.host, &["conntrack", "config", "--max", "1024"]);
+    netpath_ok(&lab.host, &["publish", "8080", &format!("{}:80", Lab::C1)]);
+    let server = who_server(&lab.ext, 9300, 2);
+    let mut idle = connect_from(&lab.c2, Lab::C2, 43000, addr(Lab::EXT, 9300));
+    assert_eq!(ask(&mut idle).unwrap(), "198.18.0.1:43000");
+    let uplink_mac = raw::mac_of(&lab.host, "uplink0");
+    let ext_mac = raw::mac_of(&lab.ext, "eth0");
+    let uplink: Ipv4Addr = Lab::UPLINK.parse().unwrap();
+    // 4000 SYNs in one burst: far more than the table admits, faster than
+    // any sweep.
+    let frames: Vec<Vec<u8>> = (0..4000u32)
+        .map(|n| {
+            let src = Ipv4Addr::from(0x0b00_0000 + n * 7);
+            let l4 = packet::tcp(src, uplink, 2000 + n as u16, 8080, 0x02, b"");
+            raw::with_macs(frame(TCP, src, uplink, &l4, 1, 0), uplink_mac, ext_mac)
+        })
+        .collect();
+    assert_eq!(raw::send(&lab.ext, "eth0", frames, 1), 4000);
+    let ct = status(&lab.host)["conntrack"].clone();
+    assert!(ct["refused"].as_u64().unwrap() > 1000, "{ct}");
+    assert_eq!(ct["evicted"], 0, "{ct}");
+    assert_eq!(ct["max_flows"], 1024);
+    assert!(ct["flows"].as_u64().unwrap() <= 1024, "{ct}");
+    let s = status(&lab.host);
+    assert!(
+        s["networks"][0]["drops"]["drop_conntrack_full"]
+            .as_u64()
+            .unwrap()
+            > 1000,
+        "{s}"
+    );
+    assert_eq!(
+        ask(&mut idle).unwrap(),
+        "198.18.0.1:43000",
+        "the idle flow lives"
+    );
+    // The sweeper takes the embryonic flows out; new flows pass again.
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut fresh = connect_from(&lab.c1, Lab::C1, 43001, addr(Lab::EXT, 9300));
+    assert_eq!(ask(&mut fresh).unwrap(), "198.18.0.1:43001");
+    drop((idle, fresh));
+    server.join().unwrap().unwrap();
 }
 
 #[test]
@@ -434,9 +502,11 @@ fn lifecycle_events_lose_nothing_under_live_traffic() {
 
     let probe = Probe::start(&lab, 8080);
     let out = netpath_ok(&lab.host, &["conntrack", "config", "--max", "4096"]);
-    assert!(out.contains("max-flows=4096 (was 131072)"), "{out}");
+    assert!(out.contains("max-flows=4096 (was 114688)"), "{out}");
     probe.assert_unbroken(limit, "a conntrack resize");
-    assert_eq!(status(&lab.host)["conntrack"]["capacity"], 8192);
+    let ct = &status(&lab.host)["conntrack"];
+    assert_eq!(ct["max_flows"], 4096);
+    assert_eq!(ct["capacity"], netpath_common::ct::fill::capacity_for(4096));
     // The flows carried over: a new probe's flows work too, and the old
     // table is gone.
     let probe = Probe::start(&lab, 8080);

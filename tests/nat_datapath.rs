@@ -548,6 +548,56 @@ fn a_full_table_evicts_idle_entries_not_a_busy_flow() {
     });
 }
 
+/// At the table's limit new flows are refused (counted, with a drop
+/// reason) and the flows already there carry on; a calibrating pass sets
+/// the count to what the table holds, and flows are admitted again once
+/// there is room.
+#[test]
+fn at_the_limit_new_flows_are_refused_and_old_ones_carry_on() {
+    require_root!();
+    in_netns("limit", |pins| {
+        use netpath_common::ct::fill;
+        let mut dp = nat_datapath(pins, U);
+        let out = |c: Ipv4Addr, sport: u16| {
+            frame(UDP, c, R, &packet::udp(c, R, sport, 53, b"q", true), 1, 0)
+        };
+        let reply = frame(UDP, R, U, &packet::udp(R, U, 53, 5000, b"a", true), 2, 0);
+        assert_eq!(run(&mut dp, Dir::Egress, &out(C1, 5000), 1).0, TCX_NEXT);
+        assert_eq!(
+            dp.maps.ct_fill().unwrap(),
+            (2, u64::from(fill::limit(netpath_common::ct::MAX_CT4))),
+            "two entries counted; the loader wrote the limit"
+        );
+        // A limit of three entries: the next flow (two more) is refused.
+        dp.maps.ct_fill.set(fill::LIMIT, 3, 0).unwrap();
+        assert_eq!(run(&mut dp, Dir::Egress, &out(C2, 5001), 1).0, TCX_NEXT);
+        let (v, _) = run(&mut dp, Dir::Egress, &out(C2, 5002), 1);
+        assert_eq!(v, SHOT, "at the limit");
+        assert_eq!(drops(&dp, 1, DropReason::ConntrackFull), 1);
+        assert_eq!(
+            counter(&dp, counter_scope::CONNTRACK, 0, counter_kind::CT_REFUSED).0,
+            1
+        );
+        // The flows there pass both ways.
+        assert_eq!(run(&mut dp, Dir::Egress, &out(C1, 5000), 1).0, TCX_NEXT);
+        let (v, o) = run(&mut dp, Dir::Ingress, &reply, 1);
+        assert_eq!((v, parse(&o).dst), (TCX_NEXT, C1));
+        // A count gone wrong (entries changed behind the datapath's back)
+        // is set right by a calibrating pass.
+        dp.maps.ct_fill.set(fill::LIVE, 1000, 0).unwrap();
+        assert_eq!(netpath::conntrack::calibrate(&mut dp).unwrap(), 4);
+        assert_eq!(dp.maps.ct_fill().unwrap().0, 4);
+        // Room again: a flush removes C2's flow and its entries' count.
+        let c2 = netpath::conntrack::Filter {
+            src: Some(C2),
+            ..Default::default()
+        };
+        assert_eq!(netpath::conntrack::flush(&mut dp, &c2).unwrap(), 1);
+        assert_eq!(dp.maps.ct_fill().unwrap().0, 2);
+        assert_eq!(run(&mut dp, Dir::Egress, &out(C2, 5002), 1).0, TCX_NEXT);
+    });
+}
+
 /// A socket of the host (here: of the test's namespace, where the program
 /// runs) keeps its tuples: a container's flow never takes a source port
 /// that a host socket holds towards that remote, nor a published host

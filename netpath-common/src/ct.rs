@@ -101,6 +101,10 @@ pub mod ct_flags {
     /// container's translated flow holds its tuple (as netfilter's NAT
     /// remaps the later of two clashing connections).
     pub const HOST: u32 = 1 << 6;
+    /// A TCP flow that completed its handshake, or was picked up mid-stream
+    /// and then answered (nf_conntrack's ASSURED): only flows without it
+    /// are embryonic (see [`super::embryonic`]).
+    pub const ASSURED: u32 = 1 << 7;
 
     /// Whether the flow's first packet came towards a container (a
     /// published port, or [`INBOUND`]): its ORIGINAL direction is handled
@@ -214,8 +218,49 @@ pub struct FragPorts {
     pub dport_be: u16,
 }
 
-/// Maximum entries of `NP_CT4` (two per flow).
+/// Maximum entries of `NP_CT4` (two per flow) unless `conntrack config
+/// --max` sized it.
 pub const MAX_CT4: u32 = 262_144;
+
+/// `NP_CT_FILL`: how full the conntrack table is, kept by the datapath. An
+/// LRU table that fills up evicts its least recently used entries, which
+/// are idle *established* flows (a flood's are all fresh): the datapath
+/// instead refuses new flows once the live entries reach a limit below
+/// the capacity, as nf_conntrack drops new connections when its table is
+/// full and it finds nothing unassured to drop early; the sweeper makes
+/// room by removing embryonic flows first.
+pub mod fill {
+    /// Index of the live entry count: incremented and decremented by every
+    /// insert and remove, set to what a sweep pass found after each pass
+    /// (inserts racing the pass may be lost: the reserve absorbs that).
+    pub const LIVE: u32 = 0;
+    /// Index of the limit (entries); 0: none.
+    pub const LIMIT: u32 = 1;
+
+    /// The limit for a table of `capacity` entries: 7/8 of it, so flows
+    /// created on all CPUs at once, and the slack of the count, never reach
+    /// the capacity.
+    pub const fn limit(capacity: u32) -> u32 {
+        capacity - capacity / 8
+    }
+
+    /// The flows a table of `capacity` entries admits.
+    pub const fn max_flows(capacity: u32) -> u32 {
+        limit(capacity) / 2
+    }
+
+    /// The smallest capacity (entries) that admits `flows` flows.
+    pub const fn capacity_for(flows: u32) -> u32 {
+        let want = flows as u64 * 2;
+        // limit(c) = c - c/8 grows by at most one per step of c: start
+        // just below the answer and step up.
+        let mut c = (want * 8 / 7).saturating_sub(8);
+        while c - c / 8 < want {
+            c += 1;
+        }
+        c as u32
+    }
+}
 /// Maximum datagrams `NP_FRAG4` follows at once.
 pub const MAX_FRAG4: u32 = 8192;
 
@@ -224,6 +269,9 @@ pub const MAX_FRAG4: u32 = 8192;
 /// the new state and the new flags. Modelled on nf_conntrack's table, without
 /// window tracking: a flow picked up mid-stream is ESTABLISHED (like
 /// `nf_conntrack_tcp_loose=1`).
+///
+/// A flow becomes [`ct_flags::ASSURED`] once it is ESTABLISHED with a reply
+/// seen; a new SYN on a closed tuple starts over without it.
 #[inline(always)]
 pub const fn tcp_transition(
     state: TcpState,
@@ -231,6 +279,17 @@ pub const fn tcp_transition(
     reply: bool,
     flags: u8,
 ) -> (TcpState, u32) {
+    let (s, f) = tcp_step(state, ctflags, reply, flags);
+    if matches!(s, TcpState::Established) && f & ct_flags::SEEN_REPLY != 0 {
+        (s, f | ct_flags::ASSURED)
+    } else {
+        (s, f)
+    }
+}
+
+/// One step of nf_conntrack's table, before [`ct_flags::ASSURED`].
+#[inline(always)]
+const fn tcp_step(state: TcpState, ctflags: u32, reply: bool, flags: u8) -> (TcpState, u32) {
     let syn = flags & tcp_flags::SYN != 0;
     let ack = flags & tcp_flags::ACK != 0;
     if flags & tcp_flags::RST != 0 {
@@ -241,7 +300,11 @@ pub const fn tcp_transition(
             // A new connection on a tuple that closed: start over.
             TcpState::None | TcpState::TimeWait | TcpState::Close => (
                 TcpState::SynSent,
-                ctflags & !(ct_flags::FIN_ORIGINAL | ct_flags::FIN_REPLY),
+                ctflags
+                    & !(ct_flags::FIN_ORIGINAL
+                        | ct_flags::FIN_REPLY
+                        | ct_flags::ASSURED
+                        | ct_flags::SEEN_REPLY),
             ),
             s => (s, ctflags),
         };
@@ -273,6 +336,22 @@ pub const fn tcp_transition(
     }
 }
 
+/// Whether a flow is embryonic (nf_conntrack's "not assured"), from its
+/// ORIGINAL entry: TCP before its handshake completed (or picked up
+/// mid-stream and never answered, or reset before it was established),
+/// anything else without a reply. The daemon removes these first when the
+/// table is under pressure. An ESTABLISHED flow with a reply counts as
+/// assured even without the flag (entries of builds before it).
+#[inline(always)]
+pub const fn embryonic(proto_nr: u8, state: u8, ctflags: u32) -> bool {
+    if proto_nr == proto::TCP {
+        ctflags & ct_flags::ASSURED == 0
+            && !(state == TcpState::Established as u8 && ctflags & ct_flags::SEEN_REPLY != 0)
+    } else {
+        ctflags & ct_flags::SEEN_REPLY == 0
+    }
+}
+
 /// The timeout class (index into [`Config::timeouts_s`](crate::Config)) of a
 /// flow, from its ORIGINAL entry.
 pub const fn timeout_class(proto_nr: u8, state: u8, ctflags: u32) -> usize {
@@ -281,6 +360,9 @@ pub const fn timeout_class(proto_nr: u8, state: u8, ctflags: u32) -> usize {
         proto::TCP => match TcpState::from_u8(state) {
             TcpState::SynSent | TcpState::None => t::TCP_SYN_SENT,
             TcpState::SynRecv => t::TCP_SYN_RECV,
+            // Picked up mid-stream and never answered: nf_conntrack's
+            // "unacknowledged" timeout, not five days.
+            TcpState::Established if ctflags & ct_flags::SEEN_REPLY == 0 => t::TCP_UNACK,
             TcpState::Established => t::TCP_ESTABLISHED,
             TcpState::FinWait => t::TCP_FIN_WAIT,
             TcpState::TimeWait => t::TCP_TIME_WAIT,
@@ -302,12 +384,58 @@ pub const fn timeout_class(proto_nr: u8, state: u8, ctflags: u32) -> usize {
 mod tests {
     use super::{TcpState as S, tcp_flags as F, *};
 
+    /// As the datapath does: a reply marks SEEN_REPLY, then the step.
     fn run(steps: &[(bool, u8)]) -> (S, u32) {
         let mut st = (S::None, 0);
         for &(reply, flags) in steps {
+            if reply {
+                st.1 |= ct_flags::SEEN_REPLY;
+            }
             st = tcp_transition(st.0, st.1, reply, flags);
         }
         st
+    }
+
+    fn embryonic_after(steps: &[(bool, u8)]) -> bool {
+        let (s, f) = run(steps);
+        embryonic(proto::TCP, s as u8, f)
+    }
+
+    #[test]
+    fn only_answered_established_flows_are_assured() {
+        let est = [(false, F::SYN), (true, F::SYN | F::ACK), (false, F::ACK)];
+        assert_eq!(
+            run(&est),
+            (S::Established, ct_flags::SEEN_REPLY | ct_flags::ASSURED)
+        );
+        assert!(!embryonic_after(&est));
+        assert!(embryonic_after(&[(false, F::SYN)]));
+        assert!(embryonic_after(&[(false, F::SYN), (true, F::SYN | F::ACK)]));
+        // Reset before it was established (a SYN to a closed port).
+        assert!(embryonic_after(&[(false, F::SYN), (true, F::RST | F::ACK)]));
+        // Picked up mid-stream: embryonic, with the short timeout, until
+        // answered.
+        let (s, f) = run(&[(false, F::ACK)]);
+        assert!(embryonic(proto::TCP, s as u8, f));
+        assert_eq!(
+            timeout_class(proto::TCP, s as u8, f),
+            crate::timeout::TCP_UNACK
+        );
+        assert!(!embryonic_after(&[(false, F::ACK), (true, F::ACK)]));
+        // A closed assured flow stays assured; a new SYN starts over.
+        let mut fin = est.to_vec();
+        fin.extend([(false, F::FIN | F::ACK), (true, F::FIN | F::ACK)]);
+        assert!(!embryonic_after(&fin));
+        fin.push((false, F::SYN));
+        assert!(embryonic_after(&fin));
+        // Entries of builds before the flag: established and answered.
+        assert!(!embryonic(
+            proto::TCP,
+            S::Established as u8,
+            ct_flags::SEEN_REPLY
+        ));
+        assert!(embryonic(proto::UDP, 0, 0));
+        assert!(!embryonic(proto::UDP, 0, ct_flags::SEEN_REPLY));
     }
 
     #[test]
@@ -346,6 +474,17 @@ mod tests {
     }
 
     #[test]
+    fn the_fill_limit_admits_what_was_asked() {
+        for flows in [1024u32, 4096, 114_688, 131_072, 1_000_000, 8_388_608] {
+            let c = fill::capacity_for(flows);
+            assert_eq!(fill::max_flows(c), flows);
+            assert!(fill::max_flows(c - 1) < flows, "the smallest");
+            assert!(fill::limit(c) < c);
+        }
+        assert_eq!(fill::max_flows(MAX_CT4), 114_688);
+    }
+
+    #[test]
     fn timeout_classes() {
         use crate::timeout as t;
         assert_eq!(timeout_class(proto::UDP, 0, 0), t::UDP);
@@ -354,8 +493,12 @@ mod tests {
             t::UDP_STREAM
         );
         assert_eq!(
-            timeout_class(proto::TCP, S::Established as u8, 0),
+            timeout_class(proto::TCP, S::Established as u8, ct_flags::SEEN_REPLY),
             t::TCP_ESTABLISHED
+        );
+        assert_eq!(
+            timeout_class(proto::TCP, S::Established as u8, 0),
+            t::TCP_UNACK
         );
         assert_eq!(timeout_class(proto::ICMP, 0, 0), t::ICMP);
         assert_eq!(timeout_class(47, 0, 0), t::OTHER);

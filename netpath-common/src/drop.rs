@@ -51,10 +51,14 @@ pub enum DropReason {
     Filter = 17,
     /// From a port of a managed bridge that netpath does not manage (yet).
     UnmanagedPort = 18,
+    /// A new flow while the conntrack table was at its limit (nf_conntrack's
+    /// "table full, dropping packet"): established flows are never evicted
+    /// to make room.
+    ConntrackFull = 19,
 }
 
 impl DropReason {
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 19] = [
         Self::NatNoAddress,
         Self::NatPortsExhausted,
         Self::Malformed,
@@ -73,6 +77,7 @@ impl DropReason {
         Self::NotPublished,
         Self::Filter,
         Self::UnmanagedPort,
+        Self::ConntrackFull,
     ];
 
     pub const fn from_u16(v: u16) -> Option<Self> {
@@ -104,6 +109,7 @@ impl DropReason {
             Self::NotPublished => "drop_not_published",
             Self::Filter => "drop_filter",
             Self::UnmanagedPort => "drop_unmanaged_port",
+            Self::ConntrackFull => "drop_conntrack_full",
         }
     }
 

@@ -68,8 +68,11 @@ pub mod map_names {
     /// [`MacKey`](crate::MacKey) -> ifindex: the MACs of bound or learned
     /// ports and of managed bridges, which no other port may send from.
     pub const MACS: &str = "NP_MACS";
+    /// Array of two u64 (see [`crate::ct::fill`]): the table's live entries
+    /// and the limit past which new flows are refused.
+    pub const CT_FILL: &str = "NP_CT_FILL";
     /// All pinned map names, for tooling that walks the pin directory.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 20] = [
         ENDPOINTS4,
         IFACES,
         NETWORKS,
@@ -89,6 +92,7 @@ pub mod map_names {
         VLANS,
         CT_NETWORKS,
         MACS,
+        CT_FILL,
     ];
 }
 
@@ -470,6 +474,9 @@ pub mod counter_kind {
     /// Conntrack: new flows that could not be inserted (no free tuple, a
     /// map error).
     pub const CT_INSERT_FAILED: u16 = 66;
+    /// Conntrack: new flows refused because the table was at its limit
+    /// (see [`crate::ct::fill`]).
+    pub const CT_REFUSED: u16 = 67;
     /// Network: packets dropped, one kind per [`DropReason`](crate::DropReason)
     /// (`DROP_BASE + reason`).
     pub const DROP_BASE: u16 = 256;
@@ -491,6 +498,7 @@ pub mod counter_kind {
             CT_INSERTS => "inserts",
             CT_REMOVES => "removes",
             CT_INSERT_FAILED => "insert_failed",
+            CT_REFUSED => "refused",
             k if k > DROP_BASE => match crate::DropReason::from_u16(k - DROP_BASE) {
                 Some(r) => r.as_str(),
                 None => "drop_unknown",
@@ -512,8 +520,11 @@ pub mod timeout {
     pub const UDP_STREAM: usize = 7;
     pub const ICMP: usize = 8;
     pub const OTHER: usize = 9;
+    /// A TCP flow picked up mid-stream (no handshake seen) and not answered
+    /// yet (nf_conntrack's `nf_conntrack_tcp_timeout_unacknowledged`).
+    pub const TCP_UNACK: usize = 10;
     /// Number of classes in use (the array has room for more).
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
     /// Names as `netpath conntrack config` spells them.
     pub const NAMES: [&str; COUNT] = [
         "tcp-syn-sent",
@@ -526,9 +537,10 @@ pub mod timeout {
         "udp-stream",
         "icmp",
         "other",
+        "tcp-unacknowledged",
     ];
     /// nf_conntrack's defaults, in seconds (`net.netfilter.nf_conntrack_*_timeout*`).
-    pub const DEFAULTS: [u32; COUNT] = [120, 60, 432_000, 120, 120, 10, 30, 120, 30, 600];
+    pub const DEFAULTS: [u32; COUNT] = [120, 60, 432_000, 120, 120, 10, 30, 120, 30, 600, 300];
 }
 
 /// Value of the one-element `NP_CONFIG` array: settings the datapath and the

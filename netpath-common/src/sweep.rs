@@ -19,6 +19,10 @@ pub mod mode {
     pub const PRESSURE: u32 = 1 << 2;
     /// Count the live flows of each network into `NP_CT_NETWORKS`.
     pub const PER_NETWORK: u32 = 1 << 3;
+    /// Only count the entries, and set the datapath's live entry count
+    /// (`ct::fill::LIVE`) to it: the count drifts when entries change
+    /// behind the datapath's back (an older build's, a resize's copy).
+    pub const CALIBRATE: u32 = 1 << 4;
 }
 
 /// The ethertype of the made-up frame (IEEE 802 local experimental).

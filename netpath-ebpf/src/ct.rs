@@ -18,13 +18,13 @@ use aya_ebpf::{
 };
 use netpath_common::{
     Config, DropReason, counter_kind, counter_scope,
-    ct::{CtEntry4, CtKey4, TOUCH_NS, TcpState, ct_dir, ct_flags, proto, tcp_transition},
+    ct::{CtEntry4, CtKey4, TOUCH_NS, TcpState, ct_dir, ct_flags, fill, proto, tcp_transition},
 };
 
 use crate::{
     counters::count,
     lookup::published,
-    maps::{NP_CONFIG, NP_CT_SCRATCH, NP_CT4},
+    maps::{NP_CONFIG, NP_CT_FILL, NP_CT_SCRATCH, NP_CT4},
 };
 
 const EEXIST: i32 = -17;
@@ -48,22 +48,78 @@ fn count_ct(kind: u16) {
     count(counter_scope::CONNTRACK, 0, kind, 0);
 }
 
+/// Adds `delta` (two's complement) to the live entry count.
+#[inline(always)]
+fn fill_add(delta: u64) {
+    if let Some(live) = NP_CT_FILL.get_ptr_mut(fill::LIVE) {
+        // SAFETY: an array slot, valid while the program runs.
+        unsafe { atomic_add(live, delta) };
+    }
+}
+
+/// One more entry. Not inlined: the port search's frame (on top of the
+/// classifiers') has no room left for its locals, as for [`at_limit`].
+#[inline(never)]
+fn fill_inc() {
+    fill_add(1);
+}
+
+/// Whether the table holds as many entries as it may: new flows wait
+/// until the sweeper made room (see `ct::fill`). Not inlined: the
+/// classifiers' frames have no room left for its locals.
+#[inline(never)]
+fn at_limit() -> bool {
+    match (NP_CT_FILL.get(fill::LIVE), NP_CT_FILL.get(fill::LIMIT)) {
+        // The count is signed in effect: races can take it below zero.
+        (Some(&live), Some(&limit)) => limit != 0 && (live as i64) >= limit as i64,
+        _ => false,
+    }
+}
+
 /// Inserts an entry that must be new (`BPF_NOEXIST`), counting it.
 #[inline(always)]
 fn ct_insert_new4(key: &CtKey4, e: &CtEntry4) -> Result<(), i32> {
     NP_CT4.insert(key, e, BPF_NOEXIST as u64)?;
     count_ct(counter_kind::CT_INSERTS);
+    fill_inc();
     Ok(())
 }
 
 /// Removes an entry, counting it when it was there; returns whether it was.
 #[inline(always)]
 pub fn ct_remove4(key: &CtKey4) -> bool {
+    let removed = ct_remove4_uncounted(key);
+    if removed {
+        fill_add(u64::MAX);
+    }
+    removed
+}
+
+/// [`ct_remove4`] for a sweep pass, which takes what it removed off the
+/// live count once, at its end ([`fill_sub`]): a count per removal in the
+/// walk's callback multiplies the states the verifier explores.
+#[inline(always)]
+pub fn ct_remove4_uncounted(key: &CtKey4) -> bool {
     let removed = NP_CT4.remove(key).is_ok();
     if removed {
         count_ct(counter_kind::CT_REMOVES);
     }
     removed
+}
+
+/// Takes `n` entries off the live count.
+#[inline(always)]
+pub fn fill_sub(n: u64) {
+    fill_add(n.wrapping_neg());
+}
+
+/// Sets the live entry count to what a sweep pass found.
+#[inline(always)]
+pub fn set_live(entries: u64) {
+    if let Some(live) = NP_CT_FILL.get_ptr_mut(fill::LIVE) {
+        // SAFETY: an array slot, valid while the program runs.
+        unsafe { *live = entries };
+    }
 }
 
 /// Records a half-way (`MID`) entry: new, or replacing the one there.
@@ -256,6 +312,10 @@ pub fn ct_create4(
     flags: u32,
     net_id: u32,
 ) -> Result<*mut CtEntry4, DropReason> {
+    if at_limit() {
+        count_ct(counter_kind::CT_REFUSED);
+        return Err(DropReason::ConntrackFull);
+    }
     let r = create4(orig, translated, vary, flags, net_id, now());
     if r.is_err() {
         count_ct(counter_kind::CT_INSERT_FAILED);

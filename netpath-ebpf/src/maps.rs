@@ -102,5 +102,9 @@ pub static NP_CT_SCRATCH: PerCpuArray<[CtEntry4; 2]> = PerCpuArray::with_max_ent
 
 /// MACs of bound or learned ports and of managed bridges -> whose: no
 /// other port may send from them (kept by the loader and port learning).
+/// How full `NP_CT4` is and the limit for new flows (`ct::fill`).
+#[map]
+pub static NP_CT_FILL: Array<u64> = Array::pinned(2, 0);
+
 #[map]
 pub static NP_MACS: HashMap<MacKey, u32> = HashMap::pinned(MAX_IFACES, 0);

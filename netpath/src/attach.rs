@@ -310,6 +310,7 @@ impl Datapath {
             .collect::<Result<Vec<_>>>()?;
         let mut maps = Maps::open_dir(maps_dir)?;
         maps.config()?;
+        maps.set_ct_limit(Maps::ct_capacity(maps_dir)?)?;
         Ok(Some(Self {
             tc,
             sweeper: open(SWEEP_PROGRAM)?,

@@ -226,10 +226,12 @@ pub enum ConntrackCmd {
         /// taken [default: 1024-65535].
         #[arg(long, value_name = "MIN-MAX")]
         nat_ports: Option<String>,
-        /// Size the table for this many flows (two entries each). Live
-        /// flows are kept: they are copied into the new table and every
-        /// interface switches to it at once; shrinking below the flows
-        /// alive keeps the most recently active.
+        /// Size the table for this many flows [default: 114688]. Past them
+        /// new flows are refused (counted, `status` shows it) and no
+        /// established flow is evicted. Live flows are kept: they are
+        /// copied into the new table and every interface switches to it at
+        /// once; shrinking below the flows alive keeps the most recently
+        /// active.
         #[arg(long, value_name = "FLOWS", value_parser = clap::value_parser!(u32).range(1024..=8_388_608))]
         max: Option<u32>,
     },

@@ -84,6 +84,9 @@ pub struct Flow {
     pub reply: Tuple,
     /// A reply has been seen (`conntrack -L` prints `[UNREPLIED]` otherwise).
     pub seen_reply: bool,
+    /// Established and answered (`conntrack -L`'s `[ASSURED]`): flows
+    /// without it go first when the table is under pressure.
+    pub assured: bool,
     pub network: u32,
     /// "snat" (masquerade), "dnat" (a published port), "dnat+snat" (a
     /// published port reached from its own network) or "none" (tracked,
@@ -140,6 +143,7 @@ pub fn flows(maps: &Maps, cfg: &Config, now_ns: u64) -> Result<Vec<Flow>> {
             original: Tuple::of(&orig_key, orig),
             reply: Tuple::of(&reply_key, reply),
             seen_reply: flags & ct_flags::SEEN_REPLY != 0,
+            assured: !netpath_common::ct::embryonic(orig_key.proto, state, flags),
             network: e.net_id,
             nat: match (e.flags & ct_flags::DNAT != 0, e.flags & ct_flags::SNAT != 0) {
                 (true, true) => "dnat+snat",
@@ -289,6 +293,19 @@ pub fn count(dp: &mut Datapath) -> Result<SweepArgs> {
     )
 }
 
+/// Sets the datapath's live entry count to the entries the table holds
+/// (`sweep::mode::CALIBRATE`); returns them.
+pub fn calibrate(dp: &mut Datapath) -> Result<u32> {
+    Ok(pass(
+        dp,
+        &SweepArgs {
+            mode: sweep::mode::CALIBRATE,
+            ..SweepArgs::default()
+        },
+    )?
+    .entries)
+}
+
 /// `conntrack -L` style lines.
 pub fn render(flows: &[Flow]) -> String {
     let mut s = String::new();
@@ -301,7 +318,7 @@ pub fn render(flows: &[Flow]) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<8} {:<3} {} {}{} {}{} net={} nat={}",
+            "{:<8} {:<3} {} {}{} {}{} {}net={} nat={}",
             f.proto,
             f.proto_nr,
             f.timeout_s,
@@ -312,6 +329,7 @@ pub fn render(flows: &[Flow]) -> String {
             t(&f.original),
             if f.seen_reply { "" } else { "[UNREPLIED] " },
             t(&f.reply),
+            if f.assured { "[ASSURED] " } else { "" },
             f.network,
             f.nat,
         );

@@ -235,7 +235,15 @@ struct Sweeper {
     report: Report,
     pressure: bool,
     flood: bool,
+    /// When the datapath's entry count was last set from a pass.
+    calibrated: Option<Instant>,
+    /// New flows refused at the table's limit, as last seen.
+    refused: Option<u64>,
 }
+
+/// How often the datapath's entry count is set from a counting pass: it
+/// only drifts when entries change behind its back.
+const CALIBRATE_EVERY: Duration = Duration::from_secs(10);
 
 impl Sweeper {
     /// How long until the next sweep.
@@ -253,6 +261,30 @@ impl Sweeper {
             return Ok(());
         };
         let capacity = f64::from(state::Maps::ct_capacity(&state.maps_dir())?);
+        if self
+            .calibrated
+            .is_none_or(|t| t.elapsed() >= CALIBRATE_EVERY)
+        {
+            conntrack::calibrate(dp)?;
+            self.calibrated = Some(Instant::now());
+        }
+        let refused = dp
+            .maps
+            .traffic(
+                netpath_common::counter_scope::CONNTRACK,
+                0,
+                netpath_common::counter_kind::CT_REFUSED,
+            )?
+            .packets;
+        if let Some(before) = self.refused
+            && refused > before
+        {
+            log(format_args!(
+                "conntrack table at its limit: {} new flow(s) refused since the last sweep",
+                refused - before
+            ));
+        }
+        self.refused = Some(refused);
         let t = Instant::now();
         let found = conntrack::sweep(dp, self.pressure.then_some(PRESSURE_TIMEOUT_MS))?;
         let took_us = t.elapsed().as_micros() as u64;
@@ -395,6 +427,8 @@ pub async fn run(opts: Options) -> Result<()> {
         },
         pressure: false,
         flood: false,
+        calibrated: None,
+        refused: None,
     };
     let reason = loop {
         tokio::select! {

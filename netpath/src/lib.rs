@@ -13,6 +13,7 @@ pub mod docker;
 pub mod dockerlab;
 pub mod endpoint;
 pub mod filter;
+pub mod frames;
 pub mod netns;
 pub mod ops;
 pub mod plan;

@@ -352,7 +352,10 @@ fn conntrack_config(timeouts: &[String], nat_ports: Option<&str>, show_size: boo
     }
     print!("{}", conntrack::render_config(&cfg));
     if show_size {
-        println!("max-flows={}", Maps::ct_capacity(&state.maps_dir())? / 2);
+        println!(
+            "max-flows={}",
+            netpath_common::ct::fill::max_flows(Maps::ct_capacity(&state.maps_dir())?)
+        );
     }
     Ok(())
 }

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result, bail};
-use netpath_common::{GatewayMode, IfaceInfo, IfaceRole, counter_scope, iface_flags, net_flags};
+use netpath_common::{
+    GatewayMode, IfaceInfo, IfaceRole, counter_scope, ct::fill, iface_flags, net_flags,
+};
 
 use crate::{
     attach::{Attach, Datapath},
@@ -462,30 +464,33 @@ pub struct Resized {
 /// Where a resize keeps the old conntrack table until its flows are copied.
 const OLD_CT4: &str = "NP_CT4_old";
 
-/// `conntrack config --max FLOWS`: a new conntrack table of that size with
-/// the live flows in it. The pinned table is moved aside, this build's
-/// programs are loaded against a new one and pinned, the flows are copied
-/// (most recently active last, so a smaller table keeps those), every link
-/// switches to the new programs (`BPF_LINK_UPDATE`, no gap), what the old
-/// table got meanwhile is copied too, and the old table goes.
+/// `conntrack config --max FLOWS`: a new conntrack table that admits that
+/// many flows (`ct::fill`), with the live flows in it. The pinned table is
+/// moved aside, this build's programs are loaded against a new one and
+/// pinned, the most recently active entries are copied (as many as the new
+/// limit takes), every link switches to the new programs
+/// (`BPF_LINK_UPDATE`, no gap), what the old table got meanwhile is copied
+/// too, the old table goes, and the datapath's entry count is set.
 pub async fn resize_conntrack(flows: u32) -> Result<Resized> {
     let _lock = state::lock(false)?;
     let (state, _) = Maps::open_current()?;
     let maps_dir = state.maps_dir();
     let from = Maps::ct_capacity(&maps_dir)?;
+    let capacity = fill::capacity_for(flows);
     let mut out = Resized {
-        from: from / 2,
+        from: fill::max_flows(from),
         to: flows,
         ..Resized::default()
     };
-    if from == flows * 2 {
+    if from == capacity {
+        out.from = flows;
         return Ok(out);
     }
     let pin = maps_dir.join(netpath_common::map_names::CT4);
     // bpffs refuses dots in names.
     let aside = maps_dir.join(OLD_CT4);
     std::fs::rename(&pin, &aside).context("moving the conntrack table aside")?;
-    let mut dp = match Datapath::load_fresh(&state, flows * 2) {
+    let mut dp = match Datapath::load_fresh(&state, capacity) {
         Ok(dp) => dp,
         Err(e) => {
             // Nothing changed yet: the old table goes back.
@@ -496,21 +501,23 @@ pub async fn resize_conntrack(flows: u32) -> Result<Resized> {
     };
     let old: aya::maps::HashMap<_, netpath_common::ct::CtKey4, netpath_common::ct::CtEntry4> =
         aya::maps::HashMap::try_from(state::open_pinned(&maps_dir, OLD_CT4)?)?;
-    let (copied, left_out) = copy_flows(&old, &mut dp)?;
+    let budget = fill::limit(capacity) as usize;
+    let (copied, left_out) = copy_flows(&old, &mut dp, budget)?;
     out.copied = copied;
     out.left_out = left_out;
     let nl = Netlink::new()?;
     reapply_with(&nl, &state, &mut dp).await?;
     // What the old table got until the last link switched.
-    let (late, _) = copy_flows(&old, &mut dp)?;
+    let (late, _) = copy_flows(&old, &mut dp, budget.saturating_sub(out.copied))?;
     out.copied += late;
     drop(old);
     std::fs::remove_file(&aside).context("removing the old conntrack table")?;
+    crate::conntrack::calibrate(&mut dp)?;
     Ok(out)
 }
 
-/// Copies the entries of `old` that the new table lacks, oldest activity
-/// first (an LRU table that fills up then keeps the most recent).
+/// Copies the entries of `old` that the new table lacks, the `budget` most
+/// recently active ones; returns (copied, left out).
 fn copy_flows(
     old: &aya::maps::HashMap<
         aya::maps::MapData,
@@ -518,10 +525,13 @@ fn copy_flows(
         netpath_common::ct::CtEntry4,
     >,
     dp: &mut Datapath,
+    budget: usize,
 ) -> Result<(usize, usize)> {
     let mut entries: Vec<_> = old.iter().filter_map(std::result::Result::ok).collect();
-    entries.sort_by_key(|(_, e)| e.last_seen_ns);
-    let (mut copied, mut left_out) = (0, 0);
+    // Newest first.
+    entries.sort_by_key(|(_, e)| std::cmp::Reverse(e.last_seen_ns));
+    let (mut copied, mut left_out) = (0, entries.len().saturating_sub(budget));
+    entries.truncate(budget);
     for (k, e) in &entries {
         // BPF_NOEXIST: what the new table has (newer) wins.
         match dp.maps.ct4.insert(k, e, 1) {

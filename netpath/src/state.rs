@@ -233,6 +233,8 @@ pub struct Maps {
     pub macs: HashMap<MapData, MacKey, u32>,
     /// Live flows per network, as the last counting sweep pass found them.
     pub ct_networks: Array<MapData, u32>,
+    /// The table's live entries and limit (`ct::fill`).
+    pub ct_fill: Array<MapData, u64>,
 }
 
 pub(crate) fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
@@ -309,16 +311,31 @@ impl Maps {
             macs: HashMap::try_from(take(map_names::MACS)?).context(layout(map_names::MACS))?,
             ct_networks: Array::try_from(take(map_names::CT_NETWORKS)?)
                 .context(layout(map_names::CT_NETWORKS))?,
+            ct_fill: Array::try_from(take(map_names::CT_FILL)?)
+                .context(layout(map_names::CT_FILL))?,
         })
     }
 
-    /// The shared configuration, written with defaults on first use.
+    /// The shared configuration, written with defaults on first use; a
+    /// timeout class a newer build added (zero in a table an older build
+    /// wrote) gets its default.
     pub fn config(&mut self) -> Result<Config> {
-        let c = self.config.get(&0, 0).context("reading NP_CONFIG")?;
+        let mut c = self.config.get(&0, 0).context("reading NP_CONFIG")?;
         if c.is_unset() {
             let d = Config::defaults();
             self.set_config(&d)?;
             return Ok(d);
+        }
+        let d = Config::defaults();
+        let mut filled = false;
+        for (t, default) in c.timeouts_s.iter_mut().zip(d.timeouts_s) {
+            if *t == 0 && default != 0 {
+                *t = default;
+                filled = true;
+            }
+        }
+        if filled {
+            self.set_config(&c)?;
         }
         Ok(c)
     }
@@ -394,6 +411,33 @@ impl Maps {
         Ok(aya::maps::MapInfo::from_pin(&path)
             .with_context(|| format!("reading {}", path.display()))?
             .max_entries())
+    }
+
+    /// Sets the limit past which the datapath refuses new flows, for a
+    /// table of `capacity` entries (`ct::fill`).
+    pub fn set_ct_limit(&mut self, capacity: u32) -> Result<()> {
+        let limit = u64::from(netpath_common::ct::fill::limit(capacity));
+        if self.ct_fill.get(&netpath_common::ct::fill::LIMIT, 0).ok() != Some(limit) {
+            self.ct_fill
+                .set(netpath_common::ct::fill::LIMIT, limit, 0)
+                .context("writing the conntrack limit")?;
+        }
+        Ok(())
+    }
+
+    /// The datapath's live entry count and limit (`ct::fill`).
+    pub fn ct_fill(&self) -> Result<(i64, u64)> {
+        use netpath_common::ct::fill;
+        let live = self
+            .ct_fill
+            .get(&fill::LIVE, 0)
+            .context("reading NP_CT_FILL")?;
+        let limit = self
+            .ct_fill
+            .get(&fill::LIMIT, 0)
+            .context("reading NP_CT_FILL")?;
+        // Races can take the count below zero for a moment.
+        Ok((live as i64, limit))
     }
 
     /// Removes one conntrack entry; a missing one is fine.

@@ -75,7 +75,8 @@ pub struct IfaceStatus {
 pub struct ConntrackStatus {
     /// Entries the table holds at most (two per flow).
     pub capacity: u32,
-    /// Entries and flows now, and the flows that saw no reply yet.
+    /// Entries and flows now, and the flows not established yet (see
+    /// `ct::embryonic`).
     pub entries: u32,
     pub flows: u32,
     pub embryonic: u32,
@@ -88,6 +89,11 @@ pub struct ConntrackStatus {
     pub evicted: u64,
     /// New flows that got no entry (no free tuple, a map error).
     pub failed_inserts: u64,
+    /// Flows the table admits: past them new flows are refused rather
+    /// than established ones evicted (`ct::fill`).
+    pub max_flows: u32,
+    /// New flows refused because the table was at that limit.
+    pub refused: u64,
 }
 
 /// The namespace's daemon.
@@ -244,6 +250,8 @@ fn conntrack_status(state: &StateDir, dp: &mut Datapath) -> Result<ConntrackStat
         removed,
         evicted: inserted.saturating_sub(removed + u64::from(found.entries)),
         failed_inserts: ct(counter_kind::CT_INSERT_FAILED)?,
+        max_flows: netpath_common::ct::fill::max_flows(capacity),
+        refused: ct(counter_kind::CT_REFUSED)?,
     })
 }
 
@@ -370,12 +378,14 @@ impl Status {
         if let Some(c) = &self.conntrack {
             let _ = writeln!(
                 head,
-                "conntrack: {} flows ({} unreplied), {} of {} entries ({:.1} %), {} evicted, {} failed inserts",
+                "conntrack: {} of at most {} flows ({} embryonic), {} of {} entries ({:.1} %), {} refused when full, {} evicted, {} failed inserts",
                 c.flows,
+                c.max_flows,
                 c.embryonic,
                 c.entries,
                 c.capacity,
                 c.fill_pct,
+                c.refused,
                 c.evicted,
                 c.failed_inserts
             );
