@@ -514,6 +514,43 @@ fn lifecycle_events_lose_nothing_under_live_traffic() {
     probe.assert_unbroken(limit, "after the resize");
 }
 
+/// A resize killed half-way (its old table still pinned aside, a new one
+/// pinned) is finished by the next command that takes the lock: the flows
+/// are copied, every link moves to the new table, the old one goes.
+#[test]
+fn an_interrupted_resize_is_finished_by_the_next_up() {
+    require_root!();
+    let lab = lab_up();
+    let server = who_server(&lab.ext, 9400, 1);
+    let mut idle = connect_from(&lab.c1, Lab::C1, 44000, addr(Lab::EXT, 9400));
+    assert_eq!(ask(&mut idle).unwrap(), "198.18.0.1:44000");
+    let maps =
+        std::path::PathBuf::from(status(&lab.host)["state_dir"].as_str().unwrap()).join("maps");
+    // What a resize killed after its new table was made leaves behind: the
+    // old table aside, a new empty one pinned (here made by a command that
+    // opens the maps).
+    std::fs::rename(maps.join("NP_CT4"), maps.join("NP_CT4_old")).unwrap();
+    netpath_ok(&lab.host, &["conntrack", "list"]);
+    assert!(maps.join("NP_CT4").exists() && maps.join("NP_CT4_old").exists());
+    netpath_ok(
+        &lab.host,
+        &["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET],
+    );
+    assert!(!maps.join("NP_CT4_old").exists(), "the old table went");
+    let flows = harness::flows(&lab.host);
+    assert!(
+        flows.iter().any(|f| f["original"]["sport"] == 44000),
+        "the flow was copied: {flows:#?}"
+    );
+    assert_eq!(
+        ask(&mut idle).unwrap(),
+        "198.18.0.1:44000",
+        "and it still works"
+    );
+    drop(idle);
+    server.join().unwrap().unwrap();
+}
+
 #[test]
 fn bad_input_is_one_line_exit_1_and_changes_nothing() {
     require_root!();
@@ -590,6 +627,21 @@ fn bad_input_is_one_line_exit_1_and_changes_nothing() {
             "overlaps side0's address",
         ),
         (&["conntrack", "config", "--max", "10"], "invalid value"),
+        (&["conntrack", "flush", "--src", "0.0.0.0"], "names no flow"),
+        (&["conntrack", "flush", "--proto", "0"], "invalid protocol"),
+        (&["conntrack", "flush", "--port", "0"], "invalid value"),
+        (
+            &["conntrack", "config", "--timeout", "udp=+5"],
+            "invalid timeout",
+        ),
+        (
+            &["filter", "add", "--to", "0.0.0.0", "deny"],
+            "not a container's address",
+        ),
+        (
+            &["up", "--bridge", "np9", "--subnet", "169.254.0.0/24"],
+            "link-local",
+        ),
     ];
     for (args, want) in cases {
         let before = (

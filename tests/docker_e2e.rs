@@ -34,6 +34,9 @@ const HOST_IP: &str = "198.18.0.1";
 const EXT_IP: &str = "198.18.0.2";
 /// The external namespace's TCP/UDP echo port.
 const EXT_PORT: u16 = 7001;
+/// The external namespace's (and every container's) long-connection echo
+/// port.
+const EXT_STREAM_PORT: u16 = 7002;
 
 /// A TCP/UDP server answering "NAME PEER_ADDRESS" (run inside containers
 /// with the host's /usr mounted, and in the external namespace).
@@ -54,9 +57,26 @@ def udp(port):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port))
     while True:
         d, peer = s.recvfrom(64); s.sendto(("%s %s" % (name, peer[0])).encode(), peer)
+def echo(c):
+    try:
+        while True:
+            d = c.recv(4096)
+            if not d:
+                break
+            c.sendall(d)
+    except OSError:
+        pass
+    c.close()
+def stream(port):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(64)
+    while True:
+        c, peer = s.accept()
+        threading.Thread(target=echo, args=(c,), daemon=True).start()
+kinds = {"tcp": tcp, "udp": udp, "stream": stream}
 for p in sys.argv[1:]:
     proto, port = p.split(":")
-    threading.Thread(target=tcp if proto == "tcp" else udp, args=(int(port),), daemon=True).start()
+    threading.Thread(target=kinds[proto], args=(int(port),), daemon=True).start()
 print("ready", flush=True)
 threading.Event().wait()
 "#;
@@ -74,6 +94,31 @@ try:
     s.connect((ip, port)); s.send(b"hello"); print(s.recv(64).decode())
 except OSError:
     print("blocked"); sys.exit(1)
+"#;
+
+/// A long TCP connection: `streamer.py IP PORT SECONDS` sends 64 bytes
+/// every 20 ms and waits for their echo; prints "ok ROUNDS MAX_GAP_MS", or
+/// "broken REASON" when the connection failed.
+const STREAMER: &str = r#"
+import socket, sys, time
+ip, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+try:
+    s = socket.create_connection((ip, port), timeout=2)
+    end = time.monotonic() + secs
+    last = time.monotonic(); gap = 0.0; n = 0
+    while time.monotonic() < end:
+        s.sendall(b"x" * 64)
+        got = 0
+        while got < 64:
+            d = s.recv(64 - got)
+            if not d:
+                raise OSError("closed by the peer")
+            got += len(d)
+        now = time.monotonic(); gap = max(gap, now - last); last = now; n += 1
+        time.sleep(0.02)
+    print("ok %d %.0f" % (n, gap * 1000))
+except OSError as e:
+    print("broken %s" % e)
 "#;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,12 +171,17 @@ impl Stack {
         std::fs::create_dir_all(&*scripts).unwrap();
         std::fs::write(scripts.join("server.py"), SERVER).unwrap();
         std::fs::write(scripts.join("client.py"), CLIENT).unwrap();
+        std::fs::write(scripts.join("streamer.py"), STREAMER).unwrap();
         let mut ext_server = Process(
             Command::new("nsenter")
                 .arg(format!("--net=/run/netns/{}", ext.name))
                 .args(["python3", "-u"])
                 .arg(scripts.join("server.py"))
-                .args([format!("tcp:{EXT_PORT}"), format!("udp:{EXT_PORT}")])
+                .args([
+                    format!("tcp:{EXT_PORT}"),
+                    format!("udp:{EXT_PORT}"),
+                    format!("stream:{EXT_STREAM_PORT}"),
+                ])
                 .env("NAME", "ext")
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -185,6 +235,7 @@ impl Stack {
             "/np/server.py",
             "tcp:80",
             "udp:9999",
+            "stream:7002",
         ]);
         self.docker(&args);
         // Its server is up once it printed "ready".
@@ -333,6 +384,11 @@ struct Sender {
 
 impl Sender {
     fn start(ext: &Netns) -> Self {
+        Self::every(ext, Duration::from_millis(50))
+    }
+
+    /// Sends every `interval`.
+    fn every(ext: &Netns, interval: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let answers = Arc::new(Mutex::new(Vec::new()));
         let (s, a) = (stop.clone(), answers.clone());
@@ -349,7 +405,7 @@ impl Sender {
                         String::from_utf8_lossy(&buf[..n]).into_owned(),
                     ));
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(interval);
             }
             Ok(())
         });
@@ -358,6 +414,20 @@ impl Sender {
             answers,
             thread: Some(thread),
         }
+    }
+
+    /// The longest time between two answers (and from `since` to the first
+    /// and from the last to now) since `since`.
+    fn longest_gap(&self, since: Instant) -> Duration {
+        let answers = self.answers.lock().unwrap();
+        let mut times: Vec<Instant> = vec![since];
+        times.extend(answers.iter().map(|(t, _)| *t).filter(|t| *t >= since));
+        times.push(Instant::now());
+        times
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default()
     }
 
     /// Waits up to `within` for an answer from `name` after `since`.
@@ -617,6 +687,70 @@ fn matrix(mode: Mode) -> BTreeMap<&'static str, String> {
             .map(|n| n["drops"]["drop_spoofed_source"].as_u64().unwrap_or(0))
             .sum();
         cells.insert("spoofed source counted", format!("{}", drops > 0));
+
+        // `netpath docker` restarted under live traffic: a published TCP
+        // connection, a published UDP flow and a container's connection
+        // out keep going, none breaks or waits over 100 ms.
+        s.run("longrun", &["-p", "8090:7002"]);
+        s.settle(11, 3);
+        let streamer = s.scripts.join("streamer.py");
+        let published = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", s.ext.name))
+            .arg("python3")
+            .arg(&streamer)
+            .args([HOST_IP, "8090", "5"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("published stream");
+        let egress = Command::new("docker")
+            .args([
+                "-H",
+                &s.d.host(),
+                "exec",
+                "longrun",
+                "python3",
+                "/np/streamer.py",
+            ])
+            .args([EXT_IP, &EXT_STREAM_PORT.to_string(), "5"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("egress stream");
+        let sender = Sender::every(&s.ext, Duration::from_millis(20));
+        let since = Instant::now();
+        std::thread::sleep(Duration::from_millis(1500));
+        s.stop_follower();
+        std::thread::sleep(Duration::from_millis(300));
+        s.start_follower();
+        s.settle(11, 3);
+        let verdict = |out: std::process::Output| {
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            match text.split(' ').collect::<Vec<_>>()[..] {
+                ["ok", n, gap] if gap.parse::<u64>().is_ok_and(|g| g <= 100) => {
+                    eprintln!("restart under traffic: {n} rounds, longest gap {gap} ms");
+                    "unbroken".to_owned()
+                }
+                _ => text,
+            }
+        };
+        cells.insert(
+            "netpath docker restart: published tcp",
+            verdict(published.wait_with_output().expect("published stream")),
+        );
+        cells.insert(
+            "netpath docker restart: egress tcp",
+            verdict(egress.wait_with_output().expect("egress stream")),
+        );
+        let gap = sender.longest_gap(since);
+        drop(sender);
+        eprintln!("restart under traffic: udp longest gap {gap:?}");
+        cells.insert(
+            "netpath docker restart: published udp",
+            if gap <= Duration::from_millis(100) {
+                "unbroken".to_owned()
+            } else {
+                format!("gap {gap:?}")
+            },
+        );
         eprintln!("netpath docker log:\n{}", s.follower_log());
     }
     // Print here, before the stack goes, to have both sides in the output.
@@ -720,6 +854,9 @@ fn dockerd_matrix_iptables_vs_netpath() {
             "172.17.0.0/16 172.30.1.0/24 172.30.3.0/24 172.30.4.0/24 172.30.5.0/24",
         ),
         ("spoofed source counted", "true"),
+        ("netpath docker restart: published tcp", "unbroken"),
+        ("netpath docker restart: egress tcp", "unbroken"),
+        ("netpath docker restart: published udp", "unbroken"),
     ] {
         let got = &np[cell];
         table.push_str(&format!("| {cell} | - | {got} | netpath only |\n"));

@@ -177,7 +177,7 @@ fn tcp_masquerade_keeps_the_port_when_free_and_translates_replies_back() {
 }
 
 #[test]
-fn a_claimed_external_tuple_is_never_reused_and_a_lost_partner_comes_back() {
+fn a_claimed_external_tuple_is_never_reused_and_a_lost_partner_starts_the_flow_over() {
     require_root!();
     in_netns("claim", |pins| {
         let mut dp = nat_datapath(pins, U);
@@ -210,7 +210,9 @@ fn a_claimed_external_tuple_is_never_reused_and_a_lost_partner_comes_back() {
         );
 
         // Lose the reply entry (LRU eviction), make the flow look a second
-        // old: the next packet puts the partner back with the same port.
+        // old: the next packet does not put the partner back blindly (a
+        // host socket may hold its tuple by now) but starts a new flow,
+        // whose tuple is checked again.
         let o = entry(&dp, &key(C1, R, 7000, 53, UDP));
         dp.maps.ct4.remove(&o.peer).unwrap();
         let mut aged = o;
@@ -219,10 +221,20 @@ fn a_claimed_external_tuple_is_never_reused_and_a_lost_partner_comes_back() {
             .ct4
             .insert(key(C1, R, 7000, 53, UDP), aged, 0)
             .unwrap();
-        let (_, out2) = run(&mut dp, Dir::Egress, &q, 1);
-        assert_eq!(parse(&out2).sport, parse(&out).sport);
-        let back = entry(&dp, &o.peer);
-        assert_eq!((back.dir, back.nat_addr_be), (ct_dir::REPLY, be(C1)));
+        let (v, out2) = run(&mut dp, Dir::Egress, &q, 1);
+        assert_eq!((v, parse(&out2).src), (TCX_NEXT, U));
+        assert_ne!(parse(&out2).sport, 7000, "the foreign claim still stands");
+        let renewed = entry(&dp, &key(C1, R, 7000, 53, UDP));
+        assert_ne!(renewed.last_seen_ns, 0, "a new flow");
+        let back = entry(&dp, &renewed.peer);
+        assert_eq!(
+            (back.dir, back.nat_addr_be, back.peer),
+            (ct_dir::REPLY, be(C1), key(C1, R, 7000, 53, UDP))
+        );
+        assert_eq!(
+            counter(&dp, counter_scope::NETWORK, 1, counter_kind::NET_CT_NEW).0,
+            2
+        );
     });
 }
 
@@ -545,6 +557,51 @@ fn a_full_table_evicts_idle_entries_not_a_busy_flow() {
             1,
             "never re-created"
         );
+    });
+}
+
+/// Only a SYN, or an ACK (a connection picked up mid-stream), opens a TCP
+/// flow; a packet with no flags, FIN or RST first, or SYN+FIN opens
+/// nothing (nf_conntrack's INVALID) and is dropped with its reason rather
+/// than leaving untranslated. A picked-up flow is not assured until it is
+/// answered.
+#[test]
+fn tcp_packets_that_open_nothing_are_dropped() {
+    require_root!();
+    in_netns("invalid", |pins| {
+        let mut dp = nat_datapath(pins, U);
+        let seg = |sport: u16, flags: u8| {
+            frame(
+                TCP,
+                C1,
+                R,
+                &packet::tcp(C1, R, sport, 443, flags, b""),
+                1,
+                0,
+            )
+        };
+        for (i, flags) in [0u8, 0x01, 0x04, 0x03, 0x14].into_iter().enumerate() {
+            let (v, _) = run(&mut dp, Dir::Egress, &seg(30000 + i as u16, flags), 1);
+            assert_eq!(v, SHOT, "flags {flags:#x}");
+        }
+        assert_eq!(drops(&dp, 1, DropReason::CtInvalid), 5);
+        assert!(dp.maps.ct_entries().unwrap().is_empty(), "no flow");
+        let (v, out) = run(&mut dp, Dir::Egress, &seg(30010, ACK), 1);
+        assert_eq!((v, parse(&out).src), (TCX_NEXT, U));
+        let e = entry(&dp, &key(C1, R, 30010, 443, TCP));
+        assert_eq!(e.state, TcpState::Established as u8);
+        assert!(
+            netpath_common::ct::embryonic(TCP, e.state, e.flags),
+            "not answered yet"
+        );
+        let back = frame(TCP, R, U, &packet::tcp(R, U, 443, 30010, ACK, b""), 2, 0);
+        assert_eq!(run(&mut dp, Dir::Ingress, &back, 1).0, TCX_NEXT);
+        let e = entry(&dp, &key(C1, R, 30010, 443, TCP));
+        assert!(
+            !netpath_common::ct::embryonic(TCP, e.state, e.flags),
+            "answered"
+        );
+        assert_ne!(e.flags & ct_flags::ASSURED, 0);
     });
 }
 

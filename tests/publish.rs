@@ -481,9 +481,9 @@ fn ten_thousand_published_ports_and_the_last_one_works() {
             &format!("{}:20000-29999", Lab::C1),
         ],
     );
-    let took = started.elapsed();
-    eprintln!("publishing 10,000 ports took {took:?}");
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    // How long it takes is the benchmark's business (its control plane
+    // table), not a test's: tests run side by side.
+    eprintln!("publishing 10,000 ports took {:?}", started.elapsed());
     assert_eq!(ports(&lab.host).len(), 10_000);
     let seen = topology::tcp_echo(
         &lab.c1,

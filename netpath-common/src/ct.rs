@@ -352,6 +352,18 @@ pub const fn embryonic(proto_nr: u8, state: u8, ctflags: u32) -> bool {
     }
 }
 
+/// Whether a packet with TCP `flags` may open a new TCP flow: a SYN (not
+/// SYN+ACK, nor with FIN or RST), or an ACK without SYN, FIN or RST (a
+/// connection picked up mid-stream, as `nf_conntrack_tcp_loose=1` does).
+/// Everything else (no flags, FIN or RST first, SYN+FIN …) is what
+/// nf_conntrack calls INVALID: it opens nothing.
+#[inline(always)]
+pub const fn opens_tcp_flow(flags: u8) -> bool {
+    let (syn, ack) = (flags & tcp_flags::SYN != 0, flags & tcp_flags::ACK != 0);
+    let ends = flags & (tcp_flags::FIN | tcp_flags::RST) != 0;
+    !ends && syn != ack
+}
+
 /// The timeout class (index into [`Config::timeouts_s`](crate::Config)) of a
 /// flow, from its ORIGINAL entry.
 pub const fn timeout_class(proto_nr: u8, state: u8, ctflags: u32) -> usize {
@@ -471,6 +483,24 @@ mod tests {
             (false, F::SYN),
         ];
         assert_eq!(run(&est).0, S::Established);
+    }
+
+    #[test]
+    fn only_syns_and_acks_open_flows() {
+        assert!(opens_tcp_flow(F::SYN));
+        assert!(opens_tcp_flow(F::ACK));
+        assert!(opens_tcp_flow(F::ACK | 0x08), "ACK+PSH: data picked up");
+        for bad in [
+            0,
+            F::FIN,
+            F::RST,
+            F::SYN | F::ACK,
+            F::SYN | F::FIN,
+            F::RST | F::ACK,
+            F::FIN | F::ACK,
+        ] {
+            assert!(!opens_tcp_flow(bad), "{bad:#x}");
+        }
     }
 
     #[test]

@@ -55,10 +55,13 @@ pub enum DropReason {
     /// "table full, dropping packet"): established flows are never evicted
     /// to make room.
     ConntrackFull = 19,
+    /// A TCP packet that opens no flow and belongs to none (no SYN or ACK,
+    /// FIN or RST first: nf_conntrack's INVALID).
+    CtInvalid = 20,
 }
 
 impl DropReason {
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 20] = [
         Self::NatNoAddress,
         Self::NatPortsExhausted,
         Self::Malformed,
@@ -78,6 +81,7 @@ impl DropReason {
         Self::Filter,
         Self::UnmanagedPort,
         Self::ConntrackFull,
+        Self::CtInvalid,
     ];
 
     pub const fn from_u16(v: u16) -> Option<Self> {
@@ -110,6 +114,7 @@ impl DropReason {
             Self::Filter => "drop_filter",
             Self::UnmanagedPort => "drop_unmanaged_port",
             Self::ConntrackFull => "drop_conntrack_full",
+            Self::CtInvalid => "drop_ct_invalid",
         }
     }
 

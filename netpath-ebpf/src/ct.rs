@@ -18,7 +18,10 @@ use aya_ebpf::{
 };
 use netpath_common::{
     Config, DropReason, counter_kind, counter_scope,
-    ct::{CtEntry4, CtKey4, TOUCH_NS, TcpState, ct_dir, ct_flags, fill, proto, tcp_transition},
+    ct::{
+        CtEntry4, CtKey4, TOUCH_NS, TcpState, ct_dir, ct_flags, fill, opens_tcp_flow, proto,
+        tcp_transition,
+    },
 };
 
 use crate::{
@@ -188,22 +191,13 @@ pub fn same_key(a: &CtKey4, b: &CtKey4) -> bool {
         && a.proto == b.proto
 }
 
-/// The entry for the other direction of the flow whose entry `e` is keyed
-/// by `key`. `nat_addr_be`/`nat_port_be` say what each direction writes on
-/// the side its NAT type changes: source NAT flows write the source going
-/// out (`U:nport`) and the destination coming back (`C:cport`); destination
-/// NAT flows write the destination going in (`T:tport`) and the source
-/// coming back (`H:hport`). (The full translated tuple is always the
-/// partner's key reversed.)
-#[inline(always)]
-fn partner_entry(key: &CtKey4, e: &CtEntry4) -> CtEntry4 {
-    let mut p = CtEntry4::default();
-    fill_partner(&mut p, key, e);
-    p
-}
-
 /// Writes into `p` the entry for the other direction of the flow whose
-/// entry `e` is keyed by `key` (see [`partner_entry`]), in place.
+/// entry `e` is keyed by `key`. `nat_addr_be`/`nat_port_be` say what each
+/// direction writes on the side its NAT type changes: source NAT flows
+/// write the source going out (`U:nport`) and the destination coming back
+/// (`C:cport`); destination NAT flows write the destination going in
+/// (`T:tport`) and the source coming back (`H:hport`). (The full
+/// translated tuple is always the partner's key reversed.)
 #[inline(always)]
 fn fill_partner(p: &mut CtEntry4, key: &CtKey4, e: &CtEntry4) {
     let to_reply = e.dir == ct_dir::ORIGINAL;
@@ -235,24 +229,21 @@ fn fill_partner(p: &mut CtEntry4, key: &CtKey4, e: &CtEntry4) {
     p.bytes = 0;
 }
 
-/// Makes sure the partner of an entry exists (LRU may have evicted it).
-/// Returns false when the partner's key now belongs to another flow, in which
-/// case this entry is removed and the caller starts over.
+/// Checks that the partner of an entry is still there and names it back.
+/// When it is gone (LRU evicted it, which the fill limit keeps from
+/// happening) or its key now belongs to another flow, this entry is
+/// removed too and false returned: the caller starts over with a new flow,
+/// whose tuple goes through every check again. Putting the partner back
+/// as it was would skip them: a host socket may have taken the tuple
+/// meanwhile.
 #[inline(always)]
 pub fn ct_keep_partner4(key: &CtKey4, e: *mut CtEntry4) -> bool {
     // SAFETY: see `ct_touch4`.
-    let e = unsafe { *e };
-    if let Some(p) = ct_lookup4(&e.peer) {
+    let peer = unsafe { (*e).peer };
+    if let Some(p) = ct_lookup4(&peer) {
         // SAFETY: as above.
         if same_key(unsafe { &(*p).peer }, key) {
             return true;
-        }
-    } else {
-        match ct_insert_new4(&e.peer, &partner_entry(key, &e)) {
-            Ok(()) => return true,
-            Err(err) if err == EEXIST => {}
-            // Could not write it now: try again on the next refresh.
-            Err(_) => return true,
         }
     }
     ct_remove4(key);
@@ -311,7 +302,11 @@ pub fn ct_create4(
     vary: Option<&TcContext>,
     flags: u32,
     net_id: u32,
+    tcp_flags: u8,
 ) -> Result<*mut CtEntry4, DropReason> {
+    if orig.proto == proto::TCP && !opens_tcp_flow(tcp_flags) {
+        return Err(DropReason::CtInvalid);
+    }
     if at_limit() {
         count_ct(counter_kind::CT_REFUSED);
         return Err(DropReason::ConntrackFull);

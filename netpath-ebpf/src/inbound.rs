@@ -78,5 +78,5 @@ pub fn direct4(
         to_port_be: l4.dport_be,
     })?;
     let key = packet_key(ip, l4);
-    ct_create4(&key, &key, None, ct_flags::INBOUND, net_id)
+    ct_create4(&key, &key, None, ct_flags::INBOUND, net_id, l4.tcp_flags)
 }

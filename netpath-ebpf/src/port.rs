@@ -129,7 +129,7 @@ fn flows_in(ctx: &TcContext, ip: &Ip4, net_id: u32, net: &NetworkInfo) -> PortNa
             if net.flags & net_flags::INTERNAL != 0 {
                 return PortNat::None;
             }
-            match publish4(ctx, &key) {
+            match publish4(ctx, &key, l4.tcp_flags) {
                 None => return PortNat::None,
                 Some(Ok((e, id))) => {
                     count(counter_scope::NETWORK, id, counter_kind::NET_CT_NEW, 0);

@@ -35,7 +35,7 @@ pub type NewFlow = Result<(*mut CtEntry4, u32), (u32, DropReason)>;
 /// also source-translated to its gateway (Docker's hairpin MASQUERADE),
 /// which takes two extra `MID` entries for the egress half.
 #[inline(always)]
-pub fn publish4(ctx: &TcContext, key: &CtKey4) -> Option<NewFlow> {
+pub fn publish4(ctx: &TcContext, key: &CtKey4, tcp_flags: u8) -> Option<NewFlow> {
     if key.proto != proto::TCP && key.proto != proto::UDP {
         return None;
     }
@@ -66,7 +66,14 @@ pub fn publish4(ctx: &TcContext, key: &CtKey4) -> Option<NewFlow> {
         key.proto,
     );
     let flags = ct_flags::DNAT | if to_self { ct_flags::SNAT } else { 0 };
-    let e = match ct_create4(key, &translated, to_self.then_some(ctx), flags, net_id) {
+    let e = match ct_create4(
+        key,
+        &translated,
+        to_self.then_some(ctx),
+        flags,
+        net_id,
+        tcp_flags,
+    ) {
         Ok(e) => e,
         Err(r) => return Some(Err((net_id, r))),
     };

@@ -80,7 +80,7 @@ pub fn ingress(ctx: &TcContext, ifindex: u32) -> i32 {
     let e = match ct_lookup4(&key) {
         Some(e) => e,
         None => {
-            let created = match (publish4(ctx, &key), direct) {
+            let created = match (publish4(ctx, &key, l4.tcp_flags), direct) {
                 (Some(r), _) => r,
                 // The host's own traffic.
                 (None, None) => return TCX_NEXT,

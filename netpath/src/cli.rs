@@ -124,6 +124,11 @@ pub enum Command {
         /// Where to write the results.
         #[arg(long, value_name = "DIR", default_value = "bench-results")]
         out: std::path::PathBuf,
+        /// Another netpath binary (an older build) to run as a fourth arm at
+        /// the first scale point: the table gains netpath/baseline, the
+        /// cost of what changed in between.
+        #[arg(long, value_name = "BIN")]
+        baseline: Option<std::path::PathBuf>,
     },
     /// Run the demo: build a Docker-like topology in fresh network namespaces,
     /// bring netpath up in it, send traffic through masquerade and a published
@@ -230,8 +235,11 @@ pub enum ConntrackCmd {
         /// new flows are refused (counted, `status` shows it) and no
         /// established flow is evicted. Live flows are kept: they are
         /// copied into the new table and every interface switches to it at
-        /// once; shrinking below the flows alive keeps the most recently
-        /// active.
+        /// once; shrinking below the flows alive keeps whole flows, assured
+        /// ones first, then the most recently active. A table costs about
+        /// 120 bytes of kernel memory an entry, two entries a flow, and the
+        /// daemon's passes walk all of it: larger than the default, a calm
+        /// table is swept less often in proportion.
         #[arg(long, value_name = "FLOWS", value_parser = clap::value_parser!(u32).range(1024..=8_388_608))]
         max: Option<u32>,
     },
@@ -249,7 +257,7 @@ pub struct FlushCmd {
     #[arg(long, value_name = "PROTO")]
     pub proto: Option<String>,
     /// Any port of the flow (original or translated, source or destination).
-    #[arg(long, value_name = "PORT")]
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
 }
 

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 use anyhow::{Context as _, Result, bail};
 use netpath_common::{
     Config,
-    ct::{CtEntry4, CtKey4, TcpState, ct_dir, ct_flags, proto, timeout_class},
+    ct::{self, CtEntry4, CtKey4, TcpState, ct_dir, ct_flags, proto, timeout_class},
     sweep::{self, SweepArgs},
 };
 use serde::Serialize;
@@ -35,13 +35,23 @@ pub fn proto_name(p: u8) -> String {
 }
 
 /// Parses `tcp`, `udp`, `icmp` or a protocol number.
+/// A number written as plain digits (`parse` also takes a leading '+').
+fn digits<T: std::str::FromStr>(s: &str) -> Option<T> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
 pub fn parse_proto(s: &str) -> Result<u8> {
     match s.to_ascii_lowercase().as_str() {
         "tcp" => Ok(proto::TCP),
         "udp" => Ok(proto::UDP),
         "icmp" => Ok(proto::ICMP),
-        n => n.parse::<u8>().map_err(|_| {
-            anyhow::anyhow!("invalid protocol {s:?}: expected tcp, udp, icmp or 0-255")
+        // Digits only (`parse` takes a leading '+'); 0 would be the flush
+        // filter's "any protocol".
+        n => digits::<u8>(n).filter(|p| *p != 0).ok_or_else(|| {
+            anyhow::anyhow!("invalid protocol {s:?}: expected tcp, udp, icmp or 1-255")
         }),
     }
 }
@@ -306,6 +316,69 @@ pub fn calibrate(dp: &mut Datapath) -> Result<u32> {
     .entries)
 }
 
+/// The entries a resize copies into a table that takes `budget` of them:
+/// whole flows (both directions, and a hairpin flow's half-way entries),
+/// assured flows first, then the most recently active. Returns them and
+/// how many entries were left out.
+pub fn pick_flows(
+    entries: Vec<(CtKey4, CtEntry4)>,
+    budget: usize,
+) -> (Vec<(CtKey4, CtEntry4)>, usize) {
+    let total = entries.len();
+    let index: std::collections::HashMap<[u8; 16], usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| (bytemuck::cast(*k), i))
+        .collect();
+    let find = |k: &CtKey4| index.get(&bytemuck::cast::<CtKey4, [u8; 16]>(*k)).copied();
+    // Each entry's flow: the index of its ORIGINAL entry (its own when it
+    // has none, an orphan).
+    let group_of = |i: usize| -> usize {
+        let (k, e) = &entries[i];
+        let named = find(&e.peer);
+        match e.dir {
+            ct_dir::ORIGINAL => i,
+            ct_dir::REPLY => named
+                .filter(|&o| entries[o].1.dir == ct_dir::ORIGINAL && entries[o].1.peer == *k)
+                .unwrap_or(i),
+            // A half-way entry names one of its flow's entries.
+            _ => match named {
+                Some(n) if entries[n].1.dir == ct_dir::ORIGINAL => n,
+                Some(n) => find(&entries[n].1.peer).unwrap_or(n),
+                None => i,
+            },
+        }
+    };
+    let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for i in 0..total {
+        groups.entry(group_of(i)).or_default().push(i);
+    }
+    let mut ranked: Vec<(bool, u64, Vec<usize>)> = groups
+        .into_iter()
+        .map(|(lead, members)| {
+            let (k, e) = &entries[lead];
+            let assured = e.dir == ct_dir::ORIGINAL && !ct::embryonic(k.proto, e.state, e.flags);
+            let last = members
+                .iter()
+                .map(|&m| entries[m].1.last_seen_ns)
+                .max()
+                .unwrap_or(0);
+            (assured, last, members)
+        })
+        .collect();
+    ranked.sort_by_key(|r| std::cmp::Reverse((r.0, r.1)));
+    let mut keep = Vec::new();
+    for (_, _, members) in ranked {
+        if keep.len() + members.len() > budget {
+            continue;
+        }
+        keep.extend(members);
+    }
+    let left_out = total - keep.len();
+    let picked = keep.into_iter().map(|i| entries[i]).collect();
+    (picked, left_out)
+}
+
 /// `conntrack -L` style lines.
 pub fn render(flows: &[Flow]) -> String {
     let mut s = String::new();
@@ -354,7 +427,7 @@ pub fn apply_settings(cfg: &mut Config, timeouts: &[String], ports: Option<&str>
                 NAMES.join(", ")
             );
         };
-        let secs: u32 = secs.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
+        let secs: u32 = digits(secs).filter(|s| *s > 0).ok_or_else(|| {
             anyhow::anyhow!("invalid timeout {t:?}: seconds must be a positive integer")
         })?;
         cfg.timeouts_s[i] = secs;
@@ -362,7 +435,7 @@ pub fn apply_settings(cfg: &mut Config, timeouts: &[String], ports: Option<&str>
     if let Some(r) = ports {
         let bad = || anyhow::anyhow!("invalid port range {r:?}: expected MIN-MAX within 1-65535");
         let (a, b) = r.split_once('-').ok_or_else(bad)?;
-        let (a, b): (u16, u16) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+        let (a, b): (u16, u16) = (digits(a).ok_or_else(bad)?, digits(b).ok_or_else(bad)?);
         if a == 0 || a > b {
             return Err(bad());
         }
@@ -410,5 +483,61 @@ mod tests {
         assert_eq!(parse_proto("TCP").unwrap(), 6);
         assert_eq!(parse_proto("47").unwrap(), 47);
         assert!(parse_proto("tcpx").is_err());
+        assert!(parse_proto("0").is_err(), "0 would match every protocol");
+        assert!(parse_proto("+6").is_err());
+        let mut cfg = netpath_common::Config::defaults();
+        assert!(apply_settings(&mut cfg, &["udp=+5".to_owned()], None).is_err());
+        assert!(apply_settings(&mut cfg, &[], Some("+1024-2000")).is_err());
+        assert!(apply_settings(&mut cfg, &["udp=5".to_owned()], Some("1024-2000")).is_ok());
+    }
+
+    /// A flow's entries: ORIGINAL `a -> b`, REPLY `b -> a`.
+    fn flow(n: u32, state: TcpState, flags: u32, last: u64) -> [(CtKey4, CtEntry4); 2] {
+        let o = CtKey4::new(n, 100, 1, 2, proto::TCP);
+        let r = o.reversed();
+        let e = |dir, peer| CtEntry4 {
+            peer,
+            dir,
+            state: state as u8,
+            flags,
+            last_seen_ns: last,
+            ..CtEntry4::default()
+        };
+        [(o, e(ct_dir::ORIGINAL, r)), (r, e(ct_dir::REPLY, o))]
+    }
+
+    #[test]
+    fn a_smaller_table_keeps_whole_assured_flows_first() {
+        let assured = ct_flags::SEEN_REPLY | ct_flags::ASSURED;
+        let mut all = Vec::new();
+        // An old established flow, newer embryonic junk, a newer
+        // established flow with a hairpin half-way entry.
+        all.extend(flow(1, TcpState::Established, assured, 10));
+        for n in 2..6 {
+            all.extend(flow(
+                n,
+                TcpState::SynRecv,
+                ct_flags::SEEN_REPLY,
+                100 + u64::from(n),
+            ));
+        }
+        let [o, r] = flow(9, TcpState::Established, assured, 50);
+        let mid = CtEntry4 {
+            peer: r.0,
+            dir: ct_dir::MID,
+            ..CtEntry4::default()
+        };
+        all.extend([o, r, (CtKey4::new(9, 7, 1, 2, proto::TCP), mid)]);
+        let (kept, left_out) = pick_flows(all.clone(), 7);
+        assert_eq!((kept.len(), left_out), (7, all.len() - 7));
+        let has = |n: u32| {
+            kept.iter()
+                .filter(|(k, _)| k.saddr_be == n || k.daddr_be == n)
+                .count()
+        };
+        assert_eq!(has(1), 2, "the old assured flow, whole");
+        assert_eq!(has(9), 3, "the hairpin flow with its half-way entry");
+        assert_eq!(has(5), 2, "then the newest embryonic one");
+        assert_eq!(has(2), 0);
     }
 }

@@ -239,6 +239,10 @@ struct Sweeper {
     calibrated: Option<Instant>,
     /// New flows refused at the table's limit, as last seen.
     refused: Option<u64>,
+    /// The table's capacity over the default's (at least 1), and how long
+    /// the last pass took: see [`Sweeper::interval`].
+    scale: u32,
+    took: Duration,
 }
 
 /// How often the datapath's entry count is set from a counting pass: it
@@ -246,13 +250,20 @@ struct Sweeper {
 const CALIBRATE_EVERY: Duration = Duration::from_secs(10);
 
 impl Sweeper {
-    /// How long until the next sweep.
+    /// How long until the next sweep. A pass walks every bucket of the
+    /// table, full or not (about 1 ms per 10,000 entries here), so a
+    /// calm table larger than the default is swept less often, in
+    /// proportion (timeouts are seconds to days: expiry only gets coarser),
+    /// and no pass takes more than a quarter of the daemon's time.
     fn interval(&self, normal: Duration) -> Duration {
-        if self.flood {
+        let base = if self.flood {
             normal.min(FLOOD_INTERVAL)
-        } else {
+        } else if self.pressure {
             normal
-        }
+        } else {
+            normal * self.scale
+        };
+        base.max(self.took * 4)
     }
 
     fn tick(&mut self, state: &state::StateDir, loaded: &mut Option<Datapath>) -> Result<()> {
@@ -260,7 +271,9 @@ impl Sweeper {
             // A command is loading programs: sweep on the next tick.
             return Ok(());
         };
-        let capacity = f64::from(state::Maps::ct_capacity(&state.maps_dir())?);
+        let cap = state::Maps::ct_capacity(&state.maps_dir())?;
+        self.scale = cap.div_ceil(netpath_common::ct::MAX_CT4).max(1);
+        let capacity = f64::from(cap);
         if self
             .calibrated
             .is_none_or(|t| t.elapsed() >= CALIBRATE_EVERY)
@@ -287,7 +300,8 @@ impl Sweeper {
         self.refused = Some(refused);
         let t = Instant::now();
         let found = conntrack::sweep(dp, self.pressure.then_some(PRESSURE_TIMEOUT_MS))?;
-        let took_us = t.elapsed().as_micros() as u64;
+        self.took = t.elapsed();
+        let took_us = self.took.as_micros() as u64;
         let sweep = Sweep {
             at_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -386,8 +400,7 @@ pub async fn run(opts: Options) -> Result<()> {
         .open(pid_path(cookie))
         .context("opening the daemon pid file")?;
     if !try_flock(&pidfile)? {
-        println!("netpath daemon already runs for this network namespace");
-        return Ok(());
+        bail!("a netpath daemon already runs for this network namespace");
     }
     // One write, so a reader sees all of it or nothing.
     pidfile.set_len(0)?;
@@ -429,6 +442,8 @@ pub async fn run(opts: Options) -> Result<()> {
         flood: false,
         calibrated: None,
         refused: None,
+        scale: 1,
+        took: Duration::ZERO,
     };
     let reason = loop {
         tokio::select! {

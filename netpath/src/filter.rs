@@ -74,18 +74,26 @@ pub fn parse_host_port(s: &str) -> Result<HostPort> {
 
 /// Parses `--to`.
 pub fn parse_target(s: &str) -> Result<Target> {
-    if let Ok(addr) = s.parse::<Ipv4Addr>() {
-        return Ok(Target { addr, port: None });
+    let t = match s.parse::<Ipv4Addr>() {
+        Ok(addr) => Target { addr, port: None },
+        Err(_) => {
+            let spec = plan::parse_port_spec(s, true, false)
+                .with_context(|| format!("invalid --to {s:?}: expected CONTAINER_IP[:PORT]"))?;
+            match spec.addr {
+                Some(addr) if spec.first == spec.last => Target {
+                    addr,
+                    port: Some(spec.first),
+                },
+                _ => bail!("invalid --to {s:?}: expected CONTAINER_IP[:PORT]"),
+            }
+        }
+    };
+    // No container has these: a rule naming one would never match.
+    let a = t.addr;
+    if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
+        bail!("invalid --to {s:?}: {a} is not a container's address");
     }
-    let spec = plan::parse_port_spec(s, true, false)
-        .with_context(|| format!("invalid --to {s:?}: expected CONTAINER_IP[:PORT]"))?;
-    match spec.addr {
-        Some(addr) if spec.first == spec.last => Ok(Target {
-            addr,
-            port: Some(spec.first),
-        }),
-        _ => bail!("invalid --to {s:?}: expected CONTAINER_IP[:PORT]"),
-    }
+    Ok(t)
 }
 
 /// Parses `--from CIDR` (a bare address is a /32); host bits must be zero.
@@ -403,6 +411,9 @@ mod tests {
         assert_eq!(parse_target("172.18.0.2:80").unwrap().port, Some(80));
         assert!(parse_target("172.18.0.2:0").is_err());
         assert!(parse_target("nope").is_err());
+        for bad in ["0.0.0.0", "255.255.255.255", "224.0.0.1:80", "127.0.0.1"] {
+            assert!(parse_target(bad).is_err(), "{bad}");
+        }
         assert_eq!(parse_cidr("10.0.0.0/8").unwrap().prefix_len(), 8);
         assert_eq!(parse_cidr("10.1.2.3").unwrap().prefix_len(), 32);
         assert!(

@@ -68,11 +68,18 @@ fn run(cli: Cli) -> Result<()> {
     if let Command::Demo = cli.command {
         return demo::run();
     }
-    if let Command::Bench { quick, reps, out } = &cli.command {
+    if let Command::Bench {
+        quick,
+        reps,
+        out,
+        baseline,
+    } = &cli.command
+    {
         let res = netpath::bench::run(&netpath::bench::Options {
             quick: *quick,
             reps: *reps as usize,
             out: out.clone(),
+            baseline: baseline.clone(),
         })?;
         print!("{}", netpath::bench::table(&res));
         println!(
@@ -373,6 +380,13 @@ fn conntrack_list(json: bool) -> Result<()> {
 }
 
 fn conntrack_flush(f: &netpath::cli::FlushCmd) -> Result<()> {
+    // 0.0.0.0 is the pass's "any address": asked for, it would flush every
+    // flow.
+    for (name, a) in [("--src", f.src), ("--dst", f.dst)] {
+        if a.is_some_and(|a| a.is_unspecified()) {
+            anyhow::bail!("{name} 0.0.0.0 names no flow (leave it out to match every address)");
+        }
+    }
     let filter = conntrack::Filter {
         src: f.src,
         dst: f.dst,

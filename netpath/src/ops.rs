@@ -154,6 +154,9 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
     let nl = Netlink::new()?;
     let state = StateDir::current()?;
     let had_state = state.exists();
+    if had_state {
+        repair_resize(&nl, &state).await?;
+    }
     let (existing, current_ifaces) = if had_state {
         let maps = Maps::open(&state)?;
         (specs(&maps)?, maps.ifaces()?)
@@ -212,6 +215,7 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
         lock = state::lock(true)?;
     }
     let _lock = lock;
+    let _hold = sys::HoldSignals::new();
     let mut report = UpReport {
         already_up: same_id.is_some(),
         ..Default::default()
@@ -473,7 +477,10 @@ const OLD_CT4: &str = "NP_CT4_old";
 /// too, the old table goes, and the datapath's entry count is set.
 pub async fn resize_conntrack(flows: u32) -> Result<Resized> {
     let _lock = state::lock(false)?;
+    let _hold = sys::HoldSignals::new();
     let (state, _) = Maps::open_current()?;
+    let nl = Netlink::new()?;
+    repair_resize(&nl, &state).await?;
     let maps_dir = state.maps_dir();
     let from = Maps::ct_capacity(&maps_dir)?;
     let capacity = fill::capacity_for(flows);
@@ -499,25 +506,75 @@ pub async fn resize_conntrack(flows: u32) -> Result<Resized> {
             return Err(e);
         }
     };
-    let old: aya::maps::HashMap<_, netpath_common::ct::CtKey4, netpath_common::ct::CtEntry4> =
-        aya::maps::HashMap::try_from(state::open_pinned(&maps_dir, OLD_CT4)?)?;
-    let budget = fill::limit(capacity) as usize;
-    let (copied, left_out) = copy_flows(&old, &mut dp, budget)?;
-    out.copied = copied;
-    out.left_out = left_out;
-    let nl = Netlink::new()?;
-    reapply_with(&nl, &state, &mut dp).await?;
-    // What the old table got until the last link switched.
-    let (late, _) = copy_flows(&old, &mut dp, budget.saturating_sub(out.copied))?;
-    out.copied += late;
-    drop(old);
-    std::fs::remove_file(&aside).context("removing the old conntrack table")?;
-    crate::conntrack::calibrate(&mut dp)?;
+    (out.copied, out.left_out) = finish_resize(&nl, &state, &mut dp).await?;
     Ok(out)
 }
 
-/// Copies the entries of `old` that the new table lacks, the `budget` most
-/// recently active ones; returns (copied, left out).
+/// The second half of a resize, with the new table pinned and this
+/// build's programs loaded against it: the old table's flows are copied
+/// in, every link switches to the new programs, what the old table got
+/// meanwhile is copied too, the old table goes and the entry count is
+/// set. Returns (entries copied, entries left out).
+async fn finish_resize(
+    nl: &Netlink,
+    state: &StateDir,
+    dp: &mut Datapath,
+) -> Result<(usize, usize)> {
+    let maps_dir = state.maps_dir();
+    let aside = maps_dir.join(OLD_CT4);
+    let budget = fill::limit(Maps::ct_capacity(&maps_dir)?) as usize;
+    let old: aya::maps::HashMap<_, netpath_common::ct::CtKey4, netpath_common::ct::CtEntry4> =
+        aya::maps::HashMap::try_from(state::open_pinned(&maps_dir, OLD_CT4)?)?;
+    let (copied, left_out) = copy_flows(&old, dp, budget)?;
+    reapply_with(nl, state, dp).await?;
+    // What the old table got until the last link switched.
+    let (late, _) = copy_flows(&old, dp, budget.saturating_sub(copied))?;
+    let old_entries = old.keys().count();
+    drop(old);
+    std::fs::remove_file(&aside).context("removing the old conntrack table")?;
+    crate::conntrack::calibrate(dp)?;
+    // The copies are inserts, and the old table's entries removals, so
+    // that inserted - removed - present still counts the evictions.
+    dp.maps.add_to_counter(
+        counter_scope::CONNTRACK,
+        0,
+        netpath_common::counter_kind::CT_INSERTS,
+        (copied + late) as u64,
+    )?;
+    dp.maps.add_to_counter(
+        counter_scope::CONNTRACK,
+        0,
+        netpath_common::counter_kind::CT_REMOVES,
+        old_entries as u64,
+    )?;
+    Ok((copied + late, left_out))
+}
+
+/// Finishes a resize that was interrupted (killed), under the lock, before
+/// anything opens the maps: with the new table not pinned yet the old one
+/// goes back; with it pinned, the flows are copied and the links switched
+/// as the resize would have. Returns whether there was anything to do.
+pub async fn repair_resize(nl: &Netlink, state: &StateDir) -> Result<bool> {
+    let maps_dir = state.maps_dir();
+    let aside = maps_dir.join(OLD_CT4);
+    if !aside.exists() {
+        return Ok(false);
+    }
+    let pin = maps_dir.join(netpath_common::map_names::CT4);
+    if !pin.exists() {
+        std::fs::rename(&aside, &pin).context("putting the conntrack table back")?;
+        return Ok(true);
+    }
+    // This build's programs, loaded again against the new table (pinned
+    // ones may still name the old one).
+    let mut dp = Datapath::load_fresh(state, Maps::ct_capacity(&maps_dir)?)?;
+    finish_resize(nl, state, &mut dp).await?;
+    Ok(true)
+}
+
+/// Copies what [`crate::conntrack::pick_flows`] picks from `old` for a
+/// table that takes `budget` more entries; what the new table has already
+/// (newer) wins. Returns (copied, left out).
 fn copy_flows(
     old: &aya::maps::HashMap<
         aya::maps::MapData,
@@ -527,12 +584,10 @@ fn copy_flows(
     dp: &mut Datapath,
     budget: usize,
 ) -> Result<(usize, usize)> {
-    let mut entries: Vec<_> = old.iter().filter_map(std::result::Result::ok).collect();
-    // Newest first.
-    entries.sort_by_key(|(_, e)| std::cmp::Reverse(e.last_seen_ns));
-    let (mut copied, mut left_out) = (0, entries.len().saturating_sub(budget));
-    entries.truncate(budget);
-    for (k, e) in &entries {
+    let entries: Vec<_> = old.iter().filter_map(std::result::Result::ok).collect();
+    let (picked, mut left_out) = crate::conntrack::pick_flows(entries, budget);
+    let mut copied = 0;
+    for (k, e) in &picked {
         // BPF_NOEXIST: what the new table has (newer) wins.
         match dp.maps.ct4.insert(k, e, 1) {
             Ok(()) => copied += 1,
@@ -623,6 +678,10 @@ pub async fn refresh(nl: &Netlink, loaded: &mut Option<Datapath>) -> Result<Opti
     let state = StateDir::current()?;
     if !state.exists() {
         return Ok(Some(RefreshReport::default()));
+    }
+    if repair_resize(nl, &state).await? {
+        // The programs changed under the daemon's loaded ones.
+        *loaded = None;
     }
     let dp = Datapath::current(&state, loaded, true)?
         .context("this build's programs could not be loaded")?;
@@ -866,6 +925,7 @@ pub struct DownReport {
 
 pub async fn down(target: &DownTarget) -> Result<DownReport> {
     let _lock = state::lock(false)?;
+    let _hold = sys::HoldSignals::new();
     let nl = Netlink::new()?;
     let state = StateDir::current()?;
     let mut report = DownReport::default();

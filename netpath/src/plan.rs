@@ -60,9 +60,10 @@ pub fn parse_subnet(s: &str) -> Result<Ipv4Net> {
 }
 
 /// Address blocks no container network may use.
-const RESERVED: [(&str, &str); 4] = [
+const RESERVED: [(&str, &str); 5] = [
     ("0.0.0.0/8", "\"this network\""),
     ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
     ("224.0.0.0/4", "multicast"),
     ("240.0.0.0/4", "reserved, with the limited broadcast"),
 ];
@@ -534,6 +535,7 @@ mod tests {
             "239.1.0.0/16",
             "240.0.0.0/24",
             "255.255.255.0/24",
+            "169.254.0.0/24",
         ] {
             let e = parse_subnet(bad).unwrap_err().to_string();
             assert!(e.contains("overlaps"), "{bad}: {e}");

@@ -472,6 +472,27 @@ impl Maps {
         }
     }
 
+    /// Adds `packets` to one counter (on the first CPU's slot: the
+    /// datapath only ever adds to its own CPU's, and readers sum them).
+    pub fn add_to_counter(&mut self, scope: u16, id: u32, kind: u16, packets: u64) -> Result<()> {
+        let key = CounterKey { id, scope, kind };
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| e)
+            .context("counting CPUs")?;
+        let mut values: Vec<Counter> = match self.counters.get(&key, 0) {
+            Ok(v) => v.iter().copied().collect(),
+            Err(e) if is_missing(&e) => vec![Counter::default(); cpus],
+            Err(e) => return Err(e).context("reading NP_COUNTERS"),
+        };
+        if let Some(first) = values.first_mut() {
+            first.packets += packets;
+        }
+        let values = aya::maps::PerCpuValues::try_from(values).context("per-CPU values")?;
+        self.counters
+            .insert(key, values, 0)
+            .context("writing NP_COUNTERS")
+    }
+
     /// One counter as [`Traffic`].
     pub fn traffic(&self, scope: u16, id: u32, kind: u16) -> Result<Traffic> {
         Ok(self.counter(CounterKey { id, scope, kind })?.into())

@@ -55,3 +55,44 @@ pub fn detach_pinned_link(path: &Path) -> Result<()> {
     }
     std::fs::remove_file(path).with_context(|| format!("removing pin {}", path.display()))
 }
+
+/// While alive, SIGINT, SIGTERM and SIGHUP are blocked for the calling
+/// thread (and the threads it starts meanwhile), so a command that changes
+/// state finishes what it started instead of leaving half of it (a bridge
+/// without its record, a table moved aside); a signal that came meanwhile
+/// is delivered when it goes. netpath's runtimes are single-threaded, so
+/// the thread is the process. Children start with an empty mask (std's
+/// `Command` resets it), so the daemon `up` starts is not affected. SIGKILL
+/// cannot be held: the next command repairs what an interrupted resize
+/// left (`ops::repair_resize`).
+pub struct HoldSignals(libc::sigset_t);
+
+impl HoldSignals {
+    pub fn new() -> Self {
+        // SAFETY: sigset operations on local sets, and pthread_sigmask on
+        // the calling thread, keeping the old mask to put back.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                libc::sigaddset(&mut set, sig);
+            }
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            Self(old)
+        }
+    }
+}
+
+impl Default for HoldSignals {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for HoldSignals {
+    fn drop(&mut self) {
+        // SAFETY: restoring the mask `new` replaced.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
+}

@@ -27,9 +27,12 @@ pub enum Arm {
     Iptables,
     Netpath,
     Bare,
+    /// Another netpath binary (`--baseline`): what a change costs.
+    Baseline,
 }
 
 impl Arm {
+    /// The arms every run has.
     pub const ALL: [Self; 3] = [Self::Iptables, Self::Netpath, Self::Bare];
 
     pub const fn name(self) -> &'static str {
@@ -37,7 +40,13 @@ impl Arm {
             Self::Iptables => "iptables",
             Self::Netpath => "netpath",
             Self::Bare => "bare",
+            Self::Baseline => "baseline",
         }
+    }
+
+    /// Whether a netpath binary drives this arm.
+    pub const fn is_netpath(self) -> bool {
+        matches!(self, Self::Netpath | Self::Baseline)
     }
 }
 
@@ -73,7 +82,7 @@ impl ArmLab {
             networks: 1,
         };
         match arm {
-            Arm::Netpath => {
+            Arm::Netpath | Arm::Baseline => {
                 let up = ["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET];
                 me.netpath(&up)?;
                 me.lab.plug_ports()?;
@@ -119,7 +128,7 @@ impl ArmLab {
     pub fn set_ports(&mut self, n: u32) -> Result<Duration> {
         let t = Instant::now();
         match self.arm {
-            Arm::Netpath => {
+            Arm::Netpath | Arm::Baseline => {
                 if self.ports > 0 {
                     self.netpath(&["unpublish", &format!("{PORT}/tcp")])?;
                     self.netpath(&["unpublish", &format!("{PORT}/udp")])?;
@@ -161,7 +170,7 @@ impl ArmLab {
         for i in self.networks..m {
             let (bridge, subnet) = extra_net(i);
             match self.arm {
-                Arm::Netpath => {
+                Arm::Netpath | Arm::Baseline => {
                     self.netpath(&["up", "--bridge", &bridge, "--subnet", &subnet])?;
                 }
                 Arm::Iptables | Arm::Bare => {
@@ -186,7 +195,7 @@ impl ArmLab {
     /// Proof the arm took its path: (what was checked, packets seen).
     pub fn path_evidence(&self) -> Result<Vec<(String, u64)>> {
         Ok(match self.arm {
-            Arm::Netpath => {
+            Arm::Netpath | Arm::Baseline => {
                 let ports: serde_json::Value =
                     serde_json::from_str(&self.netpath(&["ports", "--json"])?)?;
                 let status: serde_json::Value =
@@ -204,12 +213,13 @@ impl ArmLab {
                     .flatten()
                     .find(|n| n["bridge"] == Lab::BRIDGE)
                     .map_or(0, |n| n["snat"]["packets"].as_u64().unwrap_or(0));
+                let arm = self.arm.name();
                 vec![
                     (
-                        format!("netpath published {PORT} packets to container"),
+                        format!("{arm} published {PORT} packets to container"),
                         measured,
                     ),
-                    ("netpath masquerade (snat) packets".to_owned(), snat),
+                    (format!("{arm} masquerade (snat) packets"), snat),
                 ]
             }
             Arm::Iptables => {

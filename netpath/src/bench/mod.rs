@@ -1,16 +1,23 @@
 //! `netpath bench`: the same workloads through three copies of one
 //! topology — Docker's iptables ruleset, netpath, and bare routing — in one
 //! run, arms interleaved, every point repeated; medians, spread and ratios
-//! as a markdown table, every sample as JSON, and an SVG chart.
+//! as a markdown table, every sample as JSON, and an SVG chart. With
+//! `--baseline BIN` a fourth copy runs another netpath binary at the first
+//! scale point (what a change costs); then the daemon's own cost
+//! ([`daemon`]) and the control plane.
 
 pub mod arms;
+pub mod daemon;
 pub mod load;
+mod report;
+
+pub use report::table;
 
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
     net::SocketAddrV4,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -28,6 +35,8 @@ pub struct Options {
     pub quick: bool,
     pub reps: usize,
     pub out: PathBuf,
+    /// Another netpath binary to compare with (an older build).
+    pub baseline: Option<PathBuf>,
 }
 
 /// One scale point: published ports and managed networks.
@@ -64,6 +73,9 @@ pub struct Results {
     pub offloads: String,
     pub evidence: Vec<(Arm, Scale, String, u64)>,
     pub control_plane: Vec<ControlPlane>,
+    /// The binary of the baseline arm, if one ran.
+    pub baseline: Option<String>,
+    pub daemon: Vec<daemon::DaemonCost>,
     pub samples: Vec<Sample>,
 }
 
@@ -202,6 +214,12 @@ pub fn run(opts: &Options) -> Result<Results> {
             ArmLab::build(arm, &exe).with_context(|| format!("building the {} arm", arm.name()))?,
         );
     }
+    if let Some(b) = &opts.baseline {
+        let b = std::fs::canonicalize(b)
+            .with_context(|| format!("the baseline binary {}", b.display()))?;
+        eprintln!("netpath bench: and a fourth, the baseline {}", b.display());
+        labs.push(ArmLab::build(Arm::Baseline, &b).context("building the baseline arm")?);
+    }
     let mut res = Results {
         mode: if opts.quick { "quick" } else { "full" },
         reps: opts.reps,
@@ -210,11 +228,17 @@ pub fn run(opts: &Options) -> Result<Results> {
         offloads: labs[0].offloads(),
         evidence: Vec::new(),
         control_plane: Vec::new(),
+        baseline: opts.baseline.as_ref().map(|b| b.display().to_string()),
+        daemon: Vec::new(),
         samples: Vec::new(),
     };
     let started = Instant::now();
-    for scale in &scales {
-        for lab in &mut labs {
+    for (i, scale) in scales.iter().enumerate() {
+        // The baseline runs at the first point only.
+        let here: Vec<usize> = (0..labs.len())
+            .filter(|&k| i == 0 || labs[k].arm != Arm::Baseline)
+            .collect();
+        for lab in labs.iter_mut().filter(|l| i == 0 || l.arm != Arm::Baseline) {
             lab.set_ports(1)?;
             lab.set_networks(scale.networks)?;
             lab.set_ports(scale.ports)?;
@@ -222,8 +246,8 @@ pub fn run(opts: &Options) -> Result<Results> {
         for rep in 0..opts.reps {
             for (w, workload) in WORKLOADS.iter().enumerate() {
                 // Interleave the arms, rotating who goes first.
-                for k in 0..labs.len() {
-                    let lab = &labs[(k + rep + w) % labs.len()];
+                for k in 0..here.len() {
+                    let lab = &labs[here[(k + rep + w) % here.len()]];
                     let values = measure(lab, workload, dur).with_context(|| {
                         format!(
                             "{workload} on the {} arm (ports {}, networks {})",
@@ -258,7 +282,7 @@ pub fn run(opts: &Options) -> Result<Results> {
                 }
             }
         }
-        for lab in &labs {
+        for lab in here.iter().map(|&k| &labs[k]) {
             for (what, packets) in lab.path_evidence()? {
                 let ok = if lab.arm == Arm::Bare {
                     packets == 0
@@ -275,8 +299,15 @@ pub fn run(opts: &Options) -> Result<Results> {
             }
         }
     }
+    eprintln!("netpath bench: the daemon's cost");
+    if let Some(lab) = labs.iter().find(|l| l.arm == Arm::Netpath) {
+        res.daemon = daemon::measure(lab, opts.quick).context("measuring the daemon")?;
+    }
     // Control plane: publishing ports and creating networks.
-    for lab in labs.iter_mut().filter(|l| l.arm != Arm::Bare) {
+    for lab in labs
+        .iter_mut()
+        .filter(|l| l.arm == Arm::Iptables || l.arm == Arm::Netpath)
+    {
         lab.set_ports(1)?;
         let t = lab.set_ports(cp_ports)?;
         res.control_plane.push(ControlPlane {
@@ -293,248 +324,6 @@ pub fn run(opts: &Options) -> Result<Results> {
         });
     }
     drop(labs);
-    write_outputs(&res, &opts.out)?;
+    report::write_outputs(&res, &opts.out)?;
     Ok(res)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// (median, min, max) of the samples of one cell.
-fn cell(
-    res: &Results,
-    scale: Scale,
-    workload: &str,
-    metric: &str,
-    arm: Arm,
-) -> Option<(f64, f64, f64)> {
-    let mut v: Vec<f64> = res
-        .samples
-        .iter()
-        .filter(|s| {
-            s.scale == scale && s.workload == workload && s.metric == metric && s.arm == arm
-        })
-        .map(|s| s.value)
-        .collect();
-    if v.is_empty() {
-        return None;
-    }
-    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    Some((median(&mut v), min, max))
-}
-
-fn fmt_num(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    }
-}
-
-/// The markdown table: medians with min–max, and the ratios.
-pub fn table(res: &Results) -> String {
-    let mut s = String::new();
-    let mut scales: Vec<Scale> = res.samples.iter().map(|x| x.scale).collect();
-    scales.sort();
-    scales.dedup();
-    let mut metrics: Vec<(&str, &str, &str)> = Vec::new();
-    for x in &res.samples {
-        if !metrics.contains(&(x.workload, x.metric, x.unit)) {
-            metrics.push((x.workload, x.metric, x.unit));
-        }
-    }
-    let _ = writeln!(
-        s,
-        "netpath bench ({} mode, {} repetitions, median [min–max]; kernel {}, {} × {})\n",
-        res.mode, res.reps, res.machine["kernel"], res.machine["cpus"], res.machine["cpu"]
-    );
-    for scale in scales {
-        let _ = writeln!(
-            s,
-            "**{} published port(s), {} network(s)**\n",
-            scale.ports, scale.networks
-        );
-        let _ = writeln!(
-            s,
-            "| workload | metric | iptables | netpath | bare | netpath/iptables | netpath/bare |"
-        );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|");
-        for (w, m, unit) in &metrics {
-            let c = |arm| cell(res, scale, w, m, arm);
-            let show = |x: Option<(f64, f64, f64)>| {
-                x.map_or("-".to_owned(), |(med, lo, hi)| {
-                    format!("{} [{}–{}]", fmt_num(med), fmt_num(lo), fmt_num(hi))
-                })
-            };
-            let ratio = |a: Option<(f64, f64, f64)>, b: Option<(f64, f64, f64)>| match (a, b) {
-                (Some(a), Some(b)) if b.0 > 0.0 => format!("{:.2}×", a.0 / b.0),
-                _ => "-".to_owned(),
-            };
-            let (ipt, np, bare) = (c(Arm::Iptables), c(Arm::Netpath), c(Arm::Bare));
-            let _ = writeln!(
-                s,
-                "| {w} | {m} ({unit}) | {} | {} | {} | {} | {} |",
-                show(ipt),
-                show(np),
-                show(bare),
-                ratio(np, ipt),
-                ratio(np, bare)
-            );
-        }
-        let _ = writeln!(s);
-    }
-    if !res.control_plane.is_empty() {
-        let _ = writeln!(
-            s,
-            "**Control plane** (iptables: one `iptables-restore` of Docker's rules, its best case)\n"
-        );
-        let _ = writeln!(s, "| operation | iptables | netpath |");
-        let _ = writeln!(s, "|---|---|---|");
-        let mut ops: Vec<&str> = Vec::new();
-        for c in &res.control_plane {
-            if !ops.contains(&c.what.as_str()) {
-                ops.push(&c.what);
-            }
-        }
-        for op in ops {
-            let t = |arm| {
-                res.control_plane
-                    .iter()
-                    .find(|c| c.what == op && c.arm == arm)
-                    .map_or("-".to_owned(), |c| format!("{:.3} s", c.seconds))
-            };
-            let _ = writeln!(s, "| {op} | {} | {} |", t(Arm::Iptables), t(Arm::Netpath));
-        }
-    }
-    s
-}
-
-/// A small SVG chart: connection rate and p99 latency against the number
-/// of published ports, iptables and netpath.
-fn chart(res: &Results) -> String {
-    let series = |workload: &str, metric: &str, arm: Arm| -> Vec<(f64, f64)> {
-        let mut pts: Vec<(f64, f64)> = Vec::new();
-        let mut ports: Vec<u32> = res
-            .samples
-            .iter()
-            .filter(|s| s.scale.networks == 1)
-            .map(|s| s.scale.ports)
-            .collect();
-        ports.sort_unstable();
-        ports.dedup();
-        for p in ports {
-            if let Some((m, _, _)) = cell(
-                res,
-                Scale {
-                    ports: p,
-                    networks: 1,
-                },
-                workload,
-                metric,
-                arm,
-            ) {
-                pts.push((f64::from(p), m));
-            }
-        }
-        pts
-    };
-    let panels = [
-        ("dnat conn/s", "rate", "connections/s"),
-        ("dnat rr", "p99", "p99 latency (µs)"),
-    ];
-    let (w, h) = (420.0, 260.0);
-    let mut s = format!(
-        "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{}' font-family='sans-serif' font-size='11'>\n",
-        w * 2.0,
-        h
-    );
-    for (i, (workload, metric, label)) in panels.iter().enumerate() {
-        let x0 = i as f64 * w + 50.0;
-        let (pw, ph) = (w - 80.0, h - 70.0);
-        let all: Vec<(f64, f64)> = [Arm::Iptables, Arm::Netpath]
-            .iter()
-            .flat_map(|a| series(workload, metric, *a))
-            .collect();
-        let ymax = all.iter().map(|p| p.1).fold(1.0, f64::max) * 1.15;
-        let xmax = all.iter().map(|p| p.0).fold(1.0, f64::max).max(10.0);
-        let px = |x: f64| x0 + (x.max(1.0).log10() / xmax.log10()) * pw;
-        let py = |y: f64| 20.0 + ph - y / ymax * ph;
-        let _ = writeln!(
-            s,
-            "<text x='{x0}' y='14'>{label} vs published ports (log)</text>"
-        );
-        let _ = writeln!(
-            s,
-            "<line x1='{x0}' y1='{}' x2='{}' y2='{}' stroke='black'/>",
-            20.0 + ph,
-            x0 + pw,
-            20.0 + ph
-        );
-        let _ = writeln!(
-            s,
-            "<line x1='{x0}' y1='20' x2='{x0}' y2='{}' stroke='black'/>",
-            20.0 + ph
-        );
-        let _ = writeln!(
-            s,
-            "<text x='{}' y='{}'>0</text><text x='{}' y='28'>{:.0}</text>",
-            x0 - 20.0,
-            20.0 + ph,
-            x0 - 45.0,
-            ymax
-        );
-        for (arm, color) in [(Arm::Iptables, "#c0392b"), (Arm::Netpath, "#2471a3")] {
-            let pts = series(workload, metric, arm);
-            let path: Vec<String> = pts
-                .iter()
-                .map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y)))
-                .collect();
-            let _ = writeln!(
-                s,
-                "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>",
-                path.join(" ")
-            );
-            for (x, y) in &pts {
-                let _ = writeln!(
-                    s,
-                    "<circle cx='{:.1}' cy='{:.1}' r='3' fill='{color}'/>",
-                    px(*x),
-                    py(*y)
-                );
-                let _ = writeln!(
-                    s,
-                    "<text x='{:.1}' y='{}' text-anchor='middle'>{x}</text>",
-                    px(*x),
-                    35.0 + ph
-                );
-            }
-            let ly = if arm == Arm::Iptables { 50.0 } else { 65.0 };
-            let _ = writeln!(
-                s,
-                "<text x='{}' y='{ly}' fill='{color}'>{}</text>",
-                x0 + pw - 60.0,
-                arm.name()
-            );
-        }
-    }
-    s.push_str("</svg>\n");
-    s
-}
-
-fn write_outputs(res: &Results, out: &Path) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(res)?)?;
-    std::fs::write(out.join("bench.md"), table(res))?;
-    std::fs::write(out.join("bench.svg"), chart(res))?;
-    Ok(())
 }

@@ -1,0 +1,311 @@
+//! `netpath bench`'s outputs: the markdown table (medians, spread and
+//! ratios), the daemon's cost, the control plane, an SVG chart, and every
+//! sample as JSON.
+
+use std::{fmt::Write as _, path::Path};
+
+use anyhow::{Context as _, Result};
+
+use super::{Results, Scale, arms::Arm};
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// (median, min, max) of the samples of one cell.
+fn cell(
+    res: &Results,
+    scale: Scale,
+    workload: &str,
+    metric: &str,
+    arm: Arm,
+) -> Option<(f64, f64, f64)> {
+    let mut v: Vec<f64> = res
+        .samples
+        .iter()
+        .filter(|s| {
+            s.scale == scale && s.workload == workload && s.metric == metric && s.arm == arm
+        })
+        .map(|s| s.value)
+        .collect();
+    if v.is_empty() {
+        return None;
+    }
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    Some((median(&mut v), min, max))
+}
+
+fn fmt_num(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// The markdown table: medians with min–max, and the ratios.
+pub fn table(res: &Results) -> String {
+    let mut s = String::new();
+    let mut scales: Vec<Scale> = res.samples.iter().map(|x| x.scale).collect();
+    scales.sort();
+    scales.dedup();
+    let mut metrics: Vec<(&str, &str, &str)> = Vec::new();
+    for x in &res.samples {
+        if !metrics.contains(&(x.workload, x.metric, x.unit)) {
+            metrics.push((x.workload, x.metric, x.unit));
+        }
+    }
+    let _ = writeln!(
+        s,
+        "netpath bench ({} mode, {} repetitions, median [min–max]; kernel {}, {} × {})\n",
+        res.mode, res.reps, res.machine["kernel"], res.machine["cpus"], res.machine["cpu"]
+    );
+    for scale in scales {
+        let _ = writeln!(
+            s,
+            "**{} published port(s), {} network(s)**\n",
+            scale.ports, scale.networks
+        );
+        let baseline = res
+            .samples
+            .iter()
+            .any(|x| x.scale == scale && x.arm == Arm::Baseline);
+        let _ = writeln!(
+            s,
+            "| workload | metric | iptables | netpath | bare | netpath/iptables | netpath/bare |{}",
+            if baseline {
+                " baseline | cost vs baseline |"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            s,
+            "|---|---|---|---|---|---|---|{}",
+            if baseline { "---|---|" } else { "" }
+        );
+        for (w, m, unit) in &metrics {
+            let c = |arm| cell(res, scale, w, m, arm);
+            let show = |x: Option<(f64, f64, f64)>| {
+                x.map_or("-".to_owned(), |(med, lo, hi)| {
+                    format!("{} [{}–{}]", fmt_num(med), fmt_num(lo), fmt_num(hi))
+                })
+            };
+            let ratio = |a: Option<(f64, f64, f64)>, b: Option<(f64, f64, f64)>| match (a, b) {
+                (Some(a), Some(b)) if b.0 > 0.0 => format!("{:.2}×", a.0 / b.0),
+                _ => "-".to_owned(),
+            };
+            let (ipt, np, bare) = (c(Arm::Iptables), c(Arm::Netpath), c(Arm::Bare));
+            let extra = if baseline {
+                let base = c(Arm::Baseline);
+                let cost = match (np, base) {
+                    (Some(n), Some(b)) if b.0 > 0.0 => {
+                        // Positive: netpath does worse than the baseline.
+                        let r = n.0 / b.0;
+                        let pct = if *unit == "µs" { r - 1.0 } else { 1.0 - r } * 100.0;
+                        format!("{pct:+.1} %")
+                    }
+                    _ => "-".to_owned(),
+                };
+                format!(" {} | {cost} |", show(base))
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                s,
+                "| {w} | {m} ({unit}) | {} | {} | {} | {} | {} |{extra}",
+                show(ipt),
+                show(np),
+                show(bare),
+                ratio(np, ipt),
+                ratio(np, bare)
+            );
+        }
+        let _ = writeln!(s);
+    }
+    if let Some(b) = &res.baseline {
+        let _ = writeln!(
+            s,
+            "baseline: {b}; cost vs baseline is how much worse netpath does (negative: better), medians of interleaved runs.\n"
+        );
+    }
+    if !res.daemon.is_empty() {
+        let _ = writeln!(
+            s,
+            "**The daemon** (netpath only; CPU time over wall time, one core = 100 %, its in-kernel sweeps included)\n"
+        );
+        let _ = writeln!(
+            s,
+            "| workload | load | seconds | CPU | RSS | table fill | evicted | refused |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+        for d in &res.daemon {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.1} | {:.2} % | {} MiB | {:.1} % | {} | {} |",
+                d.workload,
+                d.load,
+                d.seconds,
+                d.cpu_pct,
+                d.rss_kib / 1024,
+                d.fill_pct,
+                d.evicted,
+                d.refused
+            );
+        }
+        let _ = writeln!(s);
+    }
+    if !res.control_plane.is_empty() {
+        let _ = writeln!(
+            s,
+            "**Control plane** (iptables: one `iptables-restore` of Docker's rules, its best case)\n"
+        );
+        let _ = writeln!(s, "| operation | iptables | netpath |");
+        let _ = writeln!(s, "|---|---|---|");
+        let mut ops: Vec<&str> = Vec::new();
+        for c in &res.control_plane {
+            if !ops.contains(&c.what.as_str()) {
+                ops.push(&c.what);
+            }
+        }
+        for op in ops {
+            let t = |arm| {
+                res.control_plane
+                    .iter()
+                    .find(|c| c.what == op && c.arm == arm)
+                    .map_or("-".to_owned(), |c| format!("{:.3} s", c.seconds))
+            };
+            let _ = writeln!(s, "| {op} | {} | {} |", t(Arm::Iptables), t(Arm::Netpath));
+        }
+    }
+    s
+}
+
+/// A small SVG chart: connection rate and p99 latency against the number
+/// of published ports, iptables and netpath.
+fn chart(res: &Results) -> String {
+    let series = |workload: &str, metric: &str, arm: Arm| -> Vec<(f64, f64)> {
+        let mut pts: Vec<(f64, f64)> = Vec::new();
+        let mut ports: Vec<u32> = res
+            .samples
+            .iter()
+            .filter(|s| s.scale.networks == 1)
+            .map(|s| s.scale.ports)
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        for p in ports {
+            if let Some((m, _, _)) = cell(
+                res,
+                Scale {
+                    ports: p,
+                    networks: 1,
+                },
+                workload,
+                metric,
+                arm,
+            ) {
+                pts.push((f64::from(p), m));
+            }
+        }
+        pts
+    };
+    let panels = [
+        ("dnat conn/s", "rate", "connections/s"),
+        ("dnat rr", "p99", "p99 latency (µs)"),
+    ];
+    let (w, h) = (420.0, 260.0);
+    let mut s = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{}' font-family='sans-serif' font-size='11'>\n",
+        w * 2.0,
+        h
+    );
+    for (i, (workload, metric, label)) in panels.iter().enumerate() {
+        let x0 = i as f64 * w + 50.0;
+        let (pw, ph) = (w - 80.0, h - 70.0);
+        let all: Vec<(f64, f64)> = [Arm::Iptables, Arm::Netpath]
+            .iter()
+            .flat_map(|a| series(workload, metric, *a))
+            .collect();
+        let ymax = all.iter().map(|p| p.1).fold(1.0, f64::max) * 1.15;
+        let xmax = all.iter().map(|p| p.0).fold(1.0, f64::max).max(10.0);
+        let px = |x: f64| x0 + (x.max(1.0).log10() / xmax.log10()) * pw;
+        let py = |y: f64| 20.0 + ph - y / ymax * ph;
+        let _ = writeln!(
+            s,
+            "<text x='{x0}' y='14'>{label} vs published ports (log)</text>"
+        );
+        let _ = writeln!(
+            s,
+            "<line x1='{x0}' y1='{}' x2='{}' y2='{}' stroke='black'/>",
+            20.0 + ph,
+            x0 + pw,
+            20.0 + ph
+        );
+        let _ = writeln!(
+            s,
+            "<line x1='{x0}' y1='20' x2='{x0}' y2='{}' stroke='black'/>",
+            20.0 + ph
+        );
+        let _ = writeln!(
+            s,
+            "<text x='{}' y='{}'>0</text><text x='{}' y='28'>{:.0}</text>",
+            x0 - 20.0,
+            20.0 + ph,
+            x0 - 45.0,
+            ymax
+        );
+        for (arm, color) in [(Arm::Iptables, "#c0392b"), (Arm::Netpath, "#2471a3")] {
+            let pts = series(workload, metric, arm);
+            let path: Vec<String> = pts
+                .iter()
+                .map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y)))
+                .collect();
+            let _ = writeln!(
+                s,
+                "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>",
+                path.join(" ")
+            );
+            for (x, y) in &pts {
+                let _ = writeln!(
+                    s,
+                    "<circle cx='{:.1}' cy='{:.1}' r='3' fill='{color}'/>",
+                    px(*x),
+                    py(*y)
+                );
+                let _ = writeln!(
+                    s,
+                    "<text x='{:.1}' y='{}' text-anchor='middle'>{x}</text>",
+                    px(*x),
+                    35.0 + ph
+                );
+            }
+            let ly = if arm == Arm::Iptables { 50.0 } else { 65.0 };
+            let _ = writeln!(
+                s,
+                "<text x='{}' y='{ly}' fill='{color}'>{}</text>",
+                x0 + pw - 60.0,
+                arm.name()
+            );
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+pub(super) fn write_outputs(res: &Results, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(res)?)?;
+    std::fs::write(out.join("bench.md"), table(res))?;
+    std::fs::write(out.join("bench.svg"), chart(res))?;
+    Ok(())
+}
