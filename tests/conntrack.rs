@@ -514,6 +514,58 @@ fn lifecycle_events_lose_nothing_under_live_traffic() {
     probe.assert_unbroken(limit, "after the resize");
 }
 
+/// A container's packet whose IPv4 total length says more than its frame
+/// holds, or less than its header, never leaves (the fast path used to
+/// forward one): dropped at its port and counted.
+#[test]
+fn packets_whose_length_lies_never_leave() {
+    require_root!();
+    let lab = lab_up();
+    // A real packet first: the binding is learned, the neighbours known.
+    topology::ping(&lab.c1, Lab::EXT).unwrap();
+    let (c1, ext): (Ipv4Addr, Ipv4Addr) = (Lab::C1.parse().unwrap(), Lab::EXT.parse().unwrap());
+    let (c1_mac, gw_mac) = (
+        raw::mac_of(&lab.c1, "eth0"),
+        raw::mac_of(&lab.host, Lab::BRIDGE),
+    );
+    let good = raw::with_macs(
+        frame(
+            packet::UDP,
+            c1,
+            ext,
+            &packet::udp(c1, ext, 5555, 9999, b"x", true),
+            1,
+            0,
+        ),
+        gw_mac,
+        c1_mac,
+    );
+    let with_len = |n: u16| {
+        let mut f = good.clone();
+        f[packet::ETH + 2..packet::ETH + 4].copy_from_slice(&n.to_be_bytes());
+        f
+    };
+    let cap = raw::capture(&lab.ext, "eth0", Duration::from_millis(800), |f| {
+        f.len() > 40
+            && f[12..14] == [8, 0]
+            && f[23] == packet::UDP
+            && f[36..38] == 9999u16.to_be_bytes()
+    });
+    raw::send(&lab.c1, "eth0", vec![with_len(1000), with_len(10)], 3);
+    assert!(cap.join().unwrap().unwrap().is_empty(), "nothing left");
+    let s = status(&lab.host);
+    assert_eq!(s["networks"][0]["drops"]["drop_malformed"], 6, "{s}");
+    // The same packet with its true length does leave.
+    let cap = raw::capture(&lab.ext, "eth0", Duration::from_millis(800), |f| {
+        f.len() > 40
+            && f[12..14] == [8, 0]
+            && f[23] == packet::UDP
+            && f[36..38] == 9999u16.to_be_bytes()
+    });
+    raw::send(&lab.c1, "eth0", vec![good], 1);
+    assert_eq!(cap.join().unwrap().unwrap().len(), 1);
+}
+
 /// A resize killed half-way (its old table still pinned aside, a new one
 /// pinned) is finished by the next command that takes the lock: the flows
 /// are copied, every link moves to the new table, the old one goes.

@@ -11,6 +11,18 @@ use crate::maps::NP_COUNTERS;
 // key and zero value would otherwise take stack slots at each.
 #[inline(never)]
 pub fn count(scope: u16, id: u32, kind: u16, bytes: u32) {
+    add(scope, id, kind, 1, bytes);
+}
+
+/// Adds `packets` packets of `bytes` in all (a sweep pass's removals, once
+/// at its end).
+#[inline(never)]
+pub fn count_many(scope: u16, id: u32, kind: u16, packets: u32, bytes: u32) {
+    add(scope, id, kind, packets, bytes);
+}
+
+#[inline(always)]
+fn add(scope: u16, id: u32, kind: u16, packets: u32, bytes: u32) {
     let key = CounterKey { id, scope, kind };
     let ptr = match NP_COUNTERS.get_ptr_mut(key) {
         Some(ptr) => ptr,
@@ -26,7 +38,7 @@ pub fn count(scope: u16, id: u32, kind: u16, bytes: u32) {
     };
     // SAFETY: per-CPU value, only this CPU writes it while this program runs.
     unsafe {
-        (*ptr).packets += 1;
+        (*ptr).packets += u64::from(packets);
         (*ptr).bytes += u64::from(bytes);
     }
 }

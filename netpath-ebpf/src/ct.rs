@@ -93,21 +93,19 @@ fn ct_insert_new4(key: &CtKey4, e: &CtEntry4) -> Result<(), i32> {
 pub fn ct_remove4(key: &CtKey4) -> bool {
     let removed = ct_remove4_uncounted(key);
     if removed {
+        count_ct(counter_kind::CT_REMOVES);
         fill_add(u64::MAX);
     }
     removed
 }
 
-/// [`ct_remove4`] for a sweep pass, which takes what it removed off the
-/// live count once, at its end ([`fill_sub`]): a count per removal in the
-/// walk's callback multiplies the states the verifier explores.
+/// [`ct_remove4`] for a sweep pass, which counts what it removed once, at
+/// its end ([`fill_sub`], `count_many`): counting each removal in the
+/// walk's callback costs time per entry and multiplies the states the
+/// verifier explores.
 #[inline(always)]
 pub fn ct_remove4_uncounted(key: &CtKey4) -> bool {
-    let removed = NP_CT4.remove(key).is_ok();
-    if removed {
-        count_ct(counter_kind::CT_REMOVES);
-    }
-    removed
+    NP_CT4.remove(key).is_ok()
 }
 
 /// Takes `n` entries off the live count.

@@ -15,12 +15,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netpath_common::{
-    Config, MAX_NETWORKS,
+    Config, MAX_NETWORKS, counter_kind, counter_scope,
     ct::{CtEntry4, CtKey4, TcpState, ct_dir, ct_flags, timeout_class},
     sweep::{SweepArgs, mode},
 };
 
 use crate::{
+    counters::count_many,
     ct::{ct_lookup4, ct_remove4_uncounted, fill_sub, now, same_key, set_live},
     maps::{NP_CONFIG, NP_CT_NETWORKS, NP_CT4},
     parse::ETH_HLEN,
@@ -71,8 +72,15 @@ pub fn run(ctx: &TcContext) -> i32 {
     if pass.args.mode & mode::CALIBRATE != 0 {
         // The exact count as of this pass (see `ct::fill`).
         set_live(u64::from(pass.args.entries));
-    } else {
+    } else if pass.args.removed_entries > 0 {
         fill_sub(u64::from(pass.args.removed_entries));
+        count_many(
+            counter_scope::CONNTRACK,
+            0,
+            counter_kind::CT_REMOVES,
+            pass.args.removed_entries,
+            0,
+        );
     }
     if ctx.store(ETH_HLEN, &pass.args, 0).is_err() {
         return TC_ACT_SHOT;
@@ -86,10 +94,9 @@ pub fn run(ctx: &TcContext) -> i32 {
 /// The walk itself costs about 90 ns an entry; what makes a pass cheap is
 /// doing nothing more for most entries. An entry that saw a packet within
 /// its flow's timeout keeps its flow alive whatever its partner does, so
-/// only stale entries look their partner up; under pressure an unreplied
-/// entry goes on its own age (both entries of an unreplied flow are
-/// unreplied and equally old). Counting passes look every partner up, to
-/// count each flow once.
+/// only stale entries look their partner up; under pressure an embryonic
+/// flow goes whole from its ORIGINAL entry. Counting passes look every
+/// partner up, to count each flow once.
 #[inline(never)]
 unsafe extern "C" fn visit(
     _map: *mut c_void,
@@ -122,23 +129,23 @@ unsafe extern "C" fn visit(
     }
     let idle = pass.now.saturating_sub(last);
     let counting = mode & (mode::PER_NETWORK | mode::FLUSH) != 0;
-    if mode & mode::PRESSURE != 0 && idle > u64::from(pass.args.pressure_timeout_ms) * 1_000_000 {
-        // An embryonic flow's entries go on their own age; a REPLY entry
-        // asks its ORIGINAL (which has the TCP state), and goes with it
-        // when that one is gone.
-        let go = if dir == ct_dir::ORIGINAL {
-            embryonic(key.proto, e)
-        } else {
-            // SAFETY: a map value pointer, valid while the program runs.
-            partner(key, e).is_none_or(|o| embryonic(key.proto, unsafe { &*o }))
-        };
-        if go {
-            remove(pass, key);
-            if dir == ct_dir::ORIGINAL {
-                pass.args.removed_flows += 1;
-            }
-            return 0;
+    if mode & mode::PRESSURE != 0
+        && dir == ct_dir::ORIGINAL
+        && idle > u64::from(pass.args.pressure_timeout_ms) * 1_000_000
+        && embryonic(key.proto, e)
+    {
+        // An embryonic flow goes whole, on its ORIGINAL entry's age (both
+        // entries of an unanswered flow are as old): its REPLY entry with
+        // it, so REPLY entries, the established flows' among them, never
+        // look anything up under pressure. The ORIGINAL first, as below.
+        let peer = e.peer;
+        let whole = partner(key, e).is_some();
+        remove(pass, key);
+        if whole {
+            remove(pass, &peer);
         }
+        pass.args.removed_flows += 1;
+        return 0;
     }
     let unreplied = dir == ct_dir::ORIGINAL && embryonic(key.proto, e);
     // The state is on the ORIGINAL entry; a REPLY entry's flow is judged

@@ -129,6 +129,9 @@ pub enum Command {
         /// cost of what changed in between.
         #[arg(long, value_name = "BIN")]
         baseline: Option<std::path::PathBuf>,
+        /// Only measure the daemon's cost (one netpath copy of the topology).
+        #[arg(long)]
+        daemon_only: bool,
     },
     /// Run the demo: build a Docker-like topology in fresh network namespaces,
     /// bring netpath up in it, send traffic through masquerade and a published

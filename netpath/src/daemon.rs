@@ -214,15 +214,19 @@ pub fn report(cookie: u64) -> Option<Report> {
 /// scan's) go after [`PRESSURE_TIMEOUT_MS`] instead of their usual timeout,
 /// so the LRU never has to evict established flows to make room.
 const PRESSURE_FILL: f64 = 0.5;
-/// When unreplied flows left after a sweep fill this much of the table, a
+/// When embryonic flows left after a sweep fill this much of the table, a
 /// flood is on: they go after [`PRESSURE_TIMEOUT_MS`] too, and the sweeps
-/// come every [`FLOOD_INTERVAL`] until it ends, so a flood of 60,000 new
-/// flows a second peaks near half the default table instead of filling it.
+/// come every [`FLOOD_INTERVAL`] until it ends (every
+/// [`FLOOD_INTERVAL_FULL`] once the table is half full), so a flood of
+/// 60,000 new flows a second peaks near half the default table instead of
+/// reaching its limit. Most of a flood's cost is removing its flows, which
+/// no interval saves; a shorter one walks the table more often.
 const FLOOD_FILL: f64 = 0.1;
 /// Pressure lasts until the unreplied flows left fill less than this.
 const LEFTOVER_FILL: f64 = 0.01;
 /// The sweep interval during a flood (the daemon's own, when shorter).
-const FLOOD_INTERVAL: Duration = Duration::from_millis(250);
+const FLOOD_INTERVAL: Duration = Duration::from_millis(500);
+const FLOOD_INTERVAL_FULL: Duration = Duration::from_millis(250);
 /// The timeout of unreplied flows under pressure: a handshake takes a
 /// round trip, and a client whose handshake is cut retransmits its SYN
 /// (a new flow) a second later, as after a lost SYN.
@@ -235,6 +239,8 @@ struct Sweeper {
     report: Report,
     pressure: bool,
     flood: bool,
+    /// The last pass found the table at least [`PRESSURE_FILL`] full.
+    full: bool,
     /// When the datapath's entry count was last set from a pass.
     calibrated: Option<Instant>,
     /// New flows refused at the table's limit, as last seen.
@@ -257,7 +263,11 @@ impl Sweeper {
     /// and no pass takes more than a quarter of the daemon's time.
     fn interval(&self, normal: Duration) -> Duration {
         let base = if self.flood {
-            normal.min(FLOOD_INTERVAL)
+            normal.min(if self.full {
+                FLOOD_INTERVAL_FULL
+            } else {
+                FLOOD_INTERVAL
+            })
         } else if self.pressure {
             normal
         } else {
@@ -329,11 +339,12 @@ impl Sweeper {
         // An unreplied flow has two entries.
         let flood = f64::from(found.embryonic) * 2.0 >= FLOOD_FILL * capacity;
         let full = f64::from(sweep.entries) >= PRESSURE_FILL * capacity;
+        self.full = full;
         if flood != self.flood {
             log(format_args!(
                 "{} ({} unreplied flows, {} of {capacity} entries)",
                 if flood {
-                    "unreplied flows flood the conntrack table: sweeping every 250 ms"
+                    "embryonic flows flood the conntrack table: sweeping faster"
                 } else {
                     "the flood of unreplied flows is over"
                 },
@@ -440,6 +451,7 @@ pub async fn run(opts: Options) -> Result<()> {
         },
         pressure: false,
         flood: false,
+        full: false,
         calibrated: None,
         refused: None,
         scale: 1,

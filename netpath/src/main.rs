@@ -73,6 +73,7 @@ fn run(cli: Cli) -> Result<()> {
         reps,
         out,
         baseline,
+        daemon_only,
     } = &cli.command
     {
         let res = netpath::bench::run(&netpath::bench::Options {
@@ -80,6 +81,7 @@ fn run(cli: Cli) -> Result<()> {
             reps: *reps as usize,
             out: out.clone(),
             baseline: baseline.clone(),
+            daemon_only: *daemon_only,
         })?;
         print!("{}", netpath::bench::table(&res));
         println!(

@@ -40,8 +40,10 @@ pub struct DaemonCost {
     /// What was offered: live flows, or new flows a second reached.
     pub load: String,
     pub seconds: f64,
-    /// CPU time over wall time, percent of one core.
+    /// CPU time over wall time, percent of one core; and of it, the
+    /// system time (the in-kernel passes and the syscalls).
     pub cpu_pct: f64,
+    pub kernel_pct: f64,
     pub rss_kib: u64,
     /// The table's fill at the end (or its peak, for the flood), percent.
     pub fill_pct: f64,
@@ -51,8 +53,8 @@ pub struct DaemonCost {
     pub refused: u64,
 }
 
-/// The daemon's CPU time so far (user + system), from `/proc/PID/stat`.
-fn cpu_time(pid: u64) -> Result<Duration> {
+/// The daemon's CPU time so far (user, system), from `/proc/PID/stat`.
+fn cpu_time(pid: u64) -> Result<(Duration, Duration)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces): state is the
@@ -67,7 +69,8 @@ fn cpu_time(pid: u64) -> Result<Duration> {
     };
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 1000 / hz))
+    let d = |t: u64| Duration::from_millis(t * 1000 / hz);
+    Ok((d(ticks(11)?), d(ticks(12)?)))
 }
 
 fn rss_kib(pid: u64) -> Result<u64> {
@@ -91,7 +94,7 @@ fn num(v: &serde_json::Value, field: &str) -> u64 {
 /// `pid`'s CPU share from `start` to `end`.
 struct Window {
     pid: u64,
-    cpu0: Duration,
+    cpu0: (Duration, Duration),
     t0: Instant,
 }
 
@@ -104,11 +107,14 @@ impl Window {
         })
     }
 
-    /// (seconds, percent of a core).
-    fn end(&self) -> Result<(f64, f64)> {
-        let cpu = cpu_time(self.pid)?.saturating_sub(self.cpu0);
-        let wall = self.t0.elapsed().as_secs_f64();
-        Ok((wall, cpu.as_secs_f64() * 100.0 / wall.max(1e-9)))
+    /// (seconds, percent of a core, of which system time).
+    fn end(&self) -> Result<(f64, f64, f64)> {
+        let (user, sys) = cpu_time(self.pid)?;
+        let user = user.saturating_sub(self.cpu0.0);
+        let sys = sys.saturating_sub(self.cpu0.1);
+        let wall = self.t0.elapsed().as_secs_f64().max(1e-9);
+        let pct = |d: Duration| d.as_secs_f64() * 100.0 / wall;
+        Ok((wall, pct(user + sys), pct(sys)))
     }
 }
 
@@ -125,7 +131,7 @@ pub fn measure(lab: &ArmLab, quick: bool) -> Result<Vec<DaemonCost>> {
     let mut out = Vec::new();
     let row = |workload: &str,
                load: String,
-               (seconds, cpu_pct): (f64, f64),
+               (seconds, cpu_pct, kernel_pct): (f64, f64, f64),
                before: &serde_json::Value,
                after: &serde_json::Value|
      -> Result<DaemonCost> {
@@ -134,6 +140,7 @@ pub fn measure(lab: &ArmLab, quick: bool) -> Result<Vec<DaemonCost>> {
             load,
             seconds,
             cpu_pct,
+            kernel_pct,
             rss_kib: rss_kib(pid)?,
             fill_pct: after["conntrack"]["fill_pct"].as_f64().unwrap_or(0.0),
             evicted: num(after, "evicted").saturating_sub(num(before, "evicted")),

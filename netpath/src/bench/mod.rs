@@ -37,6 +37,8 @@ pub struct Options {
     pub out: PathBuf,
     /// Another netpath binary to compare with (an older build).
     pub baseline: Option<PathBuf>,
+    /// Only the daemon's cost (one netpath copy of the topology).
+    pub daemon_only: bool,
 }
 
 /// One scale point: published ports and managed networks.
@@ -209,12 +211,17 @@ pub fn run(opts: &Options) -> Result<Results> {
     };
     eprintln!("netpath bench: building three copies of the topology (iptables, netpath, bare)");
     let mut labs = Vec::new();
-    for arm in Arm::ALL {
+    let arms: &[Arm] = if opts.daemon_only {
+        &[Arm::Netpath]
+    } else {
+        &Arm::ALL
+    };
+    for &arm in arms {
         labs.push(
             ArmLab::build(arm, &exe).with_context(|| format!("building the {} arm", arm.name()))?,
         );
     }
-    if let Some(b) = &opts.baseline {
+    if let Some(b) = opts.baseline.as_ref().filter(|_| !opts.daemon_only) {
         let b = std::fs::canonicalize(b)
             .with_context(|| format!("the baseline binary {}", b.display()))?;
         eprintln!("netpath bench: and a fourth, the baseline {}", b.display());
@@ -233,6 +240,7 @@ pub fn run(opts: &Options) -> Result<Results> {
         samples: Vec::new(),
     };
     let started = Instant::now();
+    let scales = if opts.daemon_only { Vec::new() } else { scales };
     for (i, scale) in scales.iter().enumerate() {
         // The baseline runs at the first point only.
         let here: Vec<usize> = (0..labs.len())
@@ -300,13 +308,17 @@ pub fn run(opts: &Options) -> Result<Results> {
         }
     }
     eprintln!("netpath bench: the daemon's cost");
-    if let Some(lab) = labs.iter().find(|l| l.arm == Arm::Netpath) {
+    if let Some(lab) = labs.iter_mut().find(|l| l.arm == Arm::Netpath) {
+        if opts.daemon_only {
+            // The flood's target.
+            lab.set_ports(1)?;
+        }
         res.daemon = daemon::measure(lab, opts.quick).context("measuring the daemon")?;
     }
     // Control plane: publishing ports and creating networks.
     for lab in labs
         .iter_mut()
-        .filter(|l| l.arm == Arm::Iptables || l.arm == Arm::Netpath)
+        .filter(|l| !opts.daemon_only && (l.arm == Arm::Iptables || l.arm == Arm::Netpath))
     {
         lab.set_ports(1)?;
         let t = lab.set_ports(cp_ports)?;

@@ -145,17 +145,18 @@ pub fn table(res: &Results) -> String {
         );
         let _ = writeln!(
             s,
-            "| workload | load | seconds | CPU | RSS | table fill | evicted | refused |"
+            "| workload | load | seconds | CPU | of it, system | RSS | table fill | evicted | refused |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
         for d in &res.daemon {
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.1} | {:.2} % | {} MiB | {:.1} % | {} | {} |",
+                "| {} | {} | {:.1} | {:.2} % | {:.2} % | {} MiB | {:.1} % | {} | {} |",
                 d.workload,
                 d.load,
                 d.seconds,
                 d.cpu_pct,
+                d.kernel_pct,
                 d.rss_kib / 1024,
                 d.fill_pct,
                 d.evicted,
