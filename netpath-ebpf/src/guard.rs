@@ -81,12 +81,12 @@ pub fn uplink_frame(ctx: &TcContext, ifindex: u32) -> UplinkFrame {
 
 const LIMITED_BROADCAST: u32 = 0xffff_ffff;
 
-/// A source no packet from outside may carry: `Ok` for a plausible one,
-/// otherwise the drop verdict (counted on the uplink, and on the network a
-/// spoofed container source claims). 0.0.0.0 is fine only towards the
-/// limited broadcast (DHCP, as the kernel allows it).
+/// A source no packet from outside may carry, by its value alone: `Ok`
+/// for a plausible one, otherwise the drop verdict (counted on the
+/// uplink). 0.0.0.0 is fine only towards the limited broadcast (DHCP, as
+/// the kernel allows it). Every packet is checked: it costs no lookup.
 #[inline(always)]
-pub fn outside_source(ctx: &TcContext, saddr_be: u32, daddr_be: u32) -> Result<(), i32> {
+pub fn martian_source(ctx: &TcContext, saddr_be: u32, daddr_be: u32) -> Result<(), i32> {
     let s = u32::from_be(saddr_be);
     let martian = match s >> 24 {
         0 => !(s == 0 && u32::from_be(daddr_be) == LIMITED_BROADCAST),
@@ -97,6 +97,16 @@ pub fn outside_source(ctx: &TcContext, saddr_be: u32, daddr_be: u32) -> Result<(
     if martian {
         return Err(drop(ctx, 0, DropReason::MartianSource));
     }
+    Ok(())
+}
+
+/// A source that is the host's own or in a managed subnet: from outside,
+/// a spoof (counted on the uplink, and on the network it claims). Checked
+/// for every packet that belongs to no flow; a packet of a flow carries the
+/// source the flow was created with, which passed this check then (no flow
+/// has a host or container address as its outside end).
+#[inline(always)]
+pub fn local_source(ctx: &TcContext, saddr_be: u32) -> Result<(), i32> {
     if let Some(net_id) = network_of(saddr_be) {
         return Err(drop(ctx, net_id, DropReason::LocalSource));
     }

@@ -1,6 +1,7 @@
 //! Uplink ingress: what comes into the host from outside. First the
-//! sanity checks (VLANs the host does not terminate, martian and local
-//! sources), before any translation or fast-path decision; then the
+//! sanity checks (VLANs the host does not terminate, martian sources; for
+//! a packet of no flow also local sources), before any translation or
+//! fast-path decision; then the
 //! destination half of every flow (answers to masquerade, packets to
 //! published ports, replies to tracked container flows), new flows to
 //! published ports, and what the gateway mode lets through straight to a
@@ -57,29 +58,55 @@ pub fn ingress(ctx: &TcContext, ifindex: u32) -> i32 {
     let Some(ip) = parse::ipv4(ctx) else {
         return drop(ctx, 0, DropReason::Malformed);
     };
-    if let Err(v) = guard::outside_source(ctx, ip.saddr, ip.daddr) {
+    if let Err(v) = guard::martian_source(ctx, ip.saddr, ip.daddr) {
         return v;
     }
-    let direct = direct_to(ip.daddr);
-    if ip.is_later_fragment() {
-        return match later_fragment4(ctx, &ip, Phase::Ingress) {
-            Some(_) => TCX_NEXT,
-            None => untracked(ctx, direct),
-        };
-    }
-    let Ok(l4) = parse::l4(ctx, &ip) else {
-        return drop(ctx, direct.map_or(0, |(id, _)| id), DropReason::Malformed);
+    // A packet of an established flow needs nothing more: its source
+    // passed the lookups below when the flow was made. Fragments and ICMP
+    // errors are judged in full.
+    let l4 = if ip.is_later_fragment() {
+        None
+    } else {
+        match parse::l4(ctx, &ip) {
+            Ok(l4) => Some(l4),
+            Err(()) => {
+                if let Err(v) = guard::local_source(ctx, ip.saddr) {
+                    return v;
+                }
+                let direct = direct_to(ip.daddr);
+                return drop(ctx, direct.map_or(0, |(id, _)| id), DropReason::Malformed);
+            }
+        }
     };
-    if l4.kind == L4Kind::IcmpError {
-        return match icmp_error4(ctx, &ip, Phase::Ingress) {
-            Some(_) => TCX_NEXT,
-            None => untracked(ctx, direct),
-        };
-    }
-    let key = packet_key(&ip, &l4);
-    let e = match ct_lookup4(&key) {
+    let (l4, key, found) = match l4 {
+        Some(l4) if l4.kind != L4Kind::IcmpError => {
+            let key = packet_key(&ip, &l4);
+            let found = ct_lookup4(&key);
+            (l4, key, found)
+        }
+        l4 => {
+            if let Err(v) = guard::local_source(ctx, ip.saddr) {
+                return v;
+            }
+            let direct = direct_to(ip.daddr);
+            let placed = match l4 {
+                None => later_fragment4(ctx, &ip, Phase::Ingress).is_some(),
+                Some(_) => icmp_error4(ctx, &ip, Phase::Ingress).is_some(),
+            };
+            return if placed {
+                TCX_NEXT
+            } else {
+                untracked(ctx, direct)
+            };
+        }
+    };
+    let e = match found {
         Some(e) => e,
         None => {
+            if let Err(v) = guard::local_source(ctx, ip.saddr) {
+                return v;
+            }
+            let direct = direct_to(ip.daddr);
             let created = match (publish4(ctx, &key, l4.tcp_flags), direct) {
                 (Some(r), _) => r,
                 // The host's own traffic.
@@ -100,7 +127,7 @@ pub fn ingress(ctx: &TcContext, ifindex: u32) -> i32 {
     first_fragment4(&ip, &l4, e, Phase::Ingress);
     if apply4(ctx, &ip, Some(&l4), &key, e, Phase::Ingress).is_err() {
         // A stale entry (removed): what is left is a packet without a flow.
-        return untracked(ctx, direct);
+        return untracked(ctx, direct_to(ip.daddr));
     }
     // SAFETY: map value pointer, valid during the program.
     let to = unsafe { (*e).peer }.reversed();
