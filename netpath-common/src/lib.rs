@@ -11,12 +11,16 @@
 //! compares them without conversion.
 #![no_std]
 
+pub mod config;
+pub mod counters;
 pub mod csum;
 pub mod ct;
 pub mod drop;
 pub mod filter;
 pub mod sweep;
 
+pub use config::{Config, timeout};
+pub use counters::{Counter, CounterKey, counter_kind, counter_scope};
 pub use drop::DropReason;
 
 /// Names of the pinned maps (the `#[map]` item names in `netpath-ebpf`).
@@ -426,195 +430,6 @@ pub struct SockRevVal {
 
 /// Maximum addresses `connect` hands out per namespace.
 pub const MAX_LEASES: u32 = 65536;
-
-/// Scope of a counter: which id space [`CounterKey::id`] is in.
-pub mod counter_scope {
-    /// `id` is an ifindex.
-    pub const IFACE: u16 = 1;
-    /// `id` is a network id.
-    pub const NETWORK: u16 = 2;
-    /// `id` is a published port's [`PubVal4::id`](crate::PubVal4).
-    pub const PUBLISH: u16 = 3;
-    /// `id` is a filter rule's [`FilterRule::id`](crate::filter::FilterRule).
-    pub const FILTER: u16 = 4;
-    /// The conntrack table as a whole (`id` 0).
-    pub const CONNTRACK: u16 = 5;
-}
-
-/// Kinds of counters. New kinds may be added; existing values never change.
-pub mod counter_kind {
-    /// Interface: packets seen at TC ingress.
-    pub const IF_INGRESS: u16 = 1;
-    /// Interface: packets seen at TC egress.
-    pub const IF_EGRESS: u16 = 2;
-    /// Network: packets sent by containers (ingress on a port).
-    pub const NET_FROM_CONTAINERS: u16 = 16;
-    /// Network: packets delivered to containers (egress on a port).
-    pub const NET_TO_CONTAINERS: u16 = 17;
-    /// Network: packets of its containers source-translated on the way out.
-    pub const NET_SNAT: u16 = 18;
-    /// Network: replies (and ICMP errors) translated back to its containers.
-    pub const NET_REV_SNAT: u16 = 19;
-    /// Network: conntrack flows created.
-    pub const NET_CT_NEW: u16 = 20;
-    /// Network: packets destination-translated to a published port of one of its containers.
-    pub const NET_DNAT: u16 = 21;
-    /// Network: its containers' answers from published ports, source-translated back.
-    pub const NET_REV_DNAT: u16 = 22;
-    /// Published port: packets to the container.
-    pub const PUB_IN: u16 = 32;
-    /// Published port: packets back from the container.
-    pub const PUB_OUT: u16 = 33;
-    /// Filter rule: new flows it decided.
-    pub const FILTER_HITS: u16 = 48;
-    /// Conntrack: entries inserted (by the datapath).
-    pub const CT_INSERTS: u16 = 64;
-    /// Conntrack: entries removed (by the datapath or a sweep pass).
-    pub const CT_REMOVES: u16 = 65;
-    /// Conntrack: new flows that could not be inserted (no free tuple, a
-    /// map error).
-    pub const CT_INSERT_FAILED: u16 = 66;
-    /// Conntrack: new flows refused because the table was at its limit
-    /// (see [`crate::ct::fill`]).
-    pub const CT_REFUSED: u16 = 67;
-    /// Network: packets dropped, one kind per [`DropReason`](crate::DropReason)
-    /// (`DROP_BASE + reason`).
-    pub const DROP_BASE: u16 = 256;
-
-    pub const fn name(kind: u16) -> &'static str {
-        match kind {
-            IF_INGRESS => "ingress",
-            IF_EGRESS => "egress",
-            NET_FROM_CONTAINERS => "from_containers",
-            NET_TO_CONTAINERS => "to_containers",
-            NET_SNAT => "snat",
-            NET_REV_SNAT => "rev_snat",
-            NET_CT_NEW => "ct_new",
-            NET_DNAT => "dnat",
-            NET_REV_DNAT => "rev_dnat",
-            PUB_IN => "in",
-            PUB_OUT => "out",
-            FILTER_HITS => "hits",
-            CT_INSERTS => "inserts",
-            CT_REMOVES => "removes",
-            CT_INSERT_FAILED => "insert_failed",
-            CT_REFUSED => "refused",
-            k if k > DROP_BASE => match crate::DropReason::from_u16(k - DROP_BASE) {
-                Some(r) => r.as_str(),
-                None => "drop_unknown",
-            },
-            _ => "unknown",
-        }
-    }
-}
-
-/// Conntrack timeout classes, indexes into [`Config::timeouts_s`].
-pub mod timeout {
-    pub const TCP_SYN_SENT: usize = 0;
-    pub const TCP_SYN_RECV: usize = 1;
-    pub const TCP_ESTABLISHED: usize = 2;
-    pub const TCP_FIN_WAIT: usize = 3;
-    pub const TCP_TIME_WAIT: usize = 4;
-    pub const TCP_CLOSE: usize = 5;
-    pub const UDP: usize = 6;
-    pub const UDP_STREAM: usize = 7;
-    pub const ICMP: usize = 8;
-    pub const OTHER: usize = 9;
-    /// A TCP flow picked up mid-stream (no handshake seen) and not answered
-    /// yet (nf_conntrack's `nf_conntrack_tcp_timeout_unacknowledged`).
-    pub const TCP_UNACK: usize = 10;
-    /// Number of classes in use (the array has room for more).
-    pub const COUNT: usize = 11;
-    /// Names as `netpath conntrack config` spells them.
-    pub const NAMES: [&str; COUNT] = [
-        "tcp-syn-sent",
-        "tcp-syn-recv",
-        "tcp-established",
-        "tcp-fin-wait",
-        "tcp-time-wait",
-        "tcp-close",
-        "udp",
-        "udp-stream",
-        "icmp",
-        "other",
-        "tcp-unacknowledged",
-    ];
-    /// nf_conntrack's defaults, in seconds (`net.netfilter.nf_conntrack_*_timeout*`).
-    pub const DEFAULTS: [u32; COUNT] = [120, 60, 432_000, 120, 120, 10, 30, 120, 30, 600, 300];
-}
-
-/// Value of the one-element `NP_CONFIG` array: settings the datapath and the
-/// sweeper share. All-zero means "not written yet" (the loader writes defaults).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct Config {
-    /// Source ports masquerade may pick when the container's own port is
-    /// taken, inclusive, host byte order.
-    pub nat_port_min: u16,
-    pub nat_port_max: u16,
-    pub flags: u32,
-    /// Conntrack timeouts in seconds, indexed by [`timeout`] class; unused
-    /// slots are zero.
-    pub timeouts_s: [u32; 16],
-}
-
-impl Config {
-    /// Like Linux's MASQUERADE for unprivileged source ports.
-    pub const DEFAULT_PORT_MIN: u16 = 1024;
-    pub const DEFAULT_PORT_MAX: u16 = 65535;
-
-    pub const fn defaults() -> Self {
-        let mut timeouts_s = [0u32; 16];
-        let mut i = 0;
-        while i < timeout::COUNT {
-            timeouts_s[i] = timeout::DEFAULTS[i];
-            i += 1;
-        }
-        Self {
-            nat_port_min: Self::DEFAULT_PORT_MIN,
-            nat_port_max: Self::DEFAULT_PORT_MAX,
-            flags: 0,
-            timeouts_s,
-        }
-    }
-
-    /// Whether this is the zero value of a freshly created map.
-    pub const fn is_unset(&self) -> bool {
-        self.nat_port_min == 0 && self.nat_port_max == 0
-    }
-}
-
-/// Key of the per-CPU `NP_COUNTERS` map.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct CounterKey {
-    /// ifindex or network id, see `scope`.
-    pub id: u32,
-    /// One of [`counter_scope`].
-    pub scope: u16,
-    /// One of [`counter_kind`].
-    pub kind: u16,
-}
-
-/// Value of the per-CPU `NP_COUNTERS` map.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct Counter {
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-impl Counter {
-    pub const fn add(self, other: Self) -> Self {
-        Self {
-            packets: self.packets + other.packets,
-            bytes: self.bytes + other.bytes,
-        }
-    }
-}
 
 // SAFETY: each type is `#[repr(C)]`, `Copy`, has explicit padding and no
 // invalid bit patterns (bytemuck's derive checks the same at compile time).

@@ -51,7 +51,7 @@ pub enum Attach {
 /// reuse them instead of running the verifier again; a daemon of another
 /// build is replaced by `up`.
 pub fn build_id() -> String {
-    let h = crate::plan::fnv1a(
+    let h = crate::codec::fnv1a(
         crate::ebpf_object()
             .iter()
             .chain(env!("CARGO_PKG_VERSION").as_bytes())

@@ -1,7 +1,12 @@
 //! The command line: `netpath [--netns NAME] COMMAND …`.
 
+use std::net::Ipv4Addr;
+
 use clap::{Args, Parser, Subcommand, builder::TypedValueParser as _};
+use ipnet::Ipv4Net;
 use netpath_common::GatewayMode;
+
+use crate::spec::{self, NetworkOptions, PortSpec};
 
 /// `--gateway-mode`: Docker's spellings, listed in `--help`.
 fn gateway_mode() -> impl clap::builder::TypedValueParser<Value = GatewayMode> {
@@ -67,14 +72,17 @@ pub enum Command {
     /// `netpath publish 9000-9099 172.18.0.4:9000-9099`.
     Publish {
         /// [HOST_IP:]HOST_PORT[-END][/tcp|/udp]; every host address and tcp by default.
-        host: String,
+        #[arg(value_parser = spec::parse_host_ports)]
+        host: PortSpec,
         /// CONTAINER_IP:PORT[-END] (a range as long as the host range).
-        container: String,
+        #[arg(value_parser = spec::parse_container_ports)]
+        container: PortSpec,
     },
     /// Stop publishing host ports; their conntrack flows go too.
     Unpublish {
         /// [HOST_IP:]HOST_PORT[-END][/tcp|/udp], as published.
-        host: String,
+        #[arg(value_parser = spec::parse_host_ports)]
+        host: PortSpec,
     },
     /// List published ports with packet and byte counters.
     Ports {
@@ -142,17 +150,17 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct UpCmd {
     /// Bridge name (e.g. docker0, br-1a2b3c).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = spec::parse_ifname)]
     pub bridge: String,
     /// Subnet of the network, IPv4 CIDR (e.g. 172.17.0.0/16).
-    #[arg(long, value_name = "CIDR")]
-    pub subnet: String,
+    #[arg(long, value_name = "CIDR", value_parser = spec::parse_subnet)]
+    pub subnet: Ipv4Net,
     /// Gateway address on the bridge [default: first host address of the subnet].
     #[arg(long, value_name = "IP")]
-    pub gateway: Option<String>,
+    pub gateway: Option<Ipv4Addr>,
     /// Uplink interface (repeatable). Replaces the uplink set of this namespace
     /// [default: every interface with an IPv4 address that is not a managed bridge, enslaved, or loopback].
-    #[arg(long = "uplink", value_name = "IFACE")]
+    #[arg(long = "uplink", value_name = "IFACE", value_parser = spec::parse_ifname)]
     pub uplinks: Vec<String>,
     /// Masquerade traffic from this network that leaves through an uplink
     /// (Docker's enable_ip_masquerade); `--masquerade=false` keeps container
@@ -183,6 +191,19 @@ pub struct UpCmd {
     pub no_daemon: bool,
 }
 
+impl UpCmd {
+    /// The network's options as given.
+    pub fn options(&self) -> NetworkOptions {
+        NetworkOptions {
+            masquerade: self.masquerade,
+            icc: self.icc,
+            internal: self.internal,
+            gateway_mode: self.gateway_mode,
+            docker: false,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct DockerCmd {
     /// dockerd's API socket.
@@ -197,7 +218,7 @@ pub struct DockerCmd {
     #[arg(long, value_name = "PATH", env = "NETPATH_CGROUP")]
     pub cgroup: Option<std::path::PathBuf>,
     /// Uplink interface (repeatable), as for `up` [default: chosen as by `up`].
-    #[arg(long = "uplink", value_name = "IFACE")]
+    #[arg(long = "uplink", value_name = "IFACE", value_parser = spec::parse_ifname)]
     pub uplinks: Vec<String>,
     /// Masquerade dockerd's default bridge, like dockerd's own `--ip-masq`
     /// (dockerd reports false for it whenever `--iptables=false`).
@@ -285,9 +306,9 @@ pub struct ConnectCmd {
     pub bridge: String,
     /// Address to give [default: the next free one].
     #[arg(long, value_name = "ADDR")]
-    pub ip: Option<String>,
+    pub ip: Option<Ipv4Addr>,
     /// Interface name inside the namespace.
-    #[arg(long, value_name = "NAME", default_value = "eth0")]
+    #[arg(long, value_name = "NAME", default_value = "eth0", value_parser = spec::parse_ifname)]
     pub ifname: String,
 }
 

@@ -12,7 +12,7 @@ use netpath_common::{
 };
 use serde::Serialize;
 
-use crate::{attach::Datapath, plan::from_be, state::Maps};
+use crate::{attach::Datapath, codec::from_be, state::Maps};
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
@@ -243,7 +243,7 @@ impl Filter {
 }
 
 fn from_addr(a: Ipv4Addr) -> u32 {
-    crate::plan::be(a)
+    crate::codec::be(a)
 }
 
 /// One pass of the sweep program over the conntrack table (see

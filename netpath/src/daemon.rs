@@ -13,17 +13,23 @@
 use std::{
     fs::{File, OpenOptions},
     io::{Read as _, Seek as _, Write as _},
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-
 use futures::StreamExt as _;
+use tracing::{info, warn};
 
-use crate::{attach::Datapath, conntrack, netns, ops, plumbing::Netlink, state};
+use crate::{
+    attach::Datapath,
+    conntrack, events, netns,
+    plumbing::Netlink,
+    reconcile::{self, IfaceChange},
+    resize, state,
+};
 
 /// Where daemons keep their pid files and logs.
 pub const RUN_DIR: &str = "/run/netpath";
@@ -51,16 +57,13 @@ pub struct Running {
     pub build: String,
 }
 
+/// Takes the pid file's lock (an flock) if it is free.
 fn try_flock(f: &File) -> Result<bool> {
-    // SAFETY: flock on a valid fd.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        return Ok(true);
+    match f.try_lock() {
+        Ok(()) => Ok(true),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).context("locking the daemon pid file"),
     }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        return Ok(false);
-    }
-    Err(err).context("locking the daemon pid file")
 }
 
 /// The daemon of the current namespace, if one runs (its lock is held).
@@ -302,10 +305,10 @@ impl Sweeper {
         if let Some(before) = self.refused
             && refused > before
         {
-            log(format_args!(
+            warn!(
                 "conntrack table at its limit: {} new flow(s) refused since the last sweep",
                 refused - before
-            ));
+            );
         }
         self.refused = Some(refused);
         let t = Instant::now();
@@ -326,7 +329,7 @@ impl Sweeper {
         // A flood's log is one line when it starts and one when it ends,
         // not one per sweep.
         if found.removed_flows > 0 && !self.flood {
-            log(format_args!(
+            info!(
                 "swept {} expired flow(s){}",
                 found.removed_flows,
                 if self.pressure {
@@ -334,14 +337,14 @@ impl Sweeper {
                 } else {
                     ""
                 }
-            ));
+            );
         }
         // An unreplied flow has two entries.
         let flood = f64::from(found.embryonic) * 2.0 >= FLOOD_FILL * capacity;
         let full = f64::from(sweep.entries) >= PRESSURE_FILL * capacity;
         self.full = full;
         if flood != self.flood {
-            log(format_args!(
+            info!(
                 "{} ({} unreplied flows, {} of {capacity} entries)",
                 if flood {
                     "embryonic flows flood the conntrack table: sweeping faster"
@@ -350,7 +353,7 @@ impl Sweeper {
                 },
                 found.embryonic,
                 sweep.entries,
-            ));
+            );
             self.flood = flood;
         }
         // Pressure ends once the flood's leftovers are gone too (and the
@@ -362,7 +365,7 @@ impl Sweeper {
             full || flood
         };
         if pressure != self.pressure {
-            log(format_args!(
+            info!(
                 "conntrack table {} pressure ({} of {capacity} entries): unreplied flows {}",
                 if pressure { "under" } else { "no longer under" },
                 sweep.entries,
@@ -371,7 +374,7 @@ impl Sweeper {
                 } else {
                     "keep their timeouts".to_owned()
                 }
-            ));
+            );
             self.pressure = pressure;
         }
         self.report.sweeps += 1;
@@ -391,12 +394,54 @@ impl Sweeper {
     }
 }
 
-/// A log line stamped with seconds of monotonic time (the daemon's and
-/// `netpath docker`'s logs).
-pub(crate) fn log(msg: std::fmt::Arguments<'_>) {
-    let t = conntrack::monotonic_ns() / 1_000_000;
-    println!("[{}.{:03}] {msg}", t / 1000, t % 1000);
+/// What [`refresh`] changed.
+#[derive(Debug, Default)]
+pub struct RefreshReport {
+    pub changes: Vec<IfaceChange>,
+    pub detached: Vec<u32>,
+    /// Host addresses that now overlap a managed subnet.
+    pub conflicts: Vec<String>,
 }
+
+/// The daemon's re-apply after links or addresses changed: `Ok(None)` when
+/// another command held the lock for two seconds (try again later).
+pub async fn refresh(nl: &Netlink, loaded: &mut Option<Datapath>) -> Result<Option<RefreshReport>> {
+    // Commands hold the lock for milliseconds: poll for it rather than
+    // block, so the daemon keeps answering signals.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let _lock = loop {
+        match state::try_lock()? {
+            None => return Ok(None),
+            Some(Some(l)) => break l,
+            Some(None) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Some(None) => return Ok(None),
+        }
+    };
+    let state = state::StateDir::current()?;
+    if !state.exists() {
+        return Ok(Some(RefreshReport::default()));
+    }
+    if resize::repair(nl, &state).await? {
+        // The programs changed under the daemon's loaded ones.
+        *loaded = None;
+    }
+    let dp = Datapath::current(&state, loaded, true)?
+        .context("this build's programs could not be loaded")?;
+    let r = reconcile::reapply_with(nl, &state, dp).await?;
+    let conflicts = reconcile::address_conflicts(nl, &dp.maps).await?;
+    Ok(Some(RefreshReport {
+        changes: r.changes,
+        detached: r.detached,
+        conflicts,
+    }))
+}
+
+/// How long a burst of link and address events may pause before the
+/// daemon re-applies, and how long it waits for one to end at most.
+const BURST_QUIET: Duration = Duration::from_millis(20);
+const BURST_LIMIT: Duration = Duration::from_secs(1);
 
 /// Runs the daemon until SIGTERM/SIGINT, the namespace's state goes away, or
 /// the named namespace is deleted.
@@ -417,22 +462,22 @@ pub async fn run(opts: Options) -> Result<()> {
     pidfile.set_len(0)?;
     pidfile.rewind()?;
     pidfile.write_all(format!("{} {}\n", std::process::id(), build_id()).as_bytes())?;
-    log(format_args!(
+    info!(
         "netpath daemon {} started (pid {}, netns cookie {cookie})",
         build_id(),
         std::process::id()
-    ));
+    );
 
     let state = state::StateDir::current()?;
     let nl = Netlink::new()?;
     // Link and IPv4 address events: new ports, enslaving, address changes.
-    let (conn, _, mut events) = rtnetlink::new_multicast_connection(&[
+    let (conn, _, mut nl_events) = rtnetlink::new_multicast_connection(&[
         rtnetlink::MulticastGroup::Link,
         rtnetlink::MulticastGroup::Ipv4Ifaddr,
     ])
     .context("subscribing to link and address events")?;
     tokio::spawn(conn);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut stop = events::Stop::new()?;
     // The first tick at once, then after each sweep the sweeper's interval.
     let mut next_tick = tokio::time::Instant::now();
     // Re-apply once at start: things may have changed while no daemon ran.
@@ -459,16 +504,15 @@ pub async fn run(opts: Options) -> Result<()> {
     };
     let reason = loop {
         tokio::select! {
-            _ = term.recv() => break "SIGTERM",
-            _ = tokio::signal::ctrl_c() => break "SIGINT",
-            ev = events.next() => {
-                if ev.is_none() {
-                    break "the netlink event stream ended";
-                }
+            why = stop.recv() => break why,
+            ev = nl_events.next() => {
                 // Changes come in bursts (a veth pair, its addresses): let
                 // the burst finish, then re-apply once.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                while events.try_recv().is_ok() {}
+                if ev.is_none()
+                    || events::settle(&mut nl_events, BURST_QUIET, BURST_LIMIT).await.1
+                {
+                    break "the netlink event stream ended";
+                }
                 dirty = true;
             }
             () = tokio::time::sleep_until(next_tick) => {
@@ -484,7 +528,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 }
                 match sweeper.tick(&state, &mut loaded).and_then(|()| sweeper.write(cookie)) {
                     Ok(()) => {}
-                    Err(e) => log(format_args!("sweep failed: {e:#}")),
+                    Err(e) => warn!("sweep failed: {e:#}"),
                 }
                 next_tick = tokio::time::Instant::now() + sweeper.interval(opts.interval);
             }
@@ -492,17 +536,17 @@ pub async fn run(opts: Options) -> Result<()> {
         if !dirty || !state.exists() {
             continue;
         }
-        match ops::refresh(&nl, &mut loaded).await {
+        match refresh(&nl, &mut loaded).await {
             Ok(Some(r)) => {
                 for c in r.changes.iter().filter(|c| c.changed()) {
-                    log(format_args!("{}: {}", c.name, c.role.as_str()));
+                    info!("{}: {}", c.name, c.role.as_str());
                 }
                 if !r.detached.is_empty() {
-                    log(format_args!("detached {} interface(s)", r.detached.len()));
+                    info!("detached {} interface(s)", r.detached.len());
                 }
                 if r.conflicts != conflicts {
                     for c in &r.conflicts {
-                        log(format_args!("WARNING: {c}: egress to it breaks"));
+                        warn!("{c}: egress to it breaks");
                     }
                     conflicts = r.conflicts;
                 }
@@ -511,12 +555,12 @@ pub async fn run(opts: Options) -> Result<()> {
             // Another command holds the lock: try again on the next tick.
             Ok(None) => {}
             Err(e) => {
-                log(format_args!("re-applying networks failed: {e:#}"));
+                warn!("re-applying networks failed: {e:#}");
                 dirty = false;
             }
         }
     };
-    log(format_args!("netpath daemon exits: {reason}"));
+    info!("netpath daemon exits: {reason}");
     // A clean exit leaves nothing behind in /run (a crash leaves the log).
     let _ = std::fs::remove_file(log_path(cookie));
     let _ = std::fs::remove_file(report_path(cookie));

@@ -16,9 +16,10 @@ use anyhow::{Context as _, Result, bail};
 use netpath_common::{IFNAMSIZ, IfaceRole, Lease, LeaseKey};
 
 use crate::{
-    netns, ops,
-    plan::{self, NetworkSpec},
-    plumbing::Netlink,
+    codec, netns, plan,
+    plumbing::{self, Netlink},
+    reconcile,
+    spec::{self, NetworkSpec},
     state::{self, Maps, StateDir},
 };
 
@@ -30,7 +31,7 @@ const BPF_NOEXIST: u64 = 1;
 pub struct ConnectArgs {
     pub netns: String,
     pub bridge: String,
-    pub ip: Option<String>,
+    pub ip: Option<Ipv4Addr>,
     pub ifname: String,
 }
 
@@ -106,7 +107,7 @@ fn configure_inside(
             match nl.add_default_route(gateway).await {
                 Ok(()) => Ok(()),
                 // Connected to another network first: its default route stays (as in Docker).
-                Err(e) if format!("{e:#}").contains("File exists") => Ok(()),
+                Err(e) if plumbing::errno(&e) == Some(libc::EEXIST) => Ok(()),
                 Err(e) => Err(e),
             }
         })
@@ -116,7 +117,7 @@ fn configure_inside(
 }
 
 pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
-    plan::validate_ifname(&args.ifname)?;
+    spec::validate_ifname(&args.ifname)?;
     let _lock = state::lock(false)?;
     let (state, mut maps, net_id, spec) = open_network(&args.bridge)?;
     let cookie = netns_cookie(&args.netns)?;
@@ -135,7 +136,7 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
             "network namespace {} is already connected to {} ({})",
             args.netns,
             args.bridge,
-            plan::from_be(k.addr_be)
+            codec::from_be(k.addr_be)
         );
     }
     // Taken: what connect handed out, and what containers plugged in by
@@ -143,15 +144,15 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
     let mut used: BTreeSet<Ipv4Addr> = leases
         .iter()
         .filter(|(k, _)| k.net_id == net_id)
-        .map(|(k, _)| plan::from_be(k.addr_be))
+        .map(|(k, _)| codec::from_be(k.addr_be))
         .collect();
     used.extend(
         maps.ifaces()?
             .values()
             .filter(|i| i.role == IfaceRole::Port as u32 && i.net_id == net_id && i.ipv4_be != 0)
-            .map(|i| plan::from_be(i.ipv4_be)),
+            .map(|i| codec::from_be(i.ipv4_be)),
     );
-    let addr = plan::choose_address(&spec, args.ip.as_deref(), &used)?;
+    let addr = plan::choose_address(&spec, args.ip, &used)?;
     let mac = plan::container_mac(addr);
     let host = plan::host_veth_name(cookie, net_id);
     let tmp = format!("npt{}", &host[2..]);
@@ -169,7 +170,7 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
 
     let key = LeaseKey {
         net_id,
-        addr_be: plan::be(addr),
+        addr_be: codec::be(addr),
     };
     let mut host_index = None;
     let result: Result<()> = async {
@@ -197,7 +198,7 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
             .insert(key, lease, 0)
             .context("recording the lease")?;
         nl.enslave_up(index, bridge.index).await?;
-        ops::reapply(&nl, &state).await?;
+        reconcile::reapply(&nl, &state).await?;
         Ok(())
     }
     .await;
@@ -207,7 +208,7 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
             let _ = nl.delete_link(i).await;
         }
         let _ = maps.leases4.remove(&key);
-        let _ = ops::reapply(&nl, &state).await;
+        let _ = reconcile::reapply(&nl, &state).await;
         return Err(err);
     }
     Ok(Connected {
@@ -235,8 +236,8 @@ pub async fn disconnect(netns_name: &str, bridge: &str) -> Result<Ipv4Addr> {
         nl.delete_link(lease.host_ifindex).await?;
     }
     maps.leases4.remove(&key).context("forgetting the lease")?;
-    ops::reapply(&nl, &state).await?;
-    Ok(plan::from_be(key.addr_be))
+    reconcile::reapply(&nl, &state).await?;
+    Ok(codec::from_be(key.addr_be))
 }
 
 /// A container endpoint that another runtime plugged in (dockerd): its
@@ -272,7 +273,7 @@ fn host_end(sandbox: &Path, mac: [u8; 6]) -> Result<(u32, u64)> {
         let link = links
             .iter()
             .find(|l| l.mac == Some(mac))
-            .with_context(|| format!("no interface with MAC {} inside", plan::fmt_mac(&mac)))?;
+            .with_context(|| format!("no interface with MAC {} inside", codec::fmt_mac(&mac)))?;
         let peer = link
             .peer
             .filter(|p| *p != link.index)
@@ -295,7 +296,7 @@ pub async fn bind_owned(owner: u16, want: &[Foreign]) -> Result<Bound> {
         .networks()?
         .into_iter()
         .map(|(id, info)| {
-            let name = plan::ifname_from_bytes(&info.bridge_name);
+            let name = codec::ifname_from_bytes(&info.bridge_name);
             let index = links.iter().find(|l| l.name == name).map(|l| l.index);
             (id, (name, index))
         })
@@ -321,7 +322,7 @@ pub async fn bind_owned(owner: u16, want: &[Foreign]) -> Result<Bound> {
         let index = bridges.get(&key.net_id).and_then(|(_, i)| *i);
         let still = want.iter().any(|w| {
             net_of(&w.bridge).map(|(id, _)| id) == Some(key.net_id)
-                && plan::be(w.addr) == key.addr_be
+                && codec::be(w.addr) == key.addr_be
                 && w.mac == lease.mac
         }) && plugged(lease.host_ifindex, index);
         if still {
@@ -337,12 +338,12 @@ pub async fn bind_owned(owner: u16, want: &[Foreign]) -> Result<Bound> {
                 .push((w.name.clone(), format!("no network on bridge {}", w.bridge)));
             continue;
         };
-        if kept.contains(&(net_id, plan::be(w.addr))) {
+        if kept.contains(&(net_id, codec::be(w.addr))) {
             continue;
         }
         let key = LeaseKey {
             net_id,
-            addr_be: plan::be(w.addr),
+            addr_be: codec::be(w.addr),
         };
         let found = host_end(&w.sandbox, w.mac).and_then(|(ifindex, cookie)| {
             if !plugged(ifindex, index) {
@@ -367,7 +368,7 @@ pub async fn bind_owned(owner: u16, want: &[Foreign]) -> Result<Bound> {
         }
     }
     if out.released > 0 || !out.bound.is_empty() {
-        ops::reapply(&nl, &state).await?;
+        reconcile::reapply(&nl, &state).await?;
     }
     Ok(out)
 }

@@ -16,8 +16,9 @@ use netpath_common::{
 use serde::Serialize;
 
 use crate::{
+    codec,
     conntrack::proto_name,
-    plan,
+    spec,
     state::{self, Maps},
 };
 
@@ -62,7 +63,7 @@ pub struct Target {
 
 /// Parses `--port`.
 pub fn parse_host_port(s: &str) -> Result<HostPort> {
-    let spec = plan::parse_port_spec(s, false, true)?;
+    let spec = spec::parse_port_spec(s, false, true)?;
     if spec.addr.is_some() || spec.first != spec.last {
         bail!("invalid --port {s:?}: expected one HOSTPORT[/tcp|/udp]");
     }
@@ -77,7 +78,7 @@ pub fn parse_target(s: &str) -> Result<Target> {
     let t = match s.parse::<Ipv4Addr>() {
         Ok(addr) => Target { addr, port: None },
         Err(_) => {
-            let spec = plan::parse_port_spec(s, true, false)
+            let spec = spec::parse_port_spec(s, true, false)
                 .with_context(|| format!("invalid --to {s:?}: expected CONTAINER_IP[:PORT]"))?;
             match spec.addr {
                 Some(addr) if spec.first == spec.last => Target {
@@ -139,7 +140,7 @@ impl Selectors {
         }
         if let Some(t) = self.to {
             group |= sel::TO;
-            d.to_be = plan::be(t.addr);
+            d.to_be = codec::be(t.addr);
             if let Some(port) = t.port {
                 group |= sel::TO_PORT;
                 d.to_port_be = port.to_be();
@@ -147,7 +148,7 @@ impl Selectors {
         }
         d.group = group;
         let from = self.from.unwrap_or_default();
-        d.src_be = plan::be(from.network());
+        d.src_be = codec::be(from.network());
         Key::new(EXACT_BITS + u32::from(from.prefix_len()), d)
     }
 
@@ -321,7 +322,7 @@ pub fn list() -> Result<Vec<Rule>> {
     let networks: BTreeMap<u32, String> = maps
         .networks()?
         .into_iter()
-        .map(|(id, i)| (id, plan::ifname_from_bytes(&i.bridge_name)))
+        .map(|(id, i)| (id, codec::ifname_from_bytes(&i.bridge_name)))
         .collect();
     let mut out = Vec::new();
     for (k, r) in read_rules(&maps)? {
@@ -344,10 +345,10 @@ pub fn list() -> Result<Vec<Rule>> {
                     .cloned()
                     .unwrap_or_else(|| format!("(network {})", d.net_id))
             }),
-            from: Ipv4Net::new(plan::from_be(d.src_be), src_prefix).context("rule prefix")?,
+            from: Ipv4Net::new(codec::from_be(d.src_be), src_prefix).context("rule prefix")?,
             port: has(sel::HOST_PORT)
                 .then(|| format!("{}/{}", u16::from_be(d.host_port_be), proto_name(d.proto))),
-            to: has(sel::TO).then(|| plan::from_be(d.to_be)),
+            to: has(sel::TO).then(|| codec::from_be(d.to_be)),
             to_port: has(sel::TO_PORT).then(|| u16::from_be(d.to_port_be)),
             hits,
             rank: specificity(src_prefix, d.group),

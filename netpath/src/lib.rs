@@ -4,27 +4,31 @@
 //! helpers.
 
 pub mod attach;
-pub mod bench;
 pub mod cli;
+pub mod codec;
 pub mod conntrack;
 pub mod daemon;
-pub mod demo;
 pub mod docker;
-pub mod dockerlab;
+pub mod down;
 pub mod endpoint;
+pub mod errors;
+pub mod events;
 pub mod filter;
-pub mod frames;
+pub mod lab;
 pub mod netns;
-pub mod ops;
 pub mod plan;
 pub mod plumbing;
 pub mod publish;
+pub mod reconcile;
+pub mod resize;
 pub mod sockhooks;
+pub mod spec;
 pub mod state;
 pub mod status;
 pub mod sys;
 pub mod table;
-pub mod topology;
+pub mod tables;
+pub mod up;
 
 /// The kernel programs, built from `netpath-ebpf` by build.rs.
 static EMBEDDED_OBJECT: &[u8] =

@@ -5,9 +5,15 @@ use clap::Parser as _;
 use netpath::{
     attach::Attach,
     cli::{Cli, Command, ConntrackCmd, FilterCmd, NetworkCmd},
-    conntrack, daemon, demo, endpoint, filter, netns, ops, publish,
+    codec, conntrack, daemon,
+    down::{self, DownTarget},
+    endpoint, filter,
+    lab::{bench, demo},
+    netns, publish, resize,
+    spec::NetworkSpec,
     state::{self, Maps},
     status,
+    up::{self, UpArgs},
 };
 
 fn main() -> ExitCode {
@@ -32,6 +38,10 @@ fn main() -> ExitCode {
             return ExitCode::from(if bad_value { 1 } else { 2 });
         }
     };
+    logging(matches!(
+        cli.command,
+        Command::Daemon { .. } | Command::Docker(_)
+    ));
     // A one-shot command whose output goes into a closed pipe (`| head`)
     // ends quietly, as other tools do; the long-running ones keep Rust's
     // default (a write error they handle) for their sockets.
@@ -49,6 +59,34 @@ fn main() -> ExitCode {
             eprintln!("netpath: error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Log lines through `tracing`: the long-running commands log to stdout
+/// (their log file when `up` starts the daemon), the others to stderr;
+/// `NETPATH_LOG` takes a filter such as `debug` [default: info].
+fn logging(long_running: bool) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_env("NETPATH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_timer(Uptime(std::time::Instant::now()))
+        .with_target(false)
+        .with_ansi(false);
+    if long_running {
+        builder.with_writer(std::io::stdout).init();
+    } else {
+        builder.with_writer(std::io::stderr).init();
+    }
+}
+
+/// Log stamps: seconds since the process started, to the millisecond.
+struct Uptime(std::time::Instant);
+
+impl tracing_subscriber::fmt::time::FormatTime for Uptime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let e = self.0.elapsed();
+        write!(w, "{}.{:03}s", e.as_secs(), e.subsec_millis())
     }
 }
 
@@ -76,14 +114,14 @@ fn run(cli: Cli) -> Result<()> {
         daemon_only,
     } = &cli.command
     {
-        let res = netpath::bench::run(&netpath::bench::Options {
+        let res = bench::run(&bench::Options {
             quick: *quick,
             reps: *reps as usize,
             out: out.clone(),
             baseline: baseline.clone(),
             daemon_only: *daemon_only,
         })?;
-        print!("{}", netpath::bench::table(&res));
+        print!("{}", bench::table(&res));
         println!(
             "\nwrote {0}/bench.json, {0}/bench.md, {0}/bench.svg",
             out.display()
@@ -102,23 +140,17 @@ fn run(cli: Cli) -> Result<()> {
     rt.block_on(async move {
         match cli.command {
             Command::Up(up) => {
-                let args = ops::UpArgs {
-                    bridge: up.bridge,
-                    subnet: up.subnet,
-                    gateway: up.gateway,
-                    uplinks: up.uplinks,
-                    masquerade: up.masquerade,
-                    icc: up.icc,
-                    internal: up.internal,
-                    gateway_mode: up.gateway_mode,
-                    cgroup: up.cgroup,
-                    docker: false,
+                let args = UpArgs {
+                    spec: NetworkSpec::new(&up.bridge, up.subnet, up.gateway)?,
+                    options: up.options(),
+                    uplinks: up.uplinks.clone(),
+                    cgroup: up.cgroup.clone(),
                 };
-                let r = ops::up(&args).await?;
+                let r = up::up(&args).await?;
                 let verb = if r.already_up { "already up" } else { "up" };
                 println!(
                     "network {} {verb} (id {}{}{})",
-                    args.bridge,
+                    args.spec.bridge,
                     r.net_id,
                     if r.created_bridge {
                         ", bridge created"
@@ -169,7 +201,7 @@ fn run(cli: Cli) -> Result<()> {
                         }
                     }
                     // No daemon of another build needs its pins any more.
-                    ops::prune_other_builds()?;
+                    up::prune_other_builds()?;
                 }
                 Ok(())
             }
@@ -187,10 +219,10 @@ fn run(cli: Cli) -> Result<()> {
             }
             Command::Down(down) => {
                 let target = match down.bridge {
-                    Some(b) => ops::DownTarget::Bridge(b),
-                    None => ops::DownTarget::All,
+                    Some(b) => DownTarget::Bridge(b),
+                    None => DownTarget::All,
                 };
-                let r = ops::down(&target).await?;
+                let r = down::down(&target).await?;
                 for b in &r.removed {
                     println!("network {b} down");
                 }
@@ -222,7 +254,7 @@ fn run(cli: Cli) -> Result<()> {
                 // Settings first (they change nothing but numbers), then the size.
                 conntrack_config(&timeouts, nat_ports.as_deref(), max.is_none())?;
                 if let Some(flows) = max {
-                    let r = ops::resize_conntrack(flows).await?;
+                    let r = resize::resize(flows).await?;
                     if r.from == r.to {
                         println!("max-flows={} (unchanged)", r.to);
                     } else {
@@ -286,7 +318,7 @@ fn run(cli: Cli) -> Result<()> {
                     args.ifname,
                     r.addr,
                     r.prefix_len,
-                    netpath::plan::fmt_mac(&r.mac),
+                    codec::fmt_mac(&r.mac),
                     r.gateway,
                     r.host_ifname
                 );
@@ -305,7 +337,7 @@ fn run(cli: Cli) -> Result<()> {
                 if icc.is_none() && gateway_mode.is_none() {
                     bail!("nothing to set: give --icc=BOOL or --gateway-mode=MODE");
                 }
-                ops::network_set(&bridge, icc, gateway_mode)?;
+                up::network_set(&bridge, icc, gateway_mode)?;
                 if let Some(icc) = icc {
                     println!("network {bridge}: icc {}", if icc { "on" } else { "off" });
                 }

@@ -358,6 +358,16 @@ impl Netlink {
     }
 }
 
+/// The errno (positive) the kernel answered a netlink request with, when
+/// that is what `e` carries: callers match `libc::EEXIST`, not message text.
+pub fn errno(e: &anyhow::Error) -> Option<i32> {
+    e.chain()
+        .find_map(|c| match c.downcast_ref::<rtnetlink::Error>() {
+            Some(rtnetlink::Error::NetlinkError(m)) => m.to_io().raw_os_error(),
+            _ => None,
+        })
+}
+
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
 /// Whether IPv4 forwarding is on in the current network namespace.

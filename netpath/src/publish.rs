@@ -10,8 +10,10 @@ use serde::Serialize;
 
 use crate::{
     attach::Datapath,
-    conntrack, plan,
+    codec, conntrack,
+    spec::{self, NetworkSpec, PortSpec},
     state::{self, Maps, Traffic},
+    table,
 };
 
 /// One published port, for `ports`.
@@ -45,7 +47,7 @@ use crate::conntrack::proto_name;
 
 fn key(addr: Option<Ipv4Addr>, port: u16, proto: u8) -> PubKey4 {
     PubKey4 {
-        addr_be: addr.map_or(0, plan::be),
+        addr_be: addr.map_or(0, codec::be),
         port_be: port.to_be(),
         proto,
         _pad: 0,
@@ -54,10 +56,8 @@ fn key(addr: Option<Ipv4Addr>, port: u16, proto: u8) -> PubKey4 {
 
 /// `publish [HOST_IP:]HOST_PORT[-END][/PROTO] CONTAINER_IP:PORT[-END]`:
 /// checks everything, then inserts one entry per port. Returns how many.
-pub fn publish(host: &str, target: &str) -> Result<u32> {
-    let h = plan::parse_port_spec(host, false, true)?;
-    let t = plan::parse_port_spec(target, true, false)?;
-    plan::check_publish(&h, &t)?;
+pub fn publish(h: &PortSpec, t: &PortSpec) -> Result<u32> {
+    spec::check_publish(h, t)?;
     let _lock = state::lock(false)?;
     let (_, mut maps) = Maps::open_current()?;
     let container = t.addr.context("a container address is required")?;
@@ -85,16 +85,15 @@ pub struct Ports {
 
 impl std::fmt::Display for Ports {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if let Some(a) = self.host_addr {
-            write!(f, "{a}:")?;
-        }
-        write!(f, "{}", self.host_first)?;
-        if self.host_last != self.host_first {
-            write!(f, "-{}", self.host_last)?;
-        }
+        let host = PortSpec {
+            addr: self.host_addr,
+            first: self.host_first,
+            last: self.host_last,
+            proto: None,
+        };
         write!(
             f,
-            "/{} -> {}:{}",
+            "{host}/{} -> {}:{}",
             proto_name(self.proto),
             self.target,
             self.target_first
@@ -109,21 +108,21 @@ pub fn insert(maps: &mut Maps, p: &Ports, owner: u16) -> Result<u32> {
     let (net_id, info) = maps
         .networks()?
         .into_iter()
-        .find(|(_, i)| i.contains_be(plan::be(container)))
+        .find(|(_, i)| i.contains_be(codec::be(container)))
         .with_context(|| {
             format!("container address {container} is outside every managed subnet")
         })?;
-    let spec = plan::NetworkSpec::from_info(&info);
-    if container == spec.gateway {
+    let net = NetworkSpec::from_info(&info);
+    if container == net.gateway {
         bail!(
             "{container} is the gateway of {}, not a container",
-            spec.bridge
+            net.bridge
         );
     }
-    if container == spec.subnet.network() || container == spec.subnet.broadcast() {
+    if container == net.subnet.network() || container == net.subnet.broadcast() {
         bail!(
             "{container} is the network or broadcast address of {}, not a container",
-            spec.subnet
+            net.subnet
         );
     }
     if let Some(a) = p.host_addr {
@@ -131,30 +130,8 @@ pub fn insert(maps: &mut Maps, p: &Ports, owner: u16) -> Result<u32> {
     }
     let proto = p.proto;
     let existing = maps.published()?;
-    // Per (port, protocol): a port published on every address conflicts
-    // with any address, and the other way round.
-    let by_port: BTreeMap<(u16, u8), Vec<(PubKey4, PubVal4)>> =
-        existing.iter().fold(BTreeMap::new(), |mut m, (k, v)| {
-            m.entry((u16::from_be(k.port_be), k.proto))
-                .or_default()
-                .push((*k, *v));
-            m
-        });
-    for port in p.host_first..=p.host_last {
-        if let Some(taken) = by_port.get(&(port, proto)) {
-            for (k, v) in taken {
-                let addr = (k.addr_be != 0).then(|| plan::from_be(k.addr_be));
-                if addr.is_none() || p.host_addr.is_none() || addr == p.host_addr {
-                    bail!(
-                        "host port {}{port}/{} is already published (to {}:{})",
-                        addr.map_or(String::new(), |a| format!("{a}:")),
-                        proto_name(proto),
-                        plan::from_be(v.target_be),
-                        u16::from_be(v.target_port_be)
-                    );
-                }
-            }
-        }
+    if let Some(why) = conflict(&existing, p) {
+        bail!("{why}");
     }
     let first_id = existing.iter().map(|(_, v)| v.id).max().unwrap_or(0) + 1;
     let mut inserted: Vec<(PubKey4, PubVal4)> = Vec::new();
@@ -162,7 +139,7 @@ pub fn insert(maps: &mut Maps, p: &Ports, owner: u16) -> Result<u32> {
         let id = first_id + i as u32;
         let k = key(p.host_addr, port, proto);
         let v = PubVal4 {
-            target_be: plan::be(container),
+            target_be: codec::be(container),
             target_port_be: (p.target_first + i as u16).to_be(),
             owner,
             net_id,
@@ -187,13 +164,41 @@ pub fn insert(maps: &mut Maps, p: &Ports, owner: u16) -> Result<u32> {
     Ok(u32::from(p.host_last - p.host_first) + 1)
 }
 
+/// Why `p` cannot be published next to `existing`, if it cannot. Per
+/// (port, protocol): a port published on every address conflicts with any
+/// address, and the other way round.
+pub fn conflict(existing: &[(PubKey4, PubVal4)], p: &Ports) -> Option<String> {
+    let by_port: BTreeMap<(u16, u8), Vec<(PubKey4, PubVal4)>> =
+        existing.iter().fold(BTreeMap::new(), |mut m, (k, v)| {
+            m.entry((u16::from_be(k.port_be), k.proto))
+                .or_default()
+                .push((*k, *v));
+            m
+        });
+    for port in p.host_first..=p.host_last {
+        for (k, v) in by_port.get(&(port, p.proto)).into_iter().flatten() {
+            let addr = (k.addr_be != 0).then(|| codec::from_be(k.addr_be));
+            if addr.is_none() || p.host_addr.is_none() || addr == p.host_addr {
+                return Some(format!(
+                    "host port {}{port}/{} is already published (to {}:{})",
+                    addr.map_or(String::new(), |a| format!("{a}:")),
+                    proto_name(p.proto),
+                    codec::from_be(v.target_be),
+                    u16::from_be(v.target_port_be)
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// Counts a mapping in (`delta` 1) or out (-1) of `NP_TARGETS4`, which
 /// tells the datapath which container ports some published port leads to
 /// (what a routed network lets in at the container's own address). A
 /// mapping on a loopback address only is for the host's own processes,
 /// and opens nothing to the outside.
 fn target_count(maps: &mut Maps, k: &PubKey4, v: &PubVal4, delta: i32) -> Result<()> {
-    if plan::from_be(k.addr_be).is_loopback() {
+    if codec::from_be(k.addr_be).is_loopback() {
         return Ok(());
     }
     let proto = k.proto;
@@ -230,17 +235,17 @@ fn check_host_addr(maps: &Maps, a: Ipv4Addr) -> Result<()> {
         return Ok(());
     }
     let networks = maps.networks()?;
-    if let Some((_, n)) = networks.iter().find(|(_, n)| n.contains_be(plan::be(a))) {
-        let spec = plan::NetworkSpec::from_info(n);
-        if a != spec.gateway {
+    if let Some((_, n)) = networks.iter().find(|(_, n)| n.contains_be(codec::be(a))) {
+        let net = NetworkSpec::from_info(n);
+        if a != net.gateway {
             bail!(
                 "{a} is in {}'s subnet {}, not an address of the host",
-                spec.bridge,
-                spec.subnet
+                net.bridge,
+                net.subnet
             );
         }
     }
-    match maps.hostaddrs4.get(&plan::be(a), 0) {
+    match maps.hostaddrs4.get(&codec::be(a), 0) {
         Ok(_) => Ok(()),
         Err(e) if state::is_missing(&e) => bail!("the host has no address {a}"),
         Err(e) => Err(e).context("reading NP_HOSTADDRS4"),
@@ -264,18 +269,40 @@ pub struct Synced {
 pub fn sync_owned(owner: u16, want: &[Ports]) -> Result<Synced> {
     let _lock = state::lock(false)?;
     let (_, mut dp) = Datapath::open_current()?;
-    let have: BTreeMap<PubKey4, PubVal4> = dp
-        .maps
-        .published()?
-        .into_iter()
+    let have: Vec<(PubKey4, PubVal4)> = dp.maps.published()?;
+    let (stale, missing) = owned_changes(owner, &have, want);
+    let mut out = Synced {
+        removed: remove(&mut dp, &stale)?,
+        ..Default::default()
+    };
+    for p in missing {
+        match insert(&mut dp.maps, &p, owner) {
+            Ok(_) => out.added.push(p),
+            Err(e) => out.failed.push((p, format!("{e:#}"))),
+        }
+    }
+    Ok(out)
+}
+
+/// What [`sync_owned`] changes: `owner`'s mappings in `have` that `want`
+/// does not have (to remove), and the wanted mappings not all there (to
+/// publish).
+pub fn owned_changes(
+    owner: u16,
+    have: &[(PubKey4, PubVal4)],
+    want: &[Ports],
+) -> (Vec<(PubKey4, PubVal4)>, Vec<Ports>) {
+    let have: BTreeMap<PubKey4, PubVal4> = have
+        .iter()
         .filter(|(_, v)| v.owner == owner)
+        .map(|(k, v)| (*k, *v))
         .collect();
     let mut wanted: BTreeMap<PubKey4, (u32, u16)> = BTreeMap::new();
     for p in want {
         for (i, port) in (p.host_first..=p.host_last).enumerate() {
             wanted.insert(
                 key(p.host_addr, port, p.proto),
-                (plan::be(p.target), p.target_first + i as u16),
+                (codec::be(p.target), p.target_first + i as u16),
             );
         }
     }
@@ -284,24 +311,17 @@ pub fn sync_owned(owner: u16, want: &[Ports]) -> Result<Synced> {
         .filter(|(k, v)| wanted.get(k) != Some(&(v.target_be, u16::from_be(v.target_port_be))))
         .map(|(k, v)| (*k, *v))
         .collect();
-    let mut out = Synced {
-        removed: remove(&mut dp, &stale)?,
-        ..Default::default()
-    };
-    for p in want {
-        let all_there = (p.host_first..=p.host_last).all(|port| {
-            let k = key(p.host_addr, port, p.proto);
-            have.contains_key(&k) && !stale.iter().any(|(s, _)| *s == k)
-        });
-        if all_there {
-            continue;
-        }
-        match insert(&mut dp.maps, p, owner) {
-            Ok(_) => out.added.push(*p),
-            Err(e) => out.failed.push((*p, format!("{e:#}"))),
-        }
-    }
-    Ok(out)
+    let missing = want
+        .iter()
+        .filter(|p| {
+            !(p.host_first..=p.host_last).all(|port| {
+                let k = key(p.host_addr, port, p.proto);
+                have.contains_key(&k) && !stale.iter().any(|(s, _)| *s == k)
+            })
+        })
+        .copied()
+        .collect();
+    (stale, missing)
 }
 
 /// What `unpublish` removed.
@@ -350,7 +370,7 @@ fn runs(keys: &[(PubKey4, PubVal4)]) -> Vec<conntrack::Published> {
     sorted.sort_unstable();
     let mut out: Vec<conntrack::Published> = Vec::new();
     for (addr_be, proto, port) in sorted {
-        let addr = plan::from_be(addr_be);
+        let addr = codec::from_be(addr_be);
         match out.last_mut() {
             Some(r)
                 if r.addr == addr
@@ -371,8 +391,7 @@ fn runs(keys: &[(PubKey4, PubVal4)]) -> Vec<conntrack::Published> {
 }
 
 /// `unpublish [HOST_IP:]HOST_PORT[-END][/PROTO]`.
-pub fn unpublish(host: &str) -> Result<Unpublished> {
-    let h = plan::parse_port_spec(host, false, true)?;
+pub fn unpublish(h: &PortSpec) -> Result<Unpublished> {
     let _lock = state::lock(false)?;
     let (_, mut dp) = Datapath::open_current()?;
     let proto = h.proto_or_tcp();
@@ -410,14 +429,14 @@ pub fn list() -> Result<Vec<Mapping>> {
     for (k, v) in maps.published()? {
         let traffic = |kind| maps.traffic(counter_scope::PUBLISH, v.id, kind);
         out.push(Mapping {
-            host_ip: (k.addr_be != 0).then(|| plan::from_be(k.addr_be)),
+            host_ip: (k.addr_be != 0).then(|| codec::from_be(k.addr_be)),
             host_port: u16::from_be(k.port_be),
             proto: proto_name(k.proto),
-            container_ip: plan::from_be(v.target_be),
+            container_ip: codec::from_be(v.target_be),
             container_port: u16::from_be(v.target_port_be),
             network: networks
                 .get(&v.net_id)
-                .map(|n| plan::ifname_from_bytes(&n.bridge_name))
+                .map(|n| codec::ifname_from_bytes(&n.bridge_name))
                 .unwrap_or_default(),
             to_container: traffic(counter_kind::PUB_IN)?,
             from_container: traffic(counter_kind::PUB_OUT)?,
@@ -429,21 +448,132 @@ pub fn list() -> Result<Vec<Mapping>> {
 
 /// `ports` as a table.
 pub fn render(maps: &[Mapping]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::from(
-        "HOST                     CONTAINER              NETWORK          TO-CONTAINER             FROM-CONTAINER\n",
-    );
-    for m in maps {
-        let _ = writeln!(
-            s,
-            "{:<24} {:<22} {:<16} {:<24} {} pkts {} B",
-            m.host(),
-            format!("{}:{}", m.container_ip, m.container_port),
-            m.network,
-            format!("{} pkts {} B", m.to_container.packets, m.to_container.bytes),
-            m.from_container.packets,
-            m.from_container.bytes
-        );
+    let rows: Vec<Vec<String>> = maps
+        .iter()
+        .map(|m| {
+            vec![
+                m.host(),
+                format!("{}:{}", m.container_ip, m.container_port),
+                m.network.clone(),
+                format!("{} pkts {} B", m.to_container.packets, m.to_container.bytes),
+                format!(
+                    "{} pkts {} B",
+                    m.from_container.packets, m.from_container.bytes
+                ),
+            ]
+        })
+        .collect();
+    table::render(
+        &[
+            "HOST",
+            "CONTAINER",
+            "NETWORK",
+            "TO-CONTAINER",
+            "FROM-CONTAINER",
+        ],
+        &rows,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ports(addr: Option<&str>, first: u16, last: u16, proto: u8, target: &str) -> Ports {
+        Ports {
+            host_addr: addr.map(|a| a.parse().unwrap()),
+            host_first: first,
+            host_last: last,
+            proto,
+            target: target.parse().unwrap(),
+            target_first: 80,
+        }
     }
-    s
+
+    fn entries(p: &Ports, owner: u16) -> Vec<(PubKey4, PubVal4)> {
+        (p.host_first..=p.host_last)
+            .enumerate()
+            .map(|(i, port)| {
+                (
+                    key(p.host_addr, port, p.proto),
+                    PubVal4 {
+                        target_be: codec::be(p.target),
+                        target_port_be: (p.target_first + i as u16).to_be(),
+                        owner,
+                        net_id: 1,
+                        id: i as u32 + 1,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn conflicts_per_port_and_protocol() {
+        let existing = entries(&ports(None, 8080, 8089, 6, "10.0.0.2"), owner::USER);
+        let why = conflict(&existing, &ports(None, 8085, 8085, 6, "10.0.0.3")).unwrap();
+        assert_eq!(
+            why,
+            "host port 8085/tcp is already published (to 10.0.0.2:85)"
+        );
+        // Every address vs one address, both ways.
+        assert!(
+            conflict(
+                &existing,
+                &ports(Some("198.18.0.1"), 8080, 8080, 6, "10.0.0.3")
+            )
+            .is_some()
+        );
+        let on_addr = entries(
+            &ports(Some("198.18.0.1"), 9000, 9000, 6, "10.0.0.2"),
+            owner::USER,
+        );
+        assert!(conflict(&on_addr, &ports(None, 9000, 9000, 6, "10.0.0.3")).is_some());
+        assert!(
+            conflict(
+                &on_addr,
+                &ports(Some("198.18.0.1"), 9000, 9000, 6, "10.0.0.3")
+            )
+            .is_some()
+        );
+        // Another address, another protocol, another port: free.
+        assert!(
+            conflict(
+                &on_addr,
+                &ports(Some("127.0.0.1"), 9000, 9000, 6, "10.0.0.3")
+            )
+            .is_none()
+        );
+        assert!(conflict(&existing, &ports(None, 8080, 8089, 17, "10.0.0.3")).is_none());
+        assert!(conflict(&existing, &ports(None, 8090, 8099, 6, "10.0.0.3")).is_none());
+    }
+
+    #[test]
+    fn sync_owned_touches_only_its_owners_mappings() {
+        let keep = ports(None, 8080, 8080, 6, "10.0.0.2");
+        let moved = ports(None, 8081, 8081, 6, "10.0.0.3");
+        let gone = ports(None, 8082, 8082, 17, "10.0.0.4");
+        let users = ports(None, 9000, 9000, 6, "10.0.0.9");
+        let mut have = entries(&keep, owner::DOCKER);
+        have.extend(entries(&moved, owner::DOCKER));
+        have.extend(entries(&gone, owner::DOCKER));
+        have.extend(entries(&users, owner::USER));
+        let moved_now = ports(None, 8081, 8081, 6, "10.0.0.5");
+        let new = ports(None, 8083, 8083, 6, "10.0.0.6");
+        let (stale, missing) = owned_changes(owner::DOCKER, &have, &[keep, moved_now, new]);
+        let stale_ports: Vec<u16> = stale.iter().map(|(k, _)| u16::from_be(k.port_be)).collect();
+        assert_eq!(stale_ports, vec![8081, 8082]);
+        assert_eq!(missing, vec![moved_now, new]);
+        // Nothing wanted: all of its own go, the user's stay.
+        let (stale, missing) = owned_changes(owner::DOCKER, &have, &[]);
+        assert_eq!(stale.len(), 3);
+        assert!(missing.is_empty());
+        // Runs of consecutive ports make one flush pass each.
+        let r = runs(&entries(
+            &ports(None, 7000, 7009, 6, "10.0.0.2"),
+            owner::USER,
+        ));
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].first, r[0].last), (7000, 7009));
+    }
 }

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::{
-    Array, HashMap, Map, MapData, MapError, PerCpuHashMap,
+    Array, HashMap, Map, MapData, PerCpuHashMap,
     lpm_trie::{Key, LpmTrie},
 };
 use ipnet::Ipv4Net;
@@ -171,16 +171,29 @@ pub struct Lock(#[allow(dead_code)] std::fs::File);
 /// Takes the lock. `mount`: mount bpffs if needed (commands that create
 /// state); otherwise, without bpffs there is no state and no lock is needed.
 pub fn lock(mount: bool) -> Result<Option<Lock>> {
-    lock_with(mount, libc::LOCK_EX).map(|l| l.map(|l| l.expect("blocking lock")))
+    let Some(dir) = lock_file(mount)? else {
+        return Ok(None);
+    };
+    dir.lock().context("locking netpath state")?;
+    Ok(Some(Lock(dir)))
 }
 
 /// Takes the lock when it is free: `Ok(Some(None))` when another command
 /// holds it (the daemon retries later instead of blocking).
 pub fn try_lock() -> Result<Option<Option<Lock>>> {
-    lock_with(false, libc::LOCK_EX | libc::LOCK_NB)
+    let Some(dir) = lock_file(false)? else {
+        return Ok(None);
+    };
+    match dir.try_lock() {
+        Ok(()) => Ok(Some(Some(Lock(dir)))),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(Some(None)),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).context("locking netpath state"),
+    }
 }
 
-fn lock_with(mount: bool, op: libc::c_int) -> Result<Option<Option<Lock>>> {
+/// The base directory, opened to be locked (an flock, released when the
+/// file is closed); `None` without bpffs unless `mount`.
+fn lock_file(mount: bool) -> Result<Option<std::fs::File>> {
     if mount {
         netns::ensure_bpffs()?;
     } else if !netns::bpffs_mounted() {
@@ -188,30 +201,12 @@ fn lock_with(mount: bool, op: libc::c_int) -> Result<Option<Option<Lock>>> {
     }
     let base = StateDir::base();
     std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
-    let dir = std::fs::File::open(&base).with_context(|| format!("opening {}", base.display()))?;
-    // SAFETY: flock on a valid fd; released when the file is closed.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), op) } != 0 {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Ok(Some(None));
-        }
-        return Err(err).context("locking netpath state");
-    }
-    Ok(Some(Some(Lock(dir))))
+    std::fs::File::open(&base)
+        .with_context(|| format!("opening {}", base.display()))
+        .map(Some)
 }
 
-/// Whether a map error means "no such key". Deleting a key someone else
-/// (the datapath, the daemon's sweeper) removed meanwhile reports ENOENT
-/// from the syscall rather than `KeyNotFound`.
-pub fn is_missing(e: &MapError) -> bool {
-    match e {
-        MapError::KeyNotFound => true,
-        MapError::SyscallError(aya::sys::SyscallError { io_error, .. }) => {
-            io_error.raw_os_error() == Some(libc::ENOENT)
-        }
-        _ => false,
-    }
-}
+pub use crate::tables::is_missing;
 
 /// Typed handles on the pinned maps.
 pub struct Maps {
@@ -388,7 +383,7 @@ impl Maps {
         Ok(self
             .networks()?
             .into_iter()
-            .find(|(_, i)| crate::plan::ifname_from_bytes(&i.bridge_name) == name))
+            .find(|(_, i)| crate::codec::ifname_from_bytes(&i.bridge_name) == name))
     }
 
     /// Every conntrack entry (both directions).

@@ -12,9 +12,10 @@ use serde::Serialize;
 
 use crate::{
     attach::{Datapath, attached_program_ids},
-    netns,
-    plan::{self, NetworkSpec},
+    codec, netns,
     plumbing::Netlink,
+    reconcile,
+    spec::NetworkSpec,
     state::{Dir, Maps, StateDir, Traffic},
     table,
 };
@@ -156,7 +157,7 @@ pub async fn status() -> Result<Status> {
     let mut dp = Datapath::open_or_load(&state)?;
     out.conntrack = Some(conntrack_status(&state, &mut dp)?);
     out.daemon = Some(daemon_status(cookie)?);
-    out.warnings = crate::ops::address_conflicts(&nl, &dp.maps)
+    out.warnings = reconcile::address_conflicts(&nl, &dp.maps)
         .await?
         .into_iter()
         .map(|c| format!("{c}: egress to it breaks"))
@@ -214,9 +215,9 @@ pub async fn status() -> Result<Status> {
                 .to_owned(),
             network: networks
                 .get(&info.net_id)
-                .map(|n| plan::ifname_from_bytes(&n.bridge_name)),
-            address: (info.ipv4_be != 0).then(|| plan::from_be(info.ipv4_be).to_string()),
-            mac: (info.mac != [0; 6]).then(|| plan::fmt_mac(&info.mac)),
+                .map(|n| codec::ifname_from_bytes(&n.bridge_name)),
+            address: (info.ipv4_be != 0).then(|| codec::from_be(info.ipv4_be).to_string()),
+            mac: (info.mac != [0; 6]).then(|| codec::fmt_mac(&info.mac)),
             binding: binding.map(str::to_owned),
             ingress_prog_ids: progs(Dir::Ingress),
             egress_prog_ids: progs(Dir::Egress),

@@ -64,7 +64,7 @@ pub fn detach_pinned_link(path: &Path) -> Result<()> {
 /// the thread is the process. Children start with an empty mask (std's
 /// `Command` resets it), so the daemon `up` starts is not affected. SIGKILL
 /// cannot be held: the next command repairs what an interrupted resize
-/// left (`ops::repair_resize`).
+/// left (`resize::repair`).
 pub struct HoldSignals(libc::sigset_t);
 
 impl HoldSignals {

@@ -1,12 +1,12 @@
-//! The e2e tests' side of [`netpath::dockerlab`]: whether dockerd can run,
+//! The e2e tests' side of [`netpath::lab::dockerlab`]: whether dockerd can run,
 //! and a panicking `docker` for test code.
 
-pub use netpath::dockerlab::{Dockerd, IMAGE};
+pub use netpath::lab::dockerlab::{Dockerd, IMAGE};
 
 /// Whether dockerd can run here; prints why not. Under CI a missing
 /// dockerd is a failure, not a skip (`.ci/run` installs docker.io).
 pub fn available() -> bool {
-    let Some(bin) = netpath::dockerlab::missing() else {
+    let Some(bin) = netpath::lab::dockerlab::missing() else {
         return true;
     };
     assert!(

@@ -1,5 +1,5 @@
 //! Shared namespace harness for netpath's integration tests: runs the real
-//! `netpath` binary against throw-away namespaces (see `netpath::topology`,
+//! `netpath` binary against throw-away namespaces (see `netpath::lab::topology`,
 //! which removes them on drop, also when a test panics), queries TCX
 //! attachments independently of netpath's own status, and snapshots a
 //! namespace so a test can assert that nothing changed.
@@ -18,19 +18,35 @@ use std::{
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
-pub use netpath::topology::{self, Lab, Netns};
+pub use netpath::lab::topology::{self, Lab, Netns};
 
 /// The binary under test.
 pub const NETPATH: &str = env!("CARGO_BIN_EXE_netpath");
 
-/// Returns false (after printing why) when the tests cannot run here.
+/// Returns false (after printing why) when the tests cannot run here. Under
+/// CI (`CI=true`) a test that cannot run fails instead: a skipped tier must
+/// not pass as green.
 pub fn can_run() -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "netpath integration tests need root (namespaces, BPF), and CI=true says they must run"
+        );
         eprintln!("SKIP: netpath integration tests need root (namespaces, BPF)");
         return false;
     }
     true
+}
+
+/// Held by tests that flood or time gaps (a SYN flood, a zero-loss probe,
+/// the quick benchmark): on two cores, two of them at once would measure
+/// each other. Poison (a failed holder) does not stop the others.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Skips the calling test (with a printed reason) when it cannot run here.

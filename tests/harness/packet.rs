@@ -1,11 +1,11 @@
 //! Crafted Ethernet/IPv4 frames for BPF_PROG_TEST_RUN (built by
-//! `netpath::frames`), and checks of what comes out: fields and checksums
+//! `netpath::lab::frames`), and checks of what comes out: fields and checksums
 //! computed from scratch (independently of the datapath's incremental
 //! updates).
 
 use std::net::Ipv4Addr;
 
-pub use netpath::frames::{
+pub use netpath::lab::frames::{
     ETH, ICMP, TCP, UDP, checksum, echo, frame, icmp, ipv4_header, l4_valid, tcp, udp, valid,
 };
 

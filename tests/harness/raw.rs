@@ -9,13 +9,13 @@ use std::{
 
 use super::Netns;
 
-use netpath::frames::RawSocket;
-pub use netpath::frames::{arp, tagged, with_macs};
+use netpath::lab::frames::RawSocket;
+pub use netpath::lab::frames::{arp, tagged, with_macs};
 
 /// The MAC of `ifname` in `ns`.
 pub fn mac_of(ns: &Netns, ifname: &str) -> [u8; 6] {
     let ifname = ifname.to_owned();
-    ns.run(move || netpath::frames::mac_of(&ifname))
+    ns.run(move || netpath::lab::frames::mac_of(&ifname))
         .expect("thread in the namespace")
         .expect("MAC address")
 }

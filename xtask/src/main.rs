@@ -176,12 +176,12 @@ fn cargo_test(args: &[String], variant: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether `program` is on PATH or in an sbin directory.
 fn have(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
-        || ["/usr/sbin", "/sbin"]
-            .iter()
-            .any(|d| Path::new(d).join(program).is_file())
+    let mut dirs: Vec<PathBuf> =
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
+    dirs.extend(["/usr/sbin", "/sbin"].map(PathBuf::from));
+    which::which_in(program, std::env::join_paths(dirs).ok(), "/").is_ok()
 }
 
 fn output(cmd: &mut Command) -> Result<String> {

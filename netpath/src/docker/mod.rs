@@ -18,10 +18,15 @@ use bollard::{
 use futures::StreamExt as _;
 use netpath_common::{net_flags, owner};
 
+use tracing::{info, warn};
+
 use crate::{
-    daemon::{self, log},
-    endpoint, ops, plan, publish,
+    codec, daemon,
+    down::{self, DownTarget},
+    endpoint, events, publish,
+    spec::{NetworkOptions, NetworkSpec},
     state::Maps,
+    up::{self, UpArgs},
 };
 
 /// Options of `netpath docker`.
@@ -176,22 +181,26 @@ pub async fn reconcile(docker: &Docker, opts: &Options) -> Result<Report> {
         ..Default::default()
     };
     report.problems.extend(want.skipped.iter().cloned());
-    let args: Vec<ops::UpArgs> = want
-        .nets
-        .iter()
-        .map(|n| ops::UpArgs {
-            bridge: n.bridge.clone(),
-            subnet: n.subnet.to_string(),
-            gateway: n.gateway.map(|g| g.to_string()),
-            uplinks: opts.uplinks.clone(),
-            masquerade: n.masquerade,
-            icc: n.icc,
-            internal: n.internal,
-            gateway_mode: n.gateway_mode,
-            cgroup: opts.cgroup.clone(),
-            docker: true,
-        })
-        .collect();
+    // dockerd's networks as netpath network specs (one it cannot take,
+    // such as a subnet netpath refuses, is a problem, not a stop).
+    let mut args: Vec<UpArgs> = Vec::new();
+    for n in &want.nets {
+        match NetworkSpec::new(&n.bridge, n.subnet, n.gateway) {
+            Ok(spec) => args.push(UpArgs {
+                spec,
+                options: NetworkOptions {
+                    masquerade: n.masquerade,
+                    icc: n.icc,
+                    internal: n.internal,
+                    gateway_mode: n.gateway_mode,
+                    docker: true,
+                },
+                uplinks: opts.uplinks.clone(),
+                cgroup: opts.cgroup.clone(),
+            }),
+            Err(e) => report.problems.push(format!("network {}: {e:#}", n.name)),
+        }
+    }
 
     // Networks: dockerd's that went (or changed) go down first, so a
     // re-created network may take the subnet back.
@@ -201,13 +210,13 @@ pub async fn reconcile(docker: &Docker, opts: &Options) -> Result<Report> {
             if info.flags & net_flags::DOCKER == 0 {
                 continue;
             }
-            let bridge = plan::ifname_from_bytes(&info.bridge_name);
-            let keep = match args.iter().find(|a| a.bridge == bridge) {
+            let bridge = codec::ifname_from_bytes(&info.bridge_name);
+            let keep = match args.iter().find(|a| a.spec.bridge == bridge) {
                 Some(a) => a.is_recorded(maps).unwrap_or(false),
                 None => false,
             };
             if !keep {
-                match ops::down(&ops::DownTarget::Bridge(bridge.clone())).await {
+                match down::down(&DownTarget::Bridge(bridge.clone())).await {
                     Ok(_) => report.networks_down.push(bridge),
                     Err(e) => report.problems.push(format!("down {bridge}: {e:#}")),
                 }
@@ -216,20 +225,31 @@ pub async fn reconcile(docker: &Docker, opts: &Options) -> Result<Report> {
     }
     let current = Maps::open_current().ok().map(|(_, m)| m);
     let mut any_up = current.is_some();
-    for a in &args {
-        let recorded = match &current {
-            Some(m) => a.is_recorded(m).unwrap_or(false),
-            None => false,
-        };
-        if recorded {
-            continue;
-        }
-        match ops::up(a).await {
-            Ok(_) => {
-                any_up = true;
-                report.networks_up.push(a.bridge.clone());
+    // The networks not up as dockerd has them, brought up together: one
+    // lock and one reconcile for all.
+    let missing: Vec<UpArgs> = args
+        .iter()
+        .filter(|a| {
+            !current
+                .as_ref()
+                .is_some_and(|m| a.is_recorded(m).unwrap_or(false))
+        })
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        match up::up_many(&missing).await {
+            Ok(results) => {
+                for (a, r) in missing.iter().zip(results) {
+                    match r {
+                        Ok(_) => {
+                            any_up = true;
+                            report.networks_up.push(a.spec.bridge.clone());
+                        }
+                        Err(e) => report.problems.push(format!("up {}: {e:#}", a.spec.bridge)),
+                    }
+                }
             }
-            Err(e) => report.problems.push(format!("up {}: {e:#}", a.bridge)),
+            Err(e) => report.problems.push(format!("up: {e:#}")),
         }
     }
     drop(current);
@@ -271,6 +291,11 @@ pub async fn reconcile(docker: &Docker, opts: &Options) -> Result<Report> {
     Ok(report)
 }
 
+/// How long a burst of dockerd's events may pause before the reconcile,
+/// and how long it waits for one to end at most.
+const BURST_QUIET: Duration = Duration::from_millis(50);
+const BURST_LIMIT: Duration = Duration::from_secs(2);
+
 /// Events after which dockerd's networking may differ.
 fn relevant(ev: &bollard::models::EventMessage) -> bool {
     use bollard::models::EventMessageTypeEnum as T;
@@ -287,13 +312,14 @@ async fn reconcile_and_log(docker: &Docker, opts: &Options, why: &str) -> Result
     let r = reconcile(docker, opts).await?;
     let lines = r.lines();
     if !lines.is_empty() || opts.once {
-        log(format_args!(
-            "reconciled ({why}) in {} ms",
-            started.elapsed().as_millis()
-        ));
+        info!("reconciled ({why}) in {} ms", started.elapsed().as_millis());
     }
     for l in lines {
-        println!("  {l}");
+        if l.starts_with("problem: ") {
+            warn!("  {l}");
+        } else {
+            info!("  {l}");
+        }
     }
     Ok(())
 }
@@ -303,7 +329,7 @@ async fn reconcile_and_log(docker: &Docker, opts: &Options, why: &str) -> Result
 /// each time it gets through.
 pub async fn run(opts: Options) -> Result<()> {
     socket_path(&opts.host)?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut stop = events::Stop::new()?;
     let mut waiting_said = false;
     loop {
         let docker = match connect(&opts.host).await {
@@ -311,12 +337,11 @@ pub async fn run(opts: Options) -> Result<()> {
             Err(e) if opts.once => return Err(e),
             Err(e) => {
                 if !waiting_said {
-                    log(format_args!("waiting for dockerd: {e:#}"));
+                    info!("waiting for dockerd: {e:#}");
                     waiting_said = true;
                 }
                 tokio::select! {
-                    _ = term.recv() => return Ok(()),
-                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                    _ = stop.recv() => return Ok(()),
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
             }
@@ -335,7 +360,7 @@ pub async fn run(opts: Options) -> Result<()> {
             vec!["container".to_owned(), "network".to_owned()],
         )]
         .into();
-        let mut events = docker.events(Some(EventsOptions {
+        let mut stream = docker.events(Some(EventsOptions {
             since: Some(format!("{}.{:09}", since.as_secs(), since.subsec_nanos())),
             filters: Some(filters),
             ..Default::default()
@@ -344,17 +369,16 @@ pub async fn run(opts: Options) -> Result<()> {
             return reconcile_and_log(&docker, &opts, "once").await;
         }
         if let Err(e) = reconcile_and_log(&docker, &opts, "start").await {
-            log(format_args!("reconcile failed: {e:#}"));
+            warn!("reconcile failed: {e:#}");
         }
         let mut resync = tokio::time::interval(opts.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resync.tick().await;
         loop {
             let why = tokio::select! {
-                _ = term.recv() => return Ok(()),
-                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = stop.recv() => return Ok(()),
                 _ = resync.tick() => "resync".to_owned(),
-                ev = events.next() => match ev {
+                ev = stream.next() => match ev {
                     Some(Ok(ev)) if relevant(&ev) => {
                         let first = format!(
                             "{} {}",
@@ -366,25 +390,24 @@ pub async fn run(opts: Options) -> Result<()> {
                                 .map_or("", String::as_str)
                         );
                         // Events come in bursts (connect, start…): let the
-                        // burst end, then reconcile once.
-                        while let Ok(Some(Ok(_))) =
-                            tokio::time::timeout(Duration::from_millis(50), events.next()).await
-                        {}
+                        // burst end, then reconcile once (an ended stream
+                        // shows on the next poll).
+                        events::settle(&mut stream, BURST_QUIET, BURST_LIMIT).await;
                         first
                     }
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => {
-                        log(format_args!("dockerd's event stream failed: {e}"));
+                        warn!("dockerd's event stream failed: {e}");
                         break;
                     }
                     None => {
-                        log(format_args!("dockerd's event stream ended"));
+                        info!("dockerd's event stream ended");
                         break;
                     }
                 },
             };
             if let Err(e) = reconcile_and_log(&docker, &opts, &why).await {
-                log(format_args!("reconcile failed: {e:#}"));
+                warn!("reconcile failed: {e:#}");
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Foundation: `netpath up/down/status` against real namespaces and traffic.
 
-mod harness;
+use crate::harness;
 
 use harness::{
     Lab, NETPATH, Netns, addr, iface, lab_up, netpath, netpath_ok, snapshot, status, tcx_programs,
@@ -419,14 +419,7 @@ fn up_replaces_programs_in_place_and_keeps_maps() {
     // Without the daemon: it would repair the swapped program first (which
     // is fine, but this test is about what `up` does).
     let lab = harness::lab_up_with(Lab::new(NETPATH).unwrap(), &["--no-daemon"]);
-    topology::tcp_echo(
-        &lab.ext,
-        addr("0.0.0.0", 8001),
-        &lab.c1,
-        addr(Lab::EXT, 8001),
-        b"before upgrade",
-    )
-    .unwrap();
+    lab.tcp_out(&lab.c1, 8001).unwrap();
     let before = status(&lab.host);
     let (link_id_before, maps_before) = lab
         .host

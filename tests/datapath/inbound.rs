@@ -7,7 +7,7 @@
 //! address U. Networks: 1 = 172.30.0.0/24 (nat), 2 = 172.31.0.0/24
 //! (routed), 3 = 172.29.0.0/24 (nat, masquerade off).
 
-mod harness;
+use crate::harness;
 
 use std::net::Ipv4Addr;
 
@@ -17,9 +17,10 @@ use harness::{
 };
 use netpath::{
     attach::Datapath,
+    codec,
     filter::{self, HostPort, Selectors, Target, Verdict},
-    plan,
     publish::{self, Ports},
+    spec,
     state::Dir,
 };
 use netpath_common::{
@@ -42,17 +43,18 @@ fn datapath(pins: &std::path::Path) -> Datapath {
     let mut dp = Datapath::load_with_pins(pins).expect("loading");
     let uplink = IfaceInfo {
         role: IfaceRole::Uplink as u32,
-        ipv4_be: plan::be(U),
+        ipv4_be: codec::be(U),
         ..Default::default()
     };
     dp.maps.ifaces.insert(LO, uplink, 0).unwrap();
-    dp.maps.hostaddrs4.insert(plan::be(U), LO, 0).unwrap();
+    dp.maps.hostaddrs4.insert(codec::be(U), LO, 0).unwrap();
     for (id, subnet, flags) in [
         (1, "172.30.0.0/24", 0),
         (2, "172.31.0.0/24", GatewayMode::Routed.flags()),
         (3, "172.29.0.0/24", net_flags::NO_MASQUERADE),
     ] {
-        let spec = plan::network_spec(&format!("np{id}"), subnet, None).unwrap();
+        let spec =
+            spec::NetworkSpec::new(&format!("np{id}"), subnet.parse().unwrap(), None).unwrap();
         dp.maps
             .networks
             .insert(id, spec.to_info(90 + id, flags), 0)
@@ -60,7 +62,7 @@ fn datapath(pins: &std::path::Path) -> Datapath {
         dp.maps.add_subnet(spec.subnet, id).unwrap();
         dp.maps
             .hostaddrs4
-            .insert(plan::be(spec.gateway), 90 + id, 0)
+            .insert(codec::be(spec.gateway), 90 + id, 0)
             .unwrap();
     }
     dp
@@ -95,8 +97,8 @@ fn uplink_drops(dp: &Datapath, why: DropReason) -> u64 {
 
 fn key(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> CtKey4 {
     CtKey4::new(
-        plan::be(src),
-        plan::be(dst),
+        codec::be(src),
+        codec::be(dst),
         sport.to_be(),
         dport.to_be(),
         proto,

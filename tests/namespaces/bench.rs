@@ -1,14 +1,16 @@
 //! `netpath bench --quick`: every arm runs every workload at least five
-//! times, takes its own path (counters prove it), and the table and JSON
-//! come out. (Performance is measured by the benchmark, never asserted here.)
+//! times, takes its own path (counters prove it), the daemon's cost is
+//! measured, and the table and JSON come out. (Performance is measured by
+//! the benchmark, never asserted here.)
 
-mod harness;
+use crate::harness;
 
 use harness::NETPATH;
 
 #[test]
 fn quick_bench_runs_every_arm_and_proves_its_path() {
     require_root!();
+    let _heavy = harness::exclusive();
     let out = std::env::temp_dir().join(format!("netpath-bench-test-{}", std::process::id()));
     let r = std::process::Command::new(NETPATH)
         .args(["bench", "--quick", "--out"])
@@ -53,6 +55,27 @@ fn quick_bench_runs_every_arm_and_proves_its_path() {
             .count();
         assert!(n >= 5, "{arm}: {n} samples");
     }
+    // The daemon's rows: measured (a process's CPU time, so some), and the
+    // bounded flood reached the table without evicting anything.
+    let daemon = json["daemon"].as_array().unwrap();
+    let rows: Vec<&str> = daemon
+        .iter()
+        .map(|d| d["workload"].as_str().unwrap())
+        .collect();
+    assert_eq!(rows, ["idle", "live flows", "SYN flood"]);
+    for d in daemon {
+        assert!(
+            d["cpu_pct"].as_f64().unwrap() >= 0.0 && d["rss_kib"].as_u64().unwrap() > 0,
+            "{d}"
+        );
+        assert_eq!(d["evicted"], 0, "{d}");
+    }
+    assert!(
+        daemon[1]["load"].as_str().unwrap().starts_with("20"),
+        "{}",
+        daemon[1]
+    );
+    assert!(stdout.contains("**The daemon**"), "{stdout}");
     assert!(
         std::fs::read_to_string(out.join("bench.svg"))
             .unwrap()

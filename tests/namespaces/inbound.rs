@@ -5,7 +5,7 @@
 //! clients, other networks and host processes, and a flood of refused
 //! packets that leaks nothing while real flows carry on.
 
-mod harness;
+use crate::harness;
 
 use std::{
     net::Ipv4Addr,
@@ -93,24 +93,10 @@ fn direct_routing_reaches_only_what_the_gateway_mode_allows() {
         "ping the container"
     );
     assert!(drops(&lab.host, Lab::BRIDGE, "drop_direct_routing") >= 4);
-    let seen = topology::tcp_echo(
-        &lab.c1,
-        addr("0.0.0.0", 80),
-        &lab.ext,
-        addr(Lab::UPLINK, 8080),
-        b"published",
-    )
-    .unwrap();
+    let seen = lab.tcp_in(&lab.c1, 80, addr(Lab::UPLINK, 8080)).unwrap();
     assert_eq!(seen.ip().to_string(), Lab::EXT);
     // The container's own flows still come back (masqueraded).
-    let seen = topology::tcp_echo(
-        &lab.ext,
-        addr("0.0.0.0", 7000),
-        &lab.c1,
-        addr(Lab::EXT, 7000),
-        b"out",
-    )
-    .unwrap();
+    let seen = lab.tcp_out(&lab.c1, 7000).unwrap();
     assert_eq!(seen.ip().to_string(), Lab::UPLINK);
 
     // routed: no masquerade; published container ports and ping come in.
@@ -120,14 +106,7 @@ fn direct_routing_reaches_only_what_the_gateway_mode_allows() {
     topology::ping(&lab.ext, Lab::C1).unwrap();
     blocked(tcp_to(2222, Lab::C1), "routed: TCP to an unpublished port");
     assert!(drops(&lab.host, Lab::BRIDGE, "drop_not_published") >= 1);
-    let seen = topology::tcp_echo(
-        &lab.ext,
-        addr("0.0.0.0", 7001),
-        &lab.c1,
-        addr(Lab::EXT, 7001),
-        b"out",
-    )
-    .unwrap();
+    let seen = lab.tcp_out(&lab.c1, 7001).unwrap();
     assert_eq!(
         seen.ip().to_string(),
         Lab::C1,
@@ -148,14 +127,7 @@ fn masquerade_off_keeps_addresses_and_still_refuses_new_inbound_flows() {
     require_root!();
     let lab = lab_up_with(Lab::new(NETPATH).unwrap(), &["--masquerade=false"]);
     route_subnet_via_host(&lab);
-    let seen = topology::tcp_echo(
-        &lab.ext,
-        addr("0.0.0.0", 7100),
-        &lab.c1,
-        addr(Lab::EXT, 7100),
-        b"out",
-    )
-    .unwrap();
+    let seen = lab.tcp_out(&lab.c1, 7100).unwrap();
     assert_eq!(seen.ip().to_string(), Lab::C1);
     topology::udp_echo(
         &lab.ext,
@@ -167,13 +139,7 @@ fn masquerade_off_keeps_addresses_and_still_refuses_new_inbound_flows() {
     .unwrap();
     topology::ping(&lab.c1, Lab::EXT).unwrap();
     blocked(
-        topology::tcp_echo(
-            &lab.c1,
-            addr("0.0.0.0", 7102),
-            &lab.ext,
-            addr(Lab::C1, 7102),
-            b"in",
-        ),
+        lab.tcp_in(&lab.c1, 7102, addr(Lab::C1, 7102)),
         "a plain connect() from outside",
     );
     assert!(drops(&lab.host, Lab::BRIDGE, "drop_direct_routing") >= 1);
@@ -379,7 +345,7 @@ fn containers_cannot_tag_frames_speak_ipv6_or_claim_the_gateway() {
     );
     std::thread::sleep(Duration::from_millis(200));
     let neigh = lab.c2.ip(&["neigh", "show", Lab::GATEWAY]).unwrap();
-    let gw_mac_s = netpath::plan::fmt_mac(&gw_mac);
+    let gw_mac_s = netpath::codec::fmt_mac(&gw_mac);
     assert!(
         neigh.contains(&gw_mac_s),
         "c2's entry for the gateway moved: {neigh}"
@@ -490,13 +456,7 @@ fn filter_rules_restrict_published_ports_for_every_kind_of_client() {
     netpath_ok(&lab.host, &["filter", "add", "--port", "8080/tcp", "deny"]);
 
     blocked(
-        topology::tcp_echo(
-            &lab.c1,
-            addr("0.0.0.0", 80),
-            &lab.ext,
-            addr(Lab::UPLINK, 8080),
-            b"x",
-        ),
+        lab.tcp_in(&lab.c1, 80, addr(Lab::UPLINK, 8080)),
         "an external client outside 10/8",
     );
     blocked(
@@ -534,14 +494,7 @@ fn filter_rules_restrict_published_ports_for_every_kind_of_client() {
 
     // Without the deny rule everyone is back.
     netpath_ok(&lab.host, &["filter", "del", "--port", "8080/tcp"]);
-    topology::tcp_echo(
-        &lab.c1,
-        addr("0.0.0.0", 80),
-        &lab.ext,
-        addr(Lab::UPLINK, 8080),
-        b"x",
-    )
-    .unwrap();
+    lab.tcp_in(&lab.c1, 80, addr(Lab::UPLINK, 8080)).unwrap();
 
     // Bad input: one line, exit 1, nothing changed.
     for (args, want) in [
@@ -603,6 +556,7 @@ fn tx_dropped(ns: &Netns, ifname: &str) -> u64 {
 #[test]
 fn a_flood_of_refused_packets_leaks_nothing_and_real_flows_carry_on() {
     require_root!();
+    let _heavy = harness::exclusive();
     let lab = lab_up();
     route_subnet_via_host(&lab);
     netpath_ok(

@@ -9,14 +9,14 @@
 
 use std::{
     collections::BTreeSet,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::topology::Netns;
+use crate::lab::topology::Netns;
 
 /// The tiny image [`Dockerd::import_image`] makes.
 pub const IMAGE: &str = "npbox:1";
@@ -28,13 +28,13 @@ pub fn missing() -> Option<&'static str> {
         .find(|b| which(b).is_none())
 }
 
-fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .chain(["/usr/sbin", "/sbin"])
-        .map(|d| Path::new(d).join(bin))
-        .find(|p| p.is_file())
+/// `bin` on PATH, or in the sbin directories a non-login root shell may
+/// lack.
+pub fn which(bin: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> =
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
+    dirs.extend(["/usr/sbin", "/sbin"].map(PathBuf::from));
+    which::which_in(bin, std::env::join_paths(dirs).ok(), "/").ok()
 }
 
 /// cgroup directories (v1 hierarchies and the v2 mount) whose name is one of
@@ -170,7 +170,7 @@ impl Dockerd {
             "hello from a container of a real dockerd\n",
         )?;
         let tar = self.dir.join("rootfs.tar");
-        crate::topology::run(
+        crate::lab::topology::run(
             Command::new("tar")
                 .arg("-C")
                 .arg(&root)

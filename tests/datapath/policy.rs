@@ -5,7 +5,7 @@
 //! Loopback (ifindex 1, BPF_PROG_TEST_RUN's skb->dev) plays a port of
 //! network 1 (172.30.0.0/24); network 2 is 172.31.0.0/24.
 
-mod harness;
+use crate::harness;
 
 use std::net::Ipv4Addr;
 
@@ -13,7 +13,7 @@ use harness::{
     packet::{self, TCP, UDP, frame},
     testrun::{LO, SHOT, TCX_NEXT, counter, drops, in_netns, run, run_from},
 };
-use netpath::{attach::Datapath, plan, state::Dir};
+use netpath::{attach::Datapath, codec, spec, state::Dir};
 use netpath_common::{
     DropReason, Endpoint, GatewayMode, IfaceInfo, IfaceRole, TargetKey4, counter_scope,
     ct::{CtKey4, ct_flags},
@@ -32,7 +32,8 @@ const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 fn datapath(pins: &std::path::Path, flags1: u32) -> Datapath {
     let mut dp = Datapath::load_with_pins(pins).expect("loading");
     for (id, subnet, flags) in [(1, "172.30.0.0/24", flags1), (2, "172.31.0.0/24", 0)] {
-        let spec = plan::network_spec(&format!("np{id}"), subnet, None).unwrap();
+        let spec =
+            spec::NetworkSpec::new(&format!("np{id}"), subnet.parse().unwrap(), None).unwrap();
         dp.maps
             .networks
             .insert(id, spec.to_info(90 + id, flags), 0)
@@ -96,7 +97,7 @@ fn a_port_learns_its_binding_then_drops_spoofed_sources_and_macs() {
         assert_eq!(run(&mut dp, Dir::Ingress, &udp_to(C1, GW1), 1).0, TCX_NEXT);
         let port = dp.maps.ifaces.get(&LO, 0).unwrap();
         assert_ne!(port.flags & iface_flags::LEARNED, 0);
-        assert_eq!((port.ipv4_be, port.mac), (plan::be(C1), MAC));
+        assert_eq!((port.ipv4_be, port.mac), (codec::be(C1), MAC));
 
         // Then: another source, another MAC, a lying ARP sender.
         assert_eq!(run(&mut dp, Dir::Ingress, &udp_to(C2, GW1), 1).0, SHOT);
@@ -272,7 +273,7 @@ fn no_port_claims_the_gateway_or_another_ports_address() {
             mac: [2, 0, 0, 0, 0, 0x42],
             _pad: [0; 2],
         };
-        dp.maps.endpoints4.insert(plan::be(C2), other, 0).unwrap();
+        dp.maps.endpoints4.insert(codec::be(C2), other, 0).unwrap();
         let unbound =
             |dp: &Datapath| dp.maps.ifaces.get(&LO, 0).unwrap().flags & iface_flags::LEARNED == 0;
         for (f, what) in [
@@ -308,7 +309,7 @@ fn no_port_claims_the_gateway_or_another_ports_address() {
         );
         assert!(!unbound(&dp));
         assert_eq!(
-            dp.maps.endpoints4.get(&plan::be(C1), 0).unwrap().ifindex,
+            dp.maps.endpoints4.get(&codec::be(C1), 0).unwrap().ifindex,
             LO
         );
     });
@@ -375,7 +376,7 @@ fn deliveries_from_unmanaged_interfaces_follow_the_gateway_mode() {
         // routed: a published container port (and only that) gets a flow.
         set_mode(&mut dp, GatewayMode::Routed);
         let target = TargetKey4 {
-            addr_be: plan::be(C1),
+            addr_be: codec::be(C1),
             port_be: 80u16.to_be(),
             proto: TCP,
             _pad: 0,
@@ -389,8 +390,8 @@ fn deliveries_from_unmanaged_interfaces_follow_the_gateway_mode() {
             TCX_NEXT
         );
         let k = CtKey4::new(
-            plan::be(EXT),
-            plan::be(C1),
+            codec::be(EXT),
+            codec::be(C1),
             40000u16.to_be(),
             80u16.to_be(),
             TCP,

@@ -2,7 +2,7 @@
 //! `connect`/`disconnect` with IPAM, and ports plugged in by someone else,
 //! all with real traffic in namespaces.
 
-mod harness;
+use crate::harness;
 
 use std::time::{Duration, Instant};
 
@@ -163,14 +163,7 @@ fn icc_off_blocks_the_bridge_and_can_be_toggled_for_live_containers() {
     assert!(neigh.contains("lladdr"), "ARP with ICC off: {neigh}");
     // Gateway and outside are fine.
     topology::ping(&lab.c1, Lab::GATEWAY).unwrap();
-    topology::tcp_echo(
-        &lab.ext,
-        addr("0.0.0.0", 7103),
-        &lab.c1,
-        addr(Lab::EXT, 7103),
-        b"out",
-    )
-    .unwrap();
+    lab.tcp_out(&lab.c1, 7103).unwrap();
     assert!(drops(&status(&lab.host), Lab::BRIDGE, "drop_icc") >= 3);
 
     // At runtime, without touching the containers.
@@ -207,25 +200,10 @@ fn an_internal_network_keeps_to_its_subnet() {
     lab.ext
         .ip(&["route", "add", Lab::SUBNET, "via", Lab::UPLINK])
         .unwrap();
-    blocked(
-        topology::tcp_echo(
-            &lab.ext,
-            addr("0.0.0.0", 7201),
-            &lab.c1,
-            addr(Lab::EXT, 7201),
-            b"x",
-        ),
-        "internal -> outside",
-    );
+    blocked(lab.tcp_out(&lab.c1, 7201), "internal -> outside");
     ping_fails(&lab.c1, Lab::UPLINK);
     blocked(
-        topology::tcp_echo(
-            &lab.c1,
-            addr("0.0.0.0", 7202),
-            &lab.ext,
-            addr(Lab::C1, 7202),
-            b"x",
-        ),
+        lab.tcp_in(&lab.c1, 7202, addr(Lab::C1, 7202)),
         "outside -> internal",
     );
     topology::ping(&lab.c1, Lab::GATEWAY).unwrap();

@@ -5,7 +5,7 @@
 //! kill -9 of the daemon, an in-place upgrade to other programs, a resize),
 //! and strict input validation.
 
-mod harness;
+use crate::harness;
 
 use std::{
     io::{Read as _, Write as _},
@@ -31,6 +31,8 @@ fn who_server(ns: &Netns, port: u16, conns: usize) -> std::thread::JoinHandle<an
         let mut threads = Vec::new();
         for _ in 0..conns {
             let (mut s, peer) = l.accept()?;
+            // A client that never closes fails the test instead of hanging it.
+            s.set_read_timeout(Some(Duration::from_secs(120)))?;
             threads.push(std::thread::spawn(move || {
                 let mut buf = [0u8; 64];
                 while let Ok(n) = s.read(&mut buf) {
@@ -74,7 +76,14 @@ fn socket2_connect(bind: SocketAddrV4, dial: SocketAddrV4) -> TcpStream {
     let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
     // SAFETY: socket/setsockopt/bind/connect on a socket this owns.
     unsafe {
-        let fd = OwnedFd::from_raw_fd(libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0));
+        // CLOEXEC: a daemon some `netpath up` starts meanwhile (this test's
+        // or another's in the same binary) must not inherit the socket and
+        // keep the connection open after the test closes it.
+        let fd = OwnedFd::from_raw_fd(libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+        ));
         let one: libc::c_int = 1;
         libc::setsockopt(
             fd.as_raw_fd(),
@@ -227,6 +236,7 @@ fn daemon_pid(lab: &Lab) -> i64 {
 #[test]
 fn a_syn_flood_is_swept_cheaply_while_established_flows_carry_on() {
     require_root!();
+    let _heavy = harness::exclusive();
     let lab = lab_up();
     netpath_ok(&lab.host, &["publish", "8080", &format!("{}:80", Lab::C1)]);
     netpath_ok(&lab.host, &["publish", "8081", &format!("{}:81", Lab::C1)]);
@@ -317,6 +327,7 @@ fn a_syn_flood_is_swept_cheaply_while_established_flows_carry_on() {
 #[test]
 fn a_full_table_refuses_new_flows_and_evicts_nothing() {
     require_root!();
+    let _heavy = harness::exclusive();
     let lab = lab_up();
     netpath_ok(&lab.host, &["conntrack", "config", "--max", "1024"]);
     netpath_ok(&lab.host, &["publish", "8080", &format!("{}:80", Lab::C1)]);
@@ -469,6 +480,7 @@ fn up_with(lab: &Lab, object: Option<&str>) -> String {
 #[test]
 fn lifecycle_events_lose_nothing_under_live_traffic() {
     require_root!();
+    let _heavy = harness::exclusive();
     let Some(variant) = variant_object() else {
         return;
     };
@@ -578,6 +590,16 @@ fn an_interrupted_resize_is_finished_by_the_next_up() {
     assert_eq!(ask(&mut idle).unwrap(), "198.18.0.1:44000");
     let maps =
         std::path::PathBuf::from(status(&lab.host)["state_dir"].as_str().unwrap()).join("maps");
+    // The daemon would finish the resize itself the next time it re-applies
+    // (a link event): it goes first, killed as a crash would, so that the
+    // next `up` is the command that finds the leftovers.
+    let pid = daemon_pid(&lab);
+    // SAFETY: signalling the daemon this test's `up` started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let gone = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{pid}/stat")).exists() && Instant::now() < gone {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // What a resize killed after its new table was made leaves behind: the
     // old table aside, a new empty one pinned (here made by a command that
     // opens the maps).
@@ -757,7 +779,9 @@ fn an_uplink_address_inside_a_managed_subnet_is_warned_about() {
     let cookie = s["netns_cookie"].as_u64().unwrap();
     let log = std::fs::read_to_string(format!("/run/netpath/daemon-{cookie}.log")).unwrap();
     assert!(
-        log.contains("WARNING: subnet 172.30.0.0/24 of np0 overlaps uplink0"),
+        log.lines()
+            .any(|l| l.contains(" WARN ")
+                && l.contains("subnet 172.30.0.0/24 of np0 overlaps uplink0")),
         "{log}"
     );
 }

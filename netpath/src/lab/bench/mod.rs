@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use arms::{Arm, ArmLab, EXT_PORT, PORT};
 
-use crate::topology::Lab;
+use crate::lab::topology::Lab;
 
 /// Options of `netpath bench`.
 #[derive(Clone, Debug)]

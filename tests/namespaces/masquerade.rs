@@ -2,7 +2,7 @@
 //! has no route back to them, only through netpath's translation, while the
 //! kernel's nat table stays empty.
 
-mod harness;
+use crate::harness;
 
 use std::{
     net::{SocketAddrV4, TcpListener, TcpStream, UdpSocket},
@@ -191,14 +191,7 @@ fn masquerade_false_keeps_container_addresses() {
     lab.ext
         .ip(&["route", "add", Lab::SUBNET, "via", Lab::UPLINK])
         .unwrap();
-    let seen = topology::tcp_echo(
-        &lab.ext,
-        addr("0.0.0.0", 8300),
-        &lab.c1,
-        addr(Lab::EXT, 8300),
-        b"z",
-    )
-    .unwrap();
+    let seen = lab.tcp_out(&lab.c1, 8300).unwrap();
     assert_eq!(seen.ip().to_string(), Lab::C1);
     let s = status(&lab.host);
     assert_eq!(net0(&s)["masquerade"], false);
@@ -214,14 +207,7 @@ fn masquerade_false_keeps_container_addresses() {
         &lab.host,
         &["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET],
     );
-    let seen = topology::tcp_echo(
-        &lab.ext,
-        addr("0.0.0.0", 8301),
-        &lab.c1,
-        addr(Lab::EXT, 8301),
-        b"z",
-    )
-    .unwrap();
+    let seen = lab.tcp_out(&lab.c1, 8301).unwrap();
     assert_eq!(seen.ip().to_string(), Lab::UPLINK);
 }
 

@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::topology::Netns;
+use crate::lab::topology::Netns;
 
 /// Pins the calling thread to `cpu` (modulo the CPUs there are).
 fn pin(cpu: usize) {

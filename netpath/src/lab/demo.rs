@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{
+use super::{
     dockerlab::{self, Dockerd},
     topology::{self, Lab, Netns, Process},
 };

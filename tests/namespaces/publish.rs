@@ -5,7 +5,7 @@
 //! address, ranges, every error, unpublish with conntrack purge, and 10,000
 //! mappings.
 
-mod harness;
+use crate::harness;
 
 use std::{
     net::UdpSocket,
@@ -96,14 +96,7 @@ fn external_clients_reach_published_ports_and_keep_their_address() {
         &lab.host,
         &["publish", "5353/udp", &format!("{}:53", Lab::C2)],
     );
-    let seen = topology::tcp_echo(
-        &lab.c1,
-        addr("0.0.0.0", 80),
-        &lab.ext,
-        addr(Lab::UPLINK, 8081),
-        b"hello",
-    )
-    .unwrap();
+    let seen = lab.tcp_in(&lab.c1, 80, addr(Lab::UPLINK, 8081)).unwrap();
     assert_eq!(
         seen.ip().to_string(),
         Lab::EXT,
@@ -299,33 +292,13 @@ fn a_port_bound_to_one_host_address_is_reachable_there_only() {
         &lab.host,
         &["publish", "198.18.0.1:8085", &format!("{}:80", Lab::C1)],
     );
-    let seen = topology::tcp_echo(
-        &lab.c1,
-        addr("0.0.0.0", 80),
-        &lab.ext,
-        addr(Lab::UPLINK, 8085),
-        b"x",
-    )
-    .unwrap();
+    let seen = lab.tcp_in(&lab.c1, 80, addr(Lab::UPLINK, 8085)).unwrap();
     assert_eq!(seen.ip().to_string(), Lab::EXT);
-    let other = topology::tcp_echo(
-        &lab.c1,
-        addr("0.0.0.0", 80),
-        &lab.ext,
-        addr("198.18.0.9", 8085),
-        b"x",
-    );
+    let other = lab.tcp_in(&lab.c1, 80, addr("198.18.0.9", 8085));
     assert!(other.is_err(), "reachable through another host address");
     // Every host address when published so.
     netpath_ok(&lab.host, &["publish", "8086", &format!("{}:80", Lab::C1)]);
-    topology::tcp_echo(
-        &lab.c1,
-        addr("0.0.0.0", 80),
-        &lab.ext,
-        addr("198.18.0.9", 8086),
-        b"x",
-    )
-    .unwrap();
+    lab.tcp_in(&lab.c1, 80, addr("198.18.0.9", 8086)).unwrap();
 }
 
 #[test]
@@ -336,14 +309,7 @@ fn ranges_and_every_error() {
         &lab.host,
         &["publish", "9000-9009", &format!("{}:7000-7009", Lab::C1)],
     );
-    let seen = topology::tcp_echo(
-        &lab.c1,
-        addr("0.0.0.0", 7005),
-        &lab.ext,
-        addr(Lab::UPLINK, 9005),
-        b"r",
-    )
-    .unwrap();
+    let seen = lab.tcp_in(&lab.c1, 7005, addr(Lab::UPLINK, 9005)).unwrap();
     assert_eq!(seen.ip().to_string(), Lab::EXT);
     netpath_ok(
         &lab.host,
@@ -471,6 +437,7 @@ fn unpublish_purges_conntrack_and_a_republished_port_reaches_the_new_container()
 #[test]
 fn ten_thousand_published_ports_and_the_last_one_works() {
     require_root!();
+    let _heavy = harness::exclusive();
     let lab = lab_up();
     let started = Instant::now();
     netpath_ok(
@@ -485,14 +452,9 @@ fn ten_thousand_published_ports_and_the_last_one_works() {
     // table), not a test's: tests run side by side.
     eprintln!("publishing 10,000 ports took {:?}", started.elapsed());
     assert_eq!(ports(&lab.host).len(), 10_000);
-    let seen = topology::tcp_echo(
-        &lab.c1,
-        addr("0.0.0.0", 29999),
-        &lab.ext,
-        addr(Lab::UPLINK, 29999),
-        b"last",
-    )
-    .unwrap();
+    let seen = lab
+        .tcp_in(&lab.c1, 29999, addr(Lab::UPLINK, 29999))
+        .unwrap();
     assert_eq!(seen.ip().to_string(), Lab::EXT);
 }
 
@@ -503,14 +465,7 @@ fn uplink_traffic_to_a_container_skips_the_bridge() {
     netpath_ok(&lab.host, &["publish", "8090", &format!("{}:80", Lab::C1)]);
     // A first exchange teaches c1's port its address and MAC (the fast
     // path's endpoint); the next ones can use it.
-    topology::tcp_echo(
-        &lab.c1,
-        addr("0.0.0.0", 80),
-        &lab.ext,
-        addr(Lab::UPLINK, 8090),
-        b"warm",
-    )
-    .unwrap();
+    lab.tcp_in(&lab.c1, 80, addr(Lab::UPLINK, 8090)).unwrap();
     let bridge = |lab: &Lab| {
         let s = harness::status(&lab.host);
         let i = harness::iface(&s, Lab::BRIDGE);

@@ -3,7 +3,7 @@
 //! map pin directory inside a fresh network namespace (so ifindex 1 is that
 //! namespace's loopback, which BPF_PROG_TEST_RUN uses as skb->dev).
 
-mod harness;
+use crate::harness;
 
 use harness::{
     Netns,

@@ -28,7 +28,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
 use super::arms::{ArmLab, PORT};
-use crate::{
+use crate::lab::{
     frames::{self, RawSocket, TCP, UDP},
     topology::Lab,
 };
@@ -231,7 +231,7 @@ pub fn measure(lab: &ArmLab, quick: bool) -> Result<Vec<DaemonCost>> {
 }
 
 /// The MAC of `ifname` inside `ns`.
-fn mac(ns: &crate::topology::Netns, ifname: &str) -> Result<[u8; 6]> {
+fn mac(ns: &crate::lab::topology::Netns, ifname: &str) -> Result<[u8; 6]> {
     let i = ifname.to_owned();
     ns.run(move || frames::mac_of(&i))?
 }
@@ -246,7 +246,7 @@ fn live_udp_flows(lab: &Lab, n: u32) -> Result<u64> {
     let (c1_mac, gw_mac) = (mac(&lab.c1, "eth0")?, mac(&lab.host, Lab::BRIDGE)?);
     let (ext_mac, up_mac) = (mac(&lab.ext, "eth0")?, mac(&lab.host, "uplink0")?);
     // The host must know ext's MAC before the first datagram leaves.
-    crate::topology::ping(&lab.c1, Lab::EXT)?;
+    crate::lab::topology::ping(&lab.c1, Lab::EXT)?;
     let tuples: Vec<(u16, u16)> = (0..n)
         .map(|i| (20_000 + (i % 40_000) as u16, 7001 + (i / 40_000) as u16))
         .collect();

@@ -5,7 +5,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     path::PathBuf,
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
@@ -539,6 +539,34 @@ impl Lab {
     /// The far namespace (built by [`Lab::with_far`]).
     pub fn far(&self) -> &Netns {
         self.far.as_ref().expect("lab built with_far")
+    }
+
+    /// The scenario most tests repeat, outwards: `from` opens a TCP
+    /// connection to an echo server on the external host's `port`; returns
+    /// the source the external host saw (the uplink's address when
+    /// masqueraded).
+    pub fn tcp_out(&self, from: &Netns, port: u16) -> Result<SocketAddrV4> {
+        let ext: Ipv4Addr = Self::EXT.parse().context("EXT")?;
+        tcp_echo(
+            &self.ext,
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
+            from,
+            SocketAddrV4::new(ext, port),
+            b"out",
+        )
+    }
+
+    /// And inwards: the external host dials `dial` (a published port, or a
+    /// container address), served by `to` on `port`; returns the client
+    /// address the container saw.
+    pub fn tcp_in(&self, to: &Netns, port: u16, dial: SocketAddrV4) -> Result<SocketAddrV4> {
+        tcp_echo(
+            to,
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
+            &self.ext,
+            dial,
+            b"in",
+        )
     }
 
     /// Enslaves the container ports to the bridge (after `up` created it).

@@ -6,7 +6,7 @@
 //! Loopback (ifindex 1 in the test's fresh namespace, BPF_PROG_TEST_RUN's
 //! skb->dev) plays the uplink with address U; network 1 is 172.30.0.0/24.
 
-mod harness;
+use crate::harness;
 
 use std::net::Ipv4Addr;
 
@@ -14,7 +14,7 @@ use harness::{
     packet::{self, ETH, ICMP, TCP, UDP, assert_checksums, be16, echo, frame, icmp, ip_of, parse},
     testrun::{LO, SHOT, TCX_NEXT, counter, drops, in_netns, run},
 };
-use netpath::{attach::Datapath, plan, state::Dir};
+use netpath::{attach::Datapath, codec, spec, state::Dir};
 use netpath_common::{
     DropReason, IfaceInfo, IfaceRole, counter_kind, counter_scope,
     ct::{CtEntry4, CtKey4, TcpState, ct_dir, ct_flags},
@@ -30,7 +30,7 @@ const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 
 fn be(a: Ipv4Addr) -> u32 {
-    plan::be(a)
+    codec::be(a)
 }
 
 /// Loads the datapath with loopback as an uplink with address `uplink`
@@ -43,7 +43,7 @@ fn nat_datapath(pins: &std::path::Path, uplink: Ipv4Addr) -> Datapath {
         ..Default::default()
     };
     dp.maps.ifaces.insert(LO, info, 0).unwrap();
-    let spec = plan::network_spec("np0", "172.30.0.0/24", None).unwrap();
+    let spec = spec::NetworkSpec::new("np0", "172.30.0.0/24".parse().unwrap(), None).unwrap();
     dp.maps.networks.insert(1, spec.to_info(99, 0), 0).unwrap();
     dp.maps.add_subnet(spec.subnet, 1).unwrap();
     dp

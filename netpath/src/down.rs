@@ -1,0 +1,222 @@
+//! `down`: take one network (or all) down, carrying on past every error:
+//! forget it, its leases, published ports, filter rules, counters and
+//! flows, re-plan the rest (or unpin everything with the last network),
+//! and delete what netpath created for it (a bridge that existed before
+//! `up` stays).
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, Result, bail};
+use netpath_common::{Lease, LeaseKey, NetworkInfo, counter_scope, net_flags};
+
+use crate::{
+    attach::Datapath,
+    codec, errors,
+    plumbing::Netlink,
+    reconcile,
+    spec::NetworkSpec,
+    state::{self, Maps, StateDir},
+    sys,
+    tables::Table as _,
+};
+
+/// Which networks `down` takes down.
+#[derive(Clone, Debug)]
+pub enum DownTarget {
+    Bridge(String),
+    All,
+}
+
+/// What `down` did.
+#[derive(Debug, Default)]
+pub struct DownReport {
+    pub removed: Vec<String>,
+    pub deleted_bridges: Vec<String>,
+    pub unpinned_all: bool,
+}
+
+/// The networks `target` names, by id.
+pub fn victims(
+    networks: &BTreeMap<u32, NetworkInfo>,
+    target: &DownTarget,
+) -> Result<Vec<(u32, NetworkInfo)>> {
+    match target {
+        DownTarget::Bridge(b) => {
+            let found = networks
+                .iter()
+                .find(|(_, i)| codec::ifname_from_bytes(&i.bridge_name) == *b)
+                .with_context(|| format!("no network on bridge {b}"))?;
+            Ok(vec![(*found.0, *found.1)])
+        }
+        DownTarget::All => Ok(networks.iter().map(|(k, v)| (*k, *v)).collect()),
+    }
+}
+
+/// The leases of networks `ids`, each with whether its veth is netpath's
+/// to delete (`connect`'s; dockerd's veths stay dockerd's).
+pub fn leases_of(leases: &[(LeaseKey, Lease)], ids: &[u32]) -> Vec<(LeaseKey, Lease, bool)> {
+    leases
+        .iter()
+        .filter(|(k, _)| ids.contains(&k.net_id))
+        .map(|(k, l)| (*k, *l, l.flags == u32::from(netpath_common::owner::USER)))
+        .collect()
+}
+
+pub async fn down(target: &DownTarget) -> Result<DownReport> {
+    let _lock = state::lock(false)?;
+    let _hold = sys::HoldSignals::new();
+    let nl = Netlink::new()?;
+    let state = StateDir::current()?;
+    let mut report = DownReport::default();
+    if !state.exists() {
+        return match target {
+            DownTarget::Bridge(b) => {
+                bail!("no network on bridge {b}: nothing is up in this network namespace")
+            }
+            DownTarget::All => {
+                // Links left by an interrupted run still go.
+                if state.root.exists() {
+                    for (_, _, path) in state.pinned_links()? {
+                        sys::detach_pinned_link(&path)?;
+                    }
+                    state.remove()?;
+                    report.unpinned_all = true;
+                }
+                Ok(report)
+            }
+        };
+    }
+    let mut maps = Maps::open(&state)?;
+    let networks = maps.networks()?;
+    let victims = victims(&networks, target)?;
+    let mut errors: Vec<anyhow::Error> = Vec::new();
+    // Containers `connect` plugged into these networks are unplugged (their
+    // veths are netpath's); the namespaces themselves stay. Every lease goes.
+    let ids: Vec<u32> = victims.iter().map(|(id, _)| *id).collect();
+    for (key, lease, ours) in leases_of(&maps.leases().unwrap_or_default(), &ids) {
+        if ours
+            && let Err(e) = nl.delete_link(lease.host_ifindex).await
+            && nl
+                .names()
+                .await
+                .is_ok_and(|n| n.contains_key(&lease.host_ifindex))
+        {
+            errors.push(e);
+        }
+        if let Err(e) = maps.leases4.delete(&key) {
+            errors.push(e.context("forgetting a lease"));
+        }
+    }
+    for (id, info) in &victims {
+        if let Err(e) = maps.networks.delete(id) {
+            errors.push(e.context("forgetting the network"));
+        }
+        if let Err(e) = maps.remove_subnet(NetworkSpec::from_info(info).subnet) {
+            errors.push(e);
+        }
+        if let Err(e) = crate::publish::remove_network(&mut maps, *id) {
+            errors.push(e);
+        }
+        if let Err(e) = crate::filter::remove_network(&mut maps, *id) {
+            errors.push(e);
+        }
+        if let Err(e) = maps.remove_counters(counter_scope::NETWORK, *id) {
+            errors.push(e);
+        }
+    }
+    let remaining = networks.len() - victims.len();
+    if remaining > 0 {
+        // The networks' flows go, one pass over the table each (with the
+        // last network the whole table goes anyway).
+        let flushed = Datapath::load(&state).and_then(|mut dp| {
+            for (id, _) in &victims {
+                crate::conntrack::flush(&mut dp, &crate::conntrack::Filter::network(*id))?;
+            }
+            Ok(())
+        });
+        if let Err(e) = flushed {
+            errors.push(e.context("removing the network's conntrack flows"));
+        }
+        // Other networks stay: re-plan (the downed bridge's ports lose their
+        // role, a kept bridge may become an uplink by the default rule).
+        drop(maps);
+        if let Err(e) = reconcile::reapply(&nl, &state).await {
+            errors.push(e);
+        }
+    } else {
+        errors.extend(reconcile::teardown_all_links(&state, &mut maps));
+        drop(maps);
+        match state.remove() {
+            Ok(()) => report.unpinned_all = true,
+            Err(e) => errors.push(e),
+        }
+    }
+    for (_, info) in &victims {
+        let spec = NetworkSpec::from_info(info);
+        report.removed.push(spec.bridge.clone());
+        let link = match nl.link_by_name(&spec.bridge).await {
+            Ok(Some(l)) => l,
+            Ok(None) => continue,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let res = if info.flags & net_flags::CREATED_BRIDGE != 0 {
+            report.deleted_bridges.push(spec.bridge.clone());
+            nl.delete_link(link.index).await
+        } else if info.flags & net_flags::ADDED_GATEWAY != 0 {
+            nl.del_addr(link.index, spec.gateway, spec.subnet.prefix_len())
+                .await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = res {
+            errors.push(e);
+        }
+    }
+    errors::combine(errors)?;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::net;
+
+    #[test]
+    fn down_takes_the_named_network_or_all_and_only_netpaths_veths() {
+        let networks = BTreeMap::from([
+            (1, net("br-a", "10.1.0.0/16", None).unwrap().to_info(3, 0)),
+            (2, net("br-b", "10.2.0.0/16", None).unwrap().to_info(4, 0)),
+        ]);
+        let one = victims(&networks, &DownTarget::Bridge("br-b".into())).unwrap();
+        assert_eq!(one.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(victims(&networks, &DownTarget::All).unwrap().len(), 2);
+        let e = victims(&networks, &DownTarget::Bridge("br-c".into())).unwrap_err();
+        assert_eq!(e.to_string(), "no network on bridge br-c");
+        let lease = |net_id, owner: u16| {
+            (
+                LeaseKey {
+                    net_id,
+                    addr_be: net_id,
+                },
+                Lease {
+                    host_ifindex: 10 + net_id,
+                    flags: u32::from(owner),
+                    ..Default::default()
+                },
+            )
+        };
+        let leases = vec![
+            lease(1, netpath_common::owner::USER),
+            lease(2, netpath_common::owner::USER),
+            lease(2, netpath_common::owner::DOCKER),
+        ];
+        let of_b: Vec<(u32, bool)> = leases_of(&leases, &[2])
+            .into_iter()
+            .map(|(k, _, ours)| (k.net_id, ours))
+            .collect();
+        assert_eq!(of_b, vec![(2, true), (2, false)]);
+    }
+}

@@ -1,0 +1,461 @@
+//! What users ask for, typed and validated at the edge: a network
+//! ([`NetworkSpec`] with its [`NetworkOptions`]) and one side of a published
+//! port ([`PortSpec`]). clap's value parsers, the docker model and (later)
+//! the CNI config all produce these; nothing past them parses strings.
+//! Pure: no I/O, unit-tested on the host.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Result, bail};
+use ipnet::Ipv4Net;
+use netpath_common::{GatewayMode, IFNAMSIZ, NetworkInfo, net_flags};
+
+use crate::codec::{be, from_be, ifname_from_bytes, ifname_to_bytes};
+
+/// Checks an interface name the way the kernel does (`dev_valid_name`).
+pub fn validate_ifname(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() >= IFNAMSIZ {
+        bail!(
+            "invalid interface name {name:?}: must be 1 to {} bytes",
+            IFNAMSIZ - 1
+        );
+    }
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        bail!("invalid interface name {name:?}");
+    }
+    Ok(())
+}
+
+/// [`validate_ifname`] as a clap value parser.
+pub fn parse_ifname(s: &str) -> Result<String> {
+    validate_ifname(s)?;
+    Ok(s.to_owned())
+}
+
+/// Parses a subnet in CIDR notation; host bits must be zero, and no
+/// reserved block may overlap it.
+pub fn parse_subnet(s: &str) -> Result<Ipv4Net> {
+    let net: Ipv4Net = s.parse().map_err(|_| {
+        anyhow::anyhow!("invalid subnet {s:?}: expected IPv4 CIDR such as 172.17.0.0/16")
+    })?;
+    if net.addr() != net.network() {
+        bail!(
+            "invalid subnet {s}: host bits are set (did you mean {}?)",
+            net.trunc()
+        );
+    }
+    check_subnet(net)?;
+    Ok(net)
+}
+
+/// The checks of [`parse_subnet`] that a typed subnet (from dockerd, say)
+/// still needs.
+pub fn check_subnet(net: Ipv4Net) -> Result<()> {
+    if net.addr() != net.network() {
+        bail!("invalid subnet {net}: host bits are set");
+    }
+    if net.prefix_len() > 30 {
+        bail!(
+            "invalid subnet {net}: prefix longer than /30 leaves no room for a gateway and a container"
+        );
+    }
+    for (block, what) in RESERVED {
+        let block = Ipv4Net::new(Ipv4Addr::from(block.0), block.1).expect("a valid block");
+        if overlaps(&net, &block) {
+            bail!("invalid subnet {net}: it overlaps {block} ({what})");
+        }
+    }
+    Ok(())
+}
+
+/// Address blocks no container network may use.
+const RESERVED: [(([u8; 4], u8), &str); 5] = [
+    (([0, 0, 0, 0], 8), "\"this network\""),
+    (([127, 0, 0, 0], 8), "loopback"),
+    (([169, 254, 0, 0], 16), "link-local"),
+    (([224, 0, 0, 0], 4), "multicast"),
+    (([240, 0, 0, 0], 4), "reserved, with the limited broadcast"),
+];
+
+/// Whether two subnets share an address.
+pub fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// A network as the user asked for it, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkSpec {
+    pub bridge: String,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+}
+
+impl NetworkSpec {
+    /// Checks a request; the gateway defaults to the subnet's first host
+    /// address.
+    pub fn new(bridge: &str, subnet: Ipv4Net, gateway: Option<Ipv4Addr>) -> Result<Self> {
+        validate_ifname(bridge)?;
+        check_subnet(subnet)?;
+        let gateway = match gateway {
+            None => subnet
+                .hosts()
+                .next()
+                .expect("a /30 or larger subnet has hosts"),
+            Some(g) => {
+                if !subnet.contains(&g) {
+                    bail!("gateway {g} is outside subnet {subnet}");
+                }
+                if g == subnet.network() || g == subnet.broadcast() {
+                    bail!("gateway {g} is the network or broadcast address of {subnet}");
+                }
+                g
+            }
+        };
+        Ok(Self {
+            bridge: bridge.to_owned(),
+            subnet,
+            gateway,
+        })
+    }
+
+    /// The record kept in `NP_NETWORKS`.
+    pub fn to_info(&self, bridge_ifindex: u32, flags: u32) -> NetworkInfo {
+        NetworkInfo {
+            subnet_be: be(self.subnet.network()),
+            mask_be: be(self.subnet.netmask()),
+            gateway_be: be(self.gateway),
+            bridge_ifindex,
+            flags,
+            prefix_len: self.subnet.prefix_len(),
+            _pad: [0; 3],
+            bridge_name: ifname_to_bytes(&self.bridge),
+        }
+    }
+
+    /// Reads a record back.
+    pub fn from_info(info: &NetworkInfo) -> Self {
+        Self {
+            bridge: ifname_from_bytes(&info.bridge_name),
+            subnet: Ipv4Net::new(from_be(info.subnet_be), info.prefix_len)
+                .expect("stored prefix length is valid"),
+            gateway: from_be(info.gateway_be),
+        }
+    }
+}
+
+/// A network's options (what `up`'s flags and `network set` control).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetworkOptions {
+    /// Masquerade traffic of this network leaving through an uplink.
+    pub masquerade: bool,
+    /// Containers of this network may talk to each other.
+    pub icc: bool,
+    /// No traffic to or from outside the subnet.
+    pub internal: bool,
+    /// What reaches containers from outside the host.
+    pub gateway_mode: GatewayMode,
+    /// Mirrors a dockerd network (`netpath docker`), which takes it down
+    /// again when dockerd's network goes.
+    pub docker: bool,
+}
+
+impl Default for NetworkOptions {
+    fn default() -> Self {
+        Self {
+            masquerade: true,
+            icc: true,
+            internal: false,
+            gateway_mode: GatewayMode::Nat,
+            docker: false,
+        }
+    }
+}
+
+impl NetworkOptions {
+    /// Network flags that options control (the rest record what netpath
+    /// created).
+    pub const MASK: u32 = net_flags::NO_MASQUERADE
+        | net_flags::NO_ICC
+        | net_flags::INTERNAL
+        | net_flags::DOCKER
+        | GatewayMode::MASK;
+
+    /// The network flags these options set.
+    pub fn flags(&self) -> u32 {
+        let mut f = 0;
+        if !self.masquerade {
+            f |= net_flags::NO_MASQUERADE;
+        }
+        if !self.icc {
+            f |= net_flags::NO_ICC;
+        }
+        if self.internal {
+            f |= net_flags::INTERNAL;
+        }
+        if self.docker {
+            f |= net_flags::DOCKER;
+        }
+        f | self.gateway_mode.flags()
+    }
+}
+
+/// One side of `netpath publish`: `[IP:]PORT[-END][/PROTO]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortSpec {
+    /// `None`: every host address.
+    pub addr: Option<Ipv4Addr>,
+    pub first: u16,
+    pub last: u16,
+    /// 6 or 17; `None` when not given (tcp by default).
+    pub proto: Option<u8>,
+}
+
+impl PortSpec {
+    /// Number of ports (a spec always has at least one).
+    pub fn count(&self) -> u32 {
+        u32::from(self.last) - u32::from(self.first) + 1
+    }
+
+    pub fn proto_or_tcp(&self) -> u8 {
+        self.proto.unwrap_or(6)
+    }
+}
+
+impl std::fmt::Display for PortSpec {
+    /// As typed, in canonical form (`0.0.0.0:` and `/TCP` spelled the
+    /// short way).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(a) = self.addr {
+            write!(f, "{a}:")?;
+        }
+        write!(f, "{}", self.first)?;
+        if self.last != self.first {
+            write!(f, "-{}", self.last)?;
+        }
+        match self.proto {
+            Some(6) => write!(f, "/tcp"),
+            Some(17) => write!(f, "/udp"),
+            Some(p) => write!(f, "/{p}"),
+            None => Ok(()),
+        }
+    }
+}
+
+fn parse_port(s: &str, what: &str) -> Result<u16> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid {what} {s:?}: expected a number from 1 to 65535"))?;
+    if n == 0 || n > 65535 {
+        bail!("invalid {what} {n}: ports go from 1 to 65535");
+    }
+    Ok(n as u16)
+}
+
+/// Parses `[IP:]PORT[-END][/tcp|/udp]`. `need_addr`: the address is
+/// mandatory (the container side); `allow_proto`: a protocol may follow.
+pub fn parse_port_spec(s: &str, need_addr: bool, allow_proto: bool) -> Result<PortSpec> {
+    let (rest, proto) = match s.rsplit_once('/') {
+        Some((r, p)) if allow_proto => {
+            let p = match p.to_ascii_lowercase().as_str() {
+                "tcp" => 6,
+                "udp" => 17,
+                _ => bail!("invalid protocol {p:?} in {s:?}: expected tcp or udp"),
+            };
+            (r, Some(p))
+        }
+        Some(_) => bail!("invalid {s:?}: the protocol goes with the host port"),
+        None => (s, None),
+    };
+    let (addr, ports) = match rest.rsplit_once(':') {
+        Some((a, p)) => {
+            let a: Ipv4Addr = a
+                .parse()
+                .map_err(|_| anyhow::anyhow!("invalid address {a:?} in {s:?}"))?;
+            (Some(a), p)
+        }
+        None if need_addr => bail!("invalid {s:?}: expected CONTAINER_IP:PORT[-END]"),
+        None => (None, rest),
+    };
+    let (first, last) = match ports.split_once('-') {
+        Some((a, b)) => (parse_port(a, "port")?, parse_port(b, "port")?),
+        None => {
+            let p = parse_port(ports, "port")?;
+            (p, p)
+        }
+    };
+    if last < first {
+        bail!("invalid port range {first}-{last} in {s:?}: the end is below the start");
+    }
+    Ok(PortSpec {
+        addr: addr.filter(|a| !a.is_unspecified()),
+        first,
+        last,
+        proto,
+    })
+}
+
+/// The host side of `publish`/`unpublish`, as a clap value parser.
+pub fn parse_host_ports(s: &str) -> Result<PortSpec> {
+    parse_port_spec(s, false, true)
+}
+
+/// The container side of `publish`, as a clap value parser.
+pub fn parse_container_ports(s: &str) -> Result<PortSpec> {
+    parse_port_spec(s, true, false)
+}
+
+/// Checks `publish HOST CONTAINER`: equal range lengths. (Conflicts and the
+/// container's network need the current state; see `publish`.)
+pub fn check_publish(host: &PortSpec, target: &PortSpec) -> Result<()> {
+    if host.count() != target.count() {
+        bail!(
+            "the host range has {} ports and the container range {}: they must be the same length",
+            host.count(),
+            target.count()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) fn net(bridge: &str, subnet: &str, gateway: Option<&str>) -> Result<NetworkSpec> {
+    NetworkSpec::new(
+        bridge,
+        parse_subnet(subnet)?,
+        gateway.map(|g| g.parse().expect("a test gateway")),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_defaults_gateway_to_first_host() {
+        let s = net("docker0", "172.17.0.0/16", None).unwrap();
+        assert_eq!(s.gateway, Ipv4Addr::new(172, 17, 0, 1));
+        let s = net("br-x", "10.9.0.0/24", Some("10.9.0.254")).unwrap();
+        assert_eq!(s.gateway, Ipv4Addr::new(10, 9, 0, 254));
+    }
+
+    #[test]
+    fn spec_rejects_bad_input() {
+        let err = |b, s, g| net(b, s, g).unwrap_err().to_string();
+        assert!(err("d0", "172.17.0.0/33", None).contains("invalid subnet"));
+        assert!(err("d0", "nonsense", None).contains("invalid subnet"));
+        assert!(err("d0", "172.17.0.1/16", None).contains("host bits"));
+        assert!(err("d0", "10.0.0.0/31", None).contains("/30"));
+        assert!(err("d0", "172.17.0.0/16", Some("172.18.0.1")).contains("outside"));
+        assert!(err("d0", "172.17.0.0/16", Some("172.17.0.0")).contains("network or broadcast"));
+        assert!(err("d0", "172.17.0.0/16", Some("172.17.255.255")).contains("broadcast"));
+        assert!(err("", "172.17.0.0/16", None).contains("interface name"));
+        assert!(err("averyveryverylongname", "172.17.0.0/16", None).contains("interface name"));
+        assert!(err("a/b", "172.17.0.0/16", None).contains("interface name"));
+        // A typed subnet with host bits (from an API) is refused too.
+        let typed = Ipv4Net::new(Ipv4Addr::new(10, 1, 0, 1), 16).unwrap();
+        assert!(
+            NetworkSpec::new("d0", typed, None)
+                .unwrap_err()
+                .to_string()
+                .contains("host bits")
+        );
+    }
+
+    #[test]
+    fn reserved_blocks_are_refused() {
+        for bad in [
+            "0.0.0.0/0",
+            "0.0.0.0/24",
+            "127.0.0.0/8",
+            "127.1.0.0/16",
+            "224.0.0.0/24",
+            "239.1.0.0/16",
+            "240.0.0.0/24",
+            "255.255.255.0/24",
+            "169.254.0.0/24",
+        ] {
+            let e = parse_subnet(bad).unwrap_err().to_string();
+            assert!(e.contains("overlaps"), "{bad}: {e}");
+        }
+        assert!(parse_subnet("172.16.0.0/12").is_ok());
+    }
+
+    #[test]
+    fn info_round_trips() {
+        let s = net("br-abc", "172.18.0.0/16", None).unwrap();
+        let info = s.to_info(7, 3);
+        assert_eq!(NetworkSpec::from_info(&info), s);
+        assert!(info.contains_be(be(Ipv4Addr::new(172, 18, 3, 4))));
+        assert!(!info.contains_be(be(Ipv4Addr::new(172, 19, 0, 1))));
+        assert_eq!(info.bridge_ifindex, 7);
+    }
+
+    #[test]
+    fn options_are_flags() {
+        let o = NetworkOptions::default();
+        assert_eq!(o.flags(), GatewayMode::Nat.flags());
+        let o = NetworkOptions {
+            masquerade: false,
+            icc: false,
+            internal: true,
+            gateway_mode: GatewayMode::Routed,
+            docker: true,
+        };
+        let f = o.flags();
+        assert_eq!(f & !NetworkOptions::MASK, 0);
+        for bit in [
+            net_flags::NO_MASQUERADE,
+            net_flags::NO_ICC,
+            net_flags::INTERNAL,
+            net_flags::DOCKER,
+        ] {
+            assert_ne!(f & bit, 0);
+        }
+        assert_eq!(f & GatewayMode::MASK, GatewayMode::Routed.flags());
+    }
+
+    #[test]
+    fn port_specs_parse_and_reject() {
+        let p = parse_host_ports("8081").unwrap();
+        assert_eq!(
+            (p.addr, p.first, p.last, p.proto_or_tcp()),
+            (None, 8081, 8081, 6)
+        );
+        assert_eq!(p.to_string(), "8081");
+        let p = parse_host_ports("127.0.0.1:8080-8090/UDP").unwrap();
+        assert_eq!(
+            (p.addr, p.first, p.last, p.proto),
+            (Some(Ipv4Addr::LOCALHOST), 8080, 8090, Some(17))
+        );
+        assert_eq!(p.count(), 11);
+        assert_eq!(p.to_string(), "127.0.0.1:8080-8090/udp");
+        let t = parse_container_ports("172.18.0.2:80").unwrap();
+        assert_eq!((t.addr, t.first), (Some(Ipv4Addr::new(172, 18, 0, 2)), 80));
+        assert_eq!(t.to_string(), "172.18.0.2:80");
+        assert_eq!(parse_host_ports("0.0.0.0:53/udp").unwrap().addr, None);
+        let err = |s: &str, need: bool, proto: bool| {
+            parse_port_spec(s, need, proto).unwrap_err().to_string()
+        };
+        assert!(err("0", false, true).contains("1 to 65535"));
+        assert!(err("65536", false, true).contains("1 to 65535"));
+        assert!(err("x", false, true).contains("invalid port"));
+        assert!(err("80/sctp", false, true).contains("tcp or udp"));
+        assert!(err("90-80", false, true).contains("below"));
+        assert!(err("80", true, false).contains("CONTAINER_IP:PORT"));
+        assert!(err("172.18.0.2:80/tcp", true, false).contains("host port"));
+        assert!(err("1.2.3:80", false, true).contains("invalid address"));
+        let h = parse_host_ports("8000-8009").unwrap();
+        let t = parse_container_ports("172.18.0.2:80-88").unwrap();
+        assert!(
+            check_publish(&h, &t)
+                .unwrap_err()
+                .to_string()
+                .contains("same length")
+        );
+    }
+}

@@ -1,0 +1,388 @@
+//! `up` and `network set`: validate everything first, then apply; undo what
+//! was applied when a later step fails.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use netpath_common::{GatewayMode, net_flags};
+
+use crate::{
+    attach::Datapath,
+    plan::{self, Uplinks},
+    plumbing::{self, Netlink},
+    reconcile::{self, IfaceChange},
+    resize,
+    spec::{NetworkOptions, NetworkSpec, validate_ifname},
+    state::{self, Maps, StateDir},
+    sys,
+};
+
+/// What `netpath up` (and `netpath docker`, and later the CNI plugin) asks
+/// for: typed and validated at the edge.
+#[derive(Clone, Debug)]
+pub struct UpArgs {
+    pub spec: NetworkSpec,
+    pub options: NetworkOptions,
+    /// Uplinks to use instead of the recorded or automatic choice.
+    pub uplinks: Vec<String>,
+    /// cgroup v2 directory for the socket hooks; `None`: the cgroup v2 root.
+    pub cgroup: Option<PathBuf>,
+}
+
+impl UpArgs {
+    /// Whether the network is up exactly like this already (bridge, subnet,
+    /// gateway and options), so `up` would change nothing but attachments.
+    pub fn is_recorded(&self, maps: &Maps) -> Result<bool> {
+        Ok(maps
+            .network_by_bridge(&self.spec.bridge)?
+            .is_some_and(|(_, info)| {
+                NetworkSpec::from_info(&info) == self.spec
+                    && info.flags & NetworkOptions::MASK == self.options.flags()
+            }))
+    }
+}
+
+/// What `up` did, for the user.
+#[derive(Debug, Default)]
+pub struct UpReport {
+    pub net_id: u32,
+    pub created_bridge: bool,
+    pub added_gateway: bool,
+    pub enabled_forwarding: bool,
+    pub already_up: bool,
+    pub changes: Vec<IfaceChange>,
+    pub detached: Vec<u32>,
+    pub socket_hooks: Option<crate::sockhooks::Hooks>,
+}
+
+/// What `up` found and decided before changing anything.
+struct Checked {
+    bridge_index: Option<u32>,
+    /// The network's id when it is up already (an idempotent `up`).
+    same_id: Option<u32>,
+    existing: BTreeMap<u32, NetworkSpec>,
+    uplinks: Uplinks,
+    cgroup: PathBuf,
+}
+
+/// `netpath up`: one network.
+pub async fn up(args: &UpArgs) -> Result<UpReport> {
+    up_many(std::slice::from_ref(args))
+        .await?
+        .pop()
+        .context("no result for the network")?
+}
+
+/// Brings networks up under one lock, with one reconcile and one
+/// socket-hook check for all of them (`netpath docker` brings up every
+/// dockerd network it finds this way). Each network is checked, then
+/// recorded, before the next is looked at; one that fails is undone and
+/// reported in its slot while the others carry on. When the final
+/// reconcile fails, every network this call created is undone and each
+/// slot reports the failure. The outer error is for what stops the whole
+/// batch (the lock, netlink).
+pub async fn up_many(batch: &[UpArgs]) -> Result<Vec<Result<UpReport>>> {
+    // Held from here on whenever state can exist (bpffs mounted).
+    let mut lock = state::lock(false)?;
+    let nl = Netlink::new()?;
+    let state = StateDir::current()?;
+    if state.exists() {
+        resize::repair(&nl, &state).await?;
+    }
+    let mut out: Vec<Result<UpReport>> = Vec::with_capacity(batch.len());
+    // Networks this call created: (slot, spec, whether state existed before).
+    let mut created: Vec<(usize, NetworkSpec, bool)> = Vec::new();
+    let mut dp: Option<Datapath> = None;
+    let mut last: Option<Checked> = None;
+    let mut hold = None;
+    for args in batch {
+        let checked = match check(&nl, &state, args).await {
+            Ok(c) => c,
+            Err(e) => {
+                out.push(Err(e));
+                continue;
+            }
+        };
+        if lock.is_none() {
+            // First use on this machine: mount bpffs now that the input is valid.
+            lock = state::lock(true)?;
+        }
+        hold.get_or_insert_with(sys::HoldSignals::new);
+        let had_state = state.exists();
+        let mut report = UpReport {
+            already_up: checked.same_id.is_some(),
+            ..Default::default()
+        };
+        match record(&nl, &state, &mut dp, args, &checked, &mut report).await {
+            Ok(()) => {
+                if checked.same_id.is_none() {
+                    created.push((out.len(), args.spec.clone(), had_state));
+                }
+                out.push(Ok(report));
+                last = Some(checked);
+            }
+            Err(e) => {
+                if checked.same_id.is_none() {
+                    rollback(&nl, &state, &args.spec, &report, had_state).await;
+                }
+                out.push(Err(e));
+            }
+        }
+    }
+    let (Some(dp), Some(last)) = (dp.as_mut(), last) else {
+        return Ok(out);
+    };
+    let finished = async {
+        let r = reconcile::reconcile(&nl, &state, dp, &last.uplinks).await?;
+        let hooks = crate::sockhooks::ensure(&state, dp, &last.cgroup)?;
+        anyhow::Ok((r, hooks))
+    }
+    .await;
+    match finished {
+        Ok((r, hooks)) => {
+            for report in out.iter_mut().flatten() {
+                report.changes.clone_from(&r.changes);
+                report.detached.clone_from(&r.detached);
+                report.socket_hooks = Some(hooks);
+            }
+        }
+        Err(e) => {
+            let why = format!("{e:#}");
+            let mut e = Some(e);
+            for (slot, spec, had_state) in created.iter().rev() {
+                if let Some(Ok(report)) = out.get(*slot) {
+                    rollback(&nl, &state, spec, report, *had_state).await;
+                }
+            }
+            for slot in out.iter_mut().filter(|r| r.is_ok()) {
+                *slot = Err(e.take().unwrap_or_else(|| anyhow::anyhow!("{why}")));
+            }
+        }
+    }
+    drop(lock);
+    Ok(out)
+}
+
+/// The checking half of `up`: nothing changes.
+async fn check(nl: &Netlink, state: &StateDir, args: &UpArgs) -> Result<Checked> {
+    let spec = &args.spec;
+    for u in &args.uplinks {
+        validate_ifname(u)?;
+    }
+    let (existing, current_ifaces) = if state.exists() {
+        let maps = Maps::open(state)?;
+        (reconcile::network_specs(&maps)?, maps.ifaces()?)
+    } else {
+        (BTreeMap::new(), BTreeMap::new())
+    };
+    let same_id = plan::check_against_existing(spec, &existing)?;
+    let cgroup = match &args.cgroup {
+        Some(p) => p.clone(),
+        None => crate::sockhooks::cgroup2_root()?,
+    };
+    crate::sockhooks::check_cgroup(&cgroup)?;
+    let links = nl.link_facts().await?;
+    let bridge = links.iter().find(|l| l.name == spec.bridge);
+    if let Some(b) = bridge
+        && !b.is_bridge
+    {
+        bail!("{} exists and is not a bridge", spec.bridge);
+    }
+    let names: BTreeMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
+    // A subnet that overlaps an address the host has elsewhere would cut
+    // the host off from that address's neighbours.
+    let bridges: std::collections::BTreeSet<String> = existing
+        .values()
+        .map(|s| s.bridge.clone())
+        .chain([spec.bridge.clone()])
+        .collect();
+    if let Some(c) = plan::address_conflicts(
+        std::slice::from_ref(spec),
+        &nl.host_addrs().await?,
+        &bridges,
+    )
+    .first()
+    {
+        bail!("{c}");
+    }
+    let uplinks = reconcile::uplink_choice(&args.uplinks, &current_ifaces, &names);
+    // Dry-run the role plan with the new bridge in place, so a bad uplink is
+    // reported before anything changes.
+    let mut nets: BTreeMap<u32, u32> = existing
+        .values()
+        .filter_map(|s| {
+            links
+                .iter()
+                .find(|l| l.name == s.bridge)
+                .map(|l| (l.index, 1))
+        })
+        .collect();
+    nets.insert(bridge.map_or(u32::MAX, |b| b.index), 1);
+    plan::plan_roles(&links, &nets, &uplinks)?;
+    Ok(Checked {
+        bridge_index: bridge.map(|b| b.index),
+        same_id,
+        existing,
+        uplinks,
+        cgroup,
+    })
+}
+
+/// The changing half of `up` for one network, up to its record (the
+/// reconcile comes once per batch); `report` says what it did so far.
+/// `dp` is loaded on first use and kept for the batch.
+async fn record(
+    nl: &Netlink,
+    state: &StateDir,
+    dp: &mut Option<Datapath>,
+    args: &UpArgs,
+    c: &Checked,
+    report: &mut UpReport,
+) -> Result<()> {
+    let spec = &args.spec;
+    let index = match c.bridge_index {
+        Some(i) => i,
+        None => {
+            let i = nl.create_bridge(&spec.bridge).await?;
+            report.created_bridge = true;
+            i
+        }
+    };
+    nl.set_up(index).await?;
+    let prefix = spec.subnet.prefix_len();
+    if !nl.has_addr(index, spec.gateway, prefix).await? {
+        nl.add_addr(index, spec.gateway, prefix).await?;
+        report.added_gateway = true;
+    }
+    if !plumbing::ip_forward()? {
+        plumbing::set_ip_forward(true)?;
+        report.enabled_forwarding = true;
+    }
+    state.create()?;
+    let dp = match dp {
+        Some(dp) => dp,
+        None => dp.insert(Datapath::load(state)?),
+    };
+    // What this run created is netpath's to remove; an idempotent `up` that
+    // had to re-create the bridge or the address adds to what it owned.
+    let mut flags = 0;
+    if report.created_bridge {
+        flags |= net_flags::CREATED_BRIDGE;
+    }
+    if report.added_gateway {
+        flags |= net_flags::ADDED_GATEWAY;
+    }
+    let net_id = match c.same_id {
+        Some(id) => {
+            let old = dp
+                .maps
+                .networks
+                .get(&id, 0)
+                .context("reading the existing network")?;
+            flags |= old.flags & !NetworkOptions::MASK;
+            id
+        }
+        None => plan::next_network_id(c.existing.keys().copied(), netpath_common::MAX_NETWORKS)?,
+    };
+    flags |= args.options.flags();
+    report.net_id = net_id;
+    dp.maps
+        .networks
+        .insert(net_id, spec.to_info(index, flags), 0)
+        .context("recording the network")?;
+    dp.maps.add_subnet(spec.subnet, net_id)?;
+    Ok(())
+}
+
+/// Undoes a failed `up` of a new network, reporting (not returning) errors.
+async fn rollback(
+    nl: &Netlink,
+    state: &StateDir,
+    spec: &NetworkSpec,
+    report: &UpReport,
+    had_state: bool,
+) {
+    let mut errors = Vec::new();
+    if state.exists() {
+        match Maps::open(state) {
+            Ok(mut maps) => {
+                if report.net_id != 0 {
+                    let _ = maps.networks.remove(&report.net_id);
+                    let _ = maps.remove_subnet(spec.subnet);
+                }
+                let remaining = maps.networks().map(|n| n.len()).unwrap_or(0);
+                if !had_state || remaining == 0 {
+                    errors.extend(reconcile::teardown_all_links(state, &mut maps));
+                    drop(maps);
+                    if let Err(e) = state.remove() {
+                        errors.push(e);
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if let Ok(Some(l)) = nl.link_by_name(&spec.bridge).await {
+        if report.created_bridge {
+            if let Err(e) = nl.delete_link(l.index).await {
+                errors.push(e);
+            }
+        } else if report.added_gateway
+            && let Err(e) = nl
+                .del_addr(l.index, spec.gateway, spec.subnet.prefix_len())
+                .await
+        {
+            errors.push(e);
+        }
+    }
+    if report.enabled_forwarding
+        && let Err(e) = plumbing::set_ip_forward(false)
+    {
+        errors.push(e);
+    }
+    for e in errors {
+        tracing::error!("while undoing the failed up: {e:#}");
+    }
+}
+
+/// Removes other builds' pinned programs (see
+/// [`Datapath::prune_other_builds`]), under the state lock: once `up`
+/// replaced their daemon, nothing needs them.
+pub fn prune_other_builds() -> Result<usize> {
+    let _lock = state::lock(false)?;
+    let state = StateDir::current()?;
+    if !state.exists() {
+        return Ok(0);
+    }
+    Datapath::prune_other_builds(&state)
+}
+
+/// `network set BRIDGE --icc=… --gateway-mode=…`: changes a network's
+/// options in place; the datapath reads them per packet, so live containers
+/// follow at once (flows already admitted stay).
+pub fn network_set(
+    bridge: &str,
+    icc: Option<bool>,
+    gateway_mode: Option<GatewayMode>,
+) -> Result<NetworkSpec> {
+    let _lock = state::lock(false)?;
+    let (_, mut maps) =
+        Maps::open_current().map_err(|e| e.context(format!("no network on bridge {bridge}")))?;
+    let (id, mut info) = maps
+        .network_by_bridge(bridge)?
+        .with_context(|| format!("no network on bridge {bridge}"))?;
+    if let Some(icc) = icc {
+        if icc {
+            info.flags &= !net_flags::NO_ICC;
+        } else {
+            info.flags |= net_flags::NO_ICC;
+        }
+    }
+    if let Some(m) = gateway_mode {
+        info.flags = info.flags & !GatewayMode::MASK | m.flags();
+    }
+    maps.networks
+        .insert(id, info, 0)
+        .context("updating the network")?;
+    Ok(NetworkSpec::from_info(&info))
+}

@@ -1,0 +1,12 @@
+//! Tier 2: netpath's programs on crafted packets (BPF_PROG_TEST_RUN), no
+//! interface plumbing. One test binary: the basics (roles, counters), NAT,
+//! port policy and what comes in through an uplink.
+
+#[macro_use]
+#[path = "../harness/mod.rs"]
+mod harness;
+
+mod basics;
+mod inbound;
+mod nat;
+mod policy;
