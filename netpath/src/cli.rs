@@ -25,7 +25,8 @@ fn gateway_mode() -> impl clap::builder::TypedValueParser<Value = GatewayMode> {
     about = "eBPF datapath for single-host container networking (replaces Docker's iptables bridge path)",
     long_about = "netpath attaches TCX programs to container bridges, their ports and the uplinks, \
                   and keeps its state pinned under /sys/fs/bpf/netpath/<netns cookie>/, one directory \
-                  per network namespace. It acts on the network namespace it runs in."
+                  per network namespace. It acts on the network namespace it runs in. \
+                  NETPATH_LOG=error|warn|info|debug|trace sets how much it logs (default info)."
 )]
 pub struct Cli {
     /// Act in the named network namespace (/run/netns/NAME), like `ip -n NAME`.
@@ -61,7 +62,7 @@ pub enum Command {
         #[arg(id = "container_netns", value_name = "NETNS")]
         netns: String,
         /// Bridge of the network.
-        #[arg(long, value_name = "NAME")]
+        #[arg(long, value_name = "NAME", value_parser = spec::parse_ifname)]
         bridge: String,
     },
     /// Change a network's options at runtime.
@@ -289,7 +290,7 @@ pub struct FlushCmd {
 #[group(required = true, multiple = false)]
 pub struct DownCmd {
     /// Bridge of the network to take down.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = spec::parse_ifname)]
     pub bridge: Option<String>,
     /// Take every network in this namespace down and unpin everything.
     #[arg(long)]
@@ -302,7 +303,7 @@ pub struct ConnectCmd {
     #[arg(id = "container_netns", value_name = "NETNS")]
     pub netns: String,
     /// Bridge of the network.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = spec::parse_ifname)]
     pub bridge: String,
     /// Address to give [default: the next free one].
     #[arg(long, value_name = "ADDR")]
@@ -317,6 +318,7 @@ pub enum NetworkCmd {
     /// Set options of the network on BRIDGE; running containers follow at once.
     Set {
         /// Bridge of the network.
+        #[arg(value_parser = spec::parse_ifname)]
         bridge: String,
         /// Inter-container communication on this bridge.
         #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
@@ -354,7 +356,7 @@ pub enum FilterCmd {
 #[derive(Debug, Args)]
 pub struct SelectorArgs {
     /// The network (its bridge) the flow goes to.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = spec::parse_ifname)]
     pub network: Option<String>,
     /// The client's address (a CIDR or one address).
     #[arg(long, value_name = "CIDR", value_parser = crate::filter::parse_cidr)]

@@ -19,6 +19,16 @@ use netpath::{
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                    | clap::error::ErrorKind::MissingSubcommand
+            ) =>
+        {
+            eprintln!("netpath: error: a command is needed (see `netpath --help`)");
+            return ExitCode::from(2);
+        }
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version
         Err(e) => {
             // One line, like every other error: clap's message without its usage block.
@@ -63,30 +73,59 @@ fn main() -> ExitCode {
 }
 
 /// Log lines through `tracing`: the long-running commands log to stdout
-/// (their log file when `up` starts the daemon), the others to stderr;
-/// `NETPATH_LOG` takes a filter such as `debug` [default: info].
+/// (their log file when `up` starts the daemon) stamped with the
+/// monotonic clock, as `conntrack list` and `status` count time, so lines
+/// of successive daemons line up; the others log to stderr as
+/// `netpath: LEVEL …`. `NETPATH_LOG` sets the level (error, warn, info,
+/// debug, trace) [default: info]; another value is said once and ignored.
 fn logging(long_running: bool) {
-    use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_env("NETPATH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    use tracing_subscriber::fmt;
+    let (level, bad) = match std::env::var("NETPATH_LOG") {
+        Err(_) => (tracing::Level::INFO, None),
+        Ok(v) => match v.trim().parse::<tracing::Level>() {
+            Ok(l) => (l, None),
+            Err(_) => (tracing::Level::INFO, Some(v)),
+        },
+    };
     let builder = fmt()
-        .with_env_filter(filter)
-        .with_timer(Uptime(std::time::Instant::now()))
+        .with_max_level(level)
         .with_target(false)
         .with_ansi(false);
     if long_running {
-        builder.with_writer(std::io::stdout).init();
+        builder
+            .with_timer(Stamp::Monotonic)
+            .with_writer(std::io::stdout)
+            .init();
     } else {
-        builder.with_writer(std::io::stderr).init();
+        builder
+            .with_timer(Stamp::Tool)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    if let Some(v) = bad {
+        tracing::warn!(
+            "NETPATH_LOG={v:?} is not a level (error, warn, info, debug, trace): logging at info"
+        );
     }
 }
 
-/// Log stamps: seconds since the process started, to the millisecond.
-struct Uptime(std::time::Instant);
+/// What starts a log line.
+enum Stamp {
+    /// Seconds of the monotonic clock, to the millisecond.
+    Monotonic,
+    /// The tool's name, as its error lines start.
+    Tool,
+}
 
-impl tracing_subscriber::fmt::time::FormatTime for Uptime {
+impl tracing_subscriber::fmt::time::FormatTime for Stamp {
     fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
-        let e = self.0.elapsed();
-        write!(w, "{}.{:03}s", e.as_secs(), e.subsec_millis())
+        match self {
+            Self::Monotonic => {
+                let ms = conntrack::monotonic_ns() / 1_000_000;
+                write!(w, "[{}.{:03}]", ms / 1000, ms % 1000)
+            }
+            Self::Tool => write!(w, "netpath:"),
+        }
     }
 }
 

@@ -28,6 +28,11 @@ pub fn validate_ifname(name: &str) -> Result<()> {
     {
         bail!("invalid interface name {name:?}");
     }
+    // The kernel reads a '%' as a name template (`br%d` becomes br0), so
+    // the link made would not be the one asked for.
+    if name.contains('%') {
+        bail!("invalid interface name {name:?}: '%' makes it a kernel name template");
+    }
     Ok(())
 }
 
@@ -40,9 +45,15 @@ pub fn parse_ifname(s: &str) -> Result<String> {
 /// Parses a subnet in CIDR notation; host bits must be zero, and no
 /// reserved block may overlap it.
 pub fn parse_subnet(s: &str) -> Result<Ipv4Net> {
-    let net: Ipv4Net = s.parse().map_err(|_| {
-        anyhow::anyhow!("invalid subnet {s:?}: expected IPv4 CIDR such as 172.17.0.0/16")
-    })?;
+    let expected =
+        || anyhow::anyhow!("invalid subnet {s:?}: expected IPv4 CIDR such as 172.17.0.0/16");
+    // Leading zeros read as octal elsewhere (inet_aton: 010 is 8): refused
+    // rather than guessed.
+    let addr = s.split('/').next().unwrap_or_default();
+    if addr.split('.').any(|o| o.len() > 1 && o.starts_with('0')) {
+        return Err(expected());
+    }
+    let net: Ipv4Net = s.parse().map_err(|_| expected())?;
     if net.addr() != net.network() {
         bail!(
             "invalid subnet {s}: host bits are set (did you mean {}?)",
@@ -247,9 +258,12 @@ impl std::fmt::Display for PortSpec {
 }
 
 fn parse_port(s: &str, what: &str) -> Result<u16> {
-    let n: u32 = s
-        .parse()
-        .map_err(|_| anyhow::anyhow!("invalid {what} {s:?}: expected a number from 1 to 65535"))?;
+    let bad = || anyhow::anyhow!("invalid {what} {s:?}: expected a number from 1 to 65535");
+    // Digits only: no sign, no space.
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || s.len() > 5 {
+        return Err(bad());
+    }
+    let n: u32 = s.parse().map_err(|_| bad())?;
     if n == 0 || n > 65535 {
         bail!("invalid {what} {n}: ports go from 1 to 65535");
     }
@@ -356,6 +370,8 @@ mod tests {
         assert!(err("", "172.17.0.0/16", None).contains("interface name"));
         assert!(err("averyveryverylongname", "172.17.0.0/16", None).contains("interface name"));
         assert!(err("a/b", "172.17.0.0/16", None).contains("interface name"));
+        assert!(err("br%d", "172.17.0.0/16", None).contains("template"));
+        assert!(err("d0", "010.30.0.0/16", None).contains("invalid subnet"));
         // A typed subnet with host bits (from an API) is refused too.
         let typed = Ipv4Net::new(Ipv4Addr::new(10, 1, 0, 1), 16).unwrap();
         assert!(
@@ -444,6 +460,8 @@ mod tests {
         assert!(err("0", false, true).contains("1 to 65535"));
         assert!(err("65536", false, true).contains("1 to 65535"));
         assert!(err("x", false, true).contains("invalid port"));
+        assert!(err("+8080", false, true).contains("invalid port"));
+        assert!(err("080080", false, true).contains("invalid port"));
         assert!(err("80/sctp", false, true).contains("tcp or udp"));
         assert!(err("90-80", false, true).contains("below"));
         assert!(err("80", true, false).contains("CONTAINER_IP:PORT"));
