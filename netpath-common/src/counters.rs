@@ -14,6 +14,8 @@ pub mod counter_scope {
     pub const FILTER: u16 = 4;
     /// The conntrack table as a whole (`id` 0).
     pub const CONNTRACK: u16 = 5;
+    /// Datapath events for `netpath monitor` (`id` 0).
+    pub const MONITOR: u16 = 6;
 }
 
 /// Kinds of counters. New kinds may be added; existing values never change.
@@ -52,6 +54,12 @@ pub mod counter_kind {
     /// Conntrack: new flows refused because the table was at its limit
     /// (see [`crate::ct::fill`]).
     pub const CT_REFUSED: u16 = 67;
+    /// Monitor: events written to the ring buffer.
+    pub const EVENTS_SENT: u16 = 80;
+    /// Monitor: events the rate limit refused.
+    pub const EVENTS_LOST_RATE: u16 = 81;
+    /// Monitor: events the ring buffer had no room for (a slow reader).
+    pub const EVENTS_LOST_FULL: u16 = 82;
     /// Network: packets dropped, one kind per [`DropReason`](crate::DropReason)
     /// (`DROP_BASE + reason`).
     pub const DROP_BASE: u16 = 256;
@@ -74,6 +82,9 @@ pub mod counter_kind {
             CT_REMOVES => "removes",
             CT_INSERT_FAILED => "insert_failed",
             CT_REFUSED => "refused",
+            EVENTS_SENT => "events_sent",
+            EVENTS_LOST_RATE => "events_lost_rate",
+            EVENTS_LOST_FULL => "events_lost_full",
             k if k > DROP_BASE => match crate::DropReason::from_u16(k - DROP_BASE) {
                 Some(r) => r.as_str(),
                 None => "drop_unknown",

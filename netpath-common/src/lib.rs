@@ -16,6 +16,7 @@ pub mod counters;
 pub mod csum;
 pub mod ct;
 pub mod drop;
+pub mod event;
 pub mod filter;
 pub mod sweep;
 
@@ -75,8 +76,13 @@ pub mod map_names {
     /// Array of two u64 (see [`crate::ct::fill`]): the table's live entries
     /// and the limit past which new flows are refused.
     pub const CT_FILL: &str = "NP_CT_FILL";
+    /// Ring buffer of [`Event`](crate::event::Event)s for `netpath monitor`.
+    pub const EVENTS: &str = "NP_EVENTS";
+    /// Array of u64: a monitor's heartbeat and the kinds it wants
+    /// ([`crate::event::monitor`]).
+    pub const MONITOR: &str = "NP_MONITOR";
     /// All pinned map names, for tooling that walks the pin directory.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 22] = [
         ENDPOINTS4,
         IFACES,
         NETWORKS,
@@ -97,6 +103,8 @@ pub mod map_names {
         CT_NETWORKS,
         MACS,
         CT_FILL,
+        EVENTS,
+        MONITOR,
     ];
 }
 
@@ -439,10 +447,12 @@ mod user {
         Config, Counter, CounterKey, Endpoint, HostInfo, IfaceInfo, Lease, LeaseKey, MacKey,
         NetworkInfo, PubKey4, PubVal4, SockRevKey, SockRevVal, TargetKey4, VlanKey,
         ct::{CtEntry4, CtKey4, FragKey4, FragPorts},
+        event::Event,
         filter::{FilterData, FilterInfo, FilterRule},
         sweep::SweepArgs,
     };
     unsafe impl aya::Pod for SweepArgs {}
+    unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for TargetKey4 {}
     unsafe impl aya::Pod for MacKey {}
     unsafe impl aya::Pod for VlanKey {}

@@ -310,8 +310,12 @@ pub fn ct_create4(
         return Err(DropReason::ConntrackFull);
     }
     let r = create4(orig, translated, vary, flags, net_id, now());
-    if r.is_err() {
-        count_ct(counter_kind::CT_INSERT_FAILED);
+    match r {
+        // The tuple the flow leaves with is its REPLY key reversed (the
+        // source port may have been varied from `translated`'s).
+        // SAFETY: a pointer to the entry just inserted, valid for this program.
+        Ok(e) => crate::events::flow_event(orig, unsafe { &(*e).peer }, net_id),
+        Err(_) => count_ct(counter_kind::CT_INSERT_FAILED),
     }
     r
 }

@@ -92,6 +92,7 @@ pub fn drop(ctx: &TcContext, net_id: u32, reason: DropReason) -> i32 {
     if net_id != 0 {
         count(counter_scope::NETWORK, net_id, reason.counter_kind(), len);
     }
+    crate::events::drop_event(ctx, net_id, reason as u8);
     TC_ACT_SHOT
 }
 

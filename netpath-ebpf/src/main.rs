@@ -11,6 +11,7 @@
 mod bridge;
 mod counters;
 mod ct;
+mod events;
 mod fastpath;
 mod filter;
 mod flow;

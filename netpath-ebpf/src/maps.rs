@@ -4,13 +4,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use netpath_common::{
     Config, Counter, CounterKey, Endpoint, HostInfo, IfaceInfo, Lease, LeaseKey, MAX_COUNTERS,
     MAX_HOSTADDRS, MAX_IFACES, MAX_LEASES, MAX_NETWORKS, MAX_PUBLISH, MAX_VLANS, MacKey,
     NetworkInfo, PubKey4, PubVal4, SockRevKey, SockRevVal, TargetKey4, VlanKey,
     ct::{CtEntry4, CtKey4, FragKey4, FragPorts, MAX_CT4, MAX_FRAG4},
+    event::{self, Bucket},
     filter::{FilterData, FilterInfo, FilterRule, MAX_FILTERS},
 };
 
@@ -108,3 +109,15 @@ pub static NP_CT_FILL: Array<u64> = Array::pinned(2, 0);
 
 #[map]
 pub static NP_MACS: HashMap<MacKey, u32> = HashMap::pinned(MAX_IFACES, 0);
+
+/// Events for `netpath monitor` (`netpath_common::event`).
+#[map]
+pub static NP_EVENTS: RingBuf = RingBuf::pinned(event::RING_BYTES, 0);
+
+/// A monitor's heartbeat and the event kinds it wants.
+#[map]
+pub static NP_MONITOR: Array<u64> = Array::pinned(event::monitor::LEN, 0);
+
+/// The events' rate limit, per CPU. Not pinned: a new build starts full.
+#[map]
+pub static NP_EVENT_BUCKET: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(1, 0);

@@ -91,6 +91,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stream datapath events: every drop with its reason, interface,
+    /// network, addresses, ports and protocol; with `--events flow,nat`
+    /// also new conntrack flows and the translations chosen. Events are
+    /// made only while a monitor runs, at most 2,000 a second per CPU;
+    /// what the limit or a slow reader loses is counted and shown.
+    Monitor(MonitorCmd),
     /// Show or flush the conntrack table, or set its timeouts and NAT port range.
     #[command(subcommand)]
     Conntrack(ConntrackCmd),
@@ -203,6 +209,32 @@ impl UpCmd {
             docker: false,
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct MonitorCmd {
+    /// Kinds of events, comma-separated: drop, flow (every new flow), nat
+    /// (new flows whose tuple was translated).
+    #[arg(long, value_name = "KINDS", default_value = "drop", value_parser = crate::monitor::parse_kinds)]
+    pub events: crate::monitor::Kinds,
+    /// Only events of this network (its bridge).
+    #[arg(long, value_name = "NAME", value_parser = spec::parse_ifname)]
+    pub network: Option<String>,
+    /// Only drops for this reason (as `status` names it, e.g. isolation or drop_icc).
+    #[arg(long, value_name = "REASON", value_parser = crate::monitor::parse_reason)]
+    pub reason: Option<netpath_common::DropReason>,
+    /// Only events with this address (either end, or the translated tuple's).
+    #[arg(long, value_name = "IP")]
+    pub host: Option<Ipv4Addr>,
+    /// Only events with this port (either end, or the translated tuple's).
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit after this many events.
+    #[arg(long, short = 'c', value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
 }
 
 #[derive(Debug, Args)]

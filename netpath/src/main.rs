@@ -386,6 +386,18 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
             Command::Filter(cmd) => filter_cmd(cmd),
+            Command::Monitor(m) => {
+                netpath::monitor::run(netpath::monitor::Options {
+                    kinds: m.events,
+                    network: m.network,
+                    reason: m.reason,
+                    host: m.host,
+                    port: m.port,
+                    json: m.json,
+                    count: m.count,
+                })
+                .await
+            }
             Command::Daemon { interval_ms } => {
                 daemon::run(daemon::Options {
                     netns: netns_name,

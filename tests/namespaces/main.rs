@@ -14,4 +14,5 @@ mod foundation;
 mod inbound;
 mod isolation;
 mod masquerade;
+mod monitor;
 mod publish;

@@ -1,0 +1,529 @@
+//! `netpath monitor`: the datapath's events, live. It keeps a heartbeat in
+//! `NP_MONITOR` (the datapath makes events only while one is fresh, for the
+//! kinds asked for), reads the `NP_EVENTS` ring buffer, filters, and prints
+//! one line per event (or one JSON object per line), and a line whenever
+//! the datapath's rate limit or a full ring lost events.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{Array, MapData, RingBuf};
+use netpath_common::{
+    DropReason, counter_kind, counter_scope,
+    event::{Event, kind, monitor, want},
+    map_names,
+};
+use serde::Serialize;
+
+use crate::{
+    codec, conntrack, events,
+    plumbing::Netlink,
+    state::{self, Maps},
+};
+
+/// Which events `--events` asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Kinds {
+    pub drop: bool,
+    /// Every new flow.
+    pub flow: bool,
+    /// New flows whose tuple was translated.
+    pub nat: bool,
+}
+
+impl Kinds {
+    /// `NP_MONITOR`'s want bits for these kinds.
+    pub fn bits(self) -> u64 {
+        let mut b = 0;
+        if self.drop {
+            b |= want::DROP;
+        }
+        if self.flow || self.nat {
+            b |= want::FLOW;
+        }
+        b
+    }
+}
+
+/// Parses `--events drop,flow,nat`.
+pub fn parse_kinds(s: &str) -> Result<Kinds> {
+    let mut k = Kinds::default();
+    for w in s.split(',') {
+        match w.trim() {
+            "drop" => k.drop = true,
+            "flow" => k.flow = true,
+            "nat" => k.nat = true,
+            other => bail!("invalid event kind {other:?}: expected drop, flow or nat"),
+        }
+    }
+    Ok(k)
+}
+
+/// Parses `--reason`: a drop reason as `status` names it, with or without
+/// its `drop_` prefix.
+pub fn parse_reason(s: &str) -> Result<DropReason> {
+    let want = s.strip_prefix("drop_").unwrap_or(s);
+    DropReason::ALL
+        .into_iter()
+        .find(|r| r.as_str().strip_prefix("drop_") == Some(want))
+        .with_context(|| format!("invalid drop reason {s:?} (see `netpath status` for the names)"))
+}
+
+/// What to show.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub kinds: Kinds,
+    pub net_id: Option<u32>,
+    pub reason: Option<DropReason>,
+    /// Either address of the packet (or of the translated tuple).
+    pub host: Option<Ipv4Addr>,
+    /// Either port, likewise.
+    pub port: Option<u16>,
+}
+
+/// One event as shown.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Shown {
+    /// Monotonic seconds (`conntrack list`'s and the daemon log's clock).
+    pub ts: f64,
+    pub event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iface: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    pub proto: String,
+    pub src: Ipv4Addr,
+    pub sport: u16,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+    /// A flow's tuple as it leaves, when translated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nat: Option<Tuple>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub len: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct Tuple {
+    pub src: Ipv4Addr,
+    pub sport: u16,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+}
+
+/// Names of interfaces and networks, for display.
+#[derive(Debug, Default)]
+pub struct Names {
+    pub ifaces: BTreeMap<u32, String>,
+    pub networks: BTreeMap<u32, String>,
+}
+
+/// Decides whether `e` passes `f` and how it shows; `None` when filtered out.
+pub fn show(e: &Event, f: &Filter, names: &Names) -> Option<Shown> {
+    let orig = Tuple {
+        src: codec::from_be(e.saddr_be),
+        sport: u16::from_be(e.sport_be),
+        dst: codec::from_be(e.daddr_be),
+        dport: u16::from_be(e.dport_be),
+    };
+    let nat = Tuple {
+        src: codec::from_be(e.nat_saddr_be),
+        sport: u16::from_be(e.nat_sport_be),
+        dst: codec::from_be(e.nat_daddr_be),
+        dport: u16::from_be(e.nat_dport_be),
+    };
+    let (event, reason, translated) = match e.kind {
+        kind::DROP => {
+            let r = DropReason::from_u16(u16::from(e.reason))?;
+            if !f.kinds.drop || f.reason.is_some_and(|w| w != r) {
+                return None;
+            }
+            ("drop", Some(r.as_str()), None)
+        }
+        kind::FLOW => {
+            let changed = nat != orig;
+            if f.reason.is_some() || !(f.kinds.flow || f.kinds.nat && changed) {
+                return None;
+            }
+            (
+                if changed && !f.kinds.flow {
+                    "nat"
+                } else {
+                    "flow"
+                },
+                None,
+                changed.then_some(nat),
+            )
+        }
+        _ => return None,
+    };
+    if f.net_id.is_some_and(|n| n != e.net_id) {
+        return None;
+    }
+    let tuples = [Some(orig), translated];
+    if let Some(h) = f.host
+        && !tuples.iter().flatten().any(|t| t.src == h || t.dst == h)
+    {
+        return None;
+    }
+    if let Some(p) = f.port
+        && !tuples
+            .iter()
+            .flatten()
+            .any(|t| t.sport == p || t.dport == p)
+    {
+        return None;
+    }
+    Some(Shown {
+        ts: e.ts_ns as f64 / 1e9,
+        event,
+        reason,
+        iface: (e.ifindex != 0).then(|| {
+            names
+                .ifaces
+                .get(&e.ifindex)
+                .cloned()
+                .unwrap_or_else(|| format!("if{}", e.ifindex))
+        }),
+        network: names.networks.get(&e.net_id).cloned(),
+        proto: if u16::from_be(e.ethertype_be) == 0x0800 {
+            conntrack::proto_name(e.proto)
+        } else {
+            format!("ethertype 0x{:04x}", u16::from_be(e.ethertype_be))
+        },
+        src: orig.src,
+        sport: orig.sport,
+        dst: orig.dst,
+        dport: orig.dport,
+        nat: translated,
+        len: (e.kind == kind::DROP).then_some(e.len),
+    })
+}
+
+impl std::fmt::Display for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ep = |a: Ipv4Addr, p: u16| {
+            if p == 0 {
+                a.to_string()
+            } else {
+                format!("{a}:{p}")
+            }
+        };
+        write!(f, "[{:.3}] {}", self.ts, self.event)?;
+        if let Some(r) = self.reason {
+            write!(f, " {r}")?;
+        }
+        if let Some(i) = &self.iface {
+            write!(f, " on {i}")?;
+        }
+        if let Some(n) = &self.network {
+            write!(f, " net {n}")?;
+        }
+        write!(
+            f,
+            " {} {} -> {}",
+            self.proto,
+            ep(self.src, self.sport),
+            ep(self.dst, self.dport)
+        )?;
+        if let Some(t) = self.nat {
+            write!(f, " as {} -> {}", ep(t.src, t.sport), ep(t.dst, t.dport))?;
+        }
+        if let Some(l) = self.len {
+            write!(f, " len {l}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Options of `netpath monitor`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub kinds: Kinds,
+    pub network: Option<String>,
+    pub reason: Option<DropReason>,
+    pub host: Option<Ipv4Addr>,
+    pub port: Option<u16>,
+    pub json: bool,
+    /// Exit after this many events shown.
+    pub count: Option<u64>,
+}
+
+/// Events lost so far, as the datapath counted them.
+fn lost(maps: &Maps) -> Result<(u64, u64)> {
+    let c = |k| {
+        maps.traffic(counter_scope::MONITOR, 0, k)
+            .map(|t| t.packets)
+    };
+    Ok((
+        c(counter_kind::EVENTS_LOST_RATE)?,
+        c(counter_kind::EVENTS_LOST_FULL)?,
+    ))
+}
+
+/// Runs until SIGINT/SIGTERM or `count` events.
+pub async fn run(opts: Options) -> Result<()> {
+    use std::io::Write as _;
+    let (state, maps) = Maps::open_current()?;
+    let dir = state.maps_dir();
+    let networks = maps.networks()?;
+    let net_id = match &opts.network {
+        Some(b) => Some(
+            maps.network_by_bridge(b)?
+                .with_context(|| format!("no network on bridge {b}"))?
+                .0,
+        ),
+        None => None,
+    };
+    let filter = Filter {
+        kinds: opts.kinds,
+        net_id,
+        reason: opts.reason,
+        host: opts.host,
+        port: opts.port,
+    };
+    let mut names = Names {
+        networks: networks
+            .iter()
+            .map(|(id, i)| (*id, codec::ifname_from_bytes(&i.bridge_name)))
+            .collect(),
+        ..Names::default()
+    };
+    let nl = Netlink::new()?;
+    names.ifaces = nl.names().await?;
+    let mut ring = RingBuf::try_from(state::open_pinned(&dir, map_names::EVENTS)?)
+        .context("NP_EVENTS layout")?;
+    let mut beat: Array<MapData, u64> =
+        Array::try_from(state::open_pinned(&dir, map_names::MONITOR)?)
+            .context("NP_MONITOR layout")?;
+    let mut stop = events::Stop::new()?;
+    let mut out = std::io::stdout().lock();
+    let mut shown = 0u64;
+    let (mut lost_rate, mut lost_full) = lost(&maps)?;
+    let mut next_beat = tokio::time::Instant::now();
+    loop {
+        if tokio::time::Instant::now() >= next_beat {
+            heartbeat(&mut beat, filter.kinds.bits())?;
+            let (r, f) = lost(&maps)?;
+            if r > lost_rate || f > lost_full {
+                let (dr, df) = (r - lost_rate, f - lost_full);
+                if opts.json {
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({"event": "lost", "rate_limited": dr, "ring_full": df})
+                    )?;
+                } else {
+                    writeln!(
+                        out,
+                        "lost {} event(s): {dr} to the rate limit, {df} to a full ring",
+                        dr + df
+                    )?;
+                }
+                (lost_rate, lost_full) = (r, f);
+            }
+            next_beat += Duration::from_secs(1);
+        }
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<Event>() {
+                continue;
+            }
+            let e: Event = bytemuck::pod_read_unaligned(&item[..std::mem::size_of::<Event>()]);
+            drop(item);
+            if e.ifindex != 0 && !names.ifaces.contains_key(&e.ifindex) {
+                names.ifaces = nl.names().await?;
+            }
+            let Some(s) = show(&e, &filter, &names) else {
+                continue;
+            };
+            if opts.json {
+                writeln!(out, "{}", serde_json::to_string(&s)?)?;
+            } else {
+                writeln!(out, "{s}")?;
+            }
+            shown += 1;
+            if opts.count.is_some_and(|c| shown >= c) {
+                out.flush()?;
+                return Ok(());
+            }
+        }
+        out.flush()?;
+        tokio::select! {
+            _ = stop.recv() => return Ok(()),
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+}
+
+/// Refreshes the heartbeat; adds this monitor's kinds to those another
+/// live monitor asked for.
+fn heartbeat(beat: &mut Array<MapData, u64>, bits: u64) -> Result<()> {
+    let now = conntrack::monotonic_ns();
+    let last = beat.get(&monitor::HEARTBEAT, 0).unwrap_or(0);
+    let mask = if now.saturating_sub(last) <= netpath_common::event::HEARTBEAT_NS {
+        beat.get(&monitor::MASK, 0).unwrap_or(0) | bits
+    } else {
+        bits
+    };
+    beat.set(monitor::MASK, mask, 0)
+        .context("writing NP_MONITOR")?;
+    beat.set(monitor::HEARTBEAT, now, 0)
+        .context("writing NP_MONITOR")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn be(a: [u8; 4]) -> u32 {
+        u32::from_ne_bytes(a)
+    }
+
+    fn drop_event() -> Event {
+        Event {
+            ts_ns: 12_345_678_000_000,
+            kind: kind::DROP,
+            reason: DropReason::Isolation as u8,
+            proto: 6,
+            ifindex: 7,
+            net_id: 1,
+            saddr_be: be([172, 30, 0, 2]),
+            daddr_be: be([172, 31, 0, 2]),
+            sport_be: 40000u16.to_be(),
+            dport_be: 80u16.to_be(),
+            len: 74,
+            ethertype_be: 0x0800u16.to_be(),
+            ..Event::default()
+        }
+    }
+
+    fn flow_event(translated: bool) -> Event {
+        let mut e = Event {
+            kind: kind::FLOW,
+            proto: 17,
+            net_id: 1,
+            saddr_be: be([172, 30, 0, 2]),
+            daddr_be: be([198, 18, 0, 2]),
+            sport_be: 5000u16.to_be(),
+            dport_be: 53u16.to_be(),
+            ethertype_be: 0x0800u16.to_be(),
+            ..Event::default()
+        };
+        e.nat_saddr_be = if translated {
+            be([198, 18, 0, 1])
+        } else {
+            e.saddr_be
+        };
+        e.nat_daddr_be = e.daddr_be;
+        e.nat_sport_be = e.sport_be;
+        e.nat_dport_be = e.dport_be;
+        e
+    }
+
+    fn names() -> Names {
+        Names {
+            ifaces: BTreeMap::from([(7, "c1h".to_owned())]),
+            networks: BTreeMap::from([(1, "np0".to_owned())]),
+        }
+    }
+
+    #[test]
+    fn kinds_and_reasons_parse() {
+        let k = parse_kinds("drop,nat").unwrap();
+        assert_eq!((k.drop, k.flow, k.nat), (true, false, true));
+        assert_eq!(k.bits(), want::DROP | want::FLOW);
+        assert!(parse_kinds("drop,bogus").is_err());
+        assert_eq!(parse_reason("isolation").unwrap(), DropReason::Isolation);
+        assert_eq!(parse_reason("drop_icc").unwrap(), DropReason::Icc);
+        assert!(parse_reason("nope").is_err());
+    }
+
+    #[test]
+    fn a_drop_shows_with_names_and_filters_apply() {
+        let all = Filter {
+            kinds: parse_kinds("drop,flow").unwrap(),
+            ..Filter::default()
+        };
+        let s = show(&drop_event(), &all, &names()).unwrap();
+        assert_eq!(
+            s.to_string(),
+            "[12345.678] drop drop_isolation on c1h net np0 tcp 172.30.0.2:40000 -> 172.31.0.2:80 len 74"
+        );
+        let j: serde_json::Value = serde_json::to_value(&s).unwrap();
+        assert_eq!(j["reason"], "drop_isolation");
+        assert_eq!(j["dst"], "172.31.0.2");
+        let only = |f: Filter| show(&drop_event(), &f, &names()).is_some();
+        let base = || Filter {
+            kinds: Kinds {
+                drop: true,
+                ..Kinds::default()
+            },
+            ..Filter::default()
+        };
+        assert!(only(Filter {
+            reason: Some(DropReason::Isolation),
+            ..base()
+        }));
+        assert!(!only(Filter {
+            reason: Some(DropReason::Icc),
+            ..base()
+        }));
+        assert!(!only(Filter {
+            net_id: Some(2),
+            ..base()
+        }));
+        assert!(only(Filter {
+            host: Some(Ipv4Addr::new(172, 31, 0, 2)),
+            ..base()
+        }));
+        assert!(!only(Filter {
+            host: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            ..base()
+        }));
+        assert!(only(Filter {
+            port: Some(40000),
+            ..base()
+        }));
+        assert!(!only(Filter {
+            port: Some(443),
+            ..base()
+        }));
+        // Flows only: the drop is not shown.
+        assert!(!only(Filter {
+            kinds: parse_kinds("flow").unwrap(),
+            ..Filter::default()
+        }));
+    }
+
+    #[test]
+    fn flows_and_translations() {
+        let flows = Filter {
+            kinds: parse_kinds("flow").unwrap(),
+            ..Filter::default()
+        };
+        let nat = Filter {
+            kinds: parse_kinds("nat").unwrap(),
+            ..Filter::default()
+        };
+        let plain = show(&flow_event(false), &flows, &names()).unwrap();
+        assert_eq!(plain.event, "flow");
+        assert_eq!(plain.nat, None);
+        assert!(show(&flow_event(false), &nat, &names()).is_none());
+        let t = show(&flow_event(true), &nat, &names()).unwrap();
+        assert_eq!(t.event, "nat");
+        assert!(
+            t.to_string().ends_with(
+                "udp 172.30.0.2:5000 -> 198.18.0.2:53 as 198.18.0.1:5000 -> 198.18.0.2:53"
+            ),
+            "{t}"
+        );
+        // --host matches the translated address too.
+        let by_host = Filter {
+            host: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            ..nat
+        };
+        assert!(show(&flow_event(true), &by_host, &names()).is_some());
+    }
+}
