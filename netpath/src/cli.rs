@@ -116,6 +116,10 @@ pub enum Command {
         /// Sweep and check interval in milliseconds.
         #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
         interval_ms: u64,
+        /// Serve Prometheus metrics at http://ADDR/metrics (recorded, so a
+        /// restarted daemon serves there again).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Replace dockerd's iptables path: follow the Docker Engine API and
     /// mirror every bridge network (subnet, gateway, enable_icc,
@@ -196,6 +200,11 @@ pub struct UpCmd {
     /// address changes).
     #[arg(long)]
     pub no_daemon: bool,
+    /// Have the daemon serve Prometheus metrics at http://ADDR/metrics
+    /// (e.g. 127.0.0.1:9464); recorded for this namespace, so a restarted
+    /// daemon serves there again, until the last `down`.
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_daemon")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl UpCmd {

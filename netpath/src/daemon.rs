@@ -43,6 +43,44 @@ pub fn report_path(cookie: u64) -> PathBuf {
     PathBuf::from(RUN_DIR).join(format!("daemon-{cookie}.json"))
 }
 
+/// Where `up --metrics` (or `daemon --metrics`) records the metrics
+/// address, so a restarted daemon serves there again.
+pub fn metrics_path(cookie: u64) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(format!("daemon-{cookie}.metrics"))
+}
+
+/// The recorded metrics address of this namespace's daemon, if any.
+pub fn recorded_metrics() -> Result<Option<std::net::SocketAddr>> {
+    let path = metrics_path(netns::cookie()?);
+    match std::fs::read_to_string(&path) {
+        Ok(t) => {
+            Ok(Some(t.trim().parse().with_context(|| {
+                format!("{} holds no address", path.display())
+            })?))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Records `addr` as the daemon's metrics address.
+pub fn record_metrics(addr: std::net::SocketAddr) -> Result<()> {
+    std::fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
+    let path = metrics_path(netns::cookie()?);
+    std::fs::write(&path, format!("{addr}\n"))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Forgets the recorded metrics address (the last `down`).
+pub fn forget_metrics() -> Result<()> {
+    match std::fs::remove_file(metrics_path(netns::cookie()?)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).context("forgetting the metrics address")
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The daemon's log for the namespace with `cookie`.
 pub fn log_path(cookie: u64) -> PathBuf {
     PathBuf::from(RUN_DIR).join(format!("daemon-{cookie}.log"))
@@ -108,7 +146,11 @@ pub enum Start {
 pub fn ensure_running(netns_name: Option<&str>) -> Result<Start> {
     let mut replaced = false;
     if let Some(r) = running()? {
-        if r.build == build_id() {
+        // A daemon of this build that serves metrics where they are
+        // recorded (or none when none are) stays.
+        let want = recorded_metrics()?.map(|a| a.to_string());
+        let serves = report(netns::cookie()?).and_then(|r| r.metrics);
+        if r.build == build_id() && serves == want {
             return Ok(Start::AlreadyRunning(r.pid));
         }
         stop()?;
@@ -177,6 +219,9 @@ pub fn stop() -> Result<Option<i32>> {
 pub struct Options {
     pub netns: Option<String>,
     pub interval: Duration,
+    /// Serve Prometheus metrics here (recorded for later daemons); `None`:
+    /// where `up --metrics` recorded, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// What the daemon did, written after each sweep to `daemon-<cookie>.json`
@@ -185,6 +230,9 @@ pub struct Options {
 pub struct Report {
     pub pid: u32,
     pub build: String,
+    /// Where it serves metrics.
+    #[serde(default)]
+    pub metrics: Option<String>,
     pub sweeps: u64,
     /// Flows the sweeps removed since the daemon started.
     pub swept_flows: u64,
@@ -438,6 +486,15 @@ pub async fn refresh(nl: &Netlink, loaded: &mut Option<Datapath>) -> Result<Opti
     }))
 }
 
+/// A task that ends when its handle goes.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How long a burst of link and address events may pause before the
 /// daemon re-applies, and how long it waits for one to end at most.
 const BURST_QUIET: Duration = Duration::from_millis(20);
@@ -469,6 +526,22 @@ pub async fn run(opts: Options) -> Result<()> {
     );
 
     let state = state::StateDir::current()?;
+    let metrics = match opts.metrics {
+        Some(a) => {
+            record_metrics(a)?;
+            Some(a)
+        }
+        None => recorded_metrics()?,
+    };
+    // Dropped (and so stopped) when the daemon ends.
+    let _server = metrics.map(|addr| {
+        let state = state.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(addr, state).await {
+                warn!("metrics: {e:#}");
+            }
+        }))
+    });
     let nl = Netlink::new()?;
     // Link and IPv4 address events: new ports, enslaving, address changes.
     let (conn, _, mut nl_events) = rtnetlink::new_multicast_connection(&[
@@ -492,6 +565,7 @@ pub async fn run(opts: Options) -> Result<()> {
         report: Report {
             pid: std::process::id(),
             build: build_id(),
+            metrics: metrics.map(|a| a.to_string()),
             ..Report::default()
         },
         pressure: false,

@@ -15,6 +15,7 @@ pub mod errors;
 pub mod events;
 pub mod filter;
 pub mod lab;
+pub mod metrics;
 pub mod monitor;
 pub mod netns;
 pub mod plan;

@@ -230,6 +230,9 @@ fn run(cli: Cli) -> Result<()> {
                     );
                 }
                 if !up.no_daemon {
+                    if let Some(a) = up.metrics {
+                        daemon::record_metrics(a)?;
+                    }
                     match daemon::ensure_running(netns_name.as_deref())
                         .map_err(|e| e.context("the network is up, but"))?
                     {
@@ -273,6 +276,7 @@ fn run(cli: Cli) -> Result<()> {
                     if let Some(pid) = daemon::stop()? {
                         println!("  daemon stopped (pid {pid})");
                     }
+                    daemon::forget_metrics()?;
                 }
                 Ok(())
             }
@@ -398,10 +402,14 @@ fn run(cli: Cli) -> Result<()> {
                 })
                 .await
             }
-            Command::Daemon { interval_ms } => {
+            Command::Daemon {
+                interval_ms,
+                metrics,
+            } => {
                 daemon::run(daemon::Options {
                     netns: netns_name,
                     interval: std::time::Duration::from_millis(interval_ms),
+                    metrics,
                 })
                 .await
             }

@@ -108,6 +108,8 @@ pub struct DaemonStatus {
     pub last_sweep: Option<crate::daemon::Sweep>,
     pub sweeps: u64,
     pub swept_flows: u64,
+    /// Where it serves Prometheus metrics.
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -271,6 +273,7 @@ fn daemon_status(cookie: u64) -> Result<DaemonStatus> {
         last_sweep: last,
         sweeps: report.as_ref().map_or(0, |r| r.sweeps),
         swept_flows: report.as_ref().map_or(0, |r| r.swept_flows),
+        metrics: report.and_then(|r| r.metrics),
     })
 }
 
@@ -365,6 +368,9 @@ impl Status {
                         d.sweeps, d.swept_flows
                     ))
                 );
+                if let Some(m) = &d.metrics {
+                    let _ = writeln!(head, "metrics: http://{m}/metrics");
+                }
             }
             Some(_) => head.push_str(
                 "WARNING: no netpath daemon runs for this namespace: expired flows are not swept \

@@ -14,5 +14,6 @@ mod foundation;
 mod inbound;
 mod isolation;
 mod masquerade;
+mod metrics;
 mod monitor;
 mod publish;

@@ -50,6 +50,10 @@ const APT: &[(&str, &str)] = &[
     ("dockerd", "docker.io"),
     ("containerd", "docker.io"),
     ("runc", "docker.io"),
+    // The metrics test scrapes netpath with a real Prometheus (started by
+    // the test, in its namespace) and checks the exposition with promtool.
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
 ];
 
 /// Packages needed as such (not for a command): the e2e image copies
