@@ -26,12 +26,16 @@ fn gateway_mode() -> impl clap::builder::TypedValueParser<Value = GatewayMode> {
     long_about = "netpath attaches TCX programs to container bridges, their ports and the uplinks, \
                   and keeps its state pinned under /sys/fs/bpf/netpath/<netns cookie>/, one directory \
                   per network namespace. It acts on the network namespace it runs in. \
-                  NETPATH_LOG=error|warn|info|debug|trace sets how much it logs (default info)."
+                  NETPATH_LOG (or RUST_LOG) = error|warn|info|debug|trace sets how much it logs \
+                  (default info; -v and -vv win); under systemd its log lines carry no timestamps."
 )]
 pub struct Cli {
     /// Act in the named network namespace (/run/netns/NAME), like `ip -n NAME`.
     #[arg(long, global = true, value_name = "NAME")]
     pub netns: Option<String>,
+    /// More log lines: -v debug, -vv trace (else NETPATH_LOG or RUST_LOG, else info).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -97,6 +101,14 @@ pub enum Command {
     /// made only while a monitor runs, at most 2,000 a second per CPU;
     /// what the limit or a slow reader loses is counted and shown.
     Monitor(MonitorCmd),
+    /// A live view of packet and byte rates per network, interface and
+    /// published port, drops by reason and the conntrack table's fill,
+    /// refreshed every second (fits 80×24). q quits.
+    Top {
+        /// Refresh interval in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(200..=60_000))]
+        interval_ms: u64,
+    },
     /// Show or flush the conntrack table, or set its timeouts and NAT port range.
     #[command(subcommand)]
     Conntrack(ConntrackCmd),

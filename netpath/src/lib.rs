@@ -30,6 +30,7 @@ pub mod status;
 pub mod sys;
 pub mod table;
 pub mod tables;
+pub mod top;
 pub mod up;
 
 /// The kernel programs, built from `netpath-ebpf` by build.rs.

@@ -48,10 +48,10 @@ fn main() -> ExitCode {
             return ExitCode::from(if bad_value { 1 } else { 2 });
         }
     };
-    logging(matches!(
-        cli.command,
-        Command::Daemon { .. } | Command::Docker(_)
-    ));
+    logging(
+        matches!(cli.command, Command::Daemon { .. } | Command::Docker(_)),
+        cli.verbose,
+    );
     // A one-shot command whose output goes into a closed pipe (`| head`)
     // ends quietly, as other tools do; the long-running ones keep Rust's
     // default (a write error they handle) for their sockets.
@@ -75,37 +75,52 @@ fn main() -> ExitCode {
 /// Log lines through `tracing`: the long-running commands log to stdout
 /// (their log file when `up` starts the daemon) stamped with the
 /// monotonic clock, as `conntrack list` and `status` count time, so lines
-/// of successive daemons line up; the others log to stderr as
-/// `netpath: LEVEL …`. `NETPATH_LOG` sets the level (error, warn, info,
-/// debug, trace) [default: info]; another value is said once and ignored.
-fn logging(long_running: bool) {
+/// of successive daemons line up, or unstamped under systemd (journald
+/// stamps them); the others log to stderr as `netpath: LEVEL …`. The
+/// level: `-v` (debug) or `-vv` (trace), else `NETPATH_LOG`, else
+/// `RUST_LOG` (a level, or `netpath=LEVEL`), else info; a value that is no
+/// level is said once and ignored.
+fn logging(long_running: bool, verbose: u8) {
     use tracing_subscriber::fmt;
-    let (level, bad) = match std::env::var("NETPATH_LOG") {
-        Err(_) => (tracing::Level::INFO, None),
-        Ok(v) => match v.trim().parse::<tracing::Level>() {
-            Ok(l) => (l, None),
-            Err(_) => (tracing::Level::INFO, Some(v)),
-        },
+    let parse = |v: &str| {
+        let v = v.trim();
+        let v = v.strip_prefix("netpath=").unwrap_or(v);
+        v.parse::<tracing::Level>().ok()
+    };
+    let mut bad = None;
+    let from_env = |name: &str, bad: &mut Option<String>| {
+        let v = std::env::var(name).ok()?;
+        let l = parse(&v);
+        if l.is_none() {
+            *bad = Some(format!("{name}={v:?}"));
+        }
+        l
+    };
+    let level = match verbose {
+        0 => from_env("NETPATH_LOG", &mut bad)
+            .or_else(|| from_env("RUST_LOG", &mut bad))
+            .unwrap_or(tracing::Level::INFO),
+        1 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
     };
     let builder = fmt()
         .with_max_level(level)
         .with_target(false)
         .with_ansi(false);
-    if long_running {
-        builder
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    match (long_running, journald) {
+        (true, true) => builder.without_time().with_writer(std::io::stdout).init(),
+        (true, false) => builder
             .with_timer(Stamp::Monotonic)
             .with_writer(std::io::stdout)
-            .init();
-    } else {
-        builder
+            .init(),
+        (false, _) => builder
             .with_timer(Stamp::Tool)
             .with_writer(std::io::stderr)
-            .init();
+            .init(),
     }
     if let Some(v) = bad {
-        tracing::warn!(
-            "NETPATH_LOG={v:?} is not a level (error, warn, info, debug, trace): logging at info"
-        );
+        tracing::warn!("{v} is not a level (error, warn, info, debug, trace): ignored");
     }
 }
 
@@ -390,6 +405,9 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
             Command::Filter(cmd) => filter_cmd(cmd),
+            Command::Top { interval_ms } => {
+                netpath::top::run(std::time::Duration::from_millis(interval_ms)).await
+            }
             Command::Monitor(m) => {
                 netpath::monitor::run(netpath::monitor::Options {
                     kinds: m.events,

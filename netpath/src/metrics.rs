@@ -27,6 +27,8 @@ pub struct Snapshot {
     pub ct_entries: u64,
     pub ct_capacity: u64,
     pub published_ports: u64,
+    /// Published port counter id -> "HOSTPORT/PROTO -> CONTAINER:PORT".
+    pub published: BTreeMap<u32, String>,
     /// Map -> (entries, capacity).
     pub maps: BTreeMap<&'static str, (u64, u64)>,
 }
@@ -63,8 +65,28 @@ pub async fn snapshot(state: &StateDir, nl: &Netlink) -> Result<Snapshot> {
     let (live, _) = maps.ct_fill()?;
     s.ct_entries = live.max(0) as u64;
     s.ct_capacity = u64::from(capacity);
-    let published = maps.published()?.len() as u64;
+    let mappings = maps.published()?;
+    let published = mappings.len() as u64;
     s.published_ports = published;
+    s.published = mappings
+        .iter()
+        .map(|(k, v)| {
+            let host = match k.addr_be {
+                0 => String::new(),
+                a => format!("{}:", codec::from_be(a)),
+            };
+            (
+                v.id,
+                format!(
+                    "{host}{}/{} -> {}:{}",
+                    u16::from_be(k.port_be),
+                    crate::conntrack::proto_name(k.proto),
+                    codec::from_be(v.target_be),
+                    u16::from_be(v.target_port_be)
+                ),
+            )
+        })
+        .collect();
     s.maps.insert("NP_CT4", (s.ct_entries, u64::from(capacity)));
     s.maps.insert(
         "NP_PUBLISH4",

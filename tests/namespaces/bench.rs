@@ -76,6 +76,22 @@ fn quick_bench_runs_every_arm_and_proves_its_path() {
         daemon[1]
     );
     assert!(stdout.contains("**The daemon**"), "{stdout}");
+    // A monitor's cost: both workloads, every repetition each way.
+    let monitor = json["monitor"].as_array().unwrap();
+    assert_eq!(monitor.len(), 2, "{monitor:?}");
+    for m in monitor {
+        assert_eq!(m["with"].as_array().unwrap().len(), 5, "{m}");
+        assert_eq!(m["without"].as_array().unwrap().len(), 5, "{m}");
+        assert!(
+            m["with"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|v| v.as_f64().unwrap() > 0.0),
+            "{m}"
+        );
+    }
+    assert!(stdout.contains("**A monitor attached**"), "{stdout}");
     assert!(
         std::fs::read_to_string(out.join("bench.svg"))
             .unwrap()

@@ -17,3 +17,4 @@ mod masquerade;
 mod metrics;
 mod monitor;
 mod publish;
+mod top;

@@ -54,6 +54,8 @@ const APT: &[(&str, &str)] = &[
     // the test, in its namespace) and checks the exposition with promtool.
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
+    // `netpath top` is driven in a real terminal.
+    ("tmux", "tmux"),
 ];
 
 /// Packages needed as such (not for a command): the e2e image copies

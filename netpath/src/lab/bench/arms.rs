@@ -115,6 +115,11 @@ impl ArmLab {
     }
 
     /// What the external client dials to reach the container's `PORT`.
+    /// The netpath binary this arm runs.
+    pub fn exe(&self) -> &std::path::Path {
+        &self.exe
+    }
+
     pub fn published(&self) -> SocketAddrV4 {
         let ip = match self.arm {
             Arm::Bare => Lab::C1,

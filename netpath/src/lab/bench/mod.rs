@@ -9,6 +9,7 @@
 pub mod arms;
 pub mod daemon;
 pub mod load;
+pub mod monitor;
 mod report;
 
 pub use report::table;
@@ -78,6 +79,8 @@ pub struct Results {
     /// The binary of the baseline arm, if one ran.
     pub baseline: Option<String>,
     pub daemon: Vec<daemon::DaemonCost>,
+    /// The netpath arm with and without a monitor attached.
+    pub monitor: Vec<monitor::MonitorCost>,
     pub samples: Vec<Sample>,
 }
 
@@ -237,6 +240,7 @@ pub fn run(opts: &Options) -> Result<Results> {
         control_plane: Vec::new(),
         baseline: opts.baseline.as_ref().map(|b| b.display().to_string()),
         daemon: Vec::new(),
+        monitor: Vec::new(),
         samples: Vec::new(),
     };
     let started = Instant::now();
@@ -306,6 +310,13 @@ pub fn run(opts: &Options) -> Result<Results> {
                 res.evidence.push((lab.arm, *scale, what, packets));
             }
         }
+    }
+    if !opts.daemon_only
+        && let Some(lab) = labs.iter().find(|l| l.arm == Arm::Netpath)
+    {
+        eprintln!("netpath bench: the cost of a monitor");
+        res.monitor =
+            monitor::measure(lab, opts.reps, dur).context("measuring a monitor's cost")?;
     }
     eprintln!("netpath bench: the daemon's cost");
     if let Some(lab) = labs.iter_mut().find(|l| l.arm == Arm::Netpath) {

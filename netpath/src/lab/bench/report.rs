@@ -138,6 +138,28 @@ pub fn table(res: &Results) -> String {
             "baseline: {b}; cost vs baseline is how much worse netpath does (negative: better), medians of interleaved runs.\n"
         );
     }
+    if !res.monitor.is_empty() {
+        let _ = writeln!(
+            s,
+            "**A monitor attached** (netpath, last scale point; `netpath monitor --events drop,flow` reading every event, medians of interleaved runs)\n"
+        );
+        let _ = writeln!(s, "| workload | metric | without | with a monitor | cost |");
+        let _ = writeln!(s, "|---|---|---|---|---|");
+        for m in &res.monitor {
+            let (a, b) = (median(&mut m.without.clone()), median(&mut m.with.clone()));
+            let _ = writeln!(
+                s,
+                "| {} | {} ({}) | {} | {} | {:+.1} % |",
+                m.workload,
+                m.metric,
+                m.unit,
+                fmt_num(a),
+                fmt_num(b),
+                if a == 0.0 { 0.0 } else { (a - b) / a * 100.0 }
+            );
+        }
+        let _ = writeln!(s);
+    }
     if !res.daemon.is_empty() {
         let _ = writeln!(
             s,
