@@ -71,6 +71,30 @@ pub fn record_metrics(addr: std::net::SocketAddr) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// Waits (up to 5 s) for this namespace's daemon to report that it serves
+/// metrics on `addr`; an error naming its log when it could not.
+pub fn await_metrics(addr: std::net::SocketAddr) -> Result<()> {
+    let cookie = netns::cookie()?;
+    let want = addr.to_string();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = report(cookie);
+        if r.as_ref()
+            .is_some_and(|r| r.metrics.as_deref() == Some(&want))
+        {
+            return Ok(());
+        }
+        // Its first report comes right after it bound (or failed to).
+        if Instant::now() >= deadline || r.is_some_and(|r| r.sweeps > 0 && r.metrics.is_none()) {
+            bail!(
+                "the daemon does not serve metrics on {addr}; see {}",
+                log_path(cookie).display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Forgets the recorded metrics address (the last `down`).
 pub fn forget_metrics() -> Result<()> {
     match std::fs::remove_file(metrics_path(netns::cookie()?)) {
@@ -526,6 +550,9 @@ pub async fn run(opts: Options) -> Result<()> {
     );
 
     let state = state::StateDir::current()?;
+    if !state.exists() {
+        bail!("nothing is up in this network namespace");
+    }
     let metrics = match opts.metrics {
         Some(a) => {
             record_metrics(a)?;
@@ -533,15 +560,27 @@ pub async fn run(opts: Options) -> Result<()> {
         }
         None => recorded_metrics()?,
     };
-    // Dropped (and so stopped) when the daemon ends.
-    let _server = metrics.map(|addr| {
-        let state = state.clone();
-        AbortOnDrop(tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(addr, state).await {
-                warn!("metrics: {e:#}");
+    // The report says where metrics are served only once the listener is
+    // bound; `up --metrics` checks it. Dropped (and so stopped) with the
+    // daemon.
+    let mut serving = None;
+    let _server = match metrics {
+        Some(addr) => match crate::metrics::bind(addr).await {
+            Ok(listener) => {
+                info!("serving metrics on http://{addr}/metrics");
+                serving = Some(addr.to_string());
+                Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(
+                    listener,
+                    state.clone(),
+                ))))
             }
-        }))
-    });
+            Err(e) => {
+                warn!("{e:#}");
+                None
+            }
+        },
+        None => None,
+    };
     let nl = Netlink::new()?;
     // Link and IPv4 address events: new ports, enslaving, address changes.
     let (conn, _, mut nl_events) = rtnetlink::new_multicast_connection(&[
@@ -565,7 +604,7 @@ pub async fn run(opts: Options) -> Result<()> {
         report: Report {
             pid: std::process::id(),
             build: build_id(),
-            metrics: metrics.map(|a| a.to_string()),
+            metrics: serving,
             ..Report::default()
         },
         pressure: false,
@@ -595,9 +634,15 @@ pub async fn run(opts: Options) -> Result<()> {
                 }
                 if let Some(name) = &opts.netns {
                     let n = name.clone();
+                    // Only a namespace that is gone (or replaced) ends the
+                    // daemon; a check that fails for another reason (out
+                    // of file descriptors, say) is said and tried again.
                     match netns::run_in(&n, netns::cookie) {
                         Ok(Ok(c)) if c == cookie => {}
-                        _ => break "its network namespace is gone",
+                        Ok(Ok(_)) => break "its network namespace was replaced",
+                        _ if !netns::path_of(&n).exists() => break "its network namespace is gone",
+                        Ok(Err(e)) => warn!("checking the network namespace: {e:#}"),
+                        Err(e) => warn!("checking the network namespace: {e:#}"),
                     }
                 }
                 match sweeper.tick(&state, &mut loaded).and_then(|()| sweeper.write(cookie)) {

@@ -81,27 +81,29 @@ fn main() -> ExitCode {
 /// `RUST_LOG` (a level, or `netpath=LEVEL`), else info; a value that is no
 /// level is said once and ignored.
 fn logging(long_running: bool, verbose: u8) {
+    use tracing::level_filters::LevelFilter;
     use tracing_subscriber::fmt;
     let parse = |v: &str| {
         let v = v.trim();
         let v = v.strip_prefix("netpath=").unwrap_or(v);
-        v.parse::<tracing::Level>().ok()
+        v.parse::<LevelFilter>().ok()
     };
-    let mut bad = None;
-    let from_env = |name: &str, bad: &mut Option<String>| {
+    let mut bad = Vec::new();
+    let mut from_env = |name: &str| {
         let v = std::env::var(name).ok()?;
         let l = parse(&v);
         if l.is_none() {
-            *bad = Some(format!("{name}={v:?}"));
+            bad.push(format!("{name}={v:?}"));
         }
         l
     };
     let level = match verbose {
-        0 => from_env("NETPATH_LOG", &mut bad)
-            .or_else(|| from_env("RUST_LOG", &mut bad))
-            .unwrap_or(tracing::Level::INFO),
-        1 => tracing::Level::DEBUG,
-        _ => tracing::Level::TRACE,
+        0 => {
+            let (own, rust) = (from_env("NETPATH_LOG"), from_env("RUST_LOG"));
+            own.or(rust).unwrap_or(LevelFilter::INFO)
+        }
+        1 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
     };
     let builder = fmt()
         .with_max_level(level)
@@ -119,8 +121,8 @@ fn logging(long_running: bool, verbose: u8) {
             .with_writer(std::io::stderr)
             .init(),
     }
-    if let Some(v) = bad {
-        tracing::warn!("{v} is not a level (error, warn, info, debug, trace): ignored");
+    for v in bad {
+        tracing::warn!("{v} is not a level (off, error, warn, info, debug, trace): ignored");
     }
 }
 
@@ -254,8 +256,13 @@ fn run(cli: Cli) -> Result<()> {
                         daemon::Start::AlreadyRunning(_) => {}
                         daemon::Start::Started(pid) => println!("  daemon started (pid {pid})"),
                         daemon::Start::Replaced(pid) => {
-                            println!("  daemon of another build replaced (pid {pid})")
+                            println!("  daemon replaced (pid {pid})")
                         }
+                    }
+                    if let Some(a) = up.metrics {
+                        daemon::await_metrics(a)
+                            .map_err(|e| e.context("the network is up, but"))?;
+                        println!("  metrics at http://{a}/metrics");
                     }
                     // No daemon of another build needs its pins any more.
                     up::prune_other_builds()?;
@@ -291,6 +298,8 @@ fn run(cli: Cli) -> Result<()> {
                     if let Some(pid) = daemon::stop()? {
                         println!("  daemon stopped (pid {pid})");
                     }
+                }
+                if r.unpinned_all || matches!(target, DownTarget::All) {
                     daemon::forget_metrics()?;
                 }
                 Ok(())

@@ -298,24 +298,44 @@ pub fn render(s: &Snapshot) -> Result<String> {
 /// The content type of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Serves `/metrics` on `addr` until the task is dropped.
-pub async fn serve(addr: SocketAddr, state: StateDir) -> Result<()> {
+/// Connections served at once; more wait in the kernel's backlog. A
+/// scrape takes milliseconds: Prometheus needs one.
+const MAX_CONNECTIONS: usize = 8;
+/// A request must arrive whole within this, and a connection ends after
+/// [`CONNECTION_LIFETIME`]: a client that sends nothing holds nothing.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Binds the metrics listener (so a bad address fails where it is asked
+/// for, not later).
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening for metrics on {addr}"))
+}
+
+/// Serves `/metrics` on `listener` until the task is dropped, at most
+/// [`MAX_CONNECTIONS`] at once, each bounded in time; accept errors (out
+/// of file descriptors) back off instead of spinning.
+pub async fn serve(listener: tokio::net::TcpListener, state: StateDir) {
     use http_body_util::Full;
     use hyper::{Request, Response, body::Bytes, service::service_fn};
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening for metrics on {addr}"))?;
-    tracing::info!("serving metrics on http://{addr}/metrics");
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, _) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("metrics: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 continue;
             }
         };
         let state = state.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let state = state.clone();
                 async move {
@@ -343,10 +363,11 @@ pub async fn serve(addr: SocketAddr, state: StateDir) -> Result<()> {
                 }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await
-            {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(io, service);
+            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
                 tracing::debug!("metrics connection: {e}");
             }
         });

@@ -94,10 +94,15 @@ pub struct Shown {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
     pub proto: String,
-    pub src: Ipv4Addr,
-    pub sport: u16,
-    pub dst: Ipv4Addr,
-    pub dport: u16,
+    /// Addresses and ports: absent for a frame that is not IPv4.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src: Option<Ipv4Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst: Option<Ipv4Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dport: Option<u16>,
     /// A flow's tuple as it leaves, when translated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nat: Option<Tuple>,
@@ -176,6 +181,7 @@ pub fn show(e: &Event, f: &Filter, names: &Names) -> Option<Shown> {
     {
         return None;
     }
+    let ipv4 = u16::from_be(e.ethertype_be) == 0x0800;
     Some(Shown {
         ts: e.ts_ns as f64 / 1e9,
         event,
@@ -188,15 +194,15 @@ pub fn show(e: &Event, f: &Filter, names: &Names) -> Option<Shown> {
                 .unwrap_or_else(|| format!("if{}", e.ifindex))
         }),
         network: names.networks.get(&e.net_id).cloned(),
-        proto: if u16::from_be(e.ethertype_be) == 0x0800 {
+        proto: if ipv4 {
             conntrack::proto_name(e.proto)
         } else {
             format!("ethertype 0x{:04x}", u16::from_be(e.ethertype_be))
         },
-        src: orig.src,
-        sport: orig.sport,
-        dst: orig.dst,
-        dport: orig.dport,
+        src: ipv4.then_some(orig.src),
+        sport: ipv4.then_some(orig.sport),
+        dst: ipv4.then_some(orig.dst),
+        dport: ipv4.then_some(orig.dport),
         nat: translated,
         len: (e.kind == kind::DROP).then_some(e.len),
     })
@@ -221,13 +227,15 @@ impl std::fmt::Display for Shown {
         if let Some(n) = &self.network {
             write!(f, " net {n}")?;
         }
-        write!(
-            f,
-            " {} {} -> {}",
-            self.proto,
-            ep(self.src, self.sport),
-            ep(self.dst, self.dport)
-        )?;
+        write!(f, " {}", self.proto)?;
+        if let (Some(src), Some(dst)) = (self.src, self.dst) {
+            write!(
+                f,
+                " {} -> {}",
+                ep(src, self.sport.unwrap_or(0)),
+                ep(dst, self.dport.unwrap_or(0))
+            )?;
+        }
         if let Some(t) = self.nat {
             write!(f, " as {} -> {}", ep(t.src, t.sport), ep(t.dst, t.dport))?;
         }
@@ -267,6 +275,11 @@ fn lost(maps: &Maps) -> Result<(u64, u64)> {
 pub async fn run(opts: Options) -> Result<()> {
     use std::io::Write as _;
     let (state, maps) = Maps::open_current()?;
+    // The ring has one read position: two readers would take each other's
+    // events (and repeat them). One monitor per namespace, then.
+    let _only = only_monitor()?;
+    // What a monitor before this one left in the ring is not news.
+    let started_ns = conntrack::monotonic_ns();
     let dir = state.maps_dir();
     let networks = maps.networks()?;
     let net_id = match &opts.network {
@@ -332,6 +345,9 @@ pub async fn run(opts: Options) -> Result<()> {
             }
             let e: Event = bytemuck::pod_read_unaligned(&item[..std::mem::size_of::<Event>()]);
             drop(item);
+            if e.ts_ns < started_ns {
+                continue;
+            }
             if e.ifindex != 0 && !names.ifaces.contains_key(&e.ifindex) {
                 names.ifaces = nl.names().await?;
             }
@@ -357,20 +373,36 @@ pub async fn run(opts: Options) -> Result<()> {
     }
 }
 
-/// Refreshes the heartbeat; adds this monitor's kinds to those another
-/// live monitor asked for.
+/// Refreshes the heartbeat with this monitor's kinds (the only monitor's).
 fn heartbeat(beat: &mut Array<MapData, u64>, bits: u64) -> Result<()> {
-    let now = conntrack::monotonic_ns();
-    let last = beat.get(&monitor::HEARTBEAT, 0).unwrap_or(0);
-    let mask = if now.saturating_sub(last) <= netpath_common::event::HEARTBEAT_NS {
-        beat.get(&monitor::MASK, 0).unwrap_or(0) | bits
-    } else {
-        bits
-    };
-    beat.set(monitor::MASK, mask, 0)
+    beat.set(monitor::MASK, bits, 0)
         .context("writing NP_MONITOR")?;
-    beat.set(monitor::HEARTBEAT, now, 0)
+    beat.set(monitor::HEARTBEAT, conntrack::monotonic_ns(), 0)
         .context("writing NP_MONITOR")
+}
+
+/// The lock that makes this the namespace's only monitor, held while it
+/// runs (`/run/netpath/monitor-<cookie>.lock`).
+fn only_monitor() -> Result<std::fs::File> {
+    std::fs::create_dir_all(crate::daemon::RUN_DIR)
+        .with_context(|| format!("creating {}", crate::daemon::RUN_DIR))?;
+    let path = std::path::Path::new(crate::daemon::RUN_DIR)
+        .join(format!("monitor-{}.lock", crate::netns::cookie()?));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            bail!(
+                "another netpath monitor runs in this network namespace (one reader per event ring)"
+            )
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).context("locking the monitor"),
+    }
 }
 
 #[cfg(test)]
@@ -495,6 +527,24 @@ mod tests {
             kinds: parse_kinds("flow").unwrap(),
             ..Filter::default()
         }));
+    }
+
+    #[test]
+    fn frames_that_are_not_ipv4_show_their_ethertype_only() {
+        let mut e = drop_event();
+        e.ethertype_be = 0x86ddu16.to_be();
+        e.reason = DropReason::Ipv6 as u8;
+        let f = Filter {
+            kinds: parse_kinds("drop").unwrap(),
+            ..Filter::default()
+        };
+        let s = show(&e, &f, &names()).unwrap();
+        assert_eq!(
+            s.to_string(),
+            "[12345.678] drop drop_ipv6 on c1h net np0 ethertype 0x86dd len 74"
+        );
+        let j = serde_json::to_value(&s).unwrap();
+        assert!(j.get("src").is_none(), "{j}");
     }
 
     #[test]

@@ -269,7 +269,17 @@ fn quit(e: &Event) -> bool {
 
 /// Runs the view until `q`.
 pub async fn run(interval: Duration) -> Result<()> {
+    use std::io::IsTerminal as _;
+    if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
+        anyhow::bail!(
+            "top draws on a terminal: run it in one (status --json and the metrics serve scripts)"
+        );
+    }
     let (state, _) = Maps::open_current()?;
+    // SIGTERM, SIGINT (outside raw mode) and SIGHUP (the terminal went)
+    // end it with the terminal restored.
+    let mut stop = crate::events::Stop::new()?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let nl = Netlink::new()?;
     let mut prev = metrics::snapshot(&state, &nl).await?;
     let mut at = tokio::time::Instant::now();
@@ -284,7 +294,11 @@ pub async fn run(interval: Duration) -> Result<()> {
                 if event::poll(Duration::ZERO)? && quit(&event::read()?) {
                     return anyhow::Ok(());
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::select! {
+                    _ = stop.recv() => return anyhow::Ok(()),
+                    _ = hup.recv() => return anyhow::Ok(()),
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
             }
             let cur = metrics::snapshot(&state, &nl).await?;
             let now = tokio::time::Instant::now();

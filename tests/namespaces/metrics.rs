@@ -22,7 +22,7 @@ fn get(ns: &Netns, to: &str, path: &str) -> anyhow::Result<(String, String)> {
     let (to, path) = (to.to_owned(), path.to_owned());
     ns.run(move || -> anyhow::Result<(String, String)> {
         let mut s = TcpStream::connect(&to)?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.set_read_timeout(Some(Duration::from_secs(25)))?;
         write!(
             s,
             "GET {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n"
@@ -115,6 +115,21 @@ fn a_real_prometheus_scrapes_the_drop_counters() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // Clients that send nothing hold a connection slot for 5 s at most:
+    // with more of them than slots, a scrape still gets through.
+    let idle: Vec<TcpStream> = (0..10)
+        .map(|_| {
+            lab.host
+                .run(|| TcpStream::connect(METRICS))
+                .unwrap()
+                .unwrap()
+        })
+        .collect();
+    let t = Instant::now();
+    let (head, _) = get(&lab.host, METRICS, "/metrics").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    drop(idle);
     // It listens where it was told only: not on the uplink's address.
     assert!(get(&lab.ext, &format!("{}:9464", Lab::UPLINK), "/metrics").is_err());
     assert!(
@@ -177,4 +192,29 @@ fn a_real_prometheus_scrapes_the_drop_counters() {
     assert_eq!(got["value"][1], want.to_string(), "{got}");
     drop(_prom);
     let _ = std::fs::remove_dir_all(&dir);
+
+    // An address the daemon cannot serve is an error, not a silence; the
+    // network stays up.
+    let r = harness::netpath(
+        &lab.host,
+        &[
+            "up",
+            "--bridge",
+            Lab::BRIDGE,
+            "--subnet",
+            Lab::SUBNET,
+            "--metrics",
+            "10.9.9.9:9464",
+        ],
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.stderr.lines().count(), 1, "{r:?}");
+    assert!(
+        r.stderr.contains("does not serve metrics on 10.9.9.9:9464"),
+        "{r:?}"
+    );
+    // The last `down` forgets the address.
+    netpath_ok(&lab.host, &["down", "--all"]);
+    let cookie = status(&lab.host)["netns_cookie"].as_u64().unwrap();
+    assert!(!std::path::Path::new(&format!("/run/netpath/daemon-{cookie}.metrics")).exists());
 }

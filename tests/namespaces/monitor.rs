@@ -112,29 +112,13 @@ fn drops_and_flows_are_events_with_filters() {
 
     // Isolation: an event within a second, right reason and addresses.
     let all = Monitor::start(&lab.host, &["--events", "drop,flow"]);
-    let icc_only = Monitor::start(&lab.host, &["--reason", "icc"]);
-    // (np1 has drops of its own: its container's IPv6 router solicitations.)
-    let other_net = Monitor::start(&lab.host, &["--network", "np1", "--reason", "isolation"]);
     let t = Instant::now();
-    std::thread::spawn({
-        let c3_ip = c3_ip.clone();
-        let c1 = lab.c1.name.clone();
-        move || {
-            // A connect that isolation drops (timed out by the helper).
-            let _ = std::process::Command::new("nsenter")
-                .args([&format!("--net=/run/netns/{c1}"), "/usr/bin/python3", "-c"])
-                .arg(format!(
-                    "import socket; s=socket.socket(); s.settimeout(2); s.bind(('0.0.0.0', 41000))\n\
-                     try: s.connect(('{c3_ip}', 7001))\nexcept Exception: pass"
-                ))
-                .status();
-        }
-    });
+    attempt_from_41000(&lab, &c3_ip);
     let e = all
         .next(Duration::from_secs(3), |v| v["reason"] == "drop_isolation")
         .expect("an isolation drop event");
     assert!(
-        t.elapsed() < Duration::from_secs(1) + Duration::from_millis(300),
+        t.elapsed() < Duration::from_millis(1300),
         "{:?}",
         t.elapsed()
     );
@@ -147,20 +131,30 @@ fn drops_and_flows_are_events_with_filters() {
     assert_eq!(e["iface"], "c1h");
     assert_eq!(e["network"], Lab::BRIDGE);
     assert!(e["len"].as_u64().unwrap() >= 54, "{e}");
-    // Filters: a reason and a network that do not match saw nothing.
+    // One reader per ring: a second monitor is refused, one line.
+    let second = harness::netpath(&lab.host, &["monitor", "-c", "1"]);
+    assert_eq!(second.code, 1, "{second:?}");
     assert!(
-        icc_only
-            .next(Duration::from_millis(500), |_| true)
-            .is_none()
+        second.stderr.contains("another netpath monitor runs"),
+        "{second:?}"
     );
-    assert!(
-        other_net
-            .next(Duration::from_millis(100), |_| true)
-            .is_none()
-    );
+    drop(all);
+
+    // Filters: a reason and a network that do not match see nothing.
+    for filter in [
+        &["--reason", "icc"][..],
+        &["--network", "np1", "--reason", "isolation"],
+    ] {
+        let m = Monitor::start(&lab.host, filter);
+        attempt_from_41000(&lab, &c3_ip);
+        assert!(
+            m.next(Duration::from_millis(1500), |_| true).is_none(),
+            "{filter:?} let an event through"
+        );
+    }
 
     // Flows and translations: a masqueraded connection out.
-    let nat = Monitor::start(
+    let mut nat = Monitor::start(
         &lab.host,
         &["--events", "nat", "--host", Lab::EXT, "-c", "1"],
     );
@@ -176,19 +170,41 @@ fn drops_and_flows_are_events_with_filters() {
     assert_eq!(e["nat"]["src"], Lab::UPLINK);
     assert_eq!(e["nat"]["dst"], Lab::EXT);
     assert_eq!(e["nat"]["sport"], seen.port());
-    // The flow shows in the unfiltered monitor too.
-    assert!(
-        all.next(Duration::from_secs(2), |v| v["event"] == "flow"
-            && v["dport"] == 7300)
-            .is_some()
-    );
-    // --count: the nat monitor exited by itself after one event.
-    let mut nat = nat;
+    // --count: it exits by itself after one event.
     let deadline = Instant::now() + Duration::from_secs(2);
     while nat.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(nat.child.try_wait().unwrap().is_some_and(|s| s.success()));
+    drop(nat);
+    // Every new flow with --events flow, filtered by port.
+    let flows = Monitor::start(&lab.host, &["--events", "flow", "--port", "7301"]);
+    lab.tcp_out(&lab.c1, 7301).unwrap();
+    let e = flows
+        .next(Duration::from_secs(3), |_| true)
+        .expect("a flow event");
+    assert_eq!(
+        (e["event"].as_str(), e["dport"].as_u64()),
+        (Some("flow"), Some(7301))
+    );
+}
+
+/// c1 tries 172.31/24 from port 41000 (isolation drops it).
+fn attempt_from_41000(lab: &Lab, c3_ip: &str) {
+    let out = std::process::Command::new("nsenter")
+        .args([
+            &format!("--net=/run/netns/{}", lab.c1.name),
+            "/usr/bin/python3",
+            "-c",
+        ])
+        .arg(format!(
+            "import socket; s=socket.socket(); s.settimeout(0.2)\n\
+             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 41000))\n\
+             try: s.connect(('{c3_ip}', 7001))\nexcept Exception: pass"
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
 }
 
 #[test]
