@@ -162,23 +162,27 @@ pub enum Start {
     Started(i32),
     /// A daemon of another build was stopped and this build's started.
     Replaced(i32),
+    /// This build's daemon was restarted to serve metrics where they are
+    /// now recorded.
+    Restarted(i32),
 }
 
 /// Starts this namespace's daemon unless this build's already runs. The
 /// daemon inherits the calling thread's namespace; `netns` is its name, which
 /// the daemon watches so it ends when the namespace is deleted.
 pub fn ensure_running(netns_name: Option<&str>) -> Result<Start> {
-    let mut replaced = false;
+    let mut replaced = None;
     if let Some(r) = running()? {
         // A daemon of this build that serves metrics where they are
         // recorded (or none when none are) stays.
         let want = recorded_metrics()?.map(|a| a.to_string());
         let serves = report(netns::cookie()?).and_then(|r| r.metrics);
-        if r.build == build_id() && serves == want {
+        let same_build = r.build == build_id();
+        if same_build && serves == want {
             return Ok(Start::AlreadyRunning(r.pid));
         }
         stop()?;
-        replaced = true;
+        replaced = Some(same_build);
     }
     let cookie = netns::cookie()?;
     std::fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
@@ -204,10 +208,10 @@ pub fn ensure_running(netns_name: Option<&str>) -> Result<Start> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if let Some(r) = running()? {
-            return Ok(if replaced {
-                Start::Replaced(r.pid)
-            } else {
-                Start::Started(r.pid)
+            return Ok(match replaced {
+                None => Start::Started(r.pid),
+                Some(false) => Start::Replaced(r.pid),
+                Some(true) => Start::Restarted(r.pid),
             });
         }
         std::thread::sleep(Duration::from_millis(20));

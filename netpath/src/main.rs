@@ -256,7 +256,10 @@ fn run(cli: Cli) -> Result<()> {
                         daemon::Start::AlreadyRunning(_) => {}
                         daemon::Start::Started(pid) => println!("  daemon started (pid {pid})"),
                         daemon::Start::Replaced(pid) => {
-                            println!("  daemon replaced (pid {pid})")
+                            println!("  daemon of another build replaced (pid {pid})")
+                        }
+                        daemon::Start::Restarted(pid) => {
+                            println!("  daemon restarted to serve metrics (pid {pid})")
                         }
                     }
                     if let Some(a) = up.metrics {
