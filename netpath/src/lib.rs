@@ -27,6 +27,7 @@ pub mod sockhooks;
 pub mod spec;
 pub mod state;
 pub mod status;
+pub mod sweeper;
 pub mod sys;
 pub mod table;
 pub mod tables;

@@ -384,9 +384,9 @@ fn heartbeat(beat: &mut Array<MapData, u64>, bits: u64) -> Result<()> {
 /// The lock that makes this the namespace's only monitor, held while it
 /// runs (`/run/netpath/monitor-<cookie>.lock`).
 fn only_monitor() -> Result<std::fs::File> {
-    std::fs::create_dir_all(crate::daemon::RUN_DIR)
-        .with_context(|| format!("creating {}", crate::daemon::RUN_DIR))?;
-    let path = std::path::Path::new(crate::daemon::RUN_DIR)
+    std::fs::create_dir_all(crate::sys::RUN_DIR)
+        .with_context(|| format!("creating {}", crate::sys::RUN_DIR))?;
+    let path = std::path::Path::new(crate::sys::RUN_DIR)
         .join(format!("monitor-{}.lock", crate::netns::cookie()?));
     let f = std::fs::OpenOptions::new()
         .create(true)

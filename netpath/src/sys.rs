@@ -10,6 +10,10 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
+/// Where daemons keep their pid files, logs and reports, and monitors
+/// their lock.
+pub const RUN_DIR: &str = "/run/netpath";
+
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
