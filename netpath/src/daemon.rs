@@ -116,11 +116,7 @@ pub struct Running {
 
 /// Takes the pid file's lock (an flock) if it is free.
 fn try_flock(f: &File) -> Result<bool> {
-    match f.try_lock() {
-        Ok(()) => Ok(true),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
-        Err(std::fs::TryLockError::Error(e)) => Err(e).context("locking the daemon pid file"),
-    }
+    crate::sys::try_lock(f, "the daemon pid file")
 }
 
 /// The daemon of the current namespace, if one runs (its lock is held).

@@ -70,22 +70,7 @@ pub async fn snapshot(state: &StateDir, nl: &Netlink) -> Result<Snapshot> {
     s.published_ports = published;
     s.published = mappings
         .iter()
-        .map(|(k, v)| {
-            let host = match k.addr_be {
-                0 => String::new(),
-                a => format!("{}:", codec::from_be(a)),
-            };
-            (
-                v.id,
-                format!(
-                    "{host}{}/{} -> {}:{}",
-                    u16::from_be(k.port_be),
-                    crate::conntrack::proto_name(k.proto),
-                    codec::from_be(v.target_be),
-                    u16::from_be(v.target_port_be)
-                ),
-            )
-        })
+        .map(|(k, v)| (v.id, crate::publish::Ports::of(k, v).to_string()))
         .collect();
     s.maps.insert("NP_CT4", (s.ct_entries, u64::from(capacity)));
     s.maps.insert(

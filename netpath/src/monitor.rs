@@ -394,15 +394,10 @@ fn only_monitor() -> Result<std::fs::File> {
         .write(true)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            bail!(
-                "another netpath monitor runs in this network namespace (one reader per event ring)"
-            )
-        }
-        Err(std::fs::TryLockError::Error(e)) => Err(e).context("locking the monitor"),
+    if !crate::sys::try_lock(&f, "the monitor")? {
+        bail!("another netpath monitor runs in this network namespace (one reader per event ring)");
     }
+    Ok(f)
 }
 
 #[cfg(test)]

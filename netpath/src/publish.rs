@@ -83,6 +83,21 @@ pub struct Ports {
     pub target_first: u16,
 }
 
+impl Ports {
+    /// The one port of a `NP_PUBLISH4` entry.
+    pub fn of(k: &PubKey4, v: &PubVal4) -> Self {
+        let port = u16::from_be(k.port_be);
+        Self {
+            host_addr: (k.addr_be != 0).then(|| codec::from_be(k.addr_be)),
+            host_first: port,
+            host_last: port,
+            proto: k.proto,
+            target: codec::from_be(v.target_be),
+            target_first: u16::from_be(v.target_port_be),
+        }
+    }
+}
+
 impl std::fmt::Display for Ports {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let host = PortSpec {

@@ -184,11 +184,9 @@ pub fn try_lock() -> Result<Option<Option<Lock>>> {
     let Some(dir) = lock_file(false)? else {
         return Ok(None);
     };
-    match dir.try_lock() {
-        Ok(()) => Ok(Some(Some(Lock(dir)))),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(Some(None)),
-        Err(std::fs::TryLockError::Error(e)) => Err(e).context("locking netpath state"),
-    }
+    Ok(Some(
+        crate::sys::try_lock(&dir, "netpath state")?.then_some(Lock(dir)),
+    ))
 }
 
 /// The base directory, opened to be locked (an flock, released when the

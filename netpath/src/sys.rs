@@ -14,6 +14,15 @@ use anyhow::{Context as _, Result};
 /// their lock.
 pub const RUN_DIR: &str = "/run/netpath";
 
+/// Takes `f`'s flock if it is free: false when another process holds it.
+pub fn try_lock(f: &std::fs::File, what: &str) -> Result<bool> {
+    match f.try_lock() {
+        Ok(()) => Ok(true),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {what}")),
+    }
+}
+
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_DETACH: libc::c_long = 34;
 

@@ -39,6 +39,20 @@ pub fn can_run() -> bool {
     true
 }
 
+/// `netpath connect` of a new namespace tagged `tag` to `bridge` (plus
+/// `extra` arguments): the namespace and the address it got.
+pub fn connect(host: &Netns, tag: &str, bridge: &str, extra: &[&str]) -> (Netns, String) {
+    let c = Netns::new(tag).unwrap();
+    let mut args = vec!["connect", c.name.as_str(), "--bridge", bridge];
+    args.extend_from_slice(extra);
+    let out = netpath_ok(host, &args);
+    let ip = out
+        .split_whitespace()
+        .find_map(|w| w.split_once('/').map(|(a, _)| a.to_owned()))
+        .unwrap_or_else(|| panic!("no address in {out:?}"));
+    (c, ip)
+}
+
 /// Held by tests that flood or time gaps (a SYN flood, a zero-loss probe,
 /// the quick benchmark): on two cores, two of them at once would measure
 /// each other. Poison (a failed holder) does not stop the others.

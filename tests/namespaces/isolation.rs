@@ -38,18 +38,6 @@ fn ping_fails(ns: &Netns, dst: &str) {
 }
 
 /// `connect` a fresh namespace to `bridge`; returns it and its address.
-fn connect(host: &Netns, tag: &str, bridge: &str, extra: &[&str]) -> (Netns, String) {
-    let c = Netns::new(tag).unwrap();
-    let mut args = vec!["connect", c.name.as_str(), "--bridge", bridge];
-    args.extend_from_slice(extra);
-    let out = netpath_ok(host, &args);
-    let ip = out
-        .split_whitespace()
-        .find_map(|w| w.split_once('/').map(|(a, _)| a.to_owned()))
-        .unwrap_or_else(|| panic!("no address in {out:?}"));
-    (c, ip)
-}
-
 #[test]
 fn two_networks_cannot_reach_each_other_but_reach_gateways_and_outside() {
     require_root!();
@@ -58,7 +46,7 @@ fn two_networks_cannot_reach_each_other_but_reach_gateways_and_outside() {
         &lab.host,
         &["up", "--bridge", "np1", "--subnet", "172.31.0.0/24"],
     );
-    let (c3, c3_ip) = connect(&lab.host, "c3", "np1", &[]);
+    let (c3, c3_ip) = harness::connect(&lab.host, "c3", "np1", &[]);
     assert_eq!(c3_ip, "172.31.0.2");
 
     // Both directions, every protocol.
@@ -255,7 +243,7 @@ fn spoofed_addresses_and_macs_are_dropped_and_counted() {
     topology::ping(&lab.c2, Lab::GATEWAY).unwrap();
 
     // A connected container is bound to what connect assigned, from the start.
-    let (c4, ip) = connect(&lab.host, "c4", Lab::BRIDGE, &[]);
+    let (c4, ip) = harness::connect(&lab.host, "c4", Lab::BRIDGE, &[]);
     let s = status(&lab.host);
     let port = s["interfaces"]
         .as_array()
@@ -327,8 +315,8 @@ fn connect_and_disconnect_manage_veths_addresses_and_errors() {
         &lab.host,
         &["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET],
     );
-    let (x1, ip1) = connect(&lab.host, "x1", Lab::BRIDGE, &[]);
-    let (x2, ip2) = connect(&lab.host, "x2", Lab::BRIDGE, &["--ifname", "net0"]);
+    let (x1, ip1) = harness::connect(&lab.host, "x1", Lab::BRIDGE, &[]);
+    let (x2, ip2) = harness::connect(&lab.host, "x2", Lab::BRIDGE, &["--ifname", "net0"]);
     assert_eq!((ip1.as_str(), ip2.as_str()), ("172.30.0.2", "172.30.0.3"));
     assert!(x2.ip(&["-o", "link", "show", "net0"]).is_ok());
     assert!(
@@ -447,7 +435,7 @@ fn connect_and_disconnect_manage_veths_addresses_and_errors() {
         1,
         "x1 keeps only lo"
     );
-    let (_x4, ip4) = connect(&lab.host, "x4", Lab::BRIDGE, &[]);
+    let (_x4, ip4) = harness::connect(&lab.host, "x4", Lab::BRIDGE, &[]);
     assert_eq!(ip4, "172.30.0.2");
     // `down` unplugs what connect plugged in.
     netpath_ok(&lab.host, &["down", "--all"]);
@@ -471,9 +459,9 @@ fn a_hundred_networks_stay_isolated() {
     eprintln!("100 networks up in {:?}", started.elapsed());
     let s = status(&host);
     assert_eq!(s["networks"].as_array().unwrap().len(), 100);
-    let (a, a_ip) = connect(&host, "a", "nb0", &[]);
-    let (b, b_ip) = connect(&host, "b", "nb99", &[]);
-    let (a2, _) = connect(&host, "a2", "nb0", &[]);
+    let (a, a_ip) = harness::connect(&host, "a", "nb0", &[]);
+    let (b, b_ip) = harness::connect(&host, "b", "nb99", &[]);
+    let (a2, _) = harness::connect(&host, "a2", "nb0", &[]);
     ping_fails(&a, &b_ip);
     ping_fails(&b, &a_ip);
     topology::ping(&a2, &a_ip).unwrap();

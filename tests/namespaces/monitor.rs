@@ -79,16 +79,6 @@ impl Drop for Monitor {
     }
 }
 
-fn connect(host: &Netns, tag: &str, bridge: &str) -> (Netns, String) {
-    let c = Netns::new(tag).unwrap();
-    let out = netpath_ok(host, &["connect", c.name.as_str(), "--bridge", bridge]);
-    let ip = out
-        .split_whitespace()
-        .find_map(|w| w.split_once('/').map(|(a, _)| a.to_owned()))
-        .unwrap_or_else(|| panic!("no address in {out:?}"));
-    (c, ip)
-}
-
 fn isolated_attempt(lab: &Lab, to: &str, port: u16) {
     let r = topology::tcp_echo(
         &lab.ext,
@@ -108,7 +98,7 @@ fn drops_and_flows_are_events_with_filters() {
         &lab.host,
         &["up", "--bridge", "np1", "--subnet", "172.31.0.0/24"],
     );
-    let (_c3, c3_ip) = connect(&lab.host, "c3", "np1");
+    let (_c3, c3_ip) = harness::connect(&lab.host, "c3", "np1", &[]);
 
     // Isolation: an event within a second, right reason and addresses.
     let all = Monitor::start(&lab.host, &["--events", "drop,flow"]);
@@ -216,7 +206,7 @@ fn a_flood_is_rate_limited_counted_and_does_not_stall_the_monitor() {
         &lab.host,
         &["up", "--bridge", "np1", "--subnet", "172.31.0.0/24"],
     );
-    let (_c3, c3_ip) = connect(&lab.host, "c3", "np1");
+    let (_c3, c3_ip) = harness::connect(&lab.host, "c3", "np1", &[]);
     let mon = Monitor::start(&lab.host, &[]);
     // 60,000 packets with a martian source at the uplink, as fast as the
     // packet socket sends them: far past the 2,000 events a second a CPU.
