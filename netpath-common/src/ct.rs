@@ -20,6 +20,10 @@ pub mod proto {
     pub const ICMP: u8 = 1;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
+    /// Translated address-only: its CRC32c covers no IP address, so a
+    /// rewrite that keeps the ports needs no checksum update (and one that
+    /// changed them would need the whole packet's CRC recomputed).
+    pub const SCTP: u8 = 132;
 }
 
 /// A conntrack tuple as it appears on the wire (addresses and ports in
@@ -380,7 +384,9 @@ pub const fn timeout_class(proto_nr: u8, state: u8, ctflags: u32) -> usize {
             TcpState::TimeWait => t::TCP_TIME_WAIT,
             TcpState::Close => t::TCP_CLOSE,
         },
-        proto::UDP => {
+        // An SCTP association answered keeps its entry with heartbeats
+        // (every 30 s by default), as a UDP stream does.
+        proto::UDP | proto::SCTP => {
             if ctflags & ct_flags::SEEN_REPLY != 0 {
                 t::UDP_STREAM
             } else {
@@ -531,6 +537,11 @@ mod tests {
             t::TCP_UNACK
         );
         assert_eq!(timeout_class(proto::ICMP, 0, 0), t::ICMP);
+        assert_eq!(timeout_class(proto::SCTP, 0, 0), t::UDP);
+        assert_eq!(
+            timeout_class(proto::SCTP, 0, ct_flags::SEEN_REPLY),
+            t::UDP_STREAM
+        );
         assert_eq!(timeout_class(47, 0, 0), t::OTHER);
         assert_eq!(core::mem::size_of::<CtEntry4>(), 64);
         assert_eq!(core::mem::size_of::<CtKey4>(), 16);

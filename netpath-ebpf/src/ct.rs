@@ -330,7 +330,7 @@ fn create4(
     now: u64,
 ) -> Result<*mut CtEntry4, DropReason> {
     let has_ports = match orig.proto {
-        proto::TCP | proto::UDP => true,
+        proto::TCP | proto::UDP | proto::SCTP => true,
         proto::ICMP => translated.sport_be != 0,
         _ => false,
     };
@@ -375,7 +375,9 @@ fn create4(
         start: unsafe { bpf_get_prandom_u32() },
         result: 0,
     };
-    let tries = if vary.is_some() && has_ports {
+    // SCTP keeps its source port (see `proto::SCTP`): a taken tuple is not
+    // remapped, the new flow is refused.
+    let tries = if vary.is_some() && has_ports && orig.proto != proto::SCTP {
         PORT_TRIES
     } else {
         1

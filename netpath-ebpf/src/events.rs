@@ -78,7 +78,7 @@ pub fn drop_event(ctx: &TcContext, net_id: u32, reason: u8) {
         let frag: u16 = ctx.load(L3 + 6).unwrap_or(0);
         // Ports only where the transport header is: not in later fragments.
         let later_fragment = u16::from_be(frag) & 0x1fff != 0;
-        if (e.proto == proto::TCP || e.proto == proto::UDP) && !later_fragment {
+        if matches!(e.proto, proto::TCP | proto::UDP | proto::SCTP) && !later_fragment {
             let l4 = L3 + usize::from(vihl & 0x0f) * 4;
             e.sport_be = ctx.load(l4).unwrap_or(0);
             e.dport_be = ctx.load(l4 + 2).unwrap_or(0);

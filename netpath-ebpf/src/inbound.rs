@@ -61,7 +61,7 @@ pub fn direct4(
             let allowed = match ip.proto {
                 // An echo request carries its identifier as the source "port".
                 proto::ICMP => l4.kind == L4Kind::Ports && l4.sport_be != 0,
-                proto::TCP | proto::UDP => is_target(ip.daddr, l4.dport_be, ip.proto),
+                proto::TCP | proto::UDP | proto::SCTP => is_target(ip.daddr, l4.dport_be, ip.proto),
                 _ => false,
             };
             if !allowed {

@@ -63,7 +63,10 @@ fn source(saddr: u32) -> Result<Source, u32> {
 fn held_by_a_flow(ip: &Ip4, l4: &L4, key: &CtKey4) -> bool {
     let first = match ip.proto {
         proto::TCP => l4.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN,
-        proto::UDP => true,
+        // SCTP cannot be remapped (its ports are kept): a clashing host
+        // association is refused rather than let its replies reach the
+        // container (no socket lookup exists for SCTP to avoid the clash).
+        proto::UDP | proto::SCTP => true,
         proto::ICMP => l4.kind == L4Kind::Ports && l4.sport_be != 0,
         _ => false,
     };

@@ -250,6 +250,21 @@ pub fn l4(ctx: &TcContext, ip: &Ip4) -> Result<L4, ()> {
                 tcp_flags: 0,
             })
         }
+        proto::SCTP => {
+            // The common header: ports, verification tag, CRC32c. The CRC
+            // covers no IP address and ports are never changed, so there
+            // is no checksum to update (`csum_off` 0).
+            let hdr: [u16; 6] = ctx.load(off).map_err(|_| ())?;
+            Ok(L4 {
+                kind: L4Kind::Ports,
+                sport_be: hdr[0],
+                dport_be: hdr[1],
+                csum_off: 0,
+                pseudo: false,
+                udp: false,
+                tcp_flags: 0,
+            })
+        }
         proto::ICMP => {
             let hdr: [u8; 8] = ctx.load(off).map_err(|_| ())?;
             let id = u16::from_ne_bytes([hdr[4], hdr[5]]);
@@ -280,7 +295,7 @@ pub fn l4(ctx: &TcContext, ip: &Ip4) -> Result<L4, ()> {
 #[inline(always)]
 pub fn quoted_ports(ctx: &TcContext, inner: &Ip4, off: usize) -> Option<(u16, u16)> {
     match inner.proto {
-        proto::TCP | proto::UDP => {
+        proto::TCP | proto::UDP | proto::SCTP => {
             let p: [u16; 2] = ctx.load(off).ok()?;
             Some((p[0], p[1]))
         }

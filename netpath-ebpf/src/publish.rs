@@ -36,7 +36,7 @@ pub type NewFlow = Result<(*mut CtEntry4, u32), (u32, DropReason)>;
 /// which takes two extra `MID` entries for the egress half.
 #[inline(always)]
 pub fn publish4(ctx: &TcContext, key: &CtKey4, tcp_flags: u8) -> Option<NewFlow> {
-    if key.proto != proto::TCP && key.proto != proto::UDP {
+    if !matches!(key.proto, proto::TCP | proto::UDP | proto::SCTP) {
         return None;
     }
     let target = published(key.daddr_be, key.dport_be, key.proto, false)?;

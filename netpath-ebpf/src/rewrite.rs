@@ -7,7 +7,7 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use netpath_common::ct::CtKey4;
+use netpath_common::ct::{CtKey4, proto};
 
 use crate::parse::{Ip4, L3, L4, L4Kind, ip4_off};
 
@@ -80,6 +80,12 @@ pub fn set_port(
     old: u16,
     new: u16,
 ) -> Result<(), ()> {
+    // SCTP's CRC32c covers its ports: a changed port would need the whole
+    // packet's CRC recomputed. Mappings and NAT keep SCTP ports, so this
+    // is only reached by a tuple that says otherwise: refuse it.
+    if ip.proto == proto::SCTP {
+        return if old == new { Ok(()) } else { Err(()) };
+    }
     let off = match side {
         Side::Src => l4.sport_off(ip.l4(), ip.proto),
         Side::Dst => l4.dport_off(ip.l4(), ip.proto),

@@ -57,7 +57,7 @@ pub fn redirect4(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the context's bpf_sock_addr is valid for the program's run.
     let (addr, port, proto_nr) =
         unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol as u8) };
-    if proto_nr != proto::TCP && proto_nr != proto::UDP {
+    if !matches!(proto_nr, proto::TCP | proto::UDP | proto::SCTP) {
         return ALLOW;
     }
     let Some(target) = published(addr, port, proto_nr, true) else {

@@ -76,7 +76,7 @@ pub enum Command {
     /// `netpath publish 8081 172.18.0.2:80`, `netpath publish 127.0.0.1:5353/udp 172.18.0.3:53`,
     /// `netpath publish 9000-9099 172.18.0.4:9000-9099`.
     Publish {
-        /// [HOST_IP:]HOST_PORT[-END][/tcp|/udp]; every host address and tcp by default.
+        /// [HOST_IP:]HOST_PORT[-END][/tcp|/udp|/sctp]; every host address and tcp by default (sctp keeps the port: the container port must be the same).
         #[arg(value_parser = spec::parse_host_ports)]
         host: PortSpec,
         /// CONTAINER_IP:PORT[-END] (a range as long as the host range).
@@ -85,7 +85,7 @@ pub enum Command {
     },
     /// Stop publishing host ports; their conntrack flows go too.
     Unpublish {
-        /// [HOST_IP:]HOST_PORT[-END][/tcp|/udp], as published.
+        /// [HOST_IP:]HOST_PORT[-END][/tcp|/udp|/sctp], as published.
         #[arg(value_parser = spec::parse_host_ports)]
         host: PortSpec,
     },

@@ -29,12 +29,13 @@ pub fn proto_name(p: u8) -> String {
     match p {
         proto::TCP => "tcp".into(),
         proto::UDP => "udp".into(),
+        proto::SCTP => "sctp".into(),
         proto::ICMP => "icmp".into(),
         n => n.to_string(),
     }
 }
 
-/// Parses `tcp`, `udp`, `icmp` or a protocol number.
+/// Parses `tcp`, `udp`, `sctp`, `icmp` or a protocol number.
 /// A number written as plain digits (`parse` also takes a leading '+').
 fn digits<T: std::str::FromStr>(s: &str) -> Option<T> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
@@ -47,11 +48,12 @@ pub fn parse_proto(s: &str) -> Result<u8> {
     match s.to_ascii_lowercase().as_str() {
         "tcp" => Ok(proto::TCP),
         "udp" => Ok(proto::UDP),
+        "sctp" => Ok(proto::SCTP),
         "icmp" => Ok(proto::ICMP),
         // Digits only (`parse` takes a leading '+'); 0 would be the flush
         // filter's "any protocol".
         n => digits::<u8>(n).filter(|p| *p != 0).ok_or_else(|| {
-            anyhow::anyhow!("invalid protocol {s:?}: expected tcp, udp, icmp or 1-255")
+            anyhow::anyhow!("invalid protocol {s:?}: expected tcp, udp, sctp, icmp or 1-255")
         }),
     }
 }

@@ -47,7 +47,7 @@ impl Verdict {
     }
 }
 
-/// `--port HOSTPORT[/tcp|/udp]`: a published host port (tcp by default).
+/// `--port HOSTPORT[/tcp|/udp|/sctp]`: a published host port (tcp by default).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HostPort {
     pub port: u16,
@@ -65,7 +65,7 @@ pub struct Target {
 pub fn parse_host_port(s: &str) -> Result<HostPort> {
     let spec = spec::parse_port_spec(s, false, true)?;
     if spec.addr.is_some() || spec.first != spec.last {
-        bail!("invalid --port {s:?}: expected one HOSTPORT[/tcp|/udp]");
+        bail!("invalid --port {s:?}: expected one HOSTPORT[/tcp|/udp|/sctp]");
     }
     Ok(HostPort {
         port: spec.first,

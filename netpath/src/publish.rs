@@ -119,6 +119,7 @@ impl std::fmt::Display for Ports {
 /// Checks a mapping against the networks and what is published, then
 /// inserts it, or nothing of it. Returns how many ports it took.
 pub fn insert(maps: &mut Maps, p: &Ports, owner: u16) -> Result<u32> {
+    spec::check_sctp_ports(p.proto, p.host_first, p.target_first)?;
     let container = p.target;
     let (net_id, info) = maps
         .networks()?

@@ -222,7 +222,7 @@ pub struct PortSpec {
     pub addr: Option<Ipv4Addr>,
     pub first: u16,
     pub last: u16,
-    /// 6 or 17; `None` when not given (tcp by default).
+    /// 6, 17 or 132; `None` when not given (tcp by default).
     pub proto: Option<u8>,
 }
 
@@ -251,6 +251,7 @@ impl std::fmt::Display for PortSpec {
         match self.proto {
             Some(6) => write!(f, "/tcp"),
             Some(17) => write!(f, "/udp"),
+            Some(132) => write!(f, "/sctp"),
             Some(p) => write!(f, "/{p}"),
             None => Ok(()),
         }
@@ -270,7 +271,7 @@ fn parse_port(s: &str, what: &str) -> Result<u16> {
     Ok(n as u16)
 }
 
-/// Parses `[IP:]PORT[-END][/tcp|/udp]`. `need_addr`: the address is
+/// Parses `[IP:]PORT[-END][/tcp|/udp|/sctp]`. `need_addr`: the address is
 /// mandatory (the container side); `allow_proto`: a protocol may follow.
 pub fn parse_port_spec(s: &str, need_addr: bool, allow_proto: bool) -> Result<PortSpec> {
     let (rest, proto) = match s.rsplit_once('/') {
@@ -278,7 +279,8 @@ pub fn parse_port_spec(s: &str, need_addr: bool, allow_proto: bool) -> Result<Po
             let p = match p.to_ascii_lowercase().as_str() {
                 "tcp" => 6,
                 "udp" => 17,
-                _ => bail!("invalid protocol {p:?} in {s:?}: expected tcp or udp"),
+                "sctp" => 132,
+                _ => bail!("invalid protocol {p:?} in {s:?}: expected tcp, udp or sctp"),
             };
             (r, Some(p))
         }
@@ -331,6 +333,19 @@ pub fn check_publish(host: &PortSpec, target: &PortSpec) -> Result<()> {
             "the host range has {} ports and the container range {}: they must be the same length",
             host.count(),
             target.count()
+        );
+    }
+    check_sctp_ports(host.proto_or_tcp(), host.first, target.first)
+}
+
+/// SCTP is published address-only: its CRC32c covers the ports (not the
+/// addresses), so a mapping that changes ports would need every packet's
+/// CRC recomputed. Docker users write `-p 9000:9000/sctp`.
+pub fn check_sctp_ports(proto: u8, host_first: u16, target_first: u16) -> Result<()> {
+    if proto == 132 && host_first != target_first {
+        bail!(
+            "an SCTP mapping cannot change ports (host {host_first}, container {target_first}): \
+             SCTP is published address-only, use the same port on both sides"
         );
     }
     Ok(())
@@ -457,12 +472,26 @@ mod tests {
         let err = |s: &str, need: bool, proto: bool| {
             parse_port_spec(s, need, proto).unwrap_err().to_string()
         };
+        let s = parse_host_ports("9000/sctp").unwrap();
+        assert_eq!(
+            (s.proto, s.to_string()),
+            (Some(132), "9000/sctp".to_owned())
+        );
+        let t = parse_container_ports("172.18.0.2:9000").unwrap();
+        assert!(check_publish(&s, &t).is_ok());
+        let moved = parse_container_ports("172.18.0.2:9001").unwrap();
+        assert!(
+            check_publish(&s, &moved)
+                .unwrap_err()
+                .to_string()
+                .contains("cannot change ports")
+        );
         assert!(err("0", false, true).contains("1 to 65535"));
         assert!(err("65536", false, true).contains("1 to 65535"));
         assert!(err("x", false, true).contains("invalid port"));
         assert!(err("+8080", false, true).contains("invalid port"));
         assert!(err("080080", false, true).contains("invalid port"));
-        assert!(err("80/sctp", false, true).contains("tcp or udp"));
+        assert!(err("80/dccp", false, true).contains("tcp, udp or sctp"));
         assert!(err("90-80", false, true).contains("below"));
         assert!(err("80", true, false).contains("CONTAINER_IP:PORT"));
         assert!(err("172.18.0.2:80/tcp", true, false).contains("host port"));

@@ -164,6 +164,15 @@ pub async fn status() -> Result<Status> {
         .into_iter()
         .map(|c| format!("{c}: egress to it breaks"))
         .collect();
+    // What a running `netpath docker` could not mirror (bindings it cannot
+    // honour, networks it cannot take).
+    if let Ok(text) = std::fs::read_to_string(crate::sys::docker_problems_path(cookie)) {
+        out.warnings.extend(
+            text.lines()
+                .filter(|l| !l.is_empty())
+                .map(|l| format!("netpath docker: {l}")),
+        );
+    }
     let maps = &dp.maps;
     let networks = maps.networks()?;
     for (&id, info) in &networks {

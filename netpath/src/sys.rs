@@ -14,6 +14,13 @@ use anyhow::{Context as _, Result};
 /// their lock.
 pub const RUN_DIR: &str = "/run/netpath";
 
+/// What `netpath docker` could not mirror (one problem a line, rewritten
+/// after every reconcile that changed them, removed when it stops), for
+/// `status` to show.
+pub fn docker_problems_path(cookie: u64) -> std::path::PathBuf {
+    std::path::Path::new(RUN_DIR).join(format!("docker-{cookie}.problems"))
+}
+
 /// Takes `f`'s flock if it is free: false when another process holds it.
 pub fn try_lock(f: &std::fs::File, what: &str) -> Result<bool> {
     match f.try_lock() {

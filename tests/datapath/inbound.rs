@@ -12,7 +12,10 @@ use crate::harness;
 use std::net::Ipv4Addr;
 
 use harness::{
-    packet::{self, ICMP, TCP, UDP, echo, frame, icmp, parse},
+    packet::{
+        self, ETH, ICMP, SCTP, SCTP_INIT, SCTP_INIT_ACK, TCP, UDP, echo, frame, icmp, parse, sctp,
+        sctp_crc_valid,
+    },
     testrun::{LO, SHOT, TCX_NEXT, counter, drops, in_netns, run},
 };
 use netpath::{
@@ -165,6 +168,61 @@ fn sources_no_outside_host_sends_from_are_dropped_before_any_translation() {
         let (v, out) = run(&mut dp, Dir::Ingress, &tcp(R, U, 1234, 8080, SYN), 1);
         assert_eq!(v, TCX_NEXT);
         assert_eq!((parse(&out).dst, parse(&out).dport), (C1, 80));
+    });
+}
+
+#[test]
+fn a_published_sctp_port_is_translated_address_only() {
+    require_root!();
+    in_netns("sctp-pub", |pins| {
+        let mut dp = datapath(pins);
+        let p = Ports {
+            host_addr: None,
+            host_first: 9000,
+            host_last: 9000,
+            proto: SCTP,
+            target: C1,
+            target_first: 9000,
+        };
+        publish::insert(&mut dp.maps, &p, owner::USER).expect("publishing 9000/sctp");
+        let moved = Ports {
+            target_first: 9001,
+            ..p
+        };
+        let err = publish::insert(&mut dp.maps, &moved, owner::USER).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("cannot change ports"),
+            "{err:#}"
+        );
+
+        let init = sctp(40000, 9000, 0, SCTP_INIT, b"init");
+        let (v, out) = run(&mut dp, Dir::Ingress, &frame(SCTP, R, U, &init, 1, 0), 1);
+        assert_eq!(v, TCX_NEXT);
+        assert_eq!(
+            packet::parse(&out),
+            packet::Parsed {
+                src: R,
+                dst: C1,
+                sport: 40000,
+                dport: 9000
+            }
+        );
+        assert!(packet::valid(&out[ETH..ETH + 20]));
+        assert_eq!(&out[ETH + 20..], &init[..], "the SCTP packet untouched");
+        assert!(sctp_crc_valid(&out[ETH + 20..]));
+        // The answer leaves from the host address, bytes untouched.
+        let ack = sctp(9000, 40000, 7, SCTP_INIT_ACK, b"ack");
+        let (v, back) = run(&mut dp, Dir::Egress, &frame(SCTP, C1, R, &ack, 2, 0), 1);
+        assert_eq!(v, TCX_NEXT);
+        assert_eq!(
+            (packet::parse(&back).src, packet::parse(&back).sport),
+            (U, 9000)
+        );
+        assert_eq!(&back[ETH + 20..], &ack[..]);
+        // The same port over TCP is not published.
+        let (v, _) = run(&mut dp, Dir::Ingress, &tcp(R, U, 40001, 9000, SYN), 1);
+        assert_eq!(v, TCX_NEXT, "a host port of nobody: the host's");
+        assert!(dp.maps.ct4.get(&key(R, U, 40001, 9000, TCP), 0).is_err());
     });
 }
 

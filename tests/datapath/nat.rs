@@ -11,7 +11,10 @@ use crate::harness;
 use std::net::Ipv4Addr;
 
 use harness::{
-    packet::{self, ETH, ICMP, TCP, UDP, assert_checksums, be16, echo, frame, icmp, ip_of, parse},
+    packet::{
+        self, ETH, ICMP, SCTP, SCTP_INIT, SCTP_INIT_ACK, TCP, UDP, assert_checksums, be16, echo,
+        frame, icmp, ip_of, parse, sctp, sctp_crc_valid,
+    },
     testrun::{LO, SHOT, TCX_NEXT, counter, drops, in_netns, run},
 };
 use netpath::{attach::Datapath, codec, spec, state::Dir};
@@ -281,6 +284,80 @@ fn udp_checksums_stay_right_and_a_zero_checksum_stays_zero() {
             );
             assert_checksums(&back, !with_csum);
         }
+    });
+}
+
+#[test]
+fn sctp_is_masqueraded_address_only_and_a_taken_tuple_is_refused() {
+    require_root!();
+    in_netns("sctp", |pins| {
+        let mut dp = nat_datapath(pins, U);
+        let init = sctp(5000, 9000, 0, SCTP_INIT, b"init chunk");
+        let f = frame(SCTP, C1, R, &init, 1, 0);
+        let (v, out) = run(&mut dp, Dir::Egress, &f, 1);
+        assert_eq!(v, TCX_NEXT);
+        assert_eq!(
+            parse(&out),
+            packet::Parsed {
+                src: U,
+                dst: R,
+                sport: 5000,
+                dport: 9000
+            }
+        );
+        assert!(packet::valid(&out[ETH..ETH + 20]), "IPv4 header checksum");
+        // The CRC32c covers no address: the SCTP packet leaves byte for byte
+        // as it came, and its CRC still holds.
+        assert_eq!(&out[ETH + 20..], &init[..]);
+        assert!(sctp_crc_valid(&out[ETH + 20..]));
+        let o = entry(&dp, &key(C1, R, 5000, 9000, SCTP));
+        assert_eq!(o.peer, key(R, U, 9000, 5000, SCTP));
+
+        // The INIT ACK comes back to C1, its bytes untouched too.
+        let ack = sctp(9000, 5000, 0x1234_5678, SCTP_INIT_ACK, b"init ack");
+        let (v, back) = run(&mut dp, Dir::Ingress, &frame(SCTP, R, U, &ack, 2, 0), 1);
+        assert_eq!(v, TCX_NEXT);
+        assert_eq!(
+            parse(&back),
+            packet::Parsed {
+                src: R,
+                dst: C1,
+                sport: 9000,
+                dport: 5000
+            }
+        );
+        assert!(packet::valid(&back[ETH..ETH + 20]));
+        assert_eq!(&back[ETH + 20..], &ack[..]);
+        assert_ne!(
+            entry(&dp, &key(C1, R, 5000, 9000, SCTP)).flags & ct_flags::SEEN_REPLY,
+            0
+        );
+
+        // C2 with the same port to the same peer would need another port,
+        // which SCTP cannot get without a new CRC: refused and counted, no
+        // flow half made.
+        let before = dp.maps.ct_entries().unwrap().len();
+        let f2 = frame(SCTP, C2, R, &sctp(5000, 9000, 0, SCTP_INIT, b"x"), 3, 0);
+        let (v, _) = run(&mut dp, Dir::Egress, &f2, 1);
+        assert_eq!(v, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::NatPortsExhausted), 1);
+        assert_eq!(dp.maps.ct_entries().unwrap().len(), before);
+        // Another port is another tuple: fine.
+        let f3 = frame(SCTP, C2, R, &sctp(5001, 9000, 0, SCTP_INIT, b"x"), 4, 0);
+        let (v, out) = run(&mut dp, Dir::Egress, &f3, 1);
+        assert_eq!((v, parse(&out).src, parse(&out).sport), (TCX_NEXT, U, 5001));
+
+        // A host association clashing with C1's flow is refused as well:
+        // its replies would otherwise be handed to C1.
+        let host = frame(SCTP, U, R, &sctp(5000, 9000, 0, SCTP_INIT, b"h"), 5, 0);
+        let (v, _) = run(&mut dp, Dir::Egress, &host, 1);
+        assert_eq!(v, SHOT);
+        // A cut common header is malformed, not passed with the container's address.
+        let mut cut = frame(SCTP, C1, R, &init[..8], 6, 0);
+        cut.truncate(ETH + 20 + 8);
+        let (v, _) = run(&mut dp, Dir::Egress, &cut, 1);
+        assert_eq!(v, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::Malformed), 1);
     });
 }
 

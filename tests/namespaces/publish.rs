@@ -19,6 +19,7 @@ use std::{
 };
 
 use harness::{Lab, Netns, addr, flows, lab_up, netpath, netpath_ok, topology};
+use netpath::lab::sctp::sctp_init;
 
 fn ports(ns: &Netns) -> Vec<serde_json::Value> {
     let out = netpath_ok(ns, &["ports", "--json"]);
@@ -302,6 +303,48 @@ fn a_port_bound_to_one_host_address_is_reachable_there_only() {
 }
 
 #[test]
+fn sctp_is_published_and_masqueraded_address_only() {
+    require_root!();
+    let lab = lab_up();
+    netpath_ok(
+        &lab.host,
+        &["publish", "9000/sctp", &format!("{}:9000", Lab::C1)],
+    );
+    // From outside: the container sees the real client, the client sees
+    // the host's address; both packets keep ports and a valid CRC32c.
+    let seen = sctp_init(&lab.c1, &lab.ext, 40000, addr(Lab::UPLINK, 9000)).unwrap();
+    assert_eq!(
+        (seen.client.to_string(), seen.server.to_string()),
+        (Lab::EXT.to_owned(), Lab::UPLINK.to_owned())
+    );
+    // Out of a container: masqueraded to the uplink's address, answered back.
+    let seen = sctp_init(&lab.ext, &lab.c2, 41000, addr(Lab::EXT, 7000)).unwrap();
+    assert_eq!(
+        (seen.client.to_string(), seen.server.to_string()),
+        (Lab::UPLINK.to_owned(), Lab::EXT.to_owned())
+    );
+    let fl = flows(&lab.host);
+    let sctp_flows: Vec<_> = fl.iter().filter(|f| f["proto"] == "sctp").collect();
+    assert_eq!(sctp_flows.len(), 2, "{fl:#?}");
+    assert!(
+        sctp_flows
+            .iter()
+            .any(|f| f["nat"] == "dnat" && f["original"]["dport"] == 9000),
+        "{fl:#?}"
+    );
+    let p = ports(&lab.host);
+    assert_eq!(p.len(), 1);
+    assert!(
+        p[0]["to_container"]["packets"].as_u64().unwrap() >= 1,
+        "{p:?}"
+    );
+    let table = netpath_ok(&lab.host, &["ports"]);
+    assert!(table.contains("0.0.0.0:9000/sctp"), "{table}");
+    // An unpublished SCTP port is not let in.
+    assert!(sctp_init(&lab.c1, &lab.ext, 40001, addr(Lab::UPLINK, 9001)).is_err());
+}
+
+#[test]
 fn ranges_and_every_error() {
     require_root!();
     let lab = lab_up();
@@ -336,7 +379,11 @@ fn ranges_and_every_error() {
         (vec!["publish", "0", &c1("80")], "1 to 65535"),
         (vec!["publish", "65536", &c1("80")], "1 to 65535"),
         (vec!["publish", "9200", &c1("0")], "1 to 65535"),
-        (vec!["publish", "9200/sctp", &c1("80")], "tcp or udp"),
+        (vec!["publish", "9200/dccp", &c1("80")], "tcp, udp or sctp"),
+        (
+            vec!["publish", "9200/sctp", &c1("80")],
+            "cannot change ports",
+        ),
         (vec!["unpublish", "9300"], "not published"),
         (vec!["unpublish", "9009-9010"], "not published"),
     ] {

@@ -8,7 +8,11 @@
 
 pub mod model;
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use bollard::{
@@ -18,12 +22,12 @@ use bollard::{
 use futures::StreamExt as _;
 use netpath_common::{net_flags, owner};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     codec, daemon,
     down::{self, DownTarget},
-    endpoint, events, publish,
+    endpoint, events, netns, publish,
     spec::{NetworkOptions, NetworkSpec},
     state::Maps,
     up::{self, UpArgs},
@@ -307,20 +311,91 @@ fn relevant(ev: &bollard::models::EventMessage) -> bool {
     }
 }
 
-async fn reconcile_and_log(docker: &Docker, opts: &Options, why: &str) -> Result<()> {
-    let started = std::time::Instant::now();
-    let r = reconcile(docker, opts).await?;
-    let lines = r.lines();
-    if !lines.is_empty() || opts.once {
-        info!("reconciled ({why}) in {} ms", started.elapsed().as_millis());
+/// The problems of the last reconcile: each is logged at warning level
+/// when it first appears (not again at every resync) and the current set
+/// is kept in [`crate::sys::docker_problems_path`] for `status`.
+#[derive(Default)]
+struct Problems {
+    seen: BTreeSet<String>,
+    /// Whether the file was written (so it is removed at the end).
+    written: bool,
+}
+
+impl Problems {
+    fn path() -> Result<PathBuf> {
+        Ok(crate::sys::docker_problems_path(netns::cookie()?))
     }
-    for l in lines {
-        if l.starts_with("problem: ") {
-            warn!("  {l}");
-        } else {
-            info!("  {l}");
+
+    /// Records `now`; returns whether `p` is new.
+    fn update(&mut self, now: BTreeSet<String>) {
+        if now == self.seen && (self.written || now.is_empty()) {
+            return;
+        }
+        self.seen = now;
+        if let Err(e) = self.write() {
+            warn!("recording the problems for status: {e:#}");
         }
     }
+
+    fn write(&mut self) -> Result<()> {
+        let path = Self::path()?;
+        std::fs::create_dir_all(crate::sys::RUN_DIR)?;
+        // Written whole and renamed: `status` never reads half a file.
+        let tmp = path.with_extension("problems.tmp");
+        let mut text = String::new();
+        for p in &self.seen {
+            text.push_str(p);
+            text.push('\n');
+        }
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+        self.written = true;
+        Ok(())
+    }
+
+    /// Removes the file: problems of a stopped follower are not current.
+    fn clear(&self) {
+        if !self.written {
+            return;
+        }
+        if let Ok(path) = Self::path()
+            && let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!("removing {}: {e}", path.display());
+        }
+    }
+}
+
+async fn reconcile_and_log(
+    docker: &Docker,
+    opts: &Options,
+    why: &str,
+    problems: &mut Problems,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    let r = reconcile(docker, opts).await?;
+    let changes: Vec<String> = r
+        .lines()
+        .into_iter()
+        .filter(|l| !l.starts_with("problem: "))
+        .collect();
+    let now: BTreeSet<String> = r.problems.iter().cloned().collect();
+    let fresh: Vec<&String> = now.difference(&problems.seen).collect();
+    if !changes.is_empty() || !fresh.is_empty() || opts.once {
+        info!("reconciled ({why}) in {} ms", started.elapsed().as_millis());
+    }
+    for l in &changes {
+        info!("  {l}");
+    }
+    for p in &now {
+        if opts.once || fresh.contains(&p) {
+            warn!("  problem: {p}");
+        } else {
+            debug!("  problem (still): {p}");
+        }
+    }
+    problems.update(now);
     Ok(())
 }
 
@@ -328,6 +403,13 @@ async fn reconcile_and_log(docker: &Docker, opts: &Options, why: &str) -> Result
 /// later or restart: the client reconnects every second and reconciles
 /// each time it gets through.
 pub async fn run(opts: Options) -> Result<()> {
+    let mut problems = Problems::default();
+    let r = follow(&opts, &mut problems).await;
+    problems.clear();
+    r
+}
+
+async fn follow(opts: &Options, problems: &mut Problems) -> Result<()> {
     socket_path(&opts.host)?;
     let mut stop = events::Stop::new()?;
     let mut waiting_said = false;
@@ -366,9 +448,9 @@ pub async fn run(opts: Options) -> Result<()> {
             ..Default::default()
         }));
         if opts.once {
-            return reconcile_and_log(&docker, &opts, "once").await;
+            return reconcile_and_log(&docker, opts, "once", problems).await;
         }
-        if let Err(e) = reconcile_and_log(&docker, &opts, "start").await {
+        if let Err(e) = reconcile_and_log(&docker, opts, "start", problems).await {
             warn!("reconcile failed: {e:#}");
         }
         let mut resync = tokio::time::interval(opts.resync);
@@ -406,7 +488,7 @@ pub async fn run(opts: Options) -> Result<()> {
                     }
                 },
             };
-            if let Err(e) = reconcile_and_log(&docker, &opts, &why).await {
+            if let Err(e) = reconcile_and_log(&docker, opts, &why, problems).await {
                 warn!("reconcile failed: {e:#}");
             }
         }

@@ -124,6 +124,9 @@ pub struct Container {
     pub sandbox: Option<PathBuf>,
     pub endpoints: Vec<Endpoint>,
     pub bindings: Vec<Binding>,
+    /// Bindings netpath cannot honour, each with why (IPv6 host addresses,
+    /// port-changing SCTP, other protocols).
+    pub unhonoured: Vec<String>,
 }
 
 /// One `-p` binding as dockerd resolved it (IPv4 host addresses only).
@@ -146,33 +149,52 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 }
 
 /// Bindings from Docker's `NetworkSettings.Ports` (`"80/tcp": [{HostIp,
-/// HostPort}]`). IPv6 host addresses and other protocols are skipped:
-/// netpath publishes IPv4 TCP and UDP.
-pub fn bindings_from_api(ports: &PortMap) -> Vec<Binding> {
+/// HostPort}]`): IPv4 TCP, UDP and SCTP (the same port on both sides).
+/// Every other binding is returned in the second list, each with why,
+/// so it is reported rather than dropped without a word.
+pub fn bindings_from_api(ports: &PortMap) -> (Vec<Binding>, Vec<String>) {
     let mut out = Vec::new();
+    let mut unhonoured = Vec::new();
     for (spec, hosts) in ports {
-        let Some((port, proto)) = spec.split_once('/') else {
-            continue;
-        };
-        let proto = match proto {
-            "tcp" => libc::IPPROTO_TCP as u8,
-            "udp" => libc::IPPROTO_UDP as u8,
-            _ => continue,
-        };
-        let Ok(container_port) = port.parse::<u16>() else {
+        let parsed = spec.split_once('/').and_then(|(port, proto)| {
+            let proto = match proto {
+                "tcp" => libc::IPPROTO_TCP as u8,
+                "udp" => libc::IPPROTO_UDP as u8,
+                "sctp" => libc::IPPROTO_SCTP as u8,
+                _ => return None,
+            };
+            Some((port.parse::<u16>().ok()?, proto))
+        });
+        let Some((container_port, proto)) = parsed else {
+            if hosts.as_ref().is_some_and(|h| !h.is_empty()) {
+                unhonoured.push(format!("{spec}: only tcp, udp and sctp are published"));
+            }
             continue;
         };
         for h in hosts.iter().flatten() {
+            let host_ip = h.host_ip.as_deref().unwrap_or("");
             let Some(host_port) = h.host_port.as_deref().and_then(|p| p.parse::<u16>().ok()) else {
+                unhonoured.push(format!("{spec} on {host_ip:?}: no host port"));
                 continue;
             };
-            let host_addr = match h.host_ip.as_deref().unwrap_or("") {
-                "" | "0.0.0.0" => None,
-                ip => match ip.parse::<Ipv4Addr>() {
-                    Ok(a) => Some(a),
-                    Err(_) => continue,
-                },
-            };
+            let host_addr =
+                match host_ip {
+                    "" | "0.0.0.0" => None,
+                    ip => match ip.parse::<Ipv4Addr>() {
+                        Ok(a) => Some(a),
+                        Err(_) => {
+                            unhonoured.push(format!(
+                            "{}:{host_port} -> {spec}: IPv6 host addresses are not published yet",
+                            if ip.contains(':') { format!("[{ip}]") } else { ip.to_owned() }
+                        ));
+                            continue;
+                        }
+                    },
+                };
+            if let Err(e) = crate::spec::check_sctp_ports(proto, host_port, container_port) {
+                unhonoured.push(format!("{host_ip}:{host_port} -> {spec}: {e:#}"));
+                continue;
+            }
             out.push(Binding {
                 host_addr,
                 host_port,
@@ -183,11 +205,17 @@ pub fn bindings_from_api(ports: &PortMap) -> Vec<Binding> {
     }
     out.sort();
     out.dedup();
-    out
+    unhonoured.sort();
+    unhonoured.dedup();
+    (out, unhonoured)
 }
 
 pub fn container_from_api(c: &ContainerInspectResponse) -> Container {
     let ns = c.network_settings.as_ref();
+    let (bindings, unhonoured) = ns
+        .and_then(|s| s.ports.as_ref())
+        .map(bindings_from_api)
+        .unwrap_or_default();
     let mut endpoints: Vec<Endpoint> = ns
         .and_then(|s| s.networks.as_ref())
         .into_iter()
@@ -214,10 +242,8 @@ pub fn container_from_api(c: &ContainerInspectResponse) -> Container {
             .filter(|k| !k.is_empty())
             .map(PathBuf::from),
         endpoints,
-        bindings: ns
-            .and_then(|s| s.ports.as_ref())
-            .map(bindings_from_api)
-            .unwrap_or_default(),
+        bindings,
+        unhonoured,
     }
 }
 
@@ -268,6 +294,11 @@ pub fn desired(nets: Vec<Net>, containers: &[Container]) -> Desired {
                 )),
             }
         }
+        out.skipped.extend(
+            c.unhonoured
+                .iter()
+                .map(|why| format!("{}: binding {why}", c.name)),
+        );
         if c.bindings.is_empty() {
             continue;
         }
@@ -405,7 +436,7 @@ mod tests {
     }
 
     #[test]
-    fn port_bindings_keep_ipv4_tcp_udp() {
+    fn port_bindings_keep_ipv4_and_name_the_rest() {
         let b = |ip: &str, port: &str| PortBinding {
             host_ip: Some(ip.into()),
             host_port: Some(port.into()),
@@ -417,14 +448,21 @@ mod tests {
             ),
             ("53/udp".to_owned(), Some(vec![b("127.0.0.1", "5353")])),
             ("9/sctp".to_owned(), Some(vec![b("0.0.0.0", "9")])),
+            ("7/sctp".to_owned(), Some(vec![b("0.0.0.0", "7007")])),
             ("443/tcp".to_owned(), None),
         ]
         .into_iter()
         .collect();
-        let got = bindings_from_api(&ports);
+        let (got, unhonoured) = bindings_from_api(&ports);
         assert_eq!(
             got,
             vec![
+                Binding {
+                    host_addr: None,
+                    host_port: 9,
+                    proto: 132,
+                    container_port: 9
+                },
                 Binding {
                     host_addr: None,
                     host_port: 8080,
@@ -438,6 +476,16 @@ mod tests {
                     container_port: 53
                 },
             ]
+        );
+        assert_eq!(unhonoured.len(), 2, "{unhonoured:?}");
+        assert!(
+            unhonoured[0]
+                .starts_with("0.0.0.0:7007 -> 7/sctp: an SCTP mapping cannot change ports"),
+            "{unhonoured:?}"
+        );
+        assert_eq!(
+            unhonoured[1],
+            "[::]:8080 -> 80/tcp: IPv6 host addresses are not published yet"
         );
     }
 

@@ -8,4 +8,5 @@ pub mod bench;
 pub mod demo;
 pub mod dockerlab;
 pub mod frames;
+pub mod sctp;
 pub mod topology;

@@ -171,7 +171,7 @@ pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
     Ok(())
 }
 
-const IO_TIMEOUT: Duration = Duration::from_secs(3);
+pub const IO_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn join<T>(h: JoinHandle<Result<T>>, what: &str) -> Result<T> {
     h.join()
@@ -187,7 +187,7 @@ fn v4(peer: std::net::SocketAddr) -> Result<SocketAddrV4> {
 
 /// Starts `server` in `server_ns` and waits until it says it is ready
 /// (listening), then runs `client` in `client_ns`. Returns the server's result.
-fn exchange<T: Send + 'static>(
+pub fn exchange<T: Send + 'static>(
     what: &str,
     server_ns: &Netns,
     client_ns: &Netns,
