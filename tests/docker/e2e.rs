@@ -25,7 +25,7 @@ use std::{
 
 use harness::{
     NETPATH, Netns,
-    dockerd::{Dockerd, IMAGE},
+    dockerd::{Dockerd, Engine, IMAGE},
     netpath, status,
     topology::{self, Process},
 };
@@ -157,7 +157,7 @@ impl std::ops::Deref for Scripts {
 }
 
 impl Stack {
-    fn new(mode: Mode) -> Self {
+    fn new(mode: Mode, engine: &Engine) -> Self {
         let host = Netns::new("dk")
             .expect("host namespace")
             .cleanup_with(NETPATH);
@@ -196,11 +196,18 @@ impl Stack {
                 .unwrap();
             assert_eq!(line.trim(), "ready", "external server did not start");
         }
-        let flags: &[&str] = match mode {
-            Mode::Iptables => &["--iptables=true"],
-            Mode::Netpath => &["--iptables=false", "--userland-proxy=false"],
+        // --ip6tables=false too: since 27 --iptables=false alone leaves
+        // dockerd writing IPv6 rules (20.10 has no such flag).
+        let flags: &[&str] = match (mode, engine.root.is_some()) {
+            (Mode::Iptables, _) => &["--iptables=true"],
+            (Mode::Netpath, false) => &["--iptables=false", "--userland-proxy=false"],
+            (Mode::Netpath, true) => &[
+                "--iptables=false",
+                "--ip6tables=false",
+                "--userland-proxy=false",
+            ],
         };
-        let d = Dockerd::start(&host, flags).unwrap_or_else(|e| panic!("{e:#}"));
+        let d = Dockerd::start(&host, engine, flags).unwrap_or_else(|e| panic!("{e:#}"));
         d.import_image().unwrap_or_else(|e| panic!("{e:#}"));
         Stack {
             follower: None,
@@ -458,9 +465,9 @@ impl Drop for Sender {
     }
 }
 
-/// Runs the whole matrix in one mode; cell name -> outcome.
-fn matrix(mode: Mode) -> BTreeMap<&'static str, String> {
-    let mut s = Stack::new(mode);
+/// Runs the whole matrix in one mode under `engine`; cell name -> outcome.
+fn matrix(mode: Mode, engine: &Engine) -> BTreeMap<&'static str, String> {
+    let mut s = Stack::new(mode, engine);
     let mut cells = BTreeMap::new();
     s.docker(&["network", "create", "--subnet", "172.30.1.0/24", "neta"]);
     s.docker(&["network", "create", "--subnet", "172.30.2.0/24", "netb"]);
@@ -759,13 +766,34 @@ fn matrix(mode: Mode) -> BTreeMap<&'static str, String> {
 }
 
 #[test]
-fn dockerd_matrix_iptables_vs_netpath() {
+fn dockerd_20_10_matrix_iptables_vs_netpath() {
     require_root!();
     if !harness::dockerd::available() {
         return;
     }
-    let ipt = matrix(Mode::Iptables);
-    let np = matrix(Mode::Netpath);
+    compare(&Engine::INSTALLED);
+}
+
+#[test]
+fn dockerd_26_1_matrix_iptables_vs_netpath() {
+    require_root!();
+    if !harness::dockerd::available() {
+        return;
+    }
+    let Some(engine) = harness::dockerd::engine_26() else {
+        return;
+    };
+    compare(&engine);
+}
+
+/// The matrix under `engine`, iptables path then netpath, cell by cell.
+fn compare(engine: &Engine) {
+    // Two dockerd stacks at once would time each other's gaps.
+    let _heavy = harness::exclusive();
+    let version = engine.version().unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!("dockerd {version}");
+    let ipt = matrix(Mode::Iptables, engine);
+    let np = matrix(Mode::Netpath, engine);
 
     // (cell, what Docker's own path gives, what netpath gives when it is
     // better on purpose; None: the same).
@@ -866,6 +894,10 @@ fn dockerd_matrix_iptables_vs_netpath() {
             failures.push(format!("{cell}: netpath {got:?}, expected {want:?}"));
         }
     }
-    eprintln!("{table}");
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    eprintln!("dockerd {version}:\n{table}");
+    assert!(
+        failures.is_empty(),
+        "dockerd {version}:\n{}",
+        failures.join("\n")
+    );
 }

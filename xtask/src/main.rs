@@ -85,8 +85,9 @@ fn main() -> Result<()> {
         }
         Task::Test { args } => {
             setup()?;
+            let engine = docker_26()?;
             let variant = variant_ebpf()?;
-            cargo_test(&args, &variant)
+            cargo_test(&args, &variant, &engine)
         }
     }
 }
@@ -142,10 +143,11 @@ fn variant_ebpf() -> Result<PathBuf> {
 
 /// Runs `cargo test`, echoing its output, and closes with one total line
 /// over every test binary (cargo's own last line is a doc-test run's).
-fn cargo_test(args: &[String], variant: &Path) -> Result<()> {
+fn cargo_test(args: &[String], variant: &Path, engine: &Path) -> Result<()> {
     use std::io::BufRead as _;
     let mut cmd = Command::new("cargo");
     cmd.env("NETPATH_TEST_VARIANT_OBJECT", variant);
+    cmd.env("NETPATH_TEST_DOCKERD26", engine);
     // Every test binary runs even after one fails, so the summary is complete.
     cmd.args(["test", "--no-fail-fast"])
         .args(args)
@@ -245,6 +247,100 @@ fn apt_packages() -> Result<()> {
         let _ = std::fs::remove_file(policy);
     }
     result
+}
+
+/// The archive URI of the machine's own Debian sources (deb822 `URIs:` or
+/// a one-line `deb URI SUITE …`), skipping the security archive.
+fn debian_archive() -> Result<String> {
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<PathBuf> = dir.flatten().map(|e| e.path()).collect();
+        more.sort();
+        files.extend(more);
+    }
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        for line in text.lines().map(str::trim) {
+            let uri = if let Some(rest) = line.strip_prefix("URIs:") {
+                rest.split_whitespace().next()
+            } else if let Some(rest) = line.strip_prefix("deb ") {
+                rest.split_whitespace().find(|w| w.contains("://"))
+            } else {
+                None
+            };
+            if let Some(uri) = uri.filter(|u| !u.contains("security")) {
+                return Ok(uri.to_owned());
+            }
+        }
+    }
+    bail!("no Debian archive in /etc/apt/sources.list{{,.d/*}}")
+}
+
+/// Debian trixie's docker.io (dockerd 26.1), for the e2e matrix's second
+/// engine: fetched with a temporary sources list (trixie, the machine's
+/// own archive, apt state and cache of its own under target/engines/apt)
+/// and unpacked with `dpkg-deb -x`, never installed. Cached: a later run
+/// reuses the unpacked tree. Returns its root.
+fn docker_26() -> Result<PathBuf> {
+    let engines = root().join("target/engines");
+    let dest = engines.join("docker.io-trixie");
+    if dest.join("usr/sbin/dockerd").is_file() {
+        return Ok(dest);
+    }
+    let apt = engines.join("apt");
+    for d in ["lists/partial", "cache/archives/partial", "etc"] {
+        std::fs::create_dir_all(apt.join(d))?;
+    }
+    let sources = apt.join("etc/sources.list");
+    std::fs::write(
+        &sources,
+        format!(
+            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {} trixie main\n",
+            debian_archive()?
+        ),
+    )?;
+    let opts = [
+        format!("Dir::Etc::SourceList={}", sources.display()),
+        "Dir::Etc::SourceParts=/nonexistent".to_owned(),
+        format!("Dir::State::Lists={}", apt.join("lists").display()),
+        format!("Dir::Cache={}", apt.join("cache").display()),
+        format!(
+            "Dir::Cache::archives={}",
+            apt.join("cache/archives").display()
+        ),
+    ];
+    let with_opts = |cmd: &mut Command| {
+        for o in &opts {
+            cmd.args(["-o", o]);
+        }
+    };
+    let mut update = Command::new("apt-get");
+    with_opts(&mut update);
+    run(update.args(["update", "-qq"]))?;
+    let mut download = Command::new("apt-get");
+    with_opts(&mut download);
+    run(download
+        .args(["download", "-qq", "docker.io"])
+        .current_dir(&apt))?;
+    let deb = std::fs::read_dir(&apt)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("docker.io_") && n.ends_with(".deb"))
+        })
+        .context("apt-get download docker.io left no .deb")?;
+    // Unpacked next to its destination, then renamed: an interrupted run
+    // leaves no half tree that looks complete.
+    let tmp = engines.join("docker.io-trixie.partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
+    std::fs::rename(&tmp, &dest)?;
+    let _ = std::fs::remove_file(&deb);
+    Ok(dest)
 }
 
 fn nightly_rust_src() -> Result<()> {

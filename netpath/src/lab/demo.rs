@@ -198,7 +198,11 @@ fn docker(exe: &Path) -> Result<()> {
         "uplink0",
     ])?;
     ext.ip(&["addr", "add", &format!("{}/24", Lab::EXT), "dev", "eth0"])?;
-    let d = Dockerd::start(&host, &["--iptables=false", "--userland-proxy=false"])?;
+    let d = Dockerd::start(
+        &host,
+        &dockerlab::Engine::INSTALLED,
+        &["--iptables=false", "--userland-proxy=false"],
+    )?;
     d.import_image()?;
     let log_path = d.dir.join("netpath-docker.log");
     let log = std::fs::File::create(&log_path)?;

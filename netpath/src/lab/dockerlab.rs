@@ -21,6 +21,66 @@ use crate::lab::topology::Netns;
 /// The tiny image [`Dockerd::import_image`] makes.
 pub const IMAGE: &str = "npbox:1";
 
+/// Which dockerd runs: the installed one (Debian bookworm's docker.io,
+/// 20.10), or an unpacked package (trixie's docker.io 26.1, which `cargo
+/// xtask setup` fetches and extracts, not installs) whose `usr/sbin`
+/// (dockerd, docker-proxy) and `usr/bin` (docker-init) go first on
+/// dockerd's PATH. containerd and runc are the installed ones either way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Engine {
+    /// The extracted package's root; None: the installed dockerd.
+    pub root: Option<PathBuf>,
+}
+
+impl Engine {
+    /// The installed dockerd.
+    pub const INSTALLED: Self = Self { root: None };
+
+    /// An unpacked engine at `root` (it has `usr/sbin/dockerd`).
+    pub fn unpacked(root: PathBuf) -> Result<Self> {
+        let dockerd = root.join("usr/sbin/dockerd");
+        if !dockerd.is_file() {
+            bail!("{} is missing", dockerd.display());
+        }
+        Ok(Self { root: Some(root) })
+    }
+
+    /// The PATH dockerd runs with (it finds docker-proxy and docker-init
+    /// on it).
+    fn path(&self) -> std::ffi::OsString {
+        let mut dirs: Vec<PathBuf> = self
+            .root
+            .iter()
+            .flat_map(|r| [r.join("usr/sbin"), r.join("usr/bin")])
+            .collect();
+        dirs.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ));
+        dirs.extend(["/usr/sbin", "/sbin"].map(PathBuf::from));
+        std::env::join_paths(dirs).unwrap_or_default()
+    }
+
+    fn dockerd(&self) -> PathBuf {
+        match &self.root {
+            Some(r) => r.join("usr/sbin/dockerd"),
+            None => which("dockerd").unwrap_or_else(|| PathBuf::from("dockerd")),
+        }
+    }
+
+    /// `dockerd --version`'s version ("20.10.24+dfsg1", "26.1.5+dfsg1").
+    pub fn version(&self) -> Result<String> {
+        let out = Command::new(self.dockerd())
+            .arg("--version")
+            .output()
+            .context("running dockerd --version")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .nth(2)
+            .map(|v| v.trim_end_matches(',').to_owned())
+            .with_context(|| format!("unexpected dockerd --version output {text:?}"))
+    }
+}
+
 /// The first program a dockerd run needs that is not installed.
 pub fn missing() -> Option<&'static str> {
     ["dockerd", "docker", "containerd", "runc"]
@@ -64,9 +124,9 @@ pub struct Dockerd {
 }
 
 impl Dockerd {
-    /// Starts dockerd in `ns` with `flags` (e.g. `--iptables=false`) and
-    /// waits until its API answers.
-    pub fn start(ns: &Netns, flags: &[&str]) -> Result<Self> {
+    /// Starts `engine`'s dockerd in `ns` with `flags` (e.g.
+    /// `--iptables=false`) and waits until its API answers.
+    pub fn start(ns: &Netns, engine: &Engine, flags: &[&str]) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("np-dockerd-{}", ns.name));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).context("creating dockerd's directory")?;
@@ -76,7 +136,7 @@ impl Dockerd {
         let log = std::fs::File::create(dir.join("dockerd.log")).context("dockerd's log")?;
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", ns.name))
-            .arg("dockerd")
+            .arg(engine.dockerd())
             .arg(format!("--data-root={}", dir.join("data").display()))
             .arg(format!("--exec-root={}", dir.join("exec").display()))
             .arg(format!("--pidfile={}", dir.join("dockerd.pid").display()))
@@ -84,6 +144,7 @@ impl Dockerd {
             .arg(format!("--cgroup-parent=/{cgroup_parent}"))
             .arg("--log-level=warn")
             .args(flags)
+            .env("PATH", engine.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
