@@ -81,8 +81,13 @@ pub mod map_names {
     /// Array of u64: a monitor's heartbeat and the kinds it wants
     /// ([`crate::event::monitor`]).
     pub const MONITOR: &str = "NP_MONITOR";
+    /// [`TrustedKey`](crate::TrustedKey) -> [`TrustedIface`](crate::TrustedIface):
+    /// each network's trusted host interfaces (Docker's
+    /// `trusted_host_interfaces`), whose traffic may reach published
+    /// container ports at the container's address in gateway mode nat.
+    pub const TRUSTED: &str = "NP_TRUSTED";
     /// All pinned map names, for tooling that walks the pin directory.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 23] = [
         ENDPOINTS4,
         IFACES,
         NETWORKS,
@@ -105,6 +110,7 @@ pub mod map_names {
         CT_FILL,
         EVENTS,
         MONITOR,
+        TRUSTED,
     ];
 }
 
@@ -381,6 +387,34 @@ pub struct MacKey {
     pub _pad: [u8; 2],
 }
 
+/// Key of `NP_TRUSTED`: a network and one of its trusted host interfaces.
+/// An interface that does not exist (yet) is keyed by
+/// [`TrustedKey::ABSENT`] plus its slot, which no real ifindex (a positive
+/// `int`) reaches, so the datapath never matches it and the name is kept
+/// for when it appears.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct TrustedKey {
+    pub net_id: u32,
+    pub ifindex: u32,
+}
+
+impl TrustedKey {
+    pub const ABSENT: u32 = 1 << 31;
+}
+
+/// Value of `NP_TRUSTED`: the interface's name (what the user gave).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct TrustedIface {
+    pub name: [u8; IFNAMSIZ],
+}
+
+/// Maximum trusted host interfaces, over all networks.
+pub const MAX_TRUSTED: u32 = 1024;
+
 /// Maximum VLAN devices on uplinks netpath follows.
 pub const MAX_VLANS: u32 = 4096;
 
@@ -445,7 +479,8 @@ pub const MAX_LEASES: u32 = 65536;
 mod user {
     use super::{
         Config, Counter, CounterKey, Endpoint, HostInfo, IfaceInfo, Lease, LeaseKey, MacKey,
-        NetworkInfo, PubKey4, PubVal4, SockRevKey, SockRevVal, TargetKey4, VlanKey,
+        NetworkInfo, PubKey4, PubVal4, SockRevKey, SockRevVal, TargetKey4, TrustedIface,
+        TrustedKey, VlanKey,
         ct::{CtEntry4, CtKey4, FragKey4, FragPorts},
         event::Event,
         filter::{FilterData, FilterInfo, FilterRule},
@@ -456,6 +491,8 @@ mod user {
     unsafe impl aya::Pod for TargetKey4 {}
     unsafe impl aya::Pod for MacKey {}
     unsafe impl aya::Pod for VlanKey {}
+    unsafe impl aya::Pod for TrustedKey {}
+    unsafe impl aya::Pod for TrustedIface {}
     unsafe impl aya::Pod for FilterData {}
     unsafe impl aya::Pod for FilterInfo {}
     unsafe impl aya::Pod for FilterRule {}

@@ -4,7 +4,9 @@
 //! (Docker 28's `gateway_mode_ipv4`):
 //!
 //! - `nat`: nothing (replies to the containers' own flows have a flow;
-//!   published ports are reached through a host address);
+//!   published ports are reached through a host address), except new
+//!   flows to published container ports arriving on one of the network's
+//!   trusted host interfaces (Docker's `trusted_host_interfaces`);
 //! - `routed`: new flows to published container ports, and ICMP echo,
 //!   tracked as `INBOUND` flows (after the filter rules);
 //! - `nat-unprotected`: everything (Docker's old behaviour), tracked too.
@@ -12,7 +14,7 @@
 //! Internal networks take nothing from outside in any mode.
 
 use netpath_common::{
-    DropReason, GatewayMode, NetworkInfo,
+    DropReason, GatewayMode, NetworkInfo, TrustedKey,
     ct::{CtEntry4, ct_flags, proto},
     net_flags,
 };
@@ -22,6 +24,7 @@ use crate::{
     filter::{self, Flow},
     flow::packet_key,
     lookup::is_target,
+    maps::NP_TRUSTED,
     parse::{Ip4, L4, L4Kind},
 };
 
@@ -40,30 +43,41 @@ pub fn untracked(net: &NetworkInfo) -> Result<(), DropReason> {
     }
 }
 
-/// A new packet from outside to container `ip.daddr` of network `net_id`:
-/// `Ok` with the `INBOUND` flow it starts, or why it is dropped.
+/// Whether the packet's destination is a published container port.
+#[inline(always)]
+fn to_published_port(ip: &Ip4, l4: &L4) -> bool {
+    matches!(ip.proto, proto::TCP | proto::UDP | proto::SCTP)
+        && is_target(ip.daddr, l4.dport_be, ip.proto)
+}
+
+/// A new packet from outside, arrived on `ifindex`, to container
+/// `ip.daddr` of network `net_id`: `Ok` with the `INBOUND` flow it
+/// starts, or why it is dropped.
 #[inline(always)]
 pub fn direct4(
     ip: &Ip4,
     l4: &L4,
     net_id: u32,
     net: &NetworkInfo,
+    ifindex: u32,
 ) -> Result<*mut CtEntry4, DropReason> {
     if net.flags & net_flags::INTERNAL != 0 {
         return Err(DropReason::Internal);
     }
     match GatewayMode::from_flags(net.flags) {
-        GatewayMode::Nat => return Err(DropReason::DirectRouting),
+        GatewayMode::Nat => {
+            let trusted = NP_TRUSTED.get_ptr(TrustedKey { net_id, ifindex }).is_some();
+            if !(trusted && to_published_port(ip, l4)) {
+                return Err(DropReason::DirectRouting);
+            }
+        }
         // Everything, but tracked: the container's answers must not be
         // masqueraded as if they started flows of their own.
         GatewayMode::NatUnprotected => {}
         GatewayMode::Routed => {
-            let allowed = match ip.proto {
-                // An echo request carries its identifier as the source "port".
-                proto::ICMP => l4.kind == L4Kind::Ports && l4.sport_be != 0,
-                proto::TCP | proto::UDP | proto::SCTP => is_target(ip.daddr, l4.dport_be, ip.proto),
-                _ => false,
-            };
+            // An echo request carries its identifier as the source "port".
+            let allowed = to_published_port(ip, l4)
+                || (ip.proto == proto::ICMP && l4.kind == L4Kind::Ports && l4.sport_be != 0);
             if !allowed {
                 return Err(DropReason::NotPublished);
             }

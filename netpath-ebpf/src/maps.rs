@@ -8,8 +8,9 @@ use aya_ebpf::{
 };
 use netpath_common::{
     Config, Counter, CounterKey, Endpoint, HostInfo, IfaceInfo, Lease, LeaseKey, MAX_COUNTERS,
-    MAX_HOSTADDRS, MAX_IFACES, MAX_LEASES, MAX_NETWORKS, MAX_PUBLISH, MAX_VLANS, MacKey,
-    NetworkInfo, PubKey4, PubVal4, SockRevKey, SockRevVal, TargetKey4, VlanKey,
+    MAX_HOSTADDRS, MAX_IFACES, MAX_LEASES, MAX_NETWORKS, MAX_PUBLISH, MAX_TRUSTED, MAX_VLANS,
+    MacKey, NetworkInfo, PubKey4, PubVal4, SockRevKey, SockRevVal, TargetKey4, TrustedIface,
+    TrustedKey, VlanKey,
     ct::{CtEntry4, CtKey4, FragKey4, FragPorts, MAX_CT4, MAX_FRAG4},
     event::{self, Bucket},
     filter::{FilterData, FilterInfo, FilterRule, MAX_FILTERS},
@@ -90,6 +91,12 @@ pub static NP_TARGETS4: HashMap<TargetKey4, u32> = HashMap::pinned(MAX_PUBLISH, 
 /// the loader: tagged frames of any other VLAN are dropped at the uplink.
 #[map]
 pub static NP_VLANS: HashMap<VlanKey, u32> = HashMap::pinned(MAX_VLANS, 0);
+
+/// Each network's trusted host interfaces (kept by the loader): new flows
+/// arriving on one may reach the network's published container ports at
+/// the container's address even in gateway mode nat.
+#[map]
+pub static NP_TRUSTED: HashMap<TrustedKey, TrustedIface> = HashMap::pinned(MAX_TRUSTED, 0);
 
 /// Network id -> live flows, written by a sweep pass that counts per
 /// network (`netpath status`).

@@ -216,7 +216,9 @@ fn from_outside(
     }
     match parse::l4(ctx, ip) {
         Ok(l4) if l4.kind != L4Kind::IcmpError => {
-            inbound::direct4(ip, &l4, net_id, net).map(|_| ())
+            // SAFETY: the context pointer is valid for the program's lifetime.
+            let iif = unsafe { (*ctx.skb.skb).ingress_ifindex };
+            inbound::direct4(ip, &l4, net_id, net, iif).map(|_| ())
         }
         Ok(_) => inbound::untracked(net),
         Err(()) => Err(DropReason::Malformed),

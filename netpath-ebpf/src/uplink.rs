@@ -111,7 +111,7 @@ pub fn ingress(ctx: &TcContext, ifindex: u32) -> i32 {
                 (Some(r), _) => r,
                 // The host's own traffic.
                 (None, None) => return TCX_NEXT,
-                (None, Some((id, net))) => inbound::direct4(&ip, &l4, id, &net)
+                (None, Some((id, net))) => inbound::direct4(&ip, &l4, id, &net, ifindex)
                     .map(|e| (e, id))
                     .map_err(|r| (id, r)),
             };

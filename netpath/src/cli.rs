@@ -203,6 +203,13 @@ pub struct UpCmd {
     /// ping also at the container's address), nat-unprotected (everything).
     #[arg(long, value_name = "MODE", default_value = "nat", value_parser = gateway_mode())]
     pub gateway_mode: GatewayMode,
+    /// A host interface whose traffic may reach this network's published
+    /// container ports at the container's own address, even in gateway
+    /// mode nat (Docker's trusted_host_interfaces); repeatable. Replaces the
+    /// network's set; an interface that does not exist yet counts once it
+    /// appears.
+    #[arg(long = "trusted-host-interface", value_name = "IFACE", value_parser = spec::parse_ifname)]
+    pub trusted: Vec<String>,
     /// cgroup v2 directory the socket hooks attach to (host processes reaching
     /// published ports); they act only on sockets of this network namespace
     /// [default: the cgroup v2 root].

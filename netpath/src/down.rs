@@ -120,6 +120,9 @@ pub async fn down(target: &DownTarget) -> Result<DownReport> {
         if let Err(e) = crate::filter::remove_network(&mut maps, *id) {
             errors.push(e);
         }
+        if let Err(e) = crate::trusted::set(&mut maps.trusted, *id, &[], &BTreeMap::new()) {
+            errors.push(e);
+        }
         if let Err(e) = maps.remove_counters(counter_scope::NETWORK, *id) {
             errors.push(e);
         }

@@ -32,6 +32,7 @@ pub mod sys;
 pub mod table;
 pub mod tables;
 pub mod top;
+pub mod trusted;
 pub mod up;
 
 /// The kernel programs, built from `netpath-ebpf` by build.rs.

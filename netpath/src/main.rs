@@ -201,6 +201,7 @@ fn run(cli: Cli) -> Result<()> {
                     options: up.options(),
                     uplinks: up.uplinks.clone(),
                     cgroup: up.cgroup.clone(),
+                    trusted: up.trusted.clone(),
                 };
                 let r = up::up(&args).await?;
                 let verb = if r.already_up { "already up" } else { "up" };

@@ -22,6 +22,7 @@ use crate::{
     state::{Dir, Maps, StateDir},
     sys,
     tables::{self, Table},
+    trusted,
 };
 
 /// How one interface ended up after a reconcile.
@@ -153,6 +154,14 @@ pub async fn reconcile(
     tables::sync(&mut dp.maps.vlans, &want_vlans(&all, &planned)).context("recording VLANs")?;
     tables::sync(&mut dp.maps.macs, &want_macs(&all, &ifaces, &planned))
         .context("recording MACs")?;
+    // Trusted host interfaces follow their names (created, re-created).
+    let index_of = all.iter().map(|l| (l.name.clone(), l.index)).collect();
+    let trusted_now = dp.maps.trusted.entries()?;
+    tables::sync(
+        &mut dp.maps.trusted,
+        &trusted::rekeyed(&trusted_now, &index_of),
+    )
+    .context("recording trusted host interfaces")?;
     for &ifindex in current.keys().filter(|i| !planned.contains_key(i)) {
         detach_iface(state, &mut dp.maps, ifindex)?;
         out.detached.push(ifindex);

@@ -16,7 +16,7 @@ use aya::maps::{
 use ipnet::Ipv4Net;
 use netpath_common::{
     Config, Counter, CounterKey, Endpoint, HostInfo, IfaceInfo, Lease, LeaseKey, MacKey,
-    NetworkInfo, PubKey4, PubVal4, TargetKey4, VlanKey,
+    NetworkInfo, PubKey4, PubVal4, TargetKey4, TrustedIface, TrustedKey, VlanKey,
     ct::{CtEntry4, CtKey4},
     filter::{FilterData, FilterInfo, FilterRule},
     map_names,
@@ -224,6 +224,7 @@ pub struct Maps {
     pub targets4: HashMap<MapData, TargetKey4, u32>,
     pub vlans: HashMap<MapData, VlanKey, u32>,
     pub macs: HashMap<MapData, MacKey, u32>,
+    pub trusted: HashMap<MapData, TrustedKey, TrustedIface>,
     /// Live flows per network, as the last counting sweep pass found them.
     pub ct_networks: Array<MapData, u32>,
     /// The table's live entries and limit (`ct::fill`).
@@ -302,6 +303,8 @@ impl Maps {
                 .context(layout(map_names::TARGETS4))?,
             vlans: HashMap::try_from(take(map_names::VLANS)?).context(layout(map_names::VLANS))?,
             macs: HashMap::try_from(take(map_names::MACS)?).context(layout(map_names::MACS))?,
+            trusted: HashMap::try_from(take(map_names::TRUSTED)?)
+                .context(layout(map_names::TRUSTED))?,
             ct_networks: Array::try_from(take(map_names::CT_NETWORKS)?)
                 .context(layout(map_names::CT_NETWORKS))?,
             ct_fill: Array::try_from(take(map_names::CT_FILL)?)

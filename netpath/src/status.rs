@@ -33,6 +33,8 @@ pub struct NetworkStatus {
     pub internal: bool,
     /// nat, nat-unprotected or routed.
     pub gateway_mode: String,
+    /// Interfaces with direct access to published container ports.
+    pub trusted_host_interfaces: Vec<String>,
     pub from_containers: Traffic,
     pub to_containers: Traffic,
     /// Packets source-translated on the way out (incl. ICMP errors).
@@ -175,6 +177,7 @@ pub async fn status() -> Result<Status> {
     }
     let maps = &dp.maps;
     let networks = maps.networks()?;
+    let trusted = crate::tables::Table::entries(&maps.trusted)?;
     for (&id, info) in &networks {
         let spec = NetworkSpec::from_info(info);
         let net = |kind| maps.traffic(counter_scope::NETWORK, id, kind);
@@ -190,6 +193,7 @@ pub async fn status() -> Result<Status> {
             icc: info.flags & net_flags::NO_ICC == 0,
             internal: info.flags & net_flags::INTERNAL != 0,
             gateway_mode: GatewayMode::from_flags(info.flags).as_str().to_owned(),
+            trusted_host_interfaces: crate::trusted::names_of(&trusted, id),
             snat: net(counter_kind::NET_SNAT)?,
             rev_snat: net(counter_kind::NET_REV_SNAT)?,
             ct_new: net(counter_kind::NET_CT_NEW)?.packets,
@@ -319,7 +323,15 @@ impl Status {
                     n.bridge.clone(),
                     n.subnet.clone(),
                     n.gateway.clone(),
-                    n.gateway_mode.clone(),
+                    if n.trusted_host_interfaces.is_empty() {
+                        n.gateway_mode.clone()
+                    } else {
+                        format!(
+                            "{} (trusted: {})",
+                            n.gateway_mode,
+                            n.trusted_host_interfaces.join(",")
+                        )
+                    },
                     fmt_traffic(n.from_containers),
                     fmt_traffic(n.to_containers),
                 ]

@@ -15,6 +15,8 @@ use crate::{
     spec::{NetworkOptions, NetworkSpec, validate_ifname},
     state::{self, Maps, StateDir},
     sys,
+    tables::Table as _,
+    trusted,
 };
 
 /// What `netpath up` (and `netpath docker`, and later the CNI plugin) asks
@@ -27,18 +29,23 @@ pub struct UpArgs {
     pub uplinks: Vec<String>,
     /// cgroup v2 directory for the socket hooks; `None`: the cgroup v2 root.
     pub cgroup: Option<PathBuf>,
+    /// Trusted host interfaces (see [`crate::trusted`]); replaces the
+    /// network's set.
+    pub trusted: Vec<String>,
 }
 
 impl UpArgs {
     /// Whether the network is up exactly like this already (bridge, subnet,
     /// gateway and options), so `up` would change nothing but attachments.
     pub fn is_recorded(&self, maps: &Maps) -> Result<bool> {
-        Ok(maps
-            .network_by_bridge(&self.spec.bridge)?
-            .is_some_and(|(_, info)| {
-                NetworkSpec::from_info(&info) == self.spec
-                    && info.flags & NetworkOptions::MASK == self.options.flags()
-            }))
+        let Some((id, info)) = maps.network_by_bridge(&self.spec.bridge)? else {
+            return Ok(false);
+        };
+        let mut trusted = self.trusted.clone();
+        trusted.sort();
+        Ok(NetworkSpec::from_info(&info) == self.spec
+            && info.flags & NetworkOptions::MASK == self.options.flags()
+            && trusted::names_of(&maps.trusted.entries()?, id) == trusted)
     }
 }
 
@@ -169,6 +176,7 @@ async fn check(nl: &Netlink, state: &StateDir, args: &UpArgs) -> Result<Checked>
     for u in &args.uplinks {
         validate_ifname(u)?;
     }
+    trusted::validate(&args.trusted)?;
     let (existing, current_ifaces) = if state.exists() {
         let maps = Maps::open(state)?;
         (reconcile::network_specs(&maps)?, maps.ifaces()?)
@@ -291,6 +299,13 @@ async fn record(
         .insert(net_id, spec.to_info(index, flags), 0)
         .context("recording the network")?;
     dp.maps.add_subnet(spec.subnet, net_id)?;
+    let index_of = nl
+        .links()
+        .await?
+        .into_iter()
+        .map(|l| (l.name, l.index))
+        .collect();
+    trusted::set(&mut dp.maps.trusted, net_id, &args.trusted, &index_of)?;
     Ok(())
 }
 

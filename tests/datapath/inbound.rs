@@ -25,6 +25,7 @@ use netpath::{
     publish::{self, Ports},
     spec,
     state::Dir,
+    trusted,
 };
 use netpath_common::{
     DropReason, GatewayMode, IfaceInfo, IfaceRole, counter_kind, counter_scope,
@@ -223,6 +224,64 @@ fn a_published_sctp_port_is_translated_address_only() {
         let (v, _) = run(&mut dp, Dir::Ingress, &tcp(R, U, 40001, 9000, SYN), 1);
         assert_eq!(v, TCX_NEXT, "a host port of nobody: the host's");
         assert!(dp.maps.ct4.get(&key(R, U, 40001, 9000, TCP), 0).is_err());
+    });
+}
+
+#[test]
+fn a_trusted_interface_reaches_published_container_ports_in_nat_mode() {
+    require_root!();
+    in_netns("trusted", |pins| {
+        let mut dp = datapath(pins);
+        publish(&mut dp, 8080, C1, 80);
+        publish(&mut dp, 8081, C5, 80);
+        let lo = |net_id, names: &[&str], dp: &mut Datapath| {
+            let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+            let index_of = [("lo".to_owned(), LO)].into_iter().collect();
+            trusted::set(&mut dp.maps.trusted, net_id, &names, &index_of).unwrap();
+        };
+        // Network 1 (nat) trusts an interface that does not exist: no change.
+        lo(1, &["vpn0"], &mut dp);
+        assert_eq!(
+            run(&mut dp, Dir::Ingress, &tcp(R, C1, 40000, 80, SYN), 1).0,
+            SHOT
+        );
+        assert_eq!(drops(&dp, 1, DropReason::DirectRouting), 1);
+
+        // Trusting the uplink the packet comes in on: the published
+        // container port is reached at the container's address, untranslated
+        // and tracked.
+        lo(1, &["vpn0", "lo"], &mut dp);
+        let syn = tcp(R, C1, 40001, 80, SYN);
+        let (v, out) = run(&mut dp, Dir::Ingress, &syn, 1);
+        assert_eq!((v, &out), (TCX_NEXT, &syn));
+        let e = dp
+            .maps
+            .ct4
+            .get(&key(R, C1, 40001, 80, TCP), 0)
+            .expect("an INBOUND flow");
+        assert_ne!(e.flags & ct_flags::INBOUND, 0);
+        // Only published ports: another port of that container, and ping,
+        // are still direct routing.
+        assert_eq!(
+            run(&mut dp, Dir::Ingress, &tcp(R, C1, 40002, 81, SYN), 1).0,
+            SHOT
+        );
+        let ping = frame(ICMP, R, C1, &echo(8, 77), 1, 0);
+        assert_eq!(run(&mut dp, Dir::Ingress, &ping, 1).0, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::DirectRouting), 3);
+        // Network 3 does not trust it.
+        assert_eq!(
+            run(&mut dp, Dir::Ingress, &tcp(R, C5, 40003, 80, SYN), 1).0,
+            SHOT
+        );
+        assert_eq!(drops(&dp, 3, DropReason::DirectRouting), 1);
+        // Untrusted again (an `up` without it): dropped again.
+        lo(1, &[], &mut dp);
+        assert_eq!(
+            run(&mut dp, Dir::Ingress, &tcp(R, C1, 40004, 80, SYN), 1).0,
+            SHOT
+        );
+        assert_eq!(drops(&dp, 1, DropReason::DirectRouting), 4);
     });
 }
 

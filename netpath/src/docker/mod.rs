@@ -201,6 +201,7 @@ pub async fn reconcile(docker: &Docker, opts: &Options) -> Result<Report> {
                 },
                 uplinks: opts.uplinks.clone(),
                 cgroup: opts.cgroup.clone(),
+                trusted: n.trusted.clone(),
             }),
             Err(e) => report.problems.push(format!("network {}: {e:#}", n.name)),
         }

@@ -20,6 +20,9 @@ pub const OPT_MASQUERADE: &str = "com.docker.network.bridge.enable_ip_masquerade
 pub const OPT_DEFAULT_BRIDGE: &str = "com.docker.network.bridge.default_bridge";
 /// Docker 28's gateway mode (nat, nat-unprotected, routed, isolated).
 pub const OPT_GATEWAY_MODE: &str = "com.docker.network.bridge.gateway_mode_ipv4";
+/// Docker 28.2's interfaces with direct access to published container
+/// ports, colon-separated.
+pub const OPT_TRUSTED: &str = "com.docker.network.bridge.trusted_host_interfaces";
 
 /// A dockerd bridge network, as `netpath up` takes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +35,8 @@ pub struct Net {
     pub masquerade: bool,
     pub internal: bool,
     pub gateway_mode: GatewayMode,
+    /// Trusted host interfaces (none before Docker 28.2).
+    pub trusted: Vec<String>,
     /// A problem worth a log line (an option netpath cannot honour).
     pub note: Option<String>,
 }
@@ -104,6 +109,16 @@ pub fn net_from_api(n: &Network, default_masq: bool) -> Result<Option<Net>, Stri
         },
         internal: n.internal.unwrap_or(false),
         gateway_mode,
+        trusted: opts
+            .get(OPT_TRUSTED)
+            .map(|v| {
+                v.split(':')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
         note,
     }))
 }
@@ -422,6 +437,25 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(!n.masquerade);
+        assert!(
+            n.trusted.is_empty(),
+            "no trusted interfaces before Docker 28.2"
+        );
+        // Docker 28's gateway mode and trusted interfaces (colon-separated).
+        let n = net_from_api(
+            &network(
+                "t",
+                "0123456789abcdef",
+                "10.7.0.0/24",
+                &[(OPT_GATEWAY_MODE, "routed"), (OPT_TRUSTED, "eth1:vpn0::")],
+                false,
+            ),
+            true,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(n.gateway_mode, GatewayMode::Routed);
+        assert_eq!(n.trusted, vec!["eth1", "vpn0"]);
 
         let mut host = default.clone();
         host.driver = Some("host".into());
