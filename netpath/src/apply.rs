@@ -294,7 +294,7 @@ pub async fn export() -> Result<String> {
     let mut left_out = 0;
     let mut by_owner: std::collections::BTreeMap<u16, Vec<Ports>> = Default::default();
     for (k, v) in maps.published()? {
-        if v.owner == owner::DOCKER || networks.get(&v.net_id).is_some_and(|i| docker(i)) {
+        if v.owner == owner::DOCKER || networks.get(&v.net_id).is_some_and(docker) {
             left_out += 1;
             continue;
         }
