@@ -364,3 +364,44 @@ fn errors_in_the_file_say_where_and_apply_nothing() {
         r.stderr
     );
 }
+
+#[test]
+fn a_new_subnet_takes_the_network_down_and_up_with_its_ports_and_mappings() {
+    require_root!();
+    let host = Netns::new("apply-re").unwrap().cleanup_with(NETPATH);
+    let file = |net: &str| {
+        format!(
+            "[[network]]\nbridge = \"npa5\"\nsubnet = \"10.{net}.0.0/24\"\n\n[[publish]]\nhost = \"7070\"\ncontainer = \"10.{net}.0.2:80\"\n"
+        )
+    };
+    let out = apply_ok(&host, "re1", &file("55"));
+    assert!(out.contains("network npa5 created"), "{out}");
+    // A port plugged by hand (the bridge is apply's, so `down` deletes it).
+    host.ip(&[
+        "link", "add", "vre0", "type", "veth", "peer", "name", "vre1",
+    ])
+    .unwrap();
+    host.ip(&["link", "set", "vre0", "master", "npa5", "up"])
+        .unwrap();
+    let out = apply_ok(&host, "re2", &file("56"));
+    assert!(
+        out.contains("network npa5 changed: subnet 10.55.0.0/24 -> 10.56.0.0/24, gateway 10.55.0.1 -> 10.56.0.1 (taken down and up again"),
+        "{out}"
+    );
+    assert!(out.contains("published 7070/tcp -> 10.56.0.2:80"), "{out}");
+    let s = status(&host);
+    assert_eq!(network(&s, "npa5").unwrap()["subnet"], "10.56.0.0/24");
+    assert!(
+        host.ip(&["-4", "addr", "show", "npa5"])
+            .unwrap()
+            .contains("10.56.0.1/24")
+    );
+    assert!(
+        host.ip(&["link", "show", "vre0"])
+            .unwrap()
+            .contains("master npa5"),
+        "the hand-plugged port is back on the new bridge"
+    );
+    assert_eq!(ports(&host), vec![(7070, "10.56.0.2:80".into())]);
+    assert_eq!(apply_ok(&host, "re3", &file("56")).trim(), "no changes");
+}
