@@ -86,7 +86,8 @@ pub struct FilterRule {
     pub verdict: u8,
     /// Prefix length of the client CIDR (0 to 32).
     pub src_prefix: u8,
-    pub _pad: u16,
+    /// Who made the rule (`crate::owner`); the datapath ignores it.
+    pub owner: u16,
     /// Counter id (scope `counter_scope::FILTER`).
     pub id: u32,
 }

@@ -207,6 +207,9 @@ pub mod net_flags {
     pub const GW_ROUTED: u32 = 1 << 6;
     /// Gateway mode `nat-unprotected` (see [`GatewayMode`](crate::GatewayMode)).
     pub const GW_UNPROTECTED: u32 = 1 << 7;
+    /// Made by `netpath apply` from a config file (so a later `apply` whose
+    /// file no longer names it takes it down).
+    pub const APPLY: u32 = 1 << 8;
 }
 
 /// What a network lets in from outside the host (Docker 28's
@@ -260,7 +263,8 @@ impl GatewayMode {
     }
 }
 
-/// Who made an entry of `NP_PUBLISH4` (`PubVal4::owner`) or `NP_LEASES4`
+/// Who made an entry of `NP_PUBLISH4` (`PubVal4::owner`), `NP_FILTER4`
+/// (`FilterRule::owner`) or `NP_LEASES4`
 /// (`Lease::flags`).
 pub mod owner {
     /// `netpath publish` / `netpath connect`.
@@ -268,6 +272,9 @@ pub mod owner {
     /// `netpath docker`, from a container's port bindings or endpoint
     /// (dockerd owns the veth; `down` leaves it alone).
     pub const DOCKER: u16 = 1;
+    /// `netpath apply`, from a config file (a later `apply` whose file no
+    /// longer names the entry removes it).
+    pub const APPLY: u16 = 2;
 }
 
 /// Value of the `NP_NETWORKS` map, keyed by network id (`u32`, from 1).

@@ -50,6 +50,28 @@ pub enum Command {
     /// Take a network down: detach, forget it, and delete what netpath created
     /// for it (a bridge that existed before `up` stays). The last `down` unpins everything.
     Down(DownCmd),
+    /// Bring networks, published ports and filter rules to a TOML file in
+    /// one locked step (`[[network]]` keys as `up`'s flags, `[[publish]]`
+    /// host and container as `publish`'s, `[[filter]]` as `filter add`'s):
+    /// create what is missing, change what differs, remove what an earlier
+    /// `apply` made that the file no longer names. What was made by hand or
+    /// by `netpath docker` is never changed. An error in the file is told as
+    /// FILE:LINE:COLUMN and nothing is applied.
+    Apply {
+        /// The file; `-` reads standard input.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: std::path::PathBuf,
+        /// cgroup v2 directory for the socket hooks, as for `up`.
+        #[arg(long, value_name = "PATH", env = "NETPATH_CGROUP")]
+        cgroup: Option<std::path::PathBuf>,
+        /// Do not start the background daemon (as for `up`).
+        #[arg(long)]
+        no_daemon: bool,
+    },
+    /// Print the networks, published ports and filter rules as a file for
+    /// `apply` (`export | apply -f -` changes nothing); what `netpath
+    /// docker` made is left out.
+    Export,
     /// Show networks, attached interfaces with program ids, and counters.
     Status {
         /// Print JSON instead of tables.
@@ -235,6 +257,7 @@ impl UpCmd {
             internal: self.internal,
             gateway_mode: self.gateway_mode,
             docker: false,
+            apply: false,
         }
     }
 }

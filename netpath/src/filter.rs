@@ -246,11 +246,13 @@ pub enum Added {
 pub fn add(sel: &Selectors, v: Verdict) -> Result<Added> {
     let _lock = state::lock(false)?;
     let (_, mut maps) = Maps::open_current()?;
-    add_to(&mut maps, sel, v)
+    add_to(&mut maps, sel, v, netpath_common::owner::USER)
 }
 
-/// [`add`] on open maps.
-pub fn add_to(maps: &mut Maps, sel: &Selectors, v: Verdict) -> Result<Added> {
+/// [`add`] on open maps, the rule marked as `owner`'s. A rule with the same
+/// selectors and verdict that is there already is left as it is (and its
+/// owner's).
+pub fn add_to(maps: &mut Maps, sel: &Selectors, v: Verdict, owner: u16) -> Result<Added> {
     let key = sel.key(sel.net_id(maps)?);
     match exact(maps, &key)? {
         Some(r) if r.verdict == v.code() => return Ok(Added::Present(r.id)),
@@ -269,7 +271,7 @@ pub fn add_to(maps: &mut Maps, sel: &Selectors, v: Verdict) -> Result<Added> {
     let rule = FilterRule {
         verdict: v.code(),
         src_prefix: key.prefix_len().saturating_sub(EXACT_BITS) as u8,
-        _pad: 0,
+        owner,
         id,
     };
     if let Err(e) = maps.filter4.insert(&key, rule, 0) {
@@ -314,6 +316,79 @@ pub fn remove_network(maps: &mut Maps, net_id: u32) -> Result<usize> {
         .collect();
     remove(maps, &victims)?;
     Ok(victims.len())
+}
+
+/// Every rule as its selectors (the network by its bridge), verdict and
+/// owner, in no particular order: what `apply` compares a file with and
+/// `export` writes. A rule naming a network that is gone is left out.
+pub fn owned_rules(maps: &Maps) -> Result<Vec<(Selectors, Verdict, u16)>> {
+    let networks = maps.networks()?;
+    let mut out = Vec::new();
+    for (k, r) in read_rules(maps)? {
+        let d = k.data();
+        let has = |bit: u8| d.group & bit != 0;
+        let network = match has(sel::NETWORK) {
+            false => None,
+            true => match networks.get(&d.net_id) {
+                Some(i) => Some(codec::ifname_from_bytes(&i.bridge_name)),
+                None => continue,
+            },
+        };
+        let src_prefix = k.prefix_len().saturating_sub(EXACT_BITS) as u8;
+        let from = Ipv4Net::new(codec::from_be(d.src_be), src_prefix).context("rule prefix")?;
+        let sel = Selectors {
+            network,
+            from: (src_prefix > 0).then_some(from),
+            port: has(sel::HOST_PORT).then(|| HostPort {
+                port: u16::from_be(d.host_port_be),
+                proto: d.proto,
+            }),
+            to: has(sel::TO).then(|| Target {
+                addr: codec::from_be(d.to_be),
+                port: has(sel::TO_PORT).then(|| u16::from_be(d.to_port_be)),
+            }),
+        };
+        let v = Verdict::from_code(r.verdict).context("a filter rule with no verdict")?;
+        out.push((sel, v, r.owner));
+    }
+    Ok(out)
+}
+
+impl std::fmt::Display for Selectors {
+    /// As `filter add` takes them (`every flow` when none is set).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut words = Vec::new();
+        if let Some(n) = &self.network {
+            words.push(format!("--network {n}"));
+        }
+        if let Some(c) = self.from {
+            words.push(format!("--from {c}"));
+        }
+        if let Some(p) = self.port {
+            words.push(format!("--port {}/{}", p.port, proto_name(p.proto)));
+        }
+        match self.to {
+            Some(Target {
+                addr,
+                port: Some(p),
+            }) => words.push(format!("--to {addr}:{p}")),
+            Some(Target { addr, port: None }) => words.push(format!("--to {addr}")),
+            None => {}
+        }
+        if words.is_empty() {
+            return write!(f, "every flow");
+        }
+        write!(f, "{}", words.join(" "))
+    }
+}
+
+impl Verdict {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        }
+    }
 }
 
 /// Every rule, in the order the datapath prefers them (most specific first).

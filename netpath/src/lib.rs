@@ -3,9 +3,12 @@
 //! integration tests in `tests/` drive the binary and use this library's
 //! helpers.
 
+pub mod apply;
 pub mod attach;
 pub mod cli;
 pub mod codec;
+pub mod config_file;
+pub mod config_plan;
 pub mod conntrack;
 pub mod daemon;
 pub mod docker;

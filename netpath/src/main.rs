@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::Parser as _;
 use netpath::{
+    apply,
     attach::Attach,
     cli::{Cli, Command, ConntrackCmd, FilterCmd, NetworkCmd},
     codec, conntrack, daemon,
@@ -65,8 +66,12 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // One line: the whole context chain.
-            eprintln!("netpath: error: {err:#}");
+            // One line: the whole context chain; an error in an `apply`
+            // file as FILE:LINE:COLUMN: message, as compilers tell them.
+            match err.downcast_ref::<netpath::config_file::FileError>() {
+                Some(e) => eprintln!("{e}"),
+                None => eprintln!("netpath: error: {err:#}"),
+            }
             ExitCode::FAILURE
         }
     }
@@ -418,6 +423,42 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
             Command::Filter(cmd) => filter_cmd(cmd),
+            Command::Apply {
+                file,
+                cgroup,
+                no_daemon,
+            } => {
+                let desired = apply::read(&file)?;
+                let r = apply::apply(&desired, cgroup).await?;
+                if r.lines.is_empty() {
+                    println!("no changes");
+                }
+                for l in &r.lines {
+                    println!("{l}");
+                }
+                if r.networks_left && !no_daemon {
+                    match daemon::ensure_running(netns_name.as_deref())
+                        .map_err(|e| e.context("the file is applied, but"))?
+                    {
+                        daemon::Start::AlreadyRunning(_) => {}
+                        daemon::Start::Started(pid) => println!("  daemon started (pid {pid})"),
+                        daemon::Start::Replaced(pid) | daemon::Start::Restarted(pid) => {
+                            println!("  daemon restarted (pid {pid})")
+                        }
+                    }
+                    up::prune_other_builds()?;
+                } else if !r.networks_left {
+                    if let Some(pid) = daemon::stop()? {
+                        println!("  no networks left: daemon stopped (pid {pid})");
+                    }
+                    daemon::forget_metrics()?;
+                }
+                Ok(())
+            }
+            Command::Export => {
+                print!("{}", apply::export().await?);
+                Ok(())
+            }
             Command::Top { interval_ms } => {
                 netpath::top::run(std::time::Duration::from_millis(interval_ms)).await
             }

@@ -98,6 +98,26 @@ impl Ports {
     }
 }
 
+impl Ports {
+    /// Its `NP_PUBLISH4` entries, one per host port, made by `owner`
+    /// (network and counter ids left 0: for comparing, not for the map).
+    pub fn entries(&self, owner: u16) -> Vec<(PubKey4, PubVal4)> {
+        (self.host_first..=self.host_last)
+            .enumerate()
+            .map(|(i, port)| {
+                let v = PubVal4 {
+                    target_be: codec::be(self.target),
+                    target_port_be: (self.target_first + i as u16).to_be(),
+                    owner,
+                    net_id: 0,
+                    id: 0,
+                };
+                (key(self.host_addr, port, self.proto), v)
+            })
+            .collect()
+    }
+}
+
 impl std::fmt::Display for Ports {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let host = PortSpec {
@@ -507,21 +527,7 @@ mod tests {
     }
 
     fn entries(p: &Ports, owner: u16) -> Vec<(PubKey4, PubVal4)> {
-        (p.host_first..=p.host_last)
-            .enumerate()
-            .map(|(i, port)| {
-                (
-                    key(p.host_addr, port, p.proto),
-                    PubVal4 {
-                        target_be: codec::be(p.target),
-                        target_port_be: (p.target_first + i as u16).to_be(),
-                        owner,
-                        net_id: 1,
-                        id: i as u32 + 1,
-                    },
-                )
-            })
-            .collect()
+        p.entries(owner)
     }
 
     #[test]

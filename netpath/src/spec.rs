@@ -173,6 +173,9 @@ pub struct NetworkOptions {
     /// Mirrors a dockerd network (`netpath docker`), which takes it down
     /// again when dockerd's network goes.
     pub docker: bool,
+    /// Made by `netpath apply` from a config file, which takes it down
+    /// again when the file no longer names it.
+    pub apply: bool,
 }
 
 impl Default for NetworkOptions {
@@ -183,6 +186,7 @@ impl Default for NetworkOptions {
             internal: false,
             gateway_mode: GatewayMode::Nat,
             docker: false,
+            apply: false,
         }
     }
 }
@@ -194,7 +198,20 @@ impl NetworkOptions {
         | net_flags::NO_ICC
         | net_flags::INTERNAL
         | net_flags::DOCKER
+        | net_flags::APPLY
         | GatewayMode::MASK;
+
+    /// The options a network record carries.
+    pub fn from_flags(flags: u32) -> Self {
+        Self {
+            masquerade: flags & net_flags::NO_MASQUERADE == 0,
+            icc: flags & net_flags::NO_ICC == 0,
+            internal: flags & net_flags::INTERNAL != 0,
+            gateway_mode: GatewayMode::from_flags(flags),
+            docker: flags & net_flags::DOCKER != 0,
+            apply: flags & net_flags::APPLY != 0,
+        }
+    }
 
     /// The network flags these options set.
     pub fn flags(&self) -> u32 {
@@ -210,6 +227,9 @@ impl NetworkOptions {
         }
         if self.docker {
             f |= net_flags::DOCKER;
+        }
+        if self.apply {
+            f |= net_flags::APPLY;
         }
         f | self.gateway_mode.flags()
     }
@@ -436,7 +456,9 @@ mod tests {
             internal: true,
             gateway_mode: GatewayMode::Routed,
             docker: true,
+            apply: false,
         };
+        assert_eq!(NetworkOptions::from_flags(o.flags()), o);
         let f = o.flags();
         assert_eq!(f & !NetworkOptions::MASK, 0);
         for bit in [

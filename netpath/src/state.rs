@@ -166,26 +166,58 @@ impl StateDir {
 
 /// An exclusive lock over netpath's state on this machine, held while one
 /// command reads or changes it (an flock on the base directory on bpffs).
-pub struct Lock(#[allow(dead_code)] std::fs::File);
+/// Reentrant on one thread: `apply` runs `down`, `up`, `publish`… as one
+/// locked step, and a second flock on another open file of the same
+/// directory would wait for the first forever.
+pub struct Lock(#[allow(dead_code)] Option<std::fs::File>);
+
+thread_local! {
+    /// How many [`Lock`]s this thread holds.
+    static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+impl Lock {
+    fn held(file: Option<std::fs::File>) -> Self {
+        DEPTH.with(|d| d.set(d.get() + 1));
+        Self(file)
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+/// Whether this thread holds the lock already.
+fn nested() -> bool {
+    DEPTH.with(std::cell::Cell::get) > 0
+}
 
 /// Takes the lock. `mount`: mount bpffs if needed (commands that create
 /// state); otherwise, without bpffs there is no state and no lock is needed.
 pub fn lock(mount: bool) -> Result<Option<Lock>> {
+    if nested() {
+        return Ok(Some(Lock::held(None)));
+    }
     let Some(dir) = lock_file(mount)? else {
         return Ok(None);
     };
     dir.lock().context("locking netpath state")?;
-    Ok(Some(Lock(dir)))
+    Ok(Some(Lock::held(Some(dir))))
 }
 
 /// Takes the lock when it is free: `Ok(Some(None))` when another command
 /// holds it (the daemon retries later instead of blocking).
 pub fn try_lock() -> Result<Option<Option<Lock>>> {
+    if nested() {
+        return Ok(Some(Some(Lock::held(None))));
+    }
     let Some(dir) = lock_file(false)? else {
         return Ok(None);
     };
     Ok(Some(
-        crate::sys::try_lock(&dir, "netpath state")?.then_some(Lock(dir)),
+        crate::sys::try_lock(&dir, "netpath state")?.then(|| Lock::held(Some(dir))),
     ))
 }
 

@@ -415,7 +415,8 @@ fn rule(
         port: port.map(|port| HostPort { port, proto: TCP }),
         to: to.map(|(addr, port)| Target { addr, port }),
     };
-    match filter::add_to(&mut dp.maps, &sel, v).expect("adding a rule") {
+    match filter::add_to(&mut dp.maps, &sel, v, netpath_common::owner::USER).expect("adding a rule")
+    {
         filter::Added::New(id) => id,
         filter::Added::Present(id) => panic!("rule {id} was there already"),
     }

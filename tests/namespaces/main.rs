@@ -8,6 +8,7 @@
 #[path = "../harness/mod.rs"]
 mod harness;
 
+mod apply;
 mod bench;
 mod conntrack;
 mod foundation;

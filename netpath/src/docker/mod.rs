@@ -198,6 +198,7 @@ pub async fn reconcile(docker: &Docker, opts: &Options) -> Result<Report> {
                     internal: n.internal,
                     gateway_mode: n.gateway_mode,
                     docker: true,
+                    apply: false,
                 },
                 uplinks: opts.uplinks.clone(),
                 cgroup: opts.cgroup.clone(),

@@ -1,0 +1,510 @@
+//! The declarative config `netpath apply -f FILE` reads and `netpath
+//! export` writes: TOML whose keys mirror the CLI's flags (`[[network]]`
+//! as `up`, `[[publish]]` as `publish`, `[[filter]]` as `filter add`),
+//! parsed with the CLI's own value parsers so the grammar is the same.
+//! Every error carries FILE:LINE:COLUMN. Pure: parsing and the static
+//! checks live here; the plan against the current state is in
+//! `config_plan.rs`, the I/O in `apply.rs`.
+
+use std::{net::Ipv4Addr, ops::Range};
+
+use netpath_common::GatewayMode;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::{
+    filter::{self, Selectors, Verdict},
+    publish::{self, Ports},
+    spec::{self, NetworkOptions, NetworkSpec},
+};
+
+/// A place in the file, both counted from 1 (columns in characters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pos {
+    pub line: usize,
+    pub col: usize,
+}
+
+impl Pos {
+    /// The position of byte `offset` of `text`.
+    pub fn of(text: &str, offset: usize) -> Self {
+        let mut end = offset.min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let before = &text[..end];
+        Self {
+            line: before.matches('\n').count() + 1,
+            col: before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Pos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.line, self.col)
+    }
+}
+
+/// An error in the file: `FILE:LINE:COLUMN: message` (just `FILE: message`
+/// for what no line of the file names, such as a network an earlier
+/// `apply` made that the file dropped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileError {
+    pub file: String,
+    pub pos: Option<Pos>,
+    pub msg: String,
+}
+
+impl std::fmt::Display for FileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.pos {
+            Some(p) => write!(f, "{}:{p}: {}", self.file, self.msg),
+            None => write!(f, "{}: {}", self.file, self.msg),
+        }
+    }
+}
+
+impl std::error::Error for FileError {}
+
+/// A `[[network]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetDecl {
+    pub spec: NetworkSpec,
+    /// With `apply` set: what `apply` creates is marked as its own.
+    pub options: NetworkOptions,
+    pub at: Pos,
+}
+
+/// A `[[publish]]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PubDecl {
+    pub ports: Ports,
+    pub at: Pos,
+}
+
+/// A `[[filter]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilterDecl {
+    pub sel: Selectors,
+    pub verdict: Verdict,
+    pub at: Pos,
+}
+
+/// What a file asks for, checked on its own (the checks against the
+/// current state come with the plan).
+#[derive(Clone, Debug, Default)]
+pub struct Desired {
+    /// The file's name as messages give it (`<stdin>` for `-f -`).
+    pub file: String,
+    pub networks: Vec<NetDecl>,
+    pub publish: Vec<PubDecl>,
+    pub filters: Vec<FilterDecl>,
+    /// The namespace's uplinks (`up --uplink`), when a network names them.
+    pub uplinks: Option<(Vec<String>, Pos)>,
+}
+
+impl Desired {
+    pub fn error(&self, pos: Option<Pos>, msg: impl Into<String>) -> FileError {
+        fe(&self.file, pos, msg)
+    }
+}
+
+fn fe(file: &str, pos: Option<Pos>, msg: impl Into<String>) -> FileError {
+    FileError {
+        file: file.to_owned(),
+        pos,
+        msg: msg.into(),
+    }
+}
+
+/// One value through a CLI parser; its error at the value.
+fn parsed<T>(
+    file: &str,
+    text: &str,
+    s: &Spanned<String>,
+    f: impl Fn(&str) -> anyhow::Result<T>,
+) -> Result<T, FileError> {
+    f(s.get_ref()).map_err(|e| fe(file, Some(Pos::of(text, s.span().start)), format!("{e:#}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    network: Vec<Spanned<RawNetwork>>,
+    #[serde(default)]
+    publish: Vec<Spanned<RawPublish>>,
+    #[serde(default)]
+    filter: Vec<Spanned<RawFilter>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    bridge: Spanned<String>,
+    subnet: Option<Spanned<String>>,
+    subnets: Option<Spanned<Vec<Spanned<String>>>>,
+    gateway: Option<Spanned<String>>,
+    masquerade: Option<bool>,
+    icc: Option<bool>,
+    internal: Option<bool>,
+    gateway_mode: Option<Spanned<String>>,
+    uplinks: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPublish {
+    host: Spanned<String>,
+    container: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilter {
+    network: Option<Spanned<String>>,
+    from: Option<Spanned<String>>,
+    port: Option<Spanned<String>>,
+    to: Option<Spanned<String>>,
+    verdict: Spanned<String>,
+}
+
+/// Parses and checks a file: each entry on its own with the CLI's parsers,
+/// then the entries against each other (one bridge per network, no
+/// overlapping subnets or host ports, one rule per set of selectors).
+pub fn parse(file: &str, text: &str) -> Result<Desired, FileError> {
+    let mut d = Desired {
+        file: file.to_owned(),
+        ..Default::default()
+    };
+    let at = |span: Range<usize>| Some(Pos::of(text, span.start));
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        fe(
+            file,
+            Some(Pos::of(text, e.span().map_or(0, |s| s.start))),
+            e.message().trim().to_owned(),
+        )
+    })?;
+    let mut networks = Vec::new();
+    let mut uplinks: Option<(Vec<String>, Pos)> = None;
+    for n in &raw.network {
+        let pos = at(n.span());
+        let n = n.get_ref();
+        let bridge = parsed(file, text, &n.bridge, spec::parse_ifname)?;
+        let subnet_value = match (&n.subnet, &n.subnets) {
+            (Some(s), None) => s,
+            (None, Some(list)) => match list.get_ref().as_slice() {
+                [one] => one,
+                _ => {
+                    return Err(fe(
+                        file,
+                        at(list.span()),
+                        "one IPv4 subnet per network until IPv6 lands: subnets = [\"CIDR\"]",
+                    ));
+                }
+            },
+            (Some(_), Some(list)) => {
+                return Err(fe(
+                    file,
+                    at(list.span()),
+                    "give subnet or subnets, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(fe(file, pos, format!("network {bridge} has no subnet")));
+            }
+        };
+        let subnet = parsed(file, text, subnet_value, spec::parse_subnet)?;
+        let gateway = match &n.gateway {
+            None => None,
+            Some(g) => Some(g.get_ref().parse::<Ipv4Addr>().map_err(|_| {
+                fe(
+                    file,
+                    at(g.span()),
+                    format!(
+                        "invalid gateway {:?}: expected an IPv4 address",
+                        g.get_ref()
+                    ),
+                )
+            })?),
+        };
+        let spec = NetworkSpec::new(&bridge, subnet, gateway).map_err(|e| {
+            let where_ = n.gateway.as_ref().map_or(pos, |g| at(g.span()));
+            fe(file, where_, format!("{e:#}"))
+        })?;
+        let gateway_mode = match &n.gateway_mode {
+            None => GatewayMode::Nat,
+            Some(m) => GatewayMode::ALL
+                .into_iter()
+                .find(|g| g.as_str() == m.get_ref())
+                .ok_or_else(|| {
+                    fe(
+                        file,
+                        at(m.span()),
+                        format!(
+                            "invalid gateway_mode {:?}: expected nat, nat-unprotected or routed",
+                            m.get_ref()
+                        ),
+                    )
+                })?,
+        };
+        let options = NetworkOptions {
+            masquerade: n.masquerade.unwrap_or(true),
+            icc: n.icc.unwrap_or(true),
+            internal: n.internal.unwrap_or(false),
+            gateway_mode,
+            docker: false,
+            apply: true,
+        };
+        if let Some(list) = &n.uplinks {
+            let mut names = Vec::new();
+            for u in list.get_ref() {
+                names.push(parsed(file, text, u, spec::parse_ifname)?);
+            }
+            names.sort();
+            names.dedup();
+            match &uplinks {
+                // The uplink set is the namespace's (as `up --uplink`
+                // replaces it), so every network naming it names the same.
+                Some((first, p)) if *first != names => {
+                    return Err(fe(
+                        file,
+                        at(list.span()),
+                        format!(
+                            "uplinks are the namespace's, not one network's: these differ from the ones at {p}"
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => uplinks = Some((names, pos.unwrap_or(Pos { line: 1, col: 1 }))),
+            }
+        }
+        let decl = NetDecl {
+            spec,
+            options,
+            at: pos.unwrap_or(Pos { line: 1, col: 1 }),
+        };
+        for other in &networks {
+            let other: &NetDecl = other;
+            if other.spec.bridge == decl.spec.bridge {
+                return Err(fe(
+                    file,
+                    pos,
+                    format!("network {bridge} is named twice (also at {})", other.at),
+                ));
+            }
+            if spec::overlaps(&other.spec.subnet, &decl.spec.subnet) {
+                return Err(fe(
+                    file,
+                    at(subnet_value.span()),
+                    format!(
+                        "subnet {} overlaps network {} ({}) at {}",
+                        decl.spec.subnet, other.spec.bridge, other.spec.subnet, other.at
+                    ),
+                ));
+            }
+        }
+        networks.push(decl);
+    }
+    d.networks = networks;
+    d.uplinks = uplinks;
+    for p in &raw.publish {
+        let pos = at(p.span());
+        let p = p.get_ref();
+        let h = parsed(file, text, &p.host, spec::parse_host_ports)?;
+        let t = parsed(file, text, &p.container, spec::parse_container_ports)?;
+        spec::check_publish(&h, &t).map_err(|e| fe(file, pos, format!("{e:#}")))?;
+        let ports = Ports {
+            host_addr: h.addr,
+            host_first: h.first,
+            host_last: h.last,
+            proto: h.proto_or_tcp(),
+            target: t.addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            target_first: t.first,
+        };
+        let earlier: Vec<_> = d
+            .publish
+            .iter()
+            .flat_map(|e| e.ports.entries(netpath_common::owner::APPLY))
+            .collect();
+        if let Some(why) = publish::conflict(&earlier, &ports) {
+            return Err(fe(file, pos, format!("{why} by an earlier [[publish]]")));
+        }
+        d.publish.push(PubDecl {
+            ports,
+            at: pos.unwrap_or(Pos { line: 1, col: 1 }),
+        });
+    }
+    for f in &raw.filter {
+        let pos = at(f.span());
+        let f = f.get_ref();
+        let mut sel = Selectors::default();
+        if let Some(n) = &f.network {
+            sel.network = Some(parsed(file, text, n, spec::parse_ifname)?);
+        }
+        if let Some(v) = &f.from {
+            sel.from = Some(parsed(file, text, v, filter::parse_cidr)?);
+        }
+        if let Some(v) = &f.port {
+            sel.port = Some(parsed(file, text, v, filter::parse_host_port)?);
+        }
+        if let Some(v) = &f.to {
+            sel.to = Some(parsed(file, text, v, filter::parse_target)?);
+        }
+        let verdict = match f.verdict.get_ref().as_str() {
+            "allow" => Verdict::Allow,
+            "deny" => Verdict::Deny,
+            other => {
+                return Err(fe(
+                    file,
+                    at(f.verdict.span()),
+                    format!("invalid verdict {other:?}: expected allow or deny"),
+                ));
+            }
+        };
+        if let Some(other) = d.filters.iter().find(|o| o.sel == sel) {
+            return Err(fe(
+                file,
+                pos,
+                format!(
+                    "a rule with these selectors ({sel}) is already at {}",
+                    other.at
+                ),
+            ));
+        }
+        d.filters.push(FilterDecl {
+            sel,
+            verdict,
+            at: pos.unwrap_or(Pos { line: 1, col: 1 }),
+        });
+    }
+    Ok(d)
+}
+
+/// `s` as a TOML basic string.
+fn quoted(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// What `export` writes, in the order it writes it.
+#[derive(Clone, Debug, Default)]
+pub struct Exported {
+    pub networks: Vec<(NetworkSpec, NetworkOptions)>,
+    /// Explicit uplinks (empty: chosen automatically), written on every
+    /// network.
+    pub uplinks: Vec<String>,
+    pub publish: Vec<Ports>,
+    pub filters: Vec<(Selectors, Verdict)>,
+    /// Comment lines on what was left out (`netpath docker`'s).
+    pub notes: Vec<String>,
+}
+
+/// The file `export` prints; [`parse`] reads it back to the same state.
+pub fn render(e: &Exported) -> String {
+    let mut out = String::from(
+        "# netpath apply -f FILE: the networks, published ports and filter rules below\n",
+    );
+    for n in &e.notes {
+        out.push_str(&format!("# {n}\n"));
+    }
+    for (spec, o) in &e.networks {
+        out.push_str("\n[[network]]\n");
+        out.push_str(&format!("bridge = {}\n", quoted(&spec.bridge)));
+        out.push_str(&format!("subnet = {}\n", quoted(&spec.subnet.to_string())));
+        if spec.subnet.hosts().next() != Some(spec.gateway) {
+            out.push_str(&format!(
+                "gateway = {}\n",
+                quoted(&spec.gateway.to_string())
+            ));
+        }
+        out.push_str(&format!("masquerade = {}\n", o.masquerade));
+        out.push_str(&format!("icc = {}\n", o.icc));
+        out.push_str(&format!("internal = {}\n", o.internal));
+        out.push_str(&format!(
+            "gateway_mode = {}\n",
+            quoted(o.gateway_mode.as_str())
+        ));
+        if !e.uplinks.is_empty() {
+            let list: Vec<String> = e.uplinks.iter().map(|u| quoted(u)).collect();
+            out.push_str(&format!("uplinks = [{}]\n", list.join(", ")));
+        }
+    }
+    for p in &e.publish {
+        let host = spec::PortSpec {
+            addr: p.host_addr,
+            first: p.host_first,
+            last: p.host_last,
+            proto: Some(p.proto),
+        };
+        let target = spec::PortSpec {
+            addr: Some(p.target),
+            first: p.target_first,
+            last: p.target_first + (p.host_last - p.host_first),
+            proto: None,
+        };
+        out.push_str(&format!(
+            "\n[[publish]]\nhost = {}\ncontainer = {}\n",
+            quoted(&host.to_string()),
+            quoted(&target.to_string())
+        ));
+    }
+    for (s, v) in &e.filters {
+        out.push_str("\n[[filter]]\n");
+        if let Some(n) = &s.network {
+            out.push_str(&format!("network = {}\n", quoted(n)));
+        }
+        if let Some(c) = s.from {
+            out.push_str(&format!("from = {}\n", quoted(&c.to_string())));
+        }
+        if let Some(p) = s.port {
+            let port = format!("{}/{}", p.port, crate::conntrack::proto_name(p.proto));
+            out.push_str(&format!("port = {}\n", quoted(&port)));
+        }
+        if let Some(t) = s.to {
+            let to = match t.port {
+                Some(p) => format!("{}:{p}", t.addr),
+                None => t.addr.to_string(),
+            };
+            out.push_str(&format!("to = {}\n", quoted(&to)));
+        }
+        out.push_str(&format!("verdict = {}\n", quoted(v.as_str())));
+    }
+    out
+}
+
+/// Single-port mappings merged into ranges where host and container
+/// ports both run on (what `publish` of a range made), ordered.
+pub fn merge_ports(mut single: Vec<Ports>) -> Vec<Ports> {
+    single.sort_by_key(|p| (p.host_addr, p.proto, p.host_first));
+    let mut out: Vec<Ports> = Vec::new();
+    for p in single {
+        match out.last_mut() {
+            Some(r)
+                if r.host_addr == p.host_addr
+                    && r.proto == p.proto
+                    && r.target == p.target
+                    && u32::from(r.host_last) + 1 == u32::from(p.host_first)
+                    && u32::from(r.target_first) + u32::from(r.host_last - r.host_first) + 1
+                        == u32::from(p.target_first) =>
+            {
+                r.host_last = p.host_first;
+            }
+            _ => out.push(p),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
