@@ -152,6 +152,10 @@ pub fn egress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
         // host's flow gets another source port, as netfilter's NAT does with
         // the later of two clashing connections.
         Source::Host if held_by_a_flow(&ip, &l4, &key) => (0, key, ct_flags::SNAT | ct_flags::HOST),
+        // The host's own SCTP is tracked, untranslated: no socket lookup
+        // exists for SCTP, so this entry is how a container's later flow
+        // finds the tuple taken (instead of capturing the host's replies).
+        Source::Host if ip.proto == proto::SCTP => (0, key, ct_flags::HOST),
         Source::Host => return TCX_NEXT,
         Source::Track(net_id) => (net_id, key, 0),
         Source::Masquerade(net_id) => {
@@ -172,6 +176,9 @@ pub fn egress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
             }
             TCX_NEXT
         }
+        // Tracking the host's own SCTP is best effort: a full table must
+        // not cut the host off.
+        Err(_) if flags == ct_flags::HOST => TCX_NEXT,
         Err(reason) => drop(ctx, net_id, reason),
     }
 }

@@ -104,6 +104,24 @@ async fn check_links(nl: &Netlink, d: &Desired, plan: &Plan, cur: &Current) -> R
             return Err(d.error(Some(decl.at), c.clone()).into());
         }
     }
+    // New uplinks: the role plan `up` would make, dry-run with every
+    // network of the file and of the namespace in place (a name that is no
+    // interface, a bridge port, a managed bridge…), before anything goes.
+    if let (Some(u), Some((_, at))) = (&plan.uplinks, &d.uplinks) {
+        let facts = nl.link_facts().await?;
+        let mut nets: std::collections::BTreeMap<u32, u32> = std::collections::BTreeMap::new();
+        for (i, b) in bridges.iter().enumerate() {
+            // A bridge still to be created gets an index no link has.
+            let index = facts
+                .iter()
+                .find(|l| l.name == *b)
+                .map_or(u32::MAX - i as u32, |l| l.index);
+            nets.insert(index, 1);
+        }
+        if let Err(e) = plan::plan_roles(&facts, &nets, &Uplinks::Explicit(u.clone())) {
+            return Err(d.error(Some(*at), format!("{e:#}")).into());
+        }
+    }
     Ok(())
 }
 
@@ -178,6 +196,8 @@ async fn carry_out(
                 options: decl.options,
                 uplinks: uplinks.clone(),
                 cgroup: cgroup.clone(),
+                // The file has no key for them (yet): none.
+                trusted: Vec::new(),
             }),
             _ => None,
         })
@@ -185,16 +205,19 @@ async fn carry_out(
     if batch.is_empty() && !uplinks.is_empty() {
         // New uplinks and no network to bring up: `up` of one that is up,
         // as it is recorded, sets them.
-        if let Some((_, info)) = cur.networks.iter().find(|(_, i)| {
+        if let Some((id, info)) = cur.networks.iter().find(|(_, i)| {
             d.networks
                 .iter()
                 .any(|n| n.spec.bridge == codec::ifname_from_bytes(&i.bridge_name))
         }) {
+            // Its trusted interfaces as they are (`up` replaces the set).
+            let entries = crate::tables::Table::entries(&Maps::open(state)?.trusted)?;
             batch.push(UpArgs {
                 spec: NetworkSpec::from_info(info),
                 options: NetworkOptions::from_flags(info.flags),
                 uplinks: uplinks.clone(),
                 cgroup: cgroup.clone(),
+                trusted: crate::trusted::names_of(&entries, *id),
             });
         }
     }
@@ -280,11 +303,22 @@ pub async fn export() -> Result<String> {
         .filter(|i| docker(i))
         .map(|i| codec::ifname_from_bytes(&i.bridge_name))
         .collect();
-    for i in networks.values().filter(|i| !docker(i)) {
+    let trusted = crate::tables::Table::entries(&maps.trusted)?;
+    for (id, i) in networks.iter().filter(|(_, i)| !docker(i)) {
         e.networks.push((
             NetworkSpec::from_info(i),
             NetworkOptions::from_flags(i.flags),
         ));
+        // The file has no key for them yet: said, not dropped silently.
+        let names = crate::trusted::names_of(&trusted, *id);
+        if !names.is_empty() {
+            e.notes.push(format!(
+                "{}: trusted host interfaces {} are not in this file (set them with \
+                 `netpath up --trusted-host-interface`)",
+                codec::ifname_from_bytes(&i.bridge_name),
+                names.join(", ")
+            ));
+        }
     }
     if let Uplinks::Explicit(v) = reconcile::uplink_choice(&[], &maps.ifaces()?, &nl.names().await?)
     {

@@ -225,6 +225,9 @@ fn run(cli: Cli) -> Result<()> {
                         ""
                     },
                 );
+                if !args.trusted.is_empty() {
+                    println!("  trusted host interfaces: {}", args.trusted.join(", "));
+                }
                 for c in r.changes.iter().filter(|c| c.changed()) {
                     let was = match c.previous {
                         Some(p) if p != c.role => format!(" (was {})", p.as_str()),

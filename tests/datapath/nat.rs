@@ -352,6 +352,25 @@ fn sctp_is_masqueraded_address_only_and_a_taken_tuple_is_refused() {
         let host = frame(SCTP, U, R, &sctp(5000, 9000, 0, SCTP_INIT, b"h"), 5, 0);
         let (v, _) = run(&mut dp, Dir::Egress, &host, 1);
         assert_eq!(v, SHOT);
+        // The other order: the host's association first (tracked as it
+        // is), then a container from the same port to the same peer is
+        // refused, and the peer's answer stays the host's.
+        let host_init = frame(SCTP, U, R, &sctp(7400, 5000, 0, SCTP_INIT, b"h"), 7, 0);
+        let (v, out) = run(&mut dp, Dir::Egress, &host_init, 1);
+        assert_eq!(
+            (v, &out),
+            (TCX_NEXT, &host_init),
+            "the host's own: untouched"
+        );
+        let h = entry(&dp, &key(U, R, 7400, 5000, SCTP));
+        assert_eq!(h.flags & (ct_flags::HOST | ct_flags::SNAT), ct_flags::HOST);
+        let exhausted = drops(&dp, 1, DropReason::NatPortsExhausted);
+        let f4 = frame(SCTP, C1, R, &sctp(7400, 5000, 0, SCTP_INIT, b"c"), 8, 0);
+        assert_eq!(run(&mut dp, Dir::Egress, &f4, 1).0, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::NatPortsExhausted), exhausted + 1);
+        let answer = frame(SCTP, R, U, &sctp(5000, 7400, 9, SCTP_INIT_ACK, b"a"), 9, 0);
+        let (v, out) = run(&mut dp, Dir::Ingress, &answer, 1);
+        assert_eq!((v, &out), (TCX_NEXT, &answer), "still the host's");
         // A cut common header is malformed, not passed with the container's address.
         let mut cut = frame(SCTP, C1, R, &init[..8], 6, 0);
         cut.truncate(ETH + 20 + 8);

@@ -758,32 +758,56 @@ fn matrix(mode: Mode, engine: &Engine) -> BTreeMap<&'static str, String> {
                 format!("gap {gap:?}")
             },
         );
-        // A binding netpath cannot honour (an IPv6 host address) is said,
-        // not dropped silently: a warning in the follower's log and in
-        // `status`. (SCTP bindings cannot be tried here: dockerd reserves
-        // the host port with a socket, and this kernel has no SCTP sockets;
-        // the namespace tests cover SCTP.)
-        s.run("v6only", &["-p", "[::]:8095:80"]);
-        let reported = |text: &str| text.contains("[::]:8095 -> 80/tcp") && text.contains("IPv6");
+        // What netpath cannot mirror is said, not dropped silently: a
+        // warning in the follower's log (once) and in `status` for as long
+        // as it lasts. Here a network whose subnet holds an address the
+        // host has elsewhere (netpath refuses it; dockerd without iptables
+        // does not look). (Neither engine here reports an IPv6 or an SCTP
+        // binding: without --ipv6 dockerd drops `[::]` bindings, and it
+        // reserves SCTP host ports with a socket this kernel cannot open;
+        // those are unit-tested in docker/model.rs.)
+        s.host
+            .ip(&["addr", "add", "10.99.0.1/32", "dev", "lo"])
+            .unwrap();
+        s.docker(&["network", "create", "--subnet", "10.99.0.0/24", "clash"]);
+        let reported = |text: &str| {
+            text.contains("subnet 10.99.0.0/24") && text.contains("overlaps lo's address")
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         let (in_status, logged) = loop {
             let in_status = status(&s.host)["warnings"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|w| reported(w.as_str().unwrap_or("")));
+                .any(|w| {
+                    w.as_str()
+                        .is_some_and(|w| w.starts_with("netpath docker: ") && reported(w))
+                });
             let logged = s
                 .follower_log()
                 .lines()
-                .any(|l| l.contains("WARN") && reported(l));
-            if (in_status && logged) || Instant::now() > deadline {
+                .filter(|l| l.contains("WARN") && reported(l))
+                .count();
+            if (in_status && logged > 0) || Instant::now() > deadline {
                 break (in_status, logged);
             }
             std::thread::sleep(Duration::from_millis(100));
         };
+        // A later reconcile (another event) does not say it again.
+        s.run("late", &[]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !s.follower_log().contains("reconciled (start late)") {
+            assert!(Instant::now() < deadline, "no reconcile for late");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let again = s
+            .follower_log()
+            .lines()
+            .filter(|l| l.contains("WARN") && reported(l))
+            .count();
         cells.insert(
-            "unhonoured binding reported in status and log",
-            format!("status {in_status}, log {logged}"),
+            "network netpath cannot take: reported",
+            format!("status {in_status}, log lines {logged}, after another event {again}"),
         );
         eprintln!("netpath docker log:\n{}", s.follower_log());
     }
@@ -912,8 +936,8 @@ fn compare(engine: &Engine) {
         ),
         ("spoofed source counted", "true"),
         (
-            "unhonoured binding reported in status and log",
-            "status true, log true",
+            "network netpath cannot take: reported",
+            "status true, log lines 1, after another event 1",
         ),
         ("netpath docker restart: published tcp", "unbroken"),
         ("netpath docker restart: egress tcp", "unbroken"),

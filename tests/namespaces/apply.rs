@@ -343,6 +343,15 @@ fn errors_in_the_file_say_where_and_apply_nothing() {
             "5:1",
             "overlaps network nph",
         ),
+        // An uplink that is no interface: found before anything (the
+        // hand-made network, an earlier apply's) is touched.
+        (
+            format!(
+                "{good}[[network]]\nbridge = \"npa2\"\nsubnet = \"10.78.0.0/24\"\nuplinks = [\"nosuch0\"]\n"
+            ),
+            "5:1",
+            "uplink nosuch0 does not exist",
+        ),
     ] {
         let f = TempFile::new("bad", &text);
         let r = netpath(&host, &["apply", "-f", f.path()]);

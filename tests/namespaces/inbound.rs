@@ -123,6 +123,85 @@ fn direct_routing_reaches_only_what_the_gateway_mode_allows() {
 }
 
 #[test]
+fn a_trusted_host_interface_reaches_published_container_ports_directly() {
+    require_root!();
+    // The uplink, and an interface that does not exist (yet).
+    let trusting = [
+        "--trusted-host-interface",
+        "vpn0",
+        "--trusted-host-interface",
+        "uplink0",
+    ];
+    let lab = lab_up_with(Lab::new(NETPATH).expect("building the lab"), &trusting);
+    route_subnet_via_host(&lab);
+    netpath_ok(&lab.host, &["publish", "8080", &format!("{}:80", Lab::C1)]);
+    let tcp_to = |port: u16| {
+        topology::tcp_echo(
+            &lab.c1,
+            addr("0.0.0.0", port),
+            &lab.ext,
+            addr(Lab::C1, port),
+            b"x",
+        )
+    };
+    let seen = tcp_to(80).unwrap();
+    assert_eq!(seen.ip().to_string(), Lab::EXT, "untranslated");
+    // Only published container ports: not another port, not ping.
+    blocked(tcp_to(2222), "TCP to an unpublished port");
+    assert!(topology::ping(&lab.ext, Lab::C1).is_err(), "ping");
+    let s = status(&lab.host);
+    assert_eq!(
+        s["networks"][0]["trusted_host_interfaces"],
+        serde_json::json!(["uplink0", "vpn0"])
+    );
+    let table = netpath_ok(&lab.host, &["status"]);
+    assert!(table.contains("nat (trusted: uplink0,vpn0)"), "{table}");
+
+    // Bad lists: one line, exit 1, nothing changed.
+    let up = ["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET];
+    let long = "x".repeat(16);
+    let many: Vec<String> = (0..33)
+        .flat_map(|i| ["--trusted-host-interface".to_owned(), format!("e{i}")])
+        .collect();
+    for (extra, want) in [
+        (
+            vec![
+                "--trusted-host-interface",
+                "uplink0",
+                "--trusted-host-interface",
+                "uplink0",
+            ],
+            "given twice",
+        ),
+        (
+            vec!["--trusted-host-interface", long.as_str()],
+            "interface name",
+        ),
+        (many.iter().map(String::as_str).collect(), "at most 32"),
+    ] {
+        let mut args = up.to_vec();
+        args.extend(extra.iter().copied());
+        let r = netpath(&lab.host, &args);
+        assert_eq!(r.code, 1, "{extra:?}: {}{}", r.stdout, r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "{extra:?}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{extra:?}: {}", r.stderr);
+    }
+    assert_eq!(
+        status(&lab.host)["networks"],
+        s["networks"],
+        "nothing changed"
+    );
+
+    // `up` without them closes direct access again.
+    netpath_ok(&lab.host, &up);
+    blocked(tcp_to(80), "no longer trusted");
+    assert_eq!(
+        status(&lab.host)["networks"][0]["trusted_host_interfaces"],
+        serde_json::json!([])
+    );
+}
+
+#[test]
 fn masquerade_off_keeps_addresses_and_still_refuses_new_inbound_flows() {
     require_root!();
     let lab = lab_up_with(Lab::new(NETPATH).unwrap(), &["--masquerade=false"]);
