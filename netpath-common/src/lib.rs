@@ -86,8 +86,12 @@ pub mod map_names {
     /// `trusted_host_interfaces`), whose traffic may reach published
     /// container ports at the container's address in gateway mode nat.
     pub const TRUSTED: &str = "NP_TRUSTED";
+    /// LPM trie: [`PeerKey4`](crate::PeerKey4) -> 1: each network's peer
+    /// CIDRs (`up --no-masquerade-to`, e.g. a cluster's pod CIDR), reached
+    /// untranslated and let in at container addresses.
+    pub const PEERS4: &str = "NP_PEERS4";
     /// All pinned map names, for tooling that walks the pin directory.
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 24] = [
         ENDPOINTS4,
         IFACES,
         NETWORKS,
@@ -111,6 +115,7 @@ pub mod map_names {
         EVENTS,
         MONITOR,
         TRUSTED,
+        PEERS4,
     ];
 }
 
@@ -419,6 +424,20 @@ pub struct TrustedIface {
     pub name: [u8; IFNAMSIZ],
 }
 
+/// Key of `NP_PEERS4` (an LPM trie): a network and a peer CIDR, matched on
+/// 32 + the CIDR's prefix length bits (the network id exactly, then the
+/// address prefix).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PeerKey4 {
+    pub net_id: u32,
+    pub addr_be: u32,
+}
+
+/// Maximum peer CIDRs, over all networks.
+pub const MAX_PEERS: u32 = 4096;
+
 /// Maximum trusted host interfaces, over all networks.
 pub const MAX_TRUSTED: u32 = 1024;
 
@@ -486,7 +505,7 @@ pub const MAX_LEASES: u32 = 65536;
 mod user {
     use super::{
         Config, Counter, CounterKey, Endpoint, HostInfo, IfaceInfo, Lease, LeaseKey, MacKey,
-        NetworkInfo, PubKey4, PubVal4, SockRevKey, SockRevVal, TargetKey4, TrustedIface,
+        NetworkInfo, PeerKey4, PubKey4, PubVal4, SockRevKey, SockRevVal, TargetKey4, TrustedIface,
         TrustedKey, VlanKey,
         ct::{CtEntry4, CtKey4, FragKey4, FragPorts},
         event::Event,
@@ -499,6 +518,7 @@ mod user {
     unsafe impl aya::Pod for MacKey {}
     unsafe impl aya::Pod for VlanKey {}
     unsafe impl aya::Pod for TrustedKey {}
+    unsafe impl aya::Pod for PeerKey4 {}
     unsafe impl aya::Pod for TrustedIface {}
     unsafe impl aya::Pod for FilterData {}
     unsafe impl aya::Pod for FilterInfo {}

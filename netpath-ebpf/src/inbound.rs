@@ -11,7 +11,9 @@
 //!   tracked as `INBOUND` flows (after the filter rules);
 //! - `nat-unprotected`: everything (Docker's old behaviour), tracked too.
 //!
-//! Internal networks take nothing from outside in any mode.
+//! In every mode a network's peers (`up --no-masquerade-to CIDR`, such as
+//! the pod CIDRs of other nodes) reach its containers at their own
+//! addresses; internal networks take nothing from outside in any mode.
 
 use netpath_common::{
     DropReason, GatewayMode, NetworkInfo, TrustedKey,
@@ -23,7 +25,7 @@ use crate::{
     ct::ct_create4,
     filter::{self, Flow},
     flow::packet_key,
-    lookup::is_target,
+    lookup::{is_peer, is_target},
     maps::NP_TRUSTED,
     parse::{Ip4, L4, L4Kind},
 };
@@ -64,7 +66,11 @@ pub fn direct4(
     if net.flags & net_flags::INTERNAL != 0 {
         return Err(DropReason::Internal);
     }
+    // A peer of the network (`--no-masquerade-to`: another node's pods)
+    // talks to containers at their own addresses, as they talk to it.
+    let peer = is_peer(net_id, ip.saddr);
     match GatewayMode::from_flags(net.flags) {
+        _ if peer => {}
         GatewayMode::Nat => {
             let trusted = NP_TRUSTED.get_ptr(TrustedKey { net_id, ifindex }).is_some();
             if !(trusted && to_published_port(ip, l4)) {

@@ -4,12 +4,14 @@
 
 use aya_ebpf::{bindings::TC_ACT_SHOT, maps::lpm_trie::Key, programs::TcContext};
 use netpath_common::{
-    DropReason, IfaceInfo, NetworkInfo, PubKey4, PubVal4, TargetKey4, counter_scope,
+    DropReason, IfaceInfo, NetworkInfo, PeerKey4, PubKey4, PubVal4, TargetKey4, counter_scope,
 };
 
 use crate::{
     counters::count,
-    maps::{NP_HOSTADDRS4, NP_IFACES, NP_NETWORKS, NP_PUBLISH4, NP_SUBNETS4, NP_TARGETS4},
+    maps::{
+        NP_HOSTADDRS4, NP_IFACES, NP_NETWORKS, NP_PEERS4, NP_PUBLISH4, NP_SUBNETS4, NP_TARGETS4,
+    },
 };
 
 /// A managed network by id.
@@ -23,6 +25,15 @@ pub fn network(id: u32) -> Option<NetworkInfo> {
 #[inline(always)]
 pub fn network_of(addr_be: u32) -> Option<u32> {
     NP_SUBNETS4.get(Key::new(32, addr_be)).copied()
+}
+
+/// Whether `addr_be` lies in one of network `net_id`'s peer CIDRs
+/// (`up --no-masquerade-to`).
+#[inline(always)]
+pub fn is_peer(net_id: u32, addr_be: u32) -> bool {
+    NP_PEERS4
+        .get(Key::new(64, PeerKey4 { net_id, addr_be }))
+        .is_some()
 }
 
 /// A managed interface by ifindex.

@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use netpath_common::{
     Config, Counter, CounterKey, Endpoint, HostInfo, IfaceInfo, Lease, LeaseKey, MAX_COUNTERS,
-    MAX_HOSTADDRS, MAX_IFACES, MAX_LEASES, MAX_NETWORKS, MAX_PUBLISH, MAX_TRUSTED, MAX_VLANS,
-    MacKey, NetworkInfo, PubKey4, PubVal4, SockRevKey, SockRevVal, TargetKey4, TrustedIface,
-    TrustedKey, VlanKey,
+    MAX_HOSTADDRS, MAX_IFACES, MAX_LEASES, MAX_NETWORKS, MAX_PEERS, MAX_PUBLISH, MAX_TRUSTED,
+    MAX_VLANS, MacKey, NetworkInfo, PeerKey4, PubKey4, PubVal4, SockRevKey, SockRevVal, TargetKey4,
+    TrustedIface, TrustedKey, VlanKey,
     ct::{CtEntry4, CtKey4, FragKey4, FragPorts, MAX_CT4, MAX_FRAG4},
     event::{self, Bucket},
     filter::{FilterData, FilterInfo, FilterRule, MAX_FILTERS},
@@ -97,6 +97,11 @@ pub static NP_VLANS: HashMap<VlanKey, u32> = HashMap::pinned(MAX_VLANS, 0);
 /// the container's address even in gateway mode nat.
 #[map]
 pub static NP_TRUSTED: HashMap<TrustedKey, TrustedIface> = HashMap::pinned(MAX_TRUSTED, 0);
+
+/// Each network's peer CIDRs (kept by the loader): traffic to them leaves
+/// untranslated, traffic from them may reach container addresses.
+#[map]
+pub static NP_PEERS4: LpmTrie<PeerKey4, u32> = LpmTrie::pinned(MAX_PEERS, 0);
 
 /// Network id -> live flows, written by a sweep pass that counts per
 /// network (`netpath status`).

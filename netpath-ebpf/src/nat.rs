@@ -18,7 +18,7 @@ use crate::{
     flow::{apply4, packet_key},
     frag::{first_fragment4, later_fragment4},
     icmp::icmp_error4,
-    lookup::{drop, network, network_of},
+    lookup::{drop, is_peer, network, network_of},
     parse::{self, Ip4, L4, L4Kind},
     rewrite::{Phase, Side, set_addr},
 };
@@ -85,6 +85,9 @@ pub fn egress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
         return TCX_NEXT;
     };
     let src = match source(ip.saddr) {
+        // A peer of the network (another node's pods, say): no masquerade,
+        // tracked so its answers come back.
+        Ok(Source::Masquerade(net_id)) if is_peer(net_id, ip.daddr) => Source::Track(net_id),
         Ok(s) => s,
         Err(net_id) => return drop(ctx, net_id, DropReason::Internal),
     };

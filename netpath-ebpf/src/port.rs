@@ -29,7 +29,7 @@ use crate::{
     guard,
     icmp::icmp_error4,
     inbound, isolate,
-    lookup::{drop, iface, network, network_of},
+    lookup::{drop, iface, is_peer, network, network_of},
     parse::{self, Ip4, L4Kind, eth_off, eth_p},
     publish::publish4,
     rewrite::Phase,
@@ -77,12 +77,12 @@ pub fn ingress(ctx: &TcContext, ifindex: u32, iface: &IfaceInfo) -> i32 {
         return v;
     }
     match flows_in(ctx, &ip, net_id, &net) {
-        PortNat::Published => return fast_out(ctx, &net),
+        PortNat::Published => return fast_out(ctx, net_id, &net),
         PortNat::Verdict(v) => return v,
         PortNat::None => {}
     }
     match isolate::destination(&net, net_id, ip.daddr) {
-        Ok(()) => fast_out(ctx, &net),
+        Ok(()) => fast_out(ctx, net_id, &net),
         Err(reason) => drop(ctx, net_id, reason),
     }
 }
@@ -90,12 +90,15 @@ pub fn ingress(ctx: &TcContext, ifindex: u32, iface: &IfaceInfo) -> i32 {
 /// An allowed container packet: the fast path out of an uplink when it is
 /// headed outside the managed networks, else on to the bridge.
 #[inline(always)]
-fn fast_out(ctx: &TcContext, net: &NetworkInfo) -> i32 {
+fn fast_out(ctx: &TcContext, net_id: u32, net: &NetworkInfo) -> i32 {
     // The header as it is now (a published flow may have rewritten it).
     let Some(ip) = parse::ipv4(ctx) else {
         return TCX_NEXT;
     };
-    if network_of(ip.daddr).is_some() {
+    // Peers (`--no-masquerade-to`: other nodes' pods, a service CIDR) take
+    // the kernel's path, so the host's netfilter (kube-proxy's DNAT for a
+    // ClusterIP) sees their packets.
+    if network_of(ip.daddr).is_some() || is_peer(net_id, ip.daddr) {
         return TCX_NEXT;
     }
     fastpath::to_uplink4(ctx, &ip, net.bridge_ifindex).unwrap_or(TCX_NEXT)

@@ -20,7 +20,7 @@ use crate::{
     guard::{self, UplinkFrame},
     icmp::icmp_error4,
     inbound,
-    lookup::{drop, network, network_of},
+    lookup::{drop, is_peer, network, network_of},
     parse::{self, L4Kind},
     publish::publish4,
     rewrite::Phase,
@@ -130,6 +130,11 @@ pub fn ingress(ctx: &TcContext, ifindex: u32) -> i32 {
         return untracked(ctx, direct_to(ip.daddr));
     }
     // SAFETY: map value pointer, valid during the program.
-    let to = unsafe { (*e).peer }.reversed();
+    let (to, net_id) = unsafe { ((*e).peer.reversed(), (*e).net_id) };
+    // A peer's packet (see `port::fast_out`) takes the kernel's path: the
+    // host's netfilter may have to undo its own translation (kube-proxy).
+    if is_peer(net_id, ip.saddr) {
+        return TCX_NEXT;
+    }
     fastpath::to_container4(ctx, &ip, to.daddr_be).unwrap_or(TCX_NEXT)
 }

@@ -198,6 +198,7 @@ async fn carry_out(
                 cgroup: cgroup.clone(),
                 // The file has no key for them (yet): none.
                 trusted: Vec::new(),
+                no_masquerade_to: Vec::new(),
             }),
             _ => None,
         })
@@ -211,13 +212,15 @@ async fn carry_out(
                 .any(|n| n.spec.bridge == codec::ifname_from_bytes(&i.bridge_name))
         }) {
             // Its trusted interfaces as they are (`up` replaces the set).
-            let entries = crate::tables::Table::entries(&Maps::open(state)?.trusted)?;
+            let maps = Maps::open(state)?;
+            let entries = crate::tables::Table::entries(&maps.trusted)?;
             batch.push(UpArgs {
                 spec: NetworkSpec::from_info(info),
                 options: NetworkOptions::from_flags(info.flags),
                 uplinks: uplinks.clone(),
                 cgroup: cgroup.clone(),
                 trusted: crate::trusted::names_of(&entries, *id),
+                no_masquerade_to: crate::peers::of(&crate::peers::all(&maps.peers4)?, *id),
             });
         }
     }

@@ -232,6 +232,12 @@ pub struct UpCmd {
     /// appears.
     #[arg(long = "trusted-host-interface", value_name = "IFACE", value_parser = spec::parse_ifname)]
     pub trusted: Vec<String>,
+    /// A peer CIDR (repeatable): this network's containers reach it with
+    /// their own addresses (no masquerade; tracked), and it reaches them at
+    /// their own addresses in every gateway mode. On a Kubernetes node: the
+    /// cluster's pod CIDR. Replaces the network's set.
+    #[arg(long = "no-masquerade-to", value_name = "CIDR", value_parser = crate::peers::parse)]
+    pub no_masquerade_to: Vec<Ipv4Net>,
     /// cgroup v2 directory the socket hooks attach to (host processes reaching
     /// published ports); they act only on sockets of this network namespace
     /// [default: the cgroup v2 root].

@@ -123,6 +123,9 @@ pub async fn down(target: &DownTarget) -> Result<DownReport> {
         if let Err(e) = crate::trusted::set(&mut maps.trusted, *id, &[], &BTreeMap::new()) {
             errors.push(e);
         }
+        if let Err(e) = crate::peers::set(&mut maps.peers4, *id, &[]) {
+            errors.push(e);
+        }
         if let Err(e) = maps.remove_counters(counter_scope::NETWORK, *id) {
             errors.push(e);
         }

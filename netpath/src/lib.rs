@@ -21,6 +21,7 @@ pub mod lab;
 pub mod metrics;
 pub mod monitor;
 pub mod netns;
+pub mod peers;
 pub mod plan;
 pub mod plumbing;
 pub mod publish;

@@ -207,6 +207,7 @@ fn run(cli: Cli) -> Result<()> {
                     uplinks: up.uplinks.clone(),
                     cgroup: up.cgroup.clone(),
                     trusted: up.trusted.clone(),
+                    no_masquerade_to: up.no_masquerade_to.clone(),
                 };
                 let r = up::up(&args).await?;
                 let verb = if r.already_up { "already up" } else { "up" };
@@ -225,6 +226,14 @@ fn run(cli: Cli) -> Result<()> {
                         ""
                     },
                 );
+                if !args.no_masquerade_to.is_empty() {
+                    let list: Vec<String> = args
+                        .no_masquerade_to
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                    println!("  no masquerade to: {}", list.join(", "));
+                }
                 if !args.trusted.is_empty() {
                     println!("  trusted host interfaces: {}", args.trusted.join(", "));
                 }

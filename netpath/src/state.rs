@@ -16,7 +16,7 @@ use aya::maps::{
 use ipnet::Ipv4Net;
 use netpath_common::{
     Config, Counter, CounterKey, Endpoint, HostInfo, IfaceInfo, Lease, LeaseKey, MacKey,
-    NetworkInfo, PubKey4, PubVal4, TargetKey4, TrustedIface, TrustedKey, VlanKey,
+    NetworkInfo, PeerKey4, PubKey4, PubVal4, TargetKey4, TrustedIface, TrustedKey, VlanKey,
     ct::{CtEntry4, CtKey4},
     filter::{FilterData, FilterInfo, FilterRule},
     map_names,
@@ -257,6 +257,7 @@ pub struct Maps {
     pub vlans: HashMap<MapData, VlanKey, u32>,
     pub macs: HashMap<MapData, MacKey, u32>,
     pub trusted: HashMap<MapData, TrustedKey, TrustedIface>,
+    pub peers4: LpmTrie<MapData, PeerKey4, u32>,
     /// Live flows per network, as the last counting sweep pass found them.
     pub ct_networks: Array<MapData, u32>,
     /// The table's live entries and limit (`ct::fill`).
@@ -337,6 +338,8 @@ impl Maps {
             macs: HashMap::try_from(take(map_names::MACS)?).context(layout(map_names::MACS))?,
             trusted: HashMap::try_from(take(map_names::TRUSTED)?)
                 .context(layout(map_names::TRUSTED))?,
+            peers4: LpmTrie::try_from(take(map_names::PEERS4)?)
+                .context(layout(map_names::PEERS4))?,
             ct_networks: Array::try_from(take(map_names::CT_NETWORKS)?)
                 .context(layout(map_names::CT_NETWORKS))?,
             ct_fill: Array::try_from(take(map_names::CT_FILL)?)

@@ -35,6 +35,8 @@ pub struct NetworkStatus {
     pub gateway_mode: String,
     /// Interfaces with direct access to published container ports.
     pub trusted_host_interfaces: Vec<String>,
+    /// Peer CIDRs (`--no-masquerade-to`).
+    pub no_masquerade_to: Vec<String>,
     pub from_containers: Traffic,
     pub to_containers: Traffic,
     /// Packets source-translated on the way out (incl. ICMP errors).
@@ -178,6 +180,7 @@ pub async fn status() -> Result<Status> {
     let maps = &dp.maps;
     let networks = maps.networks()?;
     let trusted = crate::tables::Table::entries(&maps.trusted)?;
+    let peers = crate::peers::all(&maps.peers4)?;
     for (&id, info) in &networks {
         let spec = NetworkSpec::from_info(info);
         let net = |kind| maps.traffic(counter_scope::NETWORK, id, kind);
@@ -194,6 +197,10 @@ pub async fn status() -> Result<Status> {
             internal: info.flags & net_flags::INTERNAL != 0,
             gateway_mode: GatewayMode::from_flags(info.flags).as_str().to_owned(),
             trusted_host_interfaces: crate::trusted::names_of(&trusted, id),
+            no_masquerade_to: crate::peers::of(&peers, id)
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             snat: net(counter_kind::NET_SNAT)?,
             rev_snat: net(counter_kind::NET_REV_SNAT)?,
             ct_new: net(counter_kind::NET_CT_NEW)?.packets,

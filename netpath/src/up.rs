@@ -8,6 +8,7 @@ use netpath_common::{GatewayMode, net_flags};
 
 use crate::{
     attach::Datapath,
+    peers,
     plan::{self, Uplinks},
     plumbing::{self, Netlink},
     reconcile::{self, IfaceChange},
@@ -32,6 +33,8 @@ pub struct UpArgs {
     /// Trusted host interfaces (see [`crate::trusted`]); replaces the
     /// network's set.
     pub trusted: Vec<String>,
+    /// Peer CIDRs (see [`crate::peers`]); replaces the network's set.
+    pub no_masquerade_to: Vec<ipnet::Ipv4Net>,
 }
 
 impl UpArgs {
@@ -43,9 +46,12 @@ impl UpArgs {
         };
         let mut trusted = self.trusted.clone();
         trusted.sort();
+        let mut peers = self.no_masquerade_to.clone();
+        peers.sort();
         Ok(NetworkSpec::from_info(&info) == self.spec
             && info.flags & NetworkOptions::MASK == self.options.flags()
-            && trusted::names_of(&maps.trusted.entries()?, id) == trusted)
+            && trusted::names_of(&maps.trusted.entries()?, id) == trusted
+            && peers::of(&peers::all(&maps.peers4)?, id) == peers)
     }
 }
 
@@ -177,6 +183,7 @@ async fn check(nl: &Netlink, state: &StateDir, args: &UpArgs) -> Result<Checked>
         validate_ifname(u)?;
     }
     trusted::validate(&args.trusted)?;
+    peers::validate(&args.no_masquerade_to)?;
     let (existing, current_ifaces) = if state.exists() {
         let maps = Maps::open(state)?;
         (reconcile::network_specs(&maps)?, maps.ifaces()?)
@@ -306,6 +313,7 @@ async fn record(
         .map(|l| (l.name, l.index))
         .collect();
     trusted::set(&mut dp.maps.trusted, net_id, &args.trusted, &index_of)?;
+    peers::set(&mut dp.maps.peers4, net_id, &args.no_masquerade_to)?;
     Ok(())
 }
 

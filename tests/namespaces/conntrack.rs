@@ -639,13 +639,18 @@ fn bad_input_is_one_line_exit_1_and_changes_nothing() {
     lab.host
         .ip(&["addr", "add", "10.77.0.1/16", "dev", "side0"])
         .unwrap();
-    // The daemon reacts to the new interface: let it settle first (6 s at
-    // most).
+    // The daemon reacts to the new interface (an uplink now): let it
+    // attach there and settle first (10 s at most; a loaded machine may
+    // take a while to run it).
     let mut last = harness::snapshot(&lab.host);
-    for _ in 0..20 {
+    for _ in 0..33 {
         std::thread::sleep(Duration::from_millis(300));
         let now = harness::snapshot(&lab.host);
-        if now == last {
+        let attached = now
+            .tcx
+            .get("side0")
+            .is_some_and(|(i, e)| !i.is_empty() && !e.is_empty());
+        if attached && now == last {
             break;
         }
         last = now;
@@ -766,7 +771,23 @@ fn an_uplink_address_inside_a_managed_subnet_is_warned_about() {
     lab.host
         .ip(&["addr", "add", "172.30.0.200/24", "dev", "uplink0"])
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // The daemon warns when it sees the address (polled: a loaded machine
+    // may take a while to run it).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let overlap = "subnet 172.30.0.0/24 of np0 overlaps uplink0";
+    loop {
+        let cookie = status(&lab.host)["netns_cookie"].as_u64().unwrap();
+        let log = std::fs::read_to_string(format!("/run/netpath/daemon-{cookie}.log"))
+            .unwrap_or_default();
+        if log
+            .lines()
+            .any(|l| l.contains(" WARN ") && l.contains(overlap))
+            || std::time::Instant::now() > deadline
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let s = status(&lab.host);
     let w = s["warnings"].as_array().unwrap();
     assert!(

@@ -17,5 +17,6 @@ mod isolation;
 mod masquerade;
 mod metrics;
 mod monitor;
+mod multinode;
 mod publish;
 mod top;

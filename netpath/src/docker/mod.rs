@@ -203,6 +203,7 @@ pub async fn reconcile(docker: &Docker, opts: &Options) -> Result<Report> {
                 uplinks: opts.uplinks.clone(),
                 cgroup: opts.cgroup.clone(),
                 trusted: n.trusted.clone(),
+                no_masquerade_to: Vec::new(),
             }),
             Err(e) => report.problems.push(format!("network {}: {e:#}", n.name)),
         }
