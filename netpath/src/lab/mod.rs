@@ -5,6 +5,7 @@
 //! product module imports it.
 
 pub mod bench;
+pub mod cni;
 pub mod demo;
 pub mod dockerlab;
 pub mod frames;

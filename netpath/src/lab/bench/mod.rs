@@ -7,6 +7,7 @@
 //! ([`daemon`]) and the control plane.
 
 pub mod arms;
+pub mod cni;
 pub mod daemon;
 pub mod load;
 pub mod monitor;
@@ -81,6 +82,8 @@ pub struct Results {
     pub daemon: Vec<daemon::DaemonCost>,
     /// The netpath arm with and without a monitor attached.
     pub monitor: Vec<monitor::MonitorCost>,
+    /// The CNI pair (reference plugins against netpath's).
+    pub cni: Vec<cni::CniSample>,
     pub samples: Vec<Sample>,
 }
 
@@ -241,6 +244,7 @@ pub fn run(opts: &Options) -> Result<Results> {
         baseline: opts.baseline.as_ref().map(|b| b.display().to_string()),
         daemon: Vec::new(),
         monitor: Vec::new(),
+        cni: Vec::new(),
         samples: Vec::new(),
     };
     let started = Instant::now();
@@ -347,6 +351,18 @@ pub fn run(opts: &Options) -> Result<Results> {
         });
     }
     drop(labs);
+    if !opts.daemon_only {
+        if std::path::Path::new("/usr/lib/cni/portmap").is_file() {
+            eprintln!("netpath bench: the CNI pair (bridge+portmap vs netpath)");
+            res.cni =
+                cni::measure(&exe, opts.quick, opts.reps, dur).context("measuring the CNI pair")?;
+        } else {
+            eprintln!(
+                "netpath bench: the CNI pair skipped: no reference plugins in /usr/lib/cni \
+                 (containernetworking-plugins; cargo xtask setup installs it)"
+            );
+        }
+    }
     report::write_outputs(&res, &opts.out)?;
     Ok(res)
 }

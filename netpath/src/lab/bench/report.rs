@@ -187,6 +187,7 @@ pub fn table(res: &Results) -> String {
         }
         let _ = writeln!(s);
     }
+    cni_section(&mut s, &res.cni);
     if !res.control_plane.is_empty() {
         let _ = writeln!(
             s,
@@ -331,4 +332,46 @@ pub(super) fn write_outputs(res: &Results, out: &Path) -> Result<()> {
     std::fs::write(out.join("bench.md"), table(res))?;
     std::fs::write(out.join("bench.svg"), chart(res))?;
     Ok(())
+}
+
+/// The CNI pair: one row per measurement, medians of interleaved runs.
+fn cni_section(s: &mut String, samples: &[super::cni::CniSample]) {
+    use super::cni::Plugins;
+    if samples.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "**CNI pair** (the reference `bridge` + `portmap` plugins, iptables, against netpath's plugin; one container, driven as a runtime drives them; medians of interleaved runs; ADD/DEL favour nothing, the traffic rows are one hostPort with one container)\n"
+    );
+    let _ = writeln!(
+        s,
+        "| measurement | mappings | bridge+portmap | netpath | netpath / reference |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    let mut rows: Vec<(&str, u32)> = Vec::new();
+    for x in samples {
+        if !rows.contains(&(x.what, x.mappings)) {
+            rows.push((x.what, x.mappings));
+        }
+    }
+    for (what, n) in rows {
+        let get = |p: Plugins| {
+            samples
+                .iter()
+                .find(|x| x.plugins == p && x.what == what && x.mappings == n)
+                .map(|x| median(&mut x.values.clone()))
+        };
+        let (Some(r), Some(np)) = (get(Plugins::Reference), get(Plugins::Netpath)) else {
+            continue;
+        };
+        let _ = writeln!(
+            s,
+            "| {what} | {n} | {} | {} | {:.2}× |",
+            fmt_num(r),
+            fmt_num(np),
+            if r == 0.0 { 0.0 } else { np / r }
+        );
+    }
+    let _ = writeln!(s);
 }
