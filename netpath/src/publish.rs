@@ -320,6 +320,53 @@ pub fn sync_owned(owner: u16, want: &[Ports]) -> Result<Synced> {
     Ok(out)
 }
 
+/// [`sync_owned`] for the mappings of `owner` that lead to `target` only
+/// (the CNI plugin: one container's mappings, other containers' stay).
+/// All or nothing: a mapping that cannot be published takes back the ones
+/// this call added and fails.
+pub fn sync_owned_to(owner: u16, target: Ipv4Addr, want: &[Ports]) -> Result<Synced> {
+    let _lock = state::lock(false)?;
+    let (_, mut dp) = Datapath::open_current()?;
+    let have: Vec<(PubKey4, PubVal4)> = dp
+        .maps
+        .published()?
+        .into_iter()
+        .filter(|(_, v)| v.target_be == codec::be(target))
+        .collect();
+    let (stale, missing) = owned_changes(owner, &have, want);
+    let mut out = Synced {
+        removed: remove(&mut dp, &stale)?,
+        ..Default::default()
+    };
+    for p in missing {
+        if let Err(e) = insert(&mut dp.maps, &p, owner) {
+            let added: Vec<(PubKey4, PubVal4)> = dp
+                .maps
+                .published()?
+                .into_iter()
+                .filter(|(k, v)| {
+                    v.owner == owner && out.added.iter().any(|a| a.entries(owner).iter().any(|(ak, _)| ak == k))
+                })
+                .collect();
+            let _ = remove(&mut dp, &added);
+            return Err(e.context(format!("publishing {p}")));
+        }
+        out.added.push(p);
+    }
+    Ok(out)
+}
+
+/// The mappings of `owner` leading to `target`, as single ports.
+pub fn owned_to(owner: u16, target: Ipv4Addr) -> Result<Vec<Ports>> {
+    let (_, maps) = Maps::open_current()?;
+    Ok(maps
+        .published()?
+        .into_iter()
+        .filter(|(_, v)| v.owner == owner && v.target_be == codec::be(target))
+        .map(|(k, v)| Ports::of(&k, &v))
+        .collect())
+}
+
 /// What [`sync_owned`] changes: `owner`'s mappings in `have` that `want`
 /// does not have (to remove), and the wanted mappings not all there (to
 /// publish).
