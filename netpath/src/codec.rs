@@ -70,7 +70,13 @@ mod tests {
         let m = [0x02, 0x42, 0x0a, 0x58, 0x00, 0xff];
         assert_eq!(parse_mac(&fmt_mac(&m)), Some(m));
         assert_eq!(parse_mac("02:42:0A:58:00:FF"), Some(m));
-        for bad in ["", "02:42:0a:58:00", "02:42:0a:58:00:ff:01", "2:42:0a:58:00:ff", "zz:42:0a:58:00:ff"] {
+        for bad in [
+            "",
+            "02:42:0a:58:00",
+            "02:42:0a:58:00:ff:01",
+            "2:42:0a:58:00:ff",
+            "zz:42:0a:58:00:ff",
+        ] {
             assert_eq!(parse_mac(bad), None, "{bad}");
         }
     }

@@ -492,7 +492,12 @@ pub async fn release(
     };
     let nl = Netlink::new()?;
     if let Some(name) = delete_veth
-        && nl.names().await?.get(&lease.host_ifindex).map(String::as_str) == Some(name)
+        && nl
+            .names()
+            .await?
+            .get(&lease.host_ifindex)
+            .map(String::as_str)
+            == Some(name)
     {
         nl.delete_link(lease.host_ifindex).await?;
     }

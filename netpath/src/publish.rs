@@ -345,7 +345,11 @@ pub fn sync_owned_to(owner: u16, target: Ipv4Addr, want: &[Ports]) -> Result<Syn
                 .published()?
                 .into_iter()
                 .filter(|(k, v)| {
-                    v.owner == owner && out.added.iter().any(|a| a.entries(owner).iter().any(|(ak, _)| ak == k))
+                    v.owner == owner
+                        && out
+                            .added
+                            .iter()
+                            .any(|a| a.entries(owner).iter().any(|(ak, _)| ak == k))
                 })
                 .collect();
             let _ = remove(&mut dp, &added);

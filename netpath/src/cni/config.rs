@@ -141,7 +141,11 @@ pub fn parse(stdin: &[u8], env_cgroup: Option<PathBuf>) -> Result<NetConf, CniEr
     };
     let ipam_type = match (&raw.ipam, raw.chained) {
         (_, true) => None,
-        (None, false) => return Err(invalid("no ipam: standalone netpath needs an IPAM plugin".to_owned())),
+        (None, false) => {
+            return Err(invalid(
+                "no ipam: standalone netpath needs an IPAM plugin".to_owned(),
+            ));
+        }
         (Some(i), false) => {
             let t = i
                 .get("type")
@@ -162,6 +166,40 @@ pub fn parse(stdin: &[u8], env_cgroup: Option<PathBuf>) -> Result<NetConf, CniEr
         ipam_type,
         ports,
         prev_result: raw.prev_result,
+    })
+}
+
+/// What DEL needs of a config that [`parse`] refuses (a config that was
+/// never good may still have left the IPAM lease or a chained plugin's
+/// veth to clean up): its name, mode and IPAM type. DEL must not fail on
+/// options it will not apply.
+pub fn parse_for_del(stdin: &[u8], full: CniError) -> Result<NetConf, CniError> {
+    if full.code == code::DECODE || full.code == code::INCOMPATIBLE_VERSION {
+        return Err(full);
+    }
+    let v: serde_json::Value = serde_json::from_slice(stdin).map_err(|_| full.clone())?;
+    let name = v
+        .get("name")
+        .and_then(|n| n.as_str())
+        .filter(|n| !n.is_empty());
+    let Some(name) = name else { return Err(full) };
+    let chained = v.get("chained").and_then(|c| c.as_bool()).unwrap_or(false);
+    let ipam_type = v
+        .get("ipam")
+        .and_then(|i| i.get("type"))
+        .and_then(|t| t.as_str())
+        .filter(|t| !t.is_empty() && !t.contains('/'))
+        .map(str::to_owned);
+    Ok(NetConf {
+        name: name.to_owned(),
+        chained,
+        bridge: String::new(),
+        options: NetworkOptions::default(),
+        cgroup: None,
+        uplinks: Vec::new(),
+        ipam_type,
+        ports: Vec::new(),
+        prev_result: None,
     })
 }
 
@@ -205,7 +243,8 @@ fn port_mappings(maps: &[PortMapping]) -> Result<Vec<Ports>, CniError> {
             target: Ipv4Addr::UNSPECIFIED,
             target_first: port(m.container_port, "containerPort")?,
         };
-        spec::check_sctp_ports(proto, host, p.target_first).map_err(|e| invalid(format!("{e:#}")))?;
+        spec::check_sctp_ports(proto, host, p.target_first)
+            .map_err(|e| invalid(format!("{e:#}")))?;
         if let Some(c) = crate::publish::conflict(
             &out.iter().flat_map(|o| o.entries(0)).collect::<Vec<_>>(),
             &p,
@@ -254,7 +293,9 @@ impl Env {
         {
             return Err(CniError::new(
                 code::INVALID_ENV,
-                format!("CNI_CONTAINERID {container_id:?} has characters a container id cannot have"),
+                format!(
+                    "CNI_CONTAINERID {container_id:?} has characters a container id cannot have"
+                ),
             ));
         }
         let ifname = get("CNI_IFNAME").ok_or_else(|| missing("CNI_IFNAME"))?;
@@ -266,7 +307,12 @@ impl Env {
             return Err(missing("CNI_NETNS"));
         }
         let path: Vec<PathBuf> = get("CNI_PATH")
-            .map(|p| p.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect())
+            .map(|p| {
+                p.split(':')
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(Self {
             command,
@@ -301,7 +347,15 @@ mod tests {
         let t: Ipv4Addr = "10.89.0.2".parse().unwrap();
         let p = with_target(&c.ports, t);
         assert_eq!(p.len(), 2);
-        assert_eq!((p[0].host_addr, p[0].host_first, p[0].proto, p[0].target_first), (None, 8080, 6, 80));
+        assert_eq!(
+            (
+                p[0].host_addr,
+                p[0].host_first,
+                p[0].proto,
+                p[0].target_first
+            ),
+            (None, 8080, 6, 80)
+        );
         assert_eq!(p[1].host_addr, Some(Ipv4Addr::LOCALHOST));
         assert_eq!((p[1].proto, p[1].target), (17, t));
     }
@@ -329,23 +383,67 @@ mod tests {
     fn bad_configs_get_spec_codes() {
         let code_of = |s: &str| parse(s.as_bytes(), None).unwrap_err().code;
         assert_eq!(code_of("{not json"), code::DECODE);
-        assert_eq!(code_of(r#"{"cniVersion":"0.4.0","name":"n","type":"netpath"}"#), code::INCOMPATIBLE_VERSION);
-        assert_eq!(code_of(r#"{"name":"n","type":"netpath"}"#), code::INVALID_CONFIG);
-        assert_eq!(code_of(r#"{"cniVersion":"1.0.0","name":"n","type":"bridge","ipam":{"type":"x"}}"#), code::INVALID_CONFIG);
-        assert_eq!(code_of(r#"{"cniVersion":"1.0.0","name":"n","type":"netpath"}"#), code::INVALID_CONFIG);
-        assert_eq!(code_of(r#"{"cniVersion":"1.0.0","name":"n","type":"netpath","ipam":{}}"#), code::INVALID_CONFIG);
-        assert_eq!(code_of(r#"{"cniVersion":"1.0.0","name":"n","type":"netpath","ipam":{"type":"x"},"gatewayMode":"open"}"#), code::INVALID_CONFIG);
-        assert_eq!(code_of(r#"{"cniVersion":"1.0.0","name":"n","type":"netpath","ipam":{"type":"x"},"bridge":"a/b"}"#), code::INVALID_CONFIG);
-        assert_eq!(code_of(r#"{"cniVersion":"1.0.0","name":"n","type":"netpath","ipam":{"type":"x"},"isGateway":false}"#), code::UNSUPPORTED_FIELD);
-        assert_eq!(code_of(r#"{"cniVersion":"1.0.0","name":"n","type":"netpath","ipMasq":"yes","ipam":{"type":"x"}}"#), code::DECODE);
+        assert_eq!(
+            code_of(r#"{"cniVersion":"0.4.0","name":"n","type":"netpath"}"#),
+            code::INCOMPATIBLE_VERSION
+        );
+        assert_eq!(
+            code_of(r#"{"name":"n","type":"netpath"}"#),
+            code::INVALID_CONFIG
+        );
+        assert_eq!(
+            code_of(r#"{"cniVersion":"1.0.0","name":"n","type":"bridge","ipam":{"type":"x"}}"#),
+            code::INVALID_CONFIG
+        );
+        assert_eq!(
+            code_of(r#"{"cniVersion":"1.0.0","name":"n","type":"netpath"}"#),
+            code::INVALID_CONFIG
+        );
+        assert_eq!(
+            code_of(r#"{"cniVersion":"1.0.0","name":"n","type":"netpath","ipam":{}}"#),
+            code::INVALID_CONFIG
+        );
+        assert_eq!(
+            code_of(
+                r#"{"cniVersion":"1.0.0","name":"n","type":"netpath","ipam":{"type":"x"},"gatewayMode":"open"}"#
+            ),
+            code::INVALID_CONFIG
+        );
+        assert_eq!(
+            code_of(
+                r#"{"cniVersion":"1.0.0","name":"n","type":"netpath","ipam":{"type":"x"},"bridge":"a/b"}"#
+            ),
+            code::INVALID_CONFIG
+        );
+        assert_eq!(
+            code_of(
+                r#"{"cniVersion":"1.0.0","name":"n","type":"netpath","ipam":{"type":"x"},"isGateway":false}"#
+            ),
+            code::UNSUPPORTED_FIELD
+        );
+        assert_eq!(
+            code_of(
+                r#"{"cniVersion":"1.0.0","name":"n","type":"netpath","ipMasq":"yes","ipam":{"type":"x"}}"#
+            ),
+            code::DECODE
+        );
         let pm = |m: &str| {
             code_of(&format!(
                 r#"{{"cniVersion":"1.0.0","name":"n","type":"netpath","ipam":{{"type":"x"}},"runtimeConfig":{{"portMappings":[{m}]}}}}"#
             ))
         };
-        assert_eq!(pm(r#"{"hostPort":70000,"containerPort":80}"#), code::INVALID_CONFIG);
-        assert_eq!(pm(r#"{"hostPort":80,"containerPort":80,"protocol":"icmp"}"#), code::UNSUPPORTED_FIELD);
-        assert_eq!(pm(r#"{"hostPort":80,"containerPort":80,"hostIP":"::1"}"#), code::UNSUPPORTED_FIELD);
+        assert_eq!(
+            pm(r#"{"hostPort":70000,"containerPort":80}"#),
+            code::INVALID_CONFIG
+        );
+        assert_eq!(
+            pm(r#"{"hostPort":80,"containerPort":80,"protocol":"icmp"}"#),
+            code::UNSUPPORTED_FIELD
+        );
+        assert_eq!(
+            pm(r#"{"hostPort":80,"containerPort":80,"hostIP":"::1"}"#),
+            code::UNSUPPORTED_FIELD
+        );
         assert_eq!(
             pm(r#"{"hostPort":80,"containerPort":80},{"hostPort":80,"containerPort":81}"#),
             code::INVALID_CONFIG
@@ -355,7 +453,9 @@ mod tests {
     #[test]
     fn environment() {
         let vars = |v: &[(&str, &str)]| -> BTreeMap<String, String> {
-            v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+            v.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
         };
         let e = Env::from_vars(&vars(&[
             ("CNI_COMMAND", "ADD"),
@@ -366,12 +466,40 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(e.path.len(), 2);
-        let no_netns = vars(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "a"), ("CNI_IFNAME", "eth0")]);
-        assert_eq!(Env::from_vars(&no_netns).unwrap_err().code, code::INVALID_ENV);
-        let del = vars(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "a"), ("CNI_IFNAME", "eth0")]);
+        let no_netns = vars(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "a"),
+            ("CNI_IFNAME", "eth0"),
+        ]);
+        assert_eq!(
+            Env::from_vars(&no_netns).unwrap_err().code,
+            code::INVALID_ENV
+        );
+        let del = vars(&[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "a"),
+            ("CNI_IFNAME", "eth0"),
+        ]);
         assert!(Env::from_vars(&del).unwrap().netns.is_none());
-        let bad_id = vars(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "../x"), ("CNI_IFNAME", "eth0")]);
+        let bad_id = vars(&[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "../x"),
+            ("CNI_IFNAME", "eth0"),
+        ]);
         assert_eq!(Env::from_vars(&bad_id).unwrap_err().code, code::INVALID_ENV);
         assert!(Env::from_vars(&vars(&[("CNI_COMMAND", "VERSION")])).is_ok());
+    }
+
+    #[test]
+    fn del_takes_what_it_can_of_a_refused_config() {
+        let text = br#"{"cniVersion":"1.0.0","name":"n","type":"netpath","gatewayMode":"open","ipam":{"type":"host-local"}}"#;
+        let full = parse(text, None).unwrap_err();
+        let c = parse_for_del(text, full).unwrap();
+        assert_eq!(
+            (c.name.as_str(), c.ipam_type.as_deref(), c.chained),
+            ("n", Some("host-local"), false)
+        );
+        let junk = parse(b"{", None).unwrap_err();
+        assert_eq!(parse_for_del(b"{", junk).unwrap_err().code, code::DECODE);
     }
 }

@@ -42,11 +42,7 @@ fn is_executable(p: &Path) -> bool {
 
 /// Runs the IPAM plugin with `command` (ADD, DEL, CHECK); ADD returns its
 /// result.
-pub fn exec(
-    plugin: &Path,
-    command: &str,
-    stdin: &[u8],
-) -> Result<Option<CniResult>, CniError> {
+pub fn exec(plugin: &Path, command: &str, stdin: &[u8]) -> Result<Option<CniResult>, CniError> {
     let io = |what: &str, e: std::io::Error| {
         CniError::new(
             code::IPAM,

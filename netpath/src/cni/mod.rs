@@ -64,7 +64,11 @@ fn run(vars: &BTreeMap<String, String>) -> Result<Option<String>, CniError> {
     let cgroup = std::env::var_os("NETPATH_CGROUP")
         .filter(|v| !v.is_empty())
         .map(Into::into);
-    let conf = config::parse(&stdin, cgroup)?;
+    let conf = match config::parse(&stdin, cgroup) {
+        Ok(c) => c,
+        Err(e) if env.command == "DEL" => config::parse_for_del(&stdin, e)?,
+        Err(e) => return Err(e),
+    };
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(CniError::new(

@@ -30,7 +30,12 @@ fn failed(msg: &str) -> impl FnOnce(anyhow::Error) -> CniError + '_ {
 /// The record file of this attachment.
 fn record_path(conf: &NetConf, env: &Env) -> Result<std::path::PathBuf, CniError> {
     let host = netns::cookie().map_err(failed("reading this namespace's cookie"))?;
-    Ok(store::path(host, &conf.name, &env.container_id, &env.ifname))
+    Ok(store::path(
+        host,
+        &conf.name,
+        &env.container_id,
+        &env.ifname,
+    ))
 }
 
 /// The container's namespace: its cookie, or error 3 when it is not there.
@@ -146,7 +151,11 @@ async fn add_standalone(
 ) -> Result<CniResult, CniError> {
     let (addr, subnet, gateway, _) = got.ipv4()?;
     let spec = NetworkSpec::new(&conf.bridge, subnet, gateway).map_err(|e| {
-        CniError::with(code::INVALID_CONFIG, "the IPAM result makes no netpath network", &e)
+        CniError::with(
+            code::INVALID_CONFIG,
+            "the IPAM result makes no netpath network",
+            &e,
+        )
     })?;
     let created = network_up(conf, spec.clone()).await?;
     let short: String = env.container_id.chars().take(12).collect();
@@ -260,17 +269,36 @@ async fn add_chained(
         .find_map(|i| links.iter().find(|l| l.name == i.name && l.is_bridge()))
         .map(|l| l.name.clone())
         .ok_or_else(|| {
-            CniError::new(code::INVALID_CONFIG, "chained: prevResult names no bridge of this namespace")
+            CniError::new(
+                code::INVALID_CONFIG,
+                "chained: prevResult names no bridge of this namespace",
+            )
         })?;
     let container = iface
         .and_then(|i| prev.interfaces.get(i))
-        .or_else(|| prev.interfaces.iter().find(|i| i.name == env.ifname && i.sandbox.is_some()))
-        .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "chained: prevResult names no container interface"))?;
+        .or_else(|| {
+            prev.interfaces
+                .iter()
+                .find(|i| i.name == env.ifname && i.sandbox.is_some())
+        })
+        .ok_or_else(|| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                "chained: prevResult names no container interface",
+            )
+        })?;
     let mac = codec::parse_mac(&container.mac).ok_or_else(|| {
-        CniError::new(code::INVALID_CONFIG, format!("chained: MAC {:?} of {}", container.mac, container.name))
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("chained: MAC {:?} of {}", container.mac, container.name),
+        )
     })?;
     let spec = NetworkSpec::new(&bridge, subnet, gateway).map_err(|e| {
-        CniError::with(code::INVALID_CONFIG, "chained: prevResult makes no netpath network", &e)
+        CniError::with(
+            code::INVALID_CONFIG,
+            "chained: prevResult makes no netpath network",
+            &e,
+        )
     })?;
     let chained_conf = NetConf {
         bridge: bridge.clone(),
@@ -335,9 +363,20 @@ pub async fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniErr
     let rec = record_path(conf, env)?;
     let r = store::load(&rec)
         .map_err(failed("reading the record"))?
-        .ok_or_else(|| bad(format!("no attachment of {} {} to {}", env.container_id, env.ifname, conf.name)))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "no attachment of {} {} to {}",
+                env.container_id, env.ifname, conf.name
+            ))
+        })?;
     let lease = endpoint::lease_of(&r.bridge, r.addr, owner::CNI)
-        .map_err(|e| CniError::with(code::CHECK_FAILED, format!("network {} is not up", r.bridge), &e))?
+        .map_err(|e| {
+            CniError::with(
+                code::CHECK_FAILED,
+                format!("network {} is not up", r.bridge),
+                &e,
+            )
+        })?
         .ok_or_else(|| bad(format!("{} is not bound on {}", r.addr, r.bridge)))?;
     let nl = Netlink::new().map_err(failed("netlink"))?;
     let names = nl.names().await.map_err(failed("netlink"))?;
@@ -353,8 +392,14 @@ pub async fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniErr
         return Err(bad(format!(
             "port mappings to {} differ: want [{}], have [{}]",
             r.addr,
-            want.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
-            have.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            want.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            have.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     if !conf.chained {

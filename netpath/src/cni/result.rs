@@ -217,6 +217,9 @@ mod tests {
         let none: CniResult = serde_json::from_str(r#"{"cniVersion":"1.0.0","ips":[]}"#).unwrap();
         assert_eq!(none.ipv4().unwrap_err().code, code::IPAM);
         let v = serde_json::to_value(VERSION_INFO).unwrap();
-        assert_eq!(v, serde_json::json!({"cniVersion":"1.0.0","supportedVersions":["1.0.0"]}));
+        assert_eq!(
+            v,
+            serde_json::json!({"cniVersion":"1.0.0","supportedVersions":["1.0.0"]})
+        );
     }
 }
