@@ -253,6 +253,54 @@ fn plugin_by_hand_add_check_del_and_bad_input() {
         "8080",
     );
 
+    // IPAM exhausted: its error passed on, nothing made.
+    let one = config("n3", "npk3", "10.93.0.0/24", &cg, &ipam, "").replace(
+        r#"{"subnet":"10.93.0.0/24"}"#,
+        r#"{"subnet":"10.93.0.0/24","rangeStart":"10.93.0.2","rangeEnd":"10.93.0.2"}"#,
+    );
+    let one = one.replace("8080", "8083").replace("5353", "5355");
+    let (c3, c4) = (Netns::new("cpe").unwrap(), Netns::new("cpf").unwrap());
+    let (c3_path, c4_path) = (
+        format!("/run/netns/{}", c3.name),
+        format!("/run/netns/{}", c4.name),
+    );
+    let env3 = vec![
+        ("CNI_CONTAINERID", "c0ffee03"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_NETNS", c3_path.as_str()),
+    ];
+    let env4 = vec![
+        ("CNI_CONTAINERID", "c0ffee04"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_NETNS", c4_path.as_str()),
+    ];
+    assert_eq!(plugin(&host, "ADD", &one, &env3).code, 0);
+    let (links, ports) = (
+        host.ip(&["-o", "link", "show"]).unwrap(),
+        netpath_ok(&host, &["ports"]),
+    );
+    let full = plugin(&host, "ADD", &one, &env4);
+    assert_eq!(full.code, 1, "ADD with IPAM exhausted: {}", full.stdout);
+    assert!(full.json["code"].as_u64().is_some(), "{}", full.stdout);
+    assert!(
+        full.stdout.contains("10.93.0"),
+        "host-local's error: {}",
+        full.stdout
+    );
+    assert_eq!(
+        host.ip(&["-o", "link", "show"]).unwrap(),
+        links,
+        "links changed"
+    );
+    assert_eq!(netpath_ok(&host, &["ports"]), ports, "mappings changed");
+    assert_eq!(
+        c4.ip(&["-o", "link", "show"]).unwrap().lines().count(),
+        1,
+        "a veth in c4"
+    );
+    assert_eq!(plugin(&host, "DEL", &one, &env4).code, 0);
+    assert_eq!(plugin(&host, "DEL", &one, &env3).code, 0);
+
     // A second network, isolated; its DEL leaves the first alone.
     let c2 = Netns::new("cpd").unwrap();
     let c2_path = format!("/run/netns/{}", c2.name);
