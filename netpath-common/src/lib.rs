@@ -280,6 +280,9 @@ pub mod owner {
     /// `netpath apply`, from a config file (a later `apply` whose file no
     /// longer names the entry removes it).
     pub const APPLY: u16 = 2;
+    /// The CNI plugin (`CNI_COMMAND=ADD`), per container: its DEL removes
+    /// exactly the mappings and the lease of that container's address.
+    pub const CNI: u16 = 3;
 }
 
 /// Value of the `NP_NETWORKS` map, keyed by network id (`u32`, from 1).

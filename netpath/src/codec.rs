@@ -40,6 +40,20 @@ pub fn fmt_mac(mac: &[u8; 6]) -> String {
         .join(":")
 }
 
+/// Parses `aa:bb:cc:dd:ee:ff` (either case); `None` for anything else.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
 /// 64-bit FNV-1a of `bytes`: a stable, dependency-free fingerprint.
 pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
     bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -50,6 +64,22 @@ pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn macs_round_trip() {
+        let m = [0x02, 0x42, 0x0a, 0x58, 0x00, 0xff];
+        assert_eq!(parse_mac(&fmt_mac(&m)), Some(m));
+        assert_eq!(parse_mac("02:42:0A:58:00:FF"), Some(m));
+        for bad in [
+            "",
+            "02:42:0a:58:00",
+            "02:42:0a:58:00:ff:01",
+            "2:42:0a:58:00:ff",
+            "zz:42:0a:58:00:ff",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn encodings_round_trip() {

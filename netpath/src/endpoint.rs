@@ -26,13 +26,44 @@ use crate::{
 /// `bpf_map_update_elem` flag: only insert a new key.
 const BPF_NOEXIST: u64 = 1;
 
-/// Arguments of `netpath connect`.
+/// Arguments of `netpath connect` (and of the CNI plugin's ADD, which
+/// names the namespace by path and brings its own address).
 #[derive(Clone, Debug)]
 pub struct ConnectArgs {
+    /// The namespace's name under /run/netns, or (with `netns_path`) the
+    /// name the lease shows.
     pub netns: String,
+    /// The namespace's file when it is not /run/netns/`netns` (CNI_NETNS).
+    pub netns_path: Option<PathBuf>,
     pub bridge: String,
     pub ip: Option<Ipv4Addr>,
     pub ifname: String,
+    /// Who the lease belongs to ([`netpath_common::owner`]).
+    pub owner: u16,
+    /// Add a default route via the gateway (CNI: `isGateway`).
+    pub default_route: bool,
+}
+
+impl ConnectArgs {
+    /// `netpath connect NETNS --bridge BRIDGE`: by name, the user's lease,
+    /// a default route.
+    pub fn named(netns: String, bridge: String, ip: Option<Ipv4Addr>, ifname: String) -> Self {
+        Self {
+            netns,
+            netns_path: None,
+            bridge,
+            ip,
+            ifname,
+            owner: netpath_common::owner::USER,
+            default_route: true,
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.netns_path
+            .clone()
+            .unwrap_or_else(|| netns::path_of(&self.netns))
+    }
 }
 
 /// What `connect` set up.
@@ -76,16 +107,17 @@ fn netns_cookie(name: &str) -> Result<u64> {
 /// Configures the container end inside its namespace: the name, the
 /// address, up, and a default route via the gateway unless one exists.
 fn configure_inside(
-    ns: &str,
+    ns_path: &Path,
     tmp_name: String,
     ifname: String,
     addr: Ipv4Addr,
     prefix_len: u8,
-    gateway: Ipv4Addr,
+    gateway: Option<Ipv4Addr>,
 ) -> Result<()> {
-    let ns = ns.to_owned();
+    let ns_path = ns_path.to_owned();
     std::thread::spawn(move || -> Result<()> {
-        netns::enter(&ns)?;
+        netns::enter_path(&ns_path)?;
+        let ns = ns_path.display();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -104,6 +136,9 @@ fn configure_inside(
             if let Some(lo) = nl.links().await?.into_iter().find(|l| l.is_loopback()) {
                 nl.set_up(lo.index).await?;
             }
+            let Some(gateway) = gateway else {
+                return Ok(());
+            };
             match nl.add_default_route(gateway).await {
                 Ok(()) => Ok(()),
                 // Connected to another network first: its default route stays (as in Docker).
@@ -120,7 +155,12 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
     spec::validate_ifname(&args.ifname)?;
     let _lock = state::lock(false)?;
     let (state, mut maps, net_id, spec) = open_network(&args.bridge)?;
-    let cookie = netns_cookie(&args.netns)?;
+    let cookie = match &args.netns_path {
+        None => netns_cookie(&args.netns)?,
+        Some(p) => netns::run_in_path(p, netns::cookie)
+            .and_then(|c| c)
+            .with_context(|| format!("network namespace {} not found", p.display()))?,
+    };
     if cookie == netns::cookie()? {
         bail!(
             "network namespace {} is the one netpath manages, not a container",
@@ -165,8 +205,9 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
     if nl.link_by_name(&host).await?.is_some() {
         bail!("{host} already exists in this namespace");
     }
-    let ns_file = File::open(netns::path_of(&args.netns))
-        .with_context(|| format!("network namespace {} not found", args.netns))?;
+    let ns_path = args.path();
+    let ns_file = File::open(&ns_path)
+        .with_context(|| format!("network namespace {} not found", ns_path.display()))?;
 
     let key = LeaseKey {
         net_id,
@@ -179,17 +220,17 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
             .await?;
         host_index = Some(index);
         configure_inside(
-            &args.netns,
+            &ns_path,
             tmp.clone(),
             args.ifname.clone(),
             addr,
             spec.subnet.prefix_len(),
-            spec.gateway,
+            args.default_route.then_some(spec.gateway),
         )?;
         let lease = Lease {
             netns_cookie: cookie,
             host_ifindex: index,
-            flags: 0,
+            flags: u32::from(args.owner),
             mac,
             _pad: [0; 2],
             netns_name: lease_name(&args.netns),
@@ -371,4 +412,96 @@ pub async fn bind_owned(owner: u16, want: &[Foreign]) -> Result<Bound> {
         reconcile::reapply(&nl, &state).await?;
     }
     Ok(out)
+}
+
+/// Binds one endpoint another runtime plugged in (the CNI plugin chained
+/// after the reference `bridge` plugin) with a lease of `owner`, leaving
+/// every other lease alone. Idempotent: the same lease again is fine.
+pub async fn bind_one(owner: u16, w: &Foreign) -> Result<()> {
+    let _lock = state::lock(false)?;
+    let (state, mut maps, net_id, _) = open_network(&w.bridge)?;
+    let nl = Netlink::new()?;
+    let bridge_index = nl.link_by_name(&w.bridge).await?.map(|l| l.index);
+    let (ifindex, cookie) = host_end(&w.sandbox, w.mac)?;
+    let plugged = nl
+        .links()
+        .await?
+        .iter()
+        .any(|l| l.index == ifindex && l.master.is_some() && l.master == bridge_index);
+    if !plugged {
+        bail!("its veth is not a port of {}", w.bridge);
+    }
+    let key = LeaseKey {
+        net_id,
+        addr_be: codec::be(w.addr),
+    };
+    let lease = Lease {
+        netns_cookie: cookie,
+        host_ifindex: ifindex,
+        flags: u32::from(owner),
+        mac: w.mac,
+        _pad: [0; 2],
+        netns_name: lease_name(&w.name),
+    };
+    match maps.leases4.get(&key, 0) {
+        Ok(l) if l.flags == u32::from(owner) && l.host_ifindex == ifindex && l.mac == w.mac => {}
+        Ok(_) => bail!("{} is leased already", w.addr),
+        Err(_) => maps
+            .leases4
+            .insert(key, lease, BPF_NOEXIST)
+            .with_context(|| format!("{} is leased already", w.addr))?,
+    }
+    reconcile::reapply(&nl, &state).await.map(drop)
+}
+
+/// `owner`'s lease of `addr` on the network of `bridge`, if there is one.
+pub fn lease_of(bridge: &str, addr: Ipv4Addr, owner: u16) -> Result<Option<Lease>> {
+    let (_, maps, net_id, _) = open_network(bridge)?;
+    Ok(maps
+        .leases()?
+        .into_iter()
+        .find(|(k, l)| {
+            k.net_id == net_id && k.addr_be == codec::be(addr) && l.flags == u32::from(owner)
+        })
+        .map(|(_, l)| l))
+}
+
+/// Releases `owner`'s lease of `addr` on the network of `bridge` (the CNI
+/// plugin's DEL): the host end of its veth goes too when `delete_veth`
+/// names it (the veth was netpath's) and it is still the lease's link (an
+/// ifindex of a veth gone with its namespace may be reused). Nothing to release (no
+/// network, no state, no lease) is not an error: DEL is idempotent.
+/// Returns whether a lease went.
+pub async fn release(
+    bridge: &str,
+    addr: Ipv4Addr,
+    owner: u16,
+    delete_veth: Option<&str>,
+) -> Result<bool> {
+    let _lock = state::lock(false)?;
+    let Ok((state, mut maps, net_id, _)) = open_network(bridge) else {
+        return Ok(false);
+    };
+    let key = LeaseKey {
+        net_id,
+        addr_be: codec::be(addr),
+    };
+    let lease = match maps.leases4.get(&key, 0) {
+        Ok(l) if l.flags == u32::from(owner) => l,
+        _ => return Ok(false),
+    };
+    let nl = Netlink::new()?;
+    if let Some(name) = delete_veth
+        && nl
+            .names()
+            .await?
+            .get(&lease.host_ifindex)
+            .map(String::as_str)
+            == Some(name)
+    {
+        nl.delete_link(lease.host_ifindex).await?;
+    }
+    maps.leases4.remove(&key).context("forgetting the lease")?;
+    reconcile::reapply(&nl, &state).await?;
+    Ok(true)
 }

@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod attach;
 pub mod cli;
+pub mod cni;
 pub mod codec;
 pub mod config_file;
 pub mod config_plan;

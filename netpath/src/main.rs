@@ -18,6 +18,11 @@ use netpath::{
 };
 
 fn main() -> ExitCode {
+    // A container runtime runs this binary as its CNI plugin: no clap, no
+    // argument, the command in the environment.
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        return netpath::cni::main();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e)
@@ -392,12 +397,7 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
             Command::Connect(c) => {
-                let args = endpoint::ConnectArgs {
-                    netns: c.netns,
-                    bridge: c.bridge,
-                    ip: c.ip,
-                    ifname: c.ifname,
-                };
+                let args = endpoint::ConnectArgs::named(c.netns, c.bridge, c.ip, c.ifname);
                 let r = endpoint::connect(&args).await?;
                 println!(
                     "{} connected to {}: {} {}/{} mac {} via {} (host end {})",

@@ -45,6 +45,9 @@ impl Mapping {
 
 use crate::conntrack::proto_name;
 
+mod owned;
+pub use owned::{Synced, owned_changes, owned_to, sync_owned, sync_owned_to};
+
 fn key(addr: Option<Ipv4Addr>, port: u16, proto: u8) -> PubKey4 {
     PubKey4 {
         addr_be: addr.map_or(0, codec::be),
@@ -286,78 +289,6 @@ fn check_host_addr(maps: &Maps, a: Ipv4Addr) -> Result<()> {
         Err(e) if state::is_missing(&e) => bail!("the host has no address {a}"),
         Err(e) => Err(e).context("reading NP_HOSTADDRS4"),
     }
-}
-
-/// What [`sync_owned`] changed.
-#[derive(Debug, Default)]
-pub struct Synced {
-    pub added: Vec<Ports>,
-    pub removed: Unpublished,
-    /// Mappings that could not be published, with why (a conflict, a
-    /// target outside every managed network).
-    pub failed: Vec<(Ports, String)>,
-}
-
-/// Makes the single-port mappings `owner` made equal to `want`: removes the
-/// ones not wanted (with their flows), then publishes the missing ones,
-/// each on its own (one that fails does not stop the others). Mappings of
-/// other owners are left alone and win conflicts.
-pub fn sync_owned(owner: u16, want: &[Ports]) -> Result<Synced> {
-    let _lock = state::lock(false)?;
-    let (_, mut dp) = Datapath::open_current()?;
-    let have: Vec<(PubKey4, PubVal4)> = dp.maps.published()?;
-    let (stale, missing) = owned_changes(owner, &have, want);
-    let mut out = Synced {
-        removed: remove(&mut dp, &stale)?,
-        ..Default::default()
-    };
-    for p in missing {
-        match insert(&mut dp.maps, &p, owner) {
-            Ok(_) => out.added.push(p),
-            Err(e) => out.failed.push((p, format!("{e:#}"))),
-        }
-    }
-    Ok(out)
-}
-
-/// What [`sync_owned`] changes: `owner`'s mappings in `have` that `want`
-/// does not have (to remove), and the wanted mappings not all there (to
-/// publish).
-pub fn owned_changes(
-    owner: u16,
-    have: &[(PubKey4, PubVal4)],
-    want: &[Ports],
-) -> (Vec<(PubKey4, PubVal4)>, Vec<Ports>) {
-    let have: BTreeMap<PubKey4, PubVal4> = have
-        .iter()
-        .filter(|(_, v)| v.owner == owner)
-        .map(|(k, v)| (*k, *v))
-        .collect();
-    let mut wanted: BTreeMap<PubKey4, (u32, u16)> = BTreeMap::new();
-    for p in want {
-        for (i, port) in (p.host_first..=p.host_last).enumerate() {
-            wanted.insert(
-                key(p.host_addr, port, p.proto),
-                (codec::be(p.target), p.target_first + i as u16),
-            );
-        }
-    }
-    let stale: Vec<(PubKey4, PubVal4)> = have
-        .iter()
-        .filter(|(k, v)| wanted.get(k) != Some(&(v.target_be, u16::from_be(v.target_port_be))))
-        .map(|(k, v)| (*k, *v))
-        .collect();
-    let missing = want
-        .iter()
-        .filter(|p| {
-            !(p.host_first..=p.host_last).all(|port| {
-                let k = key(p.host_addr, port, p.proto);
-                have.contains_key(&k) && !stale.iter().any(|(s, _)| *s == k)
-            })
-        })
-        .copied()
-        .collect();
-    (stale, missing)
 }
 
 /// What `unpublish` removed.

@@ -56,11 +56,16 @@ const APT: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
     // `netpath top` is driven in a real terminal.
     ("tmux", "tmux"),
+    // The CNI plugin's end-to-end tests: podman 4.3.1 with its CNI
+    // backend (installed without recommends, so without netavark).
+    ("podman", "podman"),
+    ("catatonit", "catatonit"),
 ];
 
-/// Packages needed as such (not for a command): the e2e image copies
-/// busybox-static's /bin/busybox.
-const APT_PACKAGES: &[&str] = &["busybox-static"];
+/// Packages needed as such (not for a command): the e2e images copy
+/// busybox-static's /bin/busybox; the podman tests run the reference CNI
+/// plugins (bridge, host-local) from /usr/lib/cni.
+const APT_PACKAGES: &[&str] = &["busybox-static", "containernetworking-plugins"];
 
 /// Whether dpkg has `pkg` installed.
 fn installed(pkg: &str) -> bool {
