@@ -14,7 +14,7 @@ use std::{
 };
 
 use crate::{
-    harness::{self, NETPATH, netpath, netpath_ok, topology::Process},
+    harness::{self, netpath_ok, topology::Process},
     stack::{EXT_IP, HOST_IP, Podman, SERVER, available},
 };
 
@@ -200,7 +200,6 @@ fn scenarios(chained: bool) {
         .filter(|i| i["role"] == "port")
         .count();
     assert_eq!(bound, 0, "ports left: {st:#}");
-    let _ = (NETPATH, netpath(&p.host, &["status"]));
 }
 
 #[test]
