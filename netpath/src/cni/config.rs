@@ -17,7 +17,7 @@ use crate::{
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Raw {
-    cni_version: String,
+    // cniVersion is checked before this is read.
     name: String,
     #[serde(rename = "type")]
     kind: String,
@@ -103,7 +103,6 @@ pub fn parse(stdin: &[u8], env_cgroup: Option<PathBuf>) -> Result<NetConf, CniEr
     if raw.kind != "netpath" {
         return Err(invalid(format!("type {:?} is not netpath", raw.kind)));
     }
-    let _ = &raw.cni_version;
     if raw.name.is_empty() {
         return Err(invalid("the network config has no name".to_owned()));
     }
