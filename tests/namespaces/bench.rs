@@ -92,6 +92,41 @@ fn quick_bench_runs_every_arm_and_proves_its_path() {
         );
     }
     assert!(stdout.contains("**A monitor attached**"), "{stdout}");
+    // The CNI pair (the reference plugins are installed by xtask; under CI
+    // their absence fails the test): both members, every measurement.
+    let have_plugins = std::path::Path::new("/usr/lib/cni/portmap").is_file();
+    assert!(
+        have_plugins || std::env::var("CI").map_or(true, |v| v != "true"),
+        "CI: /usr/lib/cni/portmap missing (containernetworking-plugins)"
+    );
+    if have_plugins {
+        let cni = json["cni"].as_array().unwrap();
+        for plugins in ["Reference", "Netpath"] {
+            for (what, mappings) in [
+                ("first add ms (network up)", 1),
+                ("add ms", 1),
+                ("del ms", 10),
+                ("rr p50 us", 1),
+                ("conn/s", 1),
+            ] {
+                let s = cni
+                    .iter()
+                    .find(|s| {
+                        s["plugins"] == plugins && s["what"] == what && s["mappings"] == mappings
+                    })
+                    .unwrap_or_else(|| panic!("{plugins} {what} {mappings}: {cni:?}"));
+                assert!(
+                    s["values"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|v| v.as_f64().unwrap() > 0.0),
+                    "{s}"
+                );
+            }
+        }
+        assert!(stdout.contains("**CNI pair**"), "{stdout}");
+    }
     assert!(
         std::fs::read_to_string(out.join("bench.svg"))
             .unwrap()
