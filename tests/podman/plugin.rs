@@ -241,6 +241,85 @@ fn plugin_by_hand_add_check_del_and_bad_input() {
         .expect("a port");
     assert_eq!(port["address"], ip.as_str(), "{port:#}");
 
+    // Red-team regressions: each refused, and c1's attachment untouched.
+    let intact = |what: &str| {
+        let ports = netpath_ok(&host, &["ports"]);
+        assert!(ports.contains("0.0.0.0:8080/tcp"), "{what}: {ports}");
+        let st = harness::status(&host);
+        assert!(
+            st["interfaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["role"] == "port"
+                    && i["address"] == ip.as_str()
+                    && i["binding"].is_string()),
+            "{what}: {st:#}"
+        );
+        assert!(
+            c1.ip(&["-o", "-4", "addr", "show", "eth0"])
+                .unwrap()
+                .contains(&addr),
+            "{what}"
+        );
+    };
+    // An ADD again without a DEL.
+    assert_error(
+        &plugin(&host, "ADD", &good, &env(&c1_path)),
+        100,
+        "DEL it first",
+    );
+    intact("ADD again");
+    // Another config on the same bridge with other options.
+    let other_opts = config(
+        "n1b",
+        "npk1",
+        "10.91.0.0/24",
+        &cg,
+        &ipam,
+        r#""ipMasq":false,"#,
+    );
+    let c9 = harness::Netns::new("cni-c9").unwrap();
+    let c9_path = format!("/run/netns/{}", c9.name);
+    assert_error(
+        &plugin(&host, "ADD", &other_opts, &env(&c9_path)),
+        100,
+        "other options",
+    );
+    intact("other options");
+    assert_eq!(harness::status(&host)["networks"][0]["masquerade"], true);
+    // A chained ADD whose prevResult claims c1's address for another
+    // namespace.
+    let forged = format!(
+        r#"{{"cniVersion":"1.0.0","name":"n1","type":"netpath","chained":true,"cgroup":"{}",
+            "prevResult":{{"cniVersion":"1.0.0","interfaces":[{{"name":"npk1"}},
+              {{"name":"eth0","mac":"02:42:0a:5b:00:99","sandbox":"{c9_path}"}}],
+              "ips":[{{"address":"{addr}","gateway":"10.91.0.1","interface":1}}]}}}}"#,
+        cg.display()
+    );
+    let forged_env = vec![
+        ("CNI_CONTAINERID", "evil"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_NETNS", c9_path.as_str()),
+    ];
+    assert_error(
+        &plugin(&host, "ADD", &forged, &forged_env),
+        100,
+        "bound to another container",
+    );
+    intact("forged prevResult");
+    // A network name that is no name.
+    assert_error(
+        &plugin(
+            &host,
+            "ADD",
+            &good.replace(r#""name":"n1""#, r#""name":"..""#),
+            &env(&c9_path),
+        ),
+        7,
+        "network name",
+    );
+
     // CHECK passes, then fails once a mapping is gone.
     let prev = format!(r#""prevResult":{},"#, add.stdout.trim());
     let checked = config("n1", "npk1", "10.91.0.0/24", &cg, &ipam, &prev);

@@ -32,6 +32,10 @@ struct Raw {
     cgroup: Option<PathBuf>,
     #[serde(default)]
     uplinks: Vec<String>,
+    /// Peer CIDRs (`netpath up --no-masquerade-to`): the cluster's pod
+    /// CIDR on a Kubernetes node.
+    #[serde(default)]
+    no_masquerade_to: Vec<String>,
     ipam: Option<serde_json::Value>,
     #[serde(default)]
     runtime_config: RuntimeConfig,
@@ -72,6 +76,8 @@ pub struct NetConf {
     /// Socket hooks' cgroup: the config's `cgroup`, else `NETPATH_CGROUP`.
     pub cgroup: Option<PathBuf>,
     pub uplinks: Vec<String>,
+    /// Peer CIDRs (see [`crate::peers`]).
+    pub no_masquerade_to: Vec<ipnet::Ipv4Net>,
     /// The IPAM plugin's `type` (standalone).
     pub ipam_type: Option<String>,
     pub ports: Vec<Ports>,
@@ -106,11 +112,35 @@ pub fn parse(stdin: &[u8], env_cgroup: Option<PathBuf>) -> Result<NetConf, CniEr
     if raw.name.is_empty() {
         return Err(invalid("the network config has no name".to_owned()));
     }
+    // The spec's rule: `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$` (it names a
+    // directory of records: no `.`, `..` or `/`).
+    let name_ok = raw
+        .name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !name_ok {
+        return Err(invalid(format!(
+            "network name {:?}: letters, digits, '_', '.' and '-', starting with a letter or digit",
+            raw.name
+        )));
+    }
     let bridge = raw.bridge.clone().unwrap_or_else(|| "cni0".to_owned());
     spec::validate_ifname(&bridge).map_err(|e| invalid(format!("bridge: {e:#}")))?;
     for u in &raw.uplinks {
         spec::validate_ifname(u).map_err(|e| invalid(format!("uplinks: {e:#}")))?;
     }
+    let no_masquerade_to = raw
+        .no_masquerade_to
+        .iter()
+        .map(|c| crate::peers::parse(c))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .and_then(|v| crate::peers::validate(&v).map(|()| v))
+        .map_err(|e| invalid(format!("noMasqueradeTo: {e:#}")))?;
     if raw.is_gateway == Some(false) && !raw.chained {
         return Err(CniError::new(
             code::UNSUPPORTED_FIELD,
@@ -162,6 +192,7 @@ pub fn parse(stdin: &[u8], env_cgroup: Option<PathBuf>) -> Result<NetConf, CniEr
         options,
         cgroup: raw.cgroup.or(env_cgroup),
         uplinks: raw.uplinks,
+        no_masquerade_to,
         ipam_type,
         ports,
         prev_result: raw.prev_result,
@@ -196,6 +227,7 @@ pub fn parse_for_del(stdin: &[u8], full: CniError) -> Result<NetConf, CniError> 
         options: NetworkOptions::default(),
         cgroup: None,
         uplinks: Vec::new(),
+        no_masquerade_to: Vec::new(),
         ipam_type,
         ports: Vec::new(),
         prev_result: None,
@@ -343,6 +375,21 @@ mod tests {
         assert_eq!(c.options.gateway_mode, GatewayMode::Routed);
         assert_eq!(c.ipam_type.as_deref(), Some("host-local"));
         assert_eq!(c.cgroup, Some(PathBuf::from("/sys/fs/cgroup/x")));
+        assert!(c.no_masquerade_to.is_empty());
+        let with_peers = STANDALONE.replace(
+            r#""icc":false,"#,
+            r#""icc":false,"noMasqueradeTo":["10.244.0.0/16","10.96.0.0/12"],"#,
+        );
+        let p = parse(with_peers.as_bytes(), None).unwrap();
+        assert_eq!(p.no_masquerade_to.len(), 2);
+        for bad in [r#"["0.0.0.0/0"]"#, r#"["10.244.0.1/16"]"#, r#"["x"]"#] {
+            let text = STANDALONE.replace(
+                r#""icc":false,"#,
+                &format!(r#""icc":false,"noMasqueradeTo":{bad},"#),
+            );
+            let e = parse(text.as_bytes(), None).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG, "{bad}");
+        }
         let t: Ipv4Addr = "10.89.0.2".parse().unwrap();
         let p = with_target(&c.ports, t);
         assert_eq!(p.len(), 2);

@@ -74,8 +74,30 @@ async fn network_up(conf: &NetConf, spec: NetworkSpec) -> Result<bool, CniError>
         uplinks: conf.uplinks.clone(),
         cgroup: conf.cgroup.clone(),
         trusted: Vec::new(),
-        no_masquerade_to: Vec::new(),
+        no_masquerade_to: conf.no_masquerade_to.clone(),
     };
+    // A network that is up keeps its options: a config naming the same
+    // bridge with others (another CNI network, an edited file) is refused,
+    // not applied to every container on the bridge.
+    if let Ok((_, maps)) = crate::state::Maps::open_current()
+        && maps
+            .network_by_bridge(&args.spec.bridge)
+            .map_err(failed("reading the networks"))?
+            .is_some_and(|(_, info)| NetworkSpec::from_info(&info) == args.spec)
+        && !args
+            .is_recorded(&maps)
+            .map_err(failed("reading the network"))?
+    {
+        return Err(CniError::new(
+            code::NETPATH,
+            format!(
+                "netpath network {} is up with other options than this config's \
+                 (ipMasq, icc, internal, gatewayMode, noMasqueradeTo): \
+                 `netpath down --bridge {}` first to change them",
+                args.spec.bridge, args.spec.bridge
+            ),
+        ));
+    }
     let what = format!("bringing up netpath network {}", conf.bridge);
     let report = up::up_many(std::slice::from_ref(&args))
         .await
@@ -120,10 +142,16 @@ async fn release(r: &Record) -> Result<(), CniError> {
 pub async fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<CniResult, CniError> {
     let (ns_path, _) = container_ns(env)?;
     let rec = record_path(conf, env)?;
-    // An ADD again without a DEL (a runtime that crashed): start over.
+    // An ADD again without a DEL is the runtime's error (the spec forbids
+    // it): refused, the attachment left as it is.
     if let Some(old) = store::load(&rec).map_err(failed("reading the record"))? {
-        release(&old).await?;
-        store::remove(&rec).map_err(failed("removing the record"))?;
+        return Err(CniError::new(
+            code::NETPATH,
+            format!(
+                "container {} is attached to network {} already ({} on {}): DEL it first",
+                env.container_id, conf.name, old.addr, old.bridge
+            ),
+        ));
     }
     if conf.chained {
         return add_chained(env, conf, ns_path, &rec).await;
@@ -306,6 +334,26 @@ async fn add_chained(
         ..conf.clone()
     };
     let created = network_up(&chained_conf, spec).await?;
+    // An address another attachment holds (or a forged prevResult naming
+    // one) is refused before anything is bound: undoing this ADD then
+    // touches nothing of theirs.
+    let held = [owner::USER, owner::DOCKER, owner::CNI]
+        .into_iter()
+        .map(|o| endpoint::lease_of(&bridge, addr, o))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map_err(failed("reading the leases"))?
+        .into_iter()
+        .any(|l| l.is_some());
+    let mapped = publish::owned_to(owner::CNI, addr).is_ok_and(|m| !m.is_empty());
+    if held || mapped {
+        if created {
+            network_undo(&bridge).await;
+        }
+        return Err(CniError::new(
+            code::NETPATH,
+            format!("chained: {addr} is bound to another container on {bridge} already"),
+        ));
+    }
     let short: String = env.container_id.chars().take(12).collect();
     let record = Record {
         bridge: bridge.clone(),

@@ -31,7 +31,8 @@ pub mod code {
 /// A CNI error result.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CniError {
-    #[serde(rename = "cniVersion")]
+    // The reference IPAM plugins leave it out of their errors.
+    #[serde(rename = "cniVersion", default)]
     pub cni_version: String,
     pub code: u32,
     pub msg: String,

@@ -38,7 +38,8 @@ pub fn path(host_cookie: u64, network: &str, container_id: &str, ifname: &str) -
     Path::new(ROOT)
         .join(host_cookie.to_string())
         .join(network)
-        .join(format!("{container_id}-{ifname}.json"))
+        .join(container_id)
+        .join(format!("{ifname}.json"))
 }
 
 pub fn load(p: &Path) -> Result<Option<Record>> {
@@ -86,7 +87,10 @@ mod tests {
     #[test]
     fn record_paths_stay_under_the_root() {
         let p = path(42, "a/b", "abc", "eth0");
-        assert_eq!(p, PathBuf::from("/run/netpath/cni/42/a_b/abc-eth0.json"));
+        assert_eq!(p, PathBuf::from("/run/netpath/cni/42/a_b/abc/eth0.json"));
+        // Ids and interface names may both hold '-': no two attachments
+        // share a record.
+        assert_ne!(path(1, "n", "v-w", "eth0"), path(1, "n", "v", "w-eth0"));
         let r = Record {
             bridge: "cni0".into(),
             addr: Ipv4Addr::new(10, 88, 0, 2),
