@@ -183,8 +183,12 @@ pub enum Command {
         #[arg(long, value_name = "BIN")]
         baseline: Option<std::path::PathBuf>,
         /// Only measure the daemon's cost (one netpath copy of the topology).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cni_only")]
         daemon_only: bool,
+        /// Only the CNI pair (the reference bridge+portmap plugins against
+        /// netpath's), at full size unless --quick.
+        #[arg(long)]
+        cni_only: bool,
     },
     /// Run the demo: build a Docker-like topology in fresh network namespaces,
     /// bring netpath up in it, send traffic through masquerade and a published

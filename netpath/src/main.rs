@@ -178,6 +178,7 @@ fn run(cli: Cli) -> Result<()> {
         out,
         baseline,
         daemon_only,
+        cni_only,
     } = &cli.command
     {
         let res = bench::run(&bench::Options {
@@ -186,6 +187,7 @@ fn run(cli: Cli) -> Result<()> {
             out: out.clone(),
             baseline: baseline.clone(),
             daemon_only: *daemon_only,
+            cni_only: *cni_only,
         })?;
         print!("{}", bench::table(&res));
         println!(

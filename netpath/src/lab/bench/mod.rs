@@ -41,6 +41,8 @@ pub struct Options {
     pub baseline: Option<PathBuf>,
     /// Only the daemon's cost (one netpath copy of the topology).
     pub daemon_only: bool,
+    /// Only the CNI pair.
+    pub cni_only: bool,
 }
 
 /// One scale point: published ports and managed networks.
@@ -170,6 +172,30 @@ fn machine() -> BTreeMap<&'static str, String> {
     m
 }
 
+/// `--cni-only`: the CNI pair alone.
+fn cni_only(opts: &Options, exe: &std::path::Path, dur: Duration) -> Result<Results> {
+    if !std::path::Path::new("/usr/lib/cni/portmap").is_file() {
+        bail!("no reference plugins in /usr/lib/cni (containernetworking-plugins)");
+    }
+    eprintln!("netpath bench: the CNI pair (bridge+portmap vs netpath)");
+    let res = Results {
+        mode: if opts.quick { "quick" } else { "full" },
+        reps: opts.reps,
+        machine: machine(),
+        iptables_mirrors: "the reference CNI plugins bridge (ipMasq) + portmap",
+        offloads: String::new(),
+        evidence: Vec::new(),
+        control_plane: Vec::new(),
+        baseline: None,
+        daemon: Vec::new(),
+        monitor: Vec::new(),
+        cni: cni::measure(exe, opts.quick, opts.reps, dur).context("measuring the CNI pair")?,
+        samples: Vec::new(),
+    };
+    report::write_outputs(&res, &opts.out)?;
+    Ok(res)
+}
+
 pub fn run(opts: &Options) -> Result<Results> {
     let exe = std::env::current_exe().context("locating the netpath binary")?;
     let (scales, dur, cp_ports, cp_nets) = if opts.quick {
@@ -215,6 +241,9 @@ pub fn run(opts: &Options) -> Result<Results> {
             100,
         )
     };
+    if opts.cni_only {
+        return cni_only(opts, &exe, dur);
+    }
     eprintln!("netpath bench: building three copies of the topology (iptables, netpath, bare)");
     let mut labs = Vec::new();
     let arms: &[Arm] = if opts.daemon_only {
