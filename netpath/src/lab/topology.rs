@@ -258,13 +258,30 @@ pub fn tcp_echo(
     )
 }
 
+/// Binds a listener on `listen`, trying again for up to a second while the
+/// port is still in use: the previous exchange's server closed first, and
+/// on a loaded machine its last socket can still hold the port for a
+/// moment (seen once in CI as EADDRINUSE between two back-to-back echoes).
+fn bind_again(listen: SocketAddrV4) -> Result<TcpListener> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match TcpListener::bind(listen) {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e).with_context(|| format!("bind {listen}")),
+        }
+    }
+}
+
 /// A TCP server that accepts one connection on `listen`, echoes what it
 /// reads and returns the client's address.
 fn echo_server(
     listen: SocketAddrV4,
 ) -> impl FnOnce(std::sync::mpsc::Sender<()>) -> Result<SocketAddrV4> + Send + 'static {
     move |ready| {
-        let l = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
+        let l = bind_again(listen)?;
         let _ = ready.send(());
         let (mut s, peer) = accept_within(&l, IO_TIMEOUT)?;
         s.set_read_timeout(Some(IO_TIMEOUT))?;
