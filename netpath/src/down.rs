@@ -156,6 +156,17 @@ pub async fn down(target: &DownTarget) -> Result<DownReport> {
             Ok(()) => report.unpinned_all = true,
             Err(e) => errors.push(e),
         }
+        // The CNI plugin's records of this namespace describe attachments
+        // that went with the state.
+        if let Ok(cookie) = crate::netns::cookie() {
+            let dir = crate::sys::cni_records_dir(cookie);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => errors
+                    .push(anyhow::Error::from(e).context(format!("removing {}", dir.display()))),
+            }
+        }
     }
     for (_, info) in &victims {
         let spec = NetworkSpec::from_info(info);

@@ -14,6 +14,15 @@ use anyhow::{Context as _, Result};
 /// their lock.
 pub const RUN_DIR: &str = "/run/netpath";
 
+/// Where the CNI plugin keeps its per-container records.
+pub const CNI_DIR: &str = "/run/netpath/cni";
+
+/// The CNI records of the namespace with `cookie` (removed with its state
+/// by the last `down`: they describe attachments that are gone then).
+pub fn cni_records_dir(cookie: u64) -> std::path::PathBuf {
+    std::path::Path::new(CNI_DIR).join(cookie.to_string())
+}
+
 /// What `netpath docker` could not mirror (one problem a line, rewritten
 /// after every reconcile that changed them, removed when it stops), for
 /// `status` to show.

@@ -254,4 +254,12 @@ fn pods_reach_pods_on_other_nodes_unmasqueraded_and_the_outside_masqueraded() {
         .is_err(),
         "direct routing from a non-peer"
     );
+    // The last `down` takes the plugin's records of that namespace along.
+    let cookie = harness::status(&nodes[0].ns)["netns_cookie"]
+        .as_u64()
+        .unwrap();
+    let records = std::path::Path::new("/run/netpath/cni").join(cookie.to_string());
+    assert!(records.is_dir(), "{}", records.display());
+    harness::netpath_ok(&nodes[0].ns, &["down", "--all"]);
+    assert!(!records.exists(), "{} outlived down", records.display());
 }

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-const ROOT: &str = "/run/netpath/cni";
+const ROOT: &str = crate::sys::CNI_DIR;
 
 /// One attachment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,8 +35,7 @@ pub fn path(host_cookie: u64, network: &str, container_id: &str, ifname: &str) -
         .chars()
         .map(|c| if c == '/' || c == '\0' { '_' } else { c })
         .collect();
-    Path::new(ROOT)
-        .join(host_cookie.to_string())
+    crate::sys::cni_records_dir(host_cookie)
         .join(network)
         .join(container_id)
         .join(format!("{ifname}.json"))
