@@ -390,14 +390,7 @@ pub async fn bind_owned(owner: u16, want: &[Foreign]) -> Result<Bound> {
             if !plugged(ifindex, index) {
                 bail!("its veth is not a port of {}", w.bridge);
             }
-            let lease = Lease {
-                netns_cookie: cookie,
-                host_ifindex: ifindex,
-                flags: u32::from(owner),
-                mac: w.mac,
-                _pad: [0; 2],
-                netns_name: lease_name(&w.name),
-            };
+            let lease = foreign_lease(owner, w, ifindex, cookie);
             // Never over another owner's lease (`connect`'s address).
             maps.leases4
                 .insert(key, lease, BPF_NOEXIST)
@@ -412,6 +405,19 @@ pub async fn bind_owned(owner: u16, want: &[Foreign]) -> Result<Bound> {
         reconcile::reapply(&nl, &state).await?;
     }
     Ok(out)
+}
+
+/// The lease of `owner` for an endpoint another runtime plugged in, whose
+/// host end is `ifindex` and whose namespace has `cookie`.
+fn foreign_lease(owner: u16, w: &Foreign, ifindex: u32, cookie: u64) -> Lease {
+    Lease {
+        netns_cookie: cookie,
+        host_ifindex: ifindex,
+        flags: u32::from(owner),
+        mac: w.mac,
+        _pad: [0; 2],
+        netns_name: lease_name(&w.name),
+    }
 }
 
 /// Binds one endpoint another runtime plugged in (the CNI plugin chained
@@ -435,14 +441,7 @@ pub async fn bind_one(owner: u16, w: &Foreign) -> Result<()> {
         net_id,
         addr_be: codec::be(w.addr),
     };
-    let lease = Lease {
-        netns_cookie: cookie,
-        host_ifindex: ifindex,
-        flags: u32::from(owner),
-        mac: w.mac,
-        _pad: [0; 2],
-        netns_name: lease_name(&w.name),
-    };
+    let lease = foreign_lease(owner, w, ifindex, cookie);
     match maps.leases4.get(&key, 0) {
         Ok(l) if l.flags == u32::from(owner) && l.host_ifindex == ifindex && l.mac == w.mac => {}
         Ok(_) => bail!("{} is leased already", w.addr),
@@ -454,16 +453,19 @@ pub async fn bind_one(owner: u16, w: &Foreign) -> Result<()> {
     reconcile::reapply(&nl, &state).await.map(drop)
 }
 
-/// `owner`'s lease of `addr` on the network of `bridge`, if there is one.
-pub fn lease_of(bridge: &str, addr: Ipv4Addr, owner: u16) -> Result<Option<Lease>> {
+/// The lease of `addr` on the network of `bridge`, whoever holds it.
+pub fn lease_at(bridge: &str, addr: Ipv4Addr) -> Result<Option<Lease>> {
     let (_, maps, net_id, _) = open_network(bridge)?;
     Ok(maps
         .leases()?
         .into_iter()
-        .find(|(k, l)| {
-            k.net_id == net_id && k.addr_be == codec::be(addr) && l.flags == u32::from(owner)
-        })
+        .find(|(k, _)| k.net_id == net_id && k.addr_be == codec::be(addr))
         .map(|(_, l)| l))
+}
+
+/// `owner`'s lease of `addr` on the network of `bridge`, if there is one.
+pub fn lease_of(bridge: &str, addr: Ipv4Addr, owner: u16) -> Result<Option<Lease>> {
+    Ok(lease_at(bridge, addr)?.filter(|l| l.flags == u32::from(owner)))
 }
 
 /// Releases `owner`'s lease of `addr` on the network of `bridge` (the CNI

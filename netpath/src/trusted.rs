@@ -76,16 +76,9 @@ pub fn rekeyed(
     entries: &[(TrustedKey, TrustedIface)],
     index_of: &BTreeMap<String, u32>,
 ) -> BTreeMap<TrustedKey, TrustedIface> {
-    let mut by_net: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-    for (k, _) in entries {
-        by_net.entry(k.net_id).or_default();
-    }
-    for (net_id, names) in &mut by_net {
-        *names = names_of(entries, *net_id);
-    }
-    by_net
-        .iter()
-        .flat_map(|(&net_id, names)| want(net_id, names, index_of))
+    let nets: std::collections::BTreeSet<u32> = entries.iter().map(|(k, _)| k.net_id).collect();
+    nets.into_iter()
+        .flat_map(|net_id| want(net_id, &names_of(entries, net_id), index_of))
         .collect()
 }
 

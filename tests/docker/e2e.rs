@@ -24,14 +24,14 @@ use std::{
 };
 
 use harness::{
-    NETPATH, Netns,
+    Lab, NETPATH, Netns,
     dockerd::{Dockerd, Engine, IMAGE},
     netpath, status,
-    topology::{self, Process},
+    topology::Process,
 };
 
-const HOST_IP: &str = "198.18.0.1";
-const EXT_IP: &str = "198.18.0.2";
+const HOST_IP: &str = Lab::UPLINK;
+const EXT_IP: &str = Lab::EXT;
 /// The external namespace's TCP/UDP echo port.
 const EXT_PORT: u16 = 7001;
 /// The external namespace's (and every container's) long-connection echo
@@ -134,40 +134,19 @@ struct Stack {
     /// Held for its drop (which stops it).
     _ext_server: Process,
     d: Dockerd,
-    scripts: Scripts,
+    /// The scripts containers mount at /np, removed after dockerd stopped.
+    scripts: harness::TempDir,
     host: Netns,
     ext: Netns,
     mode: Mode,
 }
 
-/// The scripts containers mount at /np, removed after dockerd stopped.
-struct Scripts(std::path::PathBuf);
-
-impl Drop for Scripts {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl std::ops::Deref for Scripts {
-    type Target = std::path::Path;
-    fn deref(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
 impl Stack {
     fn new(mode: Mode, engine: &Engine) -> Self {
-        let host = Netns::new("dk")
-            .expect("host namespace")
-            .cleanup_with(NETPATH);
-        let ext = Netns::new("dx").expect("external namespace");
-        topology::veth(&host, "up0", &ext, "eth0").expect("uplink veth");
-        host.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", "up0"])
-            .unwrap();
-        ext.ip(&["addr", "add", &format!("{EXT_IP}/24"), "dev", "eth0"])
-            .unwrap();
-        let scripts = Scripts(std::env::temp_dir().join(format!("np-e2e-scripts-{}", host.name)));
+        let (host, ext) =
+            Lab::host_and_ext("dk", "dx", NETPATH, "up0").expect("host and external namespaces");
+        let scripts =
+            harness::TempDir(std::env::temp_dir().join(format!("np-e2e-scripts-{}", host.name)));
         std::fs::create_dir_all(&*scripts).unwrap();
         std::fs::write(scripts.join("server.py"), SERVER).unwrap();
         std::fs::write(scripts.join("client.py"), CLIENT).unwrap();

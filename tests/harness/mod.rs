@@ -99,6 +99,23 @@ pub fn flows(ns: &Netns) -> Vec<serde_json::Value> {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("conntrack list --json ({e}): {out}"))
 }
 
+/// A scratch directory a test makes (scripts, plugin links, IPAM data),
+/// removed with everything in it on drop, also when the test panics.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
 /// Result of one `netpath` invocation.
 #[derive(Debug)]
 pub struct Run {

@@ -31,16 +31,6 @@ struct Node {
     pod_ip: String,
 }
 
-/// The plugin as a runtime finds it: a directory with `netpath` in it,
-/// then the reference plugins (host-local). Removed on drop.
-struct PluginDir(std::path::PathBuf);
-
-impl Drop for PluginDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Each node's CNI config: netpath standalone on the node's pod CIDR, the
 /// cluster and service CIDRs as peers, hostPorts through portMappings.
 fn conflist(n: usize, node: &Netns, dir: &std::path::Path) -> serde_json::Value {
@@ -133,7 +123,10 @@ fn pods_reach_pods_on_other_nodes_unmasqueraded_and_the_outside_masqueraded() {
         eprintln!("SKIP: no /usr/lib/cni/host-local (cargo xtask setup installs it)");
         return;
     }
-    let dir = PluginDir(std::env::temp_dir().join(format!("np-multinode-{}", std::process::id())));
+    // The plugin as a runtime finds it: a directory with `netpath` in it,
+    // then the reference plugins (host-local).
+    let dir =
+        harness::TempDir(std::env::temp_dir().join(format!("np-multinode-{}", std::process::id())));
     std::fs::create_dir_all(dir.0.join("bin")).unwrap();
     std::os::unix::fs::symlink(
         std::fs::canonicalize(NETPATH).unwrap(),

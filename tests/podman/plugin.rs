@@ -11,7 +11,7 @@ use std::{
 
 use crate::{
     harness::{self, NETPATH, Netns, netpath, netpath_ok},
-    stack::{HOST_IP, Records, TempDir},
+    stack::{HOST_IP, TempDir},
 };
 
 struct Out {
@@ -116,14 +116,9 @@ fn plugin_by_hand_add_check_del_and_bad_input() {
         eprintln!("SKIP: containernetworking-plugins not installed");
         return;
     }
-    let host = Netns::new("cp").unwrap().cleanup_with(NETPATH);
-    let ext = Netns::new("cpx").unwrap();
-    harness::topology::veth(&host, "up0", &ext, "eth0").unwrap();
-    host.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", "up0"])
-        .unwrap();
+    let (host, _ext) = harness::Lab::host_and_ext("cp", "cpx", NETPATH, "up0").unwrap();
     let c1 = Netns::new("cpc").unwrap();
     let dir = TempDir(std::env::temp_dir().join(format!("np-cni-{}", host.name)));
-    let _records = Records::of(&host);
     let ipam = dir.0.join("ipam");
     let cg = host.cgroup.clone().expect("test cgroup");
     let good = config("n1", "npk1", "10.91.0.0/24", &cg, &ipam, "");

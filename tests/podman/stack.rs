@@ -5,15 +5,15 @@
 //! imported from busybox-static with the host's /usr mounted for python3.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
-use crate::harness::{NETPATH, Netns, topology};
+use crate::harness::{Lab, NETPATH, Netns};
 
-pub const HOST_IP: &str = "198.18.0.1";
-pub const EXT_IP: &str = "198.18.0.2";
+pub const HOST_IP: &str = Lab::UPLINK;
+pub const EXT_IP: &str = Lab::EXT;
 pub const IMAGE: &str = "localhost/npbox:1";
 
 /// Answers "NAME PEER_ADDRESS" on TCP port argv[1] (default 80): in
@@ -53,39 +53,11 @@ pub fn available() -> bool {
 /// state is there), then the directory, then the namespaces.
 pub struct Podman {
     pub dir: TempDir,
-    _records: Records,
     pub host: Netns,
     pub ext: Netns,
 }
 
-pub struct TempDir(pub PathBuf);
-
-/// The plugin's records of a host namespace
-/// (`/run/netpath/cni/<netns cookie>`), removed on drop: a test that
-/// fails between an ADD and its DEL leaves none behind.
-pub struct Records(PathBuf);
-
-impl Records {
-    pub fn of(host: &Netns) -> Self {
-        let cookie = host
-            .run(netpath::netns::cookie)
-            .expect("thread")
-            .expect("the host namespace's cookie");
-        Self(PathBuf::from(format!("/run/netpath/cni/{cookie}")))
-    }
-}
-
-impl Drop for Records {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use crate::harness::TempDir;
 
 impl Drop for Podman {
     fn drop(&mut self) {
@@ -95,15 +67,8 @@ impl Drop for Podman {
 
 impl Podman {
     pub fn new(tag: &str) -> Self {
-        let host = Netns::new(tag)
-            .expect("host namespace")
-            .cleanup_with(NETPATH);
-        let ext = Netns::new(&format!("{tag}x")).expect("external namespace");
-        topology::veth(&host, "up0", &ext, "eth0").expect("uplink veth");
-        host.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", "up0"])
-            .unwrap();
-        ext.ip(&["addr", "add", &format!("{EXT_IP}/24"), "dev", "eth0"])
-            .unwrap();
+        let (host, ext) = Lab::host_and_ext(tag, &format!("{tag}x"), NETPATH, "up0")
+            .expect("host and external namespaces");
         let dir = TempDir(std::env::temp_dir().join(format!("np-podman-{}", host.name)));
         for d in ["bin", "net", "root", "runroot", "ipam", "np", "rootfs"] {
             std::fs::create_dir_all(dir.0.join(d)).unwrap();
@@ -121,37 +86,14 @@ impl Podman {
             ),
         )
         .unwrap();
-        let p = Self {
-            dir,
-            _records: Records::of(&host),
-            host,
-            ext,
-        };
+        let p = Self { dir, host, ext };
         p.import_image();
         p
     }
 
     fn import_image(&self) {
-        let root = self.dir.0.join("rootfs");
-        for d in ["bin", "usr", "tmp", "etc", "np"] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        for a in ["sh", "nc", "ping", "ip", "sleep", "cat"] {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
-        }
-        std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
-        std::os::unix::fs::symlink("usr/lib64", root.join("lib64")).unwrap();
-        let tar = self.dir.0.join("rootfs.tar");
-        topology::run(
-            Command::new("tar")
-                .arg("-C")
-                .arg(&root)
-                .arg("-cf")
-                .arg(&tar)
-                .arg("."),
-        )
-        .unwrap();
+        let tar = netpath::lab::dockerlab::busybox_rootfs_tar(&self.dir.0)
+            .unwrap_or_else(|e| panic!("{e:#}"));
         self.ok(&["import", &tar.to_string_lossy(), IMAGE]);
     }
 

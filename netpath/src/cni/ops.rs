@@ -337,13 +337,9 @@ async fn add_chained(
     // An address another attachment holds (or a forged prevResult naming
     // one) is refused before anything is bound: undoing this ADD then
     // touches nothing of theirs.
-    let held = [owner::USER, owner::DOCKER, owner::CNI]
-        .into_iter()
-        .map(|o| endpoint::lease_of(&bridge, addr, o))
-        .collect::<anyhow::Result<Vec<_>>>()
+    let held = endpoint::lease_at(&bridge, addr)
         .map_err(failed("reading the leases"))?
-        .into_iter()
-        .any(|l| l.is_some());
+        .is_some();
     let mapped = publish::owned_to(owner::CNI, addr).is_ok_and(|m| !m.is_empty());
     if held || mapped {
         if created {

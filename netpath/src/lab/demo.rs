@@ -187,17 +187,7 @@ fn docker(exe: &Path) -> Result<()> {
         println!("  skipped: {bin} is not installed (cargo xtask setup installs docker.io)");
         return Ok(());
     }
-    let host = Netns::new("demo-dk")?.cleanup_with(exe);
-    let ext = Netns::new("demo-dx")?;
-    topology::veth(&host, "uplink0", &ext, "eth0")?;
-    host.ip(&[
-        "addr",
-        "add",
-        &format!("{}/24", Lab::UPLINK),
-        "dev",
-        "uplink0",
-    ])?;
-    ext.ip(&["addr", "add", &format!("{}/24", Lab::EXT), "dev", "eth0"])?;
+    let (host, ext) = Lab::host_and_ext("demo-dk", "demo-dx", exe, "uplink0")?;
     let d = Dockerd::start(
         &host,
         &dockerlab::Engine::INSTALLED,

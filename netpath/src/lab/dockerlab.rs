@@ -81,6 +81,41 @@ impl Engine {
     }
 }
 
+/// The tiny image's root filesystem as a tarball in `dir`
+/// (`dir/rootfs.tar`, built in `dir/rootfs`): busybox-static with
+/// httpd/nc/ping/ip links and a page in /www, plus `lib`/`lib64` links into
+/// `/usr`, so a container that mounts the host's `/usr` read-only can run
+/// python3. dockerd and podman import it alike.
+pub fn busybox_rootfs_tar(dir: &std::path::Path) -> Result<PathBuf> {
+    let root = dir.join("rootfs");
+    for d in ["bin", "usr", "tmp", "etc", "www", "np"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .context("copying /bin/busybox (the busybox-static package)")?;
+    for a in [
+        "sh", "httpd", "nc", "ping", "ip", "sleep", "hostname", "cat",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(a))?;
+    }
+    std::os::unix::fs::symlink("usr/lib", root.join("lib"))?;
+    std::os::unix::fs::symlink("usr/lib64", root.join("lib64"))?;
+    std::fs::write(
+        root.join("www/index.html"),
+        "hello from a container of a real dockerd\n",
+    )?;
+    let tar = dir.join("rootfs.tar");
+    crate::lab::topology::run(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."),
+    )?;
+    Ok(tar)
+}
+
 /// The first program a dockerd run needs that is not installed.
 pub fn missing() -> Option<&'static str> {
     ["dockerd", "docker", "containerd", "runc"]
@@ -208,37 +243,9 @@ impl Dockerd {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
-    /// Imports the tiny image [`IMAGE`] from a tarball: busybox-static with
-    /// httpd/nc/ping/ip links and a page in /www, plus `lib`/`lib64` links
-    /// into `/usr`, so a container that mounts the host's `/usr` read-only
-    /// can run python3.
+    /// Imports the tiny image [`IMAGE`] from [`busybox_rootfs_tar`].
     pub fn import_image(&self) -> Result<()> {
-        let root = self.dir.join("rootfs");
-        for d in ["bin", "usr", "tmp", "etc", "www", "np"] {
-            std::fs::create_dir_all(root.join(d))?;
-        }
-        std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-            .context("copying /bin/busybox (the busybox-static package)")?;
-        for a in [
-            "sh", "httpd", "nc", "ping", "ip", "sleep", "hostname", "cat",
-        ] {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(a))?;
-        }
-        std::os::unix::fs::symlink("usr/lib", root.join("lib"))?;
-        std::os::unix::fs::symlink("usr/lib64", root.join("lib64"))?;
-        std::fs::write(
-            root.join("www/index.html"),
-            "hello from a container of a real dockerd\n",
-        )?;
-        let tar = self.dir.join("rootfs.tar");
-        crate::lab::topology::run(
-            Command::new("tar")
-                .arg("-C")
-                .arg(&root)
-                .arg("-cf")
-                .arg(&tar)
-                .arg("."),
-        )?;
+        let tar = busybox_rootfs_tar(&self.dir)?;
         self.docker(&["import", &tar.to_string_lossy(), IMAGE])?;
         Ok(())
     }

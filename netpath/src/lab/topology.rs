@@ -498,21 +498,41 @@ impl Lab {
     pub const FAR: &'static str = "198.19.0.2";
     pub const FAR_ROUTER: &'static str = "198.19.0.1";
 
+    /// A host namespace (cleaned up with `netpath` on drop) and an external
+    /// one tagged `host_tag` and `ext_tag`, joined by a veth: `uplink` on
+    /// the host side with [`Lab::UPLINK`], `eth0` outside with [`Lab::EXT`]
+    /// (a /24). What every lab, the demo and the end-to-end stacks stand on.
+    pub fn host_and_ext(
+        host_tag: &str,
+        ext_tag: &str,
+        netpath: impl Into<PathBuf>,
+        uplink: &str,
+    ) -> Result<(Netns, Netns)> {
+        let host = Netns::new(host_tag)?.cleanup_with(netpath);
+        let ext = Netns::new(ext_tag)?;
+        veth(&host, uplink, &ext, "eth0")?;
+        host.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", Self::UPLINK),
+            "dev",
+            uplink,
+        ])?;
+        ext.ip(&["addr", "add", &format!("{}/24", Self::EXT), "dev", "eth0"])?;
+        Ok((host, ext))
+    }
+
     /// Builds everything except the bridge, which `netpath up` creates;
     /// `netpath` is the binary that cleans up pinned state on drop.
     pub fn new(netpath: impl Into<PathBuf>) -> Result<Self> {
+        let (host, ext) = Self::host_and_ext("host", "ext", netpath, "uplink0")?;
         let lab = Self {
-            ext: Netns::new("ext")?,
-            host: Netns::new("host")?.cleanup_with(netpath),
+            ext,
+            host,
             c1: Netns::new("c1")?,
             c2: Netns::new("c2")?,
             far: None,
         };
-        veth(&lab.host, "uplink0", &lab.ext, "eth0")?;
-        lab.host
-            .ip(&["addr", "add", "198.18.0.1/24", "dev", "uplink0"])?;
-        lab.ext
-            .ip(&["addr", "add", "198.18.0.2/24", "dev", "eth0"])?;
         for (c, host_if, addr) in [(&lab.c1, "c1h", Self::C1), (&lab.c2, "c2h", Self::C2)] {
             veth(&lab.host, host_if, c, "eth0")?;
             c.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;

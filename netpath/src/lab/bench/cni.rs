@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use super::load;
 use crate::lab::{
     cni::{Container, PortMapping, Runtime, netns_path},
-    topology::{Lab, Netns, veth},
+    topology::{Lab, Netns},
 };
 
 /// Which plugins.
@@ -73,17 +73,7 @@ impl Drop for Side {
 
 impl Side {
     fn new(plugins: Plugins, exe: &std::path::Path) -> Result<Self> {
-        let host = Netns::new("cni-host")?.cleanup_with(exe);
-        let ext = Netns::new("cni-ext")?;
-        veth(&host, "uplink0", &ext, "eth0")?;
-        host.ip(&[
-            "addr",
-            "add",
-            &format!("{}/24", Lab::UPLINK),
-            "dev",
-            "uplink0",
-        ])?;
-        ext.ip(&["addr", "add", &format!("{}/24", Lab::EXT), "dev", "eth0"])?;
+        let (host, ext) = Lab::host_and_ext("cni-host", "cni-ext", exe, "uplink0")?;
         host.sysctl("net.ipv4.ip_forward", "1")?;
         let dir = std::env::temp_dir().join(format!("np-bench-{}", host.name));
         std::fs::create_dir_all(dir.join("bin"))?;
