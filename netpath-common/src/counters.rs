@@ -38,6 +38,9 @@ pub mod counter_kind {
     pub const NET_DNAT: u16 = 21;
     /// Network: its containers' answers from published ports, source-translated back.
     pub const NET_REV_DNAT: u16 = 22;
+    /// Network: packets between two of its containers handed from port to
+    /// port (the fast path; also counted in [`NET_TO_CONTAINERS`]).
+    pub const NET_C2C_FAST: u16 = 23;
     /// Published port: packets to the container.
     pub const PUB_IN: u16 = 32;
     /// Published port: packets back from the container.
@@ -75,6 +78,7 @@ pub mod counter_kind {
             NET_CT_NEW => "ct_new",
             NET_DNAT => "dnat",
             NET_REV_DNAT => "rev_dnat",
+            NET_C2C_FAST => "c2c_fast",
             PUB_IN => "in",
             PUB_OUT => "out",
             FILTER_HITS => "hits",

@@ -5,6 +5,11 @@
 //! routed with `bpf_fib_lookup` and sent out of the uplink
 //! (`bpf_redirect`), whose egress program then does the source half of the
 //! translation as usual. Both decrement the TTL as forwarding would.
+//! Between two containers of one network (switched, not routed: no TTL
+//! change), an untracked packet the sender's port allowed goes from that
+//! port straight to the other container's veth peer, past the bridge and
+//! the other port's egress program, whose checks it would pass (the same
+//! network's frame policy, a managed source, no flow to translate).
 //! Anything unusual (fragments, a TTL about to expire, an internal network,
 //! an unresolved neighbour, a route that does not leave through an uplink)
 //! takes the normal path.
@@ -18,7 +23,7 @@ use netpath_common::{IfaceRole, counter_kind, counter_scope, net_flags};
 
 use crate::{
     counters::count,
-    lookup::{iface, network},
+    lookup::{iface, network, same_mac},
     maps::NP_ENDPOINTS4,
     parse::{Ip4, L3, ip4_off},
 };
@@ -66,6 +71,57 @@ pub fn to_container4(ctx: &TcContext, ip: &Ip4, daddr: u32) -> Option<i32> {
         counter_scope::NETWORK,
         ep.net_id,
         counter_kind::NET_TO_CONTAINERS,
+        len,
+    );
+    count(
+        counter_scope::IFACE,
+        ep.ifindex,
+        counter_kind::IF_EGRESS,
+        len,
+    );
+    // SAFETY: no preconditions beyond a valid ifindex (checked by the helper).
+    Some(unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32)
+}
+
+/// An untracked packet from the container at port `from` to a neighbour
+/// on its network `net_id`, allowed by the port's policy: straight to the
+/// neighbour's veth peer when it is addressed (MAC and IPv4) to a
+/// container bound or learned at another managed port of the network.
+/// `None`: take the bridge.
+#[inline(always)]
+pub fn to_neighbour4(ctx: &TcContext, ip: &Ip4, from: u32, net_id: u32) -> Option<i32> {
+    if ip.is_fragment() {
+        return None;
+    }
+    // SAFETY: the value is Copy and read at once.
+    let ep = unsafe { NP_ENDPOINTS4.get(ip.daddr) }.copied()?;
+    if ep.net_id != net_id || ep.ifindex == from {
+        return None;
+    }
+    // Skipping its egress program is only right for a port netpath
+    // manages in this network (one being set up or torn down goes the
+    // long way).
+    let port = iface(ep.ifindex)?;
+    if port.role != IfaceRole::Port as u32 || port.net_id != net_id {
+        return None;
+    }
+    // Addressed to that container at layer 2 too (not to the bridge, a
+    // stale MAC, or a broadcast).
+    let dst: [u8; 6] = ctx.load(0).ok()?;
+    if !same_mac(&dst, &ep.mac) {
+        return None;
+    }
+    let len = ctx.len();
+    count(
+        counter_scope::NETWORK,
+        net_id,
+        counter_kind::NET_TO_CONTAINERS,
+        len,
+    );
+    count(
+        counter_scope::NETWORK,
+        net_id,
+        counter_kind::NET_C2C_FAST,
         len,
     );
     count(

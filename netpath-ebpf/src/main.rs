@@ -56,7 +56,9 @@ enum Dir {
 }
 
 // One program per interface role and direction, so each verifies (and
-// gets its stack) on its own; the loader attaches the one that fits.
+// gets its stack) on its own; the loader attaches the one that fits. A
+// bridge has none at egress: what the host sends to containers is judged
+// at their ports, and an attachment costs an RCU grace period.
 
 #[classifier]
 pub fn netpath_up_in(ctx: TcContext) -> i32 {
@@ -89,11 +91,6 @@ pub fn netpath_br_in(ctx: TcContext) -> i32 {
     hook(&ctx, IfaceRole::Bridge, Dir::Ingress, |ctx, _, iface| {
         bridge::ingress(ctx, iface)
     })
-}
-
-#[classifier]
-pub fn netpath_br_eg(ctx: TcContext) -> i32 {
-    hook(&ctx, IfaceRole::Bridge, Dir::Egress, |_, _, _| TCX_NEXT)
 }
 
 /// The conntrack sweep (run by the loader with BPF_PROG_TEST_RUN, never

@@ -6,7 +6,8 @@
 //!   whatever the networks (the flow was allowed when it was created;
 //!   Docker's DNAT happens before its isolation chains too); then the
 //!   destination policy (`isolate`); allowed packets for the outside take
-//!   the fast path.
+//!   the fast path, and so do untracked ones for a neighbour on the same
+//!   network (port to port, see `fastpath::to_neighbour4`).
 //! - Egress (delivered to a container): the same frame policy; an internal
 //!   network only receives from its own subnet; what comes in through an
 //!   interface netpath does not manage is judged like traffic from outside
@@ -38,8 +39,14 @@ use crate::{
 
 /// What a container's packet at its port turned out to be.
 enum PortNat {
-    /// Not a published-port flow: the port's policy decides.
+    /// Not a published-port flow and no flow of the tracker's at all: the
+    /// port's policy decides, and a packet for a neighbour on the same
+    /// network may go port to port.
     None,
+    /// Not a published-port flow, but one the tracker knows (or an ICMP
+    /// error, a later fragment): the port's policy decides, and the
+    /// packet takes the bridge so the other port's egress sees it.
+    Tracked,
     /// A published port, or an answer from one: allowed.
     Published,
     /// Dropped with this verdict.
@@ -76,12 +83,16 @@ pub fn ingress(ctx: &TcContext, ifindex: u32, iface: &IfaceInfo) -> i32 {
     if let Err(v) = sender.check_ipv4(ctx, ip.saddr, ip.daddr) {
         return v;
     }
-    match flows_in(ctx, &ip, net_id, &net) {
+    let untracked = match flows_in(ctx, &ip, net_id, &net) {
         PortNat::Published => return fast_out(ctx, net_id, &net),
         PortNat::Verdict(v) => return v,
-        PortNat::None => {}
-    }
+        PortNat::None => true,
+        PortNat::Tracked => false,
+    };
     match isolate::destination(&net, net_id, ip.daddr) {
+        Ok(()) if untracked && network_of(ip.daddr) == Some(net_id) => {
+            fastpath::to_neighbour4(ctx, &ip, ifindex, net_id).unwrap_or(TCX_NEXT)
+        }
         Ok(()) => fast_out(ctx, net_id, &net),
         Err(reason) => drop(ctx, net_id, reason),
     }
@@ -113,16 +124,16 @@ fn flows_in(ctx: &TcContext, ip: &Ip4, net_id: u32, net: &NetworkInfo) -> PortNa
     if ip.is_later_fragment() {
         return match later_fragment4(ctx, ip, Phase::Ingress) {
             Some(true) => PortNat::Published,
-            _ => PortNat::None,
+            _ => PortNat::Tracked,
         };
     }
     let Ok(l4) = parse::l4(ctx, ip) else {
-        return PortNat::None;
+        return PortNat::Tracked;
     };
     if l4.kind == L4Kind::IcmpError {
         return match icmp_error4(ctx, ip, Phase::Ingress) {
             Some(true) => PortNat::Published,
-            _ => PortNat::None,
+            _ => PortNat::Tracked,
         };
     }
     let key = packet_key(ip, &l4);
@@ -151,7 +162,7 @@ fn flows_in(ctx: &TcContext, ip: &Ip4, net_id: u32, net: &NetworkInfo) -> PortNa
     if dnat {
         PortNat::Published
     } else {
-        PortNat::None
+        PortNat::Tracked
     }
 }
 

@@ -44,6 +44,11 @@ pub enum Attach {
     Updated,
     /// The pinned link already ran this build's program.
     Unchanged,
+    /// The role runs no program in this direction, and an earlier build's
+    /// link there was removed.
+    Removed,
+    /// The role runs no program in this direction.
+    NotUsed,
 }
 
 /// Identifies this build (version and embedded programs). Loaded programs
@@ -343,7 +348,8 @@ impl Datapath {
     }
 
     /// Makes sure `ifname` (`ifindex`) runs this build's program for `role`
-    /// in `dir`, through a TCX link pinned in `state`.
+    /// in `dir`, through a TCX link pinned in `state` (and nothing where
+    /// the role has no program).
     pub fn ensure_attached(
         &mut self,
         state: &StateDir,
@@ -353,6 +359,13 @@ impl Datapath {
         dir: Dir,
     ) -> Result<Attach> {
         let pin = state.link_pin(ifindex, dir);
+        if !crate::state::has_program(role, dir) {
+            if pin.exists() {
+                sys::detach_pinned_link(&pin)?;
+                return Ok(Attach::Removed);
+            }
+            return Ok(Attach::NotUsed);
+        }
         let prog = self.program(role, dir)?;
         let info = prog.info()?;
         let (tag, ours, maps) = (info.tag(), info.id(), info.map_ids()?);

@@ -161,6 +161,8 @@ fn attach_word(a: Attach) -> &'static str {
         Attach::Created => "attached",
         Attach::Updated => "replaced by this build",
         Attach::Unchanged => "unchanged",
+        Attach::Removed => "an earlier build's program removed (none needed)",
+        Attach::NotUsed => "none needed",
     }
 }
 

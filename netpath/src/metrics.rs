@@ -137,6 +137,11 @@ pub fn render(s: &Snapshot) -> Result<String> {
         "Bytes sent by or delivered to a network's containers",
         &["network", "direction"],
     )?;
+    let c2c = counters(
+        "netpath_c2c_fast_packets_total",
+        "Packets between two containers of a network handed from port to port, past the bridge (also in netpath_forward_packets_total to_containers)",
+        &["network"],
+    )?;
     let nat = counters(
         "netpath_nat_translations_total",
         "Packets translated: snat (masquerade), rev_snat (replies), dnat (published ports), rev_dnat",
@@ -194,6 +199,9 @@ pub fn render(s: &Snapshot) -> Result<String> {
                 fwd_packets.with_label_values(&l).inc_by(packets);
                 fwd_bytes.with_label_values(&l).inc_by(bytes);
             }
+            (counter_scope::NETWORK, counter_kind::NET_C2C_FAST, _) => c2c
+                .with_label_values(&[network(id).as_str()])
+                .inc_by(packets),
             (
                 counter_scope::NETWORK,
                 counter_kind::NET_SNAT

@@ -40,8 +40,8 @@ impl IfaceChange {
     /// Whether anything about this interface changed.
     pub fn changed(&self) -> bool {
         self.previous != Some(self.role)
-            || self.ingress != Attach::Unchanged
-            || self.egress != Attach::Unchanged
+            || !matches!(self.ingress, Attach::Unchanged | Attach::NotUsed)
+            || !matches!(self.egress, Attach::Unchanged | Attach::NotUsed)
     }
 }
 

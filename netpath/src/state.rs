@@ -72,8 +72,13 @@ pub const fn tc_program(role: netpath_common::IfaceRole, dir: Dir) -> &'static s
     }
 }
 
-/// Every TC program, in the order `Datapath` keeps them.
-pub const TC_PROGRAMS: [(netpath_common::IfaceRole, Dir); 6] = {
+/// Every TC program, in the order `Datapath` keeps them. A bridge has
+/// nothing to do at egress (what the host sends to containers is judged at
+/// their ports), so it gets no program there: every TCX attachment waits
+/// for an RCU grace period (10–15 ms here), which made a network's second
+/// attachment half the cost of creating one. Earlier builds attached
+/// `netpath_br_eg` (a pass-through); the reconcile removes those links.
+pub const TC_PROGRAMS: [(netpath_common::IfaceRole, Dir); 5] = {
     use netpath_common::IfaceRole as R;
     [
         (R::Uplink, Dir::Ingress),
@@ -81,9 +86,13 @@ pub const TC_PROGRAMS: [(netpath_common::IfaceRole, Dir); 6] = {
         (R::Port, Dir::Ingress),
         (R::Port, Dir::Egress),
         (R::Bridge, Dir::Ingress),
-        (R::Bridge, Dir::Egress),
     ]
 };
+
+/// Whether an interface of `role` runs a program in `dir`.
+pub fn has_program(role: netpath_common::IfaceRole, dir: Dir) -> bool {
+    TC_PROGRAMS.contains(&(role, dir))
+}
 
 /// The conntrack sweep program (run with BPF_PROG_TEST_RUN, never attached).
 pub const SWEEP_PROGRAM: &str = "netpath_sweep";

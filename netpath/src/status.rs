@@ -39,6 +39,9 @@ pub struct NetworkStatus {
     pub no_masquerade_to: Vec<String>,
     pub from_containers: Traffic,
     pub to_containers: Traffic,
+    /// Of `to_containers`, what went port to port within the network
+    /// (the fast path, past the bridge).
+    pub c2c_fast: Traffic,
     /// Packets source-translated on the way out (incl. ICMP errors).
     pub snat: Traffic,
     /// Replies, later fragments and ICMP errors translated back.
@@ -208,6 +211,7 @@ pub async fn status() -> Result<Status> {
             drops: drops(maps, counter_scope::NETWORK, id)?,
             from_containers: net(counter_kind::NET_FROM_CONTAINERS)?,
             to_containers: net(counter_kind::NET_TO_CONTAINERS)?,
+            c2c_fast: net(counter_kind::NET_C2C_FAST)?,
         });
     }
     let lease_owner: BTreeMap<u32, u32> = maps
@@ -340,7 +344,15 @@ impl Status {
                         )
                     },
                     fmt_traffic(n.from_containers),
-                    fmt_traffic(n.to_containers),
+                    if n.c2c_fast.packets == 0 {
+                        fmt_traffic(n.to_containers)
+                    } else {
+                        format!(
+                            "{} ({} port to port)",
+                            fmt_traffic(n.to_containers),
+                            n.c2c_fast.packets
+                        )
+                    },
                 ]
             })
             .collect();

@@ -15,7 +15,8 @@ use harness::{
 };
 use netpath::{attach::Datapath, codec, spec, state::Dir};
 use netpath_common::{
-    DropReason, Endpoint, GatewayMode, IfaceInfo, IfaceRole, TargetKey4, counter_scope,
+    DropReason, Endpoint, GatewayMode, IfaceInfo, IfaceRole, TargetKey4, counter_kind,
+    counter_scope,
     ct::{CtKey4, ct_flags},
     iface_flags, net_flags,
 };
@@ -455,5 +456,129 @@ fn an_unbound_port_borrows_no_mac_and_sends_from_nowhere_only_to_broadcast() {
             _pad: [0; 2],
         };
         assert_eq!(dp.maps.macs.get(&own, 0).unwrap(), LO);
+    });
+}
+
+/// TC_ACT_REDIRECT: what `bpf_redirect_peer` returns (BPF_PROG_TEST_RUN
+/// reports the verdict; the kernel does not carry the redirect out).
+const REDIRECT: u32 = 7;
+
+#[test]
+fn a_neighbour_on_the_same_network_is_reached_port_to_port() {
+    require_root!();
+    in_netns("c2c", |pins| {
+        let mut dp = datapath(pins, 0);
+        // C2 is bound at another managed port (ifindex 42) of network 1.
+        let c2_mac = [2, 0, 0, 0, 0, 0x42];
+        let c2 = Endpoint {
+            ifindex: 42,
+            net_id: 1,
+            mac: c2_mac,
+            _pad: [0; 2],
+        };
+        dp.maps.endpoints4.insert(codec::be(C2), c2, 0).unwrap();
+        let port = IfaceInfo {
+            role: IfaceRole::Port as u32,
+            net_id: 1,
+            ..Default::default()
+        };
+        dp.maps.ifaces.insert(42, port, 0).unwrap();
+        let to_c2 = packet::with_macs(udp_to(C1, C2), c2_mac, MAC);
+        let fast =
+            |dp: &Datapath| counter(dp, counter_scope::NETWORK, 1, counter_kind::NET_C2C_FAST);
+        let (verdict, out) = run(&mut dp, Dir::Ingress, &to_c2, 1);
+        assert_eq!(verdict, REDIRECT, "handed to C2's veth peer");
+        assert_eq!(
+            out, to_c2,
+            "switched, not routed: not a byte changed (TTL kept)"
+        );
+        assert_eq!(fast(&dp), (1, to_c2.len() as u64));
+        assert_eq!(
+            counter(&dp, counter_scope::IFACE, 42, counter_kind::IF_EGRESS).0,
+            1,
+            "counted as delivered at C2's port"
+        );
+
+        // The bridge's way for everything else.
+        let to_bridge_mac = packet::with_macs(udp_to(C1, C2), [2, 0, 0, 0, 0, 0x77], MAC);
+        assert_eq!(
+            run(&mut dp, Dir::Ingress, &to_bridge_mac, 1).0,
+            TCX_NEXT,
+            "another MAC"
+        );
+        let broadcast = packet::with_macs(udp_to(C1, C2), [0xff; 6], MAC);
+        assert_eq!(
+            run(&mut dp, Dir::Ingress, &broadcast, 1).0,
+            TCX_NEXT,
+            "broadcast"
+        );
+        let first_fragment = packet::with_macs(
+            frame(
+                UDP,
+                C1,
+                C2,
+                &packet::udp(C1, C2, 1000, 2000, b"x", true),
+                7,
+                0x2000,
+            ),
+            c2_mac,
+            MAC,
+        );
+        assert_eq!(
+            run(&mut dp, Dir::Ingress, &first_fragment, 1).0,
+            TCX_NEXT,
+            "a fragment"
+        );
+        // A flow the tracker knows goes past C2's egress program.
+        let key = CtKey4::new(
+            codec::be(C1),
+            codec::be(C2),
+            1000u16.to_be(),
+            2000u16.to_be(),
+            UDP,
+        );
+        // An untranslated entry (its source written as it is).
+        let entry = netpath_common::ct::CtEntry4 {
+            peer: CtKey4::new(key.daddr_be, key.saddr_be, key.dport_be, key.sport_be, UDP),
+            nat_addr_be: key.saddr_be,
+            nat_port_be: key.sport_be,
+            net_id: 1,
+            ..Default::default()
+        };
+        dp.maps.ct4.insert(key, entry, 0).unwrap();
+        assert_eq!(run(&mut dp, Dir::Ingress, &to_c2, 1).0, TCX_NEXT, "tracked");
+        dp.maps.ct4.remove(&key).unwrap();
+        // C2's port being set up in another network, or not a port at all.
+        dp.maps
+            .ifaces
+            .insert(42, IfaceInfo { net_id: 2, ..port }, 0)
+            .unwrap();
+        assert_eq!(
+            run(&mut dp, Dir::Ingress, &to_c2, 1).0,
+            TCX_NEXT,
+            "port of another network"
+        );
+        dp.maps.ifaces.remove(&42).unwrap();
+        assert_eq!(
+            run(&mut dp, Dir::Ingress, &to_c2, 1).0,
+            TCX_NEXT,
+            "unmanaged port"
+        );
+        dp.maps.ifaces.insert(42, port, 0).unwrap();
+        assert_eq!(fast(&dp).0, 1, "none of those took the fast path");
+
+        // ICC off: dropped as before, never redirected.
+        let mut net = dp.maps.networks.get(&1, 0).unwrap();
+        net.flags |= net_flags::NO_ICC;
+        dp.maps.networks.insert(1, net, 0).unwrap();
+        assert_eq!(run(&mut dp, Dir::Ingress, &to_c2, 1).0, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::Icc), 1);
+        net.flags &= !net_flags::NO_ICC;
+        dp.maps.networks.insert(1, net, 0).unwrap();
+        // A spoofed source never gets there either.
+        let spoofed = packet::with_macs(udp_to(C3, C2), c2_mac, MAC);
+        assert_eq!(run(&mut dp, Dir::Ingress, &spoofed, 1).0, SHOT);
+        assert_eq!(run(&mut dp, Dir::Ingress, &to_c2, 1).0, REDIRECT);
+        assert_eq!(fast(&dp).0, 2);
     });
 }

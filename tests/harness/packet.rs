@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 pub use netpath::lab::frames::{
     ETH, ICMP, SCTP, SCTP_INIT, SCTP_INIT_ACK, TCP, UDP, checksum, echo, frame, icmp, ipv4_header,
-    l4_valid, sctp, sctp_crc_valid, tcp, udp, valid,
+    l4_valid, sctp, sctp_crc_valid, tcp, udp, valid, with_macs,
 };
 
 /// Fields read back from an output frame.

@@ -470,3 +470,88 @@ fn a_hundred_networks_stay_isolated() {
     assert!(drops(&s, "nb0", "drop_isolation") >= 1);
     assert!(drops(&s, "nb99", "drop_isolation") >= 1);
 }
+
+/// Packets the kernel sent out of `dev` in `ns` (its own statistics, not
+/// netpath's counters).
+fn tx_packets(ns: &Netns, dev: &str) -> u64 {
+    let out = ns.ip(&["-s", "-j", "link", "show", dev]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v[0]["stats64"]["tx"]["packets"].as_u64().unwrap()
+}
+
+#[test]
+fn neighbours_on_one_network_go_port_to_port_past_the_bridge() {
+    require_root!();
+    let lab = lab_up();
+    let c2c = |lab: &Lab| {
+        status(&lab.host)["networks"][0]["c2c_fast"]["packets"]
+            .as_u64()
+            .unwrap()
+    };
+    // A first exchange teaches both ports their containers (the fast path
+    // needs the other end bound or learned) and the containers each other's MAC.
+    topology::tcp_echo(
+        &lab.c2,
+        addr("0.0.0.0", 7201),
+        &lab.c1,
+        addr(Lab::C2, 7201),
+        b"hi",
+    )
+    .unwrap();
+    let before = (
+        c2c(&lab),
+        tx_packets(&lab.host, "c1h"),
+        tx_packets(&lab.host, "c2h"),
+    );
+    for i in 0..5u8 {
+        let seen = topology::tcp_echo(
+            &lab.c2,
+            addr("0.0.0.0", 7202),
+            &lab.c1,
+            addr(Lab::C2, 7202),
+            &[i; 1000],
+        )
+        .unwrap();
+        assert_eq!(seen.ip().to_string(), Lab::C1, "the client's own address");
+        topology::udp_echo(
+            &lab.c1,
+            addr("0.0.0.0", 7203),
+            &lab.c2,
+            addr(Lab::C1, 7203),
+            &[i; 64],
+        )
+        .unwrap();
+    }
+    let after = (
+        c2c(&lab),
+        tx_packets(&lab.host, "c1h"),
+        tx_packets(&lab.host, "c2h"),
+    );
+    // Five TCP connections are at least 25 packets, five UDP echoes 10.
+    assert!(
+        after.0 >= before.0 + 35,
+        "port to port: {}",
+        after.0 - before.0
+    );
+    // Through the bridge, the host ends of the veths would have sent every
+    // one of them (an ARP refresh may still go the bridge's way).
+    assert!(
+        after.1 - before.1 < 5 && after.2 - before.2 < 5,
+        "the bridge delivered {} to c1 and {} to c2",
+        after.1 - before.1,
+        after.2 - before.2
+    );
+    // ICC off stops them at once, live containers and all.
+    netpath_ok(&lab.host, &["network", "set", Lab::BRIDGE, "--icc=false"]);
+    blocked(
+        topology::tcp_echo(
+            &lab.c2,
+            addr("0.0.0.0", 7204),
+            &lab.c1,
+            addr(Lab::C2, 7204),
+            b"x",
+        ),
+        "TCP c1->c2 with ICC off",
+    );
+    assert_eq!(c2c(&lab), after.0, "nothing port to port with ICC off");
+}

@@ -212,20 +212,32 @@ impl ArmLab {
                     .filter(|m| m["host_port"] == PORT)
                     .map(|m| m["to_container"]["packets"].as_u64().unwrap_or(0))
                     .sum();
-                let snat = status["networks"]
+                let net = status["networks"]
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .find(|n| n["bridge"] == Lab::BRIDGE)
-                    .map_or(0, |n| n["snat"]["packets"].as_u64().unwrap_or(0));
+                    .find(|n| n["bridge"] == Lab::BRIDGE);
+                let net_packets =
+                    |what: &str| net.map_or(0, |n| n[what]["packets"].as_u64().unwrap_or(0));
                 let arm = self.arm.name();
-                vec![
+                let mut v = vec![
                     (
                         format!("{arm} published {PORT} packets to container"),
                         measured,
                     ),
-                    (format!("{arm} masquerade (snat) packets"), snat),
-                ]
+                    (
+                        format!("{arm} masquerade (snat) packets"),
+                        net_packets("snat"),
+                    ),
+                ];
+                // An older build (the baseline) has no port-to-port path.
+                if self.arm == Arm::Netpath {
+                    v.push((
+                        format!("{arm} container to container, port to port"),
+                        net_packets("c2c_fast"),
+                    ));
+                }
+                v
             }
             Arm::Iptables => {
                 let out = topology::run(
@@ -249,6 +261,12 @@ impl ArmLab {
                     (
                         "iptables MASQUERADE for the subnet packets".to_owned(),
                         count(&|l: &str| l.contains("MASQUERADE") && l.contains(Lab::SUBNET)),
+                    ),
+                    (
+                        // Bridged traffic walks FORWARD (br_netfilter, as
+                        // Docker sets it up) and ends at `-i np0 -o np0`.
+                        format!("iptables FORWARD -i {0} -o {0} ACCEPT packets", Lab::BRIDGE),
+                        forward_within(&self.lab.host)?,
                     ),
                 ]
             }
@@ -282,6 +300,23 @@ impl ArmLab {
             })
             .unwrap_or_else(|e| format!("unavailable: {e:#}"))
     }
+}
+
+/// Packets of `-A FORWARD -i np0 -o np0 -j ACCEPT` (the counter of the
+/// rule Docker adds for traffic between two containers of one network).
+fn forward_within(host: &topology::Netns) -> Result<u64> {
+    let out = topology::run(
+        host.command("iptables")
+            .args(["-L", "FORWARD", "-v", "-x", "-n"]),
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 7 && f[2] == "ACCEPT" && f[5] == Lab::BRIDGE && f[6] == Lab::BRIDGE
+        })
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum())
 }
 
 /// Feeds `rules` to `iptables-restore` inside `ns`.

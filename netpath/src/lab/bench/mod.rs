@@ -97,6 +97,7 @@ fn measure(lab: &ArmLab, workload: &'static str, dur: Duration) -> Result<Vec<(M
     let l = &lab.lab;
     let published = lab.published();
     let ext: SocketAddrV4 = SocketAddrV4::new(Lab::EXT.parse()?, EXT_PORT);
+    let c2c: SocketAddrV4 = SocketAddrV4::new(Lab::C2.parse()?, PORT);
     Ok(match workload {
         "dnat tcp stream" => vec![(
             (workload, "throughput", "Gbit/s", true),
@@ -124,6 +125,28 @@ fn measure(lab: &ArmLab, workload: &'static str, dur: Duration) -> Result<Vec<(M
             (workload, "rate", "conn/s", true),
             load::tcp_cps(&l.c1, PORT, &l.ext, published, dur)?,
         )],
+        // Two containers of one network: the server on c2, the client on c1.
+        "c2c rr" => {
+            let rtts = load::tcp_rr(&l.c2, PORT, &l.c1, c2c, dur, None)?;
+            vec![
+                (
+                    (workload, "p50", "µs", false),
+                    load::percentile(&rtts, 50.0),
+                ),
+                (
+                    (workload, "p99", "µs", false),
+                    load::percentile(&rtts, 99.0),
+                ),
+            ]
+        }
+        "c2c udp 64B" => vec![(
+            (workload, "received", "pps", true),
+            load::udp_pps(&l.c2, PORT, &l.c1, c2c, dur)?,
+        )],
+        "c2c conn/s" => vec![(
+            (workload, "rate", "conn/s", true),
+            load::tcp_cps(&l.c2, PORT, &l.c1, c2c, dur)?,
+        )],
         "snat tcp stream" => vec![(
             (workload, "throughput", "Gbit/s", true),
             load::tcp_stream(&l.ext, EXT_PORT, &l.c1, ext, dur)?,
@@ -136,7 +159,10 @@ fn measure(lab: &ArmLab, workload: &'static str, dur: Duration) -> Result<Vec<(M
     })
 }
 
-const WORKLOADS: [&str; 7] = [
+const WORKLOADS: [&str; 10] = [
+    "c2c conn/s",
+    "c2c rr",
+    "c2c udp 64B",
     "dnat conn/s",
     "dnat rr",
     "dnat rr @2k/s",
