@@ -169,24 +169,85 @@ impl ArmLab {
     }
 
     /// Adds managed networks until there are `m` (the measured one, np0,
-    /// is the oldest: last in iptables' chains). Returns the time taken.
-    pub fn set_networks(&mut self, m: u32) -> Result<Duration> {
+    /// is the oldest: last in iptables' chains), each arm its way: netpath
+    /// one `netpath up` per network (as `docker network create` makes one
+    /// each); iptables its best case, every bridge from one `ip -batch`
+    /// and then one `iptables-restore` of the whole ruleset; bare the
+    /// bridges alone.
+    pub fn set_networks(&mut self, m: u32) -> Result<NetworksTiming> {
         let t = Instant::now();
-        for i in self.networks..m {
-            let (bridge, subnet) = extra_net(i);
-            match self.arm {
-                Arm::Netpath | Arm::Baseline => {
+        let mut timing = NetworksTiming {
+            from: self.networks,
+            ..Default::default()
+        };
+        match self.arm {
+            Arm::Netpath | Arm::Baseline => {
+                for i in self.networks..m {
+                    let (bridge, subnet) = extra_net(i);
+                    let one = Instant::now();
                     self.netpath(&["up", "--bridge", &bridge, "--subnet", &subnet])?;
+                    timing.each.push(one.elapsed());
                 }
-                Arm::Iptables | Arm::Bare => {
+            }
+            Arm::Iptables | Arm::Bare => {
+                let mut batch = String::new();
+                for i in self.networks..m {
+                    let (bridge, subnet) = extra_net(i);
                     let gw = subnet.replace(".0/24", ".1/24");
-                    self.plain_bridge(&bridge, &gw)?;
+                    let _ = writeln!(
+                        batch,
+                        "link add {bridge} type bridge\naddr add {gw} dev {bridge}\nlink set {bridge} up"
+                    );
+                }
+                if !batch.is_empty() {
+                    ip_batch(&self.lab.host, &batch)?;
                 }
             }
         }
         self.networks = self.networks.max(m);
         if self.arm == Arm::Iptables {
+            let r = Instant::now();
             self.restore()?;
+            timing.restore = Some(r.elapsed());
+        }
+        timing.to = self.networks;
+        timing.total = t.elapsed();
+        Ok(timing)
+    }
+
+    /// Creates `n` more networks (`na1`…, 10.201.i.0/24) with one
+    /// `netpath apply` (netpath arms only): the batched way, one lock and
+    /// one reconcile for all of them.
+    pub fn apply_networks(&self, n: u32) -> Result<Duration> {
+        let mut file = String::new();
+        for i in 1..=n {
+            let _ = writeln!(
+                file,
+                "[[network]]\nbridge = \"na{i}\"\nsubnet = \"10.201.{i}.0/24\"\n"
+            );
+        }
+        let t = Instant::now();
+        let mut child = self
+            .lab
+            .host
+            .netpath(&self.exe)
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running netpath apply")?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(file.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "netpath apply: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(t.elapsed())
     }
@@ -319,9 +380,47 @@ fn forward_within(host: &topology::Netns) -> Result<u64> {
         .sum())
 }
 
+/// How long adding networks took on one arm.
+#[derive(Clone, Debug, Default)]
+pub struct NetworksTiming {
+    /// Networks before and after.
+    pub from: u32,
+    pub to: u32,
+    pub total: Duration,
+    /// Each `netpath up` (netpath arms), in order.
+    pub each: Vec<Duration>,
+    /// Of the total, the one `iptables-restore` (iptables arm).
+    pub restore: Option<Duration>,
+}
+
+/// Runs `ip -batch -` inside `ns` on `lines`.
+fn ip_batch(ns: &topology::Netns, lines: &str) -> Result<()> {
+    let mut child = std::process::Command::new("ip")
+        .args(["-n", &ns.name, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running ip -batch")?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(lines.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("ip -batch: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
 /// Feeds `rules` to `iptables-restore` inside `ns`.
 pub fn iptables_restore(ns: &topology::Netns, rules: &str, noflush: bool) -> Result<()> {
-    let mut cmd = ns.command("iptables-restore");
+    // nsenter rather than `ip netns exec` (which also remounts /sys): the
+    // timing is iptables-restore's own.
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", ns.name))
+        .arg("iptables-restore");
     if noflush {
         cmd.arg("--noflush");
     }

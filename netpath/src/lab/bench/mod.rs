@@ -8,6 +8,7 @@
 
 pub mod arms;
 pub mod cni;
+pub mod control;
 pub mod daemon;
 pub mod load;
 pub mod monitor;
@@ -79,6 +80,10 @@ pub struct Results {
     pub offloads: String,
     pub evidence: Vec<(Arm, Scale, String, u64)>,
     pub control_plane: Vec<ControlPlane>,
+    /// Networks added, step by step, per arm (see [`control`]).
+    pub network_steps: Vec<control::NetworkStep>,
+    /// Ports published, step by step, per arm.
+    pub publish_steps: Vec<control::PublishStep>,
     /// The binary of the baseline arm, if one ran.
     pub baseline: Option<String>,
     pub daemon: Vec<daemon::DaemonCost>,
@@ -212,6 +217,8 @@ fn cni_only(opts: &Options, exe: &std::path::Path, dur: Duration) -> Result<Resu
         offloads: String::new(),
         evidence: Vec::new(),
         control_plane: Vec::new(),
+        network_steps: Vec::new(),
+        publish_steps: Vec::new(),
         baseline: None,
         daemon: Vec::new(),
         monitor: Vec::new(),
@@ -296,6 +303,8 @@ pub fn run(opts: &Options) -> Result<Results> {
         offloads: labs[0].offloads(),
         evidence: Vec::new(),
         control_plane: Vec::new(),
+        network_steps: Vec::new(),
+        publish_steps: Vec::new(),
         baseline: opts.baseline.as_ref().map(|b| b.display().to_string()),
         daemon: Vec::new(),
         monitor: Vec::new(),
@@ -311,8 +320,19 @@ pub fn run(opts: &Options) -> Result<Results> {
             .collect();
         for lab in labs.iter_mut().filter(|l| i == 0 || l.arm != Arm::Baseline) {
             lab.set_ports(1)?;
-            lab.set_networks(scale.networks)?;
-            lab.set_ports(scale.ports)?;
+            let nets = lab.set_networks(scale.networks)?;
+            let t = lab.set_ports(scale.ports)?;
+            if matches!(lab.arm, Arm::Iptables | Arm::Netpath) {
+                res.network_steps
+                    .push(control::NetworkStep::new(lab.arm, &nets));
+                if scale.ports > 1 {
+                    res.publish_steps.push(control::PublishStep {
+                        arm: lab.arm,
+                        ports: scale.ports,
+                        seconds: t.as_secs_f64(),
+                    });
+                }
+            }
         }
         for rep in 0..opts.reps {
             for (w, workload) in WORKLOADS.iter().enumerate() {
@@ -392,18 +412,43 @@ pub fn run(opts: &Options) -> Result<Results> {
     {
         lab.set_ports(1)?;
         let t = lab.set_ports(cp_ports)?;
-        res.control_plane.push(ControlPlane {
-            arm: lab.arm,
-            what: format!("publish {cp_ports} ports"),
+        let arm = lab.arm;
+        res.publish_steps.push(control::PublishStep {
+            arm,
+            ports: cp_ports,
             seconds: t.as_secs_f64(),
         });
+        let mut row = |what: String, seconds: f64| {
+            res.control_plane.push(ControlPlane { arm, what, seconds });
+        };
+        row(format!("publish {cp_ports} ports"), t.as_secs_f64());
         let from = scales.iter().map(|s| s.networks).max().unwrap_or(1);
         let t = lab.set_networks(from + cp_nets)?;
-        res.control_plane.push(ControlPlane {
-            arm: lab.arm,
-            what: format!("create {cp_nets} networks"),
-            seconds: t.as_secs_f64(),
-        });
+        let batched = format!(
+            "create {cp_nets} networks in one batch (iptables: one `ip -batch` for the bridges + one `iptables-restore`; netpath: one `netpath apply`)"
+        );
+        match arm {
+            Arm::Iptables => {
+                row(batched, t.total.as_secs_f64());
+                if let Some(r) = t.restore {
+                    row(
+                        format!(
+                            "of it, the `iptables-restore` of the whole ruleset ({} networks)",
+                            t.to
+                        ),
+                        r.as_secs_f64(),
+                    );
+                }
+            }
+            _ => {
+                row(
+                    format!("create {cp_nets} networks, one `netpath up` each"),
+                    t.total.as_secs_f64(),
+                );
+                row(batched, lab.apply_networks(cp_nets)?.as_secs_f64());
+            }
+        }
+        res.network_steps.push(control::NetworkStep::new(arm, &t));
     }
     drop(labs);
     if !opts.daemon_only {

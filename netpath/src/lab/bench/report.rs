@@ -191,7 +191,7 @@ pub fn table(res: &Results) -> String {
     if !res.control_plane.is_empty() {
         let _ = writeln!(
             s,
-            "**Control plane** (iptables: one `iptables-restore` of Docker's rules, its best case)\n"
+            "**Control plane** (iptables: its best case, one `iptables-restore` of Docker's whole ruleset; the chart is `control.svg`)\n"
         );
         let _ = writeln!(s, "| operation | iptables | netpath |");
         let _ = writeln!(s, "|---|---|---|");
@@ -210,7 +210,9 @@ pub fn table(res: &Results) -> String {
             };
             let _ = writeln!(s, "| {op} | {} | {} |", t(Arm::Iptables), t(Arm::Netpath));
         }
+        let _ = writeln!(s);
     }
+    super::control::section(&mut s, res);
     s
 }
 
@@ -331,6 +333,7 @@ pub(super) fn write_outputs(res: &Results, out: &Path) -> Result<()> {
     std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(res)?)?;
     std::fs::write(out.join("bench.md"), table(res))?;
     std::fs::write(out.join("bench.svg"), chart(res))?;
+    std::fs::write(out.join("control.svg"), super::control::chart(res))?;
     Ok(())
 }
 
