@@ -25,10 +25,15 @@ fn quick_bench_runs_every_arm_and_proves_its_path() {
     );
     for want in [
         "| dnat conn/s |",
-        "| snat tcp stream |",
+        "| snat conn/s |",
         "| dnat rr | p99",
+        "| c2c rr | p50",
+        "| c2c udp 64B |",
         "netpath/iptables",
         "publish 1000 ports",
+        "create 10 networks in one batch",
+        "create 10 networks, one `netpath up` each",
+        "**One more network**",
     ] {
         assert!(stdout.contains(want), "{want:?} missing from:\n{stdout}");
     }
@@ -80,8 +85,8 @@ fn quick_bench_runs_every_arm_and_proves_its_path() {
     let monitor = json["monitor"].as_array().unwrap();
     assert_eq!(monitor.len(), 2, "{monitor:?}");
     for m in monitor {
-        assert_eq!(m["with"].as_array().unwrap().len(), 5, "{m}");
-        assert_eq!(m["without"].as_array().unwrap().len(), 5, "{m}");
+        assert_eq!(m["with"].as_array().unwrap().len(), 3, "{m}");
+        assert_eq!(m["without"].as_array().unwrap().len(), 3, "{m}");
         assert!(
             m["with"]
                 .as_array()
@@ -127,10 +132,21 @@ fn quick_bench_runs_every_arm_and_proves_its_path() {
         }
         assert!(stdout.contains("**CNI pair**"), "{stdout}");
     }
+    for svg in ["bench.svg", "control.svg"] {
+        assert!(
+            std::fs::read_to_string(out.join(svg))
+                .unwrap()
+                .starts_with("<svg"),
+            "{svg}"
+        );
+    }
+    // The control plane step by step: netpath's ups one by one.
+    let steps = json["network_steps"].as_array().unwrap();
     assert!(
-        std::fs::read_to_string(out.join("bench.svg"))
-            .unwrap()
-            .starts_with("<svg")
+        steps
+            .iter()
+            .any(|s| s["arm"] == "netpath" && s["each_ms"].as_array().unwrap().len() == 10),
+        "{steps:?}"
     );
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -177,6 +177,18 @@ const WORKLOADS: [&str; 10] = [
     "snat tcp stream",
 ];
 
+/// What `--quick` (CI) runs: a request/response, a packet rate and a
+/// connection rate for each path, within a minute for the whole run (the
+/// streams and the paced latency are in the full run).
+const QUICK_WORKLOADS: [&str; 6] = [
+    "c2c rr",
+    "c2c udp 64B",
+    "dnat conn/s",
+    "dnat rr",
+    "dnat udp 64B",
+    "snat conn/s",
+];
+
 fn machine() -> BTreeMap<&'static str, String> {
     let mut m = BTreeMap::new();
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
@@ -335,7 +347,12 @@ pub fn run(opts: &Options) -> Result<Results> {
             }
         }
         for rep in 0..opts.reps {
-            for (w, workload) in WORKLOADS.iter().enumerate() {
+            let workloads: &[&str] = if opts.quick {
+                &QUICK_WORKLOADS
+            } else {
+                &WORKLOADS
+            };
+            for (w, workload) in workloads.iter().enumerate() {
                 // Interleave the arms, rotating who goes first.
                 for k in 0..here.len() {
                     let lab = &labs[here[(k + rep + w) % here.len()]];
@@ -394,8 +411,9 @@ pub fn run(opts: &Options) -> Result<Results> {
         && let Some(lab) = labs.iter().find(|l| l.arm == Arm::Netpath)
     {
         eprintln!("netpath bench: the cost of a monitor");
-        res.monitor =
-            monitor::measure(lab, opts.reps, dur).context("measuring a monitor's cost")?;
+        // Quick: three repetitions each way (CI checks the path works).
+        let reps = if opts.quick { 3 } else { opts.reps };
+        res.monitor = monitor::measure(lab, reps, dur).context("measuring a monitor's cost")?;
     }
     eprintln!("netpath bench: the daemon's cost");
     if let Some(lab) = labs.iter_mut().find(|l| l.arm == Arm::Netpath) {
