@@ -20,6 +20,7 @@ pub mod errors;
 pub mod events;
 pub mod filter;
 pub mod lab;
+pub mod loader;
 pub mod metrics;
 pub mod monitor;
 pub mod netns;
