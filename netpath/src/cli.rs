@@ -189,6 +189,12 @@ pub enum Command {
         /// netpath's), at full size unless --quick.
         #[arg(long)]
         cni_only: bool,
+        /// Only conntrack at scale: request/response p99 and connection
+        /// rate with the table empty, holding 100,000 and 1,000,000
+        /// preloaded live flows (--quick: 20,000), iptables and netpath,
+        /// and the memory a flow costs in each.
+        #[arg(long, conflicts_with_all = ["daemon_only", "cni_only"])]
+        conntrack_only: bool,
     },
     /// Run the demo: build a Docker-like topology in fresh network namespaces,
     /// bring netpath up in it, send traffic through masquerade and a published
