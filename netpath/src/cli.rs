@@ -360,8 +360,8 @@ pub enum ConntrackCmd {
         /// established flow is evicted. Live flows are kept: they are
         /// copied into the new table and every interface switches to it at
         /// once; shrinking below the flows alive keeps whole flows, assured
-        /// ones first, then the most recently active. A table costs about
-        /// 120 bytes of kernel memory an entry, two entries a flow, and the
+        /// ones first, then the most recently active. A table costs 144
+        /// bytes of kernel memory an entry, two entries a flow, and the
         /// daemon's passes walk all of it: larger than the default, a calm
         /// table is swept less often in proportion.
         #[arg(long, value_name = "FLOWS", value_parser = clap::value_parser!(u32).range(1024..=8_388_608))]
