@@ -263,13 +263,17 @@ impl Datapath {
             .context("loading netpath's eBPF object (pinned maps from an incompatible build? run `netpath down --all`)")?;
         std::fs::create_dir_all(&scratch)
             .with_context(|| format!("creating {}", scratch.display()))?;
+        // Verified on every CPU at once (`loader`); the sweeper, the
+        // slowest to verify, first.
+        let mut names: Vec<&str> = tc_names().collect();
+        names.reverse();
+        names.extend(SockHook::ALL.iter().map(|h| h.program()));
+        crate::loader::verify(&mut ebpf, &names)?;
         for name in tc_names() {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
                 .try_into()?;
-            prog.load()
-                .with_context(|| format!("verifying program {name}"))?;
             prog.pin(scratch.join(name))
                 .with_context(|| format!("pinning program {name}"))?;
         }
@@ -278,8 +282,6 @@ impl Datapath {
                 .program_mut(h.program())
                 .with_context(|| format!("program {} missing from the object", h.program()))?
                 .try_into()?;
-            prog.load()
-                .with_context(|| format!("verifying program {}", h.program()))?;
             prog.pin(scratch.join(h.program()))
                 .with_context(|| format!("pinning program {}", h.program()))?;
         }

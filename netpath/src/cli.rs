@@ -189,6 +189,12 @@ pub enum Command {
         /// netpath's), at full size unless --quick.
         #[arg(long)]
         cni_only: bool,
+        /// Only conntrack at scale: request/response p99 and connection
+        /// rate with the table empty, holding 100,000 and 1,000,000
+        /// preloaded live flows (--quick: 20,000), iptables and netpath,
+        /// and the memory a flow costs in each.
+        #[arg(long, conflicts_with_all = ["daemon_only", "cni_only"])]
+        conntrack_only: bool,
     },
     /// Run the demo: build a Docker-like topology in fresh network namespaces,
     /// bring netpath up in it, send traffic through masquerade and a published
@@ -354,8 +360,8 @@ pub enum ConntrackCmd {
         /// established flow is evicted. Live flows are kept: they are
         /// copied into the new table and every interface switches to it at
         /// once; shrinking below the flows alive keeps whole flows, assured
-        /// ones first, then the most recently active. A table costs about
-        /// 120 bytes of kernel memory an entry, two entries a flow, and the
+        /// ones first, then the most recently active. A table costs 144
+        /// bytes of kernel memory an entry, two entries a flow, and the
         /// daemon's passes walk all of it: larger than the default, a calm
         /// table is swept less often in proportion.
         #[arg(long, value_name = "FLOWS", value_parser = clap::value_parser!(u32).range(1024..=8_388_608))]

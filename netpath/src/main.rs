@@ -181,6 +181,7 @@ fn run(cli: Cli) -> Result<()> {
         baseline,
         daemon_only,
         cni_only,
+        conntrack_only,
     } = &cli.command
     {
         let res = bench::run(&bench::Options {
@@ -190,6 +191,7 @@ fn run(cli: Cli) -> Result<()> {
             baseline: baseline.clone(),
             daemon_only: *daemon_only,
             cni_only: *cni_only,
+            conntrack_only: *conntrack_only,
         })?;
         print!("{}", bench::table(&res));
         println!(

@@ -102,6 +102,9 @@ pub struct ConntrackStatus {
     pub max_flows: u32,
     /// New flows refused because the table was at that limit.
     pub refused: u64,
+    /// The table's kernel memory (allocated whole when it is created), in
+    /// all, per entry and per flow; `None` if it could not be read.
+    pub memory: Option<crate::ctmem::CtMemory>,
 }
 
 /// The namespace's daemon.
@@ -279,6 +282,8 @@ fn conntrack_status(state: &StateDir, dp: &mut Datapath) -> Result<ConntrackStat
         failed_inserts: ct(counter_kind::CT_INSERT_FAILED)?,
         max_flows: netpath_common::ct::fill::max_flows(capacity),
         refused: ct(counter_kind::CT_REFUSED)?,
+        memory: crate::ctmem::of_pinned(&state.maps_dir().join(netpath_common::map_names::CT4))
+            .ok(),
     })
 }
 
@@ -436,6 +441,20 @@ impl Status {
                 c.evicted,
                 c.failed_inserts
             );
+            if let Some(m) = &c.memory {
+                let _ = writeln!(
+                    head,
+                    "conntrack memory: {:.1} MiB ({:.0} B an entry, {:.0} B a flow; {})",
+                    m.bytes as f64 / f64::from(1 << 20),
+                    m.bytes_per_entry,
+                    m.bytes_per_flow,
+                    if m.source == "kernel" {
+                        "the map's memlock as the kernel reports it"
+                    } else {
+                        "computed from the map's layout"
+                    }
+                );
+            }
         }
         format!(
             "{head}{}\n{}\n{}",

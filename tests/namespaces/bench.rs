@@ -29,6 +29,9 @@ fn quick_bench_runs_every_arm_and_proves_its_path() {
         "| dnat rr | p99",
         "| c2c rr | p50",
         "| c2c udp 64B |",
+        "| dnat udp 64B one-way | received",
+        "| dnat udp 64B replied | replied (pps)",
+        "| dnat udp 64B replied | p99",
         "netpath/iptables",
         "publish 1000 ports",
         "create 10 networks in one batch",
@@ -97,6 +100,25 @@ fn quick_bench_runs_every_arm_and_proves_its_path() {
         );
     }
     assert!(stdout.contains("**A monitor attached**"), "{stdout}");
+    // Memory per flow (quick mode measures no preload): the kernel's
+    // figure for netpath's table, nf_conntrack's slab object.
+    let ct = &json["conntrack_scale"];
+    assert!(
+        ct["netpath_memory"]["bytes_per_flow"].as_f64().unwrap() > 0.0,
+        "{ct}"
+    );
+    assert!(stdout.contains("**Conntrack memory per flow**"), "{stdout}");
+    // Startup: the first up, a new network's, an idempotent one.
+    let startup = json["startup"].as_array().unwrap();
+    assert_eq!(startup.len(), 3, "{startup:?}");
+    for s in startup {
+        let ms = s["ms"].as_array().unwrap();
+        assert!(
+            !ms.is_empty() && ms.iter().all(|v| v.as_f64().unwrap() > 0.0),
+            "{s}"
+        );
+    }
+    assert!(stdout.contains("**Startup**"), "{stdout}");
     // The CNI pair (the reference plugins are installed by xtask; under CI
     // their absence fails the test): both members, every measurement.
     let have_plugins = std::path::Path::new("/usr/lib/cni/portmap").is_file();

@@ -65,6 +65,9 @@ pub struct ArmLab {
     exe: std::path::PathBuf,
     ports: u32,
     networks: u32,
+    /// How long this arm's first `netpath up` took (netpath arms): it
+    /// loads and verifies the programs.
+    pub first_up: Option<Duration>,
 }
 
 fn extra_net(i: u32) -> (String, String) {
@@ -74,17 +77,20 @@ fn extra_net(i: u32) -> (String, String) {
 impl ArmLab {
     pub fn build(arm: Arm, exe: &Path) -> Result<Self> {
         let lab = Lab::new(exe)?;
-        let me = Self {
+        let mut me = Self {
             arm,
             lab,
             exe: exe.to_owned(),
             ports: 0,
             networks: 1,
+            first_up: None,
         };
         match arm {
             Arm::Netpath | Arm::Baseline => {
                 let up = ["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET];
+                let t = Instant::now();
                 me.netpath(&up)?;
+                me.first_up = Some(t.elapsed());
                 me.lab.plug_ports()?;
                 me.netpath(&up)?;
             }

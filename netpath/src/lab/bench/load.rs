@@ -193,6 +193,103 @@ pub fn udp_pps(
     Ok(count.load(Ordering::Relaxed) as f64 / dur.as_secs_f64())
 }
 
+/// What [`udp_replied`] measured: replies received a second, and every
+/// replied datagram's round trip in microseconds.
+pub struct UdpReplied {
+    pub pps: f64,
+    pub rtts: Vec<f64>,
+}
+
+/// Datagrams in flight at once in [`udp_replied`]: enough to keep both
+/// CPUs busy (a strict ping-pong would measure wake-up latency, not the
+/// datapath), few enough that the socket buffers never overflow.
+pub const UDP_WINDOW: usize = 8;
+
+/// UDP 64-byte request/response: the server echoes every datagram, the
+/// client keeps [`UDP_WINDOW`] in flight on one socket for `dur`, so the
+/// flow is answered (conntrack sees it established, as for DNS or QUIC)
+/// and every datagram after the first takes the established path. Each
+/// datagram carries its send time, so the round trips are exact per
+/// datagram (queueing behind the window included). A window lost to a
+/// drop is refilled after 20 ms without replies.
+pub fn udp_replied(
+    server_ns: &Netns,
+    port: u16,
+    client_ns: &Netns,
+    dial: SocketAddrV4,
+    dur: Duration,
+) -> Result<UdpReplied> {
+    let server = Server::start(server_ns, move |stop, ready| {
+        let s = UdpSocket::bind(SocketAddrV4::new(0.into(), port))?;
+        s.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let _ = ready.send(());
+        let mut buf = [0u8; 2048];
+        let mut n = 0;
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((k, from)) = s.recv_from(&mut buf) {
+                // A full socket buffer under load is part of the measurement.
+                let _ = s.send_to(&buf[..k], from);
+                n += 1;
+            }
+        }
+        Ok(n)
+    })?;
+    let rtts = client(client_ns, move || -> Result<Vec<f64>> {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.connect(dial)?;
+        s.set_read_timeout(Some(Duration::from_millis(20)))?;
+        let t0 = Instant::now();
+        let send = |buf: &mut [u8; 64]| {
+            let ns = t0.elapsed().as_nanos() as u64;
+            buf[..8].copy_from_slice(&ns.to_le_bytes());
+            // ECONNREFUSED (an ICMP error of an earlier datagram) and
+            // ENOBUFS are losses the window refill covers.
+            let _ = s.send(buf);
+        };
+        let mut out = Vec::new();
+        let mut buf = [0x42u8; 64];
+        // Datagrams believed in flight: a reply takes one off, a silence
+        // declares them all lost (a late reply then only lowers the count
+        // further), and the window is topped up after either.
+        let mut in_flight = 0;
+        while t0.elapsed() < dur {
+            while in_flight < UDP_WINDOW {
+                send(&mut buf);
+                in_flight += 1;
+            }
+            match s.recv(&mut buf) {
+                Ok(64) => {
+                    let mut sent = [0u8; 8];
+                    sent.copy_from_slice(&buf[..8]);
+                    let at = Duration::from_nanos(u64::from_le_bytes(sent));
+                    out.push(t0.elapsed().saturating_sub(at).as_secs_f64() * 1e6);
+                    in_flight = in_flight.saturating_sub(1);
+                }
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    in_flight = 0;
+                }
+                // ECONNREFUSED reported on recv: keep going.
+                Err(_) => {}
+            }
+        }
+        Ok(out)
+    })?;
+    server.finish()?;
+    if rtts.is_empty() {
+        bail!("no datagram was answered");
+    }
+    Ok(UdpReplied {
+        pps: rtts.len() as f64 / dur.as_secs_f64(),
+        rtts,
+    })
+}
+
 /// Request/response latency: 64-byte ping-pong on one TCP connection, back
 /// to back for `dur` (or at `rate` requests per second). Returns every
 /// round trip in microseconds.

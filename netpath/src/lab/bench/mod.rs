@@ -9,10 +9,13 @@
 pub mod arms;
 pub mod cni;
 pub mod control;
+pub mod ctscale;
 pub mod daemon;
 pub mod load;
 pub mod monitor;
 mod report;
+mod report_scale;
+pub mod startup;
 
 pub use report::table;
 
@@ -44,6 +47,8 @@ pub struct Options {
     pub daemon_only: bool,
     /// Only the CNI pair.
     pub cni_only: bool,
+    /// Only conntrack at scale (iptables and netpath copies).
+    pub conntrack_only: bool,
 }
 
 /// One scale point: published ports and managed networks.
@@ -91,6 +96,10 @@ pub struct Results {
     pub monitor: Vec<monitor::MonitorCost>,
     /// The CNI pair (reference plugins against netpath's).
     pub cni: Vec<cni::CniSample>,
+    /// Conntrack at scale (`--quick`: the memory per flow only).
+    pub conntrack_scale: Option<ctscale::CtScale>,
+    /// `netpath up`: the first, a later one, an idempotent one.
+    pub startup: Vec<startup::StartupSample>,
     pub samples: Vec<Sample>,
 }
 
@@ -108,10 +117,24 @@ fn measure(lab: &ArmLab, workload: &'static str, dur: Duration) -> Result<Vec<(M
             (workload, "throughput", "Gbit/s", true),
             load::tcp_stream(&l.c1, PORT, &l.ext, published, dur)?,
         )],
-        "dnat udp 64B" => vec![(
+        "dnat udp 64B one-way" => vec![(
             (workload, "received", "pps", true),
             load::udp_pps(&l.c1, PORT, &l.ext, published, dur)?,
         )],
+        "dnat udp 64B replied" => {
+            let r = load::udp_replied(&l.c1, PORT, &l.ext, published, dur)?;
+            vec![
+                ((workload, "replied", "pps", true), r.pps),
+                (
+                    (workload, "p50", "µs", false),
+                    load::percentile(&r.rtts, 50.0),
+                ),
+                (
+                    (workload, "p99", "µs", false),
+                    load::percentile(&r.rtts, 99.0),
+                ),
+            ]
+        }
         "dnat rr" | "dnat rr @2k/s" => {
             let rate = (workload == "dnat rr @2k/s").then_some(2000);
             let rtts = load::tcp_rr(&l.c1, PORT, &l.ext, published, dur, rate)?;
@@ -164,7 +187,11 @@ fn measure(lab: &ArmLab, workload: &'static str, dur: Duration) -> Result<Vec<(M
     })
 }
 
-const WORKLOADS: [&str; 10] = [
+/// "one-way" UDP never answers, so every datagram of it is a NEW packet
+/// to nf_conntrack and walks iptables' chains (netpath's map lookups do not
+/// grow with the rules): it favours netpath heavily. "replied" is the
+/// request/response case, established after the first datagram.
+const WORKLOADS: [&str; 11] = [
     "c2c conn/s",
     "c2c rr",
     "c2c udp 64B",
@@ -172,7 +199,8 @@ const WORKLOADS: [&str; 10] = [
     "dnat rr",
     "dnat rr @2k/s",
     "dnat tcp stream",
-    "dnat udp 64B",
+    "dnat udp 64B one-way",
+    "dnat udp 64B replied",
     "snat conn/s",
     "snat tcp stream",
 ];
@@ -180,12 +208,13 @@ const WORKLOADS: [&str; 10] = [
 /// What `--quick` (CI) runs: a request/response, a packet rate and a
 /// connection rate for each path, within a minute for the whole run (the
 /// streams and the paced latency are in the full run).
-const QUICK_WORKLOADS: [&str; 6] = [
+const QUICK_WORKLOADS: [&str; 7] = [
     "c2c rr",
     "c2c udp 64B",
     "dnat conn/s",
     "dnat rr",
-    "dnat udp 64B",
+    "dnat udp 64B one-way",
+    "dnat udp 64B replied",
     "snat conn/s",
 ];
 
@@ -235,8 +264,55 @@ fn cni_only(opts: &Options, exe: &std::path::Path, dur: Duration) -> Result<Resu
         daemon: Vec::new(),
         monitor: Vec::new(),
         cni: cni::measure(exe, opts.quick, opts.reps, dur).context("measuring the CNI pair")?,
+        conntrack_scale: None,
+        startup: Vec::new(),
         samples: Vec::new(),
     };
+    report::write_outputs(&res, &opts.out)?;
+    Ok(res)
+}
+
+/// Conntrack at scale (full mode; `--quick`: the memory per flow only)
+/// and startup, after everything else: both leave the netpath copy
+/// changed (a larger table, more networks).
+fn scale_and_startup(
+    opts: &Options,
+    exe: &std::path::Path,
+    labs: &mut [ArmLab],
+    res: &mut Results,
+    dur: Duration,
+) -> Result<()> {
+    eprintln!("netpath bench: conntrack at scale");
+    res.conntrack_scale = Some(if opts.quick {
+        ctscale::memory(labs)?
+    } else {
+        ctscale::measure(labs, false, opts.reps, dur).context("measuring conntrack at scale")?
+    });
+    eprintln!("netpath bench: startup");
+    if let Some(lab) = labs.iter().find(|l| l.arm == Arm::Netpath) {
+        res.startup =
+            startup::measure(lab, exe, opts.quick, opts.reps).context("measuring startup")?;
+    }
+    Ok(())
+}
+
+/// `--conntrack-only`: conntrack at scale alone, on iptables and netpath
+/// copies with the measured port published (`--quick`: a small preload).
+fn conntrack_only(
+    opts: &Options,
+    mut labs: Vec<ArmLab>,
+    mut res: Results,
+    dur: Duration,
+) -> Result<Results> {
+    for lab in &mut labs {
+        lab.set_ports(1)?;
+    }
+    eprintln!("netpath bench: conntrack at scale");
+    res.conntrack_scale = Some(
+        ctscale::measure(&mut labs, opts.quick, opts.reps, dur)
+            .context("measuring conntrack at scale")?,
+    );
+    drop(labs);
     report::write_outputs(&res, &opts.out)?;
     Ok(res)
 }
@@ -293,6 +369,8 @@ pub fn run(opts: &Options) -> Result<Results> {
     let mut labs = Vec::new();
     let arms: &[Arm] = if opts.daemon_only {
         &[Arm::Netpath]
+    } else if opts.conntrack_only {
+        &[Arm::Iptables, Arm::Netpath]
     } else {
         &Arm::ALL
     };
@@ -301,7 +379,11 @@ pub fn run(opts: &Options) -> Result<Results> {
             ArmLab::build(arm, &exe).with_context(|| format!("building the {} arm", arm.name()))?,
         );
     }
-    if let Some(b) = opts.baseline.as_ref().filter(|_| !opts.daemon_only) {
+    if let Some(b) = opts
+        .baseline
+        .as_ref()
+        .filter(|_| !opts.daemon_only && !opts.conntrack_only)
+    {
         let b = std::fs::canonicalize(b)
             .with_context(|| format!("the baseline binary {}", b.display()))?;
         eprintln!("netpath bench: and a fourth, the baseline {}", b.display());
@@ -321,8 +403,13 @@ pub fn run(opts: &Options) -> Result<Results> {
         daemon: Vec::new(),
         monitor: Vec::new(),
         cni: Vec::new(),
+        conntrack_scale: None,
+        startup: Vec::new(),
         samples: Vec::new(),
     };
+    if opts.conntrack_only {
+        return conntrack_only(opts, labs, res, dur);
+    }
     let started = Instant::now();
     let scales = if opts.daemon_only { Vec::new() } else { scales };
     for (i, scale) in scales.iter().enumerate() {
@@ -467,6 +554,9 @@ pub fn run(opts: &Options) -> Result<Results> {
             }
         }
         res.network_steps.push(control::NetworkStep::new(arm, &t));
+    }
+    if !opts.daemon_only {
+        scale_and_startup(opts, &exe, &mut labs, &mut res, dur)?;
     }
     drop(labs);
     if !opts.daemon_only {

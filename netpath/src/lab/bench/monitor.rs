@@ -23,7 +23,7 @@ pub struct MonitorCost {
     pub with: Vec<f64>,
 }
 
-const WORKLOADS: [&str; 2] = ["dnat conn/s", "dnat udp 64B"];
+const WORKLOADS: [&str; 2] = ["dnat conn/s", "dnat udp 64B one-way"];
 
 /// Measures `lab` (the netpath arm) `reps` times each way.
 pub fn measure(lab: &ArmLab, reps: usize, dur: Duration) -> Result<Vec<MonitorCost>> {

@@ -188,6 +188,10 @@ pub fn table(res: &Results) -> String {
         let _ = writeln!(s);
     }
     cni_section(&mut s, &res.cni);
+    if let Some(c) = &res.conntrack_scale {
+        super::report_scale::conntrack_scale(&mut s, c);
+    }
+    super::report_scale::startup(&mut s, &res.startup);
     if !res.control_plane.is_empty() {
         let _ = writeln!(
             s,

@@ -1,0 +1,92 @@
+//! Startup: how long `netpath up` takes, told apart by what it has to do.
+//!
+//! - **first up**: a namespace netpath never ran in; it loads and verifies
+//!   the programs, creates and pins the maps, creates the bridge and
+//!   starts the daemon. One sample is the netpath arm's own first `up`;
+//!   outside `--quick`, fresh topologies add more (`reps` in all);
+//! - **later up, a new network**: the programs are pinned already; a new
+//!   bridge, its links and the daemon's re-apply;
+//! - **idempotent up**: `up` of a network that is up, as scripts and the
+//!   CNI plugin repeat it: the checks alone.
+//!
+//! Each is the wall time of the command, process start to exit, medians
+//! where repeated.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use super::arms::ArmLab;
+use crate::lab::topology::{self, Lab};
+
+/// One kind of `up`, every sample in milliseconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct StartupSample {
+    pub what: &'static str,
+    pub ms: Vec<f64>,
+}
+
+pub const FIRST: &str = "first up (loads and verifies the programs)";
+pub const NEW_NETWORK: &str = "later up, a new network";
+pub const IDEMPOTENT: &str = "idempotent up (the network is up)";
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Measures on `lab` (the netpath arm, built already) and, outside
+/// `quick`, on fresh topologies of `exe`. Leaves `reps` (quick: 2) more
+/// networks on `lab` (`npst0`, …, 10.201.x.0/24: no other part of the
+/// bench uses those names).
+pub fn measure(
+    lab: &ArmLab,
+    exe: &std::path::Path,
+    quick: bool,
+    reps: usize,
+) -> Result<Vec<StartupSample>> {
+    let n = if quick { 2 } else { reps };
+    let mut first: Vec<f64> = lab.first_up.map(ms).into_iter().collect();
+    if !quick {
+        for _ in 1..reps {
+            let fresh = Lab::new(exe)?;
+            let t = Instant::now();
+            topology::run(fresh.host.netpath(exe).args([
+                "up",
+                "--bridge",
+                Lab::BRIDGE,
+                "--subnet",
+                Lab::SUBNET,
+            ]))
+            .context("first up in a fresh topology")?;
+            first.push(ms(t.elapsed()));
+        }
+    }
+    let mut new_net = Vec::new();
+    for i in 0..n {
+        let (bridge, subnet) = (format!("npst{i}"), format!("10.201.{i}.0/24"));
+        let t = Instant::now();
+        lab.netpath(&["up", "--bridge", &bridge, "--subnet", &subnet])?;
+        new_net.push(ms(t.elapsed()));
+    }
+    let mut again = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        lab.netpath(&["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET])?;
+        again.push(ms(t.elapsed()));
+    }
+    Ok(vec![
+        StartupSample {
+            what: FIRST,
+            ms: first,
+        },
+        StartupSample {
+            what: NEW_NETWORK,
+            ms: new_net,
+        },
+        StartupSample {
+            what: IDEMPOTENT,
+            ms: again,
+        },
+    ])
+}
