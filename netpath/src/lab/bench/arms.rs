@@ -221,7 +221,7 @@ impl ArmLab {
         Ok(timing)
     }
 
-    /// Creates `n` more networks (`na1`…, 10.201.i.0/24) with one
+    /// Creates `n` more networks (`na1`…, 10.202.i.0/24) with one
     /// `netpath apply` (netpath arms only): the batched way, one lock and
     /// one reconcile for all of them.
     pub fn apply_networks(&self, n: u32) -> Result<Duration> {
@@ -229,7 +229,7 @@ impl ArmLab {
         for i in 1..=n {
             let _ = writeln!(
                 file,
-                "[[network]]\nbridge = \"na{i}\"\nsubnet = \"10.201.{i}.0/24\"\n"
+                "[[network]]\nbridge = \"na{i}\"\nsubnet = \"10.202.{i}.0/24\"\n"
             );
         }
         let t = Instant::now();
