@@ -19,7 +19,7 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_peer},
     programs::TcContext,
 };
-use netpath_common::{IfaceRole, counter_kind, counter_scope, net_flags};
+use netpath_common::{Endpoint, IfaceRole, counter_kind, counter_scope, net_flags};
 
 use crate::{
     counters::count,
@@ -66,6 +66,13 @@ pub fn to_container4(ctx: &TcContext, ip: &Ip4, daddr: u32) -> Option<i32> {
     hdr[..6].copy_from_slice(&ep.mac);
     hdr[6..].copy_from_slice(&eth);
     ctx.store(0, &hdr, 0).ok()?;
+    Some(to_peer(ctx, &ep))
+}
+
+/// Hands the packet to the veth peer of `ep`'s port, counted as that
+/// port's egress program would have counted it (the redirect skips it).
+#[inline(always)]
+fn to_peer(ctx: &TcContext, ep: &Endpoint) -> i32 {
     let len = ctx.len();
     count(
         counter_scope::NETWORK,
@@ -80,7 +87,7 @@ pub fn to_container4(ctx: &TcContext, ip: &Ip4, daddr: u32) -> Option<i32> {
         len,
     );
     // SAFETY: no preconditions beyond a valid ifindex (checked by the helper).
-    Some(unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32)
+    unsafe { bpf_redirect_peer(ep.ifindex, 0) as i32 }
 }
 
 /// An untracked packet from the container at port `from` to a neighbour
@@ -111,27 +118,13 @@ pub fn to_neighbour4(ctx: &TcContext, ip: &Ip4, from: u32, net_id: u32) -> Optio
     if !same_mac(&dst, &ep.mac) {
         return None;
     }
-    let len = ctx.len();
-    count(
-        counter_scope::NETWORK,
-        net_id,
-        counter_kind::NET_TO_CONTAINERS,
-        len,
-    );
     count(
         counter_scope::NETWORK,
         net_id,
         counter_kind::NET_C2C_FAST,
-        len,
+        ctx.len(),
     );
-    count(
-        counter_scope::IFACE,
-        ep.ifindex,
-        counter_kind::IF_EGRESS,
-        len,
-    );
-    // SAFETY: no preconditions beyond a valid ifindex (checked by the helper).
-    Some(unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32)
+    Some(to_peer(ctx, &ep))
 }
 
 /// A container's packet for outside the managed networks and the host:

@@ -8,31 +8,40 @@ use netpath_common::{DropReason, NetworkInfo, net_flags};
 
 use crate::lookup::{network, network_of};
 
+/// Where an allowed container packet is headed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// A neighbour's address on the sender's own network.
+    Neighbour,
+    /// Anything else allowed: a gateway (a host address), outside.
+    Elsewhere,
+}
+
 /// Whether a container of network `net_id` may send to `daddr`: its own
 /// gateway always; its own subnet unless ICC is off; another managed
 /// subnet never (its gateway, a host address, is fine); outside the
 /// managed subnets unless the network is internal.
 #[inline(always)]
-pub fn destination(net: &NetworkInfo, net_id: u32, daddr: u32) -> Result<(), DropReason> {
+pub fn destination(net: &NetworkInfo, net_id: u32, daddr: u32) -> Result<Destination, DropReason> {
     let internal = net.flags & net_flags::INTERNAL != 0;
     if daddr == net.gateway_be {
-        return Ok(());
+        return Ok(Destination::Elsewhere);
     }
     match network_of(daddr) {
         Some(id) if id == net_id => {
             if net.flags & net_flags::NO_ICC != 0 {
                 Err(DropReason::Icc)
             } else {
-                Ok(())
+                Ok(Destination::Neighbour)
             }
         }
         _ if internal => Err(DropReason::Internal),
         Some(other) => match network(other) {
             // Another bridge's gateway is a host address.
-            Some(o) if o.gateway_be == daddr => Ok(()),
+            Some(o) if o.gateway_be == daddr => Ok(Destination::Elsewhere),
             _ => Err(DropReason::Isolation),
         },
-        None => Ok(()),
+        None => Ok(Destination::Elsewhere),
     }
 }
 

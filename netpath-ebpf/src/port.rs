@@ -29,7 +29,8 @@ use crate::{
     frag::{first_fragment4, later_fragment4},
     guard,
     icmp::icmp_error4,
-    inbound, isolate,
+    inbound,
+    isolate::{self, Destination},
     lookup::{drop, iface, is_peer, network, network_of},
     parse::{self, Ip4, L4Kind, eth_off, eth_p},
     publish::publish4,
@@ -90,10 +91,10 @@ pub fn ingress(ctx: &TcContext, ifindex: u32, iface: &IfaceInfo) -> i32 {
         PortNat::Tracked => false,
     };
     match isolate::destination(&net, net_id, ip.daddr) {
-        Ok(()) if untracked && network_of(ip.daddr) == Some(net_id) => {
+        Ok(Destination::Neighbour) if untracked => {
             fastpath::to_neighbour4(ctx, &ip, ifindex, net_id).unwrap_or(TCX_NEXT)
         }
-        Ok(()) => fast_out(ctx, net_id, &net),
+        Ok(_) => fast_out(ctx, net_id, &net),
         Err(reason) => drop(ctx, net_id, reason),
     }
 }

@@ -8,7 +8,12 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{Results, arms::Arm, arms::NetworksTiming};
+use super::{
+    Results,
+    arms::{Arm, NetworksTiming},
+    report::median,
+    svg,
+};
 
 /// Networks added on one arm in one go.
 #[derive(Clone, Debug, Serialize)]
@@ -66,15 +71,6 @@ fn decade(existing: u32) -> (u32, u32) {
     (lo, lo * 10)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 /// Per-network cost by decade of existing networks: netpath's from each
 /// `up`; a batched arm's (iptables) as its step's time over the networks
 /// it added (its cost is per batch, so its figure falls as batches grow).
@@ -102,7 +98,7 @@ pub fn per_network(steps: &[NetworkStep]) -> Vec<PerNetwork> {
             from,
             to,
             samples: v.len(),
-            ms: median(v),
+            ms: median(&v).unwrap_or(f64::NAN),
         })
         .collect()
 }
@@ -136,9 +132,6 @@ pub fn section(s: &mut String, res: &Results) {
     let _ = writeln!(s);
 }
 
-/// One line of a chart panel: the arm, its colour, its points.
-type Line = (Arm, &'static str, Vec<(f64, f64)>);
-
 /// Two panels: per-network cost against networks already there, and the
 /// time to publish ports against their number; one line per arm.
 pub fn chart(res: &Results) -> String {
@@ -160,75 +153,16 @@ pub fn chart(res: &Results) -> String {
         v.dedup_by(|a, b| a.0 == b.0);
         v
     };
-    let arms = [(Arm::Iptables, "#c0392b"), (Arm::Netpath, "#2471a3")];
-    let (w, h) = (420.0, 260.0);
-    let mut s = format!(
-        "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{h}' font-family='sans-serif' font-size='11'>\n",
-        w * 2.0
-    );
-    let panels: [(&str, Vec<Line>); 2] = [
+    let lines = |f: &dyn Fn(Arm) -> Vec<(f64, f64)>| -> Vec<svg::Line> {
+        svg::ARMS.iter().map(|(a, c)| (*a, *c, f(*a))).collect()
+    };
+    svg::panels(&[
         (
-            "ms per new network vs networks there (log)",
-            arms.iter().map(|(a, c)| (*a, *c, nets(*a))).collect(),
+            "ms per new network vs networks there (log)".to_owned(),
+            lines(&nets),
         ),
-        (
-            "ms to publish vs ports (log)",
-            arms.iter().map(|(a, c)| (*a, *c, ports(*a))).collect(),
-        ),
-    ];
-    for (i, (label, lines)) in panels.iter().enumerate() {
-        let x0 = i as f64 * w + 50.0;
-        let (pw, ph) = (w - 80.0, h - 70.0);
-        let all: Vec<(f64, f64)> = lines.iter().flat_map(|l| l.2.iter().copied()).collect();
-        let ymax = all.iter().map(|p| p.1).fold(1.0, f64::max) * 1.15;
-        let xmax = all.iter().map(|p| p.0).fold(1.0, f64::max).max(10.0);
-        let px = |x: f64| x0 + (x.max(1.0).log10() / xmax.log10()) * pw;
-        let py = |y: f64| 20.0 + ph - y / ymax * ph;
-        let _ = writeln!(s, "<text x='{x0}' y='14'>{label}</text>");
-        let _ = writeln!(
-            s,
-            "<line x1='{x0}' y1='{y}' x2='{}' y2='{y}' stroke='black'/><line x1='{x0}' y1='20' x2='{x0}' y2='{y}' stroke='black'/>",
-            x0 + pw,
-            y = 20.0 + ph
-        );
-        let _ = writeln!(
-            s,
-            "<text x='{}' y='{}'>0</text><text x='{}' y='28'>{ymax:.0}</text>",
-            x0 - 20.0,
-            20.0 + ph,
-            x0 - 45.0
-        );
-        for (k, (arm, color, pts)) in lines.iter().enumerate() {
-            let path: Vec<String> = pts
-                .iter()
-                .map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y)))
-                .collect();
-            let _ = writeln!(
-                s,
-                "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>",
-                path.join(" ")
-            );
-            for (x, y) in pts {
-                let _ = writeln!(
-                    s,
-                    "<circle cx='{:.1}' cy='{:.1}' r='3' fill='{color}'/><text x='{:.1}' y='{}' text-anchor='middle'>{x}</text>",
-                    px(*x),
-                    py(*y),
-                    px(*x),
-                    35.0 + ph
-                );
-            }
-            let _ = writeln!(
-                s,
-                "<text x='{}' y='{}' fill='{color}'>{}</text>",
-                x0 + pw - 60.0,
-                50.0 + 15.0 * k as f64,
-                arm.name()
-            );
-        }
-    }
-    s.push_str("</svg>\n");
-    s
+        ("ms to publish vs ports (log)".to_owned(), lines(&ports)),
+    ])
 }
 
 #[cfg(test)]

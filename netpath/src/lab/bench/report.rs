@@ -6,15 +6,17 @@ use std::{fmt::Write as _, path::Path};
 
 use anyhow::{Context as _, Result};
 
-use super::{Results, Scale, arms::Arm};
+use super::{Results, Scale, arms::Arm, svg};
 
-fn median(v: &mut [f64]) -> f64 {
+/// The median of `v`; `None` when it is empty.
+pub(super) fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
     }
 }
 
@@ -26,7 +28,7 @@ fn cell(
     metric: &str,
     arm: Arm,
 ) -> Option<(f64, f64, f64)> {
-    let mut v: Vec<f64> = res
+    let v: Vec<f64> = res
         .samples
         .iter()
         .filter(|s| {
@@ -34,15 +36,14 @@ fn cell(
         })
         .map(|s| s.value)
         .collect();
-    if v.is_empty() {
-        return None;
-    }
+    let med = median(&v)?;
     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
     let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    Some((median(&mut v), min, max))
+    Some((med, min, max))
 }
 
-fn fmt_num(v: f64) -> String {
+/// A figure with three significant digits or so.
+pub(super) fn fmt_num(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
     } else if v >= 10.0 {
@@ -146,7 +147,9 @@ pub fn table(res: &Results) -> String {
         let _ = writeln!(s, "| workload | metric | without | with a monitor | cost |");
         let _ = writeln!(s, "|---|---|---|---|---|");
         for m in &res.monitor {
-            let (a, b) = (median(&mut m.without.clone()), median(&mut m.with.clone()));
+            let (Some(a), Some(b)) = (median(&m.without), median(&m.with)) else {
+                continue;
+            };
             let _ = writeln!(
                 s,
                 "| {} | {} ({}) | {} | {} | {:+.1} % |",
@@ -224,7 +227,6 @@ pub fn table(res: &Results) -> String {
 /// of published ports, iptables and netpath.
 fn chart(res: &Results) -> String {
     let series = |workload: &str, metric: &str, arm: Arm| -> Vec<(f64, f64)> {
-        let mut pts: Vec<(f64, f64)> = Vec::new();
         let mut ports: Vec<u32> = res
             .samples
             .iter()
@@ -233,103 +235,33 @@ fn chart(res: &Results) -> String {
             .collect();
         ports.sort_unstable();
         ports.dedup();
-        for p in ports {
-            if let Some((m, _, _)) = cell(
-                res,
-                Scale {
+        ports
+            .into_iter()
+            .filter_map(|p| {
+                let scale = Scale {
                     ports: p,
                     networks: 1,
-                },
-                workload,
-                metric,
-                arm,
-            ) {
-                pts.push((f64::from(p), m));
-            }
-        }
-        pts
+                };
+                cell(res, scale, workload, metric, arm).map(|(m, _, _)| (f64::from(p), m))
+            })
+            .collect()
     };
-    let panels = [
+    let panels: Vec<(String, Vec<svg::Line>)> = [
         ("dnat conn/s", "rate", "connections/s"),
         ("dnat rr", "p99", "p99 latency (µs)"),
-    ];
-    let (w, h) = (420.0, 260.0);
-    let mut s = format!(
-        "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{}' font-family='sans-serif' font-size='11'>\n",
-        w * 2.0,
-        h
-    );
-    for (i, (workload, metric, label)) in panels.iter().enumerate() {
-        let x0 = i as f64 * w + 50.0;
-        let (pw, ph) = (w - 80.0, h - 70.0);
-        let all: Vec<(f64, f64)> = [Arm::Iptables, Arm::Netpath]
-            .iter()
-            .flat_map(|a| series(workload, metric, *a))
-            .collect();
-        let ymax = all.iter().map(|p| p.1).fold(1.0, f64::max) * 1.15;
-        let xmax = all.iter().map(|p| p.0).fold(1.0, f64::max).max(10.0);
-        let px = |x: f64| x0 + (x.max(1.0).log10() / xmax.log10()) * pw;
-        let py = |y: f64| 20.0 + ph - y / ymax * ph;
-        let _ = writeln!(
-            s,
-            "<text x='{x0}' y='14'>{label} vs published ports (log)</text>"
-        );
-        let _ = writeln!(
-            s,
-            "<line x1='{x0}' y1='{}' x2='{}' y2='{}' stroke='black'/>",
-            20.0 + ph,
-            x0 + pw,
-            20.0 + ph
-        );
-        let _ = writeln!(
-            s,
-            "<line x1='{x0}' y1='20' x2='{x0}' y2='{}' stroke='black'/>",
-            20.0 + ph
-        );
-        let _ = writeln!(
-            s,
-            "<text x='{}' y='{}'>0</text><text x='{}' y='28'>{:.0}</text>",
-            x0 - 20.0,
-            20.0 + ph,
-            x0 - 45.0,
-            ymax
-        );
-        for (arm, color) in [(Arm::Iptables, "#c0392b"), (Arm::Netpath, "#2471a3")] {
-            let pts = series(workload, metric, arm);
-            let path: Vec<String> = pts
+    ]
+    .iter()
+    .map(|(workload, metric, label)| {
+        (
+            format!("{label} vs published ports (log)"),
+            svg::ARMS
                 .iter()
-                .map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y)))
-                .collect();
-            let _ = writeln!(
-                s,
-                "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>",
-                path.join(" ")
-            );
-            for (x, y) in &pts {
-                let _ = writeln!(
-                    s,
-                    "<circle cx='{:.1}' cy='{:.1}' r='3' fill='{color}'/>",
-                    px(*x),
-                    py(*y)
-                );
-                let _ = writeln!(
-                    s,
-                    "<text x='{:.1}' y='{}' text-anchor='middle'>{x}</text>",
-                    px(*x),
-                    35.0 + ph
-                );
-            }
-            let ly = if arm == Arm::Iptables { 50.0 } else { 65.0 };
-            let _ = writeln!(
-                s,
-                "<text x='{}' y='{ly}' fill='{color}'>{}</text>",
-                x0 + pw - 60.0,
-                arm.name()
-            );
-        }
-    }
-    s.push_str("</svg>\n");
-    s
+                .map(|(a, c)| (*a, *c, series(workload, metric, *a)))
+                .collect(),
+        )
+    })
+    .collect();
+    svg::panels(&panels)
 }
 
 pub(super) fn write_outputs(res: &Results, out: &Path) -> Result<()> {
@@ -367,7 +299,7 @@ fn cni_section(s: &mut String, samples: &[super::cni::CniSample]) {
             samples
                 .iter()
                 .find(|x| x.plugins == p && x.what == what && x.mappings == n)
-                .map(|x| median(&mut x.values.clone()))
+                .and_then(|x| median(&x.values))
         };
         let (Some(r), Some(np)) = (get(Plugins::Reference), get(Plugins::Netpath)) else {
             continue;

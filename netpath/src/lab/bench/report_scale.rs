@@ -5,29 +5,9 @@ use std::fmt::Write as _;
 use super::{
     arms::Arm,
     ctscale::{CtScale, ScaleSample},
+    report::{fmt_num, median},
     startup::StartupSample,
 };
-
-fn median(v: &[f64]) -> Option<f64> {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(v[n / 2]),
-        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-    }
-}
-
-fn fmt_num(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    }
-}
 
 /// Every value of one cell.
 fn values(s: &[ScaleSample], arm: Arm, flows: u32, workload: &str, metric: &str) -> Vec<f64> {
