@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::{
     Results,
     arms::{Arm, NetworksTiming},
-    report::median,
+    stats::median,
     svg,
 };
 

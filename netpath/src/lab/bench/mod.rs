@@ -16,6 +16,7 @@ pub mod monitor;
 mod report;
 mod report_scale;
 pub mod startup;
+mod stats;
 mod svg;
 
 pub use report::table;

@@ -6,19 +6,12 @@ use std::{fmt::Write as _, path::Path};
 
 use anyhow::{Context as _, Result};
 
-use super::{Results, Scale, arms::Arm, svg};
-
-/// The median of `v`; `None` when it is empty.
-pub(super) fn median(v: &[f64]) -> Option<f64> {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(v[n / 2]),
-        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-    }
-}
+use super::{
+    Results, Scale,
+    arms::Arm,
+    stats::{fmt_num, median},
+    svg,
+};
 
 /// (median, min, max) of the samples of one cell.
 fn cell(
@@ -40,17 +33,6 @@ fn cell(
     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
     let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     Some((med, min, max))
-}
-
-/// A figure with three significant digits or so.
-pub(super) fn fmt_num(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    }
 }
 
 /// The markdown table: medians with min–max, and the ratios.

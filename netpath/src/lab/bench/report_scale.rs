@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use super::{
     arms::Arm,
     ctscale::{CtScale, ScaleSample},
-    report::{fmt_num, median},
     startup::StartupSample,
+    stats::{fmt_num, median},
 };
 
 /// Every value of one cell.
