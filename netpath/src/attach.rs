@@ -1,11 +1,16 @@
-//! Loading the kernel programs and managing their TCX links.
+//! Loading the kernel programs and attaching them: TC filters for bridges
+//! and ports ([`crate::tcfilter`]), TCX links for uplinks.
 //!
 //! Maps are pinned by name in the state directory, so every load reuses the
-//! maps an earlier load created. Each (interface, direction) has one pinned
-//! TCX link: when a newer build runs `up`, the link is switched to the new
-//! program atomically (BPF_LINK_UPDATE); the same build leaves it alone.
+//! maps an earlier load created. Each (interface, direction) has one
+//! netpath filter or one pinned TCX link: when a newer build runs `up`, it
+//! is switched to the new program atomically (the filter replaced in
+//! place, the link by BPF_LINK_UPDATE); the same build leaves it alone.
 
-use std::io;
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -23,7 +28,7 @@ use netpath_common::IfaceRole;
 
 use crate::{
     state::{Dir, Maps, SWEEP_PROGRAM, StateDir, TC_PROGRAMS, tc_program},
-    sys,
+    sys, tcfilter,
 };
 
 impl Dir {
@@ -350,8 +355,10 @@ impl Datapath {
     }
 
     /// Makes sure `ifname` (`ifindex`) runs this build's program for `role`
-    /// in `dir`, through a TCX link pinned in `state` (and nothing where
-    /// the role has no program).
+    /// in `dir`: in netpath's TC filter where the role takes one (see
+    /// [`crate::tcfilter`]), else (or when the interface refuses a clsact
+    /// qdisc) through a TCX link pinned in `state`; nothing where the role
+    /// has no program.
     pub fn ensure_attached(
         &mut self,
         state: &StateDir,
@@ -368,10 +375,50 @@ impl Datapath {
             }
             return Ok(Attach::NotUsed);
         }
+        if !crate::state::attaches_by_filter(role, dir) {
+            return self.ensure_tcx(&pin, ifname, role, dir);
+        }
+        let prog = self.program(role, dir)?;
+        let ours = prog.info()?.id();
+        let found = tcfilter::list(ifindex, dir)?
+            .into_iter()
+            .find(tcfilter::Filter::is_ours);
+        let done = match found {
+            Some(f) if f.prog_id == Some(ours) => Attach::Unchanged,
+            found => {
+                let fd = prog.fd()?.as_fd().as_raw_fd();
+                match tcfilter::put(ifindex, dir, fd, tc_program(role, dir)) {
+                    Ok(()) if found.is_some() || pin.exists() => Attach::Updated,
+                    Ok(()) => Attach::Created,
+                    // A classic `ingress` qdisc (another tool's) leaves no
+                    // room for clsact: a TCX link does the job there.
+                    Err(e) => {
+                        return self.ensure_tcx(&pin, ifname, role, dir).with_context(|| {
+                            format!("and no TC filter on {ifname} either: {e:#}")
+                        });
+                    }
+                }
+            }
+        };
+        // An earlier build's TCX link: the filter runs the program now.
+        if pin.exists() {
+            sys::detach_pinned_link(&pin)?;
+        }
+        Ok(done)
+    }
+
+    /// [`Datapath::ensure_attached`] through a TCX link pinned at `pin`.
+    fn ensure_tcx(
+        &mut self,
+        pin: &std::path::Path,
+        ifname: &str,
+        role: IfaceRole,
+        dir: Dir,
+    ) -> Result<Attach> {
         let prog = self.program(role, dir)?;
         let info = prog.info()?;
         let (tag, ours, maps) = (info.tag(), info.id(), info.map_ids()?);
-        match PinnedLink::from_pin(&pin) {
+        match PinnedLink::from_pin(pin) {
             Ok(pinned) => {
                 let link = FdLink::from(pinned);
                 let running = link
@@ -404,15 +451,15 @@ impl Datapath {
                         // A pin whose link is not on this interface any more
                         // (the interface was recreated): start over.
                         drop(link);
-                        sys::detach_pinned_link(&pin)?;
-                        attach_new(prog, &pin, ifname, dir)
+                        sys::detach_pinned_link(pin)?;
+                        attach_new(prog, pin, ifname, dir)
                     }
                 }
             }
             Err(LinkError::SyscallError(SyscallError { io_error, .. }))
                 if io_error.kind() == io::ErrorKind::NotFound =>
             {
-                attach_new(prog, &pin, ifname, dir)
+                attach_new(prog, pin, ifname, dir)
             }
             Err(e) => Err(e).with_context(|| format!("opening pinned link {}", pin.display())),
         }
@@ -438,16 +485,25 @@ fn attach_new(
     Ok(Attach::Created)
 }
 
-/// The ids of netpath's programs attached to `ifname` in `dir` (via TCX query).
-pub fn attached_program_ids(ifname: &str, dir: Dir) -> Result<Vec<u32>> {
-    let (_, progs) = SchedClassifier::query_tcx(ifname, dir.tc())?;
-    Ok(progs
+/// The ids of netpath's programs on `ifname` (`ifindex`) in `dir`: its TC
+/// filter's, then any TCX link's.
+pub fn attached_program_ids(ifindex: u32, ifname: &str, dir: Dir) -> Result<Vec<u32>> {
+    let ours = |name: Option<&str>| {
+        TC_PROGRAMS
+            .iter()
+            .any(|(r, d)| name == Some(tc_program(*r, *d)))
+    };
+    let mut ids: Vec<u32> = tcfilter::list(ifindex, dir)?
         .iter()
-        .filter(|p| {
-            TC_PROGRAMS
-                .iter()
-                .any(|(r, d)| p.name_as_str() == Some(tc_program(*r, *d)))
-        })
-        .map(|p| p.id())
-        .collect())
+        .filter(|f| f.is_ours() && ours(f.name.as_deref()))
+        .filter_map(|f| f.prog_id)
+        .collect();
+    let (_, progs) = SchedClassifier::query_tcx(ifname, dir.tc())?;
+    ids.extend(
+        progs
+            .iter()
+            .filter(|p| ours(p.name_as_str()))
+            .map(|p| p.id()),
+    );
+    Ok(ids)
 }

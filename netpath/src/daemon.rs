@@ -373,6 +373,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut next_tick = tokio::time::Instant::now();
     // Re-apply once at start: things may have changed while no daemon ran.
     let mut dirty = true;
+    let mut started = false;
     // Programs and maps stay loaded between sweeps and re-applies (the
     // state directory cannot change under a running daemon: it exits when
     // the state goes).
@@ -420,6 +421,15 @@ pub async fn run(opts: Options) -> Result<()> {
         if !dirty || !state.exists() {
             continue;
         }
+        // Events a command's own reconcile already covered (its bridge,
+        // the ports it attached): nothing to do, and no re-apply holding
+        // the lock while the next command waits for it.
+        if started && already_seen(&nl).await {
+            tracing::debug!("link and address events already covered by the last reconcile");
+            dirty = false;
+            continue;
+        }
+        tracing::debug!("re-applying after link or address events");
         match refresh(&nl, &mut loaded).await {
             Ok(Some(r)) => {
                 for c in r.changes.iter().filter(|c| c.changed()) {
@@ -435,6 +445,7 @@ pub async fn run(opts: Options) -> Result<()> {
                     conflicts = r.conflicts;
                 }
                 dirty = false;
+                started = true;
             }
             // Another command holds the lock: try again on the next tick.
             Ok(None) => {}
@@ -449,5 +460,17 @@ pub async fn run(opts: Options) -> Result<()> {
     let _ = std::fs::remove_file(log_path(cookie));
     let _ = std::fs::remove_file(report_path(cookie));
     let _ = std::fs::remove_file(pid_path(cookie));
+    let _ = std::fs::remove_file(reconcile::seen_path(cookie));
     Ok(())
+}
+
+/// Whether the links and addresses now are what the last reconcile saw.
+async fn already_seen(nl: &Netlink) -> bool {
+    let Some(recorded) = reconcile::recorded_seen() else {
+        return false;
+    };
+    match (nl.links().await, nl.ipv4_addrs().await) {
+        (Ok(links), Ok(addrs)) => crate::plumbing::digest(&links, &addrs) == recorded,
+        _ => false,
+    }
 }

@@ -75,6 +75,9 @@ pub async fn down(target: &DownTarget) -> Result<DownReport> {
             }
             DownTarget::All => {
                 // Links left by an interrupted run still go.
+                if let Some(e) = crate::tcfilter::remove_everywhere().into_iter().next() {
+                    return Err(e);
+                }
                 if state.root.exists() {
                     for (_, _, path) in state.pinned_links()? {
                         sys::detach_pinned_link(&path)?;

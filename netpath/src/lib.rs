@@ -38,6 +38,7 @@ pub mod sweeper;
 pub mod sys;
 pub mod table;
 pub mod tables;
+pub mod tcfilter;
 pub mod top;
 pub mod trusted;
 pub mod up;

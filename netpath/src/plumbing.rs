@@ -181,20 +181,7 @@ impl Netlink {
     /// Every link with what role planning needs, including its primary
     /// (first listed) IPv4 address.
     pub async fn link_facts(&self) -> Result<Vec<LinkFacts>> {
-        let addrs = self.ipv4_addrs().await?;
-        Ok(self
-            .links()
-            .await?
-            .into_iter()
-            .map(|l| LinkFacts {
-                index: l.index,
-                is_bridge: l.is_bridge(),
-                is_loopback: l.is_loopback(),
-                master: l.master,
-                ipv4: addrs.iter().find(|a| a.index == l.index).map(|a| a.addr),
-                name: l.name,
-            })
-            .collect())
+        Ok(facts(&self.links().await?, &self.ipv4_addrs().await?))
     }
 
     /// Creates a bridge (set up) and returns its ifindex.
@@ -356,6 +343,46 @@ impl Netlink {
         }
         Ok(())
     }
+}
+
+/// The facts role planning needs, from a link dump and an address dump.
+pub fn facts(links: &[Link], addrs: &[Addr4]) -> Vec<LinkFacts> {
+    links
+        .iter()
+        .map(|l| LinkFacts {
+            index: l.index,
+            is_bridge: l.is_bridge(),
+            is_loopback: l.is_loopback(),
+            master: l.master,
+            ipv4: addrs.iter().find(|a| a.index == l.index).map(|a| a.addr),
+            name: l.name.clone(),
+        })
+        .collect()
+}
+
+/// A digest of what a reconcile reads from links and addresses (not
+/// their operational flags, which move by themselves): equal digests, and
+/// a re-apply would change nothing.
+pub fn digest(links: &[Link], addrs: &[Addr4]) -> u64 {
+    let mut bytes = Vec::with_capacity(links.len() * 48 + addrs.len() * 9);
+    for l in links {
+        bytes.extend(l.index.to_le_bytes());
+        bytes.extend(l.name.as_bytes());
+        bytes.push(0);
+        bytes.extend(l.kind.as_deref().unwrap_or("").as_bytes());
+        bytes.push(0);
+        bytes.extend(l.master.unwrap_or(0).to_le_bytes());
+        bytes.extend(l.mac.unwrap_or_default());
+        bytes.extend(l.peer.unwrap_or(0).to_le_bytes());
+        bytes.extend(l.vlan_id.unwrap_or(0).to_le_bytes());
+        bytes.push(u8::from(l.is_loopback()));
+    }
+    for a in addrs {
+        bytes.extend(a.index.to_le_bytes());
+        bytes.extend(a.addr.octets());
+        bytes.push(a.prefix_len);
+    }
+    crate::codec::fnv1a(bytes)
 }
 
 /// The errno (positive) the kernel answered a netlink request with, when

@@ -22,7 +22,7 @@ use crate::{
     state::{Dir, Maps, StateDir},
     sys,
     tables::{self, Table},
-    trusted,
+    tcfilter, trusted,
 };
 
 /// How one interface ended up after a reconcile.
@@ -92,7 +92,12 @@ pub async fn reconcile(
     dp: &mut Datapath,
     uplinks: &Uplinks,
 ) -> Result<Reconciled> {
-    let links = nl.link_facts().await?;
+    // Said before the dumps, so a change during this reconcile always
+    // differs from what it records at the end.
+    forget_seen();
+    let all = nl.links().await?;
+    let addrs = nl.ipv4_addrs().await?;
+    let links = plumbing::facts(&all, &addrs);
     // A bridge recreated under the same name gets a new ifindex: follow the name.
     let mut nets = BTreeMap::new();
     for (id, mut info) in dp.maps.networks()? {
@@ -106,10 +111,7 @@ pub async fn reconcile(
         }
     }
     let planned = plan::plan_roles(&links, &nets, uplinks)?;
-    tables::sync(
-        &mut dp.maps.hostaddrs4,
-        &want_host_addrs(&nl.ipv4_addrs().await?),
-    )?;
+    tables::sync(&mut dp.maps.hostaddrs4, &want_host_addrs(&addrs))?;
     record_netns_cookie(&mut dp.maps)?;
     let current = dp.maps.ifaces()?;
     // Ports `connect` made are bound to the address and MAC it gave out.
@@ -150,7 +152,6 @@ pub async fn reconcile(
             .put(addr, ep)
             .context("recording an endpoint")?;
     }
-    let all = nl.links().await?;
     tables::sync(&mut dp.maps.vlans, &want_vlans(&all, &planned)).context("recording VLANs")?;
     tables::sync(&mut dp.maps.macs, &want_macs(&all, &ifaces, &planned))
         .context("recording MACs")?;
@@ -173,7 +174,36 @@ pub async fn reconcile(
             sys::detach_pinned_link(&path)?;
         }
     }
+    record_seen(plumbing::digest(&all, &addrs));
     Ok(out)
+}
+
+/// Where the last successful reconcile in this namespace records the
+/// digest of the links and addresses it saw ([`plumbing::digest`]).
+pub fn seen_path(cookie: u64) -> std::path::PathBuf {
+    std::path::PathBuf::from(sys::RUN_DIR).join(format!("seen-{cookie}"))
+}
+
+/// The digest the last reconcile recorded, if one did and nothing started
+/// another since.
+pub fn recorded_seen() -> Option<u64> {
+    let text = std::fs::read_to_string(seen_path(netns::cookie().ok()?)).ok()?;
+    text.trim().parse().ok()
+}
+
+/// A record is only a shortcut for the daemon (a missing one means "re-
+/// apply"), so failing to write or remove it is not an error.
+fn record_seen(digest: u64) {
+    if let Ok(c) = netns::cookie() {
+        let _ = std::fs::create_dir_all(sys::RUN_DIR);
+        let _ = std::fs::write(seen_path(c), format!("{digest}\n"));
+    }
+}
+
+fn forget_seen() {
+    if let Ok(c) = netns::cookie() {
+        let _ = std::fs::remove_file(seen_path(c));
+    }
 }
 
 /// Re-applies the recorded networks with the uplink choice in force.
@@ -343,8 +373,10 @@ pub fn port_binding(
     info
 }
 
-/// Detaches one interface and forgets it with its counters.
+/// Detaches one interface (its filters and links) and forgets it with its
+/// counters.
 pub fn detach_iface(state: &StateDir, maps: &mut Maps, ifindex: u32) -> Result<()> {
+    tcfilter::detach(ifindex)?;
     for dir in Dir::BOTH {
         let pin = state.link_pin(ifindex, dir);
         if pin.exists() {
@@ -372,6 +404,8 @@ pub fn teardown_all_links(state: &StateDir, maps: &mut Maps) -> Vec<anyhow::Erro
             errors.push(e);
         }
     }
+    // Filters on interfaces no record names (left by an interrupted run).
+    errors.extend(tcfilter::remove_everywhere());
     errors
 }
 

@@ -94,6 +94,14 @@ pub fn has_program(role: netpath_common::IfaceRole, dir: Dir) -> bool {
     TC_PROGRAMS.contains(&(role, dir))
 }
 
+/// Whether an interface of `role` gets its program in `dir` from a TC
+/// filter (bridges and ports, where attaching fast matters: every network
+/// and container adds some) rather than a TCX link (uplinks, a few, where
+/// running ahead of other tools' TC programs matters).
+pub fn attaches_by_filter(role: netpath_common::IfaceRole, _dir: Dir) -> bool {
+    role != netpath_common::IfaceRole::Uplink
+}
+
 /// The conntrack sweep program (run with BPF_PROG_TEST_RUN, never attached).
 pub const SWEEP_PROGRAM: &str = "netpath_sweep";
 

@@ -226,7 +226,7 @@ pub async fn status() -> Result<Status> {
         let name = names.get(&ifindex).cloned();
         let progs = |dir| {
             name.as_deref()
-                .map(|n| attached_program_ids(n, dir).unwrap_or_default())
+                .map(|n| attached_program_ids(ifindex, n, dir).unwrap_or_default())
                 .unwrap_or_default()
         };
         let binding = if info.flags & iface_flags::BOUND != 0 {

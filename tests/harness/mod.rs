@@ -171,24 +171,55 @@ pub fn iface<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::V
         .unwrap_or_else(|| panic!("{name} not in status: {status:#}"))
 }
 
-/// (id, name) of every TCX program on `ifname` in `dir`, asked of the kernel
-/// from inside `ns` (not through netpath).
-pub fn tcx_programs(ns: &Netns, ifname: &str, ingress: bool) -> Vec<(u32, String)> {
+/// (id, name) of every TC program on `ifname` in `dir`, asked of the
+/// kernel from inside `ns` (not through netpath): the `bpf` filters
+/// `tc filter show` lists, then the TCX programs.
+pub fn tc_programs(ns: &Netns, ifname: &str, ingress: bool) -> Vec<(u32, String)> {
+    let out = ns
+        .command("tc")
+        .args(["-j", "filter", "show", "dev", ifname])
+        .arg(if ingress { "ingress" } else { "egress" })
+        .output()
+        .expect("tc filter show");
+    assert!(
+        out.status.success(),
+        "tc filter show dev {ifname}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let filters: Vec<serde_json::Value> = if text.trim().is_empty() {
+        Vec::new()
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("tc -j ({e}): {text}"))
+    };
+    let mut progs: Vec<(u32, String)> = filters
+        .iter()
+        .filter_map(|f| {
+            let p = &f["options"]["prog"];
+            Some((
+                u32::try_from(p["id"].as_u64()?).ok()?,
+                p["name"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
     let ifname = ifname.to_owned();
     let dir = if ingress {
         TcAttachType::Ingress
     } else {
         TcAttachType::Egress
     };
-    ns.run(move || {
-        let (_, progs) = SchedClassifier::query_tcx(&ifname, dir)
-            .unwrap_or_else(|e| panic!("query_tcx {ifname}: {e}"));
-        progs
-            .iter()
-            .map(|p| (p.id(), p.name_as_str().unwrap_or("").to_owned()))
-            .collect()
-    })
-    .expect("query thread")
+    progs.extend(
+        ns.run(move || {
+            let (_, progs) = SchedClassifier::query_tcx(&ifname, dir)
+                .unwrap_or_else(|e| panic!("query_tcx {ifname}: {e}"));
+            progs
+                .iter()
+                .map(|p| (p.id(), p.name_as_str().unwrap_or("").to_owned()))
+                .collect::<Vec<_>>()
+        })
+        .expect("query thread"),
+    );
+    progs
 }
 
 /// Interface names in `ns`.
@@ -202,7 +233,7 @@ pub fn ifnames(ns: &Netns) -> Vec<String> {
 }
 
 /// TCX programs (id, name) of one interface: (ingress, egress).
-pub type TcxPair = (Vec<(u32, String)>, Vec<(u32, String)>);
+pub type TcPair = (Vec<(u32, String)>, Vec<(u32, String)>);
 
 /// Everything netpath could change in a namespace: links (with flags and
 /// masters), addresses, routes, forwarding, TCX programs per interface, and
@@ -213,7 +244,7 @@ pub struct Snapshot {
     pub addrs: String,
     pub routes: String,
     pub forwarding: String,
-    pub tcx: BTreeMap<String, TcxPair>,
+    pub tc: BTreeMap<String, TcPair>,
     pub pins: Vec<String>,
 }
 
@@ -235,10 +266,10 @@ pub fn snapshot(ns: &Netns) -> Snapshot {
         addrs: ns.ip(&["-o", "-4", "addr", "show"]).expect("ip addr"),
         routes: ns.ip(&["-4", "route", "show"]).expect("ip route"),
         forwarding,
-        tcx: ifnames(ns)
+        tc: ifnames(ns)
             .into_iter()
             .map(|n| {
-                let v = (tcx_programs(ns, &n, true), tcx_programs(ns, &n, false));
+                let v = (tc_programs(ns, &n, true), tc_programs(ns, &n, false));
                 (n, v)
             })
             .collect(),

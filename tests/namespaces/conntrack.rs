@@ -647,7 +647,7 @@ fn bad_input_is_one_line_exit_1_and_changes_nothing() {
         std::thread::sleep(Duration::from_millis(300));
         let now = harness::snapshot(&lab.host);
         let attached = now
-            .tcx
+            .tc
             .get("side0")
             .is_some_and(|(i, e)| !i.is_empty() && !e.is_empty());
         if attached && now == last {

@@ -3,7 +3,7 @@
 use crate::harness;
 
 use harness::{
-    Lab, NETPATH, Netns, addr, iface, lab_up, netpath, netpath_ok, snapshot, status, tcx_programs,
+    Lab, NETPATH, Netns, addr, iface, lab_up, netpath, netpath_ok, snapshot, status, tc_programs,
     topology,
 };
 
@@ -12,7 +12,7 @@ use harness::{
 fn assert_netpath_attached(ns: &Netns, ifname: &str, role: &str) {
     for (ingress, dir) in [(true, "in"), (false, "eg")] {
         let want = format!("netpath_{role}_{dir}");
-        let progs = tcx_programs(ns, ifname, ingress);
+        let progs = tc_programs(ns, ifname, ingress);
         let ours: Vec<_> = progs
             .iter()
             .filter(|(_, n)| n.starts_with("netpath_"))
@@ -39,7 +39,7 @@ fn up_attaches_to_bridge_ports_and_uplinks() {
         assert_netpath_attached(&lab.host, ifname, role);
     }
     assert!(
-        tcx_programs(&lab.host, "lo", true).is_empty(),
+        tc_programs(&lab.host, "lo", true).is_empty(),
         "loopback must not be attached"
     );
     let s = status(&lab.host);
@@ -48,7 +48,7 @@ fn up_attaches_to_bridge_ports_and_uplinks() {
     assert_eq!(iface(&s, "c1h")["network"], Lab::BRIDGE);
     assert_eq!(iface(&s, "uplink0")["role"], "uplink");
     // status reports the ids the kernel reports.
-    let kernel_id = tcx_programs(&lab.host, "c1h", true)[0].0;
+    let kernel_id = tc_programs(&lab.host, "c1h", true)[0].0;
     assert_eq!(iface(&s, "c1h")["ingress_prog_ids"][0], kernel_id);
     let net = &s["networks"][0];
     assert_eq!(net["bridge"], Lab::BRIDGE);
@@ -142,11 +142,11 @@ fn down_leaves_no_attachment_or_pin() {
     );
     for ifname in harness::ifnames(&lab.host) {
         assert!(
-            tcx_programs(&lab.host, &ifname, true).is_empty(),
+            tc_programs(&lab.host, &ifname, true).is_empty(),
             "{ifname} ingress still attached"
         );
         assert!(
-            tcx_programs(&lab.host, &ifname, false).is_empty(),
+            tc_programs(&lab.host, &ifname, false).is_empty(),
             "{ifname} egress still attached"
         );
     }
@@ -208,7 +208,7 @@ fn down_keeps_a_bridge_that_existed_and_other_networks() {
     assert!(!harness::ifnames(&host).contains(&"br-new".to_owned()));
     for ifname in harness::ifnames(&host) {
         assert!(
-            tcx_programs(&host, &ifname, true).is_empty(),
+            tc_programs(&host, &ifname, true).is_empty(),
             "{ifname} still attached"
         );
     }
@@ -403,21 +403,21 @@ fn bad_input_is_one_error_line_and_changes_nothing() {
     );
 }
 
-/// A newer build's `up` swaps the program on the existing pinned link
-/// (BPF_LINK_UPDATE) and keeps the pinned maps with their contents. To get
-/// "another build's" program onto a link, the test puts the egress program on
-/// the ingress link of c1h; `up` must put netpath_port_in back on the same
-/// link, and counters must survive.
+/// A newer build's `up` swaps the program in netpath's filter in place and
+/// keeps the pinned maps with their contents; an earlier build's TCX link
+/// is replaced by the filter. To get "another build's" program onto c1h's
+/// ingress, the test puts the egress program there; `up` must put
+/// netpath_port_in back, and counters must survive.
 #[test]
 fn up_replaces_programs_in_place_and_keeps_maps() {
-    use aya::programs::{
-        links::{FdLink, PinnedLink},
-        tc::SchedClassifierLink,
-    };
+    use aya::programs::{LinkOrder, TcAttachType, links::FdLink, tc::TcAttachOptions};
     use netpath::{
         attach::Datapath,
         state::{Dir, StateDir},
+        tcfilter,
     };
+    use netpath_common::IfaceRole;
+    use std::os::fd::{AsFd as _, AsRawFd as _};
 
     require_root!();
     // Without the daemon: it would repair the swapped program first (which
@@ -425,69 +425,107 @@ fn up_replaces_programs_in_place_and_keeps_maps() {
     let lab = harness::lab_up_with(Lab::new(NETPATH).unwrap(), &["--no-daemon"]);
     lab.tcp_out(&lab.c1, 8001).unwrap();
     let before = status(&lab.host);
-    let (link_id_before, maps_before) = lab
+    let maps_before = lab
         .host
         .run(|| {
             let state = StateDir::current().unwrap();
-            let link = FdLink::from(
-                PinnedLink::from_pin(state.link_pin(c1h_index(), Dir::Ingress)).unwrap(),
-            );
-            let link_id = link.info().unwrap().id();
             let mut dp = Datapath::load(&state).unwrap();
-            let maps = map_ids(&state);
-            // Put "another build's" program on the ingress link.
-            let prog = dp
-                .program(netpath_common::IfaceRole::Port, Dir::Egress)
-                .unwrap();
-            let id = prog
-                .attach_to_link(SchedClassifierLink::try_from(link).unwrap())
-                .unwrap();
-            drop(prog.take_link(id).unwrap());
-            (link_id, maps)
+            let prog = dp.program(IfaceRole::Port, Dir::Egress).unwrap();
+            let fd = prog.fd().unwrap().as_fd().as_raw_fd();
+            tcfilter::put(c1h_index(), Dir::Ingress, fd, "netpath_port_eg").unwrap();
+            map_ids(&state)
         })
         .unwrap();
     assert_eq!(
-        tcx_programs(&lab.host, "c1h", true)[0].1,
-        "netpath_port_eg",
+        tc_programs(&lab.host, "c1h", true),
+        vec![(
+            tc_programs(&lab.host, "c1h", false)[0].0,
+            "netpath_port_eg".to_owned()
+        )],
         "test setup: foreign program in place"
     );
-
-    let out = netpath_ok(
-        &lab.host,
-        &["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET],
-    );
+    let up = || {
+        netpath_ok(
+            &lab.host,
+            &["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET],
+        )
+    };
+    let out = up();
     assert!(
         out.contains("c1h: port, ingress replaced by this build, egress unchanged"),
         "{out}"
     );
-    let progs = tcx_programs(&lab.host, "c1h", true);
-    assert_eq!(progs.len(), 1);
+    let progs = tc_programs(&lab.host, "c1h", true);
+    assert_eq!(progs.len(), 1, "{progs:?}");
     assert_eq!(progs[0].1, "netpath_port_in");
-    let (link_id_after, maps_after) = lab
+    let filters = lab
+        .host
+        .run(|| tcfilter::list(c1h_index(), Dir::Ingress).unwrap())
+        .unwrap();
+    assert!(
+        filters.iter().filter(|f| f.is_ours()).count() == 1,
+        "replaced in netpath's one filter: {filters:?}"
+    );
+    let maps_after = lab
+        .host
+        .run(|| map_ids(&StateDir::current().unwrap()))
+        .unwrap();
+    assert_eq!(maps_before, maps_after, "the pinned maps were reused");
+
+    // An earlier build attached ports with pinned TCX links: `up` moves
+    // the port to the filter and removes the link and its pin.
+    let pin = lab
         .host
         .run(|| {
             let state = StateDir::current().unwrap();
-            let link = FdLink::from(
-                PinnedLink::from_pin(state.link_pin(c1h_index(), Dir::Ingress)).unwrap(),
-            );
-            (link.info().unwrap().id(), map_ids(&state))
+            let mut dp = Datapath::load(&state).unwrap();
+            assert!(tcfilter::remove(c1h_index(), Dir::Ingress).unwrap());
+            let prog = dp.program(IfaceRole::Port, Dir::Ingress).unwrap();
+            let id = prog
+                .attach_with_options(
+                    "c1h",
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .unwrap();
+            let link: FdLink = prog.take_link(id).unwrap().try_into().unwrap();
+            let pin = state.link_pin(c1h_index(), Dir::Ingress);
+            link.pin(&pin).unwrap();
+            pin
         })
         .unwrap();
-    assert_eq!(
-        link_id_before, link_id_after,
-        "the same link was updated, not recreated"
-    );
-    assert_eq!(maps_before, maps_after, "the pinned maps were reused");
-    let after = status(&lab.host);
+    let old = tc_programs(&lab.host, "c1h", true);
+    assert_eq!(old.len(), 1, "test setup: only the TCX link: {old:?}");
+    let out = up();
     assert!(
-        iface(&after, "c1h")["ingress"]["packets"].as_u64()
-            >= iface(&before, "c1h")["ingress"]["packets"].as_u64(),
-        "counters survived the upgrade"
+        out.contains("c1h: port, ingress replaced by this build, egress unchanged"),
+        "{out}"
     );
+    let progs = tc_programs(&lab.host, "c1h", true);
+    assert_eq!(progs.len(), 1, "the filter alone: {progs:?}");
+    assert!(!pin.exists(), "the earlier build's link pin is gone");
+    let filters = lab
+        .host
+        .run(|| tcfilter::list(c1h_index(), Dir::Ingress).unwrap())
+        .unwrap();
+    assert_eq!(
+        filters.iter().find(|f| f.is_ours()).and_then(|f| f.prog_id),
+        Some(progs[0].0),
+        "the program runs from netpath's filter"
+    );
+    let after = status(&lab.host);
     assert_eq!(
         records(&after),
         records(&before),
         "network records survived"
+    );
+    // Traffic still flows through the port, counted on.
+    lab.tcp_out(&lab.c1, 8001).unwrap();
+    let later = status(&lab.host);
+    assert!(
+        iface(&later, "c1h")["ingress"]["packets"].as_u64()
+            > iface(&before, "c1h")["ingress"]["packets"].as_u64(),
+        "counters survived the upgrade and count on"
     );
 }
 

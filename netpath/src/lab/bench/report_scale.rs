@@ -134,7 +134,7 @@ pub fn startup(s: &mut String, rows: &[StartupSample]) {
     }
     let _ = writeln!(
         s,
-        "**Startup** (`netpath up`, wall time of the command; medians where repeated)\n"
+        "**Startup** (`netpath up`: wall time of the command; a new port: from its veth joining the bridge until netpath's filters are on it; medians where repeated)\n"
     );
     let _ = writeln!(s, "| up | samples | median | min–max |");
     let _ = writeln!(s, "|---|---|---|---|");
