@@ -376,6 +376,9 @@ impl Datapath {
             return Ok(Attach::NotUsed);
         }
         if !crate::state::attaches_by_filter(role, dir) {
+            // A bridge or port that became an uplink: its filter goes, or
+            // the old role's program would run after the new one's.
+            tcfilter::remove(ifindex, dir)?;
             return self.ensure_tcx(&pin, ifname, role, dir);
         }
         let prog = self.program(role, dir)?;

@@ -195,6 +195,11 @@ pub enum Command {
         /// and the memory a flow costs in each.
         #[arg(long, conflicts_with_all = ["daemon_only", "cni_only"])]
         conntrack_only: bool,
+        /// Only the control plane: publishing ports and creating networks
+        /// (one batch and one `up` each), iptables and netpath, at full
+        /// size (1000 ports, 100 networks) unless --quick.
+        #[arg(long, conflicts_with_all = ["daemon_only", "cni_only", "conntrack_only"])]
+        control_only: bool,
     },
     /// Run the demo: build a Docker-like topology in fresh network namespaces,
     /// bring netpath up in it, send traffic through masquerade and a published

@@ -1,6 +1,6 @@
 //! `netpath daemon`: one per network namespace. It listens to rtnetlink link
 //! and IPv4 address events and re-applies the recorded networks when they
-//! come (new ports get the programs within about 100 ms, an uplink's new
+//! come (new ports get the programs within about 30 ms, an uplink's new
 //! address becomes its masquerade source), and every second it removes
 //! expired conntrack flows.
 //!
@@ -361,13 +361,26 @@ pub async fn run(opts: Options) -> Result<()> {
         None => None,
     };
     let nl = Netlink::new()?;
-    // Link and IPv4 address events: new ports, enslaving, address changes.
-    let (conn, _, mut nl_events) = rtnetlink::new_multicast_connection(&[
+    // Link and IPv4 address events: new ports, enslaving, address changes;
+    // and TC events: a filter or clsact qdisc removed by someone else
+    // (`tc qdisc del dev c1h clsact`) leaves a port unguarded until the
+    // next re-apply, which then must not be skipped.
+    let (conn, _, nl_events) = rtnetlink::new_multicast_connection(&[
         rtnetlink::MulticastGroup::Link,
         rtnetlink::MulticastGroup::Ipv4Ifaddr,
+        rtnetlink::MulticastGroup::Tc,
     ])
-    .context("subscribing to link and address events")?;
+    .context("subscribing to link, address and TC events")?;
     tokio::spawn(conn);
+    let tc_removed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut nl_events = nl_events.inspect({
+        let flag = tc_removed.clone();
+        move |(msg, _)| {
+            if is_tc_removal(msg) {
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
     let mut stop = events::Stop::new()?;
     // The first tick at once, then after each sweep the sweeper's interval.
     let mut next_tick = tokio::time::Instant::now();
@@ -424,7 +437,10 @@ pub async fn run(opts: Options) -> Result<()> {
         // Events a command's own reconcile already covered (its bridge,
         // the ports it attached): nothing to do, and no re-apply holding
         // the lock while the next command waits for it.
-        if started && already_seen(&nl).await {
+        // Taken now, given back when the re-apply does not happen (lock
+        // busy, an error), so a removal is never forgotten.
+        let forced = tc_removed.swap(false, std::sync::atomic::Ordering::Relaxed);
+        if started && !forced && already_seen(&nl).await {
             tracing::debug!("link and address events already covered by the last reconcile");
             dirty = false;
             continue;
@@ -448,9 +464,12 @@ pub async fn run(opts: Options) -> Result<()> {
                 started = true;
             }
             // Another command holds the lock: try again on the next tick.
-            Ok(None) => {}
+            Ok(None) => {
+                tc_removed.fetch_or(forced, std::sync::atomic::Ordering::Relaxed);
+            }
             Err(e) => {
                 warn!("re-applying networks failed: {e:#}");
+                tc_removed.fetch_or(forced, std::sync::atomic::Ordering::Relaxed);
                 dirty = false;
             }
         }
@@ -462,6 +481,23 @@ pub async fn run(opts: Options) -> Result<()> {
     let _ = std::fs::remove_file(pid_path(cookie));
     let _ = std::fs::remove_file(reconcile::seen_path(cookie));
     Ok(())
+}
+
+/// Events after which the digest of links and addresses cannot tell that
+/// nothing is to do: a TC filter or qdisc going away (maybe netpath's), a
+/// link deleted (it took its filters along, and one re-created under the
+/// same index, name and MAC would leave the digest as it was), and lost
+/// events (an overrun).
+fn is_tc_removal(
+    msg: &rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+) -> bool {
+    use rtnetlink::{packet_core::NetlinkPayload, packet_route::RouteNetlinkMessage as M};
+    matches!(
+        msg.payload,
+        NetlinkPayload::InnerMessage(
+            M::DelTrafficFilter(_) | M::DelQueueDiscipline(_) | M::DelLink(_)
+        ) | NetlinkPayload::Overrun(_)
+    )
 }
 
 /// Whether the links and addresses now are what the last reconcile saw.

@@ -182,6 +182,7 @@ fn run(cli: Cli) -> Result<()> {
         daemon_only,
         cni_only,
         conntrack_only,
+        control_only,
     } = &cli.command
     {
         let res = bench::run(&bench::Options {
@@ -192,6 +193,7 @@ fn run(cli: Cli) -> Result<()> {
             daemon_only: *daemon_only,
             cni_only: *cni_only,
             conntrack_only: *conntrack_only,
+            control_only: *control_only,
         })?;
         print!("{}", bench::table(&res));
         println!(

@@ -105,7 +105,10 @@ fn request(msg: RouteNetlinkMessage, flags: u16) -> Result<Vec<TcMessage>> {
                         ))),
                     };
                 }
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewTrafficFilter(m)) => {
+                NetlinkPayload::InnerMessage(
+                    RouteNetlinkMessage::NewTrafficFilter(m)
+                    | RouteNetlinkMessage::NewQueueDiscipline(m),
+                ) => {
                     out.push(m);
                 }
                 _ => {}
@@ -194,9 +197,41 @@ fn ensure_clsact(ifindex: u32) -> Result<()> {
         NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
     ) {
         Ok(_) => Ok(()),
-        Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+        // A qdisc at ffff: already: clsact, or a classic `ingress` one
+        // (another tool's), whose block would take both directions'
+        // filters, so netpath must not use it.
+        Err(e) if is_errno(&e, libc::EEXIST) => {
+            let kind = qdisc_kind(ifindex, TcHandle::CLSACT)?;
+            if kind.as_deref() == Some("clsact") {
+                Ok(())
+            } else {
+                bail!(
+                    "the interface has a {} qdisc where clsact would go",
+                    kind.as_deref().unwrap_or("foreign")
+                )
+            }
+        }
         Err(e) => Err(e).context("adding a clsact qdisc"),
     }
+}
+
+/// The kind of the qdisc with parent `parent` on `ifindex`, if any.
+fn qdisc_kind(ifindex: u32, parent: TcHandle) -> Result<Option<String>> {
+    let mut msg = TcMessage::default();
+    header(&mut msg, ifindex)?;
+    let all = request(RouteNetlinkMessage::GetQueueDiscipline(msg), NLM_F_DUMP)
+        .context("listing qdiscs")?;
+    Ok(all
+        .iter()
+        .filter(|q| {
+            u32::try_from(q.header.index).ok() == Some(ifindex) && q.header.parent == parent
+        })
+        .find_map(|q| {
+            q.attributes.iter().find_map(|a| match a {
+                TcAttribute::Kind(k) => Some(k.clone()),
+                _ => None,
+            })
+        }))
 }
 
 /// netpath's filter on `ifindex` in `dir`, as a request names it.

@@ -447,7 +447,14 @@ fn up_replaces_programs_in_place_and_keeps_maps() {
     let up = || {
         netpath_ok(
             &lab.host,
-            &["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET],
+            &[
+                "up",
+                "--bridge",
+                Lab::BRIDGE,
+                "--subnet",
+                Lab::SUBNET,
+                "--no-daemon",
+            ],
         )
     };
     let out = up();

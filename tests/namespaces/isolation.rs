@@ -271,17 +271,7 @@ fn spoofed_addresses_and_macs_are_dropped_and_counted() {
 fn a_port_plugged_in_after_up_is_enforced_within_a_second() {
     require_root!();
     let lab = Lab::new(NETPATH).unwrap();
-    netpath_ok(
-        &lab.host,
-        &[
-            "up",
-            "--bridge",
-            Lab::BRIDGE,
-            "--subnet",
-            Lab::SUBNET,
-            "--icc=false",
-        ],
-    );
+    up_without_icc(&lab);
     let plugged = Instant::now();
     lab.plug_ports().unwrap();
     let attached = |lab: &Lab| {
@@ -304,6 +294,102 @@ fn a_port_plugged_in_after_up_is_enforced_within_a_second() {
     // ... and enforced: ICC is off.
     ping_fails(&lab.c1, Lab::C2);
     topology::ping(&lab.c1, Lab::GATEWAY).unwrap();
+}
+
+/// `up` of the lab's network with ICC off.
+fn up_without_icc(lab: &Lab) {
+    netpath_ok(
+        &lab.host,
+        &[
+            "up",
+            "--bridge",
+            Lab::BRIDGE,
+            "--subnet",
+            Lab::SUBNET,
+            "--icc=false",
+        ],
+    );
+}
+
+/// Polls `done` every 20 ms for up to 3 s; how long it took.
+fn wait_for(mut done: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while !done() && t.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.elapsed()
+}
+
+/// A port's programs run from netpath's TC filter; when someone removes it
+/// (or the whole clsact qdisc) the daemon hears the TC event and puts it
+/// back, and the port is enforced again.
+#[test]
+fn a_port_whose_filter_is_removed_is_guarded_again_by_the_daemon() {
+    require_root!();
+    let lab = Lab::new(NETPATH).unwrap();
+    up_without_icc(&lab);
+    lab.plug_ports().unwrap();
+    let guarded = |lab: &Lab| {
+        [true, false].iter().all(|&ingress| {
+            harness::tc_programs(&lab.host, "c1h", ingress)
+                .iter()
+                .any(|(_, n)| n.starts_with("netpath_port_"))
+        })
+    };
+    wait_for(|| guarded(&lab));
+    assert!(guarded(&lab), "c1h runs netpath's programs once plugged in");
+    ping_fails(&lab.c1, Lab::C2);
+    for removal in [
+        &["filter", "del", "dev", "c1h", "ingress"][..],
+        &["qdisc", "del", "dev", "c1h", "clsact"][..],
+    ] {
+        let out = lab.host.command("tc").args(removal).output().expect("tc");
+        assert!(out.status.success(), "tc {removal:?}: {out:?}");
+        let took = wait_for(|| guarded(&lab));
+        assert!(
+            guarded(&lab),
+            "c1h not guarded {took:?} after tc {removal:?}"
+        );
+        eprintln!("c1h guarded again {took:?} after tc {removal:?}");
+        // ... and enforced: ICC is off.
+        ping_fails(&lab.c1, Lab::C2);
+    }
+    topology::ping(&lab.c1, Lab::GATEWAY).unwrap();
+}
+
+/// A port that already has another tool's classic `ingress` qdisc (whose
+/// one block would take both directions' filters) gets TCX links instead,
+/// each direction its own program, and `down` leaves that qdisc alone.
+#[test]
+fn a_port_with_a_classic_ingress_qdisc_gets_tcx_links() {
+    require_root!();
+    let lab = Lab::new(NETPATH).unwrap();
+    let tc = |args: &[&str]| {
+        let out = lab.host.command("tc").args(args).output().expect("tc");
+        assert!(out.status.success(), "tc {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    up_without_icc(&lab);
+    tc(&["qdisc", "add", "dev", "c1h", "ingress"]);
+    lab.plug_ports().unwrap();
+    wait_for(|| !harness::tc_programs(&lab.host, "c1h", false).is_empty());
+    for (ingress, want) in [(true, "netpath_port_in"), (false, "netpath_port_eg")] {
+        let progs = harness::tc_programs(&lab.host, "c1h", ingress);
+        assert!(
+            progs.len() == 1 && progs[0].1 == want,
+            "c1h {want}: {progs:?}"
+        );
+    }
+    ping_fails(&lab.c1, Lab::C2);
+    topology::ping(&lab.c1, Lab::GATEWAY).unwrap();
+    netpath_ok(&lab.host, &["down", "--all"]);
+    assert!(
+        tc(&["qdisc", "show", "dev", "c1h"]).contains("qdisc ingress"),
+        "the other tool's qdisc stays"
+    );
+    for ingress in [true, false] {
+        assert!(harness::tc_programs(&lab.host, "c1h", ingress).is_empty());
+    }
 }
 
 #[test]

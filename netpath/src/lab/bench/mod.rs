@@ -51,6 +51,8 @@ pub struct Options {
     pub cni_only: bool,
     /// Only conntrack at scale (iptables and netpath copies).
     pub conntrack_only: bool,
+    /// Only the control plane (iptables and netpath copies).
+    pub control_only: bool,
 }
 
 /// One scale point: published ports and managed networks.
@@ -371,7 +373,7 @@ pub fn run(opts: &Options) -> Result<Results> {
     let mut labs = Vec::new();
     let arms: &[Arm] = if opts.daemon_only {
         &[Arm::Netpath]
-    } else if opts.conntrack_only {
+    } else if opts.conntrack_only || opts.control_only {
         &[Arm::Iptables, Arm::Netpath]
     } else {
         &Arm::ALL
@@ -384,7 +386,7 @@ pub fn run(opts: &Options) -> Result<Results> {
     if let Some(b) = opts
         .baseline
         .as_ref()
-        .filter(|_| !opts.daemon_only && !opts.conntrack_only)
+        .filter(|_| !opts.daemon_only && !opts.conntrack_only && !opts.control_only)
     {
         let b = std::fs::canonicalize(b)
             .with_context(|| format!("the baseline binary {}", b.display()))?;
@@ -413,7 +415,11 @@ pub fn run(opts: &Options) -> Result<Results> {
         return conntrack_only(opts, labs, res, dur);
     }
     let started = Instant::now();
-    let scales = if opts.daemon_only { Vec::new() } else { scales };
+    let scales = if opts.daemon_only || opts.control_only {
+        Vec::new()
+    } else {
+        scales
+    };
     for (i, scale) in scales.iter().enumerate() {
         // The baseline runs at the first point only.
         let here: Vec<usize> = (0..labs.len())
@@ -497,6 +503,7 @@ pub fn run(opts: &Options) -> Result<Results> {
         }
     }
     if !opts.daemon_only
+        && !opts.control_only
         && let Some(lab) = labs.iter().find(|l| l.arm == Arm::Netpath)
     {
         eprintln!("netpath bench: the cost of a monitor");
@@ -504,8 +511,11 @@ pub fn run(opts: &Options) -> Result<Results> {
         let reps = if opts.quick { 3 } else { opts.reps };
         res.monitor = monitor::measure(lab, reps, dur).context("measuring a monitor's cost")?;
     }
-    eprintln!("netpath bench: the daemon's cost");
-    if let Some(lab) = labs.iter_mut().find(|l| l.arm == Arm::Netpath) {
+    if let Some(lab) = labs
+        .iter_mut()
+        .find(|l| l.arm == Arm::Netpath && !opts.control_only)
+    {
+        eprintln!("netpath bench: the daemon's cost");
         if opts.daemon_only {
             // The flood's target.
             lab.set_ports(1)?;
@@ -556,6 +566,11 @@ pub fn run(opts: &Options) -> Result<Results> {
             }
         }
         res.network_steps.push(control::NetworkStep::new(arm, &t));
+    }
+    if opts.control_only {
+        drop(labs);
+        report::write_outputs(&res, &opts.out)?;
+        return Ok(res);
     }
     if !opts.daemon_only {
         scale_and_startup(opts, &exe, &mut labs, &mut res, dur)?;
