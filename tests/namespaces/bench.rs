@@ -108,9 +108,21 @@ fn quick_bench_runs_every_arm_and_proves_its_path() {
         "{ct}"
     );
     assert!(stdout.contains("**Conntrack memory per flow**"), "{stdout}");
-    // Startup: the first up, a new network's, an idempotent one.
+    // Startup: a new port's enforcement, the first up, a new network's,
+    // an idempotent one.
     let startup = json["startup"].as_array().unwrap();
-    assert_eq!(startup.len(), 3, "{startup:?}");
+    assert_eq!(startup.len(), 4, "{startup:?}");
+    assert!(
+        startup[0]["what"]
+            .as_str()
+            .unwrap()
+            .starts_with("a new port enforced"),
+        "{startup:?}"
+    );
+    assert!(
+        startup[0]["ms"].as_array().unwrap().len() >= 3,
+        "{startup:?}"
+    );
     for s in startup {
         let ms = s["ms"].as_array().unwrap();
         assert!(
