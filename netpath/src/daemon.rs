@@ -364,7 +364,7 @@ pub async fn run(opts: Options) -> Result<()> {
     // Link and IPv4 address events: new ports, enslaving, address changes;
     // and TC events: a filter or clsact qdisc removed by someone else
     // (`tc qdisc del dev c1h clsact`) leaves a port unguarded until the
-    // next re-apply, which then must not be skipped.
+    // next re-apply, which then must not be skipped (see `forces_reapply`).
     let (conn, _, nl_events) = rtnetlink::new_multicast_connection(&[
         rtnetlink::MulticastGroup::Link,
         rtnetlink::MulticastGroup::Ipv4Ifaddr,
@@ -372,11 +372,11 @@ pub async fn run(opts: Options) -> Result<()> {
     ])
     .context("subscribing to link, address and TC events")?;
     tokio::spawn(conn);
-    let tc_removed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let must_reapply = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut nl_events = nl_events.inspect({
-        let flag = tc_removed.clone();
+        let flag = must_reapply.clone();
         move |(msg, _)| {
-            if is_tc_removal(msg) {
+            if forces_reapply(msg) {
                 flag.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
@@ -434,12 +434,12 @@ pub async fn run(opts: Options) -> Result<()> {
         if !dirty || !state.exists() {
             continue;
         }
+        // Taken now, given back when the re-apply does not happen (lock
+        // busy, an error), so a removal is never forgotten.
+        let forced = must_reapply.swap(false, std::sync::atomic::Ordering::Relaxed);
         // Events a command's own reconcile already covered (its bridge,
         // the ports it attached): nothing to do, and no re-apply holding
         // the lock while the next command waits for it.
-        // Taken now, given back when the re-apply does not happen (lock
-        // busy, an error), so a removal is never forgotten.
-        let forced = tc_removed.swap(false, std::sync::atomic::Ordering::Relaxed);
         if started && !forced && already_seen(&nl).await {
             tracing::debug!("link and address events already covered by the last reconcile");
             dirty = false;
@@ -465,11 +465,11 @@ pub async fn run(opts: Options) -> Result<()> {
             }
             // Another command holds the lock: try again on the next tick.
             Ok(None) => {
-                tc_removed.fetch_or(forced, std::sync::atomic::Ordering::Relaxed);
+                must_reapply.fetch_or(forced, std::sync::atomic::Ordering::Relaxed);
             }
             Err(e) => {
                 warn!("re-applying networks failed: {e:#}");
-                tc_removed.fetch_or(forced, std::sync::atomic::Ordering::Relaxed);
+                must_reapply.fetch_or(forced, std::sync::atomic::Ordering::Relaxed);
                 dirty = false;
             }
         }
@@ -488,7 +488,7 @@ pub async fn run(opts: Options) -> Result<()> {
 /// link deleted (it took its filters along, and one re-created under the
 /// same index, name and MAC would leave the digest as it was), and lost
 /// events (an overrun).
-fn is_tc_removal(
+fn forces_reapply(
     msg: &rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
 ) -> bool {
     use rtnetlink::{packet_core::NetlinkPayload, packet_route::RouteNetlinkMessage as M};

@@ -75,9 +75,7 @@ pub async fn down(target: &DownTarget) -> Result<DownReport> {
             }
             DownTarget::All => {
                 // Links left by an interrupted run still go.
-                if let Some(e) = crate::tcfilter::remove_everywhere().into_iter().next() {
-                    return Err(e);
-                }
+                crate::errors::combine(crate::tcfilter::remove_everywhere())?;
                 if state.root.exists() {
                     for (_, _, path) in state.pinned_links()? {
                         sys::detach_pinned_link(&path)?;

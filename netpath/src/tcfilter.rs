@@ -18,7 +18,7 @@ use std::os::fd::RawFd;
 use anyhow::{Context as _, Result, bail};
 use rtnetlink::{
     packet_core::{
-        NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage,
+        NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage,
         NetlinkPayload,
     },
     packet_route::{
@@ -201,7 +201,7 @@ fn ensure_clsact(ifindex: u32) -> Result<()> {
         // (another tool's), whose block would take both directions'
         // filters, so netpath must not use it.
         Err(e) if is_errno(&e, libc::EEXIST) => {
-            let kind = qdisc_kind(ifindex, TcHandle::CLSACT)?;
+            let kind = ingress_qdisc_kind(ifindex)?;
             if kind.as_deref() == Some("clsact") {
                 Ok(())
             } else {
@@ -215,23 +215,29 @@ fn ensure_clsact(ifindex: u32) -> Result<()> {
     }
 }
 
-/// The kind of the qdisc with parent `parent` on `ifindex`, if any.
-fn qdisc_kind(ifindex: u32, parent: TcHandle) -> Result<Option<String>> {
+/// The kind of the qdisc at `ifindex`'s ingress hook (clsact or a classic
+/// ingress one), if any: one GET for that qdisc, not a dump of every
+/// interface's.
+fn ingress_qdisc_kind(ifindex: u32) -> Result<Option<String>> {
     let mut msg = TcMessage::default();
     header(&mut msg, ifindex)?;
-    let all = request(RouteNetlinkMessage::GetQueueDiscipline(msg), NLM_F_DUMP)
-        .context("listing qdiscs")?;
-    Ok(all
-        .iter()
-        .filter(|q| {
-            u32::try_from(q.header.index).ok() == Some(ifindex) && q.header.parent == parent
+    msg.header.parent = TcHandle::INGRESS;
+    // NLM_F_ECHO: some kernels answer a qdisc GET as a notification, which
+    // reaches the asker only when it asks for the echo.
+    let answer = match request(
+        RouteNetlinkMessage::GetQueueDiscipline(msg),
+        NLM_F_ACK | NLM_F_ECHO,
+    ) {
+        Ok(a) => a,
+        Err(e) if is_gone(&e) => return Ok(None),
+        Err(e) => return Err(e).context("reading the ingress qdisc"),
+    };
+    Ok(answer.iter().find_map(|q| {
+        q.attributes.iter().find_map(|a| match a {
+            TcAttribute::Kind(k) => Some(k.clone()),
+            _ => None,
         })
-        .find_map(|q| {
-            q.attributes.iter().find_map(|a| match a {
-                TcAttribute::Kind(k) => Some(k.clone()),
-                _ => None,
-            })
-        }))
+    }))
 }
 
 /// netpath's filter on `ifindex` in `dir`, as a request names it.

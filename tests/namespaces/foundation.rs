@@ -38,6 +38,32 @@ fn up_attaches_to_bridge_ports_and_uplinks() {
     ] {
         assert_netpath_attached(&lab.host, ifname, role);
     }
+    // Bridge and ports run from netpath's TC filter (not the TCX fallback
+    // for interfaces that refuse clsact), each direction its own program.
+    for (ifname, dirs) in [
+        (Lab::BRIDGE, &[("ingress", "netpath_br_in")][..]),
+        (
+            "c1h",
+            &[
+                ("ingress", "netpath_port_in"),
+                ("egress", "netpath_port_eg"),
+            ][..],
+        ),
+    ] {
+        for (dir, want) in dirs {
+            let out = lab
+                .host
+                .command("tc")
+                .args(["filter", "show", "dev", ifname, dir])
+                .output()
+                .expect("tc");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                text.contains(&format!("handle 0x6e70 {want} direct-action")),
+                "{ifname} {dir}: {text}"
+            );
+        }
+    }
     assert!(
         tc_programs(&lab.host, "lo", true).is_empty(),
         "loopback must not be attached"

@@ -271,7 +271,17 @@ fn spoofed_addresses_and_macs_are_dropped_and_counted() {
 fn a_port_plugged_in_after_up_is_enforced_within_a_second() {
     require_root!();
     let lab = Lab::new(NETPATH).unwrap();
-    up_without_icc(&lab);
+    netpath_ok(
+        &lab.host,
+        &[
+            "up",
+            "--bridge",
+            Lab::BRIDGE,
+            "--subnet",
+            Lab::SUBNET,
+            "--icc=false",
+        ],
+    );
     let plugged = Instant::now();
     lab.plug_ports().unwrap();
     let attached = |lab: &Lab| {
@@ -296,21 +306,6 @@ fn a_port_plugged_in_after_up_is_enforced_within_a_second() {
     topology::ping(&lab.c1, Lab::GATEWAY).unwrap();
 }
 
-/// `up` of the lab's network with ICC off.
-fn up_without_icc(lab: &Lab) {
-    netpath_ok(
-        &lab.host,
-        &[
-            "up",
-            "--bridge",
-            Lab::BRIDGE,
-            "--subnet",
-            Lab::SUBNET,
-            "--icc=false",
-        ],
-    );
-}
-
 /// Polls `done` every 20 ms for up to 3 s; how long it took.
 fn wait_for(mut done: impl FnMut() -> bool) -> Duration {
     let t = Instant::now();
@@ -326,9 +321,7 @@ fn wait_for(mut done: impl FnMut() -> bool) -> Duration {
 #[test]
 fn a_port_whose_filter_is_removed_is_guarded_again_by_the_daemon() {
     require_root!();
-    let lab = Lab::new(NETPATH).unwrap();
-    up_without_icc(&lab);
-    lab.plug_ports().unwrap();
+    let lab = harness::lab_up_with(Lab::new(NETPATH).unwrap(), &["--icc=false"]);
     let guarded = |lab: &Lab| {
         [true, false].iter().all(|&ingress| {
             harness::tc_programs(&lab.host, "c1h", ingress)
@@ -336,8 +329,7 @@ fn a_port_whose_filter_is_removed_is_guarded_again_by_the_daemon() {
                 .any(|(_, n)| n.starts_with("netpath_port_"))
         })
     };
-    wait_for(|| guarded(&lab));
-    assert!(guarded(&lab), "c1h runs netpath's programs once plugged in");
+    assert!(guarded(&lab), "c1h runs netpath's programs after up");
     ping_fails(&lab.c1, Lab::C2);
     for removal in [
         &["filter", "del", "dev", "c1h", "ingress"][..],
@@ -363,16 +355,14 @@ fn a_port_whose_filter_is_removed_is_guarded_again_by_the_daemon() {
 #[test]
 fn a_port_with_a_classic_ingress_qdisc_gets_tcx_links() {
     require_root!();
-    let lab = Lab::new(NETPATH).unwrap();
-    let tc = |args: &[&str]| {
+    let tc = |lab: &Lab, args: &[&str]| {
         let out = lab.host.command("tc").args(args).output().expect("tc");
         assert!(out.status.success(), "tc {args:?}: {out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    up_without_icc(&lab);
-    tc(&["qdisc", "add", "dev", "c1h", "ingress"]);
-    lab.plug_ports().unwrap();
-    wait_for(|| !harness::tc_programs(&lab.host, "c1h", false).is_empty());
+    let lab = Lab::new(NETPATH).unwrap();
+    tc(&lab, &["qdisc", "add", "dev", "c1h", "ingress"]);
+    let lab = harness::lab_up_with(lab, &["--icc=false"]);
     for (ingress, want) in [(true, "netpath_port_in"), (false, "netpath_port_eg")] {
         let progs = harness::tc_programs(&lab.host, "c1h", ingress);
         assert!(
@@ -384,7 +374,7 @@ fn a_port_with_a_classic_ingress_qdisc_gets_tcx_links() {
     topology::ping(&lab.c1, Lab::GATEWAY).unwrap();
     netpath_ok(&lab.host, &["down", "--all"]);
     assert!(
-        tc(&["qdisc", "show", "dev", "c1h"]).contains("qdisc ingress"),
+        tc(&lab, &["qdisc", "show", "dev", "c1h"]).contains("qdisc ingress"),
         "the other tool's qdisc stays"
     );
     for ingress in [true, false] {
