@@ -32,7 +32,10 @@ pub enum DropReason {
     Vlan = 10,
     /// A frame at a container port that is neither IPv4 nor ARP.
     Ethertype = 11,
-    /// IPv6 at a container port of a network without an IPv6 subnet.
+    /// IPv6 netpath does not carry: at a container port of a network
+    /// without an IPv6 subnet, or between a container and anything beyond
+    /// the host's managed bridges (IPv6 egress and inbound are not built
+    /// yet, so nothing leaves or enters untracked).
     Ipv6 = 12,
     /// From outside, a source no host sends from: 0.0.0.0/8, 127.0.0.0/8,
     /// 224.0.0.0/4, 240.0.0.0/4.
@@ -58,10 +61,20 @@ pub enum DropReason {
     /// A TCP packet that opens no flow and belongs to none (no SYN or ACK,
     /// FIN or RST first: nf_conntrack's INVALID).
     CtInvalid = 20,
+    /// A container sent a Router Advertisement or a Redirect (RA guard), or
+    /// a first fragment carrying an ICMPv6 Neighbour Discovery message.
+    RouterAdvert = 21,
+    /// A container's Neighbour Solicitation or Advertisement claimed an
+    /// address that is not its own (or one it may not take), or carried a
+    /// link-layer address that is not its MAC.
+    NdSpoof = 22,
+    /// An IPv6 routing header, or an extension header chain netpath does
+    /// not follow to its end.
+    Ipv6Header = 23,
 }
 
 impl DropReason {
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 23] = [
         Self::NatNoAddress,
         Self::NatPortsExhausted,
         Self::Malformed,
@@ -82,6 +95,9 @@ impl DropReason {
         Self::UnmanagedPort,
         Self::ConntrackFull,
         Self::CtInvalid,
+        Self::RouterAdvert,
+        Self::NdSpoof,
+        Self::Ipv6Header,
     ];
 
     pub const fn from_u16(v: u16) -> Option<Self> {
@@ -115,6 +131,9 @@ impl DropReason {
             Self::UnmanagedPort => "drop_unmanaged_port",
             Self::ConntrackFull => "drop_conntrack_full",
             Self::CtInvalid => "drop_ct_invalid",
+            Self::RouterAdvert => "drop_router_advert",
+            Self::NdSpoof => "drop_nd_spoof",
+            Self::Ipv6Header => "drop_ipv6_header",
         }
     }
 

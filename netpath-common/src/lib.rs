@@ -19,6 +19,7 @@ pub mod drop;
 pub mod event;
 pub mod filter;
 pub mod sweep;
+pub mod v6;
 
 pub use config::{Config, timeout};
 pub use counters::{Counter, CounterKey, counter_kind, counter_scope};
@@ -90,8 +91,22 @@ pub mod map_names {
     /// CIDRs (`up --no-masquerade-to`, e.g. a cluster's pod CIDR), reached
     /// untranslated and let in at container addresses.
     pub const PEERS4: &str = "NP_PEERS4";
+    /// network id -> [`NetworkInfo6`](crate::v6::NetworkInfo6): the IPv6
+    /// half of a dual-stack network.
+    pub const NETWORKS6: &str = "NP_NETWORKS6";
+    /// LPM trie: managed IPv6 subnet -> network id.
+    pub const SUBNETS6: &str = "NP_SUBNETS6";
+    /// ifindex -> [`Port6`](crate::v6::Port6): the IPv6 addresses a port's
+    /// container was given or learnt.
+    pub const PORTS6: &str = "NP_PORTS6";
+    /// [`Addr6Key`](crate::v6::Addr6Key) -> [`Endpoint`](crate::Endpoint):
+    /// which port sends from an IPv6 address (none may take another's).
+    pub const ENDPOINTS6: &str = "NP_ENDPOINTS6";
+    /// [`LeaseKey6`](crate::v6::LeaseKey6) -> [`Lease`](crate::Lease):
+    /// IPv6 addresses `netpath connect` handed out (only userspace reads it).
+    pub const LEASES6: &str = "NP_LEASES6";
     /// All pinned map names, for tooling that walks the pin directory.
-    pub const ALL: [&str; 24] = [
+    pub const ALL: [&str; 29] = [
         ENDPOINTS4,
         IFACES,
         NETWORKS,
@@ -116,6 +131,11 @@ pub mod map_names {
         MONITOR,
         TRUSTED,
         PEERS4,
+        NETWORKS6,
+        SUBNETS6,
+        PORTS6,
+        ENDPOINTS6,
+        LEASES6,
     ];
 }
 
@@ -514,7 +534,12 @@ mod user {
         event::Event,
         filter::{FilterData, FilterInfo, FilterRule},
         sweep::SweepArgs,
+        v6::{Addr6Key, LeaseKey6, NetworkInfo6, Port6},
     };
+    unsafe impl aya::Pod for NetworkInfo6 {}
+    unsafe impl aya::Pod for Port6 {}
+    unsafe impl aya::Pod for Addr6Key {}
+    unsafe impl aya::Pod for LeaseKey6 {}
     unsafe impl aya::Pod for SweepArgs {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for TargetKey4 {}

@@ -8,15 +8,16 @@ use aya_ebpf::{helpers::bpf_skb_vlan_pop, programs::TcContext};
 use netpath_common::{DropReason, VlanKey};
 
 use crate::{
-    lookup::{drop, is_local, network_of},
+    lookup::{drop, is_local, network_of, network6},
     maps::NP_VLANS,
     parse::{self, eth_p},
 };
 
-/// What a container port carries: IPv4 and ARP, untagged. `Ok` with the
-/// ethertype, or the drop verdict (counted on `net_id`): a VLAN tag at any
-/// depth (also one the kernel already took off), IPv6 (no network has an
-/// IPv6 subnet yet), any other ethertype.
+/// What a container port carries: IPv4 and ARP, and IPv6 on a network
+/// with an IPv6 subnet, untagged. `Ok` with the ethertype, or the drop
+/// verdict (counted on `net_id`): a VLAN tag at any depth (also one the
+/// kernel already took off), IPv6 on an IPv4-only network, any other
+/// ethertype.
 #[inline(always)]
 pub fn port_frame(ctx: &TcContext, net_id: u32) -> Result<u16, i32> {
     if parse::stripped_vlan(ctx).is_some() {
@@ -25,6 +26,7 @@ pub fn port_frame(ctx: &TcContext, net_id: u32) -> Result<u16, i32> {
     match parse::ethertype(ctx) {
         Some(t @ (eth_p::IP | eth_p::ARP)) => Ok(t),
         Some(t) if parse::is_vlan(t) => Err(drop(ctx, net_id, DropReason::Vlan)),
+        Some(eth_p::IPV6) if network6(net_id).is_some() => Ok(eth_p::IPV6),
         Some(eth_p::IPV6) => Err(drop(ctx, net_id, DropReason::Ipv6)),
         Some(_) => Err(drop(ctx, net_id, DropReason::Ethertype)),
         None => Err(drop(ctx, net_id, DropReason::Malformed)),

@@ -4,9 +4,16 @@
 //! networks: the destination's network comes from one longest-prefix-match
 //! lookup.
 
-use netpath_common::{DropReason, NetworkInfo, net_flags};
+use netpath_common::{
+    DropReason, MacKey, NetworkInfo, net_flags,
+    v6::{NetworkInfo6, is_link_local, is_multicast, is_unspecified},
+};
 
-use crate::lookup::{network, network_of};
+use crate::{
+    lookup::{network, network_of, network6, network6_of},
+    maps::NP_MACS,
+    parse6::same6,
+};
 
 /// Where an allowed container packet is headed.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -50,6 +57,74 @@ pub fn destination(net: &NetworkInfo, net_id: u32, daddr: u32) -> Result<Destina
 #[inline(always)]
 pub fn source(net: &NetworkInfo, saddr: u32) -> Result<(), DropReason> {
     if net.flags & net_flags::INTERNAL != 0 && !net.contains_be(saddr) {
+        return Err(DropReason::Internal);
+    }
+    Ok(())
+}
+
+/// Whether a container of network `net_id` may send IPv6 to `daddr` in a
+/// frame for `dst_mac`. The MAC tells where the frame goes on the bridge,
+/// for link-local destinations too: the bridge's own (the host, which may
+/// route it on) or a neighbour's (ICC). Multicast stays on the link (ND,
+/// MLD), as IPv4 broadcast does. Through the host: its own gateway, any
+/// link-local address (the bridge's), another network's gateway, its own
+/// subnet (hairpin, unless ICC is off); another network's containers
+/// never; beyond the host not yet ([`DropReason::Ipv6`]). A BPF
+/// subprogram (its own stack frame).
+#[inline(never)]
+pub fn destination6(
+    net: &NetworkInfo,
+    net6: &NetworkInfo6,
+    net_id: u32,
+    daddr: &[u8; 16],
+    dst_mac: &[u8; 6],
+) -> Result<(), DropReason> {
+    if is_multicast(daddr) {
+        return Ok(());
+    }
+    let no_icc = net.flags & net_flags::NO_ICC != 0;
+    let ours = net6.contains(daddr) || is_link_local(daddr);
+    let key = MacKey {
+        mac: *dst_mac,
+        _pad: [0; 2],
+    };
+    // SAFETY: the value is read at once.
+    let to_host = unsafe { NP_MACS.get(key) }.is_some_and(|o| *o == net.bridge_ifindex);
+    if !to_host {
+        // A neighbour on the bridge, which routes nothing on.
+        return match (no_icc, ours) {
+            (true, _) => Err(DropReason::Icc),
+            (false, true) => Ok(()),
+            (false, false) => Err(DropReason::Isolation),
+        };
+    }
+    if is_link_local(daddr) || same6(daddr, &net6.gateway) {
+        return Ok(());
+    }
+    match network6_of(daddr) {
+        Some(id) if id == net_id => {
+            if no_icc {
+                Err(DropReason::Icc)
+            } else {
+                Ok(())
+            }
+        }
+        _ if net.flags & net_flags::INTERNAL != 0 => Err(DropReason::Internal),
+        Some(other) => match network6(other) {
+            Some(o) if same6(&o.gateway, daddr) => Ok(()),
+            _ => Err(DropReason::Isolation),
+        },
+        None => Err(DropReason::Ipv6),
+    }
+}
+
+/// Whether a container of `net` may receive IPv6 from `saddr`: an internal
+/// network only from its own subnet and link-local addresses.
+#[inline(always)]
+pub fn source6(net: &NetworkInfo, net6: &NetworkInfo6, saddr: &[u8; 16]) -> Result<(), DropReason> {
+    if net.flags & net_flags::INTERNAL != 0
+        && !(net6.contains(saddr) || is_link_local(saddr) || is_unspecified(saddr))
+    {
         return Err(DropReason::Internal);
     }
     Ok(())

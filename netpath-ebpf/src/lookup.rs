@@ -5,12 +5,14 @@
 use aya_ebpf::{bindings::TC_ACT_SHOT, maps::lpm_trie::Key, programs::TcContext};
 use netpath_common::{
     DropReason, IfaceInfo, NetworkInfo, PeerKey4, PubKey4, PubVal4, TargetKey4, counter_scope,
+    v6::NetworkInfo6,
 };
 
 use crate::{
     counters::count,
     maps::{
-        NP_HOSTADDRS4, NP_IFACES, NP_NETWORKS, NP_PEERS4, NP_PUBLISH4, NP_SUBNETS4, NP_TARGETS4,
+        NP_HOSTADDRS4, NP_IFACES, NP_NETWORKS, NP_NETWORKS6, NP_PEERS4, NP_PUBLISH4, NP_SUBNETS4,
+        NP_SUBNETS6, NP_TARGETS4,
     },
 };
 
@@ -25,6 +27,19 @@ pub fn network(id: u32) -> Option<NetworkInfo> {
 #[inline(always)]
 pub fn network_of(addr_be: u32) -> Option<u32> {
     NP_SUBNETS4.get(Key::new(32, addr_be)).copied()
+}
+
+/// The IPv6 half of a managed network, when it has one.
+#[inline(always)]
+pub fn network6(id: u32) -> Option<NetworkInfo6> {
+    // SAFETY: the value is Copy and read at once.
+    unsafe { NP_NETWORKS6.get(id) }.copied()
+}
+
+/// The managed network whose IPv6 subnet holds `addr`.
+#[inline(always)]
+pub fn network6_of(addr: &[u8; 16]) -> Option<u32> {
+    NP_SUBNETS6.get(Key::new(128, *addr)).copied()
 }
 
 /// Whether `addr_be` lies in one of network `net_id`'s peer CIDRs

@@ -23,12 +23,16 @@ mod isolate;
 mod lookup;
 mod maps;
 mod nat;
+mod nd;
 mod parse;
+mod parse6;
 mod port;
+mod port6;
 mod publish;
 mod rewrite;
 mod sock;
 mod spoof;
+mod spoof6;
 mod sweep;
 mod uplink;
 
@@ -76,7 +80,23 @@ pub fn netpath_up_eg(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn netpath_port_in(ctx: TcContext) -> i32 {
-    hook(&ctx, IfaceRole::Port, Dir::Ingress, port::ingress)
+    // IPv4 and IPv6 each run as a subprogram of their own, so their stack
+    // frames never add up (a program's call chain has 512 bytes).
+    if parse::ethertype(&ctx) == Some(parse::eth_p::IPV6) {
+        port_in6(&ctx)
+    } else {
+        port_in4(&ctx)
+    }
+}
+
+#[inline(never)]
+fn port_in4(ctx: &TcContext) -> i32 {
+    hook(ctx, IfaceRole::Port, Dir::Ingress, port::ingress)
+}
+
+#[inline(never)]
+fn port_in6(ctx: &TcContext) -> i32 {
+    hook(ctx, IfaceRole::Port, Dir::Ingress, port6::ingress)
 }
 
 #[classifier]

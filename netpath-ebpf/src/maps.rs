@@ -14,6 +14,7 @@ use netpath_common::{
     ct::{CtEntry4, CtKey4, FragKey4, FragPorts, MAX_CT4, MAX_FRAG4},
     event::{self, Bucket},
     filter::{FilterData, FilterInfo, FilterRule, MAX_FILTERS},
+    v6::{Addr6Key, LeaseKey6, NetworkInfo6, Port6},
 };
 
 /// ifindex -> role and network of every interface netpath attached to.
@@ -113,12 +114,12 @@ pub static NP_CT_NETWORKS: Array<u32> = Array::pinned(MAX_NETWORKS + 1, 0);
 #[map]
 pub static NP_CT_SCRATCH: PerCpuArray<[CtEntry4; 2]> = PerCpuArray::with_max_entries(1, 0);
 
-/// MACs of bound or learned ports and of managed bridges -> whose: no
-/// other port may send from them (kept by the loader and port learning).
 /// How full `NP_CT4` is and the limit for new flows (`ct::fill`).
 #[map]
 pub static NP_CT_FILL: Array<u64> = Array::pinned(2, 0);
 
+/// MACs of bound or learned ports and of managed bridges -> whose: no
+/// other port may send from them (kept by the loader and port learning).
 #[map]
 pub static NP_MACS: HashMap<MacKey, u32> = HashMap::pinned(MAX_IFACES, 0);
 
@@ -133,3 +134,23 @@ pub static NP_MONITOR: Array<u64> = Array::pinned(event::monitor::LEN, 0);
 /// The events' rate limit, per CPU. Not pinned: a new build starts full.
 #[map]
 pub static NP_EVENT_BUCKET: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(1, 0);
+
+/// network id -> the IPv6 half of a dual-stack network (kept by the loader).
+#[map]
+pub static NP_NETWORKS6: HashMap<u32, NetworkInfo6> = HashMap::pinned(MAX_NETWORKS, 0);
+
+/// Managed IPv6 subnets -> network id.
+#[map]
+pub static NP_SUBNETS6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(MAX_NETWORKS, 0);
+
+/// Port ifindex -> the IPv6 addresses its container was given or learnt.
+#[map]
+pub static NP_PORTS6: HashMap<u32, Port6> = HashMap::pinned(MAX_IFACES, 0);
+
+/// IPv6 address (link-local ones per network) -> the port sending from it.
+#[map]
+pub static NP_ENDPOINTS6: HashMap<Addr6Key, Endpoint> = HashMap::pinned(MAX_IFACES * 2, 0);
+
+/// IPv6 addresses handed out by `netpath connect` (only userspace uses it).
+#[map]
+pub static NP_LEASES6: HashMap<LeaseKey6, Lease> = HashMap::pinned(MAX_LEASES, 0);

@@ -1,5 +1,7 @@
 //! The container ports (the host ends of the containers' veths).
 //!
+//! IPv6 (on dual-stack networks) has its own path, `port6`.
+//!
 //! - Ingress (a container sends): only untagged IPv4 and ARP; the sender's
 //!   MAC, IPv4 source and ARP fields must be its own (`spoof`); then the
 //!   flows at the port: published-port flows are translated and allowed
@@ -33,6 +35,7 @@ use crate::{
     isolate::{self, Destination},
     lookup::{drop, iface, is_peer, network, network_of},
     parse::{self, Ip4, L4Kind, eth_off, eth_p},
+    port6,
     publish::publish4,
     rewrite::Phase,
     spoof::Sender,
@@ -77,6 +80,10 @@ pub fn ingress(ctx: &TcContext, ifindex: u32, iface: &IfaceInfo) -> i32 {
     };
     if ty == eth_p::ARP {
         return sender.check_arp(ctx);
+    }
+    if ty == eth_p::IPV6 {
+        // The program sends IPv6 to `port6` before it gets here.
+        return drop(ctx, net_id, DropReason::Malformed);
     }
     let Some(ip) = parse::ipv4(ctx) else {
         return drop(ctx, net_id, DropReason::Malformed);
@@ -178,6 +185,9 @@ pub fn egress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
         Ok(t) => t,
         Err(v) => return v,
     };
+    if ty == eth_p::IPV6 {
+        return port6::egress(ctx, net_id, &net);
+    }
     let managed_source = came_from_managed(ctx);
     if ty == eth_p::ARP {
         // ARP only from the host, the bridge or ports netpath checks.

@@ -87,13 +87,18 @@ impl Sender<'_> {
     /// A bound port's frames carry its MAC; an unbound port's no MAC of
     /// another port or a bridge.
     #[inline(always)]
-    pub fn check_mac(&self, ctx: &TcContext) -> Result<(), i32> {
-        let ok = if self.bound() {
+    pub fn mac_ok(&self) -> bool {
+        if self.bound() {
             same_mac(&self.mac, &self.iface.mac)
         } else {
             !mac_of_another(self.ifindex, &self.mac)
-        };
-        if ok {
+        }
+    }
+
+    /// [`Self::mac_ok`], counting the drop.
+    #[inline(always)]
+    pub fn check_mac(&self, ctx: &TcContext) -> Result<(), i32> {
+        if self.mac_ok() {
             Ok(())
         } else {
             Err(drop(ctx, self.iface.net_id, DropReason::SpoofedMac))

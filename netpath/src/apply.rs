@@ -192,6 +192,7 @@ async fn carry_out(
         .iter()
         .filter_map(|c| match c {
             NetChange::Create(decl) | NetChange::Recreate { decl, .. } => Some(UpArgs {
+                v6: None,
                 spec: decl.spec.clone(),
                 options: decl.options,
                 uplinks: uplinks.clone(),
@@ -214,7 +215,12 @@ async fn carry_out(
             // Its trusted interfaces as they are (`up` replaces the set).
             let maps = Maps::open(state)?;
             let entries = crate::tables::Table::entries(&maps.trusted)?;
+            let v6 = match maps.v6.network(*id)? {
+                Some(i) => Some(crate::net6::Net6Spec::from_info(&i)?),
+                None => None,
+            };
             batch.push(UpArgs {
+                v6,
                 spec: NetworkSpec::from_info(info),
                 options: NetworkOptions::from_flags(info.flags),
                 uplinks: uplinks.clone(),

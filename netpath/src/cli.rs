@@ -212,12 +212,15 @@ pub struct UpCmd {
     /// Bridge name (e.g. docker0, br-1a2b3c).
     #[arg(long, value_name = "NAME", value_parser = spec::parse_ifname)]
     pub bridge: String,
-    /// Subnet of the network, IPv4 CIDR (e.g. 172.17.0.0/16).
-    #[arg(long, value_name = "CIDR", value_parser = spec::parse_subnet)]
-    pub subnet: Ipv4Net,
-    /// Gateway address on the bridge [default: first host address of the subnet].
-    #[arg(long, value_name = "IP")]
-    pub gateway: Option<Ipv4Addr>,
+    /// Subnet of the network: an IPv4 CIDR (e.g. 172.17.0.0/16), and
+    /// optionally an IPv6 one for a dual-stack network (repeat the flag:
+    /// `--subnet 172.18.0.0/16 --subnet fd00:18::/64`).
+    #[arg(long = "subnet", value_name = "CIDR", required = true, value_parser = crate::net6::parse_any_subnet)]
+    pub subnets: Vec<ipnet::IpNet>,
+    /// Gateway address on the bridge, once per family [default: the
+    /// subnet's first host address; for IPv6, `…::1`].
+    #[arg(long = "gateway", value_name = "IP")]
+    pub gateways: Vec<std::net::IpAddr>,
     /// Uplink interface (repeatable). Replaces the uplink set of this namespace
     /// [default: every interface with an IPv4 address that is not a managed bridge, enslaved, or loopback].
     #[arg(long = "uplink", value_name = "IFACE", value_parser = spec::parse_ifname)]

@@ -108,9 +108,18 @@ pub async fn down(target: &DownTarget) -> Result<DownReport> {
             errors.push(e.context("forgetting a lease"));
         }
     }
+    // The IPv6 gateways netpath added, to take off bridges that stay.
+    let mut gateways6 = BTreeMap::new();
     for (id, info) in &victims {
         if let Err(e) = maps.networks.delete(id) {
             errors.push(e.context("forgetting the network"));
+        }
+        match maps.v6.forget(*id) {
+            Ok(Some((v6, flags))) if crate::net6::added_gateway(flags) => {
+                gateways6.insert(*id, v6);
+            }
+            Ok(_) => {}
+            Err(e) => errors.push(e),
         }
         if let Err(e) = maps.remove_subnet(NetworkSpec::from_info(info).subnet) {
             errors.push(e);
@@ -169,7 +178,7 @@ pub async fn down(target: &DownTarget) -> Result<DownReport> {
             }
         }
     }
-    for (_, info) in &victims {
+    for (id, info) in &victims {
         let spec = NetworkSpec::from_info(info);
         report.removed.push(spec.bridge.clone());
         let link = match nl.link_by_name(&spec.bridge).await {
@@ -190,6 +199,15 @@ pub async fn down(target: &DownTarget) -> Result<DownReport> {
             Ok(())
         };
         if let Err(e) = res {
+            errors.push(e);
+        }
+        if let (false, Some(v6)) = (
+            info.flags & net_flags::CREATED_BRIDGE != 0,
+            gateways6.get(id),
+        ) && let Err(e) = nl
+            .del_addr(link.index, v6.gateway, v6.subnet.prefix_len())
+            .await
+        {
             errors.push(e);
         }
     }

@@ -7,16 +7,21 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs::File,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, bail};
-use netpath_common::{IFNAMSIZ, IfaceRole, Lease, LeaseKey};
+use netpath_common::{
+    Endpoint, IFNAMSIZ, IfaceRole, Lease, LeaseKey,
+    v6::{Addr6Key, LeaseKey6, Port6, port6_flags},
+};
 
 use crate::{
-    codec, netns, plan,
+    codec,
+    net6::Net6Spec,
+    netns, plan,
     plumbing::{self, Netlink},
     reconcile,
     spec::{self, NetworkSpec},
@@ -74,6 +79,16 @@ pub struct Connected {
     pub mac: [u8; 6],
     pub gateway: Ipv4Addr,
     pub host_ifname: String,
+    /// On a dual-stack network: the IPv6 address, prefix length and gateway.
+    pub v6: Option<(Ipv6Addr, u8, Ipv6Addr)>,
+}
+
+/// The IPv6 side of a container end, for [`configure_inside`].
+#[derive(Clone, Copy)]
+struct Inside6 {
+    addr: Ipv6Addr,
+    prefix_len: u8,
+    gateway: Option<Ipv6Addr>,
 }
 
 fn lease_name(name: &str) -> [u8; 32] {
@@ -105,7 +120,8 @@ fn netns_cookie(name: &str) -> Result<u64> {
 }
 
 /// Configures the container end inside its namespace: the name, the
-/// address, up, and a default route via the gateway unless one exists.
+/// address (and an IPv6 one), up, and a default route via the gateway
+/// (per family) unless one exists.
 fn configure_inside(
     ns_path: &Path,
     tmp_name: String,
@@ -113,6 +129,7 @@ fn configure_inside(
     addr: Ipv4Addr,
     prefix_len: u8,
     gateway: Option<Ipv4Addr>,
+    v6: Option<Inside6>,
 ) -> Result<()> {
     let ns_path = ns_path.to_owned();
     std::thread::spawn(move || -> Result<()> {
@@ -133,18 +150,25 @@ fn configure_inside(
                 .with_context(|| format!("{tmp_name} did not arrive in {ns}"))?;
             nl.rename_up(index, &ifname).await?;
             nl.add_addr(index, addr, prefix_len).await?;
+            if let Some(v6) = v6 {
+                nl.add_addr(index, v6.addr, v6.prefix_len).await?;
+            }
             if let Some(lo) = nl.links().await?.into_iter().find(|l| l.is_loopback()) {
                 nl.set_up(lo.index).await?;
             }
-            let Some(gateway) = gateway else {
-                return Ok(());
-            };
-            match nl.add_default_route(gateway).await {
-                Ok(()) => Ok(()),
-                // Connected to another network first: its default route stays (as in Docker).
-                Err(e) if plumbing::errno(&e) == Some(libc::EEXIST) => Ok(()),
-                Err(e) => Err(e),
+            let routes = gateway
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(v6.and_then(|v| v.gateway).map(IpAddr::V6));
+            for gateway in routes {
+                match nl.add_default_route(gateway).await {
+                    Ok(()) => {}
+                    // Connected to another network first: its default route stays (as in Docker).
+                    Err(e) if plumbing::errno(&e) == Some(libc::EEXIST) => {}
+                    Err(e) => return Err(e),
+                }
             }
+            Ok(())
         })
     })
     .join()
@@ -193,6 +217,14 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
             .map(|i| codec::from_be(i.ipv4_be)),
     );
     let addr = plan::choose_address(&spec, args.ip, &used)?;
+    let spec6 = match maps.v6.network(net_id)? {
+        Some(i) => Some(Net6Spec::from_info(&i)?),
+        None => None,
+    };
+    let addr6 = match &spec6 {
+        Some(s6) => Some(maps.v6.free_address(net_id, s6, None)?),
+        None => None,
+    };
     let mac = plan::container_mac(addr);
     let host = plan::host_veth_name(cookie, net_id);
     let tmp = format!("npt{}", &host[2..]);
@@ -226,6 +258,11 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
             addr,
             spec.subnet.prefix_len(),
             args.default_route.then_some(spec.gateway),
+            spec6.zip(addr6).map(|(s6, a)| Inside6 {
+                addr: a,
+                prefix_len: s6.subnet.prefix_len(),
+                gateway: args.default_route.then_some(s6.gateway),
+            }),
         )?;
         let lease = Lease {
             netns_cookie: cookie,
@@ -238,6 +275,9 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
         maps.leases4
             .insert(key, lease, 0)
             .context("recording the lease")?;
+        if let Some(a) = addr6 {
+            bind6(&mut maps, net_id, index, a, mac, lease)?;
+        }
         nl.enslave_up(index, bridge.index).await?;
         reconcile::reapply(&nl, &state).await?;
         Ok(())
@@ -249,6 +289,12 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
             let _ = nl.delete_link(i).await;
         }
         let _ = maps.leases4.remove(&key);
+        if let Some(a) = addr6 {
+            let _ = maps.v6.leases.remove(&LeaseKey6 {
+                net_id,
+                addr: a.octets(),
+            });
+        }
         let _ = reconcile::reapply(&nl, &state).await;
         return Err(err);
     }
@@ -258,7 +304,53 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
         mac,
         gateway: spec.gateway,
         host_ifname: host,
+        v6: spec6
+            .zip(addr6)
+            .map(|(s6, a)| (a, s6.subnet.prefix_len(), s6.gateway)),
     })
+}
+
+/// Binds port `ifindex` to IPv6 address `addr` before its container sends:
+/// the lease, the port's record and the address's owner.
+fn bind6(
+    maps: &mut Maps,
+    net_id: u32,
+    ifindex: u32,
+    addr: Ipv6Addr,
+    mac: [u8; 6],
+    lease: Lease,
+) -> Result<()> {
+    let octets = addr.octets();
+    maps.v6
+        .leases
+        .insert(
+            LeaseKey6 {
+                net_id,
+                addr: octets,
+            },
+            lease,
+            0,
+        )
+        .context("recording the IPv6 lease")?;
+    let port = Port6 {
+        global: octets,
+        flags: port6_flags::GLOBAL_BOUND,
+        ..Default::default()
+    };
+    maps.v6
+        .ports
+        .insert(ifindex, port, 0)
+        .context("recording the port's IPv6 address")?;
+    let ep = Endpoint {
+        ifindex,
+        net_id,
+        mac,
+        _pad: [0; 2],
+    };
+    maps.v6
+        .endpoints
+        .insert(Addr6Key::of(&octets, net_id), ep, 0)
+        .context("recording the port's IPv6 address")
 }
 
 /// Undoes `connect`: the veth pair goes, the address is free again.
@@ -277,6 +369,20 @@ pub async fn disconnect(netns_name: &str, bridge: &str) -> Result<Ipv4Addr> {
         nl.delete_link(lease.host_ifindex).await?;
     }
     maps.leases4.remove(&key).context("forgetting the lease")?;
+    let leases6: Vec<LeaseKey6> = maps
+        .v6
+        .leases
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, l)| k.net_id == net_id && l.netns_cookie == cookie)
+        .map(|(k, _)| k)
+        .collect();
+    for k in leases6 {
+        maps.v6
+            .leases
+            .remove(&k)
+            .context("forgetting the IPv6 lease")?;
+    }
     reconcile::reapply(&nl, &state).await?;
     Ok(codec::from_be(key.addr_be))
 }

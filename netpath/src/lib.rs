@@ -23,6 +23,7 @@ pub mod lab;
 pub mod loader;
 pub mod metrics;
 pub mod monitor;
+pub mod net6;
 pub mod netns;
 pub mod peers;
 pub mod plan;

@@ -214,8 +214,10 @@ fn run(cli: Cli) -> Result<()> {
     rt.block_on(async move {
         match cli.command {
             Command::Up(up) => {
+                let (subnet, gateway, v6) = netpath::net6::split(&up.subnets, &up.gateways)?;
                 let args = UpArgs {
-                    spec: NetworkSpec::new(&up.bridge, up.subnet, up.gateway)?,
+                    spec: NetworkSpec::new(&up.bridge, subnet, gateway)?,
+                    v6,
                     options: up.options(),
                     uplinks: up.uplinks.clone(),
                     cgroup: up.cgroup.clone(),
@@ -418,6 +420,9 @@ fn run(cli: Cli) -> Result<()> {
                     r.gateway,
                     r.host_ifname
                 );
+                if let Some((a, p, g)) = r.v6 {
+                    println!("  {}: {a}/{p} via {g}", args.ifname);
+                }
                 Ok(())
             }
             Command::Disconnect { netns, bridge } => {

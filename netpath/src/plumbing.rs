@@ -10,7 +10,7 @@ use rtnetlink::{
     Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         AddressFamily,
-        address::{AddressAttribute, AddressMessage},
+        address::{AddressAttribute, AddressHeaderFlags, AddressMessage},
         link::{InfoData, InfoKind, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     },
 };
@@ -277,14 +277,17 @@ impl Netlink {
     }
 
     /// Adds a default route via `gateway`.
-    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
+    pub async fn add_default_route(&self, gateway: impl Into<IpAddr>) -> Result<()> {
+        let gateway = gateway.into();
+        let route = match gateway {
+            IpAddr::V4(g) => RouteMessageBuilder::<Ipv4Addr>::new().gateway(g).build(),
+            IpAddr::V6(g) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .gateway(g)
+                .build(),
+        };
         self.handle
             .route()
-            .add(
-                RouteMessageBuilder::<Ipv4Addr>::new()
-                    .gateway(gateway)
-                    .build(),
-            )
+            .add(route)
             .execute()
             .await
             .with_context(|| format!("adding a default route via {gateway}"))
@@ -308,16 +311,56 @@ impl Netlink {
         Ok(self.ipv4_addrs().await?.contains(&want))
     }
 
-    pub async fn add_addr(&self, index: u32, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
-        self.handle
-            .address()
-            .add(index, IpAddr::V4(addr), prefix_len)
-            .execute()
+    /// Whether link `index` has `addr/prefix_len` (either family).
+    pub async fn has_ip(&self, index: u32, addr: IpAddr, prefix_len: u8) -> Result<bool> {
+        Ok(!self
+            .matching_addrs(index, addr, prefix_len)
+            .await?
+            .is_empty())
+    }
+
+    /// Adds an address; an IPv6 one without duplicate address detection
+    /// (a gateway netpath owns is usable at once, as Docker's is).
+    pub async fn add_addr(
+        &self,
+        index: u32,
+        addr: impl Into<IpAddr>,
+        prefix_len: u8,
+    ) -> Result<()> {
+        let addr = addr.into();
+        let mut req = self.handle.address().add(index, addr, prefix_len);
+        if addr.is_ipv6() {
+            req.message_mut().header.flags = AddressHeaderFlags::Nodad;
+        }
+        req.execute()
             .await
             .with_context(|| format!("adding {addr}/{prefix_len} to link {index}"))
     }
 
-    pub async fn del_addr(&self, index: u32, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
+    pub async fn del_addr(
+        &self,
+        index: u32,
+        addr: impl Into<IpAddr>,
+        prefix_len: u8,
+    ) -> Result<()> {
+        let addr = addr.into();
+        for m in self.matching_addrs(index, addr, prefix_len).await? {
+            self.handle
+                .address()
+                .del(m)
+                .execute()
+                .await
+                .with_context(|| format!("removing {addr}/{prefix_len} from link {index}"))?;
+        }
+        Ok(())
+    }
+
+    async fn matching_addrs(
+        &self,
+        index: u32,
+        addr: IpAddr,
+        prefix_len: u8,
+    ) -> Result<Vec<AddressMessage>> {
         let msgs: Vec<AddressMessage> = self
             .handle
             .address()
@@ -327,21 +370,16 @@ impl Netlink {
             .try_collect()
             .await
             .context("listing addresses")?;
-        for m in msgs {
-            let matches = m.header.prefix_len == prefix_len
-                && m.attributes
-                    .iter()
-                    .any(|a| matches!(a, AddressAttribute::Local(IpAddr::V4(v)) if *v == addr));
-            if matches {
-                self.handle
-                    .address()
-                    .del(m)
-                    .execute()
-                    .await
-                    .with_context(|| format!("removing {addr}/{prefix_len} from link {index}"))?;
-            }
-        }
-        Ok(())
+        Ok(msgs
+            .into_iter()
+            .filter(|m| {
+                m.header.index == index
+                    && m.header.prefix_len == prefix_len
+                    && m.attributes.iter().any(|a| {
+                        matches!(a, AddressAttribute::Local(v) | AddressAttribute::Address(v) if *v == addr)
+                    })
+            })
+            .collect())
     }
 }
 
@@ -406,4 +444,19 @@ pub fn ip_forward() -> Result<bool> {
 /// Turns IPv4 forwarding on or off in the current network namespace.
 pub fn set_ip_forward(on: bool) -> Result<()> {
     std::fs::write(IP_FORWARD, if on { "1" } else { "0" }).context("setting net.ipv4.ip_forward")
+}
+
+const IP6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+
+/// Whether IPv6 forwarding is on in the current network namespace.
+pub fn ip6_forward() -> Result<bool> {
+    let v = std::fs::read_to_string(IP6_FORWARD)
+        .context("reading net.ipv6.conf.all.forwarding (is IPv6 disabled?)")?;
+    Ok(v.trim() == "1")
+}
+
+/// Turns IPv6 forwarding on or off in the current network namespace.
+pub fn set_ip6_forward(on: bool) -> Result<()> {
+    std::fs::write(IP6_FORWARD, if on { "1" } else { "0" })
+        .context("setting net.ipv6.conf.all.forwarding")
 }

@@ -152,6 +152,13 @@ pub async fn reconcile(
             .put(addr, ep)
             .context("recording an endpoint")?;
     }
+    // What ports that went (or moved network) sent IPv6 from.
+    let ports_of: BTreeMap<u32, u32> = planned
+        .iter()
+        .filter(|(_, p)| p.info.role == IfaceRole::Port as u32)
+        .map(|(i, p)| (*i, p.info.net_id))
+        .collect();
+    dp.maps.v6.prune(&ports_of).context("pruning IPv6 ports")?;
     tables::sync(&mut dp.maps.vlans, &want_vlans(&all, &planned)).context("recording VLANs")?;
     tables::sync(&mut dp.maps.macs, &want_macs(&all, &ifaces, &planned))
         .context("recording MACs")?;

@@ -279,6 +279,8 @@ pub struct Maps {
     pub ct_networks: Array<MapData, u32>,
     /// The table's live entries and limit (`ct::fill`).
     pub ct_fill: Array<MapData, u64>,
+    /// The IPv6 maps.
+    pub v6: crate::net6::Maps6,
 }
 
 pub(crate) fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
@@ -361,6 +363,7 @@ impl Maps {
                 .context(layout(map_names::CT_NETWORKS))?,
             ct_fill: Array::try_from(take(map_names::CT_FILL)?)
                 .context(layout(map_names::CT_FILL))?,
+            v6: crate::net6::Maps6::from_source(&mut take)?,
         })
     }
 

@@ -27,6 +27,9 @@ pub struct NetworkStatus {
     pub bridge_ifindex: u32,
     pub subnet: String,
     pub gateway: String,
+    /// The IPv6 subnet of a dual-stack network.
+    pub subnet6: Option<String>,
+    pub gateway6: Option<String>,
     pub created_bridge: bool,
     pub masquerade: bool,
     pub icc: bool,
@@ -187,8 +190,13 @@ pub async fn status() -> Result<Status> {
     let networks = maps.networks()?;
     let trusted = crate::tables::Table::entries(&maps.trusted)?;
     let peers = crate::peers::all(&maps.peers4)?;
+    let nets6 = maps.v6.all()?;
     for (&id, info) in &networks {
         let spec = NetworkSpec::from_info(info);
+        let v6 = match nets6.get(&id) {
+            Some(i) => Some(crate::net6::Net6Spec::from_info(i)?),
+            None => None,
+        };
         let net = |kind| maps.traffic(counter_scope::NETWORK, id, kind);
         out.networks.push(NetworkStatus {
             id,
@@ -196,6 +204,8 @@ pub async fn status() -> Result<Status> {
             bridge_ifindex: info.bridge_ifindex,
             subnet: spec.subnet.to_string(),
             gateway: spec.gateway.to_string(),
+            subnet6: v6.map(|v| v.subnet.to_string()),
+            gateway6: v6.map(|v| v.gateway.to_string()),
             created_bridge: info.flags & net_flags::CREATED_BRIDGE != 0,
             masquerade: info.flags & net_flags::NO_MASQUERADE == 0
                 && GatewayMode::from_flags(info.flags) != GatewayMode::Routed,
@@ -335,10 +345,14 @@ impl Status {
             .networks
             .iter()
             .map(|n| {
+                let both = |a: &String, b: &Option<String>| match b {
+                    Some(b) => format!("{a} {b}"),
+                    None => a.clone(),
+                };
                 vec![
                     n.bridge.clone(),
-                    n.subnet.clone(),
-                    n.gateway.clone(),
+                    both(&n.subnet, &n.subnet6),
+                    both(&n.gateway, &n.gateway6),
                     if n.trusted_host_interfaces.is_empty() {
                         n.gateway_mode.clone()
                     } else {

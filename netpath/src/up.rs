@@ -8,6 +8,7 @@ use netpath_common::{GatewayMode, net_flags};
 
 use crate::{
     attach::Datapath,
+    net6::Net6Spec,
     peers,
     plan::{self, Uplinks},
     plumbing::{self, Netlink},
@@ -25,6 +26,8 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct UpArgs {
     pub spec: NetworkSpec,
+    /// The network's IPv6 half (a dual-stack network), if any.
+    pub v6: Option<Net6Spec>,
     pub options: NetworkOptions,
     /// Uplinks to use instead of the recorded or automatic choice.
     pub uplinks: Vec<String>,
@@ -48,7 +51,12 @@ impl UpArgs {
         trusted.sort();
         let mut peers = self.no_masquerade_to.clone();
         peers.sort();
+        let v6 = match maps.v6.network(id)? {
+            Some(i) => Some(Net6Spec::from_info(&i)?),
+            None => None,
+        };
         Ok(NetworkSpec::from_info(&info) == self.spec
+            && v6 == self.v6
             && info.flags & NetworkOptions::MASK == self.options.flags()
             && trusted::names_of(&maps.trusted.entries()?, id) == trusted
             && peers::of(&peers::all(&maps.peers4)?, id) == peers)
@@ -61,7 +69,10 @@ pub struct UpReport {
     pub net_id: u32,
     pub created_bridge: bool,
     pub added_gateway: bool,
+    /// The IPv6 gateway was added to the bridge.
+    pub added_gateway6: bool,
     pub enabled_forwarding: bool,
+    pub enabled_forwarding6: bool,
     pub already_up: bool,
     pub changes: Vec<IfaceChange>,
     pub detached: Vec<u32>,
@@ -104,7 +115,7 @@ pub async fn up_many(batch: &[UpArgs]) -> Result<Vec<Result<UpReport>>> {
     }
     let mut out: Vec<Result<UpReport>> = Vec::with_capacity(batch.len());
     // Networks this call created: (slot, spec, whether state existed before).
-    let mut created: Vec<(usize, NetworkSpec, bool)> = Vec::new();
+    let mut created: Vec<(usize, &UpArgs, bool)> = Vec::new();
     let mut dp: Option<Datapath> = None;
     let mut last: Option<Checked> = None;
     let mut hold = None;
@@ -129,14 +140,14 @@ pub async fn up_many(batch: &[UpArgs]) -> Result<Vec<Result<UpReport>>> {
         match record(&nl, &state, &mut dp, args, &checked, &mut report).await {
             Ok(()) => {
                 if checked.same_id.is_none() {
-                    created.push((out.len(), args.spec.clone(), had_state));
+                    created.push((out.len(), args, had_state));
                 }
                 out.push(Ok(report));
                 last = Some(checked);
             }
             Err(e) => {
                 if checked.same_id.is_none() {
-                    rollback(&nl, &state, &args.spec, &report, had_state).await;
+                    rollback(&nl, &state, args, &report, had_state).await;
                 }
                 out.push(Err(e));
             }
@@ -162,9 +173,9 @@ pub async fn up_many(batch: &[UpArgs]) -> Result<Vec<Result<UpReport>>> {
         Err(e) => {
             let why = format!("{e:#}");
             let mut e = Some(e);
-            for (slot, spec, had_state) in created.iter().rev() {
+            for (slot, args, had_state) in created.iter().rev() {
                 if let Some(Ok(report)) = out.get(*slot) {
-                    rollback(&nl, &state, spec, report, *had_state).await;
+                    rollback(&nl, &state, args, report, *had_state).await;
                 }
             }
             for slot in out.iter_mut().filter(|r| r.is_ok()) {
@@ -191,6 +202,11 @@ async fn check(nl: &Netlink, state: &StateDir, args: &UpArgs) -> Result<Checked>
         (BTreeMap::new(), BTreeMap::new())
     };
     let same_id = plan::check_against_existing(spec, &existing)?;
+    if let Some(v6) = &args.v6
+        && state.exists()
+    {
+        check_v6_against_existing(v6, same_id, &Maps::open(state)?)?;
+    }
     let cgroup = match &args.cgroup {
         Some(p) => p.clone(),
         None => crate::sockhooks::cgroup2_root()?,
@@ -241,6 +257,23 @@ async fn check(nl: &Netlink, state: &StateDir, args: &UpArgs) -> Result<Checked>
         uplinks,
         cgroup,
     })
+}
+
+/// An IPv6 subnet may not overlap another network's.
+fn check_v6_against_existing(v6: &Net6Spec, same_id: Option<u32>, maps: &Maps) -> Result<()> {
+    for (id, info) in maps.v6.all()? {
+        let other = Net6Spec::from_info(&info)?;
+        let overlaps = other.subnet.contains(&v6.subnet.network())
+            || v6.subnet.contains(&other.subnet.network());
+        if Some(id) != same_id && overlaps {
+            bail!(
+                "subnet {} overlaps {} of another network",
+                v6.subnet,
+                other.subnet
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The changing half of `up` for one network, up to its record (the
@@ -314,17 +347,64 @@ async fn record(
         .collect();
     trusted::set(&mut dp.maps.trusted, net_id, &args.trusted, &index_of)?;
     peers::set(&mut dp.maps.peers4, net_id, &args.no_masquerade_to)?;
-    Ok(())
+    record_v6(nl, &mut dp.maps, net_id, index, args.v6.as_ref(), report).await
+}
+
+/// The IPv6 half of `record`: the gateway on the bridge, forwarding, the
+/// record; or, for a network `up` again without an IPv6 subnet, the end of
+/// its IPv6 half.
+async fn record_v6(
+    nl: &Netlink,
+    maps: &mut Maps,
+    net_id: u32,
+    bridge: u32,
+    v6: Option<&Net6Spec>,
+    report: &mut UpReport,
+) -> Result<()> {
+    let old = maps.v6.network(net_id)?;
+    let Some(v6) = v6 else {
+        if let Some((old, flags)) = maps.v6.forget(net_id)?
+            && crate::net6::added_gateway(flags)
+        {
+            nl.del_addr(bridge, old.gateway, old.subnet.prefix_len())
+                .await?;
+        }
+        return Ok(());
+    };
+    let prefix = v6.subnet.prefix_len();
+    let mut flags = 0;
+    if let Some(old) = old {
+        let was = Net6Spec::from_info(&old)?;
+        if crate::net6::added_gateway(old.flags) {
+            if was == *v6 {
+                flags |= netpath_common::v6::net6_flags::ADDED_GATEWAY;
+            } else {
+                nl.del_addr(bridge, was.gateway, was.subnet.prefix_len())
+                    .await?;
+            }
+        }
+    }
+    if !nl.has_ip(bridge, v6.gateway.into(), prefix).await? {
+        nl.add_addr(bridge, v6.gateway, prefix).await?;
+        report.added_gateway6 = true;
+        flags |= netpath_common::v6::net6_flags::ADDED_GATEWAY;
+    }
+    if !plumbing::ip6_forward()? {
+        plumbing::set_ip6_forward(true)?;
+        report.enabled_forwarding6 = true;
+    }
+    maps.v6.record(net_id, v6, flags)
 }
 
 /// Undoes a failed `up` of a new network, reporting (not returning) errors.
 async fn rollback(
     nl: &Netlink,
     state: &StateDir,
-    spec: &NetworkSpec,
+    args: &UpArgs,
     report: &UpReport,
     had_state: bool,
 ) {
+    let spec = &args.spec;
     let mut errors = Vec::new();
     if state.exists() {
         match Maps::open(state) {
@@ -332,6 +412,9 @@ async fn rollback(
                 if report.net_id != 0 {
                     let _ = maps.networks.remove(&report.net_id);
                     let _ = maps.remove_subnet(spec.subnet);
+                    if let Err(e) = maps.v6.forget(report.net_id) {
+                        errors.push(e);
+                    }
                 }
                 let remaining = maps.networks().map(|n| n.len()).unwrap_or(0);
                 if !had_state || remaining == 0 {
@@ -350,16 +433,30 @@ async fn rollback(
             if let Err(e) = nl.delete_link(l.index).await {
                 errors.push(e);
             }
-        } else if report.added_gateway
-            && let Err(e) = nl
-                .del_addr(l.index, spec.gateway, spec.subnet.prefix_len())
-                .await
-        {
-            errors.push(e);
+        } else {
+            if report.added_gateway
+                && let Err(e) = nl
+                    .del_addr(l.index, spec.gateway, spec.subnet.prefix_len())
+                    .await
+            {
+                errors.push(e);
+            }
+            if let (true, Some(v6)) = (report.added_gateway6, &args.v6)
+                && let Err(e) = nl
+                    .del_addr(l.index, v6.gateway, v6.subnet.prefix_len())
+                    .await
+            {
+                errors.push(e);
+            }
         }
     }
     if report.enabled_forwarding
         && let Err(e) = plumbing::set_ip_forward(false)
+    {
+        errors.push(e);
+    }
+    if report.enabled_forwarding6
+        && let Err(e) = plumbing::set_ip6_forward(false)
     {
         errors.push(e);
     }

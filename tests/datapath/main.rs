@@ -8,5 +8,6 @@ mod harness;
 
 mod basics;
 mod inbound;
+mod ipv6;
 mod nat;
 mod policy;

@@ -13,6 +13,7 @@ mod bench;
 mod conntrack;
 mod foundation;
 mod inbound;
+mod ipv6;
 mod isolation;
 mod masquerade;
 mod metrics;

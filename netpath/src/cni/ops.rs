@@ -69,6 +69,7 @@ fn container_ns(env: &Env) -> Result<(&Path, u64), CniError> {
 /// created it (then a failure later takes it down again).
 async fn network_up(conf: &NetConf, spec: NetworkSpec) -> Result<bool, CniError> {
     let args = UpArgs {
+        v6: None,
         spec,
         options: conf.options,
         uplinks: conf.uplinks.clone(),

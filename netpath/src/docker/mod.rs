@@ -191,6 +191,7 @@ pub async fn reconcile(docker: &Docker, opts: &Options) -> Result<Report> {
     for n in &want.nets {
         match NetworkSpec::new(&n.bridge, n.subnet, n.gateway) {
             Ok(spec) => args.push(UpArgs {
+                v6: None,
                 spec,
                 options: NetworkOptions {
                     masquerade: n.masquerade,

@@ -1,0 +1,207 @@
+//! IPv6: a network's IPv6 subnet, what each container port may send from,
+//! and the helpers both sides share (prefix tests, the EUI-64 link-local
+//! address of a MAC). Kept in maps of their own (`NP_NETWORKS6`,
+//! `NP_PORTS6`, …): a pinned map's layout never changes, so IPv6 could
+//! not grow [`NetworkInfo`](crate::NetworkInfo) or
+//! [`IfaceInfo`](crate::IfaceInfo).
+//!
+//! Addresses are 16 bytes in packet order.
+
+/// Value of `NP_NETWORKS6`, keyed by network id: the network's IPv6 half.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct NetworkInfo6 {
+    pub subnet: [u8; 16],
+    /// The gateway (an address of the bridge).
+    pub gateway: [u8; 16],
+    pub prefix_len: u8,
+    pub _pad: [u8; 3],
+    /// Bit set of [`net6_flags`].
+    pub flags: u32,
+}
+
+impl NetworkInfo6 {
+    /// Whether `addr` lies in this network's IPv6 subnet.
+    #[inline(always)]
+    pub fn contains(&self, addr: &[u8; 16]) -> bool {
+        in_prefix(addr, &self.subnet, self.prefix_len)
+    }
+}
+
+/// Flags in [`NetworkInfo6::flags`].
+pub mod net6_flags {
+    /// netpath added the IPv6 gateway to the bridge (so `down` removes it).
+    pub const ADDED_GATEWAY: u32 = 1 << 0;
+}
+
+/// Value of `NP_PORTS6`, keyed by a port's ifindex: the IPv6 addresses its
+/// container sends from besides the EUI-64 link-local address of its MAC
+/// (always allowed): a global address of the network's subnet, given by
+/// `connect` or learnt from the first packet (trust on first use, as for
+/// IPv4), and one other link-local address, learnt.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Port6 {
+    pub global: [u8; 16],
+    pub link_local: [u8; 16],
+    /// Bit set of [`port6_flags`].
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Flags in [`Port6::flags`].
+pub mod port6_flags {
+    /// `global` was given by `netpath connect`.
+    pub const GLOBAL_BOUND: u32 = 1 << 0;
+    /// `global` was learnt from the container's first packet.
+    pub const GLOBAL_LEARNED: u32 = 1 << 1;
+    /// `link_local` was learnt (an address not derived from the MAC).
+    pub const LINK_LOCAL_LEARNED: u32 = 1 << 2;
+}
+
+impl Port6 {
+    #[inline(always)]
+    pub const fn has_global(&self) -> bool {
+        self.flags & (port6_flags::GLOBAL_BOUND | port6_flags::GLOBAL_LEARNED) != 0
+    }
+}
+
+/// Key of `NP_ENDPOINTS6`: an address a port sends from. Global addresses
+/// have `scope` 0; a link-local one is only unique on its link, so it is
+/// keyed by its network's id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Addr6Key {
+    pub addr: [u8; 16],
+    pub scope: u32,
+}
+
+impl Addr6Key {
+    /// The key of `addr` as sent on network `net_id`.
+    #[inline(always)]
+    pub fn of(addr: &[u8; 16], net_id: u32) -> Self {
+        Self {
+            addr: *addr,
+            scope: if is_link_local(addr) { net_id } else { 0 },
+        }
+    }
+}
+
+/// Key of `NP_LEASES6`: one IPv6 address of one network (`connect`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct LeaseKey6 {
+    pub net_id: u32,
+    pub addr: [u8; 16],
+}
+
+/// Whether the first `len` bits of `addr` and `prefix` agree.
+#[inline(always)]
+pub fn in_prefix(addr: &[u8; 16], prefix: &[u8; 16], len: u8) -> bool {
+    let mut i = 0;
+    while i < 16 {
+        let bits = (len as usize).saturating_sub(i * 8).min(8);
+        let mask: u8 = if bits == 0 { 0 } else { 0xff << (8 - bits) };
+        if (addr[i] ^ prefix[i]) & mask != 0 {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// fe80::/10.
+#[inline(always)]
+pub fn is_link_local(addr: &[u8; 16]) -> bool {
+    addr[0] == 0xfe && addr[1] & 0xc0 == 0x80
+}
+
+/// ff00::/8.
+#[inline(always)]
+pub fn is_multicast(addr: &[u8; 16]) -> bool {
+    addr[0] == 0xff
+}
+
+/// `::`.
+#[inline(always)]
+pub fn is_unspecified(addr: &[u8; 16]) -> bool {
+    let mut i = 0;
+    while i < 16 {
+        if addr[i] != 0 {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The link-local address the kernel gives an interface with `mac`
+/// (`addr_gen_mode` eui64, the default): fe80::/64 with the modified
+/// EUI-64 interface identifier (RFC 4291, appendix A).
+#[inline(always)]
+pub const fn eui64_link_local(mac: &[u8; 6]) -> [u8; 16] {
+    [
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        mac[0] ^ 0x02,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_compare_bits() {
+        let net = [0xfd, 0, 0, 0x18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let mut a = net;
+        a[15] = 2;
+        assert!(in_prefix(&a, &net, 64));
+        assert!(in_prefix(&a, &net, 120));
+        assert!(!in_prefix(&a, &net, 128));
+        a[7] = 1;
+        assert!(!in_prefix(&a, &net, 64));
+        assert!(in_prefix(&a, &net, 56));
+        // A prefix ending inside a byte.
+        let mut b = net;
+        b[3] = 0x19;
+        assert!(in_prefix(&b, &net, 31));
+        assert!(!in_prefix(&b, &net, 32));
+        assert!(in_prefix(&b, &net, 0));
+    }
+
+    #[test]
+    fn eui64_flips_the_universal_bit() {
+        let ll = eui64_link_local(&[0x02, 0x42, 0xac, 0x11, 0x00, 0x02]);
+        assert_eq!(
+            ll,
+            [
+                0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0x00, 0x42, 0xac, 0xff, 0xfe, 0x11, 0x00, 0x02
+            ]
+        );
+        assert!(is_link_local(&ll));
+        assert!(!is_multicast(&ll));
+        assert!(Addr6Key::of(&ll, 7).scope == 7);
+        let mut g = [0u8; 16];
+        g[0] = 0xfd;
+        assert_eq!(Addr6Key::of(&g, 7).scope, 0);
+        assert!(is_unspecified(&[0; 16]));
+    }
+}

@@ -1,0 +1,136 @@
+//! IPv6 headers: the fixed header, then the extension header chain up to
+//! the upper-layer header, so nothing (a Router Advertisement, say) hides
+//! behind a Hop-by-Hop or Destination Options header (RFC 7113).
+
+use aya_ebpf::programs::TcContext;
+use netpath_common::DropReason;
+
+use crate::parse::L3;
+
+/// Next-header values netpath tells apart.
+pub mod nexthdr {
+    pub const HOP: u8 = 0;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const AH: u8 = 51;
+    pub const ICMPV6: u8 = 58;
+    pub const DSTOPTS: u8 = 60;
+}
+
+/// Length of the fixed IPv6 header.
+pub const IP6_HLEN: usize = 40;
+
+/// Extension headers followed before giving up (a longer chain is dropped).
+const MAX_EXT: usize = 4;
+
+/// The IPv6 header fields netpath uses.
+#[derive(Clone, Copy, Default)]
+pub struct Ip6 {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// The upper-layer protocol (what the last extension header names).
+    pub proto: u8,
+    /// Offset of the upper-layer header in the frame (when
+    /// `!later_fragment`).
+    pub l4: usize,
+    /// Has a fragment header.
+    pub fragment: bool,
+    /// A fragment after the first: no upper-layer header here.
+    pub later_fragment: bool,
+    /// Offset of the end of the IPv6 payload (Ethernet padding may follow).
+    pub end: usize,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawIp6 {
+    ver_tc_flow: u32,
+    payload_len: u16,
+    next: u8,
+    hop_limit: u8,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+}
+
+/// Parses the packet's IPv6 header into `ip` and walks its extension
+/// headers. A routing header (type 0 lets a sender steer a packet through
+/// the host to anywhere; segment routing is the host's business, not a
+/// container's) or a chain longer than netpath follows is refused. A BPF
+/// subprogram filling its caller's `ip` (the raw header stays in its own
+/// frame).
+#[inline(never)]
+pub fn ipv6(ctx: &TcContext, ip: &mut Ip6) -> Result<(), DropReason> {
+    let raw: RawIp6 = ctx.load(L3).map_err(|_| DropReason::Malformed)?;
+    if u32::from_be(raw.ver_tc_flow) >> 28 != 6 {
+        return Err(DropReason::Malformed);
+    }
+    let end = L3 + IP6_HLEN + usize::from(u16::from_be(raw.payload_len));
+    if end > ctx.len() as usize {
+        return Err(DropReason::Malformed);
+    }
+    ip.saddr = raw.saddr;
+    ip.daddr = raw.daddr;
+    ip.proto = raw.next;
+    ip.l4 = L3 + IP6_HLEN;
+    ip.fragment = false;
+    ip.later_fragment = false;
+    ip.end = end;
+    for _ in 0..MAX_EXT {
+        let len = match ip.proto {
+            nexthdr::HOP | nexthdr::DSTOPTS => {
+                let h: [u8; 2] = ctx.load(ip.l4).map_err(|_| DropReason::Malformed)?;
+                ip.proto = h[0];
+                (usize::from(h[1]) + 1) * 8
+            }
+            nexthdr::AH => {
+                let h: [u8; 2] = ctx.load(ip.l4).map_err(|_| DropReason::Malformed)?;
+                ip.proto = h[0];
+                (usize::from(h[1]) + 2) * 4
+            }
+            nexthdr::FRAGMENT => {
+                let h: [u8; 4] = ctx.load(ip.l4).map_err(|_| DropReason::Malformed)?;
+                ip.proto = h[0];
+                ip.fragment = true;
+                // The offset is the top 13 bits of the third and fourth bytes.
+                if u16::from_be_bytes([h[2], h[3]]) >> 3 != 0 {
+                    ip.later_fragment = true;
+                    return Ok(());
+                }
+                8
+            }
+            nexthdr::ROUTING => return Err(DropReason::Ipv6Header),
+            _ => return Ok(()),
+        };
+        ip.l4 += len;
+        if ip.l4 > end {
+            return Err(DropReason::Malformed);
+        }
+    }
+    match ip.proto {
+        nexthdr::HOP | nexthdr::DSTOPTS | nexthdr::AH | nexthdr::FRAGMENT | nexthdr::ROUTING => {
+            Err(DropReason::Ipv6Header)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Compares two IPv6 addresses as two 64-bit words: branch-free until the
+/// one test at the end (a derived `==` becomes a `bcmp` call the kernel
+/// does not have, and a byte loop became a branch per byte, whose paths the
+/// verifier walks one by one).
+#[inline(always)]
+pub fn same6(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let w = |x: &[u8; 16], o: usize| {
+        u64::from_ne_bytes([
+            x[o],
+            x[o + 1],
+            x[o + 2],
+            x[o + 3],
+            x[o + 4],
+            x[o + 5],
+            x[o + 6],
+            x[o + 7],
+        ])
+    };
+    (w(a, 0) ^ w(b, 0)) | (w(a, 8) ^ w(b, 8)) == 0
+}

@@ -1,0 +1,137 @@
+//! IPv6 anti-spoofing at container ports: a container sends from the
+//! EUI-64 link-local address of its MAC, from the global address of its
+//! network's subnet it was given (`connect`) or took first (trust on first
+//! use, as for IPv4), from one other link-local address it took first, or
+//! from `::` to a multicast group (duplicate address detection, MLD). An
+//! address another port sends from, the gateway and the subnet-router
+//! anycast address are never taken. Every address a port sends from is
+//! recorded in `NP_ENDPOINTS6`, so the bridge can tell what its ports sent.
+
+use netpath_common::{
+    DropReason, Endpoint,
+    v6::{
+        Addr6Key, NetworkInfo6, Port6, eui64_link_local, is_link_local, is_multicast,
+        is_unspecified, port6_flags,
+    },
+};
+
+use crate::{
+    maps::{NP_ENDPOINTS6, NP_PORTS6},
+    parse6::{Ip6, same6},
+    spoof::Sender,
+};
+
+/// A port's container, for IPv6.
+pub struct Sender6<'a> {
+    pub s: &'a Sender<'a>,
+    pub net6: &'a NetworkInfo6,
+}
+
+/// What port `ifindex` was given or learnt so far.
+#[inline(always)]
+fn port(ifindex: u32) -> Port6 {
+    // SAFETY: the value is Copy and read at once.
+    unsafe { NP_PORTS6.get(ifindex) }
+        .copied()
+        .unwrap_or_default()
+}
+
+// owns, claimable and learn are BPF subprograms: each has a stack frame of
+// its own, instead of their 16-byte temporaries adding up in their callers'
+// frames (a port's program has 512 bytes for its whole call chain).
+impl Sender6<'_> {
+    /// Whether the container sends from `addr` already.
+    #[inline(never)]
+    pub fn owns(&self, addr: &[u8; 16]) -> bool {
+        let port = port(self.s.ifindex);
+        if is_link_local(addr) {
+            same6(addr, &eui64_link_local(&self.s.mac))
+                || port.flags & port6_flags::LINK_LOCAL_LEARNED != 0
+                    && same6(addr, &port.link_local)
+        } else {
+            port.has_global() && same6(addr, &port.global)
+        }
+    }
+
+    /// Whether the container may take `addr` (it does not send from it yet).
+    #[inline(never)]
+    pub fn claimable(&self, addr: &[u8; 16]) -> bool {
+        // SAFETY: the value is read at once.
+        let free = match unsafe { NP_ENDPOINTS6.get(Addr6Key::of(addr, self.s.iface.net_id)) } {
+            Some(ep) => ep.ifindex == self.s.ifindex,
+            None => true,
+        };
+        if !free {
+            return false;
+        }
+        let port = port(self.s.ifindex);
+        if is_link_local(addr) {
+            // Its MAC's own, or one other.
+            return same6(addr, &eui64_link_local(&self.s.mac))
+                || port.flags & port6_flags::LINK_LOCAL_LEARNED == 0;
+        }
+        !port.has_global()
+            && self.net6.contains(addr)
+            && !same6(addr, &self.net6.gateway)
+            && !same6(addr, &self.net6.subnet)
+    }
+
+    /// Records that the container sends from `addr` (checked claimable).
+    #[inline(never)]
+    fn learn(&self, addr: &[u8; 16]) {
+        let ll = is_link_local(addr);
+        if !(ll && same6(addr, &eui64_link_local(&self.s.mac))) {
+            let mut port = port(self.s.ifindex);
+            if ll {
+                port.link_local = *addr;
+                port.flags |= port6_flags::LINK_LOCAL_LEARNED;
+            } else {
+                port.global = *addr;
+                port.flags |= port6_flags::GLOBAL_LEARNED;
+            }
+            if NP_PORTS6.insert(self.s.ifindex, port, 0).is_err() {
+                return;
+            }
+        }
+        let ep = Endpoint {
+            ifindex: self.s.ifindex,
+            net_id: self.s.iface.net_id,
+            mac: self.s.mac,
+            _pad: [0; 2],
+        };
+        let _ = NP_ENDPOINTS6.insert(Addr6Key::of(addr, self.s.iface.net_id), ep, 0);
+    }
+
+    /// The packet's source: one the container sends from, or one it may
+    /// take (learnt now); `::` only to a multicast group.
+    #[inline(always)]
+    pub fn check_source(&self, ip: &Ip6) -> Result<(), DropReason> {
+        if is_unspecified(&ip.saddr) {
+            return if is_multicast(&ip.daddr) {
+                Ok(())
+            } else {
+                Err(DropReason::SpoofedSource)
+            };
+        }
+        if self.owns(&ip.saddr) {
+            // An EUI-64 address is recorded on its first packet (and again
+            // after a reconcile dropped a stale record).
+            if is_link_local(&ip.saddr) && !self.recorded(&ip.saddr) {
+                self.learn(&ip.saddr);
+            }
+            return Ok(());
+        }
+        if self.claimable(&ip.saddr) {
+            self.learn(&ip.saddr);
+            return Ok(());
+        }
+        Err(DropReason::SpoofedSource)
+    }
+
+    #[inline(always)]
+    fn recorded(&self, addr: &[u8; 16]) -> bool {
+        NP_ENDPOINTS6
+            .get_ptr(Addr6Key::of(addr, self.s.iface.net_id))
+            .is_some()
+    }
+}

@@ -1,0 +1,413 @@
+//! The IPv6 half of a dual-stack network: typed and checked at the edge
+//! ([`Net6Spec`]), the maps that hold it ([`Maps6`]) and what `up`,
+//! `down`, `connect` and the reconcile do with them. Pure except for the
+//! map handles, so the checks are unit-tested on the host.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{
+    HashMap, Map, MapData,
+    lpm_trie::{Key, LpmTrie},
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use netpath_common::{
+    Endpoint, Lease, map_names,
+    v6::{Addr6Key, LeaseKey6, NetworkInfo6, Port6, net6_flags},
+};
+
+use crate::tables::is_missing;
+
+/// A network's IPv6 subnet and gateway, validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Net6Spec {
+    pub subnet: Ipv6Net,
+    pub gateway: Ipv6Addr,
+}
+
+/// Blocks no container network may use (RFC 6890's special-purpose ones
+/// the host itself gives meaning to).
+const RESERVED6: [(&str, &str); 4] = [
+    ("::/8", "loopback, unspecified and IPv4-mapped addresses"),
+    ("fe80::/10", "link-local"),
+    ("ff00::/8", "multicast"),
+    ("2001:db8::/32", "documentation"),
+];
+
+impl Net6Spec {
+    /// Checks a request; the gateway defaults to the subnet's first
+    /// address after the subnet-router anycast one (`…::1`).
+    pub fn new(subnet: Ipv6Net, gateway: Option<Ipv6Addr>) -> Result<Self> {
+        if subnet.addr() != subnet.network() {
+            bail!(
+                "invalid subnet {subnet}: host bits are set (did you mean {}?)",
+                subnet.trunc()
+            );
+        }
+        if subnet.prefix_len() > 126 {
+            bail!(
+                "invalid subnet {subnet}: prefix longer than /126 leaves no room for a gateway and a container"
+            );
+        }
+        for (block, what) in RESERVED6 {
+            let block: Ipv6Net = block.parse().context("a valid block")?;
+            if block.contains(&subnet.network()) || subnet.contains(&block.network()) {
+                bail!("invalid subnet {subnet}: it overlaps {block} ({what})");
+            }
+        }
+        let gateway = match gateway {
+            None => nth(subnet, 1),
+            Some(g) => {
+                if !subnet.contains(&g) {
+                    bail!("gateway {g} is outside subnet {subnet}");
+                }
+                if g == subnet.network() {
+                    bail!("gateway {g} is the subnet-router anycast address of {subnet}");
+                }
+                g
+            }
+        };
+        Ok(Self { subnet, gateway })
+    }
+
+    /// The record kept in `NP_NETWORKS6`.
+    pub fn to_info(&self, flags: u32) -> NetworkInfo6 {
+        NetworkInfo6 {
+            subnet: self.subnet.network().octets(),
+            gateway: self.gateway.octets(),
+            prefix_len: self.subnet.prefix_len(),
+            _pad: [0; 3],
+            flags,
+        }
+    }
+
+    /// Reads a record back.
+    pub fn from_info(info: &NetworkInfo6) -> Result<Self> {
+        Ok(Self {
+            subnet: Ipv6Net::new(Ipv6Addr::from(info.subnet), info.prefix_len)
+                .context("a stored IPv6 prefix length")?,
+            gateway: Ipv6Addr::from(info.gateway),
+        })
+    }
+}
+
+/// The `n`th address of `subnet` (0 is the subnet-router anycast address).
+pub fn nth(subnet: Ipv6Net, n: u128) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(subnet.network()).wrapping_add(n))
+}
+
+/// Parses `--subnet`: IPv4 or IPv6 CIDR (host bits and reserved blocks are
+/// checked where the family's rules are, see [`split`]).
+pub fn parse_any_subnet(s: &str) -> Result<IpNet> {
+    if s.contains(':') {
+        let net: Ipv6Net = s.parse().map_err(|_| {
+            anyhow::anyhow!("invalid subnet {s:?}: expected IPv6 CIDR such as fd00:18::/64")
+        })?;
+        Net6Spec::new(net, None)?;
+        Ok(IpNet::V6(net))
+    } else {
+        crate::spec::parse_subnet(s).map(IpNet::V4)
+    }
+}
+
+/// A network's subnets and gateways as given (`--subnet`, `--gateway`,
+/// each repeatable): exactly one IPv4 subnet, at most one IPv6 subnet, at
+/// most one gateway per family, each in its family's subnet.
+pub fn split(
+    subnets: &[IpNet],
+    gateways: &[IpAddr],
+) -> Result<(Ipv4Net, Option<Ipv4Addr>, Option<Net6Spec>)> {
+    let mut v4 = None;
+    let mut v6 = None;
+    for s in subnets {
+        match s {
+            IpNet::V4(n) if v4.is_some() => bail!(
+                "two IPv4 subnets ({} and {n}): a network has at most one per family",
+                v4.unwrap_or(*n)
+            ),
+            IpNet::V4(n) => v4 = Some(*n),
+            IpNet::V6(n) if v6.is_some() => bail!(
+                "two IPv6 subnets ({} and {n}): a network has at most one per family",
+                v6.unwrap_or(*n)
+            ),
+            IpNet::V6(n) => v6 = Some(*n),
+        }
+    }
+    let (mut gw4, mut gw6) = (None, None);
+    for g in gateways {
+        match g {
+            IpAddr::V4(a) if gw4.replace(*a).is_some() => {
+                bail!("two IPv4 gateways: give --gateway once per family")
+            }
+            IpAddr::V6(a) if gw6.replace(*a).is_some() => {
+                bail!("two IPv6 gateways: give --gateway once per family")
+            }
+            _ => {}
+        }
+    }
+    let Some(v4) = v4 else {
+        bail!(
+            "an IPv4 subnet is needed: IPv6-only networks are not supported yet (give --subnet twice, one per family)"
+        );
+    };
+    if gw6.is_some() && v6.is_none() {
+        bail!("an IPv6 gateway needs an IPv6 subnet");
+    }
+    let v6 = v6.map(|n| Net6Spec::new(n, gw6)).transpose()?;
+    Ok((v4, gw4, v6))
+}
+
+/// Typed handles on the IPv6 maps.
+pub struct Maps6 {
+    pub networks: HashMap<MapData, u32, NetworkInfo6>,
+    pub subnets: LpmTrie<MapData, [u8; 16], u32>,
+    pub ports: HashMap<MapData, u32, Port6>,
+    pub endpoints: HashMap<MapData, Addr6Key, Endpoint>,
+    pub leases: HashMap<MapData, LeaseKey6, Lease>,
+}
+
+impl Maps6 {
+    /// Wraps the maps by name (see `Maps::from_source`).
+    pub fn from_source(take: &mut impl FnMut(&str) -> Result<Map>) -> Result<Self> {
+        let layout = |name: &str| format!("{name} layout");
+        Ok(Self {
+            networks: HashMap::try_from(take(map_names::NETWORKS6)?)
+                .context(layout(map_names::NETWORKS6))?,
+            subnets: LpmTrie::try_from(take(map_names::SUBNETS6)?)
+                .context(layout(map_names::SUBNETS6))?,
+            ports: HashMap::try_from(take(map_names::PORTS6)?)
+                .context(layout(map_names::PORTS6))?,
+            endpoints: HashMap::try_from(take(map_names::ENDPOINTS6)?)
+                .context(layout(map_names::ENDPOINTS6))?,
+            leases: HashMap::try_from(take(map_names::LEASES6)?)
+                .context(layout(map_names::LEASES6))?,
+        })
+    }
+
+    /// The IPv6 half of network `net_id`, if it has one.
+    pub fn network(&self, net_id: u32) -> Result<Option<NetworkInfo6>> {
+        match self.networks.get(&net_id, 0) {
+            Ok(i) => Ok(Some(i)),
+            Err(e) if is_missing(&e) => Ok(None),
+            Err(e) => Err(e).context("reading NP_NETWORKS6"),
+        }
+    }
+
+    /// Every network's IPv6 half.
+    pub fn all(&self) -> Result<BTreeMap<u32, NetworkInfo6>> {
+        self.networks
+            .iter()
+            .map(|r| r.context("reading NP_NETWORKS6"))
+            .collect()
+    }
+
+    /// Records (or replaces) network `net_id`'s IPv6 half.
+    pub fn record(&mut self, net_id: u32, spec: &Net6Spec, flags: u32) -> Result<()> {
+        if let Some(old) = self.network(net_id)? {
+            let old = Net6Spec::from_info(&old)?;
+            if old.subnet != spec.subnet {
+                self.remove_subnet(old.subnet)?;
+            }
+        }
+        self.networks
+            .insert(net_id, spec.to_info(flags), 0)
+            .context("recording the IPv6 subnet")?;
+        self.subnets
+            .insert(&subnet_key(spec.subnet), net_id, 0)
+            .context("recording the IPv6 subnet")
+    }
+
+    /// Forgets network `net_id`'s IPv6 half and every port, endpoint and
+    /// lease of it; returns what it was, with its flags.
+    pub fn forget(&mut self, net_id: u32) -> Result<Option<(Net6Spec, u32)>> {
+        let Some(info) = self.network(net_id)? else {
+            return Ok(None);
+        };
+        let spec = Net6Spec::from_info(&info)?;
+        self.remove_subnet(spec.subnet)?;
+        let leases: Vec<LeaseKey6> = self
+            .leases
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.net_id == net_id)
+            .collect();
+        for k in leases {
+            ignore_missing(self.leases.remove(&k))?;
+        }
+        let eps: Vec<(Addr6Key, Endpoint)> = self
+            .endpoints
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, e)| e.net_id == net_id)
+            .collect();
+        for (k, e) in eps {
+            ignore_missing(self.endpoints.remove(&k))?;
+            ignore_missing(self.ports.remove(&e.ifindex))?;
+        }
+        ignore_missing(self.networks.remove(&net_id))?;
+        Ok(Some((spec, info.flags)))
+    }
+
+    fn remove_subnet(&mut self, subnet: Ipv6Net) -> Result<()> {
+        ignore_missing(self.subnets.remove(&subnet_key(subnet)))
+    }
+
+    /// Drops what ports that are no longer ports of `net_of` (ifindex ->
+    /// network) sent from, and ports bound by no lease that moved network.
+    pub fn prune(&mut self, net_of: &BTreeMap<u32, u32>) -> Result<()> {
+        let stale: Vec<Addr6Key> = self
+            .endpoints
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, e)| net_of.get(&e.ifindex) != Some(&e.net_id))
+            .map(|(k, _)| k)
+            .collect();
+        for k in stale {
+            ignore_missing(self.endpoints.remove(&k))?;
+        }
+        let ports: Vec<u32> = self
+            .ports
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|i| !net_of.contains_key(i))
+            .collect();
+        for i in ports {
+            ignore_missing(self.ports.remove(&i))?;
+        }
+        Ok(())
+    }
+
+    /// The first free address of `spec` for `connect` (`…::2` up, never the
+    /// gateway), or the one asked for if it is free.
+    pub fn free_address(
+        &self,
+        net_id: u32,
+        spec: &Net6Spec,
+        want: Option<Ipv6Addr>,
+    ) -> Result<Ipv6Addr> {
+        let taken = |a: Ipv6Addr| -> bool {
+            let key = LeaseKey6 {
+                net_id,
+                addr: a.octets(),
+            };
+            self.leases.get(&key, 0).is_ok()
+                || self
+                    .endpoints
+                    .get(&Addr6Key::of(&a.octets(), net_id), 0)
+                    .is_ok()
+        };
+        if let Some(a) = want {
+            if !spec.subnet.contains(&a) || a == spec.subnet.network() || a == spec.gateway {
+                bail!(
+                    "{a} is not a free container address of {} (gateway {})",
+                    spec.subnet,
+                    spec.gateway
+                );
+            }
+            if taken(a) {
+                bail!("{a} is taken on this network");
+            }
+            return Ok(a);
+        }
+        // A handful of leases per network in practice; stop at a bound so a
+        // full /64 cannot keep this busy.
+        for n in 1..=65_536u128 {
+            let a = nth(spec.subnet, n);
+            if !spec.subnet.contains(&a) {
+                break;
+            }
+            if a != spec.gateway && !taken(a) {
+                return Ok(a);
+            }
+        }
+        bail!("no free IPv6 address in {}", spec.subnet)
+    }
+}
+
+/// The LPM key of a subnet.
+pub fn subnet_key(subnet: Ipv6Net) -> Key<[u8; 16]> {
+    Key::new(u32::from(subnet.prefix_len()), subnet.network().octets())
+}
+
+fn ignore_missing(r: std::result::Result<(), aya::maps::MapError>) -> Result<()> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if is_missing(&e) => Ok(()),
+        Err(e) => Err(e).context("updating an IPv6 map"),
+    }
+}
+
+/// Whether the flags say netpath added the gateway.
+pub fn added_gateway(flags: u32) -> bool {
+    flags & net6_flags::ADDED_GATEWAY != 0
+}
+
+/// Whether the maps pinned in `dir` include the IPv6 ones (an older
+/// build's state does not until a command recreates them).
+pub fn pinned(dir: &Path) -> bool {
+    dir.join(map_names::NETWORKS6).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(s: &[&str]) -> Vec<IpNet> {
+        s.iter().map(|x| parse_any_subnet(x).unwrap()).collect()
+    }
+
+    #[test]
+    fn dual_stack_subnets_split_by_family() {
+        let (v4, gw4, v6) = split(&nets(&["172.18.0.0/16", "fd00:18::/64"]), &[]).unwrap();
+        assert_eq!(v4.to_string(), "172.18.0.0/16");
+        assert_eq!(gw4, None);
+        let v6 = v6.unwrap();
+        assert_eq!(v6.gateway, "fd00:18::1".parse::<Ipv6Addr>().unwrap());
+        let gws: Vec<IpAddr> = vec![
+            "fd00:18::fe".parse().unwrap(),
+            "172.18.0.254".parse().unwrap(),
+        ];
+        let (_, gw4, v6) = split(&nets(&["fd00:18::/64", "172.18.0.0/16"]), &gws).unwrap();
+        assert_eq!(gw4, Some(Ipv4Addr::new(172, 18, 0, 254)));
+        assert_eq!(v6.unwrap().gateway.to_string(), "fd00:18::fe");
+        let (_, _, none) = split(&nets(&["172.18.0.0/16"]), &[]).unwrap();
+        assert_eq!(none, None);
+    }
+
+    #[test]
+    fn bad_dual_stack_input_is_one_clear_error() {
+        let err = |s: &[&str], g: &[&str]| {
+            let g: Vec<IpAddr> = g.iter().map(|x| x.parse().unwrap()).collect();
+            split(&nets(s), &g).unwrap_err().to_string()
+        };
+        assert!(err(&["fd00:18::/64"], &[]).contains("IPv6-only"));
+        assert!(err(&["10.1.0.0/16", "10.2.0.0/16"], &[]).contains("two IPv4 subnets"));
+        assert!(err(&["10.1.0.0/16", "fd00::/64", "fd01::/64"], &[]).contains("two IPv6"));
+        assert!(err(&["10.1.0.0/16"], &["fd00::1"]).contains("needs an IPv6 subnet"));
+        assert!(err(&["10.1.0.0/16", "fd00::/64"], &["fd01::1"]).contains("outside"));
+        assert!(err(&["10.1.0.0/16", "fd00::/64"], &["fd00::"]).contains("anycast"));
+        assert!(err(&["10.1.0.0/16", "fd00::/64"], &["fd00::1", "fd00::2"]).contains("two IPv6"));
+        let perr = |s: &str| parse_any_subnet(s).unwrap_err().to_string();
+        assert!(perr("fd00::1/64").contains("host bits"));
+        assert!(perr("fe80::/64").contains("link-local"));
+        assert!(perr("ff02::/16").contains("multicast"));
+        assert!(perr("::/0").contains("overlaps"));
+        assert!(perr("fd00::/127").contains("/126"));
+        assert!(perr("fd00:zz::/64").contains("expected IPv6 CIDR"));
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let s = Net6Spec::new("fd00:18::/64".parse().unwrap(), None).unwrap();
+        let info = s.to_info(net6_flags::ADDED_GATEWAY);
+        assert_eq!(Net6Spec::from_info(&info).unwrap(), s);
+        assert!(info.contains(&"fd00:18::5".parse::<Ipv6Addr>().unwrap().octets()));
+        assert!(!info.contains(&"fd00:19::5".parse::<Ipv6Addr>().unwrap().octets()));
+        assert!(added_gateway(info.flags));
+        assert_eq!(nth(s.subnet, 2).to_string(), "fd00:18::2");
+    }
+}

@@ -1,0 +1,300 @@
+//! Dual-stack networks with real traffic: `up` with an IPv6 subnet,
+//! `connect` handing out both families, IPv6 between containers and to the
+//! gateway (link-local too), isolation between networks, ICC, anti-spoofing
+//! and the Neighbour Discovery guard, each drop counted with its reason;
+//! `down` leaves no IPv6 address behind.
+
+use crate::harness;
+
+use harness::{NETPATH, Netns, netpath, netpath_ok, raw, status, topology};
+
+const BR1: &str = "np6a";
+const BR2: &str = "np6b";
+
+fn drops(s: &serde_json::Value, bridge: &str, reason: &str) -> u64 {
+    s["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["bridge"] == bridge)
+        .unwrap_or_else(|| panic!("no network {bridge}"))["drops"][reason]
+        .as_u64()
+        .unwrap()
+}
+
+fn ping6(ns: &Netns, dst: &str) -> bool {
+    topology::run(ns.command("ping").args(["-6", "-c", "1", "-W", "1", dst])).is_ok()
+}
+
+/// The container's link-local address on eth0, once duplicate address
+/// detection is done with it (a tentative address answers nothing).
+fn link_local(ns: &Netns) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let out = loop {
+        let out = ns
+            .ip(&["-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"])
+            .unwrap();
+        if !out.contains("tentative") || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no link-local address in {out:?}"))
+        .to_owned()
+}
+
+fn connect(host: &Netns, tag: &str, bridge: &str) -> (Netns, String) {
+    let c = Netns::new(tag).unwrap();
+    let out = netpath_ok(host, &["connect", c.name.as_str(), "--bridge", bridge]);
+    // "  eth0: fd00:…/64 via …"
+    let v6 = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("eth0: "))
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_else(|| panic!("no IPv6 address in {out:?}"))
+        .to_owned();
+    (c, v6)
+}
+
+/// An Ethernet + IPv6 + ICMPv6 frame from `mac` (the ICMPv6 checksum is
+/// left zero: the port's guard drops these before anyone checks it).
+fn icmp6_frame(mac: [u8; 6], dst_mac: [u8; 6], src: &str, dst: &str, icmp: &[u8]) -> Vec<u8> {
+    let src: std::net::Ipv6Addr = src.parse().unwrap();
+    let dst: std::net::Ipv6Addr = dst.parse().unwrap();
+    let mut f = dst_mac.to_vec();
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[58, 255]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(icmp);
+    f
+}
+
+/// A Neighbour Advertisement for `target` with a target link-layer
+/// address option of `lladdr`.
+fn na(target: &str, lladdr: [u8; 6]) -> Vec<u8> {
+    let t: std::net::Ipv6Addr = target.parse().unwrap();
+    let mut m = vec![136, 0, 0, 0, 0x20, 0, 0, 0];
+    m.extend_from_slice(&t.octets());
+    m.extend_from_slice(&[2, 1]);
+    m.extend_from_slice(&lladdr);
+    m
+}
+
+#[test]
+fn dual_stack_networks_carry_ipv6_between_containers_with_isolation_icc_and_guards() {
+    require_root!();
+    let host = Netns::new("v6h").unwrap().cleanup_with(NETPATH);
+    // BR2 exists before `up` (as docker0 does): `down` must leave it bare.
+    host.ip(&["link", "add", BR2, "type", "bridge"]).unwrap();
+    for (br, v4, v6) in [
+        (BR1, "172.26.0.0/24", "fd00:26::/64"),
+        (BR2, "172.27.0.0/24", "fd00:27::/64"),
+    ] {
+        let out = netpath_ok(
+            &host,
+            &[
+                "up",
+                "--bridge",
+                br,
+                "--subnet",
+                v4,
+                "--subnet",
+                v6,
+                "--no-daemon",
+            ],
+        );
+        assert!(out.contains("gateway address added"), "{out}");
+    }
+    let (c1, a1) = connect(&host, "v6c1", BR1);
+    let (c2, a2) = connect(&host, "v6c2", BR1);
+    let (_c3, a3) = connect(&host, "v6c3", BR2);
+    assert_eq!(
+        (a1.as_str(), a2.as_str(), a3.as_str()),
+        ("fd00:26::2", "fd00:26::3", "fd00:27::2")
+    );
+    let s = status(&host);
+    let n1 = &s["networks"][0];
+    assert_eq!(
+        (n1["subnet6"].as_str(), n1["gateway6"].as_str()),
+        (Some("fd00:26::/64"), Some("fd00:26::1"))
+    );
+    // The gateway is on the bridge, usable at once (no DAD), and the
+    // namespace forwards IPv6.
+    let addrs = host.ip(&["-6", "addr", "show", "dev", BR1]).unwrap();
+    assert!(
+        addrs.contains("fd00:26::1/64") && !addrs.contains("tentative"),
+        "{addrs}"
+    );
+    let fwd = host
+        .run(|| std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(fwd.trim(), "1");
+
+    // Within the network, global and link-local; to the gateway; from the host.
+    let (ll1, ll2) = (link_local(&c1), link_local(&c2));
+    assert!(ping6(&c1, &a2), "c1 -> c2");
+    assert!(ping6(&c1, &format!("{ll2}%eth0")), "c1 -> c2 link-local");
+    assert!(ping6(&c1, "fd00:26::1"), "c1 -> its gateway");
+    assert!(ping6(&host, &a1), "host -> c1");
+    // Another network's container never; its gateway (a host address) yes.
+    assert!(!ping6(&c1, &a3), "c1 -> c3 crosses networks");
+    assert!(ping6(&c1, "fd00:27::1"), "c1 -> the other gateway");
+    // Beyond the host: not carried yet, and counted.
+    assert!(!ping6(&c1, "2001:4860::8888"), "c1 -> outside");
+    let s = status(&host);
+    assert!(drops(&s, BR1, "drop_isolation") >= 1);
+    assert!(drops(&s, BR1, "drop_ipv6") >= 1);
+
+    // A source the container was not given.
+    c1.ip(&["addr", "add", "fd00:26::99/64", "dev", "eth0", "nodad"])
+        .unwrap();
+    assert!(
+        topology::run(c1.command("ping").args([
+            "-6",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "-I",
+            "fd00:26::99",
+            "fd00:26::1"
+        ]))
+        .is_err(),
+        "a spoofed IPv6 source got through"
+    );
+    c1.ip(&["addr", "del", "fd00:26::99/64", "dev", "eth0"])
+        .unwrap();
+    assert!(drops(&status(&host), BR1, "drop_spoofed_source") >= 1);
+
+    // The ND guard: a Router Advertisement, a Neighbour Advertisement for
+    // c2's address, and one for c1's own address with another MAC.
+    let mac1 = raw::mac_of(&c1, "eth0");
+    let all_nodes = [0x33, 0x33, 0, 0, 0, 1];
+    let ra = [134, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let before = status(&host);
+    raw::send(
+        &c1,
+        "eth0",
+        vec![
+            icmp6_frame(mac1, all_nodes, &ll1, "ff02::1", &ra),
+            icmp6_frame(mac1, all_nodes, &ll1, "ff02::1", &na(&a2, mac1)),
+            icmp6_frame(
+                mac1,
+                all_nodes,
+                &ll1,
+                "ff02::1",
+                &na(&a1, [2, 0, 0, 0, 0, 9]),
+            ),
+        ],
+        1,
+    );
+    let after = status(&host);
+    let grew = |r: &str| drops(&after, BR1, r) - drops(&before, BR1, r);
+    assert_eq!(grew("drop_router_advert"), 1);
+    assert_eq!(grew("drop_nd_spoof"), 2);
+    // c2 still answers at its own address (nobody took it over).
+    assert!(ping6(&c1, &a2), "c1 -> c2 after the spoofed NA");
+
+    // ICC off: container to container fails, link-local too; the gateway works.
+    netpath_ok(&host, &["network", "set", BR1, "--icc=false"]);
+    assert!(!ping6(&c1, &a2), "ICC off: c1 -> c2");
+    assert!(
+        !ping6(&c1, &format!("{ll2}%eth0")),
+        "ICC off: c1 -> c2 link-local"
+    );
+    assert!(ping6(&c1, "fd00:26::1"), "ICC off: c1 -> gateway");
+    assert!(drops(&status(&host), BR1, "drop_icc") >= 2);
+
+    // Down takes both gateways off a bridge it did not create.
+    netpath_ok(&host, &["down", "--bridge", BR2]);
+    let left = host.ip(&["addr", "show", "dev", BR2]).unwrap();
+    assert!(
+        !left.contains("fd00:27::1") && !left.contains("172.27.0.1"),
+        "{left}"
+    );
+    netpath_ok(&host, &["down", "--all"]);
+    assert!(host.ip(&["link", "show", BR1]).is_err());
+}
+
+#[test]
+fn dual_stack_input_errors_are_one_line_and_change_nothing() {
+    require_root!();
+    let host = Netns::new("v6e").unwrap().cleanup_with(NETPATH);
+    for (args, says) in [
+        (&["--subnet", "fd00:30::/64"][..], "IPv6-only"),
+        (
+            &["--subnet", "172.25.0.0/24", "--subnet", "fd00:30::1/64"],
+            "host bits",
+        ),
+        (
+            &["--subnet", "172.25.0.0/24", "--subnet", "fe80::/64"],
+            "link-local",
+        ),
+        (
+            &["--subnet", "172.25.0.0/24", "--gateway", "fd00:30::1"],
+            "needs an IPv6 subnet",
+        ),
+        (
+            &[
+                "--subnet",
+                "172.25.0.0/24",
+                "--subnet",
+                "fd00:30::/64",
+                "--gateway",
+                "fd00:31::1",
+            ],
+            "outside",
+        ),
+    ] {
+        let mut a = vec!["up", "--bridge", "np6e"];
+        a.extend_from_slice(args);
+        let r = netpath(&host, &a);
+        assert!(r.code != 0, "{a:?} succeeded");
+        assert!(r.stderr.contains(says), "{a:?}: {}", r.stderr);
+        assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+    }
+    assert!(
+        host.ip(&["link", "show", "np6e"]).is_err(),
+        "nothing half-applied"
+    );
+    // An IPv6 subnet another network has is refused too.
+    netpath_ok(
+        &host,
+        &[
+            "up",
+            "--bridge",
+            "np6f",
+            "--subnet",
+            "172.24.0.0/24",
+            "--subnet",
+            "fd00:32::/64",
+            "--no-daemon",
+        ],
+    );
+    let r = netpath(
+        &host,
+        &[
+            "up",
+            "--bridge",
+            "np6g",
+            "--subnet",
+            "172.23.0.0/24",
+            "--subnet",
+            "fd00:32::/56",
+            "--no-daemon",
+        ],
+    );
+    assert!(r.code != 0 && r.stderr.contains("overlaps"), "{}", r.stderr);
+    assert!(
+        host.ip(&["link", "show", "np6g"]).is_err(),
+        "nothing half-applied"
+    );
+}
