@@ -5,19 +5,36 @@
 //! ethertype side doors.
 
 use aya_ebpf::{helpers::bpf_skb_vlan_pop, programs::TcContext};
-use netpath_common::{DropReason, VlanKey};
+use netpath_common::{DropReason, NetworkInfo, VlanKey};
 
 use crate::{
-    lookup::{drop, is_local, network_of, network6},
+    TCX_NEXT,
+    lookup::{drop, is_local, network, network_of},
     maps::NP_VLANS,
-    parse::{self, eth_p},
+    parse::{self, eth_off, eth_p},
 };
 
-/// What a container port carries: IPv4 and ARP, and IPv6 on a network
-/// with an IPv6 subnet, untagged. `Ok` with the ethertype, or the drop
-/// verdict (counted on `net_id`): a VLAN tag at any depth (also one the
-/// kernel already took off), IPv6 on an IPv4-only network, any other
-/// ethertype.
+/// What a frame a container sends is checked for first, whatever its
+/// family: its port's network, its ethertype ([`port_frame`]) and its source
+/// MAC. `Ok` with the three, or the verdict: `TCX_NEXT` for the port of a
+/// network being taken down, else a counted drop.
+#[inline(always)]
+pub fn arriving(ctx: &TcContext, net_id: u32) -> Result<(NetworkInfo, u16, [u8; 6]), i32> {
+    let Some(net) = network(net_id) else {
+        return Err(TCX_NEXT);
+    };
+    let ty = port_frame(ctx, net_id)?;
+    let Ok(mac) = ctx.load::<[u8; 6]>(eth_off::SRC) else {
+        return Err(drop(ctx, net_id, DropReason::Malformed));
+    };
+    Ok((net, ty, mac))
+}
+
+/// What a container port carries: IPv4, ARP and IPv6, untagged. `Ok` with
+/// the ethertype, or the drop verdict (counted on `net_id`): a VLAN tag at
+/// any depth (also one the kernel already took off), any other ethertype.
+/// Whether the network has an IPv6 subnet is `port6`'s to ask: it needs the
+/// record anyway, so the map is looked up once.
 #[inline(always)]
 pub fn port_frame(ctx: &TcContext, net_id: u32) -> Result<u16, i32> {
     if parse::stripped_vlan(ctx).is_some() {
@@ -26,8 +43,7 @@ pub fn port_frame(ctx: &TcContext, net_id: u32) -> Result<u16, i32> {
     match parse::ethertype(ctx) {
         Some(t @ (eth_p::IP | eth_p::ARP)) => Ok(t),
         Some(t) if parse::is_vlan(t) => Err(drop(ctx, net_id, DropReason::Vlan)),
-        Some(eth_p::IPV6) if network6(net_id).is_some() => Ok(eth_p::IPV6),
-        Some(eth_p::IPV6) => Err(drop(ctx, net_id, DropReason::Ipv6)),
+        Some(t @ eth_p::IPV6) => Ok(t),
         Some(_) => Err(drop(ctx, net_id, DropReason::Ethertype)),
         None => Err(drop(ctx, net_id, DropReason::Malformed)),
     }

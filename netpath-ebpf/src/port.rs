@@ -34,7 +34,7 @@ use crate::{
     inbound,
     isolate::{self, Destination},
     lookup::{drop, iface, is_peer, network, network_of},
-    parse::{self, Ip4, L4Kind, eth_off, eth_p},
+    parse::{self, Ip4, L4Kind, eth_p},
     port6,
     publish::publish4,
     rewrite::Phase,
@@ -61,16 +61,9 @@ enum PortNat {
 #[inline(always)]
 pub fn ingress(ctx: &TcContext, ifindex: u32, iface: &IfaceInfo) -> i32 {
     let net_id = iface.net_id;
-    let Some(net) = network(net_id) else {
-        // The port of a network being taken down.
-        return TCX_NEXT;
-    };
-    let ty = match guard::port_frame(ctx, net_id) {
-        Ok(t) => t,
+    let (net, ty, mac) = match guard::arriving(ctx, net_id) {
+        Ok(a) => a,
         Err(v) => return v,
-    };
-    let Ok(mac) = ctx.load::<[u8; 6]>(eth_off::SRC) else {
-        return drop(ctx, net_id, DropReason::Malformed);
     };
     let sender = Sender {
         ifindex,
@@ -81,10 +74,7 @@ pub fn ingress(ctx: &TcContext, ifindex: u32, iface: &IfaceInfo) -> i32 {
     if ty == eth_p::ARP {
         return sender.check_arp(ctx);
     }
-    if ty == eth_p::IPV6 {
-        // The program sends IPv6 to `port6` before it gets here.
-        return drop(ctx, net_id, DropReason::Malformed);
-    }
+    // IPv6 never gets here (the program sends it to `port6`).
     let Some(ip) = parse::ipv4(ctx) else {
         return drop(ctx, net_id, DropReason::Malformed);
     };

@@ -6,6 +6,7 @@
 //! - Ingress (a container sends): its MAC, its source (`spoof6`), the
 //!   Neighbour Discovery guard (`nd`), then the destination policy
 //!   (`isolate::destination6`).
+//! - Both: a network without an IPv6 subnet carries none (`drop_ipv6`).
 //! - Egress (delivered to a container): from the host itself or a port or
 //!   bridge of the same network only; an internal network only from its
 //!   own subnet and link-local addresses.
@@ -15,10 +16,9 @@ use netpath_common::{DropReason, IfaceInfo, IfaceRole, NetworkInfo};
 
 use crate::{
     TCX_NEXT, guard, isolate,
-    lookup::{drop, iface, network, network6},
+    lookup::{drop, iface, network6},
     maps::NP_NETWORKS6,
     nd,
-    parse::eth_off,
     parse6::{self, Ip6},
     spoof::Sender,
     spoof6::Sender6,
@@ -29,15 +29,9 @@ use crate::{
 #[inline(always)]
 pub fn ingress(ctx: &TcContext, ifindex: u32, iface: &IfaceInfo) -> i32 {
     let net_id = iface.net_id;
-    let Some(net) = network(net_id) else {
-        // The port of a network being taken down.
-        return TCX_NEXT;
-    };
-    if let Err(v) = guard::port_frame(ctx, net_id) {
-        return v;
-    }
-    let Ok(mac) = ctx.load::<[u8; 6]>(eth_off::SRC) else {
-        return drop(ctx, net_id, DropReason::Malformed);
+    let (net, _, mac) = match guard::arriving(ctx, net_id) {
+        Ok(a) => a,
+        Err(v) => return v,
     };
     let sender = Sender {
         ifindex,

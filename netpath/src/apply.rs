@@ -215,12 +215,8 @@ async fn carry_out(
             // Its trusted interfaces as they are (`up` replaces the set).
             let maps = Maps::open(state)?;
             let entries = crate::tables::Table::entries(&maps.trusted)?;
-            let v6 = match maps.v6.network(*id)? {
-                Some(i) => Some(crate::net6::Net6Spec::from_info(&i)?),
-                None => None,
-            };
             batch.push(UpArgs {
-                v6,
+                v6: maps.v6.spec(*id)?,
                 spec: NetworkSpec::from_info(info),
                 options: NetworkOptions::from_flags(info.flags),
                 uplinks: uplinks.clone(),

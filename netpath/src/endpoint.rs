@@ -13,15 +13,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use netpath_common::{
-    Endpoint, IFNAMSIZ, IfaceRole, Lease, LeaseKey,
-    v6::{Addr6Key, LeaseKey6, Port6, port6_flags},
-};
+use netpath_common::{IFNAMSIZ, IfaceRole, Lease, LeaseKey};
 
 use crate::{
-    codec,
-    net6::Net6Spec,
-    netns, plan,
+    codec, netns, plan,
     plumbing::{self, Netlink},
     reconcile,
     spec::{self, NetworkSpec},
@@ -217,10 +212,7 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
             .map(|i| codec::from_be(i.ipv4_be)),
     );
     let addr = plan::choose_address(&spec, args.ip, &used)?;
-    let spec6 = match maps.v6.network(net_id)? {
-        Some(i) => Some(Net6Spec::from_info(&i)?),
-        None => None,
-    };
+    let spec6 = maps.v6.spec(net_id)?;
     let addr6 = match &spec6 {
         Some(s6) => Some(maps.v6.free_address(net_id, s6, None)?),
         None => None,
@@ -276,7 +268,7 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
             .insert(key, lease, 0)
             .context("recording the lease")?;
         if let Some(a) = addr6 {
-            bind6(&mut maps, net_id, index, a, mac, lease)?;
+            maps.v6.bind(net_id, index, a, mac, lease)?;
         }
         nl.enslave_up(index, bridge.index).await?;
         reconcile::reapply(&nl, &state).await?;
@@ -289,12 +281,7 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
             let _ = nl.delete_link(i).await;
         }
         let _ = maps.leases4.remove(&key);
-        if let Some(a) = addr6 {
-            let _ = maps.v6.leases.remove(&LeaseKey6 {
-                net_id,
-                addr: a.octets(),
-            });
-        }
+        let _ = maps.v6.release(net_id, cookie);
         let _ = reconcile::reapply(&nl, &state).await;
         return Err(err);
     }
@@ -308,49 +295,6 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
             .zip(addr6)
             .map(|(s6, a)| (a, s6.subnet.prefix_len(), s6.gateway)),
     })
-}
-
-/// Binds port `ifindex` to IPv6 address `addr` before its container sends:
-/// the lease, the port's record and the address's owner.
-fn bind6(
-    maps: &mut Maps,
-    net_id: u32,
-    ifindex: u32,
-    addr: Ipv6Addr,
-    mac: [u8; 6],
-    lease: Lease,
-) -> Result<()> {
-    let octets = addr.octets();
-    maps.v6
-        .leases
-        .insert(
-            LeaseKey6 {
-                net_id,
-                addr: octets,
-            },
-            lease,
-            0,
-        )
-        .context("recording the IPv6 lease")?;
-    let port = Port6 {
-        global: octets,
-        flags: port6_flags::GLOBAL_BOUND,
-        ..Default::default()
-    };
-    maps.v6
-        .ports
-        .insert(ifindex, port, 0)
-        .context("recording the port's IPv6 address")?;
-    let ep = Endpoint {
-        ifindex,
-        net_id,
-        mac,
-        _pad: [0; 2],
-    };
-    maps.v6
-        .endpoints
-        .insert(Addr6Key::of(&octets, net_id), ep, 0)
-        .context("recording the port's IPv6 address")
 }
 
 /// Undoes `connect`: the veth pair goes, the address is free again.
@@ -369,20 +313,7 @@ pub async fn disconnect(netns_name: &str, bridge: &str) -> Result<Ipv4Addr> {
         nl.delete_link(lease.host_ifindex).await?;
     }
     maps.leases4.remove(&key).context("forgetting the lease")?;
-    let leases6: Vec<LeaseKey6> = maps
-        .v6
-        .leases
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(k, l)| k.net_id == net_id && l.netns_cookie == cookie)
-        .map(|(k, _)| k)
-        .collect();
-    for k in leases6 {
-        maps.v6
-            .leases
-            .remove(&k)
-            .context("forgetting the IPv6 lease")?;
-    }
+    maps.v6.release(net_id, cookie)?;
     reconcile::reapply(&nl, &state).await?;
     Ok(codec::from_be(key.addr_be))
 }

@@ -17,7 +17,7 @@ use aya::maps::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netpath_common::{
     Endpoint, Lease, map_names,
-    v6::{Addr6Key, LeaseKey6, NetworkInfo6, Port6, net6_flags},
+    v6::{Addr6Key, LeaseKey6, NetworkInfo6, Port6, net6_flags, port6_flags},
 };
 
 use crate::tables::is_missing;
@@ -55,7 +55,7 @@ impl Net6Spec {
         }
         for (block, what) in RESERVED6 {
             let block: Ipv6Net = block.parse().context("a valid block")?;
-            if block.contains(&subnet.network()) || subnet.contains(&block.network()) {
+            if overlaps(&block, &subnet) {
                 bail!("invalid subnet {subnet}: it overlaps {block} ({what})");
             }
         }
@@ -93,6 +93,11 @@ impl Net6Spec {
             gateway: Ipv6Addr::from(info.gateway),
         })
     }
+}
+
+/// Whether two subnets share an address.
+pub fn overlaps(a: &Ipv6Net, b: &Ipv6Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 /// The `n`th address of `subnet` (0 is the subnet-router anycast address).
@@ -197,6 +202,13 @@ impl Maps6 {
         }
     }
 
+    /// The IPv6 half of network `net_id` as a spec, if it has one.
+    pub fn spec(&self, net_id: u32) -> Result<Option<Net6Spec>> {
+        self.network(net_id)?
+            .map(|i| Net6Spec::from_info(&i))
+            .transpose()
+    }
+
     /// Every network's IPv6 half.
     pub fn all(&self) -> Result<BTreeMap<u32, NetworkInfo6>> {
         self.networks
@@ -277,6 +289,60 @@ impl Maps6 {
             .collect();
         for i in ports {
             ignore_missing(self.ports.remove(&i))?;
+        }
+        Ok(())
+    }
+
+    /// Binds port `ifindex` to `addr` for `connect`, before its container
+    /// sends: the lease, the port's record and the address's owner.
+    pub fn bind(
+        &mut self,
+        net_id: u32,
+        ifindex: u32,
+        addr: Ipv6Addr,
+        mac: [u8; 6],
+        lease: Lease,
+    ) -> Result<()> {
+        let octets = addr.octets();
+        let key = LeaseKey6 {
+            net_id,
+            addr: octets,
+        };
+        self.leases
+            .insert(key, lease, 0)
+            .context("recording the IPv6 lease")?;
+        let port = Port6 {
+            global: octets,
+            flags: port6_flags::GLOBAL_BOUND,
+            ..Default::default()
+        };
+        self.ports
+            .insert(ifindex, port, 0)
+            .context("recording the port's IPv6 address")?;
+        let ep = Endpoint {
+            ifindex,
+            net_id,
+            mac,
+            _pad: [0; 2],
+        };
+        self.endpoints
+            .insert(Addr6Key::of(&octets, net_id), ep, 0)
+            .context("recording the port's IPv6 address")
+    }
+
+    /// Forgets the IPv6 leases of the namespace with `cookie` on network
+    /// `net_id` (`disconnect`, or a failed `connect`); the reconcile drops
+    /// the port's records once its veth is gone.
+    pub fn release(&mut self, net_id: u32, cookie: u64) -> Result<()> {
+        let keys: Vec<LeaseKey6> = self
+            .leases
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, l)| k.net_id == net_id && l.netns_cookie == cookie)
+            .map(|(k, _)| k)
+            .collect();
+        for k in keys {
+            ignore_missing(self.leases.remove(&k))?;
         }
         Ok(())
     }

@@ -302,15 +302,6 @@ impl Netlink {
             .with_context(|| format!("deleting link {index}"))
     }
 
-    pub async fn has_addr(&self, index: u32, addr: Ipv4Addr, prefix_len: u8) -> Result<bool> {
-        let want = Addr4 {
-            index,
-            addr,
-            prefix_len,
-        };
-        Ok(self.ipv4_addrs().await?.contains(&want))
-    }
-
     /// Whether link `index` has `addr/prefix_len` (either family).
     pub async fn has_ip(&self, index: u32, addr: IpAddr, prefix_len: u8) -> Result<bool> {
         Ok(!self

@@ -190,13 +190,9 @@ pub async fn status() -> Result<Status> {
     let networks = maps.networks()?;
     let trusted = crate::tables::Table::entries(&maps.trusted)?;
     let peers = crate::peers::all(&maps.peers4)?;
-    let nets6 = maps.v6.all()?;
     for (&id, info) in &networks {
         let spec = NetworkSpec::from_info(info);
-        let v6 = match nets6.get(&id) {
-            Some(i) => Some(crate::net6::Net6Spec::from_info(i)?),
-            None => None,
-        };
+        let v6 = maps.v6.spec(id)?;
         let net = |kind| maps.traffic(counter_scope::NETWORK, id, kind);
         out.networks.push(NetworkStatus {
             id,

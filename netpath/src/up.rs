@@ -51,12 +51,8 @@ impl UpArgs {
         trusted.sort();
         let mut peers = self.no_masquerade_to.clone();
         peers.sort();
-        let v6 = match maps.v6.network(id)? {
-            Some(i) => Some(Net6Spec::from_info(&i)?),
-            None => None,
-        };
         Ok(NetworkSpec::from_info(&info) == self.spec
-            && v6 == self.v6
+            && maps.v6.spec(id)? == self.v6
             && info.flags & NetworkOptions::MASK == self.options.flags()
             && trusted::names_of(&maps.trusted.entries()?, id) == trusted
             && peers::of(&peers::all(&maps.peers4)?, id) == peers)
@@ -263,9 +259,7 @@ async fn check(nl: &Netlink, state: &StateDir, args: &UpArgs) -> Result<Checked>
 fn check_v6_against_existing(v6: &Net6Spec, same_id: Option<u32>, maps: &Maps) -> Result<()> {
     for (id, info) in maps.v6.all()? {
         let other = Net6Spec::from_info(&info)?;
-        let overlaps = other.subnet.contains(&v6.subnet.network())
-            || v6.subnet.contains(&other.subnet.network());
-        if Some(id) != same_id && overlaps {
+        if Some(id) != same_id && crate::net6::overlaps(&other.subnet, &v6.subnet) {
             bail!(
                 "subnet {} overlaps {} of another network",
                 v6.subnet,
@@ -298,7 +292,7 @@ async fn record(
     };
     nl.set_up(index).await?;
     let prefix = spec.subnet.prefix_len();
-    if !nl.has_addr(index, spec.gateway, prefix).await? {
+    if !nl.has_ip(index, spec.gateway.into(), prefix).await? {
         nl.add_addr(index, spec.gateway, prefix).await?;
         report.added_gateway = true;
     }

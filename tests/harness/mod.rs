@@ -155,6 +155,39 @@ pub fn netpath_ok(ns: &Netns, args: &[&str]) -> String {
     r.stdout
 }
 
+/// The drops of network `bridge` for `reason` in a `status --json`.
+pub fn net_drops(s: &serde_json::Value, bridge: &str, reason: &str) -> u64 {
+    s["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["bridge"] == bridge)
+        .unwrap_or_else(|| panic!("no network {bridge}: {s}"))["drops"][reason]
+        .as_u64()
+        .unwrap()
+}
+
+/// The link-local IPv6 address of `ifname` in `ns`, once duplicate address
+/// detection is done with it (a tentative address answers nothing).
+pub fn link_local(ns: &Netns, ifname: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let out = loop {
+        let out = ns
+            .ip(&["-6", "-o", "addr", "show", "dev", ifname, "scope", "link"])
+            .unwrap();
+        if !out.contains("tentative") || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no link-local address on {ifname}: {out}"))
+}
+
 /// `netpath status --json`, parsed.
 pub fn status(ns: &Netns) -> serde_json::Value {
     let out = netpath_ok(ns, &["status", "--json"]);

@@ -21,15 +21,7 @@ use harness::{
 
 /// The drops of network `bridge` for `reason`.
 fn drops(ns: &Netns, bridge: &str, reason: &str) -> u64 {
-    let s = status(ns);
-    s["networks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["bridge"] == bridge)
-        .unwrap_or_else(|| panic!("no network {bridge}: {s}"))["drops"][reason]
-        .as_u64()
-        .unwrap()
+    harness::net_drops(&status(ns), bridge, reason)
 }
 
 /// The drops of interface `ifname` for `reason`.
@@ -388,18 +380,7 @@ fn containers_cannot_tag_frames_speak_ipv6_or_claim_the_gateway() {
     assert_eq!(drops(&lab.host, Lab::BRIDGE, "drop_vlan"), 6);
 
     // IPv6 on a network without an IPv6 subnet: not even link-local.
-    let ll = |ns: &Netns| {
-        let out = ns
-            .ip(&["-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"])
-            .unwrap();
-        out.split_whitespace()
-            .skip_while(|w| *w != "inet6")
-            .nth(1)
-            .and_then(|a| a.split('/').next())
-            .map(str::to_owned)
-            .unwrap_or_else(|| panic!("no link-local address: {out}"))
-    };
-    let c2_ll = format!("{}%eth0", ll(&lab.c2));
+    let c2_ll = format!("{}%eth0", harness::link_local(&lab.c2, "eth0"));
     let before = drops(&lab.host, Lab::BRIDGE, "drop_ipv6");
     let r = topology::run(
         lab.c1

@@ -6,45 +6,15 @@
 
 use crate::harness;
 
-use harness::{NETPATH, Netns, netpath, netpath_ok, raw, status, topology};
+use harness::{
+    NETPATH, Netns, link_local, net_drops as drops, netpath, netpath_ok, raw, status, topology,
+};
 
 const BR1: &str = "np6a";
 const BR2: &str = "np6b";
 
-fn drops(s: &serde_json::Value, bridge: &str, reason: &str) -> u64 {
-    s["networks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["bridge"] == bridge)
-        .unwrap_or_else(|| panic!("no network {bridge}"))["drops"][reason]
-        .as_u64()
-        .unwrap()
-}
-
 fn ping6(ns: &Netns, dst: &str) -> bool {
     topology::run(ns.command("ping").args(["-6", "-c", "1", "-W", "1", dst])).is_ok()
-}
-
-/// The container's link-local address on eth0, once duplicate address
-/// detection is done with it (a tentative address answers nothing).
-fn link_local(ns: &Netns) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let out = loop {
-        let out = ns
-            .ip(&["-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"])
-            .unwrap();
-        if !out.contains("tentative") || std::time::Instant::now() > deadline {
-            break out;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
-    out.split_whitespace()
-        .skip_while(|w| *w != "inet6")
-        .nth(1)
-        .and_then(|a| a.split('/').next())
-        .unwrap_or_else(|| panic!("no link-local address in {out:?}"))
-        .to_owned()
 }
 
 fn connect(host: &Netns, tag: &str, bridge: &str) -> (Netns, String) {
@@ -139,7 +109,7 @@ fn dual_stack_networks_carry_ipv6_between_containers_with_isolation_icc_and_guar
     assert_eq!(fwd.trim(), "1");
 
     // Within the network, global and link-local; to the gateway; from the host.
-    let (ll1, ll2) = (link_local(&c1), link_local(&c2));
+    let (ll1, ll2) = (link_local(&c1, "eth0"), link_local(&c2, "eth0"));
     assert!(ping6(&c1, &a2), "c1 -> c2");
     assert!(ping6(&c1, &format!("{ll2}%eth0")), "c1 -> c2 link-local");
     assert!(ping6(&c1, "fd00:26::1"), "c1 -> its gateway");

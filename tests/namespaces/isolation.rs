@@ -7,19 +7,9 @@ use crate::harness;
 use std::time::{Duration, Instant};
 
 use harness::{
-    Lab, NETPATH, Netns, addr, iface, lab_up, lab_up_with, netpath, netpath_ok, status, topology,
+    Lab, NETPATH, Netns, addr, iface, lab_up, lab_up_with, net_drops as drops, netpath, netpath_ok,
+    status, topology,
 };
-
-fn drops(s: &serde_json::Value, bridge: &str, reason: &str) -> u64 {
-    s["networks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["bridge"] == bridge)
-        .unwrap_or_else(|| panic!("no network {bridge}"))["drops"][reason]
-        .as_u64()
-        .unwrap()
-}
 
 fn blocked(r: anyhow::Result<std::net::SocketAddrV4>, what: &str) {
     assert!(
