@@ -18,6 +18,8 @@
 /// IP protocol numbers the datapath knows.
 pub mod proto {
     pub const ICMP: u8 = 1;
+    /// ICMPv6 (`NP_CT6` only): echo as ICMP's, timed out as ICMP.
+    pub const ICMPV6: u8 = 58;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
     /// Translated address-only: its CRC32c covers no IP address, so a
@@ -167,16 +169,84 @@ pub mod tcp_flags {
     pub const ACK: u8 = 0x10;
 }
 
-/// Value of `NP_CT4`. 64 bytes.
+/// A conntrack tuple of either family ([`CtKey4`], [`crate::ct6::CtKey6`]):
+/// what the datapath's conntrack and sweep need of a key, so one
+/// implementation serves both tables.
+pub trait Tuple: Copy + Default {
+    /// An address as the entry stores it (network byte order).
+    type Addr: Copy + Default + core::fmt::Debug + PartialEq;
+    fn saddr(&self) -> Self::Addr;
+    fn daddr(&self) -> Self::Addr;
+    fn sport_be(&self) -> u16;
+    fn dport_be(&self) -> u16;
+    fn proto(&self) -> u8;
+    /// The tuple of a packet travelling the other way.
+    fn reversed(&self) -> Self;
+    /// Sets the destination port (in place: IPv6 tuples are too big for
+    /// copies on the BPF stack).
+    fn set_dport(&mut self, dport_be: u16);
+    /// Field-wise comparison (a derived `==` becomes a `bcmp` call the
+    /// kernel does not have).
+    fn same(&self, other: &Self) -> bool;
+    /// The IPv4 addresses, for the flush filter (which names IPv4 only).
+    fn v4(&self) -> Option<(u32, u32)>;
+}
+
+impl Tuple for CtKey4 {
+    type Addr = u32;
+    #[inline(always)]
+    fn saddr(&self) -> u32 {
+        self.saddr_be
+    }
+    #[inline(always)]
+    fn daddr(&self) -> u32 {
+        self.daddr_be
+    }
+    #[inline(always)]
+    fn sport_be(&self) -> u16 {
+        self.sport_be
+    }
+    #[inline(always)]
+    fn dport_be(&self) -> u16 {
+        self.dport_be
+    }
+    #[inline(always)]
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+    #[inline(always)]
+    fn reversed(&self) -> Self {
+        CtKey4::reversed(self)
+    }
+    #[inline(always)]
+    fn set_dport(&mut self, dport_be: u16) {
+        self.dport_be = dport_be;
+    }
+    #[inline(always)]
+    fn same(&self, b: &Self) -> bool {
+        self.saddr_be == b.saddr_be
+            && self.daddr_be == b.daddr_be
+            && self.sport_be == b.sport_be
+            && self.dport_be == b.dport_be
+            && self.proto == b.proto
+    }
+    #[inline(always)]
+    fn v4(&self) -> Option<(u32, u32)> {
+        Some((self.saddr_be, self.daddr_be))
+    }
+}
+
+/// Value of the conntrack tables: `NP_CT4` ([`CtEntry4`], 64 bytes) and
+/// `NP_CT6` ([`crate::ct6::CtEntry6`], 104 bytes). The fields line up so
+/// neither has padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct CtEntry4 {
+pub struct CtEntry<K: Tuple> {
     /// The other direction's key.
-    pub peer: CtKey4,
+    pub peer: K,
     /// ORIGINAL: the source address written into the container's packets.
     /// REPLY: the destination address written into replies.
-    pub nat_addr_be: u32,
+    pub nat_addr_be: K::Addr,
     /// The port (ICMP: identifier) written next to `nat_addr_be`.
     pub nat_port_be: u16,
     /// [`ct_dir`].
@@ -196,6 +266,17 @@ pub struct CtEntry4 {
     pub packets: u64,
     pub bytes: u64,
 }
+
+/// Value of `NP_CT4`.
+pub type CtEntry4 = CtEntry<CtKey4>;
+
+// SAFETY: `repr(C)`, every field plain data, no padding (16 + 4 + 2 + 1 +
+// 1 + 4 + 4 bytes before the first u64, at 32).
+#[cfg(feature = "user")]
+unsafe impl bytemuck::Zeroable for CtEntry4 {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl bytemuck::Pod for CtEntry4 {}
 
 /// How stale `last_seen_ns` may get before a packet refreshes it (and checks
 /// that the other direction's entry still exists). Timeouts are this precise.
@@ -393,7 +474,7 @@ pub const fn timeout_class(proto_nr: u8, state: u8, ctflags: u32) -> usize {
                 t::UDP
             }
         }
-        proto::ICMP => t::ICMP,
+        proto::ICMP | proto::ICMPV6 => t::ICMP,
         _ => t::OTHER,
     }
 }

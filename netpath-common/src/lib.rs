@@ -15,6 +15,7 @@ pub mod config;
 pub mod counters;
 pub mod csum;
 pub mod ct;
+pub mod ct6;
 pub mod drop;
 pub mod event;
 pub mod filter;
@@ -105,8 +106,15 @@ pub mod map_names {
     /// [`LeaseKey6`](crate::v6::LeaseKey6) -> [`Lease`](crate::Lease):
     /// IPv6 addresses `netpath connect` handed out (only userspace reads it).
     pub const LEASES6: &str = "NP_LEASES6";
+    /// [`CtKey6`](crate::ct6::CtKey6) -> [`CtEntry6`](crate::ct6::CtEntry6):
+    /// the IPv6 conntrack table (LRU).
+    pub const CT6: &str = "NP_CT6";
+    /// Array: `NP_CT6`'s live entries and limit (`ct::fill`).
+    pub const CT6_FILL: &str = "NP_CT6_FILL";
+    /// Uplink ifindex -> the global IPv6 address NAT66 writes.
+    pub const UPLINKS6: &str = "NP_UPLINKS6";
     /// All pinned map names, for tooling that walks the pin directory.
-    pub const ALL: [&str; 29] = [
+    pub const ALL: [&str; 32] = [
         ENDPOINTS4,
         IFACES,
         NETWORKS,
@@ -136,6 +144,9 @@ pub mod map_names {
         PORTS6,
         ENDPOINTS6,
         LEASES6,
+        CT6,
+        CT6_FILL,
+        UPLINKS6,
     ];
 }
 
@@ -562,6 +573,8 @@ mod user {
     unsafe impl aya::Pod for LeaseKey {}
     unsafe impl aya::Pod for CtKey4 {}
     unsafe impl aya::Pod for CtEntry4 {}
+    unsafe impl aya::Pod for crate::ct6::CtKey6 {}
+    unsafe impl aya::Pod for crate::ct6::CtEntry6 {}
     unsafe impl aya::Pod for FragKey4 {}
     unsafe impl aya::Pod for FragPorts {}
     unsafe impl aya::Pod for IfaceInfo {}

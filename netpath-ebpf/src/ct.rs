@@ -1,5 +1,7 @@
-//! The BPF conntrack table: lookups, flow creation with a claimed external
-//! tuple, per-direction accounting and the TCP state machine. Every entry
+//! The BPF conntrack tables: lookups, flow creation with a claimed external
+//! tuple, per-direction accounting and the TCP state machine. One
+//! implementation for both families: what differs (the map, its fill
+//! count, the host socket lookup) is the key's [`Table`]. Every entry
 //! inserted and removed is counted (`counter_scope::CONNTRACK`), so the
 //! loader can tell how many the LRU evicted.
 
@@ -8,27 +10,93 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::{
         BPF_F_CURRENT_NETNS, BPF_NOEXIST, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1,
-        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
     },
     helpers::{
         bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop, bpf_sk_lookup_udp, bpf_sk_release,
         bpf_skc_lookup_tcp,
     },
+    maps::{Array, LruHashMap},
     programs::TcContext,
 };
 use netpath_common::{
     Config, DropReason, counter_kind, counter_scope,
     ct::{
-        CtEntry4, CtKey4, TOUCH_NS, TcpState, ct_dir, ct_flags, fill, opens_tcp_flow, proto,
+        CtEntry, CtKey4, TOUCH_NS, TcpState, Tuple, ct_dir, ct_flags, fill, opens_tcp_flow, proto,
         tcp_transition,
     },
+    ct6::CtKey6,
 };
 
 use crate::{
     counters::count,
     lookup::published,
-    maps::{NP_CONFIG, NP_CT_FILL, NP_CT_SCRATCH, NP_CT4},
+    maps::{NP_CONFIG, NP_CT_FILL, NP_CT_SCRATCH, NP_CT4, NP_CT6, NP_CT6_FILL, NP_CT6_SCRATCH},
 };
+
+/// What a conntrack key's family brings: its table, the table's fill
+/// count, scratch room for a new flow's entries, and the checks a
+/// translated tuple must pass.
+pub trait Table: Tuple + 'static {
+    fn map() -> &'static LruHashMap<Self, CtEntry<Self>>;
+    fn fill() -> &'static Array<u64>;
+    /// This CPU's room for a new flow's two entries.
+    fn scratch() -> Option<*mut [CtEntry<Self>; 2]>;
+    /// Whether a socket of the host, or a published host port, holds the
+    /// REPLY tuple `reply` (then a translated flow must not claim it).
+    fn held_by_host(skb: *mut c_void, reply: &Self) -> bool;
+    /// Tells `netpath monitor` about a new flow.
+    fn flow_event(orig: &Self, reply: &Self, net_id: u32);
+}
+
+impl Table for CtKey4 {
+    #[inline(always)]
+    fn map() -> &'static LruHashMap<Self, CtEntry<Self>> {
+        &NP_CT4
+    }
+    #[inline(always)]
+    fn fill() -> &'static Array<u64> {
+        &NP_CT_FILL
+    }
+    #[inline(always)]
+    fn scratch() -> Option<*mut [CtEntry<Self>; 2]> {
+        NP_CT_SCRATCH.get_ptr_mut(0)
+    }
+    #[inline(always)]
+    fn held_by_host(skb: *mut c_void, reply: &Self) -> bool {
+        host_socket4(skb, reply)
+            || published(reply.daddr_be, reply.dport_be, reply.proto, false).is_some()
+    }
+    #[inline(always)]
+    fn flow_event(orig: &Self, reply: &Self, net_id: u32) {
+        crate::events::flow_event(orig, reply, net_id);
+    }
+}
+
+impl Table for CtKey6 {
+    #[inline(always)]
+    fn map() -> &'static LruHashMap<Self, CtEntry<Self>> {
+        &NP_CT6
+    }
+    #[inline(always)]
+    fn fill() -> &'static Array<u64> {
+        &NP_CT6_FILL
+    }
+    #[inline(always)]
+    fn scratch() -> Option<*mut [CtEntry<Self>; 2]> {
+        NP_CT6_SCRATCH.get_ptr_mut(0)
+    }
+    #[inline(always)]
+    fn held_by_host(skb: *mut c_void, reply: &Self) -> bool {
+        // No IPv6 port is published yet: the host's sockets are all.
+        host_socket6(skb, reply)
+    }
+    #[inline(always)]
+    fn flow_event(_orig: &Self, _reply: &Self, _net_id: u32) {
+        // `netpath monitor`'s flow events carry IPv4 tuples only (the
+        // event layout has no room for IPv6 addresses yet).
+    }
+}
 
 const EEXIST: i32 = -17;
 /// Candidate external ports tried before a flow counts as exhausted (the
@@ -42,8 +110,8 @@ pub fn now() -> u64 {
 }
 
 #[inline(always)]
-pub fn ct_lookup4(key: &CtKey4) -> Option<*mut CtEntry4> {
-    NP_CT4.get_ptr_mut(key)
+pub fn ct_lookup<K: Table>(key: &K) -> Option<*mut CtEntry<K>> {
+    K::map().get_ptr_mut(key)
 }
 
 #[inline(always)]
@@ -51,10 +119,10 @@ fn count_ct(kind: u16) {
     count(counter_scope::CONNTRACK, 0, kind, 0);
 }
 
-/// Adds `delta` (two's complement) to the live entry count.
+/// Adds `delta` (two's complement) to the live entry count of `K`'s table.
 #[inline(always)]
-fn fill_add(delta: u64) {
-    if let Some(live) = NP_CT_FILL.get_ptr_mut(fill::LIVE) {
+fn fill_add<K: Table>(delta: u64) {
+    if let Some(live) = K::fill().get_ptr_mut(fill::LIVE) {
         // SAFETY: an array slot, valid while the program runs.
         unsafe { atomic_add(live, delta) };
     }
@@ -63,16 +131,16 @@ fn fill_add(delta: u64) {
 /// One more entry. Not inlined: the port search's frame (on top of the
 /// classifiers') has no room left for its locals, as for [`at_limit`].
 #[inline(never)]
-fn fill_inc() {
-    fill_add(1);
+fn fill_inc<K: Table>() {
+    fill_add::<K>(1);
 }
 
 /// Whether the table holds as many entries as it may: new flows wait
 /// until the sweeper made room (see `ct::fill`). Not inlined: the
 /// classifiers' frames have no room left for its locals.
 #[inline(never)]
-fn at_limit() -> bool {
-    match (NP_CT_FILL.get(fill::LIVE), NP_CT_FILL.get(fill::LIMIT)) {
+fn at_limit<K: Table>() -> bool {
+    match (K::fill().get(fill::LIVE), K::fill().get(fill::LIMIT)) {
         // The count is signed in effect: races can take it below zero.
         (Some(&live), Some(&limit)) => limit != 0 && (live as i64) >= limit as i64,
         _ => false,
@@ -81,43 +149,43 @@ fn at_limit() -> bool {
 
 /// Inserts an entry that must be new (`BPF_NOEXIST`), counting it.
 #[inline(always)]
-fn ct_insert_new4(key: &CtKey4, e: &CtEntry4) -> Result<(), i32> {
-    NP_CT4.insert(key, e, BPF_NOEXIST as u64)?;
+fn ct_insert_new<K: Table>(key: &K, e: &CtEntry<K>) -> Result<(), i32> {
+    K::map().insert(key, e, BPF_NOEXIST as u64)?;
     count_ct(counter_kind::CT_INSERTS);
-    fill_inc();
+    fill_inc::<K>();
     Ok(())
 }
 
 /// Removes an entry, counting it when it was there; returns whether it was.
 #[inline(always)]
-pub fn ct_remove4(key: &CtKey4) -> bool {
-    let removed = ct_remove4_uncounted(key);
+pub fn ct_remove<K: Table>(key: &K) -> bool {
+    let removed = ct_remove_uncounted(key);
     if removed {
         count_ct(counter_kind::CT_REMOVES);
-        fill_add(u64::MAX);
+        fill_add::<K>(u64::MAX);
     }
     removed
 }
 
-/// [`ct_remove4`] for a sweep pass, which counts what it removed once, at
+/// [`ct_remove`] for a sweep pass, which counts what it removed once, at
 /// its end ([`fill_sub`], `count_many`): counting each removal in the
 /// walk's callback costs time per entry and multiplies the states the
 /// verifier explores.
 #[inline(always)]
-pub fn ct_remove4_uncounted(key: &CtKey4) -> bool {
-    NP_CT4.remove(key).is_ok()
+pub fn ct_remove_uncounted<K: Table>(key: &K) -> bool {
+    K::map().remove(key).is_ok()
 }
 
 /// Takes `n` entries off the live count.
 #[inline(always)]
-pub fn fill_sub(n: u64) {
-    fill_add(n.wrapping_neg());
+pub fn fill_sub<K: Table>(n: u64) {
+    fill_add::<K>(n.wrapping_neg());
 }
 
 /// Sets the live entry count to what a sweep pass found.
 #[inline(always)]
-pub fn set_live(entries: u64) {
-    if let Some(live) = NP_CT_FILL.get_ptr_mut(fill::LIVE) {
+pub fn set_live<K: Table>(entries: u64) {
+    if let Some(live) = K::fill().get_ptr_mut(fill::LIVE) {
         // SAFETY: an array slot, valid while the program runs.
         unsafe { *live = entries };
     }
@@ -125,9 +193,9 @@ pub fn set_live(entries: u64) {
 
 /// Records a half-way (`MID`) entry: new, or replacing the one there.
 #[inline(always)]
-pub fn ct_put_mid4(key: &CtKey4, e: &CtEntry4) {
-    if ct_insert_new4(key, e).is_err() {
-        let _ = NP_CT4.insert(key, e, 0);
+pub fn ct_put_mid<K: Table>(key: &K, e: &CtEntry<K>) {
+    if ct_insert_new(key, e).is_err() {
+        let _ = K::map().insert(key, e, 0);
     }
 }
 
@@ -144,7 +212,7 @@ unsafe fn atomic_add(ptr: *mut u64, v: u64) {
 /// `last_seen_ns` was refreshed (at most once per [`TOUCH_NS`]), which is
 /// when callers check the partner entry.
 #[inline(always)]
-pub fn ct_touch4(e: *mut CtEntry4, len: u32, now: u64) -> bool {
+pub fn ct_touch<K: Tuple>(e: *mut CtEntry<K>, len: u32, now: u64) -> bool {
     // SAFETY: `e` points into a map value that stays valid while the program
     // runs; counters are updated atomically since several CPUs may share a flow.
     unsafe {
@@ -161,8 +229,8 @@ pub fn ct_touch4(e: *mut CtEntry4, len: u32, now: u64) -> bool {
 /// Applies a TCP packet's flags to the flow's state, kept on the ORIGINAL
 /// entry.
 #[inline(always)]
-pub fn ct_tcp_update4(orig: *mut CtEntry4, reply: bool, flags: u8) {
-    // SAFETY: see `ct_touch4`; concurrent updates race benignly (last wins).
+pub fn ct_tcp_update<K: Tuple>(orig: *mut CtEntry<K>, reply: bool, flags: u8) {
+    // SAFETY: see `ct_touch`; concurrent updates race benignly (last wins).
     unsafe {
         let (state, f) = tcp_transition(
             TcpState::from_u8((*orig).state),
@@ -179,16 +247,6 @@ pub fn ct_tcp_update4(orig: *mut CtEntry4, reply: bool, flags: u8) {
     }
 }
 
-/// Field-wise tuple comparison (a derived `==` becomes a `bcmp` call).
-#[inline(always)]
-pub fn same_key(a: &CtKey4, b: &CtKey4) -> bool {
-    a.saddr_be == b.saddr_be
-        && a.daddr_be == b.daddr_be
-        && a.sport_be == b.sport_be
-        && a.dport_be == b.dport_be
-        && a.proto == b.proto
-}
-
 /// Writes into `p` the entry for the other direction of the flow whose
 /// entry `e` is keyed by `key`. `nat_addr_be`/`nat_port_be` say what each
 /// direction writes on the side its NAT type changes: source NAT flows
@@ -197,7 +255,7 @@ pub fn same_key(a: &CtKey4, b: &CtKey4) -> bool {
 /// (`T:tport`) and the source coming back (`H:hport`). (The full
 /// translated tuple is always the partner's key reversed.)
 #[inline(always)]
-fn fill_partner(p: &mut CtEntry4, key: &CtKey4, e: &CtEntry4) {
+fn fill_partner<K: Tuple>(p: &mut CtEntry<K>, key: &K, e: &CtEntry<K>) {
     let to_reply = e.dir == ct_dir::ORIGINAL;
     // Which end of `key` the partner writes: for flows a container started
     // the partner of ORIGINAL restores the key's source, the partner of
@@ -205,8 +263,12 @@ fn fill_partner(p: &mut CtEntry4, key: &CtKey4, e: &CtEntry4) {
     // (destination NAT) the other way round.
     let key_src = to_reply != ct_flags::inbound(e.flags);
     p.peer = *key;
-    p.nat_addr_be = if key_src { key.saddr_be } else { key.daddr_be };
-    p.nat_port_be = if key_src { key.sport_be } else { key.dport_be };
+    p.nat_addr_be = if key_src { key.saddr() } else { key.daddr() };
+    p.nat_port_be = if key_src {
+        key.sport_be()
+    } else {
+        key.dport_be()
+    };
     p.dir = if to_reply {
         ct_dir::REPLY
     } else {
@@ -214,7 +276,7 @@ fn fill_partner(p: &mut CtEntry4, key: &CtKey4, e: &CtEntry4) {
     };
     // A re-created ORIGINAL entry belongs to a flow seen both ways; the
     // next packets refine its state.
-    p.state = if !to_reply && key.proto == proto::TCP {
+    p.state = if !to_reply && key.proto() == proto::TCP {
         TcpState::Established as u8
     } else {
         0
@@ -235,25 +297,25 @@ fn fill_partner(p: &mut CtEntry4, key: &CtKey4, e: &CtEntry4) {
 /// as it was would skip them: a host socket may have taken the tuple
 /// meanwhile.
 #[inline(always)]
-pub fn ct_keep_partner4(key: &CtKey4, e: *mut CtEntry4) -> bool {
-    // SAFETY: see `ct_touch4`.
+pub fn ct_keep_partner<K: Table>(key: &K, e: *mut CtEntry<K>) -> bool {
+    // SAFETY: see `ct_touch`.
     let peer = unsafe { (*e).peer };
-    if let Some(p) = ct_lookup4(&peer) {
+    if let Some(p) = ct_lookup(&peer) {
         // SAFETY: as above.
-        if same_key(unsafe { &(*p).peer }, key) {
+        if unsafe { &(*p).peer }.same(key) {
             return true;
         }
     }
-    ct_remove4(key);
+    ct_remove(key);
     false
 }
 
-/// Whether a socket of the host would take a packet with tuple `reply`
-/// (a TCP connection, time-wait or listener; a bound UDP socket): then the
-/// tuple is the host's, and a translated flow must not claim it.
+/// Whether a socket of the host would take a packet with IPv4 tuple
+/// `reply` (a TCP connection, time-wait or listener; a bound UDP socket):
+/// then the tuple is the host's, and a translated flow must not claim it.
 // A BPF function of its own: the tuple gets its own stack frame.
 #[inline(never)]
-fn host_socket(skb: *mut c_void, reply: &CtKey4) -> bool {
+fn host_socket4(skb: *mut c_void, reply: &CtKey4) -> bool {
     // Only the IPv4 part is set (and read: `size`); zeroing the rest would
     // cost a byte loop the verifier walks at every call.
     let mut t = bpf_sock_tuple {
@@ -266,14 +328,38 @@ fn host_socket(skb: *mut c_void, reply: &CtKey4) -> bool {
             },
         },
     };
-    let size = 12; // sizeof(bpf_sock_tuple.ipv4)
+    // sizeof(bpf_sock_tuple.ipv4)
+    host_socket(skb, &raw mut t, 12, reply.proto)
+}
+
+/// [`host_socket4`] for an IPv6 tuple.
+#[inline(never)]
+fn host_socket6(skb: *mut c_void, reply: &CtKey6) -> bool {
+    // SAFETY: 16 bytes as four words in the same (wire) order.
+    let words = |a: [u8; 16]| unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(a) };
+    let mut t = bpf_sock_tuple {
+        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+            ipv6: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+                saddr: words(reply.saddr),
+                daddr: words(reply.daddr),
+                sport: reply.sport_be,
+                dport: reply.dport_be,
+            },
+        },
+    };
+    // sizeof(bpf_sock_tuple.ipv6)
+    host_socket(skb, &raw mut t, 36, reply.proto)
+}
+
+#[inline(always)]
+fn host_socket(skb: *mut c_void, t: *mut bpf_sock_tuple, size: u32, proto_nr: u8) -> bool {
     let netns = BPF_F_CURRENT_NETNS as u64;
     // SAFETY: the helpers take the program's skb and a tuple of `size`
     // bytes; a socket they return is released before returning.
     unsafe {
-        let sk = match reply.proto {
-            proto::TCP => bpf_skc_lookup_tcp(skb, &raw mut t, size, netns, 0),
-            proto::UDP => bpf_sk_lookup_udp(skb, &raw mut t, size, netns, 0),
+        let sk = match proto_nr {
+            proto::TCP => bpf_skc_lookup_tcp(skb, t, size, netns, 0),
+            proto::UDP => bpf_sk_lookup_udp(skb, t, size, netns, 0),
             _ => return false,
         };
         if sk.is_null() {
@@ -294,63 +380,61 @@ fn host_socket(skb: *mut c_void, reply: &CtKey4) -> bool {
 /// another CPU created the same flow meanwhile, the REPLY entry is removed
 /// again and the winner's flow is used.
 #[inline(always)]
-pub fn ct_create4(
-    orig: &CtKey4,
-    translated: &CtKey4,
+pub fn ct_create<K: Table>(
+    orig: &K,
+    translated: &K,
     vary: Option<&TcContext>,
     flags: u32,
     net_id: u32,
     tcp_flags: u8,
-) -> Result<*mut CtEntry4, DropReason> {
-    if orig.proto == proto::TCP && !opens_tcp_flow(tcp_flags) {
+) -> Result<*mut CtEntry<K>, DropReason> {
+    if orig.proto() == proto::TCP && !opens_tcp_flow(tcp_flags) {
         return Err(DropReason::CtInvalid);
     }
-    if at_limit() {
+    if at_limit::<K>() {
         count_ct(counter_kind::CT_REFUSED);
         return Err(DropReason::ConntrackFull);
     }
-    let r = create4(orig, translated, vary, flags, net_id, now());
+    let r = create(orig, translated, vary, flags, net_id, now());
     match r {
         // The tuple the flow leaves with is its REPLY key reversed (the
         // source port may have been varied from `translated`'s).
         // SAFETY: a pointer to the entry just inserted, valid for this program.
-        Ok(e) => crate::events::flow_event(orig, unsafe { &(*e).peer }, net_id),
+        Ok(e) => K::flow_event(orig, unsafe { &(*e).peer }, net_id),
         Err(_) => count_ct(counter_kind::CT_INSERT_FAILED),
     }
     r
 }
 
 #[inline(always)]
-fn create4(
-    orig: &CtKey4,
-    translated: &CtKey4,
+fn create<K: Table>(
+    orig: &K,
+    translated: &K,
     vary: Option<&TcContext>,
     flags: u32,
     net_id: u32,
     now: u64,
-) -> Result<*mut CtEntry4, DropReason> {
-    let has_ports = match orig.proto {
+) -> Result<*mut CtEntry<K>, DropReason> {
+    let has_ports = match orig.proto() {
         proto::TCP | proto::UDP | proto::SCTP => true,
-        proto::ICMP => translated.sport_be != 0,
+        proto::ICMP | proto::ICMPV6 => translated.sport_be() != 0,
         _ => false,
     };
     let dst_side = ct_flags::inbound(flags);
     // The two entries are built in per-CPU scratch space, not on the stack.
-    let sc = NP_CT_SCRATCH
-        .get_ptr_mut(0)
-        .ok_or(DropReason::CtInsertFailed)?;
+    let sc = K::scratch().ok_or(DropReason::CtInsertFailed)?;
     // SAFETY: this CPU's slot, used by nothing else while the program runs.
     let (oentry, partner) = unsafe { (&mut (*sc)[0], &mut (*sc)[1]) };
     oentry.peer = translated.reversed();
     oentry.nat_addr_be = if dst_side {
-        translated.daddr_be
+        translated.daddr()
     } else {
-        translated.saddr_be
+        translated.saddr()
     };
     oentry.nat_port_be = if dst_side {
-        translated.dport_be
+        translated.dport_be()
     } else {
-        translated.sport_be
+        translated.sport_be()
     };
     oentry.dir = ct_dir::ORIGINAL;
     oentry.state = 0;
@@ -368,7 +452,9 @@ fn create4(
             None => core::ptr::null_mut(),
         },
         partner,
-        reply: translated.reversed(),
+        // The ORIGINAL entry names its REPLY key: the search varies it
+        // there, in the scratch map, not in a copy on the stack.
+        reply: &raw mut oentry.peer,
         min,
         span: max - min + 1,
         // SAFETY: no preconditions.
@@ -377,7 +463,7 @@ fn create4(
     };
     // SCTP keeps its source port (see `proto::SCTP`): a taken tuple is not
     // remapped, the new flow is refused.
-    let tries = if vary.is_some() && has_ports && orig.proto != proto::SCTP {
+    let tries = if vary.is_some() && has_ports && orig.proto() != proto::SCTP {
         PORT_TRIES
     } else {
         1
@@ -387,24 +473,22 @@ fn create4(
     // SAFETY: the callback has the signature the helper expects and `s`
     // outlives the call.
     unsafe {
-        bpf_loop(tries, try_port as *mut c_void, (&raw mut s).cast(), 0);
+        bpf_loop(tries, try_port::<K> as *mut c_void, (&raw mut s).cast(), 0);
     }
     match s.result {
         CLAIMED => {}
         FAILED => return Err(DropReason::CtInsertFailed),
         _ => return Err(DropReason::NatPortsExhausted),
     }
-    let reply = s.reply;
-    oentry.peer = reply;
     if !dst_side {
-        oentry.nat_port_be = reply.dport_be;
+        oentry.nat_port_be = oentry.peer.dport_be();
     }
-    if ct_insert_new4(orig, oentry).is_err() {
+    if ct_insert_new(orig, oentry).is_err() {
         // Lost a race with another CPU creating the same flow: give our
         // claimed tuple back and use the winner's entry.
-        ct_remove4(&reply);
+        ct_remove(&oentry.peer);
     }
-    ct_lookup4(orig).ok_or(DropReason::CtInsertFailed)
+    ct_lookup(orig).ok_or(DropReason::CtInsertFailed)
 }
 
 /// The NAT port range, inclusive, lowest first.
@@ -423,12 +507,14 @@ const FAILED: i32 = -1;
 /// The search for a free translated tuple: the REPLY key being tried and
 /// the REPLY entry to claim it with.
 #[repr(C)]
-struct PortSearch {
+struct PortSearch<K: Tuple> {
     /// The packet's skb for host socket lookups; null when the port is kept.
     skb: *mut c_void,
     /// The REPLY entry (in the scratch map).
-    partner: *const CtEntry4,
-    reply: CtKey4,
+    partner: *const CtEntry<K>,
+    /// The REPLY key being tried (the ORIGINAL entry's `peer`, in the
+    /// scratch map).
+    reply: *mut K,
     min: u32,
     span: u32,
     start: u32,
@@ -439,26 +525,26 @@ struct PortSearch {
 /// `bpf_loop`'s callback: candidate `i` (0: the original port, then ports
 /// from a random start in the range). Returns 1 when done.
 #[inline(never)]
-unsafe extern "C" fn try_port(i: u64, s: *mut c_void) -> i64 {
+unsafe extern "C" fn try_port<K: Table>(i: u64, s: *mut c_void) -> i64 {
     // SAFETY: the helper passes our `PortSearch`.
-    let s = unsafe { &mut *(s as *mut PortSearch) };
+    let s = unsafe { &mut *(s as *mut PortSearch<K>) };
     if i > 0 {
         if s.span == 0 {
             return 1;
         }
         let port = s.min + s.start.wrapping_add(i as u32) % s.span;
-        s.reply.dport_be = (port as u16).to_be();
+        // SAFETY: the scratch key `create` set, valid while the program runs.
+        unsafe { (*s.reply).set_dport((port as u16).to_be()) };
     }
+    // SAFETY: as above.
+    let reply = unsafe { &*s.reply };
     // A tuple a host socket holds, or a published host port (its clients'
     // new flows would look like replies), is not ours to take.
-    if !s.skb.is_null()
-        && (host_socket(s.skb, &s.reply)
-            || published(s.reply.daddr_be, s.reply.dport_be, s.reply.proto, false).is_some())
-    {
+    if !s.skb.is_null() && K::held_by_host(s.skb, reply) {
         return 0;
     }
-    // SAFETY: the scratch entry `create4` filled, valid while the program runs.
-    match ct_insert_new4(&s.reply, unsafe { &*s.partner }) {
+    // SAFETY: the scratch entry `create` filled, valid while the program runs.
+    match ct_insert_new(reply, unsafe { &*s.partner }) {
         Ok(()) => {
             s.result = CLAIMED;
             1

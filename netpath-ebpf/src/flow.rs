@@ -7,15 +7,18 @@
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
     counter_kind, counter_scope,
-    ct::{CtEntry4, CtKey4, ct_dir, ct_flags, proto, tcp_flags},
+    ct::{CtEntry, CtEntry4, CtKey4, Tuple, ct_dir, ct_flags, proto, tcp_flags},
+    ct6::{CtEntry6, CtKey6},
 };
 
 use crate::{
     counters::count,
-    ct::{ct_keep_partner4, ct_lookup4, ct_tcp_update4, ct_touch4, now},
+    ct::{Table, ct_keep_partner, ct_lookup, ct_tcp_update, ct_touch, now},
+    maps::NP_WORK6,
     parse::{Ip4, L4},
+    parse6::{Ip6, Work6},
     publish::count_published,
-    rewrite::{Phase, translate4},
+    rewrite::{Phase, translate4, translate6},
 };
 
 /// The tuple of a packet (ports only when it has them).
@@ -24,30 +27,42 @@ pub fn packet_key(ip: &Ip4, l4: &L4) -> CtKey4 {
     CtKey4::new(ip.saddr, ip.daddr, l4.sport_be, l4.dport_be, ip.proto)
 }
 
+/// The tuple of an IPv6 packet.
+#[inline(always)]
+pub fn packet_key6(ip: &Ip6, l4: &L4) -> CtKey6 {
+    CtKey6::new(ip.saddr, ip.daddr, l4.sport_be, l4.dport_be, ip.proto)
+}
+
 /// Per-packet conntrack bookkeeping, once per packet (at its first hook):
 /// counters, TCP state, the partner check. `Err` when the entry turned out
 /// stale (its partner's key now belongs to another flow; it was removed).
 #[inline(always)]
-fn account4(ip: &Ip4, l4: Option<&L4>, key: &CtKey4, e: *mut CtEntry4, len: u32) -> Result<(), ()> {
+fn account<K: Table>(
+    proto_nr: u8,
+    l4: Option<&L4>,
+    key: &K,
+    e: *mut CtEntry<K>,
+    len: u32,
+) -> Result<(), ()> {
     let t = now();
-    let refreshed = ct_touch4(e, len, t);
-    if refreshed && !ct_keep_partner4(key, e) {
+    let refreshed = ct_touch(e, len, t);
+    if refreshed && !ct_keep_partner(key, e) {
         return Err(());
     }
     // SAFETY: map value pointer, valid during the program.
     let (dir, flags, peer) = unsafe { ((*e).dir, (*e).flags, (*e).peer) };
     let tcp = match l4 {
-        Some(l4) if ip.proto == proto::TCP => l4.tcp_flags,
+        Some(l4) if proto_nr == proto::TCP => l4.tcp_flags,
         _ => 0,
     };
     if dir == ct_dir::ORIGINAL {
-        if ip.proto == proto::TCP && l4.is_some() {
-            ct_tcp_update4(e, false, tcp);
+        if proto_nr == proto::TCP && l4.is_some() {
+            ct_tcp_update(e, false, tcp);
         }
     } else if dir == ct_dir::REPLY
         && (flags & ct_flags::SEEN_REPLY == 0
             || tcp & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0)
-        && let Some(o) = ct_lookup4(&peer)
+        && let Some(o) = ct_lookup(&peer)
     {
         // SAFETY: as above.
         unsafe {
@@ -58,11 +73,25 @@ fn account4(ip: &Ip4, l4: Option<&L4>, key: &CtKey4, e: *mut CtEntry4, len: u32)
                 (*e).flags |= ct_flags::SEEN_REPLY;
             }
         }
-        if ip.proto == proto::TCP && l4.is_some() {
-            ct_tcp_update4(o, true, tcp);
+        if proto_nr == proto::TCP && l4.is_some() {
+            ct_tcp_update(o, true, tcp);
         }
     }
     Ok(())
+}
+
+/// Whether the hook of `phase` keeps the books for a packet of entry
+/// direction `dir` (every packet of a flow passes it once): ingress for
+/// the first direction of flows started towards a container, egress for
+/// the first direction of flows a container started.
+#[inline(always)]
+fn translating(dir: u8, flags: u32, phase: Phase) -> bool {
+    let inbound = ct_flags::inbound(flags);
+    match dir {
+        ct_dir::ORIGINAL => inbound == (phase == Phase::Ingress),
+        ct_dir::REPLY => inbound == (phase == Phase::Egress),
+        _ => false,
+    }
 }
 
 /// Rewrites a packet of flow entry `e` (keyed `key`) for `phase`: it leaves
@@ -80,18 +109,8 @@ pub fn apply4(
     let len = ctx.len();
     // SAFETY: map value pointer, valid during the program.
     let (dir, flags, peer, net_id) = unsafe { ((*e).dir, (*e).flags, (*e).peer, (*e).net_id) };
-    // Bookkeeping happens once per packet, at the hook that translates the
-    // entry's direction (every packet of a flow passes it): ingress for the
-    // first direction of flows started towards a container, egress for the
-    // first direction of flows a container started.
-    let inbound = ct_flags::inbound(flags);
-    let translating = match dir {
-        ct_dir::ORIGINAL => inbound == (phase == Phase::Ingress),
-        ct_dir::REPLY => inbound == (phase == Phase::Egress),
-        _ => false,
-    };
-    if translating {
-        account4(ip, l4, key, e, len)?;
+    if translating(dir, flags, phase) {
+        account(ip.proto, l4, key, e, len)?;
     }
     let to = peer.reversed();
     if !translate4(ctx, ip, l4, &to, phase)? {
@@ -122,6 +141,37 @@ pub fn apply4(
         (Phase::Egress, ct_dir::ORIGINAL) => counter_kind::NET_SNAT,
         (Phase::Ingress, ct_dir::REPLY) => counter_kind::NET_REV_SNAT,
         // The source half of a flow that rewrites both ends.
+        _ => counter_kind::NET_SNAT,
+    };
+    count(counter_scope::NETWORK, net_id, kind, len);
+    Ok(())
+}
+
+/// This CPU's [`Work6`].
+#[inline(always)]
+pub fn work6() -> Option<&'static mut Work6> {
+    // SAFETY: this CPU's slot, used by one program run at a time.
+    NP_WORK6.get_ptr_mut(0).map(|w| unsafe { &mut *w })
+}
+
+/// [`apply4`] for IPv6 flows (a container's, masqueraded or routed; no
+/// IPv6 port is published yet) whose tuple is `w.key`. A BPF subprogram
+/// (its own stack frame).
+#[inline(never)]
+pub fn apply6(ctx: &TcContext, w: &Work6, e: *mut CtEntry6, phase: Phase) -> Result<(), ()> {
+    let len = ctx.len();
+    // SAFETY: map value pointer, valid during the program.
+    let (dir, flags, net_id) = unsafe { ((*e).dir, (*e).flags, (*e).net_id) };
+    if translating(dir, flags, phase) {
+        account(w.ip.proto, Some(&w.l4), &w.key, e, len)?;
+    }
+    // SAFETY: as above.
+    let to = unsafe { (*e).peer }.reversed();
+    if !translate6(ctx, &w.ip, Some(&w.l4), &to, phase)? {
+        return Ok(());
+    }
+    let kind = match (phase, dir) {
+        (Phase::Ingress, ct_dir::REPLY) => counter_kind::NET_REV_SNAT,
         _ => counter_kind::NET_SNAT,
     };
     count(counter_scope::NETWORK, net_id, kind, len);

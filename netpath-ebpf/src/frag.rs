@@ -7,7 +7,7 @@ use aya_ebpf::programs::TcContext;
 use netpath_common::ct::{CtEntry4, CtKey4, FragKey4, FragPorts, ct_flags};
 
 use crate::{
-    ct::ct_lookup4,
+    ct::ct_lookup,
     maps::NP_FRAG4,
     parse::{Ip4, L4},
     rewrite::{Phase, translate4},
@@ -35,7 +35,7 @@ pub fn later_fragment4(ctx: &TcContext, ip: &Ip4, phase: Phase) -> Option<bool> 
     // SAFETY: map value pointer, valid during the program.
     let ports = unsafe { *NP_FRAG4.get_ptr(fk)? };
     let key = CtKey4::new(ip.saddr, ip.daddr, ports.sport_be, ports.dport_be, ip.proto);
-    let e = ct_lookup4(&key)?;
+    let e = ct_lookup(&key)?;
     // SAFETY: as above.
     let (to, flags) = unsafe { ((*e).peer.reversed(), (*e).flags) };
     let _ = translate4(ctx, ip, None, &to, phase);

@@ -53,7 +53,9 @@ pub fn port_frame(ctx: &TcContext, net_id: u32) -> Result<u16, i32> {
 pub enum UplinkFrame {
     /// Untagged IPv4: netpath's to inspect.
     Ipv4,
-    /// Not netpath's (ARP, IPv6 for the host, a VLAN the host terminates on
+    /// Untagged IPv6: netpath's to inspect.
+    Ipv6,
+    /// Not netpath's (ARP, a VLAN the host terminates on
     /// a VLAN device, whose own hooks see it next).
     Host,
     /// Dropped with this verdict.
@@ -91,6 +93,7 @@ pub fn uplink_frame(ctx: &TcContext, ifindex: u32) -> UplinkFrame {
     }
     match parse::ethertype(ctx) {
         Some(eth_p::IP) => UplinkFrame::Ipv4,
+        Some(eth_p::IPV6) => UplinkFrame::Ipv6,
         // A tag inside the one taken off, or one the kernel left on.
         Some(t) if parse::is_vlan(t) => UplinkFrame::Verdict(drop(ctx, 0, DropReason::Vlan)),
         _ => UplinkFrame::Host,

@@ -11,7 +11,7 @@ use netpath_common::{
 
 use crate::{
     counters::count,
-    ct::ct_lookup4,
+    ct::ct_lookup,
     parse::{self, Ip4, ip4_off},
     rewrite::{Phase, Side, set_addr},
 };
@@ -41,7 +41,7 @@ pub fn icmp_error4(ctx: &TcContext, ip: &Ip4, phase: Phase) -> Option<bool> {
     let (isport, idport) = parse::quoted_ports(ctx, &inner, inner_l4)?;
     let quoted = CtKey4::new(inner.saddr, inner.daddr, isport, idport, inner.proto);
     let key = quoted.reversed();
-    let e = ct_lookup4(&key)?;
+    let e = ct_lookup(&key)?;
     // SAFETY: map value pointer, valid during the program; fields read at once.
     let (dir, flags, net_id, want) = unsafe { ((*e).dir, (*e).flags, (*e).net_id, (*e).peer) };
     let to = want.reversed();

@@ -18,16 +18,18 @@
 use netpath_common::{
     DropReason, GatewayMode, NetworkInfo, TrustedKey,
     ct::{CtEntry4, ct_flags, proto},
+    ct6::CtEntry6,
     net_flags,
 };
 
 use crate::{
-    ct::ct_create4,
+    ct::ct_create,
     filter::{self, Flow},
     flow::packet_key,
     lookup::{is_peer, is_target},
     maps::NP_TRUSTED,
     parse::{Ip4, L4, L4Kind},
+    parse6::Work6,
 };
 
 /// A packet from outside to a container of `net` that can start no flow
@@ -98,5 +100,34 @@ pub fn direct4(
         to_port_be: l4.dport_be,
     })?;
     let key = packet_key(ip, l4);
-    ct_create4(&key, &key, None, ct_flags::INBOUND, net_id, l4.tcp_flags)
+    ct_create(&key, &key, None, ct_flags::INBOUND, net_id, l4.tcp_flags)
+}
+
+/// [`direct4`] for IPv6, where no port is published yet and peers and
+/// filter rules name IPv4 only: `nat-unprotected` lets everything in,
+/// `routed` echo requests, `nat` nothing; each tracked as an `INBOUND`
+/// flow.
+#[inline(always)]
+pub fn direct6(w: &Work6, net_id: u32, net: &NetworkInfo) -> Result<*mut CtEntry6, DropReason> {
+    if net.flags & net_flags::INTERNAL != 0 {
+        return Err(DropReason::Internal);
+    }
+    match GatewayMode::from_flags(net.flags) {
+        GatewayMode::Nat => return Err(DropReason::DirectRouting),
+        GatewayMode::NatUnprotected => {}
+        GatewayMode::Routed => {
+            let l4 = &w.l4;
+            if !(w.ip.proto == proto::ICMPV6 && l4.kind == L4Kind::Ports && l4.sport_be != 0) {
+                return Err(DropReason::NotPublished);
+            }
+        }
+    }
+    ct_create(
+        &w.key,
+        &w.key,
+        None,
+        ct_flags::INBOUND,
+        net_id,
+        w.l4.tcp_flags,
+    )
 }

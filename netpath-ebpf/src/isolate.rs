@@ -69,8 +69,9 @@ pub fn source(net: &NetworkInfo, saddr: u32) -> Result<(), DropReason> {
 /// MLD), as IPv4 broadcast does. Through the host: its own gateway, any
 /// link-local address (the bridge's), another network's gateway, its own
 /// subnet (hairpin, unless ICC is off); another network's containers
-/// never; beyond the host not yet ([`DropReason::Ipv6`]). A BPF
-/// subprogram (its own stack frame).
+/// never; beyond the host unless the network is internal (the uplink's
+/// egress masquerades or tracks it). A BPF subprogram (its own stack
+/// frame).
 #[inline(never)]
 pub fn destination6(
     net: &NetworkInfo,
@@ -79,10 +80,13 @@ pub fn destination6(
     daddr: &[u8; 16],
     dst_mac: &[u8; 6],
 ) -> Result<(), DropReason> {
-    if is_multicast(daddr) {
+    let no_icc = net.flags & net_flags::NO_ICC != 0;
+    // A multicast address in a multicast frame (33:33:…). One in a frame
+    // for a single neighbour's MAC is a unicast in disguise: judged by
+    // the MAC as any other.
+    if is_multicast(daddr) && dst_mac[0] & 1 == 1 {
         return Ok(());
     }
-    let no_icc = net.flags & net_flags::NO_ICC != 0;
     let ours = net6.contains(daddr) || is_link_local(daddr);
     let key = MacKey {
         mac: *dst_mac,
@@ -114,7 +118,7 @@ pub fn destination6(
             Some(o) if same6(&o.gateway, daddr) => Ok(()),
             _ => Err(DropReason::Isolation),
         },
-        None => Err(DropReason::Ipv6),
+        None => Ok(()),
     }
 }
 

@@ -23,6 +23,7 @@ mod isolate;
 mod lookup;
 mod maps;
 mod nat;
+mod nat6;
 mod nd;
 mod parse;
 mod parse6;
@@ -35,6 +36,7 @@ mod spoof;
 mod spoof6;
 mod sweep;
 mod uplink;
+mod uplink6;
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
@@ -64,25 +66,58 @@ enum Dir {
 // bridge has none at egress: what the host sends to containers is judged
 // at their ports, and an attachment costs an RCU grace period.
 
+// Uplinks and ports run IPv4 and IPv6 as subprograms of their own, so
+// their stack frames never add up (a program's call chain has 512 bytes).
+
 #[classifier]
 pub fn netpath_up_in(ctx: TcContext) -> i32 {
-    hook(&ctx, IfaceRole::Uplink, Dir::Ingress, |ctx, ifindex, _| {
+    if is_ipv6(&ctx) {
+        up_in6(&ctx)
+    } else {
+        up_in4(&ctx)
+    }
+}
+
+#[inline(never)]
+fn up_in4(ctx: &TcContext) -> i32 {
+    hook(ctx, IfaceRole::Uplink, Dir::Ingress, |ctx, ifindex, _| {
         uplink::ingress(ctx, ifindex)
+    })
+}
+
+#[inline(never)]
+fn up_in6(ctx: &TcContext) -> i32 {
+    hook(ctx, IfaceRole::Uplink, Dir::Ingress, |ctx, ifindex, _| {
+        uplink6::ingress(ctx, ifindex)
     })
 }
 
 #[classifier]
 pub fn netpath_up_eg(ctx: TcContext) -> i32 {
-    hook(&ctx, IfaceRole::Uplink, Dir::Egress, |ctx, _, iface| {
+    if is_ipv6(&ctx) {
+        up_eg6(&ctx)
+    } else {
+        up_eg4(&ctx)
+    }
+}
+
+#[inline(never)]
+fn up_eg4(ctx: &TcContext) -> i32 {
+    hook(ctx, IfaceRole::Uplink, Dir::Egress, |ctx, _, iface| {
         nat::egress(ctx, iface)
+    })
+}
+
+#[inline(never)]
+fn up_eg6(ctx: &TcContext) -> i32 {
+    hook(ctx, IfaceRole::Uplink, Dir::Egress, |ctx, ifindex, _| {
+        nat6::egress(ctx, ifindex)
     })
 }
 
 #[classifier]
 pub fn netpath_port_in(ctx: TcContext) -> i32 {
-    // IPv4 and IPv6 each run as a subprogram of their own, so their stack
-    // frames never add up (a program's call chain has 512 bytes).
-    if parse::ethertype(&ctx) == Some(parse::eth_p::IPV6) {
+    if is_ipv6(&ctx) {
         port_in6(&ctx)
     } else {
         port_in4(&ctx)
@@ -101,9 +136,32 @@ fn port_in6(ctx: &TcContext) -> i32 {
 
 #[classifier]
 pub fn netpath_port_eg(ctx: TcContext) -> i32 {
-    hook(&ctx, IfaceRole::Port, Dir::Egress, |ctx, _, iface| {
+    if is_ipv6(&ctx) {
+        port_eg6(&ctx)
+    } else {
+        port_eg4(&ctx)
+    }
+}
+
+#[inline(never)]
+fn port_eg4(ctx: &TcContext) -> i32 {
+    hook(ctx, IfaceRole::Port, Dir::Egress, |ctx, _, iface| {
         port::egress(ctx, iface)
     })
+}
+
+#[inline(never)]
+fn port_eg6(ctx: &TcContext) -> i32 {
+    hook(ctx, IfaceRole::Port, Dir::Egress, |ctx, _, iface| {
+        port6::egress(ctx, iface)
+    })
+}
+
+/// Whether the frame carries IPv6 (a tag the kernel took off is in the
+/// skb, not the frame: the guards judge it on either path).
+#[inline(always)]
+fn is_ipv6(ctx: &TcContext) -> bool {
+    parse::ethertype(ctx) == Some(parse::eth_p::IPV6)
 }
 
 #[classifier]

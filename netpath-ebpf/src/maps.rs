@@ -12,6 +12,7 @@ use netpath_common::{
     MAX_VLANS, MacKey, NetworkInfo, PeerKey4, PubKey4, PubVal4, SockRevKey, SockRevVal, TargetKey4,
     TrustedIface, TrustedKey, VlanKey,
     ct::{CtEntry4, CtKey4, FragKey4, FragPorts, MAX_CT4, MAX_FRAG4},
+    ct6::{CtEntry6, CtKey6, MAX_CT6},
     event::{self, Bucket},
     filter::{FilterData, FilterInfo, FilterRule, MAX_FILTERS},
     v6::{Addr6Key, LeaseKey6, NetworkInfo6, Port6},
@@ -154,3 +155,25 @@ pub static NP_ENDPOINTS6: HashMap<Addr6Key, Endpoint> = HashMap::pinned(MAX_IFAC
 /// IPv6 addresses handed out by `netpath connect` (only userspace uses it).
 #[map]
 pub static NP_LEASES6: HashMap<LeaseKey6, Lease> = HashMap::pinned(MAX_LEASES, 0);
+
+/// The IPv6 conntrack table (`netpath_common::ct6`), as `NP_CT4` is for
+/// IPv4, with its own fill count and limit (`NP_CT6_FILL`).
+#[map]
+pub static NP_CT6: LruHashMap<CtKey6, CtEntry6> = LruHashMap::pinned(MAX_CT6, 0);
+
+/// How full `NP_CT6` is and its limit for new flows (`ct::fill`).
+#[map]
+pub static NP_CT6_FILL: Array<u64> = Array::pinned(2, 0);
+
+/// Per-CPU room for a new IPv6 flow's two entries. Not pinned.
+#[map]
+pub static NP_CT6_SCRATCH: PerCpuArray<[CtEntry6; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Uplink ifindex -> the global IPv6 address IPv6 masquerade writes
+/// (kept by the loader, as `IfaceInfo::ipv4_be` is for IPv4).
+#[map]
+pub static NP_UPLINKS6: HashMap<u32, [u8; 16]> = HashMap::pinned(MAX_IFACES, 0);
+
+/// Per-CPU room for an IPv6 packet's headers and tuples. Not pinned.
+#[map]
+pub static NP_WORK6: PerCpuArray<crate::parse6::Work6> = PerCpuArray::with_max_entries(1, 0);

@@ -14,7 +14,7 @@ use netpath_common::{
 use crate::{
     TCX_NEXT,
     counters::count,
-    ct::{ct_create4, ct_lookup4, ct_remove4},
+    ct::{ct_create, ct_lookup, ct_remove},
     flow::{apply4, packet_key},
     frag::{first_fragment4, later_fragment4},
     icmp::icmp_error4,
@@ -23,9 +23,9 @@ use crate::{
     rewrite::{Phase, Side, set_addr},
 };
 
-/// Who a packet leaving through an uplink comes from.
+/// Who a packet leaving through an uplink comes from (either family).
 #[derive(Clone, Copy)]
-enum Source {
+pub enum Source {
     /// The host itself (or anything outside the managed subnets).
     Host,
     /// A container of a network that masquerades.
@@ -37,7 +37,14 @@ enum Source {
 
 #[inline(always)]
 fn source(saddr: u32) -> Result<Source, u32> {
-    let Some(net_id) = network_of(saddr) else {
+    source_of(network_of(saddr))
+}
+
+/// [`Source`] for a packet from network `net_id` (`None`: no managed
+/// subnet), or `Err` with the network when it is internal.
+#[inline(always)]
+pub fn source_of(net_id: Option<u32>) -> Result<Source, u32> {
+    let Some(net_id) = net_id else {
         return Ok(Source::Host);
     };
     let Some(net) = network(net_id) else {
@@ -71,7 +78,7 @@ fn held_by_a_flow(ip: &Ip4, l4: &L4, key: &CtKey4) -> bool {
         _ => false,
     };
     // SAFETY: map value pointer, read at once.
-    first && ct_lookup4(&key.reversed()).is_some_and(|e| unsafe { (*e).dir } == ct_dir::REPLY)
+    first && ct_lookup(&key.reversed()).is_some_and(|e| unsafe { (*e).dir } == ct_dir::REPLY)
 }
 
 /// Uplink egress: the source half of every flow, and new flows of the
@@ -130,7 +137,7 @@ pub fn egress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
         };
     }
     let key = packet_key(&ip, &l4);
-    if let Some(e) = ct_lookup4(&key) {
+    if let Some(e) = ct_lookup(&key) {
         // SAFETY: map value pointer, valid during the program.
         let (dir, flags, nat_addr, peer) =
             unsafe { ((*e).dir, (*e).flags, (*e).nat_addr_be, (*e).peer) };
@@ -145,8 +152,8 @@ pub fn egress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
         } else {
             // The uplink's address changed (or the route moved to another
             // uplink): like MASQUERADE, the old mapping is gone.
-            ct_remove4(&peer);
-            ct_remove4(&key);
+            ct_remove(&peer);
+            ct_remove(&key);
         }
     }
     let (net_id, translated, flags) = match src {
@@ -170,7 +177,7 @@ pub fn egress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
         }
     };
     let vary = (flags & ct_flags::SNAT != 0).then_some(ctx);
-    match ct_create4(&key, &translated, vary, flags, net_id, l4.tcp_flags) {
+    match ct_create(&key, &translated, vary, flags, net_id, l4.tcp_flags) {
         Ok(e) => {
             count(counter_scope::NETWORK, net_id, counter_kind::NET_CT_NEW, 0);
             first_fragment4(&ip, &l4, e, Phase::Egress);

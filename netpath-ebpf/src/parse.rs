@@ -4,7 +4,7 @@
 //! or "drop".
 
 use aya_ebpf::programs::TcContext;
-use netpath_common::ct::proto;
+use netpath_common::{ct::proto, ct6::icmp6};
 
 /// Ethernet header length: netpath manages Ethernet-like devices only.
 pub const ETH_HLEN: usize = 14;
@@ -205,13 +205,17 @@ impl L4 {
     /// Offset of the source "port" field (ICMP echo: the identifier).
     #[inline(always)]
     pub const fn sport_off(&self, l4: usize, proto_nr: u8) -> usize {
-        if proto_nr == proto::ICMP { l4 + 4 } else { l4 }
+        if proto_nr == proto::ICMP || proto_nr == proto::ICMPV6 {
+            l4 + 4
+        } else {
+            l4
+        }
     }
 
     /// Offset of the destination "port" field (ICMP echo: the identifier).
     #[inline(always)]
     pub const fn dport_off(&self, l4: usize, proto_nr: u8) -> usize {
-        if proto_nr == proto::ICMP {
+        if proto_nr == proto::ICMP || proto_nr == proto::ICMPV6 {
             l4 + 4
         } else {
             l4 + 2
@@ -223,8 +227,14 @@ impl L4 {
 /// fragment). `Err` when it is cut short.
 #[inline(always)]
 pub fn l4(ctx: &TcContext, ip: &Ip4) -> Result<L4, ()> {
-    let off = ip.l4();
-    match ip.proto {
+    l4_at(ctx, ip.l4(), ip.proto)
+}
+
+/// Parses the transport header of protocol `proto_nr` at `off` (either
+/// family: ICMPv6 is told apart by its protocol number).
+#[inline(always)]
+pub fn l4_at(ctx: &TcContext, off: usize, proto_nr: u8) -> Result<L4, ()> {
+    match proto_nr {
         proto::TCP => {
             // Ports, then the flags at 13 and the checksum at 16.
             let hdr: [u8; 20] = ctx.load(off).map_err(|_| ())?;
@@ -282,6 +292,29 @@ pub fn l4(ctx: &TcContext, ip: &Ip4) -> Result<L4, ()> {
                 dport_be,
                 csum_off: off + 2,
                 pseudo: false,
+                udp: false,
+                tcp_flags: 0,
+            })
+        }
+        proto::ICMPV6 => {
+            let hdr: [u8; 8] = ctx.load(off).map_err(|_| ())?;
+            let id = u16::from_ne_bytes([hdr[4], hdr[5]]);
+            let (kind, sport_be, dport_be) = match hdr[0] {
+                icmp6::ECHO_REQUEST => (L4Kind::Ports, id, 0),
+                icmp6::ECHO_REPLY => (L4Kind::Ports, 0, id),
+                icmp6::DEST_UNREACH
+                | icmp6::PACKET_TOO_BIG
+                | icmp6::TIME_EXCEEDED
+                | icmp6::PARAM_PROBLEM => (L4Kind::IcmpError, 0, 0),
+                _ => (L4Kind::NoPorts, 0, 0),
+            };
+            Ok(L4 {
+                kind,
+                sport_be,
+                dport_be,
+                csum_off: off + 2,
+                // Unlike ICMP's, the ICMPv6 checksum covers the pseudo-header.
+                pseudo: true,
                 udp: false,
                 tcp_flags: 0,
             })

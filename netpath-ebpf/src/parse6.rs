@@ -3,7 +3,7 @@
 //! behind a Hop-by-Hop or Destination Options header (RFC 7113).
 
 use aya_ebpf::programs::TcContext;
-use netpath_common::DropReason;
+use netpath_common::{DropReason, ct6::CtKey6};
 
 use crate::parse::L3;
 
@@ -15,6 +15,12 @@ pub mod nexthdr {
     pub const AH: u8 = 51;
     pub const ICMPV6: u8 = 58;
     pub const DSTOPTS: u8 = 60;
+}
+
+/// Field offsets in the fixed IPv6 header.
+pub mod ip6_off {
+    pub const SADDR: usize = 8;
+    pub const DADDR: usize = 24;
 }
 
 /// Length of the fixed IPv6 header.
@@ -114,23 +120,18 @@ pub fn ipv6(ctx: &TcContext, ip: &mut Ip6) -> Result<(), DropReason> {
     }
 }
 
-/// Compares two IPv6 addresses as two 64-bit words: branch-free until the
-/// one test at the end (a derived `==` becomes a `bcmp` call the kernel
-/// does not have, and a byte loop became a branch per byte, whose paths the
-/// verifier walks one by one).
-#[inline(always)]
-pub fn same6(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    let w = |x: &[u8; 16], o: usize| {
-        u64::from_ne_bytes([
-            x[o],
-            x[o + 1],
-            x[o + 2],
-            x[o + 3],
-            x[o + 4],
-            x[o + 5],
-            x[o + 6],
-            x[o + 7],
-        ])
-    };
-    (w(a, 0) ^ w(b, 0)) | (w(a, 8) ^ w(b, 8)) == 0
+/// Per-CPU room for an IPv6 packet's parsed headers and tuples
+/// (`NP_WORK6`): IPv6's tuples are nearly three times IPv4's, and the
+/// frames of parsing, flow creation (with its port search) and rewrite
+/// would not fit the BPF stack together.
+pub struct Work6 {
+    pub ip: Ip6,
+    pub l4: crate::parse::L4,
+    /// The packet's tuple.
+    pub key: CtKey6,
+    /// What a new flow's packets leave as.
+    pub translated: CtKey6,
 }
+
+/// Compares two IPv6 addresses (shared with the conntrack tuples).
+pub use netpath_common::ct6::same_addr as same6;

@@ -25,7 +25,7 @@ use netpath_common::{
 use crate::{
     TCX_NEXT,
     counters::count,
-    ct::ct_lookup4,
+    ct::ct_lookup,
     fastpath,
     flow::{apply4, packet_key},
     frag::{first_fragment4, later_fragment4},
@@ -35,7 +35,6 @@ use crate::{
     isolate::{self, Destination},
     lookup::{drop, iface, is_peer, network, network_of},
     parse::{self, Ip4, L4Kind, eth_p},
-    port6,
     publish::publish4,
     rewrite::Phase,
     spoof::Sender,
@@ -135,7 +134,7 @@ fn flows_in(ctx: &TcContext, ip: &Ip4, net_id: u32, net: &NetworkInfo) -> PortNa
         };
     }
     let key = packet_key(ip, &l4);
-    let e = match ct_lookup4(&key) {
+    let e = match ct_lookup(&key) {
         Some(e) => e,
         None => {
             if net.flags & net_flags::INTERNAL != 0 {
@@ -176,7 +175,9 @@ pub fn egress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
         Err(v) => return v,
     };
     if ty == eth_p::IPV6 {
-        return port6::egress(ctx, net_id, &net);
+        // The program hands IPv6 to `port6` before this path; a frame
+        // that reads otherwise now is not what it was.
+        return drop(ctx, net_id, DropReason::Malformed);
     }
     let managed_source = came_from_managed(ctx);
     if ty == eth_p::ARP {
@@ -255,7 +256,7 @@ fn flows_out(ctx: &TcContext, ip: &Ip4) -> bool {
         return icmp_error4(ctx, ip, Phase::Egress).is_some();
     }
     let key = packet_key(ip, &l4);
-    let Some(e) = ct_lookup4(&key) else {
+    let Some(e) = ct_lookup(&key) else {
         return false;
     };
     // SAFETY: map value pointer, valid during the program.

@@ -1,25 +1,33 @@
-//! IPv6 at the container ports of dual-stack networks. So far IPv6 stays
-//! on the host: between the containers of a network, to the host (its
-//! gateway and link-local addresses, other networks' gateways); leaving or
-//! entering the host is dropped until IPv6 flows are tracked.
+//! IPv6 at the container ports of dual-stack networks.
 //!
 //! - Ingress (a container sends): its MAC, its source (`spoof6`), the
 //!   Neighbour Discovery guard (`nd`), then the destination policy
-//!   (`isolate::destination6`).
+//!   (`isolate::destination6`); what leaves the host is masqueraded or
+//!   tracked at the uplink (`nat6`).
 //! - Both: a network without an IPv6 subnet carries none (`drop_ipv6`).
 //! - Egress (delivered to a container): from the host itself or a port or
-//!   bridge of the same network only; an internal network only from its
-//!   own subnet and link-local addresses.
+//!   bridge of the same network; from beyond the host (an uplink, an
+//!   interface netpath does not manage) only packets of a tracked flow;
+//!   an internal network only from its own subnet and link-local
+//!   addresses.
 
 use aya_ebpf::programs::TcContext;
-use netpath_common::{DropReason, IfaceInfo, IfaceRole, NetworkInfo};
+use netpath_common::{
+    DropReason, IfaceInfo, IfaceRole, NetworkInfo,
+    ct::{Tuple, ct_dir},
+    ct6::CtEntry6,
+};
 
 use crate::{
-    TCX_NEXT, guard, isolate,
-    lookup::{drop, iface, network6},
+    TCX_NEXT,
+    ct::ct_lookup,
+    flow::packet_key6,
+    guard, inbound, isolate,
+    lookup::{drop, iface, network, network6},
     maps::NP_NETWORKS6,
     nd,
-    parse6::{self, Ip6},
+    parse::{self, L4Kind},
+    parse6::{self, Ip6, ip6_off},
     spoof::Sender,
     spoof6::Sender6,
 };
@@ -62,9 +70,18 @@ fn check_ingress(ctx: &TcContext, sender: &Sender) -> Result<(), DropReason> {
     isolate::destination6(sender.net, net6, net_id, &ip.daddr, &dst_mac)
 }
 
-/// An IPv6 packet about to be delivered to a container of `net`.
-#[inline(never)]
-pub fn egress(ctx: &TcContext, net_id: u32, net: &NetworkInfo) -> i32 {
+/// An IPv6 packet about to be delivered to a container (the program
+/// dispatches IPv6 here, so each family has its own stack).
+#[inline(always)]
+pub fn egress(ctx: &TcContext, port: &IfaceInfo) -> i32 {
+    let net_id = port.net_id;
+    let Some(net) = network(net_id) else {
+        return TCX_NEXT;
+    };
+    if let Err(v) = guard::port_frame(ctx, net_id) {
+        return v;
+    }
+    let net = &net;
     let Some(net6) = network6(net_id) else {
         return drop(ctx, net_id, DropReason::Ipv6);
     };
@@ -81,15 +98,48 @@ pub fn egress(ctx: &TcContext, net_id: u32, net: &NetworkInfo) -> i32 {
                 return drop(ctx, net_id, DropReason::Isolation);
             }
             // An uplink or an interface netpath does not manage: from
-            // beyond the host, which no IPv6 flow is tracked for yet.
-            _ => return drop(ctx, net_id, DropReason::Ipv6),
+            // beyond the host, only what a flow of this network expects.
+            _ => {
+                if let Err(r) = from_outside(ctx, net_id, net) {
+                    return drop(ctx, net_id, r);
+                }
+            }
         }
     }
-    let Ok(saddr) = ctx.load::<[u8; 16]>(crate::parse::L3 + 8) else {
+    let Ok(saddr) = ctx.load::<[u8; 16]>(parse::L3 + ip6_off::SADDR) else {
         return drop(ctx, net_id, DropReason::Malformed);
     };
     match isolate::source6(net, &net6, &saddr) {
         Ok(()) => TCX_NEXT,
         Err(reason) => drop(ctx, net_id, reason),
+    }
+}
+
+/// A packet from beyond the host for a container of `net`: it must belong
+/// to one of the network's flows (the REPLY direction of a flow the
+/// container started, as written back at the uplink; the ORIGINAL
+/// direction of one started from outside), else the gateway mode decides
+/// as for a packet of no flow (`inbound::untracked`).
+#[inline(always)]
+fn from_outside(ctx: &TcContext, net_id: u32, net: &NetworkInfo) -> Result<(), DropReason> {
+    let mut ip = Ip6::default();
+    parse6::ipv6(ctx, &mut ip)?;
+    if ip.later_fragment {
+        return inbound::untracked(net);
+    }
+    let l4 = parse::l4_at(ctx, ip.l4, ip.proto).map_err(|_| DropReason::Malformed)?;
+    if l4.kind == L4Kind::IcmpError {
+        return inbound::untracked(net);
+    }
+    let key = packet_key6(&ip, &l4);
+    // SAFETY: map value pointers, read at once.
+    let ours = |e: *mut CtEntry6| unsafe { (*e).net_id } == net_id;
+    let tracked = ct_lookup(&key).is_some_and(ours)
+        || ct_lookup(&key.reversed())
+            .is_some_and(|e| ours(e) && unsafe { (*e).dir } == ct_dir::ORIGINAL);
+    if tracked {
+        Ok(())
+    } else {
+        inbound::untracked(net)
     }
 }

@@ -12,7 +12,7 @@ use netpath_common::{
 
 use crate::{
     counters::count,
-    ct::{ct_create4, ct_put_mid4},
+    ct::{ct_create, ct_put_mid},
     filter::{self, Flow},
     lookup::{network, published},
 };
@@ -66,7 +66,7 @@ pub fn publish4(ctx: &TcContext, key: &CtKey4, tcp_flags: u8) -> Option<NewFlow>
         key.proto,
     );
     let flags = ct_flags::DNAT | if to_self { ct_flags::SNAT } else { 0 };
-    let e = match ct_create4(
+    let e = match ct_create(
         key,
         &translated,
         to_self.then_some(ctx),
@@ -94,8 +94,8 @@ pub fn publish4(ctx: &TcContext, key: &CtKey4, tcp_flags: u8) -> Option<NewFlow>
             net_id,
             ..CtEntry4::default()
         };
-        ct_put_mid4(&mid, &half(reply));
-        ct_put_mid4(&mid.reversed(), &half(*key));
+        ct_put_mid(&mid, &half(reply));
+        ct_put_mid(&mid.reversed(), &half(*key));
     }
     Some(Ok((e, net_id)))
 }

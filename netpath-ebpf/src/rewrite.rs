@@ -5,11 +5,18 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::bpf_csum_diff,
     programs::TcContext,
 };
-use netpath_common::ct::{CtKey4, proto};
+use netpath_common::{
+    ct::{CtKey4, proto},
+    ct6::CtKey6,
+};
 
-use crate::parse::{Ip4, L3, L4, L4Kind, ip4_off};
+use crate::{
+    parse::{Ip4, L3, L4, L4Kind, ip4_off},
+    parse6::{Ip6, ip6_off, same6},
+};
 
 /// Which address (and port) of a packet a rewrite writes.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -74,7 +81,7 @@ pub fn set_addr(
 #[inline(always)]
 pub fn set_port(
     ctx: &TcContext,
-    ip: &Ip4,
+    (l4_off, proto_nr): (usize, u8),
     l4: &L4,
     side: Side,
     old: u16,
@@ -83,12 +90,12 @@ pub fn set_port(
     // SCTP's CRC32c covers its ports: a changed port would need the whole
     // packet's CRC recomputed. Mappings and NAT keep SCTP ports, so this
     // is only reached by a tuple that says otherwise: refuse it.
-    if ip.proto == proto::SCTP {
+    if proto_nr == proto::SCTP {
         return if old == new { Ok(()) } else { Err(()) };
     }
     let off = match side {
-        Side::Src => l4.sport_off(ip.l4(), ip.proto),
-        Side::Dst => l4.dport_off(ip.l4(), ip.proto),
+        Side::Src => l4.sport_off(l4_off, proto_nr),
+        Side::Dst => l4.dport_off(l4_off, proto_nr),
     };
     ctx.store(off, &new, 0).map_err(|_| ())?;
     ctx.l4_csum_replace(
@@ -130,7 +137,79 @@ pub fn translate4(
         // An echo carries its identifier once (request: as sport, reply: as
         // dport); the other "port" is 0 on both sides.
         if old != new {
-            set_port(ctx, ip, l4, side, old, new)?;
+            set_port(ctx, (ip.l4(), ip.proto), l4, side, old, new)?;
+            changed = true;
+        }
+    }
+    Ok(changed)
+}
+
+/// Writes an IPv6 packet's source or destination address, with the
+/// transport checksum over the pseudo-header when `l4` has one (IPv6 has
+/// no header checksum; ICMPv6's covers the pseudo-header too).
+#[inline(always)]
+pub fn set_addr6(
+    ctx: &TcContext,
+    l4: Option<&L4>,
+    side: Side,
+    old: &[u8; 16],
+    new: &[u8; 16],
+) -> Result<(), ()> {
+    let off = match side {
+        Side::Src => L3 + ip6_off::SADDR,
+        Side::Dst => L3 + ip6_off::DADDR,
+    };
+    ctx.store(off, new, 0).map_err(|_| ())?;
+    if let Some(l4) = l4
+        && l4.pseudo
+    {
+        let (mut from, mut to) = (*old, *new);
+        // SAFETY: both buffers are 16 bytes on this frame's stack.
+        let diff =
+            unsafe { bpf_csum_diff(from.as_mut_ptr().cast(), 16, to.as_mut_ptr().cast(), 16, 0) };
+        if diff < 0 {
+            return Err(());
+        }
+        ctx.l4_csum_replace(
+            l4.csum_off,
+            0,
+            diff as u64,
+            mangled0(l4) | u64::from(BPF_F_PSEUDO_HDR),
+        )
+        .map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+/// [`translate4`] for IPv6: the destination (ingress) or source (egress)
+/// address and port become what `to` has. A BPF subprogram (its own
+/// stack frame).
+#[inline(never)]
+pub fn translate6(
+    ctx: &TcContext,
+    ip: &Ip6,
+    l4: Option<&L4>,
+    to: &CtKey6,
+    phase: Phase,
+) -> Result<bool, ()> {
+    let (side, old_addr, new_addr) = match phase {
+        Phase::Ingress => (Side::Dst, &ip.daddr, &to.daddr),
+        Phase::Egress => (Side::Src, &ip.saddr, &to.saddr),
+    };
+    let mut changed = false;
+    if !same6(old_addr, new_addr) {
+        set_addr6(ctx, l4, side, old_addr, new_addr)?;
+        changed = true;
+    }
+    if let Some(l4) = l4
+        && l4.kind == L4Kind::Ports
+    {
+        let (old, new) = match phase {
+            Phase::Ingress => (l4.dport_be, to.dport_be),
+            Phase::Egress => (l4.sport_be, to.sport_be),
+        };
+        if old != new {
+            set_port(ctx, (ip.l4, ip.proto), l4, side, old, new)?;
             changed = true;
         }
     }

@@ -1,7 +1,8 @@
 //! One pass over the conntrack table, inside the kernel (see
 //! `netpath_common::sweep`): the loader runs `netpath_sweep` with
 //! BPF_PROG_TEST_RUN on a frame carrying a [`SweepArgs`]; the program
-//! walks `NP_CT4` with `bpf_for_each_map_elem`, judges each flow once
+//! walks `NP_CT4`, then `NP_CT6`, with `bpf_for_each_map_elem`, judges each
+//! flow once
 //! (from its ORIGINAL entry, or its REPLY entry when the ORIGINAL is gone),
 //! removes what the arguments say and writes what it found back into the
 //! frame. The daemon sweeps this way every second; `conntrack flush`,
@@ -16,14 +17,15 @@ use aya_ebpf::{
 };
 use netpath_common::{
     Config, MAX_NETWORKS, counter_kind, counter_scope,
-    ct::{CtEntry4, CtKey4, TcpState, ct_dir, ct_flags, timeout_class},
+    ct::{CtEntry, CtKey4, TcpState, Tuple, ct_dir, ct_flags, timeout_class},
+    ct6::CtKey6,
     sweep::{SweepArgs, mode},
 };
 
 use crate::{
     counters::count_many,
-    ct::{ct_lookup4, ct_remove4_uncounted, fill_sub, now, same_key, set_live},
-    maps::{NP_CONFIG, NP_CT_NETWORKS, NP_CT4},
+    ct::{Table, ct_lookup, ct_remove_uncounted, fill_sub, now, set_live},
+    maps::{NP_CONFIG, NP_CT_NETWORKS},
     parse::ETH_HLEN,
 };
 
@@ -58,22 +60,9 @@ pub fn run(ctx: &TcContext) -> i32 {
             id += 1;
         }
     }
-    // SAFETY: the map pointer is the map's definition (relocated by the
-    // loader), the callback has the signature the helper expects and the
-    // context is this frame's `pass`, which outlives the call.
-    unsafe {
-        bpf_for_each_map_elem(
-            (&raw const NP_CT4).cast_mut().cast(),
-            visit as *mut c_void,
-            (&raw mut pass).cast(),
-            0,
-        );
-    }
-    if pass.args.mode & mode::CALIBRATE != 0 {
-        // The exact count as of this pass (see `ct::fill`).
-        set_live(u64::from(pass.args.entries));
-    } else if pass.args.removed_entries > 0 {
-        fill_sub(u64::from(pass.args.removed_entries));
+    walk::<CtKey4>(&mut pass);
+    walk::<CtKey6>(&mut pass);
+    if pass.args.removed_entries > 0 {
         count_many(
             counter_scope::CONNTRACK,
             0,
@@ -88,7 +77,31 @@ pub fn run(ctx: &TcContext) -> i32 {
     TC_ACT_OK
 }
 
-/// `bpf_for_each_map_elem`'s callback: one entry of `NP_CT4`. Returns 0
+/// One table's walk, adding to the pass's results, and its fill count
+/// brought up to date.
+#[inline(always)]
+fn walk<K: Table>(pass: &mut Pass) {
+    let (entries, removed) = (pass.args.entries, pass.args.removed_entries);
+    // SAFETY: the map pointer is the map's definition (relocated by the
+    // loader), the callback has the signature the helper expects and the
+    // context is this frame's `pass`, which outlives the call.
+    unsafe {
+        bpf_for_each_map_elem(
+            (K::map() as *const _ as *mut c_void).cast(),
+            visit::<K> as *mut c_void,
+            (pass as *mut Pass).cast(),
+            0,
+        );
+    }
+    if pass.args.mode & mode::CALIBRATE != 0 {
+        // The exact count as of this pass (see `ct::fill`).
+        set_live::<K>(u64::from(pass.args.entries - entries));
+    } else if pass.args.removed_entries > removed {
+        fill_sub::<K>(u64::from(pass.args.removed_entries - removed));
+    }
+}
+
+/// `bpf_for_each_map_elem`'s callback: one entry of a conntrack table. Returns 0
 /// (go on).
 ///
 /// The walk itself costs about 90 ns an entry; what makes a pass cheap is
@@ -98,7 +111,7 @@ pub fn run(ctx: &TcContext) -> i32 {
 /// flow goes whole from its ORIGINAL entry. Counting passes look every
 /// partner up, to count each flow once.
 #[inline(never)]
-unsafe extern "C" fn visit(
+unsafe extern "C" fn visit<K: Table>(
     _map: *mut c_void,
     key: *mut c_void,
     value: *mut c_void,
@@ -108,8 +121,8 @@ unsafe extern "C" fn visit(
     // call) and our `Pass`.
     let (key, e, pass) = unsafe {
         (
-            &*(key as *const CtKey4),
-            &*(value as *const CtEntry4),
+            &*(key as *const K),
+            &*(value as *const CtEntry<K>),
             &mut *(pass as *mut Pass),
         )
     };
@@ -122,7 +135,7 @@ unsafe extern "C" fn visit(
     if dir == ct_dir::MID {
         // Half-way entries go with their flow, once the entry they name is
         // gone.
-        if ct_lookup4(&e.peer).is_none() {
+        if ct_lookup(&e.peer).is_none() {
             remove(pass, key);
         }
         return 0;
@@ -132,7 +145,7 @@ unsafe extern "C" fn visit(
     if mode & mode::PRESSURE != 0
         && dir == ct_dir::ORIGINAL
         && idle > u64::from(pass.args.pressure_timeout_ms) * 1_000_000
-        && embryonic(key.proto, e)
+        && embryonic(key.proto(), e)
     {
         // An embryonic flow goes whole, on its ORIGINAL entry's age (both
         // entries of an unanswered flow are as old): its REPLY entry with
@@ -147,7 +160,7 @@ unsafe extern "C" fn visit(
         pass.args.removed_flows += 1;
         return 0;
     }
-    let unreplied = dir == ct_dir::ORIGINAL && embryonic(key.proto, e);
+    let unreplied = dir == ct_dir::ORIGINAL && embryonic(key.proto(), e);
     // The state is on the ORIGINAL entry; a REPLY entry's flow is judged
     // as established until its ORIGINAL says more.
     let state = if dir == ct_dir::ORIGINAL {
@@ -155,7 +168,7 @@ unsafe extern "C" fn visit(
     } else {
         TcpState::Established as u8
     };
-    let fresh = idle <= timeout_s(key.proto, state, flags) * NS;
+    let fresh = idle <= timeout_s(key.proto(), state, flags) * NS;
     if fresh && !counting {
         // Alive whatever the partner says; counted once, from the ORIGINAL.
         if dir == ct_dir::ORIGINAL {
@@ -188,7 +201,7 @@ const NS: u64 = 1_000_000_000;
 /// A flow not established yet (see [`netpath_common::ct::embryonic`]).
 /// For a REPLY entry of a TCP flow only its ORIGINAL knows.
 #[inline(always)]
-fn embryonic(proto_nr: u8, e: &CtEntry4) -> bool {
+fn embryonic<K: Tuple>(proto_nr: u8, e: &CtEntry<K>) -> bool {
     if e.dir == ct_dir::ORIGINAL {
         netpath_common::ct::embryonic(proto_nr, e.state, e.flags)
     } else {
@@ -226,15 +239,15 @@ pub extern "C" fn netpath_timeout_s(proto: u32, state: u32, flags: u32) -> u64 {
 
 /// The other entry of `e`'s flow, if it is there and names `key` back.
 #[inline(always)]
-fn partner(key: &CtKey4, e: &CtEntry4) -> Option<*const CtEntry4> {
-    let p = ct_lookup4(&e.peer)?;
+fn partner<K: Table>(key: &K, e: &CtEntry<K>) -> Option<*const CtEntry<K>> {
+    let p = ct_lookup(&e.peer)?;
     // SAFETY: map value pointer, valid while the program runs.
-    same_key(unsafe { &(*p).peer }, key).then_some(p.cast_const())
+    unsafe { &(*p).peer }.same(key).then_some(p.cast_const())
 }
 
 #[inline(always)]
-fn remove(pass: &mut Pass, key: &CtKey4) {
-    if ct_remove4_uncounted(key) {
+fn remove<K: Table>(pass: &mut Pass, key: &K) {
+    if ct_remove_uncounted(key) {
         pass.args.removed_entries += 1;
     }
 }
@@ -242,12 +255,12 @@ fn remove(pass: &mut Pass, key: &CtKey4) {
 /// One flow: its ORIGINAL key and entry (absent when evicted), its REPLY
 /// key and entry (absent when evicted or taken by another flow).
 #[inline(always)]
-fn judge(
+fn judge<K: Table>(
     pass: &mut Pass,
-    okey: &CtKey4,
-    orig: Option<&CtEntry4>,
-    rkey: &CtKey4,
-    reply: Option<&CtEntry4>,
+    okey: &K,
+    orig: Option<&CtEntry<K>>,
+    rkey: &K,
+    reply: Option<&CtEntry<K>>,
 ) {
     let (first, flags, state, net_id) = match (orig, reply) {
         (Some(o), _) => (o, o.flags, o.state, o.net_id),
@@ -259,7 +272,7 @@ fn judge(
         Some(r) if r.last_seen_ns > first.last_seen_ns => r.last_seen_ns,
         _ => first.last_seen_ns,
     };
-    let expired = pass.now.saturating_sub(last) > timeout_s(okey.proto, state, flags) * NS;
+    let expired = pass.now.saturating_sub(last) > timeout_s(okey.proto(), state, flags) * NS;
     let a = &pass.args;
     let go = (a.mode & mode::EXPIRE != 0 && expired)
         || (a.mode & mode::FLUSH != 0 && matches(a, okey, rkey, flags, net_id));
@@ -278,7 +291,7 @@ fn judge(
         return;
     }
     pass.args.flows += 1;
-    if embryonic(okey.proto, first) {
+    if embryonic(okey.proto(), first) {
         pass.args.embryonic += 1;
     }
     if pass.args.mode & mode::PER_NETWORK != 0
@@ -290,26 +303,30 @@ fn judge(
     }
 }
 
-/// Whether a flow matches the flush filter (every set field must).
+/// Whether a flow matches the flush filter (every set field must; the
+/// address fields name IPv4 addresses, which no IPv6 flow matches).
 #[inline(always)]
-fn matches(a: &SweepArgs, okey: &CtKey4, rkey: &CtKey4, flags: u32, net_id: u32) -> bool {
+fn matches<K: Tuple>(a: &SweepArgs, okey: &K, rkey: &K, flags: u32, net_id: u32) -> bool {
     let port = a.port_be;
+    let (src, dst) = okey.v4().unwrap_or((0, 0));
+    let addrs = okey.v4().is_some() || (a.src_be == 0 && a.dst_be == 0 && a.pub_addr_be == 0);
     let published = a.pub_last == 0 || {
-        let p = u16::from_be(okey.dport_be);
+        let p = u16::from_be(okey.dport_be());
         flags & ct_flags::DNAT != 0
-            && okey.proto == a.pub_proto
+            && okey.proto() == a.pub_proto
             && p >= a.pub_first
             && p <= a.pub_last
-            && (a.pub_addr_be == 0 || okey.daddr_be == a.pub_addr_be)
+            && (a.pub_addr_be == 0 || dst == a.pub_addr_be)
     };
-    (a.net_id == 0 || net_id == a.net_id)
-        && (a.src_be == 0 || okey.saddr_be == a.src_be)
-        && (a.dst_be == 0 || okey.daddr_be == a.dst_be)
-        && (a.proto == 0 || okey.proto == a.proto)
+    addrs
+        && (a.net_id == 0 || net_id == a.net_id)
+        && (a.src_be == 0 || src == a.src_be)
+        && (a.dst_be == 0 || dst == a.dst_be)
+        && (a.proto == 0 || okey.proto() == a.proto)
         && (port == 0
-            || okey.sport_be == port
-            || okey.dport_be == port
-            || rkey.sport_be == port
-            || rkey.dport_be == port)
+            || okey.sport_be() == port
+            || okey.dport_be() == port
+            || rkey.sport_be() == port
+            || rkey.dport_be() == port)
         && published
 }

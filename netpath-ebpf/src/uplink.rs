@@ -13,7 +13,7 @@ use netpath_common::{DropReason, NetworkInfo, counter_kind, counter_scope};
 use crate::{
     TCX_NEXT,
     counters::count,
-    ct::ct_lookup4,
+    ct::ct_lookup,
     fastpath,
     flow::{apply4, packet_key},
     frag::{first_fragment4, later_fragment4},
@@ -52,7 +52,9 @@ fn untracked(ctx: &TcContext, direct: Option<(u32, NetworkInfo)>) -> i32 {
 pub fn ingress(ctx: &TcContext, ifindex: u32) -> i32 {
     match guard::uplink_frame(ctx, ifindex) {
         UplinkFrame::Ipv4 => {}
-        UplinkFrame::Host => return TCX_NEXT,
+        // IPv6 runs as a program of its own (`uplink6`); a frame whose tag
+        // hid it from the dispatch is the host's.
+        UplinkFrame::Host | UplinkFrame::Ipv6 => return TCX_NEXT,
         UplinkFrame::Verdict(v) => return v,
     }
     let Some(ip) = parse::ipv4(ctx) else {
@@ -81,7 +83,7 @@ pub fn ingress(ctx: &TcContext, ifindex: u32) -> i32 {
     let (l4, key, found) = match l4 {
         Some(l4) if l4.kind != L4Kind::IcmpError => {
             let key = packet_key(&ip, &l4);
-            let found = ct_lookup4(&key);
+            let found = ct_lookup(&key);
             (l4, key, found)
         }
         l4 => {

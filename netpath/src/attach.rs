@@ -323,6 +323,7 @@ impl Datapath {
         let mut maps = Maps::open_dir(maps_dir)?;
         maps.config()?;
         maps.set_ct_limit(Maps::ct_capacity(maps_dir)?)?;
+        maps.v6.set_ct_limit()?;
         Ok(Some(Self {
             tc,
             sweeper: open(SWEEP_PROGRAM)?,

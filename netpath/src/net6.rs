@@ -11,12 +11,15 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{
-    HashMap, Map, MapData,
+    Array, HashMap, Map, MapData,
     lpm_trie::{Key, LpmTrie},
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netpath_common::{
-    Endpoint, Lease, map_names,
+    Endpoint, Lease,
+    ct::fill,
+    ct6::{CtEntry6, CtKey6, MAX_CT6},
+    map_names,
     v6::{Addr6Key, LeaseKey6, NetworkInfo6, Port6, net6_flags, port6_flags},
 };
 
@@ -173,6 +176,11 @@ pub struct Maps6 {
     pub ports: HashMap<MapData, u32, Port6>,
     pub endpoints: HashMap<MapData, Addr6Key, Endpoint>,
     pub leases: HashMap<MapData, LeaseKey6, Lease>,
+    /// The IPv6 conntrack table, its fill count and limit.
+    pub ct: HashMap<MapData, CtKey6, CtEntry6>,
+    pub ct_fill: Array<MapData, u64>,
+    /// Uplink ifindex -> the address NAT66 writes.
+    pub uplinks: HashMap<MapData, u32, [u8; 16]>,
 }
 
 impl Maps6 {
@@ -190,7 +198,38 @@ impl Maps6 {
                 .context(layout(map_names::ENDPOINTS6))?,
             leases: HashMap::try_from(take(map_names::LEASES6)?)
                 .context(layout(map_names::LEASES6))?,
+            ct: HashMap::try_from(take(map_names::CT6)?).context(layout(map_names::CT6))?,
+            ct_fill: Array::try_from(take(map_names::CT6_FILL)?)
+                .context(layout(map_names::CT6_FILL))?,
+            uplinks: HashMap::try_from(take(map_names::UPLINKS6)?)
+                .context(layout(map_names::UPLINKS6))?,
         })
+    }
+
+    /// Every IPv6 conntrack entry (both directions).
+    pub fn ct_entries(&self) -> Result<Vec<(CtKey6, CtEntry6)>> {
+        let mut out = Vec::new();
+        for r in self.ct.iter() {
+            match r {
+                Ok(kv) => out.push(kv),
+                // An entry deleted while we walk: skip it.
+                Err(e) if is_missing(&e) => {}
+                Err(e) => return Err(e).context("reading NP_CT6"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets the limit past which the datapath refuses new IPv6 flows
+    /// (`ct::fill`; the table keeps its built-in size).
+    pub fn set_ct_limit(&mut self) -> Result<()> {
+        let limit = u64::from(fill::limit(MAX_CT6));
+        if self.ct_fill.get(&fill::LIMIT, 0).ok() != Some(limit) {
+            self.ct_fill
+                .set(fill::LIMIT, limit, 0)
+                .context("writing the IPv6 conntrack limit")?;
+        }
+        Ok(())
     }
 
     /// The IPv6 half of network `net_id`, if it has one.

@@ -2,7 +2,7 @@
 //! Acts on the network namespace the process was in when [`Netlink::new`]
 //! opened its socket.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, Result};
 use futures::TryStreamExt as _;
@@ -10,7 +10,9 @@ use rtnetlink::{
     Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         AddressFamily,
-        address::{AddressAttribute, AddressHeaderFlags, AddressMessage},
+        address::{
+            AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
+        },
         link::{InfoData, InfoKind, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     },
 };
@@ -94,6 +96,14 @@ pub struct Addr4 {
     pub prefix_len: u8,
 }
 
+/// A global IPv6 address on a link, usable as a source: not tentative
+/// (duplicate address detection still running), failed or deprecated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Addr6 {
+    pub index: u32,
+    pub addr: Ipv6Addr,
+}
+
 impl Netlink {
     /// Opens a connection in the current network namespace. Needs a tokio runtime.
     pub fn new() -> Result<Self> {
@@ -161,6 +171,41 @@ impl Netlink {
             }
         }
         Ok(out)
+    }
+
+    /// Every usable global IPv6 address ([`Addr6`]), in the kernel's order.
+    pub async fn ipv6_globals(&self) -> Result<Vec<Addr6>> {
+        let msgs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .context("listing addresses")?;
+        let unusable = AddressFlags::Tentative | AddressFlags::Dadfailed | AddressFlags::Deprecated;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.family == AddressFamily::Inet6)
+            .filter(|m| m.header.scope == AddressScope::Universe)
+            .filter_map(|m| {
+                let mut addr = None;
+                for a in &m.attributes {
+                    match a {
+                        AddressAttribute::Flags(f) if f.intersects(unusable) => return None,
+                        AddressAttribute::Local(IpAddr::V6(v6)) => addr = Some(*v6),
+                        AddressAttribute::Address(IpAddr::V6(v6)) if addr.is_none() => {
+                            addr = Some(*v6)
+                        }
+                        _ => {}
+                    }
+                }
+                Some(Addr6 {
+                    index: m.header.index,
+                    addr: addr?,
+                })
+            })
+            .collect())
     }
 
     /// Every IPv4 address of the namespace with its interface's name.
@@ -392,7 +437,7 @@ pub fn facts(links: &[Link], addrs: &[Addr4]) -> Vec<LinkFacts> {
 /// A digest of what a reconcile reads from links and addresses (not
 /// their operational flags, which move by themselves): equal digests, and
 /// a re-apply would change nothing.
-pub fn digest(links: &[Link], addrs: &[Addr4]) -> u64 {
+pub fn digest(links: &[Link], addrs: &[Addr4], addrs6: &[Addr6]) -> u64 {
     let mut bytes = Vec::with_capacity(links.len() * 48 + addrs.len() * 9);
     for l in links {
         bytes.extend(l.index.to_le_bytes());
@@ -410,6 +455,10 @@ pub fn digest(links: &[Link], addrs: &[Addr4]) -> u64 {
         bytes.extend(a.index.to_le_bytes());
         bytes.extend(a.addr.octets());
         bytes.push(a.prefix_len);
+    }
+    for a in addrs6 {
+        bytes.extend(a.index.to_le_bytes());
+        bytes.extend(a.addr.octets());
     }
     crate::codec::fnv1a(bytes)
 }

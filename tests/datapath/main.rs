@@ -10,4 +10,5 @@ mod basics;
 mod inbound;
 mod ipv6;
 mod nat;
+mod nat6;
 mod policy;

@@ -98,10 +98,10 @@ fn dual_stack_networks_carry_ipv6_between_containers_with_isolation_icc_and_guar
     // The gateway is on the bridge, usable at once (no DAD), and the
     // namespace forwards IPv6.
     let addrs = host.ip(&["-6", "addr", "show", "dev", BR1]).unwrap();
-    assert!(
-        addrs.contains("fd00:26::1/64") && !addrs.contains("tentative"),
-        "{addrs}"
-    );
+    // (The bridge's own link-local may still be in DAD under load: only
+    // the gateway's line counts.)
+    let gw = addrs.lines().find(|l| l.contains("fd00:26::1/64"));
+    assert!(gw.is_some_and(|l| !l.contains("tentative")), "{addrs}");
     let fwd = host
         .run(|| std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding"))
         .unwrap()
@@ -117,11 +117,8 @@ fn dual_stack_networks_carry_ipv6_between_containers_with_isolation_icc_and_guar
     // Another network's container never; its gateway (a host address) yes.
     assert!(!ping6(&c1, &a3), "c1 -> c3 crosses networks");
     assert!(ping6(&c1, "fd00:27::1"), "c1 -> the other gateway");
-    // Beyond the host: not carried yet, and counted.
-    assert!(!ping6(&c1, "2001:4860::8888"), "c1 -> outside");
     let s = status(&host);
     assert!(drops(&s, BR1, "drop_isolation") >= 1);
-    assert!(drops(&s, BR1, "drop_ipv6") >= 1);
 
     // A source the container was not given.
     c1.ip(&["addr", "add", "fd00:26::99/64", "dev", "eth0", "nodad"])
@@ -267,4 +264,104 @@ fn dual_stack_input_errors_are_one_line_and_change_nothing() {
         host.ip(&["link", "show", "np6g"]).is_err(),
         "nothing half-applied"
     );
+}
+
+/// One TCP connection from `client` to `[dst]:port`, with an echo server in
+/// `server`: the client address the server saw, or why it failed.
+fn tcp6(server: &Netns, client: &Netns, dst: &str, port: u16) -> anyhow::Result<String> {
+    use std::io::{Read as _, Write as _};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    let listener = server.run(move || TcpListener::bind(("::", port)))??;
+    let seen = server.spawn(move || -> anyhow::Result<String> {
+        // Accepts within 3 s, so a refused client leaves no thread behind.
+        listener.set_nonblocking(true)?;
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let (mut s, peer) = loop {
+            match listener.accept() {
+                Ok(a) => break a,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    anyhow::ensure!(std::time::Instant::now() < end, "nobody connected");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        s.set_nonblocking(false)?;
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf)?;
+        s.write_all(&buf)?;
+        Ok(peer.ip().to_string())
+    });
+    let to: SocketAddr = format!("[{dst}]:{port}").parse()?;
+    let asked = client.run(move || -> anyhow::Result<()> {
+        let timeout = std::time::Duration::from_secs(2);
+        let mut s = TcpStream::connect_timeout(&to, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(b"hello")?;
+        let mut got = [0u8; 5];
+        s.read_exact(&mut got)?;
+        anyhow::ensure!(&got == b"hello", "echo mismatch");
+        Ok(())
+    })?;
+    let seen = seen
+        .join()
+        .map_err(|_| anyhow::anyhow!("server panicked"))?;
+    asked?;
+    seen
+}
+
+#[test]
+fn ipv6_leaves_masqueraded_or_routed_and_only_tracked_flows_come_back() {
+    require_root!();
+    let (host, ext) = harness::Lab::host_and_ext("v6nh", "v6ne", NETPATH, "uplink0").unwrap();
+    host.ip(&["addr", "add", "fd00:ee::1/64", "dev", "uplink0", "nodad"])
+        .unwrap();
+    ext.ip(&["addr", "add", "fd00:ee::2/64", "dev", "eth0", "nodad"])
+        .unwrap();
+    for (br, v4, v6, mode) in [
+        (BR1, "172.26.0.0/24", "fd00:26::/64", "nat"),
+        (BR2, "172.27.0.0/24", "fd00:27::/64", "routed"),
+    ] {
+        netpath_ok(
+            &host,
+            &[
+                "up",
+                "--bridge",
+                br,
+                "--subnet",
+                v4,
+                "--subnet",
+                v6,
+                "--gateway-mode",
+                mode,
+                "--no-daemon",
+            ],
+        );
+    }
+    let (c1, a1) = connect(&host, "v6n1", BR1);
+    let (c3, a3) = connect(&host, "v6n3", BR2);
+    // ext routes both subnets back through the host (a routed network's
+    // must be reachable; the masquerading one's is there to be refused).
+    for net in ["fd00:26::/64", "fd00:27::/64"] {
+        ext.ip(&["-6", "route", "add", net, "via", "fd00:ee::1"])
+            .unwrap();
+    }
+
+    // nat: out as the uplink's address, answers written back.
+    assert!(ping6(&c1, "fd00:ee::2"), "c1 -> ext");
+    let seen = tcp6(&ext, &c1, "fd00:ee::2", 7601).expect("c1 -> ext over TCP");
+    assert_eq!(seen, "fd00:ee::1", "masqueraded to the uplink's address");
+    // routed: out as itself, answers tracked.
+    let seen = tcp6(&ext, &c3, "fd00:ee::2", 7602).expect("c3 -> ext over TCP");
+    assert_eq!(seen, a3, "routed keeps the container's address");
+
+    // From outside, nothing was asked for: nat takes nothing straight at a
+    // container; routed takes echo requests, no unpublished port.
+    assert!(!ping6(&ext, &a1), "ext -> c1");
+    assert!(tcp6(&c1, &ext, &a1, 7603).is_err(), "ext -> c1 over TCP");
+    assert!(ping6(&ext, &a3), "ext -> c3 (routed: ping)");
+    assert!(tcp6(&c3, &ext, &a3, 7604).is_err(), "ext -> c3 over TCP");
+    let s = status(&host);
+    assert!(drops(&s, BR1, "drop_direct_routing") >= 2, "{s}");
+    assert!(drops(&s, BR2, "drop_not_published") >= 1, "{s}");
 }

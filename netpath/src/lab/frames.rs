@@ -5,7 +5,7 @@
 //! also check what comes out.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
@@ -15,6 +15,7 @@ pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
 pub const ICMP: u8 = 1;
 pub const SCTP: u8 = 132;
+pub const ICMPV6: u8 = 58;
 /// SCTP chunk types the tests send.
 pub const SCTP_INIT: u8 = 1;
 pub const SCTP_INIT_ACK: u8 = 2;
@@ -50,18 +51,24 @@ pub fn valid(data: &[u8]) -> bool {
     fold(sum(data, 0)) == 0xffff
 }
 
-fn pseudo(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u32 {
-    let mut p = Vec::with_capacity(12);
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
+/// The pseudo-header's sum, either family (IPv6's 32-bit length and
+/// next-header word sum the same as IPv4's zero, protocol and 16-bit
+/// length for any length below 64 KiB).
+fn pseudo(src: impl Into<IpAddr>, dst: impl Into<IpAddr>, proto: u8, len: usize) -> u32 {
+    let octets = |a: IpAddr| match a {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    let mut p = octets(src.into());
+    p.extend(octets(dst.into()));
     p.extend_from_slice(&[0, proto]);
     p.extend_from_slice(&(len as u16).to_be_bytes());
     sum(&p, 0)
 }
 
-/// Whether a TCP or UDP segment `l4` (checksum included) sums to all-ones
-/// over its pseudo-header.
-pub fn l4_valid(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> bool {
+/// Whether a TCP, UDP or ICMPv6 message `l4` (checksum included) sums to
+/// all-ones over its pseudo-header.
+pub fn l4_valid(src: impl Into<IpAddr>, dst: impl Into<IpAddr>, proto: u8, l4: &[u8]) -> bool {
     fold(sum(l4, pseudo(src, dst, proto, l4.len()))) == 0xffff
 }
 
@@ -88,8 +95,8 @@ pub fn ipv4_header(
 /// A TCP header (20 bytes, no options) plus payload, checksum over the
 /// pseudo-header.
 pub fn tcp(
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+    src: impl Into<IpAddr>,
+    dst: impl Into<IpAddr>,
     sport: u16,
     dport: u16,
     flags: u8,
@@ -101,8 +108,8 @@ pub fn tcp(
 /// [`tcp`] with its sequence and acknowledgement numbers, for handshakes
 /// a window-tracking conntrack (nf_conntrack) accepts.
 pub fn tcp_seq(
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+    src: impl Into<IpAddr>,
+    dst: impl Into<IpAddr>,
     sport: u16,
     dport: u16,
     flags: u8,
@@ -124,8 +131,8 @@ pub fn tcp_seq(
 /// A UDP header plus payload; `with_csum: false` leaves the checksum zero
 /// ("none").
 pub fn udp(
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+    src: impl Into<IpAddr>,
+    dst: impl Into<IpAddr>,
     sport: u16,
     dport: u16,
     payload: &[u8],
@@ -213,6 +220,36 @@ pub fn echo(ty: u8, id: u16) -> Vec<u8> {
 pub fn frame(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8], id: u16, frag: u16) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00];
     f.extend_from_slice(&ipv4_header(proto, src, dst, l4.len(), id, frag));
+    f.extend_from_slice(l4);
+    f
+}
+
+/// An ICMPv6 message, checksum over the pseudo-header.
+pub fn icmp6(src: Ipv6Addr, dst: Ipv6Addr, ty: u8, rest: [u8; 4], body: &[u8]) -> Vec<u8> {
+    let mut m = vec![ty, 0, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(body);
+    let c = !fold(sum(&m, pseudo(src, dst, ICMPV6, m.len())));
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+/// An ICMPv6 echo request (128) or reply (129) with `id`.
+pub fn echo6(src: Ipv6Addr, dst: Ipv6Addr, ty: u8, id: u16) -> Vec<u8> {
+    let mut rest = [0u8; 4];
+    rest[..2].copy_from_slice(&id.to_be_bytes());
+    rest[2..].copy_from_slice(&1u16.to_be_bytes());
+    icmp6(src, dst, ty, rest, b"netpath echo payload")
+}
+
+/// Ethernet (placeholder MACs, see [`with_macs`]) + IPv6 + `l4`.
+pub fn frame6(next: u8, src: Ipv6Addr, dst: Ipv6Addr, l4: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x86, 0xdd];
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[next, 64]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
     f.extend_from_slice(l4);
     f
 }

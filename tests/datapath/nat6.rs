@@ -1,0 +1,302 @@
+//! IPv6 egress on crafted packets (BPF_PROG_TEST_RUN): NAT66 masquerade
+//! with its conntrack entries, replies written back, checksums recomputed
+//! from scratch (the ICMPv6 one covers the pseudo-header too), routed
+//! networks tracked untranslated, what may come in from outside, the
+//! host-socket rule for the host's own clashing flows, and the sweep.
+//!
+//! Loopback plays the uplink with global address U; network 1
+//! (fd00:30::/64) masquerades, network 2 (fd00:31::/64) is routed.
+
+use crate::harness;
+
+use std::net::Ipv6Addr;
+
+use harness::{
+    packet::{self, ETH, TCP, UDP, l4_valid},
+    testrun::{LO, SHOT, TCX_NEXT, drops, in_netns, run, run_from},
+};
+use netpath::{attach::Datapath, conntrack, net6::Net6Spec, spec, state::Dir};
+use netpath_common::{
+    DropReason, GatewayMode, IfaceInfo, IfaceRole,
+    ct::{TcpState, ct_dir, ct_flags},
+    ct6::{CtEntry6, CtKey6},
+};
+
+use netpath::lab::frames::{ICMPV6, echo6, frame6};
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+fn ip(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+fn u() -> Ipv6Addr {
+    ip("fd00:ff::1")
+}
+fn r() -> Ipv6Addr {
+    ip("fd00:ee::2")
+}
+fn c1() -> Ipv6Addr {
+    ip("fd00:30::2")
+}
+fn c2() -> Ipv6Addr {
+    ip("fd00:30::3")
+}
+fn c3() -> Ipv6Addr {
+    ip("fd00:31::2")
+}
+
+/// Loopback as an uplink (with `uplink` as its IPv6 address), network 1
+/// masquerading and network 2 routed, both dual-stack.
+fn nat6_datapath(pins: &std::path::Path, uplink: Option<Ipv6Addr>) -> Datapath {
+    let mut dp = Datapath::load_with_pins(pins).expect("loading");
+    let info = IfaceInfo {
+        role: IfaceRole::Uplink as u32,
+        ..Default::default()
+    };
+    dp.maps.ifaces.insert(LO, info, 0).unwrap();
+    if let Some(a) = uplink {
+        dp.maps.v6.uplinks.insert(LO, a.octets(), 0).unwrap();
+    }
+    for (id, v4, v6, mode) in [
+        (1, "172.30.0.0/24", "fd00:30::/64", GatewayMode::Nat),
+        (2, "172.31.0.0/24", "fd00:31::/64", GatewayMode::Routed),
+    ] {
+        let spec = spec::NetworkSpec::new(&format!("np{id}"), v4.parse().unwrap(), None).unwrap();
+        dp.maps
+            .networks
+            .insert(id, spec.to_info(90 + id, mode.flags()), 0)
+            .unwrap();
+        dp.maps.add_subnet(spec.subnet, id).unwrap();
+        let v6 = Net6Spec::new(v6.parse().unwrap(), None).unwrap();
+        dp.maps.v6.record(id, &v6, 0).unwrap();
+    }
+    dp.maps.v6.set_ct_limit().unwrap();
+    dp
+}
+
+fn key(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, proto: u8) -> CtKey6 {
+    CtKey6::new(
+        src.octets(),
+        dst.octets(),
+        sport.to_be(),
+        dport.to_be(),
+        proto,
+    )
+}
+
+fn entry(dp: &Datapath, k: &CtKey6) -> CtEntry6 {
+    dp.maps
+        .v6
+        .ct
+        .get(k, 0)
+        .unwrap_or_else(|e| panic!("no conntrack entry {k:?}: {e}"))
+}
+
+/// Source, destination, ports (ICMPv6: the identifier twice) of a frame.
+fn parsed(f: &[u8]) -> (Ipv6Addr, Ipv6Addr, u16, u16) {
+    let a = |o: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&f[o..o + 16]).unwrap());
+    let l4 = ETH + 40;
+    let be = |o: usize| u16::from_be_bytes([f[o], f[o + 1]]);
+    let ports = if f[ETH + 6] == ICMPV6 {
+        (be(l4 + 4), be(l4 + 4))
+    } else {
+        (be(l4), be(l4 + 2))
+    };
+    (a(ETH + 8), a(ETH + 24), ports.0, ports.1)
+}
+
+/// The transport checksum, computed from scratch over the pseudo-header.
+fn assert_checksum(f: &[u8]) {
+    let (src, dst, ..) = parsed(f);
+    assert!(
+        l4_valid(src, dst, f[ETH + 6], &f[ETH + 40..]),
+        "checksum: {f:02x?}"
+    );
+}
+
+fn tcp(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    frame6(
+        TCP,
+        src,
+        dst,
+        &packet::tcp(src, dst, sport, dport, flags, b"x"),
+    )
+}
+
+#[test]
+fn nat66_masquerades_tcp_udp_and_echo_and_writes_replies_back() {
+    require_root!();
+    in_netns("nat66", |pins| {
+        let mut dp = nat6_datapath(pins, Some(u()));
+        // C1:40000 -> R:80 leaves as U:40000.
+        let (v, out) = run(&mut dp, Dir::Egress, &tcp(c1(), r(), 40000, 80, SYN), 1);
+        assert_eq!(v, TCX_NEXT);
+        assert_eq!(parsed(&out), (u(), r(), 40000, 80));
+        assert_checksum(&out);
+        let o = entry(&dp, &key(c1(), r(), 40000, 80, TCP));
+        assert_eq!(
+            (o.dir, o.nat_addr_be, o.state, o.flags & ct_flags::SNAT),
+            (
+                ct_dir::ORIGINAL,
+                u().octets(),
+                TcpState::SynSent as u8,
+                ct_flags::SNAT
+            )
+        );
+        assert_eq!(o.peer, key(r(), u(), 80, 40000, TCP));
+        let rep = entry(&dp, &o.peer);
+        assert_eq!((rep.dir, rep.nat_addr_be), (ct_dir::REPLY, c1().octets()));
+
+        // C2 with the same port to the same remote gets another one.
+        let (_, out) = run(&mut dp, Dir::Egress, &tcp(c2(), r(), 40000, 80, SYN), 1);
+        let (src, _, sport, _) = parsed(&out);
+        assert_eq!(src, u());
+        assert_ne!(sport, 40000, "U:40000 -> R:80 is taken");
+        assert_checksum(&out);
+
+        // The SYN-ACK to C2's external port goes back to C2:40000.
+        let synack = tcp(r(), u(), 80, sport, SYN | ACK);
+        let (v, out) = run(&mut dp, Dir::Ingress, &synack, 1);
+        assert_eq!(v, TCX_NEXT);
+        assert_eq!(parsed(&out), (r(), c2(), 80, 40000));
+        assert_checksum(&out);
+        let o2 = entry(&dp, &key(c2(), r(), 40000, 80, TCP));
+        assert_ne!(o2.flags & ct_flags::SEEN_REPLY, 0);
+
+        // UDP and an echo request, with the checksums right.
+        let q = frame6(
+            UDP,
+            c1(),
+            r(),
+            &packet::udp(c1(), r(), 5353, 53, b"q", true),
+        );
+        let (_, out) = run(&mut dp, Dir::Egress, &q, 1);
+        assert_eq!(parsed(&out), (u(), r(), 5353, 53));
+        assert_checksum(&out);
+        let ping = frame6(ICMPV6, c1(), r(), &echo6(c1(), r(), 128, 7));
+        let (_, out) = run(&mut dp, Dir::Egress, &ping, 1);
+        let (src, dst, id, _) = parsed(&out);
+        assert_eq!((src, dst), (u(), r()));
+        assert_checksum(&out);
+        let pong = frame6(ICMPV6, r(), u(), &echo6(r(), u(), 129, id));
+        let (v, out) = run(&mut dp, Dir::Ingress, &pong, 1);
+        assert_eq!(v, TCX_NEXT);
+        assert_eq!(parsed(&out), (r(), c1(), 7, 7));
+        assert_checksum(&out);
+
+        // From outside at a container of the masquerading network: not
+        // asked for. A managed source from outside is a spoof.
+        let (v, _) = run(&mut dp, Dir::Ingress, &tcp(r(), c1(), 80, 40001, SYN), 1);
+        assert_eq!(v, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::DirectRouting), 1);
+        let (v, _) = run(&mut dp, Dir::Ingress, &tcp(c2(), u(), 80, 40001, SYN), 1);
+        assert_eq!(v, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::LocalSource), 1);
+        // The host's own traffic passes untouched.
+        let host = tcp(r(), u(), 80, 22, SYN);
+        assert_eq!(run(&mut dp, Dir::Ingress, &host, 1), (TCX_NEXT, host));
+
+        // Four flows, eight entries; the sweep counts and flushes IPv6 too.
+        let found = conntrack::count(&mut dp).unwrap();
+        assert_eq!((found.entries, found.flows), (8, 4));
+        assert_eq!(dp.maps.v6.ct_entries().unwrap().len(), 8);
+        assert_eq!(
+            conntrack::flush(&mut dp, &conntrack::Filter::default()).unwrap(),
+            4
+        );
+        assert!(dp.maps.v6.ct_entries().unwrap().is_empty());
+    });
+}
+
+#[test]
+fn routed_ipv6_is_tracked_untranslated_and_only_its_flows_reach_a_container() {
+    require_root!();
+    in_netns("routed6", |pins| {
+        let mut dp = nat6_datapath(pins, Some(u()));
+        let syn = tcp(c3(), r(), 1234, 80, SYN);
+        let (v, out) = run(&mut dp, Dir::Egress, &syn, 1);
+        assert_eq!((v, out.as_slice()), (TCX_NEXT, syn.as_slice()));
+        let o = entry(&dp, &key(c3(), r(), 1234, 80, TCP));
+        assert_eq!((o.flags, o.peer), (0, key(r(), c3(), 80, 1234, TCP)));
+        let synack = tcp(r(), c3(), 80, 1234, SYN | ACK);
+        assert_eq!(
+            run(&mut dp, Dir::Ingress, &synack, 1),
+            (TCX_NEXT, synack.clone())
+        );
+        // Unasked: a SYN to a container is not published; an echo request
+        // is let in as a flow of its own (routed mode, as for IPv4).
+        let (v, _) = run(&mut dp, Dir::Ingress, &tcp(r(), c3(), 80, 1235, SYN), 1);
+        assert_eq!(v, SHOT);
+        assert_eq!(drops(&dp, 2, DropReason::NotPublished), 1);
+        let ping = frame6(ICMPV6, r(), c3(), &echo6(r(), c3(), 128, 9));
+        assert_eq!(run(&mut dp, Dir::Ingress, &ping, 1).0, TCX_NEXT);
+        let i = entry(&dp, &key(r(), c3(), 9, 0, ICMPV6));
+        assert_ne!(i.flags & ct_flags::INBOUND, 0);
+
+        // At the container's port (loopback becomes one of network 2):
+        // from the uplink (ifindex 7) only what a flow expects.
+        let uplink = IfaceInfo {
+            role: IfaceRole::Uplink as u32,
+            ..Default::default()
+        };
+        dp.maps.ifaces.insert(7, uplink, 0).unwrap();
+        let port = IfaceInfo {
+            role: IfaceRole::Port as u32,
+            net_id: 2,
+            ..Default::default()
+        };
+        dp.maps.ifaces.insert(LO, port, 0).unwrap();
+        assert_eq!(run_from(&mut dp, Dir::Egress, &synack, 7).0, TCX_NEXT);
+        assert_eq!(run_from(&mut dp, Dir::Egress, &ping, 7).0, TCX_NEXT);
+        let stray = tcp(r(), c3(), 80, 1236, SYN);
+        assert_eq!(run_from(&mut dp, Dir::Egress, &stray, 7).0, SHOT);
+        assert_eq!(drops(&dp, 2, DropReason::NotPublished), 2);
+        // Another network's flow does not open this one's port.
+        dp.maps
+            .ifaces
+            .insert(LO, IfaceInfo { net_id: 1, ..port }, 0)
+            .unwrap();
+        assert_eq!(run_from(&mut dp, Dir::Egress, &synack, 7).0, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::DirectRouting), 1);
+    });
+}
+
+#[test]
+fn without_an_ipv6_address_nat66_drops_and_the_hosts_clashing_flow_is_remapped() {
+    require_root!();
+    in_netns("nat66addr", |pins| {
+        let mut dp = nat6_datapath(pins, None);
+        let (v, _) = run(&mut dp, Dir::Egress, &tcp(c1(), r(), 40000, 80, SYN), 1);
+        assert_eq!(v, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::NatNoAddress), 1);
+        // The host's own IPv6 passes untouched.
+        let host = tcp(u(), r(), 50000, 80, SYN);
+        assert_eq!(
+            run(&mut dp, Dir::Egress, &host, 1),
+            (TCX_NEXT, host.clone())
+        );
+
+        // With an address: a container's flow takes U:40000 -> R:80; the
+        // host's own later flow with that tuple gets another port.
+        dp.maps.v6.uplinks.insert(LO, u().octets(), 0).unwrap();
+        run(&mut dp, Dir::Egress, &tcp(c1(), r(), 40000, 80, SYN), 1);
+        let (v, out) = run(&mut dp, Dir::Egress, &tcp(u(), r(), 40000, 80, SYN), 1);
+        assert_eq!(v, TCX_NEXT);
+        let (src, _, sport, _) = parsed(&out);
+        assert_eq!(src, u());
+        assert_ne!(sport, 40000);
+        assert_checksum(&out);
+        let h = entry(&dp, &key(u(), r(), 40000, 80, TCP));
+        assert_eq!(h.flags, ct_flags::SNAT | ct_flags::HOST);
+
+        // An internal network never lets IPv6 out.
+        let mut info = dp.maps.networks.get(&1, 0).unwrap();
+        info.flags |= netpath_common::net_flags::INTERNAL;
+        dp.maps.networks.insert(1, info, 0).unwrap();
+        let (v, _) = run(&mut dp, Dir::Egress, &tcp(c2(), r(), 1, 80, SYN), 1);
+        assert_eq!(v, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::Internal), 1);
+    });
+}
