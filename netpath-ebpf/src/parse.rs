@@ -275,37 +275,33 @@ pub fn l4_at(ctx: &TcContext, off: usize, proto_nr: u8) -> Result<L4, ()> {
                 tcp_flags: 0,
             })
         }
-        proto::ICMP => {
+        proto::ICMP | proto::ICMPV6 => {
             let hdr: [u8; 8] = ctx.load(off).map_err(|_| ())?;
             let id = u16::from_ne_bytes([hdr[4], hdr[5]]);
-            let (kind, sport_be, dport_be) = match hdr[0] {
-                icmp::ECHO_REQUEST => (L4Kind::Ports, id, 0),
-                icmp::ECHO_REPLY => (L4Kind::Ports, 0, id),
-                icmp::DEST_UNREACH | icmp::TIME_EXCEEDED | icmp::PARAMETER_PROBLEM => {
-                    (L4Kind::IcmpError, 0, 0)
-                }
-                _ => (L4Kind::NoPorts, 0, 0),
+            let v6 = proto_nr == proto::ICMPV6;
+            let (request, reply) = if v6 {
+                (icmp6::ECHO_REQUEST, icmp6::ECHO_REPLY)
+            } else {
+                (icmp::ECHO_REQUEST, icmp::ECHO_REPLY)
             };
-            Ok(L4 {
-                kind,
-                sport_be,
-                dport_be,
-                csum_off: off + 2,
-                pseudo: false,
-                udp: false,
-                tcp_flags: 0,
-            })
-        }
-        proto::ICMPV6 => {
-            let hdr: [u8; 8] = ctx.load(off).map_err(|_| ())?;
-            let id = u16::from_ne_bytes([hdr[4], hdr[5]]);
+            let error = if v6 {
+                matches!(
+                    hdr[0],
+                    icmp6::DEST_UNREACH
+                        | icmp6::PACKET_TOO_BIG
+                        | icmp6::TIME_EXCEEDED
+                        | icmp6::PARAM_PROBLEM
+                )
+            } else {
+                matches!(
+                    hdr[0],
+                    icmp::DEST_UNREACH | icmp::TIME_EXCEEDED | icmp::PARAMETER_PROBLEM
+                )
+            };
             let (kind, sport_be, dport_be) = match hdr[0] {
-                icmp6::ECHO_REQUEST => (L4Kind::Ports, id, 0),
-                icmp6::ECHO_REPLY => (L4Kind::Ports, 0, id),
-                icmp6::DEST_UNREACH
-                | icmp6::PACKET_TOO_BIG
-                | icmp6::TIME_EXCEEDED
-                | icmp6::PARAM_PROBLEM => (L4Kind::IcmpError, 0, 0),
+                t if t == request => (L4Kind::Ports, id, 0),
+                t if t == reply => (L4Kind::Ports, 0, id),
+                _ if error => (L4Kind::IcmpError, 0, 0),
                 _ => (L4Kind::NoPorts, 0, 0),
             };
             Ok(L4 {
@@ -314,7 +310,7 @@ pub fn l4_at(ctx: &TcContext, off: usize, proto_nr: u8) -> Result<L4, ()> {
                 dport_be,
                 csum_off: off + 2,
                 // Unlike ICMP's, the ICMPv6 checksum covers the pseudo-header.
-                pseudo: true,
+                pseudo: v6,
                 udp: false,
                 tcp_flags: 0,
             })

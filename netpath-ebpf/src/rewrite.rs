@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netpath_common::{
-    ct::{CtKey4, proto},
+    ct::{CtKey4, Tuple, proto},
     ct6::CtKey6,
 };
 
@@ -127,21 +127,35 @@ pub fn translate4(
         set_addr(ctx, l4, side, old_addr, new_addr)?;
         changed = true;
     }
-    if let Some(l4) = l4
-        && l4.kind == L4Kind::Ports
-    {
-        let (old, new) = match phase {
-            Phase::Ingress => (l4.dport_be, to.dport_be),
-            Phase::Egress => (l4.sport_be, to.sport_be),
-        };
-        // An echo carries its identifier once (request: as sport, reply: as
-        // dport); the other "port" is 0 on both sides.
-        if old != new {
-            set_port(ctx, (ip.l4(), ip.proto), l4, side, old, new)?;
-            changed = true;
-        }
+    let ports = translate_port(ctx, (ip.l4(), ip.proto), l4, to, phase)?;
+    Ok(changed || ports)
+}
+
+/// The port half of a translation (either family): the destination port
+/// (ingress) or source port (egress) becomes `to`'s, when the packet
+/// carries ports. Returns whether it changed.
+#[inline(always)]
+fn translate_port<K: Tuple>(
+    ctx: &TcContext,
+    at: (usize, u8),
+    l4: Option<&L4>,
+    to: &K,
+    phase: Phase,
+) -> Result<bool, ()> {
+    let Some(l4) = l4.filter(|l4| l4.kind == L4Kind::Ports) else {
+        return Ok(false);
+    };
+    let (side, old, new) = match phase {
+        Phase::Ingress => (Side::Dst, l4.dport_be, to.dport_be()),
+        Phase::Egress => (Side::Src, l4.sport_be, to.sport_be()),
+    };
+    // An echo carries its identifier once (request: as sport, reply: as
+    // dport); the other "port" is 0 on both sides.
+    if old == new {
+        return Ok(false);
     }
-    Ok(changed)
+    set_port(ctx, at, l4, side, old, new)?;
+    Ok(true)
 }
 
 /// Writes an IPv6 packet's source or destination address, with the
@@ -201,17 +215,6 @@ pub fn translate6(
         set_addr6(ctx, l4, side, old_addr, new_addr)?;
         changed = true;
     }
-    if let Some(l4) = l4
-        && l4.kind == L4Kind::Ports
-    {
-        let (old, new) = match phase {
-            Phase::Ingress => (l4.dport_be, to.dport_be),
-            Phase::Egress => (l4.sport_be, to.sport_be),
-        };
-        if old != new {
-            set_port(ctx, (ip.l4, ip.proto), l4, side, old, new)?;
-            changed = true;
-        }
-    }
-    Ok(changed)
+    let ports = translate_port(ctx, (ip.l4, ip.proto), l4, to, phase)?;
+    Ok(changed || ports)
 }

@@ -36,9 +36,10 @@ fn direct_to(daddr: u32) -> Option<(u32, NetworkInfo)> {
 }
 
 /// Drops a packet to a container that can start no flow, unless the
-/// network's gateway mode passes those.
+/// network's gateway mode passes those (either family: `direct` is the
+/// network the packet is addressed to straight at a container).
 #[inline(always)]
-fn untracked(ctx: &TcContext, direct: Option<(u32, NetworkInfo)>) -> i32 {
+pub fn untracked(ctx: &TcContext, direct: Option<(u32, NetworkInfo)>) -> i32 {
     match direct {
         Some((id, net)) => match inbound::untracked(&net) {
             Ok(()) => TCX_NEXT,

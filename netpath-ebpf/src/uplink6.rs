@@ -25,6 +25,7 @@ use crate::{
     parse::{self, L4Kind},
     parse6::{self, Ip6, Work6, same6},
     rewrite::Phase,
+    uplink,
 };
 
 /// The network a packet is addressed to straight at one of its containers
@@ -43,13 +44,7 @@ fn direct_to(daddr: &[u8; 16]) -> Option<(u32, NetworkInfo)> {
 /// container (unless the gateway mode passes those), the host's otherwise.
 #[inline(always)]
 fn untracked(ctx: &TcContext, ip: &Ip6) -> i32 {
-    match direct_to(&ip.daddr) {
-        Some((id, net)) => match inbound::untracked(&net) {
-            Ok(()) => TCX_NEXT,
-            Err(r) => drop(ctx, id, r),
-        },
-        None => TCX_NEXT,
-    }
+    uplink::untracked(ctx, direct_to(&ip.daddr))
 }
 
 /// An IPv6 frame coming into the host through an uplink (the program runs

@@ -505,12 +505,8 @@ async fn already_seen(nl: &Netlink) -> bool {
     let Some(recorded) = reconcile::recorded_seen() else {
         return false;
     };
-    match (
-        nl.links().await,
-        nl.ipv4_addrs().await,
-        nl.ipv6_globals().await,
-    ) {
-        (Ok(links), Ok(addrs), Ok(addrs6)) => {
+    match (nl.links().await, nl.addrs().await) {
+        (Ok(links), Ok((addrs, addrs6))) => {
             crate::plumbing::digest(&links, &addrs, &addrs6) == recorded
         }
         _ => false,

@@ -17,13 +17,12 @@ use aya::maps::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netpath_common::{
     Endpoint, Lease,
-    ct::fill,
     ct6::{CtEntry6, CtKey6, MAX_CT6},
     map_names,
     v6::{Addr6Key, LeaseKey6, NetworkInfo6, Port6, net6_flags, port6_flags},
 };
 
-use crate::tables::is_missing;
+use crate::tables::{Table as _, is_missing};
 
 /// A network's IPv6 subnet and gateway, validated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,6 +168,24 @@ pub fn split(
     Ok((v4, gw4, v6))
 }
 
+/// `NP_UPLINKS6`: each uplink's first usable global IPv6 address, the
+/// source NAT66 writes (as IPv4 masquerade takes the primary address).
+pub fn want_uplinks(
+    planned: &BTreeMap<u32, crate::plan::Planned>,
+    addrs6: &[crate::plumbing::Addr6],
+) -> BTreeMap<u32, [u8; 16]> {
+    let mut want = BTreeMap::new();
+    for a in addrs6 {
+        let uplink = planned
+            .get(&a.index)
+            .is_some_and(|p| p.info.role == netpath_common::IfaceRole::Uplink as u32);
+        if uplink {
+            want.entry(a.index).or_insert(a.addr.octets());
+        }
+    }
+    want
+}
+
 /// Typed handles on the IPv6 maps.
 pub struct Maps6 {
     pub networks: HashMap<MapData, u32, NetworkInfo6>,
@@ -206,30 +223,17 @@ impl Maps6 {
         })
     }
 
-    /// Every IPv6 conntrack entry (both directions).
+    /// Every IPv6 conntrack entry (both directions; one deleted while we
+    /// walk is skipped).
     pub fn ct_entries(&self) -> Result<Vec<(CtKey6, CtEntry6)>> {
-        let mut out = Vec::new();
-        for r in self.ct.iter() {
-            match r {
-                Ok(kv) => out.push(kv),
-                // An entry deleted while we walk: skip it.
-                Err(e) if is_missing(&e) => {}
-                Err(e) => return Err(e).context("reading NP_CT6"),
-            }
-        }
-        Ok(out)
+        self.ct.entries().context("reading NP_CT6")
     }
 
     /// Sets the limit past which the datapath refuses new IPv6 flows
     /// (`ct::fill`; the table keeps its built-in size).
     pub fn set_ct_limit(&mut self) -> Result<()> {
-        let limit = u64::from(fill::limit(MAX_CT6));
-        if self.ct_fill.get(&fill::LIMIT, 0).ok() != Some(limit) {
-            self.ct_fill
-                .set(fill::LIMIT, limit, 0)
-                .context("writing the IPv6 conntrack limit")?;
-        }
-        Ok(())
+        crate::tables::write_ct_limit(&mut self.ct_fill, MAX_CT6)
+            .context("writing the IPv6 conntrack limit")
     }
 
     /// The IPv6 half of network `net_id`, if it has one.

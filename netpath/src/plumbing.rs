@@ -139,42 +139,12 @@ impl Netlink {
     }
 
     pub async fn ipv4_addrs(&self) -> Result<Vec<Addr4>> {
-        let msgs: Vec<AddressMessage> = self
-            .handle
-            .address()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .context("listing addresses")?;
-        let mut out = Vec::new();
-        for m in msgs {
-            if m.header.family != AddressFamily::Inet {
-                continue;
-            }
-            // IFA_LOCAL is the interface's own address (IFA_ADDRESS is the
-            // peer on point-to-point links); prefer it when present.
-            let mut addr = None;
-            for a in &m.attributes {
-                match a {
-                    AddressAttribute::Local(IpAddr::V4(v4)) => addr = Some(*v4),
-                    AddressAttribute::Address(IpAddr::V4(v4)) if addr.is_none() => addr = Some(*v4),
-                    _ => {}
-                }
-            }
-            if let Some(addr) = addr {
-                out.push(Addr4 {
-                    index: m.header.index,
-                    addr,
-                    prefix_len: m.header.prefix_len,
-                });
-            }
-        }
-        Ok(out)
+        Ok(self.addrs().await?.0)
     }
 
-    /// Every usable global IPv6 address ([`Addr6`]), in the kernel's order.
-    pub async fn ipv6_globals(&self) -> Result<Vec<Addr6>> {
+    /// Every IPv4 address, and every usable global IPv6 address
+    /// ([`Addr6`]), in the kernel's order, from one dump.
+    pub async fn addrs(&self) -> Result<(Vec<Addr4>, Vec<Addr6>)> {
         let msgs: Vec<AddressMessage> = self
             .handle
             .address()
@@ -184,28 +154,27 @@ impl Netlink {
             .await
             .context("listing addresses")?;
         let unusable = AddressFlags::Tentative | AddressFlags::Dadfailed | AddressFlags::Deprecated;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.family == AddressFamily::Inet6)
-            .filter(|m| m.header.scope == AddressScope::Universe)
-            .filter_map(|m| {
-                let mut addr = None;
-                for a in &m.attributes {
-                    match a {
-                        AddressAttribute::Flags(f) if f.intersects(unusable) => return None,
-                        AddressAttribute::Local(IpAddr::V6(v6)) => addr = Some(*v6),
-                        AddressAttribute::Address(IpAddr::V6(v6)) if addr.is_none() => {
-                            addr = Some(*v6)
-                        }
-                        _ => {}
-                    }
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for m in &msgs {
+            let index = m.header.index;
+            match own_addr(m) {
+                Some(IpAddr::V4(addr)) => v4.push(Addr4 {
+                    index,
+                    addr,
+                    prefix_len: m.header.prefix_len,
+                }),
+                Some(IpAddr::V6(addr))
+                    if m.header.scope == AddressScope::Universe
+                        && !m.attributes.iter().any(
+                            |a| matches!(a, AddressAttribute::Flags(f) if f.intersects(unusable)),
+                        ) =>
+                {
+                    v6.push(Addr6 { index, addr })
                 }
-                Some(Addr6 {
-                    index: m.header.index,
-                    addr: addr?,
-                })
-            })
-            .collect())
+                _ => {}
+            }
+        }
+        Ok((v4, v6))
     }
 
     /// Every IPv4 address of the namespace with its interface's name.
@@ -432,6 +401,25 @@ pub fn facts(links: &[Link], addrs: &[Addr4]) -> Vec<LinkFacts> {
             name: l.name.clone(),
         })
         .collect()
+}
+
+/// An address message's own address: IFA_LOCAL (IFA_ADDRESS is the peer
+/// on point-to-point links) when present, of the message's family.
+fn own_addr(m: &AddressMessage) -> Option<IpAddr> {
+    let family = |a: &IpAddr| match m.header.family {
+        AddressFamily::Inet => a.is_ipv4(),
+        AddressFamily::Inet6 => a.is_ipv6(),
+        _ => false,
+    };
+    let mut addr = None;
+    for a in &m.attributes {
+        match a {
+            AddressAttribute::Local(ip) if family(ip) => addr = Some(*ip),
+            AddressAttribute::Address(ip) if family(ip) && addr.is_none() => addr = Some(*ip),
+            _ => {}
+        }
+    }
+    addr
 }
 
 /// A digest of what a reconcile reads from links and addresses (not

@@ -96,8 +96,7 @@ pub async fn reconcile(
     // differs from what it records at the end.
     forget_seen();
     let all = nl.links().await?;
-    let addrs = nl.ipv4_addrs().await?;
-    let addrs6 = nl.ipv6_globals().await?;
+    let (addrs, addrs6) = nl.addrs().await?;
     let links = plumbing::facts(&all, &addrs);
     // A bridge recreated under the same name gets a new ifindex: follow the name.
     let mut nets = BTreeMap::new();
@@ -160,8 +159,11 @@ pub async fn reconcile(
         .map(|(i, p)| (*i, p.info.net_id))
         .collect();
     dp.maps.v6.prune(&ports_of).context("pruning IPv6 ports")?;
-    tables::sync(&mut dp.maps.v6.uplinks, &want_uplinks6(&planned, &addrs6))
-        .context("recording the uplinks' IPv6 addresses")?;
+    tables::sync(
+        &mut dp.maps.v6.uplinks,
+        &crate::net6::want_uplinks(&planned, &addrs6),
+    )
+    .context("recording the uplinks' IPv6 addresses")?;
     tables::sync(&mut dp.maps.vlans, &want_vlans(&all, &planned)).context("recording VLANs")?;
     tables::sync(&mut dp.maps.macs, &want_macs(&all, &ifaces, &planned))
         .context("recording MACs")?;
@@ -302,24 +304,6 @@ pub fn endpoint_changes(
         .filter(|e| !have.contains(e))
         .collect();
     (stale, missing)
-}
-
-/// `NP_UPLINKS6`: each uplink's first usable global IPv6 address, the
-/// source NAT66 writes (as IPv4 masquerade takes the primary address).
-pub fn want_uplinks6(
-    planned: &BTreeMap<u32, Planned>,
-    addrs6: &[plumbing::Addr6],
-) -> BTreeMap<u32, [u8; 16]> {
-    let mut want = BTreeMap::new();
-    for a in addrs6 {
-        let uplink = planned
-            .get(&a.index)
-            .is_some_and(|p| p.info.role == IfaceRole::Uplink as u32);
-        if uplink {
-            want.entry(a.index).or_insert(a.addr.octets());
-        }
-    }
-    want
 }
 
 /// `NP_VLANS`: the VLAN devices on uplinks. Tagged frames of those VLANs

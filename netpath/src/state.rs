@@ -22,7 +22,7 @@ use netpath_common::{
     map_names,
 };
 
-use crate::netns;
+use crate::{netns, tables::Table as _};
 
 /// Packets and bytes of one counter, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize, PartialEq, Eq)]
@@ -442,18 +442,10 @@ impl Maps {
             .find(|(_, i)| crate::codec::ifname_from_bytes(&i.bridge_name) == name))
     }
 
-    /// Every conntrack entry (both directions).
+    /// Every conntrack entry (both directions; one deleted while we walk
+    /// is skipped).
     pub fn ct_entries(&self) -> Result<Vec<(CtKey4, CtEntry4)>> {
-        let mut out = Vec::new();
-        for r in self.ct4.iter() {
-            match r {
-                Ok(kv) => out.push(kv),
-                // An entry deleted while we walk: skip it.
-                Err(e) if is_missing(&e) => {}
-                Err(e) => return Err(e).context("reading NP_CT4"),
-            }
-        }
-        Ok(out)
+        self.ct4.entries().context("reading NP_CT4")
     }
 
     /// How many entries the conntrack table holds at most (two per flow).
@@ -467,13 +459,8 @@ impl Maps {
     /// Sets the limit past which the datapath refuses new flows, for a
     /// table of `capacity` entries (`ct::fill`).
     pub fn set_ct_limit(&mut self, capacity: u32) -> Result<()> {
-        let limit = u64::from(netpath_common::ct::fill::limit(capacity));
-        if self.ct_fill.get(&netpath_common::ct::fill::LIMIT, 0).ok() != Some(limit) {
-            self.ct_fill
-                .set(netpath_common::ct::fill::LIMIT, limit, 0)
-                .context("writing the conntrack limit")?;
-        }
-        Ok(())
+        crate::tables::write_ct_limit(&mut self.ct_fill, capacity)
+            .context("writing the conntrack limit")
     }
 
     /// The datapath's live entry count and limit (`ct::fill`).

@@ -118,6 +118,18 @@ pub fn sync<K: Ord + Clone, V: PartialEq>(
     Ok(out)
 }
 
+/// Sets the limit past which the datapath refuses new flows in a table of
+/// `capacity` entries (`ct::fill`), in its fill array `fill`; a limit
+/// already there is not written again.
+pub fn write_ct_limit(fill: &mut aya::maps::Array<MapData, u64>, capacity: u32) -> Result<()> {
+    use netpath_common::ct::fill;
+    let limit = u64::from(fill::limit(capacity));
+    if fill.get(&fill::LIMIT, 0).ok() != Some(limit) {
+        fill.set(fill::LIMIT, limit, 0)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,22 @@ fn ping6(ns: &Netns, dst: &str) -> bool {
     topology::run(ns.command("ping").args(["-6", "-c", "1", "-W", "1", dst])).is_ok()
 }
 
+/// `up` of a dual-stack network (no daemon) with `extra` arguments.
+fn up_dual(host: &Netns, bridge: &str, v4: &str, v6: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "up",
+        "--bridge",
+        bridge,
+        "--subnet",
+        v4,
+        "--subnet",
+        v6,
+        "--no-daemon",
+    ];
+    args.extend_from_slice(extra);
+    netpath_ok(host, &args)
+}
+
 fn connect(host: &Netns, tag: &str, bridge: &str) -> (Netns, String) {
     let c = Netns::new(tag).unwrap();
     let out = netpath_ok(host, &["connect", c.name.as_str(), "--bridge", bridge]);
@@ -67,19 +83,7 @@ fn dual_stack_networks_carry_ipv6_between_containers_with_isolation_icc_and_guar
         (BR1, "172.26.0.0/24", "fd00:26::/64"),
         (BR2, "172.27.0.0/24", "fd00:27::/64"),
     ] {
-        let out = netpath_ok(
-            &host,
-            &[
-                "up",
-                "--bridge",
-                br,
-                "--subnet",
-                v4,
-                "--subnet",
-                v6,
-                "--no-daemon",
-            ],
-        );
+        let out = up_dual(&host, br, v4, v6, &[]);
         assert!(out.contains("gateway address added"), "{out}");
     }
     let (c1, a1) = connect(&host, "v6c1", BR1);
@@ -322,21 +326,7 @@ fn ipv6_leaves_masqueraded_or_routed_and_only_tracked_flows_come_back() {
         (BR1, "172.26.0.0/24", "fd00:26::/64", "nat"),
         (BR2, "172.27.0.0/24", "fd00:27::/64", "routed"),
     ] {
-        netpath_ok(
-            &host,
-            &[
-                "up",
-                "--bridge",
-                br,
-                "--subnet",
-                v4,
-                "--subnet",
-                v6,
-                "--gateway-mode",
-                mode,
-                "--no-daemon",
-            ],
-        );
+        up_dual(&host, br, v4, v6, &["--gateway-mode", mode]);
     }
     let (c1, a1) = connect(&host, "v6n1", BR1);
     let (c3, a3) = connect(&host, "v6n3", BR2);
