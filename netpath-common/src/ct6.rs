@@ -124,6 +124,23 @@ unsafe impl bytemuck::Pod for CtEntry6 {}
 /// whole.
 pub const MAX_CT6: u32 = 65_536;
 
+/// Key of `NP_FRAG6`: one fragmented datagram (RFC 8200 4.5: source,
+/// destination and the fragment header's identification; the upper-layer
+/// protocol as for IPv4). 40 bytes, no holes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FragKey6 {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub id_be: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Entries of `NP_FRAG6` (datagrams in flight in fragments; LRU).
+pub const MAX_FRAG6: u32 = 4096;
+
 /// ICMPv6 message types netpath tells apart.
 pub mod icmp6 {
     pub const DEST_UNREACH: u8 = 1;
@@ -142,6 +159,7 @@ mod tests {
     fn layouts_have_no_holes() {
         assert_eq!(core::mem::size_of::<CtKey6>(), 44);
         assert_eq!(core::mem::size_of::<CtEntry6>(), 104);
+        assert_eq!(core::mem::size_of::<FragKey6>(), 40);
     }
 
     #[test]

@@ -113,8 +113,11 @@ pub mod map_names {
     pub const CT6_FILL: &str = "NP_CT6_FILL";
     /// Uplink ifindex -> the global IPv6 address NAT66 writes.
     pub const UPLINKS6: &str = "NP_UPLINKS6";
+    /// [`FragKey6`](crate::ct6::FragKey6) -> [`FragPorts`](crate::ct::FragPorts):
+    /// the ports of fragmented IPv6 datagrams, from their first fragment (LRU).
+    pub const FRAG6: &str = "NP_FRAG6";
     /// All pinned map names, for tooling that walks the pin directory.
-    pub const ALL: [&str; 32] = [
+    pub const ALL: [&str; 33] = [
         ENDPOINTS4,
         IFACES,
         NETWORKS,
@@ -147,6 +150,7 @@ pub mod map_names {
         CT6,
         CT6_FILL,
         UPLINKS6,
+        FRAG6,
     ];
 }
 
@@ -221,6 +225,12 @@ pub mod iface_flags {
     /// Port: `ipv4_be` and `mac` were learnt from the container's first
     /// packet (ARP or IPv4 from an address of its subnet).
     pub const LEARNED: u32 = 1 << 2;
+    /// Port: `mac` was learnt from the container's first IPv6 packet that
+    /// passed (no IPv4 binding yet): the port keeps that MAC, as a bound
+    /// one does, so it cannot rotate MACs (and EUI-64 addresses) over IPv6.
+    pub const MAC_PINNED: u32 = 1 << 3;
+    /// Port: its frames must carry `mac`.
+    pub const MAC_FIXED: u32 = BOUND | LEARNED | MAC_PINNED;
 }
 
 /// Network flags in [`NetworkInfo::flags`].

@@ -164,6 +164,23 @@ pub const fn eui64_link_local(mac: &[u8; 6]) -> [u8; 16] {
     ]
 }
 
+/// The MAC an EUI-64 interface identifier was made from (the inverse of
+/// [`eui64_link_local`]'s last 8 bytes), if `addr` has one.
+#[inline(always)]
+pub const fn eui64_mac(addr: &[u8; 16]) -> Option<[u8; 6]> {
+    if addr[11] != 0xff || addr[12] != 0xfe {
+        return None;
+    }
+    Some([
+        addr[8] ^ 0x02,
+        addr[9],
+        addr[10],
+        addr[13],
+        addr[14],
+        addr[15],
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +215,10 @@ mod tests {
         );
         assert!(is_link_local(&ll));
         assert!(!is_multicast(&ll));
+        assert_eq!(eui64_mac(&ll), Some([0x02, 0x42, 0xac, 0x11, 0x00, 0x02]));
+        let mut other = ll;
+        other[12] = 0xfd;
+        assert_eq!(eui64_mac(&other), None);
         assert!(Addr6Key::of(&ll, 7).scope == 7);
         let mut g = [0u8; 16];
         g[0] = 0xfd;

@@ -86,27 +86,48 @@ pub fn icmp_error4(ctx: &TcContext, ip: &Ip4, phase: Phase) -> Option<bool> {
         ctx.l4_csum_replace(icmp_csum, u64::from(old_check), u64::from(check), 2)
             .ok()?;
     }
-    let icmp_id = inner.proto == proto::ICMP;
-    let has_port = match inner.proto {
-        proto::TCP | proto::UDP => true,
-        // An echo carries its identifier once, in sport (request) or dport (reply).
-        proto::ICMP => old_port != 0,
-        _ => false,
-    };
-    if has_port && old_port != new_port {
-        let off = match (icmp_id, phase) {
-            (true, _) => inner_l4 + 4,
-            (false, Phase::Ingress) => inner_l4,
-            (false, Phase::Egress) => inner_l4 + 2,
-        };
-        ctx.store(off, &new_port, 0).ok()?;
-        ctx.l4_csum_replace(icmp_csum, u64::from(old_port), u64::from(new_port), 2)
-            .ok()?;
+    if matches!(inner.proto, proto::TCP | proto::UDP | proto::ICMP) {
+        let echo = inner.proto == proto::ICMP;
+        quoted_port(ctx, icmp_csum, inner_l4, echo, phase, old_port, new_port)?;
     }
+    translated(ctx, net_id, phase);
+    Some(flags & ct_flags::DNAT != 0)
+}
+
+/// Writes the port of a quoted packet (its source port at ingress, its
+/// destination port at egress; an echo's identifier) with the error's
+/// checksum, for either family.
+#[inline(always)]
+pub fn quoted_port(
+    ctx: &TcContext,
+    icmp_csum: usize,
+    inner_l4: usize,
+    echo: bool,
+    phase: Phase,
+    old_port: u16,
+    new_port: u16,
+) -> Option<()> {
+    // An echo carries its identifier once, in sport (request) or dport
+    // (reply): the other is 0 and stays so.
+    if old_port == new_port || echo && old_port == 0 {
+        return Some(());
+    }
+    let off = match (echo, phase) {
+        (true, _) => inner_l4 + 4,
+        (false, Phase::Ingress) => inner_l4,
+        (false, Phase::Egress) => inner_l4 + 2,
+    };
+    ctx.store(off, &new_port, 0).ok()?;
+    ctx.l4_csum_replace(icmp_csum, u64::from(old_port), u64::from(new_port), 2)
+        .ok()
+}
+
+/// Counts a translated error as its flow's packets are counted.
+#[inline(always)]
+pub fn translated(ctx: &TcContext, net_id: u32, phase: Phase) {
     let kind = match phase {
         Phase::Ingress => counter_kind::NET_REV_SNAT,
         Phase::Egress => counter_kind::NET_SNAT,
     };
     count(counter_scope::NETWORK, net_id, kind, ctx.len());
-    Some(flags & ct_flags::DNAT != 0)
 }

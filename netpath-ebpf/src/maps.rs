@@ -12,7 +12,7 @@ use netpath_common::{
     MAX_VLANS, MacKey, NetworkInfo, PeerKey4, PubKey4, PubVal4, SockRevKey, SockRevVal, TargetKey4,
     TrustedIface, TrustedKey, VlanKey,
     ct::{CtEntry4, CtKey4, FragKey4, FragPorts, MAX_CT4, MAX_FRAG4},
-    ct6::{CtEntry6, CtKey6, MAX_CT6},
+    ct6::{CtEntry6, CtKey6, FragKey6, MAX_CT6, MAX_FRAG6},
     event::{self, Bucket},
     filter::{FilterData, FilterInfo, FilterRule, MAX_FILTERS},
     v6::{Addr6Key, LeaseKey6, NetworkInfo6, Port6},
@@ -148,9 +148,12 @@ pub static NP_SUBNETS6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(MAX_NETWORKS, 0
 #[map]
 pub static NP_PORTS6: HashMap<u32, Port6> = HashMap::pinned(MAX_IFACES, 0);
 
-/// IPv6 address (link-local ones per network) -> the port sending from it.
+/// IPv6 address (link-local ones per network) -> the port sending from it,
+/// or the bridge that has it. A port's MAC is fixed by its first packet, so
+/// it records at most three: its EUI-64 link-local, one other link-local
+/// and one global address.
 #[map]
-pub static NP_ENDPOINTS6: HashMap<Addr6Key, Endpoint> = HashMap::pinned(MAX_IFACES * 2, 0);
+pub static NP_ENDPOINTS6: HashMap<Addr6Key, Endpoint> = HashMap::pinned(MAX_IFACES * 4, 0);
 
 /// IPv6 addresses handed out by `netpath connect` (only userspace uses it).
 #[map]
@@ -173,6 +176,11 @@ pub static NP_CT6_SCRATCH: PerCpuArray<[CtEntry6; 2]> = PerCpuArray::with_max_en
 /// (kept by the loader, as `IfaceInfo::ipv4_be` is for IPv4).
 #[map]
 pub static NP_UPLINKS6: HashMap<u32, [u8; 16]> = HashMap::pinned(MAX_IFACES, 0);
+
+/// Ports of fragmented IPv6 datagrams, learnt from the first fragment so
+/// later fragments (which carry no ports) find their flow.
+#[map]
+pub static NP_FRAG6: LruHashMap<FragKey6, FragPorts> = LruHashMap::pinned(MAX_FRAG6, 0);
 
 /// Per-CPU room for an IPv6 packet's headers and tuples. Not pinned.
 #[map]

@@ -4,10 +4,9 @@
 //! without translation for networks that keep their addresses (routed),
 //! and the source half of flows started from outside. The host's own
 //! packets pass, except a new flow whose tuple a container's translated
-//! flow holds: it gets another source port, as for IPv4.
-//!
-//! Not yet: a container's ICMPv6 error leaving a masquerading network is
-//! dropped (its quoted packet would need translating too).
+//! flow holds: it gets another source port, as for IPv4. A container's
+//! ICMPv6 error about a flow is translated like the flow (`icmp6`); one
+//! about no flow it has would leak its address and is dropped.
 
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
@@ -21,6 +20,7 @@ use crate::{
     counters::count,
     ct::{ct_create, ct_lookup, ct_remove},
     flow::{apply6, packet_key6, work6},
+    icmp6::icmp_error6,
     lookup::{drop, network6_of},
     maps::NP_UPLINKS6,
     nat::{Source, source_of},
@@ -73,8 +73,15 @@ pub fn egress(ctx: &TcContext, ifindex: u32) -> i32 {
     let l4 = parse::l4_at(ctx, w.ip.l4, w.ip.proto);
     match (l4, src) {
         (Ok(l4), _) if l4.kind != L4Kind::IcmpError => w.l4 = l4,
-        // A container's packet we cannot parse (or an error whose quoted
-        // packet would need translating) would leak its address.
+        (Ok(l4), _) => {
+            w.l4 = l4;
+            return match (icmp_error6(ctx, w, Phase::Egress), src) {
+                // A container's error we cannot place would leak its address.
+                (None, Source::Masquerade(net_id)) => drop(ctx, net_id, DropReason::Malformed),
+                _ => TCX_NEXT,
+            };
+        }
+        // A container's packet we cannot parse would leak its address.
         (_, Source::Masquerade(net_id)) => return drop(ctx, net_id, DropReason::Malformed),
         _ => return TCX_NEXT,
     }

@@ -10,7 +10,7 @@ use netpath_common::{DropReason, v6::is_unspecified};
 
 use crate::{
     lookup::same_mac,
-    parse6::{Ip6, nexthdr},
+    parse6::{Ip6, nexthdr, same6},
     spoof6::Sender6,
 };
 
@@ -26,12 +26,22 @@ mod icmp6 {
 /// Options (source or target link-layer address) looked at per message.
 const MAX_OPTIONS: usize = 4;
 
-/// Checks an ICMPv6 message a container sends (after its source passed).
-/// A BPF subprogram (its own stack frame, see `spoof6`).
+/// Checks an ICMPv6 message a container sends (after its source passed;
+/// `new_source`: the source is one the port takes with this packet). A BPF
+/// subprogram (its own stack frame, see `spoof6`).
 #[inline(never)]
-pub fn check(ctx: &TcContext, ip: &Ip6, sender: &Sender6) -> Result<(), DropReason> {
+pub fn check(
+    ctx: &TcContext,
+    ip: &Ip6,
+    sender: &Sender6,
+    new_source: bool,
+) -> Result<(), DropReason> {
     if ip.proto != nexthdr::ICMPV6 || ip.later_fragment {
         return Ok(());
+    }
+    // Type, code and checksum within the payload (not Ethernet padding).
+    if ip.l4 + 4 > ip.end {
+        return Err(DropReason::Malformed);
     }
     let Ok(ty) = ctx.load::<u8>(ip.l4) else {
         return Err(DropReason::Malformed);
@@ -47,7 +57,7 @@ pub fn check(ctx: &TcContext, ip: &Ip6, sender: &Sender6) -> Result<(), DropReas
                 return Err(DropReason::Malformed);
             };
             let ok = if ty == icmp6::NEIGHBOUR_ADVERT {
-                sender.owns(&target)
+                sender.owns(&target) || new_source && same6(&target, &ip.saddr)
             } else if is_unspecified(&ip.saddr) {
                 sender.owns(&target) || sender.claimable(&target)
             } else {

@@ -3,7 +3,10 @@
 //! behind a Hop-by-Hop or Destination Options header (RFC 7113).
 
 use aya_ebpf::programs::TcContext;
-use netpath_common::{DropReason, ct6::CtKey6};
+use netpath_common::{
+    DropReason,
+    ct6::{CtKey6, FragKey6},
+};
 
 use crate::parse::L3;
 
@@ -43,6 +46,9 @@ pub struct Ip6 {
     pub fragment: bool,
     /// A fragment after the first: no upper-layer header here.
     pub later_fragment: bool,
+    /// The fragment header's identification (network order), when
+    /// `fragment`.
+    pub frag_id_be: u32,
     /// Offset of the end of the IPv6 payload (Ethernet padding may follow).
     pub end: usize,
 }
@@ -80,6 +86,7 @@ pub fn ipv6(ctx: &TcContext, ip: &mut Ip6) -> Result<(), DropReason> {
     ip.l4 = L3 + IP6_HLEN;
     ip.fragment = false;
     ip.later_fragment = false;
+    ip.frag_id_be = 0;
     ip.end = end;
     for _ in 0..MAX_EXT {
         let len = match ip.proto {
@@ -94,9 +101,10 @@ pub fn ipv6(ctx: &TcContext, ip: &mut Ip6) -> Result<(), DropReason> {
                 (usize::from(h[1]) + 2) * 4
             }
             nexthdr::FRAGMENT => {
-                let h: [u8; 4] = ctx.load(ip.l4).map_err(|_| DropReason::Malformed)?;
+                let h: [u8; 8] = ctx.load(ip.l4).map_err(|_| DropReason::Malformed)?;
                 ip.proto = h[0];
                 ip.fragment = true;
+                ip.frag_id_be = u32::from_ne_bytes([h[4], h[5], h[6], h[7]]);
                 // The offset is the top 13 bits of the third and fourth bytes.
                 if u16::from_be_bytes([h[2], h[3]]) >> 3 != 0 {
                     ip.later_fragment = true;
@@ -105,6 +113,10 @@ pub fn ipv6(ctx: &TcContext, ip: &mut Ip6) -> Result<(), DropReason> {
                 8
             }
             nexthdr::ROUTING => return Err(DropReason::Ipv6Header),
+            // A first fragment carries the upper-layer header (RFC 8200
+            // 4.5; the kernel drops one that does not), so what is read
+            // there is never Ethernet padding.
+            _ if ip.fragment && ip.l4 >= end => return Err(DropReason::Malformed),
             _ => return Ok(()),
         };
         ip.l4 += len;
@@ -131,6 +143,8 @@ pub struct Work6 {
     pub key: CtKey6,
     /// What a new flow's packets leave as.
     pub translated: CtKey6,
+    /// The datagram a fragment belongs to (`frag6`).
+    pub frag: FragKey6,
 }
 
 /// Compares two IPv6 addresses (shared with the conntrack tuples).

@@ -2,8 +2,9 @@
 //!
 //! - Ingress (a container sends): its MAC, its source (`spoof6`), the
 //!   Neighbour Discovery guard (`nd`), then the destination policy
-//!   (`isolate::destination6`); what leaves the host is masqueraded or
-//!   tracked at the uplink (`nat6`).
+//!   (`isolate::destination6`); only a packet that passed them all pins
+//!   the port's MAC and records a new source. What leaves the host is
+//!   masqueraded or tracked at the uplink (`nat6`).
 //! - Both: a network without an IPv6 subnet carries none (`drop_ipv6`).
 //! - Egress (delivered to a container): from the host itself or a port or
 //!   bridge of the same network; from beyond the host (an uplink, an
@@ -21,13 +22,15 @@ use netpath_common::{
 use crate::{
     TCX_NEXT,
     ct::ct_lookup,
-    flow::packet_key6,
-    guard, inbound, isolate,
+    flow::{packet_key6, work6},
+    frag6, guard,
+    icmp6::about_a_flow,
+    inbound, isolate,
     lookup::{drop, iface, network, network6},
     maps::NP_NETWORKS6,
     nd,
     parse::{self, L4Kind},
-    parse6::{self, Ip6, ip6_off},
+    parse6::{self, Ip6, Work6, ip6_off},
     spoof::Sender,
     spoof6::Sender6,
 };
@@ -64,10 +67,16 @@ fn check_ingress(ctx: &TcContext, sender: &Sender) -> Result<(), DropReason> {
     let mut ip = Ip6::default();
     parse6::ipv6(ctx, &mut ip)?;
     let s6 = Sender6 { s: sender, net6 };
-    s6.check_source(&ip)?;
-    nd::check(ctx, &ip, &s6)?;
+    let new_source = s6.check_source(&ip)?;
+    nd::check(ctx, &ip, &s6, new_source)?;
     let dst_mac = ctx.load::<[u8; 6]>(0).map_err(|_| DropReason::Malformed)?;
-    isolate::destination6(sender.net, net6, net_id, &ip.daddr, &dst_mac)
+    isolate::destination6(sender.net, net6, net_id, &ip.daddr, &dst_mac)?;
+    // The packet passes: what it showed is the port's from now on.
+    sender.pin_mac();
+    if new_source {
+        s6.learn(&ip.saddr);
+    }
+    Ok(())
 }
 
 /// An IPv6 packet about to be delivered to a container (the program
@@ -118,28 +127,40 @@ pub fn egress(ctx: &TcContext, port: &IfaceInfo) -> i32 {
 /// A packet from beyond the host for a container of `net`: it must belong
 /// to one of the network's flows (the REPLY direction of a flow the
 /// container started, as written back at the uplink; the ORIGINAL
-/// direction of one started from outside), else the gateway mode decides
-/// as for a packet of no flow (`inbound::untracked`).
+/// direction of one started from outside), be a later fragment of one's
+/// datagram, or be an ICMPv6 error about a packet of one; else the gateway
+/// mode decides as for a packet of no flow (`inbound::untracked`).
 #[inline(always)]
 fn from_outside(ctx: &TcContext, net_id: u32, net: &NetworkInfo) -> Result<(), DropReason> {
-    let mut ip = Ip6::default();
-    parse6::ipv6(ctx, &mut ip)?;
-    if ip.later_fragment {
-        return inbound::untracked(net);
-    }
-    let l4 = parse::l4_at(ctx, ip.l4, ip.proto).map_err(|_| DropReason::Malformed)?;
-    if l4.kind == L4Kind::IcmpError {
-        return inbound::untracked(net);
-    }
-    let key = packet_key6(&ip, &l4);
-    // SAFETY: map value pointers, read at once.
-    let ours = |e: *mut CtEntry6| unsafe { (*e).net_id } == net_id;
-    let tracked = ct_lookup(&key).is_some_and(ours)
-        || ct_lookup(&key.reversed())
-            .is_some_and(|e| ours(e) && unsafe { (*e).dir } == ct_dir::ORIGINAL);
+    let w = work6().ok_or(DropReason::Malformed)?;
+    parse6::ipv6(ctx, &mut w.ip)?;
+    let tracked = if w.ip.later_fragment {
+        frag6::flow_key(w).is_some() && of_a_flow(w, net_id)
+    } else {
+        w.l4 = parse::l4_at(ctx, w.ip.l4, w.ip.proto).map_err(|_| DropReason::Malformed)?;
+        if w.l4.kind == L4Kind::IcmpError {
+            about_a_flow(ctx, w, net_id)
+        } else {
+            w.key = packet_key6(&w.ip, &w.l4);
+            of_a_flow(w, net_id)
+        }
+    };
     if tracked {
         Ok(())
     } else {
         inbound::untracked(net)
     }
+}
+
+/// Whether `w.key` (a packet coming in to a container of `net_id`) is a
+/// flow's: one started from outside (the key itself), or the answer to
+/// one the container started (the key reversed, ORIGINAL). A BPF
+/// subprogram (its own stack frame).
+#[inline(never)]
+fn of_a_flow(w: &Work6, net_id: u32) -> bool {
+    // SAFETY: map value pointers, read at once.
+    let ours = |e: *mut CtEntry6| unsafe { (*e).net_id } == net_id;
+    ct_lookup(&w.key).is_some_and(ours)
+        || ct_lookup(&w.key.reversed())
+            .is_some_and(|e| ours(e) && unsafe { (*e).dir } == ct_dir::ORIGINAL)
 }

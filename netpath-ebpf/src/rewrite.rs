@@ -173,26 +173,44 @@ pub fn set_addr6(
         Side::Src => L3 + ip6_off::SADDR,
         Side::Dst => L3 + ip6_off::DADDR,
     };
-    ctx.store(off, new, 0).map_err(|_| ())?;
-    if let Some(l4) = l4
-        && l4.pseudo
-    {
-        let (mut from, mut to) = (*old, *new);
-        // SAFETY: both buffers are 16 bytes on this frame's stack.
-        let diff =
-            unsafe { bpf_csum_diff(from.as_mut_ptr().cast(), 16, to.as_mut_ptr().cast(), 16, 0) };
-        if diff < 0 {
-            return Err(());
+    match l4 {
+        Some(l4) if l4.pseudo => {
+            let flags = mangled0(l4) | u64::from(BPF_F_PSEUDO_HDR);
+            replace6(ctx, off, old, new, l4.csum_off, flags)
         }
-        ctx.l4_csum_replace(
-            l4.csum_off,
-            0,
-            diff as u64,
-            mangled0(l4) | u64::from(BPF_F_PSEUDO_HDR),
-        )
-        .map_err(|_| ())?;
+        _ => ctx.store(off, new, 0).map_err(|_| ()),
     }
-    Ok(())
+}
+
+/// Writes 16 bytes at `off` (an address), `old` before, and updates the
+/// checksum at `csum_off` with `flags` (`BPF_F_PSEUDO_HDR` when the
+/// address is in the pseudo-header, 0 when it is in the checksummed data).
+#[inline(always)]
+pub fn replace6(
+    ctx: &TcContext,
+    off: usize,
+    old: &[u8; 16],
+    new: &[u8; 16],
+    csum_off: usize,
+    flags: u64,
+) -> Result<(), ()> {
+    ctx.store(off, new, 0).map_err(|_| ())?;
+    // SAFETY: both are 16 readable bytes (stack or map value) the helper
+    // only reads; no copy, so no stack for it.
+    let diff = unsafe {
+        bpf_csum_diff(
+            old.as_ptr().cast_mut().cast(),
+            16,
+            new.as_ptr().cast_mut().cast(),
+            16,
+            0,
+        )
+    };
+    if diff < 0 {
+        return Err(());
+    }
+    ctx.l4_csum_replace(csum_off, 0, diff as u64, flags)
+        .map_err(|_| ())
 }
 
 /// [`translate4`] for IPv6: the destination (ingress) or source (egress)

@@ -5,7 +5,9 @@
 //! (trust on first use), but never the gateway, the network or broadcast
 //! address, or an address another port is bound to or learned; and before
 //! that it may not send from another port's (or a bridge's) MAC, which
-//! would move that MAC to it in the bridge's forwarding table.
+//! would move that MAC to it in the bridge's forwarding table. A container
+//! that speaks IPv6 first has its MAC pinned by its first IPv6 packet that
+//! passed (`pin_mac`), and learns its IPv4 address later with that MAC.
 
 use aya_ebpf::{bindings::BPF_EXIST, programs::TcContext};
 use netpath_common::{DropReason, Endpoint, IfaceInfo, MacKey, NetworkInfo, iface_flags};
@@ -38,7 +40,7 @@ fn claimable(net: &NetworkInfo, ifindex: u32, addr: u32) -> bool {
 
 /// Whether `mac` belongs to another port or to a bridge.
 #[inline(always)]
-fn mac_of_another(ifindex: u32, mac: &[u8; 6]) -> bool {
+pub fn mac_of_another(ifindex: u32, mac: &[u8; 6]) -> bool {
     let key = MacKey {
         mac: *mac,
         _pad: [0; 2],
@@ -50,14 +52,7 @@ fn mac_of_another(ifindex: u32, mac: &[u8; 6]) -> bool {
 /// Records what an unbound port's container uses (trust on first use).
 #[inline(always)]
 fn learn(ifindex: u32, iface: &IfaceInfo, addr: u32, mac: [u8; 6]) {
-    let info = IfaceInfo {
-        ipv4_be: addr,
-        mac,
-        flags: iface.flags | iface_flags::LEARNED,
-        ..*iface
-    };
-    // Only while the port is still managed (BPF_EXIST).
-    if NP_IFACES.insert(ifindex, info, BPF_EXIST as u64).is_ok() {
+    if fix(ifindex, iface, addr, mac, iface_flags::LEARNED) {
         let ep = Endpoint {
             ifindex,
             net_id: iface.net_id,
@@ -65,8 +60,25 @@ fn learn(ifindex: u32, iface: &IfaceInfo, addr: u32, mac: [u8; 6]) {
             _pad: [0; 2],
         };
         let _ = NP_ENDPOINTS4.insert(addr, ep, 0);
-        let _ = NP_MACS.insert(MacKey { mac, _pad: [0; 2] }, ifindex, 0);
     }
+}
+
+/// Fixes an unbound port's MAC (and IPv4 address, 0 for none yet) with
+/// `flag`, and makes the MAC its own in `NP_MACS`. Only while the port is
+/// still managed (BPF_EXIST): false if it is not.
+#[inline(always)]
+fn fix(ifindex: u32, iface: &IfaceInfo, addr: u32, mac: [u8; 6], flag: u32) -> bool {
+    let info = IfaceInfo {
+        ipv4_be: addr,
+        mac,
+        flags: iface.flags | flag,
+        ..*iface
+    };
+    if NP_IFACES.insert(ifindex, info, BPF_EXIST as u64).is_err() {
+        return false;
+    }
+    let _ = NP_MACS.insert(MacKey { mac, _pad: [0; 2] }, ifindex, 0);
+    true
 }
 
 /// The sender of a frame at a container port.
@@ -84,14 +96,30 @@ impl Sender<'_> {
         self.iface.flags & (iface_flags::BOUND | iface_flags::LEARNED) != 0
     }
 
-    /// A bound port's frames carry its MAC; an unbound port's no MAC of
-    /// another port or a bridge.
+    /// A bound port's frames (or a port's whose MAC IPv6 pinned) carry its
+    /// MAC; an unbound port's no MAC of another port or a bridge.
     #[inline(always)]
     pub fn mac_ok(&self) -> bool {
-        if self.bound() {
+        if self.iface.flags & iface_flags::MAC_FIXED != 0 {
             same_mac(&self.mac, &self.iface.mac)
         } else {
             !mac_of_another(self.ifindex, &self.mac)
+        }
+    }
+
+    /// Pins the MAC of a port with none fixed yet to the one its container
+    /// sends from (its first IPv6 packet that passed; IPv4 learns MAC and
+    /// address together).
+    #[inline(always)]
+    pub fn pin_mac(&self) {
+        if self.iface.flags & iface_flags::MAC_FIXED == 0 {
+            fix(
+                self.ifindex,
+                self.iface,
+                0,
+                self.mac,
+                iface_flags::MAC_PINNED,
+            );
         }
     }
 

@@ -3,14 +3,16 @@
 //! network's subnet it was given (`connect`) or took first (trust on first
 //! use, as for IPv4), from one other link-local address it took first, or
 //! from `::` to a multicast group (duplicate address detection, MLD). An
-//! address another port sends from, the gateway and the subnet-router
-//! anycast address are never taken. Every address a port sends from is
-//! recorded in `NP_ENDPOINTS6`, so the bridge can tell what its ports sent.
+//! address another port sends from, the EUI-64 link-local address of
+//! another port's or a bridge's MAC, a bridge's link-local addresses, the
+//! gateway and the subnet-router anycast address are never taken. Every
+//! address a port sends from is recorded in `NP_ENDPOINTS6` once its packet
+//! passed, so the bridge can tell what its ports sent.
 
 use netpath_common::{
     DropReason, Endpoint,
     v6::{
-        Addr6Key, NetworkInfo6, Port6, eui64_link_local, is_link_local, is_multicast,
+        Addr6Key, NetworkInfo6, Port6, eui64_link_local, eui64_mac, is_link_local, is_multicast,
         is_unspecified, port6_flags,
     },
 };
@@ -18,7 +20,7 @@ use netpath_common::{
 use crate::{
     maps::{NP_ENDPOINTS6, NP_PORTS6},
     parse6::{Ip6, same6},
-    spoof::Sender,
+    spoof::{Sender, mac_of_another},
 };
 
 /// A port's container, for IPv6.
@@ -66,9 +68,15 @@ impl Sender6<'_> {
         }
         let port = port(self.s.ifindex);
         if is_link_local(addr) {
-            // Its MAC's own, or one other.
-            return same6(addr, &eui64_link_local(&self.s.mac))
-                || port.flags & port6_flags::LINK_LOCAL_LEARNED == 0;
+            // Its MAC's own, or one other: never one made from the MAC of
+            // another port or a bridge, which that port or bridge will use
+            // (it may not have spoken yet; a bridge's actual link-local
+            // addresses are recorded in NP_ENDPOINTS6 under the bridge).
+            if same6(addr, &eui64_link_local(&self.s.mac)) {
+                return true;
+            }
+            return port.flags & port6_flags::LINK_LOCAL_LEARNED == 0
+                && !eui64_mac(addr).is_some_and(|mac| mac_of_another(self.s.ifindex, &mac));
         }
         !port.has_global()
             && self.net6.contains(addr)
@@ -76,9 +84,10 @@ impl Sender6<'_> {
             && !same6(addr, &self.net6.subnet)
     }
 
-    /// Records that the container sends from `addr` (checked claimable).
+    /// Records that the container sends from `addr` (checked claimable, or
+    /// its EUI-64 one).
     #[inline(never)]
-    fn learn(&self, addr: &[u8; 16]) {
+    pub fn learn(&self, addr: &[u8; 16]) {
         let ll = is_link_local(addr);
         if !(ll && same6(addr, &eui64_link_local(&self.s.mac))) {
             let mut port = port(self.s.ifindex);
@@ -103,12 +112,14 @@ impl Sender6<'_> {
     }
 
     /// The packet's source: one the container sends from, or one it may
-    /// take (learnt now); `::` only to a multicast group.
+    /// take; `::` only to a multicast group. Ok(true): the source is to be
+    /// recorded ([`Self::learn`]) once the whole packet passed, so a
+    /// dropped packet teaches nothing.
     #[inline(always)]
-    pub fn check_source(&self, ip: &Ip6) -> Result<(), DropReason> {
+    pub fn check_source(&self, ip: &Ip6) -> Result<bool, DropReason> {
         if is_unspecified(&ip.saddr) {
             return if is_multicast(&ip.daddr) {
-                Ok(())
+                Ok(false)
             } else {
                 Err(DropReason::SpoofedSource)
             };
@@ -116,14 +127,10 @@ impl Sender6<'_> {
         if self.owns(&ip.saddr) {
             // An EUI-64 address is recorded on its first packet (and again
             // after a reconcile dropped a stale record).
-            if is_link_local(&ip.saddr) && !self.recorded(&ip.saddr) {
-                self.learn(&ip.saddr);
-            }
-            return Ok(());
+            return Ok(is_link_local(&ip.saddr) && !self.recorded(&ip.saddr));
         }
         if self.claimable(&ip.saddr) {
-            self.learn(&ip.saddr);
-            return Ok(());
+            return Ok(true);
         }
         Err(DropReason::SpoofedSource)
     }

@@ -5,9 +5,10 @@
 //! host itself (Neighbour Discovery, its own flows) passes untouched;
 //! nothing from outside may claim a managed subnet's source.
 //!
-//! Not yet: ICMPv6 errors about translated flows are not translated (a
-//! Packet Too Big for a NAT66 flow reaches the host, not the container),
-//! and later fragments to a container are judged without a flow.
+//! An ICMPv6 error about a flow is written back like the flow's packets
+//! (`icmp6`), so a Packet Too Big for a NAT66 flow reaches its container;
+//! so are a flow's later fragments, found through the ports their first
+//! fragment recorded (`frag6`).
 
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
@@ -19,7 +20,9 @@ use crate::{
     counters::count,
     ct::ct_lookup,
     flow::{apply6, packet_key6, work6},
+    frag6::{first_fragment6, later_fragment6},
     guard::{self, UplinkFrame},
+    icmp6::icmp_error6,
     inbound,
     lookup::{drop, network, network6, network6_of},
     parse::{self, L4Kind},
@@ -78,11 +81,22 @@ pub fn ingress(ctx: &TcContext, ifindex: u32) -> i32 {
         return drop(ctx, 0, DropReason::MartianSource);
     }
     if ip.later_fragment {
-        return untracked(ctx, ip);
+        if later_fragment6(ctx, w).is_some() {
+            return TCX_NEXT;
+        }
+        return untracked(ctx, &w.ip);
     }
+    let ip = &w.ip;
     match parse::l4_at(ctx, ip.l4, ip.proto) {
         Ok(l4) if l4.kind != L4Kind::IcmpError => w.l4 = l4,
-        Ok(_) => return untracked(ctx, ip),
+        Ok(l4) => {
+            // An error about a flow is written back like its packets.
+            w.l4 = l4;
+            if icmp_error6(ctx, w, Phase::Ingress).is_some() {
+                return TCX_NEXT;
+            }
+            return untracked(ctx, &w.ip);
+        }
         Err(()) => {
             return match direct_to(&ip.daddr) {
                 Some((id, _)) => drop(ctx, id, DropReason::Malformed),
@@ -100,6 +114,7 @@ pub fn ingress(ctx: &TcContext, ifindex: u32) -> i32 {
         // A stale entry (removed): a packet without a flow.
         return untracked(ctx, &w.ip);
     }
+    first_fragment6(w, e);
     TCX_NEXT
 }
 

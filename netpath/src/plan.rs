@@ -2,10 +2,13 @@
 //! which interface gets which role, which address and MAC a container gets.
 //! Everything here is unit-tested on the host.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Context as _, Result, bail};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use netpath_common::{IfaceInfo, IfaceRole, iface_flags};
 
 use crate::{
@@ -13,11 +16,12 @@ use crate::{
     spec::{NetworkSpec, overlaps},
 };
 
-/// An IPv4 address the host has on an interface, with its prefix.
+/// An address the host has on an interface (IPv4 unless said otherwise),
+/// with its prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostAddr {
+pub struct HostAddr<A = Ipv4Addr> {
     pub ifname: String,
-    pub addr: Ipv4Addr,
+    pub addr: A,
     pub prefix_len: u8,
 }
 
@@ -26,6 +30,14 @@ impl HostAddr {
     pub fn subnet(&self) -> Ipv4Net {
         Ipv4Net::new(self.addr, self.prefix_len)
             .map_or_else(|_| Ipv4Net::from(self.addr), |n| n.trunc())
+    }
+}
+
+impl HostAddr<Ipv6Addr> {
+    /// The subnet the address routes (its prefix).
+    pub fn subnet(&self) -> Ipv6Net {
+        Ipv6Net::new(self.addr, self.prefix_len)
+            .map_or_else(|_| Ipv6Net::from(self.addr), |n| n.trunc())
     }
 }
 
@@ -41,13 +53,37 @@ pub fn address_conflicts(
     let mut out = Vec::new();
     for a in addrs.iter().filter(|a| !bridges.contains(&a.ifname)) {
         for n in networks.iter().filter(|n| overlaps(&n.subnet, &a.subnet())) {
-            out.push(format!(
-                "subnet {} of {} overlaps {}'s address {}/{}",
-                n.subnet, n.bridge, a.ifname, a.addr, a.prefix_len
-            ));
+            out.push(conflict(&n.subnet, &n.bridge, a));
         }
     }
     out
+}
+
+/// [`address_conflicts`] for a network's IPv6 subnet on `bridge`.
+pub fn address_conflicts6(
+    subnet: &Ipv6Net,
+    bridge: &str,
+    addrs: &[HostAddr<Ipv6Addr>],
+    bridges: &std::collections::BTreeSet<String>,
+) -> Vec<String> {
+    // Overlapping: either holds the other's first address.
+    let overlaps = |n: &Ipv6Net| subnet.contains(&n.network()) || n.contains(&subnet.network());
+    addrs
+        .iter()
+        .filter(|a| !bridges.contains(&a.ifname) && overlaps(&a.subnet()))
+        .map(|a| conflict(subnet, bridge, a))
+        .collect()
+}
+
+fn conflict<A: std::fmt::Display>(
+    subnet: &dyn std::fmt::Display,
+    bridge: &str,
+    a: &HostAddr<A>,
+) -> String {
+    format!(
+        "subnet {subnet} of {bridge} overlaps {}'s address {}/{}",
+        a.ifname, a.addr, a.prefix_len
+    )
 }
 
 /// Rejects a request that clashes with the networks already managed
@@ -280,6 +316,26 @@ mod tests {
         assert_eq!(
             c,
             vec!["subnet 198.18.0.0/16 of np0 overlaps uplink0's address 198.18.0.1/24"]
+        );
+        // IPv6: an address inside the subnet, or a prefix around it.
+        let addr6 = |ifname: &str, a: &str, p| HostAddr {
+            ifname: ifname.to_owned(),
+            addr: a.parse::<Ipv6Addr>().unwrap(),
+            prefix_len: p,
+        };
+        let addrs6 = [
+            addr6("eth1", "fd00:44::5", 128),
+            addr6("eth2", "fd00::1", 16),
+            addr6("eth3", "fd00:45::1", 64),
+            addr6("np0", "fd00:44::1", 64),
+        ];
+        let c = address_conflicts6(&"fd00:44::/64".parse().unwrap(), "np0", &addrs6, &bridges);
+        assert_eq!(
+            c,
+            vec![
+                "subnet fd00:44::/64 of np0 overlaps eth1's address fd00:44::5/128",
+                "subnet fd00:44::/64 of np0 overlaps eth2's address fd00::1/16",
+            ]
         );
     }
 

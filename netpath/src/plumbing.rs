@@ -17,6 +17,8 @@ use rtnetlink::{
     },
 };
 
+use netpath_common::v6::is_link_local;
+
 use crate::plan::LinkFacts;
 
 /// An rtnetlink connection, driven on the current tokio runtime.
@@ -96,12 +98,15 @@ pub struct Addr4 {
     pub prefix_len: u8,
 }
 
-/// A global IPv6 address on a link, usable as a source: not tentative
-/// (duplicate address detection still running), failed or deprecated.
+/// An IPv6 address of global or link scope on a link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Addr6 {
     pub index: u32,
     pub addr: Ipv6Addr,
+    pub prefix_len: u8,
+    /// Global and usable as a source: not tentative (duplicate address
+    /// detection still running), failed or deprecated.
+    pub usable: bool,
 }
 
 impl Netlink {
@@ -142,7 +147,7 @@ impl Netlink {
         Ok(self.addrs().await?.0)
     }
 
-    /// Every IPv4 address, and every usable global IPv6 address
+    /// Every IPv4 address, and every global or link-local IPv6 address
     /// ([`Addr6`]), in the kernel's order, from one dump.
     pub async fn addrs(&self) -> Result<(Vec<Addr4>, Vec<Addr6>)> {
         let msgs: Vec<AddressMessage> = self
@@ -164,12 +169,19 @@ impl Netlink {
                     prefix_len: m.header.prefix_len,
                 }),
                 Some(IpAddr::V6(addr))
-                    if m.header.scope == AddressScope::Universe
-                        && !m.attributes.iter().any(
-                            |a| matches!(a, AddressAttribute::Flags(f) if f.intersects(unusable)),
-                        ) =>
+                    if matches!(m.header.scope, AddressScope::Universe | AddressScope::Link) =>
                 {
-                    v6.push(Addr6 { index, addr })
+                    let global = m.header.scope == AddressScope::Universe;
+                    let flagged = m
+                        .attributes
+                        .iter()
+                        .any(|a| matches!(a, AddressAttribute::Flags(f) if f.intersects(unusable)));
+                    v6.push(Addr6 {
+                        index,
+                        addr,
+                        prefix_len: m.header.prefix_len,
+                        usable: global && !flagged,
+                    })
                 }
                 _ => {}
             }
@@ -184,6 +196,24 @@ impl Netlink {
             .ipv4_addrs()
             .await?
             .into_iter()
+            .map(|a| crate::plan::HostAddr {
+                ifname: names.get(&a.index).cloned().unwrap_or_default(),
+                addr: a.addr,
+                prefix_len: a.prefix_len,
+            })
+            .collect())
+    }
+
+    /// Every global IPv6 address of the namespace (tentative ones too)
+    /// with its interface's name.
+    pub async fn host_addrs6(&self) -> Result<Vec<crate::plan::HostAddr<Ipv6Addr>>> {
+        let names = self.names().await?;
+        Ok(self
+            .addrs()
+            .await?
+            .1
+            .into_iter()
+            .filter(|a| !is_link_local(&a.addr.octets()))
             .map(|a| crate::plan::HostAddr {
                 ifname: names.get(&a.index).cloned().unwrap_or_default(),
                 addr: a.addr,
@@ -447,6 +477,8 @@ pub fn digest(links: &[Link], addrs: &[Addr4], addrs6: &[Addr6]) -> u64 {
     for a in addrs6 {
         bytes.extend(a.index.to_le_bytes());
         bytes.extend(a.addr.octets());
+        bytes.push(a.prefix_len);
+        bytes.push(u8::from(a.usable));
     }
     crate::codec::fnv1a(bytes)
 }

@@ -152,13 +152,25 @@ pub async fn reconcile(
             .put(addr, ep)
             .context("recording an endpoint")?;
     }
-    // What ports that went (or moved network) sent IPv6 from.
-    let ports_of: BTreeMap<u32, u32> = planned
-        .iter()
-        .filter(|(_, p)| p.info.role == IfaceRole::Port as u32)
-        .map(|(i, p)| (*i, p.info.net_id))
-        .collect();
-    dp.maps.v6.prune(&ports_of).context("pruning IPv6 ports")?;
+    // What ports that went (or moved network) sent IPv6 from; what the
+    // bridges have, which no port may take.
+    let in_net = |role: IfaceRole| {
+        planned
+            .iter()
+            .filter(move |(_, p)| p.info.role == role as u32)
+            .map(|(i, p)| (*i, p.info.net_id))
+    };
+    let senders = in_net(IfaceRole::Port).chain(in_net(IfaceRole::Bridge));
+    dp.maps
+        .v6
+        .prune(&senders.collect())
+        .context("pruning IPv6 ports")?;
+    let bridge_addrs = crate::net6::want_bridge_addrs(&planned, &all, &addrs6, &dp.maps.v6.all()?);
+    let bridges = in_net(IfaceRole::Bridge).map(|(i, _)| i).collect();
+    dp.maps
+        .v6
+        .reserve_bridge_addrs(&bridge_addrs, &bridges)
+        .context("recording the bridges' IPv6 addresses")?;
     tables::sync(
         &mut dp.maps.v6.uplinks,
         &crate::net6::want_uplinks(&planned, &addrs6),
@@ -333,8 +345,8 @@ pub fn want_vlans(
         .collect()
 }
 
-/// `NP_MACS`: the MACs no port may borrow (bound or learned ports' and
-/// managed bridges'), each with its owner.
+/// `NP_MACS`: the MACs no port may borrow (bound, learned or pinned
+/// ports' and managed bridges'), each with its owner.
 pub fn want_macs(
     links: &[plumbing::Link],
     ifaces: &BTreeMap<u32, IfaceInfo>,
@@ -343,8 +355,8 @@ pub fn want_macs(
     let key = |mac: [u8; 6]| MacKey { mac, _pad: [0; 2] };
     let mut want = BTreeMap::new();
     for (ifindex, info) in ifaces {
-        let bound = info.flags & (iface_flags::BOUND | iface_flags::LEARNED) != 0;
-        if info.role == IfaceRole::Port as u32 && bound && planned.contains_key(ifindex) {
+        let fixed = info.flags & iface_flags::MAC_FIXED != 0;
+        if info.role == IfaceRole::Port as u32 && fixed && planned.contains_key(ifindex) {
             want.insert(key(info.mac), *ifindex);
         }
     }
@@ -376,11 +388,12 @@ pub fn port_binding(
     } else if let Some(cur) = current
         && cur.role == info.role
         && cur.net_id == info.net_id
-        && cur.flags & iface_flags::LEARNED != 0
+        && cur.flags & (iface_flags::LEARNED | iface_flags::MAC_PINNED) != 0
     {
+        // An address (IPv4) and MAC learnt, or only the MAC (IPv6 first).
         info.ipv4_be = cur.ipv4_be;
         info.mac = cur.mac;
-        info.flags |= iface_flags::LEARNED;
+        info.flags |= cur.flags & (iface_flags::LEARNED | iface_flags::MAC_PINNED);
     }
     info
 }
@@ -476,6 +489,11 @@ mod tests {
         let kept = port_binding(fresh, Some(&learnt), None);
         assert_eq!((kept.ipv4_be, kept.mac), (learnt.ipv4_be, learnt.mac));
         assert_ne!(kept.flags & iface_flags::LEARNED, 0);
+        // A MAC pinned by IPv6 alone is kept, with no IPv4 address.
+        let pinned = info(IfaceRole::Port, 1, [0; 4], 3, iface_flags::MAC_PINNED);
+        let kept = port_binding(fresh, Some(&pinned), None);
+        assert_eq!((kept.ipv4_be, kept.mac), (0, pinned.mac));
+        assert_eq!(kept.flags & iface_flags::MAC_FIXED, iface_flags::MAC_PINNED);
         // Moved to another network: it learns again.
         let moved = info(IfaceRole::Port, 2, [0; 4], 0, 0);
         assert_eq!(port_binding(moved, Some(&learnt), None), moved);

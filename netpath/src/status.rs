@@ -71,7 +71,8 @@ pub struct IfaceStatus {
     /// Ports: the container's MAC once bound.
     pub mac: Option<String>,
     /// Ports: "connect" (assigned), "docker" (from dockerd's endpoint, by
-    /// `netpath docker`) or "learned" (first packet); none yet otherwise.
+    /// `netpath docker`), "learned" (first packet) or "mac-pinned" (its
+    /// MAC only, by its first IPv6 packet); none yet otherwise.
     pub binding: Option<String>,
     pub ingress_prog_ids: Vec<u32>,
     pub egress_prog_ids: Vec<u32>,
@@ -240,6 +241,8 @@ pub async fn status() -> Result<Status> {
             Some(if docker { "docker" } else { "connect" })
         } else if info.flags & iface_flags::LEARNED != 0 {
             Some("learned")
+        } else if info.flags & iface_flags::MAC_PINNED != 0 {
+            Some("mac-pinned")
         } else {
             None
         };

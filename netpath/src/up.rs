@@ -1,7 +1,10 @@
 //! `up` and `network set`: validate everything first, then apply; undo what
 //! was applied when a later step fails.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, bail};
 use netpath_common::{GatewayMode, net_flags};
@@ -198,10 +201,8 @@ async fn check(nl: &Netlink, state: &StateDir, args: &UpArgs) -> Result<Checked>
         (BTreeMap::new(), BTreeMap::new())
     };
     let same_id = plan::check_against_existing(spec, &existing)?;
-    if let Some(v6) = &args.v6
-        && state.exists()
-    {
-        check_v6_against_existing(v6, same_id, &Maps::open(state)?)?;
+    if state.exists() {
+        check_v6_against_existing(args, same_id, &Maps::open(state)?)?;
     }
     let cgroup = match &args.cgroup {
         Some(p) => p.clone(),
@@ -232,6 +233,15 @@ async fn check(nl: &Netlink, state: &StateDir, args: &UpArgs) -> Result<Checked>
     {
         bail!("{c}");
     }
+    if let Some(v6) = &args.v6 {
+        let addrs6 = nl.host_addrs6().await?;
+        if let Some(c) =
+            plan::address_conflicts6(&v6.subnet, &spec.bridge, &addrs6, &bridges).first()
+        {
+            bail!("{c}");
+        }
+        check_ipv6_enabled(&spec.bridge, bridge.is_some())?;
+    }
     let uplinks = reconcile::uplink_choice(&args.uplinks, &current_ifaces, &names);
     // Dry-run the role plan with the new bridge in place, so a bad uplink is
     // reported before anything changes.
@@ -255,8 +265,26 @@ async fn check(nl: &Netlink, state: &StateDir, args: &UpArgs) -> Result<Checked>
     })
 }
 
-/// An IPv6 subnet may not overlap another network's.
-fn check_v6_against_existing(v6: &Net6Spec, same_id: Option<u32>, maps: &Maps) -> Result<()> {
+/// An IPv6 subnet may not overlap another network's, and a network up
+/// already keeps its IPv6 half as it is (as its IPv4 subnet): its ports'
+/// bindings and its containers' addresses were made from it.
+fn check_v6_against_existing(args: &UpArgs, same_id: Option<u32>, maps: &Maps) -> Result<()> {
+    let bridge = &args.spec.bridge;
+    if let Some(id) = same_id {
+        let had = maps.v6.spec(id)?;
+        if had != args.v6 {
+            let was = had.map_or_else(
+                || "without an IPv6 subnet".to_owned(),
+                |h| format!("with IPv6 subnet {} gateway {}", h.subnet, h.gateway),
+            );
+            bail!(
+                "network {bridge} is already up {was}; run `netpath down --bridge {bridge}` first"
+            );
+        }
+    }
+    let Some(v6) = &args.v6 else {
+        return Ok(());
+    };
     for (id, info) in maps.v6.all()? {
         let other = Net6Spec::from_info(&info)?;
         if Some(id) != same_id && crate::net6::overlaps(&other.subnet, &v6.subnet) {
@@ -266,6 +294,29 @@ fn check_v6_against_existing(v6: &Net6Spec, same_id: Option<u32>, maps: &Maps) -
                 other.subnet
             );
         }
+    }
+    Ok(())
+}
+
+/// IPv6 on the bridge (or, for one `up` creates, on new interfaces) must
+/// not be turned off: the gateway could not be added.
+fn check_ipv6_enabled(bridge: &str, exists: bool) -> Result<()> {
+    let conf = Path::new("/proc/sys/net/ipv6/conf");
+    if !conf.exists() {
+        bail!(
+            "IPv6 is not available in this namespace (no /proc/sys/net/ipv6): leave out the IPv6 subnet"
+        );
+    }
+    let which = if exists { bridge } else { "default" };
+    let path = conf.join(which).join("disable_ipv6");
+    let off =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    if off.trim() != "0" {
+        bail!(
+            "IPv6 is disabled on {} (net.ipv6.conf.{which}.disable_ipv6={}): enable it or leave out the IPv6 subnet",
+            if exists { bridge } else { "new interfaces" },
+            off.trim()
+        );
     }
     Ok(())
 }
@@ -345,8 +396,8 @@ async fn record(
 }
 
 /// The IPv6 half of `record`: the gateway on the bridge, forwarding, the
-/// record; or, for a network `up` again without an IPv6 subnet, the end of
-/// its IPv6 half.
+/// record. A network up already keeps its IPv6 half (`check` refuses a
+/// change), and whether netpath added its gateway.
 async fn record_v6(
     nl: &Netlink,
     maps: &mut Maps,
@@ -355,33 +406,16 @@ async fn record_v6(
     v6: Option<&Net6Spec>,
     report: &mut UpReport,
 ) -> Result<()> {
-    let old = maps.v6.network(net_id)?;
     let Some(v6) = v6 else {
-        if let Some((old, flags)) = maps.v6.forget(net_id)?
-            && crate::net6::added_gateway(flags)
-        {
-            nl.del_addr(bridge, old.gateway, old.subnet.prefix_len())
-                .await?;
-        }
         return Ok(());
     };
     let prefix = v6.subnet.prefix_len();
-    let mut flags = 0;
-    if let Some(old) = old {
-        let was = Net6Spec::from_info(&old)?;
-        if crate::net6::added_gateway(old.flags) {
-            if was == *v6 {
-                flags |= netpath_common::v6::net6_flags::ADDED_GATEWAY;
-            } else {
-                nl.del_addr(bridge, was.gateway, was.subnet.prefix_len())
-                    .await?;
-            }
-        }
-    }
+    let added = netpath_common::v6::net6_flags::ADDED_GATEWAY;
+    let mut flags = maps.v6.network(net_id)?.map_or(0, |old| old.flags & added);
     if !nl.has_ip(bridge, v6.gateway.into(), prefix).await? {
         nl.add_addr(bridge, v6.gateway, prefix).await?;
         report.added_gateway6 = true;
-        flags |= netpath_common::v6::net6_flags::ADDED_GATEWAY;
+        flags |= added;
     }
     if !plumbing::ip6_forward()? {
         plumbing::set_ip6_forward(true)?;

@@ -20,16 +20,16 @@ use netpath_common::{
 };
 
 /// The port's container's MAC, the bridge's, a neighbour's.
-const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const BRIDGE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb1];
-const NEIGHBOUR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
-const ALL_NODES: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+pub const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const BRIDGE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb1];
+pub const NEIGHBOUR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
+pub const ALL_NODES: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
 
-fn ip(s: &str) -> Ipv6Addr {
+pub fn ip(s: &str) -> Ipv6Addr {
     s.parse().unwrap()
 }
 
-fn datapath(pins: &std::path::Path, flags1: u32) -> Datapath {
+pub fn datapath(pins: &std::path::Path, flags1: u32) -> Datapath {
     let mut dp = Datapath::load_with_pins(pins).expect("loading");
     for (id, v4, v6, flags) in [
         (1, "172.30.0.0/24", "fd00:30::/64", flags1),
@@ -60,7 +60,7 @@ fn datapath(pins: &std::path::Path, flags1: u32) -> Datapath {
 
 /// Ethernet + IPv6 with `next` and `payload` (after any extension headers
 /// the caller put in it).
-fn frame6(dst_mac: [u8; 6], src: &str, dst: &str, next: u8, payload: &[u8]) -> Vec<u8> {
+pub fn frame6(dst_mac: [u8; 6], src: &str, dst: &str, next: u8, payload: &[u8]) -> Vec<u8> {
     let mut f = dst_mac.to_vec();
     f.extend_from_slice(&MAC);
     f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
@@ -73,13 +73,13 @@ fn frame6(dst_mac: [u8; 6], src: &str, dst: &str, next: u8, payload: &[u8]) -> V
 }
 
 /// An ICMPv6 echo request.
-fn echo(dst_mac: [u8; 6], src: &str, dst: &str) -> Vec<u8> {
+pub fn echo(dst_mac: [u8; 6], src: &str, dst: &str) -> Vec<u8> {
     frame6(dst_mac, src, dst, 58, &[128, 0, 0, 0, 0, 1, 0, 1])
 }
 
 /// A Neighbour Solicitation or Advertisement (`ty`) for `target`, with a
 /// link-layer address option of `lladdr`.
-fn nd(ty: u8, target: &str, lladdr: Option<[u8; 6]>) -> Vec<u8> {
+pub fn nd(ty: u8, target: &str, lladdr: Option<[u8; 6]>) -> Vec<u8> {
     let mut m = vec![ty, 0, 0, 0, 0, 0, 0, 0];
     m.extend_from_slice(&ip(target).octets());
     if let Some(l) = lladdr {
@@ -89,7 +89,7 @@ fn nd(ty: u8, target: &str, lladdr: Option<[u8; 6]>) -> Vec<u8> {
     m
 }
 
-const RA: [u8; 16] = [134, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+pub const RA: [u8; 16] = [134, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
 #[test]
 fn a_port_learns_its_ipv6_addresses_and_drops_spoofed_sources() {

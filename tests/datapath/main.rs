@@ -9,6 +9,7 @@ mod harness;
 mod basics;
 mod inbound;
 mod ipv6;
+mod ipv6_claims;
 mod nat;
 mod nat6;
 mod policy;

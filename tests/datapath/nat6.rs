@@ -22,7 +22,7 @@ use netpath_common::{
     ct6::{CtEntry6, CtKey6},
 };
 
-use netpath::lab::frames::{ICMPV6, echo6, frame6};
+use netpath::lab::frames::{ICMPV6, echo6, frame6, icmp6};
 
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
@@ -74,6 +74,24 @@ fn nat6_datapath(pins: &std::path::Path, uplink: Option<Ipv6Addr>) -> Datapath {
     }
     dp.maps.v6.set_ct_limit().unwrap();
     dp
+}
+
+/// Loopback becomes a port of network `net_id`, with an uplink at
+/// ifindex 7 for packets to come in through (`run_from`). Returns the
+/// port's record.
+fn port_behind_uplink(dp: &mut Datapath, net_id: u32) -> IfaceInfo {
+    let uplink = IfaceInfo {
+        role: IfaceRole::Uplink as u32,
+        ..Default::default()
+    };
+    dp.maps.ifaces.insert(7, uplink, 0).unwrap();
+    let port = IfaceInfo {
+        role: IfaceRole::Port as u32,
+        net_id,
+        ..Default::default()
+    };
+    dp.maps.ifaces.insert(LO, port, 0).unwrap();
+    port
 }
 
 fn key(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, proto: u8) -> CtKey6 {
@@ -237,17 +255,7 @@ fn routed_ipv6_is_tracked_untranslated_and_only_its_flows_reach_a_container() {
 
         // At the container's port (loopback becomes one of network 2):
         // from the uplink (ifindex 7) only what a flow expects.
-        let uplink = IfaceInfo {
-            role: IfaceRole::Uplink as u32,
-            ..Default::default()
-        };
-        dp.maps.ifaces.insert(7, uplink, 0).unwrap();
-        let port = IfaceInfo {
-            role: IfaceRole::Port as u32,
-            net_id: 2,
-            ..Default::default()
-        };
-        dp.maps.ifaces.insert(LO, port, 0).unwrap();
+        let port = port_behind_uplink(&mut dp, 2);
         assert_eq!(run_from(&mut dp, Dir::Egress, &synack, 7).0, TCX_NEXT);
         assert_eq!(run_from(&mut dp, Dir::Egress, &ping, 7).0, TCX_NEXT);
         let stray = tcp(r(), c3(), 80, 1236, SYN);
@@ -299,4 +307,172 @@ fn without_an_ipv6_address_nat66_drops_and_the_hosts_clashing_flow_is_remapped()
         assert_eq!(v, SHOT);
         assert_eq!(drops(&dp, 1, DropReason::Internal), 1);
     });
+}
+
+/// An ICMPv6 error (`ty`, `rest`) from `src` to `dst` quoting `quoted`'s
+/// IPv6 packet.
+fn error6(src: Ipv6Addr, dst: Ipv6Addr, ty: u8, rest: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+    frame6(ICMPV6, src, dst, &icmp6(src, dst, ty, rest, &quoted[ETH..]))
+}
+
+/// The quoted packet's source, destination and ports in an error frame.
+fn quoted_of(f: &[u8]) -> (Ipv6Addr, Ipv6Addr, u16, u16) {
+    // `parsed` reads past an Ethernet header: skip the outer packet's
+    // headers but ETH bytes of them.
+    parsed(&f[40 + 8..])
+}
+
+#[test]
+fn icmpv6_errors_about_nat66_flows_are_translated_quoted_packet_included() {
+    require_root!();
+    in_netns("icmp66", |pins| {
+        let mut dp = nat6_datapath(pins, Some(u()));
+        let router = ip("fd00:ee::1");
+        // C1 takes U:40000; C2's flow with the same port gets another one.
+        run(&mut dp, Dir::Egress, &tcp(c1(), r(), 40000, 80, SYN), 1);
+        let (_, sent) = run(&mut dp, Dir::Egress, &tcp(c2(), r(), 40000, 80, SYN), 1);
+        let (_, _, sport, _) = parsed(&sent);
+        assert_ne!(sport, 40000);
+
+        // A router on the way says Packet Too Big (MTU 1280) about what C2
+        // sent: it reaches C2, the quoted packet as C2 sent it.
+        let ptb = error6(router, u(), 2, 1280u32.to_be_bytes(), &sent);
+        let (v, out) = run(&mut dp, Dir::Ingress, &ptb, 1);
+        assert_eq!(v, TCX_NEXT);
+        let (src, dst, ..) = parsed(&out);
+        assert_eq!((src, dst), (router, c2()));
+        assert_eq!(quoted_of(&out), (c2(), r(), 40000, 80));
+        assert_eq!(out[ETH + 44..ETH + 48], 1280u32.to_be_bytes());
+        assert_checksum(&out);
+        assert_eq!(out.len(), ptb.len());
+
+        // Errors about no flow, or not going back to the quoted sender:
+        // the host's when addressed to it, refused at a container.
+        let stray = tcp(u(), r(), 40999, 80, SYN);
+        let none = error6(router, u(), 1, [0; 4], &stray);
+        assert_eq!(
+            run(&mut dp, Dir::Ingress, &none, 1),
+            (TCX_NEXT, none.clone())
+        );
+        let sideways = error6(router, u(), 1, [0; 4], &tcp(r(), u(), 80, sport, ACK));
+        assert_eq!(
+            run(&mut dp, Dir::Ingress, &sideways, 1),
+            (TCX_NEXT, sideways.clone())
+        );
+        let forged = error6(router, c1(), 1, [0; 4], &tcp(c1(), r(), 40000, 80, SYN));
+        assert_eq!(run(&mut dp, Dir::Ingress, &forged, 1).0, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::DirectRouting), 1);
+
+        // At C2's port (loopback becomes one of network 1), from the uplink
+        // (ifindex 7): the written-back error is delivered, one quoting no
+        // flow of the network is not.
+        let uplink = dp.maps.ifaces.get(&LO, 0).unwrap();
+        port_behind_uplink(&mut dp, 1);
+        assert_eq!(run_from(&mut dp, Dir::Egress, &out, 7).0, TCX_NEXT);
+        let unasked = error6(router, c2(), 2, [0, 0, 5, 0], &tcp(c2(), r(), 1, 80, SYN));
+        assert_eq!(run_from(&mut dp, Dir::Egress, &unasked, 7).0, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::DirectRouting), 2);
+
+        // C1's UDP query gets an answer, which C1 refuses with a Port
+        // Unreachable: it leaves from U, quoting the answer as R sent it.
+        dp.maps.ifaces.insert(LO, uplink, 0).unwrap();
+        let q = frame6(
+            UDP,
+            c1(),
+            r(),
+            &packet::udp(c1(), r(), 5353, 53, b"q", true),
+        );
+        let (_, q_out) = run(&mut dp, Dir::Egress, &q, 1);
+        let (_, _, qport, _) = parsed(&q_out);
+        let answer = frame6(UDP, r(), u(), &packet::udp(r(), u(), 53, qport, b"a", true));
+        let (_, delivered) = run(&mut dp, Dir::Ingress, &answer, 1);
+        assert_eq!(parsed(&delivered), (r(), c1(), 53, 5353));
+        let refusal = error6(c1(), r(), 1, [0; 4], &delivered);
+        let (v, out) = run(&mut dp, Dir::Egress, &refusal, 1);
+        assert_eq!(v, TCX_NEXT);
+        let (src, dst, ..) = parsed(&out);
+        assert_eq!((src, dst), (u(), r()));
+        assert_eq!(quoted_of(&out), (r(), u(), 53, qport));
+        assert_checksum(&out);
+        // A container's error about no flow of its own would leak it.
+        let leak = error6(c1(), r(), 1, [0; 4], &tcp(r(), c1(), 80, 999, ACK));
+        assert_eq!(run(&mut dp, Dir::Egress, &leak, 1).0, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::Malformed), 1);
+    });
+}
+
+/// An IPv6 fragment (`next` inside, byte `offset`, more to come or not, `id`)
+/// of `part`.
+fn fragment6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    next: u8,
+    offset: u16,
+    more: bool,
+    id: u32,
+    part: &[u8],
+) -> Vec<u8> {
+    let mut p = vec![next, 0];
+    p.extend_from_slice(&(offset | u16::from(more)).to_be_bytes());
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(part);
+    frame6(44, src, dst, &p)
+}
+
+#[test]
+fn later_ipv6_fragments_follow_their_first_fragments_flow_in() {
+    require_root!();
+    in_netns("frag66", |pins| {
+        let mut dp = nat6_datapath(pins, Some(u()));
+        // C2 then C1 ask R from port 5353: C1's flow leaves on another port.
+        for c in [c2(), c1()] {
+            let q = frame6(UDP, c, r(), &packet::udp(c, r(), 5353, 53, b"q", true));
+            run(&mut dp, Dir::Egress, &q, 1);
+        }
+        let o = entry(&dp, &key(c1(), r(), 5353, 53, UDP));
+        let port = u16::from_be(o.peer.dport_be);
+        assert_ne!(port, 5353);
+        // R's answer to C1 comes back in two fragments (16 bytes each).
+        let payload: Vec<u8> = (0..24u8).collect();
+        let answer = packet::udp(r(), u(), 53, port, &payload, true);
+        let (id, proto) = (0x1234_5678, UDP);
+        let first = fragment6(r(), u(), proto, 0, true, id, &answer[..16]);
+        let later = fragment6(r(), u(), proto, 16, false, id, &answer[16..]);
+        let (v, first_out) = run(&mut dp, Dir::Ingress, &first, 1);
+        assert_eq!(v, TCX_NEXT);
+        let (src, dst, sport, dport) = parsed_after_fragment(&first_out);
+        assert_eq!((src, dst, sport, dport), (r(), c1(), 53, 5353));
+        let (v, later_out) = run(&mut dp, Dir::Ingress, &later, 1);
+        assert_eq!(v, TCX_NEXT, "the later fragment follows its flow");
+        assert_eq!(parsed(&later_out).1, c1());
+        assert_eq!(later_out[ETH + 48..], answer[16..], "payload untouched");
+        // Put together again, the datagram's checksum holds for C1.
+        let whole = [&first_out[ETH + 48..], &later_out[ETH + 48..]].concat();
+        assert!(
+            l4_valid(r(), c1(), UDP, &whole),
+            "UDP checksum of the datagram"
+        );
+        // A later fragment of no recorded datagram: the host's own.
+        let stray = fragment6(r(), u(), proto, 16, false, 0x9999, &answer[16..]);
+        assert_eq!(
+            run(&mut dp, Dir::Ingress, &stray, 1),
+            (TCX_NEXT, stray.clone())
+        );
+
+        // At C1's port, from the uplink: the written-back fragment passes,
+        // another datagram's later fragment for C1 does not.
+        port_behind_uplink(&mut dp, 1);
+        assert_eq!(run_from(&mut dp, Dir::Egress, &later_out, 7).0, TCX_NEXT);
+        let unasked = fragment6(r(), c1(), proto, 16, false, 0x9999, &answer[16..]);
+        assert_eq!(run_from(&mut dp, Dir::Egress, &unasked, 7).0, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::DirectRouting), 1);
+    });
+}
+
+/// `parsed` for a frame with an 8-byte fragment header after the IPv6 one.
+fn parsed_after_fragment(f: &[u8]) -> (Ipv6Addr, Ipv6Addr, u16, u16) {
+    let (src, dst, ..) = parsed(f);
+    let l4 = ETH + 48;
+    let be = |o: usize| u16::from_be_bytes([f[o], f[o + 1]]);
+    (src, dst, be(l4), be(l4 + 2))
 }

@@ -146,10 +146,14 @@ fn dual_stack_networks_carry_ipv6_between_containers_with_isolation_icc_and_guar
     assert!(drops(&status(&host), BR1, "drop_spoofed_source") >= 1);
 
     // The ND guard: a Router Advertisement, a Neighbour Advertisement for
-    // c2's address, and one for c1's own address with another MAC.
+    // c2's address, and one for c1's own address with another MAC; the
+    // bridge's link-local address is not c1's to send from or probe for.
     let mac1 = raw::mac_of(&c1, "eth0");
     let all_nodes = [0x33, 0x33, 0, 0, 0, 1];
     let ra = [134, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let bridge_ll = link_local(&host, BR1);
+    let mut probe = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    probe.extend_from_slice(&bridge_ll.parse::<std::net::Ipv6Addr>().unwrap().octets());
     let before = status(&host);
     raw::send(
         &c1,
@@ -164,13 +168,22 @@ fn dual_stack_networks_carry_ipv6_between_containers_with_isolation_icc_and_guar
                 "ff02::1",
                 &na(&a1, [2, 0, 0, 0, 0, 9]),
             ),
+            icmp6_frame(
+                mac1,
+                all_nodes,
+                &bridge_ll,
+                "ff02::1",
+                &[128, 0, 0, 0, 0, 1, 0, 1],
+            ),
+            icmp6_frame(mac1, all_nodes, "::", "ff02::1", &probe),
         ],
         1,
     );
     let after = status(&host);
     let grew = |r: &str| drops(&after, BR1, r) - drops(&before, BR1, r);
     assert_eq!(grew("drop_router_advert"), 1);
-    assert_eq!(grew("drop_nd_spoof"), 2);
+    assert_eq!(grew("drop_nd_spoof"), 3);
+    assert_eq!(grew("drop_spoofed_source"), 1);
     // c2 still answers at its own address (nobody took it over).
     assert!(ping6(&c1, &a2), "c1 -> c2 after the spoofed NA");
 
@@ -268,6 +281,84 @@ fn dual_stack_input_errors_are_one_line_and_change_nothing() {
         host.ip(&["link", "show", "np6g"]).is_err(),
         "nothing half-applied"
     );
+    let v6_of = |bridge: &str| {
+        let s = status(&host);
+        let net = s["networks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["bridge"] == bridge)
+            .cloned()
+            .unwrap();
+        net["subnet6"].as_str().map(str::to_owned)
+    };
+    let refused = |args: &[&str], says: &str| {
+        let r = netpath(&host, args);
+        assert!(r.code != 0, "{args:?} succeeded");
+        assert!(r.stderr.contains(says), "{args:?}: {}", r.stderr);
+        assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+    };
+    // A network up already keeps its IPv6 half, as its IPv4 subnet: another
+    // IPv6 subnet, or none, is refused; the same one is an idempotent `up`.
+    let up_f = |v6: Option<&str>| {
+        let mut a = vec!["up", "--bridge", "np6f", "--subnet", "172.24.0.0/24"];
+        if let Some(v6) = v6 {
+            a.extend_from_slice(&["--subnet", v6]);
+        }
+        a.push("--no-daemon");
+        a.iter().map(|x| x.to_string()).collect::<Vec<_>>()
+    };
+    for (v6, says) in [
+        (
+            Some("fd00:33::/64"),
+            "already up with IPv6 subnet fd00:32::/64",
+        ),
+        (None, "already up with IPv6 subnet fd00:32::/64"),
+    ] {
+        let a = up_f(v6);
+        refused(&a.iter().map(String::as_str).collect::<Vec<_>>(), says);
+        assert_eq!(v6_of("np6f").as_deref(), Some("fd00:32::/64"));
+    }
+    let a = up_f(Some("fd00:32::/64"));
+    netpath_ok(&host, &a.iter().map(String::as_str).collect::<Vec<_>>());
+    let gw = host
+        .ip(&["-6", "-o", "addr", "show", "dev", "np6f"])
+        .unwrap();
+    assert!(
+        gw.contains("fd00:32::1/64") && !gw.contains("fd00:33"),
+        "{gw}"
+    );
+
+    // An IPv6 subnet overlapping an address the host has elsewhere, a
+    // reserved block, a bridge with IPv6 turned off: refused, one line.
+    host.ip(&[
+        "link", "add", "np6dum", "type", "veth", "peer", "name", "np6dup",
+    ])
+    .unwrap();
+    host.ip(&["addr", "add", "fd00:44::5/64", "dev", "np6dum", "nodad"])
+        .unwrap();
+    host.ip(&["link", "add", "np6h", "type", "bridge"]).unwrap();
+    host.sysctl("net.ipv6.conf.np6h.disable_ipv6", "1").unwrap();
+    let v4 = ["up", "--no-daemon", "--subnet", "172.22.0.0/24", "--bridge"];
+    for (args, says) in [
+        (
+            &["np6i", "--subnet", "fd00:44::/64"][..],
+            "subnet fd00:44::/64 of np6i overlaps np6dum's address fd00:44::5/64",
+        ),
+        (&["np6i", "--subnet", "2002:ac16::/48"], "6to4"),
+        (
+            &["np6h", "--subnet", "fd00:48::/64"],
+            "IPv6 is disabled on np6h",
+        ),
+    ] {
+        refused(&[&v4[..], args].concat(), says);
+    }
+    assert!(
+        host.ip(&["link", "show", "np6i"]).is_err(),
+        "nothing half-applied"
+    );
+    let h = host.ip(&["-o", "addr", "show", "dev", "np6h"]).unwrap();
+    assert!(!h.contains("172.22.0.1"), "nothing half-applied: {h}");
 }
 
 /// One TCP connection from `client` to `[dst]:port`, with an echo server in
@@ -354,4 +445,99 @@ fn ipv6_leaves_masqueraded_or_routed_and_only_tracked_flows_come_back() {
     let s = status(&host);
     assert!(drops(&s, BR1, "drop_direct_routing") >= 2, "{s}");
     assert!(drops(&s, BR2, "drop_not_published") >= 1, "{s}");
+}
+
+#[test]
+fn path_mtu_discovery_fragments_and_hop_errors_work_through_nat66() {
+    require_root!();
+    let (host, ext) = harness::Lab::host_and_ext("v6mh", "v6me", NETPATH, "uplink0").unwrap();
+    host.ip(&["addr", "add", "fd00:ee::1/64", "dev", "uplink0", "nodad"])
+        .unwrap();
+    ext.ip(&["addr", "add", "fd00:ee::2/64", "dev", "eth0", "nodad"])
+        .unwrap();
+    // far sits behind ext over a link whose MTU towards far is 1280 (the
+    // IPv6 minimum).
+    let far = Netns::new("v6mf").unwrap();
+    topology::veth(&ext, "far0", &far, "eth0").unwrap();
+    ext.ip(&["link", "set", "far0", "mtu", "1280"]).unwrap();
+    ext.ip(&["addr", "add", "fd00:ef::1/64", "dev", "far0", "nodad"])
+        .unwrap();
+    far.ip(&["addr", "add", "fd00:ef::2/64", "dev", "eth0", "nodad"])
+        .unwrap();
+    // far's own route caps what it sends at 1280 (a veth drops frames over
+    // its receiving end's MTU), but still advertises a full-size MSS.
+    far.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "fd00:ef::1",
+        "mtu",
+        "1280",
+        "advmss",
+        "1440",
+    ])
+    .unwrap();
+    ext.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+    host.ip(&["-6", "route", "add", "fd00:ef::/64", "via", "fd00:ee::2"])
+        .unwrap();
+    up_dual(&host, BR1, "172.26.0.0/24", "fd00:26::/64", &[]);
+    let (c1, _) = connect(&host, "v6m1", BR1);
+
+    // c1 sends 2 MB in full-size segments: ext cannot forward them onto
+    // the 1280 link and says Packet Too Big to the uplink address; only
+    // the written-back error tells c1, which must lower its path MTU.
+    let listen: std::net::SocketAddr = "[::]:9310".parse().unwrap();
+    let dial: std::net::SocketAddr = "[fd00:ef::2]:9310".parse().unwrap();
+    let seen = topology::tcp_bulk(
+        &far,
+        listen,
+        &c1,
+        dial,
+        2 << 20,
+        std::time::Duration::from_secs(5),
+    )
+    .expect("bulk TCP across the smaller MTU");
+    assert_eq!(seen.ip().to_string(), "fd00:ee::1", "masqueraded");
+    let route = c1.ip(&["-6", "route", "get", "fd00:ef::2"]).unwrap();
+    assert!(
+        route.contains("mtu 1280"),
+        "c1 learnt the path MTU: {route}"
+    );
+    // The error went to c1, not to the host's own stack.
+    let route = host.ip(&["-6", "route", "get", "fd00:ef::2"]).unwrap();
+    assert!(
+        !route.contains("mtu 1280"),
+        "the host took the error: {route}"
+    );
+
+    // A 4000-byte ping goes out in fragments (all from the uplink address)
+    // and its answer comes back in fragments: the later ones find their
+    // way to c1 through the ports the first one recorded.
+    topology::run(c1.command("ping").args([
+        "-6",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "-s",
+        "4000",
+        "fd00:ef::2",
+    ]))
+    .expect("fragmented ping over NAT66");
+
+    // traceroute's second hop: ext's Time Exceeded finds c1.
+    let out = c1
+        .command("ping")
+        .args(["-6", "-c", "1", "-W", "2", "-t", "2", "fd00:ef::2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("From fd00:ee::2") && text.contains("Time exceeded"),
+        "{text}"
+    );
+    let s = status(&host);
+    assert_eq!(drops(&s, BR1, "drop_malformed"), 0, "{s}");
 }

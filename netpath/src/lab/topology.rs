@@ -372,13 +372,14 @@ pub fn tcp_echo_from(
 /// the server saw. Fails on a stall longer than `timeout`.
 pub fn tcp_bulk(
     server_ns: &Netns,
-    listen: SocketAddrV4,
+    listen: impl Into<std::net::SocketAddr>,
     client_ns: &Netns,
-    dial: SocketAddrV4,
+    dial: impl Into<std::net::SocketAddr>,
     bytes: usize,
     timeout: Duration,
-) -> Result<SocketAddrV4> {
-    let server = move |ready: std::sync::mpsc::Sender<()>| -> Result<SocketAddrV4> {
+) -> Result<std::net::SocketAddr> {
+    let (listen, dial) = (listen.into(), dial.into());
+    let server = move |ready: std::sync::mpsc::Sender<()>| -> Result<std::net::SocketAddr> {
         let l = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
         let _ = ready.send(());
         let (mut s, peer) = accept_within(&l, IO_TIMEOUT)?;
@@ -392,10 +393,10 @@ pub fn tcp_bulk(
             }
         }
         s.write_all(&total.to_be_bytes())?;
-        v4(peer)
+        Ok(peer)
     };
     let client = move || -> Result<()> {
-        let mut s = TcpStream::connect_timeout(&dial.into(), IO_TIMEOUT)
+        let mut s = TcpStream::connect_timeout(&dial, IO_TIMEOUT)
             .with_context(|| format!("connect {dial}"))?;
         s.set_write_timeout(Some(timeout))?;
         s.set_read_timeout(Some(timeout))?;

@@ -1,0 +1,108 @@
+//! IPv6 fragments, as `frag` does for IPv4: only a datagram's first
+//! fragment carries the transport header, so the uplink records its ports
+//! (`NP_FRAG6`, keyed by source, destination, identification and protocol)
+//! for the later fragments coming in, which then follow the first one's
+//! flow to its container (and pass its port, `flow_key`). Leaving, a
+//! masquerading network's later fragments all get the uplink's address
+//! (`nat6`), which needs no ports. Fragments that overtake their first
+//! fragment find nothing.
+
+// The map calls take `&w.frag` (a pointer into the per-CPU `NP_WORK6`)
+// rather than the 40-byte key by value, which would be copied to the stack.
+#![allow(clippy::needless_borrows_for_generic_args)]
+
+use aya_ebpf::programs::TcContext;
+use netpath_common::{
+    ct::{FragPorts, ct_flags},
+    ct6::CtEntry6,
+};
+
+use crate::{
+    ct::ct_lookup,
+    maps::NP_FRAG6,
+    parse6::{Work6, same6},
+    rewrite::{Side, set_addr6},
+};
+
+/// Fills `w.frag` with the datagram `w.ip` belongs to.
+#[inline(always)]
+fn frag_key(w: &mut Work6) {
+    w.frag.saddr = w.ip.saddr;
+    w.frag.daddr = w.ip.daddr;
+    w.frag.id_be = w.ip.frag_id_be;
+    w.frag.proto = w.ip.proto;
+    w.frag._pad = [0; 3];
+}
+
+/// The ports its first fragment recorded for the datagram of `w.ip`, and
+/// so its flow's key in `w.key`.
+#[inline(always)]
+pub fn flow_key(w: &mut Work6) -> Option<FragPorts> {
+    frag_key(w);
+    // SAFETY: map value pointer, read at once.
+    let ports = unsafe { *NP_FRAG6.get_ptr(&w.frag)? };
+    w.key.saddr = w.ip.saddr;
+    w.key.daddr = w.ip.daddr;
+    w.key.sport_be = ports.sport_be;
+    w.key.dport_be = ports.dport_be;
+    w.key.proto = w.ip.proto;
+    w.key._pad = [0; 7];
+    Some(ports)
+}
+
+/// A later fragment coming in through an uplink: its destination is
+/// written back like its first fragment's. Returns `None` when it belongs
+/// to no known flow, otherwise whether the flow is a published port's. A
+/// BPF subprogram (its own stack frame).
+#[inline(never)]
+pub fn later_fragment6(ctx: &TcContext, w: &mut Work6) -> Option<bool> {
+    let ports = flow_key(w)?;
+    let e: *mut CtEntry6 = ct_lookup(&w.key)?;
+    // SAFETY: map value pointer, valid during the program; read at once.
+    let flags = unsafe { (*e).flags };
+    // SAFETY: as above. The flow's packets this way become `peer` reversed.
+    w.translated = unsafe { (*e).peer };
+    let to = &w.translated.saddr;
+    if !same6(to, &w.ip.daddr) {
+        set_addr6(ctx, None, Side::Dst, &w.ip.daddr, to).ok()?;
+    }
+    follow(w, ports);
+    Some(flags & ct_flags::DNAT != 0)
+}
+
+/// A first fragment of a flow's datagram coming in through an uplink, its
+/// flow's entry `e` (already applied): records its ports for the later
+/// fragments, under the key they arrive with and the one the uplink writes
+/// them back to.
+#[inline(never)]
+pub fn first_fragment6(w: &mut Work6, e: *mut CtEntry6) {
+    if !w.ip.fragment {
+        return;
+    }
+    frag_key(w);
+    let ports = FragPorts {
+        sport_be: w.l4.sport_be,
+        dport_be: w.l4.dport_be,
+    };
+    let _ = NP_FRAG6.insert(&w.frag, &ports, 0);
+    // SAFETY: map value pointer, valid during the program.
+    w.translated = unsafe { (*e).peer };
+    follow(w, ports);
+}
+
+/// After the uplink wrote a fragment back to `w.translated` reversed (the
+/// flow's `peer`), the datagram's later fragments carry the container's
+/// address: their ports are recorded under that key too, for the port.
+#[inline(always)]
+fn follow(w: &mut Work6, ports: FragPorts) {
+    let (to_daddr, to_dport) = (&w.translated.saddr, w.translated.sport_be);
+    if same6(to_daddr, &w.frag.daddr) && to_dport == ports.dport_be {
+        return;
+    }
+    w.frag.daddr = *to_daddr;
+    let moved = FragPorts {
+        sport_be: ports.sport_be,
+        dport_be: to_dport,
+    };
+    let _ = NP_FRAG6.insert(&w.frag, &moved, 0);
+}
