@@ -1,13 +1,18 @@
-//! Reading, flushing and sweeping the BPF conntrack table (`NP_CT4`): flows
-//! are put back together from their two entries, shown the way `conntrack -L`
-//! shows them, and removed both entries at a time.
+//! Reading, flushing and sweeping the BPF conntrack tables (`NP_CT4`,
+//! `NP_CT6`): flows are put back together from their two entries, shown the
+//! way `conntrack -L` shows them, and removed both entries at a time.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Context as _, Result, bail};
 use netpath_common::{
     Config,
-    ct::{self, CtEntry4, CtKey4, TcpState, ct_dir, ct_flags, proto, timeout_class},
+    ct::{self, CtEntry, CtEntry4, CtKey4, TcpState, ct_dir, ct_flags, proto, timeout_class},
+    ct6::CtKey6,
     sweep::{self, SweepArgs},
 };
 use serde::Serialize;
@@ -61,8 +66,8 @@ pub fn parse_proto(s: &str) -> Result<u8> {
 /// One direction's tuple and counters, for display.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Tuple {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     /// Ports (ICMP echo: the identifier in the direction it travels).
     pub sport: u16,
     pub dport: u16,
@@ -71,15 +76,39 @@ pub struct Tuple {
 }
 
 impl Tuple {
-    fn of(k: &CtKey4, e: Option<&CtEntry4>) -> Self {
+    fn of<K: Key>(k: &K, e: Option<&CtEntry<K>>) -> Self {
         Self {
-            src: from_be(k.saddr_be),
-            dst: from_be(k.daddr_be),
-            sport: u16::from_be(k.sport_be),
-            dport: u16::from_be(k.dport_be),
+            src: k.src(),
+            dst: k.dst(),
+            sport: u16::from_be(k.sport_be()),
+            dport: u16::from_be(k.dport_be()),
             packets: e.map_or(0, |e| e.packets),
             bytes: e.map_or(0, |e| e.bytes),
         }
+    }
+}
+
+/// A conntrack table's key as the listing reads it (either family).
+pub trait Key: ct::Tuple + PartialEq + bytemuck::Pod {
+    fn src(&self) -> IpAddr;
+    fn dst(&self) -> IpAddr;
+}
+
+impl Key for CtKey4 {
+    fn src(&self) -> IpAddr {
+        from_be(self.saddr_be).into()
+    }
+    fn dst(&self) -> IpAddr {
+        from_be(self.daddr_be).into()
+    }
+}
+
+impl Key for CtKey6 {
+    fn src(&self) -> IpAddr {
+        Ipv6Addr::from(self.saddr).into()
+    }
+    fn dst(&self) -> IpAddr {
+        Ipv6Addr::from(self.daddr).into()
     }
 }
 
@@ -106,15 +135,19 @@ pub struct Flow {
     pub nat: String,
 }
 
-/// Puts the flows together. An entry whose partner is missing (evicted, or
-/// being created right now) still shows, with the partner's tuple derived
-/// from its `peer`.
+/// Puts the flows of both tables together, IPv4's first.
 pub fn flows(maps: &Maps, cfg: &Config, now_ns: u64) -> Result<Vec<Flow>> {
-    let entries: BTreeMap<CtKeyOrd, CtEntry4> = maps
-        .ct_entries()?
-        .into_iter()
-        .map(|(k, e)| (CtKeyOrd(k), e))
-        .collect();
+    let mut out = flows_of(maps.ct_entries()?, cfg, now_ns);
+    out.extend(flows_of(maps.v6.ct_entries()?, cfg, now_ns));
+    Ok(out)
+}
+
+/// Puts one table's flows together. An entry whose partner is missing
+/// (evicted, or being created right now) still shows, with the partner's
+/// tuple derived from its `peer`.
+pub fn flows_of<K: Key>(entries: Vec<(K, CtEntry<K>)>, cfg: &Config, now_ns: u64) -> Vec<Flow> {
+    let entries: BTreeMap<KeyOrd<K>, CtEntry<K>> =
+        entries.into_iter().map(|(k, e)| (KeyOrd(k), e)).collect();
     let mut out = Vec::new();
     for (k, e) in &entries {
         let k = &k.0;
@@ -123,12 +156,12 @@ pub fn flows(maps: &Maps, cfg: &Config, now_ns: u64) -> Result<Vec<Flow>> {
             continue;
         }
         let (orig_key, orig, reply_key, reply) = if e.dir == ct_dir::ORIGINAL {
-            let r = entries.get(&CtKeyOrd(e.peer)).filter(|r| r.peer == *k);
+            let r = entries.get(&KeyOrd(e.peer)).filter(|r| r.peer == *k);
             (*k, Some(e), e.peer, r)
         } else {
             // Shown once, from the ORIGINAL side, unless that one is gone.
             if entries
-                .get(&CtKeyOrd(e.peer))
+                .get(&KeyOrd(e.peer))
                 .is_some_and(|o| o.peer == *k && o.dir == ct_dir::ORIGINAL)
             {
                 continue;
@@ -143,19 +176,19 @@ pub fn flows(maps: &Maps, cfg: &Config, now_ns: u64) -> Result<Vec<Flow>> {
             // Orphaned reply entry: judge it as a live flow would be.
             None => (TcpState::Established as u8, e.flags),
         };
-        let class = timeout_class(orig_key.proto, state, flags);
+        let p = orig_key.proto();
+        let class = timeout_class(p, state, flags);
         let timeout_ns = u64::from(cfg.timeouts_s[class]) * 1_000_000_000;
         let age = now_ns.saturating_sub(last);
         out.push(Flow {
-            proto: proto_name(orig_key.proto),
-            proto_nr: orig_key.proto,
-            state: (orig_key.proto == proto::TCP)
-                .then(|| TcpState::from_u8(state).as_str().to_owned()),
+            proto: proto_name(p),
+            proto_nr: p,
+            state: (p == proto::TCP).then(|| TcpState::from_u8(state).as_str().to_owned()),
             timeout_s: timeout_ns.saturating_sub(age).div_ceil(1_000_000_000),
             original: Tuple::of(&orig_key, orig),
             reply: Tuple::of(&reply_key, reply),
             seen_reply: flags & ct_flags::SEEN_REPLY != 0,
-            assured: !netpath_common::ct::embryonic(orig_key.proto, state, flags),
+            assured: !netpath_common::ct::embryonic(p, state, flags),
             network: e.net_id,
             nat: match (e.flags & ct_flags::DNAT != 0, e.flags & ct_flags::SNAT != 0) {
                 (true, true) => "dnat+snat",
@@ -170,20 +203,22 @@ pub fn flows(maps: &Maps, cfg: &Config, now_ns: u64) -> Result<Vec<Flow>> {
             .to_owned(),
         });
     }
-    Ok(out)
+    out
 }
 
-/// `CtKey4` ordered by its bytes, for a map keyed by tuple.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct CtKeyOrd(CtKey4);
+/// A key ordered by its bytes, for a map keyed by tuple.
+#[derive(Clone, Copy, PartialEq)]
+struct KeyOrd<K>(K);
 
-impl PartialOrd for CtKeyOrd {
+impl<K: Key> Eq for KeyOrd<K> {}
+
+impl<K: Key> PartialOrd for KeyOrd<K> {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl Ord for CtKeyOrd {
+impl<K: Key> Ord for KeyOrd<K> {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         bytemuck::bytes_of(&self.0).cmp(bytemuck::bytes_of(&other.0))
     }
@@ -506,6 +541,63 @@ mod tests {
             ..CtEntry4::default()
         };
         [(o, e(ct_dir::ORIGINAL, r)), (r, e(ct_dir::REPLY, o))]
+    }
+
+    #[test]
+    fn ipv6_flows_are_listed_from_their_two_entries() {
+        let addr = |s: &str| s.parse::<Ipv6Addr>().unwrap().octets();
+        let (c, r, u) = (addr("fd00:30::2"), addr("fd00:ee::2"), addr("fd00:ff::1"));
+        let o = CtKey6::new(c, r, 4000u16.to_be(), 80u16.to_be(), proto::TCP);
+        let rep = CtKey6::new(r, u, 80u16.to_be(), 4001u16.to_be(), proto::TCP);
+        let e = |dir, peer, packets| ct::CtEntry {
+            peer,
+            dir,
+            state: TcpState::Established as u8,
+            flags: ct_flags::SNAT | ct_flags::SEEN_REPLY | ct_flags::ASSURED,
+            net_id: 3,
+            packets,
+            ..ct::CtEntry::default()
+        };
+        let entries = vec![
+            (rep, e(ct_dir::REPLY, o, 5)),
+            (o, e(ct_dir::ORIGINAL, rep, 7)),
+        ];
+        let cfg = Config::defaults();
+        let flows = flows_of(entries, &cfg, 0);
+        assert_eq!(flows.len(), 1, "one flow, shown once");
+        let f = &flows[0];
+        assert_eq!(
+            (f.proto.as_str(), f.nat.as_str(), f.network),
+            ("tcp", "snat", 3)
+        );
+        assert_eq!(f.state.as_deref(), Some("ESTABLISHED"));
+        assert!(f.assured && f.seen_reply);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            (
+                f.original.src,
+                f.original.dst,
+                f.original.sport,
+                f.original.dport,
+                f.original.packets
+            ),
+            (ip("fd00:30::2"), ip("fd00:ee::2"), 4000, 80, 7)
+        );
+        assert_eq!(
+            (
+                f.reply.src,
+                f.reply.dst,
+                f.reply.sport,
+                f.reply.dport,
+                f.reply.packets
+            ),
+            (ip("fd00:ee::2"), ip("fd00:ff::1"), 80, 4001, 5)
+        );
+        let text = render(&flows);
+        assert!(
+            text.contains("src=fd00:30::2 dst=fd00:ee::2 sport=4000 dport=80"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -435,6 +435,26 @@ fn ipv6_leaves_masqueraded_or_routed_and_only_tracked_flows_come_back() {
     // routed: out as itself, answers tracked.
     let seen = tcp6(&ext, &c3, "fd00:ee::2", 7602).expect("c3 -> ext over TCP");
     assert_eq!(seen, a3, "routed keeps the container's address");
+    // `conntrack list` shows both IPv6 flows with their two tuples.
+    let flows = harness::flows(&host);
+    let tcp_from = |src: &str| {
+        flows
+            .iter()
+            .find(|f| f["proto"] == "tcp" && f["original"]["src"] == src)
+            .unwrap_or_else(|| panic!("no TCP flow from {src}: {flows:?}"))
+    };
+    let f = tcp_from(&a1);
+    assert_eq!(
+        (&f["nat"], &f["original"]["dport"], &f["reply"]["dst"]),
+        (&"snat".into(), &7601.into(), &"fd00:ee::1".into()),
+        "{f}"
+    );
+    let f = tcp_from(&a3);
+    assert_eq!(
+        (&f["nat"], &f["reply"]["src"], &f["reply"]["dst"]),
+        (&"none".into(), &"fd00:ee::2".into(), &a3.as_str().into()),
+        "{f}"
+    );
 
     // From outside, nothing was asked for: nat takes nothing straight at a
     // container; routed takes echo requests, no unpublished port.
