@@ -62,7 +62,9 @@ pub enum DropReason {
     /// FIN or RST first: nf_conntrack's INVALID).
     CtInvalid = 20,
     /// A container sent a Router Advertisement or a Redirect (RA guard), or
-    /// a first fragment carrying an ICMPv6 Neighbour Discovery message.
+    /// another router-only ICMPv6 message (an MLD query, router
+    /// renumbering, a multicast router advertisement or termination), or a
+    /// first fragment carrying an ICMPv6 Neighbour Discovery message.
     RouterAdvert = 21,
     /// A container's Neighbour Solicitation or Advertisement claimed an
     /// address that is not its own (or one it may not take), or carried a

@@ -76,7 +76,10 @@ pub fn later_fragment6(ctx: &TcContext, w: &mut Work6) -> Option<bool> {
 /// them back to.
 #[inline(never)]
 pub fn first_fragment6(w: &mut Work6, e: *mut CtEntry6) {
-    if !w.ip.fragment {
+    // An atomic fragment has no others to wait for: recording it would
+    // only let anyone who may start a flow push real datagrams' records
+    // out of the table.
+    if !w.ip.fragment || w.ip.atomic {
         return;
     }
     frag_key(w);

@@ -22,13 +22,14 @@ use crate::{
 
 /// The quoted packet starts after the error's 8-byte header.
 const QUOTED: usize = 8;
-/// A quoted IPv6 header is 40 bytes (extension headers are not followed:
-/// a flow's packets carry none netpath tracks).
-const QUOTED_L4: usize = QUOTED + 40;
+/// Extension headers followed in a quoted packet: what a flow's packets
+/// carry (a fragment header, options), not a long chain.
+const QUOTED_EXT: usize = 3;
 
 /// Reads the packet an ICMPv6 error quotes into `w.key` (its tuple), when
-/// it is a TCP, UDP or ICMPv6 echo packet and the error goes back to its
-/// sender; returns the offset of its transport header.
+/// it is a TCP, UDP, SCTP or ICMPv6 echo packet (or the first fragment of
+/// one) and the error goes back to its sender; returns the offset of its
+/// transport header.
 #[inline(always)]
 fn quoted(ctx: &TcContext, w: &mut Work6, phase: Phase) -> Option<usize> {
     let inner = w.ip.l4 + QUOTED;
@@ -36,8 +37,32 @@ fn quoted(ctx: &TcContext, w: &mut Work6, phase: Phase) -> Option<usize> {
     if head[0] >> 4 != 6 {
         return None;
     }
-    let next = head[6];
-    if !matches!(next, proto::TCP | proto::UDP | nexthdr::ICMPV6) {
+    let mut next = head[6];
+    let mut off = inner + 40;
+    for _ in 0..QUOTED_EXT {
+        let len = match next {
+            nexthdr::HOP | nexthdr::DSTOPTS => {
+                let h: [u8; 2] = ctx.load(off).ok()?;
+                next = h[0];
+                (usize::from(h[1]) + 1) * 8
+            }
+            nexthdr::FRAGMENT => {
+                let h: [u8; 4] = ctx.load(off).ok()?;
+                // Only a first fragment quotes the transport header.
+                if u16::from_be_bytes([h[2], h[3]]) >> 3 != 0 {
+                    return None;
+                }
+                next = h[0];
+                8
+            }
+            _ => break,
+        };
+        off += len;
+    }
+    if !matches!(
+        next,
+        proto::TCP | proto::UDP | proto::SCTP | nexthdr::ICMPV6
+    ) {
         return None;
     }
     w.key.saddr = ctx.load(inner + ip6_off::SADDR).ok()?;
@@ -49,8 +74,7 @@ fn quoted(ctx: &TcContext, w: &mut Work6, phase: Phase) -> Option<usize> {
     {
         return None;
     }
-    let l4_off = w.ip.l4 + QUOTED_L4;
-    let l4 = parse::l4_at(ctx, l4_off, next).ok()?;
+    let l4 = parse::l4_at(ctx, off, next).ok()?;
     if l4.kind == L4Kind::IcmpError {
         return None;
     }
@@ -58,7 +82,7 @@ fn quoted(ctx: &TcContext, w: &mut Work6, phase: Phase) -> Option<usize> {
     w.key.dport_be = l4.dport_be;
     w.key.proto = next;
     w.key._pad = [0; 7];
-    Some(l4_off)
+    Some(off)
 }
 
 /// An ICMPv6 error (`w.ip`, `w.l4` parsed) about a flow: translated like

@@ -182,6 +182,19 @@ pub static NP_UPLINKS6: HashMap<u32, [u8; 16]> = HashMap::pinned(MAX_IFACES, 0);
 #[map]
 pub static NP_FRAG6: LruHashMap<FragKey6, FragPorts> = LruHashMap::pinned(MAX_FRAG6, 0);
 
+/// What a container's IPv4 packet would teach its port (`NP_LEARN4`),
+/// staged before the policy and kept once the packet passed it.
+pub struct Staged {
+    /// The port; 0: nothing staged.
+    pub ifindex: u32,
+    pub info: IfaceInfo,
+}
+
+/// Per-CPU room for what a container's IPv4 packet would teach its port,
+/// kept once the packet passed the policy. Not pinned.
+#[map]
+pub static NP_LEARN4: PerCpuArray<Staged> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU room for an IPv6 packet's headers and tuples. Not pinned.
 #[map]
 pub static NP_WORK6: PerCpuArray<crate::parse6::Work6> = PerCpuArray::with_max_entries(1, 0);

@@ -1,5 +1,7 @@
 //! Neighbour Discovery guard at container ports (RFC 6105's RA guard and
-//! more): a container never sends Router Advertisements or Redirects; its
+//! more): a container never sends Router Advertisements, Redirects or
+//! other router-only messages (MLD queries, router renumbering, multicast
+//! router advertisements); its
 //! Neighbour Advertisements only speak for addresses it sends from; a
 //! duplicate address probe (NS from `::`) only for one it may take; and
 //! every link-layer address option carries its own MAC. ND messages in a
@@ -16,11 +18,32 @@ use crate::{
 
 /// ICMPv6 types the guard looks at.
 mod icmp6 {
+    pub const MLD_QUERY: u8 = 130;
     pub const ROUTER_SOLICIT: u8 = 133;
     pub const ROUTER_ADVERT: u8 = 134;
     pub const NEIGHBOUR_SOLICIT: u8 = 135;
     pub const NEIGHBOUR_ADVERT: u8 = 136;
     pub const REDIRECT: u8 = 137;
+    pub const ROUTER_RENUMBERING: u8 = 138;
+    /// Multicast Router Discovery (RFC 4286): advertisement, termination.
+    pub const MRD_ADVERT: u8 = 151;
+    pub const MRD_TERMINATE: u8 = 153;
+}
+
+/// Messages only a router sends: a container sending one would take over
+/// its neighbours' routes, renumber them, or become the link's multicast
+/// querier (the bridge's snooping then follows it).
+#[inline(always)]
+const fn router_only(ty: u8) -> bool {
+    matches!(
+        ty,
+        icmp6::MLD_QUERY
+            | icmp6::ROUTER_ADVERT
+            | icmp6::REDIRECT
+            | icmp6::ROUTER_RENUMBERING
+            | icmp6::MRD_ADVERT
+            | icmp6::MRD_TERMINATE
+    )
 }
 
 /// Options (source or target link-layer address) looked at per message.
@@ -47,7 +70,7 @@ pub fn check(
         return Err(DropReason::Malformed);
     };
     let nd = (icmp6::ROUTER_SOLICIT..=icmp6::REDIRECT).contains(&ty);
-    if ty == icmp6::ROUTER_ADVERT || ty == icmp6::REDIRECT || nd && ip.fragment {
+    if router_only(ty) || nd && ip.fragment {
         return Err(DropReason::RouterAdvert);
     }
     // The target address follows 4 bytes of flags; options follow it.

@@ -49,6 +49,9 @@ pub struct Ip6 {
     /// The fragment header's identification (network order), when
     /// `fragment`.
     pub frag_id_be: u32,
+    /// A fragment header saying "first and last" (RFC 6946): the datagram
+    /// is whole, no other fragment will follow.
+    pub atomic: bool,
     /// Offset of the end of the IPv6 payload (Ethernet padding may follow).
     pub end: usize,
 }
@@ -87,6 +90,7 @@ pub fn ipv6(ctx: &TcContext, ip: &mut Ip6) -> Result<(), DropReason> {
     ip.fragment = false;
     ip.later_fragment = false;
     ip.frag_id_be = 0;
+    ip.atomic = false;
     ip.end = end;
     for _ in 0..MAX_EXT {
         let len = match ip.proto {
@@ -105,8 +109,11 @@ pub fn ipv6(ctx: &TcContext, ip: &mut Ip6) -> Result<(), DropReason> {
                 ip.proto = h[0];
                 ip.fragment = true;
                 ip.frag_id_be = u32::from_ne_bytes([h[4], h[5], h[6], h[7]]);
-                // The offset is the top 13 bits of the third and fourth bytes.
-                if u16::from_be_bytes([h[2], h[3]]) >> 3 != 0 {
+                // The offset is the top 13 bits of the third and fourth
+                // bytes, "more fragments" the lowest bit.
+                let offset_m = u16::from_be_bytes([h[2], h[3]]);
+                ip.atomic = offset_m == 0;
+                if offset_m >> 3 != 0 {
                     ip.later_fragment = true;
                     return Ok(());
                 }

@@ -37,7 +37,7 @@ use crate::{
     parse::{self, Ip4, L4Kind, eth_p},
     publish::publish4,
     rewrite::Phase,
-    spoof::Sender,
+    spoof::{self, Sender},
 };
 
 /// What a container's packet at its port turned out to be.
@@ -77,20 +77,33 @@ pub fn ingress(ctx: &TcContext, ifindex: u32, iface: &IfaceInfo) -> i32 {
     let Some(ip) = parse::ipv4(ctx) else {
         return drop(ctx, net_id, DropReason::Malformed);
     };
-    if let Err(v) = sender.check_ipv4(ctx, ip.saddr, ip.daddr) {
-        return v;
+    // What the packet would teach its port is staged before the policy
+    // (per CPU, off the stack the policy needs) and kept once it passed.
+    match sender.check_ipv4(ctx, ip.saddr, ip.daddr) {
+        Ok(true) => sender.stage_ipv4(ip.saddr),
+        Ok(false) => {}
+        Err(v) => return v,
     }
-    let untracked = match flows_in(ctx, &ip, net_id, &net) {
-        PortNat::Published => return fast_out(ctx, net_id, &net),
+    let verdict = policy(ctx, &ip, ifindex, net_id, &net);
+    spoof::finish_staged(verdict);
+    verdict
+}
+
+/// The flows and the destination policy of a container's IPv4 packet
+/// whose source passed.
+#[inline(always)]
+fn policy(ctx: &TcContext, ip: &Ip4, ifindex: u32, net_id: u32, net: &NetworkInfo) -> i32 {
+    let untracked = match flows_in(ctx, ip, net_id, net) {
+        PortNat::Published => return fast_out(ctx, net_id, net),
         PortNat::Verdict(v) => return v,
         PortNat::None => true,
         PortNat::Tracked => false,
     };
-    match isolate::destination(&net, net_id, ip.daddr) {
+    match isolate::destination(net, net_id, ip.daddr) {
         Ok(Destination::Neighbour) if untracked => {
-            fastpath::to_neighbour4(ctx, &ip, ifindex, net_id).unwrap_or(TCX_NEXT)
+            fastpath::to_neighbour4(ctx, ip, ifindex, net_id).unwrap_or(TCX_NEXT)
         }
-        Ok(_) => fast_out(ctx, net_id, &net),
+        Ok(_) => fast_out(ctx, net_id, net),
         Err(reason) => drop(ctx, net_id, reason),
     }
 }

@@ -9,13 +9,16 @@
 //! that speaks IPv6 first has its MAC pinned by its first IPv6 packet that
 //! passed (`pin_mac`), and learns its IPv4 address later with that MAC.
 
-use aya_ebpf::{bindings::BPF_EXIST, programs::TcContext};
+use aya_ebpf::{
+    bindings::{BPF_EXIST, TC_ACT_SHOT},
+    programs::TcContext,
+};
 use netpath_common::{DropReason, Endpoint, IfaceInfo, MacKey, NetworkInfo, iface_flags};
 
 use crate::{
     TCX_NEXT,
     lookup::{drop, same_mac},
-    maps::{NP_ENDPOINTS4, NP_IFACES, NP_MACS},
+    maps::{NP_ENDPOINTS4, NP_IFACES, NP_LEARN4, NP_MACS},
     parse::ETH_HLEN,
 };
 
@@ -52,33 +55,62 @@ pub fn mac_of_another(ifindex: u32, mac: &[u8; 6]) -> bool {
 /// Records what an unbound port's container uses (trust on first use).
 #[inline(always)]
 fn learn(ifindex: u32, iface: &IfaceInfo, addr: u32, mac: [u8; 6]) {
-    if fix(ifindex, iface, addr, mac, iface_flags::LEARNED) {
-        let ep = Endpoint {
-            ifindex,
-            net_id: iface.net_id,
-            mac,
-            _pad: [0; 2],
-        };
-        let _ = NP_ENDPOINTS4.insert(addr, ep, 0);
-    }
+    record(ifindex, &learnt(iface, addr, mac, iface_flags::LEARNED));
 }
 
-/// Fixes an unbound port's MAC (and IPv4 address, 0 for none yet) with
-/// `flag`, and makes the MAC its own in `NP_MACS`. Only while the port is
-/// still managed (BPF_EXIST): false if it is not.
+/// What port `iface` is to record: its MAC (and IPv4 address, 0 for none
+/// yet) fixed with `flag`.
 #[inline(always)]
-fn fix(ifindex: u32, iface: &IfaceInfo, addr: u32, mac: [u8; 6], flag: u32) -> bool {
-    let info = IfaceInfo {
+fn learnt(iface: &IfaceInfo, addr: u32, mac: [u8; 6], flag: u32) -> IfaceInfo {
+    IfaceInfo {
         ipv4_be: addr,
         mac,
         flags: iface.flags | flag,
         ..*iface
-    };
-    if NP_IFACES.insert(ifindex, info, BPF_EXIST as u64).is_err() {
-        return false;
     }
-    let _ = NP_MACS.insert(MacKey { mac, _pad: [0; 2] }, ifindex, 0);
-    true
+}
+
+/// Records `info` for port `ifindex`, its MAC made its own in `NP_MACS`
+/// and its IPv4 address, if any, in `NP_ENDPOINTS4`. Only while the port
+/// is still managed (BPF_EXIST).
+#[inline(always)]
+fn record(ifindex: u32, info: &IfaceInfo) {
+    if NP_IFACES.insert(ifindex, info, BPF_EXIST as u64).is_err() {
+        return;
+    }
+    let key = MacKey {
+        mac: info.mac,
+        _pad: [0; 2],
+    };
+    let _ = NP_MACS.insert(key, ifindex, 0);
+    if info.ipv4_be != 0 {
+        let ep = Endpoint {
+            ifindex,
+            net_id: info.net_id,
+            mac: info.mac,
+            _pad: [0; 2],
+        };
+        let _ = NP_ENDPOINTS4.insert(info.ipv4_be, ep, 0);
+    }
+}
+
+/// Ends what [`Sender::stage_ipv4`] staged: recorded when the packet
+/// passed (`verdict`), forgotten either way. Nothing is kept live across
+/// the policy but this CPU's slot (the port program's stack is full).
+#[inline(always)]
+pub fn finish_staged(verdict: i32) {
+    let Some(slot) = NP_LEARN4.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, used by one program run at a time.
+    let staged = unsafe { &mut *slot };
+    if staged.ifindex == 0 {
+        return;
+    }
+    if verdict != TC_ACT_SHOT {
+        record(staged.ifindex, &staged.info);
+    }
+    staged.ifindex = 0;
 }
 
 /// The sender of a frame at a container port.
@@ -113,13 +145,20 @@ impl Sender<'_> {
     #[inline(always)]
     pub fn pin_mac(&self) {
         if self.iface.flags & iface_flags::MAC_FIXED == 0 {
-            fix(
-                self.ifindex,
-                self.iface,
-                0,
-                self.mac,
-                iface_flags::MAC_PINNED,
-            );
+            let info = learnt(self.iface, 0, self.mac, iface_flags::MAC_PINNED);
+            record(self.ifindex, &info);
+        }
+    }
+
+    /// Stages `saddr` (checked claimable) as what the port learns if its
+    /// packet passes ([`finish_staged`]).
+    #[inline(always)]
+    pub fn stage_ipv4(&self, saddr: u32) {
+        if let Some(slot) = NP_LEARN4.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot, used by one program run at a time.
+            let staged = unsafe { &mut *slot };
+            staged.info = learnt(self.iface, saddr, self.mac, iface_flags::LEARNED);
+            staged.ifindex = self.ifindex;
         }
     }
 
@@ -134,24 +173,23 @@ impl Sender<'_> {
     }
 
     /// An IPv4 packet's source: the port's own address, or (unbound) one it
-    /// may claim, which it learns; 0.0.0.0 passes unlearnt towards the
-    /// limited broadcast only (DHCP).
+    /// may claim; 0.0.0.0 passes unlearnt towards the limited broadcast
+    /// only (DHCP). Ok(true): the port is to learn the source
+    /// ([`Self::stage_ipv4`]) once the packet passed the rest of the
+    /// policy, so a dropped packet teaches nothing.
     #[inline(always)]
-    pub fn check_ipv4(&self, ctx: &TcContext, saddr: u32, daddr: u32) -> Result<(), i32> {
+    pub fn check_ipv4(&self, ctx: &TcContext, saddr: u32, daddr: u32) -> Result<bool, i32> {
         self.check_mac(ctx)?;
-        let ok = if self.bound() {
-            saddr == self.iface.ipv4_be
+        if self.bound() {
+            if saddr == self.iface.ipv4_be {
+                return Ok(false);
+            }
         } else if claimable(self.net, self.ifindex, saddr) {
-            learn(self.ifindex, self.iface, saddr, self.mac);
-            true
-        } else {
-            saddr == 0 && daddr == 0xffff_ffff
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(drop(ctx, self.iface.net_id, DropReason::SpoofedSource))
+            return Ok(true);
+        } else if saddr == 0 && daddr == 0xffff_ffff {
+            return Ok(false);
         }
+        Err(drop(ctx, self.iface.net_id, DropReason::SpoofedSource))
     }
 
     /// An Ethernet/IPv4 ARP packet: the sender MAC is the frame's (and the

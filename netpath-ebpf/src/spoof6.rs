@@ -42,17 +42,22 @@ fn port(ifindex: u32) -> Port6 {
 // its own, instead of their 16-byte temporaries adding up in their callers'
 // frames (a port's program has 512 bytes for its whole call chain).
 impl Sender6<'_> {
-    /// Whether the container sends from `addr` already.
+    /// Whether the container sends from `addr` already: its own (EUI-64,
+    /// learnt or bound) and not recorded as another's since (a bridge's
+    /// link-local address the reconcile gave back to the bridge).
     #[inline(never)]
     pub fn owns(&self, addr: &[u8; 16]) -> bool {
         let port = port(self.s.ifindex);
-        if is_link_local(addr) {
+        let own = if is_link_local(addr) {
             same6(addr, &eui64_link_local(&self.s.mac))
                 || port.flags & port6_flags::LINK_LOCAL_LEARNED != 0
                     && same6(addr, &port.link_local)
         } else {
             port.has_global() && same6(addr, &port.global)
-        }
+        };
+        // SAFETY: the value is read at once.
+        own && unsafe { NP_ENDPOINTS6.get(Addr6Key::of(addr, self.s.iface.net_id)) }
+            .is_none_or(|ep| ep.ifindex == self.s.ifindex)
     }
 
     /// Whether the container may take `addr` (it does not send from it yet).

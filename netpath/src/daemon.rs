@@ -361,13 +361,16 @@ pub async fn run(opts: Options) -> Result<()> {
         None => None,
     };
     let nl = Netlink::new()?;
-    // Link and IPv4 address events: new ports, enslaving, address changes;
-    // and TC events: a filter or clsact qdisc removed by someone else
-    // (`tc qdisc del dev c1h clsact`) leaves a port unguarded until the
-    // next re-apply, which then must not be skipped (see `forces_reapply`).
+    // Link and address events (both families): new ports, enslaving,
+    // address changes (an uplink's NAT66 address, a bridge's link-local
+    // address, which no port may take); and TC events: a filter or clsact
+    // qdisc removed by someone else (`tc qdisc del dev c1h clsact`) leaves
+    // a port unguarded until the next re-apply, which then must not be
+    // skipped (see `forces_reapply`).
     let (conn, _, nl_events) = rtnetlink::new_multicast_connection(&[
         rtnetlink::MulticastGroup::Link,
         rtnetlink::MulticastGroup::Ipv4Ifaddr,
+        rtnetlink::MulticastGroup::Ipv6Ifaddr,
         rtnetlink::MulticastGroup::Tc,
     ])
     .context("subscribing to link, address and TC events")?;

@@ -30,6 +30,7 @@ pub mod plan;
 pub mod plumbing;
 pub mod publish;
 pub mod reconcile;
+pub mod reconcile6;
 pub mod resize;
 pub mod sockhooks;
 pub mod spec;

@@ -16,10 +16,10 @@ use aya::maps::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netpath_common::{
-    Endpoint, IfaceRole, Lease,
+    Endpoint, Lease,
     ct6::{CtEntry6, CtKey6, MAX_CT6},
     map_names,
-    v6::{Addr6Key, LeaseKey6, NetworkInfo6, Port6, is_link_local, net6_flags, port6_flags},
+    v6::{Addr6Key, LeaseKey6, NetworkInfo6, Port6, net6_flags, port6_flags},
 };
 
 use crate::tables::{Table as _, is_missing};
@@ -33,12 +33,16 @@ pub struct Net6Spec {
 
 /// Blocks no container network may use (RFC 6890's special-purpose ones
 /// the host itself gives meaning to).
-const RESERVED6: [(&str, &str); 8] = [
-    ("::/8", "loopback, unspecified and IPv4-mapped addresses"),
+const RESERVED6: [(&str, &str); 9] = [
+    (
+        "::/8",
+        "loopback, unspecified, IPv4-mapped and NAT64 addresses",
+    ),
     ("100::/64", "discard-only"),
     ("2001::/32", "Teredo"),
     ("2001:db8::/32", "documentation"),
     ("2002::/16", "6to4"),
+    ("3fff::/20", "documentation"),
     ("fe80::/10", "link-local"),
     ("fec0::/10", "deprecated site-local"),
     ("ff00::/8", "multicast"),
@@ -170,62 +174,6 @@ pub fn split(
     }
     let v6 = v6.map(|n| Net6Spec::new(n, gw6)).transpose()?;
     Ok((v4, gw4, v6))
-}
-
-/// `NP_UPLINKS6`: each uplink's first usable global IPv6 address, the
-/// source NAT66 writes (as IPv4 masquerade takes the primary address).
-pub fn want_uplinks(
-    planned: &BTreeMap<u32, crate::plan::Planned>,
-    addrs6: &[crate::plumbing::Addr6],
-) -> BTreeMap<u32, [u8; 16]> {
-    let mut want = BTreeMap::new();
-    for a in addrs6.iter().filter(|a| a.usable) {
-        if role_of(planned, a.index) == Some(IfaceRole::Uplink) {
-            want.entry(a.index).or_insert(a.addr.octets());
-        }
-    }
-    want
-}
-
-/// The link-local addresses of the bridges of dual-stack networks
-/// (`v6_nets`), recorded in `NP_ENDPOINTS6` as the bridge's: no port may
-/// take them, whatever way the kernel made them (EUI-64 of the MAC,
-/// stable-privacy, random).
-pub fn want_bridge_addrs(
-    planned: &BTreeMap<u32, crate::plan::Planned>,
-    links: &[crate::plumbing::Link],
-    addrs6: &[crate::plumbing::Addr6],
-    v6_nets: &BTreeMap<u32, NetworkInfo6>,
-) -> BTreeMap<Addr6Key, Endpoint> {
-    let mut want = BTreeMap::new();
-    for a in addrs6.iter().filter(|a| is_link_local(&a.addr.octets())) {
-        let Some(p) = planned.get(&a.index) else {
-            continue;
-        };
-        let net_id = p.info.net_id;
-        if role_of(planned, a.index) != Some(IfaceRole::Bridge) || !v6_nets.contains_key(&net_id) {
-            continue;
-        }
-        let mac = links
-            .iter()
-            .find(|l| l.index == a.index)
-            .and_then(|l| l.mac)
-            .unwrap_or_default();
-        let ep = Endpoint {
-            ifindex: a.index,
-            net_id,
-            mac,
-            _pad: [0; 2],
-        };
-        want.insert(Addr6Key::of(&a.addr.octets(), net_id), ep);
-    }
-    want
-}
-
-fn role_of(planned: &BTreeMap<u32, crate::plan::Planned>, ifindex: u32) -> Option<IfaceRole> {
-    planned
-        .get(&ifindex)
-        .and_then(|p| IfaceRole::from_u32(p.info.role))
 }
 
 /// Typed handles on the IPv6 maps.
@@ -380,7 +328,7 @@ impl Maps6 {
     }
 
     /// Records the bridges' own addresses (`want`, from
-    /// [`want_bridge_addrs`]) and drops those of `bridges` no longer there.
+    /// [`crate::reconcile6::want_bridge_addrs`]) and drops those of `bridges` no longer there.
     /// An address a port took before its bridge had it goes to the bridge.
     pub fn reserve_bridge_addrs(
         &mut self,
@@ -577,10 +525,14 @@ mod tests {
         assert!(perr("ff02::/16").contains("multicast"));
         for (block, what) in [
             ("2002::/16", "6to4"),
+            ("3fff::/20", "documentation"),
             ("2001::/32", "Teredo"),
             ("fec0::/10", "site-local"),
             ("100::/64", "discard"),
             ("2000::/3", "Teredo"),
+            ("3fff::/64", "documentation"),
+            ("64:ff9b::/96", "NAT64"),
+            ("64:ff9b:1::/64", "NAT64"),
         ] {
             assert!(perr(block).contains(what), "{block}");
         }
@@ -590,77 +542,6 @@ mod tests {
         assert!(perr("::/0").contains("overlaps"));
         assert!(perr("fd00::/127").contains("/126"));
         assert!(perr("fd00:zz::/64").contains("expected IPv6 CIDR"));
-    }
-
-    #[test]
-    fn bridges_of_dual_stack_networks_keep_their_link_local_addresses() {
-        use crate::{
-            plan::Planned,
-            plumbing::{Addr6, Link},
-        };
-        let planned = |role: IfaceRole, net_id| Planned {
-            name: String::new(),
-            info: netpath_common::IfaceInfo {
-                role: role as u32,
-                net_id,
-                ..Default::default()
-            },
-        };
-        // Bridges 10 (network 1, dual stack) and 20 (network 2, IPv4
-        // only), port 11, uplink 30.
-        let plan = BTreeMap::from([
-            (10, planned(IfaceRole::Bridge, 1)),
-            (11, planned(IfaceRole::Port, 1)),
-            (20, planned(IfaceRole::Bridge, 2)),
-            (30, planned(IfaceRole::Uplink, 0)),
-        ]);
-        let links: Vec<Link> = [10, 11, 20, 30]
-            .map(|index| Link {
-                index,
-                name: format!("if{index}"),
-                kind: None,
-                master: None,
-                flags: rtnetlink::packet_route::link::LinkFlags::empty(),
-                mac: Some([2, 0, 0, 0, 0, index as u8]),
-                peer: None,
-                vlan_id: None,
-            })
-            .to_vec();
-        let addr = |index, a: &str| Addr6 {
-            index,
-            addr: a.parse().unwrap(),
-            prefix_len: 64,
-            usable: !a.starts_with("fe80"),
-        };
-        let addrs = [
-            addr(10, "fe80::1234:5678:9abc:def0"),
-            addr(10, "fe80::2"),
-            addr(10, "fd00:18::1"),
-            addr(11, "fe80::11"),
-            addr(20, "fe80::20"),
-            addr(30, "fe80::30"),
-            addr(30, "2001:470::1"),
-        ];
-        let v6_nets = BTreeMap::from([(1, NetworkInfo6::default())]);
-        let want = want_bridge_addrs(&plan, &links, &addrs, &v6_nets);
-        let got: Vec<(Ipv6Addr, u32, u32, [u8; 6])> = want
-            .iter()
-            .map(|(k, e)| (Ipv6Addr::from(k.addr), k.scope, e.ifindex, e.mac))
-            .collect();
-        let mac = [2, 0, 0, 0, 0, 10];
-        assert_eq!(
-            got,
-            [
-                ("fe80::2".parse().unwrap(), 1, 10, mac),
-                ("fe80::1234:5678:9abc:def0".parse().unwrap(), 1, 10, mac),
-            ]
-        );
-        // The uplink's usable global address is NAT66's.
-        let up = want_uplinks(&plan, &addrs);
-        assert_eq!(
-            up,
-            BTreeMap::from([(30, "2001:470::1".parse::<Ipv6Addr>().unwrap().octets())])
-        );
     }
 
     #[test]

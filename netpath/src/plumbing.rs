@@ -474,7 +474,15 @@ pub fn digest(links: &[Link], addrs: &[Addr4], addrs6: &[Addr6]) -> u64 {
         bytes.extend(a.addr.octets());
         bytes.push(a.prefix_len);
     }
-    for a in addrs6 {
+    // Of IPv6 addresses, what a reconcile uses: usable global ones (NAT66
+    // takes an uplink's) and bridges' link-local ones (no port may take
+    // them); not the link-local address every new port's veth gets.
+    let bridge = |i: u32| {
+        links
+            .iter()
+            .any(|l| l.index == i && l.kind.as_deref() == Some("bridge"))
+    };
+    for a in addrs6.iter().filter(|a| a.usable || bridge(a.index)) {
         bytes.extend(a.index.to_le_bytes());
         bytes.extend(a.addr.octets());
         bytes.push(a.prefix_len);

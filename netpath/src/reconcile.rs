@@ -165,7 +165,8 @@ pub async fn reconcile(
         .v6
         .prune(&senders.collect())
         .context("pruning IPv6 ports")?;
-    let bridge_addrs = crate::net6::want_bridge_addrs(&planned, &all, &addrs6, &dp.maps.v6.all()?);
+    let bridge_addrs =
+        crate::reconcile6::want_bridge_addrs(&planned, &all, &addrs6, &dp.maps.v6.all()?);
     let bridges = in_net(IfaceRole::Bridge).map(|(i, _)| i).collect();
     dp.maps
         .v6
@@ -173,7 +174,7 @@ pub async fn reconcile(
         .context("recording the bridges' IPv6 addresses")?;
     tables::sync(
         &mut dp.maps.v6.uplinks,
-        &crate::net6::want_uplinks(&planned, &addrs6),
+        &crate::reconcile6::want_uplinks(&planned, &addrs6),
     )
     .context("recording the uplinks' IPv6 addresses")?;
     tables::sync(&mut dp.maps.vlans, &want_vlans(&all, &planned)).context("recording VLANs")?;

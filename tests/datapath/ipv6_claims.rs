@@ -200,6 +200,58 @@ fn a_dropped_packet_teaches_its_port_nothing() {
         assert_eq!(port.global, ip("fd00:30::7").octets());
         assert_eq!(endpoint(&dp, "fd00:30::7").map(|e| e.ifindex), Some(LO));
     });
+    // IPv4 the same: a packet to another network's container is isolated
+    // and teaches the unbound port neither address nor MAC.
+    in_netns("v4nolearn", |pins| {
+        let mut dp = datapath(pins, 0);
+        let (src, other) = (Ipv4Addr::new(172, 30, 0, 5), Ipv4Addr::new(172, 31, 0, 2));
+        let udp = frames::udp(src, other, 4000, 53, b"q", true);
+        let f = frames::frame(frames::UDP, src, other, &udp, 1, 0);
+        let f = frames::with_macs(f, BRIDGE_MAC, MAC);
+        assert_eq!(run(&mut dp, Dir::Ingress, &f, 1).0, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::Isolation), 1);
+        let info = dp.maps.ifaces.get(&LO, 0).unwrap();
+        assert_eq!((info.flags & iface_flags::MAC_FIXED, info.ipv4_be), (0, 0));
+        assert!(dp.maps.endpoints4.get(&u32::from(src).to_be(), 0).is_err());
+    });
+}
+
+#[test]
+fn a_bridge_address_a_port_took_first_goes_to_the_bridge() {
+    require_root!();
+    in_netns("v6brtaken", |pins| {
+        let mut dp = datapath(pins, 0);
+        // The container takes fe80::1 before its bridge has it...
+        let taken = "fe80::1";
+        let e = echo(ALL_NODES, taken, "ff02::1");
+        assert_eq!(run(&mut dp, Dir::Ingress, &e, 1).0, TCX_NEXT);
+        // ... then the address is added to the bridge, and the reconcile
+        // records it as the bridge's.
+        let ep = Endpoint {
+            ifindex: BRIDGE,
+            net_id: 1,
+            mac: BRIDGE_MAC,
+            _pad: [0; 2],
+        };
+        let want = BTreeMap::from([(Addr6Key::of(&ip(taken).octets(), 1), ep)]);
+        dp.maps
+            .v6
+            .reserve_bridge_addrs(&want, &BTreeSet::from([BRIDGE]))
+            .unwrap();
+        // The port may no longer send from it or advertise it.
+        let na = frame6(
+            ALL_NODES,
+            &ll_of(&MAC),
+            "ff02::1",
+            58,
+            &nd(136, taken, Some(MAC)),
+        );
+        assert_eq!(run(&mut dp, Dir::Ingress, &na, 1).0, SHOT, "NA");
+        assert_eq!(run(&mut dp, Dir::Ingress, &e, 1).0, SHOT, "echo");
+        assert_eq!(drops(&dp, 1, DropReason::NdSpoof), 1);
+        assert_eq!(drops(&dp, 1, DropReason::SpoofedSource), 1);
+        assert_eq!(endpoint(&dp, taken).map(|e| e.ifindex), Some(BRIDGE));
+    });
 }
 
 #[test]
@@ -222,5 +274,46 @@ fn no_upper_layer_header_is_read_from_ethernet_padding() {
         short.extend_from_slice(&[0; 16]);
         assert_eq!(run(&mut dp, Dir::Ingress, &short, 1).0, SHOT);
         assert_eq!(drops(&dp, 1, DropReason::Malformed), 2);
+    });
+}
+
+#[test]
+fn router_only_messages_are_refused_and_mld_reports_pass() {
+    require_root!();
+    in_netns("v6router", |pins| {
+        let mut dp = datapath(pins, 0);
+        let ll = ll_of(&MAC);
+        // MLD query (general), router renumbering, multicast router
+        // advertisement and termination: a router's to send, not a
+        // container's.
+        let query = [130u8, 0, 0, 0, 0, 10, 0, 0]
+            .iter()
+            .copied()
+            .chain([0; 16])
+            .collect::<Vec<_>>();
+        for (ty, msg) in [
+            (130, query.clone()),
+            (138, vec![138, 0, 0, 0, 0, 0, 0, 0]),
+            (151, vec![151, 20, 0, 0, 0, 0, 0, 0]),
+            (153, vec![153, 0, 0, 0]),
+        ] {
+            let f = frame6(ALL_NODES, &ll, "ff02::1", 58, &msg);
+            assert_eq!(run(&mut dp, Dir::Ingress, &f, 1).0, SHOT, "type {ty}");
+        }
+        // From :: too (an MLD query may come from the unspecified address).
+        let f = frame6(ALL_NODES, "::", "ff02::1", 58, &query);
+        assert_eq!(run(&mut dp, Dir::Ingress, &f, 1).0, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::RouterAdvert), 5);
+        // An MLDv2 report (143) with no records, and a multicast router
+        // solicitation (152): a host's to send.
+        for msg in [vec![143u8, 0, 0, 0, 0, 0, 0, 0], vec![152, 0, 0, 0]] {
+            let f = frame6(ALL_NODES, &ll, "ff02::16", 58, &msg);
+            assert_eq!(
+                run(&mut dp, Dir::Ingress, &f, 1).0,
+                TCX_NEXT,
+                "type {}",
+                msg[0]
+            );
+        }
     });
 }

@@ -76,6 +76,11 @@ fn nat6_datapath(pins: &std::path::Path, uplink: Option<Ipv6Addr>) -> Datapath {
     dp
 }
 
+/// A UDP query from `c`:5353 to R:53.
+fn query(c: Ipv6Addr) -> Vec<u8> {
+    frame6(UDP, c, r(), &packet::udp(c, r(), 5353, 53, b"q", true))
+}
+
 /// Loopback becomes a port of network `net_id`, with an uplink at
 /// ifindex 7 for packets to come in through (`run_from`). Returns the
 /// port's record.
@@ -184,12 +189,7 @@ fn nat66_masquerades_tcp_udp_and_echo_and_writes_replies_back() {
         assert_ne!(o2.flags & ct_flags::SEEN_REPLY, 0);
 
         // UDP and an echo request, with the checksums right.
-        let q = frame6(
-            UDP,
-            c1(),
-            r(),
-            &packet::udp(c1(), r(), 5353, 53, b"q", true),
-        );
+        let q = query(c1());
         let (_, out) = run(&mut dp, Dir::Egress, &q, 1);
         assert_eq!(parsed(&out), (u(), r(), 5353, 53));
         assert_checksum(&out);
@@ -376,12 +376,7 @@ fn icmpv6_errors_about_nat66_flows_are_translated_quoted_packet_included() {
         // C1's UDP query gets an answer, which C1 refuses with a Port
         // Unreachable: it leaves from U, quoting the answer as R sent it.
         dp.maps.ifaces.insert(LO, uplink, 0).unwrap();
-        let q = frame6(
-            UDP,
-            c1(),
-            r(),
-            &packet::udp(c1(), r(), 5353, 53, b"q", true),
-        );
+        let q = query(c1());
         let (_, q_out) = run(&mut dp, Dir::Egress, &q, 1);
         let (_, _, qport, _) = parsed(&q_out);
         let answer = frame6(UDP, r(), u(), &packet::udp(r(), u(), 53, qport, b"a", true));
@@ -426,7 +421,7 @@ fn later_ipv6_fragments_follow_their_first_fragments_flow_in() {
         let mut dp = nat6_datapath(pins, Some(u()));
         // C2 then C1 ask R from port 5353: C1's flow leaves on another port.
         for c in [c2(), c1()] {
-            let q = frame6(UDP, c, r(), &packet::udp(c, r(), 5353, 53, b"q", true));
+            let q = query(c);
             run(&mut dp, Dir::Egress, &q, 1);
         }
         let o = entry(&dp, &key(c1(), r(), 5353, 53, UDP));
@@ -475,4 +470,65 @@ fn parsed_after_fragment(f: &[u8]) -> (Ipv6Addr, Ipv6Addr, u16, u16) {
     let l4 = ETH + 48;
     let be = |o: usize| u16::from_be_bytes([f[o], f[o + 1]]);
     (src, dst, be(l4), be(l4 + 2))
+}
+
+#[test]
+fn errors_quoting_a_first_fragment_or_sctp_reach_their_container() {
+    require_root!();
+    in_netns("icmp66more", |pins| {
+        let mut dp = nat6_datapath(pins, Some(u()));
+        let router = ip("fd00:ee::1");
+        // C1's large UDP datagram leaves in fragments; a router says Packet
+        // Too Big quoting the first one (its Fragment header first).
+        let whole = packet::udp(c1(), r(), 5353, 53, &[0x55; 48], true);
+        let first = fragment6(c1(), r(), UDP, 0, true, 0xabcd, &whole[..32]);
+        let (v, sent) = run(&mut dp, Dir::Egress, &first, 1);
+        assert_eq!((v, parsed(&sent).0), (TCX_NEXT, u()));
+        let ptb = error6(router, u(), 2, 1280u32.to_be_bytes(), &sent);
+        let (v, out) = run(&mut dp, Dir::Ingress, &ptb, 1);
+        assert_eq!(v, TCX_NEXT);
+        let (src, dst, ..) = parsed(&out);
+        assert_eq!((src, dst), (router, c1()), "written back to C1");
+        // The quoted source is C1's again (after the 8-byte fragment header).
+        assert_eq!(out[ETH + 48 + 8..ETH + 48 + 24], c1().octets());
+        assert_checksum(&out);
+        // SCTP: masqueraded, and its Packet Too Big finds C1 too.
+        let init = netpath::lab::frames::sctp(5000, 5001, 0, 1, &[0; 16]);
+        let (v, sent) = run(&mut dp, Dir::Egress, &frame6(132, c1(), r(), &init), 1);
+        assert_eq!((v, parsed(&sent).0), (TCX_NEXT, u()));
+        let ptb = error6(router, u(), 2, 1280u32.to_be_bytes(), &sent);
+        let (v, out) = run(&mut dp, Dir::Ingress, &ptb, 1);
+        assert_eq!(v, TCX_NEXT);
+        let (src, dst, ..) = parsed(&out);
+        assert_eq!((src, dst), (router, c1()));
+        assert_eq!(quoted_of(&out), (c1(), r(), 5000, 5001));
+        assert_checksum(&out);
+    });
+}
+
+#[test]
+fn atomic_fragments_from_outside_leave_other_datagrams_records_alone() {
+    require_root!();
+    in_netns("frag66lru", |pins| {
+        let mut dp = nat6_datapath(pins, Some(u()));
+        // C1 (NAT66) asks R; R's answer comes in two fragments.
+        let q = query(c1());
+        let (_, q_out) = run(&mut dp, Dir::Egress, &q, 1);
+        let port = parsed(&q_out).2;
+        let answer = packet::udp(r(), u(), 53, port, &[7; 24], true);
+        let first = fragment6(r(), u(), UDP, 0, true, 0x1111, &answer[..16]);
+        let later = fragment6(r(), u(), UDP, 16, false, 0x1111, &answer[16..]);
+        assert_eq!(run(&mut dp, Dir::Ingress, &first, 1).0, TCX_NEXT);
+        // Anyone may ping C3 (routed); 8192 atomic fragments (first and
+        // last at once) of those pings record nothing, so they cannot push
+        // C1's datagram out of the table (4096 entries).
+        let attacker = ip("2001:470:1::66");
+        let echo = echo6(attacker, c3(), 128, 0x4242);
+        for id in 0..8192u32 {
+            let f = fragment6(attacker, c3(), ICMPV6, 0, false, id, &echo);
+            assert_eq!(run(&mut dp, Dir::Ingress, &f, 1).0, TCX_NEXT);
+        }
+        let (v, out) = run(&mut dp, Dir::Ingress, &later, 1);
+        assert_eq!((v, parsed(&out).1), (TCX_NEXT, c1()), "C1's later fragment");
+    });
 }

@@ -561,3 +561,57 @@ fn path_mtu_discovery_fragments_and_hop_errors_work_through_nat66() {
     let s = status(&host);
     assert_eq!(drops(&s, BR1, "drop_malformed"), 0, "{s}");
 }
+
+#[test]
+fn a_link_local_address_added_to_a_bridge_is_the_bridges_at_once() {
+    require_root!();
+    let host = Netns::new("v6bl").unwrap().cleanup_with(NETPATH);
+    // With the daemon: it follows IPv6 address events.
+    netpath_ok(
+        &host,
+        &[
+            "up",
+            "--bridge",
+            BR1,
+            "--subnet",
+            "172.28.0.0/24",
+            "--subnet",
+            "fd00:28::/64",
+        ],
+    );
+    let (c1, _) = connect(&host, "v6bl1", BR1);
+    let mac1 = raw::mac_of(&c1, "eth0");
+    let all_nodes = [0x33, 0x33, 0, 0, 0, 1];
+    // c1 advertises fe80::1 as its own before the bridge has it: allowed
+    // (a free link-local address).
+    let claim = || {
+        raw::send(
+            &c1,
+            "eth0",
+            vec![icmp6_frame(
+                mac1,
+                all_nodes,
+                "fe80::1",
+                "ff02::1",
+                &na("fe80::1", mac1),
+            )],
+            1,
+        )
+    };
+    let spoofed = || drops(&status(&host), BR1, "drop_spoofed_source");
+    claim();
+    assert_eq!(spoofed(), 0, "fe80::1 was free");
+    // Let the daemon settle after connect's events (it takes a burst of
+    // them for up to a second), so only the address event can wake it.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // The bridge gets fe80::1: the daemon's next reconcile makes it the
+    // bridge's, and c1's claim is refused from then on.
+    host.ip(&["addr", "add", "fe80::1/64", "dev", BR1, "nodad"])
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while spoofed() == 0 && std::time::Instant::now() < deadline {
+        claim();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(spoofed() >= 1, "c1 still sends from the bridge's fe80::1");
+}
