@@ -11,6 +11,7 @@
 //! also exits by itself when the namespace's state is gone.
 
 use std::{
+    collections::BTreeSet,
     fs::{File, OpenOptions},
     io::{Read as _, Seek as _, Write as _},
     os::unix::process::CommandExt as _,
@@ -376,14 +377,23 @@ pub async fn run(opts: Options) -> Result<()> {
     .context("subscribing to link, address and TC events")?;
     tokio::spawn(conn);
     let must_reapply = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut nl_events = nl_events.inspect({
-        let flag = must_reapply.clone();
-        move |(msg, _)| {
-            if forces_reapply(msg) {
-                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    // The managed bridges, as of the last re-apply: of link-local IPv6
+    // address events only theirs matter (every new port's veth gets one,
+    // which would only stretch the burst the port's attachment waits for).
+    let bridges = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let mut nl_events = nl_events
+        .filter({
+            let bridges = bridges.clone();
+            move |(msg, _)| futures::future::ready(!port_link_local(msg, &bridges))
+        })
+        .inspect({
+            let flag = must_reapply.clone();
+            move |(msg, _)| {
+                if forces_reapply(msg) {
+                    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
             }
-        }
-    });
+        });
     let mut stop = events::Stop::new()?;
     // The first tick at once, then after each sweep the sweeper's interval.
     let mut next_tick = tokio::time::Instant::now();
@@ -451,6 +461,13 @@ pub async fn run(opts: Options) -> Result<()> {
         tracing::debug!("re-applying after link or address events");
         match refresh(&nl, &mut loaded).await {
             Ok(Some(r)) => {
+                if let (Some(dp), Ok(mut b)) = (&loaded, bridges.lock()) {
+                    *b = dp
+                        .maps
+                        .networks()
+                        .map(|n| n.values().map(|i| i.bridge_ifindex).collect())
+                        .unwrap_or_default();
+                }
                 for c in r.changes.iter().filter(|c| c.changed()) {
                     info!("{}: {}", c.name, c.role.as_str());
                 }
@@ -491,6 +508,26 @@ pub async fn run(opts: Options) -> Result<()> {
 /// link deleted (it took its filters along, and one re-created under the
 /// same index, name and MAC would leave the digest as it was), and lost
 /// events (an overrun).
+/// Whether `msg` is a link-local IPv6 address event on an interface that
+/// is not a managed bridge (`bridges`): nothing a re-apply reads.
+fn port_link_local(
+    msg: &rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+    bridges: &std::sync::Mutex<BTreeSet<u32>>,
+) -> bool {
+    use rtnetlink::{
+        packet_core::NetlinkPayload,
+        packet_route::{AddressFamily, RouteNetlinkMessage as M, address::AddressScope},
+    };
+    let (NetlinkPayload::InnerMessage(M::NewAddress(a))
+    | NetlinkPayload::InnerMessage(M::DelAddress(a))) = &msg.payload
+    else {
+        return false;
+    };
+    a.header.family == AddressFamily::Inet6
+        && a.header.scope == AddressScope::Link
+        && bridges.lock().is_ok_and(|b| !b.contains(&a.header.index))
+}
+
 fn forces_reapply(
     msg: &rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
 ) -> bool {
