@@ -87,6 +87,24 @@ fn status(lab: &ArmLab) -> Result<serde_json::Value> {
     Ok(serde_json::from_str(&lab.netpath(&["status", "--json"])?)?)
 }
 
+/// `status` once the table is still: the flood's last packets may be in
+/// the lab's queues when the sender returns (more so on a loaded machine),
+/// and an insert counted after the counting pass would read as an
+/// eviction. Waits at most 2 s for two readings 200 ms apart to agree.
+fn settled_status(lab: &ArmLab) -> Result<serde_json::Value> {
+    let mut last = status(lab)?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = status(lab)?;
+        if num(&now, "inserted") == num(&last, "inserted") {
+            return Ok(now);
+        }
+        last = now;
+    }
+    Ok(last)
+}
+
 fn num(v: &serde_json::Value, field: &str) -> u64 {
     v["conntrack"][field].as_u64().unwrap_or(0)
 }
@@ -213,7 +231,7 @@ pub fn measure(lab: &ArmLab, quick: bool) -> Result<Vec<DaemonCost>> {
     stop.store(true, Ordering::Relaxed);
     let peak = watcher.join().unwrap_or(0.0);
     let sent = sent?;
-    let after = status(lab)?;
+    let after = settled_status(lab)?;
     let mut c = row(
         "SYN flood",
         format!(
