@@ -38,39 +38,52 @@ fn port(ifindex: u32) -> Port6 {
         .unwrap_or_default()
 }
 
-// owns, claimable and learn are BPF subprograms: each has a stack frame of
-// its own, instead of their 16-byte temporaries adding up in their callers'
-// frames (a port's program has 512 bytes for its whole call chain).
+// its_own, may_take and learn are BPF subprograms: each has a stack frame
+// of its own, instead of their 16-byte temporaries adding up in their
+// callers' frames (a port's program has 512 bytes for its whole call chain).
 impl Sender6<'_> {
+    /// Whom `NP_ENDPOINTS6` records as sending from `addr`.
+    #[inline(always)]
+    fn holder(&self, addr: &[u8; 16]) -> Holder {
+        // SAFETY: the value is read at once.
+        match unsafe { NP_ENDPOINTS6.get(Addr6Key::of(addr, self.s.iface.net_id)) } {
+            None => Holder::Nobody,
+            Some(ep) if ep.ifindex == self.s.ifindex => Holder::This,
+            Some(_) => Holder::Another,
+        }
+    }
+
     /// Whether the container sends from `addr` already: its own (EUI-64,
     /// learnt or bound) and not recorded as another's since (a bridge's
     /// link-local address the reconcile gave back to the bridge).
-    #[inline(never)]
+    #[inline(always)]
     pub fn owns(&self, addr: &[u8; 16]) -> bool {
+        self.holder(addr) != Holder::Another && self.its_own(addr)
+    }
+
+    /// Whether the container may take `addr` (it does not send from it yet).
+    #[inline(always)]
+    pub fn claimable(&self, addr: &[u8; 16]) -> bool {
+        self.holder(addr) != Holder::Another && self.may_take(addr)
+    }
+
+    /// `addr` is the port's own: its MAC's EUI-64 link-local, the one
+    /// link-local it learnt, its global address.
+    #[inline(never)]
+    fn its_own(&self, addr: &[u8; 16]) -> bool {
         let port = port(self.s.ifindex);
-        let own = if is_link_local(addr) {
+        if is_link_local(addr) {
             same6(addr, &eui64_link_local(&self.s.mac))
                 || port.flags & port6_flags::LINK_LOCAL_LEARNED != 0
                     && same6(addr, &port.link_local)
         } else {
             port.has_global() && same6(addr, &port.global)
-        };
-        // SAFETY: the value is read at once.
-        own && unsafe { NP_ENDPOINTS6.get(Addr6Key::of(addr, self.s.iface.net_id)) }
-            .is_none_or(|ep| ep.ifindex == self.s.ifindex)
+        }
     }
 
-    /// Whether the container may take `addr` (it does not send from it yet).
+    /// The port may take `addr`, no other one sending from it.
     #[inline(never)]
-    pub fn claimable(&self, addr: &[u8; 16]) -> bool {
-        // SAFETY: the value is read at once.
-        let free = match unsafe { NP_ENDPOINTS6.get(Addr6Key::of(addr, self.s.iface.net_id)) } {
-            Some(ep) => ep.ifindex == self.s.ifindex,
-            None => true,
-        };
-        if !free {
-            return false;
-        }
+    fn may_take(&self, addr: &[u8; 16]) -> bool {
         let port = port(self.s.ifindex);
         if is_link_local(addr) {
             // Its MAC's own, or one other: never one made from the MAC of
@@ -129,21 +142,27 @@ impl Sender6<'_> {
                 Err(DropReason::SpoofedSource)
             };
         }
-        if self.owns(&ip.saddr) {
+        // One look at who holds the address serves both questions.
+        let holder = self.holder(&ip.saddr);
+        if holder == Holder::Another {
+            return Err(DropReason::SpoofedSource);
+        }
+        if self.its_own(&ip.saddr) {
             // An EUI-64 address is recorded on its first packet (and again
             // after a reconcile dropped a stale record).
-            return Ok(is_link_local(&ip.saddr) && !self.recorded(&ip.saddr));
+            return Ok(is_link_local(&ip.saddr) && holder == Holder::Nobody);
         }
-        if self.claimable(&ip.saddr) {
+        if self.may_take(&ip.saddr) {
             return Ok(true);
         }
         Err(DropReason::SpoofedSource)
     }
+}
 
-    #[inline(always)]
-    fn recorded(&self, addr: &[u8; 16]) -> bool {
-        NP_ENDPOINTS6
-            .get_ptr(Addr6Key::of(addr, self.s.iface.net_id))
-            .is_some()
-    }
+/// Whom `NP_ENDPOINTS6` records for an address, seen from one port.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    Nobody,
+    This,
+    Another,
 }

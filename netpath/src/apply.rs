@@ -50,6 +50,7 @@ async fn current(nl: &Netlink, state: &StateDir) -> Result<Current> {
     let host_addrs = nl
         .host_addrs()
         .await?
+        .v4
         .into_iter()
         .filter(|a| !bridges.contains(&a.ifname))
         .map(|a| a.addr)
@@ -86,7 +87,7 @@ async fn check_links(nl: &Netlink, d: &Desired, plan: &Plan, cur: &Current) -> R
             .values()
             .map(|i| codec::ifname_from_bytes(&i.bridge_name)),
     );
-    let addrs = nl.host_addrs().await?;
+    let addrs = nl.host_addrs().await?.v4;
     for c in &plan.networks {
         let (NetChange::Create(decl) | NetChange::Recreate { decl, .. }) = c else {
             continue;

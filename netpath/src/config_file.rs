@@ -468,7 +468,7 @@ pub fn render(e: &Exported) -> String {
             out.push_str(&format!("from = {}\n", quoted(&c.to_string())));
         }
         if let Some(p) = s.port {
-            let port = format!("{}/{}", p.port, crate::conntrack::proto_name(p.proto));
+            let port = format!("{}/{}", p.port, crate::ctconfig::proto_name(p.proto));
             out.push_str(&format!("port = {}\n", quoted(&port)));
         }
         if let Some(t) = s.to {

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::{
     codec,
-    conntrack::proto_name,
+    ctconfig::proto_name,
     spec,
     state::{self, Maps},
 };

@@ -11,6 +11,7 @@ pub mod codec;
 pub mod config_file;
 pub mod config_plan;
 pub mod conntrack;
+pub mod ctconfig;
 pub mod ctmem;
 pub mod daemon;
 pub mod docker;

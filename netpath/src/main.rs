@@ -6,7 +6,7 @@ use netpath::{
     apply,
     attach::Attach,
     cli::{Cli, Command, ConntrackCmd, FilterCmd, NetworkCmd},
-    codec, conntrack, daemon,
+    codec, conntrack, ctconfig, daemon,
     down::{self, DownTarget},
     endpoint, filter,
     lab::{bench, demo},
@@ -544,10 +544,10 @@ fn conntrack_config(timeouts: &[String], nat_ports: Option<&str>, show_size: boo
     let (state, mut maps) = Maps::open_current()?;
     let mut cfg = maps.config()?;
     if !timeouts.is_empty() || nat_ports.is_some() {
-        conntrack::apply_settings(&mut cfg, timeouts, nat_ports)?;
+        ctconfig::apply_settings(&mut cfg, timeouts, nat_ports)?;
         maps.set_config(&cfg)?;
     }
-    print!("{}", conntrack::render_config(&cfg));
+    print!("{}", ctconfig::render_config(&cfg));
     if show_size {
         println!(
             "max-flows={}",
@@ -580,7 +580,7 @@ fn conntrack_flush(f: &netpath::cli::FlushCmd) -> Result<()> {
     let filter = conntrack::Filter {
         src: f.src,
         dst: f.dst,
-        proto: f.proto.as_deref().map(conntrack::parse_proto).transpose()?,
+        proto: f.proto.as_deref().map(ctconfig::parse_proto).transpose()?,
         port: f.port,
         network: None,
         published: None,

@@ -195,7 +195,7 @@ pub fn show(e: &Event, f: &Filter, names: &Names) -> Option<Shown> {
         }),
         network: names.networks.get(&e.net_id).cloned(),
         proto: if ipv4 {
-            conntrack::proto_name(e.proto)
+            crate::ctconfig::proto_name(e.proto)
         } else {
             format!("ethertype 0x{:04x}", u16::from_be(e.ethertype_be))
         },

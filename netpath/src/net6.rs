@@ -301,15 +301,27 @@ impl Maps6 {
         ignore_missing(self.subnets.remove(&subnet_key(subnet)))
     }
 
-    /// Drops what ports (and bridges) that are no longer ports or bridges
-    /// of `net_of` (ifindex -> network) sent from, and the records of ports
-    /// that went.
-    pub fn prune(&mut self, net_of: &BTreeMap<u32, u32>) -> Result<()> {
+    /// Brings `NP_ENDPOINTS6` and `NP_PORTS6` in line with the interfaces,
+    /// in one walk of each: drops what ports and bridges that are no longer
+    /// ports or bridges of `net_of` (ifindex -> network) sent from, the
+    /// records of ports that went, and addresses `bridges` no longer have;
+    /// records the bridges' own addresses (`bridge_addrs`, from
+    /// [`crate::reconcile6::want_bridge_addrs`]). An address a port took
+    /// before its bridge had it goes to the bridge.
+    pub fn sync_endpoints(
+        &mut self,
+        net_of: &BTreeMap<u32, u32>,
+        bridges: &BTreeSet<u32>,
+        bridge_addrs: &BTreeMap<Addr6Key, Endpoint>,
+    ) -> Result<()> {
         let stale: Vec<Addr6Key> = self
             .endpoints
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, e)| net_of.get(&e.ifindex) != Some(&e.net_id))
+            .filter(|(k, e)| {
+                net_of.get(&e.ifindex) != Some(&e.net_id)
+                    || bridges.contains(&e.ifindex) && !bridge_addrs.contains_key(k)
+            })
             .map(|(k, _)| k)
             .collect();
         for k in stale {
@@ -324,28 +336,7 @@ impl Maps6 {
         for i in ports {
             ignore_missing(self.ports.remove(&i))?;
         }
-        Ok(())
-    }
-
-    /// Records the bridges' own addresses (`want`, from
-    /// [`crate::reconcile6::want_bridge_addrs`]) and drops those of `bridges` no longer there.
-    /// An address a port took before its bridge had it goes to the bridge.
-    pub fn reserve_bridge_addrs(
-        &mut self,
-        want: &BTreeMap<Addr6Key, Endpoint>,
-        bridges: &BTreeSet<u32>,
-    ) -> Result<()> {
-        let stale: Vec<Addr6Key> = self
-            .endpoints
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, e)| bridges.contains(&e.ifindex) && !want.contains_key(k))
-            .map(|(k, _)| k)
-            .collect();
-        for k in stale {
-            ignore_missing(self.endpoints.remove(&k))?;
-        }
-        for (k, e) in want {
+        for (k, e) in bridge_addrs {
             if self.endpoints.get(k, 0).ok().as_ref() != Some(e) {
                 self.endpoints
                     .insert(k, e, 0)

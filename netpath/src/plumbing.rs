@@ -98,6 +98,12 @@ pub struct Addr4 {
     pub prefix_len: u8,
 }
 
+/// The host's addresses by family ([`Netlink::host_addrs`]).
+pub struct HostAddrs {
+    pub v4: Vec<crate::plan::HostAddr>,
+    pub v6: Vec<crate::plan::HostAddr<Ipv6Addr>>,
+}
+
 /// An IPv6 address of global or link scope on a link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Addr6 {
@@ -189,37 +195,30 @@ impl Netlink {
         Ok((v4, v6))
     }
 
-    /// Every IPv4 address of the namespace with its interface's name.
-    pub async fn host_addrs(&self) -> Result<Vec<crate::plan::HostAddr>> {
+    /// Every IPv4 address of the namespace, and every global IPv6 one
+    /// (tentative ones too), with its interface's name, from one dump.
+    pub async fn host_addrs(&self) -> Result<HostAddrs> {
         let names = self.names().await?;
-        Ok(self
-            .ipv4_addrs()
-            .await?
+        let name = |index: u32| names.get(&index).cloned().unwrap_or_default();
+        let (v4, v6) = self.addrs().await?;
+        let v4 = v4
             .into_iter()
             .map(|a| crate::plan::HostAddr {
-                ifname: names.get(&a.index).cloned().unwrap_or_default(),
+                ifname: name(a.index),
                 addr: a.addr,
                 prefix_len: a.prefix_len,
             })
-            .collect())
-    }
-
-    /// Every global IPv6 address of the namespace (tentative ones too)
-    /// with its interface's name.
-    pub async fn host_addrs6(&self) -> Result<Vec<crate::plan::HostAddr<Ipv6Addr>>> {
-        let names = self.names().await?;
-        Ok(self
-            .addrs()
-            .await?
-            .1
+            .collect();
+        let v6 = v6
             .into_iter()
             .filter(|a| !is_link_local(&a.addr.octets()))
             .map(|a| crate::plan::HostAddr {
-                ifname: names.get(&a.index).cloned().unwrap_or_default(),
+                ifname: name(a.index),
                 addr: a.addr,
                 prefix_len: a.prefix_len,
             })
-            .collect())
+            .collect();
+        Ok(HostAddrs { v4, v6 })
     }
 
     /// Every link with what role planning needs, including its primary
@@ -477,12 +476,15 @@ pub fn digest(links: &[Link], addrs: &[Addr4], addrs6: &[Addr6]) -> u64 {
     // Of IPv6 addresses, what a reconcile uses: usable global ones (NAT66
     // takes an uplink's) and bridges' link-local ones (no port may take
     // them); not the link-local address every new port's veth gets.
-    let bridge = |i: u32| {
-        links
-            .iter()
-            .any(|l| l.index == i && l.kind.as_deref() == Some("bridge"))
-    };
-    for a in addrs6.iter().filter(|a| a.usable || bridge(a.index)) {
+    let bridges: std::collections::BTreeSet<u32> = links
+        .iter()
+        .filter(|l| l.kind.as_deref() == Some("bridge"))
+        .map(|l| l.index)
+        .collect();
+    for a in addrs6
+        .iter()
+        .filter(|a| a.usable || bridges.contains(&a.index))
+    {
         bytes.extend(a.index.to_le_bytes());
         bytes.extend(a.addr.octets());
         bytes.push(a.prefix_len);

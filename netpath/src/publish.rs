@@ -43,7 +43,7 @@ impl Mapping {
     }
 }
 
-use crate::conntrack::proto_name;
+use crate::ctconfig::proto_name;
 
 mod owned;
 pub use owned::{Synced, owned_changes, owned_to, sync_owned, sync_owned_to};

@@ -161,17 +161,13 @@ pub async fn reconcile(
             .map(|(i, p)| (*i, p.info.net_id))
     };
     let senders = in_net(IfaceRole::Port).chain(in_net(IfaceRole::Bridge));
-    dp.maps
-        .v6
-        .prune(&senders.collect())
-        .context("pruning IPv6 ports")?;
+    let bridges = in_net(IfaceRole::Bridge).map(|(i, _)| i).collect();
     let bridge_addrs =
         crate::reconcile6::want_bridge_addrs(&planned, &all, &addrs6, &dp.maps.v6.all()?);
-    let bridges = in_net(IfaceRole::Bridge).map(|(i, _)| i).collect();
     dp.maps
         .v6
-        .reserve_bridge_addrs(&bridge_addrs, &bridges)
-        .context("recording the bridges' IPv6 addresses")?;
+        .sync_endpoints(&senders.collect(), &bridges, &bridge_addrs)
+        .context("recording the ports' and bridges' IPv6 addresses")?;
     tables::sync(
         &mut dp.maps.v6.uplinks,
         &crate::reconcile6::want_uplinks(&planned, &addrs6),
@@ -253,7 +249,7 @@ pub async fn address_conflicts(nl: &Netlink, maps: &Maps) -> Result<Vec<String>>
     let bridges = nets.iter().map(|n| n.bridge.clone()).collect();
     Ok(plan::address_conflicts(
         &nets,
-        &nl.host_addrs().await?,
+        &nl.host_addrs().await?.v4,
         &bridges,
     ))
 }

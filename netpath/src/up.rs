@@ -224,19 +224,14 @@ async fn check(nl: &Netlink, state: &StateDir, args: &UpArgs) -> Result<Checked>
         .map(|s| s.bridge.clone())
         .chain([spec.bridge.clone()])
         .collect();
-    if let Some(c) = plan::address_conflicts(
-        std::slice::from_ref(spec),
-        &nl.host_addrs().await?,
-        &bridges,
-    )
-    .first()
+    let host = nl.host_addrs().await?;
+    if let Some(c) = plan::address_conflicts(std::slice::from_ref(spec), &host.v4, &bridges).first()
     {
         bail!("{c}");
     }
     if let Some(v6) = &args.v6 {
-        let addrs6 = nl.host_addrs6().await?;
         if let Some(c) =
-            plan::address_conflicts6(&v6.subnet, &spec.bridge, &addrs6, &bridges).first()
+            plan::address_conflicts6(&v6.subnet, &spec.bridge, &host.v6, &bridges).first()
         {
             bail!("{c}");
         }

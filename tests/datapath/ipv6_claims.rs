@@ -49,6 +49,17 @@ fn add_neighbour(dp: &mut Datapath) {
         .unwrap();
 }
 
+/// What the reconcile records of the interfaces: the port (loopback),
+/// the neighbour (5) and the bridge are network 1's; `want` are the
+/// bridge's own addresses.
+fn reserve(dp: &mut Datapath, want: &BTreeMap<Addr6Key, Endpoint>) {
+    let net_of = BTreeMap::from([(LO, 1), (5, 1), (BRIDGE, 1)]);
+    dp.maps
+        .v6
+        .sync_endpoints(&net_of, &BTreeSet::from([BRIDGE]), want)
+        .unwrap();
+}
+
 fn endpoint(dp: &Datapath, addr: &str) -> Option<Endpoint> {
     dp.maps
         .v6
@@ -73,10 +84,7 @@ fn a_port_cannot_take_or_probe_a_neighbours_or_a_bridges_link_local_address() {
             _pad: [0; 2],
         };
         let want = BTreeMap::from([(Addr6Key::of(&ip(stable).octets(), 1), ep)]);
-        dp.maps
-            .v6
-            .reserve_bridge_addrs(&want, &BTreeSet::from([BRIDGE]))
-            .unwrap();
+        reserve(&mut dp, &want);
         let own = ll_of(&MAC);
         let theirs = [ll_of(&NEIGHBOUR_MAC), ll_of(&BRIDGE_MAC), stable.to_owned()];
         for target in &theirs {
@@ -110,10 +118,7 @@ fn a_port_cannot_take_or_probe_a_neighbours_or_a_bridges_link_local_address() {
             assert_eq!(endpoint(&dp, src).map(|e| e.ifindex), Some(LO), "{src}");
         }
         // A bridge address gone from the bridge is forgotten.
-        dp.maps
-            .v6
-            .reserve_bridge_addrs(&BTreeMap::new(), &BTreeSet::from([BRIDGE]))
-            .unwrap();
+        reserve(&mut dp, &BTreeMap::new());
         assert_eq!(endpoint(&dp, stable), None);
     });
 }
@@ -234,10 +239,7 @@ fn a_bridge_address_a_port_took_first_goes_to_the_bridge() {
             _pad: [0; 2],
         };
         let want = BTreeMap::from([(Addr6Key::of(&ip(taken).octets(), 1), ep)]);
-        dp.maps
-            .v6
-            .reserve_bridge_addrs(&want, &BTreeSet::from([BRIDGE]))
-            .unwrap();
+        reserve(&mut dp, &want);
         // The port may no longer send from it or advertise it.
         let na = frame6(
             ALL_NODES,
