@@ -265,6 +265,39 @@ pub fn ifnames(ns: &Netns) -> Vec<String> {
         .collect()
 }
 
+/// `ip -o link show` of `ns` without what follows carrier: the operstate
+/// and the LOWER_UP / NO-CARRIER flags. A bridge's carrier comes and goes
+/// with its ports' (and settles a moment after a port is added), so a
+/// "nothing changed" comparison of the raw lines fails on a quiet machine's
+/// timing; names, masters, MTUs, admin flags and MACs remain.
+pub fn links(ns: &Netns) -> String {
+    ns.ip(&["-o", "link", "show"])
+        .expect("ip link")
+        .lines()
+        .map(|l| {
+            let mut words = Vec::new();
+            let mut it = l.split(' ');
+            while let Some(w) = it.next() {
+                if w == "state" {
+                    it.next();
+                    continue;
+                }
+                words.push(if w.starts_with('<') {
+                    let flags: Vec<&str> = w
+                        .trim_matches(|c| c == '<' || c == '>')
+                        .split(',')
+                        .filter(|f| !matches!(*f, "LOWER_UP" | "NO-CARRIER"))
+                        .collect();
+                    format!("<{}>", flags.join(","))
+                } else {
+                    w.to_owned()
+                });
+            }
+            words.join(" ") + "\n"
+        })
+        .collect()
+}
+
 /// TCX programs (id, name) of one interface: (ingress, egress).
 pub type TcPair = (Vec<(u32, String)>, Vec<(u32, String)>);
 
@@ -295,7 +328,7 @@ pub fn snapshot(ns: &Netns) -> Snapshot {
     let mut pins: Vec<String> = walk(std::path::Path::new(&state_dir));
     pins.sort();
     Snapshot {
-        links: ns.ip(&["-o", "link", "show"]).expect("ip link"),
+        links: links(ns),
         addrs: ns.ip(&["-o", "-4", "addr", "show"]).expect("ip addr"),
         routes: ns.ip(&["-4", "route", "show"]).expect("ip route"),
         forwarding,

@@ -71,7 +71,7 @@ fn config(
 /// Links, addresses and routes of `ns`, and whether netpath has state.
 fn world(ns: &Netns) -> (String, String, String, bool) {
     (
-        ns.ip(&["-o", "link", "show"]).unwrap(),
+        harness::links(ns),
         ns.ip(&["-o", "-4", "addr", "show"]).unwrap(),
         ns.ip(&["-4", "route", "show"]).unwrap(),
         netpath(ns, &["ports"]).code == 0,
@@ -349,10 +349,7 @@ fn plugin_by_hand_add_check_del_and_bad_input() {
         ("CNI_NETNS", c4_path.as_str()),
     ];
     assert_eq!(plugin(&host, "ADD", &one, &env3).code, 0);
-    let (links, ports) = (
-        host.ip(&["-o", "link", "show"]).unwrap(),
-        netpath_ok(&host, &["ports"]),
-    );
+    let (links, ports) = (harness::links(&host), netpath_ok(&host, &["ports"]));
     let full = plugin(&host, "ADD", &one, &env4);
     assert_eq!(full.code, 1, "ADD with IPAM exhausted: {}", full.stdout);
     assert!(full.json["code"].as_u64().is_some(), "{}", full.stdout);
@@ -361,11 +358,7 @@ fn plugin_by_hand_add_check_del_and_bad_input() {
         "host-local's error: {}",
         full.stdout
     );
-    assert_eq!(
-        host.ip(&["-o", "link", "show"]).unwrap(),
-        links,
-        "links changed"
-    );
+    assert_eq!(harness::links(&host), links, "links changed");
     assert_eq!(netpath_ok(&host, &["ports"]), ports, "mappings changed");
     assert_eq!(
         c4.ip(&["-o", "link", "show"]).unwrap().lines().count(),
