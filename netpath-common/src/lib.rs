@@ -116,8 +116,14 @@ pub mod map_names {
     /// [`FragKey6`](crate::ct6::FragKey6) -> [`FragPorts`](crate::ct::FragPorts):
     /// the ports of fragmented IPv6 datagrams, from their first fragment (LRU).
     pub const FRAG6: &str = "NP_FRAG6";
+    /// Published IPv6 host ports (`v6::PortKey6` -> `v6::PubVal6`).
+    pub const PUBLISH6: &str = "NP_PUBLISH6";
+    /// Container IPv6 ports some published port leads to.
+    pub const TARGETS6: &str = "NP_TARGETS6";
+    /// The namespace's IPv6 addresses (what `[::]:PORT` is published on).
+    pub const HOSTADDRS6: &str = "NP_HOSTADDRS6";
     /// All pinned map names, for tooling that walks the pin directory.
-    pub const ALL: [&str; 33] = [
+    pub const ALL: [&str; 36] = [
         ENDPOINTS4,
         IFACES,
         NETWORKS,
@@ -151,6 +157,9 @@ pub mod map_names {
         CT6_FILL,
         UPLINKS6,
         FRAG6,
+        PUBLISH6,
+        TARGETS6,
+        HOSTADDRS6,
     ];
 }
 
@@ -555,12 +564,14 @@ mod user {
         event::Event,
         filter::{FilterData, FilterInfo, FilterRule},
         sweep::SweepArgs,
-        v6::{Addr6Key, LeaseKey6, NetworkInfo6, Port6},
+        v6::{Addr6Key, LeaseKey6, NetworkInfo6, Port6, PortKey6, PubVal6},
     };
     unsafe impl aya::Pod for NetworkInfo6 {}
     unsafe impl aya::Pod for Port6 {}
     unsafe impl aya::Pod for Addr6Key {}
     unsafe impl aya::Pod for LeaseKey6 {}
+    unsafe impl aya::Pod for PortKey6 {}
+    unsafe impl aya::Pod for PubVal6 {}
     unsafe impl aya::Pod for SweepArgs {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for TargetKey4 {}

@@ -65,5 +65,7 @@ pub struct SweepArgs {
     pub removed_flows: u32,
     /// Found: entries removed.
     pub removed_entries: u32,
-    pub _pad: u32,
+    /// Only flows of one family: 4 or 6; 0 for both.
+    pub family: u8,
+    pub _pad: [u8; 3],
 }

@@ -99,6 +99,38 @@ pub struct LeaseKey6 {
     pub addr: [u8; 16],
 }
 
+/// Key of `NP_PUBLISH6` (a published host port: the host address it is
+/// bound to, all zeros for every host IPv6 address) and of `NP_TARGETS6`
+/// (a container port some published port leads to): an address, a port
+/// and a protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PortKey6 {
+    pub addr: [u8; 16],
+    pub port_be: u16,
+    /// 6 (TCP), 17 (UDP) or 132 (SCTP).
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of `NP_PUBLISH6`: where a published IPv6 port leads (the IPv6
+/// twin of [`PubVal4`](crate::PubVal4); both families' mappings share the
+/// counter ids of scope `counter_scope::PUBLISH`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PubVal6 {
+    pub target: [u8; 16],
+    pub target_port_be: u16,
+    /// Who published it (`owner::*`); the datapath ignores it.
+    pub owner: u16,
+    /// The target's network.
+    pub net_id: u32,
+    /// Counter id of this mapping.
+    pub id: u32,
+}
+
 /// Whether the first `len` bits of `addr` and `prefix` agree.
 #[inline(always)]
 pub fn in_prefix(addr: &[u8; 16], prefix: &[u8; 16], len: u8) -> bool {

@@ -4,19 +4,28 @@
 //! its MAC. Anything else came through a port netpath does not manage (one
 //! plugged in while no daemon ran to attach it) and is dropped until the
 //! port is attached, so a container never goes unchecked. IPv6 the same
-//! way, from `NP_ENDPOINTS6`.
+//! way, from `NP_ENDPOINTS6`; then a container's IPv6 packet of a
+//! published port's flow is translated here ([`published_flows6`]).
 
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
     DropReason, IfaceInfo,
+    ct::{ct_dir, ct_flags},
+    ct6::CtEntry6,
+    net_flags,
     v6::{Addr6Key, is_unspecified},
 };
 
 use crate::{
     TCX_NEXT,
+    ct::ct_lookup,
+    flow::{apply6, packet_key6, work6},
     lookup::{drop, same_mac},
-    maps::{NP_ENDPOINTS4, NP_ENDPOINTS6},
-    parse::{ETH_HLEN, eth_off, eth_p, ethertype, ip4_off},
+    maps::{NP_ENDPOINTS4, NP_ENDPOINTS6, NP_NETWORKS},
+    parse::{self, ETH_HLEN, L4Kind, eth_off, eth_p, ethertype, ip4_off},
+    parse6::{self, Work6},
+    publish6::publish6,
+    rewrite::Phase,
 };
 
 /// Bridge ingress: frames on their way up to the host.
@@ -59,7 +68,70 @@ fn ingress6(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
     }
     // SAFETY: the value is read at once.
     match unsafe { NP_ENDPOINTS6.get(Addr6Key::of(&addr, iface.net_id)) } {
-        Some(ep) if same_mac(&ep.mac, &mac) => TCX_NEXT,
+        Some(ep) if same_mac(&ep.mac, &mac) => published_flows6(ctx, iface.net_id),
         _ => drop(ctx, iface.net_id, DropReason::UnmanagedPort),
     }
+}
+
+/// A container's IPv6 packet going up to the host from its bridge, its
+/// source checked at its port and by the bridge: the destination half of
+/// a published port's flow (the client's packet to the container, or a
+/// container's answer to itself through its own port), and new such flows.
+#[inline(always)]
+fn published_flows6(ctx: &TcContext, net_id: u32) -> i32 {
+    let Some(w) = work6() else {
+        return TCX_NEXT;
+    };
+    // The port judged the packet whole; what is no flow's passes.
+    if parse6::ipv6(ctx, &mut w.ip).is_err() || w.ip.later_fragment {
+        return TCX_NEXT;
+    }
+    match parse::l4_at(ctx, w.ip.l4, w.ip.proto) {
+        Ok(l4) if l4.kind != L4Kind::IcmpError => w.l4 = l4,
+        _ => return TCX_NEXT,
+    }
+    w.key = packet_key6(&w.ip, &w.l4);
+    let mut e: *mut CtEntry6 = core::ptr::null_mut();
+    match flow(ctx, w, net_id, &mut e) {
+        FOUND => {}
+        v => return v,
+    }
+    if apply6(ctx, w, e, Phase::Ingress).is_err() {
+        return drop(ctx, net_id, DropReason::Malformed);
+    }
+    TCX_NEXT
+}
+
+/// What [`flow`] returns when the packet is a published port's (its entry
+/// in `e`). No verdict has this value.
+const FOUND: i32 = i32::MIN;
+
+/// The published port's flow of a container's packet to the host, known
+/// or new ([`FOUND`]), or the verdict for any other packet. A BPF
+/// subprogram (its own stack frame, next to the rewrite's).
+#[inline(never)]
+fn flow(ctx: &TcContext, w: &mut Work6, net_id: u32, e: &mut *mut CtEntry6) -> i32 {
+    let found = match ct_lookup(&w.key) {
+        Some(found) => found,
+        None => {
+            // An internal network reaches no host port.
+            // SAFETY: map value pointer, read at once (not copied whole).
+            let flags = NP_NETWORKS.get_ptr(net_id).map(|n| unsafe { (*n).flags });
+            if flags.is_none_or(|f| f & net_flags::INTERNAL != 0) {
+                return TCX_NEXT;
+            }
+            match publish6(w, true) {
+                None => return TCX_NEXT,
+                Some(Ok((created, _))) => created,
+                Some(Err((_, r))) => return drop(ctx, net_id, r),
+            }
+        }
+    };
+    // SAFETY: map value pointer, read at once.
+    let (flags, dir) = unsafe { ((*found).flags, (*found).dir) };
+    if flags & ct_flags::DNAT == 0 || dir == ct_dir::MID {
+        return TCX_NEXT;
+    }
+    *e = found;
+    FOUND
 }

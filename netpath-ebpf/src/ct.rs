@@ -30,7 +30,7 @@ use netpath_common::{
 
 use crate::{
     counters::count,
-    lookup::published,
+    lookup::{published, published6},
     maps::{NP_CONFIG, NP_CT_FILL, NP_CT_SCRATCH, NP_CT4, NP_CT6, NP_CT6_FILL, NP_CT6_SCRATCH},
 };
 
@@ -88,8 +88,7 @@ impl Table for CtKey6 {
     }
     #[inline(always)]
     fn held_by_host(skb: *mut c_void, reply: &Self) -> bool {
-        // No IPv6 port is published yet: the host's sockets are all.
-        host_socket6(skb, reply)
+        host_socket6(skb, reply) || published6(&reply.daddr, reply.dport_be, reply.proto).is_some()
     }
     #[inline(always)]
     fn flow_event(_orig: &Self, _reply: &Self, _net_id: u32) {
@@ -197,6 +196,37 @@ pub fn ct_put_mid<K: Table>(key: &K, e: &CtEntry<K>) {
     if ct_insert_new(key, e).is_err() {
         let _ = K::map().insert(key, e, 0);
     }
+}
+
+/// Records the two `MID` entries of a flow whose packets are rewritten at
+/// both ends (a container reaching its own published port): `mid`, the
+/// tuple between the two rewrites, leaves as `reply` reversed, and `mid`
+/// reversed leaves as `orig` reversed. Built in the scratch space (the
+/// flow's own entries are in the map by now), not on the stack. A BPF
+/// subprogram (its own stack frame, apart from the flow's creation).
+#[inline(never)]
+pub fn ct_put_mids<K: Table>(mid: &K, orig: &K, reply: &K, flags: u32, net_id: u32) {
+    let Some(sc) = K::scratch() else {
+        return;
+    };
+    // SAFETY: this CPU's slot, used by nothing else while the program runs.
+    let (a, b) = unsafe { (&mut (*sc)[0], &mut (*sc)[1]) };
+    let t = now();
+    for (e, peer) in [(&mut *a, reply), (&mut *b, orig)] {
+        e.peer = *peer;
+        e.nat_addr_be = K::Addr::default();
+        e.nat_port_be = 0;
+        e.created_ns = t;
+        e.last_seen_ns = t;
+        e.dir = ct_dir::MID;
+        e.state = 0;
+        e.flags = flags;
+        e.net_id = net_id;
+        e.packets = 0;
+        e.bytes = 0;
+    }
+    ct_put_mid(mid, a);
+    ct_put_mid(&mid.reversed(), b);
 }
 
 /// `*ptr += v` as one BPF atomic add (the bpfel target has no Rust atomics).

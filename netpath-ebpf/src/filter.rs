@@ -31,15 +31,20 @@ pub struct Flow {
     /// The container's address and port.
     pub to_be: u32,
     pub to_port_be: u16,
+    /// An IPv6 flow: its addresses are not in `src_be` and `to_be` (both
+    /// 0), so only rules that name neither a client nor a container
+    /// address apply (selecting by network, host port, or container port).
+    pub v6: bool,
 }
 
 /// The key to look `flow` up in group `group`: the selectors the group
-/// names, the rest zero, and the full client address.
+/// names, the rest zero, and the full client address (none for IPv6, so
+/// only a rule for every source matches).
 #[inline(always)]
 fn key(flow: &Flow, group: u8) -> Key<FilterData> {
     let has = |bit: u8| group & bit != 0;
     Key::new(
-        EXACT_BITS + 32,
+        EXACT_BITS + if flow.v6 { 0 } else { 32 },
         FilterData {
             group,
             proto: if has(sel::HOST_PORT) { flow.proto } else { 0 },
@@ -119,8 +124,11 @@ unsafe extern "C" fn visit_group(i: u64, s: *mut c_void) -> i64 {
     // SAFETY: the helper passes our `Search`.
     let s = unsafe { &mut *(s as *mut Search) };
     let group = (i & (GROUPS as u64 - 1)) as u8;
-    // A flow without a host port cannot match a rule that names one.
-    if s.groups & (1u32 << group) == 0 || (group & sel::HOST_PORT != 0 && s.flow.host_port_be == 0)
+    // A flow without a host port cannot match a rule that names one, nor
+    // an IPv6 flow one that names a container address.
+    if s.groups & (1u32 << group) == 0
+        || (group & sel::HOST_PORT != 0 && s.flow.host_port_be == 0)
+        || (group & sel::TO != 0 && s.flow.v6)
     {
         return 0;
     }

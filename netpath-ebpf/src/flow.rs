@@ -18,6 +18,7 @@ use crate::{
     parse::{Ip4, L4},
     parse6::{Ip6, Work6},
     publish::count_published,
+    publish6::count_published6,
     rewrite::{Phase, translate4, translate6},
 };
 
@@ -154,8 +155,7 @@ pub fn work6() -> Option<&'static mut Work6> {
     NP_WORK6.get_ptr_mut(0).map(|w| unsafe { &mut *w })
 }
 
-/// [`apply4`] for IPv6 flows (a container's, masqueraded or routed; no
-/// IPv6 port is published yet) whose tuple is `w.key`. A BPF subprogram
+/// [`apply4`] for IPv6 flows whose tuple is `w.key`. A BPF subprogram
 /// (its own stack frame).
 #[inline(never)]
 pub fn apply6(ctx: &TcContext, w: &Work6, e: *mut CtEntry6, phase: Phase) -> Result<(), ()> {
@@ -170,7 +170,16 @@ pub fn apply6(ctx: &TcContext, w: &Work6, e: *mut CtEntry6, phase: Phase) -> Res
     if !translate6(ctx, &w.ip, Some(&w.l4), &to, phase)? {
         return Ok(());
     }
+    let dnat = flags & ct_flags::DNAT != 0;
     let kind = match (phase, dir) {
+        (Phase::Ingress, ct_dir::ORIGINAL) if dnat => {
+            count_published6(&w.key, true, counter_kind::PUB_IN, len);
+            counter_kind::NET_DNAT
+        }
+        (Phase::Egress, ct_dir::REPLY) if dnat => {
+            count_published6(&to, false, counter_kind::PUB_OUT, len);
+            counter_kind::NET_REV_DNAT
+        }
         (Phase::Ingress, ct_dir::REPLY) => counter_kind::NET_REV_SNAT,
         _ => counter_kind::NET_SNAT,
     };

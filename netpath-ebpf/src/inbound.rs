@@ -26,7 +26,7 @@ use crate::{
     ct::ct_create,
     filter::{self, Flow},
     flow::packet_key,
-    lookup::{is_peer, is_target},
+    lookup::{is_peer, is_target, is_target6},
     maps::NP_TRUSTED,
     parse::{Ip4, L4, L4Kind},
     parse6::Work6,
@@ -98,36 +98,49 @@ pub fn direct4(
         host_port_be: 0,
         to_be: ip.daddr,
         to_port_be: l4.dport_be,
+        v6: false,
     })?;
     let key = packet_key(ip, l4);
     ct_create(&key, &key, None, ct_flags::INBOUND, net_id, l4.tcp_flags)
 }
 
-/// [`direct4`] for IPv6, where no port is published yet and peers and
-/// filter rules name IPv4 only: `nat-unprotected` lets everything in,
-/// `routed` echo requests, `nat` nothing; each tracked as an `INBOUND`
-/// flow.
+/// [`direct4`] for IPv6, where peers name IPv4 only and the filter rules
+/// that name no address apply: `nat-unprotected` lets everything in,
+/// `routed` new flows to published container ports and echo requests,
+/// `nat` nothing; each tracked as an `INBOUND` flow.
 #[inline(always)]
 pub fn direct6(w: &Work6, net_id: u32, net: &NetworkInfo) -> Result<*mut CtEntry6, DropReason> {
     if net.flags & net_flags::INTERNAL != 0 {
         return Err(DropReason::Internal);
     }
+    let (ip, l4) = (&w.ip, &w.l4);
     match GatewayMode::from_flags(net.flags) {
         GatewayMode::Nat => return Err(DropReason::DirectRouting),
         GatewayMode::NatUnprotected => {}
         GatewayMode::Routed => {
-            let l4 = &w.l4;
-            if !(w.ip.proto == proto::ICMPV6 && l4.kind == L4Kind::Ports && l4.sport_be != 0) {
+            let echo = ip.proto == proto::ICMPV6 && l4.kind == L4Kind::Ports && l4.sport_be != 0;
+            let published = matches!(ip.proto, proto::TCP | proto::UDP | proto::SCTP)
+                && is_target6(&ip.daddr, l4.dport_be, ip.proto);
+            if !(echo || published) {
                 return Err(DropReason::NotPublished);
             }
         }
     }
+    filter::admit(&Flow {
+        src_be: 0,
+        net_id,
+        proto: ip.proto,
+        host_port_be: 0,
+        to_be: 0,
+        to_port_be: l4.dport_be,
+        v6: true,
+    })?;
     ct_create(
         &w.key,
         &w.key,
         None,
         ct_flags::INBOUND,
         net_id,
-        w.l4.tcp_flags,
+        l4.tcp_flags,
     )
 }

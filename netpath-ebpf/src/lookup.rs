@@ -5,14 +5,14 @@
 use aya_ebpf::{bindings::TC_ACT_SHOT, maps::lpm_trie::Key, programs::TcContext};
 use netpath_common::{
     DropReason, IfaceInfo, NetworkInfo, PeerKey4, PubKey4, PubVal4, TargetKey4, counter_scope,
-    v6::NetworkInfo6,
+    v6::{NetworkInfo6, PortKey6, PubVal6},
 };
 
 use crate::{
     counters::count,
     maps::{
-        NP_HOSTADDRS4, NP_IFACES, NP_NETWORKS, NP_NETWORKS6, NP_PEERS4, NP_PUBLISH4, NP_SUBNETS4,
-        NP_SUBNETS6, NP_TARGETS4,
+        NP_HOSTADDRS4, NP_HOSTADDRS6, NP_IFACES, NP_NETWORKS, NP_NETWORKS6, NP_PEERS4, NP_PUBLISH4,
+        NP_PUBLISH6, NP_SUBNETS4, NP_SUBNETS6, NP_TARGETS4, NP_TARGETS6,
     },
 };
 
@@ -104,6 +104,38 @@ pub fn is_target(addr_be: u32, port_be: u16, proto: u8) -> bool {
         _pad: 0,
     };
     NP_TARGETS4.get_ptr(key).is_some()
+}
+
+/// [`published`] for IPv6: a mapping bound to exactly `addr`, else one on
+/// every host IPv6 address when `addr` is one of the host's.
+#[inline(always)]
+pub fn published6(addr: &[u8; 16], port_be: u16, proto: u8) -> Option<PubVal6> {
+    let mut key = PortKey6 {
+        addr: *addr,
+        port_be,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: values are Copy and read at once.
+    if let Some(v) = unsafe { NP_PUBLISH6.get(key) } {
+        return Some(*v);
+    }
+    NP_HOSTADDRS6.get_ptr(*addr)?;
+    key.addr = [0; 16];
+    // SAFETY: as above.
+    unsafe { NP_PUBLISH6.get(key) }.copied()
+}
+
+/// [`is_target`] for IPv6.
+#[inline(always)]
+pub fn is_target6(addr: &[u8; 16], port_be: u16, proto: u8) -> bool {
+    let key = PortKey6 {
+        addr: *addr,
+        port_be,
+        proto,
+        _pad: 0,
+    };
+    NP_TARGETS6.get_ptr(key).is_some()
 }
 
 /// Counts a drop for `reason` on the interface the program runs on and,

@@ -32,6 +32,7 @@ mod parse6;
 mod port;
 mod port6;
 mod publish;
+mod publish6;
 mod rewrite;
 mod sock;
 mod spoof;

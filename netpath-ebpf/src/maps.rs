@@ -15,7 +15,7 @@ use netpath_common::{
     ct6::{CtEntry6, CtKey6, FragKey6, MAX_CT6, MAX_FRAG6},
     event::{self, Bucket},
     filter::{FilterData, FilterInfo, FilterRule, MAX_FILTERS},
-    v6::{Addr6Key, LeaseKey6, NetworkInfo6, Port6},
+    v6::{Addr6Key, LeaseKey6, NetworkInfo6, Port6, PortKey6, PubVal6},
 };
 
 /// ifindex -> role and network of every interface netpath attached to.
@@ -181,6 +181,21 @@ pub static NP_UPLINKS6: HashMap<u32, [u8; 16]> = HashMap::pinned(MAX_IFACES, 0);
 /// later fragments (which carry no ports) find their flow.
 #[map]
 pub static NP_FRAG6: LruHashMap<FragKey6, FragPorts> = LruHashMap::pinned(MAX_FRAG6, 0);
+
+/// Published IPv6 host ports, as `NP_PUBLISH4` for IPv4 (an all-zero
+/// address: every host IPv6 address).
+#[map]
+pub static NP_PUBLISH6: HashMap<PortKey6, PubVal6> = HashMap::pinned(MAX_PUBLISH, 0);
+
+/// Container IPv6 ports some published port leads to (value: how many),
+/// as `NP_TARGETS4`.
+#[map]
+pub static NP_TARGETS6: HashMap<PortKey6, u32> = HashMap::pinned(MAX_PUBLISH, 0);
+
+/// The namespace's own IPv6 addresses, as `NP_HOSTADDRS4` (kept by the
+/// loader): where a port published on every address is reached.
+#[map]
+pub static NP_HOSTADDRS6: HashMap<[u8; 16], u32> = HashMap::pinned(MAX_HOSTADDRS, 0);
 
 /// What a container's IPv4 packet would teach its port (`NP_LEARN4`),
 /// staged before the policy and kept once the packet passed it.

@@ -1,12 +1,16 @@
 //! IPv6 at the container ports of dual-stack networks.
 //!
 //! - Ingress (a container sends): its MAC, its source (`spoof6`), the
-//!   Neighbour Discovery guard (`nd`), then the destination policy
-//!   (`isolate::destination6`); only a packet that passed them all pins
-//!   the port's MAC and records a new source. What leaves the host is
-//!   masqueraded or tracked at the uplink (`nat6`).
+//!   Neighbour Discovery guard (`nd`), then the destination half of
+//!   published ports' flows (`publish6`), which pass whatever the
+//!   networks, and the destination policy (`isolate::destination6`) for
+//!   the rest; only a packet that passed them all pins the port's MAC and
+//!   records a new source. What leaves the host is masqueraded or tracked
+//!   at the uplink (`nat6`).
 //! - Both: a network without an IPv6 subnet carries none (`drop_ipv6`).
-//! - Egress (delivered to a container): from the host itself or a port or
+//! - Egress (delivered to a container): a published port's flow from
+//!   anywhere (with the source half of its rewrite); else from the host
+//!   itself or a port or
 //!   bridge of the same network; from beyond the host (an uplink, an
 //!   interface netpath does not manage) only packets of a tracked flow;
 //!   an internal network only from its own subnet and link-local
@@ -15,22 +19,25 @@
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
     DropReason, IfaceInfo, IfaceRole, NetworkInfo,
-    ct::{Tuple, ct_dir},
+    ct::{Tuple, ct_dir, ct_flags},
     ct6::CtEntry6,
+    net_flags,
 };
 
 use crate::{
     TCX_NEXT,
     ct::ct_lookup,
-    flow::{packet_key6, work6},
+    flow::{apply6, packet_key6, work6},
     frag6, guard,
     icmp6::about_a_flow,
     inbound, isolate,
+    lookup::published6,
     lookup::{drop, iface, network, network6},
     maps::NP_NETWORKS6,
     nd,
     parse::{self, L4Kind},
-    parse6::{self, Ip6, Work6, ip6_off},
+    parse6::{self, Work6, ip6_off},
+    rewrite::Phase,
     spoof::Sender,
     spoof6::Sender6,
 };
@@ -64,19 +71,47 @@ fn check_ingress(ctx: &TcContext, sender: &Sender) -> Result<(), DropReason> {
     if !sender.mac_ok() {
         return Err(DropReason::SpoofedMac);
     }
-    let mut ip = Ip6::default();
-    parse6::ipv6(ctx, &mut ip)?;
+    let w = work6().ok_or(DropReason::Malformed)?;
+    parse6::ipv6(ctx, &mut w.ip)?;
     let s6 = Sender6 { s: sender, net6 };
-    let new_source = s6.check_source(&ip)?;
-    nd::check(ctx, &ip, &s6, new_source)?;
-    let dst_mac = ctx.load::<[u8; 6]>(0).map_err(|_| DropReason::Malformed)?;
-    isolate::destination6(sender.net, net6, net_id, &ip.daddr, &dst_mac)?;
+    let new_source = s6.check_source(&w.ip)?;
+    nd::check(ctx, &w.ip, &s6, new_source)?;
+    // A published port's flow was admitted when it was created, whatever
+    // the networks (as for IPv4: Docker's DNAT comes before its isolation
+    // chains).
+    let internal = sender.net.flags & net_flags::INTERNAL != 0;
+    if !published_in(ctx, w, internal) {
+        let dst_mac = ctx.load::<[u8; 6]>(0).map_err(|_| DropReason::Malformed)?;
+        isolate::destination6(sender.net, net6, net_id, &w.ip.daddr, &dst_mac)?;
+    }
     // The packet passes: what it showed is the port's from now on.
     sender.pin_mac();
     if new_source {
-        s6.learn(&ip.saddr);
+        s6.learn(&w.ip.saddr);
     }
     Ok(())
+}
+
+/// Whether a container's packet belongs to a published port's flow, or
+/// would start one (its destination is a published host port): then the
+/// bridge's ingress hook translates it (`publish6::bridge_in6`) and the
+/// network policy does not apply. A BPF subprogram (its own stack frame).
+#[inline(never)]
+fn published_in(ctx: &TcContext, w: &mut Work6, internal: bool) -> bool {
+    if w.ip.later_fragment {
+        return false;
+    }
+    match parse::l4_at(ctx, w.ip.l4, w.ip.proto) {
+        Ok(l4) if l4.kind != L4Kind::IcmpError => w.l4 = l4,
+        _ => return false,
+    }
+    w.key = packet_key6(&w.ip, &w.l4);
+    match ct_lookup(&w.key) {
+        // SAFETY: map value pointer, read at once.
+        Some(e) => (unsafe { (*e).flags } & ct_flags::DNAT) != 0,
+        // An internal network reaches no host port.
+        None => !internal && published6(&w.key.daddr, w.key.dport_be, w.key.proto).is_some(),
+    }
 }
 
 /// An IPv6 packet about to be delivered to a container (the program
@@ -96,6 +131,18 @@ pub fn egress(ctx: &TcContext, port: &IfaceInfo) -> i32 {
     };
     // SAFETY: the context pointer is valid for the program's lifetime.
     let iif = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    let mut e: *mut CtEntry6 = core::ptr::null_mut();
+    if published_out(ctx, &mut e) {
+        // The source half (the answer to a container client; either half
+        // of a container reaching its own published port).
+        let rewritten =
+            e.is_null() || work6().is_some_and(|w| apply6(ctx, w, e, Phase::Egress).is_ok());
+        return if rewritten {
+            TCX_NEXT
+        } else {
+            drop(ctx, net_id, DropReason::Malformed)
+        };
+    }
     if iif != 0 {
         match iface(iif) {
             // Bridged from a neighbour, or routed back by the host for one.
@@ -122,6 +169,42 @@ pub fn egress(ctx: &TcContext, port: &IfaceInfo) -> i32 {
         Ok(()) => TCX_NEXT,
         Err(reason) => drop(ctx, net_id, reason),
     }
+}
+
+/// Whether a packet delivered to a container belongs to a published
+/// port's flow, from wherever it came (the flow was admitted when it was
+/// created): the client's packet, sent to the container at the ingress
+/// hook it came in by; the answer to a container client, or either half of
+/// a container reaching its own published port, whose entry (`e`) writes
+/// the source here. A BPF subprogram (its own stack frame; the caller
+/// rewrites, so the frames of lookup and rewrite never add up).
+#[inline(never)]
+fn published_out(ctx: &TcContext, e: &mut *mut CtEntry6) -> bool {
+    let Some(w) = work6() else {
+        return false;
+    };
+    if parse6::ipv6(ctx, &mut w.ip).is_err() || w.ip.later_fragment {
+        return false;
+    }
+    match parse::l4_at(ctx, w.ip.l4, w.ip.proto) {
+        Ok(l4) if l4.kind != L4Kind::IcmpError => w.l4 = l4,
+        _ => return false,
+    }
+    w.key = packet_key6(&w.ip, &w.l4);
+    if let Some(found) = ct_lookup(&w.key) {
+        // SAFETY: map value pointer, read at once.
+        let (flags, dir) = unsafe { ((*found).flags, (*found).dir) };
+        if flags & ct_flags::DNAT == 0 || dir == ct_dir::ORIGINAL {
+            return false;
+        }
+        *e = found;
+        return true;
+    }
+    // The client's packet: its flow's answer is keyed by the tuple
+    // reversed.
+    // SAFETY: as above.
+    ct_lookup(&w.key.reversed())
+        .is_some_and(|r| unsafe { (*r).dir == ct_dir::REPLY && (*r).flags & ct_flags::DNAT != 0 })
 }
 
 /// A packet from beyond the host for a container of `net`: it must belong

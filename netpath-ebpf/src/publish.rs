@@ -48,6 +48,7 @@ pub fn publish4(ctx: &TcContext, key: &CtKey4, tcp_flags: u8) -> Option<NewFlow>
         host_port_be: key.dport_be,
         to_be: target.target_be,
         to_port_be: target.target_port_be,
+        v6: false,
     };
     if let Err(r) = filter::admit(&flow) {
         return Some(Err((net_id, r)));

@@ -70,6 +70,7 @@ pub fn redirect4(ctx: &SockAddrContext) -> i32 {
         host_port_be: port,
         to_be: target.target_be,
         to_port_be: target.target_port_be,
+        v6: false,
     };
     if let Err(r) = filter::admit(&flow) {
         count(counter_scope::NETWORK, target.net_id, r.counter_kind(), 0);

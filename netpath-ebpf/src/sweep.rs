@@ -318,7 +318,13 @@ fn matches<K: Tuple>(a: &SweepArgs, okey: &K, rkey: &K, flags: u32, net_id: u32)
             && p <= a.pub_last
             && (a.pub_addr_be == 0 || dst == a.pub_addr_be)
     };
+    let family = match a.family {
+        4 => okey.v4().is_some(),
+        6 => okey.v4().is_none(),
+        _ => true,
+    };
     addrs
+        && family
         && (a.net_id == 0 || net_id == a.net_id)
         && (a.src_be == 0 || src == a.src_be)
         && (a.dst_be == 0 || dst == a.dst_be)

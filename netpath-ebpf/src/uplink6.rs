@@ -1,7 +1,8 @@
 //! Uplink ingress for IPv6: the destination half of flows containers
 //! started (NAT66 answers are written back to the container's address,
-//! routed networks' answers pass as they are), and what the gateway mode
-//! lets in straight at a container (`inbound::direct6`). Anything for the
+//! routed networks' answers pass as they are), new flows to published
+//! ports (`publish6`), and what the gateway mode lets in straight at a
+//! container (`inbound::direct6`). Anything for the
 //! host itself (Neighbour Discovery, its own flows) passes untouched;
 //! nothing from outside may claim a managed subnet's source.
 //!
@@ -27,6 +28,7 @@ use crate::{
     lookup::{drop, network, network6, network6_of},
     parse::{self, L4Kind},
     parse6::{self, Ip6, Work6, same6},
+    publish6::publish6,
     rewrite::Phase,
     uplink,
 };
@@ -122,14 +124,22 @@ pub fn ingress(ctx: &TcContext, ifindex: u32) -> i32 {
 /// No verdict has this value.
 const FOUND: i32 = i32::MIN;
 
-/// The packet's flow, known or started from outside straight at a
-/// container ([`FOUND`]), or the verdict for a packet that has none. A
+/// The packet's flow, known, started from outside to a published port or
+/// straight at a container ([`FOUND`]), or the verdict for a packet that has none. A
 /// BPF subprogram (its own stack frame, next to the rewrite's).
 #[inline(never)]
-fn flow(ctx: &TcContext, w: &Work6, e: &mut *mut CtEntry6) -> i32 {
+fn flow(ctx: &TcContext, w: &mut Work6, e: &mut *mut CtEntry6) -> i32 {
     if let Some(found) = ct_lookup(&w.key) {
         *e = found;
         return FOUND;
+    }
+    match publish6(w, false) {
+        Some(Ok((created, _))) => {
+            *e = created;
+            return FOUND;
+        }
+        Some(Err((id, r))) => return drop(ctx, id, r),
+        None => {}
     }
     let Some((id, net)) = direct_to(&w.ip.daddr) else {
         // The host's own traffic.

@@ -96,12 +96,12 @@ pub enum Command {
     Network(NetworkCmd),
     /// Publish host ports to a container, like `docker run -p`:
     /// `netpath publish 8081 172.18.0.2:80`, `netpath publish 127.0.0.1:5353/udp 172.18.0.3:53`,
-    /// `netpath publish 9000-9099 172.18.0.4:9000-9099`.
+    /// `netpath publish 9000-9099 172.18.0.4:9000-9099`, on IPv6 `netpath publish '[::]:8080' '[fd00:18::2]:80'`.
     Publish {
-        /// [HOST_IP:]HOST_PORT[-END][/tcp|/udp|/sctp]; every host address and tcp by default (sctp keeps the port: the container port must be the same).
+        /// [HOST_IP:]HOST_PORT[-END][/tcp|/udp|/sctp]; every host address (of the container's family; `[::]` every IPv6 one) and tcp by default (sctp keeps the port: the container port must be the same).
         #[arg(value_parser = spec::parse_host_ports)]
         host: PortSpec,
-        /// CONTAINER_IP:PORT[-END] (a range as long as the host range).
+        /// CONTAINER_IP:PORT[-END] (a range as long as the host range; IPv6 in brackets).
         #[arg(value_parser = spec::parse_container_ports)]
         container: PortSpec,
     },

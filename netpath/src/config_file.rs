@@ -315,12 +315,22 @@ pub fn parse(file: &str, text: &str) -> Result<Desired, FileError> {
         let h = parsed(file, text, &p.host, spec::parse_host_ports)?;
         let t = parsed(file, text, &p.container, spec::parse_container_ports)?;
         spec::check_publish(&h, &t).map_err(|e| fe(file, pos, format!("{e:#}")))?;
+        let v4 = |a: Option<std::net::IpAddr>| match a {
+            None => Ok(None),
+            Some(std::net::IpAddr::V4(a)) => Ok(Some(a)),
+            Some(std::net::IpAddr::V6(_)) => Err(fe(
+                file,
+                pos,
+                "IPv6 ports are published with `netpath publish`, not in a config file yet",
+            )),
+        };
+        let (host_addr, target) = (v4(h.addr)?, v4(t.addr)?);
         let ports = Ports {
-            host_addr: h.addr,
+            host_addr,
             host_first: h.first,
             host_last: h.last,
             proto: h.proto_or_tcp(),
-            target: t.addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            target: target.unwrap_or(Ipv4Addr::UNSPECIFIED),
             target_first: t.first,
         };
         let earlier: Vec<_> = d
@@ -442,13 +452,13 @@ pub fn render(e: &Exported) -> String {
     }
     for p in &e.publish {
         let host = spec::PortSpec {
-            addr: p.host_addr,
+            addr: p.host_addr.map(std::net::IpAddr::V4),
             first: p.host_first,
             last: p.host_last,
             proto: Some(p.proto),
         };
         let target = spec::PortSpec {
-            addr: Some(p.target),
+            addr: Some(std::net::IpAddr::V4(p.target)),
             first: p.target_first,
             last: p.target_first + (p.host_last - p.host_first),
             proto: None,

@@ -210,6 +210,9 @@ pub struct Filter {
 /// address (unspecified: every address).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Published {
+    /// IPv6 ports' flows (then `addr` is not compared: every host IPv6
+    /// address); else IPv4's.
+    pub v6: bool,
     pub addr: Ipv4Addr,
     pub first: u16,
     pub last: u16,
@@ -241,6 +244,7 @@ impl Filter {
             a.pub_first = p.first;
             a.pub_last = p.last;
             a.pub_proto = p.proto;
+            a.family = if p.v6 { 6 } else { 4 };
         }
         a
     }

@@ -81,7 +81,7 @@ pub fn parse_target(s: &str) -> Result<Target> {
             let spec = spec::parse_port_spec(s, true, false)
                 .with_context(|| format!("invalid --to {s:?}: expected CONTAINER_IP[:PORT]"))?;
             match spec.addr {
-                Some(addr) if spec.first == spec.last => Target {
+                Some(std::net::IpAddr::V4(addr)) if spec.first == spec.last => Target {
                     addr,
                     port: Some(spec.first),
                 },

@@ -19,7 +19,7 @@ use netpath_common::{
     Endpoint, Lease,
     ct6::{CtEntry6, CtKey6, MAX_CT6},
     map_names,
-    v6::{Addr6Key, LeaseKey6, NetworkInfo6, Port6, net6_flags, port6_flags},
+    v6::{Addr6Key, LeaseKey6, NetworkInfo6, Port6, PortKey6, PubVal6, net6_flags, port6_flags},
 };
 
 use crate::tables::{Table as _, is_missing};
@@ -188,6 +188,11 @@ pub struct Maps6 {
     pub ct_fill: Array<MapData, u64>,
     /// Uplink ifindex -> the address NAT66 writes.
     pub uplinks: HashMap<MapData, u32, [u8; 16]>,
+    /// Published IPv6 ports, the container ports they lead to, and the
+    /// host's IPv6 addresses (`publish::v6`).
+    pub publish: HashMap<MapData, PortKey6, PubVal6>,
+    pub targets: HashMap<MapData, PortKey6, u32>,
+    pub hostaddrs: HashMap<MapData, [u8; 16], u32>,
 }
 
 impl Maps6 {
@@ -210,6 +215,12 @@ impl Maps6 {
                 .context(layout(map_names::CT6_FILL))?,
             uplinks: HashMap::try_from(take(map_names::UPLINKS6)?)
                 .context(layout(map_names::UPLINKS6))?,
+            publish: HashMap::try_from(take(map_names::PUBLISH6)?)
+                .context(layout(map_names::PUBLISH6))?,
+            targets: HashMap::try_from(take(map_names::TARGETS6)?)
+                .context(layout(map_names::TARGETS6))?,
+            hostaddrs: HashMap::try_from(take(map_names::HOSTADDRS6)?)
+                .context(layout(map_names::HOSTADDRS6))?,
         })
     }
 

@@ -1,8 +1,12 @@
 //! `publish` / `unpublish` / `ports`: published ports live in the pinned
-//! `NP_PUBLISH4` map, one entry per host port, looked up in O(1) by the
-//! datapath (exact host address first, then "every host address").
+//! `NP_PUBLISH4` map (IPv6 ones in `NP_PUBLISH6`, see [`v6`]), one entry
+//! per host port, looked up in O(1) by the datapath (exact host address
+//! first, then "every host address").
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use anyhow::{Context as _, Result, bail};
 use netpath_common::{PubKey4, PubVal4, TargetKey4, counter_kind, counter_scope, owner};
@@ -19,11 +23,12 @@ use crate::{
 /// One published port, for `ports`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Mapping {
-    /// The host address it is bound to; absent for every host address.
-    pub host_ip: Option<Ipv4Addr>,
+    /// The host address it is bound to; absent for every host address (of
+    /// the container's family).
+    pub host_ip: Option<IpAddr>,
     pub host_port: u16,
     pub proto: String,
-    pub container_ip: Ipv4Addr,
+    pub container_ip: IpAddr,
     pub container_port: u16,
     /// Bridge of the container's network.
     pub network: String,
@@ -34,18 +39,74 @@ pub struct Mapping {
 
 impl Mapping {
     pub fn host(&self) -> String {
-        format!(
-            "{}:{}/{}",
-            self.host_ip.map_or("0.0.0.0".to_owned(), |a| a.to_string()),
-            self.host_port,
-            self.proto
-        )
+        let addr = match (self.host_ip, self.container_ip) {
+            (Some(IpAddr::V6(a)), _) => format!("[{a}]"),
+            (Some(IpAddr::V4(a)), _) => a.to_string(),
+            (None, IpAddr::V6(_)) => "[::]".to_owned(),
+            (None, IpAddr::V4(_)) => "0.0.0.0".to_owned(),
+        };
+        format!("{addr}:{}/{}", self.host_port, self.proto)
     }
+}
+
+impl Mapping {
+    /// The mapping of `row` (counter id `id`, into bridge `network`) with
+    /// its counters.
+    pub fn of(maps: &Maps, row: &Row, id: u32, network: String) -> Result<Self> {
+        let traffic = |kind| maps.traffic(counter_scope::PUBLISH, id, kind);
+        Ok(Self {
+            host_ip: row.host_addr,
+            host_port: row.port,
+            proto: proto_name(row.proto),
+            container_ip: row.target,
+            container_port: row.target_port,
+            network,
+            to_container: traffic(counter_kind::PUB_IN)?,
+            from_container: traffic(counter_kind::PUB_OUT)?,
+        })
+    }
+}
+
+/// One published host port of either family, as the checks and flushes
+/// both families share see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Row {
+    /// `None`: every host address of the family.
+    pub host_addr: Option<IpAddr>,
+    pub port: u16,
+    pub proto: u8,
+    pub target: IpAddr,
+    pub target_port: u16,
+}
+
+impl Row {
+    fn of4(k: &PubKey4, v: &PubVal4) -> Self {
+        Self {
+            host_addr: (k.addr_be != 0).then(|| IpAddr::V4(codec::from_be(k.addr_be))),
+            port: u16::from_be(k.port_be),
+            proto: k.proto,
+            target: IpAddr::V4(codec::from_be(v.target_be)),
+            target_port: u16::from_be(v.target_port_be),
+        }
+    }
+}
+
+/// The counter id for a new mapping's first port (ids are shared by both
+/// families' mappings).
+fn next_id(maps: &Maps) -> Result<u32> {
+    let v4 = maps
+        .published()?
+        .iter()
+        .map(|(_, v)| v.id)
+        .max()
+        .unwrap_or(0);
+    Ok(v4.max(v6::max_id(maps)?) + 1)
 }
 
 use crate::ctconfig::proto_name;
 
 mod owned;
+pub mod v6;
 pub use owned::{Synced, owned_changes, owned_to, sync_owned, sync_owned_to};
 
 fn key(addr: Option<Ipv4Addr>, port: u16, proto: u8) -> PubKey4 {
@@ -61,11 +122,38 @@ fn key(addr: Option<Ipv4Addr>, port: u16, proto: u8) -> PubKey4 {
 /// checks everything, then inserts one entry per port. Returns how many.
 pub fn publish(h: &PortSpec, t: &PortSpec) -> Result<u32> {
     spec::check_publish(h, t)?;
+    let container = t.addr.context("a container address is required")?;
+    let host_addr = match (h.addr, container) {
+        (None, _) => None,
+        (Some(a), c) if a.is_ipv6() == c.is_ipv6() => Some(a),
+        (Some(a), c) => bail!(
+            "host address {a} and container address {c} are of different families: IPv4 publishes to IPv4, IPv6 to IPv6"
+        ),
+    };
     let _lock = state::lock(false)?;
     let (_, mut maps) = Maps::open_current()?;
-    let container = t.addr.context("a container address is required")?;
+    let container = match container {
+        IpAddr::V4(c) => c,
+        IpAddr::V6(c) => {
+            let ports = v6::Ports6 {
+                host_addr: match host_addr {
+                    Some(IpAddr::V6(a)) if !a.is_unspecified() => Some(a),
+                    _ => None,
+                },
+                host_first: h.first,
+                host_last: h.last,
+                proto: h.proto_or_tcp(),
+                target: c,
+                target_first: t.first,
+            };
+            return v6::insert(&mut maps, &ports, owner::USER);
+        }
+    };
     let ports = Ports {
-        host_addr: h.addr,
+        host_addr: match host_addr {
+            Some(IpAddr::V4(a)) => Some(a),
+            _ => None,
+        },
         host_first: h.first,
         host_last: h.last,
         proto: h.proto_or_tcp(),
@@ -124,7 +212,7 @@ impl Ports {
 impl std::fmt::Display for Ports {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let host = PortSpec {
-            addr: self.host_addr,
+            addr: self.host_addr.map(IpAddr::V4),
             first: self.host_first,
             last: self.host_last,
             proto: None,
@@ -172,7 +260,7 @@ pub fn insert(maps: &mut Maps, p: &Ports, owner: u16) -> Result<u32> {
     if let Some(why) = conflict(&existing, p) {
         bail!("{why}");
     }
-    let first_id = existing.iter().map(|(_, v)| v.id).max().unwrap_or(0) + 1;
+    let first_id = next_id(maps)?;
     let mut inserted: Vec<(PubKey4, PubVal4)> = Vec::new();
     for (i, port) in (p.host_first..=p.host_last).enumerate() {
         let id = first_id + i as u32;
@@ -203,27 +291,46 @@ pub fn insert(maps: &mut Maps, p: &Ports, owner: u16) -> Result<u32> {
     Ok(u32::from(p.host_last - p.host_first) + 1)
 }
 
-/// Why `p` cannot be published next to `existing`, if it cannot. Per
-/// (port, protocol): a port published on every address conflicts with any
-/// address, and the other way round.
+/// Why `p` cannot be published next to `existing`, if it cannot.
 pub fn conflict(existing: &[(PubKey4, PubVal4)], p: &Ports) -> Option<String> {
-    let by_port: BTreeMap<(u16, u8), Vec<(PubKey4, PubVal4)>> =
-        existing.iter().fold(BTreeMap::new(), |mut m, (k, v)| {
-            m.entry((u16::from_be(k.port_be), k.proto))
-                .or_default()
-                .push((*k, *v));
+    let rows: Vec<Row> = existing.iter().map(|(k, v)| Row::of4(k, v)).collect();
+    let host = p.host_addr.map(IpAddr::V4);
+    conflict_rows(&rows, host, p.host_first, p.host_last, p.proto)
+}
+
+/// Why host ports `first..=last` of `proto` on `host` (`None`: every
+/// address) cannot be published next to `existing` (mappings of the same
+/// family), if they cannot. Per (port, protocol): a port published on
+/// every address conflicts with any address, and the other way round.
+pub fn conflict_rows(
+    existing: &[Row],
+    host: Option<IpAddr>,
+    first: u16,
+    last: u16,
+    proto: u8,
+) -> Option<String> {
+    let by_port: BTreeMap<(u16, u8), Vec<&Row>> =
+        existing.iter().fold(BTreeMap::new(), |mut m, r| {
+            m.entry((r.port, r.proto)).or_default().push(r);
             m
         });
-    for port in p.host_first..=p.host_last {
-        for (k, v) in by_port.get(&(port, p.proto)).into_iter().flatten() {
-            let addr = (k.addr_be != 0).then(|| codec::from_be(k.addr_be));
-            if addr.is_none() || p.host_addr.is_none() || addr == p.host_addr {
+    for port in first..=last {
+        for r in by_port.get(&(port, proto)).into_iter().flatten() {
+            if r.host_addr.is_none() || host.is_none() || r.host_addr == host {
+                let at = match r.host_addr {
+                    Some(IpAddr::V6(a)) => format!("[{a}]:"),
+                    Some(a) => format!("{a}:"),
+                    None if r.target.is_ipv6() => "[::]:".to_owned(),
+                    None => String::new(),
+                };
+                let to = match r.target {
+                    IpAddr::V6(t) => format!("[{t}]"),
+                    t => t.to_string(),
+                };
                 return Some(format!(
-                    "host port {}{port}/{} is already published (to {}:{})",
-                    addr.map_or(String::new(), |a| format!("{a}:")),
-                    proto_name(p.proto),
-                    codec::from_be(v.target_be),
-                    u16::from_be(v.target_port_be)
+                    "host port {at}{port}/{} is already published (to {to}:{})",
+                    proto_name(proto),
+                    r.target_port
                 ));
             }
         }
@@ -330,9 +437,22 @@ fn unmap(maps: &mut Maps, keys: &[(PubKey4, PubVal4)]) -> Result<u32> {
 /// The mappings as runs of consecutive host ports (same address and
 /// protocol).
 fn runs(keys: &[(PubKey4, PubVal4)]) -> Vec<conntrack::Published> {
-    let mut sorted: Vec<(u32, u8, u16)> = keys
+    let rows: Vec<Row> = keys.iter().map(|(k, v)| Row::of4(k, v)).collect();
+    runs_of(&rows)
+}
+
+/// [`runs`] over rows of either family (an IPv6 run's address is not
+/// compared by the flush: see `conntrack::Published`).
+pub fn runs_of(rows: &[Row]) -> Vec<conntrack::Published> {
+    let mut sorted: Vec<(u32, u8, u16)> = rows
         .iter()
-        .map(|(k, _)| (k.addr_be, k.proto, u16::from_be(k.port_be)))
+        .map(|r| {
+            let addr = match r.host_addr {
+                Some(IpAddr::V4(a)) => codec::be(a),
+                _ => 0,
+            };
+            (addr, r.proto, r.port)
+        })
         .collect();
     sorted.sort_unstable();
     let mut out: Vec<conntrack::Published> = Vec::new();
@@ -347,6 +467,7 @@ fn runs(keys: &[(PubKey4, PubVal4)]) -> Vec<conntrack::Published> {
                 r.last = port;
             }
             _ => out.push(conntrack::Published {
+                v6: false,
                 addr,
                 first: port,
                 last: port,
@@ -361,15 +482,20 @@ fn runs(keys: &[(PubKey4, PubVal4)]) -> Vec<conntrack::Published> {
 pub fn unpublish(h: &PortSpec) -> Result<Unpublished> {
     let _lock = state::lock(false)?;
     let (_, mut dp) = Datapath::open_current()?;
+    let addr = match h.addr {
+        Some(IpAddr::V6(a)) => return v6::unpublish(&mut dp, a, h),
+        Some(IpAddr::V4(a)) => Some(a),
+        None => None,
+    };
     let proto = h.proto_or_tcp();
     let mut victims = Vec::new();
     for port in h.first..=h.last {
-        let k = key(h.addr, port, proto);
+        let k = key(addr, port, proto);
         match dp.maps.publish4.get(&k, 0) {
             Ok(v) => victims.push((k, v)),
             Err(_) => bail!(
                 "host port {}{port}/{} is not published",
-                h.addr.map_or(String::new(), |a| format!("{a}:")),
+                addr.map_or(String::new(), |a| format!("{a}:")),
                 proto_name(proto)
             ),
         }
@@ -377,39 +503,46 @@ pub fn unpublish(h: &PortSpec) -> Result<Unpublished> {
     remove(&mut dp, &victims)
 }
 
-/// Removes every published port leading into network `net_id` (its
-/// `down`, which flushes the network's flows itself). Returns how many.
+/// Removes every published port leading into network `net_id`, of both
+/// families (its `down`, which flushes the network's flows itself).
+/// Returns how many.
 pub fn remove_network(maps: &mut Maps, net_id: u32) -> Result<u32> {
     let victims: Vec<(PubKey4, PubVal4)> = maps
         .published()?
         .into_iter()
         .filter(|(_, v)| v.net_id == net_id)
         .collect();
-    unmap(maps, &victims)
+    Ok(unmap(maps, &victims)? + v6::remove_network(maps, net_id)?)
 }
 
 /// Every published port with its counters, ordered by host port.
 pub fn list() -> Result<Vec<Mapping>> {
     let (_, maps) = Maps::open_current()?;
     let networks = maps.networks()?;
+    let bridge_of = |id: u32| {
+        networks
+            .get(&id)
+            .map(|n| codec::ifname_from_bytes(&n.bridge_name))
+            .unwrap_or_default()
+    };
     let mut out: Vec<Mapping> = Vec::new();
     for (k, v) in maps.published()? {
-        let traffic = |kind| maps.traffic(counter_scope::PUBLISH, v.id, kind);
-        out.push(Mapping {
-            host_ip: (k.addr_be != 0).then(|| codec::from_be(k.addr_be)),
-            host_port: u16::from_be(k.port_be),
-            proto: proto_name(k.proto),
-            container_ip: codec::from_be(v.target_be),
-            container_port: u16::from_be(v.target_port_be),
-            network: networks
-                .get(&v.net_id)
-                .map(|n| codec::ifname_from_bytes(&n.bridge_name))
-                .unwrap_or_default(),
-            to_container: traffic(counter_kind::PUB_IN)?,
-            from_container: traffic(counter_kind::PUB_OUT)?,
-        });
+        out.push(Mapping::of(
+            &maps,
+            &Row::of4(&k, &v),
+            v.id,
+            bridge_of(v.net_id),
+        )?);
     }
-    out.sort_by_key(|m| (m.host_port, m.proto.clone(), m.host_ip));
+    out.extend(v6::list(&maps, &bridge_of)?);
+    out.sort_by_key(|m| {
+        (
+            m.host_port,
+            m.proto.clone(),
+            m.container_ip.is_ipv6(),
+            m.host_ip,
+        )
+    });
     Ok(out)
 }
 
@@ -420,7 +553,10 @@ pub fn render(maps: &[Mapping]) -> String {
         .map(|m| {
             vec![
                 m.host(),
-                format!("{}:{}", m.container_ip, m.container_port),
+                match m.container_ip {
+                    IpAddr::V6(c) => format!("[{c}]:{}", m.container_port),
+                    c => format!("{c}:{}", m.container_port),
+                },
                 m.network.clone(),
                 format!("{} pkts {} B", m.to_container.packets, m.to_container.bytes),
                 format!(

@@ -173,6 +173,11 @@ pub async fn reconcile(
         &crate::reconcile6::want_uplinks(&planned, &addrs6),
     )
     .context("recording the uplinks' IPv6 addresses")?;
+    tables::sync(
+        &mut dp.maps.v6.hostaddrs,
+        &crate::reconcile6::want_host_addrs(&addrs6),
+    )
+    .context("recording the host's IPv6 addresses")?;
     tables::sync(&mut dp.maps.vlans, &want_vlans(&all, &planned)).context("recording VLANs")?;
     tables::sync(&mut dp.maps.macs, &want_macs(&all, &ifaces, &planned))
         .context("recording MACs")?;

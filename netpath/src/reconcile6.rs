@@ -26,6 +26,17 @@ pub fn want_uplinks(planned: &BTreeMap<u32, Planned>, addrs6: &[Addr6]) -> BTree
     want
 }
 
+/// `NP_HOSTADDRS6`: the namespace's usable IPv6 addresses other than
+/// link-local ones (what a port published on `[::]` answers to), each with
+/// its interface.
+pub fn want_host_addrs(addrs6: &[Addr6]) -> BTreeMap<[u8; 16], u32> {
+    addrs6
+        .iter()
+        .filter(|a| a.usable && !is_link_local(&a.addr.octets()))
+        .map(|a| (a.addr.octets(), a.index))
+        .collect()
+}
+
 /// The link-local addresses of the bridges of dual-stack networks
 /// (`v6_nets`), recorded in `NP_ENDPOINTS6` as the bridge's: no port may
 /// take them, whatever way the kernel made them (EUI-64 of the MAC,
@@ -129,6 +140,18 @@ mod tests {
             [
                 ("fe80::2".parse().unwrap(), 1, 10, mac),
                 ("fe80::1234:5678:9abc:def0".parse().unwrap(), 1, 10, mac),
+            ]
+        );
+        // Every usable address but link-local ones is the host's.
+        let host: Vec<Ipv6Addr> = want_host_addrs(&addrs)
+            .keys()
+            .map(|a| Ipv6Addr::from(*a))
+            .collect();
+        assert_eq!(
+            host,
+            [
+                "2001:470::1".parse::<Ipv6Addr>().unwrap(),
+                "fd00:18::1".parse().unwrap()
             ]
         );
         // The uplink's usable global address is NAT66's.

@@ -4,7 +4,7 @@
 //! the CNI config all produce these; nothing past them parses strings.
 //! Pure: no I/O, unit-tested on the host.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Result, bail};
 use ipnet::Ipv4Net;
@@ -235,11 +235,13 @@ impl NetworkOptions {
     }
 }
 
-/// One side of `netpath publish`: `[IP:]PORT[-END][/PROTO]`.
+/// One side of `netpath publish`: `[IP:]PORT[-END][/PROTO]`, an IPv6
+/// address in brackets (`[fd00::2]:80`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortSpec {
-    /// `None`: every host address.
-    pub addr: Option<Ipv4Addr>,
+    /// `None`: every host IPv4 address (`0.0.0.0` reads so too). `[::]`
+    /// stays: every host IPv6 address.
+    pub addr: Option<IpAddr>,
     pub first: u16,
     pub last: u16,
     /// 6, 17 or 132; `None` when not given (tcp by default).
@@ -261,8 +263,10 @@ impl std::fmt::Display for PortSpec {
     /// As typed, in canonical form (`0.0.0.0:` and `/TCP` spelled the
     /// short way).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if let Some(a) = self.addr {
-            write!(f, "{a}:")?;
+        match self.addr {
+            Some(IpAddr::V4(a)) => write!(f, "{a}:")?,
+            Some(IpAddr::V6(a)) => write!(f, "[{a}]:")?,
+            None => {}
         }
         write!(f, "{}", self.first)?;
         if self.last != self.first {
@@ -308,12 +312,7 @@ pub fn parse_port_spec(s: &str, need_addr: bool, allow_proto: bool) -> Result<Po
         None => (s, None),
     };
     let (addr, ports) = match rest.rsplit_once(':') {
-        Some((a, p)) => {
-            let a: Ipv4Addr = a
-                .parse()
-                .map_err(|_| anyhow::anyhow!("invalid address {a:?} in {s:?}"))?;
-            (Some(a), p)
-        }
+        Some((a, p)) => (Some(parse_spec_addr(a, s)?), p),
         None if need_addr => bail!("invalid {s:?}: expected CONTAINER_IP:PORT[-END]"),
         None => (None, rest),
     };
@@ -328,11 +327,27 @@ pub fn parse_port_spec(s: &str, need_addr: bool, allow_proto: bool) -> Result<Po
         bail!("invalid port range {first}-{last} in {s:?}: the end is below the start");
     }
     Ok(PortSpec {
-        addr: addr.filter(|a| !a.is_unspecified()),
+        addr: addr.filter(|a| *a != IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         first,
         last,
         proto,
     })
+}
+
+/// The address of a port spec `s`: IPv4, or IPv6 in brackets.
+fn parse_spec_addr(a: &str, s: &str) -> Result<IpAddr> {
+    if let Some(inner) = a.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        return match inner.parse::<std::net::Ipv6Addr>() {
+            Ok(v6) => Ok(IpAddr::V6(v6)),
+            Err(_) => bail!("invalid IPv6 address {inner:?} in {s:?}"),
+        };
+    }
+    if a.contains(':') {
+        bail!("invalid {s:?}: an IPv6 address goes in brackets, as [fd00::2]:80");
+    }
+    a.parse::<Ipv4Addr>()
+        .map(IpAddr::V4)
+        .map_err(|_| anyhow::anyhow!("invalid address {a:?} in {s:?}"))
 }
 
 /// The host side of `publish`/`unpublish`, as a clap value parser.
@@ -483,14 +498,41 @@ mod tests {
         let p = parse_host_ports("127.0.0.1:8080-8090/UDP").unwrap();
         assert_eq!(
             (p.addr, p.first, p.last, p.proto),
-            (Some(Ipv4Addr::LOCALHOST), 8080, 8090, Some(17))
+            (Some(IpAddr::V4(Ipv4Addr::LOCALHOST)), 8080, 8090, Some(17))
         );
         assert_eq!(p.count(), 11);
         assert_eq!(p.to_string(), "127.0.0.1:8080-8090/udp");
         let t = parse_container_ports("172.18.0.2:80").unwrap();
-        assert_eq!((t.addr, t.first), (Some(Ipv4Addr::new(172, 18, 0, 2)), 80));
+        assert_eq!((t.addr, t.first), (Some("172.18.0.2".parse().unwrap()), 80));
         assert_eq!(t.to_string(), "172.18.0.2:80");
         assert_eq!(parse_host_ports("0.0.0.0:53/udp").unwrap().addr, None);
+        // IPv6 in brackets; `[::]` stays (every host IPv6 address).
+        let h = parse_host_ports("[::]:8080/udp").unwrap();
+        assert_eq!(
+            (h.addr, h.to_string()),
+            (Some("::".parse().unwrap()), "[::]:8080/udp".to_owned())
+        );
+        let t = parse_container_ports("[fd00:18::2]:80-81").unwrap();
+        assert_eq!(
+            (t.addr, t.to_string()),
+            (
+                Some("fd00:18::2".parse().unwrap()),
+                "[fd00:18::2]:80-81".to_owned()
+            )
+        );
+        assert!(
+            parse_host_ports("fd00::1:8080")
+                .unwrap_err()
+                .to_string()
+                .contains("in brackets")
+        );
+        assert!(
+            parse_host_ports("[fd00::zz]:8080")
+                .unwrap_err()
+                .to_string()
+                .contains("invalid IPv6 address")
+        );
+        assert!(parse_container_ports("[fd00::2]").is_err());
         let err = |s: &str, need: bool, proto: bool| {
             parse_port_spec(s, need, proto).unwrap_err().to_string()
         };

@@ -934,6 +934,7 @@ fn the_sweep_pass_expires_flushes_and_counts_in_one_walk() {
         assert_eq!(conntrack::flush(&mut dp, &by_port).unwrap(), 1);
         let published = Filter {
             published: Some(Published {
+                v6: false,
                 addr: Ipv4Addr::UNSPECIFIED,
                 first: 1,
                 last: 65535,

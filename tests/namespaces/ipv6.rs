@@ -18,7 +18,7 @@ fn ping6(ns: &Netns, dst: &str) -> bool {
 }
 
 /// `up` of a dual-stack network (no daemon) with `extra` arguments.
-fn up_dual(host: &Netns, bridge: &str, v4: &str, v6: &str, extra: &[&str]) -> String {
+pub fn up_dual(host: &Netns, bridge: &str, v4: &str, v6: &str, extra: &[&str]) -> String {
     let mut args = vec![
         "up",
         "--bridge",
@@ -33,7 +33,7 @@ fn up_dual(host: &Netns, bridge: &str, v4: &str, v6: &str, extra: &[&str]) -> St
     netpath_ok(host, &args)
 }
 
-fn connect(host: &Netns, tag: &str, bridge: &str) -> (Netns, String) {
+pub fn connect(host: &Netns, tag: &str, bridge: &str) -> (Netns, String) {
     let c = Netns::new(tag).unwrap();
     let out = netpath_ok(host, &["connect", c.name.as_str(), "--bridge", bridge]);
     // "  eth0: fd00:…/64 via …"
@@ -364,9 +364,21 @@ fn dual_stack_input_errors_are_one_line_and_change_nothing() {
 /// One TCP connection from `client` to `[dst]:port`, with an echo server in
 /// `server`: the client address the server saw, or why it failed.
 fn tcp6(server: &Netns, client: &Netns, dst: &str, port: u16) -> anyhow::Result<String> {
+    tcp6_to(server, port, client, dst, port)
+}
+
+/// [`tcp6`] with the server on `listen` and the client dialling
+/// `[dst]:port` (a published port leading to it).
+pub fn tcp6_to(
+    server: &Netns,
+    listen: u16,
+    client: &Netns,
+    dst: &str,
+    port: u16,
+) -> anyhow::Result<String> {
     use std::io::{Read as _, Write as _};
     use std::net::{SocketAddr, TcpListener, TcpStream};
-    let listener = server.run(move || TcpListener::bind(("::", port)))??;
+    let listener = server.run(move || TcpListener::bind(("::", listen)))??;
     let seen = server.spawn(move || -> anyhow::Result<String> {
         // Accepts within 3 s, so a refused client leaves no thread behind.
         listener.set_nonblocking(true)?;

@@ -20,4 +20,5 @@ mod metrics;
 mod monitor;
 mod multinode;
 mod publish;
+mod publish6;
 mod top;

@@ -1,0 +1,274 @@
+//! IPv6 published ports: `publish '[::]:8080' '[fd00:18::2]:80'` (every
+//! host IPv6 address) or `publish '[2001:db8::1]:8080' …` (one), kept in
+//! `NP_PUBLISH6` and `NP_TARGETS6` as IPv4's are in `NP_PUBLISH4` and
+//! `NP_TARGETS4`. Both families' mappings share the counter ids.
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use anyhow::{Context as _, Result, bail};
+use netpath_common::{
+    counter_scope,
+    v6::{PortKey6, PubVal6},
+};
+
+use super::{Mapping, Row, Unpublished, conflict_rows, runs_of};
+use crate::{
+    attach::Datapath,
+    conntrack,
+    ctconfig::proto_name,
+    spec,
+    state::{self, Maps},
+};
+
+/// An IPv6 mapping: host ports `host_first..=host_last` (on `host_addr`,
+/// `None` for every host IPv6 address) leading to `target` from
+/// `target_first` on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ports6 {
+    pub host_addr: Option<Ipv6Addr>,
+    pub host_first: u16,
+    pub host_last: u16,
+    pub proto: u8,
+    pub target: Ipv6Addr,
+    pub target_first: u16,
+}
+
+fn key(addr: Option<Ipv6Addr>, port: u16, proto: u8) -> PortKey6 {
+    PortKey6 {
+        addr: addr.map_or([0; 16], |a| a.octets()),
+        port_be: port.to_be(),
+        proto,
+        _pad: 0,
+    }
+}
+
+fn row(k: &PortKey6, v: &PubVal6) -> Row {
+    let addr = Ipv6Addr::from(k.addr);
+    Row {
+        host_addr: (!addr.is_unspecified()).then_some(IpAddr::V6(addr)),
+        port: u16::from_be(k.port_be),
+        proto: k.proto,
+        target: IpAddr::V6(Ipv6Addr::from(v.target)),
+        target_port: u16::from_be(v.target_port_be),
+    }
+}
+
+/// Every published IPv6 port.
+pub fn published(maps: &Maps) -> Result<Vec<(PortKey6, PubVal6)>> {
+    maps.v6
+        .publish
+        .iter()
+        .map(|r| r.context("reading NP_PUBLISH6"))
+        .collect()
+}
+
+/// Checks a mapping against the networks and what is published, then
+/// inserts it, or nothing of it. Returns how many ports it took.
+pub fn insert(maps: &mut Maps, p: &Ports6, owner: u16) -> Result<u32> {
+    spec::check_sctp_ports(p.proto, p.host_first, p.target_first)?;
+    let target = p.target;
+    let octets = target.octets();
+    let nets = maps.v6.all()?;
+    let (net_id, info) = nets
+        .iter()
+        .find(|(_, i)| i.contains(&octets))
+        .with_context(|| {
+            format!("container address {target} is outside every managed IPv6 subnet")
+        })?;
+    if info.gateway == octets {
+        bail!("{target} is the IPv6 gateway of its network, not a container");
+    }
+    if info.subnet == octets {
+        bail!("{target} is its subnet's router anycast address, not a container");
+    }
+    if let Some(a) = p.host_addr {
+        check_host_addr(maps, a)?;
+    }
+    let existing: Vec<Row> = published(maps)?.iter().map(|(k, v)| row(k, v)).collect();
+    let host = p.host_addr.map(IpAddr::V6);
+    if let Some(why) = conflict_rows(&existing, host, p.host_first, p.host_last, p.proto) {
+        bail!("{why}");
+    }
+    let first_id = super::next_id(maps)?;
+    let mut inserted: Vec<(PortKey6, PubVal6)> = Vec::new();
+    for (i, port) in (p.host_first..=p.host_last).enumerate() {
+        let k = key(p.host_addr, port, p.proto);
+        let v = PubVal6 {
+            target: octets,
+            target_port_be: (p.target_first + i as u16).to_be(),
+            owner,
+            net_id: *net_id,
+            id: first_id + i as u32,
+        };
+        let added = maps
+            .v6
+            .publish
+            .insert(k, v, 0)
+            .context("recording the published port")
+            .and_then(|()| target_count(maps, &v, p.proto, 1));
+        if let Err(e) = added {
+            // No half-applied state: take back what this command added.
+            for (k, v) in &inserted {
+                let _ = maps.v6.publish.remove(k);
+                let _ = target_count(maps, v, k.proto, -1);
+            }
+            let _ = maps.v6.publish.remove(&k);
+            return Err(e);
+        }
+        inserted.push((k, v));
+    }
+    Ok(u32::from(p.host_last - p.host_first) + 1)
+}
+
+/// Counts a mapping in (`delta` 1) or out (-1) of `NP_TARGETS6` (what a
+/// routed network lets in at the container's own address).
+fn target_count(maps: &mut Maps, v: &PubVal6, proto: u8, delta: i32) -> Result<()> {
+    let key = PortKey6 {
+        addr: v.target,
+        port_be: v.target_port_be,
+        proto,
+        _pad: 0,
+    };
+    let n: u32 = match maps.v6.targets.get(&key, 0) {
+        Ok(n) => n,
+        Err(e) if state::is_missing(&e) => 0,
+        Err(e) => return Err(e).context("reading NP_TARGETS6"),
+    };
+    let n = n.saturating_add_signed(delta);
+    let res = if n == 0 {
+        match maps.v6.targets.remove(&key) {
+            Err(e) if state::is_missing(&e) => Ok(()),
+            r => r,
+        }
+    } else {
+        maps.v6.targets.insert(key, n, 0)
+    };
+    res.context("updating NP_TARGETS6")
+}
+
+/// A host IPv6 address to publish on: one of the host's own global ones,
+/// not a container's.
+fn check_host_addr(maps: &Maps, a: Ipv6Addr) -> Result<()> {
+    if a.is_multicast() {
+        bail!("{a} is not a unicast address: publish on an address of the host");
+    }
+    if a.is_loopback() {
+        bail!(
+            "{a}: host processes reach published ports through the socket hooks, which are IPv4-only so far"
+        );
+    }
+    if a.is_unicast_link_local() {
+        bail!("{a} is link-local: publish on a global address of the host, or on [::]");
+    }
+    let octets = a.octets();
+    if let Some((_, n)) = maps.v6.all()?.iter().find(|(_, n)| n.contains(&octets))
+        && n.gateway != octets
+    {
+        bail!(
+            "{a} is in the IPv6 subnet {}/{} of a managed network, not an address of the host",
+            Ipv6Addr::from(n.subnet),
+            n.prefix_len
+        );
+    }
+    match maps.v6.hostaddrs.get(&octets, 0) {
+        Ok(_) => Ok(()),
+        Err(e) if state::is_missing(&e) => bail!("the host has no address {a}"),
+        Err(e) => Err(e).context("reading NP_HOSTADDRS6"),
+    }
+}
+
+/// Removes the mappings (with their counters); returns how many.
+fn unmap(maps: &mut Maps, keys: &[(PortKey6, PubVal6)]) -> Result<u32> {
+    for (k, v) in keys {
+        maps.v6
+            .publish
+            .remove(k)
+            .context("removing a published port")?;
+        target_count(maps, v, k.proto, -1)?;
+        maps.remove_counters(counter_scope::PUBLISH, v.id)?;
+    }
+    Ok(keys.len() as u32)
+}
+
+/// `unpublish '[ADDR]:PORT[-END][/PROTO]'` for an IPv6 mapping (`[::]`:
+/// the one on every host IPv6 address), with its flows.
+pub fn unpublish(dp: &mut Datapath, addr: Ipv6Addr, h: &spec::PortSpec) -> Result<Unpublished> {
+    let host = (!addr.is_unspecified()).then_some(addr);
+    let proto = h.proto_or_tcp();
+    let mut victims = Vec::new();
+    for port in h.first..=h.last {
+        let k = key(host, port, proto);
+        match dp.maps.v6.publish.get(&k, 0) {
+            Ok(v) => victims.push((k, v)),
+            Err(_) => bail!(
+                "host port [{addr}]:{port}/{} is not published",
+                proto_name(proto)
+            ),
+        }
+    }
+    let ports = unmap(&mut dp.maps, &victims)?;
+    // Their flows go too (see `publish::remove`): every host IPv6
+    // address's flows of those ports, one pass per run of ports.
+    let mut flows = 0;
+    let rows: Vec<Row> = victims.iter().map(|(k, v)| row(k, v)).collect();
+    for mut run in runs_of(&rows) {
+        run.v6 = true;
+        let filter = conntrack::Filter {
+            published: Some(run),
+            ..Default::default()
+        };
+        flows += conntrack::flush(dp, &filter)?;
+    }
+    Ok(Unpublished { ports, flows })
+}
+
+/// Removes every IPv6 mapping leading into network `net_id`.
+pub fn remove_network(maps: &mut Maps, net_id: u32) -> Result<u32> {
+    let victims: Vec<(PortKey6, PubVal6)> = published(maps)?
+        .into_iter()
+        .filter(|(_, v)| v.net_id == net_id)
+        .collect();
+    unmap(maps, &victims)
+}
+
+/// The IPv6 mappings for `ports`.
+pub fn list(maps: &Maps, bridge_of: &dyn Fn(u32) -> String) -> Result<Vec<Mapping>> {
+    let mut out = Vec::new();
+    for (k, v) in published(maps)? {
+        out.push(Mapping::of(maps, &row(&k, &v), v.id, bridge_of(v.net_id))?);
+    }
+    Ok(out)
+}
+
+/// The largest counter id the IPv6 mappings use.
+pub fn max_id(maps: &Maps) -> Result<u32> {
+    Ok(published(maps)?
+        .iter()
+        .map(|(_, v)| v.id)
+        .max()
+        .unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_rows_round_trip() {
+        let k = key(None, 8080, 6);
+        assert_eq!(k.addr, [0; 16]);
+        let v = PubVal6 {
+            target: "fd00:18::2".parse::<Ipv6Addr>().unwrap().octets(),
+            target_port_be: 80u16.to_be(),
+            ..PubVal6::default()
+        };
+        let r = row(&k, &v);
+        assert_eq!(r.host_addr, None);
+        assert_eq!((r.port, r.target_port), (8080, 80));
+        let one = key(Some("2001:db8::1".parse().unwrap()), 9000, 17);
+        assert_eq!(
+            row(&one, &v).host_addr,
+            Some("2001:db8::1".parse().unwrap())
+        );
+    }
+}

@@ -1,0 +1,130 @@
+//! IPv6 published ports with real TCP: `publish '[::]:PORT' '[C]:PORT'`
+//! reached from outside (the client's address kept), from another network,
+//! from a neighbour on the container's own network and by the container
+//! itself (through its gateway); `ports` lists the mapping with its
+//! counters; `unpublish` removes it with its flows; bad input is one line
+//! and changes nothing.
+
+use crate::harness;
+use crate::ipv6::{connect, tcp6_to, up_dual};
+
+use harness::{Lab, NETPATH, netpath, netpath_ok};
+
+const BRP: &str = "np6p";
+const BRQ: &str = "np6q";
+
+#[test]
+fn ipv6_ports_are_published_to_outside_other_networks_neighbours_and_the_container_itself() {
+    require_root!();
+    let (host, ext) = Lab::host_and_ext("p6h", "p6e", NETPATH, "uplink0").unwrap();
+    host.ip(&["addr", "add", "fd00:ef::1/64", "dev", "uplink0", "nodad"])
+        .unwrap();
+    ext.ip(&["addr", "add", "fd00:ef::2/64", "dev", "eth0", "nodad"])
+        .unwrap();
+    up_dual(&host, BRP, "172.28.0.0/24", "fd00:28::/64", &[]);
+    up_dual(&host, BRQ, "172.29.0.0/24", "fd00:29::/64", &[]);
+    let (c1, a1) = connect(&host, "p6c1", BRP);
+    let (c3, a3) = connect(&host, "p6c3", BRP);
+    let (c2, a2) = connect(&host, "p6c2", BRQ);
+
+    // Nothing published yet: the port is the host's, which has no server.
+    assert!(tcp6_to(&c1, 80, &ext, "fd00:ef::1", 8086).is_err());
+    let out = netpath_ok(&host, &["publish", "[::]:8086", &format!("[{a1}]:80")]);
+    assert!(out.contains("(1 port)"), "{out}");
+
+    // From outside: the client's own address reaches the container.
+    let seen = tcp6_to(&c1, 80, &ext, "fd00:ef::1", 8086).expect("ext -> [::]:8086");
+    assert_eq!(seen, "fd00:ef::2", "the client's address is kept");
+    // From another network, through a host address: allowed although the
+    // networks are isolated (as Docker's DNAT comes first).
+    let seen = tcp6_to(&c1, 80, &c2, "fd00:ef::1", 8086).expect("c2 -> [::]:8086");
+    assert_eq!(seen, a2);
+    // A neighbour, through its gateway: the answer comes back from the
+    // published port, not from the container straight.
+    let seen = tcp6_to(&c1, 80, &c3, "fd00:28::1", 8086).expect("c3 -> gateway:8086");
+    assert_eq!(seen, a3);
+    // The container itself: it sees its gateway as the client.
+    let seen = tcp6_to(&c1, 80, &c1, "fd00:ef::1", 8086).expect("c1 -> its own port");
+    assert_eq!(seen, "fd00:28::1");
+    // Direct routing to the container's own address stays refused (nat).
+    assert!(tcp6_to(&c1, 80, &ext, &a1, 80).is_err(), "ext -> [a1]:80");
+    // And the isolation between the networks holds for anything else.
+    assert!(tcp6_to(&c1, 81, &c2, &a1, 81).is_err(), "c2 -> [a1]:81");
+
+    let ports: serde_json::Value =
+        serde_json::from_str(&netpath_ok(&host, &["ports", "--json"])).unwrap();
+    let m = &ports[0];
+    assert_eq!(
+        (
+            &m["host_ip"],
+            &m["host_port"],
+            &m["container_ip"],
+            &m["network"]
+        ),
+        (
+            &serde_json::Value::Null,
+            &8086.into(),
+            &a1.as_str().into(),
+            &BRP.into()
+        ),
+        "{ports}"
+    );
+    assert!(
+        m["to_container"]["packets"].as_u64().unwrap() >= 4 * 3,
+        "{ports}"
+    );
+    assert!(
+        m["from_container"]["packets"].as_u64().unwrap() >= 4 * 3,
+        "{ports}"
+    );
+    let table = netpath_ok(&host, &["ports"]);
+    assert!(table.contains("[::]:8086/tcp"), "{table}");
+    assert!(table.contains(&format!("[{a1}]:80")), "{table}");
+
+    // Bad input: one line, exit 1, nothing published.
+    for (args, says) in [
+        (
+            vec!["publish", "[::]:8087", "172.28.0.2:80"],
+            "different families",
+        ),
+        (
+            vec!["publish", "[fd00:28::9]:8087", &format!("[{a1}]:80")],
+            "not an address of the host",
+        ),
+        (
+            vec!["publish", "8087", "[fd00:99::2]:80"],
+            "outside every managed IPv6 subnet",
+        ),
+        (
+            vec!["publish", "[::]:8086", &format!("[{a3}]:80")],
+            "already published",
+        ),
+        (
+            vec!["publish", "fd00::1:8087", "[fd00:28::2]:80"],
+            "in brackets",
+        ),
+        (
+            vec!["publish", "[::1]:8087", &format!("[{a1}]:80")],
+            "socket hooks",
+        ),
+    ] {
+        let o = netpath(&host, &args);
+        assert_eq!(o.code, 1, "{args:?}: {}", o.stdout);
+        assert!(o.stderr.contains(says), "{args:?}: {}", o.stderr);
+        assert_eq!(o.stderr.trim().lines().count(), 1, "{}", o.stderr);
+    }
+    let table = netpath_ok(&host, &["ports"]);
+    assert_eq!(table.matches("/tcp").count(), 1, "{table}");
+
+    // unpublish: the port and its flows go.
+    let out = netpath_ok(&host, &["unpublish", "[::]:8086"]);
+    assert!(out.contains("(1 port,"), "{out}");
+    let flows = harness::flows(&host);
+    assert!(
+        !flows.iter().any(|f| f["original"]["dport"] == 8086),
+        "{flows:?}"
+    );
+    assert!(tcp6_to(&c1, 80, &ext, "fd00:ef::1", 8086).is_err());
+    let o = netpath(&host, &["unpublish", "[::]:8086"]);
+    assert!(o.stderr.contains("is not published"), "{}", o.stderr);
+}
