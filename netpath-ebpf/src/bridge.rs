@@ -19,10 +19,10 @@ use netpath_common::{
 use crate::{
     TCX_NEXT,
     ct::ct_lookup,
-    flow::{apply6, packet_key6, work6},
+    flow::{apply6, own_tuple6, work6},
     lookup::{drop, same_mac},
     maps::{NP_ENDPOINTS4, NP_ENDPOINTS6, NP_NETWORKS},
-    parse::{self, ETH_HLEN, L4Kind, eth_off, eth_p, ethertype, ip4_off},
+    parse::{ETH_HLEN, eth_off, eth_p, ethertype, ip4_off},
     parse6::{self, Work6},
     publish6::publish6,
     rewrite::Phase,
@@ -83,14 +83,9 @@ fn published_flows6(ctx: &TcContext, net_id: u32) -> i32 {
         return TCX_NEXT;
     };
     // The port judged the packet whole; what is no flow's passes.
-    if parse6::ipv6(ctx, &mut w.ip).is_err() || w.ip.later_fragment {
+    if parse6::ipv6(ctx, &mut w.ip).is_err() || !own_tuple6(ctx, w) {
         return TCX_NEXT;
     }
-    match parse::l4_at(ctx, w.ip.l4, w.ip.proto) {
-        Ok(l4) if l4.kind != L4Kind::IcmpError => w.l4 = l4,
-        _ => return TCX_NEXT,
-    }
-    w.key = packet_key6(&w.ip, &w.l4);
     let mut e: *mut CtEntry6 = core::ptr::null_mut();
     match flow(ctx, w, net_id, &mut e) {
         FOUND => {}

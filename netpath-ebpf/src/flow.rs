@@ -34,6 +34,23 @@ pub fn packet_key6(ip: &Ip6, l4: &L4) -> CtKey6 {
     CtKey6::new(ip.saddr, ip.daddr, l4.sport_be, l4.dport_be, ip.proto)
 }
 
+/// Fills `w.l4` and `w.key` when the packet whose IPv6 header is in `w.ip`
+/// has a tuple of its own: not a later fragment, not an ICMPv6 error, an
+/// upper-layer header that parses. What the published-port hooks of ports
+/// and bridges look up by.
+#[inline(always)]
+pub fn own_tuple6(ctx: &TcContext, w: &mut Work6) -> bool {
+    if w.ip.later_fragment {
+        return false;
+    }
+    match crate::parse::l4_at(ctx, w.ip.l4, w.ip.proto) {
+        Ok(l4) if l4.kind != crate::parse::L4Kind::IcmpError => w.l4 = l4,
+        _ => return false,
+    }
+    w.key = packet_key6(&w.ip, &w.l4);
+    true
+}
+
 /// Per-packet conntrack bookkeeping, once per packet (at its first hook):
 /// counters, TCP state, the partner check. `Err` when the entry turned out
 /// stale (its partner's key now belongs to another flow; it was removed).

@@ -27,7 +27,7 @@ use netpath_common::{
 use crate::{
     TCX_NEXT,
     ct::ct_lookup,
-    flow::{apply6, packet_key6, work6},
+    flow::{apply6, own_tuple6, packet_key6, work6},
     frag6, guard,
     icmp6::about_a_flow,
     inbound, isolate,
@@ -98,14 +98,9 @@ fn check_ingress(ctx: &TcContext, sender: &Sender) -> Result<(), DropReason> {
 /// network policy does not apply. A BPF subprogram (its own stack frame).
 #[inline(never)]
 fn published_in(ctx: &TcContext, w: &mut Work6, internal: bool) -> bool {
-    if w.ip.later_fragment {
+    if !own_tuple6(ctx, w) {
         return false;
     }
-    match parse::l4_at(ctx, w.ip.l4, w.ip.proto) {
-        Ok(l4) if l4.kind != L4Kind::IcmpError => w.l4 = l4,
-        _ => return false,
-    }
-    w.key = packet_key6(&w.ip, &w.l4);
     match ct_lookup(&w.key) {
         // SAFETY: map value pointer, read at once.
         Some(e) => (unsafe { (*e).flags } & ct_flags::DNAT) != 0,
@@ -183,14 +178,9 @@ fn published_out(ctx: &TcContext, e: &mut *mut CtEntry6) -> bool {
     let Some(w) = work6() else {
         return false;
     };
-    if parse6::ipv6(ctx, &mut w.ip).is_err() || w.ip.later_fragment {
+    if parse6::ipv6(ctx, &mut w.ip).is_err() || !own_tuple6(ctx, w) {
         return false;
     }
-    match parse::l4_at(ctx, w.ip.l4, w.ip.proto) {
-        Ok(l4) if l4.kind != L4Kind::IcmpError => w.l4 = l4,
-        _ => return false,
-    }
-    w.key = packet_key6(&w.ip, &w.l4);
     if let Some(found) = ct_lookup(&w.key) {
         // SAFETY: map value pointer, read at once.
         let (flags, dir) = unsafe { ((*found).flags, (*found).dir) };

@@ -3,111 +3,26 @@
 //! per host port, looked up in O(1) by the datapath (exact host address
 //! first, then "every host address").
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
-};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use anyhow::{Context as _, Result, bail};
-use netpath_common::{PubKey4, PubVal4, TargetKey4, counter_kind, counter_scope, owner};
-use serde::Serialize;
+use netpath_common::{PubKey4, PubVal4, TargetKey4, counter_scope, owner};
 
 use crate::{
     attach::Datapath,
     codec, conntrack,
     spec::{self, NetworkSpec, PortSpec},
-    state::{self, Maps, Traffic},
+    state::{self, Maps},
     table,
 };
-
-/// One published port, for `ports`.
-#[derive(Clone, Debug, Serialize)]
-pub struct Mapping {
-    /// The host address it is bound to; absent for every host address (of
-    /// the container's family).
-    pub host_ip: Option<IpAddr>,
-    pub host_port: u16,
-    pub proto: String,
-    pub container_ip: IpAddr,
-    pub container_port: u16,
-    /// Bridge of the container's network.
-    pub network: String,
-    /// Packets to the container and back.
-    pub to_container: Traffic,
-    pub from_container: Traffic,
-}
-
-impl Mapping {
-    pub fn host(&self) -> String {
-        let addr = match (self.host_ip, self.container_ip) {
-            (Some(IpAddr::V6(a)), _) => format!("[{a}]"),
-            (Some(IpAddr::V4(a)), _) => a.to_string(),
-            (None, IpAddr::V6(_)) => "[::]".to_owned(),
-            (None, IpAddr::V4(_)) => "0.0.0.0".to_owned(),
-        };
-        format!("{addr}:{}/{}", self.host_port, self.proto)
-    }
-}
-
-impl Mapping {
-    /// The mapping of `row` (counter id `id`, into bridge `network`) with
-    /// its counters.
-    pub fn of(maps: &Maps, row: &Row, id: u32, network: String) -> Result<Self> {
-        let traffic = |kind| maps.traffic(counter_scope::PUBLISH, id, kind);
-        Ok(Self {
-            host_ip: row.host_addr,
-            host_port: row.port,
-            proto: proto_name(row.proto),
-            container_ip: row.target,
-            container_port: row.target_port,
-            network,
-            to_container: traffic(counter_kind::PUB_IN)?,
-            from_container: traffic(counter_kind::PUB_OUT)?,
-        })
-    }
-}
-
-/// One published host port of either family, as the checks and flushes
-/// both families share see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Row {
-    /// `None`: every host address of the family.
-    pub host_addr: Option<IpAddr>,
-    pub port: u16,
-    pub proto: u8,
-    pub target: IpAddr,
-    pub target_port: u16,
-}
-
-impl Row {
-    fn of4(k: &PubKey4, v: &PubVal4) -> Self {
-        Self {
-            host_addr: (k.addr_be != 0).then(|| IpAddr::V4(codec::from_be(k.addr_be))),
-            port: u16::from_be(k.port_be),
-            proto: k.proto,
-            target: IpAddr::V4(codec::from_be(v.target_be)),
-            target_port: u16::from_be(v.target_port_be),
-        }
-    }
-}
-
-/// The counter id for a new mapping's first port (ids are shared by both
-/// families' mappings).
-fn next_id(maps: &Maps) -> Result<u32> {
-    let v4 = maps
-        .published()?
-        .iter()
-        .map(|(_, v)| v.id)
-        .max()
-        .unwrap_or(0);
-    Ok(v4.max(v6::max_id(maps)?) + 1)
-}
 
 use crate::ctconfig::proto_name;
 
 mod owned;
+mod rows;
 pub mod v6;
 pub use owned::{Synced, owned_changes, owned_to, sync_owned, sync_owned_to};
+pub use rows::{Mapping, Row, conflict_rows, runs_of};
 
 fn key(addr: Option<Ipv4Addr>, port: u16, proto: u8) -> PubKey4 {
     PubKey4 {
@@ -260,7 +175,9 @@ pub fn insert(maps: &mut Maps, p: &Ports, owner: u16) -> Result<u32> {
     if let Some(why) = conflict(&existing, p) {
         bail!("{why}");
     }
-    let first_id = next_id(maps)?;
+    // Counter ids are shared by both families' mappings.
+    let v4_max = existing.iter().map(|(_, v)| v.id).max().unwrap_or(0);
+    let first_id = v4_max.max(v6::max_id(&v6::published(maps)?)) + 1;
     let mut inserted: Vec<(PubKey4, PubVal4)> = Vec::new();
     for (i, port) in (p.host_first..=p.host_last).enumerate() {
         let id = first_id + i as u32;
@@ -296,46 +213,6 @@ pub fn conflict(existing: &[(PubKey4, PubVal4)], p: &Ports) -> Option<String> {
     let rows: Vec<Row> = existing.iter().map(|(k, v)| Row::of4(k, v)).collect();
     let host = p.host_addr.map(IpAddr::V4);
     conflict_rows(&rows, host, p.host_first, p.host_last, p.proto)
-}
-
-/// Why host ports `first..=last` of `proto` on `host` (`None`: every
-/// address) cannot be published next to `existing` (mappings of the same
-/// family), if they cannot. Per (port, protocol): a port published on
-/// every address conflicts with any address, and the other way round.
-pub fn conflict_rows(
-    existing: &[Row],
-    host: Option<IpAddr>,
-    first: u16,
-    last: u16,
-    proto: u8,
-) -> Option<String> {
-    let by_port: BTreeMap<(u16, u8), Vec<&Row>> =
-        existing.iter().fold(BTreeMap::new(), |mut m, r| {
-            m.entry((r.port, r.proto)).or_default().push(r);
-            m
-        });
-    for port in first..=last {
-        for r in by_port.get(&(port, proto)).into_iter().flatten() {
-            if r.host_addr.is_none() || host.is_none() || r.host_addr == host {
-                let at = match r.host_addr {
-                    Some(IpAddr::V6(a)) => format!("[{a}]:"),
-                    Some(a) => format!("{a}:"),
-                    None if r.target.is_ipv6() => "[::]:".to_owned(),
-                    None => String::new(),
-                };
-                let to = match r.target {
-                    IpAddr::V6(t) => format!("[{t}]"),
-                    t => t.to_string(),
-                };
-                return Some(format!(
-                    "host port {at}{port}/{} is already published (to {to}:{})",
-                    proto_name(proto),
-                    r.target_port
-                ));
-            }
-        }
-    }
-    None
 }
 
 /// Counts a mapping in (`delta` 1) or out (-1) of `NP_TARGETS4`, which
@@ -441,43 +318,6 @@ fn runs(keys: &[(PubKey4, PubVal4)]) -> Vec<conntrack::Published> {
     runs_of(&rows)
 }
 
-/// [`runs`] over rows of either family (an IPv6 run's address is not
-/// compared by the flush: see `conntrack::Published`).
-pub fn runs_of(rows: &[Row]) -> Vec<conntrack::Published> {
-    let mut sorted: Vec<(u32, u8, u16)> = rows
-        .iter()
-        .map(|r| {
-            let addr = match r.host_addr {
-                Some(IpAddr::V4(a)) => codec::be(a),
-                _ => 0,
-            };
-            (addr, r.proto, r.port)
-        })
-        .collect();
-    sorted.sort_unstable();
-    let mut out: Vec<conntrack::Published> = Vec::new();
-    for (addr_be, proto, port) in sorted {
-        let addr = codec::from_be(addr_be);
-        match out.last_mut() {
-            Some(r)
-                if r.addr == addr
-                    && r.proto == proto
-                    && u32::from(r.last) + 1 == u32::from(port) =>
-            {
-                r.last = port;
-            }
-            _ => out.push(conntrack::Published {
-                v6: false,
-                addr,
-                first: port,
-                last: port,
-                proto,
-            }),
-        }
-    }
-    out
-}
-
 /// `unpublish [HOST_IP:]HOST_PORT[-END][/PROTO]`.
 pub fn unpublish(h: &PortSpec) -> Result<Unpublished> {
     let _lock = state::lock(false)?;
@@ -553,10 +393,7 @@ pub fn render(maps: &[Mapping]) -> String {
         .map(|m| {
             vec![
                 m.host(),
-                match m.container_ip {
-                    IpAddr::V6(c) => format!("[{c}]:{}", m.container_port),
-                    c => format!("{c}:{}", m.container_port),
-                },
+                SocketAddr::new(m.container_ip, m.container_port).to_string(),
                 m.network.clone(),
                 format!("{} pkts {} B", m.to_container.packets, m.to_container.bytes),
                 format!(

@@ -3,12 +3,15 @@
 //! `NP_PUBLISH6` and `NP_TARGETS6` as IPv4's are in `NP_PUBLISH4` and
 //! `NP_TARGETS4`. Both families' mappings share the counter ids.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv6Addr},
+};
 
 use anyhow::{Context as _, Result, bail};
 use netpath_common::{
     counter_scope,
-    v6::{PortKey6, PubVal6},
+    v6::{NetworkInfo6, PortKey6, PubVal6},
 };
 
 use super::{Mapping, Row, Unpublished, conflict_rows, runs_of};
@@ -82,14 +85,22 @@ pub fn insert(maps: &mut Maps, p: &Ports6, owner: u16) -> Result<u32> {
         bail!("{target} is its subnet's router anycast address, not a container");
     }
     if let Some(a) = p.host_addr {
-        check_host_addr(maps, a)?;
+        check_host_addr(maps, &nets, a)?;
     }
-    let existing: Vec<Row> = published(maps)?.iter().map(|(k, v)| row(k, v)).collect();
+    let mine = published(maps)?;
+    let existing: Vec<Row> = mine.iter().map(|(k, v)| row(k, v)).collect();
     let host = p.host_addr.map(IpAddr::V6);
     if let Some(why) = conflict_rows(&existing, host, p.host_first, p.host_last, p.proto) {
         bail!("{why}");
     }
-    let first_id = super::next_id(maps)?;
+    // Counter ids are shared by both families' mappings.
+    let v4_max = maps
+        .published()?
+        .iter()
+        .map(|(_, v)| v.id)
+        .max()
+        .unwrap_or(0);
+    let first_id = v4_max.max(max_id(&mine)) + 1;
     let mut inserted: Vec<(PortKey6, PubVal6)> = Vec::new();
     for (i, port) in (p.host_first..=p.host_last).enumerate() {
         let k = key(p.host_addr, port, p.proto);
@@ -148,7 +159,7 @@ fn target_count(maps: &mut Maps, v: &PubVal6, proto: u8, delta: i32) -> Result<(
 
 /// A host IPv6 address to publish on: one of the host's own global ones,
 /// not a container's.
-fn check_host_addr(maps: &Maps, a: Ipv6Addr) -> Result<()> {
+fn check_host_addr(maps: &Maps, nets: &BTreeMap<u32, NetworkInfo6>, a: Ipv6Addr) -> Result<()> {
     if a.is_multicast() {
         bail!("{a} is not a unicast address: publish on an address of the host");
     }
@@ -161,7 +172,7 @@ fn check_host_addr(maps: &Maps, a: Ipv6Addr) -> Result<()> {
         bail!("{a} is link-local: publish on a global address of the host, or on [::]");
     }
     let octets = a.octets();
-    if let Some((_, n)) = maps.v6.all()?.iter().find(|(_, n)| n.contains(&octets))
+    if let Some((_, n)) = nets.iter().find(|(_, n)| n.contains(&octets))
         && n.gateway != octets
     {
         bail!(
@@ -240,13 +251,9 @@ pub fn list(maps: &Maps, bridge_of: &dyn Fn(u32) -> String) -> Result<Vec<Mappin
     Ok(out)
 }
 
-/// The largest counter id the IPv6 mappings use.
-pub fn max_id(maps: &Maps) -> Result<u32> {
-    Ok(published(maps)?
-        .iter()
-        .map(|(_, v)| v.id)
-        .max()
-        .unwrap_or(0))
+/// The largest counter id of IPv6 mappings `m` (0 for none).
+pub fn max_id(m: &[(PortKey6, PubVal6)]) -> u32 {
+    m.iter().map(|(_, v)| v.id).max().unwrap_or(0)
 }
 
 #[cfg(test)]
