@@ -122,8 +122,12 @@ pub mod map_names {
     pub const TARGETS6: &str = "NP_TARGETS6";
     /// The namespace's IPv6 addresses (what `[::]:PORT` is published on).
     pub const HOSTADDRS6: &str = "NP_HOSTADDRS6";
+    /// [`SockRevKey6`](crate::v6::SockRevKey6) ->
+    /// [`SockRevVal6`](crate::v6::SockRevVal6): what an IPv6 host socket
+    /// dialled before the socket hooks redirected it (LRU).
+    pub const SOCK_REVNAT6: &str = "NP_SOCK_REVNAT6";
     /// All pinned map names, for tooling that walks the pin directory.
-    pub const ALL: [&str; 36] = [
+    pub const ALL: [&str; 37] = [
         ENDPOINTS4,
         IFACES,
         NETWORKS,
@@ -160,6 +164,7 @@ pub mod map_names {
         PUBLISH6,
         TARGETS6,
         HOSTADDRS6,
+        SOCK_REVNAT6,
     ];
 }
 
@@ -564,7 +569,9 @@ mod user {
         event::Event,
         filter::{FilterData, FilterInfo, FilterRule},
         sweep::SweepArgs,
-        v6::{Addr6Key, LeaseKey6, NetworkInfo6, Port6, PortKey6, PubVal6},
+        v6::{
+            Addr6Key, LeaseKey6, NetworkInfo6, Port6, PortKey6, PubVal6, SockRevKey6, SockRevVal6,
+        },
     };
     unsafe impl aya::Pod for NetworkInfo6 {}
     unsafe impl aya::Pod for Port6 {}
@@ -572,6 +579,8 @@ mod user {
     unsafe impl aya::Pod for LeaseKey6 {}
     unsafe impl aya::Pod for PortKey6 {}
     unsafe impl aya::Pod for PubVal6 {}
+    unsafe impl aya::Pod for SockRevKey6 {}
+    unsafe impl aya::Pod for SockRevVal6 {}
     unsafe impl aya::Pod for SweepArgs {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for TargetKey4 {}

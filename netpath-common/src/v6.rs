@@ -131,6 +131,30 @@ pub struct PubVal6 {
     pub id: u32,
 }
 
+/// Key of `NP_SOCK_REVNAT6` (the IPv6 twin of
+/// [`SockRevKey`](crate::SockRevKey)): a host socket and the container
+/// address it was redirected to (IPv4-mapped for an IPv4 mapping reached
+/// from an IPv6 socket).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SockRevKey6 {
+    pub sock_cookie: u64,
+    pub target: [u8; 16],
+    pub target_port_be: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Value of `NP_SOCK_REVNAT6`: the address and port the socket dialled.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SockRevVal6 {
+    pub addr: [u8; 16],
+    pub port_be: u16,
+    pub _pad: [u8; 2],
+}
+
 /// Whether the first `len` bits of `addr` and `prefix` agree.
 #[inline(always)]
 pub fn in_prefix(addr: &[u8; 16], prefix: &[u8; 16], len: u8) -> bool {

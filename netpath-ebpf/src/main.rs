@@ -35,6 +35,7 @@ mod publish;
 mod publish6;
 mod rewrite;
 mod sock;
+mod sock6;
 mod spoof;
 mod spoof6;
 mod sweep;
@@ -223,6 +224,26 @@ pub fn netpath_recvmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername4)]
 pub fn netpath_getpeername4(ctx: SockAddrContext) -> i32 {
     sock::reverse4(&ctx)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn netpath_connect6(ctx: SockAddrContext) -> i32 {
+    sock6::redirect6(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn netpath_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock6::redirect6(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn netpath_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock6::reverse6(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn netpath_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock6::reverse6(&ctx)
 }
 
 /// Interface counters everywhere; network counters on container ports, where

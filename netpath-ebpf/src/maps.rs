@@ -15,7 +15,7 @@ use netpath_common::{
     ct6::{CtEntry6, CtKey6, FragKey6, MAX_CT6, MAX_FRAG6},
     event::{self, Bucket},
     filter::{FilterData, FilterInfo, FilterRule, MAX_FILTERS},
-    v6::{Addr6Key, LeaseKey6, NetworkInfo6, Port6, PortKey6, PubVal6},
+    v6::{Addr6Key, LeaseKey6, NetworkInfo6, Port6, PortKey6, PubVal6, SockRevKey6, SockRevVal6},
 };
 
 /// ifindex -> role and network of every interface netpath attached to.
@@ -196,6 +196,11 @@ pub static NP_TARGETS6: HashMap<PortKey6, u32> = HashMap::pinned(MAX_PUBLISH, 0)
 /// loader): where a port published on every address is reached.
 #[map]
 pub static NP_HOSTADDRS6: HashMap<[u8; 16], u32> = HashMap::pinned(MAX_HOSTADDRS, 0);
+
+/// What an IPv6 host socket dialled before the socket hooks redirected it,
+/// as `NP_SOCK_REVNAT4`.
+#[map]
+pub static NP_SOCK_REVNAT6: LruHashMap<SockRevKey6, SockRevVal6> = LruHashMap::pinned(65536, 0);
 
 /// What a container's IPv4 packet would teach its port (`NP_LEARN4`),
 /// staged before the policy and kept once the packet passed it.

@@ -6,7 +6,7 @@
 //! dialled. The filter rules apply (a refused `connect()` or `sendmsg()`
 //! fails with EPERM). Only sockets of the namespace netpath manages are
 //! touched (its netns cookie is in `NP_HOST`); every other socket passes as
-//! it is.
+//! it is. IPv6 sockets have their own hooks (`sock6`).
 
 use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
@@ -28,7 +28,7 @@ pub const REFUSE: i32 = 0;
 
 /// Whether the socket lives in the managed namespace.
 #[inline(always)]
-fn managed(ctx: &SockAddrContext) -> bool {
+pub fn managed(ctx: &SockAddrContext) -> bool {
     let Some(host) = NP_HOST.get(0) else {
         return false;
     };
@@ -41,7 +41,7 @@ fn managed(ctx: &SockAddrContext) -> bool {
 /// is bound to, else the one it dialled (a host or loopback address, which
 /// the kernel picks as the source for those).
 #[inline(always)]
-fn client_addr(ctx: &SockAddrContext, dialled: u32) -> u32 {
+pub fn client_addr(ctx: &SockAddrContext, dialled: u32) -> u32 {
     // SAFETY: `sk` is the (non-null) socket of the call, readable in these hooks.
     let bound = unsafe { (*(*ctx.sock_addr).__bindgen_anon_1.sk).src_ip4 };
     if bound != 0 { bound } else { dialled }

@@ -95,14 +95,22 @@ pub enum SockHook {
     Sendmsg4,
     Recvmsg4,
     Getpeername4,
+    Connect6,
+    Sendmsg6,
+    Recvmsg6,
+    Getpeername6,
 }
 
 impl SockHook {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 8] = [
         Self::Connect4,
         Self::Sendmsg4,
         Self::Recvmsg4,
         Self::Getpeername4,
+        Self::Connect6,
+        Self::Sendmsg6,
+        Self::Recvmsg6,
+        Self::Getpeername6,
     ];
 
     pub const fn program(self) -> &'static str {
@@ -111,6 +119,10 @@ impl SockHook {
             Self::Sendmsg4 => "netpath_sendmsg4",
             Self::Recvmsg4 => "netpath_recvmsg4",
             Self::Getpeername4 => "netpath_getpeername4",
+            Self::Connect6 => "netpath_connect6",
+            Self::Sendmsg6 => "netpath_sendmsg6",
+            Self::Recvmsg6 => "netpath_recvmsg6",
+            Self::Getpeername6 => "netpath_getpeername6",
         }
     }
 
@@ -120,6 +132,10 @@ impl SockHook {
             Self::Sendmsg4 => CgroupSockAddrAttachType::UDPSendMsg4,
             Self::Recvmsg4 => CgroupSockAddrAttachType::UDPRecvMsg4,
             Self::Getpeername4 => CgroupSockAddrAttachType::GetPeerName4,
+            Self::Connect6 => CgroupSockAddrAttachType::Connect6,
+            Self::Sendmsg6 => CgroupSockAddrAttachType::UDPSendMsg6,
+            Self::Recvmsg6 => CgroupSockAddrAttachType::UDPRecvMsg6,
+            Self::Getpeername6 => CgroupSockAddrAttachType::GetPeerName6,
         }
     }
 }

@@ -13,3 +13,4 @@ mod ipv6_claims;
 mod nat;
 mod nat6;
 mod policy;
+mod publish6;

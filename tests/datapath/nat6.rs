@@ -24,32 +24,32 @@ use netpath_common::{
 
 use netpath::lab::frames::{ICMPV6, echo6, frame6, icmp6};
 
-const SYN: u8 = 0x02;
-const ACK: u8 = 0x10;
+pub(crate) const SYN: u8 = 0x02;
+pub(crate) const ACK: u8 = 0x10;
 
-fn ip(s: &str) -> Ipv6Addr {
+pub(crate) fn ip(s: &str) -> Ipv6Addr {
     s.parse().unwrap()
 }
 
-fn u() -> Ipv6Addr {
+pub(crate) fn u() -> Ipv6Addr {
     ip("fd00:ff::1")
 }
-fn r() -> Ipv6Addr {
+pub(crate) fn r() -> Ipv6Addr {
     ip("fd00:ee::2")
 }
-fn c1() -> Ipv6Addr {
+pub(crate) fn c1() -> Ipv6Addr {
     ip("fd00:30::2")
 }
-fn c2() -> Ipv6Addr {
+pub(crate) fn c2() -> Ipv6Addr {
     ip("fd00:30::3")
 }
-fn c3() -> Ipv6Addr {
+pub(crate) fn c3() -> Ipv6Addr {
     ip("fd00:31::2")
 }
 
 /// Loopback as an uplink (with `uplink` as its IPv6 address), network 1
 /// masquerading and network 2 routed, both dual-stack.
-fn nat6_datapath(pins: &std::path::Path, uplink: Option<Ipv6Addr>) -> Datapath {
+pub(crate) fn nat6_datapath(pins: &std::path::Path, uplink: Option<Ipv6Addr>) -> Datapath {
     let mut dp = Datapath::load_with_pins(pins).expect("loading");
     let info = IfaceInfo {
         role: IfaceRole::Uplink as u32,
@@ -77,7 +77,7 @@ fn nat6_datapath(pins: &std::path::Path, uplink: Option<Ipv6Addr>) -> Datapath {
 }
 
 /// A UDP query from `c`:5353 to R:53.
-fn query(c: Ipv6Addr) -> Vec<u8> {
+pub(crate) fn query(c: Ipv6Addr) -> Vec<u8> {
     frame6(UDP, c, r(), &packet::udp(c, r(), 5353, 53, b"q", true))
 }
 
@@ -99,7 +99,7 @@ fn port_behind_uplink(dp: &mut Datapath, net_id: u32) -> IfaceInfo {
     port
 }
 
-fn key(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, proto: u8) -> CtKey6 {
+pub(crate) fn key(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, proto: u8) -> CtKey6 {
     CtKey6::new(
         src.octets(),
         dst.octets(),
@@ -109,7 +109,7 @@ fn key(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, proto: u8) -> CtKey
     )
 }
 
-fn entry(dp: &Datapath, k: &CtKey6) -> CtEntry6 {
+pub(crate) fn entry(dp: &Datapath, k: &CtKey6) -> CtEntry6 {
     dp.maps
         .v6
         .ct
@@ -118,7 +118,7 @@ fn entry(dp: &Datapath, k: &CtKey6) -> CtEntry6 {
 }
 
 /// Source, destination, ports (ICMPv6: the identifier twice) of a frame.
-fn parsed(f: &[u8]) -> (Ipv6Addr, Ipv6Addr, u16, u16) {
+pub(crate) fn parsed(f: &[u8]) -> (Ipv6Addr, Ipv6Addr, u16, u16) {
     let a = |o: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&f[o..o + 16]).unwrap());
     let l4 = ETH + 40;
     let be = |o: usize| u16::from_be_bytes([f[o], f[o + 1]]);
@@ -131,7 +131,7 @@ fn parsed(f: &[u8]) -> (Ipv6Addr, Ipv6Addr, u16, u16) {
 }
 
 /// The transport checksum, computed from scratch over the pseudo-header.
-fn assert_checksum(f: &[u8]) {
+pub(crate) fn assert_checksum(f: &[u8]) {
     let (src, dst, ..) = parsed(f);
     assert!(
         l4_valid(src, dst, f[ETH + 6], &f[ETH + 40..]),
@@ -139,7 +139,7 @@ fn assert_checksum(f: &[u8]) {
     );
 }
 
-fn tcp(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+pub(crate) fn tcp(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     frame6(
         TCP,
         src,

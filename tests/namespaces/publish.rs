@@ -26,26 +26,32 @@ fn ports(ns: &Netns) -> Vec<serde_json::Value> {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("ports --json ({e}): {out}"))
 }
 
-/// A client process on the host side (the lab's host namespace), inside
-/// the namespace's test cgroup when `in_cgroup` (where netpath's socket hooks
-/// are attached), else outside it. It sends `hello` over TCP or UDP to
-/// `ip:port` and prints the answer and the peer its socket reports.
-fn host_client(lab: &Lab, in_cgroup: bool, udp: bool, ip: &str, port: u16) -> Output {
-    let cg = lab.host.cgroup.as_ref().expect("host cgroup");
+/// A client process on the host side (`host`, a lab's host namespace),
+/// inside the namespace's test cgroup when `in_cgroup` (where netpath's
+/// socket hooks are attached), else outside it. It sends `hello` over TCP
+/// or UDP to `ip:port` (an IPv6 socket when `ip` has a colon) and prints
+/// the answer and the peer its socket reports (`getpeername`).
+pub(crate) fn host_client(host: &Netns, in_cgroup: bool, udp: bool, ip: &str, port: u16) -> Output {
+    let cg = host.cgroup.as_ref().expect("host cgroup");
     let join = if in_cgroup {
         format!("echo $$ > {}/cgroup.procs && ", cg.display())
     } else {
         String::new()
     };
     let kind = if udp { "SOCK_DGRAM" } else { "SOCK_STREAM" };
+    let family = if ip.contains(':') {
+        "AF_INET6"
+    } else {
+        "AF_INET"
+    };
     let code = format!(
-        "import socket; s = socket.socket(socket.AF_INET, socket.{kind}); s.settimeout(2); \
+        "import socket; s = socket.socket(socket.{family}, socket.{kind}); s.settimeout(2); \
          s.connect(('{ip}', {port})); s.send(b'hello'); \
-         print(s.recv(64).decode(), '%s:%d' % s.getpeername())"
+         print(s.recv(64).decode(), '%s:%d' % s.getpeername()[:2])"
     );
     let script = format!(
         "{join}exec nsenter --net=/run/netns/{} python3 -c \"{code}\"",
-        lab.host.name
+        host.name
     );
     Command::new("sh")
         .args(["-c", &script])
@@ -54,16 +60,18 @@ fn host_client(lab: &Lab, in_cgroup: bool, udp: bool, ip: &str, port: u16) -> Ou
         .expect("spawning the host client")
 }
 
-/// A TCP echo server in `ns` answering `n` connections in turn.
-fn tcp_servers(
+/// A TCP echo server in `ns` on `bind`:`port` answering `n` connections
+/// in turn.
+pub(crate) fn tcp_servers(
     ns: &Netns,
+    bind: &'static str,
     port: u16,
     n: usize,
 ) -> std::thread::JoinHandle<anyhow::Result<Vec<std::net::SocketAddr>>> {
     let (tx, rx) = mpsc::channel();
     let h = ns.spawn(move || {
         use std::io::{Read as _, Write as _};
-        let l = std::net::TcpListener::bind(addr("0.0.0.0", port))?;
+        let l = std::net::TcpListener::bind((bind, port))?;
         l.set_nonblocking(true)?;
         tx.send(()).ok();
         let mut peers = Vec::new();
@@ -142,7 +150,7 @@ fn containers_reach_published_ports_from_other_networks_the_same_network_and_the
     let c3 = Netns::new("c3").unwrap();
     netpath_ok(&lab.host, &["connect", &c3.name, "--bridge", "np1"]);
     netpath_ok(&lab.host, &["publish", "8082", &format!("{}:80", Lab::C1)]);
-    let server = tcp_servers(&lab.c1, 80, 4);
+    let server = tcp_servers(&lab.c1, "0.0.0.0", 80, 4);
     let ask = |ns: &Netns, ip: &str| {
         let ip = ip.to_owned();
         ns.run(move || -> anyhow::Result<()> {
@@ -236,13 +244,13 @@ fn host_processes_reach_published_ports_through_the_socket_hooks() {
         &lab.host,
         &["publish", "5300/udp", &format!("{}:53", Lab::C2)],
     );
-    let server = tcp_servers(&lab.c1, 80, 3);
+    let server = tcp_servers(&lab.c1, "0.0.0.0", 80, 3);
     for (ip, port) in [
         ("127.0.0.1", 8083),
         (Lab::UPLINK, 8083),
         ("127.0.0.1", 8084),
     ] {
-        let out = host_client(&lab, true, false, ip, port);
+        let out = host_client(&lab.host, true, false, ip, port);
         // The answer, and getpeername() showing what was dialled.
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),
@@ -265,7 +273,7 @@ fn host_processes_reach_published_ports_through_the_socket_hooks() {
         Ok(())
     });
     rx.recv_timeout(Duration::from_secs(3)).unwrap();
-    let out = host_client(&lab, true, true, "127.0.0.1", 5300);
+    let out = host_client(&lab.host, true, true, "127.0.0.1", 5300);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "hello 127.0.0.1:5300",
@@ -274,7 +282,7 @@ fn host_processes_reach_published_ports_through_the_socket_hooks() {
     );
     udp.join().unwrap().unwrap();
     // A process outside the cgroup is not redirected: nothing listens there.
-    let out = host_client(&lab, false, false, "127.0.0.1", 8083);
+    let out = host_client(&lab.host, false, false, "127.0.0.1", 8083);
     assert!(
         !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("refused"),
         "not redirected outside the cgroup: {}",

@@ -3,12 +3,14 @@
 //! from a neighbour on the container's own network and by the container
 //! itself (through its gateway); `ports` lists the mapping with its
 //! counters; `unpublish` removes it with its flows; bad input is one line
-//! and changes nothing.
+//! and changes nothing. Host processes reach IPv6 ports (and IPv4 ones
+//! from IPv6 sockets) through the socket hooks.
 
 use crate::harness;
 use crate::ipv6::{connect, tcp6_to, up_dual};
+use crate::publish::{host_client, tcp_servers};
 
-use harness::{Lab, NETPATH, netpath, netpath_ok};
+use harness::{Lab, NETPATH, Netns, netpath, netpath_ok};
 
 const BRP: &str = "np6p";
 const BRQ: &str = "np6q";
@@ -104,8 +106,8 @@ fn ipv6_ports_are_published_to_outside_other_networks_neighbours_and_the_contain
             "in brackets",
         ),
         (
-            vec!["publish", "[::1]:8087", &format!("[{a1}]:80")],
-            "socket hooks",
+            vec!["publish", "[fe80::1]:8087", &format!("[{a1}]:80")],
+            "is link-local",
         ),
     ] {
         let o = netpath(&host, &args);
@@ -127,4 +129,89 @@ fn ipv6_ports_are_published_to_outside_other_networks_neighbours_and_the_contain
     assert!(tcp6_to(&c1, 80, &ext, "fd00:ef::1", 8086).is_err());
     let o = netpath(&host, &["unpublish", "[::]:8086"]);
     assert!(o.stderr.contains("is not published"), "{}", o.stderr);
+}
+
+/// The answer a host client printed (`hello PEER:PORT`), with its errors.
+fn answered(o: &std::process::Output) -> String {
+    let out = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    if out.is_empty() {
+        String::from_utf8_lossy(&o.stderr).trim().to_owned()
+    } else {
+        out
+    }
+}
+
+#[test]
+fn host_processes_reach_ipv6_published_ports_through_the_socket_hooks() {
+    require_root!();
+    let (host, _ext) = Lab::host_and_ext("p6sh", "p6se", NETPATH, "uplink0").unwrap();
+    host.ip(&["addr", "add", "fd00:ef::1/64", "dev", "uplink0", "nodad"])
+        .unwrap();
+    up_dual(&host, BRP, "172.28.0.0/24", "fd00:28::/64", &[]);
+    let (c1, a1) = connect(&host, "p6sc1", BRP);
+    // The IPv4 address `connect` gave (the first of the subnet's).
+    let v4 = "172.28.0.2";
+    netpath_ok(&host, &["publish", "[::]:8088", &format!("[{a1}]:80")]);
+    netpath_ok(&host, &["publish", "[::1]:8089", &format!("[{a1}]:80")]);
+    netpath_ok(&host, &["publish", "[::]:5301/udp", &format!("[{a1}]:53")]);
+    netpath_ok(&host, &["publish", "8090", &format!("{v4}:80")]);
+
+    let server = tcp_servers(&c1, "::", 80, 4);
+    for (ip, port, shown) in [
+        ("fd00:ef::1", 8088, "fd00:ef::1:8088"),
+        ("::1", 8088, "::1:8088"),
+        ("::1", 8089, "::1:8089"),
+        // An IPv6 socket dialling an IPv4-mapped address: IPv4's mapping.
+        ("::ffff:127.0.0.1", 8090, "::ffff:127.0.0.1:8090"),
+    ] {
+        let o = host_client(&host, true, false, ip, port);
+        // The answer, and getpeername() showing what was dialled.
+        assert_eq!(answered(&o), format!("hello {shown}"), "[{ip}]:{port}");
+    }
+    let peers = server.join().unwrap().unwrap();
+    // The container sees the host's address on its network.
+    let seen: Vec<String> = peers.iter().map(|p| p.ip().to_string()).collect();
+    assert_eq!(
+        seen,
+        [
+            "fd00:28::1",
+            "fd00:28::1",
+            "fd00:28::1",
+            "::ffff:172.28.0.1"
+        ]
+    );
+
+    // UDP through sendmsg6/recvmsg6.
+    let udp = udp_echo(&c1, 53);
+    let o = host_client(&host, true, true, "::1", 5301);
+    assert_eq!(answered(&o), "hello ::1:5301");
+    udp.join().unwrap().unwrap();
+
+    // `[::1]:8089` is the host's loopback only; `[::]:8088` is refused to a
+    // filter rule's port (EPERM); a process outside the cgroup is not
+    // redirected (nothing listens on the host).
+    let o = host_client(&host, true, false, "fd00:ef::1", 8089);
+    assert!(answered(&o).contains("refused"), "{}", answered(&o));
+    netpath_ok(&host, &["filter", "add", "--port", "8088/tcp", "deny"]);
+    let o = host_client(&host, true, false, "::1", 8088);
+    assert!(answered(&o).contains("not permitted"), "{}", answered(&o));
+    let o = host_client(&host, false, false, "::1", 8089);
+    assert!(answered(&o).contains("refused"), "{}", answered(&o));
+}
+
+/// A UDP echo server in `ns` on `[::]:port` answering one datagram.
+fn udp_echo(ns: &Netns, port: u16) -> std::thread::JoinHandle<anyhow::Result<()>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = ns.spawn(move || -> anyhow::Result<()> {
+        let s = std::net::UdpSocket::bind(("::", port))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(4)))?;
+        tx.send(()).ok();
+        let mut b = [0u8; 64];
+        let (n, p) = s.recv_from(&mut b)?;
+        s.send_to(&b[..n], p)?;
+        Ok(())
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(3))
+        .expect("UDP server ready");
+    h
 }

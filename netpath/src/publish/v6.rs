@@ -116,12 +116,12 @@ pub fn insert(maps: &mut Maps, p: &Ports6, owner: u16) -> Result<u32> {
             .publish
             .insert(k, v, 0)
             .context("recording the published port")
-            .and_then(|()| target_count(maps, &v, p.proto, 1));
+            .and_then(|()| target_count(maps, &k, &v, 1));
         if let Err(e) = added {
             // No half-applied state: take back what this command added.
             for (k, v) in &inserted {
                 let _ = maps.v6.publish.remove(k);
-                let _ = target_count(maps, v, k.proto, -1);
+                let _ = target_count(maps, k, v, -1);
             }
             let _ = maps.v6.publish.remove(&k);
             return Err(e);
@@ -132,12 +132,16 @@ pub fn insert(maps: &mut Maps, p: &Ports6, owner: u16) -> Result<u32> {
 }
 
 /// Counts a mapping in (`delta` 1) or out (-1) of `NP_TARGETS6` (what a
-/// routed network lets in at the container's own address).
-fn target_count(maps: &mut Maps, v: &PubVal6, proto: u8, delta: i32) -> Result<()> {
+/// routed network lets in at the container's own address). A mapping on
+/// `::1` is for the host's own processes, and opens nothing to the outside.
+fn target_count(maps: &mut Maps, k: &PortKey6, v: &PubVal6, delta: i32) -> Result<()> {
+    if Ipv6Addr::from(k.addr).is_loopback() {
+        return Ok(());
+    }
     let key = PortKey6 {
         addr: v.target,
         port_be: v.target_port_be,
-        proto,
+        proto: k.proto,
         _pad: 0,
     };
     let n: u32 = match maps.v6.targets.get(&key, 0) {
@@ -157,16 +161,14 @@ fn target_count(maps: &mut Maps, v: &PubVal6, proto: u8, delta: i32) -> Result<(
     res.context("updating NP_TARGETS6")
 }
 
-/// A host IPv6 address to publish on: one of the host's own global ones,
-/// not a container's.
+/// A host IPv6 address to publish on: one of the host's own global ones
+/// (or `::1`, for host processes only), not a container's.
 fn check_host_addr(maps: &Maps, nets: &BTreeMap<u32, NetworkInfo6>, a: Ipv6Addr) -> Result<()> {
     if a.is_multicast() {
         bail!("{a} is not a unicast address: publish on an address of the host");
     }
     if a.is_loopback() {
-        bail!(
-            "{a}: host processes reach published ports through the socket hooks, which are IPv4-only so far"
-        );
+        return Ok(());
     }
     if a.is_unicast_link_local() {
         bail!("{a} is link-local: publish on a global address of the host, or on [::]");
@@ -195,7 +197,7 @@ fn unmap(maps: &mut Maps, keys: &[(PortKey6, PubVal6)]) -> Result<u32> {
             .publish
             .remove(k)
             .context("removing a published port")?;
-        target_count(maps, v, k.proto, -1)?;
+        target_count(maps, k, v, -1)?;
         maps.remove_counters(counter_scope::PUBLISH, v.id)?;
     }
     Ok(keys.len() as u32)
