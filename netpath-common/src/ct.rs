@@ -188,8 +188,10 @@ pub trait Tuple: Copy + Default {
     /// Field-wise comparison (a derived `==` becomes a `bcmp` call the
     /// kernel does not have).
     fn same(&self, other: &Self) -> bool;
-    /// The IPv4 addresses, for the flush filter (which names IPv4 only).
+    /// The IPv4 addresses, for the flush filter.
     fn v4(&self) -> Option<(u32, u32)>;
+    /// The IPv6 addresses, for the flush filter.
+    fn v6(&self) -> Option<(&[u8; 16], &[u8; 16])>;
 }
 
 impl Tuple for CtKey4 {
@@ -233,6 +235,10 @@ impl Tuple for CtKey4 {
     #[inline(always)]
     fn v4(&self) -> Option<(u32, u32)> {
         Some((self.saddr_be, self.daddr_be))
+    }
+    #[inline(always)]
+    fn v6(&self) -> Option<(&[u8; 16], &[u8; 16])> {
+        None
     }
 }
 

@@ -106,6 +106,10 @@ impl Tuple for CtKey6 {
     fn v4(&self) -> Option<(u32, u32)> {
         None
     }
+    #[inline(always)]
+    fn v6(&self) -> Option<(&[u8; 16], &[u8; 16])> {
+        Some((&self.saddr, &self.daddr))
+    }
 }
 
 /// Value of `NP_CT6`.

@@ -68,4 +68,10 @@ pub struct SweepArgs {
     /// Only flows of one family: 4 or 6; 0 for both.
     pub family: u8,
     pub _pad: [u8; 3],
+    /// `src_be`, `dst_be` and `pub_addr_be` for IPv6 flows (all zeros:
+    /// any). A filter naming an address of one family matches no flow of
+    /// the other.
+    pub src6: [u8; 16],
+    pub dst6: [u8; 16],
+    pub pub_addr6: [u8; 16],
 }

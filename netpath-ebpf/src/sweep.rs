@@ -18,7 +18,7 @@ use aya_ebpf::{
 use netpath_common::{
     Config, MAX_NETWORKS, counter_kind, counter_scope,
     ct::{CtEntry, CtKey4, TcpState, Tuple, ct_dir, ct_flags, timeout_class},
-    ct6::CtKey6,
+    ct6::{CtKey6, same_addr},
     sweep::{SweepArgs, mode},
 };
 
@@ -303,20 +303,34 @@ fn judge<K: Table>(
     }
 }
 
-/// Whether a flow matches the flush filter (every set field must; the
-/// address fields name IPv4 addresses, which no IPv6 flow matches).
+/// Whether a flow matches the flush filter (every set field must; an
+/// address of one family matches no flow of the other).
 #[inline(always)]
 fn matches<K: Tuple>(a: &SweepArgs, okey: &K, rkey: &K, flags: u32, net_id: u32) -> bool {
     let port = a.port_be;
-    let (src, dst) = okey.v4().unwrap_or((0, 0));
-    let addrs = okey.v4().is_some() || (a.src_be == 0 && a.dst_be == 0 && a.pub_addr_be == 0);
+    let named4 = a.src_be != 0 || a.dst_be != 0 || a.pub_addr_be != 0;
+    let named6 = !zero6(&a.src6) || !zero6(&a.dst6) || !zero6(&a.pub_addr6);
+    let addrs = match (okey.v4(), okey.v6()) {
+        (Some((src, dst)), _) => {
+            !named6
+                && (a.src_be == 0 || src == a.src_be)
+                && (a.dst_be == 0 || dst == a.dst_be)
+                && (a.pub_addr_be == 0 || dst == a.pub_addr_be)
+        }
+        (None, Some((src, dst))) => {
+            !named4
+                && (zero6(&a.src6) || same_addr(src, &a.src6))
+                && (zero6(&a.dst6) || same_addr(dst, &a.dst6))
+                && (zero6(&a.pub_addr6) || same_addr(dst, &a.pub_addr6))
+        }
+        (None, None) => false,
+    };
     let published = a.pub_last == 0 || {
         let p = u16::from_be(okey.dport_be());
         flags & ct_flags::DNAT != 0
             && okey.proto() == a.pub_proto
             && p >= a.pub_first
             && p <= a.pub_last
-            && (a.pub_addr_be == 0 || dst == a.pub_addr_be)
     };
     let family = match a.family {
         4 => okey.v4().is_some(),
@@ -326,8 +340,6 @@ fn matches<K: Tuple>(a: &SweepArgs, okey: &K, rkey: &K, flags: u32, net_id: u32)
     addrs
         && family
         && (a.net_id == 0 || net_id == a.net_id)
-        && (a.src_be == 0 || src == a.src_be)
-        && (a.dst_be == 0 || dst == a.dst_be)
         && (a.proto == 0 || okey.proto() == a.proto)
         && (port == 0
             || okey.sport_be() == port
@@ -335,4 +347,10 @@ fn matches<K: Tuple>(a: &SweepArgs, okey: &K, rkey: &K, flags: u32, net_id: u32)
             || rkey.sport_be() == port
             || rkey.dport_be() == port)
         && published
+}
+
+/// Whether an IPv6 filter address is unset (all zeros).
+#[inline(always)]
+fn zero6(a: &[u8; 16]) -> bool {
+    same_addr(a, &[0; 16])
 }

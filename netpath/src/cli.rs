@@ -379,13 +379,13 @@ pub enum ConntrackCmd {
 
 #[derive(Debug, Args)]
 pub struct FlushCmd {
-    /// Original source address (the container).
+    /// Original source address (the container), IPv4 or IPv6.
     #[arg(long, value_name = "IP")]
-    pub src: Option<std::net::Ipv4Addr>,
-    /// Original destination address.
+    pub src: Option<std::net::IpAddr>,
+    /// Original destination address, IPv4 or IPv6 (of the source's family).
     #[arg(long, value_name = "IP")]
-    pub dst: Option<std::net::Ipv4Addr>,
-    /// tcp, udp, icmp or a protocol number.
+    pub dst: Option<std::net::IpAddr>,
+    /// tcp, udp, sctp, icmp, icmpv6 or a protocol number.
     #[arg(long, value_name = "PROTO")]
     pub proto: Option<String>,
     /// Any port of the flow (original or translated, source or destination).

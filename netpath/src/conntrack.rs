@@ -194,10 +194,10 @@ impl<K: Key> Ord for KeyOrd<K> {
 /// Which flows `conntrack flush` removes. Every set field must match.
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
-    /// The original source (the container).
-    pub src: Option<Ipv4Addr>,
+    /// The original source (the container), of either family.
+    pub src: Option<IpAddr>,
     /// The original destination.
-    pub dst: Option<Ipv4Addr>,
+    pub dst: Option<IpAddr>,
     pub proto: Option<u8>,
     /// Any port of the flow: original or reply, source or destination.
     pub port: Option<u16>,
@@ -207,13 +207,11 @@ pub struct Filter {
 }
 
 /// Published host ports `first..=last` of one protocol, on one host
-/// address (unspecified: every address).
+/// address: its family's flows only, on every host address of the family
+/// when it is unspecified (`0.0.0.0`, `::`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Published {
-    /// IPv6 ports' flows (then `addr` is not compared: every host IPv6
-    /// address); else IPv4's.
-    pub v6: bool,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub first: u16,
     pub last: u16,
     pub proto: u8,
@@ -229,22 +227,37 @@ impl Filter {
 
     /// The filter as the in-kernel pass takes it.
     fn args(&self, mode: u32) -> SweepArgs {
-        let be = |a: Option<Ipv4Addr>| a.map_or(0, from_addr);
         let mut a = SweepArgs {
             mode,
             net_id: self.network.unwrap_or(0),
-            src_be: be(self.src),
-            dst_be: be(self.dst),
             port_be: self.port.unwrap_or(0).to_be(),
             proto: self.proto.unwrap_or(0),
             ..SweepArgs::default()
         };
+        match self.src {
+            Some(IpAddr::V4(s)) => a.src_be = from_addr(s),
+            Some(IpAddr::V6(s)) => a.src6 = s.octets(),
+            None => {}
+        }
+        match self.dst {
+            Some(IpAddr::V4(d)) => a.dst_be = from_addr(d),
+            Some(IpAddr::V6(d)) => a.dst6 = d.octets(),
+            None => {}
+        }
         if let Some(p) = self.published {
-            a.pub_addr_be = from_addr(p.addr);
+            match p.addr {
+                IpAddr::V4(h) => {
+                    a.pub_addr_be = from_addr(h);
+                    a.family = 4;
+                }
+                IpAddr::V6(h) => {
+                    a.pub_addr6 = h.octets();
+                    a.family = 6;
+                }
+            }
             a.pub_first = p.first;
             a.pub_last = p.last;
             a.pub_proto = p.proto;
-            a.family = if p.v6 { 6 } else { 4 };
         }
         a
     }

@@ -15,6 +15,7 @@ pub fn proto_name(p: u8) -> String {
         proto::UDP => "udp".into(),
         proto::SCTP => "sctp".into(),
         proto::ICMP => "icmp".into(),
+        proto::ICMPV6 => "icmpv6".into(),
         n => n.to_string(),
     }
 }
@@ -27,17 +28,20 @@ fn digits<T: std::str::FromStr>(s: &str) -> Option<T> {
     s.parse().ok()
 }
 
-/// Parses `tcp`, `udp`, `sctp`, `icmp` or a protocol number.
+/// Parses `tcp`, `udp`, `sctp`, `icmp`, `icmpv6` or a protocol number.
 pub fn parse_proto(s: &str) -> Result<u8> {
     match s.to_ascii_lowercase().as_str() {
         "tcp" => Ok(proto::TCP),
         "udp" => Ok(proto::UDP),
         "sctp" => Ok(proto::SCTP),
         "icmp" => Ok(proto::ICMP),
+        "icmpv6" | "ipv6-icmp" => Ok(proto::ICMPV6),
         // Digits only (`parse` takes a leading '+'); 0 would be the flush
         // filter's "any protocol".
         n => digits::<u8>(n).filter(|p| *p != 0).ok_or_else(|| {
-            anyhow::anyhow!("invalid protocol {s:?}: expected tcp, udp, sctp, icmp or 1-255")
+            anyhow::anyhow!(
+                "invalid protocol {s:?}: expected tcp, udp, sctp, icmp, icmpv6 or 1-255"
+            )
         }),
     }
 }
@@ -113,6 +117,9 @@ mod tests {
         }
         assert_eq!(parse_proto("TCP").unwrap(), 6);
         assert_eq!(parse_proto("47").unwrap(), 47);
+        for p in ["icmpv6", "ipv6-icmp", "58"] {
+            assert_eq!(proto_name(parse_proto(p).unwrap()), "icmpv6");
+        }
         assert!(parse_proto("tcpx").is_err());
         assert!(parse_proto("0").is_err(), "0 would match every protocol");
         assert!(parse_proto("+6").is_err());

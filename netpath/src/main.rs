@@ -570,12 +570,17 @@ fn conntrack_list(json: bool) -> Result<()> {
 }
 
 fn conntrack_flush(f: &netpath::cli::FlushCmd) -> Result<()> {
-    // 0.0.0.0 is the pass's "any address": asked for, it would flush every
-    // flow.
+    // 0.0.0.0 and :: are the pass's "any address": asked for, they would
+    // flush every flow.
     for (name, a) in [("--src", f.src), ("--dst", f.dst)] {
-        if a.is_some_and(|a| a.is_unspecified()) {
-            anyhow::bail!("{name} 0.0.0.0 names no flow (leave it out to match every address)");
+        if let Some(a) = a.filter(|a| a.is_unspecified()) {
+            anyhow::bail!("{name} {a} names no flow (leave it out to match every address)");
         }
+    }
+    if let (Some(s), Some(d)) = (f.src, f.dst)
+        && s.is_ipv4() != d.is_ipv4()
+    {
+        anyhow::bail!("--src {s} and --dst {d} are of different families: no flow has both");
     }
     let filter = conntrack::Filter {
         src: f.src,

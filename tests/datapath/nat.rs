@@ -742,7 +742,7 @@ fn at_the_limit_new_flows_are_refused_and_old_ones_carry_on() {
         assert_eq!(dp.maps.ct_fill().unwrap().0, 4);
         // Room again: a flush removes C2's flow and its entries' count.
         let c2 = netpath::conntrack::Filter {
-            src: Some(C2),
+            src: Some(C2.into()),
             ..Default::default()
         };
         assert_eq!(netpath::conntrack::flush(&mut dp, &c2).unwrap(), 1);
@@ -923,7 +923,7 @@ fn the_sweep_pass_expires_flushes_and_counts_in_one_walk() {
         }
         run(&mut dp, Dir::Egress, &udp_out(C2, 7013), 1);
         let by_src = Filter {
-            src: Some(C2),
+            src: Some(C2.into()),
             ..Filter::default()
         };
         assert_eq!(conntrack::flush(&mut dp, &by_src).unwrap(), 1);
@@ -934,8 +934,7 @@ fn the_sweep_pass_expires_flushes_and_counts_in_one_walk() {
         assert_eq!(conntrack::flush(&mut dp, &by_port).unwrap(), 1);
         let published = Filter {
             published: Some(Published {
-                v6: false,
-                addr: Ipv4Addr::UNSPECIFIED,
+                addr: Ipv4Addr::UNSPECIFIED.into(),
                 first: 1,
                 last: 65535,
                 proto: UDP,

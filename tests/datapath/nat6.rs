@@ -9,7 +9,7 @@
 
 use crate::harness;
 
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use harness::{
     packet::{self, ETH, TCP, UDP, l4_valid},
@@ -216,13 +216,36 @@ fn nat66_masquerades_tcp_udp_and_echo_and_writes_replies_back() {
         let host = tcp(r(), u(), 80, 22, SYN);
         assert_eq!(run(&mut dp, Dir::Ingress, &host, 1), (TCX_NEXT, host));
 
-        // Four flows, eight entries; the sweep counts and flushes IPv6 too.
+        // Four flows, eight entries; the sweep counts and flushes IPv6 too,
+        // by IPv6 address; an IPv4 address names none of them.
         let found = conntrack::count(&mut dp).unwrap();
         assert_eq!((found.entries, found.flows), (8, 4));
         assert_eq!(dp.maps.v6.ct_entries().unwrap().len(), 8);
+        let by = |src: Option<IpAddr>, dst: Option<IpAddr>| conntrack::Filter {
+            src,
+            dst,
+            ..Default::default()
+        };
+        let v4: IpAddr = "172.30.0.2".parse().unwrap();
+        assert_eq!(conntrack::flush(&mut dp, &by(Some(v4), None)).unwrap(), 0);
+        assert_eq!(
+            conntrack::flush(&mut dp, &by(None, Some(c2().into()))).unwrap(),
+            0
+        );
+        assert_eq!(
+            conntrack::flush(&mut dp, &by(Some(c2().into()), Some(r().into()))).unwrap(),
+            1
+        );
+        assert!(
+            dp.maps
+                .v6
+                .ct
+                .get(&key(c2(), r(), 40000, 80, TCP), 0)
+                .is_err()
+        );
         assert_eq!(
             conntrack::flush(&mut dp, &conntrack::Filter::default()).unwrap(),
-            4
+            3
         );
         assert!(dp.maps.v6.ct_entries().unwrap().is_empty());
     });

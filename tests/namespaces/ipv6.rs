@@ -467,6 +467,35 @@ fn ipv6_leaves_masqueraded_or_routed_and_only_tracked_flows_come_back() {
         (&"none".into(), &"fd00:ee::2".into(), &a3.as_str().into()),
         "{f}"
     );
+    // The echo is listed by its name; a flush by IPv6 address takes that
+    // container's flows only; mixed families are refused in one line.
+    assert!(
+        flows
+            .iter()
+            .any(|f| f["proto"] == "icmpv6" && f["original"]["src"] == a1.as_str()),
+        "{flows:?}"
+    );
+    let out = netpath_ok(&host, &["conntrack", "flush", "--src", &a1]);
+    // Its TCP flow and its echo's.
+    assert!(out.contains(": 2 flow entries"), "{out}");
+    let left = harness::flows(&host);
+    assert!(
+        !left.iter().any(|f| f["original"]["src"] == a1.as_str()),
+        "{left:?}"
+    );
+    assert!(
+        left.iter().any(|f| f["original"]["src"] == a3.as_str()),
+        "{left:?}"
+    );
+    let o = netpath(
+        &host,
+        &["conntrack", "flush", "--src", &a3, "--dst", "10.0.0.1"],
+    );
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("different families"), "{}", o.stderr);
+    let o = netpath(&host, &["conntrack", "flush", "--dst", "::"]);
+    assert!(o.stderr.contains("--dst :: names no flow"), "{}", o.stderr);
+    assert_eq!(harness::flows(&host).len(), left.len());
 
     // From outside, nothing was asked for: nat takes nothing straight at a
     // container; routed takes echo requests, no unpublished port.

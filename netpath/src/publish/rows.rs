@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use anyhow::Result;
@@ -123,23 +123,22 @@ pub fn conflict_rows(
     None
 }
 
-/// [`runs`] over rows of either family (an IPv6 run's address is not
-/// compared by the flush: see `conntrack::Published`).
+/// [`runs`] over rows of either family: a mapping on every host address
+/// flushes its family's flows on every address.
 pub fn runs_of(rows: &[Row]) -> Vec<conntrack::Published> {
-    let mut sorted: Vec<(u32, u8, u16)> = rows
+    let mut sorted: Vec<(IpAddr, u8, u16)> = rows
         .iter()
         .map(|r| {
-            let addr = match r.host_addr {
-                Some(IpAddr::V4(a)) => codec::be(a),
-                _ => 0,
+            let every = match r.target {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             };
-            (addr, r.proto, r.port)
+            (r.host_addr.unwrap_or(every), r.proto, r.port)
         })
         .collect();
     sorted.sort_unstable();
     let mut out: Vec<conntrack::Published> = Vec::new();
-    for (addr_be, proto, port) in sorted {
-        let addr = codec::from_be(addr_be);
+    for (addr, proto, port) in sorted {
         match out.last_mut() {
             Some(r)
                 if r.addr == addr
@@ -149,7 +148,6 @@ pub fn runs_of(rows: &[Row]) -> Vec<conntrack::Published> {
                 r.last = port;
             }
             _ => out.push(conntrack::Published {
-                v6: false,
                 addr,
                 first: port,
                 last: port,

@@ -220,12 +220,11 @@ pub fn unpublish(dp: &mut Datapath, addr: Ipv6Addr, h: &spec::PortSpec) -> Resul
         }
     }
     let ports = unmap(&mut dp.maps, &victims)?;
-    // Their flows go too (see `publish::remove`): every host IPv6
-    // address's flows of those ports, one pass per run of ports.
+    // Their flows go too (see `publish::remove`), one pass per run of
+    // ports.
     let mut flows = 0;
     let rows: Vec<Row> = victims.iter().map(|(k, v)| row(k, v)).collect();
-    for mut run in runs_of(&rows) {
-        run.v6 = true;
+    for run in runs_of(&rows) {
         let filter = conntrack::Filter {
             published: Some(run),
             ..Default::default()
