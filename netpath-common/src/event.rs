@@ -72,6 +72,33 @@ pub struct Event {
     pub _pad2: [u8; 6],
 }
 
+/// An event about an IPv6 packet or flow: [`Event`]'s fields with IPv6
+/// addresses (its ethertype is IPv6's). A ring record of this size is one;
+/// [`Event`]'s size is an IPv4 or other frame's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Event6 {
+    pub ts_ns: u64,
+    pub kind: u8,
+    pub reason: u8,
+    /// The next header after the fixed IPv6 header (the transport protocol
+    /// unless extension headers come first; then no ports are read).
+    pub proto: u8,
+    pub _pad: u8,
+    pub ifindex: u32,
+    pub net_id: u32,
+    pub len: u32,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub nat_saddr: [u8; 16],
+    pub nat_daddr: [u8; 16],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub nat_sport_be: u16,
+    pub nat_dport_be: u16,
+}
+
 /// The per-CPU rate limiter's state (not pinned: one per loaded object).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -119,5 +146,6 @@ mod tests {
         }
         assert_eq!(m, RATE_PER_SEC / 2);
         assert_eq!(core::mem::size_of::<Event>(), 56);
+        assert_eq!(core::mem::size_of::<Event6>(), 96);
     }
 }

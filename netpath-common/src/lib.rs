@@ -583,6 +583,7 @@ mod user {
     unsafe impl aya::Pod for SockRevVal6 {}
     unsafe impl aya::Pod for SweepArgs {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for crate::event::Event6 {}
     unsafe impl aya::Pod for TargetKey4 {}
     unsafe impl aya::Pod for MacKey {}
     unsafe impl aya::Pod for VlanKey {}

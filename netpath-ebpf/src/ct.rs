@@ -91,9 +91,8 @@ impl Table for CtKey6 {
         host_socket6(skb, reply) || published6(&reply.daddr, reply.dport_be, reply.proto).is_some()
     }
     #[inline(always)]
-    fn flow_event(_orig: &Self, _reply: &Self, _net_id: u32) {
-        // `netpath monitor`'s flow events carry IPv4 tuples only (the
-        // event layout has no room for IPv6 addresses yet).
+    fn flow_event(orig: &Self, reply: &Self, net_id: u32) {
+        crate::events::flow_event6(orig, reply, net_id);
     }
 }
 

@@ -298,9 +298,10 @@ pub struct MonitorCmd {
     /// Only drops for this reason (as `status` names it, e.g. isolation or drop_icc).
     #[arg(long, value_name = "REASON", value_parser = crate::monitor::parse_reason)]
     pub reason: Option<netpath_common::DropReason>,
-    /// Only events with this address (either end, or the translated tuple's).
+    /// Only events with this address, IPv4 or IPv6 (either end, or the
+    /// translated tuple's).
     #[arg(long, value_name = "IP")]
-    pub host: Option<Ipv4Addr>,
+    pub host: Option<std::net::IpAddr>,
     /// Only events with this port (either end, or the translated tuple's).
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,

@@ -2,15 +2,24 @@
 //! `NP_MONITOR` (the datapath makes events only while one is fresh, for the
 //! kinds asked for), reads the `NP_EVENTS` ring buffer, filters, and prints
 //! one line per event (or one JSON object per line), and a line whenever
-//! the datapath's rate limit or a full ring lost events.
+//! the datapath's rate limit or a full ring lost events. Events of IPv6
+//! packets and flows carry IPv6 addresses (`record`).
 
-use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+mod record;
+
+pub use record::{Record, Tuple, decode};
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, MapData, RingBuf};
 use netpath_common::{
     DropReason, counter_kind, counter_scope,
-    event::{Event, kind, monitor, want},
+    event::{kind, monitor, want},
     map_names,
 };
 use serde::Serialize;
@@ -76,7 +85,7 @@ pub struct Filter {
     pub net_id: Option<u32>,
     pub reason: Option<DropReason>,
     /// Either address of the packet (or of the translated tuple).
-    pub host: Option<Ipv4Addr>,
+    pub host: Option<IpAddr>,
     /// Either port, likewise.
     pub port: Option<u16>,
 }
@@ -94,13 +103,13 @@ pub struct Shown {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
     pub proto: String,
-    /// Addresses and ports: absent for a frame that is not IPv4.
+    /// Addresses and ports: absent for a frame that is not IP.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub src: Option<Ipv4Addr>,
+    pub src: Option<IpAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sport: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dst: Option<Ipv4Addr>,
+    pub dst: Option<IpAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dport: Option<u16>,
     /// A flow's tuple as it leaves, when translated.
@@ -108,14 +117,6 @@ pub struct Shown {
     pub nat: Option<Tuple>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub len: Option<u32>,
-}
-
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
-pub struct Tuple {
-    pub src: Ipv4Addr,
-    pub sport: u16,
-    pub dst: Ipv4Addr,
-    pub dport: u16,
 }
 
 /// Names of interfaces and networks, for display.
@@ -126,19 +127,8 @@ pub struct Names {
 }
 
 /// Decides whether `e` passes `f` and how it shows; `None` when filtered out.
-pub fn show(e: &Event, f: &Filter, names: &Names) -> Option<Shown> {
-    let orig = Tuple {
-        src: codec::from_be(e.saddr_be),
-        sport: u16::from_be(e.sport_be),
-        dst: codec::from_be(e.daddr_be),
-        dport: u16::from_be(e.dport_be),
-    };
-    let nat = Tuple {
-        src: codec::from_be(e.nat_saddr_be),
-        sport: u16::from_be(e.nat_sport_be),
-        dst: codec::from_be(e.nat_daddr_be),
-        dport: u16::from_be(e.nat_dport_be),
-    };
+pub fn show(e: &Record, f: &Filter, names: &Names) -> Option<Shown> {
+    let (orig, nat) = (e.orig, e.nat);
     let (event, reason, translated) = match e.kind {
         kind::DROP => {
             let r = DropReason::from_u16(u16::from(e.reason))?;
@@ -181,7 +171,7 @@ pub fn show(e: &Event, f: &Filter, names: &Names) -> Option<Shown> {
     {
         return None;
     }
-    let ipv4 = u16::from_be(e.ethertype_be) == 0x0800;
+    let ip = e.ip;
     Some(Shown {
         ts: e.ts_ns as f64 / 1e9,
         event,
@@ -194,15 +184,15 @@ pub fn show(e: &Event, f: &Filter, names: &Names) -> Option<Shown> {
                 .unwrap_or_else(|| format!("if{}", e.ifindex))
         }),
         network: names.networks.get(&e.net_id).cloned(),
-        proto: if ipv4 {
+        proto: if ip {
             crate::ctconfig::proto_name(e.proto)
         } else {
-            format!("ethertype 0x{:04x}", u16::from_be(e.ethertype_be))
+            format!("ethertype 0x{:04x}", e.ethertype)
         },
-        src: ipv4.then_some(orig.src),
-        sport: ipv4.then_some(orig.sport),
-        dst: ipv4.then_some(orig.dst),
-        dport: ipv4.then_some(orig.dport),
+        src: ip.then_some(orig.src),
+        sport: ip.then_some(orig.sport),
+        dst: ip.then_some(orig.dst),
+        dport: ip.then_some(orig.dport),
         nat: translated,
         len: (e.kind == kind::DROP).then_some(e.len),
     })
@@ -210,11 +200,11 @@ pub fn show(e: &Event, f: &Filter, names: &Names) -> Option<Shown> {
 
 impl std::fmt::Display for Shown {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ep = |a: Ipv4Addr, p: u16| {
+        let ep = |a: IpAddr, p: u16| {
             if p == 0 {
                 a.to_string()
             } else {
-                format!("{a}:{p}")
+                SocketAddr::new(a, p).to_string()
             }
         };
         write!(f, "[{:.3}] {}", self.ts, self.event)?;
@@ -252,7 +242,7 @@ pub struct Options {
     pub kinds: Kinds,
     pub network: Option<String>,
     pub reason: Option<DropReason>,
-    pub host: Option<Ipv4Addr>,
+    pub host: Option<IpAddr>,
     pub port: Option<u16>,
     pub json: bool,
     /// Exit after this many events shown.
@@ -340,10 +330,9 @@ pub async fn run(opts: Options) -> Result<()> {
             next_beat += Duration::from_secs(1);
         }
         while let Some(item) = ring.next() {
-            if item.len() < std::mem::size_of::<Event>() {
+            let Some(e) = decode(&item) else {
                 continue;
-            }
-            let e: Event = bytemuck::pod_read_unaligned(&item[..std::mem::size_of::<Event>()]);
+            };
             drop(item);
             if e.ts_ns < started_ns {
                 continue;
@@ -403,6 +392,12 @@ fn only_monitor() -> Result<std::fs::File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netpath_common::event::{Event, Event6};
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn rec(e: &Event) -> Record {
+        Record::from(e)
+    }
 
     fn be(a: [u8; 4]) -> u32 {
         u32::from_ne_bytes(a)
@@ -473,7 +468,7 @@ mod tests {
             kinds: parse_kinds("drop,flow").unwrap(),
             ..Filter::default()
         };
-        let s = show(&drop_event(), &all, &names()).unwrap();
+        let s = show(&rec(&drop_event()), &all, &names()).unwrap();
         assert_eq!(
             s.to_string(),
             "[12345.678] drop drop_isolation on c1h net np0 tcp 172.30.0.2:40000 -> 172.31.0.2:80 len 74"
@@ -481,7 +476,7 @@ mod tests {
         let j: serde_json::Value = serde_json::to_value(&s).unwrap();
         assert_eq!(j["reason"], "drop_isolation");
         assert_eq!(j["dst"], "172.31.0.2");
-        let only = |f: Filter| show(&drop_event(), &f, &names()).is_some();
+        let only = |f: Filter| show(&rec(&drop_event()), &f, &names()).is_some();
         let base = || Filter {
             kinds: Kinds {
                 drop: true,
@@ -502,11 +497,11 @@ mod tests {
             ..base()
         }));
         assert!(only(Filter {
-            host: Some(Ipv4Addr::new(172, 31, 0, 2)),
+            host: Some(Ipv4Addr::new(172, 31, 0, 2).into()),
             ..base()
         }));
         assert!(!only(Filter {
-            host: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            host: Some(Ipv4Addr::new(10, 0, 0, 1).into()),
             ..base()
         }));
         assert!(only(Filter {
@@ -525,7 +520,7 @@ mod tests {
     }
 
     #[test]
-    fn frames_that_are_not_ipv4_show_their_ethertype_only() {
+    fn frames_that_are_not_ip_show_their_ethertype_only() {
         let mut e = drop_event();
         e.ethertype_be = 0x86ddu16.to_be();
         e.reason = DropReason::Ipv6 as u8;
@@ -533,7 +528,7 @@ mod tests {
             kinds: parse_kinds("drop").unwrap(),
             ..Filter::default()
         };
-        let s = show(&e, &f, &names()).unwrap();
+        let s = show(&rec(&e), &f, &names()).unwrap();
         assert_eq!(
             s.to_string(),
             "[12345.678] drop drop_ipv6 on c1h net np0 ethertype 0x86dd len 74"
@@ -552,11 +547,11 @@ mod tests {
             kinds: parse_kinds("nat").unwrap(),
             ..Filter::default()
         };
-        let plain = show(&flow_event(false), &flows, &names()).unwrap();
+        let plain = show(&rec(&flow_event(false)), &flows, &names()).unwrap();
         assert_eq!(plain.event, "flow");
         assert_eq!(plain.nat, None);
-        assert!(show(&flow_event(false), &nat, &names()).is_none());
-        let t = show(&flow_event(true), &nat, &names()).unwrap();
+        assert!(show(&rec(&flow_event(false)), &nat, &names()).is_none());
+        let t = show(&rec(&flow_event(true)), &nat, &names()).unwrap();
         assert_eq!(t.event, "nat");
         assert!(
             t.to_string().ends_with(
@@ -566,9 +561,65 @@ mod tests {
         );
         // --host matches the translated address too.
         let by_host = Filter {
-            host: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            host: Some(Ipv4Addr::new(198, 18, 0, 1).into()),
             ..nat
         };
-        assert!(show(&flow_event(true), &by_host, &names()).is_some());
+        assert!(show(&rec(&flow_event(true)), &by_host, &names()).is_some());
+    }
+
+    #[test]
+    fn ipv6_drops_and_flows_show_their_addresses() {
+        let a = |s: &str| s.parse::<Ipv6Addr>().unwrap().octets();
+        let drop6 = Event6 {
+            ts_ns: 12_345_678_000_000,
+            kind: kind::DROP,
+            reason: DropReason::DirectRouting as u8,
+            proto: 6,
+            ifindex: 7,
+            net_id: 1,
+            len: 94,
+            saddr: a("fd00:ee::2"),
+            daddr: a("fd00:30::2"),
+            sport_be: 40000u16.to_be(),
+            dport_be: 80u16.to_be(),
+            ..Event6::default()
+        };
+        let all = Filter {
+            kinds: parse_kinds("drop,flow").unwrap(),
+            ..Filter::default()
+        };
+        let s = show(&Record::from(&drop6), &all, &names()).unwrap();
+        assert_eq!(
+            s.to_string(),
+            "[12345.678] drop drop_direct_routing on c1h net np0 tcp [fd00:ee::2]:40000 -> [fd00:30::2]:80 len 94"
+        );
+        let j = serde_json::to_value(&s).unwrap();
+        assert_eq!(j["src"], "fd00:ee::2");
+        let mut flow6 = Event6 {
+            kind: kind::FLOW,
+            proto: 58,
+            net_id: 1,
+            saddr: a("fd00:30::2"),
+            daddr: a("fd00:ee::2"),
+            sport_be: 7u16.to_be(),
+            nat_saddr: a("fd00:ff::1"),
+            nat_daddr: a("fd00:ee::2"),
+            nat_sport_be: 7u16.to_be(),
+            ..Event6::default()
+        };
+        let nat = Filter {
+            kinds: parse_kinds("nat").unwrap(),
+            host: Some("fd00:ff::1".parse().unwrap()),
+            ..Filter::default()
+        };
+        let t = show(&Record::from(&flow6), &nat, &names()).unwrap();
+        assert!(
+            t.to_string()
+                .ends_with("icmpv6 [fd00:30::2]:7 -> fd00:ee::2 as [fd00:ff::1]:7 -> fd00:ee::2"),
+            "{t}"
+        );
+        // Untranslated (routed): a flow, not a translation.
+        flow6.nat_saddr = flow6.saddr;
+        assert!(show(&Record::from(&flow6), &nat, &names()).is_none());
     }
 }

@@ -1,9 +1,11 @@
 //! `netpath monitor` with real traffic: a container hitting isolation is
 //! an event within a second with the right reason and addresses, JSON
 //! lines parse, filters filter, translations show, and a flood of refused
-//! packets neither stalls the monitor nor goes uncounted.
+//! packets neither stalls the monitor nor goes uncounted. IPv6 drops and
+//! NAT66 flows show their IPv6 addresses.
 
 use crate::harness;
+use crate::ipv6::{connect as connect6, tcp6_to, up_dual};
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -238,5 +240,60 @@ fn a_flood_is_rate_limited_counted_and_does_not_stall_the_monitor() {
         mon.next(Duration::from_secs(3), |v| v["reason"] == "drop_isolation")
             .is_some(),
         "the monitor stalled after the flood"
+    );
+}
+
+#[test]
+fn ipv6_drops_and_nat66_flows_are_events_with_their_addresses() {
+    require_root!();
+    let (host, ext) = Lab::host_and_ext("m6h", "m6e", NETPATH, "uplink0").unwrap();
+    host.ip(&["addr", "add", "fd00:ee::1/64", "dev", "uplink0", "nodad"])
+        .unwrap();
+    ext.ip(&["addr", "add", "fd00:ee::2/64", "dev", "eth0", "nodad"])
+        .unwrap();
+    up_dual(&host, "np6m", "172.26.0.0/24", "fd00:26::/64", &[]);
+    let (c1, a1) = connect6(&host, "m6c1", "np6m");
+    ext.ip(&["-6", "route", "add", "fd00:26::/64", "via", "fd00:ee::1"])
+        .unwrap();
+
+    // A translated flow out, filtered by an IPv6 address.
+    let nat = Monitor::start(&host, &["--events", "nat", "--host", "fd00:ee::2"]);
+    let seen = tcp6_to(&ext, 7610, &c1, "fd00:ee::2", 7610).expect("c1 -> ext");
+    assert_eq!(seen, "fd00:ee::1");
+    let e = nat
+        .next(Duration::from_secs(3), |_| true)
+        .expect("a NAT66 flow event");
+    assert_eq!(
+        (&e["event"], &e["proto"], &e["src"], &e["dst"], &e["dport"]),
+        (
+            &"nat".into(),
+            &"tcp".into(),
+            &a1.as_str().into(),
+            &"fd00:ee::2".into(),
+            &7610.into()
+        ),
+        "{e}"
+    );
+    assert_eq!(e["nat"]["src"], "fd00:ee::1", "{e}");
+    drop(nat);
+
+    // Outside straight at the container: a drop with both IPv6 addresses.
+    let drops = Monitor::start(&host, &["--events", "drop", "--host", &a1]);
+    assert!(tcp6_to(&c1, 7611, &ext, &a1, 7611).is_err());
+    let e = drops
+        .next(Duration::from_secs(3), |v| {
+            v["reason"] == "drop_direct_routing"
+        })
+        .expect("a direct-routing drop event");
+    assert_eq!(
+        (&e["proto"], &e["src"], &e["dst"], &e["dport"], &e["iface"]),
+        (
+            &"tcp".into(),
+            &"fd00:ee::2".into(),
+            &a1.as_str().into(),
+            &7611.into(),
+            &"uplink0".into()
+        ),
+        "{e}"
     );
 }
