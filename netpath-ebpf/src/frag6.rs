@@ -2,10 +2,13 @@
 //! fragment carries the transport header, so the uplink records its ports
 //! (`NP_FRAG6`, keyed by source, destination, identification and protocol)
 //! for the later fragments coming in, which then follow the first one's
-//! flow to its container (and pass its port, `flow_key`). Leaving, a
-//! masquerading network's later fragments all get the uplink's address
-//! (`nat6`), which needs no ports. Fragments that overtake their first
-//! fragment find nothing.
+//! flow to its container (and pass its port, `flow_key`). Leaving, the
+//! uplink records a container's first fragments too, so its later ones
+//! get their own flow's source (a published port's host address, the
+//! masquerade address, or the container's own on a routed network); one
+//! of no recorded datagram gets the uplink's address on a masquerading
+//! network (`nat6`). Fragments that overtake their first fragment find
+//! nothing.
 
 // The map calls take `&w.frag` (a pointer into the per-CPU `NP_WORK6`)
 // rather than the 40-byte key by value, which would be copied to the stack.
@@ -76,18 +79,9 @@ pub fn later_fragment6(ctx: &TcContext, w: &mut Work6) -> Option<bool> {
 /// them back to.
 #[inline(never)]
 pub fn first_fragment6(w: &mut Work6, e: *mut CtEntry6) {
-    // An atomic fragment has no others to wait for: recording it would
-    // only let anyone who may start a flow push real datagrams' records
-    // out of the table.
-    if !w.ip.fragment || w.ip.atomic {
+    let Some(ports) = record(w) else {
         return;
-    }
-    frag_key(w);
-    let ports = FragPorts {
-        sport_be: w.l4.sport_be,
-        dport_be: w.l4.dport_be,
     };
-    let _ = NP_FRAG6.insert(&w.frag, &ports, 0);
     // SAFETY: map value pointer, valid during the program.
     w.translated = unsafe { (*e).peer };
     follow(w, ports);
@@ -108,4 +102,49 @@ fn follow(w: &mut Work6, ports: FragPorts) {
         dport_be: to_dport,
     };
     let _ = NP_FRAG6.insert(&w.frag, &moved, 0);
+}
+
+/// A container's first fragment leaving through an uplink (its flow
+/// known and applied): records its ports for the later fragments, under
+/// the key they leave the container with. A BPF subprogram (its own stack
+/// frame).
+#[inline(never)]
+pub fn first_fragment_out6(w: &mut Work6) {
+    record(w);
+}
+
+/// Records a first fragment's ports under its datagram's key; `None` for
+/// a packet that is no first fragment of several. An atomic fragment has
+/// no others to wait for: recording it would only let anyone who may
+/// start a flow push real datagrams' records out of the table.
+#[inline(always)]
+fn record(w: &mut Work6) -> Option<FragPorts> {
+    if !w.ip.fragment || w.ip.atomic {
+        return None;
+    }
+    frag_key(w);
+    let ports = FragPorts {
+        sport_be: w.l4.sport_be,
+        dport_be: w.l4.dport_be,
+    };
+    let _ = NP_FRAG6.insert(&w.frag, &ports, 0);
+    Some(ports)
+}
+
+/// A container's later fragment leaving through an uplink: its source is
+/// written as its first fragment's was (the flow's packets this way leave
+/// as `peer` reversed). Returns `None` when it belongs to no recorded
+/// datagram, else whether it was written. A BPF subprogram (its own stack
+/// frame).
+#[inline(never)]
+pub fn later_fragment_out6(ctx: &TcContext, w: &mut Work6) -> Option<bool> {
+    flow_key(w)?;
+    let e: *mut CtEntry6 = ct_lookup(&w.key)?;
+    // SAFETY: map value pointer, valid during the program; read at once.
+    w.translated = unsafe { (*e).peer };
+    let from = &w.translated.daddr;
+    if same6(from, &w.ip.saddr) {
+        return Some(true);
+    }
+    Some(set_addr6(ctx, None, Side::Src, &w.ip.saddr, from).is_ok())
 }

@@ -88,13 +88,7 @@ pub fn destination6(
         return Ok(());
     }
     let ours = net6.contains(daddr) || is_link_local(daddr);
-    let key = MacKey {
-        mac: *dst_mac,
-        _pad: [0; 2],
-    };
-    // SAFETY: the value is read at once.
-    let to_host = unsafe { NP_MACS.get(key) }.is_some_and(|o| *o == net.bridge_ifindex);
-    if !to_host {
+    if !to_bridge(net, dst_mac) {
         // A neighbour on the bridge, which routes nothing on.
         return match (no_icc, ours) {
             (true, _) => Err(DropReason::Icc),
@@ -120,6 +114,18 @@ pub fn destination6(
         },
         None => Ok(()),
     }
+}
+
+/// Whether a frame for `dst_mac` goes up to `net`'s bridge (the host), not
+/// to a neighbour on it.
+#[inline(always)]
+pub fn to_bridge(net: &NetworkInfo, dst_mac: &[u8; 6]) -> bool {
+    let key = MacKey {
+        mac: *dst_mac,
+        _pad: [0; 2],
+    };
+    // SAFETY: the value is read at once.
+    unsafe { NP_MACS.get(key) }.is_some_and(|o| *o == net.bridge_ifindex)
 }
 
 /// Whether a container of `net` may receive IPv6 from `saddr`: an internal

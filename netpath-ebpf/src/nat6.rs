@@ -20,6 +20,7 @@ use crate::{
     counters::count,
     ct::{ct_create, ct_lookup, ct_remove},
     flow::{apply6, packet_key6, work6},
+    frag6,
     icmp6::icmp_error6,
     lookup::{drop, network6_of},
     maps::NP_UPLINKS6,
@@ -68,7 +69,11 @@ pub fn egress(ctx: &TcContext, ifindex: u32) -> i32 {
     // SAFETY: a map value, read at once.
     let addr = unsafe { NP_UPLINKS6.get(ifindex) }.copied();
     if w.ip.later_fragment {
-        return later_fragment(ctx, &w.ip, src, addr);
+        return match frag6::later_fragment_out6(ctx, w) {
+            Some(true) => TCX_NEXT,
+            Some(false) => drop_from(ctx, src, DropReason::Malformed),
+            None => later_fragment(ctx, &w.ip, src, addr),
+        };
     }
     let l4 = parse::l4_at(ctx, w.ip.l4, w.ip.proto);
     match (l4, src) {
@@ -90,6 +95,7 @@ pub fn egress(ctx: &TcContext, ifindex: u32) -> i32 {
     let mut e: *mut CtEntry6 = core::ptr::null_mut();
     // A stale entry (removed by the partner check) starts over.
     if known(w, &out, &mut e) && apply6(ctx, w, e, Phase::Egress).is_ok() {
+        frag6::first_fragment_out6(w);
         return TCX_NEXT;
     }
     match new_flow(ctx, w, &out, &mut e) {
@@ -100,7 +106,19 @@ pub fn egress(ctx: &TcContext, ifindex: u32) -> i32 {
         // SAFETY: the entry just created, valid during the program.
         return drop(ctx, unsafe { (*e).net_id }, DropReason::Malformed);
     }
+    frag6::first_fragment_out6(w);
     TCX_NEXT
+}
+
+/// Drops a packet leaving from `src`, counted on its network if a
+/// container's.
+#[inline(always)]
+fn drop_from(ctx: &TcContext, src: Source, reason: DropReason) -> i32 {
+    let net_id = match src {
+        Source::Masquerade(id) | Source::Track(id) => id,
+        Source::Host => 0,
+    };
+    drop(ctx, net_id, reason)
 }
 
 /// Where a packet leaving comes from, and the uplink's address.
@@ -170,8 +188,9 @@ fn new_flow(ctx: &TcContext, w: &mut Work6, out: &Out, e: &mut *mut CtEntry6) ->
     }
 }
 
-/// A later fragment (no ports): a masquerading network's gets the
-/// uplink's address, the same for each of its flows through this uplink.
+/// A later fragment (no ports) of no recorded datagram: a masquerading
+/// network's gets the uplink's address, the same for each of its flows
+/// through this uplink.
 #[inline(always)]
 fn later_fragment(ctx: &TcContext, ip: &Ip6, src: Source, addr: Option<[u8; 16]>) -> i32 {
     let Source::Masquerade(net_id) = src else {

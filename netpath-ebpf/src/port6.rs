@@ -22,6 +22,7 @@ use netpath_common::{
     ct::{Tuple, ct_dir, ct_flags},
     ct6::CtEntry6,
     net_flags,
+    v6::Addr6Key,
 };
 
 use crate::{
@@ -32,8 +33,8 @@ use crate::{
     icmp6::about_a_flow,
     inbound, isolate,
     lookup::published6,
-    lookup::{drop, iface, network, network6},
-    maps::NP_NETWORKS6,
+    lookup::{drop, iface, network, network6, same_mac},
+    maps::{NP_ENDPOINTS6, NP_NETWORKS6},
     nd,
     parse::{self, L4Kind},
     parse6::{self, Work6, ip6_off},
@@ -79,9 +80,11 @@ fn check_ingress(ctx: &TcContext, sender: &Sender) -> Result<(), DropReason> {
     // A published port's flow was admitted when it was created, whatever
     // the networks (as for IPv4: Docker's DNAT comes before its isolation
     // chains).
-    let internal = sender.net.flags & net_flags::INTERNAL != 0;
-    if !published_in(ctx, w, internal) {
-        let dst_mac = ctx.load::<[u8; 6]>(0).map_err(|_| DropReason::Malformed)?;
+    // Only as far as its frame goes where the flow does: a packet for a
+    // host address up to the bridge, an answer to the client's port (or
+    // up); any other frame is judged by the policy, as if unpublished.
+    let dst_mac = ctx.load::<[u8; 6]>(0).map_err(|_| DropReason::Malformed)?;
+    if !published_in(ctx, w, sender.net, net_id, &dst_mac) {
         isolate::destination6(sender.net, net6, net_id, &w.ip.daddr, &dst_mac)?;
     }
     // The packet passes: what it showed is the port's from now on.
@@ -93,20 +96,46 @@ fn check_ingress(ctx: &TcContext, sender: &Sender) -> Result<(), DropReason> {
 }
 
 /// Whether a container's packet belongs to a published port's flow, or
-/// would start one (its destination is a published host port): then the
-/// bridge's ingress hook translates it (`publish6::bridge_in6`) and the
-/// network policy does not apply. A BPF subprogram (its own stack frame).
+/// would start one (its destination is a published host port), and its
+/// frame (`dst_mac`) goes where that flow goes: then the bridge's ingress
+/// hook translates it (`bridge::published_flows6`) and the network policy
+/// does not apply. A BPF subprogram (its own stack frame).
 #[inline(never)]
-fn published_in(ctx: &TcContext, w: &mut Work6, internal: bool) -> bool {
+fn published_in(
+    ctx: &TcContext,
+    w: &mut Work6,
+    net: &NetworkInfo,
+    net_id: u32,
+    dst_mac: &[u8; 6],
+) -> bool {
     if !own_tuple6(ctx, w) {
         return false;
     }
+    let internal = net.flags & net_flags::INTERNAL != 0;
+    let up = isolate::to_bridge(net, dst_mac);
     match ct_lookup(&w.key) {
-        // SAFETY: map value pointer, read at once.
-        Some(e) => (unsafe { (*e).flags } & ct_flags::DNAT) != 0,
+        Some(e) => {
+            // SAFETY: map value pointer, read at once.
+            let (flags, dir) = unsafe { ((*e).flags, (*e).dir) };
+            if flags & ct_flags::DNAT == 0 {
+                return false;
+            }
+            // The container answering a client: up, or bridged straight
+            // to the client's own port (a neighbour's MAC for its address).
+            up || dir == ct_dir::REPLY && answer_to_client(net_id, &w.key.daddr, dst_mac)
+        }
         // An internal network reaches no host port.
-        None => !internal && published6(&w.key.daddr, w.key.dport_be, w.key.proto).is_some(),
+        None => up && !internal && published6(&w.key.daddr, w.key.dport_be, w.key.proto).is_some(),
     }
+}
+
+/// Whether `dst_mac` is the MAC of the port that holds `daddr` on network
+/// `net_id`.
+#[inline(always)]
+fn answer_to_client(net_id: u32, daddr: &[u8; 16], dst_mac: &[u8; 6]) -> bool {
+    let key = Addr6Key::of(daddr, net_id);
+    // SAFETY: the value is read at once.
+    unsafe { NP_ENDPOINTS6.get(key) }.is_some_and(|ep| same_mac(&ep.mac, dst_mac))
 }
 
 /// An IPv6 packet about to be delivered to a container (the program
@@ -226,14 +255,21 @@ fn from_outside(ctx: &TcContext, net_id: u32, net: &NetworkInfo) -> Result<(), D
 }
 
 /// Whether `w.key` (a packet coming in to a container of `net_id`) is a
-/// flow's: one started from outside (the key itself), or the answer to
-/// one the container started (the key reversed, ORIGINAL). A BPF
-/// subprogram (its own stack frame).
+/// flow's: one started from outside (the key itself), the answer to one
+/// the container started (the key reversed, ORIGINAL), or a client's
+/// packet of a published port's flow, already written to the container
+/// (the key reversed is its answer's, REPLY with DNAT: a later fragment's
+/// key, from the record its first fragment left). A BPF subprogram (its
+/// own stack frame).
 #[inline(never)]
 fn of_a_flow(w: &Work6, net_id: u32) -> bool {
     // SAFETY: map value pointers, read at once.
     let ours = |e: *mut CtEntry6| unsafe { (*e).net_id } == net_id;
     ct_lookup(&w.key).is_some_and(ours)
-        || ct_lookup(&w.key.reversed())
-            .is_some_and(|e| ours(e) && unsafe { (*e).dir } == ct_dir::ORIGINAL)
+        || ct_lookup(&w.key.reversed()).is_some_and(|e| {
+            // SAFETY: as above.
+            let (dir, flags) = unsafe { ((*e).dir, (*e).flags) };
+            ours(e)
+                && (dir == ct_dir::ORIGINAL || dir == ct_dir::REPLY && flags & ct_flags::DNAT != 0)
+        })
 }

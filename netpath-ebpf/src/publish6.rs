@@ -13,6 +13,7 @@ use netpath_common::{
     DropReason, counter_kind, counter_scope,
     ct::{ct_flags, proto},
     ct6::{CtEntry6, CtKey6},
+    net_flags,
 };
 
 use crate::{
@@ -20,7 +21,7 @@ use crate::{
     ct::{ct_create, ct_put_mids},
     filter::{self, Flow},
     lookup::published6,
-    maps::NP_NETWORKS6,
+    maps::{NP_NETWORKS, NP_NETWORKS6},
     parse6::{Work6, same6},
 };
 
@@ -55,6 +56,14 @@ pub fn publish6(w: &mut Work6, hairpin: bool) -> Option<NewFlow6> {
     }
     let target = published6(&w.key.daddr, w.key.dport_be, proto_nr)?;
     let net_id = target.net_id;
+    // An internal network's container reaches no one and is reached by
+    // no one beyond its subnet, published or not (`publish` refuses such
+    // a target; a network made internal later keeps its mappings inert).
+    // SAFETY: map value pointer, read at once.
+    let flags = NP_NETWORKS.get_ptr(net_id).map(|n| unsafe { (*n).flags });
+    if flags.is_none_or(|f| f & net_flags::INTERNAL != 0) {
+        return Some(Err((net_id, DropReason::Internal)));
+    }
     // IPv4-only selectors (a client or container address) cannot name an
     // IPv6 flow; the rest of the rules apply.
     let flow = Flow {

@@ -232,6 +232,11 @@ impl Maps6 {
 
     /// Sets the limit past which the datapath refuses new IPv6 flows
     /// (`ct::fill`; the table keeps its built-in size).
+    /// `NP_CT6`'s live entry count and limit (see `Maps::ct_fill`).
+    pub fn ct_fill(&self) -> Result<(i64, u64)> {
+        crate::tables::read_ct_fill(&self.ct_fill, map_names::CT6_FILL)
+    }
+
     pub fn set_ct_limit(&mut self) -> Result<()> {
         crate::tables::write_ct_limit(&mut self.ct_fill, MAX_CT6)
             .context("writing the IPv6 conntrack limit")

@@ -142,6 +142,21 @@ impl std::fmt::Display for Ports {
     }
 }
 
+/// A user's mapping (`publish`, `apply`) into an internal network is
+/// refused: nothing reaches such a container from beyond its subnet, so
+/// the datapath would never use it. (`netpath docker` leaves internal
+/// networks' ports out itself; CNI's mappings are left to the datapath,
+/// which refuses their flows, `drop_internal`.)
+pub(crate) fn refuse_internal(owner: u16, flags: u32, target: &str, bridge: &str) -> Result<()> {
+    let user = owner == netpath_common::owner::USER || owner == netpath_common::owner::APPLY;
+    if user && flags & netpath_common::net_flags::INTERNAL != 0 {
+        bail!(
+            "{target} is on the internal network {bridge}: nothing outside its subnet reaches it"
+        );
+    }
+    Ok(())
+}
+
 /// Checks a mapping against the networks and what is published, then
 /// inserts it, or nothing of it. Returns how many ports it took.
 pub fn insert(maps: &mut Maps, p: &Ports, owner: u16) -> Result<u32> {
@@ -155,6 +170,7 @@ pub fn insert(maps: &mut Maps, p: &Ports, owner: u16) -> Result<u32> {
             format!("container address {container} is outside every managed subnet")
         })?;
     let net = NetworkSpec::from_info(&info);
+    refuse_internal(owner, info.flags, &container.to_string(), &net.bridge)?;
     if container == net.gateway {
         bail!(
             "{container} is the gateway of {}, not a container",

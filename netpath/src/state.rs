@@ -465,17 +465,7 @@ impl Maps {
 
     /// The datapath's live entry count and limit (`ct::fill`).
     pub fn ct_fill(&self) -> Result<(i64, u64)> {
-        use netpath_common::ct::fill;
-        let live = self
-            .ct_fill
-            .get(&fill::LIVE, 0)
-            .context("reading NP_CT_FILL")?;
-        let limit = self
-            .ct_fill
-            .get(&fill::LIMIT, 0)
-            .context("reading NP_CT_FILL")?;
-        // Races can take the count below zero for a moment.
-        Ok((live as i64, limit))
+        crate::tables::read_ct_fill(&self.ct_fill, map_names::CT_FILL)
     }
 
     /// Removes one conntrack entry; a missing one is fine.

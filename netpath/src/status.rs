@@ -109,6 +109,18 @@ pub struct ConntrackStatus {
     /// The table's kernel memory (allocated whole when it is created), in
     /// all, per entry and per flow; `None` if it could not be read.
     pub memory: Option<crate::ctmem::CtMemory>,
+    /// The IPv6 table (`NP_CT6`) on its own: it is smaller and fills by
+    /// itself (the figures above count both tables' entries and flows).
+    pub ipv6: Ct6Status,
+}
+
+/// `NP_CT6`'s fill, from the datapath's live count.
+#[derive(Debug, Serialize)]
+pub struct Ct6Status {
+    pub capacity: u32,
+    pub entries: u64,
+    pub fill_pct: f64,
+    pub max_flows: u32,
 }
 
 /// The namespace's daemon.
@@ -293,6 +305,16 @@ fn conntrack_status(state: &StateDir, dp: &mut Datapath) -> Result<ConntrackStat
         refused: ct(counter_kind::CT_REFUSED)?,
         memory: crate::ctmem::of_pinned(&state.maps_dir().join(netpath_common::map_names::CT4))
             .ok(),
+        ipv6: {
+            let capacity = netpath_common::ct6::MAX_CT6;
+            let entries = dp.maps.v6.ct_fill()?.0.max(0) as u64;
+            Ct6Status {
+                capacity,
+                entries,
+                fill_pct: entries as f64 * 100.0 / f64::from(capacity),
+                max_flows: netpath_common::ct::fill::max_flows(capacity),
+            }
+        },
     })
 }
 
@@ -453,6 +475,11 @@ impl Status {
                 c.refused,
                 c.evicted,
                 c.failed_inserts
+            );
+            let _ = writeln!(
+                head,
+                "conntrack IPv6: {} of {} entries ({:.1} %, at most {} flows)",
+                c.ipv6.entries, c.ipv6.capacity, c.ipv6.fill_pct, c.ipv6.max_flows
             );
             if let Some(m) = &c.memory {
                 let _ = writeln!(

@@ -206,7 +206,10 @@ impl Sweeper {
         }
         // An unreplied flow has two entries.
         let flood = f64::from(found.embryonic) * 2.0 >= FLOOD_FILL * capacity;
-        let full = f64::from(sweep.entries) >= PRESSURE_FILL * capacity;
+        // The IPv6 table is smaller and fills by itself (its live count,
+        // as this pass set it, against its own capacity).
+        let v6 = dp.maps.v6.ct_fill()?.0.max(0) as f64 / f64::from(netpath_common::ct6::MAX_CT6);
+        let full = f64::from(sweep.entries) >= PRESSURE_FILL * capacity || v6 >= PRESSURE_FILL;
         self.full = full;
         if flood != self.flood {
             info!(
@@ -225,6 +228,7 @@ impl Sweeper {
         // table is well below half full), not as soon as it ebbs.
         let pressure = if self.pressure {
             f64::from(sweep.entries) >= PRESSURE_FILL * 0.8 * capacity
+                || v6 >= PRESSURE_FILL * 0.8
                 || f64::from(found.embryonic) * 2.0 >= LEFTOVER_FILL * capacity
         } else {
             full || flood

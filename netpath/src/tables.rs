@@ -130,6 +130,19 @@ pub fn write_ct_limit(fill: &mut aya::maps::Array<MapData, u64>, capacity: u32) 
     Ok(())
 }
 
+/// A conntrack table's live entry count and limit, from its fill array
+/// (`name` for errors). Races can take the count below zero for a moment.
+pub fn read_ct_fill(fill: &aya::maps::Array<MapData, u64>, name: &str) -> Result<(i64, u64)> {
+    use netpath_common::ct::fill;
+    let live = fill
+        .get(&fill::LIVE, 0)
+        .with_context(|| format!("reading {name}"))?;
+    let limit = fill
+        .get(&fill::LIMIT, 0)
+        .with_context(|| format!("reading {name}"))?;
+    Ok((live as i64, limit))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -84,7 +84,7 @@ pub(crate) fn query(c: Ipv6Addr) -> Vec<u8> {
 /// Loopback becomes a port of network `net_id`, with an uplink at
 /// ifindex 7 for packets to come in through (`run_from`). Returns the
 /// port's record.
-fn port_behind_uplink(dp: &mut Datapath, net_id: u32) -> IfaceInfo {
+pub(crate) fn port_behind_uplink(dp: &mut Datapath, net_id: u32) -> IfaceInfo {
     let uplink = IfaceInfo {
         role: IfaceRole::Uplink as u32,
         ..Default::default()
@@ -421,7 +421,7 @@ fn icmpv6_errors_about_nat66_flows_are_translated_quoted_packet_included() {
 
 /// An IPv6 fragment (`next` inside, byte `offset`, more to come or not, `id`)
 /// of `part`.
-fn fragment6(
+pub(crate) fn fragment6(
     src: Ipv6Addr,
     dst: Ipv6Addr,
     next: u8,
@@ -488,7 +488,7 @@ fn later_ipv6_fragments_follow_their_first_fragments_flow_in() {
 }
 
 /// `parsed` for a frame with an 8-byte fragment header after the IPv6 one.
-fn parsed_after_fragment(f: &[u8]) -> (Ipv6Addr, Ipv6Addr, u16, u16) {
+pub(crate) fn parsed_after_fragment(f: &[u8]) -> (Ipv6Addr, Ipv6Addr, u16, u16) {
     let (src, dst, ..) = parsed(f);
     let l4 = ETH + 48;
     let be = |o: usize| u16::from_be_bytes([f[o], f[o + 1]]);

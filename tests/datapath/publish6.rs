@@ -13,14 +13,15 @@
 
 use crate::harness;
 use crate::nat6::{
-    ACK, SYN, assert_checksum, c1, c2, c3, entry, ip, key, nat6_datapath, parsed, r, tcp, u,
+    ACK, SYN, assert_checksum, c1, c2, c3, entry, fragment6, ip, key, nat6_datapath, parsed,
+    parsed_after_fragment, port_behind_uplink, r, tcp, u,
 };
 
 use std::net::Ipv6Addr;
 
 use harness::{
-    packet::{self, TCP, UDP},
-    testrun::{LO, SHOT, TCX_NEXT, counter, drops, in_netns, run},
+    packet::{self, ETH, TCP, UDP},
+    testrun::{LO, SHOT, TCX_NEXT, counter, drops, in_netns, run, run_from},
 };
 use netpath::{
     attach::Datapath,
@@ -198,6 +199,17 @@ fn ipv6_published_ports_are_translated_from_outside_with_exact_rewrites() {
         let (_, out) = run(&mut dp, Dir::Ingress, &tcp(r(), u(), 50000, 8080, ACK), 1);
         assert_eq!(parsed(&out), (r(), c1(), 50000, 80));
 
+        // A target network made internal (as a CNI mapping may find it):
+        // its published ports take no new flow.
+        let mut net = dp.maps.networks.get(&1, 0).unwrap();
+        net.flags |= netpath_common::net_flags::INTERNAL;
+        dp.maps.networks.insert(1, net, 0).unwrap();
+        let (v, _) = run(&mut dp, Dir::Ingress, &tcp(r(), u(), 50008, 8080, SYN), 1);
+        assert_eq!(v, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::Internal), 1);
+        net.flags &= !netpath_common::net_flags::INTERNAL;
+        dp.maps.networks.insert(1, net, 0).unwrap();
+
         // A host address the reconcile no longer lists leads nowhere.
         dp.maps.v6.hostaddrs.remove(&u().octets()).unwrap();
         let late = tcp(r(), u(), 50007, 5353, SYN);
@@ -330,5 +342,64 @@ fn containers_reach_ipv6_published_ports_at_the_bridge_and_themselves_through_th
                 .get(&key(c3(), u(), 43002, 8080, TCP), 0)
                 .is_err()
         );
+    });
+}
+
+#[test]
+fn a_fragmented_datagram_to_an_ipv6_published_port_reaches_its_container_whole() {
+    require_root!();
+    in_netns("pub6-frag", |pins| {
+        let mut dp = nat6_datapath(pins, Some(u()));
+        dp.maps.v6.hostaddrs.insert(u().octets(), LO, 0).unwrap();
+        publish(&mut dp, UDP, 5353, c1(), 53);
+        // R sends a datagram to [U]:5353 in two fragments.
+        let payload: Vec<u8> = (0..40u8).collect();
+        let datagram = packet::udp(r(), u(), 40000, 5353, &payload, true);
+        let id = 0x0bad_cafe;
+        let first = fragment6(r(), u(), UDP, 0, true, id, &datagram[..24]);
+        let later = fragment6(r(), u(), UDP, 24, false, id, &datagram[24..]);
+        let (v, first_out) = run(&mut dp, Dir::Ingress, &first, 1);
+        assert_eq!(v, TCX_NEXT);
+        assert_eq!(parsed_after_fragment(&first_out), (r(), c1(), 40000, 53));
+        let (v, later_out) = run(&mut dp, Dir::Ingress, &later, 1);
+        assert_eq!(v, TCX_NEXT);
+        assert_eq!(parsed(&later_out).1, c1(), "the later fragment follows");
+        let whole = [
+            &first_out[harness::packet::ETH + 48..],
+            &later_out[harness::packet::ETH + 48..],
+        ]
+        .concat();
+        assert!(harness::packet::l4_valid(r(), c1(), UDP, &whole));
+        // At C1's port, from the uplink (ifindex 7): both pass.
+        port_behind_uplink(&mut dp, 1);
+        assert_eq!(run_from(&mut dp, Dir::Egress, &first_out, 7).0, TCX_NEXT);
+        assert_eq!(run_from(&mut dp, Dir::Egress, &later_out, 7).0, TCX_NEXT);
+        // A later fragment of no datagram recorded does not.
+        let stray = fragment6(r(), c1(), UDP, 24, false, 0x0bad_0000, &datagram[24..]);
+        assert_eq!(run_from(&mut dp, Dir::Egress, &stray, 7).0, SHOT);
+
+        // The answers leave in fragments too, every one from [U]:5353:
+        // C1's network masquerades, C3's is routed (its address must not
+        // leak either).
+        publish(&mut dp, UDP, 5354, c3(), 53);
+        become_(&mut dp, IfaceRole::Uplink, 0);
+        let (_, out) = run(&mut dp, Dir::Ingress, &udp(r(), u(), 40001, 5354), 1);
+        assert_eq!(parsed(&out), (r(), c3(), 40001, 53));
+        for (c, sport, dport, id) in [
+            (c1(), 5353, 40000, 0x0f00_0001),
+            (c3(), 5354, 40001, 0x0f00_0002),
+        ] {
+            let answer = packet::udp(c, r(), 53, dport, &payload, true);
+            let first = fragment6(c, r(), UDP, 0, true, id, &answer[..24]);
+            let later = fragment6(c, r(), UDP, 24, false, id, &answer[24..]);
+            let (v, first_out) = run(&mut dp, Dir::Egress, &first, 1);
+            assert_eq!(v, TCX_NEXT);
+            assert_eq!(parsed_after_fragment(&first_out), (u(), r(), sport, dport));
+            let (v, later_out) = run(&mut dp, Dir::Egress, &later, 1);
+            assert_eq!(v, TCX_NEXT);
+            assert_eq!(parsed(&later_out).0, u(), "{c}'s later fragment");
+            let whole = [&first_out[ETH + 48..], &later_out[ETH + 48..]].concat();
+            assert!(harness::packet::l4_valid(u(), r(), UDP, &whole));
+        }
     });
 }

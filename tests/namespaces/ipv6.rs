@@ -487,6 +487,14 @@ fn ipv6_leaves_masqueraded_or_routed_and_only_tracked_flows_come_back() {
         left.iter().any(|f| f["original"]["src"] == a3.as_str()),
         "{left:?}"
     );
+    // `status` shows the IPv6 table's own fill: a3's flow, two entries.
+    let ct6 = &status(&host)["conntrack"]["ipv6"];
+    assert_eq!(ct6["capacity"], 65536, "{ct6}");
+    let live = ct6["entries"].as_u64().unwrap();
+    assert!(
+        (2..=2 * left.len() as u64).contains(&live),
+        "{ct6} {left:?}"
+    );
     let o = netpath(
         &host,
         &["conntrack", "flush", "--src", &a3, "--dst", "10.0.0.1"],

@@ -11,6 +11,7 @@ use crate::ipv6::{connect, tcp6_to, up_dual};
 use crate::publish::{host_client, tcp_servers};
 
 use harness::{Lab, NETPATH, Netns, netpath, netpath_ok};
+use netpath::lab::frames::frame6;
 
 const BRP: &str = "np6p";
 const BRQ: &str = "np6q";
@@ -214,4 +215,58 @@ fn udp_echo(ns: &Netns, port: u16) -> std::thread::JoinHandle<anyhow::Result<()>
     rx.recv_timeout(std::time::Duration::from_secs(3))
         .expect("UDP server ready");
     h
+}
+
+#[test]
+fn published_ipv6_ports_keep_icc_off_and_internal_networks_closed() {
+    require_root!();
+    let (host, _ext) = Lab::host_and_ext("p6ih", "p6ie", NETPATH, "uplink0").unwrap();
+    host.ip(&["addr", "add", "fd00:ef::1/64", "dev", "uplink0", "nodad"])
+        .unwrap();
+    up_dual(&host, BRP, "172.28.0.0/24", "fd00:28::/64", &[]);
+    up_dual(&host, BRQ, "172.29.0.0/24", "fd00:29::/64", &["--internal"]);
+    let (c1, a1) = connect(&host, "p6ic1", BRP);
+    let (c3, a3) = connect(&host, "p6ic3", BRP);
+    let (_ci, ai) = connect(&host, "p6ici", BRQ);
+    netpath_ok(&host, &["publish", "[::]:8086", &format!("[{a1}]:80")]);
+    // The neighbour reaches the published port through its gateway, the
+    // answer coming straight back to its port (bridged, not routed).
+    let seen = tcp6_to(&c1, 80, &c3, "fd00:28::1", 8086).expect("c3 -> gateway:8086");
+    assert_eq!(seen, a3);
+
+    // ICC off: a frame for a published host port sent to the neighbour's
+    // MAC instead of the bridge's is judged as any other: dropped, unseen.
+    netpath_ok(&host, &["network", "set", BRP, "--icc=false"]);
+    let mac1 = harness::raw::mac_of(&c1, "eth0");
+    let mac3 = harness::raw::mac_of(&c3, "eth0");
+    let src: std::net::Ipv6Addr = a1.parse().unwrap();
+    let dst: std::net::Ipv6Addr = "fd00:ef::1".parse().unwrap();
+    let l4 = harness::packet::tcp(src, dst, 41000, 8086, 0x02, b"covert");
+    let frame = harness::packet::with_macs(frame6(6, src, dst, &l4), mac3, mac1);
+    let seen = harness::raw::capture(&c3, "eth0", std::time::Duration::from_millis(800), |f| {
+        f.windows(6).any(|w| w == b"covert")
+    });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let before = harness::net_drops(&harness::status(&host), BRP, "drop_icc");
+    assert_eq!(harness::raw::send(&c1, "eth0", vec![frame], 3), 3);
+    assert!(
+        seen.join().unwrap().unwrap().is_empty(),
+        "c3 got c1's frame"
+    );
+    let after = harness::net_drops(&harness::status(&host), BRP, "drop_icc");
+    assert!(after >= before + 3, "{before} -> {after}");
+
+    // An internal network's container is published to by no one: one
+    // line, exit 1, nothing added (either family).
+    for (host_port, target) in [
+        ("[::]:8089".to_owned(), format!("[{ai}]:80")),
+        ("8089".to_owned(), "172.29.0.2:80".to_owned()),
+    ] {
+        let o = netpath(&host, &["publish", &host_port, &target]);
+        assert_eq!(o.code, 1, "{}", o.stdout);
+        assert!(o.stderr.contains("internal network np6q"), "{}", o.stderr);
+        assert_eq!(o.stderr.trim().lines().count(), 1, "{}", o.stderr);
+    }
+    let table = netpath_ok(&host, &["ports"]);
+    assert_eq!(table.matches("/tcp").count(), 1, "{table}");
 }
