@@ -50,17 +50,19 @@ const fn router_only(ty: u8) -> bool {
 const MAX_OPTIONS: usize = 4;
 
 /// Checks an ICMPv6 message a container sends (after its source passed;
-/// `new_source`: the source is one the port takes with this packet). A BPF
-/// subprogram (its own stack frame, see `spoof6`).
+/// `new_source`: the source is one the port takes with this packet).
+/// Returns whether it is a Neighbour Solicitation or Advertisement that
+/// passed (address resolution, which ICC leaves alone as it does ARP). A
+/// BPF subprogram (its own stack frame, see `spoof6`).
 #[inline(never)]
 pub fn check(
     ctx: &TcContext,
     ip: &Ip6,
     sender: &Sender6,
     new_source: bool,
-) -> Result<(), DropReason> {
+) -> Result<bool, DropReason> {
     if ip.proto != nexthdr::ICMPV6 || ip.later_fragment {
-        return Ok(());
+        return Ok(false);
     }
     // Type, code and checksum within the payload (not Ethernet padding).
     if ip.l4 + 4 > ip.end {
@@ -92,9 +94,10 @@ pub fn check(
             ip.l4 + 24
         }
         icmp6::ROUTER_SOLICIT => ip.l4 + 8,
-        _ => return Ok(()),
+        _ => return Ok(false),
     };
-    link_layer_options(ctx, opts, ip.end, sender)
+    link_layer_options(ctx, opts, ip.end, sender)?;
+    Ok(ty != icmp6::ROUTER_SOLICIT)
 }
 
 /// Every source/target link-layer address option must be the sender's MAC

@@ -22,7 +22,7 @@ use netpath_common::{
     ct::{Tuple, ct_dir, ct_flags},
     ct6::CtEntry6,
     net_flags,
-    v6::Addr6Key,
+    v6::{Addr6Key, is_link_local},
 };
 
 use crate::{
@@ -76,7 +76,7 @@ fn check_ingress(ctx: &TcContext, sender: &Sender) -> Result<(), DropReason> {
     parse6::ipv6(ctx, &mut w.ip)?;
     let s6 = Sender6 { s: sender, net6 };
     let new_source = s6.check_source(&w.ip)?;
-    nd::check(ctx, &w.ip, &s6, new_source)?;
+    let resolution = nd::check(ctx, &w.ip, &s6, new_source)?;
     // A published port's flow was admitted when it was created, whatever
     // the networks (as for IPv4: Docker's DNAT comes before its isolation
     // chains).
@@ -84,7 +84,11 @@ fn check_ingress(ctx: &TcContext, sender: &Sender) -> Result<(), DropReason> {
     // host address up to the bridge, an answer to the client's port (or
     // up); any other frame is judged by the policy, as if unpublished.
     let dst_mac = ctx.load::<[u8; 6]>(0).map_err(|_| DropReason::Malformed)?;
-    if !published_in(ctx, w, sender.net, net_id, &dst_mac) {
+    // Address resolution within the network passes whatever ICC says, as
+    // ARP does (a neighbour must still find a container answering it
+    // through a published port); the guard above vouched for it.
+    let neighbour = resolution && (net6.contains(&w.ip.daddr) || is_link_local(&w.ip.daddr));
+    if !neighbour && !published_in(ctx, w, sender.net, net_id, &dst_mac) {
         isolate::destination6(sender.net, net6, net_id, &w.ip.daddr, &dst_mac)?;
     }
     // The packet passes: what it showed is the port's from now on.

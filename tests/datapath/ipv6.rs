@@ -265,6 +265,38 @@ fn ipv6_destinations_follow_isolation_icc_and_the_uplink_only_delivers_flows() {
         assert_eq!(drops(&dp, 1, DropReason::Icc), 3);
         assert!(pass(&mut dp, BRIDGE_MAC, "fd00:30::1"));
         assert!(pass(&mut dp, ALL_NODES, "ff02::1"));
+        // Address resolution reaches a neighbour, as ARP does (its NA for
+        // its own address, a solicitation to the neighbour's address); a
+        // claim for someone else's address does not; nor does anything to
+        // another network's container.
+        let icc = drops(&dp, 1, DropReason::Icc);
+        let na = frame6(NEIGHBOUR_MAC, me, "fd00:30::3", 58, &nd(136, me, Some(MAC)));
+        assert_eq!(run(&mut dp, Dir::Ingress, &na, 1).0, TCX_NEXT);
+        let ns = frame6(
+            NEIGHBOUR_MAC,
+            me,
+            "fd00:30::3",
+            58,
+            &nd(135, "fd00:30::3", Some(MAC)),
+        );
+        assert_eq!(run(&mut dp, Dir::Ingress, &ns, 1).0, TCX_NEXT);
+        let claim = frame6(
+            NEIGHBOUR_MAC,
+            me,
+            "fd00:30::3",
+            58,
+            &nd(136, "fd00:30::3", Some(MAC)),
+        );
+        assert_eq!(run(&mut dp, Dir::Ingress, &claim, 1).0, SHOT);
+        let across = frame6(
+            BRIDGE_MAC,
+            me,
+            "fd00:31::2",
+            58,
+            &nd(135, "fd00:31::2", Some(MAC)),
+        );
+        assert_eq!(run(&mut dp, Dir::Ingress, &across, 1).0, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::Icc), icc);
         // A multicast address does not carry a frame for one neighbour's
         // MAC past ICC (found by the red-team pass).
         for dst in ["ff02::1", "ff0e::1", "ff05::1:3"] {
@@ -292,7 +324,8 @@ fn ipv6_destinations_follow_isolation_icc_and_the_uplink_only_delivers_flows() {
         assert_eq!(run_from(&mut dp, Dir::Egress, &to_me, 7).0, SHOT);
         assert_eq!(run_from(&mut dp, Dir::Egress, &to_me, 8).0, SHOT);
         assert_eq!(drops(&dp, 1, DropReason::DirectRouting), 1);
-        assert_eq!(drops(&dp, 1, DropReason::Isolation), 3);
+        // Two above, the solicitation across networks, and the bridge's.
+        assert_eq!(drops(&dp, 1, DropReason::Isolation), 4);
 
         // A network without an IPv6 subnet carries none.
         dp.maps.v6.forget(1).unwrap();

@@ -234,9 +234,17 @@ fn published_ipv6_ports_keep_icc_off_and_internal_networks_closed() {
     let seen = tcp6_to(&c1, 80, &c3, "fd00:28::1", 8086).expect("c3 -> gateway:8086");
     assert_eq!(seen, a3);
 
-    // ICC off: a frame for a published host port sent to the neighbour's
-    // MAC instead of the bridge's is judged as any other: dropped, unseen.
+    // ICC off: the neighbour still reaches it (address resolution passes
+    // as ARP does: the caches start empty), but not c1 straight.
     netpath_ok(&host, &["network", "set", BRP, "--icc=false"]);
+    for c in [&c1, &c3] {
+        c.ip(&["-6", "neigh", "flush", "dev", "eth0"]).unwrap();
+    }
+    let seen = tcp6_to(&c1, 80, &c3, "fd00:28::1", 8086).expect("ICC off: c3 -> gateway:8086");
+    assert_eq!(seen, a3);
+    assert!(tcp6_to(&c1, 81, &c3, &a1, 81).is_err(), "ICC off: c3 -> c1");
+    // A frame for a published host port sent to the neighbour's MAC
+    // instead of the bridge's is judged as any other: dropped, unseen.
     let mac1 = harness::raw::mac_of(&c1, "eth0");
     let mac3 = harness::raw::mac_of(&c3, "eth0");
     let src: std::net::Ipv6Addr = a1.parse().unwrap();
