@@ -11,3 +11,4 @@ pub mod dockerlab;
 pub mod frames;
 pub mod sctp;
 pub mod topology;
+pub mod traffic;
