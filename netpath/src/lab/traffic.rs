@@ -81,16 +81,9 @@ pub fn tcp_echo(
 ) -> Result<SocketAddrV4> {
     let payload = payload.to_vec();
     let client = move || -> Result<()> {
-        let mut s = TcpStream::connect_timeout(&dial.into(), IO_TIMEOUT)
+        let s = TcpStream::connect_timeout(&dial.into(), IO_TIMEOUT)
             .with_context(|| format!("connect {dial}"))?;
-        s.set_read_timeout(Some(IO_TIMEOUT))?;
-        s.write_all(&payload)?;
-        let mut got = vec![0u8; payload.len()];
-        s.read_exact(&mut got).context("client read echo")?;
-        if got != payload {
-            bail!("echo mismatch");
-        }
-        Ok(())
+        echo_client(s, &payload)
     };
     exchange(
         &format!("TCP {dial}"),
@@ -179,6 +172,18 @@ fn connect_from(bind: std::net::Ipv4Addr, dial: SocketAddrV4) -> Result<TcpStrea
     }
 }
 
+/// The client's half of an echo: sends `payload`, reads it back.
+fn echo_client(mut s: TcpStream, payload: &[u8]) -> Result<()> {
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.write_all(payload)?;
+    let mut got = vec![0u8; payload.len()];
+    s.read_exact(&mut got).context("client read echo")?;
+    if got != payload {
+        bail!("echo mismatch");
+    }
+    Ok(())
+}
+
 /// [`tcp_echo`] with the client's socket bound to `bind` (an address of
 /// `client_ns`).
 pub fn tcp_echo_from(
@@ -190,17 +195,7 @@ pub fn tcp_echo_from(
     payload: &[u8],
 ) -> Result<SocketAddrV4> {
     let payload = payload.to_vec();
-    let client = move || -> Result<()> {
-        let mut s = connect_from(bind, dial)?;
-        s.set_read_timeout(Some(IO_TIMEOUT))?;
-        s.write_all(&payload)?;
-        let mut got = vec![0u8; payload.len()];
-        s.read_exact(&mut got).context("client read echo")?;
-        if got != payload {
-            bail!("echo mismatch");
-        }
-        Ok(())
-    };
+    let client = move || -> Result<()> { echo_client(connect_from(bind, dial)?, &payload) };
     exchange(
         &format!("TCP {bind} -> {dial}"),
         server_ns,
