@@ -5,6 +5,7 @@
 use aya_ebpf::{bindings::TC_ACT_SHOT, maps::lpm_trie::Key, programs::TcContext};
 use netpath_common::{
     DropReason, IfaceInfo, NetworkInfo, PeerKey4, PubKey4, PubVal4, TargetKey4, counter_scope,
+    ct6::same_addr,
     v6::{NetworkInfo6, PortKey6, PubVal6},
 };
 
@@ -76,6 +77,11 @@ pub fn is_loopback(addr_be: u32) -> bool {
 /// reach those, through the socket hooks).
 #[inline(always)]
 pub fn published(addr_be: u32, port_be: u16, proto: u8, loopback: bool) -> Option<PubVal4> {
+    // A loopback destination from a packet (not a socket) is a martian
+    // one: a mapping on 127.0.0.1 is for host processes only.
+    if !loopback && is_loopback(addr_be) {
+        return None;
+    }
     let mut key = PubKey4 {
         addr_be,
         port_be,
@@ -107,9 +113,38 @@ pub fn is_target(addr_be: u32, port_be: u16, proto: u8) -> bool {
 }
 
 /// [`published`] for IPv6: a mapping bound to exactly `addr`, else one on
-/// every host IPv6 address when `addr` is one of the host's.
+/// every host IPv6 address when `addr` is one of the host's. `::1` finds
+/// nothing: a packet for it is a martian, and its mappings are for host
+/// processes ([`published6_host`]).
 #[inline(always)]
 pub fn published6(addr: &[u8; 16], port_be: u16, proto: u8) -> Option<PubVal6> {
+    if same_addr(addr, &LOOPBACK6) {
+        return None;
+    }
+    mapping6(addr, port_be, proto, || {
+        NP_HOSTADDRS6.get_ptr(*addr).is_some()
+    })
+}
+
+/// [`published6`] for the socket hooks: `::1` too, its own mapping or
+/// else the one on every address (as 127/8 for IPv4).
+#[inline(always)]
+pub fn published6_host(addr: &[u8; 16], port_be: u16, proto: u8) -> Option<PubVal6> {
+    if !same_addr(addr, &LOOPBACK6) {
+        return published6(addr, port_be, proto);
+    }
+    mapping6(addr, port_be, proto, || true)
+}
+
+/// The mapping bound to exactly `addr`, else, when `every` says so, the
+/// one on every address.
+#[inline(always)]
+fn mapping6(
+    addr: &[u8; 16],
+    port_be: u16,
+    proto: u8,
+    every: impl FnOnce() -> bool,
+) -> Option<PubVal6> {
     let mut key = PortKey6 {
         addr: *addr,
         port_be,
@@ -120,11 +155,16 @@ pub fn published6(addr: &[u8; 16], port_be: u16, proto: u8) -> Option<PubVal6> {
     if let Some(v) = unsafe { NP_PUBLISH6.get(key) } {
         return Some(*v);
     }
-    NP_HOSTADDRS6.get_ptr(*addr)?;
+    if !every() {
+        return None;
+    }
     key.addr = [0; 16];
     // SAFETY: as above.
     unsafe { NP_PUBLISH6.get(key) }.copied()
 }
+
+/// `::1`.
+const LOOPBACK6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 /// [`is_target`] for IPv6.
 #[inline(always)]

@@ -87,7 +87,10 @@ fn check_ingress(ctx: &TcContext, sender: &Sender) -> Result<(), DropReason> {
     // Address resolution within the network passes whatever ICC says, as
     // ARP does (a neighbour must still find a container answering it
     // through a published port); the guard above vouched for it.
-    let neighbour = resolution && (net6.contains(&w.ip.daddr) || is_link_local(&w.ip.daddr));
+    // At most one link-layer option long: no room to carry data past ICC.
+    let neighbour = resolution
+        && w.ip.end - w.ip.l4 <= RESOLUTION_LEN
+        && (net6.contains(&w.ip.daddr) || is_link_local(&w.ip.daddr));
     if !neighbour && !published_in(ctx, w, sender.net, net_id, &dst_mac) {
         isolate::destination6(sender.net, net6, net_id, &w.ip.daddr, &dst_mac)?;
     }
@@ -98,6 +101,10 @@ fn check_ingress(ctx: &TcContext, sender: &Sender) -> Result<(), DropReason> {
     }
     Ok(())
 }
+
+/// A Neighbour Solicitation or Advertisement with one link-layer address
+/// option: 24 bytes and 8.
+const RESOLUTION_LEN: usize = 32;
 
 /// Whether a container's packet belongs to a published port's flow, or
 /// would start one (its destination is a published host port), and its

@@ -9,7 +9,7 @@
 
 use aya_ebpf::{helpers::bpf_get_socket_cookie, programs::SockAddrContext};
 use netpath_common::{
-    counter_scope,
+    SockRevKey, counter_scope,
     ct::proto,
     v6::{SockRevKey6, SockRevVal6},
 };
@@ -17,8 +17,8 @@ use netpath_common::{
 use crate::{
     counters::count,
     filter::{self, Flow},
-    lookup::{published, published6},
-    maps::NP_SOCK_REVNAT6,
+    lookup::{published, published6_host},
+    maps::{NP_SOCK_REVNAT4, NP_SOCK_REVNAT6},
     sock::{ALLOW, REFUSE, client_addr, managed},
 };
 
@@ -52,11 +52,6 @@ fn v4_mapped(words: &[u32; 4]) -> Option<u32> {
 #[inline(always)]
 fn mapped(addr_be: u32) -> [u32; 4] {
     [0, 0, 0xffff_u32.to_be(), addr_be]
-}
-
-#[inline(always)]
-fn is_loopback6(words: &[u32; 4]) -> bool {
-    words[0] == 0 && words[1] == 0 && words[2] == 0 && u32::from_be(words[3]) == 1
 }
 
 /// Reads `user_ip6` one word at a time (the only access the verifier
@@ -108,12 +103,7 @@ fn target(
     }
     // `::1` reaches what is published on every address, as 127/8 does
     // for IPv4 (a mapping on `::1` itself is found by its own key).
-    let addr = octets(words);
-    let t = match published6(&addr, port_be, proto_nr) {
-        Some(t) => t,
-        None if is_loopback6(words) => published6(&[0; 16], port_be, proto_nr)?,
-        None => return None,
-    };
+    let t = published6_host(&octets(words), port_be, proto_nr)?;
     let flow = Flow {
         src_be: 0,
         net_id: t.net_id,
@@ -174,6 +164,21 @@ pub fn reverse6(ctx: &SockAddrContext) -> i32 {
     let words = user_ip6(ctx);
     // SAFETY: as in `redirect6`.
     let (port_be, cookie) = unsafe { ((*sa).user_port as u16, bpf_get_socket_cookie(sa.cast())) };
+    // A dual-stack socket's UDP datagram to an IPv4-mapped address went
+    // through `sendmsg4`, which recorded it in the IPv4 map.
+    if let Some(v4) = v4_mapped(&words) {
+        let key = SockRevKey {
+            sock_cookie: cookie,
+            target_be: v4,
+            target_port_be: port_be,
+            _pad: 0,
+        };
+        // SAFETY: value is Copy and read at once.
+        if let Some(orig) = unsafe { NP_SOCK_REVNAT4.get(key) }.copied() {
+            set_user(ctx, &mapped(orig.addr_be), orig.port_be);
+            return ALLOW;
+        }
+    }
     let key = SockRevKey6 {
         sock_cookie: cookie,
         target: octets(&words),

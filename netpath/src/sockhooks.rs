@@ -74,13 +74,23 @@ pub enum Hooks {
 
 /// Makes sure this build's socket hooks are attached to `cgroup` (and only
 /// there): a different cgroup or another build's hooks are replaced.
-pub fn ensure(state: &StateDir, dp: &mut Datapath, cgroup: &Path) -> Result<Hooks> {
-    let dir = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
-    let id = dir.metadata()?.ino();
+/// Without a cgroup (no `--cgroup`, no `NETPATH_CGROUP`), this build's
+/// hooks stay where an earlier command put them; only when there are none
+/// do they go on the cgroup v2 root (a later `up` without the option must
+/// not widen them to every process of the namespace).
+pub fn ensure(state: &StateDir, dp: &mut Datapath, cgroup: Option<&Path>) -> Result<Hooks> {
     let mut host = dp.maps.host.get(&0, 0).context("reading NP_HOST")?;
     let ours = SockHook::ALL
         .iter()
         .all(|h| state.links_dir().join(pin_name(*h)).exists());
+    let cgroup = match where_to(cgroup, ours, host.cgroup_id) {
+        Target::Keep => return Ok(Hooks::Unchanged),
+        Target::Path(c) => c.to_path_buf(),
+        Target::Root => cgroup2_root()?,
+    };
+    let dir =
+        File::open(&cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+    let id = dir.metadata()?.ino();
     if ours && host.cgroup_id == id {
         return Ok(Hooks::Unchanged);
     }
@@ -103,6 +113,25 @@ pub fn ensure(state: &StateDir, dp: &mut Datapath, cgroup: &Path) -> Result<Hook
     Ok(Hooks::Attached)
 }
 
+/// Where [`ensure`] puts the hooks.
+#[derive(Debug, PartialEq, Eq)]
+enum Target<'a> {
+    /// Where this build's hooks already are.
+    Keep,
+    Path(&'a Path),
+    Root,
+}
+
+/// The cgroup asked for, else where this build's hooks are (`ours`, on
+/// the cgroup of inode `attached_id`), else the root. Pure.
+fn where_to(asked: Option<&Path>, ours: bool, attached_id: u64) -> Target<'_> {
+    match asked {
+        Some(p) => Target::Path(p),
+        None if ours && attached_id != 0 => Target::Keep,
+        None => Target::Root,
+    }
+}
+
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 /// Checks that `path` is a cgroup v2 directory.
@@ -117,4 +146,19 @@ pub fn check_cgroup(path: &Path) -> Result<()> {
         bail!("{} is not a cgroup v2 directory", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_up_without_a_cgroup_keeps_the_hooks_where_they_are() {
+        let cg = Path::new("/sys/fs/cgroup/test");
+        assert_eq!(where_to(Some(cg), true, 7), Target::Path(cg));
+        assert_eq!(where_to(None, true, 7), Target::Keep);
+        // Another build's hooks, or none yet: the documented default.
+        assert_eq!(where_to(None, false, 7), Target::Root);
+        assert_eq!(where_to(None, true, 0), Target::Root);
+    }
 }

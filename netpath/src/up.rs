@@ -85,7 +85,8 @@ struct Checked {
     same_id: Option<u32>,
     existing: BTreeMap<u32, NetworkSpec>,
     uplinks: Uplinks,
-    cgroup: PathBuf,
+    /// `None`: where the hooks are already, else the cgroup v2 root.
+    cgroup: Option<PathBuf>,
 }
 
 /// `netpath up`: one network.
@@ -157,7 +158,7 @@ pub async fn up_many(batch: &[UpArgs]) -> Result<Vec<Result<UpReport>>> {
     };
     let finished = async {
         let r = reconcile::reconcile(&nl, &state, dp, &last.uplinks).await?;
-        let hooks = crate::sockhooks::ensure(&state, dp, &last.cgroup)?;
+        let hooks = crate::sockhooks::ensure(&state, dp, last.cgroup.as_deref())?;
         anyhow::Ok((r, hooks))
     }
     .await;
@@ -204,11 +205,11 @@ async fn check(nl: &Netlink, state: &StateDir, args: &UpArgs) -> Result<Checked>
     if state.exists() {
         check_v6_against_existing(args, same_id, &Maps::open(state)?)?;
     }
-    let cgroup = match &args.cgroup {
-        Some(p) => p.clone(),
-        None => crate::sockhooks::cgroup2_root()?,
-    };
-    crate::sockhooks::check_cgroup(&cgroup)?;
+    let cgroup = args.cgroup.clone();
+    match &cgroup {
+        Some(p) => crate::sockhooks::check_cgroup(p)?,
+        None => crate::sockhooks::check_cgroup(&crate::sockhooks::cgroup2_root()?)?,
+    }
     let links = nl.link_facts().await?;
     let bridge = links.iter().find(|l| l.name == spec.bridge);
     if let Some(b) = bridge

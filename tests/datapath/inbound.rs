@@ -228,6 +228,29 @@ fn a_published_sctp_port_is_translated_address_only() {
 }
 
 #[test]
+fn a_port_published_on_loopback_is_for_host_processes_only() {
+    require_root!();
+    in_netns("lo-pub", |pins| {
+        let mut dp = datapath(pins);
+        let lo = Ipv4Addr::LOCALHOST;
+        let p = Ports {
+            host_addr: Some(lo),
+            host_first: 8093,
+            host_last: 8093,
+            proto: TCP,
+            target: C1,
+            target_first: 80,
+        };
+        publish::insert(&mut dp.maps, &p, owner::USER).expect("publishing 127.0.0.1:8093");
+        // A packet from outside to 127.0.0.1 (a martian the kernel drops)
+        // is never translated to the container, nor tracked.
+        let syn = tcp(R, lo, 40000, 8093, SYN);
+        assert_eq!(run(&mut dp, Dir::Ingress, &syn, 1), (TCX_NEXT, syn.clone()));
+        assert!(dp.maps.ct4.get(&key(R, lo, 40000, 8093, TCP), 0).is_err());
+    });
+}
+
+#[test]
 fn a_trusted_interface_reaches_published_container_ports_in_nat_mode() {
     require_root!();
     in_netns("trusted", |pins| {

@@ -297,12 +297,19 @@ fn ipv6_destinations_follow_isolation_icc_and_the_uplink_only_delivers_flows() {
         );
         assert_eq!(run(&mut dp, Dir::Ingress, &across, 1).0, SHOT);
         assert_eq!(drops(&dp, 1, DropReason::Icc), icc);
+        // One with more than a link-layer option could carry data past
+        // ICC: judged as any other packet (found by the red-team pass).
+        let mut long = nd(136, me, Some(MAC));
+        long.extend_from_slice(&[200, 1, b'd', b'a', b't', b'a', 0, 0]);
+        let long = frame6(NEIGHBOUR_MAC, me, "fd00:30::3", 58, &long);
+        assert_eq!(run(&mut dp, Dir::Ingress, &long, 1).0, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::Icc), icc + 1);
         // A multicast address does not carry a frame for one neighbour's
         // MAC past ICC (found by the red-team pass).
         for dst in ["ff02::1", "ff0e::1", "ff05::1:3"] {
             assert!(!pass(&mut dp, NEIGHBOUR_MAC, dst), "{dst}");
         }
-        assert_eq!(drops(&dp, 1, DropReason::Icc), 6);
+        assert_eq!(drops(&dp, 1, DropReason::Icc), icc + 4);
 
         // Delivered to a container: from the host, or bridged from a port of
         // its network; never from another network's bridge, nor from an

@@ -210,6 +210,22 @@ fn ipv6_published_ports_are_translated_from_outside_with_exact_rewrites() {
         net.flags &= !netpath_common::net_flags::INTERNAL;
         dp.maps.networks.insert(1, net, 0).unwrap();
 
+        // A mapping on ::1 is for host processes only: a packet from
+        // outside to ::1 (a martian) is never translated, nor tracked.
+        let p = Ports6 {
+            host_addr: Some(Ipv6Addr::LOCALHOST),
+            host_first: 8089,
+            host_last: 8089,
+            proto: TCP,
+            target: c1(),
+            target_first: 80,
+        };
+        publish6::insert(&mut dp.maps, &p, owner::USER).expect("publishing [::1]:8089");
+        let lo = tcp(r(), Ipv6Addr::LOCALHOST, 50009, 8089, SYN);
+        assert_eq!(run(&mut dp, Dir::Ingress, &lo, 1), (TCX_NEXT, lo.clone()));
+        let k = key(r(), Ipv6Addr::LOCALHOST, 50009, 8089, TCP);
+        assert!(dp.maps.v6.ct.get(&k, 0).is_err());
+
         // A host address the reconcile no longer lists leads nowhere.
         dp.maps.v6.hostaddrs.remove(&u().octets()).unwrap();
         let late = tcp(r(), u(), 50007, 5353, SYN);

@@ -187,6 +187,14 @@ fn host_processes_reach_ipv6_published_ports_through_the_socket_hooks() {
     let o = host_client(&host, true, true, "::1", 5301);
     assert_eq!(answered(&o), "hello ::1:5301");
     udp.join().unwrap().unwrap();
+    // Unconnected, to an IPv4 mapping through an IPv4-mapped address: the
+    // kernel sends it through sendmsg4, and recvfrom still shows what was
+    // dialled (found by the red-team pass: it showed the container).
+    netpath_ok(&host, &["publish", "5302/udp", &format!("{v4}:53")]);
+    let udp = udp_echo(&c1, 53);
+    let o = host_sendto(&host, "::ffff:127.0.0.1", 5302);
+    assert_eq!(answered(&o), "hello ::ffff:127.0.0.1:5302");
+    udp.join().unwrap().unwrap();
 
     // `[::1]:8089` is the host's loopback only; `[::]:8088` is refused to a
     // filter rule's port (EPERM); a process outside the cgroup is not
@@ -198,6 +206,28 @@ fn host_processes_reach_ipv6_published_ports_through_the_socket_hooks() {
     assert!(answered(&o).contains("not permitted"), "{}", answered(&o));
     let o = host_client(&host, false, false, "::1", 8089);
     assert!(answered(&o).contains("refused"), "{}", answered(&o));
+}
+
+/// A host process in the test's cgroup sending `hello` from an unconnected
+/// IPv6 UDP socket to `ip:port`, printing the answer and where `recvfrom`
+/// says it came from.
+fn host_sendto(host: &Netns, ip: &str, port: u16) -> std::process::Output {
+    let cg = host.cgroup.as_ref().expect("host cgroup");
+    let code = format!(
+        "import socket; s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(2); \
+         s.sendto(b'hello', ('{ip}', {port})); d, a = s.recvfrom(64); \
+         print(d.decode(), '%s:%d' % a[:2])"
+    );
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec nsenter --net=/run/netns/{} python3 -c \"{code}\"",
+        cg.display(),
+        host.name
+    );
+    std::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("spawning the host client")
 }
 
 /// A UDP echo server in `ns` on `[::]:port` answering one datagram.
