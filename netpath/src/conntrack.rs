@@ -263,6 +263,28 @@ impl Filter {
     }
 }
 
+/// `conntrack flush`'s `--src` and `--dst` as the pass takes them: an
+/// IPv4-mapped address names an IPv4 flow; `0.0.0.0` and `::` are refused
+/// (the pass's "any address": asked for, they would flush every flow), and
+/// so are two families at once (no flow has both).
+pub fn flush_addresses(
+    src: Option<IpAddr>,
+    dst: Option<IpAddr>,
+) -> Result<(Option<IpAddr>, Option<IpAddr>)> {
+    let (src, dst) = (src.map(|a| a.to_canonical()), dst.map(|a| a.to_canonical()));
+    for (name, a) in [("--src", src), ("--dst", dst)] {
+        if let Some(a) = a.filter(|a| a.is_unspecified()) {
+            bail!("{name} {a} names no flow (leave it out to match every address)");
+        }
+    }
+    if let (Some(s), Some(d)) = (src, dst)
+        && s.is_ipv4() != d.is_ipv4()
+    {
+        bail!("--src {s} and --dst {d} are of different families: no flow has both");
+    }
+    Ok((src, dst))
+}
+
 fn from_addr(a: Ipv4Addr) -> u32 {
     crate::codec::be(a)
 }
@@ -435,6 +457,27 @@ pub fn render(flows: &[Flow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flush_addresses_read_mapped_as_ipv4_and_refuse_any_and_mixed() {
+        let a = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert_eq!(
+            flush_addresses(a("::ffff:172.28.0.2"), None).unwrap(),
+            (a("172.28.0.2"), None)
+        );
+        assert_eq!(
+            flush_addresses(a("fd00::2"), a("fd00::1")).unwrap(),
+            (a("fd00::2"), a("fd00::1"))
+        );
+        for (src, dst, says) in [
+            (a("0.0.0.0"), None, "--src 0.0.0.0 names no flow"),
+            (None, a("::"), "--dst :: names no flow"),
+            (a("fd00::2"), a("10.0.0.1"), "different families"),
+        ] {
+            let e = flush_addresses(src, dst).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
+    }
 
     /// A flow's entries: ORIGINAL `a -> b`, REPLY `b -> a`.
     fn flow(n: u32, state: TcpState, flags: u32, last: u64) -> [(CtKey4, CtEntry4); 2] {

@@ -570,23 +570,7 @@ fn conntrack_list(json: bool) -> Result<()> {
 }
 
 fn conntrack_flush(f: &netpath::cli::FlushCmd) -> Result<()> {
-    // 0.0.0.0 and :: are the pass's "any address": asked for, they would
-    // flush every flow.
-    // An IPv4-mapped address names an IPv4 flow.
-    let (src, dst) = (
-        f.src.map(|a| a.to_canonical()),
-        f.dst.map(|a| a.to_canonical()),
-    );
-    for (name, a) in [("--src", src), ("--dst", dst)] {
-        if let Some(a) = a.filter(|a| a.is_unspecified()) {
-            anyhow::bail!("{name} {a} names no flow (leave it out to match every address)");
-        }
-    }
-    if let (Some(s), Some(d)) = (src, dst)
-        && s.is_ipv4() != d.is_ipv4()
-    {
-        anyhow::bail!("--src {s} and --dst {d} are of different families: no flow has both");
-    }
+    let (src, dst) = conntrack::flush_addresses(f.src, f.dst)?;
     let filter = conntrack::Filter {
         src,
         dst,

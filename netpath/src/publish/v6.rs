@@ -78,9 +78,14 @@ pub fn insert(maps: &mut Maps, p: &Ports6, owner: u16) -> Result<u32> {
         .with_context(|| {
             format!("container address {target} is outside every managed IPv6 subnet")
         })?;
-    if let Some(net) = maps.networks()?.get(net_id) {
-        let bridge = crate::codec::ifname_from_bytes(&net.bridge_name);
-        super::refuse_internal(owner, net.flags, &target.to_string(), &bridge)?;
+    // One network's record, not the whole map.
+    match maps.networks.get(net_id, 0) {
+        Ok(net) => {
+            let bridge = crate::codec::ifname_from_bytes(&net.bridge_name);
+            super::refuse_internal(owner, net.flags, &target.to_string(), &bridge)?;
+        }
+        Err(e) if state::is_missing(&e) => {}
+        Err(e) => return Err(e).context("reading NP_NETWORKS"),
     }
     if info.gateway == octets {
         bail!("{target} is the IPv6 gateway of its network, not a container");
