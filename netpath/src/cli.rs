@@ -156,13 +156,14 @@ pub enum Command {
         metrics: Option<std::net::SocketAddr>,
     },
     /// Replace dockerd's iptables path: follow the Docker Engine API and
-    /// mirror every bridge network (subnet, gateway, enable_icc,
-    /// enable_ip_masquerade, internal), every running container's `-p`
-    /// bindings and its endpoints' address and MAC (anti-spoofing) into
-    /// netpath; remove them, with their conntrack flows, when containers
-    /// stop or networks go. Reconciles at start, on every container/network
-    /// event and every --resync seconds. Run dockerd with
-    /// `--iptables=false --userland-proxy=false`.
+    /// mirror every bridge network (subnets of both families for `--ipv6`
+    /// networks, gateways, enable_icc, enable_ip_masquerade, internal),
+    /// every running container's `-p` bindings (`0.0.0.0` and `::`) and its
+    /// endpoints' addresses and MAC (anti-spoofing) into netpath; remove
+    /// them, with their conntrack flows, when containers stop or networks
+    /// go. Reconciles at start, on every container/network event and every
+    /// --resync seconds. Run dockerd with `--iptables=false
+    /// --userland-proxy=false` (27 and later: also `--ip6tables=false`).
     Docker(DockerCmd),
     /// Benchmark netpath against Docker's iptables path and bare routing on
     /// identical namespace topologies, arms interleaved; prints a markdown

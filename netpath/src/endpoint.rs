@@ -5,7 +5,7 @@
 //! and the port bound to that address and MAC for anti-spoofing.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd as _,
@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// `bpf_map_update_elem` flag: only insert a new key.
-const BPF_NOEXIST: u64 = 1;
+pub(crate) const BPF_NOEXIST: u64 = 1;
 
 /// Arguments of `netpath connect` (and of the CNI plugin's ADD, which
 /// names the namespace by path and brings its own address).
@@ -86,7 +86,7 @@ struct Inside6 {
     gateway: Option<Ipv6Addr>,
 }
 
-fn lease_name(name: &str) -> [u8; 32] {
+pub(crate) fn lease_name(name: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
     let n = name.len().min(out.len());
     out[..n].copy_from_slice(&name.as_bytes()[..n]);
@@ -94,7 +94,7 @@ fn lease_name(name: &str) -> [u8; 32] {
 }
 
 /// The state, the maps and the network on `bridge`, or a clear error.
-fn open_network(bridge: &str) -> Result<(StateDir, Maps, u32, NetworkSpec)> {
+pub(crate) fn open_network(bridge: &str) -> Result<(StateDir, Maps, u32, NetworkSpec)> {
     let (state, maps) =
         Maps::open_current().map_err(|e| e.context(format!("no network on bridge {bridge}")))?;
     let (id, info) = maps
@@ -316,178 +316,6 @@ pub async fn disconnect(netns_name: &str, bridge: &str) -> Result<Ipv4Addr> {
     maps.v6.release(net_id, cookie)?;
     reconcile::reapply(&nl, &state).await?;
     Ok(codec::from_be(key.addr_be))
-}
-
-/// A container endpoint that another runtime plugged in (dockerd): its
-/// address and MAC on the network of `bridge`, and the file of its network
-/// namespace (Docker's `SandboxKey`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Foreign {
-    pub bridge: String,
-    pub addr: Ipv4Addr,
-    pub mac: [u8; 6],
-    pub sandbox: PathBuf,
-    /// For `status` (the lease's name).
-    pub name: String,
-}
-
-/// What [`bind_owned`] changed.
-#[derive(Debug, Default)]
-pub struct Bound {
-    pub bound: Vec<(String, Ipv4Addr)>,
-    pub released: usize,
-    pub failed: Vec<(String, String)>,
-}
-
-/// The host end of the veth whose container end has `mac`, found from
-/// inside the namespace at `sandbox`, and that namespace's cookie.
-fn host_end(sandbox: &Path, mac: [u8; 6]) -> Result<(u32, u64)> {
-    netns::run_in_path(sandbox, move || -> Result<(u32, u64)> {
-        let cookie = netns::cookie()?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let links = rt.block_on(async { Netlink::new()?.links().await })?;
-        let link = links
-            .iter()
-            .find(|l| l.mac == Some(mac))
-            .with_context(|| format!("no interface with MAC {} inside", codec::fmt_mac(&mac)))?;
-        let peer = link
-            .peer
-            .filter(|p| *p != link.index)
-            .with_context(|| format!("{} inside is not a veth", link.name))?;
-        Ok((peer, cookie))
-    })?
-}
-
-/// Binds the ports of `want`'s endpoints to their address and MAC with
-/// leases of `owner` (so anti-spoofing holds from their first packet),
-/// releases `owner`'s leases that are no longer wanted or whose veth is
-/// gone, and re-applies when anything changed. The veths stay the other
-/// runtime's: nothing here creates or deletes links.
-pub async fn bind_owned(owner: u16, want: &[Foreign]) -> Result<Bound> {
-    let _lock = state::lock(false)?;
-    let (state, mut maps) = Maps::open_current()?;
-    let nl = Netlink::new()?;
-    let links = nl.links().await?;
-    let bridges: BTreeMap<u32, (String, Option<u32>)> = maps
-        .networks()?
-        .into_iter()
-        .map(|(id, info)| {
-            let name = codec::ifname_from_bytes(&info.bridge_name);
-            let index = links.iter().find(|l| l.name == name).map(|l| l.index);
-            (id, (name, index))
-        })
-        .collect();
-    let net_of = |bridge: &str| {
-        bridges
-            .iter()
-            .find(|(_, (name, _))| name == bridge)
-            .map(|(id, (_, index))| (*id, *index))
-    };
-    // A port still plugged into the network's bridge.
-    let plugged = |ifindex: u32, bridge_index: Option<u32>| {
-        links
-            .iter()
-            .any(|l| l.index == ifindex && l.master.is_some() && l.master == bridge_index)
-    };
-    let mut out = Bound::default();
-    let mut kept = BTreeSet::new();
-    for (key, lease) in maps.leases()? {
-        if lease.flags != u32::from(owner) {
-            continue;
-        }
-        let index = bridges.get(&key.net_id).and_then(|(_, i)| *i);
-        let still = want.iter().any(|w| {
-            net_of(&w.bridge).map(|(id, _)| id) == Some(key.net_id)
-                && codec::be(w.addr) == key.addr_be
-                && w.mac == lease.mac
-        }) && plugged(lease.host_ifindex, index);
-        if still {
-            kept.insert((key.net_id, key.addr_be));
-        } else {
-            maps.leases4.remove(&key).context("releasing a lease")?;
-            out.released += 1;
-        }
-    }
-    for w in want {
-        let Some((net_id, index)) = net_of(&w.bridge) else {
-            out.failed
-                .push((w.name.clone(), format!("no network on bridge {}", w.bridge)));
-            continue;
-        };
-        if kept.contains(&(net_id, codec::be(w.addr))) {
-            continue;
-        }
-        let key = LeaseKey {
-            net_id,
-            addr_be: codec::be(w.addr),
-        };
-        let found = host_end(&w.sandbox, w.mac).and_then(|(ifindex, cookie)| {
-            if !plugged(ifindex, index) {
-                bail!("its veth is not a port of {}", w.bridge);
-            }
-            let lease = foreign_lease(owner, w, ifindex, cookie);
-            // Never over another owner's lease (`connect`'s address).
-            maps.leases4
-                .insert(key, lease, BPF_NOEXIST)
-                .with_context(|| format!("{} is leased already", w.addr))
-        });
-        match found {
-            Ok(()) => out.bound.push((w.name.clone(), w.addr)),
-            Err(e) => out.failed.push((w.name.clone(), format!("{e:#}"))),
-        }
-    }
-    if out.released > 0 || !out.bound.is_empty() {
-        reconcile::reapply(&nl, &state).await?;
-    }
-    Ok(out)
-}
-
-/// The lease of `owner` for an endpoint another runtime plugged in, whose
-/// host end is `ifindex` and whose namespace has `cookie`.
-fn foreign_lease(owner: u16, w: &Foreign, ifindex: u32, cookie: u64) -> Lease {
-    Lease {
-        netns_cookie: cookie,
-        host_ifindex: ifindex,
-        flags: u32::from(owner),
-        mac: w.mac,
-        _pad: [0; 2],
-        netns_name: lease_name(&w.name),
-    }
-}
-
-/// Binds one endpoint another runtime plugged in (the CNI plugin chained
-/// after the reference `bridge` plugin) with a lease of `owner`, leaving
-/// every other lease alone. Idempotent: the same lease again is fine.
-pub async fn bind_one(owner: u16, w: &Foreign) -> Result<()> {
-    let _lock = state::lock(false)?;
-    let (state, mut maps, net_id, _) = open_network(&w.bridge)?;
-    let nl = Netlink::new()?;
-    let bridge_index = nl.link_by_name(&w.bridge).await?.map(|l| l.index);
-    let (ifindex, cookie) = host_end(&w.sandbox, w.mac)?;
-    let plugged = nl
-        .links()
-        .await?
-        .iter()
-        .any(|l| l.index == ifindex && l.master.is_some() && l.master == bridge_index);
-    if !plugged {
-        bail!("its veth is not a port of {}", w.bridge);
-    }
-    let key = LeaseKey {
-        net_id,
-        addr_be: codec::be(w.addr),
-    };
-    let lease = foreign_lease(owner, w, ifindex, cookie);
-    match maps.leases4.get(&key, 0) {
-        Ok(l) if l.flags == u32::from(owner) && l.host_ifindex == ifindex && l.mac == w.mac => {}
-        Ok(_) => bail!("{} is leased already", w.addr),
-        Err(_) => maps
-            .leases4
-            .insert(key, lease, BPF_NOEXIST)
-            .with_context(|| format!("{} is leased already", w.addr))?,
-    }
-    reconcile::reapply(&nl, &state).await.map(drop)
 }
 
 /// The lease of `addr` on the network of `bridge`, whoever holds it.

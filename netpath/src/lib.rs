@@ -20,6 +20,7 @@ pub mod endpoint;
 pub mod errors;
 pub mod events;
 pub mod filter;
+pub mod foreign;
 pub mod lab;
 pub mod loader;
 pub mod metrics;

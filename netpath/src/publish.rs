@@ -22,7 +22,7 @@ mod owned;
 mod rows;
 pub mod v6;
 pub use owned::{Synced, owned_changes, owned_to, sync_owned, sync_owned_to};
-pub use rows::{Mapping, Row, conflict_rows, runs_of};
+pub use rows::{Mapping, Row, conflict_rows, owned_changes_of, runs_of};
 
 fn key(addr: Option<Ipv4Addr>, port: u16, proto: u8) -> PubKey4 {
     PubKey4 {
@@ -105,6 +105,20 @@ impl Ports {
 }
 
 impl Ports {
+    /// Its host ports as rows (what an owner's sync compares).
+    pub fn rows(&self) -> Vec<Row> {
+        (self.host_first..=self.host_last)
+            .enumerate()
+            .map(|(i, port)| Row {
+                host_addr: self.host_addr.map(IpAddr::V4),
+                port,
+                proto: self.proto,
+                target: IpAddr::V4(self.target),
+                target_port: self.target_first + i as u16,
+            })
+            .collect()
+    }
+
     /// Its `NP_PUBLISH4` entries, one per host port, made by `owner`
     /// (network and counter ids left 0: for comparing, not for the map).
     pub fn entries(&self, owner: u16) -> Vec<(PubKey4, PubVal4)> {

@@ -43,9 +43,17 @@ const EXT_STREAM_PORT: u16 = 7002;
 const SERVER: &str = r#"
 import os, socket, sys, threading
 name = os.environ.get("NAME", "?")
-def tcp(port):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(64)
+def listen(port, fam=socket.AF_INET, kind=socket.SOCK_STREAM):
+    s = socket.socket(fam, kind); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if fam == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1); s.bind(("::", port))
+    else:
+        s.bind(("0.0.0.0", port))
+    if kind == socket.SOCK_STREAM:
+        s.listen(64)
+    return s
+def tcp(port, fam=socket.AF_INET):
+    s = listen(port, fam)
     while True:
         c, peer = s.accept()
         try:
@@ -53,8 +61,8 @@ def tcp(port):
         except OSError:
             pass
         c.close()
-def udp(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port))
+def udp(port, fam=socket.AF_INET):
+    s = listen(port, fam, socket.SOCK_DGRAM)
     while True:
         d, peer = s.recvfrom(64); s.sendto(("%s %s" % (name, peer[0])).encode(), peer)
 def echo(c):
@@ -68,12 +76,12 @@ def echo(c):
         pass
     c.close()
 def stream(port):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(64)
+    s = listen(port)
     while True:
         c, peer = s.accept()
         threading.Thread(target=echo, args=(c,), daemon=True).start()
-kinds = {"tcp": tcp, "udp": udp, "stream": stream}
+kinds = {"tcp": tcp, "udp": udp, "stream": stream,
+         "tcp6": lambda p: tcp(p, socket.AF_INET6), "udp6": lambda p: udp(p, socket.AF_INET6)}
 for p in sys.argv[1:]:
     proto, port = p.split(":")
     threading.Thread(target=kinds[proto], args=(int(port),), daemon=True).start()
@@ -81,12 +89,13 @@ print("ready", flush=True)
 threading.Event().wait()
 "#;
 
-/// A client: `client.py tcp|udp IP PORT [SOURCE_IP]`; prints the answer, or
-/// "blocked" and exits 1.
+/// A client: `client.py tcp|udp IP PORT [SOURCE_IP]` (IPv4 or IPv6);
+/// prints the answer, or "blocked" and exits 1.
 const CLIENT: &str = r#"
 import socket, sys
 proto, ip, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
 s.settimeout(2)
 if len(sys.argv) > 4:
     s.bind((sys.argv[4], 0))
@@ -122,27 +131,39 @@ except OSError as e:
 "#;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     Iptables,
     Netpath,
 }
 
 /// One run's environment. Fields drop in order: the `netpath docker`
 /// follower, the external server, dockerd, then the namespaces.
-struct Stack {
+pub(crate) struct Stack {
     follower: Option<Process>,
     /// Held for its drop (which stops it).
     _ext_server: Process,
-    d: Dockerd,
+    pub(crate) d: Dockerd,
     /// The scripts containers mount at /np, removed after dockerd stopped.
     scripts: harness::TempDir,
-    host: Netns,
-    ext: Netns,
+    pub(crate) host: Netns,
+    pub(crate) ext: Netns,
     mode: Mode,
 }
 
 impl Stack {
     fn new(mode: Mode, engine: &Engine) -> Self {
+        Self::with_flags(mode, engine, &[], |_, _| {})
+    }
+
+    /// A stack whose dockerd also gets `extra` flags, with `before`
+    /// run on the host and external namespaces before dockerd starts
+    /// (addresses dockerd should find there).
+    pub(crate) fn with_flags(
+        mode: Mode,
+        engine: &Engine,
+        extra: &[&str],
+        before: impl FnOnce(&Netns, &Netns),
+    ) -> Self {
         let (host, ext) =
             Lab::host_and_ext("dk", "dx", NETPATH, "up0").expect("host and external namespaces");
         let scripts =
@@ -159,6 +180,8 @@ impl Stack {
                 .args([
                     format!("tcp:{EXT_PORT}"),
                     format!("udp:{EXT_PORT}"),
+                    format!("tcp6:{EXT_PORT}"),
+                    format!("udp6:{EXT_PORT}"),
                     format!("stream:{EXT_STREAM_PORT}"),
                 ])
                 .env("NAME", "ext")
@@ -186,7 +209,9 @@ impl Stack {
                 "--userland-proxy=false",
             ],
         };
-        let d = Dockerd::start(&host, engine, flags).unwrap_or_else(|e| panic!("{e:#}"));
+        before(&host, &ext);
+        let flags: Vec<&str> = flags.iter().chain(extra).copied().collect();
+        let d = Dockerd::start(&host, engine, &flags).unwrap_or_else(|e| panic!("{e:#}"));
         d.import_image().unwrap_or_else(|e| panic!("{e:#}"));
         Stack {
             follower: None,
@@ -200,13 +225,19 @@ impl Stack {
     }
 
     /// `docker ARGS…`, panicking with its output unless it succeeds.
-    fn docker(&self, args: &[&str]) -> String {
+    pub(crate) fn docker(&self, args: &[&str]) -> String {
         harness::dockerd::docker(&self.d, args)
     }
 
     /// `docker run -d` of a server container NAME answering on tcp:80 and
     /// udp:9999, with `extra` options.
-    fn run(&self, name: &str, extra: &[&str]) {
+    pub(crate) fn run(&self, name: &str, extra: &[&str]) {
+        self.run_servers(name, extra, &["tcp:80", "udp:9999", "stream:7002"]);
+    }
+
+    /// `docker run -d` of a server container NAME answering on `servers`
+    /// (`tcp:80`, `tcp6:80`…), with `extra` options.
+    pub(crate) fn run_servers(&self, name: &str, extra: &[&str], servers: &[&str]) {
         let usr = "/usr:/usr:ro".to_owned();
         let np = format!("{}:/np:ro", self.scripts.display());
         let env = format!("NAME={name}");
@@ -214,15 +245,8 @@ impl Stack {
             "run", "-d", "--name", name, "-e", &env, "-v", &usr, "-v", &np,
         ];
         args.extend_from_slice(extra);
-        args.extend_from_slice(&[
-            IMAGE,
-            "python3",
-            "-u",
-            "/np/server.py",
-            "tcp:80",
-            "udp:9999",
-            "stream:7002",
-        ]);
+        args.extend_from_slice(&[IMAGE, "python3", "-u", "/np/server.py"]);
+        args.extend_from_slice(servers);
         self.docker(&args);
         // Its server is up once it printed "ready".
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -232,7 +256,7 @@ impl Stack {
         }
     }
 
-    fn ip_of(&self, name: &str) -> String {
+    pub(crate) fn ip_of(&self, name: &str) -> String {
         self.docker(&[
             "inspect",
             "-f",
@@ -242,14 +266,14 @@ impl Stack {
     }
 
     /// The client in container `name`; its answer or "blocked".
-    fn client_in_container(&self, name: &str, args: &[&str]) -> String {
+    pub(crate) fn client_in_container(&self, name: &str, args: &[&str]) -> String {
         let mut a = vec!["exec", name, "python3", "/np/client.py"];
         a.extend_from_slice(args);
         let out = self.d.docker_try(&a).expect("docker exec");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
-    fn ping(&self, name: &str, dst: &str) -> String {
+    pub(crate) fn ping(&self, name: &str, dst: &str) -> String {
         let ok = self
             .d
             .docker_try(&["exec", name, "ping", "-c", "1", "-W", "2", dst])
@@ -260,7 +284,7 @@ impl Stack {
     }
 
     /// The client in the external namespace.
-    fn client_in_ext(&self, proto: &str, ip: &str, port: u16) -> String {
+    pub(crate) fn client_in_ext(&self, proto: &str, ip: &str, port: u16) -> String {
         self.client_in(&self.ext, None, proto, ip, port)
     }
 
@@ -269,12 +293,12 @@ impl Stack {
     /// Only who answered counts: the address a host connection comes from
     /// is a host address either way (dockerd's OUTPUT DNAT keeps the
     /// uplink address, netpath's socket hook routes from the gateway).
-    fn client_on_host(&self, proto: &str, ip: &str, port: u16) -> String {
+    pub(crate) fn client_on_host(&self, proto: &str, ip: &str, port: u16) -> String {
         let answer = self.client_in(&self.host, self.host.cgroup.as_deref(), proto, ip, port);
         answer.split(' ').next().unwrap_or_default().to_owned()
     }
 
-    fn client_in(
+    pub(crate) fn client_in(
         &self,
         ns: &Netns,
         cgroup: Option<&std::path::Path>,
@@ -300,7 +324,7 @@ impl Stack {
 
     /// In netpath mode: waits until `netpath docker` bound `bound` ports
     /// and published `ports` host ports.
-    fn settle(&self, bound: usize, ports: usize) {
+    pub(crate) fn settle(&self, bound: usize, ports: usize) {
         if self.mode != Mode::Netpath || self.follower.is_none() {
             return;
         }
@@ -332,11 +356,11 @@ impl Stack {
         }
     }
 
-    fn follower_log(&self) -> String {
+    pub(crate) fn follower_log(&self) -> String {
         std::fs::read_to_string(self.scripts.join("follower.log")).unwrap_or_default()
     }
 
-    fn start_follower(&mut self) {
+    pub(crate) fn start_follower(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -354,7 +378,7 @@ impl Stack {
         self.follower = Some(Process(child));
     }
 
-    fn stop_follower(&mut self) {
+    pub(crate) fn stop_follower(&mut self) {
         // Dropping it stops it.
         self.follower = None;
     }
@@ -877,35 +901,7 @@ fn compare(engine: &Engine) {
         // dockerd 20.10 recovers here too.
         ("udp after restart", "answers at its new address", None),
     ];
-    let mut table = String::from("| cell | dockerd iptables | netpath | |\n|---|---|---|---|\n");
-    let mut failures = Vec::new();
-    for (cell, docker, better) in expect {
-        let (a, b) = (&ipt[cell], &np[cell]);
-        let verdict = match better {
-            None if a == b && a == docker => "same",
-            None => {
-                failures.push(format!(
-                    "{cell}: iptables {a:?}, netpath {b:?}, expected {docker:?} in both"
-                ));
-                "DIFFERENT"
-            }
-            Some(want) if b == want => "netpath better",
-            Some(want) => {
-                failures.push(format!(
-                    "{cell}: netpath {b:?}, expected {want:?} (iptables gave {a:?})"
-                ));
-                "WRONG"
-            }
-        };
-        // The baseline is checked as strictly as netpath: a "better" cell
-        // means something only when dockerd's own path behaved as documented.
-        if better.is_some() && a != docker {
-            failures.push(format!(
-                "{cell}: dockerd's iptables path gave {a:?}, not the {docker:?} documented"
-            ));
-        }
-        table.push_str(&format!("| {cell} | {a} | {b} | {verdict} |\n"));
-    }
+    let (mut table, mut failures) = judge(expect, &ipt, &np, "iptables");
     for (cell, want) in [
         ("restart: published from external", "web2 198.18.0.2"),
         // netb went while netpath docker was stopped.
@@ -934,4 +930,45 @@ fn compare(engine: &Engine) {
         "dockerd {version}:\n{}",
         failures.join("\n")
     );
+}
+
+/// A matrix's verdicts, cell by cell: (cell, what dockerd's own `baseline`
+/// path gives, what netpath gives when it is better on purpose; None: the
+/// same). Returns the table so far and the failures.
+pub(crate) fn judge(
+    expect: &[(&str, &str, Option<&str>)],
+    ipt: &BTreeMap<&'static str, String>,
+    np: &BTreeMap<&'static str, String>,
+    baseline: &str,
+) -> (String, Vec<String>) {
+    let mut table = format!("| cell | dockerd {baseline} | netpath | |\n|---|---|---|---|\n");
+    let mut failures = Vec::new();
+    for (cell, docker, better) in expect {
+        let (a, b) = (&ipt[cell], &np[cell]);
+        let verdict = match better {
+            None if a == b && a == docker => "same",
+            None => {
+                failures.push(format!(
+                    "{cell}: {baseline} {a:?}, netpath {b:?}, expected {docker:?} in both"
+                ));
+                "DIFFERENT"
+            }
+            Some(want) if b == want => "netpath better",
+            Some(want) => {
+                failures.push(format!(
+                    "{cell}: netpath {b:?}, expected {want:?} ({baseline} gave {a:?})"
+                ));
+                "WRONG"
+            }
+        };
+        // The baseline is checked as strictly as netpath: a "better" cell
+        // means something only when dockerd's own path behaved as documented.
+        if better.is_some() && a != docker {
+            failures.push(format!(
+                "{cell}: dockerd's {baseline} path gave {a:?}, not the {docker:?} documented"
+            ));
+        }
+        table.push_str(&format!("| {cell} | {a} | {b} | {verdict} |\n"));
+    }
+    (table, failures)
 }

@@ -6,3 +6,4 @@
 mod harness;
 
 mod e2e;
+mod e2e6;

@@ -15,7 +15,8 @@ use super::{
 use crate::{
     codec, daemon,
     down::{self, DownTarget},
-    endpoint::{self, ConnectArgs, Foreign},
+    endpoint::{self, ConnectArgs},
+    foreign::{self, Foreign},
     netns,
     plumbing::Netlink,
     publish,
@@ -359,11 +360,13 @@ async fn add_chained(
         chained: true,
     };
     let done = async {
-        endpoint::bind_one(
+        foreign::bind_one(
             owner::CNI,
             &Foreign {
                 bridge: bridge.clone(),
                 addr,
+                // The CNI plugin publishes and binds IPv4 only (so far).
+                addr6: None,
                 mac,
                 sandbox: ns_path.to_owned(),
                 name: format!("cni-{short}"),

@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use crate::{
     codec, daemon,
     down::{self, DownTarget},
-    endpoint, events, netns, publish,
+    events, foreign, netns, publish,
     spec::{NetworkOptions, NetworkSpec},
     state::Maps,
     up::{self, UpArgs},
@@ -91,6 +91,20 @@ pub struct Report {
 }
 
 impl Report {
+    /// What a sync of published ports (either family) changed.
+    fn add_synced<P: std::fmt::Display>(&mut self, synced: publish::Synced<P>) {
+        self.published
+            .extend(synced.added.iter().map(ToString::to_string));
+        self.unpublished += synced.removed.ports;
+        self.purged_flows += synced.removed.flows;
+        self.problems.extend(
+            synced
+                .failed
+                .iter()
+                .map(|(p, why)| format!("publish {p}: {why}")),
+        );
+    }
+
     pub fn lines(&self) -> Vec<String> {
         let mut out = Vec::new();
         let mut say = |what: &str, items: &[String]| {
@@ -130,7 +144,7 @@ async fn observe(
     {
         match model::net_from_api(&n, ip_masq) {
             Ok(Some(net)) => {
-                problems.extend(net.note.clone());
+                problems.extend(net.notes.iter().cloned());
                 nets.push(net);
             }
             Ok(None) => {}
@@ -191,7 +205,7 @@ pub async fn reconcile(docker: &Docker, opts: &Options) -> Result<Report> {
     for n in &want.nets {
         match NetworkSpec::new(&n.bridge, n.subnet, n.gateway) {
             Ok(spec) => args.push(UpArgs {
-                v6: None,
+                v6: n.v6,
                 spec,
                 options: NetworkOptions {
                     masquerade: n.masquerade,
@@ -272,18 +286,10 @@ pub async fn reconcile(docker: &Docker, opts: &Options) -> Result<Report> {
         }
     }
 
-    let synced = publish::sync_owned(owner::DOCKER, &want.ports)?;
-    report.published = synced.added.iter().map(ToString::to_string).collect();
-    report.unpublished = synced.removed.ports;
-    report.purged_flows = synced.removed.flows;
-    report.problems.extend(
-        synced
-            .failed
-            .iter()
-            .map(|(p, why)| format!("publish {p}: {why}")),
-    );
+    report.add_synced(publish::sync_owned(owner::DOCKER, &want.ports)?);
+    report.add_synced(publish::v6::sync_owned(owner::DOCKER, &want.ports6)?);
 
-    let bound = endpoint::bind_owned(owner::DOCKER, &want.endpoints).await?;
+    let bound = foreign::bind_owned(owner::DOCKER, &want.endpoints).await?;
     report.bound = bound
         .bound
         .iter()

@@ -3,15 +3,19 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
 };
 
 use bollard::models::{ContainerInspectResponse, Network, PortMap};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use netpath_common::GatewayMode;
 
-use crate::{endpoint::Foreign, publish::Ports};
+use crate::{
+    foreign::Foreign,
+    net6::Net6Spec,
+    publish::{Ports, v6::Ports6},
+};
 
 /// Docker's options of a bridge network (`docker network create -o …`).
 pub const OPT_BRIDGE_NAME: &str = "com.docker.network.bridge.name";
@@ -31,14 +35,25 @@ pub struct Net {
     pub bridge: String,
     pub subnet: Ipv4Net,
     pub gateway: Option<Ipv4Addr>,
+    /// A `--ipv6` network's IPv6 half, if netpath takes it.
+    pub v6: Option<Net6Spec>,
     pub icc: bool,
     pub masquerade: bool,
     pub internal: bool,
     pub gateway_mode: GatewayMode,
     /// Trusted host interfaces (none before Docker 28.2).
     pub trusted: Vec<String>,
-    /// A problem worth a log line (an option netpath cannot honour).
-    pub note: Option<String>,
+    /// Problems worth a log line (an option netpath cannot honour).
+    pub notes: Vec<String>,
+}
+
+impl Net {
+    /// `e`'s IPv6 address on this network, if netpath takes the network's
+    /// IPv6 half and the address is in it.
+    fn addr6(&self, e: &Endpoint) -> Option<Ipv6Addr> {
+        e.addr6
+            .filter(|a| self.v6.is_some_and(|v6| v6.subnet.contains(a)))
+    }
 }
 
 /// A boolean network option: Docker's default is true, and only a value
@@ -83,17 +98,39 @@ pub fn net_from_api(n: &Network, default_masq: bool) -> Result<Option<Net>, Stri
     let Some((subnet, gateway)) = v4 else {
         return Err(format!("network {name}: no IPv4 subnet"));
     };
+    // An IPv6 subnet counts only on a network created with --ipv6 (for
+    // the default bridge: dockerd's --ipv6 with --fixed-cidr-v6).
+    let v6 = configs
+        .iter()
+        .filter(|_| n.enable_ipv6 == Some(true))
+        .find_map(|c| {
+            let subnet: Ipv6Net = c.subnet.as_deref()?.parse().ok()?;
+            let gateway = c.gateway.as_deref().and_then(|g| g.parse().ok());
+            Some((subnet, gateway))
+        });
+    let mut notes = Vec::new();
+    // An IPv6 half netpath refuses (a documentation prefix…) leaves the
+    // network IPv4-only: its IPv6 packets are dropped, and said so.
+    let v6 = v6.and_then(|(subnet, gateway)| match Net6Spec::new(subnet, gateway) {
+        Ok(v6) => Some(v6),
+        Err(e) => {
+            notes.push(format!(
+                "network {name}: IPv6 {e:#}: its IPv6 traffic is dropped"
+            ));
+            None
+        }
+    });
     // Engines before 28 do not report a mode: Docker's default is nat.
-    let (gateway_mode, note) = match opts.get(OPT_GATEWAY_MODE).map(|v| v.trim()) {
-        None | Some("") => (GatewayMode::Nat, None),
+    let gateway_mode = match opts.get(OPT_GATEWAY_MODE).map(|v| v.trim()) {
+        None | Some("") => GatewayMode::Nat,
         Some(v) => match GatewayMode::ALL.into_iter().find(|m| m.as_str() == v) {
-            Some(m) => (m, None),
-            None => (
-                GatewayMode::Nat,
-                Some(format!(
+            Some(m) => m,
+            None => {
+                notes.push(format!(
                     "network {name}: gateway mode {v:?} is not supported, using nat"
-                )),
-            ),
+                ));
+                GatewayMode::Nat
+            }
         },
     };
     Ok(Some(Net {
@@ -101,6 +138,7 @@ pub fn net_from_api(n: &Network, default_masq: bool) -> Result<Option<Net>, Stri
         bridge,
         subnet,
         gateway,
+        v6,
         icc: opt_true(opts, OPT_ICC),
         masquerade: if opts.get(OPT_DEFAULT_BRIDGE).is_some_and(|v| v == "true") {
             default_masq
@@ -119,7 +157,7 @@ pub fn net_from_api(n: &Network, default_masq: bool) -> Result<Option<Net>, Stri
                     .collect()
             })
             .unwrap_or_default(),
-        note,
+        notes,
     }))
 }
 
@@ -128,6 +166,8 @@ pub fn net_from_api(n: &Network, default_masq: bool) -> Result<Option<Net>, Stri
 pub struct Endpoint {
     pub network: String,
     pub addr: Ipv4Addr,
+    /// Its global IPv6 address, on a `--ipv6` network.
+    pub addr6: Option<Ipv6Addr>,
     pub mac: Option<[u8; 6]>,
     pub gw_priority: i64,
 }
@@ -139,16 +179,17 @@ pub struct Container {
     pub sandbox: Option<PathBuf>,
     pub endpoints: Vec<Endpoint>,
     pub bindings: Vec<Binding>,
-    /// Bindings netpath cannot honour, each with why (IPv6 host addresses,
-    /// port-changing SCTP, other protocols).
+    /// Bindings netpath cannot honour, each with why (port-changing SCTP,
+    /// other protocols, host addresses that are not addresses).
     pub unhonoured: Vec<String>,
 }
 
-/// One `-p` binding as dockerd resolved it (IPv4 host addresses only).
+/// One `-p` binding as dockerd resolved it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Binding {
-    /// None: every host address (0.0.0.0).
-    pub host_addr: Option<Ipv4Addr>,
+    /// The host address; unspecified (`0.0.0.0`, `::`) for every host
+    /// address of its family.
+    pub host: IpAddr,
     pub host_port: u16,
     pub proto: u8,
     pub container_port: u16,
@@ -164,7 +205,8 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 }
 
 /// Bindings from Docker's `NetworkSettings.Ports` (`"80/tcp": [{HostIp,
-/// HostPort}]`): IPv4 TCP, UDP and SCTP (the same port on both sides).
+/// HostPort}]`): TCP, UDP and SCTP (the same port on both sides), on
+/// IPv4 and IPv6 host addresses.
 /// Every other binding is returned in the second list, each with why,
 /// so it is reported rather than dropped without a word.
 pub fn bindings_from_api(ports: &PortMap) -> (Vec<Binding>, Vec<String>) {
@@ -192,26 +234,24 @@ pub fn bindings_from_api(ports: &PortMap) -> (Vec<Binding>, Vec<String>) {
                 unhonoured.push(format!("{spec} on {host_ip:?}: no host port"));
                 continue;
             };
-            let host_addr =
-                match host_ip {
-                    "" | "0.0.0.0" => None,
-                    ip => match ip.parse::<Ipv4Addr>() {
-                        Ok(a) => Some(a),
-                        Err(_) => {
-                            unhonoured.push(format!(
-                            "{}:{host_port} -> {spec}: IPv6 host addresses are not published yet",
-                            if ip.contains(':') { format!("[{ip}]") } else { ip.to_owned() }
-                        ));
-                            continue;
-                        }
-                    },
-                };
+            // dockerd writes every IPv4 address as "0.0.0.0" (or nothing)
+            // and every IPv6 address as "::".
+            let host = match host_ip {
+                "" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                ip => match ip.trim_start_matches('[').trim_end_matches(']').parse() {
+                    Ok(a) => a,
+                    Err(_) => {
+                        unhonoured.push(format!("{ip}:{host_port} -> {spec}: not an address"));
+                        continue;
+                    }
+                },
+            };
             if let Err(e) = crate::spec::check_sctp_ports(proto, host_port, container_port) {
-                unhonoured.push(format!("{host_ip}:{host_port} -> {spec}: {e:#}"));
+                unhonoured.push(format!("{}: {e:#}", binding_name(host, host_port, spec)));
                 continue;
             }
             out.push(Binding {
-                host_addr,
+                host,
                 host_port,
                 proto,
                 container_port,
@@ -223,6 +263,12 @@ pub fn bindings_from_api(ports: &PortMap) -> (Vec<Binding>, Vec<String>) {
     unhonoured.sort();
     unhonoured.dedup();
     (out, unhonoured)
+}
+
+/// A binding as users write it: `0.0.0.0:8080 -> 80/tcp`,
+/// `[::]:8080 -> 80/tcp`.
+fn binding_name(host: IpAddr, port: u16, spec: &str) -> String {
+    format!("{} -> {spec}", std::net::SocketAddr::new(host, port))
 }
 
 pub fn container_from_api(c: &ContainerInspectResponse) -> Container {
@@ -239,6 +285,10 @@ pub fn container_from_api(c: &ContainerInspectResponse) -> Container {
             Some(Endpoint {
                 network: net.clone(),
                 addr: ep.ip_address.as_deref()?.parse().ok()?,
+                addr6: ep
+                    .global_ipv6_address
+                    .as_deref()
+                    .and_then(|a| a.parse().ok()),
                 mac: ep.mac_address.as_deref().and_then(parse_mac),
                 gw_priority: ep.gw_priority.unwrap_or(0),
             })
@@ -267,6 +317,7 @@ pub fn container_from_api(c: &ContainerInspectResponse) -> Container {
 pub struct Desired {
     pub nets: Vec<Net>,
     pub ports: Vec<Ports>,
+    pub ports6: Vec<Ports6>,
     pub endpoints: Vec<Foreign>,
     /// Why something of dockerd's is not mirrored.
     pub skipped: Vec<String>,
@@ -287,6 +338,15 @@ fn published_endpoint<'a>(c: &'a Container, nets: &BTreeMap<&str, &Net>) -> Opti
         })
 }
 
+/// A binding's container side as Docker writes it (`80/tcp`).
+fn port_spec(b: &Binding) -> String {
+    format!(
+        "{}/{}",
+        b.container_port,
+        crate::ctconfig::proto_name(b.proto)
+    )
+}
+
 pub fn desired(nets: Vec<Net>, containers: &[Container]) -> Desired {
     let by_name: BTreeMap<&str, &Net> = nets.iter().map(|n| (n.name.as_str(), n)).collect();
     let mut out = Desired::default();
@@ -299,6 +359,7 @@ pub fn desired(nets: Vec<Net>, containers: &[Container]) -> Desired {
                 (Some(mac), Some(sandbox)) => out.endpoints.push(Foreign {
                     bridge: net.bridge.clone(),
                     addr: e.addr,
+                    addr6: net.addr6(e),
                     mac,
                     sandbox: sandbox.clone(),
                     name: c.name.clone(),
@@ -324,17 +385,43 @@ pub fn desired(nets: Vec<Net>, containers: &[Container]) -> Desired {
             ));
             continue;
         };
-        out.ports.extend(c.bindings.iter().map(|b| Ports {
-            host_addr: b.host_addr,
-            host_first: b.host_port,
-            host_last: b.host_port,
-            proto: b.proto,
-            target: target.addr,
-            target_first: b.container_port,
-        }));
+        let target6 = by_name
+            .get(target.network.as_str())
+            .and_then(|n| n.addr6(target));
+        for b in &c.bindings {
+            let (host_first, host_last, proto) = (b.host_port, b.host_port, b.proto);
+            match (b.host, target6) {
+                (IpAddr::V4(h), _) => out.ports.push(Ports {
+                    host_addr: (!h.is_unspecified()).then_some(h),
+                    host_first,
+                    host_last,
+                    proto,
+                    target: target.addr,
+                    target_first: b.container_port,
+                }),
+                (IpAddr::V6(h), Some(target6)) => out.ports6.push(Ports6 {
+                    host_addr: (!h.is_unspecified()).then_some(h),
+                    host_first,
+                    host_last,
+                    proto,
+                    target: target6,
+                    target_first: b.container_port,
+                }),
+                // An IPv6 host port to an IPv4-only container would take
+                // NAT64, which netpath does not do.
+                (IpAddr::V6(_), None) => out.skipped.push(format!(
+                    "{}: binding {}: its endpoint on {} has no IPv6 address",
+                    c.name,
+                    binding_name(b.host, b.host_port, &port_spec(b)),
+                    target.network
+                )),
+            }
+        }
     }
     out.ports.sort();
     out.ports.dedup();
+    out.ports6.sort();
+    out.ports6.dedup();
     out.nets = nets;
     out
 }

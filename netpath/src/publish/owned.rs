@@ -2,26 +2,36 @@
 //! for all its containers, the CNI plugin per container), each removed
 //! with its flows.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use netpath_common::{PubKey4, PubVal4};
 
-use super::{Ports, Unpublished, insert, key, remove};
+use super::{Ports, Row, Unpublished, insert, owned_changes_of, remove};
 use crate::{
     attach::Datapath,
     codec,
     state::{self, Maps},
 };
 
-/// What [`sync_owned`] changed.
-#[derive(Debug, Default)]
-pub struct Synced {
-    pub added: Vec<Ports>,
+/// What [`sync_owned`] (or IPv6's `v6::sync_owned`) changed.
+#[derive(Debug)]
+pub struct Synced<P = Ports> {
+    pub added: Vec<P>,
     pub removed: Unpublished,
     /// Mappings that could not be published, with why (a conflict, a
     /// target outside every managed network).
-    pub failed: Vec<(Ports, String)>,
+    pub failed: Vec<(P, String)>,
+}
+
+impl<P> Default for Synced<P> {
+    fn default() -> Self {
+        Self {
+            added: Vec::new(),
+            removed: Unpublished::default(),
+            failed: Vec::new(),
+        }
+    }
 }
 
 /// Makes the single-port mappings `owner` made equal to `want`: removes the
@@ -33,7 +43,7 @@ pub fn sync_owned(owner: u16, want: &[Ports]) -> Result<Synced> {
     let (_, mut dp) = Datapath::open_current()?;
     let have: Vec<(PubKey4, PubVal4)> = dp.maps.published()?;
     let (stale, missing) = owned_changes(owner, &have, want);
-    let mut out = Synced {
+    let mut out: Synced = Synced {
         removed: remove(&mut dp, &stale)?,
         ..Default::default()
     };
@@ -60,7 +70,7 @@ pub fn sync_owned_to(owner: u16, target: Ipv4Addr, want: &[Ports]) -> Result<Syn
         .filter(|(_, v)| v.target_be == codec::be(target))
         .collect();
     let (stale, missing) = owned_changes(owner, &have, want);
-    let mut out = Synced {
+    let mut out: Synced = Synced {
         removed: remove(&mut dp, &stale)?,
         ..Default::default()
     };
@@ -108,34 +118,16 @@ pub fn owned_changes(
     have: &[(PubKey4, PubVal4)],
     want: &[Ports],
 ) -> (Vec<(PubKey4, PubVal4)>, Vec<Ports>) {
-    let have: BTreeMap<PubKey4, PubVal4> = have
+    let mine: Vec<(PubKey4, PubVal4)> = have
         .iter()
         .filter(|(_, v)| v.owner == owner)
-        .map(|(k, v)| (*k, *v))
-        .collect();
-    let mut wanted: BTreeMap<PubKey4, (u32, u16)> = BTreeMap::new();
-    for p in want {
-        for (i, port) in (p.host_first..=p.host_last).enumerate() {
-            wanted.insert(
-                key(p.host_addr, port, p.proto),
-                (codec::be(p.target), p.target_first + i as u16),
-            );
-        }
-    }
-    let stale: Vec<(PubKey4, PubVal4)> = have
-        .iter()
-        .filter(|(k, v)| wanted.get(k) != Some(&(v.target_be, u16::from_be(v.target_port_be))))
-        .map(|(k, v)| (*k, *v))
-        .collect();
-    let missing = want
-        .iter()
-        .filter(|p| {
-            !(p.host_first..=p.host_last).all(|port| {
-                let k = key(p.host_addr, port, p.proto);
-                have.contains_key(&k) && !stale.iter().any(|(s, _)| *s == k)
-            })
-        })
         .copied()
         .collect();
-    (stale, missing)
+    let rows: Vec<Row> = mine.iter().map(|(k, v)| Row::of4(k, v)).collect();
+    let wanted: Vec<Vec<Row>> = want.iter().map(Ports::rows).collect();
+    let (stale, missing) = owned_changes_of(&rows, &wanted);
+    (
+        stale.into_iter().map(|i| mine[i]).collect(),
+        missing.into_iter().map(|i| want[i]).collect(),
+    )
 }

@@ -3,7 +3,7 @@
 //! it ([`Row`]), the conflict check and the runs of ports a flush takes.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
@@ -65,7 +65,7 @@ impl Mapping {
 
 /// One published host port of either family, as the checks and flushes
 /// both families share see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Row {
     /// `None`: every host address of the family.
     pub host_addr: Option<IpAddr>,
@@ -76,6 +76,11 @@ pub struct Row {
 }
 
 impl Row {
+    /// What identifies the host port (its map key).
+    fn host_key(&self) -> (Option<IpAddr>, u16, u8) {
+        (self.host_addr, self.port, self.proto)
+    }
+
     pub(super) fn of4(k: &PubKey4, v: &PubVal4) -> Self {
         Self {
             host_addr: (k.addr_be != 0).then(|| IpAddr::V4(codec::from_be(k.addr_be))),
@@ -156,4 +161,30 @@ pub fn runs_of(rows: &[Row]) -> Vec<conntrack::Published> {
         }
     }
     out
+}
+
+/// What an owner's sync changes, for one family: which of `have` (the
+/// owner's published ports) `want` (each wanted mapping as its ports) no
+/// longer leads where it should (to remove), and which wanted mappings are
+/// not all there (to publish). Indices into `have` and `want`.
+pub fn owned_changes_of(have: &[Row], want: &[Vec<Row>]) -> (Vec<usize>, Vec<usize>) {
+    let wanted: BTreeMap<(Option<IpAddr>, u16, u8), (IpAddr, u16)> = want
+        .iter()
+        .flatten()
+        .map(|r| (r.host_key(), (r.target, r.target_port)))
+        .collect();
+    let is_stale = |r: &Row| wanted.get(&r.host_key()) != Some(&(r.target, r.target_port));
+    let stale: Vec<usize> = (0..have.len()).filter(|&i| is_stale(&have[i])).collect();
+    let kept: BTreeSet<_> = have
+        .iter()
+        .filter(|r| !is_stale(r))
+        .map(Row::host_key)
+        .collect();
+    let missing = want
+        .iter()
+        .enumerate()
+        .filter(|(_, rows)| !rows.iter().all(|r| kept.contains(&r.host_key())))
+        .map(|(i, _)| i)
+        .collect();
+    (stale, missing)
 }

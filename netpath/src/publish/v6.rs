@@ -14,7 +14,7 @@ use netpath_common::{
     v6::{NetworkInfo6, PortKey6, PubVal6},
 };
 
-use super::{Mapping, Row, Unpublished, conflict_rows, runs_of};
+use super::{Mapping, Row, Synced, Unpublished, conflict_rows, owned_changes_of, runs_of};
 use crate::{
     attach::Datapath,
     conntrack,
@@ -26,7 +26,7 @@ use crate::{
 /// An IPv6 mapping: host ports `host_first..=host_last` (on `host_addr`,
 /// `None` for every host IPv6 address) leading to `target` from
 /// `target_first` on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Ports6 {
     pub host_addr: Option<Ipv6Addr>,
     pub host_first: u16,
@@ -34,6 +34,39 @@ pub struct Ports6 {
     pub proto: u8,
     pub target: Ipv6Addr,
     pub target_first: u16,
+}
+
+impl Ports6 {
+    /// Its host ports as rows (what an owner's sync compares).
+    pub fn rows(&self) -> Vec<Row> {
+        (self.host_first..=self.host_last)
+            .enumerate()
+            .map(|(i, port)| Row {
+                host_addr: self.host_addr.map(IpAddr::V6),
+                port,
+                proto: self.proto,
+                target: IpAddr::V6(self.target),
+                target_port: self.target_first + i as u16,
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Display for Ports6 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = self.host_addr.unwrap_or(Ipv6Addr::UNSPECIFIED);
+        write!(f, "[{host}]:{}", self.host_first)?;
+        if self.host_last != self.host_first {
+            write!(f, "-{}", self.host_last)?;
+        }
+        write!(
+            f,
+            "/{} -> [{}]:{}",
+            proto_name(self.proto),
+            self.target,
+            self.target_first
+        )
+    }
 }
 
 fn key(addr: Option<Ipv6Addr>, port: u16, proto: u8) -> PortKey6 {
@@ -228,9 +261,13 @@ pub fn unpublish(dp: &mut Datapath, addr: Ipv6Addr, h: &spec::PortSpec) -> Resul
             ),
         }
     }
-    let ports = unmap(&mut dp.maps, &victims)?;
-    // Their flows go too (see `publish::remove`), one pass per run of
-    // ports.
+    remove(dp, &victims)
+}
+
+/// Removes the mappings with their flows (see `publish::remove`): one
+/// pass over the table per run of ports.
+fn remove(dp: &mut Datapath, victims: &[(PortKey6, PubVal6)]) -> Result<Unpublished> {
+    let ports = unmap(&mut dp.maps, victims)?;
     let mut flows = 0;
     let rows: Vec<Row> = victims.iter().map(|(k, v)| row(k, v)).collect();
     for run in runs_of(&rows) {
@@ -241,6 +278,33 @@ pub fn unpublish(dp: &mut Datapath, addr: Ipv6Addr, h: &spec::PortSpec) -> Resul
         flows += conntrack::flush(dp, &filter)?;
     }
     Ok(Unpublished { ports, flows })
+}
+
+/// Makes the single-port IPv6 mappings `owner` made equal to `want`, as
+/// `publish::sync_owned` does for IPv4: the unwanted go with their flows,
+/// then each missing one is published on its own.
+pub fn sync_owned(owner: u16, want: &[Ports6]) -> Result<Synced<Ports6>> {
+    let _lock = state::lock(false)?;
+    let (_, mut dp) = Datapath::open_current()?;
+    let mine: Vec<(PortKey6, PubVal6)> = published(&dp.maps)?
+        .into_iter()
+        .filter(|(_, v)| v.owner == owner)
+        .collect();
+    let rows: Vec<Row> = mine.iter().map(|(k, v)| row(k, v)).collect();
+    let wanted: Vec<Vec<Row>> = want.iter().map(Ports6::rows).collect();
+    let (stale, missing) = owned_changes_of(&rows, &wanted);
+    let stale: Vec<(PortKey6, PubVal6)> = stale.into_iter().map(|i| mine[i]).collect();
+    let mut out = Synced {
+        removed: remove(&mut dp, &stale)?,
+        ..Default::default()
+    };
+    for p in missing.into_iter().map(|i| want[i]) {
+        match insert(&mut dp.maps, &p, owner) {
+            Ok(_) => out.added.push(p),
+            Err(e) => out.failed.push((p, format!("{e:#}"))),
+        }
+    }
+    Ok(out)
 }
 
 /// Removes every IPv6 mapping leading into network `net_id`.

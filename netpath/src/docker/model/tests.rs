@@ -124,7 +124,7 @@ fn networks_map_docker_options() {
 }
 
 #[test]
-fn port_bindings_keep_ipv4_and_name_the_rest() {
+fn port_bindings_keep_both_families_and_name_the_rest() {
     let b = |ip: &str, port: &str| PortBinding {
         host_ip: Some(ip.into()),
         host_port: Some(port.into()),
@@ -134,7 +134,10 @@ fn port_bindings_keep_ipv4_and_name_the_rest() {
             "80/tcp".to_owned(),
             Some(vec![b("0.0.0.0", "8080"), b("::", "8080")]),
         ),
-        ("53/udp".to_owned(), Some(vec![b("127.0.0.1", "5353")])),
+        (
+            "53/udp".to_owned(),
+            Some(vec![b("127.0.0.1", "5353"), b("bogus", "5353")]),
+        ),
         ("9/sctp".to_owned(), Some(vec![b("0.0.0.0", "9")])),
         ("7/sctp".to_owned(), Some(vec![b("0.0.0.0", "7007")])),
         ("443/tcp".to_owned(), None),
@@ -146,33 +149,38 @@ fn port_bindings_keep_ipv4_and_name_the_rest() {
         got,
         vec![
             Binding {
-                host_addr: None,
+                host: "0.0.0.0".parse().unwrap(),
                 host_port: 9,
                 proto: 132,
                 container_port: 9
             },
             Binding {
-                host_addr: None,
+                host: "0.0.0.0".parse().unwrap(),
                 host_port: 8080,
                 proto: 6,
                 container_port: 80
             },
             Binding {
-                host_addr: Some("127.0.0.1".parse().unwrap()),
+                host: "127.0.0.1".parse().unwrap(),
                 host_port: 5353,
                 proto: 17,
                 container_port: 53
             },
+            Binding {
+                host: "::".parse().unwrap(),
+                host_port: 8080,
+                proto: 6,
+                container_port: 80
+            },
         ]
     );
-    assert_eq!(unhonoured.len(), 2, "{unhonoured:?}");
-    assert!(
-        unhonoured[0].starts_with("0.0.0.0:7007 -> 7/sctp: an SCTP mapping cannot change ports"),
-        "{unhonoured:?}"
-    );
     assert_eq!(
-        unhonoured[1],
-        "[::]:8080 -> 80/tcp: IPv6 host addresses are not published yet"
+        unhonoured,
+        vec![
+            "0.0.0.0:7007 -> 7/sctp: an SCTP mapping cannot change ports (host 7007, container 7): \
+             SCTP is published address-only, use the same port on both sides",
+            "bogus:5353 -> 53/udp: not an address",
+        ]
     );
 }
 
@@ -284,4 +292,123 @@ fn macs_parse_strictly() {
     assert_eq!(parse_mac("02:42:ac:11:00"), None);
     assert_eq!(parse_mac("02:42:ac:11:00:02:03"), None);
     assert_eq!(parse_mac(""), None);
+}
+
+#[test]
+fn dual_stack_networks_bind_and_publish_both_families() {
+    let ipv6 = |n: &mut Network, subnet: &str, gateway: Option<&str>, enabled: bool| {
+        n.enable_ipv6 = Some(enabled);
+        n.ipam
+            .as_mut()
+            .unwrap()
+            .config
+            .as_mut()
+            .unwrap()
+            .push(IpamConfig {
+                subnet: Some(subnet.into()),
+                gateway: gateway.map(Into::into),
+                ..Default::default()
+            });
+    };
+    let mut a = network("a", "aaaaaaaaaaaaaaaa", "10.5.0.0/24", &[], false);
+    ipv6(&mut a, "fd00:5::/64", Some("fd00:5::1"), true);
+    // A documentation prefix (Docker's own examples use one): netpath
+    // refuses the IPv6 half, and says its IPv6 traffic is dropped.
+    let mut b = network("b", "bbbbbbbbbbbbbbbb", "10.6.0.0/24", &[], false);
+    ipv6(&mut b, "2001:db8:6::/64", None, true);
+    // IPv6 IPAM data on a network without --ipv6 does not count.
+    let mut c = network("c", "cccccccccccccccc", "10.8.0.0/24", &[], false);
+    ipv6(&mut c, "fd00:8::/64", None, false);
+    let nets: Vec<Net> = [a, b, c]
+        .iter()
+        .map(|n| net_from_api(n, true).unwrap().unwrap())
+        .collect();
+    let v6 = nets[0].v6.unwrap();
+    assert_eq!(v6.subnet, "fd00:5::/64".parse::<Ipv6Net>().unwrap());
+    assert_eq!(v6.gateway, "fd00:5::1".parse::<Ipv6Addr>().unwrap());
+    assert!(nets[0].notes.is_empty());
+    assert_eq!(nets[1].v6, None);
+    assert_eq!(nets[1].notes.len(), 1);
+    assert!(
+        nets[1].notes[0].starts_with("network b: IPv6 ")
+            && nets[1].notes[0].contains("documentation")
+            && nets[1].notes[0].ends_with(": its IPv6 traffic is dropped"),
+        "{:?}",
+        nets[1].notes
+    );
+    assert_eq!((nets[2].v6, nets[2].notes.len()), (None, 0));
+
+    let with_v6 = |mut c: ContainerInspectResponse, addr6: &str, host6: &str| {
+        let ns = c.network_settings.as_mut().unwrap();
+        for ep in ns.networks.as_mut().unwrap().values_mut() {
+            ep.global_ipv6_address = Some(addr6.into());
+        }
+        for hosts in ns.ports.as_mut().unwrap().values_mut() {
+            let h = hosts.as_mut().unwrap();
+            let port = h[0].host_port.clone();
+            h.push(PortBinding {
+                host_ip: Some(host6.into()),
+                host_port: port,
+            });
+        }
+        c
+    };
+    let cs: Vec<Container> = [
+        with_v6(
+            container("web", &[("a", "10.5.0.2", 0)], &[("80/tcp", "8080")]),
+            "fd00:5::2",
+            "::",
+        ),
+        // dockerd gives an IPv6 address on b, whose IPv6 half netpath
+        // does not take: the IPv6 binding cannot be honoured, said so.
+        with_v6(
+            container("old", &[("b", "10.6.0.2", 0)], &[("81/udp", "8081")]),
+            "2001:db8:6::2",
+            "::",
+        ),
+        // One IPv6 host address (host processes only, on ::1).
+        with_v6(
+            container("lo", &[("a", "10.5.0.3", 0)], &[("82/tcp", "8082")]),
+            "fd00:5::3",
+            "::1",
+        ),
+    ]
+    .iter()
+    .map(container_from_api)
+    .collect();
+    let d = desired(nets, &cs);
+    let v4: Vec<(u16, Ipv4Addr)> = d.ports.iter().map(|p| (p.host_first, p.target)).collect();
+    assert_eq!(
+        v4,
+        vec![
+            (8080, "10.5.0.2".parse().unwrap()),
+            (8081, "10.6.0.2".parse().unwrap()),
+            (8082, "10.5.0.3".parse().unwrap()),
+        ]
+    );
+    let v6: Vec<String> = d.ports6.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        v6,
+        vec![
+            "[::]:8080/tcp -> [fd00:5::2]:80",
+            "[::1]:8082/tcp -> [fd00:5::3]:82"
+        ]
+    );
+    let bound: Vec<(&str, Option<Ipv6Addr>)> = d
+        .endpoints
+        .iter()
+        .map(|e| (e.name.as_str(), e.addr6))
+        .collect();
+    assert_eq!(
+        bound,
+        vec![
+            ("web", Some("fd00:5::2".parse().unwrap())),
+            ("old", None),
+            ("lo", Some("fd00:5::3".parse().unwrap())),
+        ]
+    );
+    assert_eq!(
+        d.skipped,
+        vec!["old: binding [::]:8081 -> 81/udp: its endpoint on b has no IPv6 address"]
+    );
 }
