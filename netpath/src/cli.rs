@@ -259,7 +259,7 @@ pub struct UpCmd {
     pub no_masquerade_to: Vec<Ipv4Net>,
     /// cgroup v2 directory the socket hooks attach to (host processes reaching
     /// published ports); they act only on sockets of this network namespace
-    /// [default: where an earlier `up` attached them, else the cgroup v2 root].
+    /// [default: where an earlier `up` (of any build) attached them, else the cgroup v2 root].
     #[arg(long, value_name = "PATH", env = "NETPATH_CGROUP")]
     pub cgroup: Option<std::path::PathBuf>,
     /// Do not start the background daemon (conntrack sweeping, new ports,

@@ -74,18 +74,34 @@ pub enum Hooks {
 
 /// Makes sure this build's socket hooks are attached to `cgroup` (and only
 /// there): a different cgroup or another build's hooks are replaced.
-/// Without a cgroup (no `--cgroup`, no `NETPATH_CGROUP`), this build's
-/// hooks stay where an earlier command put them; only when there are none
-/// do they go on the cgroup v2 root (a later `up` without the option must
-/// not widen them to every process of the namespace).
+/// Without a cgroup (no `--cgroup`, no `NETPATH_CGROUP`), the hooks stay on
+/// the cgroup an earlier command put them on: this build's are kept,
+/// another build's (an upgrade) are replaced on that same cgroup; only
+/// when there are none (or their cgroup is gone) do they go on the cgroup
+/// v2 root (a later `up` without the option must not widen them to every
+/// process of the namespace).
 pub fn ensure(state: &StateDir, dp: &mut Datapath, cgroup: Option<&Path>) -> Result<Hooks> {
     let mut host = dp.maps.host.get(&0, 0).context("reading NP_HOST")?;
     let ours = SockHook::ALL
         .iter()
         .all(|h| state.links_dir().join(pin_name(*h)).exists());
-    let cgroup = match where_to(cgroup, ours, host.cgroup_id) {
+    let any = !pinned(state).is_empty();
+    let cgroup = match where_to(cgroup, ours, any, host.cgroup_id) {
         Target::Keep => return Ok(Hooks::Unchanged),
         Target::Path(c) => c.to_path_buf(),
+        Target::Same(id) => {
+            let root = cgroup2_root()?;
+            match dir_with_inode(&root, id) {
+                Some(c) => c,
+                None => {
+                    tracing::warn!(
+                        "the socket hooks' cgroup (inode {id}) is gone: attaching them to {} (give --cgroup to choose)",
+                        root.display()
+                    );
+                    root
+                }
+            }
+        }
         Target::Root => cgroup2_root()?,
     };
     let dir =
@@ -119,17 +135,43 @@ enum Target<'a> {
     /// Where this build's hooks already are.
     Keep,
     Path(&'a Path),
+    /// The cgroup of this inode, where another build's hooks are.
+    Same(u64),
     Root,
 }
 
-/// The cgroup asked for, else where this build's hooks are (`ours`, on
-/// the cgroup of inode `attached_id`), else the root. Pure.
-fn where_to(asked: Option<&Path>, ours: bool, attached_id: u64) -> Target<'_> {
+/// The cgroup asked for, else where the hooks are (this build's, `ours`,
+/// or any build's, `any`, on the cgroup of inode `attached_id`), else the
+/// root. Pure.
+fn where_to(asked: Option<&Path>, ours: bool, any: bool, attached_id: u64) -> Target<'_> {
     match asked {
         Some(p) => Target::Path(p),
-        None if ours && attached_id != 0 => Target::Keep,
+        None if attached_id == 0 => Target::Root,
+        None if ours => Target::Keep,
+        None if any => Target::Same(attached_id),
         None => Target::Root,
     }
+}
+
+/// The directory under `root` (itself included) whose inode is `ino`: a
+/// cgroup v2 directory's inode is its cgroup id, all the pinned state keeps
+/// of where the hooks were. Breadth first, symlinks not followed.
+fn dir_with_inode(root: &Path, ino: u64) -> Option<PathBuf> {
+    let mut queue = std::collections::VecDeque::from([root.to_path_buf()]);
+    while let Some(dir) = queue.pop_front() {
+        if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.ino() == ino) {
+            return Some(dir);
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                queue.push_back(e.path());
+            }
+        }
+    }
+    None
 }
 
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -155,10 +197,27 @@ mod tests {
     #[test]
     fn an_up_without_a_cgroup_keeps_the_hooks_where_they_are() {
         let cg = Path::new("/sys/fs/cgroup/test");
-        assert_eq!(where_to(Some(cg), true, 7), Target::Path(cg));
-        assert_eq!(where_to(None, true, 7), Target::Keep);
-        // Another build's hooks, or none yet: the documented default.
-        assert_eq!(where_to(None, false, 7), Target::Root);
-        assert_eq!(where_to(None, true, 0), Target::Root);
+        assert_eq!(where_to(Some(cg), true, true, 7), Target::Path(cg));
+        assert_eq!(where_to(None, true, true, 7), Target::Keep);
+        // Another build's hooks (an upgrade): replaced on the same cgroup.
+        assert_eq!(where_to(None, false, true, 7), Target::Same(7));
+        // None yet: the documented default.
+        assert_eq!(where_to(None, false, false, 7), Target::Root);
+        assert_eq!(where_to(None, true, true, 0), Target::Root);
+    }
+
+    #[test]
+    fn a_cgroup_is_found_by_its_inode() {
+        let root = std::env::temp_dir().join(format!("np-ino-{}", std::process::id()));
+        let deep = root.join("a/b/c");
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::create_dir_all(root.join("z")).unwrap();
+        let ino = std::fs::metadata(&deep).unwrap().ino();
+        assert_eq!(dir_with_inode(&root, ino), Some(deep));
+        let top = std::fs::metadata(&root).unwrap().ino();
+        assert_eq!(dir_with_inode(&root, top), Some(root.clone()));
+        std::fs::remove_dir_all(root.join("a/b/c")).unwrap();
+        assert_eq!(dir_with_inode(&root, ino), None);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
