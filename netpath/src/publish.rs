@@ -21,7 +21,7 @@ use crate::ctconfig::proto_name;
 mod owned;
 mod rows;
 pub mod v6;
-pub use owned::{Synced, owned_changes, owned_to, sync_owned, sync_owned_to};
+pub use owned::{Synced, owned_changes, owned_to, sync_owned, sync_owned_both, sync_owned_to};
 pub use rows::{Mapping, Row, conflict_rows, owned_changes_of, runs_of};
 
 fn key(addr: Option<Ipv4Addr>, port: u16, proto: u8) -> PubKey4 {

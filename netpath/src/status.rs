@@ -4,9 +4,10 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use netpath_common::{
     DropReason, GatewayMode, IfaceRole, counter_kind, counter_scope, iface_flags, net_flags, owner,
+    v6::{Port6, port6_flags},
 };
 use serde::Serialize;
 
@@ -74,6 +75,10 @@ pub struct IfaceStatus {
     /// `netpath docker`), "learned" (first packet) or "mac-pinned" (its
     /// MAC only, by its first IPv6 packet); none yet otherwise.
     pub binding: Option<String>,
+    /// Ports of dual-stack networks: the container's global IPv6 address
+    /// once bound, and how ("connect", "docker" or "learned", as above).
+    pub address6: Option<String>,
+    pub binding6: Option<String>,
     pub ingress_prog_ids: Vec<u32>,
     pub egress_prog_ids: Vec<u32>,
     pub ingress: Traffic,
@@ -241,6 +246,19 @@ pub async fn status() -> Result<Status> {
         .iter()
         .map(|(_, l)| (l.host_ifindex, l.flags))
         .collect();
+    let ports6: BTreeMap<u32, Port6> = maps
+        .v6
+        .ports
+        .iter()
+        .collect::<Result<_, _>>()
+        .context("reading NP_PORTS6")?;
+    let lease6_owner: BTreeMap<u32, u32> = maps
+        .v6
+        .leases
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(_, l)| (l.host_ifindex, l.flags))
+        .collect();
     for (ifindex, info) in maps.ifaces()? {
         let name = names.get(&ifindex).cloned();
         let progs = |dir| {
@@ -258,6 +276,16 @@ pub async fn status() -> Result<Status> {
         } else {
             None
         };
+        let port6 = ports6.get(&ifindex).filter(|p| p.has_global());
+        let binding6 = port6.map(|p| {
+            if p.flags & port6_flags::GLOBAL_BOUND == 0 {
+                "learned"
+            } else if lease6_owner.get(&ifindex) == Some(&u32::from(owner::DOCKER)) {
+                "docker"
+            } else {
+                "connect"
+            }
+        });
         out.interfaces.push(IfaceStatus {
             ifindex,
             role: IfaceRole::from_u32(info.role)
@@ -269,6 +297,8 @@ pub async fn status() -> Result<Status> {
             address: (info.ipv4_be != 0).then(|| codec::from_be(info.ipv4_be).to_string()),
             mac: (info.mac != [0; 6]).then(|| codec::fmt_mac(&info.mac)),
             binding: binding.map(str::to_owned),
+            address6: port6.map(|p| std::net::Ipv6Addr::from(p.global).to_string()),
+            binding6: binding6.map(str::to_owned),
             ingress_prog_ids: progs(Dir::Ingress),
             egress_prog_ids: progs(Dir::Egress),
             ingress: maps.traffic(counter_scope::IFACE, ifindex, counter_kind::IF_INGRESS)?,
@@ -427,7 +457,13 @@ impl Status {
                     i.name.clone().unwrap_or_else(|| "(gone)".into()),
                     i.role.clone(),
                     i.network.clone().unwrap_or_else(|| "-".into()),
-                    i.address.clone().unwrap_or_else(|| "-".into()),
+                    match (&i.address, &i.address6) {
+                        (Some(a), Some(b)) => format!("{a} {b}"),
+                        (a, b) => a
+                            .clone()
+                            .or_else(|| b.clone())
+                            .unwrap_or_else(|| "-".into()),
+                    },
                     format!("{}/{}", ids(&i.ingress_prog_ids), ids(&i.egress_prog_ids)),
                     fmt_traffic(i.ingress),
                     fmt_traffic(i.egress),

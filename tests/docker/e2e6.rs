@@ -222,7 +222,25 @@ fn matrix(mode: Mode, engine: &Engine) -> BTreeMap<&'static str, String> {
         s.client_in_container("spoofer", &["tcp", &ext, port, spoof]),
     );
     if mode == Mode::Netpath {
+        // Every container's port is bound to the IPv6 address dockerd gave
+        // it (a lease of dockerd's), not learnt from its first packet.
+        let given: Vec<String> = ["web6", "a6", "b6", "c0", "n1", "n2", "i1", "i2", "spoofer"]
+            .iter()
+            .map(|c| ip6_of(&s, c))
+            .collect();
         let st = status(&s.host);
+        let bound = st["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| {
+                i["binding6"] == "docker" && given.iter().any(|g| i["address6"].as_str() == Some(g))
+            })
+            .count();
+        cells.insert(
+            "ports bound to their IPv6 address",
+            format!("{bound} of {}", given.len()),
+        );
         let drops: u64 = st["networks"]
             .as_array()
             .unwrap()
@@ -303,6 +321,7 @@ fn dockerd_26_1_ipv6_matrix_ip6tables_vs_netpath() {
     ];
     let (mut table, mut failures) = judge(expect, &ipt, &np, "ip6tables");
     for (cell, want) in [
+        ("ports bound to their IPv6 address", "9 of 9"),
         ("spoofed6 source counted", "true"),
         ("published6 after its container went", "blocked"),
     ] {

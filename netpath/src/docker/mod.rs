@@ -286,8 +286,9 @@ pub async fn reconcile(docker: &Docker, opts: &Options) -> Result<Report> {
         }
     }
 
-    report.add_synced(publish::sync_owned(owner::DOCKER, &want.ports)?);
-    report.add_synced(publish::v6::sync_owned(owner::DOCKER, &want.ports6)?);
+    let (synced, synced6) = publish::sync_owned_both(owner::DOCKER, &want.ports, &want.ports6)?;
+    report.add_synced(synced);
+    report.add_synced(synced6);
 
     let bound = foreign::bind_owned(owner::DOCKER, &want.endpoints).await?;
     report.bound = bound

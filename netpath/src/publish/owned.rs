@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use anyhow::Result;
 use netpath_common::{PubKey4, PubVal4};
 
-use super::{Ports, Row, Unpublished, insert, owned_changes_of, remove};
+use super::{Ports, Row, Unpublished, insert, owned_changes_of, remove, v6::Ports6};
 use crate::{
     attach::Datapath,
     codec,
@@ -41,10 +41,30 @@ impl<P> Default for Synced<P> {
 pub fn sync_owned(owner: u16, want: &[Ports]) -> Result<Synced> {
     let _lock = state::lock(false)?;
     let (_, mut dp) = Datapath::open_current()?;
+    sync_owned_in(&mut dp, owner, want)
+}
+
+/// [`sync_owned`] for both families at once (one lock, one open of the
+/// maps): `netpath docker`'s dual-stack bindings.
+pub fn sync_owned_both(
+    owner: u16,
+    want: &[Ports],
+    want6: &[Ports6],
+) -> Result<(Synced, Synced<Ports6>)> {
+    let _lock = state::lock(false)?;
+    let (_, mut dp) = Datapath::open_current()?;
+    Ok((
+        sync_owned_in(&mut dp, owner, want)?,
+        super::v6::sync_owned_in(&mut dp, owner, want6)?,
+    ))
+}
+
+/// [`sync_owned`] under a lock the caller holds.
+fn sync_owned_in(dp: &mut Datapath, owner: u16, want: &[Ports]) -> Result<Synced> {
     let have: Vec<(PubKey4, PubVal4)> = dp.maps.published()?;
     let (stale, missing) = owned_changes(owner, &have, want);
     let mut out: Synced = Synced {
-        removed: remove(&mut dp, &stale)?,
+        removed: remove(dp, &stale)?,
         ..Default::default()
     };
     for p in missing {

@@ -282,10 +282,13 @@ fn remove(dp: &mut Datapath, victims: &[(PortKey6, PubVal6)]) -> Result<Unpublis
 
 /// Makes the single-port IPv6 mappings `owner` made equal to `want`, as
 /// `publish::sync_owned` does for IPv4: the unwanted go with their flows,
-/// then each missing one is published on its own.
-pub fn sync_owned(owner: u16, want: &[Ports6]) -> Result<Synced<Ports6>> {
-    let _lock = state::lock(false)?;
-    let (_, mut dp) = Datapath::open_current()?;
+/// then each missing one is published on its own. The caller holds the
+/// lock (`publish::sync_owned_both`).
+pub(super) fn sync_owned_in(
+    dp: &mut Datapath,
+    owner: u16,
+    want: &[Ports6],
+) -> Result<Synced<Ports6>> {
     let mine: Vec<(PortKey6, PubVal6)> = published(&dp.maps)?
         .into_iter()
         .filter(|(_, v)| v.owner == owner)
@@ -295,7 +298,7 @@ pub fn sync_owned(owner: u16, want: &[Ports6]) -> Result<Synced<Ports6>> {
     let (stale, missing) = owned_changes_of(&rows, &wanted);
     let stale: Vec<(PortKey6, PubVal6)> = stale.into_iter().map(|i| mine[i]).collect();
     let mut out = Synced {
-        removed: remove(&mut dp, &stale)?,
+        removed: remove(dp, &stale)?,
         ..Default::default()
     };
     for p in missing.into_iter().map(|i| want[i]) {
