@@ -19,7 +19,10 @@ use netpath_common::{
     Endpoint, Lease,
     ct6::{CtEntry6, CtKey6, MAX_CT6},
     map_names,
-    v6::{Addr6Key, LeaseKey6, NetworkInfo6, Port6, PortKey6, PubVal6, net6_flags, port6_flags},
+    v6::{
+        Addr6Key, LeaseKey6, NetworkInfo6, Port6, PortKey6, PubVal6, eui64_link_local, net6_flags,
+        port6_flags,
+    },
 };
 
 use crate::tables::{Table as _, is_missing};
@@ -396,7 +399,32 @@ impl Maps6 {
         };
         self.endpoints
             .insert(Addr6Key::of(&octets, net_id), ep, 0)
-            .context("recording the port's IPv6 address")
+            .context("recording the port's IPv6 address")?;
+        self.own_link_local(ep)
+    }
+
+    /// Records the EUI-64 link-local address of `ep`'s MAC as its port's.
+    /// A port that took it first (its container guessed the MAC of one not
+    /// plugged in yet: Docker's are predictable) gives it back, so it can
+    /// neither keep it nor block its owner.
+    fn own_link_local(&mut self, ep: Endpoint) -> Result<()> {
+        let ll = eui64_link_local(&ep.mac);
+        let key = Addr6Key::of(&ll, ep.net_id);
+        if let Ok(held) = self.endpoints.get(&key, 0)
+            && held.ifindex != ep.ifindex
+            && let Ok(mut other) = self.ports.get(&held.ifindex, 0)
+            && other.flags & port6_flags::LINK_LOCAL_LEARNED != 0
+            && other.link_local == ll
+        {
+            other.flags &= !port6_flags::LINK_LOCAL_LEARNED;
+            other.link_local = [0; 16];
+            self.ports
+                .insert(held.ifindex, other, 0)
+                .context("taking back a link-local address")?;
+        }
+        self.endpoints
+            .insert(key, ep, 0)
+            .context("recording the port's link-local address")
     }
 
     /// Forgets the IPv6 leases of the namespace with `cookie` on network

@@ -89,8 +89,9 @@ print("ready", flush=True)
 threading.Event().wait()
 "#;
 
-/// A client: `client.py tcp|udp IP PORT [SOURCE_IP]` (IPv4 or IPv6);
-/// prints the answer, or "blocked" and exits 1.
+/// A client: `client.py tcp|udp IP PORT [SOURCE_IP]` (IPv4 or IPv6, a
+/// link-local one as `fe80::…%eth0`); prints the answer, or "blocked" and
+/// exits 1.
 const CLIENT: &str = r#"
 import socket, sys
 proto, ip, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -100,7 +101,10 @@ s.settimeout(2)
 if len(sys.argv) > 4:
     s.bind((sys.argv[4], 0))
 try:
-    s.connect((ip, port)); s.send(b"hello"); print(s.recv(64).decode())
+    addr = (ip, port)
+    if "%" in ip:
+        host, dev = ip.split("%"); addr = (host, port, 0, socket.if_nametoindex(dev))
+    s.connect(addr); s.send(b"hello"); print(s.recv(64).decode())
 except OSError:
     print("blocked"); sys.exit(1)
 "#;

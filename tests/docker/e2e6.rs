@@ -221,13 +221,44 @@ fn matrix(mode: Mode, engine: &Engine) -> BTreeMap<&'static str, String> {
         "spoofed6 source",
         s.client_in_container("spoofer", &["tcp", &ext, port, spoof]),
     );
+    // A container that guesses the MAC of one not started yet (Docker's
+    // follow the address; here it is given) sends once from that MAC's
+    // link-local address: the owner, started next, must still be reached
+    // there.
+    let (late_mac, late_ll) = ("02:42:ac:1f:01:99", "fe80::42:acff:fe1f:199");
+    let squat = format!(
+        "from scapy.all import Ether, IPv6, ICMPv6EchoRequest, sendp; \
+         sendp(Ether()/IPv6(src='{late_ll}', dst='ff02::1')/ICMPv6EchoRequest(), iface='eth0', verbose=0)"
+    );
+    s.docker(&["exec", "spoofer", "python3", "-c", &squat]);
+    s.run_servers(
+        "late6",
+        &["--network", "v6a", "--mac-address", late_mac],
+        &SERVERS,
+    );
+    s.settle(10, 2);
+    let target = format!("{late_ll}%eth0");
+    // Its link-local address is usable once duplicate address detection
+    // is over: a few tries.
+    let mut answer = String::new();
+    for _ in 0..10 {
+        answer = s.client_in_container("a6", &["tcp", &target, "80"]);
+        if answer.starts_with("late6 ") {
+            answer = "late6 answers".to_owned();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    cells.insert("link-local of a container started later", answer);
     if mode == Mode::Netpath {
         // Every container's port is bound to the IPv6 address dockerd gave
         // it (a lease of dockerd's), not learnt from its first packet.
-        let given: Vec<String> = ["web6", "a6", "b6", "c0", "n1", "n2", "i1", "i2", "spoofer"]
-            .iter()
-            .map(|c| ip6_of(&s, c))
-            .collect();
+        let given: Vec<String> = [
+            "web6", "a6", "b6", "c0", "n1", "n2", "i1", "i2", "spoofer", "late6",
+        ]
+        .iter()
+        .map(|c| ip6_of(&s, c))
+        .collect();
         let st = status(&s.host);
         let bound = st["interfaces"]
             .as_array()
@@ -250,7 +281,7 @@ fn matrix(mode: Mode, engine: &Engine) -> BTreeMap<&'static str, String> {
         cells.insert("spoofed6 source counted", format!("{}", drops > 0));
         // A container gone takes its IPv6 mapping with it.
         s.docker(&["rm", "-f", "web6"]);
-        s.settle(8, 0);
+        s.settle(9, 0);
         cells.insert(
             "published6 after its container went",
             s.client_in(&s.ext, None, "tcp", UPLINK6, 8080),
@@ -318,10 +349,15 @@ fn dockerd_26_1_ipv6_matrix_ip6tables_vs_netpath() {
         // Docker masquerades whatever source of the subnet a container
         // uses; netpath binds each port to the address dockerd gave it.
         ("spoofed6 source", &masq, Some("blocked")),
+        (
+            "link-local of a container started later",
+            "late6 answers",
+            None,
+        ),
     ];
     let (mut table, mut failures) = judge(expect, &ipt, &np, "ip6tables");
     for (cell, want) in [
-        ("ports bound to their IPv6 address", "9 of 9"),
+        ("ports bound to their IPv6 address", "10 of 10"),
         ("spoofed6 source counted", "true"),
         ("published6 after its container went", "blocked"),
     ] {

@@ -410,10 +410,16 @@ pub fn desired(nets: Vec<Net>, containers: &[Container]) -> Desired {
                 // An IPv6 host port to an IPv4-only container would take
                 // NAT64, which netpath does not do.
                 (IpAddr::V6(_), None) => out.skipped.push(format!(
-                    "{}: binding {}: its endpoint on {} has no IPv6 address",
+                    "{}: binding {}: {}",
                     c.name,
                     binding_name(b.host, b.host_port, &port_spec(b)),
-                    target.network
+                    match target.addr6 {
+                        Some(_) => format!(
+                            "netpath does not take the IPv6 half of network {} (see its warning)",
+                            target.network
+                        ),
+                        None => format!("its endpoint on {} has no IPv6 address", target.network),
+                    }
                 )),
             }
         }
