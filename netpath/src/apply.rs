@@ -17,6 +17,7 @@ use crate::{
     conntrack,
     down::{self, DownTarget},
     filter,
+    net6::Net6Spec,
     plan::{self, Uplinks},
     plumbing::Netlink,
     publish::{self, Ports},
@@ -66,8 +67,15 @@ async fn current(nl: &Netlink, state: &StateDir) -> Result<Current> {
         Uplinks::Explicit(v) => v,
         Uplinks::Auto => Vec::new(),
     };
+    let networks6 = maps
+        .v6
+        .all()?
+        .iter()
+        .map(|(id, i)| Ok((*id, Net6Spec::from_info(i)?)))
+        .collect::<Result<_>>()?;
     Ok(Current {
         networks: maps.networks()?,
+        networks6,
         published: maps.published()?,
         rules: filter::owned_rules(&maps)?,
         leases: maps.leases()?,
@@ -87,7 +95,8 @@ async fn check_links(nl: &Netlink, d: &Desired, plan: &Plan, cur: &Current) -> R
             .values()
             .map(|i| codec::ifname_from_bytes(&i.bridge_name)),
     );
-    let addrs = nl.host_addrs().await?.v4;
+    let host = nl.host_addrs().await?;
+    let addrs = host.v4.clone();
     for c in &plan.networks {
         let (NetChange::Create(decl) | NetChange::Recreate { decl, .. }) = c else {
             continue;
@@ -100,7 +109,11 @@ async fn check_links(nl: &Netlink, d: &Desired, plan: &Plan, cur: &Current) -> R
                 .error(Some(decl.at), format!("{b} exists and is not a bridge"))
                 .into());
         }
-        let conflicts = plan::address_conflicts(std::slice::from_ref(&decl.spec), &addrs, &bridges);
+        let mut conflicts =
+            plan::address_conflicts(std::slice::from_ref(&decl.spec), &addrs, &bridges);
+        if let Some(v6) = &decl.v6 {
+            conflicts.extend(plan::address_conflicts6(&v6.subnet, b, &host.v6, &bridges));
+        }
         if let Some(c) = conflicts.first() {
             return Err(d.error(Some(decl.at), c.clone()).into());
         }
@@ -193,7 +206,7 @@ async fn carry_out(
         .iter()
         .filter_map(|c| match c {
             NetChange::Create(decl) | NetChange::Recreate { decl, .. } => Some(UpArgs {
-                v6: None,
+                v6: decl.v6,
                 spec: decl.spec.clone(),
                 options: decl.options,
                 uplinks: uplinks.clone(),
@@ -313,6 +326,7 @@ pub async fn export() -> Result<String> {
     for (id, i) in networks.iter().filter(|(_, i)| !docker(i)) {
         e.networks.push((
             NetworkSpec::from_info(i),
+            maps.v6.spec(*id)?,
             NetworkOptions::from_flags(i.flags),
         ));
         // The file has no key for them yet: said, not dropped silently.

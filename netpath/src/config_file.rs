@@ -6,7 +6,12 @@
 //! checks live here; the plan against the current state is in
 //! `config_plan.rs`, the I/O in `apply.rs`.
 
-use std::{net::Ipv4Addr, ops::Range};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    ops::Range,
+};
+
+use ipnet::IpNet;
 
 use netpath_common::GatewayMode;
 use serde::Deserialize;
@@ -14,6 +19,7 @@ use toml::Spanned;
 
 use crate::{
     filter::{self, Selectors, Verdict},
+    net6::Net6Spec,
     publish::{self, Ports},
     spec::{self, NetworkOptions, NetworkSpec},
 };
@@ -71,6 +77,8 @@ impl std::error::Error for FileError {}
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetDecl {
     pub spec: NetworkSpec,
+    /// A dual-stack network's IPv6 half (`subnets = [v4, v6]`).
+    pub v6: Option<Net6Spec>,
     /// With `apply` set: what `apply` creates is marked as its own.
     pub options: NetworkOptions,
     pub at: Pos,
@@ -146,6 +154,7 @@ struct RawNetwork {
     subnet: Option<Spanned<String>>,
     subnets: Option<Spanned<Vec<Spanned<String>>>>,
     gateway: Option<Spanned<String>>,
+    gateway6: Option<Spanned<String>>,
     masquerade: Option<bool>,
     icc: Option<bool>,
     internal: Option<bool>,
@@ -192,18 +201,9 @@ pub fn parse(file: &str, text: &str) -> Result<Desired, FileError> {
         let pos = at(n.span());
         let n = n.get_ref();
         let bridge = parsed(file, text, &n.bridge, spec::parse_ifname)?;
-        let subnet_value = match (&n.subnet, &n.subnets) {
-            (Some(s), None) => s,
-            (None, Some(list)) => match list.get_ref().as_slice() {
-                [one] => one,
-                _ => {
-                    return Err(fe(
-                        file,
-                        at(list.span()),
-                        "one IPv4 subnet per network until IPv6 lands: subnets = [\"CIDR\"]",
-                    ));
-                }
-            },
+        let values: Vec<&Spanned<String>> = match (&n.subnet, &n.subnets) {
+            (Some(s), None) => vec![s],
+            (None, Some(list)) => list.get_ref().iter().collect(),
             (Some(_), Some(list)) => {
                 return Err(fe(
                     file,
@@ -215,7 +215,61 @@ pub fn parse(file: &str, text: &str) -> Result<Desired, FileError> {
                 return Err(fe(file, pos, format!("network {bridge} has no subnet")));
             }
         };
-        let subnet = parsed(file, text, subnet_value, spec::parse_subnet)?;
+        // One subnet per family, as `up --subnet` (twice at most).
+        let (mut v4, mut v6) = (None, None);
+        for v in &values {
+            let slot = match parsed(file, text, v, crate::net6::parse_any_subnet)? {
+                IpNet::V4(n) => v4.replace((*v, IpNet::V4(n))),
+                IpNet::V6(n) => v6.replace((*v, IpNet::V6(n))),
+            };
+            if let Some((first, _)) = slot {
+                return Err(fe(
+                    file,
+                    at(v.span()),
+                    format!(
+                        "{} and {} are of one family: a network has at most one subnet per family",
+                        first.get_ref(),
+                        v.get_ref()
+                    ),
+                ));
+            }
+        }
+        let Some((subnet_value, IpNet::V4(subnet))) = v4 else {
+            return Err(fe(
+                file,
+                values.first().map_or(pos, |v| at(v.span())),
+                format!(
+                    "network {bridge} has no IPv4 subnet: IPv6-only networks are not supported yet"
+                ),
+            ));
+        };
+        let v6 = match (v6, &n.gateway6) {
+            (Some((at6, IpNet::V6(net))), g) => {
+                let gateway = match g {
+                    None => None,
+                    Some(g) => Some(g.get_ref().parse::<Ipv6Addr>().map_err(|_| {
+                        fe(
+                            file,
+                            at(g.span()),
+                            format!(
+                                "invalid gateway6 {:?}: expected an IPv6 address",
+                                g.get_ref()
+                            ),
+                        )
+                    })?),
+                };
+                let where_ = g.as_ref().map_or(at(at6.span()), |g| at(g.span()));
+                Some(Net6Spec::new(net, gateway).map_err(|e| fe(file, where_, format!("{e:#}")))?)
+            }
+            (_, Some(g)) => {
+                return Err(fe(
+                    file,
+                    at(g.span()),
+                    "gateway6 needs an IPv6 subnet in subnets",
+                ));
+            }
+            (_, None) => None,
+        };
         let gateway = match &n.gateway {
             None => None,
             Some(g) => Some(g.get_ref().parse::<Ipv4Addr>().map_err(|_| {
@@ -282,6 +336,7 @@ pub fn parse(file: &str, text: &str) -> Result<Desired, FileError> {
         }
         let decl = NetDecl {
             spec,
+            v6,
             options,
             at: pos.unwrap_or(Pos { line: 1, col: 1 }),
         };
@@ -292,6 +347,18 @@ pub fn parse(file: &str, text: &str) -> Result<Desired, FileError> {
                     file,
                     pos,
                     format!("network {bridge} is named twice (also at {})", other.at),
+                ));
+            }
+            if let (Some(a), Some(b)) = (&other.v6, &decl.v6)
+                && crate::net6::overlaps(&a.subnet, &b.subnet)
+            {
+                return Err(fe(
+                    file,
+                    pos,
+                    format!(
+                        "IPv6 subnet {} overlaps network {} ({}) at {}",
+                        b.subnet, other.spec.bridge, a.subnet, other.at
+                    ),
                 ));
             }
             if spec::overlaps(&other.spec.subnet, &decl.spec.subnet) {
@@ -392,129 +459,10 @@ pub fn parse(file: &str, text: &str) -> Result<Desired, FileError> {
     Ok(d)
 }
 
-/// `s` as a TOML basic string.
-fn quoted(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// What `export` writes, in the order it writes it.
-#[derive(Clone, Debug, Default)]
-pub struct Exported {
-    pub networks: Vec<(NetworkSpec, NetworkOptions)>,
-    /// Explicit uplinks (empty: chosen automatically), written on every
-    /// network.
-    pub uplinks: Vec<String>,
-    pub publish: Vec<Ports>,
-    pub filters: Vec<(Selectors, Verdict)>,
-    /// Comment lines on what was left out (`netpath docker`'s).
-    pub notes: Vec<String>,
-}
-
-/// The file `export` prints; [`parse`] reads it back to the same state.
-pub fn render(e: &Exported) -> String {
-    let mut out = String::from(
-        "# netpath apply -f FILE: the networks, published ports and filter rules below\n",
-    );
-    for n in &e.notes {
-        out.push_str(&format!("# {n}\n"));
-    }
-    for (spec, o) in &e.networks {
-        out.push_str("\n[[network]]\n");
-        out.push_str(&format!("bridge = {}\n", quoted(&spec.bridge)));
-        out.push_str(&format!("subnet = {}\n", quoted(&spec.subnet.to_string())));
-        if spec.subnet.hosts().next() != Some(spec.gateway) {
-            out.push_str(&format!(
-                "gateway = {}\n",
-                quoted(&spec.gateway.to_string())
-            ));
-        }
-        out.push_str(&format!("masquerade = {}\n", o.masquerade));
-        out.push_str(&format!("icc = {}\n", o.icc));
-        out.push_str(&format!("internal = {}\n", o.internal));
-        out.push_str(&format!(
-            "gateway_mode = {}\n",
-            quoted(o.gateway_mode.as_str())
-        ));
-        if !e.uplinks.is_empty() {
-            let list: Vec<String> = e.uplinks.iter().map(|u| quoted(u)).collect();
-            out.push_str(&format!("uplinks = [{}]\n", list.join(", ")));
-        }
-    }
-    for p in &e.publish {
-        let host = spec::PortSpec {
-            addr: p.host_addr.map(std::net::IpAddr::V4),
-            first: p.host_first,
-            last: p.host_last,
-            proto: Some(p.proto),
-        };
-        let target = spec::PortSpec {
-            addr: Some(std::net::IpAddr::V4(p.target)),
-            first: p.target_first,
-            last: p.target_first + (p.host_last - p.host_first),
-            proto: None,
-        };
-        out.push_str(&format!(
-            "\n[[publish]]\nhost = {}\ncontainer = {}\n",
-            quoted(&host.to_string()),
-            quoted(&target.to_string())
-        ));
-    }
-    for (s, v) in &e.filters {
-        out.push_str("\n[[filter]]\n");
-        if let Some(n) = &s.network {
-            out.push_str(&format!("network = {}\n", quoted(n)));
-        }
-        if let Some(c) = s.from {
-            out.push_str(&format!("from = {}\n", quoted(&c.to_string())));
-        }
-        if let Some(p) = s.port {
-            let port = format!("{}/{}", p.port, crate::ctconfig::proto_name(p.proto));
-            out.push_str(&format!("port = {}\n", quoted(&port)));
-        }
-        if let Some(t) = s.to {
-            let to = match t.port {
-                Some(p) => format!("{}:{p}", t.addr),
-                None => t.addr.to_string(),
-            };
-            out.push_str(&format!("to = {}\n", quoted(&to)));
-        }
-        out.push_str(&format!("verdict = {}\n", quoted(v.as_str())));
-    }
-    out
-}
-
-/// Single-port mappings merged into ranges where host and container
-/// ports both run on (what `publish` of a range made), ordered.
-pub fn merge_ports(mut single: Vec<Ports>) -> Vec<Ports> {
-    single.sort_by_key(|p| (p.host_addr, p.proto, p.host_first));
-    let mut out: Vec<Ports> = Vec::new();
-    for p in single {
-        match out.last_mut() {
-            Some(r)
-                if r.host_addr == p.host_addr
-                    && r.proto == p.proto
-                    && r.target == p.target
-                    && u32::from(r.host_last) + 1 == u32::from(p.host_first)
-                    && u32::from(r.target_first) + u32::from(r.host_last - r.host_first) + 1
-                        == u32::from(p.target_first) =>
-            {
-                r.host_last = p.host_first;
-            }
-            _ => out.push(p),
-        }
-    }
-    out
-}
+mod render;
+#[cfg(test)]
+use render::quoted;
+pub use render::{Exported, merge_ports, render};
 
 #[cfg(test)]
 mod tests;

@@ -18,6 +18,7 @@ use crate::{
     codec,
     config_file::{Desired, FileError, NetDecl},
     filter::{Selectors, Verdict},
+    net6::Net6Spec,
     publish::{self, Ports},
     spec::{NetworkOptions, NetworkSpec, overlaps},
 };
@@ -26,6 +27,8 @@ use crate::{
 #[derive(Clone, Debug, Default)]
 pub struct Current {
     pub networks: BTreeMap<u32, NetworkInfo>,
+    /// The IPv6 halves of dual-stack networks, by network id.
+    pub networks6: BTreeMap<u32, Net6Spec>,
     pub published: Vec<(PubKey4, PubVal4)>,
     /// Filter rules: selectors (network by bridge), verdict, owner.
     pub rules: Vec<(Selectors, Verdict, u16)>,
@@ -91,8 +94,14 @@ impl Plan {
         for c in &self.networks {
             out.push(match c {
                 NetChange::Create(d) => format!(
-                    "network {} created ({} gateway {})",
-                    d.spec.bridge, d.spec.subnet, d.spec.gateway
+                    "network {} created ({} gateway {}{})",
+                    d.spec.bridge,
+                    d.spec.subnet,
+                    d.spec.gateway,
+                    d.v6.map_or(String::new(), |v| format!(
+                        ", {} gateway {}",
+                        v.subnet, v.gateway
+                    ))
                 ),
                 NetChange::Set { decl, what, flush } => format!(
                     "network {} changed: {}{}",
@@ -131,6 +140,7 @@ fn on_off(b: bool) -> &'static str {
 /// changes that take it down and up).
 fn differences(
     old: &NetworkSpec,
+    old6: Option<&Net6Spec>,
     o: &NetworkOptions,
     new: &NetDecl,
 ) -> (Vec<String>, Vec<String>, bool) {
@@ -141,6 +151,15 @@ fn differences(
     }
     if old.gateway != new.spec.gateway {
         recreate.push(format!("gateway {} -> {}", old.gateway, new.spec.gateway));
+    }
+    // A network's IPv6 half changes only with the network (as `up`).
+    let half = |v: Option<&Net6Spec>| {
+        v.map_or("none".to_owned(), |v| {
+            format!("{} gateway {}", v.subnet, v.gateway)
+        })
+    };
+    if old6 != new.v6.as_ref() {
+        recreate.push(format!("IPv6 {} -> {}", half(old6), half(new.v6.as_ref())));
     }
     if o.icc != n.icc {
         set.push(format!("icc {}", on_off(n.icc)));
@@ -196,7 +215,7 @@ pub fn plan(d: &Desired, cur: &Current) -> Result<Plan, FileError> {
             Some((id, info)) => {
                 let old = NetworkSpec::from_info(info);
                 let o = NetworkOptions::from_flags(info.flags);
-                let (set, recreate, flush) = differences(&old, &o, decl);
+                let (set, recreate, flush) = differences(&old, cur.networks6.get(id), &o, decl);
                 if !ours(info) {
                     if set.is_empty() && recreate.is_empty() {
                         continue; // There as the file has it: left alone.
@@ -238,8 +257,21 @@ pub fn plan(d: &Desired, cur: &Current) -> Result<Plan, FileError> {
             }
         }
         // Another bridge's network that stays (one apply did not make).
-        for info in cur.networks.values() {
+        for (id, info) in &cur.networks {
             let other = NetworkSpec::from_info(info);
+            if let (Some(theirs), Some(mine)) = (cur.networks6.get(id), &decl.v6)
+                && other.bridge != *b
+                && !ours(info)
+                && crate::net6::overlaps(&theirs.subnet, &mine.subnet)
+            {
+                return Err(d.error(
+                    at,
+                    format!(
+                        "IPv6 subnet {} overlaps network {} ({}), which apply did not make",
+                        mine.subnet, other.bridge, theirs.subnet
+                    ),
+                ));
+            }
             if other.bridge != *b && !ours(info) && overlaps(&other.subnet, &decl.spec.subnet) {
                 return Err(d.error(
                     at,

@@ -40,7 +40,8 @@ fn frame6_from(src_mac: [u8; 6], dst: &str, payload_of: &str) -> Vec<u8> {
 }
 
 /// A neighbour port (ifindex 5) as `connect` leaves it: its MAC in
-/// `NP_MACS` and its global address bound; it has not sent anything yet.
+/// `NP_MACS`, its global address and its MAC's link-local address bound;
+/// it has not sent anything yet.
 fn add_neighbour(dp: &mut Datapath) {
     dp.maps.macs.insert(mac_key(NEIGHBOUR_MAC), 5, 0).unwrap();
     dp.maps
@@ -104,9 +105,9 @@ fn a_port_cannot_take_or_probe_a_neighbours_or_a_bridges_link_local_address() {
         }
         assert_eq!(drops(&dp, 1, DropReason::SpoofedSource), 3);
         assert_eq!(drops(&dp, 1, DropReason::NdSpoof), 6);
-        // Nothing was recorded for the port: the neighbour will still be
-        // let up to the host from its address, the bridge keeps its own.
-        assert_eq!(endpoint(&dp, &theirs[0]), None);
+        // Nothing was recorded for the port: the neighbour keeps its own
+        // address (bound with it), the bridge keeps its own.
+        assert_eq!(endpoint(&dp, &theirs[0]).map(|e| e.ifindex), Some(5));
         assert_eq!(endpoint(&dp, &theirs[1]), None);
         assert_eq!(endpoint(&dp, stable).map(|e| e.ifindex), Some(BRIDGE));
         let port = dp.maps.v6.ports.get(&LO, 0).unwrap_or_default();
@@ -317,5 +318,32 @@ fn router_only_messages_are_refused_and_mld_reports_pass() {
                 msg[0]
             );
         }
+    });
+}
+
+#[test]
+fn binding_a_port_takes_its_link_local_address_back_from_a_squatter() {
+    require_root!();
+    in_netns("v6squat", |pins| {
+        let mut dp = datapath(pins, 0);
+        // A MAC nobody has yet (Docker's follow the address: a container
+        // can guess the next one): the port may take its address.
+        let future = [0x02, 0, 0, 0, 0, 0x09];
+        let ll = ll_of(&future);
+        let e = echo(ALL_NODES, &ll, "ff02::1");
+        assert_eq!(run(&mut dp, Dir::Ingress, &e, 1).0, TCX_NEXT);
+        assert_eq!(endpoint(&dp, &ll).map(|e| e.ifindex), Some(LO));
+        // Its owner is plugged in (port 6) and bound.
+        dp.maps.macs.insert(mac_key(future), 6, 0).unwrap();
+        dp.maps
+            .v6
+            .bind(1, 6, ip("fd00:30::9"), future, Lease::default())
+            .unwrap();
+        assert_eq!(endpoint(&dp, &ll).map(|e| e.ifindex), Some(6));
+        let port = dp.maps.v6.ports.get(&LO, 0).unwrap_or_default();
+        assert_eq!(port.flags & port6_flags::LINK_LOCAL_LEARNED, 0);
+        // The squatter can no longer send from it, nor take it again.
+        assert_eq!(run(&mut dp, Dir::Ingress, &e, 1).0, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::SpoofedSource), 1);
     });
 }

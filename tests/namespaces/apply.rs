@@ -414,3 +414,70 @@ fn a_new_subnet_takes_the_network_down_and_up_with_its_ports_and_mappings() {
     assert_eq!(ports(&host), vec![(7070, "10.56.0.2:80".into())]);
     assert_eq!(apply_ok(&host, "re3", &file("56")).trim(), "no changes");
 }
+
+#[test]
+fn a_dual_stack_network_is_applied_exported_and_moved() {
+    require_root!();
+    let host = Netns::new("apply-v6").unwrap().cleanup_with(NETPATH);
+    let file =
+        |v6: &str| format!("[[network]]\nbridge = \"npa6\"\nsubnets = [\"10.57.0.0/24\"{v6}]\n");
+    let out = apply_ok(&host, "v61", &file(", \"fd00:57::/64\""));
+    assert!(
+        out.starts_with(
+            "network npa6 created (10.57.0.0/24 gateway 10.57.0.1, fd00:57::/64 gateway fd00:57::1)\n"
+        ),
+        "{out}"
+    );
+    let s = status(&host);
+    let n = network(&s, "npa6").unwrap();
+    assert_eq!(
+        (n["subnet6"].as_str(), n["gateway6"].as_str()),
+        (Some("fd00:57::/64"), Some("fd00:57::1"))
+    );
+    assert!(
+        host.ip(&["-6", "addr", "show", "npa6"])
+            .unwrap()
+            .contains("fd00:57::1/64")
+    );
+    // export gives it back as a file that changes nothing.
+    let exported = netpath_ok(&host, &["export"]);
+    assert!(
+        exported.contains("subnets = [\"10.57.0.0/24\", \"fd00:57::/64\"]"),
+        "{exported}"
+    );
+    assert_eq!(apply_ok(&host, "v62", &exported).trim(), "no changes");
+    // Another IPv6 half: down and up again, with the new gateway on the
+    // bridge and the old one gone.
+    let out = apply_ok(
+        &host,
+        "v63",
+        &format!("{}gateway6 = \"fd00:58::fe\"\n", file(", \"fd00:58::/64\"")),
+    );
+    assert!(
+        out.contains("network npa6 changed: IPv6 fd00:57::/64 gateway fd00:57::1 -> fd00:58::/64 gateway fd00:58::fe (taken down and up again"),
+        "{out}"
+    );
+    let addrs = host.ip(&["-6", "addr", "show", "npa6"]).unwrap();
+    assert!(
+        addrs.contains("fd00:58::fe/64") && !addrs.contains("fd00:57::1"),
+        "{addrs}"
+    );
+    // No IPv6 half: IPv4-only again.
+    let out = apply_ok(&host, "v64", &file(""));
+    assert!(
+        out.contains("IPv6 fd00:58::/64 gateway fd00:58::fe -> none"),
+        "{out}"
+    );
+    let s = status(&host);
+    assert!(network(&s, "npa6").unwrap()["subnet6"].is_null(), "{s}");
+    // A bad IPv6 half: one line with its place, nothing applied.
+    let r = apply(&host, "v65", &file(", \"fd00:59::1/64\""));
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains(".toml:3:28: invalid subnet fd00:59::1/64: host bits are set"),
+        "{}",
+        r.stderr
+    );
+    assert!(network(&status(&host), "npa6").unwrap()["subnet6"].is_null());
+}

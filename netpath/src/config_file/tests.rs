@@ -11,13 +11,14 @@ use crate::config_plan::{Current, NetChange, plan};
 const FILE: &str = r#"
 [[network]]
 bridge = "br0"
-subnet = "172.18.0.0/16"
+subnets = ["172.18.0.0/16", "fd00:18::/64"]
 icc = false
 
 [[network]]
 bridge = "br1"
-subnet = "10.9.0.0/24"
+subnets = ["fd00:19::/64", "10.9.0.0/24"]
 gateway = "10.9.0.254"
+gateway6 = "fd00:19::fe"
 gateway_mode = "routed"
 
 [[publish]]
@@ -45,6 +46,14 @@ fn a_file_parses_with_the_clis_grammar() {
     assert_eq!(d.networks.len(), 2);
     let n = &d.networks[0];
     assert_eq!(n.spec.gateway.to_string(), "172.18.0.1");
+    // Dual-stack: the IPv6 gateway defaults to ::1, or is given.
+    let v6 = n.v6.unwrap();
+    assert_eq!(
+        (v6.subnet.to_string(), v6.gateway.to_string()),
+        ("fd00:18::/64".into(), "fd00:18::1".into())
+    );
+    assert_eq!(d.networks[1].v6.unwrap().gateway.to_string(), "fd00:19::fe");
+    assert_eq!(d.networks[1].spec.subnet.to_string(), "10.9.0.0/24");
     assert!(!n.options.icc && n.options.masquerade && n.options.apply);
     assert_eq!(n.at, Pos { line: 2, col: 1 });
     assert_eq!(d.networks[1].options.gateway_mode, GatewayMode::Routed);
@@ -111,6 +120,48 @@ fn every_kind_of_error_says_file_line_and_column() {
     assert!(err(rules).starts_with("f.toml:4:1: a rule with these selectors"));
     let up = "[[network]]\nbridge = \"a\"\nsubnet = \"10.1.0.0/16\"\nuplinks = [\"eth0\"]\n[[network]]\nbridge = \"b\"\nsubnet = \"10.2.0.0/16\"\nuplinks = [\"eth1\"]\n";
     assert!(err(up).starts_with("f.toml:8:11: uplinks are the namespace's"));
+    // Dual stack: one subnet per family, an IPv4 one needed, gateway6
+    // with an IPv6 subnet and inside it; IPv6 subnets do not overlap.
+    let net = |subnets: &str, extra: &str| {
+        err(&format!(
+            "[[network]]\nbridge = \"b\"\nsubnets = {subnets}\n{extra}"
+        ))
+    };
+    assert_eq!(
+        net(r#"["10.1.0.0/24", "10.2.0.0/24"]"#, ""),
+        "f.toml:3:27: 10.1.0.0/24 and 10.2.0.0/24 are of one family: a network has at most one subnet per family"
+    );
+    assert_eq!(
+        net(r#"["fd00:1::/64"]"#, ""),
+        "f.toml:3:12: network b has no IPv4 subnet: IPv6-only networks are not supported yet"
+    );
+    let e = net(r#"["10.1.0.0/24", "fe80::/64"]"#, "");
+    assert!(
+        e.starts_with("f.toml:3:27:") && e.contains("link-local"),
+        "{e}"
+    );
+    assert_eq!(
+        net(r#"["10.1.0.0/24"]"#, "gateway6 = \"fd00:1::1\"\n"),
+        "f.toml:4:12: gateway6 needs an IPv6 subnet in subnets"
+    );
+    let e = net(
+        r#"["10.1.0.0/24", "fd00:1::/64"]"#,
+        "gateway6 = \"fd00:2::1\"\n",
+    );
+    assert!(
+        e.starts_with("f.toml:4:12:") && e.contains("outside"),
+        "{e}"
+    );
+    let e = net(
+        r#"["10.1.0.0/24", "fd00:1::/64"]"#,
+        "gateway6 = \"10.1.0.1\"\n",
+    );
+    assert!(e.starts_with("f.toml:4:12: invalid gateway6"), "{e}");
+    let six = "[[network]]\nbridge = \"a\"\nsubnets = [\"10.1.0.0/24\", \"fd00:1::/56\"]\n\n[[network]]\nbridge = \"b\"\nsubnets = [\"10.2.0.0/24\", \"fd00:1:0:2::/64\"]\n";
+    assert_eq!(
+        err(six),
+        "f.toml:5:1: IPv6 subnet fd00:1:0:2::/64 overlaps network a (fd00:1::/56) at 1:1"
+    );
     // Positions count characters, not bytes.
     assert_eq!(Pos::of("é = 1\nab", 8), Pos { line: 2, col: 2 });
 }
@@ -124,6 +175,9 @@ fn state_of(text: &str) -> Current {
             i as u32 + 1,
             n.spec.to_info(10 + i as u32, n.options.flags()),
         );
+        if let Some(v6) = n.v6 {
+            cur.networks6.insert(i as u32 + 1, v6);
+        }
     }
     for p in &d.publish {
         let net = d
@@ -158,7 +212,7 @@ fn plans_create_then_nothing_then_the_edits() {
     // mapping, the rule's verdict flips; 8081 is untouched.
     let edited = FILE
         .replace("icc = false", "icc = true\nmasquerade = false")
-        .replace("bridge = \"br1\"\nsubnet = \"10.9.0.0/24\"\ngateway = \"10.9.0.254\"\ngateway_mode = \"routed\"\n", "bridge = \"br2\"\nsubnet = \"10.8.0.0/24\"\n")
+        .replace("bridge = \"br1\"\nsubnets = [\"fd00:19::/64\", \"10.9.0.0/24\"]\ngateway = \"10.9.0.254\"\ngateway6 = \"fd00:19::fe\"\ngateway_mode = \"routed\"\n", "bridge = \"br2\"\nsubnet = \"10.8.0.0/24\"\n")
         .replace("127.0.0.1:9000-9001/udp", "9000/udp")
         .replace("10.9.0.5:53-54", "10.8.0.5:53")
         .replace("verdict = \"deny\"", "verdict = \"allow\"");
@@ -184,6 +238,43 @@ fn plans_create_then_nothing_then_the_edits() {
     let p = plan(&parse("f", &moved).unwrap(), &cur).unwrap();
     assert!(
         matches!(&p.networks[0], NetChange::Recreate { what, .. } if what[0] == "subnet 172.18.0.0/16 -> 172.19.0.0/16")
+    );
+    // So does a new IPv6 half, or none.
+    let p = plan(
+        &parse("f", &FILE.replace("fd00:18::/64", "fd00:28::/64")).unwrap(),
+        &cur,
+    )
+    .unwrap();
+    assert!(
+        matches!(&p.networks[0], NetChange::Recreate { what, .. } if what[0] == "IPv6 fd00:18::/64 gateway fd00:18::1 -> fd00:28::/64 gateway fd00:28::1"),
+        "{:?}",
+        p.lines()
+    );
+    let v4_only = FILE.replace(
+        r#"subnets = ["172.18.0.0/16", "fd00:18::/64"]"#,
+        r#"subnet = "172.18.0.0/16""#,
+    );
+    let p = plan(&parse("f", &v4_only).unwrap(), &cur).unwrap();
+    assert!(
+        matches!(&p.networks[0], NetChange::Recreate { what, .. } if what[0] == "IPv6 fd00:18::/64 gateway fd00:18::1 -> none"),
+        "{:?}",
+        p.lines()
+    );
+    // An IPv6 subnet overlapping a network apply did not make is refused.
+    let mut theirs = cur.clone();
+    let (id, mut info) = theirs.networks.pop_first().unwrap();
+    info.flags &= !net_flags::APPLY;
+    let mut name = [0u8; 16];
+    name[..3].copy_from_slice(b"hnd");
+    info.bridge_name = name;
+    info.subnet_be = u32::from(std::net::Ipv4Addr::new(10, 77, 0, 0)).to_be();
+    theirs.networks.insert(id, info);
+    let e = plan(&d, &theirs).unwrap_err().to_string();
+    assert!(
+        e.contains(
+            "IPv6 subnet fd00:18::/64 overlaps network hnd (fd00:18::/64), which apply did not make"
+        ),
+        "{e}"
     );
     // An empty file prunes everything apply made.
     let p = plan(&parse("f", "").unwrap(), &cur).unwrap();
@@ -238,7 +329,7 @@ fn what_apply_did_not_make_is_left_alone_or_refused() {
     .unwrap_err()
     .to_string();
     assert!(
-        e.starts_with("f:13:1: host port 8081/tcp is already published"),
+        e.starts_with("f:14:1: host port 8081/tcp is already published"),
         "{e}"
     );
     let e = plan(
@@ -297,10 +388,11 @@ fn export_round_trips() {
     let e = Exported {
         networks: cur
             .networks
-            .values()
-            .map(|i| {
+            .iter()
+            .map(|(id, i)| {
                 (
                     NetworkSpec::from_info(i),
+                    cur.networks6.get(id).copied(),
                     NetworkOptions::from_flags(i.flags),
                 )
             })
@@ -318,6 +410,11 @@ fn export_round_trips() {
     let p = plan(&d, &cur).unwrap();
     assert!(p.is_empty(), "{:#?}\n{text}", p.lines());
     assert!(text.contains("gateway = \"10.9.0.254\""), "{text}");
+    assert!(
+        text.contains("subnets = [\"172.18.0.0/16\", \"fd00:18::/64\"]"),
+        "{text}"
+    );
+    assert!(text.contains("gateway6 = \"fd00:19::fe\""), "{text}");
     assert!(!text.contains("gateway = \"172.18.0.1\""), "{text}");
     assert_eq!(quoted("a\"b\\c"), r#""a\"b\\c""#);
 }

@@ -1,0 +1,147 @@
+//! What `netpath export` writes: the state as a file [`super::parse`]
+//! reads back to the same state, and the single-port mappings merged back
+//! into the ranges `publish` made.
+
+use crate::{
+    filter::{Selectors, Verdict},
+    net6::Net6Spec,
+    publish::Ports,
+    spec::{self, NetworkOptions, NetworkSpec},
+};
+
+/// `s` as a TOML basic string.
+pub(super) fn quoted(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// What `export` writes, in the order it writes it.
+#[derive(Clone, Debug, Default)]
+pub struct Exported {
+    /// Each network with its IPv6 half, if it has one.
+    pub networks: Vec<(NetworkSpec, Option<Net6Spec>, NetworkOptions)>,
+    /// Explicit uplinks (empty: chosen automatically), written on every
+    /// network.
+    pub uplinks: Vec<String>,
+    pub publish: Vec<Ports>,
+    pub filters: Vec<(Selectors, Verdict)>,
+    /// Comment lines on what was left out (`netpath docker`'s).
+    pub notes: Vec<String>,
+}
+
+/// The file `export` prints; [`parse`] reads it back to the same state.
+pub fn render(e: &Exported) -> String {
+    let mut out = String::from(
+        "# netpath apply -f FILE: the networks, published ports and filter rules below\n",
+    );
+    for n in &e.notes {
+        out.push_str(&format!("# {n}\n"));
+    }
+    for (spec, v6, o) in &e.networks {
+        out.push_str("\n[[network]]\n");
+        out.push_str(&format!("bridge = {}\n", quoted(&spec.bridge)));
+        match v6 {
+            None => out.push_str(&format!("subnet = {}\n", quoted(&spec.subnet.to_string()))),
+            Some(v6) => {
+                out.push_str(&format!(
+                    "subnets = [{}, {}]\n",
+                    quoted(&spec.subnet.to_string()),
+                    quoted(&v6.subnet.to_string())
+                ));
+                if Net6Spec::new(v6.subnet, None).is_ok_and(|d| d.gateway != v6.gateway) {
+                    out.push_str(&format!("gateway6 = {}\n", quoted(&v6.gateway.to_string())));
+                }
+            }
+        }
+        if spec.subnet.hosts().next() != Some(spec.gateway) {
+            out.push_str(&format!(
+                "gateway = {}\n",
+                quoted(&spec.gateway.to_string())
+            ));
+        }
+        out.push_str(&format!("masquerade = {}\n", o.masquerade));
+        out.push_str(&format!("icc = {}\n", o.icc));
+        out.push_str(&format!("internal = {}\n", o.internal));
+        out.push_str(&format!(
+            "gateway_mode = {}\n",
+            quoted(o.gateway_mode.as_str())
+        ));
+        if !e.uplinks.is_empty() {
+            let list: Vec<String> = e.uplinks.iter().map(|u| quoted(u)).collect();
+            out.push_str(&format!("uplinks = [{}]\n", list.join(", ")));
+        }
+    }
+    for p in &e.publish {
+        let host = spec::PortSpec {
+            addr: p.host_addr.map(std::net::IpAddr::V4),
+            first: p.host_first,
+            last: p.host_last,
+            proto: Some(p.proto),
+        };
+        let target = spec::PortSpec {
+            addr: Some(std::net::IpAddr::V4(p.target)),
+            first: p.target_first,
+            last: p.target_first + (p.host_last - p.host_first),
+            proto: None,
+        };
+        out.push_str(&format!(
+            "\n[[publish]]\nhost = {}\ncontainer = {}\n",
+            quoted(&host.to_string()),
+            quoted(&target.to_string())
+        ));
+    }
+    for (s, v) in &e.filters {
+        out.push_str("\n[[filter]]\n");
+        if let Some(n) = &s.network {
+            out.push_str(&format!("network = {}\n", quoted(n)));
+        }
+        if let Some(c) = s.from {
+            out.push_str(&format!("from = {}\n", quoted(&c.to_string())));
+        }
+        if let Some(p) = s.port {
+            let port = format!("{}/{}", p.port, crate::ctconfig::proto_name(p.proto));
+            out.push_str(&format!("port = {}\n", quoted(&port)));
+        }
+        if let Some(t) = s.to {
+            let to = match t.port {
+                Some(p) => format!("{}:{p}", t.addr),
+                None => t.addr.to_string(),
+            };
+            out.push_str(&format!("to = {}\n", quoted(&to)));
+        }
+        out.push_str(&format!("verdict = {}\n", quoted(v.as_str())));
+    }
+    out
+}
+
+/// Single-port mappings merged into ranges where host and container
+/// ports both run on (what `publish` of a range made), ordered.
+pub fn merge_ports(mut single: Vec<Ports>) -> Vec<Ports> {
+    single.sort_by_key(|p| (p.host_addr, p.proto, p.host_first));
+    let mut out: Vec<Ports> = Vec::new();
+    for p in single {
+        match out.last_mut() {
+            Some(r)
+                if r.host_addr == p.host_addr
+                    && r.proto == p.proto
+                    && r.target == p.target
+                    && u32::from(r.host_last) + 1 == u32::from(p.host_first)
+                    && u32::from(r.target_first) + u32::from(r.host_last - r.host_first) + 1
+                        == u32::from(p.target_first) =>
+            {
+                r.host_last = p.host_first;
+            }
+            _ => out.push(p),
+        }
+    }
+    out
+}
