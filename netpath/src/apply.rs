@@ -48,17 +48,23 @@ async fn current(nl: &Netlink, state: &StateDir) -> Result<Current> {
     } else {
         Vec::new()
     };
-    let host_addrs = nl
-        .host_addrs()
-        .await?
+    let host = nl.host_addrs().await?;
+    let host_addrs = host
         .v4
         .into_iter()
         .filter(|a| !bridges.contains(&a.ifname))
         .map(|a| a.addr)
         .collect();
+    let host_addrs6 = host
+        .v6
+        .into_iter()
+        .filter(|a| !bridges.contains(&a.ifname) && !a.addr.is_unicast_link_local())
+        .map(|a| a.addr)
+        .collect();
     if !state.exists() {
         return Ok(Current {
             host_addrs,
+            host_addrs6,
             ..Default::default()
         });
     }
@@ -77,9 +83,11 @@ async fn current(nl: &Netlink, state: &StateDir) -> Result<Current> {
         networks: maps.networks()?,
         networks6,
         published: maps.published()?,
+        published6: publish::v6::published(&maps)?,
         rules: filter::owned_rules(&maps)?,
         leases: maps.leases()?,
         host_addrs,
+        host_addrs6,
         uplinks,
     })
 }
@@ -263,8 +271,12 @@ async fn carry_out(
             set_options(&decl.spec.bridge, decl.options, *flush)?;
         }
     }
-    let synced = publish::sync_owned(owner::APPLY, &plan.want_ports)?;
+    let (synced, synced6) =
+        publish::sync_owned_both(owner::APPLY, &plan.want_ports, &plan.want_ports6)?;
     if let Some((p, why)) = synced.failed.first() {
+        anyhow::bail!("publishing {p}: {why}");
+    }
+    if let Some((p, why)) = synced6.failed.first() {
         anyhow::bail!("publishing {p}: {why}");
     }
     let (_, mut maps) = Maps::open_current()?;
@@ -361,6 +373,14 @@ pub async fn export() -> Result<String> {
     }
     e.publish
         .sort_by_key(|p| (p.host_first, p.proto, p.host_addr));
+    for (k, v) in publish::v6::published(&maps)? {
+        if v.owner == owner::DOCKER || networks.get(&v.net_id).is_some_and(docker) {
+            left_out += 1;
+            continue;
+        }
+        e.publish6.push(publish::v6::Ports6::of(&k, &v));
+    }
+    e.publish6.sort();
     for (s, v, o) in filter::owned_rules(&maps)? {
         if o == owner::DOCKER
             || s.network

@@ -7,7 +7,7 @@
 //! `config_plan.rs`, the I/O in `apply.rs`.
 
 use std::{
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     ops::Range,
 };
 
@@ -20,7 +20,7 @@ use toml::Spanned;
 use crate::{
     filter::{self, Selectors, Verdict},
     net6::Net6Spec,
-    publish::{self, Ports},
+    publish::{self, Ports, Row, conflict_rows, v6::Ports6},
     spec::{self, NetworkOptions, NetworkSpec},
 };
 
@@ -91,6 +91,14 @@ pub struct PubDecl {
     pub at: Pos,
 }
 
+/// A `[[publish]]` of IPv6 addresses (`host = "[::]:8080"`, `container =
+/// "[fd00:18::2]:80"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pub6Decl {
+    pub ports: Ports6,
+    pub at: Pos,
+}
+
 /// A `[[filter]]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FilterDecl {
@@ -107,6 +115,7 @@ pub struct Desired {
     pub file: String,
     pub networks: Vec<NetDecl>,
     pub publish: Vec<PubDecl>,
+    pub publish6: Vec<Pub6Decl>,
     pub filters: Vec<FilterDecl>,
     /// The namespace's uplinks (`up --uplink`), when a network names them.
     pub uplinks: Option<(Vec<String>, Pos)>,
@@ -382,16 +391,47 @@ pub fn parse(file: &str, text: &str) -> Result<Desired, FileError> {
         let h = parsed(file, text, &p.host, spec::parse_host_ports)?;
         let t = parsed(file, text, &p.container, spec::parse_container_ports)?;
         spec::check_publish(&h, &t).map_err(|e| fe(file, pos, format!("{e:#}")))?;
-        let v4 = |a: Option<std::net::IpAddr>| match a {
-            None => Ok(None),
-            Some(std::net::IpAddr::V4(a)) => Ok(Some(a)),
-            Some(std::net::IpAddr::V6(_)) => Err(fe(
-                file,
-                pos,
-                "IPv6 ports are published with `netpath publish`, not in a config file yet",
-            )),
+        let at_ = pos.unwrap_or(Pos { line: 1, col: 1 });
+        // The family is the container's, as for `publish`.
+        let (host_addr, target) = match (h.addr, t.addr) {
+            (None | Some(IpAddr::V6(_)), Some(IpAddr::V6(target))) => {
+                let ports = Ports6 {
+                    host_addr: match h.addr {
+                        Some(IpAddr::V6(a)) if !a.is_unspecified() => Some(a),
+                        _ => None,
+                    },
+                    host_first: h.first,
+                    host_last: h.last,
+                    proto: h.proto_or_tcp(),
+                    target,
+                    target_first: t.first,
+                };
+                let earlier: Vec<Row> = d.publish6.iter().flat_map(|e| e.ports.rows()).collect();
+                let host = ports.host_addr.map(IpAddr::V6);
+                if let Some(why) = conflict_rows(&earlier, host, h.first, h.last, ports.proto) {
+                    return Err(fe(file, pos, format!("{why} by an earlier [[publish]]")));
+                }
+                d.publish6.push(Pub6Decl { ports, at: at_ });
+                continue;
+            }
+            (None | Some(IpAddr::V4(_)), Some(IpAddr::V4(target))) => (
+                match h.addr {
+                    Some(IpAddr::V4(a)) => Some(a),
+                    _ => None,
+                },
+                Some(target),
+            ),
+            (Some(a), Some(c)) => {
+                return Err(fe(
+                    file,
+                    pos,
+                    format!(
+                        "host address {a} and container address {c} are of different families: IPv4 publishes to IPv4, IPv6 to IPv6"
+                    ),
+                ));
+            }
+            (_, None) => (None, None),
         };
-        let (host_addr, target) = (v4(h.addr)?, v4(t.addr)?);
         let ports = Ports {
             host_addr,
             host_first: h.first,
@@ -408,10 +448,7 @@ pub fn parse(file: &str, text: &str) -> Result<Desired, FileError> {
         if let Some(why) = publish::conflict(&earlier, &ports) {
             return Err(fe(file, pos, format!("{why} by an earlier [[publish]]")));
         }
-        d.publish.push(PubDecl {
-            ports,
-            at: pos.unwrap_or(Pos { line: 1, col: 1 }),
-        });
+        d.publish.push(PubDecl { ports, at: at_ });
     }
     for f in &raw.filter {
         let pos = at(f.span());

@@ -10,16 +10,25 @@
 //! is left as it is (not adopted); one that would change such an entry is
 //! an error.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
-use netpath_common::{Lease, LeaseKey, NetworkInfo, PubKey4, PubVal4, net_flags, owner};
+use netpath_common::{
+    Lease, LeaseKey, NetworkInfo, PubKey4, PubVal4, net_flags, owner,
+    v6::{PortKey6, PubVal6},
+};
 
 use crate::{
     codec,
     config_file::{Desired, FileError, NetDecl},
     filter::{Selectors, Verdict},
     net6::Net6Spec,
-    publish::{self, Ports},
+    publish::{
+        self, Ports, Row,
+        v6::{self, Ports6},
+    },
     spec::{NetworkOptions, NetworkSpec, overlaps},
 };
 
@@ -30,12 +39,14 @@ pub struct Current {
     /// The IPv6 halves of dual-stack networks, by network id.
     pub networks6: BTreeMap<u32, Net6Spec>,
     pub published: Vec<(PubKey4, PubVal4)>,
+    pub published6: Vec<(PortKey6, PubVal6)>,
     /// Filter rules: selectors (network by bridge), verdict, owner.
     pub rules: Vec<(Selectors, Verdict, u16)>,
     pub leases: Vec<(LeaseKey, Lease)>,
     /// The host's own addresses outside the managed bridges (what a port
     /// may be published on, besides loopback and the gateways).
     pub host_addrs: Vec<Ipv4Addr>,
+    pub host_addrs6: Vec<Ipv6Addr>,
     /// Explicit uplinks in force (empty: chosen automatically).
     pub uplinks: Vec<String>,
 }
@@ -72,6 +83,10 @@ pub struct Plan {
     pub want_ports: Vec<Ports>,
     pub publish: Vec<Ports>,
     pub unpublish: Vec<Ports>,
+    /// The same for IPv6 mappings (single ports).
+    pub want_ports6: Vec<Ports6>,
+    pub publish6: Vec<Ports6>,
+    pub unpublish6: Vec<Ports6>,
     /// The rules `apply` is to own, likewise.
     pub want_rules: Vec<(Selectors, Verdict)>,
     pub filter_add: Vec<(Selectors, Verdict)>,
@@ -84,6 +99,8 @@ impl Plan {
             && self.uplinks.is_none()
             && self.publish.is_empty()
             && self.unpublish.is_empty()
+            && self.publish6.is_empty()
+            && self.unpublish6.is_empty()
             && self.filter_add.is_empty()
             && self.filter_del.is_empty()
     }
@@ -122,6 +139,8 @@ impl Plan {
         }
         out.extend(self.unpublish.iter().map(|p| format!("unpublished {p}")));
         out.extend(self.publish.iter().map(|p| format!("published {p}")));
+        out.extend(self.unpublish6.iter().map(|p| format!("unpublished {p}")));
+        out.extend(self.publish6.iter().map(|p| format!("published {p}")));
         for (s, v) in &self.filter_del {
             out.push(format!("filter rule removed: {s} {}", v.as_str()));
         }
@@ -195,7 +214,12 @@ pub fn plan(d: &Desired, cur: &Current) -> Result<Plan, FileError> {
             .published
             .iter()
             .filter(|(_, v)| v.net_id == id && v.owner != owner::APPLY)
-            .count();
+            .count()
+            + cur
+                .published6
+                .iter()
+                .filter(|(_, v)| v.net_id == id && v.owner != owner::APPLY)
+                .count();
         let rules = cur
             .rules
             .iter()
@@ -321,6 +345,17 @@ pub fn plan(d: &Desired, cur: &Current) -> Result<Plan, FileError> {
         })
         .collect();
     plan_ports(d, cur, &after, &mut plan)?;
+    // The IPv6 halves as they will be.
+    let mut after6: Vec<(String, Net6Spec)> = d
+        .networks
+        .iter()
+        .filter_map(|n| Some((n.spec.bridge.clone(), n.v6?)))
+        .collect();
+    after6.extend(cur.networks.iter().filter_map(|(id, i)| {
+        let keep = !ours(i) && !d.networks.iter().any(|n| n.spec.bridge == bridge_of(i));
+        Some((bridge_of(i), *cur.networks6.get(id).filter(|_| keep)?))
+    }));
+    plan_ports6(d, cur, &after6, &mut plan)?;
     plan_rules(d, cur, &after, &gone, &mut plan)?;
     Ok(plan)
 }
@@ -383,6 +418,77 @@ fn plan_ports(
     plan.unpublish =
         crate::config_file::merge_ports(stale.iter().map(|(k, v)| Ports::of(k, v)).collect());
     plan.publish = missing;
+    Ok(())
+}
+
+fn plan_ports6(
+    d: &Desired,
+    cur: &Current,
+    after6: &[(String, Net6Spec)],
+    plan: &mut Plan,
+) -> Result<(), FileError> {
+    let others: Vec<Row> = cur
+        .published6
+        .iter()
+        .filter(|(_, v)| v.owner != owner::APPLY)
+        .map(|(k, v)| v6::row(k, v))
+        .collect();
+    for p in &d.publish6 {
+        let at = Some(p.at);
+        let ports = &p.ports;
+        let c = ports.target;
+        let Some((bridge, net)) = after6.iter().find(|(_, n)| n.subnet.contains(&c)) else {
+            return Err(d.error(
+                at,
+                format!("container address {c} is in no IPv6 subnet of the file or the host"),
+            ));
+        };
+        if c == net.gateway || c == net.subnet.network() {
+            return Err(d.error(
+                at,
+                format!(
+                    "{c} is the IPv6 gateway or subnet-router anycast address of {bridge}, not a container"
+                ),
+            ));
+        }
+        if let Some(a) = ports.host_addr {
+            let usable = a.is_loopback()
+                || cur.host_addrs6.contains(&a)
+                || after6.iter().any(|(_, n)| n.gateway == a);
+            if !usable {
+                return Err(d.error(at, format!("the host has no address {a} to publish on")));
+            }
+        }
+        // There already, exactly, as someone else's: left alone.
+        if ports.rows().iter().all(|r| others.contains(r)) {
+            continue;
+        }
+        let host = ports.host_addr.map(std::net::IpAddr::V6);
+        if let Some(why) = publish::conflict_rows(
+            &others,
+            host,
+            ports.host_first,
+            ports.host_last,
+            ports.proto,
+        ) {
+            return Err(d.error(at, format!("{why}, not by apply")));
+        }
+        plan.want_ports6.push(*ports);
+    }
+    let mine: Vec<(PortKey6, PubVal6)> = cur
+        .published6
+        .iter()
+        .filter(|(_, v)| v.owner == owner::APPLY)
+        .copied()
+        .collect();
+    let rows: Vec<Row> = mine.iter().map(|(k, v)| v6::row(k, v)).collect();
+    let wanted: Vec<Vec<Row>> = plan.want_ports6.iter().map(Ports6::rows).collect();
+    let (stale, missing) = publish::owned_changes_of(&rows, &wanted);
+    plan.unpublish6 = stale
+        .into_iter()
+        .map(|i| Ports6::of(&mine[i].0, &mine[i].1))
+        .collect();
+    plan.publish6 = missing.into_iter().map(|i| plan.want_ports6[i]).collect();
     Ok(())
 }
 

@@ -421,13 +421,19 @@ fn a_dual_stack_network_is_applied_exported_and_moved() {
     let host = Netns::new("apply-v6").unwrap().cleanup_with(NETPATH);
     let file =
         |v6: &str| format!("[[network]]\nbridge = \"npa6\"\nsubnets = [\"10.57.0.0/24\"{v6}]\n");
-    let out = apply_ok(&host, "v61", &file(", \"fd00:57::/64\""));
+    let published6 = "\n[[publish]]\nhost = \"[::]:8086\"\ncontainer = \"[fd00:57::2]:80\"\n";
+    let out = apply_ok(
+        &host,
+        "v61",
+        &format!("{}{published6}", file(", \"fd00:57::/64\"")),
+    );
     assert!(
         out.starts_with(
-            "network npa6 created (10.57.0.0/24 gateway 10.57.0.1, fd00:57::/64 gateway fd00:57::1)\n"
+            "network npa6 created (10.57.0.0/24 gateway 10.57.0.1, fd00:57::/64 gateway fd00:57::1)\npublished [::]:8086/tcp -> [fd00:57::2]:80\n"
         ),
         "{out}"
     );
+    assert_eq!(ports(&host), vec![(8086, "fd00:57::2:80".into())]);
     let s = status(&host);
     let n = network(&s, "npa6").unwrap();
     assert_eq!(
@@ -442,7 +448,8 @@ fn a_dual_stack_network_is_applied_exported_and_moved() {
     // export gives it back as a file that changes nothing.
     let exported = netpath_ok(&host, &["export"]);
     assert!(
-        exported.contains("subnets = [\"10.57.0.0/24\", \"fd00:57::/64\"]"),
+        exported.contains("subnets = [\"10.57.0.0/24\", \"fd00:57::/64\"]")
+            && exported.contains("host = \"[::]:8086/tcp\"\ncontainer = \"[fd00:57::2]:80\""),
         "{exported}"
     );
     assert_eq!(apply_ok(&host, "v62", &exported).trim(), "no changes");
@@ -454,9 +461,11 @@ fn a_dual_stack_network_is_applied_exported_and_moved() {
         &format!("{}gateway6 = \"fd00:58::fe\"\n", file(", \"fd00:58::/64\"")),
     );
     assert!(
-        out.contains("network npa6 changed: IPv6 fd00:57::/64 gateway fd00:57::1 -> fd00:58::/64 gateway fd00:58::fe (taken down and up again"),
+        out.contains("network npa6 changed: IPv6 fd00:57::/64 gateway fd00:57::1 -> fd00:58::/64 gateway fd00:58::fe (taken down and up again")
+            && out.contains("unpublished [::]:8086/tcp -> [fd00:57::2]:80"),
         "{out}"
     );
+    assert_eq!(ports(&host), vec![]);
     let addrs = host.ip(&["-6", "addr", "show", "npa6"]).unwrap();
     assert!(
         addrs.contains("fd00:58::fe/64") && !addrs.contains("fd00:57::1"),

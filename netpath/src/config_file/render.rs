@@ -2,10 +2,12 @@
 //! reads back to the same state, and the single-port mappings merged back
 //! into the ranges `publish` made.
 
+use std::net::{IpAddr, Ipv6Addr};
+
 use crate::{
     filter::{Selectors, Verdict},
     net6::Net6Spec,
-    publish::Ports,
+    publish::{Ports, v6::Ports6},
     spec::{self, NetworkOptions, NetworkSpec},
 };
 
@@ -33,6 +35,7 @@ pub struct Exported {
     /// network.
     pub uplinks: Vec<String>,
     pub publish: Vec<Ports>,
+    pub publish6: Vec<Ports6>,
     pub filters: Vec<(Selectors, Verdict)>,
     /// Comment lines on what was left out (`netpath docker`'s).
     pub notes: Vec<String>,
@@ -81,23 +84,29 @@ pub fn render(e: &Exported) -> String {
         }
     }
     for p in &e.publish {
-        let host = spec::PortSpec {
-            addr: p.host_addr.map(std::net::IpAddr::V4),
-            first: p.host_first,
-            last: p.host_last,
-            proto: Some(p.proto),
-        };
-        let target = spec::PortSpec {
-            addr: Some(std::net::IpAddr::V4(p.target)),
-            first: p.target_first,
-            last: p.target_first + (p.host_last - p.host_first),
-            proto: None,
-        };
-        out.push_str(&format!(
-            "\n[[publish]]\nhost = {}\ncontainer = {}\n",
-            quoted(&host.to_string()),
-            quoted(&target.to_string())
-        ));
+        let host = p.host_addr.map(IpAddr::V4);
+        publish_entry(
+            &mut out,
+            host,
+            IpAddr::V4(p.target),
+            p.host_first,
+            p.host_last,
+            p.proto,
+            p.target_first,
+        );
+    }
+    for p in &e.publish6 {
+        // Every IPv6 address is `[::]` (a bare port is IPv4's).
+        let host = IpAddr::V6(p.host_addr.unwrap_or(Ipv6Addr::UNSPECIFIED));
+        publish_entry(
+            &mut out,
+            Some(host),
+            IpAddr::V6(p.target),
+            p.host_first,
+            p.host_last,
+            p.proto,
+            p.target_first,
+        );
     }
     for (s, v) in &e.filters {
         out.push_str("\n[[filter]]\n");
@@ -121,6 +130,36 @@ pub fn render(e: &Exported) -> String {
         out.push_str(&format!("verdict = {}\n", quoted(v.as_str())));
     }
     out
+}
+
+/// One `[[publish]]`: host ports `first..=last` of `proto` on `host`
+/// (None: every IPv4 address) to `target` from `target_first` on.
+fn publish_entry(
+    out: &mut String,
+    host: Option<IpAddr>,
+    target: IpAddr,
+    first: u16,
+    last: u16,
+    proto: u8,
+    target_first: u16,
+) {
+    let host = spec::PortSpec {
+        addr: host,
+        first,
+        last,
+        proto: Some(proto),
+    };
+    let target = spec::PortSpec {
+        addr: Some(target),
+        first: target_first,
+        last: target_first + (last - first),
+        proto: None,
+    };
+    out.push_str(&format!(
+        "\n[[publish]]\nhost = {}\ncontainer = {}\n",
+        quoted(&host.to_string()),
+        quoted(&target.to_string())
+    ));
 }
 
 /// Single-port mappings merged into ranges where host and container

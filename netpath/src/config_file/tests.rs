@@ -34,6 +34,10 @@ network = "br0"
 from = "10.0.0.0/8"
 port = "8081"
 verdict = "deny"
+
+[[publish]]
+host = "[::]:8082"
+container = "[fd00:18::2]:80"
 "#;
 
 fn err(text: &str) -> String {
@@ -120,6 +124,20 @@ fn every_kind_of_error_says_file_line_and_column() {
     assert!(err(rules).starts_with("f.toml:4:1: a rule with these selectors"));
     let up = "[[network]]\nbridge = \"a\"\nsubnet = \"10.1.0.0/16\"\nuplinks = [\"eth0\"]\n[[network]]\nbridge = \"b\"\nsubnet = \"10.2.0.0/16\"\nuplinks = [\"eth1\"]\n";
     assert!(err(up).starts_with("f.toml:8:11: uplinks are the namespace's"));
+    // IPv6 mappings: one family per mapping, no two on one port.
+    let e = err("[[publish]]\nhost = \"[::]:8080\"\ncontainer = \"10.1.0.2:80\"\n");
+    assert!(
+        e.starts_with(
+            "f.toml:1:1: host address :: and container address 10.1.0.2 are of different families"
+        ),
+        "{e}"
+    );
+    let twice = "[[publish]]\nhost = \"[::]:8080\"\ncontainer = \"[fd00:1::2]:80\"\n[[publish]]\nhost = \"[::]:8080\"\ncontainer = \"[fd00:1::3]:80\"\n";
+    assert!(
+        err(twice).starts_with("f.toml:4:1: host port [::]:8080/tcp is already published"),
+        "{}",
+        err(twice)
+    );
     // Dual stack: one subnet per family, an IPv4 one needed, gateway6
     // with an IPv6 subnet and inside it; IPv6 subnets do not overlap.
     let net = |subnets: &str, extra: &str| {
@@ -194,6 +212,36 @@ fn state_of(text: &str) -> Current {
     for f in &d.filters {
         cur.rules.push((f.sel.clone(), f.verdict, owner::APPLY));
     }
+    for p in &d.publish6 {
+        let net = d
+            .networks
+            .iter()
+            .position(|n| n.v6.is_some_and(|v| v.subnet.contains(&p.ports.target)))
+            .unwrap() as u32
+            + 1;
+        for r in p.ports.rows() {
+            let (std::net::IpAddr::V6(target), host) = (r.target, r.host_addr) else {
+                unreachable!()
+            };
+            let k = netpath_common::v6::PortKey6 {
+                addr: host.map_or([0; 16], |h| match h {
+                    std::net::IpAddr::V6(a) => a.octets(),
+                    std::net::IpAddr::V4(_) => unreachable!(),
+                }),
+                port_be: r.port.to_be(),
+                proto: r.proto,
+                _pad: 0,
+            };
+            let v = netpath_common::v6::PubVal6 {
+                target: target.octets(),
+                target_port_be: r.target_port.to_be(),
+                owner: owner::APPLY,
+                net_id: net,
+                id: 0,
+            };
+            cur.published6.push((k, v));
+        }
+    }
     cur
 }
 
@@ -204,6 +252,13 @@ fn plans_create_then_nothing_then_the_edits() {
     assert_eq!(p.networks.len(), 2);
     assert!(matches!(p.networks[0], NetChange::Create(_)));
     assert_eq!(p.publish.len(), 2);
+    assert_eq!(
+        p.publish6
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        vec!["[::]:8082/tcp -> [fd00:18::2]:80"]
+    );
     assert_eq!(p.filter_add.len(), 1);
     // Applied: the same file again changes nothing.
     let cur = state_of(FILE);
@@ -241,7 +296,7 @@ fn plans_create_then_nothing_then_the_edits() {
     );
     // So does a new IPv6 half, or none.
     let p = plan(
-        &parse("f", &FILE.replace("fd00:18::/64", "fd00:28::/64")).unwrap(),
+        &parse("f", &FILE.replace("fd00:18::", "fd00:28::")).unwrap(),
         &cur,
     )
     .unwrap();
@@ -250,10 +305,15 @@ fn plans_create_then_nothing_then_the_edits() {
         "{:?}",
         p.lines()
     );
-    let v4_only = FILE.replace(
-        r#"subnets = ["172.18.0.0/16", "fd00:18::/64"]"#,
-        r#"subnet = "172.18.0.0/16""#,
-    );
+    // (Without its IPv6 mapping, whose container would be in no subnet.)
+    let v4_only = FILE
+        .split("\n[[publish]]\nhost = \"[::]:8082\"")
+        .next()
+        .unwrap()
+        .replace(
+            r#"subnets = ["172.18.0.0/16", "fd00:18::/64"]"#,
+            r#"subnet = "172.18.0.0/16""#,
+        );
     let p = plan(&parse("f", &v4_only).unwrap(), &cur).unwrap();
     assert!(
         matches!(&p.networks[0], NetChange::Recreate { what, .. } if what[0] == "IPv6 fd00:18::/64 gateway fd00:18::1 -> none"),
@@ -280,7 +340,59 @@ fn plans_create_then_nothing_then_the_edits() {
     let p = plan(&parse("f", "").unwrap(), &cur).unwrap();
     assert_eq!(p.networks.len(), 2);
     assert_eq!(p.unpublish.len(), 2);
+    assert_eq!(p.unpublish6.len(), 1);
     assert_eq!(p.filter_del.len(), 0, "the rule goes with its network");
+    // IPv6 mappings: a moved one is unpublished and published again; one
+    // outside every IPv6 subnet, to a gateway or on an address the host
+    // does not have is refused at its entry.
+    let p = plan(
+        &parse("f", &FILE.replace("[fd00:18::2]:80", "[fd00:18::3]:80")).unwrap(),
+        &cur,
+    )
+    .unwrap();
+    assert_eq!(
+        p.lines(),
+        vec![
+            "unpublished [::]:8082/tcp -> [fd00:18::2]:80",
+            "published [::]:8082/tcp -> [fd00:18::3]:80"
+        ]
+    );
+    for (target, says) in [
+        (
+            "[fd00:99::2]:80",
+            "f:28:1: container address fd00:99::2 is in no IPv6 subnet",
+        ),
+        (
+            "[fd00:18::1]:80",
+            "f:28:1: fd00:18::1 is the IPv6 gateway or subnet-router anycast address of br0",
+        ),
+    ] {
+        let e = plan(
+            &parse("f", &FILE.replace("[fd00:18::2]:80", target)).unwrap(),
+            &cur,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with(says), "{e}");
+    }
+    let e = plan(
+        &parse("f", &FILE.replace("[::]:8082", "[fd00:ee::9]:8082")).unwrap(),
+        &cur,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        e,
+        "f:28:1: the host has no address fd00:ee::9 to publish on"
+    );
+    let mut with_host = cur.clone();
+    with_host.host_addrs6.push("fd00:ee::9".parse().unwrap());
+    let p = plan(
+        &parse("f", &FILE.replace("[::]:8082", "[fd00:ee::9]:8082")).unwrap(),
+        &with_host,
+    )
+    .unwrap();
+    assert_eq!(p.publish6.len(), 1, "{:?}", p.lines());
 }
 
 #[test]
@@ -294,6 +406,9 @@ fn what_apply_did_not_make_is_left_alone_or_refused() {
         }
     }
     for (_, v) in cur.published.iter_mut() {
+        v.owner = owner::USER;
+    }
+    for (_, v) in cur.published6.iter_mut() {
         v.owner = owner::USER;
     }
     cur.rules[0].2 = owner::USER;
@@ -399,12 +514,19 @@ fn export_round_trips() {
             .collect(),
         uplinks: vec!["eth0".into()],
         publish: merge_ports(by_net.into_values().flatten().collect()),
+        publish6: cur
+            .published6
+            .iter()
+            .map(|(k, v)| crate::publish::v6::Ports6::of(k, v))
+            .collect(),
         filters: cur.rules.iter().map(|(s, v, _)| (s.clone(), *v)).collect(),
         notes: vec!["a note".into()],
     };
     let text = render(&e);
     let d = parse("export", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert_eq!(d.publish.len(), 2, "{text}");
+    assert_eq!(d.publish6.len(), 1, "{text}");
+    assert!(text.contains("host = \"[::]:8082/tcp\""), "{text}");
     let mut cur = cur;
     cur.uplinks = vec!["eth0".into()];
     let p = plan(&d, &cur).unwrap();

@@ -37,6 +37,23 @@ pub struct Ports6 {
 }
 
 impl Ports6 {
+    /// The one port of an `NP_PUBLISH6` entry.
+    pub fn of(k: &PortKey6, v: &PubVal6) -> Self {
+        let r = row(k, v);
+        let port = r.port;
+        Self {
+            host_addr: match r.host_addr {
+                Some(IpAddr::V6(a)) => Some(a),
+                _ => None,
+            },
+            host_first: port,
+            host_last: port,
+            proto: r.proto,
+            target: Ipv6Addr::from(v.target),
+            target_first: r.target_port,
+        }
+    }
+
     /// Its host ports as rows (what an owner's sync compares).
     pub fn rows(&self) -> Vec<Row> {
         (self.host_first..=self.host_last)
@@ -78,7 +95,8 @@ fn key(addr: Option<Ipv6Addr>, port: u16, proto: u8) -> PortKey6 {
     }
 }
 
-fn row(k: &PortKey6, v: &PubVal6) -> Row {
+/// The row of an `NP_PUBLISH6` entry.
+pub fn row(k: &PortKey6, v: &PubVal6) -> Row {
     let addr = Ipv6Addr::from(k.addr);
     Row {
         host_addr: (!addr.is_unspecified()).then_some(IpAddr::V6(addr)),
