@@ -145,6 +145,27 @@ fn parsed<T>(
     f(s.get_ref()).map_err(|e| fe(file, Some(Pos::of(text, s.span().start)), format!("{e:#}")))
 }
 
+/// An optional address key (`gateway`, `gateway6`) of one family; its
+/// error at the value.
+fn address<A: std::str::FromStr>(
+    file: &str,
+    text: &str,
+    value: &Option<Spanned<String>>,
+    key: &str,
+    family: &str,
+) -> Result<Option<A>, FileError> {
+    value
+        .as_ref()
+        .map(|v| {
+            parsed(file, text, v, |s| {
+                s.parse::<A>().map_err(|_| {
+                    anyhow::anyhow!("invalid {key} {s:?}: expected an {family} address")
+                })
+            })
+        })
+        .transpose()
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
@@ -254,19 +275,7 @@ pub fn parse(file: &str, text: &str) -> Result<Desired, FileError> {
         };
         let v6 = match (v6, &n.gateway6) {
             (Some((at6, IpNet::V6(net))), g) => {
-                let gateway = match g {
-                    None => None,
-                    Some(g) => Some(g.get_ref().parse::<Ipv6Addr>().map_err(|_| {
-                        fe(
-                            file,
-                            at(g.span()),
-                            format!(
-                                "invalid gateway6 {:?}: expected an IPv6 address",
-                                g.get_ref()
-                            ),
-                        )
-                    })?),
-                };
+                let gateway = address::<Ipv6Addr>(file, text, g, "gateway6", "IPv6")?;
                 let where_ = g.as_ref().map_or(at(at6.span()), |g| at(g.span()));
                 Some(Net6Spec::new(net, gateway).map_err(|e| fe(file, where_, format!("{e:#}")))?)
             }
@@ -279,19 +288,7 @@ pub fn parse(file: &str, text: &str) -> Result<Desired, FileError> {
             }
             (_, None) => None,
         };
-        let gateway = match &n.gateway {
-            None => None,
-            Some(g) => Some(g.get_ref().parse::<Ipv4Addr>().map_err(|_| {
-                fe(
-                    file,
-                    at(g.span()),
-                    format!(
-                        "invalid gateway {:?}: expected an IPv4 address",
-                        g.get_ref()
-                    ),
-                )
-            })?),
-        };
+        let gateway = address::<Ipv4Addr>(file, text, &n.gateway, "gateway", "IPv4")?;
         let spec = NetworkSpec::new(&bridge, subnet, gateway).map_err(|e| {
             let where_ = n.gateway.as_ref().map_or(pos, |g| at(g.span()));
             fe(file, where_, format!("{e:#}"))

@@ -167,7 +167,7 @@ pub async fn bind_owned(owner: u16, want: &[Foreign]) -> Result<Bound> {
                 out.bound.push((w.name.clone(), IpAddr::V4(a)));
             }
             if let Some(a) = v6 {
-                bind6(&mut maps, net_id, ifindex, a, w.mac, lease)?;
+                maps.v6.bind(net_id, ifindex, a, w.mac, lease)?;
                 out.bound.push((w.name.clone(), IpAddr::V6(a)));
             }
             Ok(())
@@ -239,28 +239,4 @@ fn leases6_of(maps: &Maps, owner: u16) -> Result<Vec<(LeaseKey6, Lease)>> {
         .into_iter()
         .filter(|(_, l)| l.flags == u32::from(owner))
         .collect())
-}
-
-/// Binds port `ifindex` to the IPv6 address its runtime gave it, never
-/// over another owner's lease. An address another port took first (trust
-/// on first use, before this bind) is this port's from now on.
-fn bind6(
-    maps: &mut Maps,
-    net_id: u32,
-    ifindex: u32,
-    addr: Ipv6Addr,
-    mac: [u8; 6],
-    lease: Lease,
-) -> Result<()> {
-    let key = LeaseKey6 {
-        net_id,
-        addr: addr.octets(),
-    };
-    match maps.v6.leases.get(&key, 0) {
-        Ok(l) if l.flags != lease.flags => bail!("{addr} is leased already"),
-        Ok(_) => {}
-        Err(e) if state::is_missing(&e) => {}
-        Err(e) => return Err(e).context("reading NP_LEASES6"),
-    }
-    maps.v6.bind(net_id, ifindex, addr, mac, lease)
 }

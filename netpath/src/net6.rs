@@ -365,8 +365,11 @@ impl Maps6 {
         Ok(())
     }
 
-    /// Binds port `ifindex` to `addr` for `connect`, before its container
-    /// sends: the lease, the port's record and the address's owner.
+    /// Binds port `ifindex` to `addr` before its container sends (for
+    /// `connect`, or for the runtime that gave it, `netpath docker`): the
+    /// lease, the port's record and the address's owner. Never over
+    /// another owner's lease; an address another port took first (trust
+    /// on first use) is this port's from now on.
     pub fn bind(
         &mut self,
         net_id: u32,
@@ -380,6 +383,12 @@ impl Maps6 {
             net_id,
             addr: octets,
         };
+        match self.leases.get(&key, 0) {
+            Ok(l) if l.flags != lease.flags => bail!("{addr} is leased already"),
+            Ok(_) => {}
+            Err(e) if is_missing(&e) => {}
+            Err(e) => return Err(e).context("reading NP_LEASES6"),
+        }
         self.leases
             .insert(key, lease, 0)
             .context("recording the IPv6 lease")?;

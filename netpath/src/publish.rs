@@ -107,16 +107,13 @@ impl Ports {
 impl Ports {
     /// Its host ports as rows (what an owner's sync compares).
     pub fn rows(&self) -> Vec<Row> {
-        (self.host_first..=self.host_last)
-            .enumerate()
-            .map(|(i, port)| Row {
-                host_addr: self.host_addr.map(IpAddr::V4),
-                port,
-                proto: self.proto,
-                target: IpAddr::V4(self.target),
-                target_port: self.target_first + i as u16,
-            })
-            .collect()
+        Row::of_mapping(
+            self.host_addr.map(IpAddr::V4),
+            (self.host_first, self.host_last),
+            self.proto,
+            IpAddr::V4(self.target),
+            self.target_first,
+        )
     }
 
     /// Its `NP_PUBLISH4` entries, one per host port, made by `owner`

@@ -905,8 +905,8 @@ fn compare(engine: &Engine) {
         // dockerd 20.10 recovers here too.
         ("udp after restart", "answers at its new address", None),
     ];
-    let (mut table, mut failures) = judge(expect, &ipt, &np, "iptables");
-    for (cell, want) in [
+    // Cells only netpath has (its own behaviour, no baseline).
+    let only: &[(&str, &str)] = &[
         ("restart: published from external", "web2 198.18.0.2"),
         // netb went while netpath docker was stopped.
         (
@@ -921,30 +921,30 @@ fn compare(engine: &Engine) {
         ("netpath docker restart: published tcp", "unbroken"),
         ("netpath docker restart: egress tcp", "unbroken"),
         ("netpath docker restart: published udp", "unbroken"),
-    ] {
-        let got = &np[cell];
-        table.push_str(&format!("| {cell} | - | {got} | netpath only |\n"));
-        if got != want {
-            failures.push(format!("{cell}: netpath {got:?}, expected {want:?}"));
-        }
-    }
-    eprintln!("dockerd {version}:\n{table}");
-    assert!(
-        failures.is_empty(),
-        "dockerd {version}:\n{}",
-        failures.join("\n")
+    ];
+    judge(
+        expect,
+        only,
+        &ipt,
+        &np,
+        "iptables",
+        &format!("dockerd {version}"),
     );
 }
 
-/// A matrix's verdicts, cell by cell: (cell, what dockerd's own `baseline`
-/// path gives, what netpath gives when it is better on purpose; None: the
-/// same). Returns the table so far and the failures.
+/// A matrix's verdicts, cell by cell, printed as a table under `title`;
+/// fails on any wrong cell. `expect`: (cell, what dockerd's own
+/// `baseline` path gives, what netpath gives when it is better on
+/// purpose; None: the same). `only`: (cell, netpath's outcome) for cells
+/// dockerd's path has no counterpart of.
 pub(crate) fn judge(
     expect: &[(&str, &str, Option<&str>)],
+    only: &[(&str, &str)],
     ipt: &BTreeMap<&'static str, String>,
     np: &BTreeMap<&'static str, String>,
     baseline: &str,
-) -> (String, Vec<String>) {
+    title: &str,
+) {
     let mut table = format!("| cell | dockerd {baseline} | netpath | |\n|---|---|---|---|\n");
     let mut failures = Vec::new();
     for (cell, docker, better) in expect {
@@ -974,5 +974,13 @@ pub(crate) fn judge(
         }
         table.push_str(&format!("| {cell} | {a} | {b} | {verdict} |\n"));
     }
-    (table, failures)
+    for (cell, want) in only {
+        let got = &np[cell];
+        table.push_str(&format!("| {cell} | - | {got} | netpath only |\n"));
+        if got != want {
+            failures.push(format!("{cell}: netpath {got:?}, expected {want:?}"));
+        }
+    }
+    eprintln!("{title}:\n{table}");
+    assert!(failures.is_empty(), "{title}:\n{}", failures.join("\n"));
 }

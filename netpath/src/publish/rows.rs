@@ -76,6 +76,28 @@ pub struct Row {
 }
 
 impl Row {
+    /// The rows of a mapping: host ports `first..=last` of `proto` on
+    /// `host` (None: every address of the target's family) leading to
+    /// `target` from `target_first` on.
+    pub fn of_mapping(
+        host: Option<IpAddr>,
+        (first, last): (u16, u16),
+        proto: u8,
+        target: IpAddr,
+        target_first: u16,
+    ) -> Vec<Self> {
+        (first..=last)
+            .enumerate()
+            .map(|(i, port)| Self {
+                host_addr: host,
+                port,
+                proto,
+                target,
+                target_port: target_first + i as u16,
+            })
+            .collect()
+    }
+
     /// What identifies the host port (its map key).
     fn host_key(&self) -> (Option<IpAddr>, u16, u8) {
         (self.host_addr, self.port, self.proto)

@@ -56,16 +56,13 @@ impl Ports6 {
 
     /// Its host ports as rows (what an owner's sync compares).
     pub fn rows(&self) -> Vec<Row> {
-        (self.host_first..=self.host_last)
-            .enumerate()
-            .map(|(i, port)| Row {
-                host_addr: self.host_addr.map(IpAddr::V6),
-                port,
-                proto: self.proto,
-                target: IpAddr::V6(self.target),
-                target_port: self.target_first + i as u16,
-            })
-            .collect()
+        Row::of_mapping(
+            self.host_addr.map(IpAddr::V6),
+            (self.host_first, self.host_last),
+            self.proto,
+            IpAddr::V6(self.target),
+            self.target_first,
+        )
     }
 }
 
