@@ -72,7 +72,7 @@ pub fn to_container4(ctx: &TcContext, ip: &Ip4, daddr: u32) -> Option<i32> {
 /// Hands the packet to the veth peer of `ep`'s port, counted as that
 /// port's egress program would have counted it (the redirect skips it).
 #[inline(always)]
-fn to_peer(ctx: &TcContext, ep: &Endpoint) -> i32 {
+pub fn to_peer(ctx: &TcContext, ep: &Endpoint) -> i32 {
     let len = ctx.len();
     count(
         counter_scope::NETWORK,
@@ -142,11 +142,24 @@ pub fn to_uplink4(ctx: &TcContext, ip: &Ip4, bridge_ifindex: u32) -> Option<i32>
     p.__bindgen_anon_1.tot_len = ip.tot_len;
     p.__bindgen_anon_3.ipv4_src = ip.saddr;
     p.__bindgen_anon_4.ipv4_dst = ip.daddr;
+    out_of_uplink(ctx, &mut p, forward_ttl)
+}
+
+/// Looks the route of `p` up and, when it leaves through an uplink (where
+/// the egress program translates), takes the hop off the header (`hop`),
+/// writes the next hop's MACs and sends the packet out of it. `None`: the
+/// normal path.
+#[inline(always)]
+pub fn out_of_uplink(
+    ctx: &TcContext,
+    p: &mut bpf_fib_lookup,
+    hop: impl FnOnce(&TcContext) -> Option<()>,
+) -> Option<i32> {
     // SAFETY: the helper takes the skb context and a struct of its size.
     let rc = unsafe {
         fib_lookup(
             ctx.skb.skb.cast(),
-            &raw mut p,
+            &raw mut *p,
             core::mem::size_of::<bpf_fib_lookup>() as i32,
             0,
         )
@@ -154,12 +167,11 @@ pub fn to_uplink4(ctx: &TcContext, ip: &Ip4, bridge_ifindex: u32) -> Option<i32>
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return None;
     }
-    // Only through an uplink, where the egress program translates.
     let out = iface(p.ifindex)?;
     if out.role != IfaceRole::Uplink as u32 {
         return None;
     }
-    forward_ttl(ctx)?;
+    hop(ctx)?;
     let mut hdr = [0u8; 12];
     hdr[..6].copy_from_slice(&p.dmac);
     hdr[6..].copy_from_slice(&p.smac);

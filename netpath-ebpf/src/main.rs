@@ -13,6 +13,7 @@ mod counters;
 mod ct;
 mod events;
 mod fastpath;
+mod fastpath6;
 mod filter;
 mod flow;
 mod frag;
@@ -119,10 +120,16 @@ fn up_eg6(ctx: &TcContext) -> i32 {
     })
 }
 
+// An IPv6 packet the port's checks passed is offered to the fast path
+// here, where nothing else is live: the verifier then walks the fast path
+// once, not once for every way through the checks.
 #[classifier]
 pub fn netpath_port_in(ctx: TcContext) -> i32 {
     if is_ipv6(&ctx) {
-        port_in6(&ctx)
+        match port_in6(&ctx) {
+            port6::FAST => fastpath6::from_port6(&ctx),
+            v => v,
+        }
     } else {
         port_in4(&ctx)
     }

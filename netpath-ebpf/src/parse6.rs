@@ -22,6 +22,7 @@ pub mod nexthdr {
 
 /// Field offsets in the fixed IPv6 header.
 pub mod ip6_off {
+    pub const HOP_LIMIT: usize = 7;
     pub const SADDR: usize = 8;
     pub const DADDR: usize = 24;
 }
@@ -152,6 +153,34 @@ pub struct Work6 {
     pub translated: CtKey6,
     /// The datagram a fragment belongs to (`frag6`).
     pub frag: FragKey6,
+    /// Where a container's allowed packet came from, for the fast path
+    /// (`fastpath6::from_port6`).
+    pub from: FromPort,
+}
+
+/// A container's allowed packet, as its port's ingress program left it
+/// for the fast path.
+#[derive(Clone, Copy)]
+pub struct FromPort {
+    /// The port (the host end of the container's veth).
+    pub ifindex: u32,
+    pub net_id: u32,
+    /// The network's bridge.
+    pub bridge: u32,
+    pub flow: Flow,
+}
+
+/// What an allowed container packet is to conntrack, for the fast path.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// A published port's flow (or would start one): the bridge
+    /// translates it.
+    Published,
+    /// Of another flow, or nothing conntrack can key (Neighbour
+    /// Discovery, an ICMPv6 error, a later fragment).
+    Other,
+    /// Keyed (`Work6::key`), with no entry.
+    Untracked,
 }
 
 /// Compares two IPv6 addresses (shared with the conntrack tuples).

@@ -6,7 +6,9 @@
 //!   networks, and the destination policy (`isolate::destination6`) for
 //!   the rest; only a packet that passed them all pins the port's MAC and
 //!   records a new source. What leaves the host is masqueraded or tracked
-//!   at the uplink (`nat6`).
+//!   at the uplink (`nat6`); the program's top then offers what passed to
+//!   the fast path (`fastpath6::from_port6`: port to port, or routed out
+//!   of the uplink).
 //! - Both: a network without an IPv6 subnet carries none (`drop_ipv6`).
 //! - Egress (delivered to a container): a published port's flow from
 //!   anywhere (with the source half of its rewrite); else from the host
@@ -37,7 +39,7 @@ use crate::{
     maps::{NP_ENDPOINTS6, NP_NETWORKS6},
     nd,
     parse::{self, L4Kind},
-    parse6::{self, Work6, ip6_off},
+    parse6::{self, Flow, FromPort, Work6, ip6_off},
     rewrite::Phase,
     spoof::Sender,
     spoof6::Sender6,
@@ -59,11 +61,18 @@ pub fn ingress(ctx: &TcContext, ifindex: u32, iface: &IfaceInfo) -> i32 {
         mac,
     };
     match check_ingress(ctx, &sender) {
-        Ok(()) => TCX_NEXT,
+        Ok(()) => FAST,
         Err(reason) => drop(ctx, net_id, reason),
     }
 }
 
+/// What [`ingress`] returns for a packet it allowed: the fast path decides
+/// (`fastpath6::from_port6`, from what `Work6::from` says). No verdict has
+/// this value.
+pub const FAST: i32 = i32::MIN;
+
+/// Whether the packet passes; if it does, what the fast path needs to know
+/// is in `Work6::from`.
 #[inline(always)]
 fn check_ingress(ctx: &TcContext, sender: &Sender) -> Result<(), DropReason> {
     let net_id = sender.iface.net_id;
@@ -91,14 +100,26 @@ fn check_ingress(ctx: &TcContext, sender: &Sender) -> Result<(), DropReason> {
     let neighbour = resolution
         && w.ip.end - w.ip.l4 <= RESOLUTION_LEN
         && (net6.contains(&w.ip.daddr) || is_link_local(&w.ip.daddr));
-    if !neighbour && !published_in(ctx, w, sender.net, net_id, &dst_mac) {
-        isolate::destination6(sender.net, net6, net_id, &w.ip.daddr, &dst_mac)?;
-    }
+    let flow = if neighbour {
+        Flow::Other
+    } else {
+        let flow = published_in(ctx, w, sender.net, net_id, &dst_mac);
+        if flow != Flow::Published {
+            isolate::destination6(sender.net, net6, net_id, &w.ip.daddr, &dst_mac)?;
+        }
+        flow
+    };
     // The packet passes: what it showed is the port's from now on.
     sender.pin_mac();
     if new_source {
         s6.learn(&w.ip.saddr);
     }
+    w.from = FromPort {
+        ifindex: sender.ifindex,
+        net_id,
+        bridge: sender.net.bridge_ifindex,
+        flow,
+    };
     Ok(())
 }
 
@@ -106,11 +127,12 @@ fn check_ingress(ctx: &TcContext, sender: &Sender) -> Result<(), DropReason> {
 /// option: 24 bytes and 8.
 const RESOLUTION_LEN: usize = 32;
 
-/// Whether a container's packet belongs to a published port's flow, or
-/// would start one (its destination is a published host port), and its
-/// frame (`dst_mac`) goes where that flow goes: then the bridge's ingress
-/// hook translates it (`bridge::published_flows6`) and the network policy
-/// does not apply. A BPF subprogram (its own stack frame).
+/// [`Flow::Published`] when a container's packet belongs to a published
+/// port's flow, or would start one (its destination is a published host
+/// port), and its frame (`dst_mac`) goes where that flow goes: then the
+/// bridge's ingress hook translates it (`bridge::published_flows6`) and
+/// the network policy does not apply. A BPF subprogram (its own stack
+/// frame).
 #[inline(never)]
 fn published_in(
     ctx: &TcContext,
@@ -118,25 +140,36 @@ fn published_in(
     net: &NetworkInfo,
     net_id: u32,
     dst_mac: &[u8; 6],
-) -> bool {
+) -> Flow {
     if !own_tuple6(ctx, w) {
-        return false;
+        return Flow::Other;
     }
     let internal = net.flags & net_flags::INTERNAL != 0;
     let up = isolate::to_bridge(net, dst_mac);
-    match ct_lookup(&w.key) {
+    let published = match ct_lookup(&w.key) {
         Some(e) => {
             // SAFETY: map value pointer, read at once.
             let (flags, dir) = unsafe { ((*e).flags, (*e).dir) };
             if flags & ct_flags::DNAT == 0 {
-                return false;
+                return Flow::Other;
             }
             // The container answering a client: up, or bridged straight
             // to the client's own port (a neighbour's MAC for its address).
             up || dir == ct_dir::REPLY && answer_to_client(net_id, &w.key.daddr, dst_mac)
         }
         // An internal network reaches no host port.
-        None => up && !internal && published6(&w.key.daddr, w.key.dport_be, w.key.proto).is_some(),
+        None => {
+            if !(up && !internal && published6(&w.key.daddr, w.key.dport_be, w.key.proto).is_some())
+            {
+                return Flow::Untracked;
+            }
+            true
+        }
+    };
+    if published {
+        Flow::Published
+    } else {
+        Flow::Other
     }
 }
 

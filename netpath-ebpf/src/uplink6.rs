@@ -9,7 +9,8 @@
 //! An ICMPv6 error about a flow is written back like the flow's packets
 //! (`icmp6`), so a Packet Too Big for a NAT66 flow reaches its container;
 //! so are a flow's later fragments, found through the ports their first
-//! fragment recorded (`frag6`).
+//! fragment recorded (`frag6`). A flow's packet, once written, takes the
+//! fast path to its container when it can (`fastpath6::to_container6`).
 
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
@@ -20,6 +21,7 @@ use crate::{
     TCX_NEXT,
     counters::count,
     ct::ct_lookup,
+    fastpath6,
     flow::{apply6, packet_key6, work6},
     frag6::{first_fragment6, later_fragment6},
     guard::{self, UplinkFrame},
@@ -117,7 +119,7 @@ pub fn ingress(ctx: &TcContext, ifindex: u32) -> i32 {
         return untracked(ctx, &w.ip);
     }
     first_fragment6(w, e);
-    TCX_NEXT
+    fastpath6::to_container6(ctx, &w.ip)
 }
 
 /// What [`flow`] returns when the packet has a flow (its entry in `e`).

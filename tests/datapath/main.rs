@@ -7,6 +7,7 @@
 mod harness;
 
 mod basics;
+mod fast6;
 mod inbound;
 mod ipv6;
 mod ipv6_claims;

@@ -11,6 +11,7 @@ mod harness;
 mod apply;
 mod bench;
 mod conntrack;
+mod fast6;
 mod foundation;
 mod inbound;
 mod ipv6;

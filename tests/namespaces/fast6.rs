@@ -1,0 +1,130 @@
+//! The IPv6 fast path with real traffic: a container's flow to beyond the
+//! host leaves through the uplink and its answers come back without the
+//! bridge or the host ends of the veths carrying them (the kernel's own
+//! interface statistics say so), masqueraded all the same; neighbours on
+//! one network go port to port; a hop limit that runs out here still gets
+//! its Time Exceeded from the host; a link-local source is left to the
+//! host, which does not forward it.
+
+use crate::harness;
+use crate::ipv6::{connect, tcp6_to, up_dual};
+
+use std::{net::Ipv6Addr, time::Duration};
+
+use harness::{NETPATH, Netns, link_local, raw, status};
+use netpath::lab::frames;
+
+const BR: &str = "np6f";
+
+/// What the kernel counted (its own statistics, not netpath's): packets
+/// the bridge took in (what it passed up to the host to route) and packets
+/// its ports sent (what it delivered to containers).
+fn bridge_stats(host: &Netns) -> (u64, u64) {
+    let stats = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = host.ip(args).unwrap();
+        serde_json::from_str(&out).unwrap()
+    };
+    let bridge = stats(&["-s", "-j", "link", "show", BR]);
+    let ports = stats(&["-s", "-j", "link", "show", "master", BR]);
+    let sent = ports
+        .iter()
+        .map(|p| p["stats64"]["tx"]["packets"].as_u64().unwrap())
+        .sum();
+    (
+        bridge[0]["stats64"]["rx"]["packets"].as_u64().unwrap(),
+        sent,
+    )
+}
+
+fn ping6(ns: &Netns, args: &[&str]) -> String {
+    let out = ns.command("ping").arg("-6").args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn ipv6_takes_the_fast_path_out_of_the_uplink_back_and_between_neighbours() {
+    require_root!();
+    let (host, ext) = harness::Lab::host_and_ext("v6fh", "v6fe", NETPATH, "uplink0").unwrap();
+    host.ip(&["addr", "add", "fd00:ee::1/64", "dev", "uplink0", "nodad"])
+        .unwrap();
+    ext.ip(&["addr", "add", "fd00:ee::2/64", "dev", "eth0", "nodad"])
+        .unwrap();
+    up_dual(&host, BR, "172.29.0.0/24", "fd00:29::/64", &[]);
+    let (c1, a1) = connect(&host, "v6f1", BR);
+    let (c2, a2) = connect(&host, "v6f2", BR);
+    let c2c = || {
+        status(&host)["networks"][0]["c2c_fast"]["packets"]
+            .as_u64()
+            .unwrap()
+    };
+    // A first exchange each way resolves the neighbours (an unresolved
+    // one takes the normal path, which resolves it).
+    tcp6_to(&ext, 7701, &c1, "fd00:ee::2", 7701).expect("c1 -> ext");
+    tcp6_to(&c2, 7702, &c1, &a2, 7702).expect("c1 -> c2");
+
+    let before = (bridge_stats(&host), c2c());
+    for i in 0..5 {
+        let seen = tcp6_to(&ext, 7710 + i, &c1, "fd00:ee::2", 7710 + i).expect("c1 -> ext");
+        assert_eq!(seen, "fd00:ee::1", "masqueraded to the uplink's address");
+        let seen = tcp6_to(&c2, 7720 + i, &c1, &a2, 7720 + i).expect("c1 -> c2");
+        assert_eq!(seen, a1, "the neighbour sees the client's own address");
+    }
+    let after = (bridge_stats(&host), c2c());
+    // Five connections each way are 50 packets and more; an ND refresh
+    // may still go the bridge's way.
+    let (taken, delivered) = (after.0.0 - before.0.0, after.0.1 - before.0.1);
+    eprintln!(
+        "bridge took {taken} up, ports delivered {delivered}, port to port {}",
+        after.1 - before.1
+    );
+    assert!(
+        taken < 12 && delivered < 12,
+        "the bridge took {taken} up and its ports delivered {delivered}"
+    );
+    assert!(
+        after.1 >= before.1 + 25,
+        "port to port: {}",
+        after.1 - before.1
+    );
+
+    // Routed on the way in: the answer lost one hop (ext sends 64).
+    let out = ping6(&c1, &["-c", "1", "-W", "2", "fd00:ee::2"]);
+    assert!(out.contains("ttl=63"), "{out}");
+    // Switched between neighbours: no hop taken.
+    let out = ping6(&c1, &["-c", "1", "-W", "2", &a2]);
+    assert!(out.contains("ttl=64"), "{out}");
+    // A hop limit of 1 runs out here: the host says so, as it would
+    // without netpath.
+    let out = ping6(&c1, &["-c", "1", "-W", "2", "-t", "1", "fd00:ee::2"]);
+    assert!(
+        out.contains("From fd00:29::1") && out.contains("Time exceeded"),
+        "{out}"
+    );
+    // Still only what was asked for: nothing from ext reaches c1.
+    assert!(tcp6_to(&c1, 7730, &ext, &a1, 7730).is_err(), "ext -> c1");
+
+    // c1's own link-local address is its own on the link, not a source
+    // the host forwards: a datagram from it to ext never leaves (it would
+    // have, masqueraded or not, had the fast path routed it).
+    let ll: Ipv6Addr = link_local(&c1, "eth0").parse().unwrap();
+    let ext_addr: Ipv6Addr = "fd00:ee::2".parse().unwrap();
+    let marker = b"np-fast6-link-local";
+    let datagram = frames::frame6(
+        17,
+        ll,
+        ext_addr,
+        &frames::udp(ll, ext_addr, 7740, 7740, marker, true),
+    );
+    let datagram = raw::with_macs(datagram, raw::mac_of(&host, BR), raw::mac_of(&c1, "eth0"));
+    let seen = raw::capture(&ext, "eth0", Duration::from_millis(800), move |f| {
+        f.windows(marker.len()).any(|w| w == marker)
+    });
+    let before = bridge_stats(&host).0;
+    assert_eq!(raw::send(&c1, "eth0", vec![datagram], 3), 3);
+    let seen = seen.join().unwrap().unwrap();
+    assert!(seen.is_empty(), "left the host: {seen:02x?}");
+    // The normal path: up to the host, whose forwarding refuses them.
+    let taken = bridge_stats(&host).0 - before;
+    assert!(taken >= 3, "the bridge took {taken} up");
+    drop(c2);
+}
