@@ -32,6 +32,9 @@ fn quick_bench_runs_every_arm_and_proves_its_path() {
         "| dnat udp 64B one-way | received",
         "| dnat udp 64B replied | replied (pps)",
         "| dnat udp 64B replied | p99",
+        "| v6 c2c rr | p50",
+        "| v6 dnat rr | p99",
+        "| v6 snat conn/s |",
         "netpath/iptables",
         "publish 1000 ports",
         "create 10 networks in one batch",
@@ -55,6 +58,18 @@ fn quick_bench_runs_every_arm_and_proves_its_path() {
         );
     }
     assert!(evidence.iter().any(|e| e[0] == "bare" && e[3] == 0));
+    // IPv6 took each arm's path too (the counts are checked above).
+    for what in [
+        "ip6tables DNAT rule for 5001 packets",
+        "ip6tables MASQUERADE for the subnet packets",
+        "netpath published [::]:5001 packets to container (IPv6)",
+        "bare: ip6tables nat rules (must be 0)",
+    ] {
+        assert!(
+            evidence.iter().any(|e| e[2] == what),
+            "{what}: {evidence:?}"
+        );
+    }
     let samples = json["samples"].as_array().unwrap();
     for arm in ["iptables", "netpath", "bare"] {
         let n = samples

@@ -10,7 +10,7 @@
 use std::{
     fmt::Write as _,
     io::Write as _,
-    net::SocketAddrV4,
+    net::{SocketAddrV4, SocketAddrV6},
     path::Path,
     process::Stdio,
     time::{Duration, Instant},
@@ -19,6 +19,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
+use super::{ruleset, v6};
 use crate::lab::topology::{self, Lab};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -50,13 +51,7 @@ impl Arm {
     }
 }
 
-/// The published port every workload measures (TCP and UDP), last in
-/// iptables' chains.
-pub const PORT: u16 = 5001;
-/// The external server's port for the egress (masquerade) workloads.
-pub const EXT_PORT: u16 = 6001;
-/// First dummy published port (scale points).
-const DUMMY_BASE: u16 = 20000;
+pub use super::layout::{DUMMY_BASE, EXT_PORT, PORT, extra_net};
 
 /// One arm's topology and how it is configured now.
 pub struct ArmLab {
@@ -70,9 +65,16 @@ pub struct ArmLab {
     pub first_up: Option<Duration>,
 }
 
-fn extra_net(i: u32) -> (String, String) {
-    (format!("nb{i}"), format!("10.200.{i}.0/24"))
-}
+/// `netpath up` of the measured network, dual-stack (see [`v6`]).
+pub const UP: [&str; 7] = [
+    "up",
+    "--bridge",
+    Lab::BRIDGE,
+    "--subnet",
+    Lab::SUBNET,
+    "--subnet",
+    v6::SUBNET6,
+];
 
 impl ArmLab {
     pub fn build(arm: Arm, exe: &Path) -> Result<Self> {
@@ -85,19 +87,20 @@ impl ArmLab {
             networks: 1,
             first_up: None,
         };
+        v6::addresses(&me.lab)?;
         match arm {
             Arm::Netpath | Arm::Baseline => {
-                let up = ["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET];
                 let t = Instant::now();
-                me.netpath(&up)?;
+                me.netpath(&UP)?;
                 me.first_up = Some(t.elapsed());
                 me.lab.plug_ports()?;
-                me.netpath(&up)?;
+                me.netpath(&UP)?;
             }
             Arm::Iptables | Arm::Bare => {
                 me.plain_bridge(Lab::BRIDGE, "172.30.0.1/24")?;
                 me.lab.plug_ports()?;
                 me.lab.host.sysctl("net.ipv4.ip_forward", "1")?;
+                v6::plain_host(&me.lab, arm == Arm::Bare)?;
                 if arm == Arm::Bare {
                     me.lab
                         .ext
@@ -105,7 +108,29 @@ impl ArmLab {
                 }
             }
         }
+        me.publish6()?;
         Ok(me)
+    }
+
+    /// The measured port on IPv6 (tcp and udp, to c1's IPv6 address), set
+    /// once: the IPv6 rows run at the first scale point (one port, one
+    /// network), and neither `set_ports` nor `set_networks` touches it
+    /// (`unpublish 5001/tcp` and `iptables-restore` are IPv4's).
+    fn publish6(&self) -> Result<()> {
+        match self.arm {
+            Arm::Netpath | Arm::Baseline => {
+                let to = format!("[{}]:{PORT}", v6::C1_6);
+                for p in ["tcp", "udp"] {
+                    self.netpath(&["publish", &format!("[::]:{PORT}/{p}"), &to])?;
+                }
+                Ok(())
+            }
+            Arm::Iptables => {
+                let rules = ruleset::docker_ruleset6(1)?;
+                restore(&self.lab.host, "ip6tables-restore", &rules, false)
+            }
+            Arm::Bare => Ok(()),
+        }
     }
 
     fn plain_bridge(&self, name: &str, addr: &str) -> Result<()> {
@@ -132,6 +157,15 @@ impl ArmLab {
             _ => Lab::UPLINK,
         };
         SocketAddrV4::new(ip.parse().expect("address"), PORT)
+    }
+
+    /// [`ArmLab::published`] on IPv6.
+    pub fn published6(&self) -> SocketAddrV6 {
+        let ip = match self.arm {
+            Arm::Bare => v6::C1_6,
+            _ => v6::UPLINK6,
+        };
+        SocketAddrV6::new(ip.parse().expect("address"), PORT, 0, 0)
     }
 
     /// Publishes `PORT` (tcp and udp) plus `n - 1` other ports before it.
@@ -260,7 +294,7 @@ impl ArmLab {
 
     /// Loads Docker's ruleset for the current networks and ports.
     fn restore(&self) -> Result<()> {
-        let rules = docker_ruleset(self.networks, self.ports);
+        let rules = ruleset::docker_ruleset(self.networks, self.ports)?;
         iptables_restore(&self.lab.host, &rules, false)
     }
 
@@ -272,13 +306,19 @@ impl ArmLab {
                     serde_json::from_str(&self.netpath(&["ports", "--json"])?)?;
                 let status: serde_json::Value =
                     serde_json::from_str(&self.netpath(&["status", "--json"])?)?;
-                let measured = ports
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|m| m["host_port"] == PORT)
-                    .map(|m| m["to_container"]["packets"].as_u64().unwrap_or(0))
-                    .sum();
+                // Of each family (an IPv6 container address has a colon).
+                let measured = |v6: bool| -> u64 {
+                    ports
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|m| m["host_port"] == PORT)
+                        .filter(|m| {
+                            m["container_ip"].as_str().is_some_and(|a| a.contains(':')) == v6
+                        })
+                        .map(|m| m["to_container"]["packets"].as_u64().unwrap_or(0))
+                        .sum()
+                };
                 let net = status["networks"]
                     .as_array()
                     .into_iter()
@@ -290,7 +330,11 @@ impl ArmLab {
                 let mut v = vec![
                     (
                         format!("{arm} published {PORT} packets to container"),
-                        measured,
+                        measured(false),
+                    ),
+                    (
+                        format!("{arm} published [::]:{PORT} packets to container (IPv6)"),
+                        measured(true),
                     ),
                     (
                         format!("{arm} masquerade (snat) packets"),
@@ -307,27 +351,43 @@ impl ArmLab {
                 v
             }
             Arm::Iptables => {
-                let out = topology::run(
-                    self.lab
-                        .host
-                        .command("iptables")
-                        .args(["-t", "nat", "-L", "-v", "-x", "-n"]),
-                )?;
-                let text = String::from_utf8_lossy(&out.stdout).into_owned();
-                let count = |want: &dyn Fn(&str) -> bool| -> u64 {
+                let nat = |tool: &str| -> Result<String> {
+                    let out = topology::run(
+                        self.lab
+                            .host
+                            .command(tool)
+                            .args(["-t", "nat", "-L", "-v", "-x", "-n"]),
+                    )?;
+                    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+                };
+                let (text, text6) = (nat("iptables")?, nat("ip6tables")?);
+                let count = |text: &str, want: &dyn Fn(&str) -> bool| -> u64 {
                     text.lines()
                         .filter(|l| want(l))
                         .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
                         .sum()
                 };
+                let dnat = |l: &str| l.contains("DNAT") && l.contains(&format!("dpt:{PORT} "));
                 vec![
                     (
                         format!("iptables DNAT rule for {PORT} packets"),
-                        count(&|l: &str| l.contains("DNAT") && l.contains(&format!("dpt:{PORT} "))),
+                        count(&text, &dnat),
                     ),
                     (
                         "iptables MASQUERADE for the subnet packets".to_owned(),
-                        count(&|l: &str| l.contains("MASQUERADE") && l.contains(Lab::SUBNET)),
+                        count(&text, &|l: &str| {
+                            l.contains("MASQUERADE") && l.contains(Lab::SUBNET)
+                        }),
+                    ),
+                    (
+                        format!("ip6tables DNAT rule for {PORT} packets"),
+                        count(&text6, &dnat),
+                    ),
+                    (
+                        "ip6tables MASQUERADE for the subnet packets".to_owned(),
+                        count(&text6, &|l: &str| {
+                            l.contains("MASQUERADE") && l.contains(v6::SUBNET6)
+                        }),
                     ),
                     (
                         // Bridged traffic walks FORWARD (br_netfilter, as
@@ -338,13 +398,16 @@ impl ArmLab {
                 ]
             }
             Arm::Bare => {
-                let out =
-                    topology::run(self.lab.host.command("iptables").args(["-t", "nat", "-S"]))?;
-                let rules = String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .filter(|l| l.starts_with("-A"))
-                    .count();
-                vec![("bare: nat rules (must be 0)".to_owned(), rules as u64)]
+                let mut v = Vec::new();
+                for tool in ["iptables", "ip6tables"] {
+                    let out = topology::run(self.lab.host.command(tool).args(["-t", "nat", "-S"]))?;
+                    let rules = String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .filter(|l| l.starts_with("-A"))
+                        .count();
+                    v.push((format!("bare: {tool} nat rules (must be 0)"), rules as u64));
+                }
+                v
             }
         })
     }
@@ -422,11 +485,16 @@ fn ip_batch(ns: &topology::Netns, lines: &str) -> Result<()> {
 
 /// Feeds `rules` to `iptables-restore` inside `ns`.
 pub fn iptables_restore(ns: &topology::Netns, rules: &str, noflush: bool) -> Result<()> {
+    restore(ns, "iptables-restore", rules, noflush)
+}
+
+/// Feeds `rules` to `tool` (`iptables-restore`, `ip6tables-restore`)
+/// inside `ns`.
+fn restore(ns: &topology::Netns, tool: &str, rules: &str, noflush: bool) -> Result<()> {
     // nsenter rather than `ip netns exec` (which also remounts /sys): the
     // timing is iptables-restore's own.
     let mut cmd = std::process::Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{}", ns.name))
-        .arg("iptables-restore");
+    cmd.arg(format!("--net=/run/netns/{}", ns.name)).arg(tool);
     if noflush {
         cmd.arg("--noflush");
     }
@@ -435,7 +503,7 @@ pub fn iptables_restore(ns: &topology::Netns, rules: &str, noflush: bool) -> Res
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .context("running iptables-restore")?;
+        .with_context(|| format!("running {tool}"))?;
     child
         .stdin
         .take()
@@ -443,117 +511,7 @@ pub fn iptables_restore(ns: &topology::Netns, rules: &str, noflush: bool) -> Res
         .write_all(rules.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!(
-            "iptables-restore: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{tool}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
-}
-
-/// Docker 20.10's rules for `networks` bridges (np0, then nb1, nb2, …,
-/// newest first as Docker inserts them) and `ports` published ports to c1
-/// (the measured `PORT`, tcp and udp, last).
-pub fn docker_ruleset(networks: u32, ports: u32) -> String {
-    let mut nets: Vec<(String, String)> = (1..networks).rev().map(extra_net).collect();
-    nets.push((Lab::BRIDGE.to_owned(), Lab::SUBNET.to_owned()));
-    let c1 = Lab::C1;
-    let mut published: Vec<(u16, &str)> = (0..ports.saturating_sub(1))
-        .map(|i| (DUMMY_BASE + i as u16, "tcp"))
-        .collect();
-    if ports > 0 {
-        published.push((PORT, "tcp"));
-        published.push((PORT, "udp"));
-    }
-    let br = Lab::BRIDGE;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:DOCKER - [0:0]"
-    );
-    let _ = writeln!(s, "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER");
-    let _ = writeln!(
-        s,
-        "-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER"
-    );
-    for (b, sub) in &nets {
-        let _ = writeln!(s, "-A POSTROUTING -s {sub} ! -o {b} -j MASQUERADE");
-    }
-    for (p, proto) in &published {
-        let _ = writeln!(
-            s,
-            "-A POSTROUTING -s {c1}/32 -d {c1}/32 -p {proto} -m {proto} --dport {p} -j MASQUERADE"
-        );
-    }
-    for (b, _) in &nets {
-        let _ = writeln!(s, "-A DOCKER -i {b} -j RETURN");
-    }
-    for (p, proto) in &published {
-        let _ = writeln!(
-            s,
-            "-A DOCKER ! -i {br} -p {proto} -m {proto} --dport {p} -j DNAT --to-destination {c1}:{p}"
-        );
-    }
-    let _ = writeln!(
-        s,
-        "COMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n:DOCKER - [0:0]\n:DOCKER-ISOLATION-STAGE-1 - [0:0]\n:DOCKER-ISOLATION-STAGE-2 - [0:0]\n:DOCKER-USER - [0:0]"
-    );
-    let _ = writeln!(
-        s,
-        "-A FORWARD -j DOCKER-USER\n-A FORWARD -j DOCKER-ISOLATION-STAGE-1"
-    );
-    for (b, _) in &nets {
-        let _ = writeln!(
-            s,
-            "-A FORWARD -o {b} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
-        );
-        let _ = writeln!(s, "-A FORWARD -o {b} -j DOCKER");
-        let _ = writeln!(s, "-A FORWARD -i {b} ! -o {b} -j ACCEPT");
-        let _ = writeln!(s, "-A FORWARD -i {b} -o {b} -j ACCEPT");
-    }
-    for (p, proto) in &published {
-        let _ = writeln!(
-            s,
-            "-A DOCKER -d {c1}/32 ! -i {br} -o {br} -p {proto} -m {proto} --dport {p} -j ACCEPT"
-        );
-    }
-    for (b, _) in &nets {
-        let _ = writeln!(
-            s,
-            "-A DOCKER-ISOLATION-STAGE-1 -i {b} ! -o {b} -j DOCKER-ISOLATION-STAGE-2"
-        );
-    }
-    let _ = writeln!(s, "-A DOCKER-ISOLATION-STAGE-1 -j RETURN");
-    for (b, _) in &nets {
-        let _ = writeln!(s, "-A DOCKER-ISOLATION-STAGE-2 -o {b} -j DROP");
-    }
-    let _ = writeln!(
-        s,
-        "-A DOCKER-ISOLATION-STAGE-2 -j RETURN\n-A DOCKER-USER -j RETURN\nCOMMIT"
-    );
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ruleset_mirrors_docker_and_puts_the_measured_port_last() {
-        let r = docker_ruleset(2, 3);
-        assert!(r.contains("-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER"));
-        assert!(r.contains("-A POSTROUTING -s 172.30.0.0/24 ! -o np0 -j MASQUERADE"));
-        assert!(r.contains("-A POSTROUTING -s 10.200.1.0/24 ! -o nb1 -j MASQUERADE"));
-        assert!(r.contains("-A DOCKER-ISOLATION-STAGE-2 -o nb1 -j DROP"));
-        let dnat: Vec<&str> = r.lines().filter(|l| l.contains("DNAT")).collect();
-        assert_eq!(dnat.len(), 4, "2 dummies + the measured port, tcp and udp");
-        assert!(dnat[2].contains("--dport 5001") && dnat[3].contains("-p udp"));
-        // The measured network is the oldest: its rules come last.
-        let fw: Vec<&str> = r
-            .lines()
-            .filter(|l| l.starts_with("-A FORWARD -o"))
-            .collect();
-        assert!(fw.last().unwrap().contains("np0"));
-        assert_eq!(r.matches("COMMIT").count(), 2);
-    }
 }

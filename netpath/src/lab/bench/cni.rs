@@ -208,10 +208,10 @@ pub fn measure(
         let order: [usize; 2] = if rep % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
             let (side, (ns, _, _)) = (&sides[i], &live[i]);
-            let rtts = load::tcp_rr(ns, CONTAINER_PORT, &side.ext, dial, dur, None)?;
+            let rtts = load::tcp_rr(ns, CONTAINER_PORT, &side.ext, dial.into(), dur, None)?;
             push(side.plugins, "rr p50 us", 1, load::percentile(&rtts, 50.0));
             push(side.plugins, "rr p99 us", 1, load::percentile(&rtts, 99.0));
-            let cps = load::tcp_cps(ns, CONTAINER_PORT, &side.ext, dial, dur)?;
+            let cps = load::tcp_cps(ns, CONTAINER_PORT, &side.ext, dial.into(), dur)?;
             push(side.plugins, "conn/s", 1, cps);
         }
     }

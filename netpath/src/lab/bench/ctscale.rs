@@ -194,9 +194,10 @@ pub fn measure(labs: &mut [ArmLab], quick: bool, reps: usize, dur: Duration) -> 
                 for i in 0..here.len() {
                     let (k, h) = here[(i + rep + w) % here.len()];
                     let lab = &labs[k];
-                    let values = super::measure(lab, workload, dur).with_context(|| {
-                        format!("{workload} on the {} arm at {level} flows", lab.arm.name())
-                    })?;
+                    let values =
+                        super::workloads::measure(lab, workload, dur).with_context(|| {
+                            format!("{workload} on the {} arm at {level} flows", lab.arm.name())
+                        })?;
                     for ((workload, metric, unit, _), value) in values {
                         eprintln!(
                             "[{:>5.1}s] conntrack scale {level:>7} flows rep {}/{reps} {workload} {} {metric} {value:.1} {unit}",

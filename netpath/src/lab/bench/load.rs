@@ -4,7 +4,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -79,9 +79,18 @@ fn client<T: Send + 'static>(
     .map_err(|_| anyhow::anyhow!("client panicked"))?
 }
 
+/// The unspecified address of `dial`'s family with `port`: what a server
+/// (or a client's own end) of a workload dialled at `dial` binds.
+fn any(dial: SocketAddr, port: u16) -> SocketAddr {
+    match dial {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, port).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, port).into(),
+    }
+}
+
 /// Accepts connections until stopped, each handled by `conn` on this thread.
 fn accept_loop(
-    listen: SocketAddrV4,
+    listen: SocketAddr,
     stop: Arc<AtomicBool>,
     ready: mpsc::Sender<()>,
     mut conn: impl FnMut(TcpStream) -> u64,
@@ -112,11 +121,11 @@ pub fn tcp_stream(
     server_ns: &Netns,
     port: u16,
     client_ns: &Netns,
-    dial: SocketAddrV4,
+    dial: SocketAddr,
     dur: Duration,
 ) -> Result<f64> {
     let server = Server::start(server_ns, move |stop, ready| {
-        accept_loop(SocketAddrV4::new(0.into(), port), stop, ready, |mut s| {
+        accept_loop(any(dial, port), stop, ready, |mut s| {
             let mut buf = vec![0u8; 1 << 16];
             let mut n = 0;
             s.set_read_timeout(Some(Duration::from_secs(3))).ok();
@@ -131,7 +140,7 @@ pub fn tcp_stream(
     })?;
     let started = Instant::now();
     let sent = client(client_ns, move || -> Result<u64> {
-        let mut s = TcpStream::connect_timeout(&dial.into(), Duration::from_secs(2))
+        let mut s = TcpStream::connect_timeout(&dial, Duration::from_secs(2))
             .with_context(|| format!("connect {dial}"))?;
         let buf = vec![0x5au8; 1 << 16];
         let mut n = 0u64;
@@ -159,13 +168,13 @@ pub fn udp_pps(
     server_ns: &Netns,
     port: u16,
     client_ns: &Netns,
-    dial: SocketAddrV4,
+    dial: SocketAddr,
     dur: Duration,
 ) -> Result<f64> {
     let count = Arc::new(AtomicU64::new(0));
     let c = count.clone();
     let server = Server::start(server_ns, move |stop, ready| {
-        let s = UdpSocket::bind(SocketAddrV4::new(0.into(), port))?;
+        let s = UdpSocket::bind(any(dial, port))?;
         s.set_read_timeout(Some(Duration::from_millis(50)))?;
         let _ = ready.send(());
         let mut buf = [0u8; 2048];
@@ -177,7 +186,7 @@ pub fn udp_pps(
         Ok(0)
     })?;
     client(client_ns, move || -> Result<()> {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
+        let s = UdpSocket::bind(any(dial, 0))?;
         s.connect(dial)?;
         let buf = [0x42u8; 64];
         let t = Instant::now();
@@ -216,11 +225,11 @@ pub fn udp_replied(
     server_ns: &Netns,
     port: u16,
     client_ns: &Netns,
-    dial: SocketAddrV4,
+    dial: SocketAddr,
     dur: Duration,
 ) -> Result<UdpReplied> {
     let server = Server::start(server_ns, move |stop, ready| {
-        let s = UdpSocket::bind(SocketAddrV4::new(0.into(), port))?;
+        let s = UdpSocket::bind(any(dial, port))?;
         s.set_read_timeout(Some(Duration::from_millis(50)))?;
         let _ = ready.send(());
         let mut buf = [0u8; 2048];
@@ -235,7 +244,7 @@ pub fn udp_replied(
         Ok(n)
     })?;
     let rtts = client(client_ns, move || -> Result<Vec<f64>> {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
+        let s = UdpSocket::bind(any(dial, 0))?;
         s.connect(dial)?;
         s.set_read_timeout(Some(Duration::from_millis(20)))?;
         let t0 = Instant::now();
@@ -297,12 +306,12 @@ pub fn tcp_rr(
     server_ns: &Netns,
     port: u16,
     client_ns: &Netns,
-    dial: SocketAddrV4,
+    dial: SocketAddr,
     dur: Duration,
     rate: Option<u32>,
 ) -> Result<Vec<f64>> {
     let server = Server::start(server_ns, move |stop, ready| {
-        accept_loop(SocketAddrV4::new(0.into(), port), stop, ready, |mut s| {
+        accept_loop(any(dial, port), stop, ready, |mut s| {
             let mut buf = [0u8; 64];
             s.set_read_timeout(Some(Duration::from_secs(3))).ok();
             let mut n = 0;
@@ -316,7 +325,7 @@ pub fn tcp_rr(
         })
     })?;
     let rtts = client(client_ns, move || -> Result<Vec<f64>> {
-        let mut s = TcpStream::connect_timeout(&dial.into(), Duration::from_secs(2))
+        let mut s = TcpStream::connect_timeout(&dial, Duration::from_secs(2))
             .with_context(|| format!("connect {dial}"))?;
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -352,11 +361,11 @@ pub fn tcp_cps(
     server_ns: &Netns,
     port: u16,
     client_ns: &Netns,
-    dial: SocketAddrV4,
+    dial: SocketAddr,
     dur: Duration,
 ) -> Result<f64> {
     let server = Server::start(server_ns, move |stop, ready| {
-        accept_loop(SocketAddrV4::new(0.into(), port), stop, ready, |mut s| {
+        accept_loop(any(dial, port), stop, ready, |mut s| {
             let mut b = [0u8; 1];
             s.set_read_timeout(Some(Duration::from_secs(1))).ok();
             if s.read_exact(&mut b).is_ok() {
@@ -369,7 +378,7 @@ pub fn tcp_cps(
         let t = Instant::now();
         let mut n = 0u64;
         while t.elapsed() < dur {
-            let mut s = TcpStream::connect_timeout(&dial.into(), Duration::from_secs(2))
+            let mut s = TcpStream::connect_timeout(&dial, Duration::from_secs(2))
                 .with_context(|| format!("connect {dial}"))?;
             s.set_read_timeout(Some(Duration::from_secs(2)))?;
             s.write_all(b"x")?;

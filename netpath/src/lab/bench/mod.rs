@@ -11,20 +11,23 @@ pub mod cni;
 pub mod control;
 pub mod ctscale;
 pub mod daemon;
+pub mod layout;
 pub mod load;
 pub mod monitor;
 mod report;
 mod report_scale;
+pub mod ruleset;
 pub mod startup;
 mod stats;
 mod svg;
+pub mod v6;
+pub mod workloads;
 
 pub use report::table;
 
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::SocketAddrV4,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -32,9 +35,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
-use arms::{Arm, ArmLab, EXT_PORT, PORT};
-
-use crate::lab::topology::Lab;
+use arms::{Arm, ArmLab};
+use workloads::{QUICK_WORKLOADS, V6, WORKLOADS, WORKLOADS6, measure};
 
 /// Options of `netpath bench`.
 #[derive(Clone, Debug)]
@@ -106,121 +108,6 @@ pub struct Results {
     pub startup: Vec<startup::StartupSample>,
     pub samples: Vec<Sample>,
 }
-
-/// (workload, metric, unit, higher is better)
-type Metric = (&'static str, &'static str, &'static str, bool);
-
-/// Runs one workload on one arm: (metric, value) pairs.
-fn measure(lab: &ArmLab, workload: &'static str, dur: Duration) -> Result<Vec<(Metric, f64)>> {
-    let l = &lab.lab;
-    let published = lab.published();
-    let ext: SocketAddrV4 = SocketAddrV4::new(Lab::EXT.parse()?, EXT_PORT);
-    let c2c: SocketAddrV4 = SocketAddrV4::new(Lab::C2.parse()?, PORT);
-    Ok(match workload {
-        "dnat tcp stream" => vec![(
-            (workload, "throughput", "Gbit/s", true),
-            load::tcp_stream(&l.c1, PORT, &l.ext, published, dur)?,
-        )],
-        "dnat udp 64B one-way" => vec![(
-            (workload, "received", "pps", true),
-            load::udp_pps(&l.c1, PORT, &l.ext, published, dur)?,
-        )],
-        "dnat udp 64B replied" => {
-            let r = load::udp_replied(&l.c1, PORT, &l.ext, published, dur)?;
-            vec![
-                ((workload, "replied", "pps", true), r.pps),
-                (
-                    (workload, "p50", "µs", false),
-                    load::percentile(&r.rtts, 50.0),
-                ),
-                (
-                    (workload, "p99", "µs", false),
-                    load::percentile(&r.rtts, 99.0),
-                ),
-            ]
-        }
-        "dnat rr" | "dnat rr @2k/s" => {
-            let rate = (workload == "dnat rr @2k/s").then_some(2000);
-            let rtts = load::tcp_rr(&l.c1, PORT, &l.ext, published, dur, rate)?;
-            vec![
-                (
-                    (workload, "p50", "µs", false),
-                    load::percentile(&rtts, 50.0),
-                ),
-                (
-                    (workload, "p99", "µs", false),
-                    load::percentile(&rtts, 99.0),
-                ),
-            ]
-        }
-        "dnat conn/s" => vec![(
-            (workload, "rate", "conn/s", true),
-            load::tcp_cps(&l.c1, PORT, &l.ext, published, dur)?,
-        )],
-        // Two containers of one network: the server on c2, the client on c1.
-        "c2c rr" => {
-            let rtts = load::tcp_rr(&l.c2, PORT, &l.c1, c2c, dur, None)?;
-            vec![
-                (
-                    (workload, "p50", "µs", false),
-                    load::percentile(&rtts, 50.0),
-                ),
-                (
-                    (workload, "p99", "µs", false),
-                    load::percentile(&rtts, 99.0),
-                ),
-            ]
-        }
-        "c2c udp 64B" => vec![(
-            (workload, "received", "pps", true),
-            load::udp_pps(&l.c2, PORT, &l.c1, c2c, dur)?,
-        )],
-        "c2c conn/s" => vec![(
-            (workload, "rate", "conn/s", true),
-            load::tcp_cps(&l.c2, PORT, &l.c1, c2c, dur)?,
-        )],
-        "snat tcp stream" => vec![(
-            (workload, "throughput", "Gbit/s", true),
-            load::tcp_stream(&l.ext, EXT_PORT, &l.c1, ext, dur)?,
-        )],
-        "snat conn/s" => vec![(
-            (workload, "rate", "conn/s", true),
-            load::tcp_cps(&l.ext, EXT_PORT, &l.c1, ext, dur)?,
-        )],
-        w => bail!("unknown workload {w}"),
-    })
-}
-
-/// "one-way" UDP never answers, so every datagram of it is a NEW packet
-/// to nf_conntrack and walks iptables' chains (netpath's map lookups do not
-/// grow with the rules): it favours netpath heavily. "replied" is the
-/// request/response case, established after the first datagram.
-const WORKLOADS: [&str; 11] = [
-    "c2c conn/s",
-    "c2c rr",
-    "c2c udp 64B",
-    "dnat conn/s",
-    "dnat rr",
-    "dnat rr @2k/s",
-    "dnat tcp stream",
-    "dnat udp 64B one-way",
-    "dnat udp 64B replied",
-    "snat conn/s",
-    "snat tcp stream",
-];
-
-/// What `--quick` (CI) runs: a request/response, a packet rate and a
-/// connection rate for each path, within a minute for the whole run (the
-/// streams and the paced latency are in the full run).
-const QUICK_WORKLOADS: [&str; 7] = [
-    "c2c rr",
-    "c2c udp 64B",
-    "dnat conn/s",
-    "dnat rr",
-    "dnat udp 64B one-way",
-    "dnat udp 64B replied",
-    "snat conn/s",
-];
 
 fn machine() -> BTreeMap<&'static str, String> {
     let mut m = BTreeMap::new();
@@ -442,12 +329,16 @@ pub fn run(opts: &Options) -> Result<Results> {
             }
         }
         for rep in 0..opts.reps {
-            let workloads: &[&str] = if opts.quick {
-                &QUICK_WORKLOADS
+            let workloads: Vec<&'static str> = if opts.quick {
+                QUICK_WORKLOADS.to_vec()
             } else {
-                &WORKLOADS
+                WORKLOADS.iter().chain(&WORKLOADS6).copied().collect()
             };
-            for (w, workload) in workloads.iter().enumerate() {
+            // IPv6 at the first scale point only.
+            let workloads = workloads
+                .into_iter()
+                .filter(|w| i == 0 || !w.starts_with(V6));
+            for (w, workload) in workloads.enumerate() {
                 // Interleave the arms, rotating who goes first.
                 for k in 0..here.len() {
                     let lab = &labs[here[(k + rep + w) % here.len()]];

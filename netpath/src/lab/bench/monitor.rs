@@ -48,7 +48,7 @@ pub fn measure(lab: &ArmLab, reps: usize, dur: Duration) -> Result<Vec<MonitorCo
                 } else {
                     None
                 };
-                let values = super::measure(lab, workload, dur)?;
+                let values = super::workloads::measure(lab, workload, dur)?;
                 let ((_, metric, unit, _), value) = *values
                     .first()
                     .with_context(|| format!("{workload} gave no value"))?;

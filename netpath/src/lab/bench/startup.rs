@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use super::arms::ArmLab;
+use super::arms::{ArmLab, UP};
 use crate::lab::topology::{self, Lab};
 
 /// One kind of `up`, every sample in milliseconds.
@@ -56,14 +56,8 @@ pub fn measure(
         for _ in 1..reps {
             let fresh = Lab::new(exe)?;
             let t = Instant::now();
-            topology::run(fresh.host.netpath(exe).args([
-                "up",
-                "--bridge",
-                Lab::BRIDGE,
-                "--subnet",
-                Lab::SUBNET,
-            ]))
-            .context("first up in a fresh topology")?;
+            topology::run(fresh.host.netpath(exe).args(UP))
+                .context("first up in a fresh topology")?;
             first.push(ms(t.elapsed()));
         }
     }
@@ -77,7 +71,7 @@ pub fn measure(
     let mut again = Vec::new();
     for _ in 0..n {
         let t = Instant::now();
-        lab.netpath(&["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET])?;
+        lab.netpath(&UP)?;
         again.push(ms(t.elapsed()));
     }
     let mut port = Vec::new();
