@@ -11,8 +11,9 @@
 //! the other port's egress program, whose checks it would pass (the same
 //! network's frame policy, a managed source, no flow to translate).
 //! Anything unusual (fragments, a TTL about to expire, an internal network,
-//! an unresolved neighbour, a route that does not leave through an uplink)
-//! takes the normal path.
+//! an unresolved neighbour, a route that does not leave through an uplink,
+//! a frame from outside not addressed to the host, bytes after the IP
+//! packet) takes the normal path.
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
@@ -29,6 +30,8 @@ use crate::{
 };
 
 const AF_INET: u8 = 2;
+/// `skb->pkt_type` of a frame addressed to this host (linux/if_packet.h).
+const PACKET_HOST: u32 = 0;
 
 /// Decrements the TTL (fixing the header checksum); `None` when it would
 /// expire here (the kernel then sends the ICMP error).
@@ -46,11 +49,19 @@ fn forward_ttl(ctx: &TcContext) -> Option<()> {
         .ok()
 }
 
+/// Whether the frame ends where the IPv4 packet does: the kernel's path
+/// trims what follows (Ethernet padding, a trailer) before it routes, the
+/// fast path would carry it on.
+#[inline(always)]
+fn whole(ctx: &TcContext, ip: &Ip4) -> bool {
+    L3 + usize::from(ip.tot_len) == ctx.len() as usize
+}
+
 /// A packet whose destination is now container `daddr`: straight to its
 /// veth peer. `None`: take the normal path.
 #[inline(always)]
 pub fn to_container4(ctx: &TcContext, ip: &Ip4, daddr: u32) -> Option<i32> {
-    if ip.is_fragment() {
+    if ip.is_fragment() || !for_this_host(ctx) || !whole(ctx, ip) {
         return None;
     }
     // SAFETY: the value is Copy and read at once.
@@ -67,6 +78,16 @@ pub fn to_container4(ctx: &TcContext, ip: &Ip4, daddr: u32) -> Option<i32> {
     hdr[6..].copy_from_slice(&eth);
     ctx.store(0, &hdr, 0).ok()?;
     Some(to_peer(ctx, &ep))
+}
+
+/// Whether a packet that came in through an uplink was addressed to the
+/// host at layer 2 (`PACKET_HOST`): the kernel forwards nothing else (a
+/// frame for another MAC, a broadcast or a multicast one), so neither may
+/// the fast path.
+#[inline(always)]
+pub fn for_this_host(ctx: &TcContext) -> bool {
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    unsafe { (*ctx.skb.skb).pkt_type == PACKET_HOST }
 }
 
 /// Hands the packet to the veth peer of `ep`'s port, counted as that
@@ -131,7 +152,7 @@ pub fn to_neighbour4(ctx: &TcContext, ip: &Ip4, from: u32, net_id: u32) -> Optio
 /// routed here and sent out of its uplink. `None`: the normal path.
 #[inline(always)]
 pub fn to_uplink4(ctx: &TcContext, ip: &Ip4, bridge_ifindex: u32) -> Option<i32> {
-    if ip.is_fragment() {
+    if ip.is_fragment() || !whole(ctx, ip) {
         return None;
     }
     // SAFETY: an all-zero bpf_fib_lookup is a valid starting point.

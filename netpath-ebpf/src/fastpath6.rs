@@ -8,8 +8,11 @@
 //! the hop limit (IPv6 has no header checksum to fix, and the hop limit is
 //! outside the upper-layer pseudo-header).
 //!
-//! Anything unusual takes the normal path: fragments, a hop limit about to
-//! run out (the kernel sends the Time Exceeded), multicast and link-local
+//! Anything unusual takes the normal path: fragments and other extension
+//! headers on a routed hop, bytes after the payload, a frame from outside
+//! not addressed to the host (another MAC, a broadcast or multicast one),
+//! a hop limit about to run out (the kernel sends the Time Exceeded),
+//! multicast and link-local
 //! destinations, a source outside the network's subnet (a link-local one
 //! the host would not forward), an internal network, a neighbour not yet
 //! resolved, a packet larger than the route's MTU (the kernel sends the
@@ -27,12 +30,12 @@ use crate::{
     TCX_NEXT,
     counters::count,
     ct::ct_lookup,
-    fastpath::{out_of_uplink, to_peer},
+    fastpath::{for_this_host, out_of_uplink, to_peer},
     flow::work6,
     lookup::{iface, network, network6_of, same_mac},
     maps::NP_ENDPOINTS6,
     parse::L3,
-    parse6::{Flow, FromPort, Ip6, ip6_off},
+    parse6::{Flow, FromPort, IP6_HLEN, Ip6, ip6_off},
 };
 
 const AF_INET6: u8 = 10;
@@ -70,7 +73,7 @@ pub fn to_container6(ctx: &TcContext, ip: &Ip6) -> i32 {
 
 #[inline(always)]
 fn fast_to_container6(ctx: &TcContext, ip: &Ip6) -> Option<i32> {
-    if ip.fragment {
+    if !routable(ctx, ip) || !for_this_host(ctx) {
         return None;
     }
     let daddr: [u8; 16] = ctx.load(L3 + ip6_off::DADDR).ok()?;
@@ -145,10 +148,22 @@ fn fast_from_port6(ctx: &TcContext) -> Option<i32> {
     to_uplink6(ctx, &w.ip, bridge)
 }
 
+/// Whether the host's forwarding would route `ip` as it is: no extension
+/// header (it drops some Hop-by-Hop options, answers others; fragments
+/// are reassembled or followed elsewhere), nothing after the payload
+/// (trimmed before it routes).
+#[inline(always)]
+fn routable(ctx: &TcContext, ip: &Ip6) -> bool {
+    !ip.fragment && ip.l4 == L3 + IP6_HLEN && ip.end == ctx.len() as usize
+}
+
 /// Routes a container's packet for beyond the host and sends it out of
 /// its uplink. `None`: the normal path.
 #[inline(always)]
 fn to_uplink6(ctx: &TcContext, ip: &Ip6, bridge_ifindex: u32) -> Option<i32> {
+    if !routable(ctx, ip) {
+        return None;
+    }
     // SAFETY: an all-zero bpf_fib_lookup is a valid starting point.
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     p.family = AF_INET6;

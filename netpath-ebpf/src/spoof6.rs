@@ -1,11 +1,12 @@
 //! IPv6 anti-spoofing at container ports: a container sends from the
 //! EUI-64 link-local address of its MAC, from the global address of its
 //! network's subnet it was given (`connect`) or took first (trust on first
-//! use, as for IPv4), from one other link-local address it took first, or
-//! from `::` to a multicast group (duplicate address detection, MLD). An
-//! address another port sends from, the EUI-64 link-local address of
-//! another port's or a bridge's MAC, a bridge's link-local addresses, the
-//! gateway and the subnet-router anycast address are never taken. Every
+//! use, as for IPv4), from one other link-local address it took first (not
+//! an EUI-64 one), or from `::` to a multicast group (duplicate address
+//! detection, MLD). An address another port sends from, the EUI-64
+//! link-local address of any other MAC (another port's, a bridge's, one
+//! not plugged in yet), a bridge's link-local addresses, the gateway and
+//! the subnet-router anycast address are never taken. Every
 //! address a port sends from is recorded in `NP_ENDPOINTS6` once its packet
 //! passed, so the bridge can tell what its ports sent.
 
@@ -20,7 +21,7 @@ use netpath_common::{
 use crate::{
     maps::{NP_ENDPOINTS6, NP_PORTS6},
     parse6::{Ip6, same6},
-    spoof::{Sender, mac_of_another},
+    spoof::Sender,
 };
 
 /// A port's container, for IPv6.
@@ -86,15 +87,18 @@ impl Sender6<'_> {
     fn may_take(&self, addr: &[u8; 16]) -> bool {
         let port = port(self.s.ifindex);
         if is_link_local(addr) {
-            // Its MAC's own, or one other: never one made from the MAC of
-            // another port or a bridge, which that port or bridge will use
-            // (it may not have spoken yet; a bridge's actual link-local
-            // addresses are recorded in NP_ENDPOINTS6 under the bridge).
+            // Its MAC's own, or one other: never one made (EUI-64) from
+            // another MAC, which that MAC's port or bridge will use. It may
+            // not exist yet: Docker's MACs follow its addresses, so a
+            // container can tell the next container's link-local address
+            // and, holding it first, answer that container's duplicate
+            // address detection before netpath binds it. (A bridge's
+            // actual link-local addresses are recorded in NP_ENDPOINTS6
+            // under the bridge.)
             if same6(addr, &eui64_link_local(&self.s.mac)) {
                 return true;
             }
-            return port.flags & port6_flags::LINK_LOCAL_LEARNED == 0
-                && !eui64_mac(addr).is_some_and(|mac| mac_of_another(self.s.ifindex, &mac));
+            return port.flags & port6_flags::LINK_LOCAL_LEARNED == 0 && eui64_mac(addr).is_none();
         }
         !port.has_global()
             && self.net6.contains(addr)

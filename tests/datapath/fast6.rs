@@ -1,7 +1,8 @@
 //! The IPv6 fast path on crafted packets (BPF_PROG_TEST_RUN reports the
 //! redirect verdict; the kernel does not carry it out): an answer from
 //! outside, once written back at the uplink, handed to the container's
-//! veth peer with one hop taken off and the MACs of the last hop; an
+//! veth peer with one hop taken off and the MACs of the last hop (only a
+//! frame addressed to the host, with nothing after the packet); an
 //! untracked packet between two containers of one network, port to port,
 //! unchanged. Every case that must take the normal path does.
 
@@ -61,7 +62,12 @@ fn an_answer_from_outside_goes_from_the_uplink_straight_to_its_container() {
         bind(&mut dp, "fd00:30::3", C2_MAC, 1);
         let (_, out) = run(&mut dp, Dir::Egress, &tcp(c2(), r(), 40000, 80, SYN), 1);
         let (_, _, port, _) = parsed(&out);
-        let synack = tcp(r(), u(), 80, port, SYN | ACK);
+        // Addressed to the host at layer 2 (loopback's MAC, all zeros).
+        let for_host = |mut f: Vec<u8>| {
+            f[..6].copy_from_slice(&[0; 6]);
+            f
+        };
+        let synack = for_host(tcp(r(), u(), 80, port, SYN | ACK));
         let (v, out) = run(&mut dp, Dir::Ingress, &synack, 1);
         assert_eq!(v, REDIRECT, "handed to C2's veth peer");
         assert_eq!(parsed(&out), (r(), c2(), 80, 40000), "written back");
@@ -74,13 +80,32 @@ fn an_answer_from_outside_goes_from_the_uplink_straight_to_its_container() {
         // The normal path for the rest: the written-back packet leaves
         // with its hop limit as it came.
         let ack = |hops: u8| {
-            let mut f = tcp(r(), u(), 80, port, ACK);
+            let mut f = for_host(tcp(r(), u(), 80, port, ACK));
             f[HOP_LIMIT] = hops;
             f
         };
         let (v, out) = run(&mut dp, Dir::Ingress, &ack(1), 1);
         assert_eq!(v, TCX_NEXT, "a hop limit that runs out here");
         assert_eq!((out[HOP_LIMIT], parsed(&out).1), (1, c2()));
+        // A frame the host would not take in (the kernel forwards only
+        // what is addressed to it), and one with bytes after the packet
+        // (the kernel trims them before it routes).
+        for (dst, why) in [
+            ([0x02, 0, 0, 0, 0, 0x09], "another host's MAC"),
+            ([0xff; 6], "broadcast"),
+            ([0x33, 0x33, 0, 0, 0, 1], "multicast"),
+        ] {
+            let mut f = ack(64);
+            f[..6].copy_from_slice(&dst);
+            assert_eq!(run(&mut dp, Dir::Ingress, &f, 1).0, TCX_NEXT, "{why}");
+        }
+        let mut trailer = ack(64);
+        trailer.extend_from_slice(&[0xee; 6]);
+        assert_eq!(
+            run(&mut dp, Dir::Ingress, &trailer, 1).0,
+            TCX_NEXT,
+            "a trailer"
+        );
         // A port of another network (being moved), or none at all.
         let other = IfaceInfo {
             role: IfaceRole::Port as u32,
@@ -103,7 +128,7 @@ fn an_answer_from_outside_goes_from_the_uplink_straight_to_its_container() {
         assert_eq!(run(&mut dp, Dir::Ingress, &ack(64), 1).0, REDIRECT);
 
         // The host's own traffic is never redirected.
-        let host = tcp(r(), u(), 80, 22, SYN);
+        let host = for_host(tcp(r(), u(), 80, 22, SYN));
         assert_eq!(run(&mut dp, Dir::Ingress, &host, 1), (TCX_NEXT, host));
     });
 }

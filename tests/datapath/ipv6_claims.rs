@@ -322,18 +322,44 @@ fn router_only_messages_are_refused_and_mld_reports_pass() {
 }
 
 #[test]
-fn binding_a_port_takes_its_link_local_address_back_from_a_squatter() {
+fn a_port_cannot_take_the_link_local_address_of_a_mac_not_plugged_in_yet() {
     require_root!();
     in_netns("v6squat", |pins| {
         let mut dp = datapath(pins, 0);
         // A MAC nobody has yet (Docker's follow the address: a container
-        // can guess the next one): the port may take its address.
+        // can guess the next one). Holding its EUI-64 address first would
+        // let the port answer the owner's duplicate address detection
+        // before netpath binds the owner: sending from it, advertising it
+        // and probing for it are refused, and nothing is recorded.
         let future = [0x02, 0, 0, 0, 0, 0x09];
         let ll = ll_of(&future);
         let e = echo(ALL_NODES, &ll, "ff02::1");
-        assert_eq!(run(&mut dp, Dir::Ingress, &e, 1).0, TCX_NEXT);
-        assert_eq!(endpoint(&dp, &ll).map(|e| e.ifindex), Some(LO));
-        // Its owner is plugged in (port 6) and bound.
+        assert_eq!(run(&mut dp, Dir::Ingress, &e, 1).0, SHOT);
+        assert_eq!(drops(&dp, 1, DropReason::SpoofedSource), 1);
+        let own = ll_of(&MAC);
+        let na = frame6(ALL_NODES, &own, "ff02::1", 58, &nd(136, &ll, Some(MAC)));
+        assert_eq!(run(&mut dp, Dir::Ingress, &na, 1).0, SHOT, "its NA");
+        let dad = frame6(ALL_NODES, "::", "ff02::1:ff00:9", 58, &nd(135, &ll, None));
+        assert_eq!(run(&mut dp, Dir::Ingress, &dad, 1).0, SHOT, "its DAD");
+        assert_eq!(drops(&dp, 1, DropReason::NdSpoof), 2);
+        assert_eq!(endpoint(&dp, &ll), None);
+        let port = dp.maps.v6.ports.get(&LO, 0).unwrap_or_default();
+        assert_eq!(port.flags & port6_flags::LINK_LOCAL_LEARNED, 0);
+
+        // One an older build let the port learn is taken back when its
+        // owner is bound.
+        let mut squatted = port;
+        squatted.link_local = ip(&ll).octets();
+        squatted.flags |= port6_flags::LINK_LOCAL_LEARNED;
+        dp.maps.v6.ports.insert(LO, squatted, 0).unwrap();
+        let held = Endpoint {
+            ifindex: LO,
+            net_id: 1,
+            mac: MAC,
+            _pad: [0; 2],
+        };
+        let key = Addr6Key::of(&ip(&ll).octets(), 1);
+        dp.maps.v6.endpoints.insert(key, held, 0).unwrap();
         dp.maps.macs.insert(mac_key(future), 6, 0).unwrap();
         dp.maps
             .v6
@@ -342,8 +368,7 @@ fn binding_a_port_takes_its_link_local_address_back_from_a_squatter() {
         assert_eq!(endpoint(&dp, &ll).map(|e| e.ifindex), Some(6));
         let port = dp.maps.v6.ports.get(&LO, 0).unwrap_or_default();
         assert_eq!(port.flags & port6_flags::LINK_LOCAL_LEARNED, 0);
-        // The squatter can no longer send from it, nor take it again.
         assert_eq!(run(&mut dp, Dir::Ingress, &e, 1).0, SHOT);
-        assert_eq!(drops(&dp, 1, DropReason::SpoofedSource), 1);
+        assert_eq!(drops(&dp, 1, DropReason::SpoofedSource), 2);
     });
 }

@@ -3,8 +3,8 @@
 //! bridge or the host ends of the veths carrying them (the kernel's own
 //! interface statistics say so), masqueraded all the same; neighbours on
 //! one network go port to port; a hop limit that runs out here still gets
-//! its Time Exceeded from the host; a link-local source is left to the
-//! host, which does not forward it.
+//! its Time Exceeded from the host; a link-local source and a Hop-by-Hop
+//! option to discard are left to the host, which does not forward them.
 
 use crate::harness;
 use crate::ipv6::{connect, tcp6_to, up_dual};
@@ -103,28 +103,39 @@ fn ipv6_takes_the_fast_path_out_of_the_uplink_back_and_between_neighbours() {
     // Still only what was asked for: nothing from ext reaches c1.
     assert!(tcp6_to(&c1, 7730, &ext, &a1, 7730).is_err(), "ext -> c1");
 
-    // c1's own link-local address is its own on the link, not a source
-    // the host forwards: a datagram from it to ext never leaves (it would
-    // have, masqueraded or not, had the fast path routed it).
+    // What the host does not forward as it is stays the host's to judge:
+    // c1's own link-local address as a source (its own on the link, not
+    // beyond it), and a Hop-by-Hop option the host must discard (type
+    // 0x9e: discard and say so). Neither leaves (the fast path would have
+    // sent both out), and both go up to the host through the bridge.
     let ll: Ipv6Addr = link_local(&c1, "eth0").parse().unwrap();
+    let own: Ipv6Addr = a1.parse().unwrap();
     let ext_addr: Ipv6Addr = "fd00:ee::2".parse().unwrap();
-    let marker = b"np-fast6-link-local";
-    let datagram = frames::frame6(
-        17,
-        ll,
-        ext_addr,
-        &frames::udp(ll, ext_addr, 7740, 7740, marker, true),
-    );
-    let datagram = raw::with_macs(datagram, raw::mac_of(&host, BR), raw::mac_of(&c1, "eth0"));
-    let seen = raw::capture(&ext, "eth0", Duration::from_millis(800), move |f| {
-        f.windows(marker.len()).any(|w| w == marker)
-    });
-    let before = bridge_stats(&host).0;
-    assert_eq!(raw::send(&c1, "eth0", vec![datagram], 3), 3);
-    let seen = seen.join().unwrap().unwrap();
-    assert!(seen.is_empty(), "left the host: {seen:02x?}");
-    // The normal path: up to the host, whose forwarding refuses them.
-    let taken = bridge_stats(&host).0 - before;
-    assert!(taken >= 3, "the bridge took {taken} up");
+    let marker = b"np-fast6-not-forwarded";
+    let udp = |src: Ipv6Addr| frames::udp(src, ext_addr, 7740, 7740, marker, true);
+    let mut hop_by_hop = vec![17, 0, 0x9e, 4, 0, 0, 0, 0];
+    hop_by_hop.extend_from_slice(&udp(own));
+    let (bridge_mac, c1_mac) = (raw::mac_of(&host, BR), raw::mac_of(&c1, "eth0"));
+    for (datagram, why) in [
+        (
+            frames::frame6(17, ll, ext_addr, &udp(ll)),
+            "a link-local source",
+        ),
+        (
+            frames::frame6(0, own, ext_addr, &hop_by_hop),
+            "a Hop-by-Hop option to discard",
+        ),
+    ] {
+        let datagram = raw::with_macs(datagram, bridge_mac, c1_mac);
+        let seen = raw::capture(&ext, "eth0", Duration::from_millis(800), move |f| {
+            f.windows(marker.len()).any(|w| w == marker)
+        });
+        let before = bridge_stats(&host).0;
+        assert_eq!(raw::send(&c1, "eth0", vec![datagram], 3), 3);
+        let seen = seen.join().unwrap().unwrap();
+        assert!(seen.is_empty(), "{why} left the host: {seen:02x?}");
+        let taken = bridge_stats(&host).0 - before;
+        assert!(taken >= 3, "{why}: the bridge took {taken} up");
+    }
     drop(c2);
 }
