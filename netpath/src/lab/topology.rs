@@ -135,7 +135,12 @@ impl Drop for Netns {
                 .output();
         }
         if let Some(cg) = &self.cgroup {
-            let _ = std::fs::remove_dir(cg);
+            // The daemon `down` stopped may still be leaving the cgroup: a
+            // cgroup with a process in it cannot be removed (EBUSY).
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while std::fs::remove_dir(cg).is_err() && cg.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
