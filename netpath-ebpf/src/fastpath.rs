@@ -66,18 +66,36 @@ pub fn to_container4(ctx: &TcContext, ip: &Ip4, daddr: u32) -> Option<i32> {
     }
     // SAFETY: the value is Copy and read at once.
     let ep = unsafe { NP_ENDPOINTS4.get(daddr) }.copied()?;
+    routed_to_peer(ctx, &ep, forward_ttl)
+}
+
+/// Hands a routed packet to container `ep`: `hop` takes the hop off its
+/// header, the container's MAC becomes the destination and the old
+/// destination (the uplink's) the source. `None` (the normal path) for a
+/// container of an internal network, whose checks are at its port.
+#[inline(always)]
+pub fn routed_to_peer(
+    ctx: &TcContext,
+    ep: &Endpoint,
+    hop: impl FnOnce(&TcContext) -> Option<()>,
+) -> Option<i32> {
     let net = network(ep.net_id)?;
     if net.flags & net_flags::INTERNAL != 0 {
         return None;
     }
     let eth: [u8; 6] = ctx.load(0).ok()?;
-    forward_ttl(ctx)?;
-    // New destination MAC; the old one (the uplink's) becomes the source.
+    hop(ctx)?;
+    set_macs(ctx, &ep.mac, &eth)?;
+    Some(to_peer(ctx, ep))
+}
+
+/// Writes the frame's destination and source MACs.
+#[inline(always)]
+fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Option<()> {
     let mut hdr = [0u8; 12];
-    hdr[..6].copy_from_slice(&ep.mac);
-    hdr[6..].copy_from_slice(&eth);
-    ctx.store(0, &hdr, 0).ok()?;
-    Some(to_peer(ctx, &ep))
+    hdr[..6].copy_from_slice(dst);
+    hdr[6..].copy_from_slice(src);
+    ctx.store(0, &hdr, 0).ok()
 }
 
 /// Whether a packet that came in through an uplink was addressed to the
@@ -123,18 +141,27 @@ pub fn to_neighbour4(ctx: &TcContext, ip: &Ip4, from: u32, net_id: u32) -> Optio
     }
     // SAFETY: the value is Copy and read at once.
     let ep = unsafe { NP_ENDPOINTS4.get(ip.daddr) }.copied()?;
-    if ep.net_id != net_id || ep.ifindex == from {
+    to_neighbour(ctx, &ep, from, net_id)
+}
+
+/// Whether `ep` is at a port netpath manages in network `net_id` (one
+/// being set up or torn down, or in another network, is not): only then
+/// may a packet skip that port's egress program.
+#[inline(always)]
+pub fn managed_port(ep: &Endpoint, net_id: u32) -> bool {
+    ep.net_id == net_id
+        && iface(ep.ifindex).is_some_and(|p| p.role == IfaceRole::Port as u32 && p.net_id == net_id)
+}
+
+/// A packet from port `from` of network `net_id` for container `ep`, in a
+/// frame addressed to that container (not to the bridge, a stale MAC or a
+/// broadcast) at another managed port of the network: straight to its
+/// veth peer, counted as port to port. `None`: the bridge.
+#[inline(always)]
+pub fn to_neighbour(ctx: &TcContext, ep: &Endpoint, from: u32, net_id: u32) -> Option<i32> {
+    if ep.ifindex == from || !managed_port(ep, net_id) {
         return None;
     }
-    // Skipping its egress program is only right for a port netpath
-    // manages in this network (one being set up or torn down goes the
-    // long way).
-    let port = iface(ep.ifindex)?;
-    if port.role != IfaceRole::Port as u32 || port.net_id != net_id {
-        return None;
-    }
-    // Addressed to that container at layer 2 too (not to the bridge, a
-    // stale MAC, or a broadcast).
     let dst: [u8; 6] = ctx.load(0).ok()?;
     if !same_mac(&dst, &ep.mac) {
         return None;
@@ -145,7 +172,7 @@ pub fn to_neighbour4(ctx: &TcContext, ip: &Ip4, from: u32, net_id: u32) -> Optio
         counter_kind::NET_C2C_FAST,
         ctx.len(),
     );
-    Some(to_peer(ctx, &ep))
+    Some(to_peer(ctx, ep))
 }
 
 /// A container's packet for outside the managed networks and the host:
@@ -193,10 +220,7 @@ pub fn out_of_uplink(
         return None;
     }
     hop(ctx)?;
-    let mut hdr = [0u8; 12];
-    hdr[..6].copy_from_slice(&p.dmac);
-    hdr[6..].copy_from_slice(&p.smac);
-    ctx.store(0, &hdr, 0).ok()?;
+    set_macs(ctx, &p.dmac, &p.smac)?;
     // SAFETY: as above.
     Some(unsafe { bpf_redirect(p.ifindex, 0) } as i32)
 }

@@ -20,19 +20,17 @@
 
 use aya_ebpf::{bindings::bpf_fib_lookup, programs::TcContext};
 use netpath_common::{
-    Endpoint, IfaceRole, counter_kind, counter_scope,
+    Endpoint,
     ct::Tuple,
-    net_flags,
     v6::{Addr6Key, is_link_local, is_multicast},
 };
 
 use crate::{
     TCX_NEXT,
-    counters::count,
     ct::ct_lookup,
-    fastpath::{for_this_host, out_of_uplink, to_peer},
+    fastpath::{for_this_host, managed_port, out_of_uplink, routed_to_peer, to_neighbour},
     flow::work6,
-    lookup::{iface, network, network6_of, same_mac},
+    lookup::network6_of,
     maps::NP_ENDPOINTS6,
     parse::L3,
     parse6::{Flow, FromPort, IP6_HLEN, Ip6, ip6_off},
@@ -50,16 +48,11 @@ fn forward_hop(ctx: &TcContext) -> Option<()> {
     ctx.store(L3 + ip6_off::HOP_LIMIT, &(hops - 1), 0).ok()
 }
 
-/// The endpoint of network `net_id` that holds `addr`, if a port netpath
-/// manages in that network has it (a port being set up or torn down, or
-/// an address another network holds, is not).
+/// Whom `NP_ENDPOINTS6` records as holding `addr` in network `net_id`.
 #[inline(always)]
 fn endpoint6(addr: &[u8; 16], net_id: u32) -> Option<Endpoint> {
     // SAFETY: the value is Copy and read at once.
-    let ep = unsafe { NP_ENDPOINTS6.get(Addr6Key::of(addr, net_id)) }.copied()?;
-    let port = iface(ep.ifindex)?;
-    (ep.net_id == net_id && port.role == IfaceRole::Port as u32 && port.net_id == net_id)
-        .then_some(ep)
+    unsafe { NP_ENDPOINTS6.get(Addr6Key::of(addr, net_id)) }.copied()
 }
 
 /// A packet from an uplink whose destination (as written now) is a
@@ -78,19 +71,8 @@ fn fast_to_container6(ctx: &TcContext, ip: &Ip6) -> Option<i32> {
     }
     let daddr: [u8; 16] = ctx.load(L3 + ip6_off::DADDR).ok()?;
     let net_id = network6_of(&daddr)?;
-    let net = network(net_id)?;
-    if net.flags & net_flags::INTERNAL != 0 {
-        return None;
-    }
-    let ep = endpoint6(&daddr, net_id)?;
-    let eth: [u8; 6] = ctx.load(0).ok()?;
-    forward_hop(ctx)?;
-    // New destination MAC; the old one (the uplink's) becomes the source.
-    let mut hdr = [0u8; 12];
-    hdr[..6].copy_from_slice(&ep.mac);
-    hdr[6..].copy_from_slice(&eth);
-    ctx.store(0, &hdr, 0).ok()?;
-    Some(to_peer(ctx, &ep))
+    let ep = endpoint6(&daddr, net_id).filter(|ep| managed_port(ep, net_id))?;
+    routed_to_peer(ctx, &ep, forward_hop)
 }
 
 /// A container's IPv6 packet that its port's ingress program allowed
@@ -119,22 +101,11 @@ fn fast_from_port6(ctx: &TcContext) -> Option<i32> {
     }
     if let Some(ep) = endpoint6(&w.ip.daddr, net_id) {
         // Skipping the other port's egress program is only right for a
-        // packet it would pass untouched: no flow to translate either way,
-        // framed for that container (not the bridge, a stale MAC).
-        if flow != Flow::Untracked || ep.ifindex == from || ct_lookup(&w.key.reversed()).is_some() {
+        // packet it would pass untouched: no flow to translate either way.
+        if flow != Flow::Untracked || ct_lookup(&w.key.reversed()).is_some() {
             return None;
         }
-        let dst: [u8; 6] = ctx.load(0).ok()?;
-        if !same_mac(&dst, &ep.mac) {
-            return None;
-        }
-        count(
-            counter_scope::NETWORK,
-            net_id,
-            counter_kind::NET_C2C_FAST,
-            ctx.len(),
-        );
-        return Some(to_peer(ctx, &ep));
+        return to_neighbour(ctx, &ep, from, net_id);
     }
     // The host, the gateways and the managed networks take the bridge;
     // so does a source the host would not forward (a link-local one: the

@@ -10,7 +10,7 @@ use crate::harness;
 
 use std::net::Ipv6Addr;
 
-use harness::testrun::{LO, SHOT, TCX_NEXT, counter, drops, in_netns, run};
+use harness::testrun::{LO, SHOT, TCX_NEXT, counter, drops, in_netns, run, set_flags};
 use netpath::{attach::Datapath, state::Dir};
 use netpath_common::{
     DropReason, Endpoint, IfaceInfo, IfaceRole, counter_kind, counter_scope,
@@ -118,12 +118,9 @@ fn an_answer_from_outside_goes_from_the_uplink_straight_to_its_container() {
         assert_eq!(run(&mut dp, Dir::Ingress, &ack(64), 1).0, TCX_NEXT);
         bind(&mut dp, "fd00:30::3", C2_MAC, 1);
         // An internal network takes the long way (its checks at the port).
-        let mut net = dp.maps.networks.get(&1, 0).unwrap();
-        net.flags |= net_flags::INTERNAL;
-        dp.maps.networks.insert(1, net, 0).unwrap();
+        set_flags(&mut dp, 1, net_flags::INTERNAL, true);
         assert_eq!(run(&mut dp, Dir::Ingress, &ack(64), 1).0, TCX_NEXT);
-        net.flags &= !net_flags::INTERNAL;
-        dp.maps.networks.insert(1, net, 0).unwrap();
+        set_flags(&mut dp, 1, net_flags::INTERNAL, false);
         assert_eq!(delivered_at_peer(&dp), 1, "none of those was redirected");
         assert_eq!(run(&mut dp, Dir::Ingress, &ack(64), 1).0, REDIRECT);
 
@@ -220,13 +217,10 @@ fn ipv6_neighbours_on_one_network_go_port_to_port_unchanged() {
 
         // ICC off: dropped as before, never redirected; a spoofed source
         // never gets there either.
-        let mut net = dp.maps.networks.get(&1, 0).unwrap();
-        net.flags |= net_flags::NO_ICC;
-        dp.maps.networks.insert(1, net, 0).unwrap();
+        set_flags(&mut dp, 1, net_flags::NO_ICC, true);
         assert_eq!(run(&mut dp, Dir::Ingress, &to_c2, 1).0, SHOT);
         assert_eq!(drops(&dp, 1, DropReason::Icc), 1);
-        net.flags &= !net_flags::NO_ICC;
-        dp.maps.networks.insert(1, net, 0).unwrap();
+        set_flags(&mut dp, 1, net_flags::NO_ICC, false);
         let spoofed = echo(NEIGHBOUR_MAC, "fd00:30::77", "fd00:30::3");
         assert_eq!(run(&mut dp, Dir::Ingress, &spoofed, 1).0, SHOT);
         assert_eq!(run(&mut dp, Dir::Ingress, &to_c2, 1).0, REDIRECT);

@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 
 use harness::{
     packet::{self, TCP, UDP, frame},
-    testrun::{LO, SHOT, TCX_NEXT, counter, drops, in_netns, run, run_from},
+    testrun::{LO, SHOT, TCX_NEXT, counter, drops, in_netns, run, run_from, set_flags},
 };
 use netpath::{attach::Datapath, codec, spec, state::Dir};
 use netpath_common::{
@@ -408,9 +408,7 @@ fn deliveries_from_unmanaged_interfaces_follow_the_gateway_mode() {
             TCX_NEXT
         );
         // Internal networks take nothing from outside in any mode.
-        let mut net = dp.maps.networks.get(&1, 0).unwrap();
-        net.flags |= net_flags::INTERNAL;
-        dp.maps.networks.insert(1, net, 0).unwrap();
+        set_flags(&mut dp, 1, net_flags::INTERNAL, true);
         assert_eq!(run_from(&mut dp, Dir::Egress, &to_c1, UNMANAGED).0, SHOT);
     });
 }
@@ -568,13 +566,10 @@ fn a_neighbour_on_the_same_network_is_reached_port_to_port() {
         assert_eq!(fast(&dp).0, 1, "none of those took the fast path");
 
         // ICC off: dropped as before, never redirected.
-        let mut net = dp.maps.networks.get(&1, 0).unwrap();
-        net.flags |= net_flags::NO_ICC;
-        dp.maps.networks.insert(1, net, 0).unwrap();
+        set_flags(&mut dp, 1, net_flags::NO_ICC, true);
         assert_eq!(run(&mut dp, Dir::Ingress, &to_c2, 1).0, SHOT);
         assert_eq!(drops(&dp, 1, DropReason::Icc), 1);
-        net.flags &= !net_flags::NO_ICC;
-        dp.maps.networks.insert(1, net, 0).unwrap();
+        set_flags(&mut dp, 1, net_flags::NO_ICC, false);
         // A spoofed source never gets there either.
         let spoofed = packet::with_macs(udp_to(C3, C2), c2_mac, MAC);
         assert_eq!(run(&mut dp, Dir::Ingress, &spoofed, 1).0, SHOT);

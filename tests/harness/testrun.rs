@@ -103,6 +103,18 @@ pub fn drops(dp: &Datapath, net_id: u32, reason: netpath_common::DropReason) -> 
     .0
 }
 
+/// Turns `flags` on (`on`) or off in network `id`'s record, as `network
+/// set` flips them in the map.
+pub fn set_flags(dp: &mut Datapath, id: u32, flags: u32, on: bool) {
+    let mut net = dp.maps.networks.get(&id, 0).unwrap();
+    if on {
+        net.flags |= flags;
+    } else {
+        net.flags &= !flags;
+    }
+    dp.maps.networks.insert(id, net, 0).unwrap();
+}
+
 /// Runs a test body on a thread inside a fresh namespace (so loopback is
 /// ifindex 1) with a private pin directory `tag`.
 pub fn in_netns(tag: &'static str, f: impl FnOnce(&std::path::Path) + Send + 'static) {

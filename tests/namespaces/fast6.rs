@@ -7,11 +7,11 @@
 //! option to discard are left to the host, which does not forward them.
 
 use crate::harness;
-use crate::ipv6::{connect, tcp6_to, up_dual};
+use crate::ipv6::{connect, host_and_ext6, tcp6_to, up_dual};
 
 use std::{net::Ipv6Addr, time::Duration};
 
-use harness::{NETPATH, Netns, link_local, raw, status};
+use harness::{Netns, link_local, raw, status};
 use netpath::lab::frames;
 
 const BR: &str = "np6f";
@@ -44,11 +44,7 @@ fn ping6(ns: &Netns, args: &[&str]) -> String {
 #[test]
 fn ipv6_takes_the_fast_path_out_of_the_uplink_back_and_between_neighbours() {
     require_root!();
-    let (host, ext) = harness::Lab::host_and_ext("v6fh", "v6fe", NETPATH, "uplink0").unwrap();
-    host.ip(&["addr", "add", "fd00:ee::1/64", "dev", "uplink0", "nodad"])
-        .unwrap();
-    ext.ip(&["addr", "add", "fd00:ee::2/64", "dev", "eth0", "nodad"])
-        .unwrap();
+    let (host, ext) = host_and_ext6("v6fh", "v6fe");
     up_dual(&host, BR, "172.29.0.0/24", "fd00:29::/64", &[]);
     let (c1, a1) = connect(&host, "v6f1", BR);
     let (c2, a2) = connect(&host, "v6f2", BR);

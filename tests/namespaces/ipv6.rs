@@ -33,6 +33,17 @@ pub fn up_dual(host: &Netns, bridge: &str, v4: &str, v6: &str, extra: &[&str]) -
     netpath_ok(host, &args)
 }
 
+/// A host and an external namespace (`Lab::host_and_ext`) whose link
+/// also carries fd00:ee::/64: the host's uplink `…::1`, ext `…::2`.
+pub fn host_and_ext6(host_tag: &str, ext_tag: &str) -> (Netns, Netns) {
+    let (host, ext) = harness::Lab::host_and_ext(host_tag, ext_tag, NETPATH, "uplink0").unwrap();
+    host.ip(&["addr", "add", "fd00:ee::1/64", "dev", "uplink0", "nodad"])
+        .unwrap();
+    ext.ip(&["addr", "add", "fd00:ee::2/64", "dev", "eth0", "nodad"])
+        .unwrap();
+    (host, ext)
+}
+
 pub fn connect(host: &Netns, tag: &str, bridge: &str) -> (Netns, String) {
     let c = Netns::new(tag).unwrap();
     let out = netpath_ok(host, &["connect", c.name.as_str(), "--bridge", bridge]);
@@ -420,11 +431,7 @@ pub fn tcp6_to(
 #[test]
 fn ipv6_leaves_masqueraded_or_routed_and_only_tracked_flows_come_back() {
     require_root!();
-    let (host, ext) = harness::Lab::host_and_ext("v6nh", "v6ne", NETPATH, "uplink0").unwrap();
-    host.ip(&["addr", "add", "fd00:ee::1/64", "dev", "uplink0", "nodad"])
-        .unwrap();
-    ext.ip(&["addr", "add", "fd00:ee::2/64", "dev", "eth0", "nodad"])
-        .unwrap();
+    let (host, ext) = host_and_ext6("v6nh", "v6ne");
     for (br, v4, v6, mode) in [
         (BR1, "172.26.0.0/24", "fd00:26::/64", "nat"),
         (BR2, "172.27.0.0/24", "fd00:27::/64", "routed"),
@@ -519,11 +526,7 @@ fn ipv6_leaves_masqueraded_or_routed_and_only_tracked_flows_come_back() {
 #[test]
 fn path_mtu_discovery_fragments_and_hop_errors_work_through_nat66() {
     require_root!();
-    let (host, ext) = harness::Lab::host_and_ext("v6mh", "v6me", NETPATH, "uplink0").unwrap();
-    host.ip(&["addr", "add", "fd00:ee::1/64", "dev", "uplink0", "nodad"])
-        .unwrap();
-    ext.ip(&["addr", "add", "fd00:ee::2/64", "dev", "eth0", "nodad"])
-        .unwrap();
+    let (host, ext) = host_and_ext6("v6mh", "v6me");
     // far sits behind ext over a link whose MTU towards far is 1280 (the
     // IPv6 minimum).
     let far = Netns::new("v6mf").unwrap();

@@ -5,7 +5,7 @@
 //! NAT66 flows show their IPv6 addresses.
 
 use crate::harness;
-use crate::ipv6::{connect as connect6, tcp6_to, up_dual};
+use crate::ipv6::{connect as connect6, host_and_ext6, tcp6_to, up_dual};
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -246,11 +246,7 @@ fn a_flood_is_rate_limited_counted_and_does_not_stall_the_monitor() {
 #[test]
 fn ipv6_drops_and_nat66_flows_are_events_with_their_addresses() {
     require_root!();
-    let (host, ext) = Lab::host_and_ext("m6h", "m6e", NETPATH, "uplink0").unwrap();
-    host.ip(&["addr", "add", "fd00:ee::1/64", "dev", "uplink0", "nodad"])
-        .unwrap();
-    ext.ip(&["addr", "add", "fd00:ee::2/64", "dev", "eth0", "nodad"])
-        .unwrap();
+    let (host, ext) = host_and_ext6("m6h", "m6e");
     up_dual(&host, "np6m", "172.26.0.0/24", "fd00:26::/64", &[]);
     let (c1, a1) = connect6(&host, "m6c1", "np6m");
     ext.ip(&["-6", "route", "add", "fd00:26::/64", "via", "fd00:ee::1"])
