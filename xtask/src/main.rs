@@ -64,8 +64,14 @@ const APT: &[(&str, &str)] = &[
 
 /// Packages needed as such (not for a command): the e2e images copy
 /// busybox-static's /bin/busybox; the podman tests run the reference CNI
-/// plugins (bridge, host-local) from /usr/lib/cni.
-const APT_PACKAGES: &[&str] = &["busybox-static", "containernetworking-plugins"];
+/// plugins (bridge, host-local) from /usr/lib/cni; the dockerd IPv6 matrix
+/// crafts a frame with scapy, inside a container that runs the host's
+/// /usr/bin/python3.
+const APT_PACKAGES: &[&str] = &[
+    "busybox-static",
+    "containernetworking-plugins",
+    "python3-scapy",
+];
 
 /// Whether dpkg has `pkg` installed.
 fn installed(pkg: &str) -> bool {
