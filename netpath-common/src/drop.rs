@@ -73,10 +73,13 @@ pub enum DropReason {
     /// An IPv6 routing header, or an extension header chain netpath does
     /// not follow to its end.
     Ipv6Header = 23,
+    /// IPv4 or ARP at a container port of an IPv6-only network (either
+    /// way), or on its way up from its bridge.
+    Ipv4 = 24,
 }
 
 impl DropReason {
-    pub const ALL: [Self; 23] = [
+    pub const ALL: [Self; 24] = [
         Self::NatNoAddress,
         Self::NatPortsExhausted,
         Self::Malformed,
@@ -100,6 +103,7 @@ impl DropReason {
         Self::RouterAdvert,
         Self::NdSpoof,
         Self::Ipv6Header,
+        Self::Ipv4,
     ];
 
     pub const fn from_u16(v: u16) -> Option<Self> {
@@ -136,6 +140,7 @@ impl DropReason {
             Self::RouterAdvert => "drop_router_advert",
             Self::NdSpoof => "drop_nd_spoof",
             Self::Ipv6Header => "drop_ipv6_header",
+            Self::Ipv4 => "drop_ipv4",
         }
     }
 

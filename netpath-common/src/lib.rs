@@ -270,6 +270,10 @@ pub mod net_flags {
     /// Made by `netpath apply` from a config file (so a later `apply` whose
     /// file no longer names it takes it down).
     pub const APPLY: u32 = 1 << 8;
+    /// The network has no IPv4 subnet (IPv6 only): its record's IPv4
+    /// fields are zero and mean nothing, and its ports carry neither IPv4
+    /// nor ARP.
+    pub const NO_IPV4: u32 = 1 << 9;
 }
 
 /// What a network lets in from outside the host (Docker 28's
@@ -363,10 +367,12 @@ pub struct NetworkInfo {
 }
 
 impl NetworkInfo {
-    /// Whether `addr_be` (network byte order) lies in this network's subnet.
+    /// Whether `addr_be` (network byte order) lies in this network's
+    /// subnet: never for an IPv6-only network (whose zero mask would
+    /// otherwise match every address).
     #[inline(always)]
     pub const fn contains_be(&self, addr_be: u32) -> bool {
-        addr_be & self.mask_be == self.subnet_be
+        self.flags & net_flags::NO_IPV4 == 0 && addr_be & self.mask_be == self.subnet_be
     }
 }
 

@@ -38,6 +38,15 @@ pub fn ingress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
         Some(eth_p::IPV6) => return ingress6(ctx, iface),
         _ => return TCX_NEXT,
     };
+    // An IPv6-only network's managed ports send no IPv4 or ARP; what
+    // comes anyway came through a port netpath does not manage.
+    if NP_NETWORKS
+        .get_ptr(iface.net_id)
+        // SAFETY: map value pointer, read at once.
+        .is_some_and(|n| unsafe { (*n).flags } & net_flags::NO_IPV4 != 0)
+    {
+        return drop(ctx, iface.net_id, DropReason::Ipv4);
+    }
     let (Ok(addr), Ok(mac)) = (ctx.load::<u32>(sender_off), ctx.load::<[u8; 6]>(mac_off)) else {
         return TCX_NEXT;
     };

@@ -1,6 +1,8 @@
 //! The container ports (the host ends of the containers' veths).
 //!
-//! IPv6 (on dual-stack networks) has its own path, `port6`.
+//! IPv6 (on dual-stack and IPv6-only networks) has its own path, `port6`;
+//! the port of an IPv6-only network (`net_flags::NO_IPV4`) carries neither
+//! IPv4 nor ARP, either way (`drop_ipv4`).
 //!
 //! - Ingress (a container sends): only untagged IPv4 and ARP; the sender's
 //!   MAC, IPv4 source and ARP fields must be its own (`spoof`); then the
@@ -64,6 +66,12 @@ pub fn ingress(ctx: &TcContext, ifindex: u32, iface: &IfaceInfo) -> i32 {
         Ok(a) => a,
         Err(v) => return v,
     };
+    if net.flags & net_flags::NO_IPV4 != 0 {
+        // An IPv6-only network: no IPv4 address is bound, none is
+        // routed, and what a container sends over IPv4 or ARP reaches
+        // nobody who asked for it.
+        return drop(ctx, net_id, DropReason::Ipv4);
+    }
     let sender = Sender {
         ifindex,
         iface,
@@ -191,6 +199,11 @@ pub fn egress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
         // The program hands IPv6 to `port6` before this path; a frame
         // that reads otherwise now is not what it was.
         return drop(ctx, net_id, DropReason::Malformed);
+    }
+    if net.flags & net_flags::NO_IPV4 != 0 {
+        // Nothing IPv4 is delivered into an IPv6-only network (a route
+        // someone added by hand, a frame a host process wrote).
+        return drop(ctx, net_id, DropReason::Ipv4);
     }
     let managed_source = came_from_managed(ctx);
     if ty == eth_p::ARP {

@@ -213,8 +213,9 @@ pub struct UpCmd {
     /// Bridge name (e.g. docker0, br-1a2b3c).
     #[arg(long, value_name = "NAME", value_parser = spec::parse_ifname)]
     pub bridge: String,
-    /// Subnet of the network: an IPv4 CIDR (e.g. 172.17.0.0/16), and
-    /// optionally an IPv6 one for a dual-stack network (repeat the flag:
+    /// Subnet of the network: an IPv4 CIDR (e.g. 172.17.0.0/16), an IPv6
+    /// one (an IPv6-only network: its ports carry no IPv4 or ARP), or one
+    /// of each for a dual-stack network (repeat the flag:
     /// `--subnet 172.18.0.0/16 --subnet fd00:18::/64`).
     #[arg(long = "subnet", value_name = "CIDR", required = true, value_parser = crate::net6::parse_any_subnet)]
     pub subnets: Vec<ipnet::IpNet>,

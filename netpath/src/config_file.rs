@@ -264,15 +264,9 @@ pub fn parse(file: &str, text: &str) -> Result<Desired, FileError> {
                 ));
             }
         }
-        let Some((subnet_value, IpNet::V4(subnet))) = v4 else {
-            return Err(fe(
-                file,
-                values.first().map_or(pos, |v| at(v.span())),
-                format!(
-                    "network {bridge} has no IPv4 subnet: IPv6-only networks are not supported yet"
-                ),
-            ));
-        };
+        // Where an IPv4 subnet's problem is reported (none: an IPv6-only
+        // network, whose `gateway`, if given, is refused below).
+        let subnet_value = v4.map(|(v, _)| v);
         let v6 = match (v6, &n.gateway6) {
             (Some((at6, IpNet::V6(net))), g) => {
                 let gateway = address::<Ipv6Addr>(file, text, g, "gateway6", "IPv6")?;
@@ -289,7 +283,14 @@ pub fn parse(file: &str, text: &str) -> Result<Desired, FileError> {
             (_, None) => None,
         };
         let gateway = address::<Ipv4Addr>(file, text, &n.gateway, "gateway", "IPv4")?;
-        let spec = NetworkSpec::new(&bridge, subnet, gateway).map_err(|e| {
+        let spec = match v4 {
+            Some((_, IpNet::V4(subnet))) => NetworkSpec::new(&bridge, subnet, gateway),
+            _ if gateway.is_some() => {
+                Err(anyhow::anyhow!("gateway needs an IPv4 subnet in subnets"))
+            }
+            _ => NetworkSpec::with(&bridge, None),
+        }
+        .map_err(|e| {
             let where_ = n.gateway.as_ref().map_or(pos, |g| at(g.span()));
             fe(file, where_, format!("{e:#}"))
         })?;
@@ -367,13 +368,16 @@ pub fn parse(file: &str, text: &str) -> Result<Desired, FileError> {
                     ),
                 ));
             }
-            if spec::overlaps(&other.spec.subnet, &decl.spec.subnet) {
+            if let (Some(a), Some(b), Some(value)) =
+                (other.spec.subnet(), decl.spec.subnet(), subnet_value)
+                && spec::overlaps(&a, &b)
+            {
                 return Err(fe(
                     file,
-                    at(subnet_value.span()),
+                    at(value.span()),
                     format!(
-                        "subnet {} overlaps network {} ({}) at {}",
-                        decl.spec.subnet, other.spec.bridge, other.spec.subnet, other.at
+                        "subnet {b} overlaps network {} ({a}) at {}",
+                        other.spec.bridge, other.at
                     ),
                 ));
             }

@@ -111,14 +111,15 @@ impl Plan {
         for c in &self.networks {
             out.push(match c {
                 NetChange::Create(d) => format!(
-                    "network {} created ({} gateway {}{})",
+                    "network {} created ({})",
                     d.spec.bridge,
-                    d.spec.subnet,
-                    d.spec.gateway,
-                    d.v6.map_or(String::new(), |v| format!(
-                        ", {} gateway {}",
-                        v.subnet, v.gateway
-                    ))
+                    d.spec
+                        .v4
+                        .map(|v| format!("{} gateway {}", v.subnet, v.gateway))
+                        .into_iter()
+                        .chain(d.v6.map(|v| format!("{} gateway {}", v.subnet, v.gateway)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 NetChange::Set { decl, what, flush } => format!(
                     "network {} changed: {}{}",
@@ -165,11 +166,18 @@ fn differences(
 ) -> (Vec<String>, Vec<String>, bool) {
     let (mut set, mut recreate) = (Vec::new(), Vec::new());
     let n = &new.options;
-    if old.subnet != new.spec.subnet {
-        recreate.push(format!("subnet {} -> {}", old.subnet, new.spec.subnet));
+    // The IPv4 half: `none` on an IPv6-only network.
+    let text = |v: Option<String>| v.unwrap_or_else(|| "none".to_owned());
+    let (a, b) = (old.v4, new.spec.v4);
+    let (sa, sb) = (a.map(|v| v.subnet), b.map(|v| v.subnet));
+    if sa != sb {
+        let s = |v: Option<ipnet::Ipv4Net>| text(v.map(|n| n.to_string()));
+        recreate.push(format!("subnet {} -> {}", s(sa), s(sb)));
     }
-    if old.gateway != new.spec.gateway {
-        recreate.push(format!("gateway {} -> {}", old.gateway, new.spec.gateway));
+    let (ga, gb) = (a.map(|v| v.gateway), b.map(|v| v.gateway));
+    if ga != gb {
+        let g = |v: Option<std::net::Ipv4Addr>| text(v.map(|a| a.to_string()));
+        recreate.push(format!("gateway {} -> {}", g(ga), g(gb)));
     }
     // A network's IPv6 half changes only with the network (as `up`).
     let half = |v: Option<&Net6Spec>| {
@@ -296,12 +304,16 @@ pub fn plan(d: &Desired, cur: &Current) -> Result<Plan, FileError> {
                     ),
                 ));
             }
-            if other.bridge != *b && !ours(info) && overlaps(&other.subnet, &decl.spec.subnet) {
+            if let (Some(theirs), Some(mine)) = (other.subnet(), decl.spec.subnet())
+                && other.bridge != *b
+                && !ours(info)
+                && overlaps(&theirs, &mine)
+            {
                 return Err(d.error(
                     at,
                     format!(
-                        "subnet {} overlaps network {} ({}), which apply did not make",
-                        decl.spec.subnet, other.bridge, other.subnet
+                        "subnet {mine} overlaps network {} ({theirs}), which apply did not make",
+                        other.bridge
                     ),
                 ));
             }
@@ -376,13 +388,16 @@ fn plan_ports(
         let at = Some(p.at);
         let ports = &p.ports;
         let c = ports.target;
-        let Some(net) = after.iter().find(|n| n.subnet.contains(&c)) else {
+        let Some((net, v4)) = after
+            .iter()
+            .find_map(|n| Some((n, n.v4.filter(|v| v.subnet.contains(&c))?)))
+        else {
             return Err(d.error(
                 at,
                 format!("container address {c} is in no network of the file or the host"),
             ));
         };
-        if c == net.gateway || c == net.subnet.network() || c == net.subnet.broadcast() {
+        if c == v4.gateway || c == v4.subnet.network() || c == v4.subnet.broadcast() {
             return Err(d.error(
                 at,
                 format!(
@@ -394,7 +409,7 @@ fn plan_ports(
         if let Some(a) = ports.host_addr {
             let usable = a.is_loopback()
                 || cur.host_addrs.contains(&a)
-                || after.iter().any(|n| n.gateway == a);
+                || after.iter().any(|n| n.v4.is_some_and(|v| v.gateway == a));
             if !usable {
                 return Err(d.error(at, format!("the host has no address {a} to publish on")));
             }

@@ -121,7 +121,9 @@ pub async fn down(target: &DownTarget) -> Result<DownReport> {
             Ok(_) => {}
             Err(e) => errors.push(e),
         }
-        if let Err(e) = maps.remove_subnet(NetworkSpec::from_info(info).subnet) {
+        if let Some(subnet) = NetworkSpec::from_info(info).subnet()
+            && let Err(e) = maps.remove_subnet(subnet)
+        {
             errors.push(e);
         }
         if let Err(e) = crate::publish::remove_network(&mut maps, *id) {
@@ -192,8 +194,8 @@ pub async fn down(target: &DownTarget) -> Result<DownReport> {
         let res = if info.flags & net_flags::CREATED_BRIDGE != 0 {
             report.deleted_bridges.push(spec.bridge.clone());
             nl.delete_link(link.index).await
-        } else if info.flags & net_flags::ADDED_GATEWAY != 0 {
-            nl.del_addr(link.index, spec.gateway, spec.subnet.prefix_len())
+        } else if let (true, Some(v4)) = (info.flags & net_flags::ADDED_GATEWAY != 0, spec.v4) {
+            nl.del_addr(link.index, v4.gateway, v4.subnet.prefix_len())
                 .await
         } else {
             Ok(())

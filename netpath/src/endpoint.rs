@@ -69,13 +69,21 @@ impl ConnectArgs {
 /// What `connect` set up.
 #[derive(Clone, Debug)]
 pub struct Connected {
-    pub addr: Ipv4Addr,
-    pub prefix_len: u8,
+    /// The IPv4 address, prefix length and gateway (none on an IPv6-only
+    /// network).
+    pub v4: Option<(Ipv4Addr, u8, Ipv4Addr)>,
     pub mac: [u8; 6],
-    pub gateway: Ipv4Addr,
     pub host_ifname: String,
     /// On a dual-stack network: the IPv6 address, prefix length and gateway.
     pub v6: Option<(Ipv6Addr, u8, Ipv6Addr)>,
+}
+
+/// The IPv4 side of a container end, for [`configure_inside`].
+#[derive(Clone, Copy)]
+struct Inside4 {
+    addr: Ipv4Addr,
+    prefix_len: u8,
+    gateway: Option<Ipv4Addr>,
 }
 
 /// The IPv6 side of a container end, for [`configure_inside`].
@@ -115,15 +123,13 @@ fn netns_cookie(name: &str) -> Result<u64> {
 }
 
 /// Configures the container end inside its namespace: the name, the
-/// address (and an IPv6 one), up, and a default route via the gateway
-/// (per family) unless one exists.
+/// addresses (one per family the network has), up, and a default route
+/// via the gateway (per family) unless one exists.
 fn configure_inside(
     ns_path: &Path,
     tmp_name: String,
     ifname: String,
-    addr: Ipv4Addr,
-    prefix_len: u8,
-    gateway: Option<Ipv4Addr>,
+    v4: Option<Inside4>,
     v6: Option<Inside6>,
 ) -> Result<()> {
     let ns_path = ns_path.to_owned();
@@ -144,14 +150,17 @@ fn configure_inside(
                 .map(|l| l.index)
                 .with_context(|| format!("{tmp_name} did not arrive in {ns}"))?;
             nl.rename_up(index, &ifname).await?;
-            nl.add_addr(index, addr, prefix_len).await?;
+            if let Some(v4) = v4 {
+                nl.add_addr(index, v4.addr, v4.prefix_len).await?;
+            }
             if let Some(v6) = v6 {
                 nl.add_addr(index, v6.addr, v6.prefix_len).await?;
             }
             if let Some(lo) = nl.links().await?.into_iter().find(|l| l.is_loopback()) {
                 nl.set_up(lo.index).await?;
             }
-            let routes = gateway
+            let routes = v4
+                .and_then(|v| v.gateway)
                 .map(IpAddr::V4)
                 .into_iter()
                 .chain(v6.and_then(|v| v.gateway).map(IpAddr::V6));
@@ -187,15 +196,22 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
         );
     }
     let leases = maps.leases()?;
-    if let Some((k, _)) = leases
+    let held = leases
         .iter()
         .find(|(k, l)| k.net_id == net_id && l.netns_cookie == cookie)
-    {
+        .map(|(k, _)| IpAddr::V4(codec::from_be(k.addr_be)));
+    let held = match held {
+        Some(a) => Some(a),
+        None => maps
+            .v6
+            .lease_of(net_id, cookie)?
+            .map(|(a, _)| IpAddr::V6(a)),
+    };
+    if let Some(a) = held {
         bail!(
-            "network namespace {} is already connected to {} ({})",
+            "network namespace {} is already connected to {} ({a})",
             args.netns,
             args.bridge,
-            codec::from_be(k.addr_be)
         );
     }
     // Taken: what connect handed out, and what containers plugged in by
@@ -211,13 +227,21 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
             .filter(|i| i.role == IfaceRole::Port as u32 && i.net_id == net_id && i.ipv4_be != 0)
             .map(|i| codec::from_be(i.ipv4_be)),
     );
-    let addr = plan::choose_address(&spec, args.ip, &used)?;
+    // An IPv6-only network gives no IPv4 address (and `--ip` is refused).
+    let addr = match (spec.v4, args.ip) {
+        (None, None) => None,
+        _ => Some(plan::choose_address(&spec, args.ip, &used)?),
+    };
     let spec6 = maps.v6.spec(net_id)?;
     let addr6 = match &spec6 {
         Some(s6) => Some(maps.v6.free_address(net_id, s6, None)?),
         None => None,
     };
-    let mac = plan::container_mac(addr);
+    let mac = match (addr, addr6) {
+        (Some(a), _) => plan::container_mac(a),
+        (None, Some(a)) => plan::container_mac6(a),
+        (None, None) => bail!("{} has no subnet to give an address from", spec.bridge),
+    };
     let host = plan::host_veth_name(cookie, net_id);
     let tmp = format!("npt{}", &host[2..]);
     debug_assert!(tmp.len() < IFNAMSIZ);
@@ -233,10 +257,15 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
     let ns_file = File::open(&ns_path)
         .with_context(|| format!("network namespace {} not found", ns_path.display()))?;
 
-    let key = LeaseKey {
+    let key = addr.map(|a| LeaseKey {
         net_id,
-        addr_be: codec::be(addr),
-    };
+        addr_be: codec::be(a),
+    });
+    let v4 = spec.v4.zip(addr).map(|(v4, a)| Inside4 {
+        addr: a,
+        prefix_len: v4.subnet.prefix_len(),
+        gateway: args.default_route.then_some(v4.gateway),
+    });
     let mut host_index = None;
     let result: Result<()> = async {
         let index = nl
@@ -247,9 +276,7 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
             &ns_path,
             tmp.clone(),
             args.ifname.clone(),
-            addr,
-            spec.subnet.prefix_len(),
-            args.default_route.then_some(spec.gateway),
+            v4,
             spec6.zip(addr6).map(|(s6, a)| Inside6 {
                 addr: a,
                 prefix_len: s6.subnet.prefix_len(),
@@ -264,9 +291,11 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
             _pad: [0; 2],
             netns_name: lease_name(&args.netns),
         };
-        maps.leases4
-            .insert(key, lease, 0)
-            .context("recording the lease")?;
+        if let Some(key) = key {
+            maps.leases4
+                .insert(key, lease, 0)
+                .context("recording the lease")?;
+        }
         if let Some(a) = addr6 {
             maps.v6.bind(net_id, index, a, mac, lease)?;
         }
@@ -280,16 +309,19 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
         if let Some(i) = host_index {
             let _ = nl.delete_link(i).await;
         }
-        let _ = maps.leases4.remove(&key);
+        if let Some(key) = key {
+            let _ = maps.leases4.remove(&key);
+        }
         let _ = maps.v6.release(net_id, cookie);
         let _ = reconcile::reapply(&nl, &state).await;
         return Err(err);
     }
     Ok(Connected {
-        addr,
-        prefix_len: spec.subnet.prefix_len(),
+        v4: spec
+            .v4
+            .zip(addr)
+            .map(|(v4, a)| (a, v4.subnet.prefix_len(), v4.gateway)),
         mac,
-        gateway: spec.gateway,
         host_ifname: host,
         v6: spec6
             .zip(addr6)
@@ -297,25 +329,35 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
     })
 }
 
-/// Undoes `connect`: the veth pair goes, the address is free again.
-/// Returns the address that was freed.
-pub async fn disconnect(netns_name: &str, bridge: &str) -> Result<Ipv4Addr> {
+/// Undoes `connect`: the veth pair goes, the addresses are free again.
+/// Returns the address that was freed (the IPv4 one on a network that has
+/// one).
+pub async fn disconnect(netns_name: &str, bridge: &str) -> Result<IpAddr> {
     let _lock = state::lock(false)?;
     let (state, mut maps, net_id, _) = open_network(bridge)?;
     let cookie = netns_cookie(netns_name)?;
-    let (key, lease) = maps
+    let v4 = maps
         .leases()?
         .into_iter()
-        .find(|(k, l)| k.net_id == net_id && l.netns_cookie == cookie)
-        .with_context(|| format!("network namespace {netns_name} is not connected to {bridge}"))?;
+        .find(|(k, l)| k.net_id == net_id && l.netns_cookie == cookie);
+    let v6 = maps.v6.lease_of(net_id, cookie)?;
+    let (addr, ifindex) = match (&v4, v6) {
+        (Some((k, l)), _) => (IpAddr::V4(codec::from_be(k.addr_be)), l.host_ifindex),
+        (None, Some((a, l))) => (IpAddr::V6(a), l.host_ifindex),
+        (None, None) => {
+            bail!("network namespace {netns_name} is not connected to {bridge}")
+        }
+    };
     let nl = Netlink::new()?;
-    if nl.names().await?.contains_key(&lease.host_ifindex) {
-        nl.delete_link(lease.host_ifindex).await?;
+    if nl.names().await?.contains_key(&ifindex) {
+        nl.delete_link(ifindex).await?;
     }
-    maps.leases4.remove(&key).context("forgetting the lease")?;
+    if let Some((key, _)) = v4 {
+        maps.leases4.remove(&key).context("forgetting the lease")?;
+    }
     maps.v6.release(net_id, cookie)?;
     reconcile::reapply(&nl, &state).await?;
-    Ok(codec::from_be(key.addr_be))
+    Ok(addr)
 }
 
 /// The lease of `addr` on the network of `bridge`, whoever holds it.

@@ -1,4 +1,4 @@
-use std::process::ExitCode;
+use std::{net::IpAddr, process::ExitCode};
 
 use anyhow::{Result, bail};
 use clap::Parser as _;
@@ -214,9 +214,9 @@ fn run(cli: Cli) -> Result<()> {
     rt.block_on(async move {
         match cli.command {
             Command::Up(up) => {
-                let (subnet, gateway, v6) = netpath::net6::split(&up.subnets, &up.gateways)?;
+                let (v4, v6) = netpath::net6::split(&up.subnets, &up.gateways)?;
                 let args = UpArgs {
-                    spec: NetworkSpec::new(&up.bridge, subnet, gateway)?,
+                    spec: NetworkSpec::with(&up.bridge, v4)?,
                     v6,
                     options: up.options(),
                     uplinks: up.uplinks.clone(),
@@ -409,18 +409,22 @@ fn run(cli: Cli) -> Result<()> {
             Command::Connect(c) => {
                 let args = endpoint::ConnectArgs::named(c.netns, c.bridge, c.ip, c.ifname);
                 let r = endpoint::connect(&args).await?;
-                println!(
-                    "{} connected to {}: {} {}/{} mac {} via {} (host end {})",
-                    args.netns,
-                    args.bridge,
-                    args.ifname,
-                    r.addr,
-                    r.prefix_len,
-                    codec::fmt_mac(&r.mac),
-                    r.gateway,
-                    r.host_ifname
-                );
-                if let Some((a, p, g)) = r.v6 {
+                // The first line names the IPv4 address (the IPv6 one on
+                // an IPv6-only network); a dual-stack one adds a line.
+                let first =
+                    r.v4.map(|(a, p, g)| (IpAddr::V4(a), p, IpAddr::V4(g)))
+                        .or(r.v6.map(|(a, p, g)| (IpAddr::V6(a), p, IpAddr::V6(g))));
+                if let Some((a, p, g)) = first {
+                    println!(
+                        "{} connected to {}: {} {a}/{p} mac {} via {g} (host end {})",
+                        args.netns,
+                        args.bridge,
+                        args.ifname,
+                        codec::fmt_mac(&r.mac),
+                        r.host_ifname
+                    );
+                }
+                if let (Some(_), Some((a, p, g))) = (r.v4, r.v6) {
                     println!("  {}: {a}/{p} via {g}", args.ifname);
                 }
                 Ok(())

@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv6Addr},
     path::Path,
 };
 
@@ -14,7 +14,7 @@ use aya::maps::{
     Array, HashMap, Map, MapData,
     lpm_trie::{Key, LpmTrie},
 };
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv6Net};
 use netpath_common::{
     Endpoint, Lease,
     ct6::{CtEntry6, CtKey6, MAX_CT6},
@@ -25,7 +25,10 @@ use netpath_common::{
     },
 };
 
-use crate::tables::{Table as _, is_missing};
+use crate::{
+    spec::Net4Spec,
+    tables::{Table as _, is_missing},
+};
 
 /// A network's IPv6 subnet and gateway, validated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,12 +136,12 @@ pub fn parse_any_subnet(s: &str) -> Result<IpNet> {
 }
 
 /// A network's subnets and gateways as given (`--subnet`, `--gateway`,
-/// each repeatable): exactly one IPv4 subnet, at most one IPv6 subnet, at
+/// each repeatable): at most one subnet per family and at least one, at
 /// most one gateway per family, each in its family's subnet.
 pub fn split(
     subnets: &[IpNet],
     gateways: &[IpAddr],
-) -> Result<(Ipv4Net, Option<Ipv4Addr>, Option<Net6Spec>)> {
+) -> Result<(Option<Net4Spec>, Option<Net6Spec>)> {
     let mut v4 = None;
     let mut v6 = None;
     for s in subnets {
@@ -167,16 +170,18 @@ pub fn split(
             _ => {}
         }
     }
-    let Some(v4) = v4 else {
-        bail!(
-            "an IPv4 subnet is needed: IPv6-only networks are not supported yet (give --subnet twice, one per family)"
-        );
-    };
+    if v4.is_none() && v6.is_none() {
+        bail!("a network needs a subnet: give --subnet (IPv4, IPv6, or one of each)");
+    }
+    if gw4.is_some() && v4.is_none() {
+        bail!("an IPv4 gateway needs an IPv4 subnet");
+    }
     if gw6.is_some() && v6.is_none() {
         bail!("an IPv6 gateway needs an IPv6 subnet");
     }
+    let v4 = v4.map(|n| Net4Spec::new(n, gw4)).transpose()?;
     let v6 = v6.map(|n| Net6Spec::new(n, gw6)).transpose()?;
-    Ok((v4, gw4, v6))
+    Ok((v4, v6))
 }
 
 /// Typed handles on the IPv6 maps.
@@ -453,6 +458,24 @@ impl Maps6 {
         Ok(())
     }
 
+    /// Every IPv6 lease.
+    pub fn leases(&self) -> Result<Vec<(LeaseKey6, Lease)>> {
+        self.leases
+            .iter()
+            .map(|r| r.context("reading NP_LEASES6"))
+            .collect()
+    }
+
+    /// The IPv6 lease the namespace with `cookie` holds on network
+    /// `net_id`, if any.
+    pub fn lease_of(&self, net_id: u32, cookie: u64) -> Result<Option<(Ipv6Addr, Lease)>> {
+        Ok(self
+            .leases()?
+            .into_iter()
+            .find(|(k, l)| k.net_id == net_id && l.netns_cookie == cookie)
+            .map(|(k, l)| (Ipv6Addr::from(k.addr), l)))
+    }
+
     /// The first free address of `spec` for `connect` (`…::2` up, never the
     /// gateway), or the one asked for if it is free.
     pub fn free_address(
@@ -526,6 +549,8 @@ pub fn pinned(dir: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     fn nets(s: &[&str]) -> Vec<IpNet> {
@@ -534,20 +559,25 @@ mod tests {
 
     #[test]
     fn dual_stack_subnets_split_by_family() {
-        let (v4, gw4, v6) = split(&nets(&["172.18.0.0/16", "fd00:18::/64"]), &[]).unwrap();
-        assert_eq!(v4.to_string(), "172.18.0.0/16");
-        assert_eq!(gw4, None);
+        let (v4, v6) = split(&nets(&["172.18.0.0/16", "fd00:18::/64"]), &[]).unwrap();
+        let v4 = v4.unwrap();
+        assert_eq!(v4.subnet.to_string(), "172.18.0.0/16");
+        assert_eq!(v4.gateway, Ipv4Addr::new(172, 18, 0, 1));
         let v6 = v6.unwrap();
         assert_eq!(v6.gateway, "fd00:18::1".parse::<Ipv6Addr>().unwrap());
         let gws: Vec<IpAddr> = vec![
             "fd00:18::fe".parse().unwrap(),
             "172.18.0.254".parse().unwrap(),
         ];
-        let (_, gw4, v6) = split(&nets(&["fd00:18::/64", "172.18.0.0/16"]), &gws).unwrap();
-        assert_eq!(gw4, Some(Ipv4Addr::new(172, 18, 0, 254)));
+        let (v4, v6) = split(&nets(&["fd00:18::/64", "172.18.0.0/16"]), &gws).unwrap();
+        assert_eq!(v4.unwrap().gateway, Ipv4Addr::new(172, 18, 0, 254));
         assert_eq!(v6.unwrap().gateway.to_string(), "fd00:18::fe");
-        let (_, _, none) = split(&nets(&["172.18.0.0/16"]), &[]).unwrap();
+        let (_, none) = split(&nets(&["172.18.0.0/16"]), &[]).unwrap();
         assert_eq!(none, None);
+        // IPv6 alone.
+        let (none, v6) = split(&nets(&["fd00:18::/64"]), &gws[..1]).unwrap();
+        assert_eq!(none, None);
+        assert_eq!(v6.unwrap().gateway.to_string(), "fd00:18::fe");
     }
 
     #[test]
@@ -556,7 +586,9 @@ mod tests {
             let g: Vec<IpAddr> = g.iter().map(|x| x.parse().unwrap()).collect();
             split(&nets(s), &g).unwrap_err().to_string()
         };
-        assert!(err(&["fd00:18::/64"], &[]).contains("IPv6-only"));
+        assert!(err(&[], &[]).contains("needs a subnet"));
+        assert!(err(&["fd00:18::/64"], &["10.1.0.1"]).contains("needs an IPv4 subnet"));
+        assert!(err(&["10.1.0.0/16"], &["10.2.0.1"]).contains("outside"));
         assert!(err(&["10.1.0.0/16", "10.2.0.0/16"], &[]).contains("two IPv4 subnets"));
         assert!(err(&["10.1.0.0/16", "fd00::/64", "fd01::/64"], &[]).contains("two IPv6"));
         assert!(err(&["10.1.0.0/16"], &["fd00::1"]).contains("needs an IPv6 subnet"));

@@ -52,8 +52,10 @@ pub fn address_conflicts(
 ) -> Vec<String> {
     let mut out = Vec::new();
     for a in addrs.iter().filter(|a| !bridges.contains(&a.ifname)) {
-        for n in networks.iter().filter(|n| overlaps(&n.subnet, &a.subnet())) {
-            out.push(conflict(&n.subnet, &n.bridge, a));
+        for n in networks {
+            if let Some(subnet) = n.subnet().filter(|s| overlaps(s, &a.subnet())) {
+                out.push(conflict(&subnet, &n.bridge, a));
+            }
         }
     }
     out
@@ -94,27 +96,25 @@ pub fn check_against_existing(
     existing: &BTreeMap<u32, NetworkSpec>,
 ) -> Result<Option<u32>> {
     let mut same = None;
+    let says = |s: &NetworkSpec| match s.v4 {
+        Some(v) => format!("subnet {} gateway {}", v.subnet, v.gateway),
+        None => "no IPv4 subnet".to_owned(),
+    };
     for (&id, other) in existing {
         if other.bridge == spec.bridge {
-            if other.subnet != spec.subnet || other.gateway != spec.gateway {
+            if other.v4 != spec.v4 {
                 bail!(
-                    "network {} is already up with subnet {} gateway {}; run `netpath down --bridge {}` first",
+                    "network {} is already up with {}; run `netpath down --bridge {}` first",
                     other.bridge,
-                    other.subnet,
-                    other.gateway,
+                    says(other),
                     other.bridge
                 );
             }
             same = Some(id);
-        } else if other.subnet.contains(&spec.subnet.network())
-            || spec.subnet.contains(&other.subnet.network())
+        } else if let (Some(a), Some(b)) = (spec.subnet(), other.subnet())
+            && overlaps(&a, &b)
         {
-            bail!(
-                "subnet {} overlaps network {} ({})",
-                spec.subnet,
-                other.bridge,
-                other.subnet
-            );
+            bail!("subnet {a} overlaps network {} ({b})", other.bridge);
         }
     }
     Ok(same)
@@ -241,7 +241,13 @@ pub fn choose_address(
     requested: Option<Ipv4Addr>,
     used: &std::collections::BTreeSet<Ipv4Addr>,
 ) -> Result<Ipv4Addr> {
-    let net = spec.subnet;
+    let Some(v4) = spec.v4 else {
+        bail!(
+            "{} has no IPv4 subnet: it gives IPv6 addresses only",
+            spec.bridge
+        );
+    };
+    let net = v4.subnet;
     if let Some(a) = requested {
         if !net.contains(&a) {
             bail!("address {a} is outside {} ({net})", spec.bridge);
@@ -249,7 +255,7 @@ pub fn choose_address(
         if a == net.network() || a == net.broadcast() {
             bail!("address {a} is the network or broadcast address of {net}");
         }
-        if a == spec.gateway {
+        if a == v4.gateway {
             bail!("address {a} is the gateway of {}", spec.bridge);
         }
         if used.contains(&a) {
@@ -258,7 +264,7 @@ pub fn choose_address(
         return Ok(a);
     }
     net.hosts()
-        .find(|a| *a != spec.gateway && !used.contains(a))
+        .find(|a| *a != v4.gateway && !used.contains(a))
         .with_context(|| format!("no free address left in {net}"))
 }
 
@@ -267,6 +273,15 @@ pub fn choose_address(
 pub fn container_mac(addr: Ipv4Addr) -> [u8; 6] {
     let o = addr.octets();
     [0x02, 0x42, o[0], o[1], o[2], o[3]]
+}
+
+/// A container's MAC on an IPv6-only network: `02:42:` and the address's
+/// last four bytes, as [`container_mac`] does with an IPv4 address
+/// (addresses are handed out from the subnet's start, so these differ
+/// within a network).
+pub fn container_mac6(addr: Ipv6Addr) -> [u8; 6] {
+    let o = addr.octets();
+    [0x02, 0x42, o[12], o[13], o[14], o[15]]
 }
 
 /// Host-side veth name for a container namespace on a network: stable for
@@ -368,6 +383,29 @@ mod tests {
                 .to_string()
                 .contains("overlaps")
         );
+        // IPv6-only: the same again is the same network, one with an IPv4
+        // half is not, and it overlaps no IPv4 network.
+        existing.insert(2, NetworkSpec::with("np6", None).unwrap());
+        let only6 = NetworkSpec::with("np6", None).unwrap();
+        assert_eq!(check_against_existing(&only6, &existing).unwrap(), Some(2));
+        let grown = net("np6", "172.19.0.0/16", None).unwrap();
+        let e = check_against_existing(&grown, &existing)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("already up with no IPv4 subnet"), "{e}");
+        let shrunk = NetworkSpec::with("docker0", None).unwrap();
+        let e = check_against_existing(&shrunk, &existing)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("already up with subnet 172.17.0.0/16"), "{e}");
+        assert_eq!(
+            check_against_existing(&NetworkSpec::with("np7", None).unwrap(), &existing).unwrap(),
+            None
+        );
+        let e = choose_address(&only6, None, &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no IPv4 subnet"), "{e}");
     }
 
     #[test]

@@ -173,25 +173,28 @@ pub(crate) fn refuse_internal(owner: u16, flags: u32, target: &str, bridge: &str
 pub fn insert(maps: &mut Maps, p: &Ports, owner: u16) -> Result<u32> {
     spec::check_sctp_ports(p.proto, p.host_first, p.target_first)?;
     let container = p.target;
-    let (net_id, info) = maps
+    let (net_id, info, net, v4) = maps
         .networks()?
         .into_iter()
-        .find(|(_, i)| i.contains_be(codec::be(container)))
+        .filter(|(_, i)| i.contains_be(codec::be(container)))
+        .find_map(|(id, i)| {
+            let net = NetworkSpec::from_info(&i);
+            net.v4.map(|v4| (id, i, net, v4))
+        })
         .with_context(|| {
             format!("container address {container} is outside every managed subnet")
         })?;
-    let net = NetworkSpec::from_info(&info);
     refuse_internal(owner, info.flags, &container.to_string(), &net.bridge)?;
-    if container == net.gateway {
+    if container == v4.gateway {
         bail!(
             "{container} is the gateway of {}, not a container",
             net.bridge
         );
     }
-    if container == net.subnet.network() || container == net.subnet.broadcast() {
+    if container == v4.subnet.network() || container == v4.subnet.broadcast() {
         bail!(
             "{container} is the network or broadcast address of {}, not a container",
-            net.subnet
+            v4.subnet
         );
     }
     if let Some(a) = p.host_addr {
@@ -285,13 +288,16 @@ fn check_host_addr(maps: &Maps, a: Ipv4Addr) -> Result<()> {
         return Ok(());
     }
     let networks = maps.networks()?;
-    if let Some((_, n)) = networks.iter().find(|(_, n)| n.contains_be(codec::be(a))) {
-        let net = NetworkSpec::from_info(n);
-        if a != net.gateway {
+    let within = networks
+        .iter()
+        .filter(|(_, n)| n.contains_be(codec::be(a)))
+        .map(|(_, n)| NetworkSpec::from_info(n));
+    for net in within {
+        if let Some(v4) = net.v4.filter(|v4| a != v4.gateway) {
             bail!(
                 "{a} is in {}'s subnet {}, not an address of the host",
                 net.bridge,
-                net.subnet
+                v4.subnet
             );
         }
     }

@@ -114,13 +114,21 @@ pub async fn reconcile(
     tables::sync(&mut dp.maps.hostaddrs4, &want_host_addrs(&addrs))?;
     record_netns_cookie(&mut dp.maps)?;
     let current = dp.maps.ifaces()?;
-    // Ports `connect` made are bound to the address and MAC it gave out.
-    let leased: BTreeMap<u32, (u32, [u8; 6])> = dp
+    // Ports `connect` made are bound to the address and MAC it gave out;
+    // on an IPv6-only network, to the MAC alone (no IPv4 address).
+    let mut leased: BTreeMap<u32, (u32, [u8; 6])> = dp
         .maps
+        .v6
         .leases()?
         .into_iter()
-        .map(|(k, l)| (l.host_ifindex, (k.addr_be, l.mac)))
+        .map(|(_, l)| (l.host_ifindex, (0, l.mac)))
         .collect();
+    leased.extend(
+        dp.maps
+            .leases()?
+            .into_iter()
+            .map(|(k, l)| (l.host_ifindex, (k.addr_be, l.mac))),
+    );
     let mut out = Reconciled::default();
     for (&ifindex, p) in &planned {
         let info = port_binding(p.info, current.get(&ifindex), leased.get(&ifindex));
@@ -374,7 +382,9 @@ pub fn want_macs(
 }
 
 /// A port keeps what it is bound to: the lease `connect` made, or what the
-/// datapath learnt while it stays a port of the same network.
+/// datapath learnt while it stays a port of the same network. A lease of
+/// an IPv6 address alone (address 0: an IPv6-only network) fixes the MAC
+/// as IPv6 pins it, so an IPv4 address may still be learnt with it.
 pub fn port_binding(
     mut info: IfaceInfo,
     current: Option<&IfaceInfo>,
@@ -383,13 +393,21 @@ pub fn port_binding(
     if info.role != IfaceRole::Port as u32 {
         return info;
     }
+    let same_net = current.filter(|c| c.role == info.role && c.net_id == info.net_id);
     if let Some(&(addr, mac)) = lease {
-        info.ipv4_be = addr;
         info.mac = mac;
-        info.flags |= iface_flags::BOUND;
-    } else if let Some(cur) = current
-        && cur.role == info.role
-        && cur.net_id == info.net_id
+        if addr != 0 {
+            info.ipv4_be = addr;
+            info.flags |= iface_flags::BOUND;
+            return info;
+        }
+        info.flags |= iface_flags::MAC_PINNED;
+        if let Some(cur) = same_net.filter(|c| c.flags & iface_flags::LEARNED != 0 && c.mac == mac)
+        {
+            info.ipv4_be = cur.ipv4_be;
+            info.flags |= iface_flags::LEARNED;
+        }
+    } else if let Some(cur) = same_net
         && cur.flags & (iface_flags::LEARNED | iface_flags::MAC_PINNED) != 0
     {
         // An address (IPv4) and MAC learnt, or only the MAC (IPv6 first).
@@ -503,6 +521,19 @@ mod tests {
         let leased = port_binding(fresh, Some(&learnt), Some(&(7, [9; 6])));
         assert_eq!((leased.ipv4_be, leased.mac), (7, [9; 6]));
         assert_ne!(leased.flags & iface_flags::BOUND, 0);
+        // An IPv6 lease alone pins its MAC and keeps an IPv4 address learnt
+        // with that MAC (never one learnt with another).
+        let six = port_binding(fresh, None, Some(&(0, [2; 6])));
+        assert_eq!((six.ipv4_be, six.mac), (0, [2; 6]));
+        assert_eq!(six.flags & iface_flags::MAC_FIXED, iface_flags::MAC_PINNED);
+        let six = port_binding(fresh, Some(&learnt), Some(&(0, learnt.mac)));
+        assert_eq!(six.ipv4_be, learnt.ipv4_be);
+        assert_eq!(
+            six.flags & iface_flags::MAC_FIXED,
+            iface_flags::MAC_PINNED | iface_flags::LEARNED
+        );
+        let other = port_binding(fresh, Some(&learnt), Some(&(0, [9; 6])));
+        assert_eq!((other.ipv4_be, other.mac), (0, [9; 6]));
         // Other roles are not bound.
         let up = info(IfaceRole::Uplink, 0, [198, 18, 0, 1], 0, 0);
         assert_eq!(port_binding(up, None, Some(&(7, [9; 6]))), up);

@@ -98,19 +98,17 @@ pub fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
-/// A network as the user asked for it, validated.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NetworkSpec {
-    pub bridge: String,
+/// A network's IPv4 subnet and gateway, validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Net4Spec {
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
 }
 
-impl NetworkSpec {
+impl Net4Spec {
     /// Checks a request; the gateway defaults to the subnet's first host
     /// address.
-    pub fn new(bridge: &str, subnet: Ipv4Net, gateway: Option<Ipv4Addr>) -> Result<Self> {
-        validate_ifname(bridge)?;
+    pub fn new(subnet: Ipv4Net, gateway: Option<Ipv4Addr>) -> Result<Self> {
         check_subnet(subnet)?;
         let gateway = match gateway {
             None => subnet
@@ -127,22 +125,72 @@ impl NetworkSpec {
                 g
             }
         };
+        Ok(Self { subnet, gateway })
+    }
+
+    /// Whether `gateway` is the one a network gets by default.
+    pub fn default_gateway(&self) -> bool {
+        self.subnet.hosts().next() == Some(self.gateway)
+    }
+}
+
+/// A network as the user asked for it, validated: its bridge and, unless
+/// it is IPv6-only, its IPv4 half (the IPv6 half is a [`Net6Spec`] next
+/// to it, see `net6`).
+///
+/// [`Net6Spec`]: crate::net6::Net6Spec
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkSpec {
+    pub bridge: String,
+    /// `None`: an IPv6-only network.
+    pub v4: Option<Net4Spec>,
+}
+
+impl NetworkSpec {
+    /// An IPv4 (or dual-stack) network; see [`Net4Spec::new`].
+    pub fn new(bridge: &str, subnet: Ipv4Net, gateway: Option<Ipv4Addr>) -> Result<Self> {
+        validate_ifname(bridge)?;
         Ok(Self {
             bridge: bridge.to_owned(),
-            subnet,
-            gateway,
+            v4: Some(Net4Spec::new(subnet, gateway)?),
         })
     }
 
-    /// The record kept in `NP_NETWORKS`.
+    /// A network whose IPv4 half may be absent (an IPv6-only network,
+    /// whose IPv6 half the caller holds).
+    pub fn with(bridge: &str, v4: Option<Net4Spec>) -> Result<Self> {
+        validate_ifname(bridge)?;
+        Ok(Self {
+            bridge: bridge.to_owned(),
+            v4,
+        })
+    }
+
+    /// The IPv4 subnet, if the network has one.
+    pub fn subnet(&self) -> Option<Ipv4Net> {
+        self.v4.map(|v| v.subnet)
+    }
+
+    /// The record kept in `NP_NETWORKS`: an IPv6-only network's IPv4
+    /// fields are zero and `net_flags::NO_IPV4` says they mean nothing.
     pub fn to_info(&self, bridge_ifindex: u32, flags: u32) -> NetworkInfo {
+        let (subnet_be, mask_be, gateway_be, prefix_len, no_v4) = match self.v4 {
+            Some(v) => (
+                be(v.subnet.network()),
+                be(v.subnet.netmask()),
+                be(v.gateway),
+                v.subnet.prefix_len(),
+                0,
+            ),
+            None => (0, 0, 0, 0, net_flags::NO_IPV4),
+        };
         NetworkInfo {
-            subnet_be: be(self.subnet.network()),
-            mask_be: be(self.subnet.netmask()),
-            gateway_be: be(self.gateway),
+            subnet_be,
+            mask_be,
+            gateway_be,
             bridge_ifindex,
-            flags,
-            prefix_len: self.subnet.prefix_len(),
+            flags: (flags & !net_flags::NO_IPV4) | no_v4,
+            prefix_len,
             _pad: [0; 3],
             bridge_name: ifname_to_bytes(&self.bridge),
         }
@@ -150,11 +198,14 @@ impl NetworkSpec {
 
     /// Reads a record back.
     pub fn from_info(info: &NetworkInfo) -> Self {
-        Self {
-            bridge: ifname_from_bytes(&info.bridge_name),
+        let v4 = (info.flags & net_flags::NO_IPV4 == 0).then(|| Net4Spec {
             subnet: Ipv4Net::new(from_be(info.subnet_be), info.prefix_len)
                 .expect("stored prefix length is valid"),
             gateway: from_be(info.gateway_be),
+        });
+        Self {
+            bridge: ifname_from_bytes(&info.bridge_name),
+            v4,
         }
     }
 }
@@ -402,9 +453,11 @@ mod tests {
     #[test]
     fn spec_defaults_gateway_to_first_host() {
         let s = net("docker0", "172.17.0.0/16", None).unwrap();
-        assert_eq!(s.gateway, Ipv4Addr::new(172, 17, 0, 1));
+        assert_eq!(s.v4.unwrap().gateway, Ipv4Addr::new(172, 17, 0, 1));
+        assert!(s.v4.unwrap().default_gateway());
         let s = net("br-x", "10.9.0.0/24", Some("10.9.0.254")).unwrap();
-        assert_eq!(s.gateway, Ipv4Addr::new(10, 9, 0, 254));
+        assert_eq!(s.v4.unwrap().gateway, Ipv4Addr::new(10, 9, 0, 254));
+        assert!(!s.v4.unwrap().default_gateway());
     }
 
     #[test]
@@ -459,6 +512,26 @@ mod tests {
         assert!(info.contains_be(be(Ipv4Addr::new(172, 18, 3, 4))));
         assert!(!info.contains_be(be(Ipv4Addr::new(172, 19, 0, 1))));
         assert_eq!(info.bridge_ifindex, 7);
+        assert_eq!(info.flags & net_flags::NO_IPV4, 0);
+    }
+
+    #[test]
+    fn an_ipv6_only_record_says_so_and_contains_no_ipv4_address() {
+        let s = NetworkSpec::with("br-v6", None).unwrap();
+        let info = s.to_info(9, net_flags::NO_ICC);
+        assert_eq!(info.flags, net_flags::NO_ICC | net_flags::NO_IPV4);
+        assert_eq!((info.subnet_be, info.mask_be, info.gateway_be), (0, 0, 0));
+        // A zero mask would match everything: the flag keeps it from it.
+        for a in [Ipv4Addr::UNSPECIFIED, Ipv4Addr::new(172, 18, 0, 2)] {
+            assert!(!info.contains_be(be(a)), "{a}");
+        }
+        assert_eq!(NetworkSpec::from_info(&info), s);
+        assert_eq!(s.subnet(), None);
+        // A dual-stack spec never inherits the flag from stale bits.
+        let d = net("br-d", "172.18.0.0/16", None).unwrap();
+        let info = d.to_info(9, net_flags::NO_IPV4);
+        assert_eq!(info.flags & net_flags::NO_IPV4, 0);
+        assert!(NetworkSpec::with("a/b", None).is_err());
     }
 
     #[test]

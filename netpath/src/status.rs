@@ -26,9 +26,10 @@ pub struct NetworkStatus {
     pub id: u32,
     pub bridge: String,
     pub bridge_ifindex: u32,
-    pub subnet: String,
-    pub gateway: String,
-    /// The IPv6 subnet of a dual-stack network.
+    /// The IPv4 subnet and gateway; `null` on an IPv6-only network.
+    pub subnet: Option<String>,
+    pub gateway: Option<String>,
+    /// The IPv6 subnet of a dual-stack or IPv6-only network.
     pub subnet6: Option<String>,
     pub gateway6: Option<String>,
     pub created_bridge: bool,
@@ -216,8 +217,8 @@ pub async fn status() -> Result<Status> {
             id,
             bridge: spec.bridge,
             bridge_ifindex: info.bridge_ifindex,
-            subnet: spec.subnet.to_string(),
-            gateway: spec.gateway.to_string(),
+            subnet: spec.v4.map(|v| v.subnet.to_string()),
+            gateway: spec.v4.map(|v| v.gateway.to_string()),
             subnet6: v6.map(|v| v.subnet.to_string()),
             gateway6: v6.map(|v| v.gateway.to_string()),
             created_bridge: info.flags & net_flags::CREATED_BRIDGE != 0,
@@ -396,9 +397,13 @@ impl Status {
             .networks
             .iter()
             .map(|n| {
-                let both = |a: &String, b: &Option<String>| match b {
-                    Some(b) => format!("{a} {b}"),
-                    None => a.clone(),
+                let both = |a: &Option<String>, b: &Option<String>| {
+                    [a, b]
+                        .into_iter()
+                        .flatten()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(" ")
                 };
                 vec![
                     n.bridge.clone(),

@@ -190,6 +190,12 @@ pub async fn up_many(batch: &[UpArgs]) -> Result<Vec<Result<UpReport>>> {
 /// The checking half of `up`: nothing changes.
 async fn check(nl: &Netlink, state: &StateDir, args: &UpArgs) -> Result<Checked> {
     let spec = &args.spec;
+    if spec.v4.is_none() && args.v6.is_none() {
+        bail!(
+            "network {} needs a subnet (IPv4, IPv6 or one of each)",
+            spec.bridge
+        );
+    }
     for u in &args.uplinks {
         validate_ifname(u)?;
     }
@@ -338,14 +344,18 @@ async fn record(
         }
     };
     nl.set_up(index).await?;
-    let prefix = spec.subnet.prefix_len();
-    if !nl.has_ip(index, spec.gateway.into(), prefix).await? {
-        nl.add_addr(index, spec.gateway, prefix).await?;
-        report.added_gateway = true;
-    }
-    if !plumbing::ip_forward()? {
-        plumbing::set_ip_forward(true)?;
-        report.enabled_forwarding = true;
+    // An IPv6-only network leaves the bridge without an IPv4 address and
+    // IPv4 forwarding as it is.
+    if let Some(v4) = spec.v4 {
+        let prefix = v4.subnet.prefix_len();
+        if !nl.has_ip(index, v4.gateway.into(), prefix).await? {
+            nl.add_addr(index, v4.gateway, prefix).await?;
+            report.added_gateway = true;
+        }
+        if !plumbing::ip_forward()? {
+            plumbing::set_ip_forward(true)?;
+            report.enabled_forwarding = true;
+        }
     }
     state.create()?;
     let dp = match dp {
@@ -379,7 +389,9 @@ async fn record(
         .networks
         .insert(net_id, spec.to_info(index, flags), 0)
         .context("recording the network")?;
-    dp.maps.add_subnet(spec.subnet, net_id)?;
+    if let Some(subnet) = spec.subnet() {
+        dp.maps.add_subnet(subnet, net_id)?;
+    }
     let index_of = nl
         .links()
         .await?
@@ -435,7 +447,9 @@ async fn rollback(
             Ok(mut maps) => {
                 if report.net_id != 0 {
                     let _ = maps.networks.remove(&report.net_id);
-                    let _ = maps.remove_subnet(spec.subnet);
+                    if let Some(subnet) = spec.subnet() {
+                        let _ = maps.remove_subnet(subnet);
+                    }
                     if let Err(e) = maps.v6.forget(report.net_id) {
                         errors.push(e);
                     }
@@ -458,9 +472,9 @@ async fn rollback(
                 errors.push(e);
             }
         } else {
-            if report.added_gateway
+            if let (true, Some(v4)) = (report.added_gateway, spec.v4)
                 && let Err(e) = nl
-                    .del_addr(l.index, spec.gateway, spec.subnet.prefix_len())
+                    .del_addr(l.index, v4.gateway, v4.subnet.prefix_len())
                     .await
             {
                 errors.push(e);

@@ -63,10 +63,10 @@ fn datapath(pins: &std::path::Path) -> Datapath {
             .networks
             .insert(id, spec.to_info(90 + id, flags), 0)
             .unwrap();
-        dp.maps.add_subnet(spec.subnet, id).unwrap();
+        dp.maps.add_subnet(spec.subnet().unwrap(), id).unwrap();
         dp.maps
             .hostaddrs4
-            .insert(codec::be(spec.gateway), 90 + id, 0)
+            .insert(codec::be(spec.v4.unwrap().gateway), 90 + id, 0)
             .unwrap();
     }
     dp

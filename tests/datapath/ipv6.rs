@@ -40,7 +40,7 @@ pub fn datapath(pins: &std::path::Path, flags1: u32) -> Datapath {
             .networks
             .insert(id, spec.to_info(90 + id, flags), 0)
             .unwrap();
-        dp.maps.add_subnet(spec.subnet, id).unwrap();
+        dp.maps.add_subnet(spec.subnet().unwrap(), id).unwrap();
         let v6 = Net6Spec::new(v6.parse().unwrap(), None).unwrap();
         dp.maps.v6.record(id, &v6, 0).unwrap();
     }

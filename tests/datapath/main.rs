@@ -15,3 +15,4 @@ mod nat;
 mod nat6;
 mod policy;
 mod publish6;
+mod v6only;

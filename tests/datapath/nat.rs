@@ -48,7 +48,7 @@ fn nat_datapath(pins: &std::path::Path, uplink: Ipv4Addr) -> Datapath {
     dp.maps.ifaces.insert(LO, info, 0).unwrap();
     let spec = spec::NetworkSpec::new("np0", "172.30.0.0/24".parse().unwrap(), None).unwrap();
     dp.maps.networks.insert(1, spec.to_info(99, 0), 0).unwrap();
-    dp.maps.add_subnet(spec.subnet, 1).unwrap();
+    dp.maps.add_subnet(spec.subnet().unwrap(), 1).unwrap();
     dp
 }
 

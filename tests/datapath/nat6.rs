@@ -68,7 +68,7 @@ pub(crate) fn nat6_datapath(pins: &std::path::Path, uplink: Option<Ipv6Addr>) ->
             .networks
             .insert(id, spec.to_info(90 + id, mode.flags()), 0)
             .unwrap();
-        dp.maps.add_subnet(spec.subnet, id).unwrap();
+        dp.maps.add_subnet(spec.subnet().unwrap(), id).unwrap();
         let v6 = Net6Spec::new(v6.parse().unwrap(), None).unwrap();
         dp.maps.v6.record(id, &v6, 0).unwrap();
     }

@@ -39,7 +39,7 @@ fn datapath(pins: &std::path::Path, flags1: u32) -> Datapath {
             .networks
             .insert(id, spec.to_info(90 + id, flags), 0)
             .unwrap();
-        dp.maps.add_subnet(spec.subnet, id).unwrap();
+        dp.maps.add_subnet(spec.subnet().unwrap(), id).unwrap();
     }
     let port = IfaceInfo {
         role: IfaceRole::Port as u32,
@@ -67,7 +67,7 @@ fn with_src_mac(mut f: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
 }
 
 /// An ARP request from (`sha`, `spa`) for `tpa`.
-fn arp(sha: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
+pub fn arp(sha: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
     let mut f = vec![0xff; 6];
     f.extend_from_slice(&sha);
     f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);

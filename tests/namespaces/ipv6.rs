@@ -224,7 +224,10 @@ fn dual_stack_input_errors_are_one_line_and_change_nothing() {
     require_root!();
     let host = Netns::new("v6e").unwrap().cleanup_with(NETPATH);
     for (args, says) in [
-        (&["--subnet", "fd00:30::/64"][..], "IPv6-only"),
+        (
+            &["--subnet", "fd00:30::/64", "--gateway", "172.25.0.1"][..],
+            "needs an IPv4 subnet",
+        ),
         (
             &["--subnet", "172.25.0.0/24", "--subnet", "fd00:30::1/64"],
             "host bits",

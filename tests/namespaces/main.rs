@@ -23,3 +23,4 @@ mod multinode;
 mod publish;
 mod publish6;
 mod top;
+mod v6only;

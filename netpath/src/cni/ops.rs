@@ -231,6 +231,14 @@ async fn add_standalone(
             return Err(e);
         }
     };
+    // The plugin's networks always have an IPv4 subnet (`config` refuses
+    // others), and `connect` was given the address.
+    let (address, prefix_len, gateway) = c.v4.ok_or_else(|| {
+        CniError::new(
+            code::NETPATH,
+            format!("{} gave no IPv4 address", conf.bridge),
+        )
+    })?;
     let nl = Netlink::new().map_err(failed("netlink"))?;
     let mac_of = async |name: &str| {
         nl.link_by_name(name)
@@ -261,13 +269,13 @@ async fn add_standalone(
             },
         ],
         ips: vec![IpConfig {
-            address: format!("{}/{}", c.addr, c.prefix_len),
-            gateway: Some(c.gateway.to_string()),
+            address: format!("{address}/{prefix_len}"),
+            gateway: Some(gateway.to_string()),
             interface: Some(2),
         }],
         routes: vec![Route {
             dst: "0.0.0.0/0".to_owned(),
-            gw: Some(c.gateway.to_string()),
+            gw: Some(gateway.to_string()),
         }],
         dns: got.dns.clone(),
     })

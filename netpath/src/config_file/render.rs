@@ -52,24 +52,24 @@ pub fn render(e: &Exported) -> String {
     for (spec, v6, o) in &e.networks {
         out.push_str("\n[[network]]\n");
         out.push_str(&format!("bridge = {}\n", quoted(&spec.bridge)));
-        match v6 {
-            None => out.push_str(&format!("subnet = {}\n", quoted(&spec.subnet.to_string()))),
-            Some(v6) => {
-                out.push_str(&format!(
-                    "subnets = [{}, {}]\n",
-                    quoted(&spec.subnet.to_string()),
-                    quoted(&v6.subnet.to_string())
-                ));
-                if Net6Spec::new(v6.subnet, None).is_ok_and(|d| d.gateway != v6.gateway) {
-                    out.push_str(&format!("gateway6 = {}\n", quoted(&v6.gateway.to_string())));
-                }
-            }
+        let subnets: Vec<String> = spec
+            .subnet()
+            .map(|s| s.to_string())
+            .into_iter()
+            .chain(v6.map(|v| v.subnet.to_string()))
+            .map(|s| quoted(&s))
+            .collect();
+        match subnets.as_slice() {
+            [one] => out.push_str(&format!("subnet = {one}\n")),
+            many => out.push_str(&format!("subnets = [{}]\n", many.join(", "))),
         }
-        if spec.subnet.hosts().next() != Some(spec.gateway) {
-            out.push_str(&format!(
-                "gateway = {}\n",
-                quoted(&spec.gateway.to_string())
-            ));
+        if let Some(v6) = v6
+            && Net6Spec::new(v6.subnet, None).is_ok_and(|d| d.gateway != v6.gateway)
+        {
+            out.push_str(&format!("gateway6 = {}\n", quoted(&v6.gateway.to_string())));
+        }
+        if let Some(v4) = spec.v4.filter(|v| !v.default_gateway()) {
+            out.push_str(&format!("gateway = {}\n", quoted(&v4.gateway.to_string())));
         }
         out.push_str(&format!("masquerade = {}\n", o.masquerade));
         out.push_str(&format!("icc = {}\n", o.icc));

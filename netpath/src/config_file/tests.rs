@@ -49,7 +49,7 @@ fn a_file_parses_with_the_clis_grammar() {
     let d = parse("f.toml", FILE).unwrap();
     assert_eq!(d.networks.len(), 2);
     let n = &d.networks[0];
-    assert_eq!(n.spec.gateway.to_string(), "172.18.0.1");
+    assert_eq!(n.spec.v4.unwrap().gateway.to_string(), "172.18.0.1");
     // Dual-stack: the IPv6 gateway defaults to ::1, or is given.
     let v6 = n.v6.unwrap();
     assert_eq!(
@@ -57,7 +57,10 @@ fn a_file_parses_with_the_clis_grammar() {
         ("fd00:18::/64".into(), "fd00:18::1".into())
     );
     assert_eq!(d.networks[1].v6.unwrap().gateway.to_string(), "fd00:19::fe");
-    assert_eq!(d.networks[1].spec.subnet.to_string(), "10.9.0.0/24");
+    assert_eq!(
+        d.networks[1].spec.subnet().unwrap().to_string(),
+        "10.9.0.0/24"
+    );
     assert!(!n.options.icc && n.options.masquerade && n.options.apply);
     assert_eq!(n.at, Pos { line: 2, col: 1 });
     assert_eq!(d.networks[1].options.gateway_mode, GatewayMode::Routed);
@@ -138,8 +141,8 @@ fn every_kind_of_error_says_file_line_and_column() {
         "{}",
         err(twice)
     );
-    // Dual stack: one subnet per family, an IPv4 one needed, gateway6
-    // with an IPv6 subnet and inside it; IPv6 subnets do not overlap.
+    // Dual stack: one subnet per family, gateway6 with an IPv6 subnet and
+    // inside it, gateway with an IPv4 one; IPv6 subnets do not overlap.
     let net = |subnets: &str, extra: &str| {
         err(&format!(
             "[[network]]\nbridge = \"b\"\nsubnets = {subnets}\n{extra}"
@@ -150,8 +153,8 @@ fn every_kind_of_error_says_file_line_and_column() {
         "f.toml:3:27: 10.1.0.0/24 and 10.2.0.0/24 are of one family: a network has at most one subnet per family"
     );
     assert_eq!(
-        net(r#"["fd00:1::/64"]"#, ""),
-        "f.toml:3:12: network b has no IPv4 subnet: IPv6-only networks are not supported yet"
+        net(r#"["fd00:1::/64"]"#, "gateway = \"10.1.0.1\"\n"),
+        "f.toml:4:11: gateway needs an IPv4 subnet in subnets"
     );
     let e = net(r#"["10.1.0.0/24", "fe80::/64"]"#, "");
     assert!(
@@ -201,7 +204,7 @@ fn state_of(text: &str) -> Current {
         let net = d
             .networks
             .iter()
-            .position(|n| n.spec.subnet.contains(&p.ports.target))
+            .position(|n| n.spec.subnet().is_some_and(|s| s.contains(&p.ports.target)))
             .unwrap() as u32
             + 1;
         for (k, mut v) in p.ports.entries(owner::APPLY) {
@@ -493,6 +496,20 @@ fn what_apply_did_not_make_is_left_alone_or_refused() {
     );
 }
 
+/// The networks of `cur` as `export` reads them back from the maps.
+fn exported_networks(cur: &Current) -> Vec<(NetworkSpec, Option<Net6Spec>, NetworkOptions)> {
+    cur.networks
+        .iter()
+        .map(|(id, i)| {
+            (
+                NetworkSpec::from_info(i),
+                cur.networks6.get(id).copied(),
+                NetworkOptions::from_flags(i.flags),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn export_round_trips() {
     let cur = state_of(FILE);
@@ -501,17 +518,7 @@ fn export_round_trips() {
         by_net.entry(v.net_id).or_default().push(Ports::of(k, v));
     }
     let e = Exported {
-        networks: cur
-            .networks
-            .iter()
-            .map(|(id, i)| {
-                (
-                    NetworkSpec::from_info(i),
-                    cur.networks6.get(id).copied(),
-                    NetworkOptions::from_flags(i.flags),
-                )
-            })
-            .collect(),
+        networks: exported_networks(&cur),
         uplinks: vec!["eth0".into()],
         publish: merge_ports(by_net.into_values().flatten().collect()),
         publish6: cur
@@ -539,4 +546,52 @@ fn export_round_trips() {
     assert!(text.contains("gateway6 = \"fd00:19::fe\""), "{text}");
     assert!(!text.contains("gateway = \"172.18.0.1\""), "{text}");
     assert_eq!(quoted("a\"b\\c"), r#""a\"b\\c""#);
+}
+
+#[test]
+fn ipv6_only_networks_parse_plan_and_export_back() {
+    let text = "[[network]]\nbridge = \"v6a\"\nsubnet = \"fd00:50::/64\"\n\n[[network]]\nbridge = \"v6b\"\nsubnets = [\"fd00:51::/64\"]\ngateway6 = \"fd00:51::fe\"\n";
+    let d = parse("f.toml", text).unwrap();
+    assert_eq!((d.networks[0].spec.v4, d.networks[1].spec.v4), (None, None));
+    assert_eq!(d.networks[0].v6.unwrap().gateway.to_string(), "fd00:50::1");
+    let cur = state_of(text);
+    assert!(
+        cur.networks
+            .values()
+            .all(|i| i.flags & net_flags::NO_IPV4 != 0)
+    );
+    // An IPv4 port cannot lead into either.
+    let publish = format!("{text}\n[[publish]]\nhost = \"8080\"\ncontainer = \"10.9.0.2:80\"\n");
+    let e = parse("f.toml", &publish)
+        .and_then(|d| plan(&d, &cur).map(|_| ()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("in no network"), "{e}");
+    let e = Exported {
+        networks: exported_networks(&cur),
+        uplinks: vec![],
+        publish: vec![],
+        publish6: vec![],
+        filters: vec![],
+        notes: vec![],
+    };
+    let out = render(&e);
+    assert!(out.contains("subnet = \"fd00:50::/64\"\n"), "{out}");
+    assert!(
+        out.contains("subnet = \"fd00:51::/64\"\ngateway6 = \"fd00:51::fe\"\n"),
+        "{out}"
+    );
+    assert!(!out.contains("gateway = "), "{out}");
+    let again = parse("export", &out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+    let p = plan(&again, &cur).unwrap();
+    assert!(p.is_empty(), "{:#?}\n{out}", p.lines());
+    // Giving it an IPv4 subnet takes it down and up.
+    let grown = text.replacen(
+        "subnet = \"fd00:50::/64\"",
+        "subnets = [\"fd00:50::/64\", \"10.50.0.0/24\"]",
+        1,
+    );
+    let p = plan(&parse("f.toml", &grown).unwrap(), &cur).unwrap();
+    let lines = p.lines().join("\n");
+    assert!(lines.contains("subnet none -> 10.50.0.0/24"), "{lines}");
 }
