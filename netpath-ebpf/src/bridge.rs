@@ -5,7 +5,9 @@
 //! plugged in while no daemon ran to attach it) and is dropped until the
 //! port is attached, so a container never goes unchecked. IPv6 the same
 //! way, from `NP_ENDPOINTS6`; then a container's IPv6 packet of a
-//! published port's flow is translated here ([`published_flows6`]).
+//! published port's flow is translated here ([`published_flows6`]), and
+//! an answer for a client beyond the host takes the fast path out of its
+//! uplink (`fastpath6::from_bridge6`).
 
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
@@ -19,10 +21,11 @@ use netpath_common::{
 use crate::{
     TCX_NEXT,
     ct::ct_lookup,
+    fastpath6,
     flow::{apply6, own_tuple6, work6},
     lookup::{drop, same_mac},
     maps::{NP_ENDPOINTS4, NP_ENDPOINTS6, NP_NETWORKS},
-    parse::{ETH_HLEN, eth_off, eth_p, ethertype, ip4_off},
+    parse::{ETH_HLEN, eth_off, eth_p, ethertype, ip4_off, is_vlan, stripped_vlan},
     parse6::{self, Work6},
     publish6::publish6,
     rewrite::Phase,
@@ -31,12 +34,20 @@ use crate::{
 /// Bridge ingress: frames on their way up to the host.
 #[inline(always)]
 pub fn ingress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
+    // A managed port passes untagged IPv4, ARP and IPv6 only: a tag (at
+    // any depth, also one the kernel took off on the way) or another
+    // ethertype came through a port netpath does not manage, and would
+    // reach the host with its tags stripped.
+    if stripped_vlan(ctx).is_some() {
+        return drop(ctx, iface.net_id, DropReason::Vlan);
+    }
     let (sender_off, mac_off) = match ethertype(ctx) {
         Some(eth_p::IP) => (ETH_HLEN + ip4_off::SADDR, eth_off::SRC),
         // Ethernet/IPv4 ARP: sender MAC at 8, sender address at 14.
         Some(eth_p::ARP) => (ETH_HLEN + 14, ETH_HLEN + 8),
         Some(eth_p::IPV6) => return ingress6(ctx, iface),
-        _ => return TCX_NEXT,
+        Some(t) if is_vlan(t) => return drop(ctx, iface.net_id, DropReason::Vlan),
+        _ => return drop(ctx, iface.net_id, DropReason::UnmanagedPort),
     };
     // An IPv6-only network's managed ports send no IPv4 or ARP; what
     // comes anyway came through a port netpath does not manage.
@@ -103,7 +114,8 @@ fn published_flows6(ctx: &TcContext, net_id: u32) -> i32 {
     if apply6(ctx, w, e, Phase::Ingress).is_err() {
         return drop(ctx, net_id, DropReason::Malformed);
     }
-    TCX_NEXT
+    // An answer to a client beyond the host leaves from here.
+    fastpath6::from_bridge6(ctx)
 }
 
 /// What [`flow`] returns when the packet is a published port's (its entry

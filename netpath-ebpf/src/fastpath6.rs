@@ -4,7 +4,9 @@
 //! beyond the host is routed with `bpf_fib_lookup` and sent out of its
 //! uplink, whose egress program masquerades or tracks it as usual; an
 //! untracked packet between two containers of one network goes from the
-//! sender's port straight to the other's peer. Routed hops take one off
+//! sender's port straight to the other's peer; a published port's answer,
+//! once its bridge translated it back, leaves from there for its client
+//! beyond the host. Routed hops take one off
 //! the hop limit (IPv6 has no header checksum to fix, and the hop limit is
 //! outside the upper-layer pseudo-header).
 //!
@@ -33,7 +35,7 @@ use crate::{
     lookup::network6_of,
     maps::NP_ENDPOINTS6,
     parse::L3,
-    parse6::{Flow, FromPort, IP6_HLEN, Ip6, ip6_off},
+    parse6::{self, Flow, FromPort, IP6_HLEN, Ip6, ip6_off},
 };
 
 const AF_INET6: u8 = 10;
@@ -116,6 +118,34 @@ fn fast_from_port6(ctx: &TcContext) -> Option<i32> {
     {
         return None;
     }
+    to_uplink6(ctx, &w.ip, bridge)
+}
+
+/// A container's answer from a published port that its bridge just
+/// translated back (`bridge::published_flows6`): out of an uplink when it
+/// is for beyond the host, as a port sends an IPv4 one (`port::fast_out`);
+/// a client on another network, the container itself, anything unusual:
+/// the normal path (`TCX_NEXT`). A BPF subprogram, walked once.
+#[inline(never)]
+pub fn from_bridge6(ctx: &TcContext) -> i32 {
+    fast_from_bridge6(ctx).unwrap_or(TCX_NEXT)
+}
+
+#[inline(always)]
+fn fast_from_bridge6(ctx: &TcContext) -> Option<i32> {
+    // Only what the bridge would pass up for the host to route.
+    if !for_this_host(ctx) {
+        return None;
+    }
+    let w = work6()?;
+    // The header as the translation left it.
+    parse6::ipv6(ctx, &mut w.ip).ok()?;
+    let daddr = &w.ip.daddr;
+    if is_multicast(daddr) || is_link_local(daddr) || network6_of(daddr).is_some() {
+        return None;
+    }
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    let bridge = unsafe { (*ctx.skb.skb).ifindex };
     to_uplink6(ctx, &w.ip, bridge)
 }
 

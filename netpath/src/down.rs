@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result, bail};
-use netpath_common::{Lease, LeaseKey, NetworkInfo, counter_scope, net_flags};
+use netpath_common::{
+    Lease, LeaseKey, NetworkInfo, counter_scope, net_flags, owner, v6::LeaseKey6,
+};
 
 use crate::{
     attach::Datapath,
@@ -62,6 +64,25 @@ pub fn leases_of(leases: &[(LeaseKey, Lease)], ids: &[u32]) -> Vec<(LeaseKey, Le
         .collect()
 }
 
+/// The host ends `connect` plugged into networks `ids` that hold IPv6
+/// leases alone (an IPv6-only network's containers), not already among
+/// `v4`'s: netpath's veths to delete as well.
+pub fn v6_only_veths(
+    v4: &[(LeaseKey, Lease, bool)],
+    v6: &[(LeaseKey6, Lease)],
+    ids: &[u32],
+) -> Vec<u32> {
+    let mut out: Vec<u32> = v6
+        .iter()
+        .filter(|(k, l)| ids.contains(&k.net_id) && l.flags == u32::from(owner::USER))
+        .map(|(_, l)| l.host_ifindex)
+        .filter(|i| !v4.iter().any(|(_, l, _)| l.host_ifindex == *i))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 pub async fn down(target: &DownTarget) -> Result<DownReport> {
     let _lock = state::lock(false)?;
     let _hold = sys::HoldSignals::new();
@@ -94,17 +115,23 @@ pub async fn down(target: &DownTarget) -> Result<DownReport> {
     // Containers `connect` plugged into these networks are unplugged (their
     // veths are netpath's); the namespaces themselves stay. Every lease goes.
     let ids: Vec<u32> = victims.iter().map(|(id, _)| *id).collect();
-    for (key, lease, ours) in leases_of(&maps.leases().unwrap_or_default(), &ids) {
-        if ours
-            && let Err(e) = nl.delete_link(lease.host_ifindex).await
-            && nl
-                .names()
-                .await
-                .is_ok_and(|n| n.contains_key(&lease.host_ifindex))
+    let v4 = leases_of(&maps.leases().unwrap_or_default(), &ids);
+    let v6 = v6_only_veths(&v4, &maps.v6.leases().unwrap_or_default(), &ids);
+    let veths = v4
+        .iter()
+        .filter(|(_, _, ours)| *ours)
+        .map(|(_, l, _)| l.host_ifindex)
+        .chain(v6);
+    for ifindex in veths {
+        if let Err(e) = nl.delete_link(ifindex).await
+            && nl.names().await.is_ok_and(|n| n.contains_key(&ifindex))
         {
             errors.push(e);
         }
-        if let Err(e) = maps.leases4.delete(&key) {
+    }
+    // The IPv6 leases go with the network (`Maps6::forget`).
+    for (key, _, _) in &v4 {
+        if let Err(e) = maps.leases4.delete(key) {
             errors.push(e.context("forgetting a lease"));
         }
     }
@@ -256,5 +283,28 @@ mod tests {
             .map(|(k, _, ours)| (k.net_id, ours))
             .collect();
         assert_eq!(of_b, vec![(2, true), (2, false)]);
+        // IPv6 leases: a dual-stack container's veth is among the IPv4
+        // leases' already; an IPv6-only one's is not; dockerd's stay.
+        let v4 = leases_of(&leases, &[1, 2, 3]);
+        let six = |net_id, ifindex, owner: u16| {
+            (
+                LeaseKey6 {
+                    net_id,
+                    addr: [net_id as u8; 16],
+                },
+                Lease {
+                    host_ifindex: ifindex,
+                    flags: u32::from(owner),
+                    ..Default::default()
+                },
+            )
+        };
+        let v6 = vec![
+            six(1, 11, owner::USER),
+            six(3, 30, owner::USER),
+            six(3, 31, owner::DOCKER),
+            six(4, 40, owner::USER),
+        ];
+        assert_eq!(v6_only_veths(&v4, &v6, &[1, 2, 3]), vec![30]);
     }
 }

@@ -116,3 +116,54 @@ fn an_ipv6_only_network_carries_no_ipv4_or_arp_either_way() {
         assert_eq!(drops(&dp, 2, DropReason::Ipv4), 0);
     });
 }
+
+/// `tpid` tags (VLAN 0) pushed in front of `f`'s ethertype.
+fn tagged(f: &[u8], tpids: &[u16]) -> Vec<u8> {
+    let mut out = f[..12].to_vec();
+    for t in tpids {
+        out.extend_from_slice(&t.to_be_bytes());
+        out.extend_from_slice(&[0, 0]);
+    }
+    out.extend_from_slice(&f[12..]);
+    out
+}
+
+/// What goes up from a bridge came through one of its ports; a managed
+/// port passes untagged IPv4, ARP and IPv6 alone, so anything else came
+/// through a port netpath does not manage yet, on any network: a tagged
+/// frame (the kernel would strip the tags and hand the host what is
+/// inside) or another ethertype.
+#[test]
+fn a_bridge_takes_up_no_tagged_frame_and_no_other_ethertype() {
+    require_root!();
+    in_netns("brtags", |pins| {
+        let mut dp = datapath(pins);
+        let dhcp = udp4(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST);
+        let echo6 = echo(BRIDGE_MAC, "fd00:31::2", "fd00:31::1");
+        let mut lldp = dhcp.clone();
+        lldp[12..14].copy_from_slice(&0x88ccu16.to_be_bytes());
+        for net in [1, 2] {
+            set_lo(&mut dp, IfaceRole::Bridge, net);
+            for (i, f) in [
+                tagged(&dhcp, &[0x8100, 0x8100]),
+                tagged(&dhcp, &[0x88a8, 0x8100]),
+                tagged(&dhcp, &[0x8100]),
+                tagged(&echo6, &[0x8100, 0x8100]),
+            ]
+            .iter()
+            .enumerate()
+            {
+                assert_eq!(
+                    run(&mut dp, Dir::Ingress, f, 1).0,
+                    SHOT,
+                    "net {net} frame {i}"
+                );
+            }
+            assert_eq!(drops(&dp, net, DropReason::Vlan), 4);
+            assert_eq!(run(&mut dp, Dir::Ingress, &lldp, 1).0, SHOT, "net {net}");
+            assert_eq!(drops(&dp, net, DropReason::UnmanagedPort), 1);
+        }
+        // Untagged, the dual-stack network's bridge passes DHCP up as before.
+        assert_eq!(run(&mut dp, Dir::Ingress, &dhcp, 1).0, TCX_NEXT);
+    });
+}

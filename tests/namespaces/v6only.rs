@@ -152,4 +152,17 @@ fn an_ipv6_only_network_carries_ipv6_everywhere_and_no_ipv4() {
     assert!(out.contains("fd00:41::3 is free"), "{out}");
     netpath_ok(&host, &["down", "--bridge", BR]);
     assert!(host.ip(&["link", "show", BR]).is_err(), "{BR} deleted");
+    // c1, still connected, is unplugged: its veth went with the network
+    // (it holds an IPv6 lease alone), so the bridge can come back.
+    assert!(
+        c1.ip(&["link", "show", "eth0"]).is_err(),
+        "c1's eth0 is gone"
+    );
+    let links = host.ip(&["-o", "link", "show", "type", "veth"]).unwrap();
+    let left: Vec<&str> = links.lines().filter(|l| !l.contains("uplink0")).collect();
+    assert!(left.is_empty(), "host ends left: {left:?}");
+    netpath_ok(&host, &UP);
+    connect_v6only(&host, "v6o4");
+    let (_, again) = connect_v6only(&host, "v6o5");
+    assert_eq!(again, "fd00:41::3", "addresses start over");
 }
