@@ -224,7 +224,7 @@ pub struct UpCmd {
     #[arg(long = "gateway", value_name = "IP")]
     pub gateways: Vec<std::net::IpAddr>,
     /// Uplink interface (repeatable). Replaces the uplink set of this namespace
-    /// [default: every interface with an IPv4 address that is not a managed bridge, enslaved, or loopback].
+    /// [default: every interface with an IPv4 or a global IPv6 address that is not a managed bridge, enslaved, or loopback].
     #[arg(long = "uplink", value_name = "IFACE", value_parser = spec::parse_ifname)]
     pub uplinks: Vec<String>,
     /// Masquerade traffic from this network that leaves through an uplink

@@ -139,6 +139,9 @@ pub struct LinkFacts {
     pub master: Option<u32>,
     /// Primary IPv4 address, if any.
     pub ipv4: Option<Ipv4Addr>,
+    /// Whether it has a global IPv6 address usable as a source (what NAT66
+    /// writes).
+    pub ipv6: bool,
 }
 
 /// Which interfaces are uplinks.
@@ -183,12 +186,13 @@ pub fn plan_roles(
                 // An interface enslaved to anything (an unmanaged bridge's
                 // port, a bond member) is not where IP traffic leaves: its
                 // master is. Counting both would translate a packet twice.
-                // Without an IPv4 address it cannot be a masquerade source
-                // (a veth not yet enslaved, say); the daemon re-plans when
-                // one is added.
+                // Without an IPv4 or a global IPv6 address it cannot be a
+                // masquerade source (a veth not yet enslaved, say); the
+                // daemon re-plans when one is added. An IPv6-only host's
+                // uplinks have the second alone.
                 if !l.is_loopback
                     && l.master.is_none()
-                    && l.ipv4.is_some()
+                    && (l.ipv4.is_some() || l.ipv6)
                     && !out.contains_key(&l.index)
                 {
                     out.insert(l.index, planned(l, IfaceRole::Uplink, 0, 0));
@@ -310,6 +314,7 @@ mod tests {
             is_loopback: index == 1,
             master,
             ipv4: Some(Ipv4Addr::new(10, 0, 0, index as u8)),
+            ipv6: false,
         }
     }
 
@@ -435,11 +440,16 @@ mod tests {
         // An unmanaged bridge is an uplink by the default rule; its ports are not.
         assert_eq!(role(5), Some((IfaceRole::Uplink as u32, 0)));
         assert_eq!(role(6), None);
-        // Neither is an interface without an IPv4 address.
+        // Neither is an interface without an IPv4 or global IPv6 address;
+        // one with the second alone is (an IPv6-only host's).
         let mut bare = links.clone();
         bare[1].ipv4 = None;
         let plan = plan_roles(&bare, &nets, &Uplinks::Auto).unwrap();
         assert!(!plan.contains_key(&2));
+        bare[1].ipv6 = true;
+        let plan = plan_roles(&bare, &nets, &Uplinks::Auto).unwrap();
+        assert_eq!(plan[&2].info.role, IfaceRole::Uplink as u32);
+        assert_eq!(plan[&2].info.ipv4_be, 0);
     }
 
     #[test]

@@ -222,9 +222,10 @@ impl Netlink {
     }
 
     /// Every link with what role planning needs, including its primary
-    /// (first listed) IPv4 address.
+    /// (first listed) IPv4 address and whether it has a global IPv6 one.
     pub async fn link_facts(&self) -> Result<Vec<LinkFacts>> {
-        Ok(facts(&self.links().await?, &self.ipv4_addrs().await?))
+        let (v4, v6) = self.addrs().await?;
+        Ok(facts(&self.links().await?, &v4, &v6))
     }
 
     /// Creates a bridge (set up) and returns its ifindex.
@@ -418,7 +419,7 @@ impl Netlink {
 }
 
 /// The facts role planning needs, from a link dump and an address dump.
-pub fn facts(links: &[Link], addrs: &[Addr4]) -> Vec<LinkFacts> {
+pub fn facts(links: &[Link], addrs: &[Addr4], addrs6: &[Addr6]) -> Vec<LinkFacts> {
     links
         .iter()
         .map(|l| LinkFacts {
@@ -427,6 +428,7 @@ pub fn facts(links: &[Link], addrs: &[Addr4]) -> Vec<LinkFacts> {
             is_loopback: l.is_loopback(),
             master: l.master,
             ipv4: addrs.iter().find(|a| a.index == l.index).map(|a| a.addr),
+            ipv6: addrs6.iter().any(|a| a.index == l.index && a.usable),
             name: l.name.clone(),
         })
         .collect()

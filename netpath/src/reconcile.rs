@@ -81,7 +81,7 @@ pub async fn reconcile(
     forget_seen();
     let all = nl.links().await?;
     let (addrs, addrs6) = nl.addrs().await?;
-    let links = plumbing::facts(&all, &addrs);
+    let links = plumbing::facts(&all, &addrs, &addrs6);
     // A bridge recreated under the same name gets a new ifindex: follow the name.
     let mut nets = BTreeMap::new();
     for (id, mut info) in dp.maps.networks()? {

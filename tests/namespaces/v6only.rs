@@ -1,9 +1,11 @@
-//! An IPv6-only network with real traffic: `up` with one IPv6 subnet puts
-//! no IPv4 address on the bridge, `connect` hands out an IPv6 address
-//! alone, containers reach each other, the outside (NAT66) and a published
-//! port, and IPv4 a container configures by hand reaches nobody (its ARP
-//! and datagrams are dropped and counted as `drop_ipv4`). IPv4 input on
-//! the network is one clear line; `down` removes it all.
+//! An IPv6-only network on an IPv6-only host (its uplink chosen by the
+//! default rule for its global IPv6 address) with real traffic: `up` with
+//! one IPv6 subnet puts no IPv4 address on the bridge, `connect` hands out
+//! an IPv6 address alone, containers reach each other, the outside
+//! (NAT66) and a published port, and IPv4 a container configures by hand
+//! reaches nobody (its ARP and datagrams are dropped and counted as
+//! `drop_ipv4`). IPv4 input on the network is one clear line; `down`
+//! removes it all, the containers' veths included.
 
 use crate::harness;
 use crate::ipv6::{host_and_ext6, tcp6_to};
@@ -43,6 +45,9 @@ fn connect_v6only(host: &Netns, tag: &str) -> (Netns, String) {
 fn an_ipv6_only_network_carries_ipv6_everywhere_and_no_ipv4() {
     require_root!();
     let (host, ext) = host_and_ext6("v6oh", "v6oe");
+    // An IPv6-only host: its uplink has no IPv4 address, and is one by the
+    // default rule all the same (NAT66 writes its global address).
+    host.ip(&["-4", "addr", "flush", "dev", "uplink0"]).unwrap();
     let out = netpath_ok(&host, &UP);
     assert!(out.contains("bridge created"), "{out}");
     // The bridge has the IPv6 gateway and no IPv4 address at all.
@@ -62,6 +67,7 @@ fn an_ipv6_only_network_carries_ipv6_everywhere_and_no_ipv4() {
         ),
         "{n}"
     );
+    assert_eq!(harness::iface(&s, "uplink0")["role"], "uplink", "{s}");
     let text = netpath_ok(&host, &["status"]);
     assert!(text.contains("fd00:41::/64"), "{text}");
 
