@@ -23,6 +23,7 @@ use crate::{
     ct::ct_lookup,
     fastpath6,
     flow::{apply6, own_tuple6, work6},
+    frag6,
     lookup::{drop, same_mac},
     maps::{NP_ENDPOINTS4, NP_ENDPOINTS6, NP_NETWORKS},
     parse::{ETH_HLEN, eth_off, eth_p, ethertype, ip4_off, is_vlan, stripped_vlan},
@@ -102,8 +103,16 @@ fn published_flows6(ctx: &TcContext, net_id: u32) -> i32 {
     let Some(w) = work6() else {
         return TCX_NEXT;
     };
+    if parse6::ipv6(ctx, &mut w.ip).is_err() {
+        return TCX_NEXT;
+    }
+    // A later fragment follows its first one (recorded below).
+    if w.ip.later_fragment {
+        let _ = frag6::later_fragment_bridge6(ctx, w);
+        return TCX_NEXT;
+    }
     // The port judged the packet whole; what is no flow's passes.
-    if parse6::ipv6(ctx, &mut w.ip).is_err() || !own_tuple6(ctx, w) {
+    if !own_tuple6(ctx, w) {
         return TCX_NEXT;
     }
     let mut e: *mut CtEntry6 = core::ptr::null_mut();
@@ -114,6 +123,7 @@ fn published_flows6(ctx: &TcContext, net_id: u32) -> i32 {
     if apply6(ctx, w, e, Phase::Ingress).is_err() {
         return drop(ctx, net_id, DropReason::Malformed);
     }
+    frag6::first_fragment_both6(w, e);
     // An answer to a client beyond the host leaves from here.
     fastpath6::from_bridge6(ctx)
 }

@@ -16,7 +16,7 @@
 
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
-    ct::{FragPorts, ct_flags},
+    ct::{FragPorts, ct_dir, ct_flags},
     ct6::CtEntry6,
 };
 
@@ -129,6 +129,57 @@ fn record(w: &mut Work6) -> Option<FragPorts> {
     };
     let _ = NP_FRAG6.insert(&w.frag, &ports, 0);
     Some(ports)
+}
+
+/// A container's later fragment of a published port's flow at its
+/// bridge, which translated its first fragment (`first_fragment_both6`):
+/// written as that one was. `None` when it belongs to no recorded datagram
+/// or to no flow the bridge translates. A BPF subprogram (its own stack
+/// frame).
+#[inline(never)]
+pub fn later_fragment_bridge6(ctx: &TcContext, w: &mut Work6) -> Option<()> {
+    flow_key(w)?;
+    let e: *mut CtEntry6 = ct_lookup(&w.key)?;
+    // SAFETY: map value pointer, valid during the program; read at once.
+    let (flags, dir) = unsafe { ((*e).flags, (*e).dir) };
+    if flags & ct_flags::DNAT == 0 || dir == ct_dir::MID {
+        return None;
+    }
+    to_peer6(ctx, w, e, Side::Dst)
+}
+
+/// Writes one half (`side`) of a later fragment of `e`'s flow as the
+/// flow's packets this way are written, to the flow's `peer` reversed: the
+/// destination at an ingress hook (the bridge), the source at an egress
+/// one (the port delivering it). No transport header to fix.
+#[inline(always)]
+pub fn to_peer6(ctx: &TcContext, w: &mut Work6, e: *mut CtEntry6, side: Side) -> Option<()> {
+    // SAFETY: map value pointer, valid during the program.
+    w.translated = unsafe { (*e).peer };
+    let (now, to) = match side {
+        Side::Dst => (&w.ip.daddr, &w.translated.saddr),
+        Side::Src => (&w.ip.saddr, &w.translated.daddr),
+    };
+    if !same6(now, to) {
+        set_addr6(ctx, None, side, now, to).ok()?;
+    }
+    Some(())
+}
+
+/// A container's first fragment of a published port's flow whose
+/// destination half its bridge just wrote (`e`, applied): records its
+/// ports for the later fragments under the key they arrive with, and under
+/// the one they leave the bridge with, for the port that delivers them
+/// (where the source half is written, `to_peer6`). A BPF subprogram (its
+/// own stack frame).
+#[inline(never)]
+pub fn first_fragment_both6(w: &mut Work6, e: *mut CtEntry6) {
+    let Some(ports) = record(w) else {
+        return;
+    };
+    // SAFETY: map value pointer, valid during the program.
+    w.translated = unsafe { (*e).peer };
+    follow(w, ports);
 }
 
 /// A container's later fragment leaving through an uplink: its source is

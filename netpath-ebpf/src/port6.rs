@@ -40,7 +40,7 @@ use crate::{
     nd,
     parse::{self, L4Kind},
     parse6::{self, Flow, FromPort, Work6, ip6_off},
-    rewrite::Phase,
+    rewrite::{Phase, Side},
     spoof::Sender,
     spoof6::Sender6,
 };
@@ -141,7 +141,14 @@ fn published_in(
     net_id: u32,
     dst_mac: &[u8; 6],
 ) -> Flow {
-    if !own_tuple6(ctx, w) {
+    // A later fragment is its first fragment's (recorded where that one
+    // was translated): up to the bridge with it, whatever the policy.
+    let tuple = if w.ip.later_fragment {
+        frag6::flow_key(w).is_some()
+    } else {
+        own_tuple6(ctx, w)
+    };
+    if !tuple {
         return Flow::Other;
     }
     let internal = net.flags & net_flags::INTERNAL != 0;
@@ -203,8 +210,12 @@ pub fn egress(ctx: &TcContext, port: &IfaceInfo) -> i32 {
     if published_out(ctx, &mut e) {
         // The source half (the answer to a container client; either half
         // of a container reaching its own published port).
-        let rewritten =
-            e.is_null() || work6().is_some_and(|w| apply6(ctx, w, e, Phase::Egress).is_ok());
+        let rewritten = e.is_null()
+            || work6().is_some_and(|w| {
+                let done = apply6(ctx, w, e, Phase::Egress).is_ok();
+                frag6::first_fragment_out6(w);
+                done
+            });
         return if rewritten {
             TCX_NEXT
         } else {
@@ -251,7 +262,19 @@ fn published_out(ctx: &TcContext, e: &mut *mut CtEntry6) -> bool {
     let Some(w) = work6() else {
         return false;
     };
-    if parse6::ipv6(ctx, &mut w.ip).is_err() || !own_tuple6(ctx, w) {
+    if parse6::ipv6(ctx, &mut w.ip).is_err() {
+        return false;
+    }
+    // A later fragment is judged by the key its first fragment recorded
+    // (here, or at the bridge that translated it), and written as that
+    // one was.
+    let later = w.ip.later_fragment;
+    let tuple = if later {
+        frag6::flow_key(w).is_some()
+    } else {
+        own_tuple6(ctx, w)
+    };
+    if !tuple {
         return false;
     }
     if let Some(found) = ct_lookup(&w.key) {
@@ -259,6 +282,9 @@ fn published_out(ctx: &TcContext, e: &mut *mut CtEntry6) -> bool {
         let (flags, dir) = unsafe { ((*found).flags, (*found).dir) };
         if flags & ct_flags::DNAT == 0 || dir == ct_dir::ORIGINAL {
             return false;
+        }
+        if later {
+            return frag6::to_peer6(ctx, w, found, Side::Src).is_some();
         }
         *e = found;
         return true;

@@ -419,3 +419,94 @@ fn a_fragmented_datagram_to_an_ipv6_published_port_reaches_its_container_whole()
         }
     });
 }
+
+/// C3 (network 2) sends a datagram in two fragments to [U]:5353, published
+/// to C1 (network 1), and C1 answers in two: each later fragment is
+/// written as its first fragment was, where it was (the request's
+/// destination made C1's at C3's bridge; the answer's source made U's at
+/// C3's port), and passes the port it is delivered at, coming from the
+/// other network's bridge. Both ends reassemble valid datagrams.
+#[test]
+fn fragments_between_containers_through_an_ipv6_published_port_follow_their_first() {
+    require_root!();
+    in_netns("pub6-cfrag", |pins| {
+        let mut dp = nat6_datapath(pins, Some(u()));
+        dp.maps.v6.hostaddrs.insert(u().octets(), 7, 0).unwrap();
+        publish(&mut dp, UDP, 5353, c1(), 53);
+        for (i, (c, net_id)) in [(c1(), 1), (c3(), 2)].into_iter().enumerate() {
+            let ep = Endpoint {
+                ifindex: 10 + i as u32,
+                net_id,
+                mac: MAC,
+                _pad: [0; 2],
+            };
+            dp.maps
+                .v6
+                .endpoints
+                .insert(Addr6Key::of(&c.octets(), net_id), ep, 0)
+                .unwrap();
+        }
+        // The two bridges, where the fragments come to the ports from.
+        for (ifindex, net_id) in [(91, 1), (92, 2)] {
+            let bridge = IfaceInfo {
+                role: IfaceRole::Bridge as u32,
+                net_id,
+                ..Default::default()
+            };
+            dp.maps.ifaces.insert(ifindex, bridge, 0).unwrap();
+        }
+        let payload: Vec<u8> = (0..40u8).collect();
+        let ask = packet::udp(c3(), u(), 40000, 5353, &payload, true);
+        let answer = packet::udp(c1(), c3(), 53, 40000, &payload, true);
+        let c3_to_c1 = (c3(), c1(), 40000, 53);
+        let (c1_to_c3, u_to_c3) = ((c1(), c3(), 53, 40000), (u(), c3(), 5353, 40000));
+        // (the datagram, its addresses, its bridge's network, the
+        // delivering port's, the bridge's ifindex, what the bridge makes of
+        // it, what the port makes of it, its id)
+        let cases = [
+            (&ask, (c3(), u()), 2, 1, 92, c3_to_c1, c3_to_c1, 0x0c0f_0001),
+            (
+                &answer,
+                (c1(), c3()),
+                1,
+                2,
+                91,
+                c1_to_c3,
+                u_to_c3,
+                0x0c0f_0002,
+            ),
+        ];
+        for (datagram, (src, dst), bridge_net, port_net, from, at_bridge, at_port, id) in cases {
+            let first = fragment6(src, dst, UDP, 0, true, id, &datagram[..24]);
+            let later = fragment6(src, dst, UDP, 24, false, id, &datagram[24..]);
+            become_(&mut dp, IfaceRole::Bridge, bridge_net);
+            let (v, first_out) = run(&mut dp, Dir::Ingress, &first, 1);
+            assert_eq!(v, TCX_NEXT);
+            assert_eq!(parsed_after_fragment(&first_out), at_bridge);
+            let (v, later_out) = run(&mut dp, Dir::Ingress, &later, 1);
+            assert_eq!(v, TCX_NEXT);
+            let (s, d, _, _) = parsed(&later_out);
+            assert_eq!(
+                (s, d),
+                (at_bridge.0, at_bridge.1),
+                "the later fragment follows"
+            );
+            // Delivered at the other network's port, from this bridge.
+            become_(&mut dp, IfaceRole::Port, port_net);
+            let (v, first_out) = run_from(&mut dp, Dir::Egress, &first_out, from);
+            assert_eq!(v, TCX_NEXT);
+            assert_eq!(parsed_after_fragment(&first_out), at_port);
+            let (v, later_out) = run_from(&mut dp, Dir::Egress, &later_out, from);
+            assert_eq!(v, TCX_NEXT);
+            let (s, d, _, _) = parsed(&later_out);
+            assert_eq!((s, d), (at_port.0, at_port.1), "the later fragment follows");
+            let whole = [&first_out[ETH + 48..], &later_out[ETH + 48..]].concat();
+            assert!(packet::l4_valid(at_port.0, at_port.1, UDP, &whole));
+        }
+        // A later fragment of no recorded datagram from the other bridge
+        // stays refused there.
+        let stray = fragment6(c3(), c1(), UDP, 24, false, 0x0c0f_0009, &ask[24..]);
+        become_(&mut dp, IfaceRole::Port, 1);
+        assert_eq!(run_from(&mut dp, Dir::Egress, &stray, 92).0, SHOT);
+    });
+}

@@ -237,7 +237,7 @@ fn udp_echo(ns: &Netns, port: u16) -> std::thread::JoinHandle<anyhow::Result<()>
         let s = std::net::UdpSocket::bind(("::", port))?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(4)))?;
         tx.send(()).ok();
-        let mut b = [0u8; 64];
+        let mut b = vec![0u8; 65536];
         let (n, p) = s.recv_from(&mut b)?;
         s.send_to(&b[..n], p)?;
         Ok(())
@@ -307,4 +307,50 @@ fn published_ipv6_ports_keep_icc_off_and_internal_networks_closed() {
     }
     let table = netpath_ok(&host, &["ports"]);
     assert_eq!(table.matches("/tcp").count(), 1, "{table}");
+}
+
+/// Sends a `len`-byte datagram (more than the links' MTU: it leaves in
+/// fragments) from `ns` to `[dst]:port` and waits for the same bytes back.
+fn udp6_ask(ns: &Netns, dst: &str, port: u16, len: usize) -> anyhow::Result<()> {
+    let to: std::net::SocketAddr = format!("[{dst}]:{port}").parse()?;
+    ns.run(move || -> anyhow::Result<()> {
+        let s = std::net::UdpSocket::bind(("::", 0))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        s.send_to(&payload, to)?;
+        let mut buf = vec![0u8; 65536];
+        let (n, _) = s.recv_from(&mut buf)?;
+        anyhow::ensure!(buf[..n] == payload[..], "echo mismatch ({n} bytes)");
+        Ok(())
+    })?
+}
+
+/// A container's datagram to a published port in fragments, and the
+/// answer in fragments: the later fragments follow their first one's
+/// translation at the bridge (the client's packets, and an answer routed
+/// to another network) and at the client's port (an answer bridged to a
+/// neighbour), so both ends reassemble them.
+#[test]
+fn fragmented_datagrams_between_containers_through_an_ipv6_published_port_arrive_whole() {
+    require_root!();
+    let (host, _ext) = Lab::host_and_ext("p6fh", "p6fe", NETPATH, "uplink0").unwrap();
+    host.ip(&["addr", "add", "fd00:ef::1/64", "dev", "uplink0", "nodad"])
+        .unwrap();
+    up_dual(&host, BRP, "172.28.0.0/24", "fd00:28::/64", &[]);
+    up_dual(&host, BRQ, "172.29.0.0/24", "fd00:29::/64", &[]);
+    let (c1, a1) = connect(&host, "p6f1", BRP);
+    let (c3, _) = connect(&host, "p6f3", BRP);
+    let (c2, _) = connect(&host, "p6f2", BRQ);
+    netpath_ok(
+        &host,
+        &["publish", "[::]:8091/udp", &format!("[{a1}]:5300")],
+    );
+    for (client, dst, who) in [
+        (&c2, "fd00:ef::1", "another network's container"),
+        (&c3, "fd00:28::1", "a neighbour through its gateway"),
+    ] {
+        let server = udp_echo(&c1, 5300);
+        udp6_ask(client, dst, 8091, 4000).unwrap_or_else(|e| panic!("{who}: {e:#}"));
+        server.join().unwrap().unwrap();
+    }
 }
