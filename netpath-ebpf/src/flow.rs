@@ -51,6 +51,18 @@ pub fn own_tuple6(ctx: &TcContext, w: &mut Work6) -> bool {
     true
 }
 
+/// [`own_tuple6`], or for a later fragment the tuple its first fragment
+/// recorded (`frag6::flow_key`): what a port judges a packet of a
+/// published port's flow by.
+#[inline(always)]
+pub fn flow_tuple6(ctx: &TcContext, w: &mut Work6) -> bool {
+    if w.ip.later_fragment {
+        crate::frag6::flow_key(w).is_some()
+    } else {
+        own_tuple6(ctx, w)
+    }
+}
+
 /// Per-packet conntrack bookkeeping, once per packet (at its first hook):
 /// counters, TCP state, the partner check. `Err` when the entry turned out
 /// stale (its partner's key now belongs to another flow; it was removed).

@@ -104,10 +104,10 @@ fn follow(w: &mut Work6, ports: FragPorts) {
     let _ = NP_FRAG6.insert(&w.frag, &moved, 0);
 }
 
-/// A container's first fragment leaving through an uplink (its flow
-/// known and applied): records its ports for the later fragments, under
-/// the key they leave the container with. A BPF subprogram (its own stack
-/// frame).
+/// A container's first fragment leaving through an uplink, or delivered
+/// at a port that wrote its source (its flow known and applied): records
+/// its ports for the later fragments, under the key they arrive with
+/// there. A BPF subprogram (its own stack frame).
 #[inline(never)]
 pub fn first_fragment_out6(w: &mut Work6) {
     record(w);

@@ -30,7 +30,7 @@ use netpath_common::{
 use crate::{
     TCX_NEXT,
     ct::ct_lookup,
-    flow::{apply6, own_tuple6, packet_key6, work6},
+    flow::{apply6, flow_tuple6, packet_key6, work6},
     frag6, guard,
     icmp6::about_a_flow,
     inbound, isolate,
@@ -143,12 +143,7 @@ fn published_in(
 ) -> Flow {
     // A later fragment is its first fragment's (recorded where that one
     // was translated): up to the bridge with it, whatever the policy.
-    let tuple = if w.ip.later_fragment {
-        frag6::flow_key(w).is_some()
-    } else {
-        own_tuple6(ctx, w)
-    };
-    if !tuple {
+    if !flow_tuple6(ctx, w) {
         return Flow::Other;
     }
     let internal = net.flags & net_flags::INTERNAL != 0;
@@ -269,12 +264,7 @@ fn published_out(ctx: &TcContext, e: &mut *mut CtEntry6) -> bool {
     // (here, or at the bridge that translated it), and written as that
     // one was.
     let later = w.ip.later_fragment;
-    let tuple = if later {
-        frag6::flow_key(w).is_some()
-    } else {
-        own_tuple6(ctx, w)
-    };
-    if !tuple {
+    if !flow_tuple6(ctx, w) {
         return false;
     }
     if let Some(found) = ct_lookup(&w.key) {

@@ -115,9 +115,9 @@ impl Plan {
                     d.spec.bridge,
                     d.spec
                         .v4
-                        .map(|v| format!("{} gateway {}", v.subnet, v.gateway))
+                        .map(|v| v.to_string())
                         .into_iter()
-                        .chain(d.v6.map(|v| format!("{} gateway {}", v.subnet, v.gateway)))
+                        .chain(d.v6.map(|v| v.to_string()))
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
@@ -180,11 +180,7 @@ fn differences(
         recreate.push(format!("gateway {} -> {}", g(ga), g(gb)));
     }
     // A network's IPv6 half changes only with the network (as `up`).
-    let half = |v: Option<&Net6Spec>| {
-        v.map_or("none".to_owned(), |v| {
-            format!("{} gateway {}", v.subnet, v.gateway)
-        })
-    };
+    let half = |v: Option<&Net6Spec>| v.map_or("none".to_owned(), ToString::to_string);
     if old6 != new.v6.as_ref() {
         recreate.push(format!("IPv6 {} -> {}", half(old6), half(new.v6.as_ref())));
     }

@@ -196,22 +196,12 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connected> {
         );
     }
     let leases = maps.leases()?;
-    let held = leases
-        .iter()
-        .find(|(k, l)| k.net_id == net_id && l.netns_cookie == cookie)
-        .map(|(k, _)| IpAddr::V4(codec::from_be(k.addr_be)));
-    let held = match held {
-        Some(a) => Some(a),
-        None => maps
-            .v6
-            .lease_of(net_id, cookie)?
-            .map(|(a, _)| IpAddr::V6(a)),
-    };
-    if let Some(a) = held {
+    if let Some(h) = held(&maps, &leases, net_id, cookie)? {
         bail!(
-            "network namespace {} is already connected to {} ({a})",
+            "network namespace {} is already connected to {} ({})",
             args.netns,
             args.bridge,
+            h.addr
         );
     }
     // Taken: what connect handed out, and what containers plugged in by
@@ -336,28 +326,53 @@ pub async fn disconnect(netns_name: &str, bridge: &str) -> Result<IpAddr> {
     let _lock = state::lock(false)?;
     let (state, mut maps, net_id, _) = open_network(bridge)?;
     let cookie = netns_cookie(netns_name)?;
-    let v4 = maps
-        .leases()?
-        .into_iter()
-        .find(|(k, l)| k.net_id == net_id && l.netns_cookie == cookie);
-    let v6 = maps.v6.lease_of(net_id, cookie)?;
-    let (addr, ifindex) = match (&v4, v6) {
-        (Some((k, l)), _) => (IpAddr::V4(codec::from_be(k.addr_be)), l.host_ifindex),
-        (None, Some((a, l))) => (IpAddr::V6(a), l.host_ifindex),
-        (None, None) => {
-            bail!("network namespace {netns_name} is not connected to {bridge}")
-        }
-    };
+    let h = held(&maps, &maps.leases()?, net_id, cookie)?
+        .with_context(|| format!("network namespace {netns_name} is not connected to {bridge}"))?;
+    let ifindex = h.lease.host_ifindex;
     let nl = Netlink::new()?;
     if nl.names().await?.contains_key(&ifindex) {
         nl.delete_link(ifindex).await?;
     }
-    if let Some((key, _)) = v4 {
+    if let Some(key) = h.key4 {
         maps.leases4.remove(&key).context("forgetting the lease")?;
     }
     maps.v6.release(net_id, cookie)?;
     reconcile::reapply(&nl, &state).await?;
-    Ok(addr)
+    Ok(h.addr)
+}
+
+/// What a namespace holds on a network: the address to name (its IPv4
+/// one, or its IPv6 one on an IPv6-only network) and the lease, with its
+/// `NP_LEASES4` key when it has one.
+struct Held {
+    addr: IpAddr,
+    lease: Lease,
+    key4: Option<LeaseKey>,
+}
+
+/// The lease the namespace with `cookie` holds on network `net_id`
+/// (`leases`: `NP_LEASES4`'s entries), if it is connected.
+fn held(
+    maps: &Maps,
+    leases: &[(LeaseKey, Lease)],
+    net_id: u32,
+    cookie: u64,
+) -> Result<Option<Held>> {
+    if let Some((k, l)) = leases
+        .iter()
+        .find(|(k, l)| k.net_id == net_id && l.netns_cookie == cookie)
+    {
+        return Ok(Some(Held {
+            addr: IpAddr::V4(codec::from_be(k.addr_be)),
+            lease: *l,
+            key4: Some(*k),
+        }));
+    }
+    Ok(maps.v6.lease_of(net_id, cookie)?.map(|(a, lease)| Held {
+        addr: IpAddr::V6(a),
+        lease,
+        key4: None,
+    }))
 }
 
 /// The lease of `addr` on the network of `bridge`, whoever holds it.

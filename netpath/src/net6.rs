@@ -110,6 +110,13 @@ impl Net6Spec {
     }
 }
 
+/// "SUBNET gateway GATEWAY", as messages name a network's IPv6 half.
+impl std::fmt::Display for Net6Spec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} gateway {}", self.subnet, self.gateway)
+    }
+}
+
 /// Whether two subnets share an address.
 pub fn overlaps(a: &Ipv6Net, b: &Ipv6Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())

@@ -97,7 +97,7 @@ pub fn check_against_existing(
 ) -> Result<Option<u32>> {
     let mut same = None;
     let says = |s: &NetworkSpec| match s.v4 {
-        Some(v) => format!("subnet {} gateway {}", v.subnet, v.gateway),
+        Some(v) => format!("subnet {v}"),
         None => "no IPv4 subnet".to_owned(),
     };
     for (&id, other) in existing {

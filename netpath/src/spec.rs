@@ -141,6 +141,13 @@ impl Net4Spec {
     }
 }
 
+/// "SUBNET gateway GATEWAY", as messages name a network's IPv4 half.
+impl std::fmt::Display for Net4Spec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} gateway {}", self.subnet, self.gateway)
+    }
+}
+
 /// A network as the user asked for it, validated: its bridge and, unless
 /// it is IPv6-only, its IPv4 half (the IPv6 half is a [`Net6Spec`] next
 /// to it, see `net6`).

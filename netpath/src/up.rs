@@ -277,7 +277,7 @@ fn check_v6_against_existing(args: &UpArgs, same_id: Option<u32>, maps: &Maps) -
         if had != args.v6 {
             let was = had.map_or_else(
                 || "without an IPv6 subnet".to_owned(),
-                |h| format!("with IPv6 subnet {} gateway {}", h.subnet, h.gateway),
+                |h| format!("with IPv6 subnet {h}"),
             );
             bail!(
                 "network {bridge} is already up {was}; run `netpath down --bridge {bridge}` first"

@@ -60,13 +60,28 @@ fn publish(dp: &mut Datapath, proto: u8, host: u16, target: Ipv6Addr, port: u16)
 }
 
 /// Loopback takes `role` in network `net_id` (0 for the uplink).
-fn become_(dp: &mut Datapath, role: IfaceRole, net_id: u32) {
+pub fn become_(dp: &mut Datapath, role: IfaceRole, net_id: u32) {
     let info = IfaceInfo {
         role: role as u32,
         net_id,
         ..Default::default()
     };
     dp.maps.ifaces.insert(LO, info, 0).unwrap();
+}
+
+/// Records each (address, network) as held by a port of its own (ifindex
+/// 10 up) with `frame6`'s MAC, so a bridge takes their packets up.
+fn senders(dp: &mut Datapath, who: &[(Ipv6Addr, u32)]) {
+    for (i, (c, net_id)) in who.iter().enumerate() {
+        let ep = Endpoint {
+            ifindex: 10 + i as u32,
+            net_id: *net_id,
+            mac: MAC,
+            _pad: [0; 2],
+        };
+        let k = Addr6Key::of(&c.octets(), *net_id);
+        dp.maps.v6.endpoints.insert(k, ep, 0).unwrap();
+    }
 }
 
 fn packets(dp: &Datapath, id: u32, kind: u16) -> u64 {
@@ -246,16 +261,7 @@ fn containers_reach_ipv6_published_ports_at_the_bridge_and_themselves_through_th
         dp.maps.v6.hostaddrs.insert(u().octets(), 7, 0).unwrap();
         let id = publish(&mut dp, TCP, 8080, c1(), 80);
         let gw = ip("fd00:30::1");
-        for (i, (c, net_id)) in [(c1(), 1), (c2(), 1), (c3(), 2)].into_iter().enumerate() {
-            let ep = Endpoint {
-                ifindex: 10 + i as u32,
-                net_id,
-                mac: MAC,
-                _pad: [0; 2],
-            };
-            let k = Addr6Key::of(&c.octets(), net_id);
-            dp.maps.v6.endpoints.insert(k, ep, 0).unwrap();
-        }
+        senders(&mut dp, &[(c1(), 1), (c2(), 1), (c3(), 2)]);
 
         // A neighbour (C2) to [U]:8080: at the bridge's ingress its packet
         // is sent to C1:80, its source kept.
@@ -433,19 +439,7 @@ fn fragments_between_containers_through_an_ipv6_published_port_follow_their_firs
         let mut dp = nat6_datapath(pins, Some(u()));
         dp.maps.v6.hostaddrs.insert(u().octets(), 7, 0).unwrap();
         publish(&mut dp, UDP, 5353, c1(), 53);
-        for (i, (c, net_id)) in [(c1(), 1), (c3(), 2)].into_iter().enumerate() {
-            let ep = Endpoint {
-                ifindex: 10 + i as u32,
-                net_id,
-                mac: MAC,
-                _pad: [0; 2],
-            };
-            dp.maps
-                .v6
-                .endpoints
-                .insert(Addr6Key::of(&c.octets(), net_id), ep, 0)
-                .unwrap();
-        }
+        senders(&mut dp, &[(c1(), 1), (c3(), 2)]);
         // The two bridges, where the fragments come to the ports from.
         for (ifindex, net_id) in [(91, 1), (92, 2)] {
             let bridge = IfaceInfo {

@@ -11,6 +11,7 @@ use crate::{
     harness,
     ipv6::{BRIDGE_MAC, MAC, echo},
     policy::arp,
+    publish6::become_,
 };
 
 use std::net::Ipv4Addr;
@@ -23,7 +24,7 @@ use netpath::{
     spec,
     state::Dir,
 };
-use netpath_common::{DropReason, IfaceInfo, IfaceRole, net_flags};
+use netpath_common::{DropReason, IfaceRole, net_flags};
 
 fn datapath(pins: &std::path::Path) -> Datapath {
     let mut dp = Datapath::load_with_pins(pins).expect("loading");
@@ -42,17 +43,8 @@ fn datapath(pins: &std::path::Path) -> Datapath {
     dp.maps.add_subnet(dual.subnet().unwrap(), 2).unwrap();
     let v6 = Net6Spec::new("fd00:31::/64".parse().unwrap(), None).unwrap();
     dp.maps.v6.record(2, &v6, 0).unwrap();
-    set_lo(&mut dp, IfaceRole::Port, 1);
+    become_(&mut dp, IfaceRole::Port, 1);
     dp
-}
-
-fn set_lo(dp: &mut Datapath, role: IfaceRole, net_id: u32) {
-    let info = IfaceInfo {
-        role: role as u32,
-        net_id,
-        ..Default::default()
-    };
-    dp.maps.ifaces.insert(LO, info, 0).unwrap();
 }
 
 /// A UDP datagram from `src` to `dst`, from the port's container's MAC.
@@ -99,7 +91,7 @@ fn an_ipv6_only_network_carries_no_ipv4_or_arp_either_way() {
 
         // Its bridge takes none of it up to the host (what a port netpath
         // does not manage yet would send): DHCP, ARP from 0.0.0.0.
-        set_lo(&mut dp, IfaceRole::Bridge, 1);
+        become_(&mut dp, IfaceRole::Bridge, 1);
         for f in [&ipv4[0], &ipv4[4]] {
             assert_eq!(run(&mut dp, Dir::Ingress, f, 1).0, SHOT);
         }
@@ -107,11 +99,11 @@ fn an_ipv6_only_network_carries_no_ipv4_or_arp_either_way() {
 
         // The same frames on a dual-stack network's bridge and port are
         // not netpath's IPv4 drops (DHCP and an ARP probe pass unbound).
-        set_lo(&mut dp, IfaceRole::Bridge, 2);
+        become_(&mut dp, IfaceRole::Bridge, 2);
         for f in [&ipv4[0], &ipv4[4]] {
             assert_eq!(run(&mut dp, Dir::Ingress, f, 1).0, TCX_NEXT);
         }
-        set_lo(&mut dp, IfaceRole::Port, 2);
+        become_(&mut dp, IfaceRole::Port, 2);
         assert_eq!(run(&mut dp, Dir::Ingress, &ipv4[2], 1).0, TCX_NEXT);
         assert_eq!(drops(&dp, 2, DropReason::Ipv4), 0);
     });
@@ -143,7 +135,7 @@ fn a_bridge_takes_up_no_tagged_frame_and_no_other_ethertype() {
         let mut lldp = dhcp.clone();
         lldp[12..14].copy_from_slice(&0x88ccu16.to_be_bytes());
         for net in [1, 2] {
-            set_lo(&mut dp, IfaceRole::Bridge, net);
+            become_(&mut dp, IfaceRole::Bridge, net);
             for (i, f) in [
                 tagged(&dhcp, &[0x8100, 0x8100]),
                 tagged(&dhcp, &[0x88a8, 0x8100]),

@@ -7,7 +7,7 @@
 //! from IPv6 sockets) through the socket hooks.
 
 use crate::harness;
-use crate::ipv6::{connect, tcp6_to, up_dual};
+use crate::ipv6::{connect, host_and_ext6, tcp6_to, up_dual};
 use crate::publish::{host_client, tcp_servers};
 
 use harness::{Lab, NETPATH, Netns, netpath, netpath_ok};
@@ -333,9 +333,7 @@ fn udp6_ask(ns: &Netns, dst: &str, port: u16, len: usize) -> anyhow::Result<()> 
 #[test]
 fn fragmented_datagrams_between_containers_through_an_ipv6_published_port_arrive_whole() {
     require_root!();
-    let (host, _ext) = Lab::host_and_ext("p6fh", "p6fe", NETPATH, "uplink0").unwrap();
-    host.ip(&["addr", "add", "fd00:ef::1/64", "dev", "uplink0", "nodad"])
-        .unwrap();
+    let (host, _ext) = host_and_ext6("p6fh", "p6fe");
     up_dual(&host, BRP, "172.28.0.0/24", "fd00:28::/64", &[]);
     up_dual(&host, BRQ, "172.29.0.0/24", "fd00:29::/64", &[]);
     let (c1, a1) = connect(&host, "p6f1", BRP);
@@ -346,7 +344,7 @@ fn fragmented_datagrams_between_containers_through_an_ipv6_published_port_arrive
         &["publish", "[::]:8091/udp", &format!("[{a1}]:5300")],
     );
     for (client, dst, who) in [
-        (&c2, "fd00:ef::1", "another network's container"),
+        (&c2, "fd00:ee::1", "another network's container"),
         (&c3, "fd00:28::1", "a neighbour through its gateway"),
     ] {
         let server = udp_echo(&c1, 5300);
