@@ -190,16 +190,22 @@ pub enum Command {
         /// netpath's), at full size unless --quick.
         #[arg(long)]
         cni_only: bool,
+        /// Only the control plane end to end under the installed dockerd:
+        /// 50 × `docker network create` and 50 × `docker run -d -p` (--quick:
+        /// 5) with dockerd's iptables path against `--iptables=false`
+        /// followed by `netpath docker`, and a cold `netpath docker --once`.
+        #[arg(long, conflicts_with_all = ["daemon_only", "cni_only"])]
+        docker_only: bool,
         /// Only conntrack at scale: request/response p99 and connection
         /// rate with the table empty, holding 100,000 and 1,000,000
         /// preloaded live flows (--quick: 20,000), iptables and netpath,
         /// and the memory a flow costs in each.
-        #[arg(long, conflicts_with_all = ["daemon_only", "cni_only"])]
+        #[arg(long, conflicts_with_all = ["daemon_only", "cni_only", "docker_only"])]
         conntrack_only: bool,
         /// Only the control plane: publishing ports and creating networks
         /// (one batch and one `up` each), iptables and netpath, at full
         /// size (1000 ports, 100 networks) unless --quick.
-        #[arg(long, conflicts_with_all = ["daemon_only", "cni_only", "conntrack_only"])]
+        #[arg(long, conflicts_with_all = ["daemon_only", "cni_only", "conntrack_only", "docker_only"])]
         control_only: bool,
     },
     /// Run the demo: build a Docker-like topology in fresh network namespaces,

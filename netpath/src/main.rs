@@ -181,6 +181,7 @@ fn run(cli: Cli) -> Result<()> {
         baseline,
         daemon_only,
         cni_only,
+        docker_only,
         conntrack_only,
         control_only,
     } = &cli.command
@@ -192,6 +193,7 @@ fn run(cli: Cli) -> Result<()> {
             baseline: baseline.clone(),
             daemon_only: *daemon_only,
             cni_only: *cni_only,
+            docker_only: *docker_only,
             conntrack_only: *conntrack_only,
             control_only: *control_only,
         })?;

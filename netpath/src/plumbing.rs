@@ -17,9 +17,10 @@ use rtnetlink::{
     },
 };
 
-use netpath_common::v6::is_link_local;
-
 use crate::plan::LinkFacts;
+
+mod view;
+pub use view::View;
 
 /// An rtnetlink connection, driven on the current tokio runtime.
 pub struct Netlink {
@@ -145,8 +146,35 @@ impl Netlink {
             .collect())
     }
 
+    /// One link by name, asked for alone (not a dump of every link). The
+    /// kernel also matches alternative names (`ip link property add …
+    /// altname`): only a link whose name it is counts.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
-        Ok(self.links().await?.into_iter().find(|l| l.name == name))
+        let got: Result<Vec<LinkMessage>, _> = self
+            .handle
+            .link()
+            .get()
+            .match_name(name)
+            .execute()
+            .try_collect()
+            .await;
+        Ok(
+            missing_is_none(got.with_context(|| format!("looking link {name} up")))?
+                .filter(|l| l.name == name),
+        )
+    }
+
+    /// One link by index, asked for alone.
+    pub async fn link(&self, index: u32) -> Result<Option<Link>> {
+        let got: Result<Vec<LinkMessage>, _> = self
+            .handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_collect()
+            .await;
+        missing_is_none(got.with_context(|| format!("looking link {index} up")))
     }
 
     pub async fn ipv4_addrs(&self) -> Result<Vec<Addr4>> {
@@ -199,26 +227,8 @@ impl Netlink {
     /// (tentative ones too), with its interface's name, from one dump.
     pub async fn host_addrs(&self) -> Result<HostAddrs> {
         let names = self.names().await?;
-        let name = |index: u32| names.get(&index).cloned().unwrap_or_default();
         let (v4, v6) = self.addrs().await?;
-        let v4 = v4
-            .into_iter()
-            .map(|a| crate::plan::HostAddr {
-                ifname: name(a.index),
-                addr: a.addr,
-                prefix_len: a.prefix_len,
-            })
-            .collect();
-        let v6 = v6
-            .into_iter()
-            .filter(|a| !is_link_local(&a.addr.octets()))
-            .map(|a| crate::plan::HostAddr {
-                ifname: name(a.index),
-                addr: a.addr,
-                prefix_len: a.prefix_len,
-            })
-            .collect();
-        Ok(HostAddrs { v4, v6 })
+        Ok(view::host_addrs(&names, &v4, &v6))
     }
 
     /// Every link with what role planning needs, including its primary
@@ -493,6 +503,16 @@ pub fn digest(links: &[Link], addrs: &[Addr4], addrs6: &[Addr6]) -> u64 {
         bytes.push(u8::from(a.usable));
     }
     crate::codec::fnv1a(bytes)
+}
+
+/// A single-link answer: the link, or `None` when the kernel has none by
+/// that name or index (ENODEV).
+fn missing_is_none(got: Result<Vec<LinkMessage>>) -> Result<Option<Link>> {
+    match got {
+        Ok(msgs) => Ok(msgs.first().map(Link::from_message)),
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// The errno (positive) the kernel answered a netlink request with, when

@@ -14,7 +14,7 @@ use crate::{
     net6::Net6Spec,
     peers,
     plan::{self, Uplinks},
-    plumbing::{self, Netlink},
+    plumbing::{self, Netlink, View},
     reconcile::{self, IfaceChange},
     resize,
     spec::{NetworkOptions, NetworkSpec, validate_ifname},
@@ -119,8 +119,28 @@ pub async fn up_many(batch: &[UpArgs]) -> Result<Vec<Result<UpReport>>> {
     let mut dp: Option<Datapath> = None;
     let mut last: Option<Checked> = None;
     let mut hold = None;
+    // Links and addresses, read once for the batch and kept up to date
+    // with what it adds (see `plumbing::View`).
+    let mut view = View::read(&nl).await?;
     for args in batch {
-        let checked = match check(&nl, &state, args).await {
+        // The maps the batch loaded, once it has (opening them costs a
+        // system call per map).
+        let opened;
+        let maps = match &dp {
+            Some(dp) => Some(&dp.maps),
+            None if state.exists() => match Maps::open(&state) {
+                Ok(m) => {
+                    opened = m;
+                    Some(&opened)
+                }
+                Err(e) => {
+                    out.push(Err(e));
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let checked = match check(&view, maps, args) {
             Ok(c) => c,
             Err(e) => {
                 out.push(Err(e));
@@ -137,7 +157,7 @@ pub async fn up_many(batch: &[UpArgs]) -> Result<Vec<Result<UpReport>>> {
             already_up: checked.same_id.is_some(),
             ..Default::default()
         };
-        match record(&nl, &state, &mut dp, args, &checked, &mut report).await {
+        match record(&nl, &mut view, &state, &mut dp, args, &checked, &mut report).await {
             Ok(()) => {
                 if checked.same_id.is_none() {
                     created.push((out.len(), args, had_state));
@@ -150,6 +170,18 @@ pub async fn up_many(batch: &[UpArgs]) -> Result<Vec<Result<UpReport>>> {
                     rollback(&nl, &state, args, &report, had_state).await;
                 }
                 out.push(Err(e));
+                // A rollback that removed the state took the maps `dp`
+                // holds with it: the next network loads them afresh.
+                if !state.exists() {
+                    dp = None;
+                }
+                // What the rollback removed (or a half-made change the view
+                // did not see) must not stay in the view for the next ones.
+                // Should the re-read fail, the old view can only make later
+                // checks stricter or their changes fail, never pass wrongly.
+                if let Ok(v) = View::read(&nl).await {
+                    view = v;
+                }
             }
         }
     }
@@ -187,8 +219,9 @@ pub async fn up_many(batch: &[UpArgs]) -> Result<Vec<Result<UpReport>>> {
     Ok(out)
 }
 
-/// The checking half of `up`: nothing changes.
-async fn check(nl: &Netlink, state: &StateDir, args: &UpArgs) -> Result<Checked> {
+/// The checking half of `up`, against the links and addresses in `view`:
+/// nothing changes.
+fn check(view: &View, maps: Option<&Maps>, args: &UpArgs) -> Result<Checked> {
     let spec = &args.spec;
     if spec.v4.is_none() && args.v6.is_none() {
         bail!(
@@ -201,22 +234,20 @@ async fn check(nl: &Netlink, state: &StateDir, args: &UpArgs) -> Result<Checked>
     }
     trusted::validate(&args.trusted)?;
     peers::validate(&args.no_masquerade_to)?;
-    let (existing, current_ifaces) = if state.exists() {
-        let maps = Maps::open(state)?;
-        (reconcile::network_specs(&maps)?, maps.ifaces()?)
-    } else {
-        (BTreeMap::new(), BTreeMap::new())
+    let (existing, current_ifaces) = match maps {
+        Some(maps) => (reconcile::network_specs(maps)?, maps.ifaces()?),
+        None => (BTreeMap::new(), BTreeMap::new()),
     };
     let same_id = plan::check_against_existing(spec, &existing)?;
-    if state.exists() {
-        check_v6_against_existing(args, same_id, &Maps::open(state)?)?;
+    if let Some(maps) = maps {
+        check_v6_against_existing(args, same_id, maps)?;
     }
     let cgroup = args.cgroup.clone();
     match &cgroup {
         Some(p) => crate::sockhooks::check_cgroup(p)?,
         None => crate::sockhooks::check_cgroup(&crate::sockhooks::cgroup2_root()?)?,
     }
-    let links = nl.link_facts().await?;
+    let links = view.facts();
     let bridge = links.iter().find(|l| l.name == spec.bridge);
     if let Some(b) = bridge
         && !b.is_bridge
@@ -231,7 +262,7 @@ async fn check(nl: &Netlink, state: &StateDir, args: &UpArgs) -> Result<Checked>
         .map(|s| s.bridge.clone())
         .chain([spec.bridge.clone()])
         .collect();
-    let host = nl.host_addrs().await?;
+    let host = view.host_addrs();
     if let Some(c) = plan::address_conflicts(std::slice::from_ref(spec), &host.v4, &bridges).first()
     {
         bail!("{c}");
@@ -328,6 +359,7 @@ fn check_ipv6_enabled(bridge: &str, exists: bool) -> Result<()> {
 /// `dp` is loaded on first use and kept for the batch.
 async fn record(
     nl: &Netlink,
+    view: &mut View,
     state: &StateDir,
     dp: &mut Option<Datapath>,
     args: &UpArgs,
@@ -340,6 +372,9 @@ async fn record(
         None => {
             let i = nl.create_bridge(&spec.bridge).await?;
             report.created_bridge = true;
+            if let Some(link) = nl.link(i).await? {
+                view.put_link(link);
+            }
             i
         }
     };
@@ -348,8 +383,9 @@ async fn record(
     // IPv4 forwarding as it is.
     if let Some(v4) = spec.v4 {
         let prefix = v4.subnet.prefix_len();
-        if !nl.has_ip(index, v4.gateway.into(), prefix).await? {
+        if !view.has_ip(index, v4.gateway.into(), prefix) {
             nl.add_addr(index, v4.gateway, prefix).await?;
+            view.put_addr(index, v4.gateway.into(), prefix);
             report.added_gateway = true;
         }
         if !plumbing::ip_forward()? {
@@ -392,15 +428,23 @@ async fn record(
     if let Some(subnet) = spec.subnet() {
         dp.maps.add_subnet(subnet, net_id)?;
     }
-    let index_of = nl
-        .links()
-        .await?
-        .into_iter()
-        .map(|l| (l.name, l.index))
+    let index_of = view
+        .links
+        .iter()
+        .map(|l| (l.name.clone(), l.index))
         .collect();
     trusted::set(&mut dp.maps.trusted, net_id, &args.trusted, &index_of)?;
     peers::set(&mut dp.maps.peers4, net_id, &args.no_masquerade_to)?;
-    record_v6(nl, &mut dp.maps, net_id, index, args.v6.as_ref(), report).await
+    record_v6(
+        nl,
+        view,
+        &mut dp.maps,
+        net_id,
+        index,
+        args.v6.as_ref(),
+        report,
+    )
+    .await
 }
 
 /// The IPv6 half of `record`: the gateway on the bridge, forwarding, the
@@ -408,6 +452,7 @@ async fn record(
 /// change), and whether netpath added its gateway.
 async fn record_v6(
     nl: &Netlink,
+    view: &mut View,
     maps: &mut Maps,
     net_id: u32,
     bridge: u32,
@@ -420,8 +465,9 @@ async fn record_v6(
     let prefix = v6.subnet.prefix_len();
     let added = netpath_common::v6::net6_flags::ADDED_GATEWAY;
     let mut flags = maps.v6.network(net_id)?.map_or(0, |old| old.flags & added);
-    if !nl.has_ip(bridge, v6.gateway.into(), prefix).await? {
+    if !view.has_ip(bridge, v6.gateway.into(), prefix) {
         nl.add_addr(bridge, v6.gateway, prefix).await?;
+        view.put_addr(bridge, v6.gateway.into(), prefix);
         report.added_gateway6 = true;
         flags |= added;
     }

@@ -6,7 +6,6 @@
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
     path::Path,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -14,7 +13,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     dockerlab::{self, Dockerd},
-    topology::{self, Lab, Netns, Process},
+    topology::{self, Lab, Netns},
 };
 
 fn netpath(lab: &Lab, args: &[&str]) -> Result<String> {
@@ -195,16 +194,7 @@ fn docker(exe: &Path) -> Result<()> {
     )?;
     d.import_image()?;
     let log_path = d.dir.join("netpath-docker.log");
-    let log = std::fs::File::create(&log_path)?;
-    let follower = Process(
-        host.netpath(exe)
-            .args(["docker", "--host", &d.host()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting netpath docker")?,
-    );
+    let follower = d.follower(&host, exe, &log_path)?;
     println!(
         "  dockerd {} in {} (uplink0 {}), netpath docker pid {}",
         d.docker(&["version", "--format", "{{.Server.Version}}"])?,
@@ -216,7 +206,7 @@ fn docker(exe: &Path) -> Result<()> {
         "  $ docker run -d --name web -p 8080:80 {} httpd -f -p 80 -h /www",
         dockerlab::IMAGE
     );
-    d.docker(&[
+    let run = [
         "run",
         "-d",
         "--name",
@@ -224,13 +214,8 @@ fn docker(exe: &Path) -> Result<()> {
         "-p",
         "8080:80",
         dockerlab::IMAGE,
-        "httpd",
-        "-f",
-        "-p",
-        "80",
-        "-h",
-        "/www",
-    ])?;
+    ];
+    d.docker(&[&run[..], &dockerlab::WEB[..]].concat())?;
     let follower_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     wait_ports(exe, &host, 1)
         .with_context(|| format!("netpath docker's log:\n{}", follower_log()))?;

@@ -20,6 +20,8 @@ use crate::lab::topology::Netns;
 
 /// The tiny image [`Dockerd::import_image`] makes.
 pub const IMAGE: &str = "npbox:1";
+/// A web server in [`IMAGE`] on port 80, in the foreground.
+pub const WEB: [&str; 6] = ["httpd", "-f", "-p", "80", "-h", "/www"];
 
 /// Which dockerd runs: the installed one (Debian bookworm's docker.io,
 /// 20.10), or an unpacked package (trixie's docker.io 26.1, which `cargo
@@ -248,6 +250,26 @@ impl Dockerd {
         let tar = busybox_rootfs_tar(&self.dir)?;
         self.docker(&["import", &tar.to_string_lossy(), IMAGE])?;
         Ok(())
+    }
+
+    /// `netpath docker` following this dockerd from `ns`, its output
+    /// appended to `log`; stopped when the value is dropped.
+    pub fn follower(
+        &self,
+        ns: &Netns,
+        netpath: &std::path::Path,
+        log: &std::path::Path,
+    ) -> Result<crate::lab::topology::Process> {
+        let log = std::fs::File::create(log).context("the follower's log")?;
+        Ok(crate::lab::topology::Process(
+            ns.netpath(netpath)
+                .args(["docker", "--host", &self.host()])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("starting netpath docker")?,
+        ))
     }
 
     /// Pids of `pid`'s descendants (dockerd's containerd and shims).

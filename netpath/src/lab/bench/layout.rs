@@ -9,6 +9,9 @@ pub const PORT: u16 = 5001;
 pub const EXT_PORT: u16 = 6001;
 /// First dummy published port (scale points).
 pub const DUMMY_BASE: u16 = 20000;
+/// The most ports a scale point or the control plane publishes: `PORT`
+/// and dummies from `DUMMY_BASE` up.
+pub const MOST_PORTS: u32 = 10_000;
 
 /// Extra network `i` of the scale points: its bridge and (IPv4) subnet.
 pub fn extra_net(i: u32) -> (String, String) {

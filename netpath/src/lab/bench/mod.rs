@@ -11,6 +11,7 @@ pub mod cni;
 pub mod control;
 pub mod ctscale;
 pub mod daemon;
+pub mod docker;
 pub mod layout;
 pub mod load;
 pub mod monitor;
@@ -51,6 +52,8 @@ pub struct Options {
     pub daemon_only: bool,
     /// Only the CNI pair.
     pub cni_only: bool,
+    /// Only the control plane end to end under a real dockerd.
+    pub docker_only: bool,
     /// Only conntrack at scale (iptables and netpath copies).
     pub conntrack_only: bool,
     /// Only the control plane (iptables and netpath copies).
@@ -102,6 +105,9 @@ pub struct Results {
     pub monitor: Vec<monitor::MonitorCost>,
     /// The CNI pair (reference plugins against netpath's).
     pub cni: Vec<cni::CniSample>,
+    /// The control plane end to end under a real dockerd (full mode and
+    /// `--docker-only`).
+    pub docker: Vec<docker::DockerStep>,
     /// Conntrack at scale (`--quick`: the memory per flow only).
     pub conntrack_scale: Option<ctscale::CtScale>,
     /// `netpath up`: the first, a later one, an idempotent one.
@@ -142,22 +148,52 @@ fn cni_only(opts: &Options, exe: &std::path::Path, dur: Duration) -> Result<Resu
     }
     eprintln!("netpath bench: the CNI pair (bridge+portmap vs netpath)");
     let res = Results {
-        mode: if opts.quick { "quick" } else { "full" },
-        reps: opts.reps,
-        machine: machine(),
-        iptables_mirrors: "the reference CNI plugins bridge (ipMasq) + portmap",
-        offloads: String::new(),
-        evidence: Vec::new(),
-        control_plane: Vec::new(),
-        network_steps: Vec::new(),
-        publish_steps: Vec::new(),
-        baseline: None,
-        daemon: Vec::new(),
-        monitor: Vec::new(),
         cni: cni::measure(exe, opts.quick, opts.reps, dur).context("measuring the CNI pair")?,
-        conntrack_scale: None,
-        startup: Vec::new(),
-        samples: Vec::new(),
+        ..Results::only(opts, "the reference CNI plugins bridge (ipMasq) + portmap")
+    };
+    report::write_outputs(&res, &opts.out)?;
+    Ok(res)
+}
+
+impl Results {
+    /// The results of a run that measures one part alone, empty but for
+    /// what describes the run.
+    fn only(opts: &Options, iptables_mirrors: &'static str) -> Self {
+        Self {
+            mode: if opts.quick { "quick" } else { "full" },
+            reps: opts.reps,
+            machine: machine(),
+            iptables_mirrors,
+            offloads: String::new(),
+            evidence: Vec::new(),
+            control_plane: Vec::new(),
+            network_steps: Vec::new(),
+            publish_steps: Vec::new(),
+            baseline: None,
+            daemon: Vec::new(),
+            monitor: Vec::new(),
+            cni: Vec::new(),
+            docker: Vec::new(),
+            conntrack_scale: None,
+            startup: Vec::new(),
+            samples: Vec::new(),
+        }
+    }
+}
+
+/// `--docker-only`: the control plane end to end under a real dockerd.
+fn docker_only(opts: &Options, exe: &std::path::Path) -> Result<Results> {
+    if let Some(why) = docker::unavailable() {
+        bail!("no dockerd to measure: {why} (cargo xtask setup installs docker.io)");
+    }
+    eprintln!("netpath bench: the control plane under a real dockerd");
+    let res = Results {
+        reps: 1,
+        docker: docker::measure(exe, opts.quick).context("measuring under dockerd")?,
+        ..Results::only(
+            opts,
+            "dockerd's own iptables path (the installed docker.io)",
+        )
     };
     report::write_outputs(&res, &opts.out)?;
     Ok(res)
@@ -236,7 +272,7 @@ pub fn run(opts: &Options) -> Result<Results> {
                     networks: 1,
                 },
                 Scale {
-                    ports: 10_000,
+                    ports: layout::MOST_PORTS,
                     networks: 1,
                 },
                 Scale {
@@ -249,12 +285,15 @@ pub fn run(opts: &Options) -> Result<Results> {
                 },
             ],
             Duration::from_secs(1),
-            10_000,
+            layout::MOST_PORTS,
             100,
         )
     };
     if opts.cni_only {
         return cni_only(opts, &exe, dur);
+    }
+    if opts.docker_only {
+        return docker_only(opts, &exe);
     }
     eprintln!("netpath bench: building three copies of the topology (iptables, netpath, bare)");
     let mut labs = Vec::new();
@@ -283,20 +322,12 @@ pub fn run(opts: &Options) -> Result<Results> {
     let mut res = Results {
         mode: if opts.quick { "quick" } else { "full" },
         reps: opts.reps,
-        machine: machine(),
-        iptables_mirrors: "Docker 20.10 (Debian docker.io): nat DOCKER chain with addrtype LOCAL, MASQUERADE per subnet, hairpin MASQUERADE per port, filter FORWARD with DOCKER-USER, DOCKER-ISOLATION-STAGE-1/2, conntrack RELATED,ESTABLISHED",
         offloads: labs[0].offloads(),
-        evidence: Vec::new(),
-        control_plane: Vec::new(),
-        network_steps: Vec::new(),
-        publish_steps: Vec::new(),
         baseline: opts.baseline.as_ref().map(|b| b.display().to_string()),
-        daemon: Vec::new(),
-        monitor: Vec::new(),
-        cni: Vec::new(),
-        conntrack_scale: None,
-        startup: Vec::new(),
-        samples: Vec::new(),
+        ..Results::only(
+            opts,
+            "Docker 20.10 (Debian docker.io): nat DOCKER chain with addrtype LOCAL, MASQUERADE per subnet, hairpin MASQUERADE per port, filter FORWARD with DOCKER-USER, DOCKER-ISOLATION-STAGE-1/2, conntrack RELATED,ESTABLISHED",
+        )
     };
     if opts.conntrack_only {
         return conntrack_only(opts, labs, res, dur);
@@ -477,6 +508,17 @@ pub fn run(opts: &Options) -> Result<Results> {
                 "netpath bench: the CNI pair skipped: no reference plugins in /usr/lib/cni \
                  (containernetworking-plugins; cargo xtask setup installs it)"
             );
+        }
+    }
+    // Full mode only: two dockerds would take the quick mode past its
+    // minute.
+    if !opts.daemon_only && !opts.quick {
+        match docker::unavailable() {
+            None => {
+                eprintln!("netpath bench: the control plane under a real dockerd");
+                res.docker = docker::measure(&exe, false).context("measuring under dockerd")?;
+            }
+            Some(why) => eprintln!("netpath bench: the dockerd comparison skipped: {why}"),
         }
     }
     report::write_outputs(&res, &opts.out)?;

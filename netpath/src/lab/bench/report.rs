@@ -173,6 +173,7 @@ pub fn table(res: &Results) -> String {
         let _ = writeln!(s);
     }
     cni_section(&mut s, &res.cni);
+    docker_section(&mut s, &res.docker);
     if let Some(c) = &res.conntrack_scale {
         super::report_scale::conntrack_scale(&mut s, c);
     }
@@ -253,6 +254,42 @@ pub(super) fn write_outputs(res: &Results, out: &Path) -> Result<()> {
     std::fs::write(out.join("bench.svg"), chart(res))?;
     std::fs::write(out.join("control.svg"), super::control::chart(res))?;
     Ok(())
+}
+
+/// The control plane under a real dockerd: one row per step, each arm's
+/// seconds (one run).
+fn docker_section(s: &mut String, steps: &[super::docker::DockerStep]) {
+    if steps.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "**Under a real dockerd** (the installed dockerd with its iptables path, against `--iptables=false --userland-proxy=false` followed by `netpath docker`; one run; the docker rows are the CLI's wall time, what a user waits for, and favour neither; netpath's \"enforced\" rows run from the first command until `netpath status`/`ports` list them all)\n"
+    );
+    let _ = writeln!(s, "| step | iptables | netpath | netpath / iptables |");
+    let _ = writeln!(s, "|---|---|---|---|");
+    let mut rows: Vec<&str> = Vec::new();
+    for x in steps {
+        if !rows.contains(&x.what.as_str()) {
+            rows.push(&x.what);
+        }
+    }
+    for what in rows {
+        let get = |arm: Arm| {
+            steps
+                .iter()
+                .find(|x| x.arm == arm && x.what == what)
+                .map(|x| x.seconds)
+        };
+        let cell = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3} s"));
+        let (i, n) = (get(Arm::Iptables), get(Arm::Netpath));
+        let ratio = match (i, n) {
+            (Some(i), Some(n)) if i > 0.0 => format!("{:.2}×", n / i),
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(s, "| {what} | {} | {} | {ratio} |", cell(i), cell(n));
+    }
+    let _ = writeln!(s);
 }
 
 /// The CNI pair: one row per measurement, medians of interleaved runs.
