@@ -61,13 +61,20 @@ pub enum Attach {
 /// reuse them instead of running the verifier again; a daemon of another
 /// build is replaced by `up`.
 pub fn build_id() -> String {
-    let h = crate::codec::fnv1a(
-        crate::ebpf_object()
-            .iter()
-            .chain(env!("CARGO_PKG_VERSION").as_bytes())
-            .copied(),
-    );
-    format!("{}-{h:016x}", env!("CARGO_PKG_VERSION"))
+    // Hashed once per process: the object is megabytes, and a reconcile
+    // names this build's pins for every interface (hashing it each time
+    // was a third of a `netpath up` with 200 networks).
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let h = crate::codec::fnv1a(
+            crate::ebpf_object()
+                .iter()
+                .chain(env!("CARGO_PKG_VERSION").as_bytes())
+                .copied(),
+        );
+        format!("{}-{h:016x}", env!("CARGO_PKG_VERSION"))
+    })
+    .clone()
 }
 
 /// Where every build's programs are pinned, one directory per build.

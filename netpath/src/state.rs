@@ -181,8 +181,13 @@ impl StateDir {
     }
 }
 
-/// An exclusive lock over netpath's state on this machine, held while one
-/// command reads or changes it (an flock on the base directory on bpffs).
+/// An exclusive lock over netpath's state in this network namespace, held
+/// while one command reads or changes it (an flock on
+/// [`lock_path`]). Namespaces have their own: their state, daemons and
+/// links are their own, and one machine-wide lock let a long command in
+/// one namespace (the first `up` verifying programs, a `down --all` of
+/// 100 networks) hold up another's daemon for seconds while it was
+/// putting back a filter someone removed from a port.
 /// Reentrant on one thread: `apply` runs `down`, `up`, `publish`… as one
 /// locked step, and a second flock on another open file of the same
 /// directory would wait for the first forever.
@@ -238,18 +243,31 @@ pub fn try_lock() -> Result<Option<Option<Lock>>> {
     ))
 }
 
-/// The base directory, opened to be locked (an flock, released when the
-/// file is closed); `None` without bpffs unless `mount`.
+/// The lock file of the network namespace with `cookie` (cookies are
+/// never reused while the machine is up). It is never removed: a command
+/// waiting on a removed file would lock it while the next one locked a
+/// new file of the same name.
+pub fn lock_path(cookie: u64) -> std::path::PathBuf {
+    Path::new(crate::sys::RUN_DIR).join(format!("state-{cookie}.lock"))
+}
+
+/// This namespace's lock file, opened to be locked (an flock, released
+/// when the file is closed); `None` without bpffs unless `mount`.
 fn lock_file(mount: bool) -> Result<Option<std::fs::File>> {
     if mount {
         netns::ensure_bpffs()?;
     } else if !netns::bpffs_mounted() {
         return Ok(None);
     }
-    let base = StateDir::base();
-    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
-    std::fs::File::open(&base)
-        .with_context(|| format!("opening {}", base.display()))
+    let run = crate::sys::RUN_DIR;
+    std::fs::create_dir_all(run).with_context(|| format!("creating {run}"))?;
+    let path = lock_path(netns::cookie()?);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))
         .map(Some)
 }
 

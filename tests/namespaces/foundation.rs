@@ -1,5 +1,7 @@
 //! Foundation: `netpath up/down/status` against real namespaces and traffic.
 
+use std::time::{Duration, Instant};
+
 use crate::harness;
 
 use harness::{
@@ -680,4 +682,60 @@ fn parallel_ups_in_one_namespace_all_land() {
     for i in 0..6 {
         assert_netpath_attached(&ns, &format!("br-p{i}"), "br");
     }
+}
+
+/// Each network namespace has its own lock: while one namespace's is held
+/// (here by the test, as a long command would hold it), another
+/// namespace's `up` goes ahead, and the first namespace's own commands
+/// wait until it is given back.
+#[test]
+fn one_namespaces_lock_holds_up_its_own_commands_only() {
+    require_root!();
+    let a = lab_up();
+    let cookie = status(&a.host)["netns_cookie"].as_u64().expect("a cookie");
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/run/netpath/state-{cookie}.lock"))
+        .expect("namespace a's lock file");
+    lock.lock().expect("taking namespace a's lock");
+    let spawn_up = |ns: &Netns| {
+        ns.netpath(NETPATH)
+            .args(["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("netpath up")
+    };
+    let wait = |child: &mut std::process::Child, within: Duration| {
+        let t = Instant::now();
+        while t.elapsed() < within {
+            if let Some(s) = child.try_wait().expect("waiting") {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    };
+    let b = Lab::new(NETPATH).expect("a second lab");
+    // Its first up verifies the programs: seconds on a busy machine.
+    let mut up_b = spawn_up(&b.host);
+    let done = wait(&mut up_b, Duration::from_secs(60));
+    let _ = up_b.kill();
+    assert!(
+        done.is_some_and(|s| s.success()),
+        "b's up did not finish while a's lock was held: {done:?}"
+    );
+    let mut up_a = spawn_up(&a.host);
+    let early = wait(&mut up_a, Duration::from_secs(1));
+    assert!(
+        early.is_none(),
+        "a's up ran while a's lock was held: {early:?}"
+    );
+    drop(lock);
+    let done = wait(&mut up_a, Duration::from_secs(30));
+    let _ = up_a.kill();
+    assert!(
+        done.is_some_and(|s| s.success()),
+        "a's up once its lock was free: {done:?}"
+    );
 }
