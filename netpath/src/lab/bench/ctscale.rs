@@ -184,7 +184,13 @@ pub fn measure(labs: &mut [ArmLab], quick: bool, reps: usize, dur: Duration) -> 
     let mut made = 0u32;
     for &level in &levels {
         let mut here = Vec::new();
-        for (k, lab) in labs.iter().enumerate() {
+        // iptables and netpath only: bare routing has no conntrack to
+        // fill (the full run's labs include it and a baseline).
+        let measured = labs
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| matches!(l.arm, Arm::Iptables | Arm::Netpath));
+        for (k, lab) in measured {
             if !lab.arm.is_netpath()
                 && let Some(max) = nf_max
                 && u64::from(level) > max * 9 / 10
