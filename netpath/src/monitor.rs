@@ -373,16 +373,7 @@ fn heartbeat(beat: &mut Array<MapData, u64>, bits: u64) -> Result<()> {
 /// The lock that makes this the namespace's only monitor, held while it
 /// runs (`/run/netpath/monitor-<cookie>.lock`).
 fn only_monitor() -> Result<std::fs::File> {
-    std::fs::create_dir_all(crate::sys::RUN_DIR)
-        .with_context(|| format!("creating {}", crate::sys::RUN_DIR))?;
-    let path = std::path::Path::new(crate::sys::RUN_DIR)
-        .join(format!("monitor-{}.lock", crate::netns::cookie()?));
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
+    let f = crate::sys::lock_file(&format!("monitor-{}.lock", crate::netns::cookie()?))?;
     if !crate::sys::try_lock(&f, "the monitor")? {
         bail!("another netpath monitor runs in this network namespace (one reader per event ring)");
     }

@@ -127,14 +127,7 @@ pub fn ensure_bpffs() -> Result<()> {
     // Commands of two namespaces may both find it unmounted (each holds
     // only its own namespace's lock): one mounts, the other sees it
     // mounted, never a second bpffs stacked over the first's pins.
-    let run = crate::sys::RUN_DIR;
-    std::fs::create_dir_all(run).with_context(|| format!("creating {run}"))?;
-    let guard = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(std::path::Path::new(run).join("bpffs.lock"))
-        .context("opening the bpffs mount lock")?;
+    let guard = crate::sys::lock_file("bpffs.lock")?;
     guard.lock().context("locking the bpffs mount")?;
     if bpffs_mounted() {
         return Ok(());

@@ -164,19 +164,6 @@ impl Netlink {
         )
     }
 
-    /// One link by index, asked for alone.
-    pub async fn link(&self, index: u32) -> Result<Option<Link>> {
-        let got: Result<Vec<LinkMessage>, _> = self
-            .handle
-            .link()
-            .get()
-            .match_index(index)
-            .execute()
-            .try_collect()
-            .await;
-        missing_is_none(got.with_context(|| format!("looking link {index} up")))
-    }
-
     pub async fn ipv4_addrs(&self) -> Result<Vec<Addr4>> {
         Ok(self.addrs().await?.0)
     }
@@ -226,20 +213,17 @@ impl Netlink {
     /// Every IPv4 address of the namespace, and every global IPv6 one
     /// (tentative ones too), with its interface's name, from one dump.
     pub async fn host_addrs(&self) -> Result<HostAddrs> {
-        let names = self.names().await?;
-        let (v4, v6) = self.addrs().await?;
-        Ok(view::host_addrs(&names, &v4, &v6))
+        Ok(View::read(self).await?.host_addrs())
     }
 
     /// Every link with what role planning needs, including its primary
     /// (first listed) IPv4 address and whether it has a global IPv6 one.
     pub async fn link_facts(&self) -> Result<Vec<LinkFacts>> {
-        let (v4, v6) = self.addrs().await?;
-        Ok(facts(&self.links().await?, &v4, &v6))
+        Ok(View::read(self).await?.facts())
     }
 
-    /// Creates a bridge (set up) and returns its ifindex.
-    pub async fn create_bridge(&self, name: &str) -> Result<u32> {
+    /// Creates a bridge (set up) and returns it as the kernel reports it.
+    pub async fn create_bridge(&self, name: &str) -> Result<Link> {
         self.handle
             .link()
             .add(LinkBridge::new(name).build())
@@ -248,7 +232,6 @@ impl Netlink {
             .with_context(|| format!("creating bridge {name}"))?;
         self.link_by_name(name)
             .await?
-            .map(|l| l.index)
             .with_context(|| format!("bridge {name} vanished after creation"))
     }
 
@@ -354,14 +337,6 @@ impl Netlink {
             .execute()
             .await
             .with_context(|| format!("deleting link {index}"))
-    }
-
-    /// Whether link `index` has `addr/prefix_len` (either family).
-    pub async fn has_ip(&self, index: u32, addr: IpAddr, prefix_len: u8) -> Result<bool> {
-        Ok(!self
-            .matching_addrs(index, addr, prefix_len)
-            .await?
-            .is_empty())
     }
 
     /// Adds an address; an IPv6 one without duplicate address detection

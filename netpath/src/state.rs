@@ -183,7 +183,7 @@ impl StateDir {
 
 /// An exclusive lock over netpath's state in this network namespace, held
 /// while one command reads or changes it (an flock on
-/// [`lock_path`]). Namespaces have their own: their state, daemons and
+/// `/run/netpath/`[`lock_name`]). Namespaces have their own: their state, daemons and
 /// links are their own, and one machine-wide lock let a long command in
 /// one namespace (the first `up` verifying programs, a `down --all` of
 /// 100 networks) hold up another's daemon for seconds while it was
@@ -243,12 +243,12 @@ pub fn try_lock() -> Result<Option<Option<Lock>>> {
     ))
 }
 
-/// The lock file of the network namespace with `cookie` (cookies are
+/// The lock file (in `/run/netpath`) of the network namespace with `cookie` (cookies are
 /// never reused while the machine is up). It is never removed: a command
 /// waiting on a removed file would lock it while the next one locked a
 /// new file of the same name.
-pub fn lock_path(cookie: u64) -> std::path::PathBuf {
-    Path::new(crate::sys::RUN_DIR).join(format!("state-{cookie}.lock"))
+pub fn lock_name(cookie: u64) -> String {
+    format!("state-{cookie}.lock")
 }
 
 /// This namespace's lock file, opened to be locked (an flock, released
@@ -259,16 +259,7 @@ fn lock_file(mount: bool) -> Result<Option<std::fs::File>> {
     } else if !netns::bpffs_mounted() {
         return Ok(None);
     }
-    let run = crate::sys::RUN_DIR;
-    std::fs::create_dir_all(run).with_context(|| format!("creating {run}"))?;
-    let path = lock_path(netns::cookie()?);
-    std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))
-        .map(Some)
+    crate::sys::lock_file(&lock_name(netns::cookie()?)).map(Some)
 }
 
 pub use crate::tables::is_missing;

@@ -30,6 +30,19 @@ pub fn docker_problems_path(cookie: u64) -> std::path::PathBuf {
     std::path::Path::new(RUN_DIR).join(format!("docker-{cookie}.problems"))
 }
 
+/// `RUN_DIR/name` opened to be flocked: created when missing, never
+/// truncated (another process may hold its lock).
+pub fn lock_file(name: &str) -> Result<std::fs::File> {
+    std::fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
+    let path = std::path::Path::new(RUN_DIR).join(name);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
 /// Takes `f`'s flock if it is free: false when another process holds it.
 pub fn try_lock(f: &std::fs::File, what: &str) -> Result<bool> {
     match f.try_lock() {

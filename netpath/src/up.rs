@@ -370,11 +370,10 @@ async fn record(
     let index = match c.bridge_index {
         Some(i) => i,
         None => {
-            let i = nl.create_bridge(&spec.bridge).await?;
+            let bridge = nl.create_bridge(&spec.bridge).await?;
             report.created_bridge = true;
-            if let Some(link) = nl.link(i).await? {
-                view.put_link(link);
-            }
+            let i = bridge.index;
+            view.put_link(bridge);
             i
         }
     };

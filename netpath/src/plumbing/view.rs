@@ -55,7 +55,29 @@ impl View {
     /// The host's addresses with their interfaces' names (IPv6: global
     /// ones, tentative too), as [`Netlink::host_addrs`] reports them.
     pub fn host_addrs(&self) -> HostAddrs {
-        host_addrs(&self.names(), &self.v4, &self.v6)
+        let names = self.names();
+        let name = |index: u32| names.get(&index).cloned().unwrap_or_default();
+        HostAddrs {
+            v4: self
+                .v4
+                .iter()
+                .map(|a| HostAddr::<Ipv4Addr> {
+                    ifname: name(a.index),
+                    addr: a.addr,
+                    prefix_len: a.prefix_len,
+                })
+                .collect(),
+            v6: self
+                .v6
+                .iter()
+                .filter(|a| !is_link_local(&a.addr.octets()))
+                .map(|a| HostAddr::<Ipv6Addr> {
+                    ifname: name(a.index),
+                    addr: a.addr,
+                    prefix_len: a.prefix_len,
+                })
+                .collect(),
+        }
     }
 
     /// Whether link `index` has `addr/prefix_len`.
@@ -97,31 +119,6 @@ impl View {
                 usable: !is_link_local(&addr.octets()),
             }),
         }
-    }
-}
-
-/// [`HostAddrs`] from an address dump and the links' names: every IPv4
-/// address, and IPv6 ones that are not link-local.
-pub fn host_addrs(names: &BTreeMap<u32, String>, v4: &[Addr4], v6: &[Addr6]) -> HostAddrs {
-    let name = |index: u32| names.get(&index).cloned().unwrap_or_default();
-    HostAddrs {
-        v4: v4
-            .iter()
-            .map(|a| HostAddr::<Ipv4Addr> {
-                ifname: name(a.index),
-                addr: a.addr,
-                prefix_len: a.prefix_len,
-            })
-            .collect(),
-        v6: v6
-            .iter()
-            .filter(|a| !is_link_local(&a.addr.octets()))
-            .map(|a| HostAddr::<Ipv6Addr> {
-                ifname: name(a.index),
-                addr: a.addr,
-                prefix_len: a.prefix_len,
-            })
-            .collect(),
     }
 }
 

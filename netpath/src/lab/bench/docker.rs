@@ -57,8 +57,8 @@ pub fn measure(exe: &Path, quick: bool) -> Result<Vec<DockerStep>> {
     Ok(out)
 }
 
-/// Polls `netpath ARGS --json` until `ok` holds for its array's length
-/// (10 s at most).
+/// Polls `netpath ARGS --json` until its array (or its `field`) has `n`
+/// entries (10 s at most).
 fn wait_for(exe: &Path, host: &Netns, args: &[&str], field: Option<&str>, n: usize) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
