@@ -14,5 +14,18 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         }],
         aya_build::Toolchain::default(),
-    )
+    )?;
+    // The build id's hash of the object (FNV-1a over the object, then the
+    // version; `attach::build_id`), computed once here: hashing megabytes
+    // cost every command about 2 ms at run time.
+    let object = std::fs::read(format!("{}/netpath-ebpf", std::env::var("OUT_DIR")?))?;
+    let version = std::env::var("CARGO_PKG_VERSION")?;
+    let h = object
+        .iter()
+        .chain(version.as_bytes())
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    println!("cargo:rustc-env=NETPATH_EBPF_FNV={h:016x}");
+    Ok(())
 }

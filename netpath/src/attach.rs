@@ -54,6 +54,10 @@ pub enum Attach {
     Removed,
     /// The role runs no program in this direction.
     NotUsed,
+    /// Not asked: a finished reconcile of this build left it running this
+    /// build's program, and nothing about the interface changed since
+    /// (see [`crate::reconcile::Verify`]).
+    Kept,
 }
 
 /// Identifies this build (version and embedded programs). Loaded programs
@@ -61,20 +65,24 @@ pub enum Attach {
 /// reuse them instead of running the verifier again; a daemon of another
 /// build is replaced by `up`.
 pub fn build_id() -> String {
-    // Hashed once per process: the object is megabytes, and a reconcile
-    // names this build's pins for every interface (hashing it each time
-    // was a third of a `netpath up` with 200 networks).
+    // The object is megabytes: the embedded one was hashed by build.rs;
+    // another (`NETPATH_EBPF_OBJECT`) is hashed once per process.
     static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     ID.get_or_init(|| {
-        let h = crate::codec::fnv1a(
-            crate::ebpf_object()
-                .iter()
-                .chain(env!("CARGO_PKG_VERSION").as_bytes())
-                .copied(),
-        );
+        let h = crate::embedded_hash().unwrap_or_else(|| object_hash(crate::ebpf_object()));
         format!("{}-{h:016x}", env!("CARGO_PKG_VERSION"))
     })
     .clone()
+}
+
+/// FNV-1a of `object`, then the crate version.
+pub fn object_hash(object: &[u8]) -> u64 {
+    crate::codec::fnv1a(
+        object
+            .iter()
+            .chain(env!("CARGO_PKG_VERSION").as_bytes())
+            .copied(),
+    )
 }
 
 /// Where every build's programs are pinned, one directory per build.
@@ -156,6 +164,12 @@ pub struct Datapath {
     /// In [`SockHook::ALL`] order.
     pub sock: Vec<CgroupSockAddr>,
     pub maps: Maps,
+    /// The ids of `tc`'s programs, read once (a reconcile compares them
+    /// with every filter it asks about).
+    tc_ids: Vec<Option<u32>>,
+    /// Whether this value loaded the programs itself and no reconcile has
+    /// yet put them on every interface.
+    unverified: bool,
 }
 
 impl Datapath {
@@ -315,8 +329,10 @@ impl Datapath {
         }
         std::fs::rename(&scratch, &dir)
             .with_context(|| format!("renaming {} to {}", scratch.display(), dir.display()))?;
-        Self::open_at(maps_dir, &dir)?
-            .with_context(|| format!("{} vanished right after pinning", dir.display()))
+        let mut dp = Self::open_at(maps_dir, &dir)?
+            .with_context(|| format!("{} vanished right after pinning", dir.display()))?;
+        dp.unverified = true;
+        Ok(dp)
     }
 
     /// The programs pinned in `dir`, `None` unless all of them are.
@@ -348,20 +364,49 @@ impl Datapath {
         maps.set_ct_limit(Maps::ct_capacity(maps_dir)?)?;
         maps.v6.set_ct_limit()?;
         Ok(Some(Self {
+            tc_ids: vec![None; tc.len()],
             tc,
             sweeper: open(SWEEP_PROGRAM)?,
             sock,
             maps,
+            unverified: false,
         }))
+    }
+
+    /// Whether this value loaded (and verified) the programs itself and no
+    /// reconcile has put them on every interface yet: then no interface
+    /// may be taken as running them unasked.
+    pub const fn unverified(&self) -> bool {
+        self.unverified
+    }
+
+    /// Said by a reconcile that asked every interface.
+    pub const fn mark_verified(&mut self) {
+        self.unverified = false;
     }
 
     /// The program an interface of `role` runs in `dir` (loaded).
     pub fn program(&mut self, role: IfaceRole, dir: Dir) -> Result<&mut SchedClassifier> {
-        let i = TC_PROGRAMS
+        let i = Self::tc_index(role, dir)?;
+        Ok(&mut self.tc[i])
+    }
+
+    fn tc_index(role: IfaceRole, dir: Dir) -> Result<usize> {
+        TC_PROGRAMS
             .iter()
             .position(|p| *p == (role, dir))
-            .context("no program for this role")?;
-        Ok(&mut self.tc[i])
+            .context("no program for this role")
+    }
+
+    /// The kernel's id of [`Datapath::program`]`(role, dir)`.
+    fn program_id(&mut self, role: IfaceRole, dir: Dir) -> Result<u32> {
+        let i = Self::tc_index(role, dir)?;
+        if let Some(id) = self.tc_ids[i] {
+            return Ok(id);
+        }
+        let id = self.tc[i].info()?.id();
+        self.tc_ids[i] = Some(id);
+        Ok(id)
     }
 
     /// Whether this build's pinned programs are still the ones loaded here
@@ -385,6 +430,7 @@ impl Datapath {
     /// has no program.
     pub fn ensure_attached(
         &mut self,
+        tc: &mut tcfilter::Tc,
         state: &StateDir,
         ifindex: u32,
         ifname: &str,
@@ -402,19 +448,19 @@ impl Datapath {
         if !crate::state::attaches_by_filter(role, dir) {
             // A bridge or port that became an uplink: its filter goes, or
             // the old role's program would run after the new one's.
-            tcfilter::remove(ifindex, dir)?;
+            tc.remove(ifindex, dir)?;
             return self.ensure_tcx(&pin, ifname, role, dir);
         }
-        let prog = self.program(role, dir)?;
-        let ours = prog.info()?.id();
-        let found = tcfilter::list(ifindex, dir)?
+        let ours = self.program_id(role, dir)?;
+        let found = tc
+            .list(ifindex, dir)?
             .into_iter()
             .find(tcfilter::Filter::is_ours);
         let done = match found {
             Some(f) if f.prog_id == Some(ours) => Attach::Unchanged,
             found => {
-                let fd = prog.fd()?.as_fd().as_raw_fd();
-                match tcfilter::put(ifindex, dir, fd, tc_program(role, dir)) {
+                let fd = self.program(role, dir)?.fd()?.as_fd().as_raw_fd();
+                match tc.put(ifindex, dir, fd, tc_program(role, dir)) {
                     Ok(()) if found.is_some() || pin.exists() => Attach::Updated,
                     Ok(()) => Attach::Created,
                     // A classic `ingress` qdisc (another tool's) leaves no

@@ -257,7 +257,11 @@ pub struct RefreshReport {
 
 /// The daemon's re-apply after links or addresses changed: `Ok(None)` when
 /// another command held the lock for two seconds (try again later).
-pub async fn refresh(nl: &Netlink, loaded: &mut Option<Datapath>) -> Result<Option<RefreshReport>> {
+pub async fn refresh(
+    nl: &Netlink,
+    loaded: &mut Option<Datapath>,
+    verify: &reconcile::Verify,
+) -> Result<Option<RefreshReport>> {
     // Commands hold the lock for milliseconds: poll for it rather than
     // block, so the daemon keeps answering signals.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -281,7 +285,7 @@ pub async fn refresh(nl: &Netlink, loaded: &mut Option<Datapath>) -> Result<Opti
     }
     let dp = Datapath::current(&state, loaded, true)?
         .context("this build's programs could not be loaded")?;
-    let r = reconcile::reapply_with(nl, &state, dp).await?;
+    let r = reconcile::reapply_with(nl, &state, dp, verify).await?;
     let conflicts = reconcile::address_conflicts(nl, &dp.maps).await?;
     Ok(Some(RefreshReport {
         changes: r.changes,
@@ -459,7 +463,15 @@ pub async fn run(opts: Options) -> Result<()> {
             continue;
         }
         tracing::debug!("re-applying after link or address events");
-        match refresh(&nl, &mut loaded).await {
+        // Link and address events alone change what the records say; a
+        // first re-apply, or one after something went away, asks every
+        // interface.
+        let verify = if started && !forced {
+            reconcile::Verify::Changed(BTreeSet::new())
+        } else {
+            reconcile::Verify::All
+        };
+        match refresh(&nl, &mut loaded, &verify).await {
             Ok(Some(r)) => {
                 if let (Some(dp), Ok(mut b)) = (&loaded, bridges.lock()) {
                     *b = dp
@@ -503,11 +515,6 @@ pub async fn run(opts: Options) -> Result<()> {
     Ok(())
 }
 
-/// Events after which the digest of links and addresses cannot tell that
-/// nothing is to do: a TC filter or qdisc going away (maybe netpath's), a
-/// link deleted (it took its filters along, and one re-created under the
-/// same index, name and MAC would leave the digest as it was), and lost
-/// events (an overrun).
 /// Whether `msg` is a link-local IPv6 address event on an interface that
 /// is not a managed bridge (`bridges`): nothing a re-apply reads.
 fn port_link_local(
@@ -528,6 +535,11 @@ fn port_link_local(
         && bridges.lock().is_ok_and(|b| !b.contains(&a.header.index))
 }
 
+/// Events after which the digest of links and addresses cannot tell that
+/// nothing is to do: a TC filter or qdisc going away (maybe netpath's), a
+/// link deleted (it took its filters along, and one re-created under the
+/// same index, name and MAC would leave the digest as it was), and lost
+/// events (an overrun).
 fn forces_reapply(
     msg: &rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
 ) -> bool {

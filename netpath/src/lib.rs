@@ -51,6 +51,18 @@ pub mod up;
 static EMBEDDED_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netpath-ebpf"));
 
+/// FNV-1a of the embedded object followed by the crate version, by
+/// build.rs (see [`attach::build_id`]).
+const EMBEDDED_HASH: &str = env!("NETPATH_EBPF_FNV");
+
+/// The hash build.rs computed, when this process loads the embedded
+/// object (`None` under `NETPATH_EBPF_OBJECT`).
+pub fn embedded_hash() -> Option<u64> {
+    std::ptr::eq(ebpf_object().as_ptr(), EMBEDDED_OBJECT.as_ptr())
+        .then(|| u64::from_str_radix(EMBEDDED_HASH, 16).ok())
+        .flatten()
+}
+
 /// The eBPF object this process loads: the embedded one, or the file named
 /// by `NETPATH_EBPF_OBJECT` (a developer's knob: another build of
 /// `netpath-ebpf` without rebuilding the CLI; the upgrade test uses it).
@@ -78,4 +90,15 @@ pub fn ebpf_object() -> &'static [u8] {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn build_rs_hashes_the_embedded_object_as_the_build_id_does() {
+        assert_eq!(
+            super::embedded_hash(),
+            Some(super::attach::object_hash(super::EMBEDDED_OBJECT))
+        );
+    }
 }

@@ -163,6 +163,7 @@ fn attach_word(a: Attach) -> &'static str {
         Attach::Unchanged => "unchanged",
         Attach::Removed => "an earlier build's program removed (none needed)",
         Attach::NotUsed => "none needed",
+        Attach::Kept => "kept (not asked: unchanged since the last reconcile)",
     }
 }
 

@@ -13,7 +13,10 @@ use rtnetlink::{
         address::{
             AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
         },
-        link::{InfoData, InfoKind, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+        link::{
+            InfoData, InfoKind, InfoVlan, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo,
+            LinkMessage,
+        },
     },
 };
 
@@ -125,10 +128,14 @@ impl Netlink {
     }
 
     pub async fn links(&self) -> Result<Vec<Link>> {
+        // Without statistics: netpath reads none, and they are most of a
+        // dump's bytes and of the kernel's work (IPv6's are summed over
+        // every CPU for each link).
         let msgs: Vec<LinkMessage> = self
             .handle
             .link()
             .get()
+            .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
             .execute()
             .try_collect()
             .await
@@ -154,6 +161,7 @@ impl Netlink {
             .handle
             .link()
             .get()
+            .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
             .match_name(name)
             .execute()
             .try_collect()

@@ -16,10 +16,10 @@ use anyhow::{Context as _, Result};
 use netpath_common::{IfaceRole, counter_scope};
 
 use crate::{
-    attach::{Attach, Datapath},
+    attach::{self, Attach, Datapath},
     codec, netns, plan,
     plan::Uplinks,
-    plumbing::{self, Netlink},
+    plumbing::{self, Netlink, View},
     spec::NetworkSpec,
     state::{Dir, Maps, StateDir},
     sys,
@@ -28,7 +28,7 @@ use crate::{
 };
 
 pub use want::{
-    endpoint_changes, port_binding, uplink_choice, want_host_addrs, want_macs, want_vlans,
+    Verify, endpoint_changes, port_binding, uplink_choice, want_host_addrs, want_macs, want_vlans,
 };
 
 /// How one interface ended up after a reconcile.
@@ -46,8 +46,14 @@ impl IfaceChange {
     /// Whether anything about this interface changed.
     pub fn changed(&self) -> bool {
         self.previous != Some(self.role)
-            || !matches!(self.ingress, Attach::Unchanged | Attach::NotUsed)
-            || !matches!(self.egress, Attach::Unchanged | Attach::NotUsed)
+            || !matches!(
+                self.ingress,
+                Attach::Unchanged | Attach::NotUsed | Attach::Kept
+            )
+            || !matches!(
+                self.egress,
+                Attach::Unchanged | Attach::NotUsed | Attach::Kept
+            )
     }
 }
 
@@ -75,13 +81,27 @@ pub async fn reconcile(
     state: &StateDir,
     dp: &mut Datapath,
     uplinks: &Uplinks,
+    verify: &Verify,
+    known: Option<&View>,
 ) -> Result<Reconciled> {
+    // Only a finished reconcile of this build vouches for the attachments
+    // it left; this one stops vouching until it finishes itself.
+    let vouched = !dp.unverified() && seen_build().as_deref() == Some(attach::build_id().as_str());
     // Said before the dumps, so a change during this reconcile always
     // differs from what it records at the end.
-    forget_seen();
-    let all = nl.links().await?;
-    let (addrs, addrs6) = nl.addrs().await?;
-    let links = plumbing::facts(&all, &addrs, &addrs6);
+    forget_seen()?;
+    // Links and addresses: what the caller holds up to date (`up`'s batch
+    // read them once and recorded its own changes), else read now. A link
+    // dump costs about 7 µs a link in the kernel and as much again to parse.
+    let read;
+    let (all, addrs, addrs6) = match known {
+        Some(v) => (&v.links, &v.v4, &v.v6),
+        None => {
+            read = View::read(nl).await?;
+            (&read.links, &read.v4, &read.v6)
+        }
+    };
+    let links = plumbing::facts(all, addrs, addrs6);
     // A bridge recreated under the same name gets a new ifindex: follow the name.
     let mut nets = BTreeMap::new();
     for (id, mut info) in dp.maps.networks()? {
@@ -95,7 +115,7 @@ pub async fn reconcile(
         }
     }
     let planned = plan::plan_roles(&links, &nets, uplinks)?;
-    tables::sync(&mut dp.maps.hostaddrs4, &want_host_addrs(&addrs))?;
+    tables::sync(&mut dp.maps.hostaddrs4, &want_host_addrs(addrs))?;
     record_netns_cookie(&mut dp.maps)?;
     let current = dp.maps.ifaces()?;
     // Ports `connect` made are bound to the address and MAC it gave out;
@@ -114,23 +134,33 @@ pub async fn reconcile(
             .map(|(k, l)| (l.host_ifindex, (k.addr_be, l.mac))),
     );
     let mut out = Reconciled::default();
+    let mut tc = tcfilter::Tc::new()?;
     for (&ifindex, p) in &planned {
         let info = port_binding(p.info, current.get(&ifindex), leased.get(&ifindex));
         let role = IfaceRole::from_u32(p.info.role).context("planned role")?;
-        if current.get(&ifindex) != Some(&info) {
+        let recorded = current.get(&ifindex) == Some(&info);
+        if !recorded {
             dp.maps
                 .ifaces
                 .insert(ifindex, info, 0)
                 .context("recording an interface")?;
         }
+        let ask = verify.asks(vouched, recorded, role, info.net_id);
+        let mut attach = |dir| {
+            if ask {
+                dp.ensure_attached(&mut tc, state, ifindex, &p.name, role, dir)
+            } else {
+                Ok(Attach::Kept)
+            }
+        };
         out.changes.push(IfaceChange {
             name: p.name.clone(),
             role,
             previous: current
                 .get(&ifindex)
                 .and_then(|i| IfaceRole::from_u32(i.role)),
-            ingress: dp.ensure_attached(state, ifindex, &p.name, role, Dir::Ingress)?,
-            egress: dp.ensure_attached(state, ifindex, &p.name, role, Dir::Egress)?,
+            ingress: attach(Dir::Ingress)?,
+            egress: attach(Dir::Egress)?,
         });
     }
     let ifaces = dp.maps.ifaces()?;
@@ -155,23 +185,23 @@ pub async fn reconcile(
     let senders = in_net(IfaceRole::Port).chain(in_net(IfaceRole::Bridge));
     let bridges = in_net(IfaceRole::Bridge).map(|(i, _)| i).collect();
     let bridge_addrs =
-        crate::reconcile6::want_bridge_addrs(&planned, &all, &addrs6, &dp.maps.v6.all()?);
+        crate::reconcile6::want_bridge_addrs(&planned, all, addrs6, &dp.maps.v6.all()?);
     dp.maps
         .v6
         .sync_endpoints(&senders.collect(), &bridges, &bridge_addrs)
         .context("recording the ports' and bridges' IPv6 addresses")?;
     tables::sync(
         &mut dp.maps.v6.uplinks,
-        &crate::reconcile6::want_uplinks(&planned, &addrs6),
+        &crate::reconcile6::want_uplinks(&planned, addrs6),
     )
     .context("recording the uplinks' IPv6 addresses")?;
     tables::sync(
         &mut dp.maps.v6.hostaddrs,
-        &crate::reconcile6::want_host_addrs(&addrs6),
+        &crate::reconcile6::want_host_addrs(addrs6),
     )
     .context("recording the host's IPv6 addresses")?;
-    tables::sync(&mut dp.maps.vlans, &want_vlans(&all, &planned)).context("recording VLANs")?;
-    tables::sync(&mut dp.maps.macs, &want_macs(&all, &ifaces, &planned))
+    tables::sync(&mut dp.maps.vlans, &want_vlans(all, &planned)).context("recording VLANs")?;
+    tables::sync(&mut dp.maps.macs, &want_macs(all, &ifaces, &planned))
         .context("recording MACs")?;
     // Trusted host interfaces follow their names (created, re-created).
     let index_of = all.iter().map(|l| (l.name.clone(), l.index)).collect();
@@ -192,7 +222,10 @@ pub async fn reconcile(
             sys::detach_pinned_link(&path)?;
         }
     }
-    record_seen(plumbing::digest(&all, &addrs, &addrs6));
+    if verify.asks_all(vouched) {
+        dp.mark_verified();
+    }
+    record_seen(plumbing::digest(all, addrs, addrs6));
     Ok(out)
 }
 
@@ -202,41 +235,68 @@ pub fn seen_path(cookie: u64) -> std::path::PathBuf {
     std::path::PathBuf::from(sys::RUN_DIR).join(format!("seen-{cookie}"))
 }
 
+/// The last finished reconcile's record: the digest and the build that
+/// made it (`<digest> <build id>`).
+fn read_seen() -> Option<(u64, Option<String>)> {
+    let text = std::fs::read_to_string(seen_path(netns::cookie().ok()?)).ok()?;
+    let mut words = text.split_whitespace();
+    let digest = words.next()?.parse().ok()?;
+    Some((digest, words.next().map(str::to_owned)))
+}
+
 /// The digest the last reconcile recorded, if one did and nothing started
 /// another since.
 pub fn recorded_seen() -> Option<u64> {
-    let text = std::fs::read_to_string(seen_path(netns::cookie().ok()?)).ok()?;
-    text.trim().parse().ok()
+    read_seen().map(|(d, _)| d)
 }
 
-/// A record is only a shortcut for the daemon (a missing one means "re-
-/// apply"), so failing to write or remove it is not an error.
+/// The build whose reconcile made the record, if one did and nothing
+/// started another since.
+fn seen_build() -> Option<String> {
+    read_seen().and_then(|(_, b)| b)
+}
+
+/// Failing to write the record only costs the next reconcile its
+/// shortcuts (a missing one means "re-apply, ask every interface"), so it
+/// is not an error.
 fn record_seen(digest: u64) {
     if let Ok(c) = netns::cookie() {
         let _ = std::fs::create_dir_all(sys::RUN_DIR);
-        let _ = std::fs::write(seen_path(c), format!("{digest}\n"));
+        let _ = std::fs::write(seen_path(c), format!("{digest} {}\n", attach::build_id()));
     }
 }
 
-fn forget_seen() {
-    if let Ok(c) = netns::cookie() {
-        let _ = std::fs::remove_file(seen_path(c));
+/// Failing to remove it is: a record left in place would vouch for a
+/// reconcile that may not finish.
+fn forget_seen() -> Result<()> {
+    let path = seen_path(netns::cookie()?);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
     }
 }
 
-/// Re-applies the recorded networks with the uplink choice in force.
+/// Re-applies the recorded networks with the uplink choice in force,
+/// asking every interface.
 pub async fn reapply(nl: &Netlink, state: &StateDir) -> Result<Reconciled> {
     let mut dp = Datapath::load(state)?;
-    reapply_with(nl, state, &mut dp).await
+    reapply_with(nl, state, &mut dp, &Verify::All).await
 }
 
 /// [`reapply`] with programs already loaded (the daemon keeps them loaded,
 /// which spares it the verifier on every event).
-pub async fn reapply_with(nl: &Netlink, state: &StateDir, dp: &mut Datapath) -> Result<Reconciled> {
+pub async fn reapply_with(
+    nl: &Netlink,
+    state: &StateDir,
+    dp: &mut Datapath,
+    verify: &Verify,
+) -> Result<Reconciled> {
     let current = dp.maps.ifaces()?;
     let names = nl.names().await?;
     let uplinks = uplink_choice(&[], &current, &names);
-    reconcile(nl, state, dp, &uplinks).await
+    reconcile(nl, state, dp, &uplinks, verify, None).await
 }
 
 /// Host addresses (outside the managed bridges) whose subnet overlaps a

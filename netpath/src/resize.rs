@@ -81,7 +81,7 @@ async fn finish(nl: &Netlink, state: &StateDir, dp: &mut Datapath) -> Result<(us
     let old: aya::maps::HashMap<_, netpath_common::ct::CtKey4, netpath_common::ct::CtEntry4> =
         aya::maps::HashMap::try_from(state::open_pinned(&maps_dir, OLD_CT4)?)?;
     let (copied, left_out) = copy_flows(&old, dp, budget)?;
-    reconcile::reapply_with(nl, state, dp).await?;
+    reconcile::reapply_with(nl, state, dp, &reconcile::Verify::All).await?;
     // What the old table got until the last link switched.
     let (late, _) = copy_flows(&old, dp, budget.saturating_sub(copied))?;
     let old_entries = old.keys().count();

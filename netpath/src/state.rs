@@ -487,17 +487,17 @@ impl Maps {
     }
 
     pub fn networks(&self) -> Result<BTreeMap<u32, NetworkInfo>> {
-        self.networks
-            .iter()
-            .map(|r| r.context("reading NP_NETWORKS"))
-            .collect()
+        Ok(crate::tables::dump(&self.networks)
+            .context("reading NP_NETWORKS")?
+            .into_iter()
+            .collect())
     }
 
     pub fn ifaces(&self) -> Result<BTreeMap<u32, IfaceInfo>> {
-        self.ifaces
-            .iter()
-            .map(|r| r.context("reading NP_IFACES"))
-            .collect()
+        Ok(crate::tables::dump(&self.ifaces)
+            .context("reading NP_IFACES")?
+            .into_iter()
+            .collect())
     }
 
     /// Sum over CPUs of one counter; zero when it was never hit.

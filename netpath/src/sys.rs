@@ -53,6 +53,7 @@ pub fn try_lock(f: &std::fs::File, what: &str) -> Result<bool> {
 }
 
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
 fn bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> std::io::Result<libc::c_long> {
@@ -81,6 +82,36 @@ pub fn obj_get(path: &Path) -> std::io::Result<OwnedFd> {
     let fd = bpf(BPF_OBJ_GET, &mut attr)?;
     // SAFETY: the kernel returned a new fd that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// One `BPF_MAP_LOOKUP_BATCH` on the map `fd`: up to `count` entries
+/// after the position `in_batch` (`None`: from the start) into `keys` and
+/// `values` (`count` keys and values of the map's sizes, back to back),
+/// the next position into `out_batch` (a hash map's is a bucket index,
+/// four bytes). Returns how many entries were filled and whether the map
+/// has no more (the kernel says ENOENT with the last entries).
+pub fn lookup_batch(
+    fd: std::os::fd::BorrowedFd<'_>,
+    in_batch: Option<&[u8]>,
+    out_batch: &mut [u8],
+    keys: &mut [u8],
+    values: &mut [u8],
+    count: u32,
+) -> std::io::Result<(u32, bool)> {
+    let mut attr = [0u64; 8];
+    attr[0] = in_batch.map_or(0, |b| b.as_ptr() as u64);
+    attr[1] = out_batch.as_mut_ptr() as u64;
+    attr[2] = keys.as_mut_ptr() as u64;
+    attr[3] = values.as_mut_ptr() as u64;
+    // count (in: room, out: filled) and map_fd, two u32s in one word.
+    attr[4] = u64::from(count) | u64::from(fd.as_raw_fd() as u32) << 32;
+    let end = match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+        Ok(_) => false,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+        Err(e) => return Err(e),
+    };
+    // The kernel writes the count it filled back into the attribute.
+    Ok(((attr[4] & 0xffff_ffff) as u32, end))
 }
 
 /// Detaches the link pinned at `path` and removes the pin. A pin whose link

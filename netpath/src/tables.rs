@@ -34,17 +34,84 @@ pub trait Table<K, V> {
     fn delete(&mut self, k: &K) -> Result<()>;
 }
 
+/// Entries asked of the kernel per `BPF_MAP_LOOKUP_BATCH`.
+const BATCH: usize = 1024;
+
+/// Every entry of `map`, a few system calls per thousand entries
+/// (`BPF_MAP_LOOKUP_BATCH`) where walking it costs two per entry (next
+/// key, then lookup): a reconcile reads the interfaces, networks, host
+/// addresses and MACs whole, and with a hundred networks the walks were
+/// most of a `netpath up`. A kernel without batch lookups is walked.
+pub fn dump<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> Result<Vec<(K, V)>> {
+    use aya::maps::IterableMap as _;
+    use std::os::fd::AsFd as _;
+    let (ks, vs) = (size_of::<K>(), size_of::<V>());
+    let fd = map.map().fd().as_fd();
+    let (mut keys, mut values) = (vec![0u8; ks * BATCH], vec![0u8; vs * BATCH]);
+    // Positions are a hash map's bucket index (u32); room for a key too.
+    let (mut at, mut next) = (vec![0u8; ks + 8], vec![0u8; ks + 8]);
+    let mut out = Vec::new();
+    let mut first = true;
+    loop {
+        let room = u32::try_from(BATCH).unwrap_or(u32::MAX);
+        let r = crate::sys::lookup_batch(
+            fd,
+            (!first).then_some(at.as_slice()),
+            &mut next,
+            &mut keys,
+            &mut values,
+            room,
+        );
+        let (n, end) = match r {
+            Ok(r) => r,
+            Err(e)
+                if first
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL | libc::EOPNOTSUPP | 524)
+                    ) =>
+            {
+                // 524: ENOTSUPP, the kernel's own "not supported".
+                return walk(map);
+            }
+            Err(e) => return Err(e).context("reading a pinned map (batch lookup)"),
+        };
+        for i in 0..(n as usize).min(BATCH) {
+            // SAFETY: the buffers hold `BATCH` keys and values of exactly
+            // these sizes; `Pod` types take any bytes; the reads are
+            // unaligned-safe.
+            let kv = unsafe {
+                (
+                    std::ptr::read_unaligned(keys.as_ptr().add(i * ks).cast::<K>()),
+                    std::ptr::read_unaligned(values.as_ptr().add(i * vs).cast::<V>()),
+                )
+            };
+            out.push(kv);
+        }
+        if end {
+            return Ok(out);
+        }
+        std::mem::swap(&mut at, &mut next);
+        first = false;
+    }
+}
+
+/// [`dump`] by walking: next key, then lookup, per entry.
+fn walk<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    for r in map.iter() {
+        match r {
+            Ok(kv) => out.push(kv),
+            Err(e) if is_missing(&e) => {}
+            Err(e) => return Err(e).context("reading a pinned map"),
+        }
+    }
+    Ok(out)
+}
+
 impl<K: aya::Pod, V: aya::Pod> Table<K, V> for HashMap<MapData, K, V> {
     fn entries(&self) -> Result<Vec<(K, V)>> {
-        let mut out = Vec::new();
-        for r in self.iter() {
-            match r {
-                Ok(kv) => out.push(kv),
-                Err(e) if is_missing(&e) => {}
-                Err(e) => return Err(e).context("reading a pinned map"),
-            }
-        }
-        Ok(out)
+        dump(self)
     }
 
     fn get(&self, k: &K) -> Result<Option<V>> {

@@ -11,7 +11,9 @@
 //! is read back from the filter, nothing is pinned.
 //!
 //! Plain synchronous rtnetlink requests, so the attach path stays usable
-//! from sync code (teardown) and costs one round trip each.
+//! from sync code (teardown) and costs one round trip each. A [`Tc`] keeps
+//! one socket for a run of requests (a reconcile asks about every
+//! interface it verifies); the free functions open one per request.
 
 use std::os::fd::RawFd;
 
@@ -70,57 +72,6 @@ fn header(msg: &mut TcMessage, ifindex: u32) -> Result<()> {
     Ok(())
 }
 
-/// Sends one request and collects the answers until the kernel's ack (or
-/// the end of a dump). An error answer becomes `Err` with its errno.
-fn request(msg: RouteNetlinkMessage, flags: u16) -> Result<Vec<TcMessage>> {
-    let mut socket = Socket::new(NETLINK_ROUTE).context("opening a netlink socket")?;
-    socket.bind_auto().context("binding a netlink socket")?;
-    socket
-        .connect(&SocketAddr::new(0, 0))
-        .context("connecting a netlink socket")?;
-    let mut nl = NetlinkMessage::from(msg);
-    nl.header.flags = NLM_F_REQUEST | flags;
-    nl.header.sequence_number = 1;
-    nl.finalize();
-    let mut buf = vec![0; nl.buffer_len()];
-    nl.serialize(&mut buf);
-    socket.send(&buf, 0).context("sending a netlink request")?;
-    let mut out = Vec::new();
-    loop {
-        let (data, _) = socket
-            .recv_from_full()
-            .context("reading a netlink answer")?;
-        let mut off = 0;
-        while off < data.len() {
-            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
-                .context("decoding a netlink answer")?;
-            let len = msg.header.length as usize;
-            match msg.payload {
-                NetlinkPayload::Done(_) => return Ok(out),
-                NetlinkPayload::Error(e) => {
-                    return match e.code {
-                        None => Ok(out),
-                        Some(code) => Err(anyhow::Error::new(std::io::Error::from_raw_os_error(
-                            -code.get(),
-                        ))),
-                    };
-                }
-                NetlinkPayload::InnerMessage(
-                    RouteNetlinkMessage::NewTrafficFilter(m)
-                    | RouteNetlinkMessage::NewQueueDiscipline(m),
-                ) => {
-                    out.push(m);
-                }
-                _ => {}
-            }
-            if len == 0 {
-                bail!("a netlink answer of length 0");
-            }
-            off += len;
-        }
-    }
-}
-
 /// Whether `e` is the errno `code`.
 fn is_errno(e: &anyhow::Error, code: i32) -> bool {
     e.downcast_ref::<std::io::Error>()
@@ -136,18 +87,224 @@ fn is_gone(e: &anyhow::Error) -> bool {
         .any(|c| is_errno(e, *c))
 }
 
-/// The `bpf` filters on `ifindex` in `dir` (empty without a clsact qdisc,
-/// or when the interface is gone).
+/// A netlink socket for TC requests, one at a time. The socket stays in
+/// the network namespace it was opened in whatever its thread does later,
+/// so a `Tc` is held for a run of requests in one namespace, never cached
+/// behind the caller's back.
+pub struct Tc {
+    socket: Socket,
+    seq: u32,
+}
+
+impl Tc {
+    pub fn new() -> Result<Self> {
+        let mut socket = Socket::new(NETLINK_ROUTE).context("opening a netlink socket")?;
+        socket.bind_auto().context("binding a netlink socket")?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .context("connecting a netlink socket")?;
+        Ok(Self { socket, seq: 0 })
+    }
+
+    /// Sends one request and collects the answers until the kernel's ack
+    /// (or the end of a dump). An error answer becomes `Err` with its
+    /// errno. Answers to an earlier request (one that failed halfway
+    /// through reading them) carry another sequence number and are skipped.
+    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<Vec<TcMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut nl = NetlinkMessage::from(msg);
+        nl.header.flags = NLM_F_REQUEST | flags;
+        nl.header.sequence_number = self.seq;
+        nl.finalize();
+        let mut buf = vec![0; nl.buffer_len()];
+        nl.serialize(&mut buf);
+        self.socket
+            .send(&buf, 0)
+            .context("sending a netlink request")?;
+        let mut out = Vec::new();
+        loop {
+            let (data, _) = self
+                .socket
+                .recv_from_full()
+                .context("reading a netlink answer")?;
+            let mut off = 0;
+            while off < data.len() {
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
+                    .context("decoding a netlink answer")?;
+                let len = msg.header.length as usize;
+                if len == 0 {
+                    bail!("a netlink answer of length 0");
+                }
+                off += len;
+                if msg.header.sequence_number != self.seq {
+                    continue;
+                }
+                match msg.payload {
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            None => Ok(out),
+                            Some(code) => Err(anyhow::Error::new(
+                                std::io::Error::from_raw_os_error(-code.get()),
+                            )),
+                        };
+                    }
+                    NetlinkPayload::InnerMessage(
+                        RouteNetlinkMessage::NewTrafficFilter(m)
+                        | RouteNetlinkMessage::NewQueueDiscipline(m),
+                    ) => {
+                        out.push(m);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The `bpf` filters on `ifindex` in `dir` (empty without a clsact
+    /// qdisc, or when the interface is gone).
+    pub fn list(&mut self, ifindex: u32, dir: Dir) -> Result<Vec<Filter>> {
+        let mut msg = TcMessage::default();
+        header(&mut msg, ifindex)?;
+        msg.header.parent = parent(dir);
+        let answers = match self.request(RouteNetlinkMessage::GetTrafficFilter(msg), NLM_F_DUMP) {
+            Ok(a) => a,
+            Err(e) if is_errno(&e, libc::EINVAL) || is_errno(&e, libc::ENODEV) => {
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e).context("listing TC filters"),
+        };
+        Ok(answers.iter().filter_map(parse).collect())
+    }
+
+    /// Adds the clsact qdisc to `ifindex` unless there is one.
+    fn ensure_clsact(&mut self, ifindex: u32) -> Result<()> {
+        match self.request(
+            RouteNetlinkMessage::NewQueueDiscipline(clsact(ifindex)?),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Ok(_) => Ok(()),
+            // A qdisc at ffff: already: clsact, or a classic `ingress` one
+            // (another tool's), whose block would take both directions'
+            // filters, so netpath must not use it.
+            Err(e) if is_errno(&e, libc::EEXIST) => {
+                let kind = self.ingress_qdisc_kind(ifindex)?;
+                if kind.as_deref() == Some("clsact") {
+                    Ok(())
+                } else {
+                    bail!(
+                        "the interface has a {} qdisc where clsact would go",
+                        kind.as_deref().unwrap_or("foreign")
+                    )
+                }
+            }
+            Err(e) => Err(e).context("adding a clsact qdisc"),
+        }
+    }
+
+    /// The kind of the qdisc at `ifindex`'s ingress hook (clsact or a
+    /// classic ingress one), if any: one GET for that qdisc, not a dump of
+    /// every interface's.
+    fn ingress_qdisc_kind(&mut self, ifindex: u32) -> Result<Option<String>> {
+        let mut msg = TcMessage::default();
+        header(&mut msg, ifindex)?;
+        msg.header.parent = TcHandle::INGRESS;
+        // NLM_F_ECHO: some kernels answer a qdisc GET as a notification,
+        // which reaches the asker only when it asks for the echo.
+        let answer = match self.request(
+            RouteNetlinkMessage::GetQueueDiscipline(msg),
+            NLM_F_ACK | NLM_F_ECHO,
+        ) {
+            Ok(a) => a,
+            Err(e) if is_gone(&e) => return Ok(None),
+            Err(e) => return Err(e).context("reading the ingress qdisc"),
+        };
+        Ok(answer.iter().find_map(|q| {
+            q.attributes.iter().find_map(|a| match a {
+                TcAttribute::Kind(k) => Some(k.clone()),
+                _ => None,
+            })
+        }))
+    }
+
+    /// Puts the program `prog_fd` (named `name`) in netpath's filter on
+    /// `ifindex` in `dir`: created, or its program replaced atomically.
+    pub fn put(&mut self, ifindex: u32, dir: Dir, prog_fd: RawFd, name: &str) -> Result<()> {
+        self.ensure_clsact(ifindex)?;
+        let mut msg = ours(ifindex, dir)?;
+        msg.attributes.push(TcAttribute::Options(vec![
+            TcOption::Bpf(TcFilterBpfOption::ProgFd(
+                u32::try_from(prog_fd).context("program fd")?,
+            )),
+            TcOption::Bpf(TcFilterBpfOption::ProgName(name.to_owned())),
+            TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
+        ]));
+        // Without NLM_F_EXCL an existing filter at this handle gets the new
+        // program (cls_bpf swaps it under RCU), so there is no gap.
+        self.request(
+            RouteNetlinkMessage::NewTrafficFilter(msg),
+            NLM_F_ACK | NLM_F_CREATE,
+        )
+        .map(drop)
+        .context("adding a TC filter")
+    }
+
+    /// Removes netpath's filter from `ifindex` in `dir`; `false` when there
+    /// was none (or the interface is gone, which took it along).
+    pub fn remove(&mut self, ifindex: u32, dir: Dir) -> Result<bool> {
+        match self.request(
+            RouteNetlinkMessage::DelTrafficFilter(ours(ifindex, dir)?),
+            NLM_F_ACK,
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if is_gone(&e) => Ok(false),
+            Err(e) => Err(e).context("removing a TC filter"),
+        }
+    }
+
+    /// Removes netpath's filters from `ifindex` in both directions, and the
+    /// clsact qdisc when no filter is left on it (it does nothing empty,
+    /// and the interface is left as netpath found it).
+    pub fn detach(&mut self, ifindex: u32) -> Result<()> {
+        let mut removed = false;
+        for dir in Dir::BOTH {
+            removed |= self.remove(ifindex, dir)?;
+        }
+        if removed
+            && self.list(ifindex, Dir::Ingress)?.is_empty()
+            && self.list(ifindex, Dir::Egress)?.is_empty()
+        {
+            match self.request(
+                RouteNetlinkMessage::DelQueueDiscipline(clsact(ifindex)?),
+                NLM_F_ACK,
+            ) {
+                Ok(_) => {}
+                Err(e) if is_gone(&e) => {}
+                Err(e) => return Err(e).context("removing an empty clsact qdisc"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// [`Tc::list`] on a socket of its own.
 pub fn list(ifindex: u32, dir: Dir) -> Result<Vec<Filter>> {
-    let mut msg = TcMessage::default();
-    header(&mut msg, ifindex)?;
-    msg.header.parent = parent(dir);
-    let answers = match request(RouteNetlinkMessage::GetTrafficFilter(msg), NLM_F_DUMP) {
-        Ok(a) => a,
-        Err(e) if is_errno(&e, libc::EINVAL) || is_errno(&e, libc::ENODEV) => return Ok(Vec::new()),
-        Err(e) => return Err(e).context("listing TC filters"),
-    };
-    Ok(answers.iter().filter_map(parse).collect())
+    Tc::new()?.list(ifindex, dir)
+}
+
+/// [`Tc::put`] on a socket of its own.
+pub fn put(ifindex: u32, dir: Dir, prog_fd: RawFd, name: &str) -> Result<()> {
+    Tc::new()?.put(ifindex, dir, prog_fd, name)
+}
+
+/// [`Tc::remove`] on a socket of its own.
+pub fn remove(ifindex: u32, dir: Dir) -> Result<bool> {
+    Tc::new()?.remove(ifindex, dir)
+}
+
+/// [`Tc::detach`] on a socket of its own.
+pub fn detach(ifindex: u32) -> Result<()> {
+    Tc::new()?.detach(ifindex)
 }
 
 fn parse(m: &TcMessage) -> Option<Filter> {
@@ -190,56 +347,6 @@ fn clsact(ifindex: u32) -> Result<TcMessage> {
     Ok(msg)
 }
 
-/// Adds the clsact qdisc to `ifindex` unless there is one.
-fn ensure_clsact(ifindex: u32) -> Result<()> {
-    match request(
-        RouteNetlinkMessage::NewQueueDiscipline(clsact(ifindex)?),
-        NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-    ) {
-        Ok(_) => Ok(()),
-        // A qdisc at ffff: already: clsact, or a classic `ingress` one
-        // (another tool's), whose block would take both directions'
-        // filters, so netpath must not use it.
-        Err(e) if is_errno(&e, libc::EEXIST) => {
-            let kind = ingress_qdisc_kind(ifindex)?;
-            if kind.as_deref() == Some("clsact") {
-                Ok(())
-            } else {
-                bail!(
-                    "the interface has a {} qdisc where clsact would go",
-                    kind.as_deref().unwrap_or("foreign")
-                )
-            }
-        }
-        Err(e) => Err(e).context("adding a clsact qdisc"),
-    }
-}
-
-/// The kind of the qdisc at `ifindex`'s ingress hook (clsact or a classic
-/// ingress one), if any: one GET for that qdisc, not a dump of every
-/// interface's.
-fn ingress_qdisc_kind(ifindex: u32) -> Result<Option<String>> {
-    let mut msg = TcMessage::default();
-    header(&mut msg, ifindex)?;
-    msg.header.parent = TcHandle::INGRESS;
-    // NLM_F_ECHO: some kernels answer a qdisc GET as a notification, which
-    // reaches the asker only when it asks for the echo.
-    let answer = match request(
-        RouteNetlinkMessage::GetQueueDiscipline(msg),
-        NLM_F_ACK | NLM_F_ECHO,
-    ) {
-        Ok(a) => a,
-        Err(e) if is_gone(&e) => return Ok(None),
-        Err(e) => return Err(e).context("reading the ingress qdisc"),
-    };
-    Ok(answer.iter().find_map(|q| {
-        q.attributes.iter().find_map(|a| match a {
-            TcAttribute::Kind(k) => Some(k.clone()),
-            _ => None,
-        })
-    }))
-}
-
 /// netpath's filter on `ifindex` in `dir`, as a request names it.
 fn ours(ifindex: u32, dir: Dir) -> Result<TcMessage> {
     let mut msg = TcMessage::default();
@@ -249,63 +356,6 @@ fn ours(ifindex: u32, dir: Dir) -> Result<TcMessage> {
     msg.header.info = u32::from(PRIORITY) << 16 | u32::from(ETH_P_ALL_BE);
     msg.attributes.push(TcAttribute::Kind("bpf".into()));
     Ok(msg)
-}
-
-/// Puts the program `prog_fd` (named `name`) in netpath's filter on
-/// `ifindex` in `dir`: created, or its program replaced atomically.
-pub fn put(ifindex: u32, dir: Dir, prog_fd: RawFd, name: &str) -> Result<()> {
-    ensure_clsact(ifindex)?;
-    let mut msg = ours(ifindex, dir)?;
-    msg.attributes.push(TcAttribute::Options(vec![
-        TcOption::Bpf(TcFilterBpfOption::ProgFd(
-            u32::try_from(prog_fd).context("program fd")?,
-        )),
-        TcOption::Bpf(TcFilterBpfOption::ProgName(name.to_owned())),
-        TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
-    ]));
-    // Without NLM_F_EXCL an existing filter at this handle gets the new
-    // program (cls_bpf swaps it under RCU), so there is no gap.
-    request(
-        RouteNetlinkMessage::NewTrafficFilter(msg),
-        NLM_F_ACK | NLM_F_CREATE,
-    )
-    .map(drop)
-    .context("adding a TC filter")
-}
-
-/// Removes netpath's filter from `ifindex` in `dir`; `false` when there was
-/// none (or the interface is gone, which took it along).
-pub fn remove(ifindex: u32, dir: Dir) -> Result<bool> {
-    match request(
-        RouteNetlinkMessage::DelTrafficFilter(ours(ifindex, dir)?),
-        NLM_F_ACK,
-    ) {
-        Ok(_) => Ok(true),
-        Err(e) if is_gone(&e) => Ok(false),
-        Err(e) => Err(e).context("removing a TC filter"),
-    }
-}
-
-/// Removes netpath's filters from `ifindex` in both directions, and the
-/// clsact qdisc when no filter is left on it (it does nothing empty, and
-/// the interface is left as netpath found it).
-pub fn detach(ifindex: u32) -> Result<()> {
-    let mut removed = false;
-    for dir in Dir::BOTH {
-        removed |= remove(ifindex, dir)?;
-    }
-    if removed && list(ifindex, Dir::Ingress)?.is_empty() && list(ifindex, Dir::Egress)?.is_empty()
-    {
-        match request(
-            RouteNetlinkMessage::DelQueueDiscipline(clsact(ifindex)?),
-            NLM_F_ACK,
-        ) {
-            Ok(_) => {}
-            Err(e) if is_gone(&e) => {}
-            Err(e) => return Err(e).context("removing an empty clsact qdisc"),
-        }
-    }
-    Ok(())
 }
 
 /// The interfaces of this network namespace, by index.
@@ -331,11 +381,15 @@ fn ifindexes() -> Vec<u32> {
 /// Removes netpath's filter (one running a `netpath_` program) from every
 /// interface of the namespace, carrying on past errors.
 pub fn remove_everywhere() -> Vec<anyhow::Error> {
+    let mut tc = match Tc::new() {
+        Ok(tc) => tc,
+        Err(e) => return vec![e],
+    };
     let mut errors = Vec::new();
     for ifindex in ifindexes() {
         let mut ours = false;
         for dir in Dir::BOTH {
-            match list(ifindex, dir) {
+            match tc.list(ifindex, dir) {
                 Ok(f) => {
                     ours |= f.iter().any(|f| {
                         f.is_ours() && f.name.as_deref().is_some_and(|n| n.starts_with("netpath_"))
@@ -344,13 +398,12 @@ pub fn remove_everywhere() -> Vec<anyhow::Error> {
                 Err(e) => errors.push(e),
             }
         }
-        if ours && let Err(e) = detach(ifindex) {
+        if ours && let Err(e) = tc.detach(ifindex) {
             errors.push(e);
         }
     }
     errors
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -188,8 +188,12 @@ pub async fn up_many(batch: &[UpArgs]) -> Result<Vec<Result<UpReport>>> {
     let (Some(dp), Some(last)) = (dp.as_mut(), last) else {
         return Ok(out);
     };
+    // The batch's networks are asked about whole (repeating `up` repairs a
+    // network); the others only where something changed.
+    let nets = out.iter().flatten().map(|r| r.net_id).collect();
     let finished = async {
-        let r = reconcile::reconcile(&nl, &state, dp, &last.uplinks).await?;
+        let verify = reconcile::Verify::Changed(nets);
+        let r = reconcile::reconcile(&nl, &state, dp, &last.uplinks, &verify, Some(&view)).await?;
         let hooks = crate::sockhooks::ensure(&state, dp, last.cgroup.as_deref())?;
         anyhow::Ok((r, hooks))
     }

@@ -445,7 +445,6 @@ fn up_replaces_programs_in_place_and_keeps_maps() {
         tcfilter,
     };
     use netpath_common::IfaceRole;
-    use std::os::fd::{AsFd as _, AsRawFd as _};
 
     require_root!();
     // Without the daemon: it would repair the swapped program first (which
@@ -453,16 +452,10 @@ fn up_replaces_programs_in_place_and_keeps_maps() {
     let lab = harness::lab_up_with(Lab::new(NETPATH).unwrap(), &["--no-daemon"]);
     lab.tcp_out(&lab.c1, 8001).unwrap();
     let before = status(&lab.host);
+    swap_c1h_ingress(&lab.host);
     let maps_before = lab
         .host
-        .run(|| {
-            let state = StateDir::current().unwrap();
-            let mut dp = Datapath::load(&state).unwrap();
-            let prog = dp.program(IfaceRole::Port, Dir::Egress).unwrap();
-            let fd = prog.fd().unwrap().as_fd().as_raw_fd();
-            tcfilter::put(c1h_index(), Dir::Ingress, fd, "netpath_port_eg").unwrap();
-            map_ids(&state)
-        })
+        .run(|| map_ids(&StateDir::current().unwrap()))
         .unwrap();
     assert_eq!(
         tc_programs(&lab.host, "c1h", true),
@@ -562,6 +555,27 @@ fn up_replaces_programs_in_place_and_keeps_maps() {
             > iface(&before, "c1h")["ingress"]["packets"].as_u64(),
         "counters survived the upgrade and count on"
     );
+}
+
+/// Puts the port's egress program in c1h's ingress filter, as a foreign
+/// `tc filter replace` would (a filter replaced, none removed: no event
+/// the daemon re-applies for).
+pub(crate) fn swap_c1h_ingress(host: &Netns) {
+    use netpath::{
+        attach::Datapath,
+        state::{Dir, StateDir},
+        tcfilter,
+    };
+    use netpath_common::IfaceRole;
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    host.run(|| {
+        let state = StateDir::current().unwrap();
+        let mut dp = Datapath::load(&state).unwrap();
+        let prog = dp.program(IfaceRole::Port, Dir::Egress).unwrap();
+        let fd = prog.fd().unwrap().as_fd().as_raw_fd();
+        tcfilter::put(c1h_index(), Dir::Ingress, fd, "netpath_port_eg").unwrap();
+    })
+    .unwrap();
 }
 
 fn c1h_index() -> u32 {

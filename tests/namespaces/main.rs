@@ -24,3 +24,4 @@ mod publish;
 mod publish6;
 mod top;
 mod v6only;
+mod verify;

@@ -1,9 +1,10 @@
 //! What the reconcile's tables and roles should hold, decided by pure
 //! functions over plain maps (unit-tested on the host): the uplink choice
 //! in force, the host addresses, the container endpoints, the VLANs, the
-//! MACs no port may borrow, and what a port is bound to.
+//! MACs no port may borrow, and what a port is bound to; and which
+//! interfaces a reconcile asks whether they run this build's programs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use netpath_common::{Endpoint, IfaceInfo, IfaceRole, MacKey, VlanKey, iface_flags};
 
@@ -175,10 +176,72 @@ pub fn port_binding(
     info
 }
 
+/// Which interfaces a reconcile asks the kernel whether they run this
+/// build's programs (a filter dump per interface and direction: with a
+/// hundred networks, most of a `netpath up` was asking about the bridges
+/// and ports of networks it did not touch).
+#[derive(Clone, Debug)]
+pub enum Verify {
+    /// Every interface it manages: a daemon's first and forced re-applies
+    /// (a filter, a qdisc or a link went away; events were lost), the
+    /// commands that change ports and teardown.
+    All,
+    /// Only what can have changed since the last finished reconcile: an
+    /// interface whose record is new or different, the uplinks, and the
+    /// bridges and ports of the networks named here (the ones an `up`
+    /// brings up, so repeating `up` repairs that network). The others keep
+    /// what that reconcile put there; whatever takes a filter or qdisc
+    /// away afterwards makes the daemon re-apply with [`Verify::All`].
+    /// Taken as `All` when no finished reconcile of this build vouches
+    /// for the namespace, or the programs were just loaded.
+    Changed(BTreeSet<u32>),
+}
+
+impl Verify {
+    /// Whether every interface is asked, `vouched` saying whether a
+    /// finished reconcile of this build left the namespace as recorded.
+    pub const fn asks_all(&self, vouched: bool) -> bool {
+        matches!(self, Self::All) || !vouched
+    }
+
+    /// Whether an interface of `role` in network `net_id` is asked about,
+    /// `recorded` saying whether its record was already what it is now.
+    pub fn asks(&self, vouched: bool, recorded: bool, role: IfaceRole, net_id: u32) -> bool {
+        match self {
+            Self::Changed(nets) if vouched => {
+                !recorded || role == IfaceRole::Uplink || nets.contains(&net_id)
+            }
+            _ => true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::tables;
+
+    #[test]
+    fn a_scoped_reconcile_asks_what_changed_the_uplinks_and_its_networks() {
+        let v = Verify::Changed(BTreeSet::from([7]));
+        // Vouched for by a finished reconcile: an unchanged port or bridge
+        // of another network is not asked; a changed record, an uplink
+        // and the named network are.
+        assert!(!v.asks(true, true, IfaceRole::Port, 3));
+        assert!(!v.asks(true, true, IfaceRole::Bridge, 3));
+        assert!(v.asks(true, false, IfaceRole::Port, 3));
+        assert!(v.asks(true, true, IfaceRole::Uplink, 0));
+        assert!(v.asks(true, true, IfaceRole::Port, 7));
+        assert!(v.asks(true, true, IfaceRole::Bridge, 7));
+        assert!(!v.asks_all(true));
+        // Nothing vouched for (a reconcile that did not finish, another
+        // build's, programs just loaded): everything.
+        assert!(v.asks(false, true, IfaceRole::Port, 3));
+        assert!(v.asks_all(false));
+        // All asks everything, vouched or not.
+        assert!(Verify::All.asks(true, true, IfaceRole::Port, 3));
+        assert!(Verify::All.asks_all(true));
+    }
 
     fn info(role: IfaceRole, net_id: u32, addr: [u8; 4], mac: u8, flags: u32) -> IfaceInfo {
         IfaceInfo {
