@@ -69,15 +69,32 @@ fn tcp_echo_server(ns: &Netns, port: u16, stop: Arc<AtomicBool>) -> JoinHandle<R
         }
         Ok(())
     });
-    rx.recv_timeout(Duration::from_secs(3))
-        .expect("TCP server ready");
+    ready(rx, h, "TCP")
+}
+
+/// Waits for a server thread's word that it listens; when it ended
+/// instead, says why (its bind failing, say).
+fn ready(rx: mpsc::Receiver<()>, h: JoinHandle<Result<()>>, what: &str) -> JoinHandle<Result<()>> {
+    if let Err(e) = rx.recv_timeout(Duration::from_secs(3)) {
+        let why = if h.is_finished() {
+            match h.join() {
+                Ok(Err(err)) => format!("{err:#}"),
+                Ok(Ok(())) => "it returned".to_owned(),
+                Err(_) => "it panicked".to_owned(),
+            }
+        } else {
+            "still starting".to_owned()
+        };
+        panic!("{what} server not ready ({e}): {why}");
+    }
     h
 }
 
 fn udp_echo_server(ns: &Netns, port: u16, stop: Arc<AtomicBool>) -> JoinHandle<Result<()>> {
     let (tx, rx) = mpsc::channel();
     let h = ns.spawn(move || {
-        let s = UdpSocket::bind(addr("0.0.0.0", port))?;
+        let s = UdpSocket::bind(addr("0.0.0.0", port))
+            .with_context(|| format!("binding UDP {port}"))?;
         s.set_read_timeout(Some(Duration::from_millis(200)))?;
         let _ = tx.send(());
         let mut buf = [0u8; 256];
@@ -88,9 +105,7 @@ fn udp_echo_server(ns: &Netns, port: u16, stop: Arc<AtomicBool>) -> JoinHandle<R
         }
         Ok(())
     });
-    rx.recv_timeout(Duration::from_secs(3))
-        .expect("UDP server ready");
-    h
+    ready(rx, h, "UDP")
 }
 
 fn tcp_client(
