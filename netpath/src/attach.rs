@@ -398,6 +398,15 @@ impl Datapath {
             .context("no program for this role")
     }
 
+    /// The kernel's ids of the classifiers: a filter running any other
+    /// program is not netpath's.
+    pub fn program_ids(&mut self) -> Result<std::collections::BTreeSet<u32>> {
+        TC_PROGRAMS
+            .iter()
+            .map(|(r, d)| self.program_id(*r, *d))
+            .collect()
+    }
+
     /// The kernel's id of [`Datapath::program`]`(role, dir)`.
     fn program_id(&mut self, role: IfaceRole, dir: Dir) -> Result<u32> {
         let i = Self::tc_index(role, dir)?;

@@ -12,8 +12,8 @@
 
 use std::{
     collections::BTreeSet,
-    fs::{File, OpenOptions},
-    io::{Read as _, Seek as _, Write as _},
+    fs::OpenOptions,
+    io::{Seek as _, Write as _},
     os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Command, Stdio},
@@ -34,10 +34,6 @@ use crate::{
 };
 
 pub use crate::sys::RUN_DIR;
-
-fn pid_path(cookie: u64) -> PathBuf {
-    PathBuf::from(RUN_DIR).join(format!("daemon-{cookie}.pid"))
-}
 
 /// Where `up --metrics` (or `daemon --metrics`) records the metrics
 /// address, so a restarted daemon serves there again.
@@ -108,44 +104,8 @@ pub fn log_path(cookie: u64) -> PathBuf {
 
 pub use crate::attach::build_id;
 
-/// A running daemon, from its pid file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Running {
-    pub pid: i32,
-    pub build: String,
-}
-
-/// Takes the pid file's lock (an flock) if it is free.
-fn try_flock(f: &File) -> Result<bool> {
-    crate::sys::try_lock(f, "the daemon pid file")
-}
-
-/// The daemon of the current namespace, if one runs (its lock is held).
-pub fn running() -> Result<Option<Running>> {
-    let path = pid_path(netns::cookie()?);
-    let Ok(mut f) = File::open(&path) else {
-        return Ok(None);
-    };
-    if try_flock(&f)? {
-        // Nobody holds it: a stale file.
-        return Ok(None);
-    }
-    // A daemon writes its pid right after taking the lock: give it a moment.
-    for _ in 0..100 {
-        let mut s = String::new();
-        f.rewind()?;
-        f.read_to_string(&mut s)?;
-        let mut words = s.split_whitespace();
-        if let (Some(Ok(pid)), Some(build)) = (words.next().map(str::parse), words.next()) {
-            return Ok(Some(Running {
-                pid,
-                build: build.to_owned(),
-            }));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    bail!("{} is locked but holds no pid", path.display())
-}
+pub use crate::watcher::{Running, running};
+use crate::watcher::{pid_path, try_flock};
 
 /// What [`ensure_running`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -385,6 +345,11 @@ pub async fn run(opts: Options) -> Result<()> {
     // address events only theirs matter (every new port's veth gets one,
     // which would only stretch the burst the port's attachment waits for).
     let bridges = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    // The ids of the programs loaded here, as of the last re-apply, and
+    // the interfaces where a filter event put something else in netpath's
+    // place since (asked about by the next re-apply).
+    let ours = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let displaced = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
     let mut nl_events = nl_events
         .filter({
             let bridges = bridges.clone();
@@ -392,9 +357,15 @@ pub async fn run(opts: Options) -> Result<()> {
         })
         .inspect({
             let flag = must_reapply.clone();
+            let (ours, displaced) = (ours.clone(), displaced.clone());
             move |(msg, _)| {
                 if forces_reapply(msg) {
                     flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                if let Some(index) = displacing(msg, &ours)
+                    && let Ok(mut d) = displaced.lock()
+                {
+                    d.insert(index);
                 }
             }
         });
@@ -454,10 +425,19 @@ pub async fn run(opts: Options) -> Result<()> {
         // Taken now, given back when the re-apply does not happen (lock
         // busy, an error), so a removal is never forgotten.
         let forced = must_reapply.swap(false, std::sync::atomic::Ordering::Relaxed);
+        let suspects: BTreeSet<u32> = displaced
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default();
+        let give_back = |suspects: BTreeSet<u32>| {
+            if let Ok(mut d) = displaced.lock() {
+                d.extend(suspects);
+            }
+        };
         // Events a command's own reconcile already covered (its bridge,
         // the ports it attached): nothing to do, and no re-apply holding
         // the lock while the next command waits for it.
-        if started && !forced && already_seen(&nl).await {
+        if started && !forced && suspects.is_empty() && already_seen(&nl).await {
             tracing::debug!("link and address events already covered by the last reconcile");
             dirty = false;
             continue;
@@ -467,7 +447,10 @@ pub async fn run(opts: Options) -> Result<()> {
         // first re-apply, or one after something went away, asks every
         // interface.
         let verify = if started && !forced {
-            reconcile::Verify::Changed(BTreeSet::new())
+            reconcile::Verify::Changed {
+                nets: BTreeSet::new(),
+                ifaces: suspects.clone(),
+            }
         } else {
             reconcile::Verify::All
         };
@@ -479,6 +462,9 @@ pub async fn run(opts: Options) -> Result<()> {
                         .networks()
                         .map(|n| n.values().map(|i| i.bridge_ifindex).collect())
                         .unwrap_or_default();
+                }
+                if let (Some(dp), Ok(mut o)) = (loaded.as_mut(), ours.lock()) {
+                    *o = dp.program_ids().unwrap_or_default();
                 }
                 for c in r.changes.iter().filter(|c| c.changed()) {
                     info!("{}: {}", c.name, c.role.as_str());
@@ -498,10 +484,12 @@ pub async fn run(opts: Options) -> Result<()> {
             // Another command holds the lock: try again on the next tick.
             Ok(None) => {
                 must_reapply.fetch_or(forced, std::sync::atomic::Ordering::Relaxed);
+                give_back(suspects);
             }
             Err(e) => {
                 warn!("re-applying networks failed: {e:#}");
                 must_reapply.fetch_or(forced, std::sync::atomic::Ordering::Relaxed);
+                give_back(suspects);
                 dirty = false;
             }
         }
@@ -533,6 +521,24 @@ fn port_link_local(
     a.header.family == AddressFamily::Inet6
         && a.header.scope == AddressScope::Link
         && bridges.lock().is_ok_and(|b| !b.contains(&a.header.index))
+}
+
+/// The interface of a filter event that puts something other than one of
+/// `ours` (the loaded programs' ids) in netpath's place: a foreign
+/// `tc filter replace` deletes nothing, and links and addresses stay as
+/// they were, so only this event tells.
+fn displacing(
+    msg: &rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+    ours: &std::sync::Mutex<BTreeSet<u32>>,
+) -> Option<u32> {
+    use rtnetlink::{packet_core::NetlinkPayload, packet_route::RouteNetlinkMessage as M};
+    let NetlinkPayload::InnerMessage(M::NewTrafficFilter(m)) = &msg.payload else {
+        return None;
+    };
+    let ours = ours.lock().ok()?;
+    crate::tcfilter::displaces_ours(m, &ours)
+        .then(|| u32::try_from(m.header.index).ok())
+        .flatten()
 }
 
 /// Events after which the digest of links and addresses cannot tell that

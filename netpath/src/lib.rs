@@ -46,6 +46,7 @@ pub mod tcfilter;
 pub mod top;
 pub mod trusted;
 pub mod up;
+pub mod watcher;
 
 /// The kernel programs, built from `netpath-ebpf` by build.rs.
 static EMBEDDED_OBJECT: &[u8] =

@@ -85,8 +85,11 @@ pub async fn reconcile(
     known: Option<&View>,
 ) -> Result<Reconciled> {
     // Only a finished reconcile of this build vouches for the attachments
-    // it left; this one stops vouching until it finishes itself.
-    let vouched = !dp.unverified() && seen_build().as_deref() == Some(attach::build_id().as_str());
+    // it left, and only while a daemon of this build watches them; this
+    // one stops vouching until it finishes itself.
+    let vouched = !dp.unverified()
+        && seen_build().as_deref() == Some(attach::build_id().as_str())
+        && crate::watcher::this_build_watches();
     // Said before the dumps, so a change during this reconcile always
     // differs from what it records at the end.
     forget_seen()?;
@@ -145,7 +148,7 @@ pub async fn reconcile(
                 .insert(ifindex, info, 0)
                 .context("recording an interface")?;
         }
-        let ask = verify.asks(vouched, recorded, role, info.net_id);
+        let ask = verify.asks(vouched, recorded, ifindex, role, info.net_id);
         let mut attach = |dir| {
             if ask {
                 dp.ensure_attached(&mut tc, state, ifindex, &p.name, role, dir)

@@ -287,6 +287,18 @@ impl Tc {
     }
 }
 
+/// Whether a filter event (`RTM_NEWTFILTER`) puts something at netpath's
+/// priority that does not run one of `ours` (the ids of netpath's
+/// programs): another tool replacing netpath's filter (`tc filter
+/// replace`, `tc filter change`) sends no deletion, only this.
+pub fn displaces_ours(m: &TcMessage, ours: &std::collections::BTreeSet<u32>) -> bool {
+    let handle = u32::from(m.header.handle.major) << 16 | u32::from(m.header.handle.minor);
+    if (m.header.info >> 16) as u16 != PRIORITY || handle == 0 {
+        return false;
+    }
+    !matches!(parse(m), Some(f) if f.is_ours() && f.prog_id.is_some_and(|id| ours.contains(&id)))
+}
+
 /// [`Tc::list`] on a socket of its own.
 pub fn list(ifindex: u32, dir: Dir) -> Result<Vec<Filter>> {
     Tc::new()?.list(ifindex, dir)
@@ -430,5 +442,34 @@ mod tests {
         assert!(!parse(&m).expect("a bpf filter").is_ours());
         m.attributes[0] = TcAttribute::Kind("u32".into());
         assert_eq!(parse(&m), None);
+    }
+
+    #[test]
+    fn a_filter_event_displaces_ours_unless_it_runs_our_program() {
+        let ours = std::collections::BTreeSet::from([42, 43]);
+        let event = |prio: u16, handle: u32, id: Option<u32>| {
+            let mut m = TcMessage::default();
+            m.header.info = u32::from(prio) << 16 | u32::from(ETH_P_ALL_BE);
+            m.header.handle = TcHandle::from(handle);
+            m.attributes.push(TcAttribute::Kind("bpf".into()));
+            if let Some(id) = id {
+                m.attributes.push(TcAttribute::Options(vec![TcOption::Bpf(
+                    TcFilterBpfOption::ProgId(id),
+                )]));
+            }
+            m
+        };
+        // netpath's own filter (an attach, a replace by this build).
+        assert!(!displaces_ours(&event(PRIORITY, HANDLE, Some(43)), &ours));
+        // Another program in its place, or classic bytecode (no id).
+        assert!(displaces_ours(&event(PRIORITY, HANDLE, Some(7)), &ours));
+        assert!(displaces_ours(&event(PRIORITY, HANDLE, None), &ours));
+        // Another kind at netpath's priority and handle.
+        let mut u32_filter = event(PRIORITY, HANDLE, None);
+        u32_filter.attributes[0] = TcAttribute::Kind("u32".into());
+        assert!(displaces_ours(&u32_filter, &ours));
+        // Elsewhere: other priorities, a chain head without a handle.
+        assert!(!displaces_ours(&event(2, HANDLE, Some(7)), &ours));
+        assert!(!displaces_ours(&event(PRIORITY, 0, None), &ours));
     }
 }

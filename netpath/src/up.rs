@@ -2,7 +2,7 @@
 //! was applied when a later step fails.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
 };
 
@@ -192,7 +192,10 @@ pub async fn up_many(batch: &[UpArgs]) -> Result<Vec<Result<UpReport>>> {
     // network); the others only where something changed.
     let nets = out.iter().flatten().map(|r| r.net_id).collect();
     let finished = async {
-        let verify = reconcile::Verify::Changed(nets);
+        let verify = reconcile::Verify::Changed {
+            nets,
+            ifaces: BTreeSet::new(),
+        };
         let r = reconcile::reconcile(&nl, &state, dp, &last.uplinks, &verify, Some(&view)).await?;
         let hooks = crate::sockhooks::ensure(&state, dp, last.cgroup.as_deref())?;
         anyhow::Ok((r, hooks))

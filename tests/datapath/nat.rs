@@ -897,6 +897,9 @@ fn the_sweep_pass_expires_flushes_and_counts_in_one_walk() {
             4,
             "live flows per network"
         );
+        // Each counting pass starts every network from zero.
+        conntrack::count(&mut dp).unwrap();
+        assert_eq!(dp.maps.ct_networks.get(&1, 0).unwrap(), 4, "counted afresh");
         // Nothing has timed out yet.
         assert_eq!(conntrack::sweep(&mut dp, None).unwrap().removed_flows, 0);
         std::thread::sleep(std::time::Duration::from_millis(2100));

@@ -560,7 +560,7 @@ fn up_replaces_programs_in_place_and_keeps_maps() {
 /// Puts the port's egress program in c1h's ingress filter, as a foreign
 /// `tc filter replace` would (a filter replaced, none removed: no event
 /// the daemon re-applies for).
-pub(crate) fn swap_c1h_ingress(host: &Netns) {
+fn swap_c1h_ingress(host: &Netns) {
     use netpath::{
         attach::Datapath,
         state::{Dir, StateDir},

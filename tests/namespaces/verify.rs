@@ -1,67 +1,143 @@
 //! Which interfaces a reconcile asks about (`reconcile::Verify`): `up` of
-//! one network leaves the others' filters as the last finished reconcile
-//! put them, repairs its own network, and asks everything again when no
-//! finished reconcile of this build vouches for the namespace.
+//! one network asks its own network and what changed, and leaves the
+//! others to the daemon of its build, which repairs a filter replaced in
+//! netpath's place (no deletion, only a filter event); without a daemon
+//! watching, every `up` asks every interface.
+
+use std::time::{Duration, Instant};
 
 use crate::harness;
 
-use harness::{Lab, lab_up_with, netpath_ok, tc_programs};
+use harness::{Lab, lab_up, lab_up_with, netpath_ok, status, tc_programs};
 
-/// c1h's foreign program swap, checked.
-fn swap_c1h_ingress(lab: &Lab) {
-    crate::foundation::swap_c1h_ingress(&lab.host);
-    assert_eq!(c1h_ingress(lab), "netpath_port_eg", "test setup");
+/// Replaces netpath's ingress filter on c1h with a pass-everything classic
+/// BPF filter at the same priority and handle, as another tool's
+/// `tc filter replace` would: the kernel sends a filter event, no deletion.
+fn replace_c1h_ingress(lab: &Lab) {
+    tc(
+        lab,
+        &[
+            "replace",
+            "dev",
+            "c1h",
+            "ingress",
+            "protocol",
+            "all",
+            "prio",
+            "1",
+            "handle",
+            "0x6e70",
+            "bpf",
+            "bytecode",
+            "1,6 0 0 4294967295,",
+        ],
+    );
+    assert!(!runs_netpath(lab), "test setup: c1h's filter replaced");
 }
 
-fn c1h_ingress(lab: &Lab) -> String {
+/// `tc filter ARGS` in the host namespace, which must succeed.
+fn tc(lab: &Lab, args: &[&str]) {
+    let out = lab
+        .host
+        .command("tc")
+        .arg("filter")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tc filter {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether c1h's ingress runs netpath's port program, and nothing else.
+fn runs_netpath(lab: &Lab) -> bool {
     let progs = tc_programs(&lab.host, "c1h", true);
-    assert_eq!(progs.len(), 1, "{progs:?}");
-    progs[0].1.clone()
+    progs.len() == 1 && progs[0].1 == "netpath_port_in"
 }
 
-fn up(lab: &Lab, bridge: &str, subnet: &str) -> String {
-    netpath_ok(
-        &lab.host,
-        &["up", "--bridge", bridge, "--subnet", subnet, "--no-daemon"],
-    )
+fn up(lab: &Lab, bridge: &str, subnet: &str, extra: &[&str]) -> String {
+    let mut args = vec!["up", "--bridge", bridge, "--subnet", subnet];
+    args.extend_from_slice(extra);
+    netpath_ok(&lab.host, &args)
+}
+
+fn signal(pid: i64, sig: i32) {
+    // SAFETY: signalling the daemon this test's `up` started.
+    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
 }
 
 #[test]
-fn up_asks_its_own_network_and_what_changed_unless_nothing_vouches() {
+fn a_replaced_filter_is_repaired_by_the_daemon_and_other_networks_are_left_to_it() {
     require_root!();
-    let lab = lab_up_with(Lab::new(harness::NETPATH).unwrap(), &["--no-daemon"]);
-    swap_c1h_ingress(&lab);
-    // Another network's `up`: c1h's record did not change, its network is
-    // not the one brought up, so c1h is not asked (and stays swapped); the
-    // new bridge is attached.
-    let out = up(&lab, "br-other", "10.61.0.0/24");
+    let lab = lab_up();
+    // Settled: the daemon's first re-apply is done.
+    std::thread::sleep(Duration::from_millis(500));
+    replace_c1h_ingress(&lab);
+    let t = Instant::now();
+    while !runs_netpath(&lab) {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "the daemon did not put netpath's filter back on c1h: {:?}",
+            tc_programs(&lab.host, "c1h", true)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // With the daemon held (SIGSTOP), another network's `up` leaves c1h
+    // to it: not asked, still replaced. Let go, the daemon repairs it.
+    let pid = status(&lab.host)["daemon"]["pid"]
+        .as_i64()
+        .expect("a daemon runs");
+    signal(pid, libc::SIGSTOP);
+    replace_c1h_ingress(&lab);
+    let out = up(&lab, "br-other", "10.61.0.0/24", &[]);
+    let held = runs_netpath(&lab);
+    signal(pid, libc::SIGCONT);
     assert!(!out.contains("c1h"), "{out}");
     assert!(out.contains("br-other: bridge, ingress attached"), "{out}");
-    assert_eq!(c1h_ingress(&lab), "netpath_port_eg");
-    // The network's own `up` asks its bridge and ports and repairs c1h.
-    let out = up(&lab, Lab::BRIDGE, Lab::SUBNET);
+    assert!(!held, "c1h was asked about by another network's up");
+    let t = Instant::now();
+    while !runs_netpath(&lab) {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "the daemon did not repair c1h after SIGCONT"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The network's own `up` asks its bridge and ports.
+    signal(pid, libc::SIGSTOP);
+    replace_c1h_ingress(&lab);
+    let out = up(&lab, Lab::BRIDGE, Lab::SUBNET, &[]);
+    let repaired = runs_netpath(&lab);
+    signal(pid, libc::SIGCONT);
     assert!(
-        out.contains("c1h: port, ingress replaced by this build, egress unchanged"),
+        out.contains("c1h: port, ingress replaced by this build"),
         "{out}"
     );
-    assert_eq!(c1h_ingress(&lab), "netpath_port_in");
-    // Without the record of a finished reconcile (one that stopped
-    // halfway leaves none), any `up` asks every interface.
-    swap_c1h_ingress(&lab);
-    let seen = lab
-        .host
-        .run(|| netpath::reconcile::seen_path(netpath::netns::cookie().unwrap()))
-        .unwrap();
+    assert!(repaired);
+}
+
+#[test]
+fn without_a_daemon_every_up_asks_every_interface() {
+    require_root!();
+    let lab = lab_up_with(Lab::new(harness::NETPATH).unwrap(), &["--no-daemon"]);
+    replace_c1h_ingress(&lab);
+    let out = up(&lab, "br-other", "10.61.0.0/24", &["--no-daemon"]);
     assert!(
-        seen.exists(),
-        "a finished reconcile's record at {}",
-        seen.display()
-    );
-    std::fs::remove_file(&seen).unwrap();
-    let out = up(&lab, "br-other", "10.61.0.0/24");
-    assert!(
-        out.contains("c1h: port, ingress replaced by this build, egress unchanged"),
+        out.contains("c1h: port, ingress replaced by this build"),
         "{out}"
     );
-    assert_eq!(c1h_ingress(&lab), "netpath_port_in");
+    assert!(runs_netpath(&lab));
+    // A deleted filter too, from the next network's `up`.
+    tc(
+        &lab,
+        &[
+            "del", "dev", "c1h", "ingress", "protocol", "all", "prio", "1", "handle", "0x6e70",
+            "bpf",
+        ],
+    );
+    let out = up(&lab, "br-third", "10.62.0.0/24", &["--no-daemon"]);
+    assert!(out.contains("c1h: port, ingress attached"), "{out}");
+    assert!(runs_netpath(&lab));
 }

@@ -187,14 +187,21 @@ pub enum Verify {
     /// commands that change ports and teardown.
     All,
     /// Only what can have changed since the last finished reconcile: an
-    /// interface whose record is new or different, the uplinks, and the
-    /// bridges and ports of the networks named here (the ones an `up`
-    /// brings up, so repeating `up` repairs that network). The others keep
-    /// what that reconcile put there; whatever takes a filter or qdisc
-    /// away afterwards makes the daemon re-apply with [`Verify::All`].
-    /// Taken as `All` when no finished reconcile of this build vouches
-    /// for the namespace, or the programs were just loaded.
-    Changed(BTreeSet<u32>),
+    /// interface whose record is new or different, the uplinks, the
+    /// bridges and ports of networks `nets` (the ones an `up` brings up, so
+    /// repeating `up` repairs that network) and interfaces `ifaces` (where
+    /// the daemon saw a filter put in netpath's place that does not run
+    /// one of its programs). The others keep what that reconcile put
+    /// there: the daemon of this build watches them, re-applying with
+    /// [`Verify::All`] when a filter, qdisc or link goes away and asking
+    /// about an interface whose filter is replaced. Taken as `All` unless
+    /// a finished reconcile of this build vouches for the namespace and a
+    /// daemon of this build runs (not with `--no-daemon`), and when the
+    /// programs were just loaded.
+    Changed {
+        nets: BTreeSet<u32>,
+        ifaces: BTreeSet<u32>,
+    },
 }
 
 impl Verify {
@@ -204,12 +211,23 @@ impl Verify {
         matches!(self, Self::All) || !vouched
     }
 
-    /// Whether an interface of `role` in network `net_id` is asked about,
-    /// `recorded` saying whether its record was already what it is now.
-    pub fn asks(&self, vouched: bool, recorded: bool, role: IfaceRole, net_id: u32) -> bool {
+    /// Whether interface `ifindex` of `role` in network `net_id` is asked
+    /// about, `recorded` saying whether its record was already what it is
+    /// now.
+    pub fn asks(
+        &self,
+        vouched: bool,
+        recorded: bool,
+        ifindex: u32,
+        role: IfaceRole,
+        net_id: u32,
+    ) -> bool {
         match self {
-            Self::Changed(nets) if vouched => {
-                !recorded || role == IfaceRole::Uplink || nets.contains(&net_id)
+            Self::Changed { nets, ifaces } if vouched => {
+                !recorded
+                    || role == IfaceRole::Uplink
+                    || nets.contains(&net_id)
+                    || ifaces.contains(&ifindex)
             }
             _ => true,
         }
@@ -223,23 +241,28 @@ mod tests {
 
     #[test]
     fn a_scoped_reconcile_asks_what_changed_the_uplinks_and_its_networks() {
-        let v = Verify::Changed(BTreeSet::from([7]));
-        // Vouched for by a finished reconcile: an unchanged port or bridge
-        // of another network is not asked; a changed record, an uplink
-        // and the named network are.
-        assert!(!v.asks(true, true, IfaceRole::Port, 3));
-        assert!(!v.asks(true, true, IfaceRole::Bridge, 3));
-        assert!(v.asks(true, false, IfaceRole::Port, 3));
-        assert!(v.asks(true, true, IfaceRole::Uplink, 0));
-        assert!(v.asks(true, true, IfaceRole::Port, 7));
-        assert!(v.asks(true, true, IfaceRole::Bridge, 7));
+        let v = Verify::Changed {
+            nets: BTreeSet::from([7]),
+            ifaces: BTreeSet::from([40]),
+        };
+        // Vouched for: an unchanged port or bridge of another network is
+        // not asked; a changed record, an uplink, the named network and
+        // the named interface are.
+        assert!(!v.asks(true, true, 30, IfaceRole::Port, 3));
+        assert!(!v.asks(true, true, 31, IfaceRole::Bridge, 3));
+        assert!(v.asks(true, false, 30, IfaceRole::Port, 3));
+        assert!(v.asks(true, true, 2, IfaceRole::Uplink, 0));
+        assert!(v.asks(true, true, 30, IfaceRole::Port, 7));
+        assert!(v.asks(true, true, 31, IfaceRole::Bridge, 7));
+        assert!(v.asks(true, true, 40, IfaceRole::Port, 3));
         assert!(!v.asks_all(true));
         // Nothing vouched for (a reconcile that did not finish, another
-        // build's, programs just loaded): everything.
-        assert!(v.asks(false, true, IfaceRole::Port, 3));
+        // build's, no daemon of this build watching, programs just
+        // loaded): everything.
+        assert!(v.asks(false, true, 30, IfaceRole::Port, 3));
         assert!(v.asks_all(false));
         // All asks everything, vouched or not.
-        assert!(Verify::All.asks(true, true, IfaceRole::Port, 3));
+        assert!(Verify::All.asks(true, true, 30, IfaceRole::Port, 3));
         assert!(Verify::All.asks_all(true));
     }
 
