@@ -2,7 +2,7 @@
 //!
 //! A namespace's first `up` spends nearly all its time in the kernel's
 //! verifier (`BPF_PROG_LOAD`), program after program: 2 to 4 s of CPU
-//! here, most of it the sweeper (898,126 instructions verified for 2,659
+//! here, most of it the sweeper (686,886 instructions verified for 2,677
 //! loaded, the kernel's `verified_insns`) and the container ports' ingress
 //! (707,554 for 7,843), then the uplink's two programs (180,197 and
 //! 151,229). The programs are independent of each other,
