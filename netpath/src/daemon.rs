@@ -425,10 +425,18 @@ pub async fn run(opts: Options) -> Result<()> {
         // Taken now, given back when the re-apply does not happen (lock
         // busy, an error), so a removal is never forgotten.
         let forced = must_reapply.swap(false, std::sync::atomic::Ordering::Relaxed);
-        let suspects: BTreeSet<u32> = displaced
+        let mut suspects: BTreeSet<u32> = displaced
             .lock()
             .map(|mut d| std::mem::take(&mut *d))
             .unwrap_or_default();
+        // Filters another build of netpath put in place (an upgrade's `up`,
+        // which replaces this daemon next) are not this one's to take back.
+        if let Some(other) = reconcile::seen_build().filter(|b| *b != build_id())
+            && !suspects.is_empty()
+        {
+            tracing::debug!("filters put in place by netpath {other}: left to it");
+            suspects.clear();
+        }
         let give_back = |suspects: BTreeSet<u32>| {
             if let Ok(mut d) = displaced.lock() {
                 d.extend(suspects);

@@ -255,7 +255,7 @@ pub fn recorded_seen() -> Option<u64> {
 
 /// The build whose reconcile made the record, if one did and nothing
 /// started another since.
-fn seen_build() -> Option<String> {
+pub fn seen_build() -> Option<String> {
     read_seen().and_then(|(_, b)| b)
 }
 
