@@ -86,8 +86,10 @@ pub async fn reconcile(
 ) -> Result<Reconciled> {
     // Only a finished reconcile of this build vouches for the attachments
     // it left, and only while a daemon of this build watches them; this
-    // one stops vouching until it finishes itself.
-    let vouched = !dp.unverified()
+    // one stops vouching until it finishes itself. Asked only where it
+    // matters (`Verify::All` reads neither record).
+    let vouched = matches!(verify, Verify::Changed { .. })
+        && !dp.unverified()
         && seen_build().as_deref() == Some(attach::build_id().as_str())
         && crate::watcher::this_build_watches();
     // Said before the dumps, so a change during this reconcile always
@@ -215,7 +217,7 @@ pub async fn reconcile(
     )
     .context("recording trusted host interfaces")?;
     for &ifindex in current.keys().filter(|i| !planned.contains_key(i)) {
-        detach_iface(state, &mut dp.maps, ifindex)?;
+        detach_iface(&mut tc, state, &mut dp.maps, ifindex)?;
         out.detached.push(ifindex);
     }
     // Pins of interfaces that are neither planned nor recorded (left by an
@@ -325,10 +327,15 @@ fn record_netns_cookie(maps: &mut Maps) -> Result<()> {
     Ok(())
 }
 
-/// Detaches one interface (its filters and links) and forgets it with its
-/// counters.
-pub fn detach_iface(state: &StateDir, maps: &mut Maps, ifindex: u32) -> Result<()> {
-    tcfilter::detach(ifindex)?;
+/// Detaches one interface (its filters, on `tc`'s socket, and links) and
+/// forgets it with its counters.
+pub fn detach_iface(
+    tc: &mut tcfilter::Tc,
+    state: &StateDir,
+    maps: &mut Maps,
+    ifindex: u32,
+) -> Result<()> {
+    tc.detach(ifindex)?;
     for dir in Dir::BOTH {
         let pin = state.link_pin(ifindex, dir);
         if pin.exists() {
@@ -351,10 +358,15 @@ pub fn teardown_all_links(state: &StateDir, maps: &mut Maps) -> Vec<anyhow::Erro
     if let Ok(pins) = state.pinned_links() {
         ifindexes.extend(pins.into_iter().map(|(i, _, _)| i));
     }
-    for i in ifindexes {
-        if let Err(e) = detach_iface(state, maps, i) {
-            errors.push(e);
+    match tcfilter::Tc::new() {
+        Ok(mut tc) => {
+            for i in ifindexes {
+                if let Err(e) = detach_iface(&mut tc, state, maps, i) {
+                    errors.push(e);
+                }
+            }
         }
+        Err(e) => errors.push(e),
     }
     // Filters on interfaces no record names (left by an interrupted run).
     errors.extend(tcfilter::remove_everywhere());

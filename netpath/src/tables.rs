@@ -35,7 +35,7 @@ pub trait Table<K, V> {
 }
 
 /// Entries asked of the kernel per `BPF_MAP_LOOKUP_BATCH`.
-const BATCH: usize = 1024;
+const BATCH: u32 = 1024;
 
 /// Every entry of `map`, a few system calls per thousand entries
 /// (`BPF_MAP_LOOKUP_BATCH`) where walking it costs two per entry (next
@@ -47,20 +47,20 @@ pub fn dump<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> Result<Ve
     use std::os::fd::AsFd as _;
     let (ks, vs) = (size_of::<K>(), size_of::<V>());
     let fd = map.map().fd().as_fd();
-    let (mut keys, mut values) = (vec![0u8; ks * BATCH], vec![0u8; vs * BATCH]);
+    let room = BATCH as usize;
+    let (mut keys, mut values) = (vec![0u8; ks * room], vec![0u8; vs * room]);
     // Positions are a hash map's bucket index (u32); room for a key too.
     let (mut at, mut next) = (vec![0u8; ks + 8], vec![0u8; ks + 8]);
     let mut out = Vec::new();
     let mut first = true;
     loop {
-        let room = u32::try_from(BATCH).unwrap_or(u32::MAX);
         let r = crate::sys::lookup_batch(
             fd,
             (!first).then_some(at.as_slice()),
             &mut next,
             &mut keys,
             &mut values,
-            room,
+            BATCH,
         );
         let (n, end) = match r {
             Ok(r) => r,
@@ -76,7 +76,7 @@ pub fn dump<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> Result<Ve
             }
             Err(e) => return Err(e).context("reading a pinned map (batch lookup)"),
         };
-        for i in 0..(n as usize).min(BATCH) {
+        for i in 0..(n as usize).min(room) {
             // SAFETY: the buffers hold `BATCH` keys and values of exactly
             // these sizes; `Pod` types take any bytes; the reads are
             // unaligned-safe.

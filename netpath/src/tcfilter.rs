@@ -314,11 +314,6 @@ pub fn remove(ifindex: u32, dir: Dir) -> Result<bool> {
     Tc::new()?.remove(ifindex, dir)
 }
 
-/// [`Tc::detach`] on a socket of its own.
-pub fn detach(ifindex: u32) -> Result<()> {
-    Tc::new()?.detach(ifindex)
-}
-
 fn parse(m: &TcMessage) -> Option<Filter> {
     let mut bpf = false;
     let mut f = Filter {
