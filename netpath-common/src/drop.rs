@@ -145,7 +145,13 @@ impl DropReason {
     }
 
     pub const fn counter_kind(self) -> u16 {
-        crate::counter_kind::DROP_BASE + self as u16
+        Self::counter_kind_of(self as u16)
+    }
+
+    /// [`Self::counter_kind`] of a reason's number (the datapath passes
+    /// it as a number to the global function that counts drops).
+    pub const fn counter_kind_of(reason: u16) -> u16 {
+        crate::counter_kind::DROP_BASE + reason
     }
 }
 

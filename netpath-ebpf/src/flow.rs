@@ -4,7 +4,7 @@
 //! reversed (`ORIGINAL C:c->R:r` leaves as the reverse of `REPLY
 //! R:r->U:n`, i.e. `U:n->R:r`).
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{bindings::__sk_buff, programs::TcContext};
 use netpath_common::{
     counter_kind, counter_scope,
     ct::{CtEntry, CtEntry4, CtKey4, Tuple, ct_dir, ct_flags, proto, tcp_flags},
@@ -15,7 +15,7 @@ use crate::{
     counters::count,
     ct::{Table, ct_keep_partner, ct_lookup, ct_tcp_update, ct_touch, now},
     maps::NP_WORK6,
-    parse::{Ip4, L4},
+    parse::{self, Ip4, L4},
     parse6::{Ip6, Work6},
     publish::count_published,
     publish6::count_published6,
@@ -124,11 +124,52 @@ fn translating(dir: u8, flags: u32, phase: Phase) -> bool {
     }
 }
 
-/// Rewrites a packet of flow entry `e` (keyed `key`) for `phase`: it leaves
-/// as the entry's partner key reversed. Counts what was translated. `Err`:
-/// a stale entry (removed) or a rewrite that failed.
+/// Rewrites a packet (a first fragment or a whole datagram, with its
+/// transport header) of flow entry `e`, which its tuple found, for
+/// `phase`: it leaves as the entry's partner key reversed. Counts what was
+/// translated. `Err`: a stale entry (removed) or a rewrite that failed.
 #[inline(always)]
-pub fn apply4(
+pub fn apply4(ctx: &TcContext, e: *mut CtEntry4, phase: Phase) -> Result<(), ()> {
+    if netpath_apply4(ctx.skb.skb, e, phase as u32) == 0 {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// [`apply4`] as a global function, verified once on its own: inline, it
+/// was walked again for every way its five callers (ports, uplinks, both
+/// directions) reach it, about half of what the port and uplink programs
+/// cost the verifier. The header and the tuple are parsed again here (a
+/// global function takes no pointer with its bounds); the packet is the
+/// caller's, unchanged. 0, or -1 for `Err`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn netpath_apply4(skb: *mut __sk_buff, e: *mut CtEntry4, phase: u32) -> i32 {
+    let ctx = TcContext::new(skb);
+    if e.is_null() {
+        return -1;
+    }
+    let Some(ip) = parse::ipv4(&ctx) else {
+        return -1;
+    };
+    let Ok(l4) = parse::l4(&ctx, &ip) else {
+        return -1;
+    };
+    let key = packet_key(&ip, &l4);
+    let phase = if phase == Phase::Ingress as u32 {
+        Phase::Ingress
+    } else {
+        Phase::Egress
+    };
+    match rewrite4(&ctx, &ip, Some(&l4), &key, e, phase) {
+        Ok(()) => 0,
+        Err(()) => -1,
+    }
+}
+
+#[inline(always)]
+fn rewrite4(
     ctx: &TcContext,
     ip: &Ip4,
     l4: Option<&L4>,

@@ -70,10 +70,10 @@ pub fn source(net: &NetworkInfo, saddr: u32) -> Result<(), DropReason> {
 /// link-local address (the bridge's), another network's gateway, its own
 /// subnet (hairpin, unless ICC is off); another network's containers
 /// never; beyond the host unless the network is internal (the uplink's
-/// egress masquerades or tracks it). A BPF subprogram (its own stack
-/// frame).
-#[inline(never)]
-pub fn destination6(
+/// egress masquerades or tracks it). Verified as the global function
+/// [`netpath_isolate6`].
+#[inline(always)]
+fn destination6(
     net: &NetworkInfo,
     net6: &NetworkInfo6,
     net_id: u32,
@@ -113,6 +113,35 @@ pub fn destination6(
             _ => Err(DropReason::Isolation),
         },
         None => Ok(()),
+    }
+}
+
+/// [`destination6`] as a global function, verified once on its own (inline,
+/// once for every state the port's checks reached it in): 0, or the
+/// number of the `DropReason`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn netpath_isolate6(
+    net: *const NetworkInfo,
+    net6: *const NetworkInfo6,
+    net_id: u32,
+    daddr: *const [u8; 16],
+    dst_mac: *const [u8; 6],
+) -> i32 {
+    // SAFETY: null or the caller's values, valid for the call.
+    let (Some(net), Some(net6), Some(daddr), Some(dst_mac)) = (unsafe {
+        (
+            net.as_ref(),
+            net6.as_ref(),
+            daddr.as_ref(),
+            dst_mac.as_ref(),
+        )
+    }) else {
+        return i32::from(DropReason::Malformed as u16);
+    };
+    match destination6(net, net6, net_id, daddr, dst_mac) {
+        Ok(()) => 0,
+        Err(reason) => i32::from(reason as u16),
     }
 }
 

@@ -2,7 +2,11 @@
 //! by id and by address, managed interfaces, the host's own addresses,
 //! published ports, and the drop helper that counts why.
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{
+    bindings::{__sk_buff, TC_ACT_SHOT},
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
 use netpath_common::{
     DropReason, IfaceInfo, NetworkInfo, PeerKey4, PubKey4, PubVal4, TargetKey4, counter_scope,
     ct6::same_addr,
@@ -183,14 +187,25 @@ pub fn is_target6(addr: &[u8; 16], port_be: u16, proto: u8) -> bool {
 /// the verdict.
 #[inline(always)]
 pub fn drop(ctx: &TcContext, net_id: u32, reason: DropReason) -> i32 {
+    netpath_drop(ctx.skb.skb, net_id, u32::from(reason as u16))
+}
+
+/// [`drop`] as a global function, verified once on its own: a program has
+/// dozens of drops, and inline each one walked the counting and the
+/// monitor's event again, for every state that reached it.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn netpath_drop(skb: *mut __sk_buff, net_id: u32, reason: u32) -> i32 {
+    let ctx = TcContext::new(skb);
     let len = ctx.len();
     // SAFETY: the context pointer is valid for the program's lifetime.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    count(counter_scope::IFACE, ifindex, reason.counter_kind(), len);
+    let ifindex = unsafe { (*skb).ifindex };
+    let kind = DropReason::counter_kind_of(reason as u16);
+    count(counter_scope::IFACE, ifindex, kind, len);
     if net_id != 0 {
-        count(counter_scope::NETWORK, net_id, reason.counter_kind(), len);
+        count(counter_scope::NETWORK, net_id, kind, len);
     }
-    crate::events::drop_event(ctx, net_id, reason as u8);
+    crate::events::drop_event(&ctx, net_id, reason as u8);
     TC_ACT_SHOT
 }
 

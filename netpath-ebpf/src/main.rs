@@ -79,7 +79,10 @@ pub fn netpath_up_in(ctx: TcContext) -> i32 {
     if is_ipv6(&ctx) {
         up_in6(&ctx)
     } else {
-        up_in4(&ctx)
+        match up_in4(&ctx) {
+            uplink::FLOW => uplink::flow4(&ctx),
+            v => v,
+        }
     }
 }
 
@@ -127,11 +130,17 @@ fn up_eg6(ctx: &TcContext) -> i32 {
 pub fn netpath_port_in(ctx: TcContext) -> i32 {
     if is_ipv6(&ctx) {
         match port_in6(&ctx) {
-            port6::FAST => fastpath6::from_port6(&ctx),
+            port6::CHECKS => match port6::checks(&ctx) {
+                port6::FAST => fastpath6::from_port6(&ctx),
+                v => v,
+            },
             v => v,
         }
     } else {
-        port_in4(&ctx)
+        match port_in4(&ctx) {
+            port::POLICY => port::policy4(&ctx),
+            v => v,
+        }
     }
 }
 

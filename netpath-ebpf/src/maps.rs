@@ -215,6 +215,24 @@ pub struct Staged {
 #[map]
 pub static NP_LEARN4: PerCpuArray<Staged> = PerCpuArray::with_max_entries(1, 0);
 
+/// A container's packet that its port's first checks passed, as the
+/// port's ingress hands it to the checks the program's top runs as global
+/// functions (`port::policy4`, `port6::checks`; see `spoof::hand`).
+pub struct Handed {
+    pub iface: IfaceInfo,
+    pub net: NetworkInfo,
+    /// The port.
+    pub ifindex: u32,
+    /// IPv4: the destination the container sent to.
+    pub daddr_be: u32,
+    /// The frame's source MAC.
+    pub mac: [u8; 6],
+}
+
+/// Per-CPU room for [`Handed`]. Not pinned.
+#[map]
+pub static NP_HANDED: PerCpuArray<Handed> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU room for an IPv6 packet's headers and tuples. Not pinned.
 #[map]
 pub static NP_WORK6: PerCpuArray<crate::parse6::Work6> = PerCpuArray::with_max_entries(1, 0);

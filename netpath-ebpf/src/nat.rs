@@ -145,7 +145,7 @@ pub fn egress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
             flags & ct_flags::SNAT != 0 && flags & ct_flags::DNAT == 0 && dir == ct_dir::ORIGINAL;
         if !masquerade_flow || nat_addr == addr {
             first_fragment4(&ip, &l4, e, Phase::Egress);
-            if apply4(ctx, &ip, Some(&l4), &key, e, Phase::Egress).is_ok() {
+            if apply4(ctx, e, Phase::Egress).is_ok() {
                 return TCX_NEXT;
             }
             // A stale entry (removed by the partner check): start over below.
@@ -181,7 +181,7 @@ pub fn egress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
         Ok(e) => {
             count(counter_scope::NETWORK, net_id, counter_kind::NET_CT_NEW, 0);
             first_fragment4(&ip, &l4, e, Phase::Egress);
-            if apply4(ctx, &ip, Some(&l4), &key, e, Phase::Egress).is_err() {
+            if apply4(ctx, e, Phase::Egress).is_err() {
                 return drop(ctx, net_id, DropReason::Malformed);
             }
             TCX_NEXT

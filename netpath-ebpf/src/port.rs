@@ -17,7 +17,10 @@
 //!   interface netpath does not manage is judged like traffic from outside
 //!   (`inbound`); then the source half of published-port flows.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{
+    bindings::{__sk_buff, TC_ACT_SHOT},
+    programs::TcContext,
+};
 use netpath_common::{
     DropReason, IfaceInfo, NetworkInfo, counter_kind, counter_scope,
     ct::{ct_dir, ct_flags},
@@ -39,7 +42,7 @@ use crate::{
     parse::{self, Ip4, L4Kind, eth_p},
     publish::publish4,
     rewrite::Phase,
-    spoof::{self, Sender},
+    spoof::{self, Sender, handed},
 };
 
 /// What a container's packet at its port turned out to be.
@@ -54,8 +57,8 @@ enum PortNat {
     Tracked,
     /// A published port, or an answer from one: allowed.
     Published,
-    /// Dropped with this verdict.
-    Verdict(i32),
+    /// Dropped (and counted).
+    Dropped,
 }
 
 /// A container's packet entering the host at its port.
@@ -92,27 +95,93 @@ pub fn ingress(ctx: &TcContext, ifindex: u32, iface: &IfaceInfo) -> i32 {
         Ok(false) => {}
         Err(v) => return v,
     }
-    let verdict = policy(ctx, &ip, ifindex, net_id, &net);
+    if !spoof::hand(&sender, ip.daddr) {
+        return drop(ctx, net_id, DropReason::Malformed);
+    }
+    POLICY
+}
+
+/// What [`ingress`] returns for a packet whose sender passed (handed over,
+/// `spoof::hand`): the program's top runs [`policy4`]. No verdict has
+/// this value.
+pub const POLICY: i32 = i32::MIN;
+
+/// The flows and the destination policy of a container's IPv4 packet
+/// whose sender passed ([`ingress`] said [`POLICY`]), with what the packet
+/// would teach its port kept if it passes.
+///
+/// Two global functions, each verified once on its own: inline, every way
+/// through the sender's checks was a separate state through the flows,
+/// and every way through the flows one through the policy (the port
+/// program cost the verifier 700,000 instructions). Called from the
+/// program's top: a global function's frame adds to its caller's.
+#[inline(always)]
+pub fn policy4(ctx: &TcContext) -> i32 {
+    let skb = ctx.skb.skb;
+    let nat = netpath_port_flows4(skb);
+    let verdict = if nat < 0 {
+        TC_ACT_SHOT
+    } else {
+        netpath_port_policy4(skb, nat)
+    };
     spoof::finish_staged(verdict);
     verdict
 }
 
-/// The flows and the destination policy of a container's IPv4 packet
-/// whose source passed.
-#[inline(always)]
-fn policy(ctx: &TcContext, ip: &Ip4, ifindex: u32, net_id: u32, net: &NetworkInfo) -> i32 {
-    let untracked = match flows_in(ctx, ip, net_id, net) {
-        PortNat::Published => return fast_out(ctx, net_id, net),
-        PortNat::Verdict(v) => return v,
-        PortNat::None => true,
-        PortNat::Tracked => false,
+/// [`netpath_port_flows4`]'s answers ([`PortNat`]); -1 is a packet
+/// dropped (and counted) there.
+const NAT_NONE: i32 = 0;
+const NAT_TRACKED: i32 = 1;
+const NAT_PUBLISHED: i32 = 2;
+
+/// [`flows_in`] of the packet [`ingress`] handed over.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn netpath_port_flows4(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    let Some(h) = handed() else {
+        return -1;
     };
-    match isolate::destination(net, net_id, ip.daddr) {
+    let net_id = h.iface.net_id;
+    let Some(ip) = parse::ipv4(&ctx) else {
+        drop(&ctx, net_id, DropReason::Malformed);
+        return -1;
+    };
+    match flows_in(&ctx, &ip, net_id, &h.net) {
+        PortNat::None => NAT_NONE,
+        PortNat::Tracked => NAT_TRACKED,
+        PortNat::Published => NAT_PUBLISHED,
+        PortNat::Dropped => -1,
+    }
+}
+
+/// The destination policy of the packet [`ingress`] handed over, once its
+/// flows said `nat` ([`netpath_port_flows4`]).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn netpath_port_policy4(skb: *mut __sk_buff, nat: i32) -> i32 {
+    let ctx = TcContext::new(skb);
+    let Some(h) = handed() else {
+        return TC_ACT_SHOT;
+    };
+    let (net_id, net) = (h.iface.net_id, &h.net);
+    let untracked = match nat {
+        NAT_PUBLISHED => return fast_out(&ctx, net_id, net),
+        NAT_NONE => true,
+        _ => false,
+    };
+    // The destination the container sent to (a tracked flow's rewrite may
+    // have changed the header since).
+    match isolate::destination(net, net_id, h.daddr_be) {
         Ok(Destination::Neighbour) if untracked => {
-            fastpath::to_neighbour4(ctx, ip, ifindex, net_id).unwrap_or(TCX_NEXT)
+            // Untracked: nothing rewrote it.
+            let Some(ip) = parse::ipv4(&ctx) else {
+                return TCX_NEXT;
+            };
+            fastpath::to_neighbour4(&ctx, &ip, h.ifindex, net_id).unwrap_or(TCX_NEXT)
         }
-        Ok(_) => fast_out(ctx, net_id, net),
-        Err(reason) => drop(ctx, net_id, reason),
+        Ok(_) => fast_out(&ctx, net_id, net),
+        Err(reason) => drop(&ctx, net_id, reason),
     }
 }
 
@@ -167,15 +236,19 @@ fn flows_in(ctx: &TcContext, ip: &Ip4, net_id: u32, net: &NetworkInfo) -> PortNa
                     count(counter_scope::NETWORK, id, counter_kind::NET_CT_NEW, 0);
                     e
                 }
-                Some(Err((_, reason))) => return PortNat::Verdict(drop(ctx, net_id, reason)),
+                Some(Err((_, reason))) => {
+                    drop(ctx, net_id, reason);
+                    return PortNat::Dropped;
+                }
             }
         }
     };
     // SAFETY: map value pointer, valid during the program.
     let dnat = unsafe { (*e).flags } & ct_flags::DNAT != 0;
     first_fragment4(ip, &l4, e, Phase::Ingress);
-    if apply4(ctx, ip, Some(&l4), &key, e, Phase::Ingress).is_err() {
-        return PortNat::Verdict(drop(ctx, net_id, DropReason::Malformed));
+    if apply4(ctx, e, Phase::Ingress).is_err() {
+        drop(ctx, net_id, DropReason::Malformed);
+        return PortNat::Dropped;
     }
     if dnat {
         PortNat::Published
@@ -291,7 +364,7 @@ fn flows_out(ctx: &TcContext, ip: &Ip4) -> bool {
     // the remote's own).
     if flags & ct_flags::DNAT != 0 || dir == ct_dir::MID {
         first_fragment4(ip, &l4, e, Phase::Egress);
-        let _ = apply4(ctx, ip, Some(&l4), &key, e, Phase::Egress);
+        let _ = apply4(ctx, e, Phase::Egress);
     }
     true
 }

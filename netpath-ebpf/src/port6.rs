@@ -18,7 +18,10 @@
 //!   an internal network only from its own subnet and link-local
 //!   addresses.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{
+    bindings::{__sk_buff, TC_ACT_SHOT},
+    programs::TcContext,
+};
 use netpath_common::{
     DropReason, IfaceInfo, IfaceRole, NetworkInfo,
     ct::{Tuple, ct_dir, ct_flags},
@@ -39,14 +42,16 @@ use crate::{
     maps::{NP_ENDPOINTS6, NP_NETWORKS6},
     nd,
     parse::{self, L4Kind},
-    parse6::{self, Flow, FromPort, Work6, ip6_off},
+    parse6::{self, Flow, Work6, ip6_off},
     rewrite::{Phase, Side},
-    spoof::Sender,
+    spoof::{Sender, hand, handed},
     spoof6::Sender6,
 };
 
 /// A container's IPv6 frame entering the host at its port (the program
 /// dispatches IPv6 here before the IPv4 path, so each has its own stack).
+///
+/// The rest is [`checks`], which the program's top runs.
 #[inline(always)]
 pub fn ingress(ctx: &TcContext, ifindex: u32, iface: &IfaceInfo) -> i32 {
     let net_id = iface.net_id;
@@ -60,32 +65,158 @@ pub fn ingress(ctx: &TcContext, ifindex: u32, iface: &IfaceInfo) -> i32 {
         net: &net,
         mac,
     };
-    match check_ingress(ctx, &sender) {
-        Ok(()) => FAST,
-        Err(reason) => drop(ctx, net_id, reason),
+    if !hand(&sender, 0) {
+        return drop(ctx, net_id, DropReason::Malformed);
+    }
+    CHECKS
+}
+
+/// What [`ingress`] returns for a frame it handed over (`spoof::hand`):
+/// the program's top runs [`checks`]. No verdict has this value.
+pub const CHECKS: i32 = i32::MIN;
+
+/// What [`checks`] returns for a packet it allowed: the fast path decides
+/// (`fastpath6::from_port6`, from what `Work6::from` says). No verdict has
+/// this value.
+pub const FAST: i32 = i32::MIN + 1;
+
+/// The checks of the frame [`ingress`] handed over, run from the program's
+/// top: two global functions (`netpath_port6_*`), each verified once on
+/// its own. Inline, every way through the source checks was a separate
+/// state through Neighbour Discovery and the policy, and the verifier
+/// walked this path 540,000 instructions deep; a global function's frame
+/// adds to its caller's. A BPF subprogram: its frame is not the program
+/// top's, where IPv4's global functions add theirs.
+#[inline(never)]
+pub fn checks(ctx: &TcContext) -> i32 {
+    let skb = ctx.skb.skb;
+    let checked = netpath_port6_source(skb);
+    if checked < 0 || netpath_port6_destination(skb, checked & RESOLUTION) < 0 {
+        return TC_ACT_SHOT;
+    }
+    let Some(h) = handed() else {
+        return TC_ACT_SHOT;
+    };
+    let net_id = h.iface.net_id;
+    // The packet passes: what it showed is the port's from now on.
+    let sender = Sender::of(h);
+    sender.pin_mac();
+    let Some(w) = work6() else {
+        return drop(ctx, net_id, DropReason::Malformed);
+    };
+    if checked & NEW_SOURCE != 0 {
+        let Some(net6) = NP_NETWORKS6.get_ptr(net_id) else {
+            return drop(ctx, net_id, DropReason::Ipv6);
+        };
+        // SAFETY: a map value, valid for the program's run.
+        let s6 = Sender6 {
+            s: &sender,
+            net6: unsafe { &*net6 },
+        };
+        s6.learn(&w.ip.saddr);
+    }
+    w.from.ifindex = h.ifindex;
+    w.from.net_id = net_id;
+    w.from.bridge = h.net.bridge_ifindex;
+    FAST
+}
+
+/// [`netpath_port6_source`]'s answer: the source is one the port takes
+/// with this packet (recorded once the whole packet passed).
+const NEW_SOURCE: i32 = 1;
+/// [`netpath_port6_source`]'s answer: Neighbour Discovery's address
+/// resolution, which passed its guard.
+const RESOLUTION: i32 = 2;
+
+/// The sender's MAC and source and the Neighbour Discovery guard, with the
+/// packet's header parsed into `Work6::ip`: `NEW_SOURCE | RESOLUTION`
+/// bits, or -1 for a packet dropped (and counted) here.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn netpath_port6_source(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    let Some(h) = handed() else {
+        return -1;
+    };
+    check_source(&ctx, &Sender::of(h))
+}
+
+/// [`netpath_port6_source`]'s checks. Each drop is counted where it is
+/// found: a `Result` of these checks, carried out, was packed into one
+/// register whose bits on the `Ok` side LLVM leaves undefined, and the
+/// verifier refuses to read an undefined register.
+#[inline(always)]
+fn check_source(ctx: &TcContext, sender: &Sender) -> i32 {
+    let net_id = sender.iface.net_id;
+    let fail = |reason| {
+        drop(ctx, net_id, reason);
+        -1
+    };
+    let Some(net6) = NP_NETWORKS6.get_ptr(net_id) else {
+        return fail(DropReason::Ipv6);
+    };
+    if !sender.mac_ok() {
+        return fail(DropReason::SpoofedMac);
+    }
+    let Some(w) = work6() else {
+        return fail(DropReason::Malformed);
+    };
+    if let Err(reason) = parse6::ipv6(ctx, &mut w.ip) {
+        return fail(reason);
+    }
+    // SAFETY: a map value, valid for the program's run.
+    let s6 = Sender6 {
+        s: sender,
+        net6: unsafe { &*net6 },
+    };
+    let new_source = match s6.check_source(&w.ip) {
+        Ok(new) => new,
+        Err(reason) => return fail(reason),
+    };
+    let resolution = match nd::check(ctx, &w.ip, &s6, new_source) {
+        Ok(resolution) => resolution,
+        Err(reason) => return fail(reason),
+    };
+    let mut bits = 0;
+    if new_source {
+        bits |= NEW_SOURCE;
+    }
+    if resolution {
+        bits |= RESOLUTION;
+    }
+    bits
+}
+
+/// The destination policy of a packet whose sender passed
+/// ([`netpath_port6_source`], `resolution` its `RESOLUTION` bit): 0 with
+/// `Work6::from.flow` set, or -1 for a packet dropped (and counted) here.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn netpath_port6_destination(skb: *mut __sk_buff, resolution: i32) -> i32 {
+    let ctx = TcContext::new(skb);
+    let Some(h) = handed() else {
+        return -1;
+    };
+    let net_id = h.iface.net_id;
+    match destination(&ctx, &h.net, net_id, resolution != 0) {
+        Ok(()) => 0,
+        Err(reason) => {
+            drop(&ctx, net_id, reason);
+            -1
+        }
     }
 }
 
-/// What [`ingress`] returns for a packet it allowed: the fast path decides
-/// (`fastpath6::from_port6`, from what `Work6::from` says). No verdict has
-/// this value.
-pub const FAST: i32 = i32::MIN;
-
-/// Whether the packet passes; if it does, what the fast path needs to know
-/// is in `Work6::from`.
 #[inline(always)]
-fn check_ingress(ctx: &TcContext, sender: &Sender) -> Result<(), DropReason> {
-    let net_id = sender.iface.net_id;
+fn destination(
+    ctx: &TcContext,
+    net: &NetworkInfo,
+    net_id: u32,
+    resolution: bool,
+) -> Result<(), DropReason> {
     // SAFETY: a map value, valid for the program's run.
     let net6 = unsafe { &*NP_NETWORKS6.get_ptr(net_id).ok_or(DropReason::Ipv6)? };
-    if !sender.mac_ok() {
-        return Err(DropReason::SpoofedMac);
-    }
     let w = work6().ok_or(DropReason::Malformed)?;
-    parse6::ipv6(ctx, &mut w.ip)?;
-    let s6 = Sender6 { s: sender, net6 };
-    let new_source = s6.check_source(&w.ip)?;
-    let resolution = nd::check(ctx, &w.ip, &s6, new_source)?;
     // A published port's flow was admitted when it was created, whatever
     // the networks (as for IPv4: Docker's DNAT comes before its isolation
     // chains).
@@ -103,23 +234,17 @@ fn check_ingress(ctx: &TcContext, sender: &Sender) -> Result<(), DropReason> {
     let flow = if neighbour {
         Flow::Other
     } else {
-        let flow = published_in(ctx, w, sender.net, net_id, &dst_mac);
+        let flow = published_in(ctx, w, net, net_id, &dst_mac);
         if flow != Flow::Published {
-            isolate::destination6(sender.net, net6, net_id, &w.ip.daddr, &dst_mac)?;
+            let daddr = w.ip.daddr;
+            let code = isolate::netpath_isolate6(net, net6, net_id, &daddr, &dst_mac);
+            if code != 0 {
+                return Err(DropReason::from_u16(code as u16).unwrap_or(DropReason::Malformed));
+            }
         }
         flow
     };
-    // The packet passes: what it showed is the port's from now on.
-    sender.pin_mac();
-    if new_source {
-        s6.learn(&w.ip.saddr);
-    }
-    w.from = FromPort {
-        ifindex: sender.ifindex,
-        net_id,
-        bridge: sender.net.bridge_ifindex,
-        flow,
-    };
+    w.from.flow = flow;
     Ok(())
 }
 

@@ -34,7 +34,11 @@ pub type NewFlow = Result<(*mut CtEntry4, u32), (u32, DropReason)>;
 /// one. A container reaching its own published port is
 /// also source-translated to its gateway (Docker's hairpin MASQUERADE),
 /// which takes two extra `MID` entries for the egress half.
-#[inline(always)]
+///
+/// A BPF subprogram: its frame is not its callers' (the flows of ports
+/// and uplinks), beside which `flow::netpath_apply4` puts its own (a
+/// program's call chain has 512 bytes of stack).
+#[inline(never)]
 pub fn publish4(ctx: &TcContext, key: &CtKey4, tcp_flags: u8) -> Option<NewFlow> {
     if !matches!(key.proto, proto::TCP | proto::UDP | proto::SCTP) {
         return None;

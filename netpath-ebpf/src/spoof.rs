@@ -18,7 +18,7 @@ use netpath_common::{DropReason, Endpoint, IfaceInfo, MacKey, NetworkInfo, iface
 use crate::{
     TCX_NEXT,
     lookup::{drop, same_mac},
-    maps::{NP_ENDPOINTS4, NP_IFACES, NP_LEARN4, NP_MACS},
+    maps::{Handed, NP_ENDPOINTS4, NP_HANDED, NP_IFACES, NP_LEARN4, NP_MACS},
     parse::ETH_HLEN,
 };
 
@@ -113,6 +113,35 @@ pub fn finish_staged(verdict: i32) {
     staged.ifindex = 0;
 }
 
+/// Hands a container's packet that its port's first checks passed to the
+/// checks its program's top runs (this CPU's `NP_HANDED` slot): global
+/// functions, which take no pointer but to plain memory, and whose frames
+/// would add to the port's if it called them. `false`: no slot.
+#[inline(always)]
+pub fn hand(sender: &Sender, daddr_be: u32) -> bool {
+    let Some(slot) = NP_HANDED.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot, used by one program run at a time.
+    unsafe {
+        *slot = Handed {
+            iface: *sender.iface,
+            net: *sender.net,
+            ifindex: sender.ifindex,
+            daddr_be,
+            mac: sender.mac,
+        };
+    }
+    true
+}
+
+/// What [`hand`] left in this program run.
+#[inline(always)]
+pub fn handed() -> Option<&'static Handed> {
+    // SAFETY: this CPU's slot, written by `hand` in this program run.
+    NP_HANDED.get_ptr(0).map(|h| unsafe { &*h })
+}
+
 /// The sender of a frame at a container port.
 pub struct Sender<'a> {
     pub ifindex: u32,
@@ -122,7 +151,18 @@ pub struct Sender<'a> {
     pub mac: [u8; 6],
 }
 
-impl Sender<'_> {
+impl<'a> Sender<'a> {
+    /// The sender [`hand`] handed over.
+    #[inline(always)]
+    pub fn of(h: &'a Handed) -> Self {
+        Sender {
+            ifindex: h.ifindex,
+            iface: &h.iface,
+            net: &h.net,
+            mac: h.mac,
+        }
+    }
+
     #[inline(always)]
     fn bound(&self) -> bool {
         self.iface.flags & (iface_flags::BOUND | iface_flags::LEARNED) != 0

@@ -94,7 +94,7 @@ unsafe extern "C" fn zero_network(id: u64, _ctx: *mut c_void) -> i64 {
 /// One table's walk, adding to the pass's results, and its fill count
 /// brought up to date.
 #[inline(always)]
-fn walk<K: Table>(pass: &mut Pass) {
+fn walk<K: Judged>(pass: &mut Pass) {
     let (entries, removed) = (pass.args.entries, pass.args.removed_entries);
     // SAFETY: the map pointer is the map's definition (relocated by the
     // loader), the callback has the signature the helper expects and the
@@ -125,7 +125,7 @@ fn walk<K: Table>(pass: &mut Pass) {
 /// flow goes whole from its ORIGINAL entry. Counting passes look every
 /// partner up, to count each flow once.
 #[inline(never)]
-unsafe extern "C" fn visit<K: Table>(
+unsafe extern "C" fn visit<K: Judged>(
     _map: *mut c_void,
     key: *mut c_void,
     value: *mut c_void,
@@ -196,7 +196,7 @@ unsafe extern "C" fn visit<K: Table>(
     let partner = partner(key, e);
     if dir == ct_dir::ORIGINAL {
         // SAFETY: a map value pointer, valid while the program runs.
-        judge(pass, key, Some(e), &e.peer, partner.map(|p| unsafe { &*p }));
+        K::judge(pass, key, e, &e.peer, partner.unwrap_or(core::ptr::null()));
         return 0;
     }
     // Judged with its ORIGINAL, unless that one is gone (evicted).
@@ -206,7 +206,7 @@ unsafe extern "C" fn visit<K: Table>(
     {
         return 0;
     }
-    judge(pass, &e.peer, None, key, Some(e));
+    K::judge(pass, &e.peer, core::ptr::null(), key, e);
     0
 }
 
@@ -264,6 +264,81 @@ fn remove<K: Table>(pass: &mut Pass, key: &K) {
     if ct_remove_uncounted(key) {
         pass.args.removed_entries += 1;
     }
+}
+
+/// A table whose flows [`judge`] judges as a global function (one per
+/// table), verified once on its own: inline, the flush filter's every
+/// way through was a separate state through the rest of the callback, and
+/// the sweeper cost the verifier 690,000 instructions.
+trait Judged: Table {
+    /// [`judge`]; `orig` and `reply` may be null (absent).
+    fn judge(
+        pass: &mut Pass,
+        okey: &Self,
+        orig: *const CtEntry<Self>,
+        rkey: &Self,
+        reply: *const CtEntry<Self>,
+    );
+}
+
+/// The [`Judged`] impl of one table, with its global function.
+macro_rules! judged {
+    ($key:ty, $global:ident) => {
+        impl Judged for $key {
+            #[inline(always)]
+            fn judge(
+                pass: &mut Pass,
+                okey: &Self,
+                orig: *const CtEntry<Self>,
+                rkey: &Self,
+                reply: *const CtEntry<Self>,
+            ) {
+                // Copies: a map's key is read-only, a global function's
+                // memory arguments writable.
+                let (okey, rkey) = (*okey, *rkey);
+                $global(pass, &okey, orig, &rkey, reply);
+            }
+        }
+
+        /// [`judge`] of one table's flow (see [`Judged`]).
+        #[unsafe(no_mangle)]
+        #[inline(never)]
+        extern "C" fn $global(
+            pass: *mut Pass,
+            okey: *const $key,
+            orig: *const CtEntry<$key>,
+            rkey: *const $key,
+            reply: *const CtEntry<$key>,
+        ) -> i32 {
+            judge_at(pass, okey, orig, rkey, reply)
+        }
+    };
+}
+
+judged!(CtKey4, netpath_sweep_judge4);
+judged!(CtKey6, netpath_sweep_judge6);
+
+/// [`judge`] from a global function's pointers (each may be null to the
+/// verifier; the callback passes `pass` and both keys).
+#[inline(always)]
+fn judge_at<K: Table>(
+    pass: *mut Pass,
+    okey: *const K,
+    orig: *const CtEntry<K>,
+    rkey: *const K,
+    reply: *const CtEntry<K>,
+) -> i32 {
+    // SAFETY: null or the callback's pass and the walked map's keys and
+    // values, valid for the call.
+    let (Some(pass), Some(okey), Some(rkey)) =
+        (unsafe { (pass.as_mut(), okey.as_ref(), rkey.as_ref()) })
+    else {
+        return 0;
+    };
+    // SAFETY: as above.
+    let (orig, reply) = unsafe { (orig.as_ref(), reply.as_ref()) };
+    judge(pass, okey, orig, rkey, reply);
+    0
 }
 
 /// One flow: its ORIGINAL key and entry (absent when evicted), its REPLY

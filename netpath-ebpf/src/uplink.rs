@@ -7,7 +7,7 @@
 //! published ports, and what the gateway mode lets through straight to a
 //! container. Anything else (the host's own traffic) passes untouched.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{bindings::__sk_buff, programs::TcContext};
 use netpath_common::{DropReason, NetworkInfo, counter_kind, counter_scope};
 
 use crate::{
@@ -21,7 +21,7 @@ use crate::{
     icmp::icmp_error4,
     inbound,
     lookup::{drop, is_peer, network, network_of},
-    parse::{self, L4Kind},
+    parse::{self, Ip4, L4, L4Kind},
     publish::publish4,
     rewrite::Phase,
 };
@@ -81,12 +81,9 @@ pub fn ingress(ctx: &TcContext, ifindex: u32) -> i32 {
             }
         }
     };
-    let (l4, key, found) = match l4 {
-        Some(l4) if l4.kind != L4Kind::IcmpError => {
-            let key = packet_key(&ip, &l4);
-            let found = ct_lookup(&key);
-            (l4, key, found)
-        }
+    match l4 {
+        // The rest is `flow4`'s, which the program's top runs.
+        Some(l4) if l4.kind != L4Kind::IcmpError => FLOW,
         l4 => {
             if let Err(v) = guard::local_source(ctx, ip.saddr) {
                 return v;
@@ -96,14 +93,52 @@ pub fn ingress(ctx: &TcContext, ifindex: u32) -> i32 {
                 None => later_fragment4(ctx, &ip, Phase::Ingress).is_some(),
                 Some(_) => icmp_error4(ctx, &ip, Phase::Ingress).is_some(),
             };
-            return if placed {
+            if placed {
                 TCX_NEXT
             } else {
                 untracked(ctx, direct)
-            };
+            }
         }
+    }
+}
+
+/// What [`ingress`] returns for a packet with a tuple of its own (not a
+/// later fragment, not an ICMP error) that passed the sanity checks: the
+/// program's top runs [`flow4`]. No verdict has this value.
+pub const FLOW: i32 = i32::MIN;
+
+/// The flows of a packet [`ingress`] said [`FLOW`] of: the destination
+/// half of every flow, new flows to published ports and what the gateway
+/// mode lets through straight to a container. A global function
+/// ([`netpath_uplink_flow4`]), verified once on its own, run from the
+/// program's top: its frame and the rewrite's (`flow::netpath_apply4`)
+/// add up beside nothing else.
+#[inline(always)]
+pub fn flow4(ctx: &TcContext) -> i32 {
+    netpath_uplink_flow4(ctx.skb.skb)
+}
+
+/// [`flow4`], with the header and tuple parsed again (a global function
+/// takes no pointer with its bounds; the packet is as `ingress` saw it).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn netpath_uplink_flow4(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    let Some(ip) = parse::ipv4(&ctx) else {
+        return drop(&ctx, 0, DropReason::Malformed);
     };
-    let e = match found {
+    let Ok(l4) = parse::l4(&ctx, &ip) else {
+        return drop(&ctx, 0, DropReason::Malformed);
+    };
+    flow(&ctx, &ip, &l4)
+}
+
+#[inline(always)]
+fn flow(ctx: &TcContext, ip: &Ip4, l4: &L4) -> i32 {
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let key = packet_key(ip, l4);
+    let e = match ct_lookup(&key) {
         Some(e) => e,
         None => {
             if let Err(v) = guard::local_source(ctx, ip.saddr) {
@@ -114,7 +149,7 @@ pub fn ingress(ctx: &TcContext, ifindex: u32) -> i32 {
                 (Some(r), _) => r,
                 // The host's own traffic.
                 (None, None) => return TCX_NEXT,
-                (None, Some((id, net))) => inbound::direct4(&ip, &l4, id, &net, ifindex)
+                (None, Some((id, net))) => inbound::direct4(ip, l4, id, &net, ifindex)
                     .map(|e| (e, id))
                     .map_err(|r| (id, r)),
             };
@@ -127,8 +162,8 @@ pub fn ingress(ctx: &TcContext, ifindex: u32) -> i32 {
             }
         }
     };
-    first_fragment4(&ip, &l4, e, Phase::Ingress);
-    if apply4(ctx, &ip, Some(&l4), &key, e, Phase::Ingress).is_err() {
+    first_fragment4(ip, l4, e, Phase::Ingress);
+    if apply4(ctx, e, Phase::Ingress).is_err() {
         // A stale entry (removed): what is left is a packet without a flow.
         return untracked(ctx, direct_to(ip.daddr));
     }
@@ -139,5 +174,5 @@ pub fn ingress(ctx: &TcContext, ifindex: u32) -> i32 {
     if is_peer(net_id, ip.saddr) {
         return TCX_NEXT;
     }
-    fastpath::to_container4(ctx, &ip, to.daddr_be).unwrap_or(TCX_NEXT)
+    fastpath::to_container4(ctx, ip, to.daddr_be).unwrap_or(TCX_NEXT)
 }
