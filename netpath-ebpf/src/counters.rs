@@ -7,11 +7,20 @@ use crate::maps::NP_COUNTERS;
 
 /// Adds one packet of `bytes` to the counter `(scope, id, kind)`, creating it
 /// on first use. A full counter map loses the update; it never drops traffic.
-// A BPF function of its own, not inlined: called from dozens of places, its
-// key and zero value would otherwise take stack slots at each.
-#[inline(never)]
+// A global BPF function, not inlined: called from dozens of places, its
+// key and zero value would otherwise take stack slots at each, and the
+// verifier checks it once, not again at every call in every state.
+#[inline(always)]
 pub fn count(scope: u16, id: u32, kind: u16, bytes: u32) {
-    add(scope, id, kind, 1, bytes);
+    netpath_count(u32::from(scope), id, u32::from(kind), bytes);
+}
+
+/// [`count`] as a global function (its arguments widened to 32 bits).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn netpath_count(scope: u32, id: u32, kind: u32, bytes: u32) -> i32 {
+    add(scope as u16, id, kind as u16, 1, bytes);
+    0
 }
 
 /// Adds `packets` packets of `bytes` in all (a sweep pass's removals, once
