@@ -27,7 +27,7 @@ use netpath_common::{
     ct::{Tuple, ct_dir, ct_flags},
     ct6::CtEntry6,
     net_flags,
-    v6::{Addr6Key, is_link_local},
+    v6::{Addr6Key, NetworkInfo6, is_link_local},
 };
 
 use crate::{
@@ -89,15 +89,20 @@ pub const FAST: i32 = i32::MIN + 1;
 /// top's, where IPv4's global functions add theirs.
 #[inline(never)]
 pub fn checks(ctx: &TcContext) -> i32 {
-    let skb = ctx.skb.skb;
-    let checked = netpath_port6_source(skb);
-    if checked < 0 || netpath_port6_destination(skb, checked & RESOLUTION) < 0 {
-        return TC_ACT_SHOT;
-    }
     let Some(h) = handed() else {
         return TC_ACT_SHOT;
     };
     let net_id = h.iface.net_id;
+    // The network's IPv6 record, looked up once for both checks and the
+    // learning (a global function takes it as plain memory).
+    let Some(net6) = NP_NETWORKS6.get_ptr(net_id) else {
+        return drop(ctx, net_id, DropReason::Ipv6);
+    };
+    let skb = ctx.skb.skb;
+    let checked = netpath_port6_source(skb, net6);
+    if checked < 0 || netpath_port6_destination(skb, net6, checked & RESOLUTION) < 0 {
+        return TC_ACT_SHOT;
+    }
     // The packet passes: what it showed is the port's from now on.
     let sender = Sender::of(h);
     sender.pin_mac();
@@ -105,9 +110,6 @@ pub fn checks(ctx: &TcContext) -> i32 {
         return drop(ctx, net_id, DropReason::Malformed);
     };
     if checked & NEW_SOURCE != 0 {
-        let Some(net6) = NP_NETWORKS6.get_ptr(net_id) else {
-            return drop(ctx, net_id, DropReason::Ipv6);
-        };
         // SAFETY: a map value, valid for the program's run.
         let s6 = Sender6 {
             s: &sender,
@@ -129,16 +131,22 @@ const NEW_SOURCE: i32 = 1;
 const RESOLUTION: i32 = 2;
 
 /// The sender's MAC and source and the Neighbour Discovery guard, with the
-/// packet's header parsed into `Work6::ip`: `NEW_SOURCE | RESOLUTION`
-/// bits, or -1 for a packet dropped (and counted) here.
+/// packet's header parsed into `Work6::ip` (`net6`: the network's IPv6
+/// record, which the caller looked up): `NEW_SOURCE | RESOLUTION` bits,
+/// or -1 for a packet dropped (and counted) here.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn netpath_port6_source(skb: *mut __sk_buff) -> i32 {
+pub extern "C" fn netpath_port6_source(skb: *mut __sk_buff, net6: *const NetworkInfo6) -> i32 {
     let ctx = TcContext::new(skb);
     let Some(h) = handed() else {
         return -1;
     };
-    check_source(&ctx, &Sender::of(h))
+    // SAFETY: null or the caller's map value, valid for the call.
+    let Some(net6) = (unsafe { net6.as_ref() }) else {
+        drop(&ctx, h.iface.net_id, DropReason::Ipv6);
+        return -1;
+    };
+    check_source(&ctx, &Sender::of(h), net6)
 }
 
 /// [`netpath_port6_source`]'s checks. Each drop is counted where it is
@@ -146,14 +154,11 @@ pub extern "C" fn netpath_port6_source(skb: *mut __sk_buff) -> i32 {
 /// register whose bits on the `Ok` side LLVM leaves undefined, and the
 /// verifier refuses to read an undefined register.
 #[inline(always)]
-fn check_source(ctx: &TcContext, sender: &Sender) -> i32 {
+fn check_source(ctx: &TcContext, sender: &Sender, net6: &NetworkInfo6) -> i32 {
     let net_id = sender.iface.net_id;
     let fail = |reason| {
         drop(ctx, net_id, reason);
         -1
-    };
-    let Some(net6) = NP_NETWORKS6.get_ptr(net_id) else {
-        return fail(DropReason::Ipv6);
     };
     if !sender.mac_ok() {
         return fail(DropReason::SpoofedMac);
@@ -164,11 +169,7 @@ fn check_source(ctx: &TcContext, sender: &Sender) -> i32 {
     if let Err(reason) = parse6::ipv6(ctx, &mut w.ip) {
         return fail(reason);
     }
-    // SAFETY: a map value, valid for the program's run.
-    let s6 = Sender6 {
-        s: sender,
-        net6: unsafe { &*net6 },
-    };
+    let s6 = Sender6 { s: sender, net6 };
     let new_source = match s6.check_source(&w.ip) {
         Ok(new) => new,
         Err(reason) => return fail(reason),
@@ -192,13 +193,22 @@ fn check_source(ctx: &TcContext, sender: &Sender) -> i32 {
 /// `Work6::from.flow` set, or -1 for a packet dropped (and counted) here.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn netpath_port6_destination(skb: *mut __sk_buff, resolution: i32) -> i32 {
+pub extern "C" fn netpath_port6_destination(
+    skb: *mut __sk_buff,
+    net6: *const NetworkInfo6,
+    resolution: i32,
+) -> i32 {
     let ctx = TcContext::new(skb);
     let Some(h) = handed() else {
         return -1;
     };
     let net_id = h.iface.net_id;
-    match destination(&ctx, &h.net, net_id, resolution != 0) {
+    // SAFETY: null or the caller's map value, valid for the call.
+    let Some(net6) = (unsafe { net6.as_ref() }) else {
+        drop(&ctx, net_id, DropReason::Ipv6);
+        return -1;
+    };
+    match destination(&ctx, &h.net, net6, net_id, resolution != 0) {
         Ok(()) => 0,
         Err(reason) => {
             drop(&ctx, net_id, reason);
@@ -211,11 +221,10 @@ pub extern "C" fn netpath_port6_destination(skb: *mut __sk_buff, resolution: i32
 fn destination(
     ctx: &TcContext,
     net: &NetworkInfo,
+    net6: &NetworkInfo6,
     net_id: u32,
     resolution: bool,
 ) -> Result<(), DropReason> {
-    // SAFETY: a map value, valid for the program's run.
-    let net6 = unsafe { &*NP_NETWORKS6.get_ptr(net_id).ok_or(DropReason::Ipv6)? };
     let w = work6().ok_or(DropReason::Malformed)?;
     // A published port's flow was admitted when it was created, whatever
     // the networks (as for IPv4: Docker's DNAT comes before its isolation
