@@ -146,7 +146,7 @@ fn flow(ctx: &TcContext, w: &mut Work6, net_id: u32, e: &mut *mut CtEntry6) -> i
             if flags.is_none_or(|f| f & net_flags::INTERNAL != 0) {
                 return TCX_NEXT;
             }
-            match publish6(w, true) {
+            match publish6(ctx, w, true) {
                 None => return TCX_NEXT,
                 Some(Ok((created, _))) => created,
                 Some(Err((_, r))) => return drop(ctx, net_id, r),

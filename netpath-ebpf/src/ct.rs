@@ -9,7 +9,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_CURRENT_NETNS, BPF_NOEXIST, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1,
+        __sk_buff, BPF_F_CURRENT_NETNS, BPF_NOEXIST, bpf_sock_tuple,
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
     },
     helpers::{
@@ -31,7 +31,10 @@ use netpath_common::{
 use crate::{
     counters::count,
     lookup::{published, published6},
-    maps::{NP_CONFIG, NP_CT_FILL, NP_CT_SCRATCH, NP_CT4, NP_CT6, NP_CT6_FILL, NP_CT6_SCRATCH},
+    maps::{
+        NP_CONFIG, NP_CT_FILL, NP_CT_SCRATCH, NP_CT4, NP_CT6, NP_CT6_FILL, NP_CT6_SCRATCH,
+        NP_SOCK_TUPLE,
+    },
 };
 
 /// What a conntrack key's family brings: its table, the table's fill
@@ -47,6 +50,9 @@ pub trait Table: Tuple + 'static {
     fn held_by_host(skb: *mut c_void, reply: &Self) -> bool;
     /// Tells `netpath monitor` about a new flow.
     fn flow_event(orig: &Self, reply: &Self, net_id: u32);
+    /// This table's global function for [`ct_create`] (`new`: the
+    /// translated tuple).
+    fn create_global(skb: *mut __sk_buff, orig: &Self, new: &Self, ids: u64, meta: u32) -> i32;
 }
 
 impl Table for CtKey4 {
@@ -71,6 +77,10 @@ impl Table for CtKey4 {
     fn flow_event(orig: &Self, reply: &Self, net_id: u32) {
         crate::events::flow_event(orig, reply, net_id);
     }
+    #[inline(always)]
+    fn create_global(skb: *mut __sk_buff, orig: &Self, new: &Self, ids: u64, meta: u32) -> i32 {
+        netpath_ct_create4(skb, orig, new, ids, meta)
+    }
 }
 
 impl Table for CtKey6 {
@@ -93,6 +103,10 @@ impl Table for CtKey6 {
     #[inline(always)]
     fn flow_event(orig: &Self, reply: &Self, net_id: u32) {
         crate::events::flow_event6(orig, reply, net_id);
+    }
+    #[inline(always)]
+    fn create_global(skb: *mut __sk_buff, orig: &Self, new: &Self, ids: u64, meta: u32) -> i32 {
+        netpath_ct_create6(skb, orig, new, ids, meta)
     }
 }
 
@@ -342,42 +356,47 @@ pub fn ct_keep_partner<K: Table>(key: &K, e: *mut CtEntry<K>) -> bool {
 /// Whether a socket of the host would take a packet with IPv4 tuple
 /// `reply` (a TCP connection, time-wait or listener; a bound UDP socket):
 /// then the tuple is the host's, and a translated flow must not claim it.
-// A BPF function of its own: the tuple gets its own stack frame.
+/// The tuple is built in per-CPU scratch (`NP_SOCK_TUPLE`), not on the
+/// stack: this is the deepest call of a flow's creation, under the
+/// creation's global function, whose frames all count against one stack.
 #[inline(never)]
 fn host_socket4(skb: *mut c_void, reply: &CtKey4) -> bool {
-    // Only the IPv4 part is set (and read: `size`); zeroing the rest would
-    // cost a byte loop the verifier walks at every call.
-    let mut t = bpf_sock_tuple {
-        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
-            ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
-                saddr: reply.saddr_be,
-                daddr: reply.daddr_be,
-                sport: reply.sport_be,
-                dport: reply.dport_be,
-            },
-        },
+    let Some(t) = NP_SOCK_TUPLE.get_ptr_mut(0) else {
+        return false;
     };
+    // SAFETY: this CPU's slot, used by nothing else while the program
+    // runs. Only the IPv4 part is set (and read: `size`).
+    unsafe {
+        (*t).__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+            saddr: reply.saddr_be,
+            daddr: reply.daddr_be,
+            sport: reply.sport_be,
+            dport: reply.dport_be,
+        };
+    }
     // sizeof(bpf_sock_tuple.ipv4)
-    host_socket(skb, &raw mut t, 12, reply.proto)
+    host_socket(skb, t, 12, reply.proto)
 }
 
 /// [`host_socket4`] for an IPv6 tuple.
 #[inline(never)]
 fn host_socket6(skb: *mut c_void, reply: &CtKey6) -> bool {
+    let Some(t) = NP_SOCK_TUPLE.get_ptr_mut(0) else {
+        return false;
+    };
     // SAFETY: 16 bytes as four words in the same (wire) order.
     let words = |a: [u8; 16]| unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(a) };
-    let mut t = bpf_sock_tuple {
-        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
-            ipv6: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
-                saddr: words(reply.saddr),
-                daddr: words(reply.daddr),
-                sport: reply.sport_be,
-                dport: reply.dport_be,
-            },
-        },
-    };
+    // SAFETY: as in `host_socket4`.
+    unsafe {
+        (*t).__bindgen_anon_1.ipv6 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+            saddr: words(reply.saddr),
+            daddr: words(reply.daddr),
+            sport: reply.sport_be,
+            dport: reply.dport_be,
+        };
+    }
     // sizeof(bpf_sock_tuple.ipv6)
-    host_socket(skb, &raw mut t, 36, reply.proto)
+    host_socket(skb, t, 36, reply.proto)
 }
 
 #[inline(always)]
@@ -408,8 +427,96 @@ fn host_socket(skb: *mut c_void, t: *mut bpf_sock_tuple, size: u32, proto_nr: u8
 /// tuples a host socket holds. Then the ORIGINAL entry is inserted; when
 /// another CPU created the same flow meanwhile, the REPLY entry is removed
 /// again and the winner's flow is used.
+///
+/// Verified once per table as a global function ([`netpath_ct_create4`],
+/// [`netpath_ct_create6`]): inline, the verifier walked the creation again
+/// for every way each caller (masquerade, publishing, inbound flows, both
+/// families) reached it, a third of the uplink's programs. The flow is
+/// then looked up by `orig` (a global function returns a number only).
 #[inline(always)]
 pub fn ct_create<K: Table>(
+    ctx: &TcContext,
+    orig: &K,
+    translated: &K,
+    vary: bool,
+    flags: u32,
+    net_id: u32,
+    tcp_flags: u8,
+) -> Result<*mut CtEntry<K>, DropReason> {
+    let ids = u64::from(flags) << 32 | u64::from(net_id);
+    let meta = u32::from(tcp_flags) | u32::from(vary) << 8;
+    // Read back through the stack: LLVM knows the body's codes are valid
+    // and would drop `from_u16`'s bounds check, which the verifier (for
+    // which a global function returns any number) needs.
+    let code = K::create_global(ctx.skb.skb, orig, translated, ids, meta);
+    // SAFETY: a local, read once.
+    match unsafe { core::ptr::read_volatile(&raw const code) } {
+        0 => {
+            let e = ct_lookup(orig).ok_or(DropReason::CtInsertFailed)?;
+            // Told here, not in the global function: the event's frame
+            // would sit on top of the creation's, the deepest of the
+            // programs' call chains.
+            // The tuple the flow leaves with is its REPLY key reversed
+            // (the source port may have been varied from `translated`'s).
+            // SAFETY: a pointer to the entry just found, valid for this program.
+            K::flow_event(orig, unsafe { &(*e).peer }, net_id);
+            Ok(e)
+        }
+        code => Err(DropReason::from_u16(code as u16).unwrap_or(DropReason::CtInsertFailed)),
+    }
+}
+
+/// [`ct_create`] for IPv4 flows: 0, or the number of the `DropReason`.
+/// `ids`: the flags above the network id; `meta`: the TCP flags, and bit 8
+/// set when the source port may vary.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn netpath_ct_create4(
+    skb: *mut __sk_buff,
+    orig: *const CtKey4,
+    translated: *const CtKey4,
+    ids: u64,
+    meta: u32,
+) -> i32 {
+    create_numbered(skb, orig, translated, ids, meta)
+}
+
+/// [`ct_create`] for IPv6 flows, as [`netpath_ct_create4`].
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn netpath_ct_create6(
+    skb: *mut __sk_buff,
+    orig: *const CtKey6,
+    translated: *const CtKey6,
+    ids: u64,
+    meta: u32,
+) -> i32 {
+    create_numbered(skb, orig, translated, ids, meta)
+}
+
+#[inline(always)]
+fn create_numbered<K: Table>(
+    skb: *mut __sk_buff,
+    orig: *const K,
+    translated: *const K,
+    ids: u64,
+    meta: u32,
+) -> i32 {
+    // SAFETY: null or the caller's keys, valid for the call.
+    let (Some(orig), Some(translated)) = (unsafe { (orig.as_ref(), translated.as_ref()) }) else {
+        return i32::from(DropReason::CtInsertFailed as u16);
+    };
+    let ctx = TcContext::new(skb);
+    let vary = (meta & 1 << 8 != 0).then_some(&ctx);
+    let (flags, net_id) = ((ids >> 32) as u32, ids as u32);
+    match create_flow(orig, translated, vary, flags, net_id, meta as u8) {
+        Ok(_) => 0,
+        Err(reason) => i32::from(reason as u16),
+    }
+}
+
+#[inline(always)]
+fn create_flow<K: Table>(
     orig: &K,
     translated: &K,
     vary: Option<&TcContext>,
@@ -425,12 +532,8 @@ pub fn ct_create<K: Table>(
         return Err(DropReason::ConntrackFull);
     }
     let r = create(orig, translated, vary, flags, net_id, now());
-    match r {
-        // The tuple the flow leaves with is its REPLY key reversed (the
-        // source port may have been varied from `translated`'s).
-        // SAFETY: a pointer to the entry just inserted, valid for this program.
-        Ok(e) => K::flow_event(orig, unsafe { &(*e).peer }, net_id),
-        Err(_) => count_ct(counter_kind::CT_INSERT_FAILED),
+    if r.is_err() {
+        count_ct(counter_kind::CT_INSERT_FAILED);
     }
     r
 }

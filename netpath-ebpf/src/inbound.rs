@@ -15,6 +15,7 @@
 //! the pod CIDRs of other nodes) reach its containers at their own
 //! addresses; internal networks take nothing from outside in any mode.
 
+use aya_ebpf::programs::TcContext;
 use netpath_common::{
     DropReason, GatewayMode, NetworkInfo, TrustedKey,
     ct::{CtEntry4, ct_flags, proto},
@@ -59,6 +60,7 @@ fn to_published_port(ip: &Ip4, l4: &L4) -> bool {
 /// starts, or why it is dropped.
 #[inline(always)]
 pub fn direct4(
+    ctx: &TcContext,
     ip: &Ip4,
     l4: &L4,
     net_id: u32,
@@ -101,7 +103,15 @@ pub fn direct4(
         v6: false,
     })?;
     let key = packet_key(ip, l4);
-    ct_create(&key, &key, None, ct_flags::INBOUND, net_id, l4.tcp_flags)
+    ct_create(
+        ctx,
+        &key,
+        &key,
+        false,
+        ct_flags::INBOUND,
+        net_id,
+        l4.tcp_flags,
+    )
 }
 
 /// [`direct4`] for IPv6, where peers name IPv4 only and the filter rules
@@ -109,7 +119,12 @@ pub fn direct4(
 /// `routed` new flows to published container ports and echo requests,
 /// `nat` nothing; each tracked as an `INBOUND` flow.
 #[inline(always)]
-pub fn direct6(w: &Work6, net_id: u32, net: &NetworkInfo) -> Result<*mut CtEntry6, DropReason> {
+pub fn direct6(
+    ctx: &TcContext,
+    w: &Work6,
+    net_id: u32,
+    net: &NetworkInfo,
+) -> Result<*mut CtEntry6, DropReason> {
     if net.flags & net_flags::INTERNAL != 0 {
         return Err(DropReason::Internal);
     }
@@ -136,9 +151,10 @@ pub fn direct6(w: &Work6, net_id: u32, net: &NetworkInfo) -> Result<*mut CtEntry
         v6: true,
     })?;
     ct_create(
+        ctx,
         &w.key,
         &w.key,
-        None,
+        false,
         ct_flags::INBOUND,
         net_id,
         l4.tcp_flags,

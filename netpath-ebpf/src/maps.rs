@@ -18,17 +18,30 @@ use netpath_common::{
     v6::{Addr6Key, LeaseKey6, NetworkInfo6, Port6, PortKey6, PubVal6, SockRevKey6, SockRevVal6},
 };
 
+/// The hash maps' flag: elements are allocated when inserted, not all at
+/// creation. Preallocating cost a namespace's first `up` about 60 ms (40 ms
+/// of it `NP_COUNTERS`, 65,536 per-CPU slots allocated one by one) for
+/// tables that mostly stay small. LRU maps are always preallocated.
+const NO_PREALLOC: u32 = aya_ebpf::bindings::BPF_F_NO_PREALLOC;
+
+/// Per-CPU room for the socket tuple a new flow's translated tuple is
+/// checked with (`ct::host_socket4/6`): off the stack.
+#[map]
+pub static NP_SOCK_TUPLE: PerCpuArray<aya_ebpf::bindings::bpf_sock_tuple> =
+    PerCpuArray::with_max_entries(1, 0);
+
 /// ifindex -> role and network of every interface netpath attached to.
 #[map]
-pub static NP_IFACES: HashMap<u32, IfaceInfo> = HashMap::pinned(MAX_IFACES, 0);
+pub static NP_IFACES: HashMap<u32, IfaceInfo> = HashMap::pinned(MAX_IFACES, NO_PREALLOC);
 
 /// network id -> subnet, gateway, bridge.
 #[map]
-pub static NP_NETWORKS: HashMap<u32, NetworkInfo> = HashMap::pinned(MAX_NETWORKS, 0);
+pub static NP_NETWORKS: HashMap<u32, NetworkInfo> = HashMap::pinned(MAX_NETWORKS, NO_PREALLOC);
 
 /// Per-CPU packet/byte counters for interfaces and networks.
 #[map]
-pub static NP_COUNTERS: PerCpuHashMap<CounterKey, Counter> = PerCpuHashMap::pinned(MAX_COUNTERS, 0);
+pub static NP_COUNTERS: PerCpuHashMap<CounterKey, Counter> =
+    PerCpuHashMap::pinned(MAX_COUNTERS, NO_PREALLOC);
 
 /// The IPv4 conntrack table: one entry per flow direction. LRU, so a full
 /// table evicts the coldest flows instead of refusing new ones; busy flows
@@ -52,15 +65,15 @@ pub static NP_CONFIG: Array<Config> = Array::pinned(1, 0);
 /// Addresses handed out by `netpath connect`. Only userspace uses it; it is
 /// declared here so it is created and pinned with the others.
 #[map]
-pub static NP_LEASES4: HashMap<LeaseKey, Lease> = HashMap::pinned(MAX_LEASES, 0);
+pub static NP_LEASES4: HashMap<LeaseKey, Lease> = HashMap::pinned(MAX_LEASES, NO_PREALLOC);
 
 /// Published ports: (host address or 0, port, protocol) -> container.
 #[map]
-pub static NP_PUBLISH4: HashMap<PubKey4, PubVal4> = HashMap::pinned(MAX_PUBLISH, 0);
+pub static NP_PUBLISH4: HashMap<PubKey4, PubVal4> = HashMap::pinned(MAX_PUBLISH, NO_PREALLOC);
 
 /// The namespace's own IPv4 addresses ("addrtype LOCAL"), kept by the loader.
 #[map]
-pub static NP_HOSTADDRS4: HashMap<u32, u32> = HashMap::pinned(MAX_HOSTADDRS, 0);
+pub static NP_HOSTADDRS4: HashMap<u32, u32> = HashMap::pinned(MAX_HOSTADDRS, NO_PREALLOC);
 
 /// One [`HostInfo`]: the managed namespace's cookie, for the socket hooks.
 #[map]
@@ -74,7 +87,7 @@ pub static NP_SOCK_REVNAT4: LruHashMap<SockRevKey, SockRevVal> = LruHashMap::pin
 /// Container address -> its port, for the fast path (kept by port learning,
 /// `connect` and reconcile).
 #[map]
-pub static NP_ENDPOINTS4: HashMap<u32, Endpoint> = HashMap::pinned(MAX_IFACES, 0);
+pub static NP_ENDPOINTS4: HashMap<u32, Endpoint> = HashMap::pinned(MAX_IFACES, NO_PREALLOC);
 
 /// Filter rules: (group, selectors, client prefix) -> verdict (`netpath filter`).
 #[map]
@@ -87,18 +100,19 @@ pub static NP_FILTER_INFO: Array<FilterInfo> = Array::pinned(1, 0);
 /// Container ports some published port leads to -> number of mappings
 /// (kept by the loader): what a routed network lets in directly.
 #[map]
-pub static NP_TARGETS4: HashMap<TargetKey4, u32> = HashMap::pinned(MAX_PUBLISH, 0);
+pub static NP_TARGETS4: HashMap<TargetKey4, u32> = HashMap::pinned(MAX_PUBLISH, NO_PREALLOC);
 
 /// VLANs the host terminates on an uplink (a VLAN device on it), kept by
 /// the loader: tagged frames of any other VLAN are dropped at the uplink.
 #[map]
-pub static NP_VLANS: HashMap<VlanKey, u32> = HashMap::pinned(MAX_VLANS, 0);
+pub static NP_VLANS: HashMap<VlanKey, u32> = HashMap::pinned(MAX_VLANS, NO_PREALLOC);
 
 /// Each network's trusted host interfaces (kept by the loader): new flows
 /// arriving on one may reach the network's published container ports at
 /// the container's address even in gateway mode nat.
 #[map]
-pub static NP_TRUSTED: HashMap<TrustedKey, TrustedIface> = HashMap::pinned(MAX_TRUSTED, 0);
+pub static NP_TRUSTED: HashMap<TrustedKey, TrustedIface> =
+    HashMap::pinned(MAX_TRUSTED, NO_PREALLOC);
 
 /// Each network's peer CIDRs (kept by the loader): traffic to them leaves
 /// untranslated, traffic from them may reach container addresses.
@@ -122,7 +136,7 @@ pub static NP_CT_FILL: Array<u64> = Array::pinned(2, 0);
 /// MACs of bound or learned ports and of managed bridges -> whose: no
 /// other port may send from them (kept by the loader and port learning).
 #[map]
-pub static NP_MACS: HashMap<MacKey, u32> = HashMap::pinned(MAX_IFACES, 0);
+pub static NP_MACS: HashMap<MacKey, u32> = HashMap::pinned(MAX_IFACES, NO_PREALLOC);
 
 /// Events for `netpath monitor` (`netpath_common::event`).
 #[map]
@@ -138,7 +152,7 @@ pub static NP_EVENT_BUCKET: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(
 
 /// network id -> the IPv6 half of a dual-stack network (kept by the loader).
 #[map]
-pub static NP_NETWORKS6: HashMap<u32, NetworkInfo6> = HashMap::pinned(MAX_NETWORKS, 0);
+pub static NP_NETWORKS6: HashMap<u32, NetworkInfo6> = HashMap::pinned(MAX_NETWORKS, NO_PREALLOC);
 
 /// Managed IPv6 subnets -> network id.
 #[map]
@@ -146,18 +160,19 @@ pub static NP_SUBNETS6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(MAX_NETWORKS, 0
 
 /// Port ifindex -> the IPv6 addresses its container was given or learnt.
 #[map]
-pub static NP_PORTS6: HashMap<u32, Port6> = HashMap::pinned(MAX_IFACES, 0);
+pub static NP_PORTS6: HashMap<u32, Port6> = HashMap::pinned(MAX_IFACES, NO_PREALLOC);
 
 /// IPv6 address (link-local ones per network) -> the port sending from it,
 /// or the bridge that has it. A port's MAC is fixed by its first packet, so
 /// it records at most three: its EUI-64 link-local, one other link-local
 /// and one global address.
 #[map]
-pub static NP_ENDPOINTS6: HashMap<Addr6Key, Endpoint> = HashMap::pinned(MAX_IFACES * 4, 0);
+pub static NP_ENDPOINTS6: HashMap<Addr6Key, Endpoint> =
+    HashMap::pinned(MAX_IFACES * 4, NO_PREALLOC);
 
 /// IPv6 addresses handed out by `netpath connect` (only userspace uses it).
 #[map]
-pub static NP_LEASES6: HashMap<LeaseKey6, Lease> = HashMap::pinned(MAX_LEASES, 0);
+pub static NP_LEASES6: HashMap<LeaseKey6, Lease> = HashMap::pinned(MAX_LEASES, NO_PREALLOC);
 
 /// The IPv6 conntrack table (`netpath_common::ct6`), as `NP_CT4` is for
 /// IPv4, with its own fill count and limit (`NP_CT6_FILL`).
@@ -175,7 +190,7 @@ pub static NP_CT6_SCRATCH: PerCpuArray<[CtEntry6; 2]> = PerCpuArray::with_max_en
 /// Uplink ifindex -> the global IPv6 address IPv6 masquerade writes
 /// (kept by the loader, as `IfaceInfo::ipv4_be` is for IPv4).
 #[map]
-pub static NP_UPLINKS6: HashMap<u32, [u8; 16]> = HashMap::pinned(MAX_IFACES, 0);
+pub static NP_UPLINKS6: HashMap<u32, [u8; 16]> = HashMap::pinned(MAX_IFACES, NO_PREALLOC);
 
 /// Ports of fragmented IPv6 datagrams, learnt from the first fragment so
 /// later fragments (which carry no ports) find their flow.
@@ -185,17 +200,17 @@ pub static NP_FRAG6: LruHashMap<FragKey6, FragPorts> = LruHashMap::pinned(MAX_FR
 /// Published IPv6 host ports, as `NP_PUBLISH4` for IPv4 (an all-zero
 /// address: every host IPv6 address).
 #[map]
-pub static NP_PUBLISH6: HashMap<PortKey6, PubVal6> = HashMap::pinned(MAX_PUBLISH, 0);
+pub static NP_PUBLISH6: HashMap<PortKey6, PubVal6> = HashMap::pinned(MAX_PUBLISH, NO_PREALLOC);
 
 /// Container IPv6 ports some published port leads to (value: how many),
 /// as `NP_TARGETS4`.
 #[map]
-pub static NP_TARGETS6: HashMap<PortKey6, u32> = HashMap::pinned(MAX_PUBLISH, 0);
+pub static NP_TARGETS6: HashMap<PortKey6, u32> = HashMap::pinned(MAX_PUBLISH, NO_PREALLOC);
 
 /// The namespace's own IPv6 addresses, as `NP_HOSTADDRS4` (kept by the
 /// loader): where a port published on every address is reached.
 #[map]
-pub static NP_HOSTADDRS6: HashMap<[u8; 16], u32> = HashMap::pinned(MAX_HOSTADDRS, 0);
+pub static NP_HOSTADDRS6: HashMap<[u8; 16], u32> = HashMap::pinned(MAX_HOSTADDRS, NO_PREALLOC);
 
 /// What an IPv6 host socket dialled before the socket hooks redirected it,
 /// as `NP_SOCK_REVNAT4`.

@@ -176,8 +176,8 @@ pub fn egress(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
             (net_id, t, ct_flags::SNAT)
         }
     };
-    let vary = (flags & ct_flags::SNAT != 0).then_some(ctx);
-    match ct_create(&key, &translated, vary, flags, net_id, l4.tcp_flags) {
+    let vary = flags & ct_flags::SNAT != 0;
+    match ct_create(ctx, &key, &translated, vary, flags, net_id, l4.tcp_flags) {
         Ok(e) => {
             count(counter_scope::NETWORK, net_id, counter_kind::NET_CT_NEW, 0);
             first_fragment4(&ip, &l4, e, Phase::Egress);

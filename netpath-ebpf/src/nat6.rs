@@ -177,8 +177,16 @@ fn new_flow(ctx: &TcContext, w: &mut Work6, out: &Out, e: &mut *mut CtEntry6) ->
             (net_id, ct_flags::SNAT)
         }
     };
-    let vary = (flags & ct_flags::SNAT != 0).then_some(ctx);
-    match ct_create(&w.key, &w.translated, vary, flags, net_id, w.l4.tcp_flags) {
+    let vary = flags & ct_flags::SNAT != 0;
+    match ct_create(
+        ctx,
+        &w.key,
+        &w.translated,
+        vary,
+        flags,
+        net_id,
+        w.l4.tcp_flags,
+    ) {
         Ok(created) => {
             count(counter_scope::NETWORK, net_id, counter_kind::NET_CT_NEW, 0);
             *e = created;

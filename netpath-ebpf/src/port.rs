@@ -333,7 +333,7 @@ fn from_outside(
         Ok(l4) if l4.kind != L4Kind::IcmpError => {
             // SAFETY: the context pointer is valid for the program's lifetime.
             let iif = unsafe { (*ctx.skb.skb).ingress_ifindex };
-            inbound::direct4(ip, &l4, net_id, net, iif).map(|_| ())
+            inbound::direct4(ctx, ip, &l4, net_id, net, iif).map(|_| ())
         }
         Ok(_) => inbound::untracked(net),
         Err(()) => Err(DropReason::Malformed),

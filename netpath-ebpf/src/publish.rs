@@ -71,36 +71,39 @@ pub fn publish4(ctx: &TcContext, key: &CtKey4, tcp_flags: u8) -> Option<NewFlow>
         key.proto,
     );
     let flags = ct_flags::DNAT | if to_self { ct_flags::SNAT } else { 0 };
-    let e = match ct_create(
-        key,
-        &translated,
-        to_self.then_some(ctx),
-        flags,
-        net_id,
-        tcp_flags,
-    ) {
+    let e = match ct_create(ctx, key, &translated, to_self, flags, net_id, tcp_flags) {
         Ok(e) => e,
         Err(r) => return Some(Err((net_id, r))),
     };
     if to_self {
-        // SAFETY: map value pointer, valid during the program.
-        let reply = unsafe { (*e).peer };
-        let mid = CtKey4::new(
-            key.saddr_be,
-            target.target_be,
-            key.sport_be,
-            target.target_port_be,
-            key.proto,
-        );
-        let half = |peer: CtKey4| CtEntry4 {
-            peer,
-            dir: ct_dir::MID,
-            flags,
-            net_id,
-            ..CtEntry4::default()
-        };
-        ct_put_mid(&mid, &half(reply));
-        ct_put_mid(&mid.reversed(), &half(*key));
+        hairpin_mids(key, &translated, e, flags, net_id);
     }
     Some(Ok((e, net_id)))
+}
+
+/// The two `MID` entries of a container's flow to its own published port
+/// (`e`, translated to `translated`): the egress half, from the container
+/// to the target before its source is translated. A BPF subprogram: the
+/// entries are built in its own frame, not in `publish4`'s, which sits
+/// under the flow creation's global function on the deepest call chain.
+#[inline(never)]
+fn hairpin_mids(key: &CtKey4, translated: &CtKey4, e: *mut CtEntry4, flags: u32, net_id: u32) {
+    // SAFETY: map value pointer, valid during the program.
+    let reply = unsafe { (*e).peer };
+    let mid = CtKey4::new(
+        key.saddr_be,
+        translated.daddr_be,
+        key.sport_be,
+        translated.dport_be,
+        key.proto,
+    );
+    let half = |peer: CtKey4| CtEntry4 {
+        peer,
+        dir: ct_dir::MID,
+        flags,
+        net_id,
+        ..CtEntry4::default()
+    };
+    ct_put_mid(&mid, &half(reply));
+    ct_put_mid(&mid.reversed(), &half(*key));
 }

@@ -9,6 +9,7 @@
 //! port's checks leave no stack for a flow's creation and rewrite; the
 //! port only lets such a packet past the network policy (`port6`).
 
+use aya_ebpf::programs::TcContext;
 use netpath_common::{
     DropReason, counter_kind, counter_scope,
     ct::{ct_flags, proto},
@@ -49,7 +50,7 @@ pub fn count_published6(key: &CtKey6, host_side_is_dst: bool, kind: u16, len: u3
 /// gateway's too (Docker's hairpin MASQUERADE), with two `MID` entries for
 /// the egress half. Leaves the translated tuple in `w.translated`.
 #[inline(always)]
-pub fn publish6(w: &mut Work6, hairpin: bool) -> Option<NewFlow6> {
+pub fn publish6(ctx: &TcContext, w: &mut Work6, hairpin: bool) -> Option<NewFlow6> {
     let proto_nr = w.key.proto;
     if !matches!(proto_nr, proto::TCP | proto::UDP | proto::SCTP) {
         return None;
@@ -89,7 +90,15 @@ pub fn publish6(w: &mut Work6, hairpin: bool) -> Option<NewFlow6> {
     // tuple to the container is free unless the same container port
     // reaches itself through two host ports from one source port at once;
     // then the second flow is refused (`drop_ct_insert_failed`).
-    let e = match ct_create(&w.key, &w.translated, None, flags, net_id, w.l4.tcp_flags) {
+    let e = match ct_create(
+        ctx,
+        &w.key,
+        &w.translated,
+        false,
+        flags,
+        net_id,
+        w.l4.tcp_flags,
+    ) {
         Ok(e) => e,
         Err(r) => return Some(Err((net_id, r))),
     };

@@ -149,7 +149,7 @@ fn flow(ctx: &TcContext, ip: &Ip4, l4: &L4) -> i32 {
                 (Some(r), _) => r,
                 // The host's own traffic.
                 (None, None) => return TCX_NEXT,
-                (None, Some((id, net))) => inbound::direct4(ip, l4, id, &net, ifindex)
+                (None, Some((id, net))) => inbound::direct4(ctx, ip, l4, id, &net, ifindex)
                     .map(|e| (e, id))
                     .map_err(|r| (id, r)),
             };

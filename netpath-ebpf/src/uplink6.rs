@@ -135,7 +135,7 @@ fn flow(ctx: &TcContext, w: &mut Work6, e: &mut *mut CtEntry6) -> i32 {
         *e = found;
         return FOUND;
     }
-    match publish6(w, false) {
+    match publish6(ctx, w, false) {
         Some(Ok((created, _))) => {
             *e = created;
             return FOUND;
@@ -147,7 +147,7 @@ fn flow(ctx: &TcContext, w: &mut Work6, e: &mut *mut CtEntry6) -> i32 {
         // The host's own traffic.
         return TCX_NEXT;
     };
-    match inbound::direct6(w, id, &net) {
+    match inbound::direct6(ctx, w, id, &net) {
         Ok(created) => {
             count(counter_scope::NETWORK, id, counter_kind::NET_CT_NEW, 0);
             *e = created;
