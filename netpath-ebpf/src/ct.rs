@@ -462,7 +462,13 @@ pub fn ct_create<K: Table>(
             K::flow_event(orig, unsafe { &(*e).peer }, net_id);
             Ok(e)
         }
-        code => Err(DropReason::from_u16(code as u16).unwrap_or(DropReason::CtInsertFailed)),
+        code => {
+            let reason = DropReason::from_u16(code as u16).unwrap_or(DropReason::CtInsertFailed);
+            // Another CPU may have made this very flow meanwhile: its
+            // REPLY claim beat ours (a kept port has one try). Its flow
+            // is the packet's.
+            ct_lookup(orig).ok_or(reason)
+        }
     }
 }
 
