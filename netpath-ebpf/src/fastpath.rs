@@ -10,6 +10,11 @@
 //! port straight to the other container's veth peer, past the bridge and
 //! the other port's egress program, whose checks it would pass (the same
 //! network's frame policy, a managed source, no flow to translate).
+//! A published port's packet from one container to another (either
+//! direction, any two managed networks) goes port to port as well, routed
+//! (`bpf_fib_lookup` from the sender's bridge, TTL decremented) or, for a
+//! frame addressed to the other container itself, switched, with the other
+//! port's egress half of the flow done first (`published_to_port4`).
 //! Anything unusual (fragments, a TTL about to expire, an internal network,
 //! an unresolved neighbour, a route that does not leave through an uplink,
 //! a frame from outside not addressed to the host, bytes after the IP
@@ -20,13 +25,13 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_peer},
     programs::TcContext,
 };
-use netpath_common::{Endpoint, IfaceRole, counter_kind, counter_scope, net_flags};
+use netpath_common::{Endpoint, IfaceRole, NetworkInfo, counter_kind, counter_scope, net_flags};
 
 use crate::{
     counters::count,
     lookup::{iface, network, same_mac},
     maps::NP_ENDPOINTS4,
-    parse::{Ip4, L3, ip4_off},
+    parse::{self, Ip4, L3, L4Kind, ip4_off},
 };
 
 const AF_INET: u8 = 2;
@@ -223,4 +228,86 @@ pub fn out_of_uplink(
     set_macs(ctx, &p.dmac, &p.smac)?;
     // SAFETY: as above.
     Some(unsafe { bpf_redirect(p.ifindex, 0) } as i32)
+}
+
+/// A packet of a published port's flow (either direction, rewritten by
+/// the sender's port) from the container at port `from` of network
+/// `net_id` (`net`) to a container at another managed port, of this or
+/// another network: straight to that container's veth peer, past the
+/// bridges, the host's routing and the other port's egress program.
+/// `egress_half` does what that program would do to the packet first (the
+/// source half of the flow: an answer's source becomes the published
+/// address again). Routed (`bpf_fib_lookup` from the sender's bridge must
+/// lead to the other network's bridge and its neighbour entry to the
+/// container's MAC; TTL decremented, MACs rewritten) unless the frame is
+/// addressed to the container itself on the same network (switched, as the
+/// bridge would). `None`: the normal path (fragments, ICMP errors, the
+/// sender itself, an internal network, an unresolved neighbour).
+#[inline(always)]
+pub fn published_to_port4(
+    ctx: &TcContext,
+    from: u32,
+    net_id: u32,
+    net: &NetworkInfo,
+    egress_half: impl FnOnce(&TcContext, &Ip4),
+) -> Option<i32> {
+    // The header as it is now (the flow rewrote it).
+    let ip = parse::ipv4(ctx)?;
+    if ip.is_fragment() || !whole(ctx, &ip) {
+        return None;
+    }
+    match parse::l4(ctx, &ip) {
+        Ok(l4) if l4.kind != L4Kind::IcmpError => {}
+        _ => return None,
+    }
+    // SAFETY: the value is Copy and read at once.
+    let ep = unsafe { NP_ENDPOINTS4.get(ip.daddr) }.copied()?;
+    if ep.ifindex == from || !managed_port(&ep, ep.net_id) {
+        return None;
+    }
+    let to_net = network(ep.net_id)?;
+    if to_net.flags & net_flags::INTERNAL != 0 {
+        return None;
+    }
+    let dst: [u8; 6] = ctx.load(0).ok()?;
+    if same_mac(&dst, &ep.mac) {
+        // Switched: only within one network.
+        if ep.net_id != net_id {
+            return None;
+        }
+    } else {
+        // SAFETY: an all-zero bpf_fib_lookup is a valid starting point.
+        let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+        p.family = AF_INET;
+        p.l4_protocol = ip.proto;
+        p.ifindex = net.bridge_ifindex;
+        p.__bindgen_anon_1.tot_len = ip.tot_len;
+        p.__bindgen_anon_3.ipv4_src = ip.saddr;
+        p.__bindgen_anon_4.ipv4_dst = ip.daddr;
+        // SAFETY: the helper takes the skb context and a struct of its size.
+        let rc = unsafe {
+            fib_lookup(
+                ctx.skb.skb.cast(),
+                &raw mut p,
+                core::mem::size_of::<bpf_fib_lookup>() as i32,
+                0,
+            )
+        };
+        if rc != BPF_FIB_LKUP_RET_SUCCESS as i64
+            || p.ifindex != to_net.bridge_ifindex
+            || !same_mac(&p.dmac, &ep.mac)
+        {
+            return None;
+        }
+        forward_ttl(ctx)?;
+        set_macs(ctx, &ep.mac, &p.smac)?;
+    }
+    egress_half(ctx, &ip);
+    count(
+        counter_scope::NETWORK,
+        net_id,
+        counter_kind::NET_C2C_FAST,
+        ctx.len(),
+    );
+    Some(to_peer(ctx, &ep))
 }

@@ -166,7 +166,14 @@ pub extern "C" fn netpath_port_policy4(skb: *mut __sk_buff, nat: i32) -> i32 {
     };
     let (net_id, net) = (h.iface.net_id, &h.net);
     let untracked = match nat {
-        NAT_PUBLISHED => return fast_out(&ctx, net_id, net),
+        NAT_PUBLISHED => {
+            // A published port's flow between two containers: port to
+            // port, this port doing the other's egress half.
+            return fastpath::published_to_port4(&ctx, h.ifindex, net_id, net, |ctx, ip| {
+                flows_out(ctx, ip);
+            })
+            .unwrap_or_else(|| fast_out(&ctx, net_id, net));
+        }
         NAT_NONE => true,
         _ => false,
     };

@@ -84,7 +84,7 @@ fn publish(dp: &mut Datapath, host_port: u16, target: Ipv4Addr, port: u16) {
     publish::insert(&mut dp.maps, &p, owner::USER).expect("publishing");
 }
 
-fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+pub(crate) fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     frame(
         TCP,
         src,

@@ -14,5 +14,6 @@ mod ipv6_claims;
 mod nat;
 mod nat6;
 mod policy;
+mod publish4;
 mod publish6;
 mod v6only;

@@ -424,13 +424,7 @@ fn containers_cannot_tag_frames_speak_ipv6_or_claim_the_gateway() {
 #[test]
 fn ipv6_between_networks_is_dropped() {
     require_root!();
-    let lab = lab_up();
-    netpath_ok(
-        &lab.host,
-        &["up", "--bridge", "np1", "--subnet", "172.31.0.0/24"],
-    );
-    let c3 = Netns::new("c3").unwrap();
-    netpath_ok(&lab.host, &["connect", &c3.name, "--bridge", "np1"]);
+    let (lab, c3) = crate::publish::lab_and_c3();
     lab.host
         .sysctl("net.ipv6.conf.all.forwarding", "1")
         .unwrap();
@@ -490,13 +484,7 @@ fn host_connect(lab: &Lab, ip: &str, port: u16) -> Result<String, String> {
 #[test]
 fn filter_rules_restrict_published_ports_for_every_kind_of_client() {
     require_root!();
-    let lab = lab_up();
-    netpath_ok(
-        &lab.host,
-        &["up", "--bridge", "np1", "--subnet", "172.31.0.0/24"],
-    );
-    let c3 = Netns::new("c3").unwrap();
-    netpath_ok(&lab.host, &["connect", &c3.name, "--bridge", "np1"]);
+    let (lab, c3) = crate::publish::lab_and_c3();
     // A trusted client address on ext, routed back by the host.
     lab.ext
         .ip(&["addr", "add", "10.9.9.9/32", "dev", "eth0"])

@@ -21,6 +21,19 @@ use std::{
 use harness::{Lab, Netns, addr, flows, lab_up, netpath, netpath_ok, topology};
 use netpath::lab::sctp::sctp_init;
 
+/// The lab up, and a second network np1 (172.31.0.0/24) with container
+/// c3 on it (172.31.0.2).
+pub(crate) fn lab_and_c3() -> (Lab, Netns) {
+    let lab = lab_up();
+    netpath_ok(
+        &lab.host,
+        &["up", "--bridge", "np1", "--subnet", "172.31.0.0/24"],
+    );
+    let c3 = Netns::new("c3").unwrap();
+    netpath_ok(&lab.host, &["connect", &c3.name, "--bridge", "np1"]);
+    (lab, c3)
+}
+
 fn ports(ns: &Netns) -> Vec<serde_json::Value> {
     let out = netpath_ok(ns, &["ports", "--json"]);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("ports --json ({e}): {out}"))
@@ -142,13 +155,7 @@ fn external_clients_reach_published_ports_and_keep_their_address() {
 #[test]
 fn containers_reach_published_ports_from_other_networks_the_same_network_and_themselves() {
     require_root!();
-    let lab = lab_up();
-    netpath_ok(
-        &lab.host,
-        &["up", "--bridge", "np1", "--subnet", "172.31.0.0/24"],
-    );
-    let c3 = Netns::new("c3").unwrap();
-    netpath_ok(&lab.host, &["connect", &c3.name, "--bridge", "np1"]);
+    let (lab, c3) = lab_and_c3();
     netpath_ok(&lab.host, &["publish", "8082", &format!("{}:80", Lab::C1)]);
     let server = tcp_servers(&lab.c1, "0.0.0.0", 80, 4);
     let ask = |ns: &Netns, ip: &str| {
@@ -556,4 +563,161 @@ fn uplink_traffic_to_a_container_skips_the_bridge() {
         "the bridge saw {} packets of uplink <-> container traffic",
         bridge_after - bridge_before
     );
+}
+
+/// What the kernel counted on `bridge` (its own statistics, not
+/// netpath's): packets the bridge took up to the host (to route) and
+/// packets its ports sent (delivered to containers).
+fn bridge_stats(host: &Netns, bridge: &str) -> (u64, u64) {
+    let stats = |args: &[&str]| -> Vec<serde_json::Value> {
+        serde_json::from_str(&host.ip(args).unwrap()).unwrap()
+    };
+    let taken = stats(&["-s", "-j", "link", "show", bridge])[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .unwrap();
+    let sent = stats(&["-s", "-j", "link", "show", "master", bridge])
+        .iter()
+        .map(|p| p["stats64"]["tx"]["packets"].as_u64().unwrap())
+        .sum();
+    (taken, sent)
+}
+
+/// (source, TTL, destination MAC, source MAC) of the IPv4 TCP frames
+/// `frames`.
+fn ip_fields(frames: &[Vec<u8>]) -> Vec<(std::net::Ipv4Addr, u8, [u8; 6], [u8; 6])> {
+    frames
+        .iter()
+        .map(|f| {
+            let mac = |o: usize| <[u8; 6]>::try_from(&f[o..o + 6]).unwrap();
+            (harness::packet::ip_of(f, 26), f[22], mac(0), mac(6))
+        })
+        .collect()
+}
+
+#[test]
+fn published_ports_between_containers_go_port_to_port() {
+    require_root!();
+    let (lab, c3) = lab_and_c3();
+    netpath_ok(&lab.host, &["publish", "8085", &format!("{}:80", Lab::C1)]);
+    let rounds = 5;
+    // The client address c1 saw.
+    let ask = |ns: &Netns, i: u8| {
+        topology::tcp_echo(
+            &lab.c1,
+            addr("0.0.0.0", 80),
+            ns,
+            addr(Lab::UPLINK, 8085),
+            &[i; 100],
+        )
+        .unwrap_or_else(|e| panic!("{} -> {}:8085: {e:#}", ns.name, Lab::UPLINK))
+        .ip()
+        .to_string()
+    };
+    // A first exchange each resolves the neighbours (an unresolved one
+    // takes the normal path, which resolves it).
+    ask(&c3, 0);
+    ask(&lab.c2, 0);
+    let fast = |bridge: &str| {
+        harness::status(&lab.host)["networks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["bridge"] == bridge)
+            .unwrap()["c2c_fast"]["packets"]
+            .as_u64()
+            .unwrap()
+    };
+    let tcp_from = |src: &'static str| {
+        move |f: &[u8]| {
+            f.len() > 34
+                && f[12..14] == [8, 0]
+                && f[23] == 6
+                && harness::packet::ip_of(f, 26).to_string() == src
+        }
+    };
+    let (np0_mac, np1_mac) = (
+        harness::raw::mac_of(&lab.host, Lab::BRIDGE),
+        harness::raw::mac_of(&lab.host, "np1"),
+    );
+    let (c1_mac, c2_mac, c3_mac) = (
+        harness::raw::mac_of(&lab.c1, "eth0"),
+        harness::raw::mac_of(&lab.c2, "eth0"),
+        harness::raw::mac_of(&c3, "eth0"),
+    );
+    let window = Duration::from_secs(3);
+    let at_c1 = harness::raw::capture(&lab.c1, "eth0", window, tcp_from("172.31.0.2"));
+    let at_c3 = harness::raw::capture(&c3, "eth0", window, tcp_from(Lab::UPLINK));
+    let at_c2 = harness::raw::capture(&lab.c2, "eth0", window, tcp_from(Lab::UPLINK));
+    let before = (
+        bridge_stats(&lab.host, Lab::BRIDGE),
+        bridge_stats(&lab.host, "np1"),
+        fast(Lab::BRIDGE),
+        fast("np1"),
+    );
+    for i in 1..=rounds as u8 {
+        assert_eq!(ask(&c3, i), "172.31.0.2", "c1 sees its client");
+        assert_eq!(ask(&lab.c2, i), Lab::C2, "c1 sees its client");
+    }
+    let after = (
+        bridge_stats(&lab.host, Lab::BRIDGE),
+        bridge_stats(&lab.host, "np1"),
+        fast(Lab::BRIDGE),
+        fast("np1"),
+    );
+    // Ten connections are at least 50 packets each way; through the
+    // bridges, np0 and np1 would have taken them up to the host (a
+    // neighbour refresh may still go that way).
+    let taken = (after.0.0 - before.0.0) + (after.1.0 - before.1.0);
+    let delivered = (after.0.1 - before.0.1) + (after.1.1 - before.1.1);
+    eprintln!(
+        "bridges took {taken} up, delivered {delivered}; port to port np0 {} np1 {}",
+        after.2 - before.2,
+        after.3 - before.3
+    );
+    assert!(
+        taken < 10 && delivered < 10,
+        "the bridges took {taken} up and their ports delivered {delivered}"
+    );
+    assert!(
+        after.3 - before.3 >= 20,
+        "np1 port to port: {}",
+        after.3 - before.3
+    );
+    assert!(
+        after.2 - before.2 >= 50,
+        "np0 port to port: {}",
+        after.2 - before.2
+    );
+
+    // The bytes: routed from another network both ways (one hop, the
+    // bridges' MACs as a router writes them), the answer's source the
+    // published address again.
+    let ttl = 64 - 1;
+    for (src, t, dst_mac, src_mac) in ip_fields(&at_c1.join().unwrap().unwrap()) {
+        assert_eq!(src.to_string(), "172.31.0.2");
+        assert_eq!((t, dst_mac, src_mac), (ttl, c1_mac, np0_mac), "c3 -> c1");
+    }
+    let to_c3 = ip_fields(&at_c3.join().unwrap().unwrap());
+    assert!(to_c3.len() >= 5 * rounds, "{} answers at c3", to_c3.len());
+    for (_, t, dst_mac, src_mac) in to_c3 {
+        assert_eq!((t, dst_mac, src_mac), (ttl, c3_mac, np1_mac), "c1 -> c3");
+    }
+    // On one network the answer is switched (c1 sends it to c2's MAC):
+    // no hop taken, the frame as c1 wrote it, its source rewritten.
+    let to_c2 = ip_fields(&at_c2.join().unwrap().unwrap());
+    assert!(to_c2.len() >= 5 * rounds, "{} answers at c2", to_c2.len());
+    for (_, t, dst_mac, src_mac) in to_c2 {
+        assert_eq!((t, dst_mac, src_mac), (64, c2_mac, c1_mac), "c1 -> c2");
+    }
+    // The flows were answered and booked as such, as on the bridges' way.
+    let from_c3: Vec<serde_json::Value> = flows(&lab.host)
+        .into_iter()
+        .filter(|f| f["original"]["src"] == "172.31.0.2")
+        .collect();
+    assert!(from_c3.len() > rounds, "{from_c3:#?}");
+    for f in &from_c3 {
+        assert_eq!(f["nat"], "dnat", "{f:#}");
+        assert!(f["seen_reply"] == true && f["assured"] == true, "{f:#}");
+        assert!(f["reply"]["packets"].as_u64().unwrap() >= 3, "{f:#}");
+    }
 }

@@ -20,7 +20,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
 use super::{ruleset, v6};
-use crate::lab::topology::{self, Lab};
+use crate::lab::topology::{self, Lab, Netns, Process};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -51,12 +51,21 @@ impl Arm {
     }
 }
 
-pub use super::layout::{DUMMY_BASE, EXT_PORT, PORT, extra_net};
+pub use super::layout::{DUMMY_BASE, EXT_PORT, PORT, XNET_BRIDGE, XNET_SUBNET, extra_net};
+
+/// The second network's gateway and its container `c3`.
+const XNET_GATEWAY: &str = "172.30.1.1";
+const C3: &str = "172.30.1.2";
 
 /// One arm's topology and how it is configured now.
 pub struct ArmLab {
+    /// The iptables arm's `docker-proxy` for `PORT` (stopped first, before
+    /// the namespaces go).
+    proxy: Option<Process>,
     pub arm: Arm,
     pub lab: Lab,
+    /// The container on the second network (`np1`).
+    pub c3: Netns,
     exe: std::path::PathBuf,
     ports: u32,
     networks: u32,
@@ -80,8 +89,10 @@ impl ArmLab {
     pub fn build(arm: Arm, exe: &Path) -> Result<Self> {
         let lab = Lab::new(exe)?;
         let mut me = Self {
+            proxy: None,
             arm,
             lab,
+            c3: Netns::new("c3")?,
             exe: exe.to_owned(),
             ports: 0,
             networks: 1,
@@ -109,9 +120,60 @@ impl ArmLab {
             }
         }
         me.publish6()?;
+        me.second_network()?;
         Ok(me)
     }
 
+    /// `np1` and its container `c3` (see the module's comment), and the
+    /// iptables arm's `docker-proxy` for `PORT` when the binary is here.
+    fn second_network(&mut self) -> Result<()> {
+        let (host, c3) = (&self.lab.host, &self.c3);
+        topology::veth(host, "c3h", c3, "eth0")?;
+        c3.ip(&["addr", "add", &format!("{C3}/24"), "dev", "eth0"])?;
+        c3.ip(&["route", "add", "default", "via", XNET_GATEWAY])?;
+        let up = ["up", "--bridge", XNET_BRIDGE, "--subnet", XNET_SUBNET];
+        match self.arm {
+            Arm::Netpath | Arm::Baseline => {
+                self.netpath(&up)?;
+                host.ip(&["link", "set", "c3h", "master", XNET_BRIDGE])?;
+                self.netpath(&up)?;
+            }
+            Arm::Iptables | Arm::Bare => {
+                self.plain_bridge(XNET_BRIDGE, &format!("{XNET_GATEWAY}/24"))?;
+                host.ip(&["link", "set", "c3h", "master", XNET_BRIDGE])?;
+            }
+        }
+        if self.arm == Arm::Iptables
+            && let Some(bin) = docker_proxy()
+        {
+            // Started directly (nsenter execs it): the pid is the proxy's.
+            let child = std::process::Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", self.lab.host.name))
+                .arg(&bin)
+                .args(["-proto", "tcp", "-host-ip", "0.0.0.0", "-host-port"])
+                .arg(PORT.to_string())
+                .args(["-container-ip", Lab::C1, "-container-port"])
+                .arg(PORT.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {}", bin.display()))?;
+            self.proxy = Some(Process(child));
+        }
+        Ok(())
+    }
+
+    /// What `c3` dials for the container's `PORT` (the `xnet` workloads):
+    /// the published port (the uplink's address), c1 itself on bare,
+    /// `None` on an iptables arm without `docker-proxy` (Docker's path for
+    /// it; its rules alone do not carry it).
+    pub fn xnet_dial(&self) -> Option<SocketAddrV4> {
+        match self.arm {
+            Arm::Iptables if self.proxy.is_none() => None,
+            _ => Some(self.published()),
+        }
+    }
     /// The measured port on IPv6 (tcp and udp, to c1's IPv6 address), set
     /// once: the IPv6 rows run at the first scale point (one port, one
     /// network), and neither `set_ports` nor `set_networks` touches it
@@ -347,6 +409,15 @@ impl ArmLab {
                         format!("{arm} container to container, port to port"),
                         net_packets("c2c_fast"),
                     ));
+                    let np1 = status["networks"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|n| n["bridge"] == XNET_BRIDGE);
+                    v.push((
+                        format!("{arm} {XNET_BRIDGE} to the published port, port to port"),
+                        np1.map_or(0, |n| n["c2c_fast"]["packets"].as_u64().unwrap_or(0)),
+                    ));
                 }
                 v
             }
@@ -430,6 +501,18 @@ impl ArmLab {
             })
             .unwrap_or_else(|e| format!("unavailable: {e:#}"))
     }
+}
+
+/// Docker's userland proxy, where Debian's docker.io puts it.
+fn docker_proxy() -> Option<std::path::PathBuf> {
+    [
+        "/usr/sbin/docker-proxy",
+        "/usr/bin/docker-proxy",
+        "/usr/libexec/docker/docker-proxy",
+    ]
+    .into_iter()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.is_file())
 }
 
 /// Packets of `-A FORWARD -i np0 -o np0 -j ACCEPT` (the counter of the

@@ -17,3 +17,8 @@ pub const MOST_PORTS: u32 = 10_000;
 pub fn extra_net(i: u32) -> (String, String) {
     (format!("nb{i}"), format!("10.200.{i}.0/24"))
 }
+
+/// The second network of every copy (its container c3 is the `xnet`
+/// workloads' client): bridge and subnet.
+pub const XNET_BRIDGE: &str = "np1";
+pub const XNET_SUBNET: &str = "172.30.1.0/24";

@@ -10,7 +10,7 @@ use std::{fmt::Write as _, net::SocketAddr};
 use anyhow::{Context as _, Result};
 
 use super::{
-    layout::{DUMMY_BASE, PORT, extra_net},
+    layout::{DUMMY_BASE, PORT, XNET_BRIDGE, XNET_SUBNET, extra_net},
     v6,
 };
 use crate::lab::topology::Lab;
@@ -41,9 +41,12 @@ fn published(ports: u32) -> Vec<(u16, &'static str)> {
 }
 
 /// Docker's IPv4 rules for `networks` bridges (np0, then nb1, nb2, …) and
+/// the second network np1 (made just after np0), and
 /// `ports` published ports to c1.
 pub fn docker_ruleset(networks: u32, ports: u32) -> Result<String> {
     let mut nets: Vec<(String, String)> = (1..networks).rev().map(extra_net).collect();
+    // The second network, made just after the measured one.
+    nets.push((XNET_BRIDGE.to_owned(), XNET_SUBNET.to_owned()));
     nets.push((Lab::BRIDGE.to_owned(), Lab::SUBNET.to_owned()));
     let f = Family {
         nets,
@@ -153,6 +156,8 @@ mod tests {
         assert!(r.contains("-A POSTROUTING -s 172.30.0.0/24 ! -o np0 -j MASQUERADE"));
         assert!(r.contains("-A POSTROUTING -s 10.200.1.0/24 ! -o nb1 -j MASQUERADE"));
         assert!(r.contains("-A DOCKER-ISOLATION-STAGE-2 -o nb1 -j DROP"));
+        // The cross-network client's network: no translation from it.
+        assert!(r.contains("-A DOCKER -i np1 -j RETURN"));
         let dnat: Vec<&str> = r.lines().filter(|l| l.contains("DNAT")).collect();
         assert_eq!(dnat.len(), 4, "2 dummies + the measured port, tcp and udp");
         assert!(dnat[2].contains("--dport 5001") && dnat[3].contains("-p udp"));

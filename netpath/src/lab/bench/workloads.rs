@@ -75,6 +75,22 @@ pub fn measure(lab: &ArmLab, workload: &'static str, dur: Duration) -> Result<Ve
             (workload, "rate", "conn/s", true),
             load::tcp_cps(&l.c2, PORT, &l.c1, c2c, dur)?,
         )],
+        // A container on another network (c3 on np1) reaching the
+        // published port; Docker's path for it is its userland proxy.
+        "xnet rr" | "xnet conn/s" => {
+            let Some(dial) = lab.xnet_dial() else {
+                return Ok(Vec::new());
+            };
+            if name == "xnet rr" {
+                let rtts = load::tcp_rr(&l.c1, PORT, &lab.c3, dial.into(), dur, None)?;
+                latency(workload, &rtts).to_vec()
+            } else {
+                vec![(
+                    (workload, "rate", "conn/s", true),
+                    load::tcp_cps(&l.c1, PORT, &lab.c3, dial.into(), dur)?,
+                )]
+            }
+        }
         "snat tcp stream" => vec![(
             (workload, "throughput", "Gbit/s", true),
             load::tcp_stream(&l.ext, EXT_PORT, &l.c1, ext, dur)?,
@@ -98,8 +114,11 @@ fn latency(workload: &'static str, rtts: &[f64]) -> [(Metric, f64); 2] {
 /// "one-way" UDP never answers, so every datagram of it is a NEW packet
 /// to nf_conntrack and walks iptables' chains (netpath's map lookups do not
 /// grow with the rules): it favours netpath heavily. "replied" is the
-/// request/response case, established after the first datagram.
-pub const WORKLOADS: [&str; 11] = [
+/// request/response case, established after the first datagram. "xnet"
+/// (a container on another network to the published port) is Docker's
+/// userland proxy on the iptables arm, no proxy on bare (c3 dials c1
+/// routed): it favours netpath heavily against iptables.
+pub const WORKLOADS: [&str; 13] = [
     "c2c conn/s",
     "c2c rr",
     "c2c udp 64B",
@@ -111,6 +130,8 @@ pub const WORKLOADS: [&str; 11] = [
     "dnat udp 64B replied",
     "snat conn/s",
     "snat tcp stream",
+    "xnet conn/s",
+    "xnet rr",
 ];
 
 /// The prefix of a workload run over IPv6.
@@ -136,7 +157,7 @@ pub const WORKLOADS6: [&str; 11] = [
 /// connection rate for each path, and a request/response and connection
 /// rates over IPv6, within a minute for the whole run (the streams and the
 /// paced latency are in the full run).
-pub const QUICK_WORKLOADS: [&str; 10] = [
+pub const QUICK_WORKLOADS: [&str; 11] = [
     "c2c rr",
     "c2c udp 64B",
     "dnat conn/s",
@@ -147,4 +168,5 @@ pub const QUICK_WORKLOADS: [&str; 10] = [
     "v6 c2c rr",
     "v6 dnat rr",
     "v6 snat conn/s",
+    "xnet rr",
 ];
