@@ -17,18 +17,20 @@
 //! port's egress half of the flow done first (`published_to_port4`).
 //! Anything unusual (fragments, a TTL about to expire, an internal network,
 //! an unresolved neighbour, a route that does not leave through an uplink,
-//! a frame from outside not addressed to the host, bytes after the IP
-//! packet) takes the normal path.
+//! a frame not addressed to the host where it would be routed, bytes after
+//! the IP packet, IP options, a packet bigger than the container's port
+//! takes) takes the normal path.
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_peer},
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_check_mtu_flags::BPF_MTU_CHK_SEGS, bpf_fib_lookup},
+    helpers::{bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_peer},
     programs::TcContext,
 };
 use netpath_common::{Endpoint, IfaceRole, NetworkInfo, counter_kind, counter_scope, net_flags};
 
 use crate::{
     counters::count,
+    isolate::to_bridge,
     lookup::{iface, network, same_mac},
     maps::NP_ENDPOINTS4,
     parse::{self, Ip4, L3, L4Kind, ip4_off},
@@ -54,19 +56,44 @@ fn forward_ttl(ctx: &TcContext) -> Option<()> {
         .ok()
 }
 
-/// Whether the frame ends where the IPv4 packet does: the kernel's path
-/// trims what follows (Ethernet padding, a trailer) before it routes, the
-/// fast path would carry it on.
+/// Whether the frame ends where the IPv4 packet does and its header has no
+/// options: the kernel's path trims what follows (Ethernet padding, a
+/// trailer) before it routes, and processes options as a router does
+/// (Record Route filled in, source routes refused); the fast path would
+/// carry the one and skip the other.
 #[inline(always)]
-fn whole(ctx: &TcContext, ip: &Ip4) -> bool {
-    L3 + usize::from(ip.tot_len) == ctx.len() as usize
+fn forwardable(ctx: &TcContext, ip: &Ip4) -> bool {
+    ip.hlen == IPV4_HLEN && L3 + usize::from(ip.tot_len) == ctx.len() as usize
+}
+
+/// An IPv4 header without options.
+const IPV4_HLEN: usize = 20;
+
+/// Whether the packet fits the MTU of port `ifindex` (a GSO packet: each
+/// of its segments), as the bridge checks before it sends a frame out of
+/// a port (`is_skb_forwardable`): a port with a smaller MTU than its
+/// bridge drops what does not fit, the fast path must not deliver it.
+#[inline(always)]
+fn fits(ctx: &TcContext, ifindex: u32) -> bool {
+    let mut mtu: u32 = 0;
+    // SAFETY: the helper takes the skb context and a u32 it writes.
+    let rc = unsafe {
+        bpf_check_mtu(
+            ctx.skb.skb.cast(),
+            ifindex,
+            &raw mut mtu,
+            0,
+            u64::from(BPF_MTU_CHK_SEGS),
+        )
+    };
+    rc == 0
 }
 
 /// A packet whose destination is now container `daddr`: straight to its
 /// veth peer. `None`: take the normal path.
 #[inline(always)]
 pub fn to_container4(ctx: &TcContext, ip: &Ip4, daddr: u32) -> Option<i32> {
-    if ip.is_fragment() || !for_this_host(ctx) || !whole(ctx, ip) {
+    if ip.is_fragment() || !for_this_host(ctx) || !forwardable(ctx, ip) {
         return None;
     }
     // SAFETY: the value is Copy and read at once.
@@ -85,7 +112,7 @@ pub fn routed_to_peer(
     hop: impl FnOnce(&TcContext) -> Option<()>,
 ) -> Option<i32> {
     let net = network(ep.net_id)?;
-    if net.flags & net_flags::INTERNAL != 0 {
+    if net.flags & net_flags::INTERNAL != 0 || !fits(ctx, ep.ifindex) {
         return None;
     }
     let eth: [u8; 6] = ctx.load(0).ok()?;
@@ -164,7 +191,7 @@ pub fn managed_port(ep: &Endpoint, net_id: u32) -> bool {
 /// veth peer, counted as port to port. `None`: the bridge.
 #[inline(always)]
 pub fn to_neighbour(ctx: &TcContext, ep: &Endpoint, from: u32, net_id: u32) -> Option<i32> {
-    if ep.ifindex == from || !managed_port(ep, net_id) {
+    if ep.ifindex == from || !managed_port(ep, net_id) || !fits(ctx, ep.ifindex) {
         return None;
     }
     let dst: [u8; 6] = ctx.load(0).ok()?;
@@ -184,7 +211,7 @@ pub fn to_neighbour(ctx: &TcContext, ep: &Endpoint, from: u32, net_id: u32) -> O
 /// routed here and sent out of its uplink. `None`: the normal path.
 #[inline(always)]
 pub fn to_uplink4(ctx: &TcContext, ip: &Ip4, bridge_ifindex: u32) -> Option<i32> {
-    if ip.is_fragment() || !whole(ctx, ip) {
+    if ip.is_fragment() || !forwardable(ctx, ip) {
         return None;
     }
     // SAFETY: an all-zero bpf_fib_lookup is a valid starting point.
@@ -241,8 +268,10 @@ pub fn out_of_uplink(
 /// lead to the other network's bridge and its neighbour entry to the
 /// container's MAC; TTL decremented, MACs rewritten) unless the frame is
 /// addressed to the container itself on the same network (switched, as the
-/// bridge would). `None`: the normal path (fragments, ICMP errors, the
-/// sender itself, an internal network, an unresolved neighbour).
+/// bridge would). `None`: the normal path (fragments, IP options, ICMP
+/// errors, the sender itself, an internal network, a frame not addressed
+/// to the bridge or the container, an unresolved neighbour, a packet too
+/// big for the route or the container's port).
 #[inline(always)]
 pub fn published_to_port4(
     ctx: &TcContext,
@@ -253,7 +282,7 @@ pub fn published_to_port4(
 ) -> Option<i32> {
     // The header as it is now (the flow rewrote it).
     let ip = parse::ipv4(ctx)?;
-    if ip.is_fragment() || !whole(ctx, &ip) {
+    if ip.is_fragment() || !forwardable(ctx, &ip) {
         return None;
     }
     match parse::l4(ctx, &ip) {
@@ -262,7 +291,7 @@ pub fn published_to_port4(
     }
     // SAFETY: the value is Copy and read at once.
     let ep = unsafe { NP_ENDPOINTS4.get(ip.daddr) }.copied()?;
-    if ep.ifindex == from || !managed_port(&ep, ep.net_id) {
+    if ep.ifindex == from || !managed_port(&ep, ep.net_id) || !fits(ctx, ep.ifindex) {
         return None;
     }
     let to_net = network(ep.net_id)?;
@@ -276,6 +305,11 @@ pub fn published_to_port4(
             return None;
         }
     } else {
+        // Routed: only what the sender addressed to its bridge (the host),
+        // as the kernel forwards nothing else.
+        if !to_bridge(net, &dst) {
+            return None;
+        }
         // SAFETY: an all-zero bpf_fib_lookup is a valid starting point.
         let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
         p.family = AF_INET;

@@ -113,12 +113,19 @@ fn account<K: Table>(
 /// Whether the hook of `phase` keeps the books for a packet of entry
 /// direction `dir` (every packet of a flow passes it once): ingress for
 /// the first direction of flows started towards a container, egress for
-/// the first direction of flows a container started.
+/// the first direction of flows a container started (and a hairpin's
+/// answer at ingress, see below).
 #[inline(always)]
 fn translating(dir: u8, flags: u32, phase: Phase) -> bool {
     let inbound = ct_flags::inbound(flags);
+    let hairpin = ct_flags::DNAT | ct_flags::SNAT;
     match dir {
         ct_dir::ORIGINAL => inbound == (phase == Phase::Ingress),
+        // A container reaching its own published port: its answer matches
+        // the REPLY entry only where it goes up to the host (the rewrite
+        // there makes it the half-way `MID` tuple its port's egress finds),
+        // so that is where it is booked, or the flow never sees a reply.
+        ct_dir::REPLY if flags & hairpin == hairpin => phase == Phase::Ingress,
         ct_dir::REPLY => inbound == (phase == Phase::Egress),
         _ => false,
     }

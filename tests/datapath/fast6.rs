@@ -26,7 +26,7 @@ use crate::nat6::{ACK, SYN, c2, key, nat6_datapath, parsed, r, tcp, u};
 /// TC_ACT_REDIRECT, what `bpf_redirect_peer` returns.
 const REDIRECT: u32 = 7;
 /// The managed port (ifindex) the other container sits behind.
-const PEER_PORT: u32 = 42;
+const PEER_PORT: u32 = harness::testrun::PEER_IFINDEX;
 const C2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x42];
 const ETH: usize = 14;
 const HOP_LIMIT: usize = ETH + 7;

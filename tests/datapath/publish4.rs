@@ -42,7 +42,7 @@ const C1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const C2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x42];
 const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x77];
 /// The client's port (c2's), besides loopback.
-const C2_PORT: u32 = 42;
+const C2_PORT: u32 = harness::testrun::PEER_IFINDEX;
 
 fn port(net_id: u32) -> IfaceInfo {
     IfaceInfo {

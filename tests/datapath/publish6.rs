@@ -342,6 +342,11 @@ fn containers_reach_ipv6_published_ports_at_the_bridge_and_themselves_through_th
         assert_eq!(parsed(&out), (u(), c1(), 8080, 42000));
         assert_checksum(&out);
         assert_eq!(packets(&dp, id, counter_kind::PUB_IN), 2);
+        // Booked as answered once, where the answer matched the REPLY
+        // entry (the bridge); its port's egress found the MID one.
+        let o = entry(&dp, &key(c1(), u(), 42000, 8080, TCP));
+        assert_ne!(o.flags & ct_flags::SEEN_REPLY, 0, "{o:?}");
+        assert_eq!(entry(&dp, &o.peer).packets, 1, "the answer, once");
 
         // At the bridge: another network's container (C3, routed) reaches
         // it too, while the host's own ports stay the host's.

@@ -115,10 +115,29 @@ pub fn set_flags(dp: &mut Datapath, id: u32, flags: u32, on: bool) {
     dp.maps.networks.insert(id, net, 0).unwrap();
 }
 
+/// The ifindex of the other container port the tests play (a veth
+/// [`in_netns`] makes): the fast path hands packets to it only
+/// when they fit its MTU, which the kernel reads from a real device.
+pub const PEER_IFINDEX: u32 = 42;
+
 /// Runs a test body on a thread inside a fresh namespace (so loopback is
-/// ifindex 1) with a private pin directory `tag`.
+/// ifindex 1, and a veth is [`PEER_IFINDEX`]) with a private pin
+/// directory `tag`.
 pub fn in_netns(tag: &'static str, f: impl FnOnce(&std::path::Path) + Send + 'static) {
     let ns = crate::harness::Netns::new("tr").unwrap();
+    ns.ip(&[
+        "link",
+        "add",
+        "peer",
+        "index",
+        &PEER_IFINDEX.to_string(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "peer-end",
+    ])
+    .unwrap();
     let pins = PinDir::new(tag);
     let dir = pins.0.clone();
     ns.run(move || f(&dir)).expect("test thread in namespace");

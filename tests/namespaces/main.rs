@@ -22,6 +22,7 @@ mod monitor;
 mod multinode;
 mod publish;
 mod publish6;
+mod publish_fast;
 mod top;
 mod v6only;
 mod verify;
