@@ -266,6 +266,10 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// How long a starting daemon tries for its pid file's lock before it
+/// takes a held lock for another daemon's.
+const LOCK_PATIENCE: Duration = Duration::from_millis(200);
+
 /// How long a burst of link and address events may pause before the
 /// daemon re-applies, and how long it waits for one to end at most.
 const BURST_QUIET: Duration = Duration::from_millis(20);
@@ -283,8 +287,17 @@ pub async fn run(opts: Options) -> Result<()> {
         .write(true)
         .open(pid_path(cookie))
         .context("opening the daemon pid file")?;
-    if !try_flock(&pidfile)? {
-        bail!("a netpath daemon already runs for this network namespace");
+    // Whoever asks whether a daemon runs (`watcher::running`: `up`
+    // polling for this very daemon every 2 ms, `status`) takes the lock
+    // for a moment when it is free: a held lock is only another daemon's
+    // once it stays held (CI saw `up` report "did not start" when this
+    // daemon gave up on the first try).
+    let deadline = Instant::now() + LOCK_PATIENCE;
+    while !try_flock(&pidfile)? {
+        if Instant::now() >= deadline {
+            bail!("a netpath daemon already runs for this network namespace");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     // One write, so a reader sees all of it or nothing.
     pidfile.set_len(0)?;

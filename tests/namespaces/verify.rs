@@ -141,3 +141,50 @@ fn without_a_daemon_every_up_asks_every_interface() {
     assert!(out.contains("c1h: port, ingress attached"), "{out}");
     assert!(runs_netpath(&lab));
 }
+
+/// Whoever asks whether a daemon runs takes its pid file's lock for a
+/// moment when the lock is free (`up` polls that way, every 2 ms, for the
+/// daemon it started): a daemon starting in that moment waits for the
+/// lock rather than taking it for another daemon's and exiting (CI saw
+/// `up` fail with "did not start").
+#[test]
+fn a_daemon_starting_while_its_lock_is_tested_still_starts() {
+    require_root!();
+    let lab = lab_up_with(Lab::new(harness::NETPATH).unwrap(), &["--no-daemon"]);
+    let path = lab
+        .host
+        .run(|| netpath::watcher::pid_path(netpath::netns::cookie().unwrap()))
+        .unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let pidfile = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    // Held for 100 ms from before the daemon starts: longer than a
+    // poller holds it, shorter than the daemon's patience.
+    pidfile.try_lock().unwrap();
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        pidfile.unlock().unwrap();
+    });
+    let mut daemon = lab
+        .host
+        .netpath(harness::NETPATH)
+        .arg("daemon")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    holder.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let alive = daemon.try_wait().unwrap().is_none();
+    let seen = status(&lab.host)["daemon"]["pid"].as_i64();
+    // Stopped by its pid (the test started it), reaped.
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(alive, "the daemon gave up on a lock held for 100 ms");
+    assert_eq!(seen, Some(i64::from(daemon.id())));
+}
