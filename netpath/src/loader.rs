@@ -3,7 +3,7 @@
 //! A namespace's first `up` spends most of its time in the kernel's
 //! verifier (`BPF_PROG_LOAD`), program after program: about 0.4 s of CPU
 //! here (2 to 4 s before the datapath's global functions, see the README),
-//! the most of it the container ports' ingress (93,153 instructions
+//! the most of it the container ports' ingress (93,375 instructions
 //! verified, the kernel's `verified_insns`), then the uplink's two
 //! programs (44,393 and 47,043). The programs are independent of each other,
 //! and a privileged load holds no global verifier lock (only unprivileged
