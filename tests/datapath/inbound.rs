@@ -7,7 +7,7 @@
 //! address U. Networks: 1 = 172.30.0.0/24 (nat), 2 = 172.31.0.0/24
 //! (routed), 3 = 172.29.0.0/24 (nat, masquerade off).
 
-use crate::harness;
+use crate::{harness, nat::key};
 
 use std::net::Ipv4Addr;
 
@@ -28,8 +28,7 @@ use netpath::{
     trusted,
 };
 use netpath_common::{
-    DropReason, GatewayMode, IfaceInfo, IfaceRole, counter_kind, counter_scope,
-    ct::{CtKey4, ct_flags},
+    DropReason, GatewayMode, IfaceInfo, IfaceRole, counter_kind, counter_scope, ct::ct_flags,
     net_flags, owner,
 };
 
@@ -97,16 +96,6 @@ pub(crate) fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u
 
 fn uplink_drops(dp: &Datapath, why: DropReason) -> u64 {
     counter(dp, counter_scope::IFACE, LO, why.counter_kind()).0
-}
-
-fn key(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> CtKey4 {
-    CtKey4::new(
-        codec::be(src),
-        codec::be(dst),
-        sport.to_be(),
-        dport.to_be(),
-        proto,
-    )
 }
 
 #[test]

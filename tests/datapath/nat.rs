@@ -52,7 +52,8 @@ fn nat_datapath(pins: &std::path::Path, uplink: Ipv4Addr) -> Datapath {
     dp
 }
 
-fn key(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> CtKey4 {
+/// A packet's IPv4 tuple as conntrack keys it.
+pub(crate) fn key(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> CtKey4 {
     CtKey4::new(be(src), be(dst), sport.to_be(), dport.to_be(), proto)
 }
 

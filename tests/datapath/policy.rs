@@ -5,7 +5,7 @@
 //! Loopback (ifindex 1, BPF_PROG_TEST_RUN's skb->dev) plays a port of
 //! network 1 (172.30.0.0/24); network 2 is 172.31.0.0/24.
 
-use crate::harness;
+use crate::{harness, nat::key};
 
 use std::net::Ipv4Addr;
 
@@ -390,13 +390,7 @@ fn deliveries_from_unmanaged_interfaces_follow_the_gateway_mode() {
             run_from(&mut dp, Dir::Egress, &to_80, UNMANAGED).0,
             TCX_NEXT
         );
-        let k = CtKey4::new(
-            codec::be(EXT),
-            codec::be(C1),
-            40000u16.to_be(),
-            80u16.to_be(),
-            TCP,
-        );
+        let k = key(EXT, C1, 40000, 80, TCP);
         let e = dp.maps.ct4.get(&k, 0).expect("an INBOUND flow");
         assert_eq!(e.flags & ct_flags::INBOUND, ct_flags::INBOUND);
         assert_eq!(e.peer, k.reversed(), "tracked, not translated");
@@ -528,13 +522,7 @@ fn a_neighbour_on_the_same_network_is_reached_port_to_port() {
             "a fragment"
         );
         // A flow the tracker knows goes past C2's egress program.
-        let key = CtKey4::new(
-            codec::be(C1),
-            codec::be(C2),
-            1000u16.to_be(),
-            2000u16.to_be(),
-            UDP,
-        );
+        let key = key(C1, C2, 1000, 2000, UDP);
         // An untranslated entry (its source written as it is).
         let entry = netpath_common::ct::CtEntry4 {
             peer: CtKey4::new(key.daddr_be, key.saddr_be, key.dport_be, key.sport_be, UDP),

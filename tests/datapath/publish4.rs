@@ -8,7 +8,7 @@
 //!
 //! Loopback (ifindex 1) plays the client's port first, then the server's.
 
-use crate::{harness, inbound::tcp};
+use crate::{harness, inbound::tcp, nat::key};
 
 use std::net::Ipv4Addr;
 
@@ -24,9 +24,7 @@ use netpath::{
     state::Dir,
 };
 use netpath_common::{
-    Endpoint, IfaceInfo, IfaceRole, counter_kind, counter_scope,
-    ct::{CtKey4, ct_flags},
-    owner,
+    Endpoint, IfaceInfo, IfaceRole, counter_kind, counter_scope, ct::ct_flags, owner,
 };
 
 const U: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -134,13 +132,7 @@ fn a_published_ports_answer_to_a_neighbour_goes_port_to_port_translated() {
             "counted as delivered at c2's port"
         );
         // Booked as answered, as c2's port's egress would have booked it.
-        let original = CtKey4::new(
-            codec::be(C2),
-            codec::be(U),
-            40000u16.to_be(),
-            8085u16.to_be(),
-            TCP,
-        );
+        let original = key(C2, U, 40000, 8085, TCP);
         let e = dp.maps.ct4.get(&original, 0).expect("the flow");
         assert_ne!(e.flags & ct_flags::SEEN_REPLY, 0, "{e:?}");
 
