@@ -214,15 +214,38 @@ pub fn to_uplink4(ctx: &TcContext, ip: &Ip4, bridge_ifindex: u32) -> Option<i32>
     if ip.is_fragment() || !forwardable(ctx, ip) {
         return None;
     }
+    out_of_uplink(ctx, &mut route4(ip, bridge_ifindex), forward_ttl)
+}
+
+/// The route lookup of IPv4 packet `ip` as it came in through `ifindex`.
+#[inline(always)]
+fn route4(ip: &Ip4, ifindex: u32) -> bpf_fib_lookup {
     // SAFETY: an all-zero bpf_fib_lookup is a valid starting point.
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     p.family = AF_INET;
     p.l4_protocol = ip.proto;
-    p.ifindex = bridge_ifindex;
+    p.ifindex = ifindex;
     p.__bindgen_anon_1.tot_len = ip.tot_len;
     p.__bindgen_anon_3.ipv4_src = ip.saddr;
     p.__bindgen_anon_4.ipv4_dst = ip.daddr;
-    out_of_uplink(ctx, &mut p, forward_ttl)
+    p
+}
+
+/// Looks the route of `p` up (`bpf_fib_lookup`, which fills in the
+/// outgoing ifindex and the next hop's MACs): whether one was found, its
+/// neighbour resolved and the packet within its MTU.
+#[inline(always)]
+fn fib(ctx: &TcContext, p: &mut bpf_fib_lookup) -> bool {
+    // SAFETY: the helper takes the skb context and a struct of its size.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.skb.skb.cast(),
+            &raw mut *p,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    rc == BPF_FIB_LKUP_RET_SUCCESS as i64
 }
 
 /// Looks the route of `p` up and, when it leaves through an uplink (where
@@ -235,16 +258,7 @@ pub fn out_of_uplink(
     p: &mut bpf_fib_lookup,
     hop: impl FnOnce(&TcContext) -> Option<()>,
 ) -> Option<i32> {
-    // SAFETY: the helper takes the skb context and a struct of its size.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.skb.skb.cast(),
-            &raw mut *p,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+    if !fib(ctx, p) {
         return None;
     }
     let out = iface(p.ifindex)?;
@@ -253,7 +267,7 @@ pub fn out_of_uplink(
     }
     hop(ctx)?;
     set_macs(ctx, &p.dmac, &p.smac)?;
-    // SAFETY: as above.
+    // SAFETY: no preconditions beyond a valid ifindex (checked by the helper).
     Some(unsafe { bpf_redirect(p.ifindex, 0) } as i32)
 }
 
@@ -310,27 +324,8 @@ pub fn published_to_port4(
         if !to_bridge(net, &dst) {
             return None;
         }
-        // SAFETY: an all-zero bpf_fib_lookup is a valid starting point.
-        let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-        p.family = AF_INET;
-        p.l4_protocol = ip.proto;
-        p.ifindex = net.bridge_ifindex;
-        p.__bindgen_anon_1.tot_len = ip.tot_len;
-        p.__bindgen_anon_3.ipv4_src = ip.saddr;
-        p.__bindgen_anon_4.ipv4_dst = ip.daddr;
-        // SAFETY: the helper takes the skb context and a struct of its size.
-        let rc = unsafe {
-            fib_lookup(
-                ctx.skb.skb.cast(),
-                &raw mut p,
-                core::mem::size_of::<bpf_fib_lookup>() as i32,
-                0,
-            )
-        };
-        if rc != BPF_FIB_LKUP_RET_SUCCESS as i64
-            || p.ifindex != to_net.bridge_ifindex
-            || !same_mac(&p.dmac, &ep.mac)
-        {
+        let mut p = route4(&ip, net.bridge_ifindex);
+        if !fib(ctx, &mut p) || p.ifindex != to_net.bridge_ifindex || !same_mac(&p.dmac, &ep.mac) {
             return None;
         }
         forward_ttl(ctx)?;
