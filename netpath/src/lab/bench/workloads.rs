@@ -154,9 +154,10 @@ pub const WORKLOADS6: [&str; 11] = [
 ];
 
 /// What `--quick` (CI) runs: a request/response, a packet rate and a
-/// connection rate for each path, and a request/response and connection
-/// rates over IPv6, within a minute for the whole run (the streams and the
-/// paced latency are in the full run).
+/// connection rate for each path, a request/response and connection
+/// rates over IPv6, and the request/response from another network to the
+/// published port, within a minute for the whole run (the streams, the
+/// paced latency and `xnet conn/s` are in the full run).
 pub const QUICK_WORKLOADS: [&str; 11] = [
     "c2c rr",
     "c2c udp 64B",
