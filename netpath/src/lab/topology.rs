@@ -154,7 +154,12 @@ pub struct Process(pub std::process::Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
-        // SAFETY: signalling the process this value started.
+        // Once reaped its pid may be another process's: never signal it.
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
+        // SAFETY: signalling the process this value started, not yet
+        // reaped (so the pid is still its).
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {

@@ -19,8 +19,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
-use super::{ruleset, v6};
-use crate::lab::topology::{self, Lab, Netns, Process};
+use super::{proxy, ruleset, v6};
+use crate::lab::topology::{self, Lab, Netns};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -61,7 +61,7 @@ const C3: &str = "172.30.1.2";
 pub struct ArmLab {
     /// The iptables arm's `docker-proxy` for `PORT` (stopped first, before
     /// the namespaces go).
-    proxy: Option<Process>,
+    proxy: Option<proxy::Proxy>,
     pub arm: Arm,
     pub lab: Lab,
     /// The container on the second network (`np1`).
@@ -143,23 +143,8 @@ impl ArmLab {
                 host.ip(&["link", "set", "c3h", "master", XNET_BRIDGE])?;
             }
         }
-        if self.arm == Arm::Iptables
-            && let Some(bin) = docker_proxy()
-        {
-            // Started directly (nsenter execs it): the pid is the proxy's.
-            let child = std::process::Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{}", self.lab.host.name))
-                .arg(&bin)
-                .args(["-proto", "tcp", "-host-ip", "0.0.0.0", "-host-port"])
-                .arg(PORT.to_string())
-                .args(["-container-ip", Lab::C1, "-container-port"])
-                .arg(PORT.to_string())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .with_context(|| format!("starting {}", bin.display()))?;
-            self.proxy = Some(Process(child));
+        if self.arm == Arm::Iptables {
+            self.proxy = proxy::start(host, PORT, Lab::C1)?;
         }
         Ok(())
     }
@@ -167,13 +152,18 @@ impl ArmLab {
     /// What `c3` dials for the container's `PORT` (the `xnet` workloads):
     /// the published port (the uplink's address), c1 itself on bare,
     /// `None` on an iptables arm without `docker-proxy` (Docker's path for
-    /// it; its rules alone do not carry it).
-    pub fn xnet_dial(&self) -> Option<SocketAddrV4> {
-        match self.arm {
-            Arm::Iptables if self.proxy.is_none() => None,
-            _ => Some(self.published()),
+    /// it; its rules alone do not carry it); an error when that proxy no
+    /// longer listens.
+    pub fn xnet_dial(&self) -> Result<Option<SocketAddrV4>> {
+        match (self.arm, &self.proxy) {
+            (Arm::Iptables, None) => Ok(None),
+            (Arm::Iptables, Some(p)) if !p.listens(PORT) => {
+                bail!("{p} no longer listens on {PORT}")
+            }
+            _ => Ok(Some(self.published())),
         }
     }
+
     /// The measured port on IPv6 (tcp and udp, to c1's IPv6 address), set
     /// once: the IPv6 rows run at the first scale point (one port, one
     /// network), and neither `set_ports` nor `set_networks` touches it
@@ -501,18 +491,6 @@ impl ArmLab {
             })
             .unwrap_or_else(|e| format!("unavailable: {e:#}"))
     }
-}
-
-/// Docker's userland proxy, where Debian's docker.io puts it.
-fn docker_proxy() -> Option<std::path::PathBuf> {
-    [
-        "/usr/sbin/docker-proxy",
-        "/usr/bin/docker-proxy",
-        "/usr/libexec/docker/docker-proxy",
-    ]
-    .into_iter()
-    .map(std::path::PathBuf::from)
-    .find(|p| p.is_file())
 }
 
 /// Packets of `-A FORWARD -i np0 -o np0 -j ACCEPT` (the counter of the

@@ -15,6 +15,7 @@ pub mod docker;
 pub mod layout;
 pub mod load;
 pub mod monitor;
+pub mod proxy;
 mod report;
 mod report_scale;
 pub mod ruleset;

@@ -78,7 +78,7 @@ pub fn measure(lab: &ArmLab, workload: &'static str, dur: Duration) -> Result<Ve
         // A container on another network (c3 on np1) reaching the
         // published port; Docker's path for it is its userland proxy.
         "xnet rr" | "xnet conn/s" => {
-            let Some(dial) = lab.xnet_dial() else {
+            let Some(dial) = lab.xnet_dial()? else {
                 return Ok(Vec::new());
             };
             if name == "xnet rr" {
