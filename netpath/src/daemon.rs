@@ -192,8 +192,12 @@ pub fn stop() -> Result<Option<i32>> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    // SAFETY: as above.
-    unsafe { libc::kill(r.pid, libc::SIGKILL) };
+    // Asked again right before: a daemon that left since the last look
+    // may have passed its pid on to another process.
+    if running()?.is_some_and(|now| now.pid == r.pid) {
+        // SAFETY: as above.
+        unsafe { libc::kill(r.pid, libc::SIGKILL) };
+    }
     Ok(Some(r.pid))
 }
 
