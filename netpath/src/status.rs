@@ -311,16 +311,29 @@ pub async fn status() -> Result<Status> {
     Ok(out)
 }
 
+/// A conntrack counter (scope CONNTRACK) of every CPU.
+fn traffic_packets(dp: &Datapath, kind: u16) -> Result<u64> {
+    Ok(dp.maps.traffic(counter_scope::CONNTRACK, 0, kind)?.packets)
+}
+
+/// Entries the LRU evicted: inserted − removed − present. The counting
+/// pass takes a while on a large table (about 1 ms per 10,000 entries),
+/// and flows keep coming meanwhile: an entry inserted during it may be
+/// missed by the walk, so inserts are taken from *before* the pass
+/// (`inserted_before`) and removals from after it. An entry present
+/// throughout is counted, so this never reports an eviction that did not
+/// happen; evictions during the pass may show on the next look.
+fn evicted(inserted_before: u64, removed_after: u64, counted: u32) -> u64 {
+    inserted_before.saturating_sub(removed_after + u64::from(counted))
+}
+
 /// The table, from a counting pass (which also fills the per-network
 /// counts) and the insert/remove counters.
 fn conntrack_status(state: &StateDir, dp: &mut Datapath) -> Result<ConntrackStatus> {
+    let inserted_before = traffic_packets(dp, counter_kind::CT_INSERTS)?;
     let found = crate::conntrack::count(dp)?;
     let capacity = Maps::ct_capacity(&state.maps_dir())?;
-    let ct = |kind| {
-        dp.maps
-            .traffic(counter_scope::CONNTRACK, 0, kind)
-            .map(|t| t.packets)
-    };
+    let ct = |kind| traffic_packets(dp, kind);
     let (inserted, removed) = (ct(counter_kind::CT_INSERTS)?, ct(counter_kind::CT_REMOVES)?);
     Ok(ConntrackStatus {
         capacity,
@@ -330,7 +343,7 @@ fn conntrack_status(state: &StateDir, dp: &mut Datapath) -> Result<ConntrackStat
         fill_pct: f64::from(found.entries) * 100.0 / f64::from(capacity.max(1)),
         inserted,
         removed,
-        evicted: inserted.saturating_sub(removed + u64::from(found.entries)),
+        evicted: evicted(inserted_before, removed, found.entries),
         failed_inserts: ct(counter_kind::CT_INSERT_FAILED)?,
         max_flows: netpath_common::ct::fill::max_flows(capacity),
         refused: ct(counter_kind::CT_REFUSED)?,

@@ -279,6 +279,15 @@ fn a_syn_flood_is_swept_cheaply_while_established_flows_carry_on() {
         }
         Ok(sent)
     });
+    // Asked while the flood fills the table: new flows keep coming during
+    // status's own counting pass, and are no evictions.
+    std::thread::sleep(Duration::from_secs(3));
+    let mid = status(&lab.host);
+    assert_eq!(
+        mid["conntrack"]["evicted"], 0,
+        "nothing evicted mid-flood: {}",
+        mid["conntrack"]
+    );
     let sent = flood.join().unwrap().unwrap();
     let during = t0.elapsed();
     let s = status(&lab.host);
