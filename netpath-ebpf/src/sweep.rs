@@ -108,8 +108,11 @@ fn walk<K: Judged>(pass: &mut Pass) {
         );
     }
     if pass.args.mode & mode::CALIBRATE != 0 {
-        // The exact count as of this pass (see `ct::fill`).
-        set_live::<K>(u64::from(pass.args.entries - entries));
+        // The exact count as of this pass (see `ct::fill`): what it found
+        // less what it removed.
+        set_live::<K>(u64::from(
+            (pass.args.entries - entries) - (pass.args.removed_entries - removed),
+        ));
     } else if pass.args.removed_entries > removed {
         fill_sub::<K>(u64::from(pass.args.removed_entries - removed));
     }
@@ -142,7 +145,8 @@ unsafe extern "C" fn visit<K: Judged>(
     };
     pass.args.entries += 1;
     let mode = pass.args.mode;
-    if mode & mode::CALIBRATE != 0 {
+    if mode == mode::CALIBRATE {
+        // Counting alone.
         return 0;
     }
     let (dir, flags, last) = (e.dir, e.flags, e.last_seen_ns);

@@ -432,8 +432,13 @@ pub async fn run(opts: Options) -> Result<()> {
                         Err(e) => warn!("checking the network namespace: {e:#}"),
                     }
                 }
-                match sweeper.tick(&state, &mut loaded).and_then(|()| sweeper.write(cookie)) {
-                    Ok(()) => {}
+                match sweeper.tick(&state, &mut loaded, opts.interval) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        if let Err(e) = sweeper.write(cookie) {
+                            warn!("writing the sweep report: {e:#}");
+                        }
+                    }
                     Err(e) => warn!("sweep failed: {e:#}"),
                 }
                 next_tick = tokio::time::Instant::now() + sweeper.interval(opts.interval);
