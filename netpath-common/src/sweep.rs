@@ -19,11 +19,9 @@ pub mod mode {
     pub const PRESSURE: u32 = 1 << 2;
     /// Count the live flows of each network into `NP_CT_NETWORKS`.
     pub const PER_NETWORK: u32 = 1 << 3;
-    /// Set the datapath's live entry count (`ct::fill::LIVE`) to the
-    /// entries the pass found less those it removed: the count drifts
-    /// when entries change behind the datapath's back (an older build's,
-    /// a resize's copy). Alone, the pass only counts; with
-    /// [`EXPIRE`] it rides along a sweep.
+    /// Only count the entries, and set the datapath's live entry count
+    /// (`ct::fill::LIVE`) to it: the count drifts when entries change
+    /// behind the datapath's back (an older build's, a resize's copy).
     pub const CALIBRATE: u32 = 1 << 4;
 }
 

@@ -108,11 +108,8 @@ fn walk<K: Judged>(pass: &mut Pass) {
         );
     }
     if pass.args.mode & mode::CALIBRATE != 0 {
-        // The exact count as of this pass (see `ct::fill`): what it found
-        // less what it removed.
-        set_live::<K>(u64::from(
-            (pass.args.entries - entries) - (pass.args.removed_entries - removed),
-        ));
+        // The exact count as of this pass (see `ct::fill`).
+        set_live::<K>(u64::from(pass.args.entries - entries));
     } else if pass.args.removed_entries > removed {
         fill_sub::<K>(u64::from(pass.args.removed_entries - removed));
     }
@@ -145,8 +142,7 @@ unsafe extern "C" fn visit<K: Judged>(
     };
     pass.args.entries += 1;
     let mode = pass.args.mode;
-    if mode == mode::CALIBRATE {
-        // Counting alone.
+    if mode & mode::CALIBRATE != 0 {
         return 0;
     }
     let (dir, flags, last) = (e.dir, e.flags, e.last_seen_ns);

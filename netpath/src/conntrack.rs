@@ -321,16 +321,12 @@ pub fn flush(dp: &mut Datapath, filter: &Filter) -> Result<usize> {
 
 /// Removes flows idle for longer than their state's timeout (under
 /// `pressure`, unreplied ones idle for longer than `pressure_timeout_ms`
-/// too), in one pass; returns what the pass found. With `calibrate` the
-/// pass also sets the datapath's live entry count (`mode::CALIBRATE`).
-pub fn sweep(dp: &mut Datapath, pressure: Option<u32>, calibrate: bool) -> Result<SweepArgs> {
+/// too), in one pass; returns what the pass found.
+pub fn sweep(dp: &mut Datapath, pressure: Option<u32>) -> Result<SweepArgs> {
     let mut args = SweepArgs {
         mode: sweep::mode::EXPIRE,
         ..SweepArgs::default()
     };
-    if calibrate {
-        args.mode |= sweep::mode::CALIBRATE;
-    }
     if let Some(t) = pressure {
         args.mode |= sweep::mode::PRESSURE;
         args.pressure_timeout_ms = t;

@@ -185,8 +185,11 @@ impl Cadence {
     }
 }
 
-/// How often the datapath's entry count is set from a counting pass: it
-/// only drifts when entries change behind its back.
+/// How often the datapath's entry count is set from a counting pass (for
+/// the default table; in proportion for a larger one): it only drifts
+/// when entries change behind its back. The pass cannot ride along a
+/// sweep: a sweep removes a flow's two entries at once, one maybe not yet
+/// walked, so what it walked less what it removed is not what is left.
 const CALIBRATE_EVERY: Duration = Duration::from_secs(10);
 
 impl Sweeper {
@@ -236,10 +239,15 @@ impl Sweeper {
         {
             return Ok(false);
         }
-        // Rides along this pass (no walk of its own).
-        let calibrate = self
+        // A counting pass of its own, on a pass's tick, and as much less
+        // often as the passes on a larger table.
+        if self
             .calibrated
-            .is_none_or(|t| t.elapsed() >= CALIBRATE_EVERY);
+            .is_none_or(|t| t.elapsed() >= CALIBRATE_EVERY * self.cadence.scale)
+        {
+            conntrack::calibrate(dp)?;
+            self.calibrated = Some(Instant::now());
+        }
         let refused = dp
             .maps
             .traffic(
@@ -259,10 +267,7 @@ impl Sweeper {
         self.refused = Some(refused);
         let t = Instant::now();
         let pressure = self.cadence.pressure;
-        let found = conntrack::sweep(dp, pressure.then_some(PRESSURE_TIMEOUT_MS), calibrate)?;
-        if calibrate {
-            self.calibrated = Some(t);
-        }
+        let found = conntrack::sweep(dp, pressure.then_some(PRESSURE_TIMEOUT_MS))?;
         self.cadence.took = t.elapsed();
         self.cadence.last = Some(t);
         self.cadence.live_after = live(dp)?;

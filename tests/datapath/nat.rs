@@ -902,34 +902,23 @@ fn the_sweep_pass_expires_flushes_and_counts_in_one_walk() {
         conntrack::count(&mut dp).unwrap();
         assert_eq!(dp.maps.ct_networks.get(&1, 0).unwrap(), 4, "counted afresh");
         // Nothing has timed out yet.
-        assert_eq!(
-            conntrack::sweep(&mut dp, None, false)
-                .unwrap()
-                .removed_flows,
-            0
-        );
+        assert_eq!(conntrack::sweep(&mut dp, None).unwrap().removed_flows, 0);
         std::thread::sleep(std::time::Duration::from_millis(2100));
         // The answered UDP flow has; under pressure, unreplied flows idle
-        // for a second go too. This sweep calibrates as it goes: a count
-        // gone wrong becomes the entries left (8 found, 2 removed).
-        dp.maps
-            .ct_fill
-            .set(netpath_common::ct::fill::LIVE, 1000, 0)
-            .unwrap();
-        let swept = conntrack::sweep(&mut dp, None, true).unwrap();
+        // for a second go too.
+        let swept = conntrack::sweep(&mut dp, None).unwrap();
         assert_eq!(
             (swept.removed_flows, swept.removed_entries, swept.flows),
             (1, 2, 3)
         );
-        assert_eq!(dp.maps.ct_fill().unwrap().0, 6, "calibrated by the sweep");
         assert!(dp.maps.ct4.get(&key(C1, R, 7001, 53, UDP), 0).is_err());
-        let swept = conntrack::sweep(&mut dp, Some(5000), false).unwrap();
+        let swept = conntrack::sweep(&mut dp, Some(5000)).unwrap();
         assert_eq!(
             (swept.removed_flows, swept.flows),
             (0, 3),
             "idle for less than 5 s"
         );
-        let swept = conntrack::sweep(&mut dp, Some(1000), false).unwrap();
+        let swept = conntrack::sweep(&mut dp, Some(1000)).unwrap();
         assert_eq!((swept.removed_flows, swept.flows), (3, 0));
 
         // Flushing by filter, one pass each.
