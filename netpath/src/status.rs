@@ -2,7 +2,7 @@
 //! the program ids the kernel reports), and their counters and drops, as
 //! tables or JSON.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
 use anyhow::{Context as _, Result};
 use netpath_common::{
@@ -189,7 +189,7 @@ pub async fn status() -> Result<Status> {
     let nl = Netlink::new()?;
     let names = nl.names().await?;
     let mut dp = Datapath::open_or_load(&state)?;
-    out.conntrack = Some(conntrack_status(&state, &mut dp)?);
+    out.conntrack = Some(conntrack_status(&state, &mut dp, cookie)?);
     out.daemon = Some(daemon_status(cookie)?);
     out.warnings = reconcile::address_conflicts(&nl, &dp.maps)
         .await?
@@ -320,21 +320,34 @@ fn traffic_packets(dp: &Datapath, kind: u16) -> Result<u64> {
 /// pass takes a while on a large table (about 1 ms per 10,000 entries),
 /// and flows keep coming meanwhile: an entry inserted during it may be
 /// missed by the walk, so inserts are taken from *before* the pass
-/// (`inserted_before`) and removals from after it. An entry present
-/// throughout is counted, so this never reports an eviction that did not
-/// happen; evictions during the pass may show on the next look.
+/// (`inserted_before`) and removals from after it (and after a sweep
+/// running beside it has counted its own). An entry present throughout is
+/// counted, so this never reports an eviction that did not happen;
+/// evictions during the pass may show on the next look.
 fn evicted(inserted_before: u64, removed_after: u64, counted: u32) -> u64 {
     inserted_before.saturating_sub(removed_after + u64::from(counted))
 }
 
 /// The table, from a counting pass (which also fills the per-network
 /// counts) and the insert/remove counters.
-fn conntrack_status(state: &StateDir, dp: &mut Datapath) -> Result<ConntrackStatus> {
+fn conntrack_status(state: &StateDir, dp: &mut Datapath, cookie: u64) -> Result<ConntrackStatus> {
     let inserted_before = traffic_packets(dp, counter_kind::CT_INSERTS)?;
     let found = crate::conntrack::count(dp)?;
     let capacity = Maps::ct_capacity(&state.maps_dir())?;
     let ct = |kind| traffic_packets(dp, kind);
-    let (inserted, removed) = (ct(counter_kind::CT_INSERTS)?, ct(counter_kind::CT_REMOVES)?);
+    let (inserted, mut removed) = (ct(counter_kind::CT_INSERTS)?, ct(counter_kind::CT_REMOVES)?);
+    if evicted(inserted_before, removed, found.entries) > 0 {
+        // The daemon's sweep, running beside this pass, counts what it
+        // removed when it ends: give it as long as its last pass took, then
+        // read again (later removals only lower the figure).
+        let took = crate::daemon::report(cookie)
+            .and_then(|r| r.last_sweep)
+            .map_or(Duration::from_millis(100), |s| {
+                Duration::from_micros(s.took_us)
+            });
+        std::thread::sleep((took * 3 / 2).min(Duration::from_secs(1)));
+        removed = ct(counter_kind::CT_REMOVES)?;
+    }
     Ok(ConntrackStatus {
         capacity,
         entries: found.entries,

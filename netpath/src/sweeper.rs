@@ -67,7 +67,8 @@ const PRESSURE_FILL: f64 = 0.5;
 /// reaching its limit. Most of a flood's cost is removing its flows, which
 /// no interval saves; a shorter one walks the table more often.
 const FLOOD_FILL: f64 = 0.1;
-/// Pressure lasts until the unreplied flows left fill less than this.
+/// Pressure lasts until the unreplied flows a pass finds (left, or
+/// removed under pressure) fill less than this.
 const LEFTOVER_FILL: f64 = 0.01;
 /// The sweep interval during a flood (the daemon's own, when shorter).
 const FLOOD_INTERVAL: Duration = Duration::from_millis(500);
@@ -105,23 +106,26 @@ const GROWTH_FILL: f64 = FLOOD_FILL / 2.0;
 /// while unreplied flows are worth sweeping often; scaled with the table's
 /// size otherwise (timeouts are seconds to days: expiry only gets
 /// coarser), a large table full of live flows included; and at once when
-/// the table grew by [`GROWTH_FILL`] or crossed into pressure since. No
-/// pass takes more than a quarter of the daemon's time.
+/// the table grew by [`GROWTH_FILL`], crossed into pressure, or refused a
+/// new flow at its limit since. No pass takes more than a quarter of the
+/// daemon's time.
 #[derive(Debug, Clone, Copy)]
 struct Cadence {
     /// When the last pass started, how long it took, and the datapath's
-    /// live entry count right after it.
+    /// live entry count and refused flows right after it.
     last: Option<Instant>,
     took: Duration,
     live_after: u64,
+    refused_after: u64,
     /// The table's capacity over the default's (at least 1).
     scale: u32,
     flood: bool,
     pressure: bool,
     /// The last pass found the table at least [`PRESSURE_FILL`] full.
     full: bool,
-    /// The last pass left unreplied flows of at least [`LEFTOVER_FILL`]
-    /// of the table: under pressure, each pass removes some.
+    /// The last pass found unreplied flows (left, or removed under
+    /// pressure) of at least [`LEFTOVER_FILL`] of the table: under
+    /// pressure, each pass removes some.
     unreplied: bool,
 }
 
@@ -131,6 +135,7 @@ impl Cadence {
             last: None,
             took: Duration::ZERO,
             live_after: 0,
+            refused_after: 0,
             scale: 1,
             flood: false,
             pressure: false,
@@ -166,23 +171,39 @@ impl Cadence {
         base.max(self.took * 4)
     }
 
-    /// Whether the tick at `now` walks the table, the datapath counting
-    /// `live` entries of `capacity` and the IPv6 table `v6_fill` full.
-    fn due(&self, now: Instant, normal: Duration, live: u64, capacity: u32, v6_fill: f64) -> bool {
+    /// Whether the tick at `now` walks the table: `seen` is what the
+    /// datapath says now (live entries, new flows refused so far, the
+    /// IPv6 table's fill) of a table of `capacity` entries.
+    fn due(&self, now: Instant, normal: Duration, seen: Seen, capacity: u32) -> bool {
         let Some(last) = self.last else {
             return true;
         };
         // Ticks come an interval apart and a little late: a pass due
         // within a tenth of one is due now.
-        if now.saturating_duration_since(last) + normal / 10 >= self.pass_interval(normal) {
+        let since = now.saturating_duration_since(last) + normal / 10;
+        if since >= self.pass_interval(normal) {
             return true;
         }
+        if since < self.took * 4 {
+            return false;
+        }
         let capacity = capacity as f64;
-        let grown = live.saturating_sub(self.live_after) as f64;
+        let grown = seen.live.saturating_sub(self.live_after) as f64;
         grown >= GROWTH_FILL * capacity
+            // At the limit, where the table cannot grow by much: only a
+            // pass makes room.
+            || seen.refused > self.refused_after
             || (!self.pressure
-                && (live as f64 >= PRESSURE_FILL * capacity || v6_fill >= PRESSURE_FILL))
+                && (seen.live as f64 >= PRESSURE_FILL * capacity || seen.v6_fill >= PRESSURE_FILL))
     }
+}
+
+/// What a tick reads from the datapath (two counters and a fill).
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    live: u64,
+    refused: u64,
+    v6_fill: f64,
 }
 
 /// How often the datapath's entry count is set from a counting pass (for
@@ -229,14 +250,23 @@ impl Sweeper {
         let cap = state::Maps::ct_capacity(&state.maps_dir())?;
         self.cadence.scale = cap.div_ceil(netpath_common::ct::MAX_CT4).max(1);
         let capacity = f64::from(cap);
-        let live = |dp: &Datapath| -> Result<u64> { Ok(dp.maps.ct_fill()?.0.max(0) as u64) };
-        let v6_fill = |dp: &Datapath| -> Result<f64> {
-            Ok(dp.maps.v6.ct_fill()?.0.max(0) as f64 / f64::from(netpath_common::ct6::MAX_CT6))
+        let seen = |dp: &Datapath| -> Result<Seen> {
+            Ok(Seen {
+                live: dp.maps.ct_fill()?.0.max(0) as u64,
+                refused: dp
+                    .maps
+                    .traffic(
+                        netpath_common::counter_scope::CONNTRACK,
+                        0,
+                        netpath_common::counter_kind::CT_REFUSED,
+                    )?
+                    .packets,
+                v6_fill: dp.maps.v6.ct_fill()?.0.max(0) as f64
+                    / f64::from(netpath_common::ct6::MAX_CT6),
+            })
         };
-        if !self
-            .cadence
-            .due(Instant::now(), normal, live(dp)?, cap, v6_fill(dp)?)
-        {
+        let before = seen(dp)?;
+        if !self.cadence.due(Instant::now(), normal, before, cap) {
             return Ok(false);
         }
         // A counting pass of its own, on a pass's tick, and as much less
@@ -248,36 +278,32 @@ impl Sweeper {
             conntrack::calibrate(dp)?;
             self.calibrated = Some(Instant::now());
         }
-        let refused = dp
-            .maps
-            .traffic(
-                netpath_common::counter_scope::CONNTRACK,
-                0,
-                netpath_common::counter_kind::CT_REFUSED,
-            )?
-            .packets;
-        if let Some(before) = self.refused
-            && refused > before
+        if let Some(earlier) = self.refused
+            && before.refused > earlier
         {
             warn!(
                 "conntrack table at its limit: {} new flow(s) refused since the last sweep",
-                refused - before
+                before.refused - earlier
             );
         }
-        self.refused = Some(refused);
+        self.refused = Some(before.refused);
         let t = Instant::now();
         let pressure = self.cadence.pressure;
         let found = conntrack::sweep(dp, pressure.then_some(PRESSURE_TIMEOUT_MS))?;
         self.cadence.took = t.elapsed();
         self.cadence.last = Some(t);
-        self.cadence.live_after = live(dp)?;
+        let after = seen(dp)?;
+        (self.cadence.live_after, self.cadence.refused_after) = (after.live, after.refused);
         let took_us = self.cadence.took.as_micros() as u64;
         let sweep = Sweep {
             at_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
             took_us,
-            entries: found.entries - found.removed_entries.min(found.entries),
+            // The datapath's count as the pass left it: what the pass
+            // walked less what it removed is not (a flow's second entry
+            // may go before the walk reached it).
+            entries: u32::try_from(after.live).unwrap_or(u32::MAX),
             flows: found.flows,
             embryonic: found.embryonic,
             removed_flows: found.removed_flows,
@@ -292,14 +318,23 @@ impl Sweeper {
                 if pressure { " (under pressure)" } else { "" }
             );
         }
-        // An unreplied flow has two entries.
-        let flood = f64::from(found.embryonic) * 2.0 >= FLOOD_FILL * capacity;
+        // Under pressure a pass removes most unreplied flows itself: those
+        // count as found, or a flood would look over (and sweeping often
+        // pointless) right after the pass that purged it. An unreplied
+        // flow has two entries.
+        let unreplied_found = f64::from(found.embryonic)
+            + if pressure {
+                f64::from(found.removed_flows)
+            } else {
+                0.0
+            };
+        let flood = unreplied_found * 2.0 >= FLOOD_FILL * capacity;
         // The IPv6 table is smaller and fills by itself (its live count,
         // as this pass set it, against its own capacity).
-        let v6 = v6_fill(dp)?;
+        let v6 = after.v6_fill;
         let full = f64::from(sweep.entries) >= PRESSURE_FILL * capacity || v6 >= PRESSURE_FILL;
         self.cadence.full = full;
-        let unreplied = f64::from(found.embryonic) * 2.0 >= LEFTOVER_FILL * capacity;
+        let unreplied = unreplied_found * 2.0 >= LEFTOVER_FILL * capacity;
         self.cadence.unreplied = unreplied;
         if flood != self.cadence.flood {
             info!(
@@ -373,9 +408,16 @@ mod tests {
         }
     }
 
+    fn live(live: u64) -> Seen {
+        Seen {
+            live,
+            ..Seen::default()
+        }
+    }
+
     #[test]
     fn the_first_tick_walks_the_table() {
-        assert!(Cadence::new().due(Instant::now(), NORMAL, 0, DEFAULT, 0.0));
+        assert!(Cadence::new().due(Instant::now(), NORMAL, live(0), DEFAULT));
     }
 
     #[test]
@@ -383,7 +425,7 @@ mod tests {
         let t = Instant::now();
         let c = after_pass(t, DEFAULT, 1000, Duration::from_millis(20));
         assert_eq!(c.tick_interval(NORMAL), NORMAL);
-        assert!(c.due(t + NORMAL, NORMAL, 1000, DEFAULT, 0.0));
+        assert!(c.due(t + NORMAL, NORMAL, live(1000), DEFAULT));
     }
 
     #[test]
@@ -391,36 +433,63 @@ mod tests {
         // 1 M established flows in the bench's table: 73 % full, under
         // pressure, but nothing unreplied to sweep.
         let t = Instant::now();
-        let live = 2_000_000;
-        let mut c = after_pass(t, BIG, live, Duration::from_millis(600));
+        let n = 2_000_000;
+        let mut c = after_pass(t, BIG, n, Duration::from_millis(600));
         c.pressure = true;
         c.full = true;
         assert_eq!(c.scale, 11);
         for s in 1..=9 {
             let now = t + NORMAL * s;
-            assert!(!c.due(now, NORMAL, live + 20_000, BIG, 0.0), "{s} s");
+            assert!(!c.due(now, NORMAL, live(n + 20_000), BIG), "{s} s");
         }
-        assert!(c.due(t + NORMAL * 11, NORMAL, live, BIG, 0.0));
-        // With unreplied flows worth sweeping, every tick (as before).
+        assert!(c.due(t + NORMAL * 11, NORMAL, live(n), BIG));
+        // With unreplied flows worth sweeping, every tick the passes'
+        // time allows (as before).
         c.unreplied = true;
-        assert!(c.due(t + NORMAL * 3, NORMAL, live, BIG, 0.0));
+        assert!(!c.due(t + NORMAL * 2, NORMAL, live(n), BIG));
+        assert!(c.due(t + NORMAL * 3, NORMAL, live(n), BIG));
     }
 
     #[test]
-    fn growth_or_crossing_into_pressure_brings_the_next_pass_forward() {
+    fn growth_crossing_into_pressure_or_refusals_bring_the_next_pass_forward() {
         let t = Instant::now();
         let c = after_pass(t, BIG, 100_000, Duration::from_millis(100));
         let now = t + NORMAL;
         // 5 % of the table since the last pass: a flood, maybe.
-        assert!(!c.due(now, NORMAL, 100_000 + 137_000, BIG, 0.0));
-        assert!(c.due(now, NORMAL, 100_000 + 137_143, BIG, 0.0));
+        assert!(!c.due(now, NORMAL, live(100_000 + 137_000), BIG));
+        assert!(c.due(now, NORMAL, live(100_000 + 137_143), BIG));
         // Half full (IPv4, or the IPv6 table) while not under pressure.
-        let c = after_pass(t, BIG, 1_300_000, Duration::from_millis(400));
-        assert!(!c.due(now, NORMAL, 1_370_000, BIG, 0.0));
-        assert!(c.due(now, NORMAL, 1_371_429, BIG, 0.0));
-        assert!(c.due(now, NORMAL, 1_300_000, BIG, 0.5));
+        let mut c = after_pass(t, BIG, 1_300_000, Duration::from_millis(200));
+        assert!(!c.due(now, NORMAL, live(1_370_000), BIG));
+        assert!(c.due(now, NORMAL, live(1_371_429), BIG));
+        let v6 = Seen {
+            live: 1_300_000,
+            v6_fill: 0.5,
+            ..Seen::default()
+        };
+        assert!(c.due(now, NORMAL, v6, BIG));
         // Shrinking is no reason.
-        assert!(!c.due(now, NORMAL, 0, BIG, 0.0));
+        assert!(!c.due(now, NORMAL, live(0), BIG));
+        // At the limit, under pressure: a refused flow since the last pass
+        // is, as soon as the passes' time allows.
+        c.pressure = true;
+        c.refused_after = 7;
+        let refusing = Seen {
+            live: 1_300_000,
+            refused: 8,
+            ..Seen::default()
+        };
+        assert!(!c.due(t + NORMAL / 2, NORMAL, refusing, BIG));
+        assert!(c.due(t + NORMAL * 2, NORMAL, refusing, BIG));
+        assert!(!c.due(
+            t + NORMAL * 2,
+            NORMAL,
+            Seen {
+                refused: 7,
+                ..refusing
+            },
+            BIG
+        ));
     }
 
     #[test]
@@ -432,12 +501,15 @@ mod tests {
         assert_eq!(c.tick_interval(NORMAL), FLOOD_INTERVAL);
         c.full = true;
         assert_eq!(c.tick_interval(NORMAL), FLOOD_INTERVAL_FULL);
-        assert!(c.due(t + FLOOD_INTERVAL_FULL, NORMAL, 100_000, DEFAULT, 0.6));
+        assert!(c.due(t + FLOOD_INTERVAL_FULL, NORMAL, live(100_000), DEFAULT));
         c.took = Duration::from_millis(200);
         assert_eq!(c.tick_interval(NORMAL), Duration::from_millis(800));
         assert_eq!(c.pass_interval(NORMAL), Duration::from_millis(800));
         // A calm large table: the scaled interval, or four passes' time.
         let c = after_pass(t, BIG, 10, Duration::from_secs(3));
         assert_eq!(c.pass_interval(NORMAL), Duration::from_secs(12));
+        // Growth does not make passes closer than that either.
+        assert!(!c.due(t + NORMAL * 5, NORMAL, live(1_000_000), BIG));
+        assert!(c.due(t + NORMAL * 12, NORMAL, live(1_000_000), BIG));
     }
 }
