@@ -753,3 +753,77 @@ fn one_namespaces_lock_holds_up_its_own_commands_only() {
         "a's up once its lock was free: {done:?}"
     );
 }
+
+/// The program files pinned for this build under `ns`'s state.
+fn pinned_programs(ns: &Netns) -> Vec<String> {
+    let progs = std::path::Path::new(&harness::state_dir(ns)).join("progs");
+    let mut out = Vec::new();
+    for build in std::fs::read_dir(&progs).expect("progs").flatten() {
+        for p in std::fs::read_dir(build.path()).expect("a build").flatten() {
+            out.push(p.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A first `up` verifies every program but a container port's two (nearly
+/// half the verifier's work); the first `up` that finds a port verifies and
+/// pins those, and the port is enforced. With a daemon, it verifies them
+/// in the background soon after it starts, before any port needs them.
+#[test]
+fn a_ports_programs_are_verified_when_first_needed_or_by_the_daemon() {
+    require_root!();
+    let lab = Lab::new(NETPATH).unwrap();
+    let up = ["up", "--bridge", Lab::BRIDGE, "--subnet", Lab::SUBNET];
+    netpath_ok(&lab.host, &[&up[..], &["--no-daemon"]].concat());
+    let first = pinned_programs(&lab.host);
+    assert!(first.contains(&"netpath_up_in".to_owned()), "{first:?}");
+    assert!(first.contains(&"netpath_sweep".to_owned()), "{first:?}");
+    assert!(
+        !first.iter().any(|p| p.starts_with("netpath_port")),
+        "a port's programs wait: {first:?}"
+    );
+    lab.plug_ports().unwrap();
+    netpath_ok(&lab.host, &[&up[..], &["--no-daemon"]].concat());
+    let later = pinned_programs(&lab.host);
+    for p in ["netpath_port_in", "netpath_port_eg"] {
+        assert!(later.contains(&p.to_owned()), "{later:?}");
+    }
+    assert!(
+        !later.iter().any(|p| p.contains("loading")),
+        "no scratch pin left: {later:?}"
+    );
+    assert_netpath_attached(&lab.host, "c1h", "port");
+    // Traffic through the port, both ways (masqueraded out).
+    let seen = lab.tcp_out(&lab.c1, 9300).unwrap();
+    assert_eq!(seen.ip().to_string(), Lab::UPLINK, "masqueraded");
+    netpath_ok(&lab.host, &["down", "--all"]);
+
+    // With a daemon: nothing plugged in, yet the port's programs come.
+    let other = Lab::new(NETPATH).unwrap();
+    netpath_ok(&other.host, &up);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pins = pinned_programs(&other.host);
+        if pins.contains(&"netpath_port_in".to_owned())
+            && pins.contains(&"netpath_port_eg".to_owned())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never pinned them: {pins:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    other.plug_ports().unwrap();
+    let t = Instant::now();
+    while !(tc_programs(&other.host, "c1h", true)
+        .iter()
+        .any(|(_, n)| n == "netpath_port_in"))
+    {
+        assert!(t.elapsed() < Duration::from_secs(5), "c1h never attached");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
