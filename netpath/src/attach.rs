@@ -298,7 +298,6 @@ impl Datapath {
             None => load_object(&self.maps_dir, None)?,
         };
         crate::loader::verify(&mut ebpf, &DEFERRED)?;
-        self.remove_stale_scratch()?;
         for name in DEFERRED {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -326,29 +325,6 @@ impl Datapath {
         }
         if !self.open_deferred()? {
             anyhow::bail!("{} lost its programs while loading", self.pins.display());
-        }
-        Ok(())
-    }
-
-    /// Removes scratch pins of a process that died between pinning and
-    /// renaming (killed), each of which would keep a program loaded; a
-    /// live process's are its own business.
-    fn remove_stale_scratch(&self) -> Result<()> {
-        let entries = std::fs::read_dir(&self.pins)
-            .with_context(|| format!("reading {}", self.pins.display()))?;
-        for e in entries {
-            let path = e?.path();
-            let pid = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.rsplit_once("-loading-"))
-                .and_then(|(_, pid)| pid.parse::<u32>().ok());
-            if let Some(pid) = pid
-                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-            {
-                std::fs::remove_file(&path)
-                    .with_context(|| format!("removing {}", path.display()))?;
-            }
         }
         Ok(())
     }

@@ -784,19 +784,6 @@ fn a_ports_programs_are_verified_when_first_needed_or_by_the_daemon() {
         !first.iter().any(|p| p.starts_with("netpath_port")),
         "a port's programs wait: {first:?}"
     );
-    // What a loader killed between pinning and renaming leaves behind (a
-    // pid that runs nothing): removed by the next load.
-    let build =
-        std::fs::read_dir(std::path::Path::new(&harness::state_dir(&lab.host)).join("progs"))
-            .unwrap()
-            .flatten()
-            .next()
-            .unwrap()
-            .path();
-    aya::programs::SchedClassifier::from_pin(build.join("netpath_br_in"))
-        .unwrap()
-        .pin(build.join("netpath_port_in-loading-99999999"))
-        .unwrap();
     lab.plug_ports().unwrap();
     netpath_ok(&lab.host, &[&up[..], &["--no-daemon"]].concat());
     let later = pinned_programs(&lab.host);
