@@ -14,8 +14,10 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::{
+    EbpfLoader,
     programs::{
         CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
+        cgroup_sock_addr::CgroupSockAddrAttachType,
         links::{FdLink, LinkError, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
     },
@@ -24,9 +26,7 @@ use aya::{
 
 use netpath_common::IfaceRole;
 
-pub use crate::programs::{SockHook, build_id, object_hash};
 use crate::{
-    programs::{self, DEFERRED, build_dir, load_object, open_pinned, progs_root, tc_names},
     state::{Dir, Maps, SWEEP_PROGRAM, StateDir, TC_PROGRAMS, tc_program},
     sys, tcfilter,
 };
@@ -60,11 +60,128 @@ pub enum Attach {
     Kept,
 }
 
+/// Identifies this build (version and embedded programs). Loaded programs
+/// are pinned under `progs/<build id>/` so later commands of the same build
+/// reuse them instead of running the verifier again; a daemon of another
+/// build is replaced by `up`.
+pub fn build_id() -> String {
+    // The object is megabytes: the embedded one was hashed by build.rs;
+    // another (`NETPATH_EBPF_OBJECT`) is hashed once per process.
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let h = crate::embedded_hash().unwrap_or_else(|| object_hash(crate::ebpf_object()));
+        format!("{}-{h:016x}", env!("CARGO_PKG_VERSION"))
+    })
+    .clone()
+}
+
+/// FNV-1a of `object`, then the crate version.
+pub fn object_hash(object: &[u8]) -> u64 {
+    crate::codec::fnv1a(
+        object
+            .iter()
+            .chain(env!("CARGO_PKG_VERSION").as_bytes())
+            .copied(),
+    )
+}
+
+/// Where every build's programs are pinned, one directory per build.
+fn progs_root(state: &StateDir) -> std::path::PathBuf {
+    state.root.join("progs")
+}
+
+/// This build's directory under `root` (bpffs refuses dots in names).
+fn build_dir(root: &std::path::Path) -> std::path::PathBuf {
+    root.join(build_id().replace('.', "_"))
+}
+
+/// The classifiers' names, the sweeper's included.
+fn tc_names() -> impl Iterator<Item = &'static str> {
+    TC_PROGRAMS
+        .iter()
+        .map(|(r, d)| tc_program(*r, *d))
+        .chain([SWEEP_PROGRAM])
+}
+
+/// Every program, in the order `loader::verify` starts them: the costliest
+/// first, so that the CPUs finish together rather than one waiting on a
+/// long program started last. Measured (`-v`, a quiet machine): a port's
+/// ingress 100-115 ms, the uplink's egress and ingress about 60 each, a
+/// port's egress 55, the sweeper 50, the bridge 23, the socket hooks 16
+/// together.
+fn verify_order() -> Vec<&'static str> {
+    use netpath_common::IfaceRole as R;
+    let first = [
+        tc_program(R::Port, Dir::Ingress),
+        tc_program(R::Uplink, Dir::Egress),
+        tc_program(R::Uplink, Dir::Ingress),
+        tc_program(R::Port, Dir::Egress),
+        SWEEP_PROGRAM,
+    ];
+    let rest = tc_names().filter(|n| !first.contains(n));
+    first
+        .into_iter()
+        .chain(rest)
+        .chain(SockHook::ALL.iter().map(|h| h.program()))
+        .collect()
+}
+
+/// The cgroup socket hooks for host processes reaching published ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockHook {
+    Connect4,
+    Sendmsg4,
+    Recvmsg4,
+    Getpeername4,
+    Connect6,
+    Sendmsg6,
+    Recvmsg6,
+    Getpeername6,
+}
+
+impl SockHook {
+    pub const ALL: [Self; 8] = [
+        Self::Connect4,
+        Self::Sendmsg4,
+        Self::Recvmsg4,
+        Self::Getpeername4,
+        Self::Connect6,
+        Self::Sendmsg6,
+        Self::Recvmsg6,
+        Self::Getpeername6,
+    ];
+
+    pub const fn program(self) -> &'static str {
+        match self {
+            Self::Connect4 => "netpath_connect4",
+            Self::Sendmsg4 => "netpath_sendmsg4",
+            Self::Recvmsg4 => "netpath_recvmsg4",
+            Self::Getpeername4 => "netpath_getpeername4",
+            Self::Connect6 => "netpath_connect6",
+            Self::Sendmsg6 => "netpath_sendmsg6",
+            Self::Recvmsg6 => "netpath_recvmsg6",
+            Self::Getpeername6 => "netpath_getpeername6",
+        }
+    }
+
+    pub const fn attach_type(self) -> CgroupSockAddrAttachType {
+        match self {
+            Self::Connect4 => CgroupSockAddrAttachType::Connect4,
+            Self::Sendmsg4 => CgroupSockAddrAttachType::UDPSendMsg4,
+            Self::Recvmsg4 => CgroupSockAddrAttachType::UDPRecvMsg4,
+            Self::Getpeername4 => CgroupSockAddrAttachType::GetPeerName4,
+            Self::Connect6 => CgroupSockAddrAttachType::Connect6,
+            Self::Sendmsg6 => CgroupSockAddrAttachType::UDPSendMsg6,
+            Self::Recvmsg6 => CgroupSockAddrAttachType::UDPRecvMsg6,
+            Self::Getpeername6 => CgroupSockAddrAttachType::GetPeerName6,
+        }
+    }
+}
+
 /// The loaded programs and their (pinned) maps.
 pub struct Datapath {
-    /// In [`TC_PROGRAMS`] order; a port's `None` until loaded (see
-    /// [`programs`]).
-    tc: Vec<Option<SchedClassifier>>,
+    /// In [`TC_PROGRAMS`] order.
+    tc: Vec<SchedClassifier>,
     /// The conntrack sweep, run with BPF_PROG_TEST_RUN.
     pub sweeper: SchedClassifier,
     /// In [`SockHook::ALL`] order.
@@ -76,12 +193,6 @@ pub struct Datapath {
     /// Whether this value loaded the programs itself and no reconcile has
     /// yet put them on every interface.
     unverified: bool,
-    /// Where this build's programs are pinned, and the maps.
-    pins: std::path::PathBuf,
-    maps_dir: std::path::PathBuf,
-    /// The object as this value loaded it, kept for the deferred programs
-    /// (so one command never parses it twice).
-    object: Option<aya::Ebpf>,
 }
 
 impl Datapath {
@@ -207,13 +318,20 @@ impl Datapath {
                     .with_context(|| format!("removing {}", stale.display()))?;
             }
         }
-        let mut ebpf = load_object(maps_dir, ct_max)?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(maps_dir);
+        if let Some(n) = ct_max {
+            loader.map_max_entries(netpath_common::map_names::CT4, n);
+        }
+        let mut ebpf = loader
+            .load(crate::ebpf_object())
+            .context("loading netpath's eBPF object (pinned maps from an incompatible build? run `netpath down --all`)")?;
         std::fs::create_dir_all(&scratch)
             .with_context(|| format!("creating {}", scratch.display()))?;
-        // Verified on every CPU at once (`loader`), the costliest first; a
-        // port's programs when first needed.
-        crate::loader::verify(&mut ebpf, &programs::first_load())?;
-        for name in tc_names().filter(|n| !programs::deferred(n)) {
+        // Verified on every CPU at once (`loader`), the costliest first.
+        let names = verify_order();
+        crate::loader::verify(&mut ebpf, &names)?;
+        for name in tc_names() {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
@@ -234,17 +352,13 @@ impl Datapath {
         let mut dp = Self::open_at(maps_dir, &dir)?
             .with_context(|| format!("{} vanished right after pinning", dir.display()))?;
         dp.unverified = true;
-        dp.object = Some(ebpf);
         Ok(dp)
     }
 
-    /// The programs pinned in `dir`, `None` unless all but the deferred
-    /// ones are (those load when needed: [`Datapath::program`]).
+    /// The programs pinned in `dir`, `None` unless all of them are.
     fn open_at(maps_dir: &std::path::Path, dir: &std::path::Path) -> Result<Option<Self>> {
         let pinned = |name: &str| dir.join(name);
-        let complete = tc_names()
-            .filter(|n| !programs::deferred(n))
-            .all(|n| pinned(n).exists())
+        let complete = tc_names().all(|n| pinned(n).exists())
             && SockHook::ALL.iter().all(|h| pinned(h.program()).exists());
         if !complete {
             return Ok(None);
@@ -263,7 +377,7 @@ impl Datapath {
         };
         let tc = TC_PROGRAMS
             .iter()
-            .map(|(r, d)| open_pinned(dir, tc_program(*r, *d)))
+            .map(|(r, d)| open(tc_program(*r, *d)))
             .collect::<Result<Vec<_>>>()?;
         let mut maps = Maps::open_dir(maps_dir)?;
         maps.config()?;
@@ -276,68 +390,7 @@ impl Datapath {
             sock,
             maps,
             unverified: false,
-            pins: dir.to_owned(),
-            maps_dir: maps_dir.to_owned(),
-            object: None,
         }))
-    }
-
-    /// Loads, verifies and pins the deferred programs (a container port's)
-    /// unless they are loaded here already, or pinned by another command
-    /// since this value was opened. No lock is needed (the daemon does it
-    /// without, while commands go on): the maps are pinned already, and
-    /// each program is pinned under a scratch name (no dot: bpffs refuses
-    /// those) and renamed into place unless another command's pin got
-    /// there first, which is kept.
-    pub fn load_deferred(&mut self) -> Result<()> {
-        if self.open_deferred()? {
-            return Ok(());
-        }
-        let mut ebpf = match self.object.take() {
-            Some(e) => e,
-            None => load_object(&self.maps_dir, None)?,
-        };
-        crate::loader::verify(&mut ebpf, &DEFERRED)?;
-        for name in DEFERRED {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the object"))?
-                .try_into()?;
-            let scratch = self
-                .pins
-                .join(format!("{name}-loading-{}", std::process::id()));
-            if scratch.exists() {
-                std::fs::remove_file(&scratch)
-                    .with_context(|| format!("removing {}", scratch.display()))?;
-            }
-            prog.pin(&scratch)
-                .with_context(|| format!("pinning program {name}"))?;
-            match sys::rename_noreplace(&scratch, &self.pins.join(name)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    std::fs::remove_file(&scratch)
-                        .with_context(|| format!("removing {}", scratch.display()))?;
-                }
-                Err(e) => {
-                    return Err(e).with_context(|| format!("pinning program {name} in place"));
-                }
-            }
-        }
-        if !self.open_deferred()? {
-            anyhow::bail!("{} lost its programs while loading", self.pins.display());
-        }
-        Ok(())
-    }
-
-    /// Opens the deferred programs pinned in this build's directory;
-    /// whether all of them are loaded here now.
-    fn open_deferred(&mut self) -> Result<bool> {
-        for (slot, (r, d)) in self.tc.iter_mut().zip(TC_PROGRAMS) {
-            if slot.is_none() {
-                *slot = open_pinned(&self.pins, tc_program(r, d))?;
-            }
-        }
-        Ok(self.tc.iter().all(Option::is_some))
     }
 
     /// Whether this value loaded (and verified) the programs itself and no
@@ -353,15 +406,9 @@ impl Datapath {
     }
 
     /// The program an interface of `role` runs in `dir` (loaded).
-    /// A port's are loaded on first use ([`Datapath::load_deferred`]).
     pub fn program(&mut self, role: IfaceRole, dir: Dir) -> Result<&mut SchedClassifier> {
         let i = Self::tc_index(role, dir)?;
-        if self.tc[i].is_none() {
-            self.load_deferred()?;
-        }
-        self.tc[i]
-            .as_mut()
-            .with_context(|| format!("program {} not loaded", tc_program(role, dir)))
+        Ok(&mut self.tc[i])
     }
 
     fn tc_index(role: IfaceRole, dir: Dir) -> Result<usize> {
@@ -373,17 +420,10 @@ impl Datapath {
 
     /// The kernel's ids of the classifiers: a filter running any other
     /// program is not netpath's.
-    /// Those not loaded yet have no filter anywhere.
     pub fn program_ids(&mut self) -> Result<std::collections::BTreeSet<u32>> {
-        let loaded: Vec<_> = TC_PROGRAMS
+        TC_PROGRAMS
             .iter()
-            .zip(&self.tc)
-            .filter(|(_, p)| p.is_some())
-            .map(|(rd, _)| *rd)
-            .collect();
-        loaded
-            .into_iter()
-            .map(|(r, d)| self.program_id(r, d))
+            .map(|(r, d)| self.program_id(*r, *d))
             .collect()
     }
 
@@ -393,7 +433,7 @@ impl Datapath {
         if let Some(id) = self.tc_ids[i] {
             return Ok(id);
         }
-        let id = self.program(role, dir)?.info()?.id();
+        let id = self.tc[i].info()?.id();
         self.tc_ids[i] = Some(id);
         Ok(id)
     }
@@ -568,4 +608,21 @@ pub fn attached_program_ids(ifindex: u32, ifname: &str, dir: Dir) -> Result<Vec<
             .map(|p| p.id()),
     );
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_program_is_verified_once() {
+        let mut order = verify_order();
+        let mut all: Vec<&str> = tc_names()
+            .chain(SockHook::ALL.iter().map(|h| h.program()))
+            .collect();
+        assert_eq!(order.len(), all.len());
+        order.sort_unstable();
+        all.sort_unstable();
+        assert_eq!(order, all);
+    }
 }

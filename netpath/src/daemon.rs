@@ -277,13 +277,6 @@ const LOCK_PATIENCE: Duration = Duration::from_millis(200);
 /// How long a burst of link and address events may pause before the
 /// daemon re-applies, and how long it waits for one to end at most.
 const BURST_QUIET: Duration = Duration::from_millis(20);
-/// A container port's programs are verified by the daemon once nothing
-/// happened for this long (the command that started it is likely still
-/// at work: `netpath docker` reconciling, a script's next `up`), and
-/// [`WARM_LATEST`] after its start at the latest; sooner only when a
-/// port needs them. See `programs`.
-const WARM_QUIET: Duration = Duration::from_millis(300);
-const WARM_LATEST: Duration = Duration::from_secs(2);
 const BURST_LIMIT: Duration = Duration::from_secs(1);
 
 /// Runs the daemon until SIGTERM/SIGINT, the namespace's state goes away, or
@@ -409,29 +402,10 @@ pub async fn run(opts: Options) -> Result<()> {
     // Address overlaps already logged.
     let mut conflicts: Vec<String> = Vec::new();
     let mut sweeper = Sweeper::new(serving);
-    let warm_latest = tokio::time::Instant::now() + WARM_LATEST;
-    let mut warm_at = Some(tokio::time::Instant::now() + WARM_QUIET);
     let reason = loop {
         tokio::select! {
             why = stop.recv() => break why,
-            () = tokio::time::sleep_until(warm_at.unwrap_or(warm_latest)), if warm_at.is_some() => {
-                warm_at = None;
-                // Without the state lock (verifying and pinning need none,
-                // see `Datapath::load_deferred`): commands go on meanwhile.
-                let warmed = Datapath::current(&state, &mut loaded, false)
-                    .and_then(|dp| dp.map_or(Ok(false), |dp| dp.load_deferred().map(|()| true)));
-                match warmed {
-                    Ok(true) => {}
-                    // A command is loading programs: after it.
-                    Ok(false) => warm_at = Some(tokio::time::Instant::now() + WARM_QUIET),
-                    Err(e) => warn!("verifying a container port's programs: {e:#}"),
-                }
-                continue;
-            }
             ev = nl_events.next() => {
-                if let Some(at) = &mut warm_at {
-                    *at = (tokio::time::Instant::now() + WARM_QUIET).min(warm_latest).max(*at);
-                }
                 // Changes come in bursts (a veth pair, its addresses): let
                 // the burst finish, then re-apply once.
                 if ev.is_none()

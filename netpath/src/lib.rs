@@ -30,7 +30,6 @@ pub mod netns;
 pub mod peers;
 pub mod plan;
 pub mod plumbing;
-pub mod programs;
 pub mod publish;
 pub mod reconcile;
 pub mod reconcile6;

@@ -325,7 +325,7 @@ pub fn snapshot(ns: &Netns) -> Snapshot {
         .expect("read ip_forward")
     };
     let state_dir = state_dir(ns);
-    let mut pins = settled_pins(ns, &state_dir);
+    let mut pins: Vec<String> = walk(std::path::Path::new(&state_dir));
     pins.sort();
     Snapshot {
         links: links(ns),
@@ -349,30 +349,6 @@ pub fn state_dir(ns: &Netns) -> String {
         .as_str()
         .expect("state_dir")
         .to_owned()
-}
-
-/// The pins under `state_dir`, once the namespace's daemon (when one
-/// runs) has verified and pinned a container port's programs: it does so
-/// in the background right after it starts, so a snapshot taken just
-/// after `up` would otherwise catch it halfway.
-fn settled_pins(ns: &Netns, state_dir: &str) -> Vec<String> {
-    let daemon = status(ns)["daemon"]["pid"].is_number();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let pins = walk(std::path::Path::new(state_dir));
-        let warm = ["netpath_port_in", "netpath_port_eg"]
-            .iter()
-            .all(|p| pins.iter().any(|q| q.ends_with(&format!("/{p}"))));
-        if !daemon || warm {
-            return pins;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}: the daemon never pinned a port's programs: {pins:?}",
-            ns.name
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
 }
 
 fn walk(dir: &std::path::Path) -> Vec<String> {

@@ -1,15 +1,9 @@
 //! Startup: how long `netpath up` takes, told apart by what it has to do.
 //!
 //! - **first up**: a namespace netpath never ran in; it loads and verifies
-//!   the programs (a container port's excepted: the daemon verifies those
-//!   right after it starts, see `netpath::programs`), creates and pins the
-//!   maps, creates the bridge and starts the daemon. One sample is the
-//!   netpath arm's own first `up`; outside `--quick`, fresh topologies add
-//!   more (`reps` in all);
-//! - **the first port after a first up** (outside `--quick`, in those
-//!   fresh topologies): a port plugged in as soon as the first `up`
-//!   returns, so its enforcement waits for the daemon to verify a port's
-//!   programs: where the first `up`'s saving went;
+//!   the programs, creates and pins the maps, creates the bridge and
+//!   starts the daemon. One sample is the netpath arm's own first `up`;
+//!   outside `--quick`, fresh topologies add more (`reps` in all);
 //! - **later up, a new network**: the programs are pinned already; a new
 //!   bridge, its links and the daemon's re-apply;
 //! - **idempotent up**: `up` of a network that is up, as scripts and the
@@ -36,8 +30,7 @@ pub struct StartupSample {
     pub ms: Vec<f64>,
 }
 
-pub const FIRST: &str = "first up (loads and verifies the programs but a port's)";
-pub const FIRST_PORT: &str = "the first port, plugged in as the first up returns (the daemon verifies a port's programs first)";
+pub const FIRST: &str = "first up (loads and verifies the programs)";
 pub const NEW_NETWORK: &str = "later up, a new network";
 pub const IDEMPOTENT: &str = "idempotent up (the network is up)";
 pub const NEW_PORT: &str =
@@ -59,7 +52,6 @@ pub fn measure(
 ) -> Result<Vec<StartupSample>> {
     let n = if quick { 2 } else { reps };
     let mut first: Vec<f64> = lab.first_up.map(ms).into_iter().collect();
-    let mut first_port = Vec::new();
     if !quick {
         for _ in 1..reps {
             let fresh = Lab::new(exe)?;
@@ -67,7 +59,6 @@ pub fn measure(
             topology::run(fresh.host.netpath(exe).args(UP))
                 .context("first up in a fresh topology")?;
             first.push(ms(t.elapsed()));
-            first_port.push(ms(port_enforced(&fresh.host, 0)?));
         }
     }
     let mut new_net = Vec::new();
@@ -85,9 +76,9 @@ pub fn measure(
     }
     let mut port = Vec::new();
     for i in 0..n.max(3) {
-        port.push(ms(port_enforced(&lab.lab.host, i)?));
+        port.push(ms(port_enforced(lab, i)?));
     }
-    let mut out = vec![
+    Ok(vec![
         StartupSample {
             what: NEW_PORT,
             ms: port,
@@ -104,22 +95,15 @@ pub fn measure(
             what: IDEMPOTENT,
             ms: again,
         },
-    ];
-    if !first_port.is_empty() {
-        out.push(StartupSample {
-            what: FIRST_PORT,
-            ms: first_port,
-        });
-    }
-    Ok(out)
+    ])
 }
 
 /// Plugs a new veth into the arm's bridge and times how long until both
 /// of netpath's filters are on its bridge end; removes the pair after.
-fn port_enforced(host: &topology::Netns, i: usize) -> Result<Duration> {
+fn port_enforced(lab: &ArmLab, i: usize) -> Result<Duration> {
     let (host_end, peer) = (format!("npvp{i}"), format!("npvq{i}"));
-    let ns = host.name.clone();
-    let timed = host.run(move || -> Result<Duration> {
+    let ns = lab.lab.host.name.clone();
+    let timed = lab.lab.host.run(move || -> Result<Duration> {
         let batch = format!(
             "link add {host_end} type veth peer name {peer}\nlink set {host_end} master {} up\n",
             Lab::BRIDGE
@@ -152,6 +136,6 @@ fn port_enforced(host: &topology::Netns, i: usize) -> Result<Duration> {
         }
         anyhow::bail!("{host_end} was not attached within 5 s")
     })??;
-    host.ip(&["link", "del", &format!("npvp{i}")])?;
+    lab.lab.host.ip(&["link", "del", &format!("npvp{i}")])?;
     Ok(timed)
 }
