@@ -1,7 +1,9 @@
-//! The daemon's conntrack sweeping: one in-kernel pass per tick, how
-//! often (faster during a flood, slower for a large calm table), when the
-//! table is under pressure (unreplied flows then go after 500 ms), and
-//! the report `status` reads (`/run/netpath/daemon-<cookie>.json`).
+//! The daemon's conntrack sweeping: when a tick walks the table (every
+//! tick for the default table or while unreplied flows are worth it, less
+//! often for a larger one, sooner when it grows or refuses flows, faster
+//! during a flood), when the table is under pressure (unreplied flows then
+//! go after 500 ms), and the report `status` reads
+//! (`/run/netpath/daemon-<cookie>.json`).
 
 use std::time::{Duration, Instant};
 
@@ -78,9 +80,9 @@ const FLOOD_INTERVAL_FULL: Duration = Duration::from_millis(250);
 /// (a new flow) a second later, as after a lost SYN.
 const PRESSURE_TIMEOUT_MS: u32 = 500;
 
-/// The daemon's sweeping: one in-kernel pass per tick, under pressure when
-/// the last pass found the table at least [`PRESSURE_FILL`] full or a
-/// flood on ([`FLOOD_FILL`]).
+/// The daemon's sweeping: an in-kernel pass when a tick finds one due
+/// ([`Cadence`]), under pressure when the last pass found the table at
+/// least [`PRESSURE_FILL`] full or a flood on ([`FLOOD_FILL`]).
 pub(crate) struct Sweeper {
     report: Report,
     cadence: Cadence,
@@ -100,7 +102,7 @@ const GROWTH_FILL: f64 = FLOOD_FILL / 2.0;
 /// pure, so it is tested without a kernel).
 ///
 /// The daemon ticks every interval (faster during a flood) and each tick
-/// reads two counters; a pass, which walks every bucket of the table full
+/// reads the table's counters ([`Seen`]); a pass, which walks every bucket of the table full
 /// or not (about 0.3 µs an entry here, 0.6 s for 2 M entries), runs only
 /// when it can find something: at the interval for the default table, or
 /// while unreplied flows are worth sweeping often; scaled with the table's
@@ -198,7 +200,8 @@ impl Cadence {
     }
 }
 
-/// What a tick reads from the datapath (two counters and a fill).
+/// What a tick reads from the datapath: the live entry count, the new
+/// flows refused at the limit, the IPv6 table's fill.
 #[derive(Debug, Clone, Copy, Default)]
 struct Seen {
     live: u64,
