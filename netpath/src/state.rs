@@ -535,6 +535,14 @@ impl Maps {
         Ok(self.counter(CounterKey { id, scope, kind })?.into())
     }
 
+    /// A conntrack counter (`counter_scope::CONNTRACK`, `kind` one of
+    /// `counter_kind::CT_*`): its events, every CPU's together.
+    pub fn ct_counter(&self, kind: u16) -> Result<u64> {
+        Ok(self
+            .traffic(netpath_common::counter_scope::CONNTRACK, 0, kind)?
+            .packets)
+    }
+
     /// Removes every counter of `scope` with id `id`.
     pub fn remove_counters(&mut self, scope: u16, id: u32) -> Result<()> {
         let keys: Vec<CounterKey> = self

@@ -311,11 +311,6 @@ pub async fn status() -> Result<Status> {
     Ok(out)
 }
 
-/// A conntrack counter (scope CONNTRACK) of every CPU.
-fn traffic_packets(dp: &Datapath, kind: u16) -> Result<u64> {
-    Ok(dp.maps.traffic(counter_scope::CONNTRACK, 0, kind)?.packets)
-}
-
 /// Entries the LRU evicted: inserted − removed − present. The counting
 /// pass takes a while on a large table (about 1 ms per 10,000 entries),
 /// and flows keep coming meanwhile: an entry inserted during it may be
@@ -331,10 +326,10 @@ fn evicted(inserted_before: u64, removed_after: u64, counted: u32) -> u64 {
 /// The table, from a counting pass (which also fills the per-network
 /// counts) and the insert/remove counters.
 fn conntrack_status(state: &StateDir, dp: &mut Datapath, cookie: u64) -> Result<ConntrackStatus> {
-    let inserted_before = traffic_packets(dp, counter_kind::CT_INSERTS)?;
+    let inserted_before = dp.maps.ct_counter(counter_kind::CT_INSERTS)?;
     let found = crate::conntrack::count(dp)?;
     let capacity = Maps::ct_capacity(&state.maps_dir())?;
-    let ct = |kind| traffic_packets(dp, kind);
+    let ct = |kind| dp.maps.ct_counter(kind);
     let (inserted, mut removed) = (ct(counter_kind::CT_INSERTS)?, ct(counter_kind::CT_REMOVES)?);
     if evicted(inserted_before, removed, found.entries) > 0 {
         // The daemon's sweep, running beside this pass, counts what it

@@ -258,12 +258,7 @@ impl Sweeper {
                 live: dp.maps.ct_fill()?.0.max(0) as u64,
                 refused: dp
                     .maps
-                    .traffic(
-                        netpath_common::counter_scope::CONNTRACK,
-                        0,
-                        netpath_common::counter_kind::CT_REFUSED,
-                    )?
-                    .packets,
+                    .ct_counter(netpath_common::counter_kind::CT_REFUSED)?,
                 v6_fill: dp.maps.v6.ct_fill()?.0.max(0) as f64
                     / f64::from(netpath_common::ct6::MAX_CT6),
             })
