@@ -5,16 +5,21 @@
 use std::{
     fmt,
     io::{Read as _, Seek as _},
+    os::{
+        fd::{AsRawFd as _, RawFd},
+        unix::process::CommandExt as _,
+    },
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    sync::mpsc,
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::lab::topology::{Netns, Process};
 
-/// How long a starting proxy may take to listen.
+/// How long a starting proxy may take to report.
 const PATIENCE: Duration = Duration::from_secs(5);
 
 /// A running `docker-proxy`, stopped when dropped.
@@ -43,7 +48,7 @@ fn binary() -> Option<PathBuf> {
 
 /// Starts a proxy in `ns` from TCP `port` on every address to `to`'s
 /// `port`, as Docker does for a published port, and waits until it
-/// listens. `None` when the binary is not here.
+/// says it listens. `None` when the binary is not here.
 pub fn start(ns: &Netns, port: u16, to: &str) -> Result<Option<Proxy>> {
     let Some(bin) = binary() else {
         return Ok(None);
@@ -56,13 +61,21 @@ pub fn start(ns: &Netns, port: u16, to: &str) -> Result<Option<Proxy>> {
         .args(["-container-ip", to, "-container-port"])
         .arg(port.to_string());
     let log = std::env::temp_dir().join(format!("{}-proxy.log", ns.name));
-    launch(cmd, bin, port, &log).map(Some)
+    launch(cmd, bin, &log).map(Some)
 }
 
+/// The fd on which `docker-proxy` reports its start to its parent:
+/// `0\n` once it listens, `1\n<error>` when it cannot. Docker always
+/// passes a pipe there. Without one the proxy's own socket (or Go's
+/// epoll) may be fd 3, and the proxy closes it right after starting:
+/// `accept4: bad file descriptor`, exit 0 (a CI failure of the bench).
+const PARENT_FD: RawFd = 3;
+
 /// Runs `cmd` (nsenter, which execs `bin`: the pid is then the proxy's)
-/// and waits until it listens on `port`. Its stderr goes to `log`,
-/// unlinked at once: read when it fails, gone with the process.
-fn launch(mut cmd: Command, bin: PathBuf, port: u16, log: &Path) -> Result<Proxy> {
+/// with a status pipe on fd 3, and waits for the proxy's report. Its
+/// stderr goes to `log`, unlinked at once: read when it fails, gone with
+/// the process.
+fn launch(mut cmd: Command, bin: PathBuf, log: &Path) -> Result<Proxy> {
     let mut said = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -70,33 +83,65 @@ fn launch(mut cmd: Command, bin: PathBuf, port: u16, log: &Path) -> Result<Proxy
         .open(log)
         .with_context(|| format!("creating {}", log.display()))?;
     std::fs::remove_file(log)?;
+    let (mut status, to_parent) = std::io::pipe().context("a status pipe for the proxy")?;
+    let fd = to_parent.as_raw_fd();
+    // SAFETY: the closure runs in the child between fork and exec, and
+    // makes only async-signal-safe calls (dup2, fcntl) on fds it owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself would leave close-on-exec set.
+            let r = if fd == PARENT_FD {
+                libc::fcntl(fd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, PARENT_FD)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(said.try_clone()?)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
+    // Ours closed, the pipe ends when the proxy closes its end or exits.
+    drop(to_parent);
     let mut proxy = Proxy {
         bin,
         process: Process(child),
     };
-    let deadline = Instant::now() + PATIENCE;
-    let failed = loop {
+    // A blocking read on its own thread: a proxy that never reports is
+    // killed when `proxy` drops, which ends the read.
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut report = String::new();
+        let _ = tx.send(status.read_to_string(&mut report).map(|_| report));
+    });
+    let failed = match rx.recv_timeout(PATIENCE) {
+        Ok(Ok(report)) if report.starts_with("0\n") => return Ok(proxy),
+        Ok(Ok(report)) => match report.strip_prefix("1\n") {
+            Some(why) => format!("could not start: {why}"),
+            None => format!("reported {report:?}"),
+        },
+        Ok(Err(e)) => format!("status pipe: {e}"),
+        Err(_) => format!("did not report within {PATIENCE:?}"),
+    };
+    // A failing proxy exits right after its report: give it a moment.
+    let mut exited = String::new();
+    for _ in 0..50 {
         if let Some(status) = proxy.process.0.try_wait()? {
-            break format!("exited ({status})");
-        }
-        if proxy.listens(port) {
-            return Ok(proxy);
-        }
-        if Instant::now() > deadline {
-            break format!("did not listen on {port} within {PATIENCE:?}");
+            exited = format!(" (exited, {status})");
+            break;
         }
         std::thread::sleep(Duration::from_millis(10));
-    };
+    }
     let mut text = String::new();
     said.rewind()?;
     said.read_to_string(&mut text)?;
-    bail!("{proxy} {failed}: {}", text.trim())
+    bail!("{proxy} {failed}{exited}: {}", text.trim())
 }
 
 impl Proxy {
@@ -127,6 +172,8 @@ fn listening_on(table: &str, port: u16) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
     use super::*;
 
     #[test]
@@ -143,20 +190,43 @@ mod tests {
         assert!(listening_on(v6, 5001));
     }
 
-    #[test]
-    fn a_proxy_that_exits_says_why() {
+    fn fake(script: &str) -> Result<Proxy> {
         let mut cmd = Command::new("/bin/sh");
-        cmd.args([
-            "-c",
-            "echo 'listen tcp 0.0.0.0:5001: bind: address already in use' >&2; exit 1",
-        ]);
-        let log = std::env::temp_dir().join(format!("np-proxy-test-{}.log", std::process::id()));
-        let err = launch(cmd, PathBuf::from("/bin/sh"), 5001, &log)
-            .err()
-            .expect("an exiting proxy is an error");
-        let err = format!("{err:#}");
-        assert!(err.contains("exited (exit status: 1)"), "{err}");
-        assert!(err.contains("address already in use"), "{err}");
+        cmd.args(["-c", script]);
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let log =
+            std::env::temp_dir().join(format!("np-proxy-test-{}-{n}.log", std::process::id()));
+        let r = launch(cmd, PathBuf::from("/bin/sh"), &log);
         assert!(!log.exists(), "the log is unlinked");
+        r
+    }
+
+    #[test]
+    fn a_proxy_that_cannot_listen_says_why() {
+        let err = fake(
+            "printf '1\\nlisten tcp 0.0.0.0:5001: bind: address already in use' >&3; \
+             echo 'giving up' >&2; exit 1",
+        )
+        .err()
+        .expect("a failing proxy is an error");
+        let err = format!("{err:#}");
+        assert!(err.contains("could not start: listen tcp"), "{err}");
+        assert!(err.contains("address already in use"), "{err}");
+        assert!(err.contains("exit status: 1"), "{err}");
+        assert!(err.contains("giving up"), "{err}");
+    }
+
+    #[test]
+    fn a_proxy_is_started_once_it_reports_on_fd_3() {
+        // fd 3 must be the pipe: writing to it fails the script otherwise.
+        let mut proxy = fake("printf '0\\n' >&3 || exit 3; exec 3>&-; exec sleep 30")
+            .expect("a proxy that reports 0 is started");
+        assert!(proxy.process.0.try_wait().unwrap().is_none(), "it runs");
+        drop(proxy);
+        let err = fake("exec 3>&-; exit 0").err().expect("no report");
+        let err = format!("{err:#}");
+        assert!(err.contains("reported \"\""), "{err}");
+        assert!(err.contains("exit status: 0"), "{err}");
     }
 }
