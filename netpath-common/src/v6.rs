@@ -155,19 +155,43 @@ pub struct SockRevVal6 {
     pub _pad: [u8; 2],
 }
 
-/// Whether the first `len` bits of `addr` and `prefix` agree.
+/// Whether the first `len` bits of `addr` and `prefix` agree (all 128 when
+/// `len` is more).
+///
+/// Two 64-bit halves under a mask each, with two branches in all: the
+/// verifier walks every path of this for each caller, and the byte loop
+/// it replaces (a branch or four per byte, the length unknown) was two
+/// thirds of the container port's ingress program's verification (about
+/// 60,000 of its 89,000 instructions processed, `BPF_LOG_LEVEL2`).
 #[inline(always)]
 pub fn in_prefix(addr: &[u8; 16], prefix: &[u8; 16], len: u8) -> bool {
-    let mut i = 0;
-    while i < 16 {
-        let bits = (len as usize).saturating_sub(i * 8).min(8);
-        let mask: u8 = if bits == 0 { 0 } else { 0xff << (8 - bits) };
-        if (addr[i] ^ prefix[i]) & mask != 0 {
-            return false;
-        }
-        i += 1;
-    }
-    true
+    let len = u32::from(len.min(128));
+    let high = len.min(64);
+    let low = len - high;
+    let diff = |o: usize| half(addr, o) ^ half(prefix, o);
+    (diff(0) & leading_ones(high)) | (diff(8) & leading_ones(low)) == 0
+}
+
+/// The 8 bytes of `a` from `o` (0 or 8), big-endian.
+#[inline(always)]
+fn half(a: &[u8; 16], o: usize) -> u64 {
+    u64::from_be_bytes([
+        a[o],
+        a[o + 1],
+        a[o + 2],
+        a[o + 3],
+        a[o + 4],
+        a[o + 5],
+        a[o + 6],
+        a[o + 7],
+    ])
+}
+
+/// A mask of the `n` (0 to 64) high bits, without a branch: two shifts of
+/// at most 32 each, as a shift by 64 is not defined.
+#[inline(always)]
+fn leading_ones(n: u32) -> u64 {
+    !((u64::MAX >> (n / 2)) >> (n - n / 2))
 }
 
 /// fe80::/10.
@@ -258,6 +282,44 @@ mod tests {
         assert!(in_prefix(&b, &net, 31));
         assert!(!in_prefix(&b, &net, 32));
         assert!(in_prefix(&b, &net, 0));
+    }
+
+    /// Bit by bit, the plainest way.
+    fn in_prefix_by_bits(addr: &[u8; 16], prefix: &[u8; 16], len: u8) -> bool {
+        (0..usize::from(len).min(128)).all(|b| {
+            let bit = |x: &[u8; 16]| x[b / 8] >> (7 - b % 8) & 1;
+            bit(addr) == bit(prefix)
+        })
+    }
+
+    #[test]
+    fn prefixes_agree_with_a_bit_by_bit_comparison_at_every_length() {
+        let net = [
+            0xfd, 0x00, 0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0x11, 0x22, 0x33, 0x44,
+            0x55, 0x66,
+        ];
+        assert_eq!(leading_ones(0), 0);
+        assert_eq!(leading_ones(1), 1 << 63);
+        assert_eq!(leading_ones(64), u64::MAX);
+        for len in 0..=u8::MAX {
+            assert!(in_prefix(&net, &net, len), "/{len}");
+            // The address differing in one bit, at every bit: inside the
+            // prefix only when that bit is past its length.
+            for b in 0..128 {
+                let mut a = net;
+                a[b / 8] ^= 0x80 >> (b % 8);
+                assert_eq!(
+                    in_prefix(&a, &net, len),
+                    in_prefix_by_bits(&a, &net, len),
+                    "bit {b} /{len}"
+                );
+                assert_eq!(
+                    in_prefix(&a, &net, len),
+                    usize::from(len) <= b,
+                    "bit {b} /{len}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -105,18 +105,19 @@ fn tc_names() -> impl Iterator<Item = &'static str> {
 
 /// Every program, in the order `loader::verify` starts them: the costliest
 /// first, so that the CPUs finish together rather than one waiting on a
-/// long program started last. Measured (`-v`, a quiet machine): a port's
-/// ingress 100-115 ms, the uplink's egress and ingress about 60 each, a
-/// port's egress 55, the sweeper 50, the bridge 23, the socket hooks 16
-/// together.
+/// long program started last. Measured (`-v`, two at once on a quiet
+/// machine): the uplink's egress and ingress about 80 ms each, the sweeper
+/// 62, a port's ingress 57 and egress 50, the bridge 30, the socket hooks
+/// 20 together. (A port's ingress was 100-130 ms before IPv6 prefix tests
+/// went branch-light, `netpath_common::v6::in_prefix`.)
 fn verify_order() -> Vec<&'static str> {
     use netpath_common::IfaceRole as R;
     let first = [
-        tc_program(R::Port, Dir::Ingress),
         tc_program(R::Uplink, Dir::Egress),
         tc_program(R::Uplink, Dir::Ingress),
-        tc_program(R::Port, Dir::Egress),
         SWEEP_PROGRAM,
+        tc_program(R::Port, Dir::Ingress),
+        tc_program(R::Port, Dir::Egress),
     ];
     let rest = tc_names().filter(|n| !first.contains(n));
     first
