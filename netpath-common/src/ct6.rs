@@ -2,7 +2,10 @@
 //! `NP_CT4` (see [`crate::ct`]), keyed by IPv6 tuples. ICMPv6 echo uses its
 //! identifier as a port, as ICMP echo does.
 
-use crate::ct::{CtEntry, Tuple};
+use crate::{
+    ct::{CtEntry, Tuple},
+    v6::half,
+};
 
 /// A conntrack tuple of IPv6 addresses, as on the wire. 44 bytes: the
 /// padding makes [`CtEntry6`] free of holes.
@@ -43,19 +46,7 @@ impl CtKey6 {
 /// one by one.
 #[inline(always)]
 pub fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    let w = |x: &[u8; 16], o: usize| {
-        u64::from_ne_bytes([
-            x[o],
-            x[o + 1],
-            x[o + 2],
-            x[o + 3],
-            x[o + 4],
-            x[o + 5],
-            x[o + 6],
-            x[o + 7],
-        ])
-    };
-    (w(a, 0) ^ w(b, 0)) | (w(a, 8) ^ w(b, 8)) == 0
+    (half(a, 0) ^ half(b, 0)) | (half(a, 8) ^ half(b, 8)) == 0
 }
 
 impl Tuple for CtKey6 {

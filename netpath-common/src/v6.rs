@@ -172,9 +172,10 @@ pub fn in_prefix(addr: &[u8; 16], prefix: &[u8; 16], len: u8) -> bool {
     (diff(0) & leading_ones(high)) | (diff(8) & leading_ones(low)) == 0
 }
 
-/// The 8 bytes of `a` from `o` (0 or 8), big-endian.
+/// The 8 bytes of an address `a` from `o` (0 or 8), big-endian: its
+/// prefix tests here and its comparisons (`ct6::same_addr`) read it so.
 #[inline(always)]
-fn half(a: &[u8; 16], o: usize) -> u64 {
+pub(crate) fn half(a: &[u8; 16], o: usize) -> u64 {
     u64::from_be_bytes([
         a[o],
         a[o + 1],
